@@ -1,0 +1,815 @@
+//! Checks that look across documents: references, uniqueness, address space,
+//! keys, schedules.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::str::FromStr;
+
+use base64::Engine as _;
+use gitfleet_schemas::{
+    RolloutFile, RolloutTarget, Selector, Span, Spanned, StepSize, Window, WindowKind,
+};
+use ipnet::IpNet;
+
+use crate::diagnostics::Diagnostics;
+use crate::model::{FleetModel, Located, ENVIRONMENTS_FILE, FLEET_FILE};
+use crate::repo::RepoFiles;
+
+pub(crate) fn run(model: &FleetModel, _files: &RepoFiles, d: &mut Diagnostics<'_>) {
+    fleet(model, d);
+    environments(model, d);
+    nodes(model, d);
+    meshes(model, d);
+    rollouts(model, d);
+}
+
+/// Indices of the nodes a selector picks.
+pub(crate) fn select(model: &FleetModel, selector: &Selector) -> Vec<usize> {
+    model
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| selector.matches(&n.doc.labels))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Names usable in object keys and file names: `edge-fra-1`, `prod`.
+pub fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.len() <= 63
+}
+
+fn check_name(d: &mut Diagnostics<'_>, file: &str, name: &Spanned<String>, what: &str) {
+    if !valid_name(&name.value) {
+        d.error(
+            file,
+            name.span,
+            "invalid-name",
+            format!("{what} `{}` is not a valid name", name.value),
+            Some("use 1 to 63 ASCII letters, digits, `-`, `_` or `.`, starting with a letter or digit".to_owned()),
+        );
+    }
+}
+
+fn known_list(names: impl Iterator<Item = impl AsRef<str>>) -> String {
+    let names: Vec<String> = names.map(|n| format!("`{}`", n.as_ref())).collect();
+    if names.is_empty() {
+        "none are defined".to_owned()
+    } else {
+        format!("known: {}", names.join(", "))
+    }
+}
+
+fn unknown_environment(
+    model: &FleetModel,
+    d: &mut Diagnostics<'_>,
+    file: &str,
+    name: &Spanned<String>,
+) {
+    if model.environment(&name.value).is_none() {
+        d.error(
+            file,
+            name.span,
+            "unknown-environment",
+            format!("unknown environment `{}`", name.value),
+            Some(format!(
+                "environments are declared in {ENVIRONMENTS_FILE}; {}",
+                known_list(model.environments.iter().map(|e| e.name.value.as_str()))
+            )),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// keys
+
+pub(crate) fn decode_key(s: &str) -> Result<[u8; 32], String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("not base64 ({e})"))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("{} bytes, not 32", bytes.len()))
+}
+
+/// An ed25519 public key: 32 bytes that decode to a curve point.
+fn check_ed25519(
+    d: &mut Diagnostics<'_>,
+    file: &str,
+    key: &Spanned<String>,
+    what: &str,
+) -> Option<[u8; 32]> {
+    let result = decode_key(&key.value).and_then(|bytes| {
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map(|_| bytes)
+            .map_err(|_| "not a point on the ed25519 curve".to_owned())
+    });
+    match result {
+        Ok(bytes) => Some(bytes),
+        Err(why) => {
+            d.error(
+                file,
+                key.span,
+                "invalid-key",
+                format!("{what} is not a valid ed25519 public key: {why}"),
+                Some("use the base64 public key printed by `gitfleet keygen`".to_owned()),
+            );
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// fleet.kdl
+
+fn fleet(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let Some(Located { doc: fleet, .. }) = &model.fleet else {
+        return;
+    };
+    let f = FLEET_FILE;
+    check_name(d, f, &fleet.name, "fleet");
+    if let Some(store) = &fleet.store {
+        let scheme = store.value.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("file" | "s3" | "memory")) {
+            d.error(
+                f,
+                store.span,
+                "invalid-store-url",
+                format!("`{}` is not a store URL gitfleet can use", store.value),
+                Some("use file:///path, s3://bucket/prefix or memory://".to_owned()),
+            );
+        }
+    }
+    match &fleet.trust {
+        None => d.warning(
+            f,
+            Span::default(),
+            "no-trust-roots",
+            "fleet.kdl names no root keys, so agents have nothing to verify bundles against",
+            Some(
+                "add `trust threshold=1 { root-key \"<base64 ed25519 public key>\"; }`".to_owned(),
+            ),
+        ),
+        Some(trust) => {
+            let mut seen = BTreeMap::new();
+            for key in &trust.root_keys {
+                if let Some(bytes) = check_ed25519(d, f, key, "root key") {
+                    if let Some(first) = seen.insert(bytes, key.span) {
+                        let at = d.location(f, first);
+                        d.error(
+                            f,
+                            key.span,
+                            "duplicate-key",
+                            "root key is listed twice",
+                            Some(format!("first listed at {at}")),
+                        );
+                    }
+                }
+            }
+            let n = trust.root_keys.len() as u64;
+            if trust.threshold.value == 0 || trust.threshold.value > n {
+                d.error(
+                    f,
+                    trust.threshold.span,
+                    "trust-threshold",
+                    format!(
+                        "threshold {} cannot be met by {n} root key{}",
+                        trust.threshold.value,
+                        if n == 1 { "" } else { "s" }
+                    ),
+                    Some("the threshold must be between 1 and the number of root keys".to_owned()),
+                );
+            }
+        }
+    }
+    if let Some(m) = &fleet.defaults.max_unavailable {
+        if m.value == 0 {
+            d.error(
+                f,
+                m.span,
+                "invalid-value",
+                "max-unavailable 0 lets no rollout progress",
+                Some("use 1 or more".to_owned()),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// environments.kdl
+
+fn environments(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let f = ENVIRONMENTS_FILE;
+    let mut first: HashMap<&str, Span> = HashMap::new();
+    for env in &model.environments {
+        check_name(d, f, &env.name, "environment");
+        if let Some(prev) = first.insert(&env.name.value, env.name.span) {
+            let at = d.location(f, prev);
+            d.error(
+                f,
+                env.name.span,
+                "duplicate-environment",
+                format!("environment `{}` is declared twice", env.name.value),
+                Some(format!("first declared at {at}")),
+            );
+        }
+        if let Some(after) = &env.after {
+            unknown_environment(model, d, f, after);
+        }
+        for w in &env.windows {
+            window(d, f, w);
+        }
+        if let Some(a) = &env.approvals {
+            if a.required.value == 0 {
+                d.warning(
+                    f,
+                    a.required.span,
+                    "approvals-zero",
+                    "`approvals 0` requires nothing",
+                    Some("remove `approvals` or require 1 or more".to_owned()),
+                );
+            } else if a.teams.is_empty() && (a.users.len() as u64) < a.required.value {
+                d.error(
+                    f,
+                    a.required.span,
+                    "approvals-unsatisfiable",
+                    format!(
+                        "{} approvals are required but only {} users may approve",
+                        a.required.value,
+                        a.users.len()
+                    ),
+                    Some("add users or teams, or lower the number".to_owned()),
+                );
+            }
+        }
+    }
+    // Each environment has at most one predecessor, so following `after`
+    // from any environment either ends or loops.
+    let after: HashMap<&str, &str> = model
+        .environments
+        .iter()
+        .filter_map(|e| {
+            e.after
+                .as_ref()
+                .map(|a| (e.name.value.as_str(), a.value.as_str()))
+        })
+        .collect();
+    let mut reported: BTreeSet<&str> = BTreeSet::new();
+    for env in &model.environments {
+        let mut path = vec![env.name.value.as_str()];
+        let mut at = env.name.value.as_str();
+        while let Some(&next) = after.get(at) {
+            if let Some(i) = path.iter().position(|p| *p == next) {
+                let cycle = &path[i..];
+                // Report a cycle once, at the environment that comes first in the file.
+                if cycle.iter().all(|c| !reported.contains(c)) {
+                    reported.extend(cycle.iter().copied());
+                    let start = model
+                        .environments
+                        .iter()
+                        .find(|e| cycle.contains(&e.name.value.as_str()))
+                        .map_or(env.span, |e| e.after.as_ref().map_or(e.span, |a| a.span));
+                    let mut shown: Vec<&str> = cycle.to_vec();
+                    shown.push(cycle[0]);
+                    d.error(
+                        f,
+                        start,
+                        "environment-cycle",
+                        format!("environment order has a cycle: {}", shown.join(" → ")),
+                        Some("one environment must come first: remove an `after`".to_owned()),
+                    );
+                }
+                break;
+            }
+            path.push(next);
+            at = next;
+        }
+    }
+}
+
+fn window(d: &mut Diagnostics<'_>, f: &str, w: &Window) {
+    let kind = match w.kind {
+        WindowKind::Allow => "window",
+        WindowKind::Deny => "deny-window",
+    };
+    if let Err(e) = parse_cron(&w.cron.value) {
+        d.error(
+            f,
+            w.cron.span,
+            "invalid-cron",
+            format!(
+                "{kind} `{}`: `{}` is not a cron expression: {e}",
+                w.name.value, w.cron.value
+            ),
+            Some(
+                "five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * Mon-Fri\""
+                    .to_owned(),
+            ),
+        );
+    }
+    if chrono_tz::Tz::from_str(&w.time_zone.value).is_err() {
+        d.error(
+            f,
+            w.time_zone.span,
+            "invalid-time-zone",
+            format!(
+                "{kind} `{}`: unknown time zone `{}`",
+                w.name.value, w.time_zone.value
+            ),
+            Some("use an IANA name such as \"Europe/Berlin\" or \"UTC\"".to_owned()),
+        );
+    }
+    if w.duration_seconds.value == 0 {
+        d.error(
+            f,
+            w.duration_seconds.span,
+            "invalid-value",
+            format!("{kind} `{}` is open for no time", w.name.value),
+            None,
+        );
+    }
+}
+
+/// Cron with five fields (minute first) as operators write it, or the six or
+/// seven (seconds first, optional year) the `cron` crate reads.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    let fields = expr.split_whitespace().count();
+    let full = if fields == 5 {
+        format!("0 {expr}")
+    } else {
+        expr.to_owned()
+    };
+    cron::Schedule::from_str(&full).map_err(|e| {
+        // The crate's message repeats the expression with a caret under it;
+        // the last line is the explanation.
+        let text = e.to_string();
+        let why = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("invalid");
+        why.trim().trim_end_matches('.').to_owned()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// nodes
+
+fn nodes(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let mut ids: HashMap<&str, (&str, Span)> = HashMap::new();
+    let mut node_keys: HashMap<[u8; 32], (&str, Span)> = HashMap::new();
+    let mut wg_keys: HashMap<[u8; 32], (&str, Span)> = HashMap::new();
+    for Located { path, doc: node } in &model.nodes {
+        let path = path.as_str();
+        check_name(d, path, &node.id, "node id");
+        if let Some((first_path, first_span)) = ids.insert(&node.id.value, (path, node.id.span)) {
+            let at = d.location(first_path, first_span);
+            d.error(
+                path,
+                node.id.span,
+                "duplicate-node-id",
+                format!("node id `{}` is used twice", node.id.value),
+                Some(format!("first used at {at}; every node needs its own id")),
+            );
+        }
+        let stem = path.trim_start_matches("nodes/").trim_end_matches(".kdl");
+        if stem != node.id.value {
+            d.warning(
+                path,
+                node.id.span,
+                "node-file-name",
+                format!("node `{}` is in `{path}`", node.id.value),
+                Some(format!(
+                    "name the file `nodes/{}.kdl` so it is easy to find",
+                    node.id.value
+                )),
+            );
+        }
+        unknown_environment(model, d, path, &node.environment);
+        if let Some(bytes) = check_ed25519(d, path, &node.node_key, "node-key") {
+            if let Some((p, s)) = node_keys.insert(bytes, (path, node.node_key.span)) {
+                let at = d.location(p, s);
+                d.error(
+                    path,
+                    node.node_key.span,
+                    "duplicate-key",
+                    "node-key is already used by another node",
+                    Some(format!("first used at {at}; every node has its own key")),
+                );
+            }
+        }
+        if let Some(wg) = &node.wireguard {
+            match decode_key(&wg.public_key.value) {
+                Err(why) => d.error(
+                    path,
+                    wg.public_key.span,
+                    "invalid-key",
+                    format!("wireguard public-key is not a valid key: {why}"),
+                    Some(
+                        "use the base64 key printed by `wg pubkey` or `gitfleet-agent enroll`"
+                            .to_owned(),
+                    ),
+                ),
+                Ok(bytes) => {
+                    if let Some((p, s)) = wg_keys.insert(bytes, (path, wg.public_key.span)) {
+                        let at = d.location(p, s);
+                        d.error(
+                            path,
+                            wg.public_key.span,
+                            "duplicate-wireguard-key",
+                            "wireguard public-key is already used by another node",
+                            Some(format!("first used at {at}; keys are generated on each node and never shared")),
+                        );
+                    }
+                }
+            }
+            if let Some(ep) = &wg.endpoint {
+                if ep
+                    .value
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    d.error(
+                        path,
+                        ep.span,
+                        "invalid-endpoint",
+                        format!("`{}` is not a host:port endpoint", ep.value),
+                        Some("e.g. \"198.51.100.7:51820\"".to_owned()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// meshes
+
+fn usable_addresses(net: &IpNet) -> u128 {
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    let size = if host_bits >= 127 {
+        u128::MAX
+    } else {
+        1u128 << host_bits
+    };
+    match net {
+        // Network and broadcast addresses are not hosts, except in /31 and /32.
+        IpNet::V4(_) if host_bits >= 2 => size - 2,
+        IpNet::V4(_) => size,
+        // The subnet-router anycast address is not a host.
+        IpNet::V6(_) if host_bits >= 1 => size - 1,
+        IpNet::V6(_) => size,
+    }
+}
+
+fn meshes(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let mut nets: Vec<(&str, &str, IpNet, Span)> = Vec::new();
+    for (name, Located { path, doc: mesh }) in &model.meshes {
+        let path = path.as_str();
+        check_name(
+            d,
+            path,
+            &Spanned::new(name.clone(), Span::default()),
+            "mesh",
+        );
+        let members = select(model, &mesh.members);
+        if members.is_empty() {
+            d.warning(
+                path,
+                mesh.members.span,
+                "selector-matches-nothing",
+                format!(
+                    "mesh `{name}` has no members: `{}` matches no node",
+                    mesh.members
+                ),
+                None,
+            );
+        }
+        for &i in &members {
+            let node = &model.nodes[i];
+            if node.doc.wireguard.is_none() {
+                d.error(
+                    &node.path,
+                    node.doc.id.span,
+                    "mesh-member-without-wireguard",
+                    format!(
+                        "node `{}` is a member of mesh `{name}` but has no wireguard public-key",
+                        node.doc.id.value
+                    ),
+                    Some(
+                        "add `wireguard public-key=\"...\"` (from `gitfleet-agent enroll`)"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
+        match mesh.cidr.value.parse::<IpNet>() {
+            Err(_) => d.error(
+                path,
+                mesh.cidr.span,
+                "invalid-cidr",
+                format!("`{}` is not a CIDR range", mesh.cidr.value),
+                Some("e.g. \"10.40.0.0/24\"".to_owned()),
+            ),
+            Ok(net) => {
+                if net.trunc() != net {
+                    d.warning(
+                        path,
+                        mesh.cidr.span,
+                        "cidr-host-bits",
+                        format!("`{net}` has host bits set"),
+                        Some(format!("did you mean \"{}\"?", net.trunc())),
+                    );
+                }
+                let net = net.trunc();
+                let usable = usable_addresses(&net);
+                if (members.len() as u128) > usable {
+                    d.error(
+                        path,
+                        mesh.cidr.span,
+                        "mesh-too-small",
+                        format!("mesh `{name}` has {} members but `{net}` holds only {usable} addresses", members.len()),
+                        Some("use a larger range (a shorter prefix)".to_owned()),
+                    );
+                }
+                nets.push((name, path, net, mesh.cidr.span));
+            }
+        }
+        for ip in &mesh.allowed_ips {
+            if ip.value.parse::<IpNet>().is_err() {
+                d.error(
+                    path,
+                    ip.span,
+                    "invalid-cidr",
+                    format!("`{}` is not a CIDR range", ip.value),
+                    None,
+                );
+            }
+        }
+        if let Some(p) = &mesh.listen_port {
+            if p.value == 0 || p.value > 65535 {
+                d.error(
+                    path,
+                    p.span,
+                    "invalid-value",
+                    format!("listen-port {} is not a UDP port", p.value),
+                    Some("use 1 to 65535".to_owned()),
+                );
+            }
+        }
+        if let Some(k) = &mesh.persistent_keepalive_seconds {
+            if k.value > 65535 {
+                d.error(
+                    path,
+                    k.span,
+                    "invalid-value",
+                    "persistent-keepalive is longer than WireGuard allows (65535s)",
+                    None,
+                );
+            }
+        }
+    }
+    for (i, (a_name, _, a, _)) in nets.iter().enumerate() {
+        for (b_name, b_path, b, b_span) in &nets[i + 1..] {
+            if a.contains(&b.network()) || b.contains(&a.network()) {
+                d.error(
+                    b_path,
+                    *b_span,
+                    "mesh-overlap",
+                    format!("mesh `{b_name}` ({b}) overlaps mesh `{a_name}` ({a})"),
+                    Some("give each mesh its own address range".to_owned()),
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rollouts
+
+fn rollouts(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    // node index -> first config rollout that targets it
+    let mut config_owner: HashMap<usize, &str> = HashMap::new();
+    for (name, Located { path, doc: r }) in &model.rollouts {
+        let path = path.as_str();
+        check_name(
+            d,
+            path,
+            &Spanned::new(name.clone(), Span::default()),
+            "rollout",
+        );
+        match &r.target.value {
+            RolloutTarget::Config(c) if !model.configs.contains_key(c) => d.error(
+                path,
+                r.target.span,
+                "unknown-config",
+                format!("rollout `{name}` targets unknown config `{c}`"),
+                Some(format!(
+                    "configs live in `configs/<name>/sentinel.kdl`; {}",
+                    known_list(model.configs.keys())
+                )),
+            ),
+            RolloutTarget::Mesh(m) if !model.meshes.contains_key(m) => d.error(
+                path,
+                r.target.span,
+                "unknown-mesh",
+                format!("rollout `{name}` targets unknown mesh `{m}`"),
+                Some(format!(
+                    "meshes live in `meshes/<name>.kdl`; {}",
+                    known_list(model.meshes.keys())
+                )),
+            ),
+            _ => {}
+        }
+        let targets = select(model, &r.selector);
+        if targets.is_empty() {
+            d.warning(
+                path,
+                r.selector.span,
+                "selector-matches-nothing",
+                format!(
+                    "rollout `{name}` selects no node: `{}` matches nothing",
+                    r.selector
+                ),
+                Some("check the labels in nodes/*.kdl".to_owned()),
+            );
+        }
+        if matches!(r.target.value, RolloutTarget::Config(_)) {
+            for &i in &targets {
+                if let Some(other) = config_owner.insert(i, name) {
+                    d.error(
+                        path,
+                        r.selector.span,
+                        "conflicting-rollouts",
+                        format!("node `{}` is selected by rollouts `{other}` and `{name}`, which both deliver a proxy config", model.nodes[i].doc.id.value),
+                        Some("a node runs one Sentinel config: make the selectors disjoint".to_owned()),
+                    );
+                    break;
+                }
+            }
+        }
+        steps(d, path, name, r);
+        for w in &r.windows {
+            window(d, path, w);
+        }
+        if let Some(m) = &r.max_unavailable {
+            if m.value == 0 {
+                d.error(
+                    path,
+                    m.span,
+                    "invalid-value",
+                    "max-unavailable 0 lets the rollout make no progress",
+                    Some("use 1 or more".to_owned()),
+                );
+            }
+        }
+        gates(d, path, r);
+    }
+}
+
+fn steps(d: &mut Diagnostics<'_>, path: &str, name: &str, r: &RolloutFile) {
+    let (mut last_count, mut last_percent) = (0, 0);
+    for step in &r.steps {
+        match step.size.value {
+            StepSize::Count(0) | StepSize::Percent(0) => {
+                d.error(
+                    path,
+                    step.size.span,
+                    "invalid-step",
+                    "a step of zero nodes does nothing",
+                    None,
+                );
+            }
+            StepSize::Percent(p) if p > 100 => {
+                d.error(
+                    path,
+                    step.size.span,
+                    "invalid-step",
+                    format!("a step of {p} % is more than all nodes"),
+                    Some("percentages go up to 100".to_owned()),
+                );
+            }
+            StepSize::Count(c) if c <= last_count => {
+                d.error(
+                    path,
+                    step.size.span,
+                    "steps-not-increasing",
+                    format!("step count={c} does not grow past the earlier count={last_count}"),
+                    Some("each step covers more nodes than the one before".to_owned()),
+                );
+            }
+            StepSize::Percent(p) if p <= last_percent => {
+                d.error(
+                    path,
+                    step.size.span,
+                    "steps-not-increasing",
+                    format!(
+                        "step percent={p} does not grow past the earlier percent={last_percent}"
+                    ),
+                    Some("each step covers more nodes than the one before".to_owned()),
+                );
+            }
+            StepSize::Count(c) => last_count = c,
+            StepSize::Percent(p) => last_percent = p,
+        }
+    }
+    if let Some(last) = r.steps.last() {
+        if last.size.value != StepSize::Percent(100) {
+            let reached = match last.size.value {
+                StepSize::Count(c) => format!("count={c}"),
+                StepSize::Percent(p) => format!("{p} %"),
+            };
+            d.error(
+                path,
+                last.size.span,
+                "steps-incomplete",
+                format!("rollout `{name}` ends at {reached}, not 100 %"),
+                Some(
+                    "end with `step percent=100` so every selected node gets the change".to_owned(),
+                ),
+            );
+        }
+    }
+}
+
+fn gates(d: &mut Diagnostics<'_>, path: &str, r: &RolloutFile) {
+    let g = &r.gates;
+    if let Some(e) = &g.max_error_rate {
+        if !(0.0..=1.0).contains(&e.value) {
+            d.error(
+                path,
+                e.span,
+                "invalid-value",
+                format!("max-error-rate {} is not a ratio between 0 and 1", e.value),
+                Some("1 % is 0.01".to_owned()),
+            );
+        }
+    }
+    for (what, v) in [
+        ("max-cpu-percent", &g.max_cpu_percent),
+        ("max-memory-percent", &g.max_memory_percent),
+    ] {
+        if let Some(v) = v {
+            if !(0.0..=100.0).contains(&v.value) {
+                d.error(
+                    path,
+                    v.span,
+                    "invalid-value",
+                    format!("{what} {} is not a percentage", v.value),
+                    None,
+                );
+            }
+        }
+    }
+    for check in &g.http_checks {
+        if !(check.url.value.starts_with("http://") || check.url.value.starts_with("https://")) {
+            d.error(
+                path,
+                check.url.span,
+                "invalid-value",
+                format!("`{}` is not an http(s) URL", check.url.value),
+                None,
+            );
+        }
+        if !(100..=599).contains(&check.expect_status.value) {
+            d.error(
+                path,
+                check.expect_status.span,
+                "invalid-value",
+                format!("{} is not an HTTP status", check.expect_status.value),
+                None,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usable_addresses_leave_out_network_and_broadcast() {
+        assert_eq!(usable_addresses(&"10.0.0.0/24".parse().unwrap()), 254);
+        assert_eq!(usable_addresses(&"10.0.0.0/31".parse().unwrap()), 2);
+        assert_eq!(usable_addresses(&"10.0.0.1/32".parse().unwrap()), 1);
+        assert_eq!(usable_addresses(&"fd00::/120".parse().unwrap()), 255);
+    }
+
+    #[test]
+    fn five_field_cron_is_accepted() {
+        assert!(parse_cron("0 9 * * Mon-Fri").is_ok());
+        assert!(parse_cron("0 0 9 * * Mon-Fri").is_ok());
+        assert!(parse_cron("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn names_are_restricted_to_safe_characters() {
+        assert!(valid_name("edge-fra-1"));
+        assert!(valid_name("prod"));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(&"a".repeat(64)));
+    }
+}

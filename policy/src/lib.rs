@@ -1,0 +1,18 @@
+//! Pure gitfleet decisions. No IO, no clock: every input is a value, every
+//! decision is a value you can print.
+//!
+//! Today: reading a whole fleet repo ([`RepoFiles`]) into a [`FleetModel`]
+//! with every problem as a [`gitfleet_schemas::Diagnostic`] ([`check`]),
+//! including validation of Sentinel configs with the proxy's own crate and
+//! the lint rules declared in `fleet.kdl`.
+
+mod checks;
+mod diagnostics;
+pub mod lint;
+pub mod model;
+pub mod repo;
+pub mod sentinel;
+
+pub use checks::{parse_cron, valid_name};
+pub use model::{check, Checked, ConfigDir, FleetModel, Located};
+pub use repo::{LineIndex, RepoFiles};

@@ -1,0 +1,245 @@
+//! Fleet policy on top of what the proxy accepts: rules switched on in
+//! `fleet.kdl` with a severity, optionally only for some environments.
+
+use std::collections::{BTreeSet, HashMap};
+
+use gitfleet_schemas::{LintRule, RolloutTarget, Span};
+use sentinel_config::{BuiltinHandler, Config, Filter};
+
+use crate::checks::select;
+use crate::diagnostics::Diagnostics;
+use crate::model::{ConfigDir, FleetModel, FLEET_FILE};
+use crate::repo::RepoFiles;
+use crate::sentinel::find_quoted;
+
+/// Every rule gitfleet knows, with what it checks.
+pub const RULES: &[(&str, &str)] = &[
+    (
+        "listener-tls",
+        "every listener not bound to loopback terminates TLS",
+    ),
+    (
+        "route-timeout",
+        "every proxied route references a `timeout` filter",
+    ),
+    (
+        "health-route",
+        "the config declares a `builtin-handler \"health\"` route",
+    ),
+    (
+        "max-config-bytes",
+        "the config directory is at most `limit` bytes",
+    ),
+];
+
+pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
+    let Some(fleet) = &model.fleet else { return };
+    let rules: Vec<&LintRule> = fleet
+        .doc
+        .lints
+        .iter()
+        .filter(|r| known(d, model, r))
+        .collect();
+    if rules.is_empty() {
+        return;
+    }
+    let reach = environments_by_config(model);
+    for dir in model.configs.values() {
+        let envs = reach.get(dir.name.as_str());
+        for rule in &rules {
+            let in_env = rule.environments.is_empty()
+                || envs.is_some_and(|e| {
+                    rule.environments
+                        .iter()
+                        .any(|r| e.contains(r.value.as_str()))
+                });
+            let in_configs =
+                rule.configs.is_empty() || rule.configs.iter().any(|c| c.value == dir.name);
+            let applies = in_env && in_configs;
+            if applies {
+                apply(rule, dir, files, d);
+            }
+        }
+    }
+}
+
+/// Report unknown rule names and bad settings; true when the rule can run.
+fn known(d: &mut Diagnostics<'_>, model: &FleetModel, rule: &LintRule) -> bool {
+    let name = rule.name.value.as_str();
+    if !RULES.iter().any(|(r, _)| *r == name) {
+        let names: Vec<&str> = RULES.iter().map(|(r, _)| *r).collect();
+        d.error(
+            FLEET_FILE,
+            rule.name.span,
+            "unknown-lint",
+            format!("unknown lint rule `{name}`"),
+            Some(format!("known rules: {}", names.join(", "))),
+        );
+        return false;
+    }
+    for env in &rule.environments {
+        if model.environment(&env.value).is_none() {
+            d.error(
+                FLEET_FILE,
+                env.span,
+                "unknown-environment",
+                format!("lint `{name}` names unknown environment `{}`", env.value),
+                None,
+            );
+        }
+    }
+    for config in &rule.configs {
+        if !model.configs.contains_key(&config.value) {
+            d.error(
+                FLEET_FILE,
+                config.span,
+                "unknown-config",
+                format!("lint `{name}` names unknown config `{}`", config.value),
+                None,
+            );
+        }
+    }
+    if name == "max-config-bytes" && rule.limit.is_none() {
+        d.error(
+            FLEET_FILE,
+            rule.name.span,
+            "missing-property",
+            "lint `max-config-bytes` needs `limit=BYTES`",
+            Some("e.g. `lint \"max-config-bytes\" severity=\"error\" limit=65536`".to_owned()),
+        );
+        return false;
+    }
+    true
+}
+
+/// The environments each config reaches through the rollouts that target it.
+fn environments_by_config(model: &FleetModel) -> HashMap<&str, BTreeSet<&str>> {
+    let mut out: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for r in model.rollouts.values() {
+        if let RolloutTarget::Config(c) = &r.doc.target.value {
+            let envs = out.entry(c.as_str()).or_default();
+            for i in select(model, &r.doc.selector) {
+                envs.insert(model.nodes[i].doc.environment.value.as_str());
+            }
+        }
+    }
+    out
+}
+
+fn apply(rule: &LintRule, dir: &ConfigDir, files: &RepoFiles, d: &mut Diagnostics<'_>) {
+    let path = dir.entry_path();
+    let text = files.text(&path).unwrap_or("");
+    let sev = rule.severity.value;
+    let code = format!("lint/{}", rule.name.value);
+    let mut report = |span: Span, message: String, help: &str| {
+        d.push(&path, span, sev, &code, message, Some(help.to_owned()));
+    };
+    match rule.name.value.as_str() {
+        "max-config-bytes" => {
+            let limit = rule.limit.as_ref().map_or(u64::MAX, |l| l.value);
+            let size = dir.total_bytes() as u64;
+            if size > limit {
+                report(
+                    Span::default(),
+                    format!(
+                        "config `{}` is {size} bytes, over the limit of {limit}",
+                        dir.name
+                    ),
+                    "split shared parts out or raise the limit in fleet.kdl",
+                );
+            }
+        }
+        rule_name => {
+            // The remaining rules read the parsed config; an invalid one has
+            // already been reported.
+            let Some(config) = &dir.sentinel else { return };
+            for (span, message, help) in findings(rule_name, config, text) {
+                report(span, message, help);
+            }
+        }
+    }
+}
+
+fn findings(rule: &str, config: &Config, text: &str) -> Vec<(Span, String, &'static str)> {
+    let mut out = Vec::new();
+    match rule {
+        "listener-tls" => {
+            for l in &config.listeners {
+                if l.tls.is_none() && !is_loopback(&l.address) {
+                    out.push((
+                        declaration(text, "listener", &l.id),
+                        format!("listener `{}` on {} does not use TLS", l.id, l.address),
+                        "add a `tls { cert-file ...; key-file ...; }` block, or bind it to 127.0.0.1",
+                    ));
+                }
+            }
+        }
+        "route-timeout" => {
+            for r in &config.routes {
+                if r.upstream.is_none() {
+                    continue;
+                }
+                let has_timeout = r.filters.iter().any(|f| {
+                    config
+                        .filters
+                        .get(f)
+                        .is_some_and(|fc| matches!(fc.filter, Filter::Timeout(_)))
+                });
+                if !has_timeout {
+                    out.push((
+                        declaration(text, "route", &r.id),
+                        format!("route `{}` has no timeout", r.id),
+                        "reference a filter of `type \"timeout\"` in the route's `filters`",
+                    ));
+                }
+            }
+        }
+        "health-route" => {
+            let has = config
+                .routes
+                .iter()
+                .any(|r| matches!(r.builtin_handler, Some(BuiltinHandler::Health)));
+            if !has {
+                out.push((
+                    Span::default(),
+                    "config has no health route".to_owned(),
+                    "add a route with `builtin-handler \"health\"` so agents can check the proxy",
+                ));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn is_loopback(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Where `keyword "id"` is written, e.g. `route "api"`; else the first `"id"`.
+fn declaration(text: &str, keyword: &str, id: &str) -> Span {
+    let needle = format!("{keyword} \"{id}\"");
+    text.find(&needle)
+        .map(|i| Span::new(i, i + needle.len()))
+        .or_else(|| find_quoted(text, id))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_listeners_need_no_tls() {
+        assert!(is_loopback("127.0.0.1:9090"));
+        assert!(is_loopback("[::1]:9090"));
+        assert!(is_loopback("localhost:80"));
+        assert!(!is_loopback("0.0.0.0:443"));
+        assert!(!is_loopback("10.0.0.10:8080"));
+    }
+}

@@ -1,0 +1,284 @@
+//! The whole fleet repo as one typed value, and the loader that builds it.
+
+use std::collections::BTreeMap;
+
+use gitfleet_schemas::{
+    Decoded, Diagnostic, Environment, EnvironmentsFile, FleetFile, MeshFile, NodeFile, RolloutFile,
+    Span,
+};
+
+use crate::diagnostics::Diagnostics;
+use crate::repo::RepoFiles;
+use crate::{checks, lint, sentinel};
+
+pub const FLEET_FILE: &str = "fleet.kdl";
+pub const ENVIRONMENTS_FILE: &str = "environments.kdl";
+/// The file of a config directory the proxy is started with.
+pub const SENTINEL_ENTRY: &str = "sentinel.kdl";
+
+/// A document and the repo path it was read from.
+#[derive(Clone, Debug)]
+pub struct Located<T> {
+    pub path: String,
+    pub doc: T,
+}
+
+/// A Sentinel config directory: `configs/<name>/`.
+#[derive(Clone, Debug)]
+pub struct ConfigDir {
+    pub name: String,
+    /// Every file of the directory, by path relative to it.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// The parsed and validated `sentinel.kdl`, when it is valid.
+    pub sentinel: Option<sentinel_config::Config>,
+}
+
+impl ConfigDir {
+    pub fn entry_path(&self) -> String {
+        format!("configs/{}/{SENTINEL_ENTRY}", self.name)
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.files.values().map(Vec::len).sum()
+    }
+}
+
+/// Everything the fleet repo declares. Parts that failed to read are absent;
+/// the diagnostics say why.
+#[derive(Clone, Debug, Default)]
+pub struct FleetModel {
+    pub fleet: Option<Located<FleetFile>>,
+    pub environments: Vec<Environment>,
+    /// In path order.
+    pub nodes: Vec<Located<NodeFile>>,
+    pub configs: BTreeMap<String, ConfigDir>,
+    pub meshes: BTreeMap<String, Located<MeshFile>>,
+    pub rollouts: BTreeMap<String, Located<RolloutFile>>,
+}
+
+impl FleetModel {
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name.value == name)
+    }
+}
+
+/// The outcome of reading a repo: the model and every problem, sorted.
+#[derive(Debug)]
+pub struct Checked {
+    pub model: FleetModel,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == gitfleet_schemas::Severity::Error)
+    }
+}
+
+/// Read and check a whole fleet repo. Never stops at the first problem.
+pub fn check(files: &RepoFiles) -> Checked {
+    let mut diags = Diagnostics::new(files);
+    let model = load(files, &mut diags);
+    checks::run(&model, files, &mut diags);
+    lint::run(&model, files, &mut diags);
+    Checked {
+        model,
+        diagnostics: diags.finish(),
+    }
+}
+
+fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel {
+    let mut model = FleetModel::default();
+
+    match document(files, FLEET_FILE, diags, FleetFile::decode) {
+        Some(doc) => {
+            model.fleet = Some(Located {
+                path: FLEET_FILE.to_owned(),
+                doc,
+            });
+        }
+        None if files.get(FLEET_FILE).is_none() => {
+            missing(diags, FLEET_FILE, "the fleet's name, store and trust roots")
+        }
+        None => {}
+    }
+    match document(files, ENVIRONMENTS_FILE, diags, EnvironmentsFile::decode) {
+        Some(doc) => model.environments = doc.environments,
+        None if files.get(ENVIRONMENTS_FILE).is_none() => {
+            missing(diags, ENVIRONMENTS_FILE, "the ordered environments")
+        }
+        None => {}
+    }
+
+    for (path, _) in files.iter() {
+        match classify(path) {
+            Kind::Node => {
+                if let Some(doc) = document(files, path, diags, NodeFile::decode) {
+                    model.nodes.push(Located {
+                        path: path.to_owned(),
+                        doc,
+                    });
+                }
+            }
+            Kind::Mesh(name) => {
+                if let Some(doc) = document(files, path, diags, MeshFile::decode) {
+                    model.meshes.insert(
+                        name.to_owned(),
+                        Located {
+                            path: path.to_owned(),
+                            doc,
+                        },
+                    );
+                }
+            }
+            Kind::Rollout(name) => {
+                if let Some(doc) = document(files, path, diags, RolloutFile::decode) {
+                    model.rollouts.insert(
+                        name.to_owned(),
+                        Located {
+                            path: path.to_owned(),
+                            doc,
+                        },
+                    );
+                }
+            }
+            Kind::ConfigFile { config, relative } => {
+                let dir = model
+                    .configs
+                    .entry(config.to_owned())
+                    .or_insert_with(|| ConfigDir {
+                        name: config.to_owned(),
+                        files: BTreeMap::new(),
+                        sentinel: None,
+                    });
+                dir.files.insert(
+                    relative.to_owned(),
+                    files.get(path).unwrap_or_default().to_vec(),
+                );
+            }
+            Kind::Unexpected(help) => diags.warning(
+                path,
+                Span::default(),
+                "unexpected-file",
+                format!("`{path}` is not part of any fleet format and is ignored"),
+                Some(help.to_owned()),
+            ),
+            Kind::Other => {}
+        }
+    }
+
+    for dir in model.configs.values_mut() {
+        let entry = dir.entry_path();
+        match files.get(&entry) {
+            None => diags.error(
+                &dir.files
+                    .keys()
+                    .next()
+                    .map_or(entry.clone(), |f| format!("configs/{}/{f}", dir.name)),
+                Span::default(),
+                "missing-file",
+                format!("config `{}` has no `{SENTINEL_ENTRY}`", dir.name),
+                Some(format!(
+                    "add `{entry}`: the proxy config the agent activates"
+                )),
+            ),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Err(_) => not_utf8(diags, &entry),
+                Ok(text) => match sentinel::validate(text) {
+                    Ok(config) => dir.sentinel = Some(config),
+                    Err(problems) => {
+                        for p in problems {
+                            diags.error(&entry, p.span, p.code, p.message, p.help);
+                        }
+                    }
+                },
+            },
+        }
+    }
+    model
+}
+
+/// Decode one document, recording its problems.
+fn document<T>(
+    files: &RepoFiles,
+    path: &str,
+    diags: &mut Diagnostics<'_>,
+    decode: fn(&str) -> Decoded<T>,
+) -> Option<T> {
+    let bytes = files.get(path)?;
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        not_utf8(diags, path);
+        return None;
+    };
+    let decoded = decode(text);
+    diags.decode_errors(path, decoded.errors);
+    decoded.value
+}
+
+fn not_utf8(diags: &mut Diagnostics<'_>, path: &str) {
+    diags.error(
+        path,
+        Span::default(),
+        "not-utf8",
+        format!("`{path}` is not valid UTF-8"),
+        Some("fleet files are UTF-8 text".to_owned()),
+    );
+}
+
+fn missing(diags: &mut Diagnostics<'_>, path: &str, what: &str) {
+    diags.error(
+        path,
+        Span::default(),
+        "missing-file",
+        format!("the fleet repo has no `{path}`"),
+        Some(format!("add `{path}` with {what}")),
+    );
+}
+
+enum Kind<'a> {
+    Node,
+    Mesh(&'a str),
+    Rollout(&'a str),
+    ConfigFile { config: &'a str, relative: &'a str },
+    Unexpected(&'static str),
+    Other,
+}
+
+fn classify(path: &str) -> Kind<'_> {
+    if let Some(rest) = path.strip_prefix("nodes/") {
+        return match rest.strip_suffix(".kdl") {
+            Some(stem) if !stem.contains('/') => Kind::Node,
+            _ => Kind::Unexpected("node files are `nodes/<id>.kdl`"),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("meshes/") {
+        return match rest.strip_suffix(".kdl") {
+            Some(stem) if !stem.contains('/') => Kind::Mesh(stem),
+            _ => Kind::Unexpected("mesh files are `meshes/<name>.kdl`"),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("rollouts/") {
+        return match rest.strip_suffix(".kdl") {
+            Some(stem) if !stem.contains('/') => Kind::Rollout(stem),
+            _ => Kind::Unexpected("rollout files are `rollouts/<name>.kdl`"),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("configs/") {
+        return match rest.split_once('/') {
+            Some((config, relative)) if !config.is_empty() && !relative.is_empty() => {
+                Kind::ConfigFile { config, relative }
+            }
+            _ => {
+                Kind::Unexpected("config files live in a directory: `configs/<name>/sentinel.kdl`")
+            }
+        };
+    }
+    if path.ends_with(".kdl") && path != FLEET_FILE && path != ENVIRONMENTS_FILE {
+        return Kind::Unexpected(
+            "fleet documents are fleet.kdl, environments.kdl, nodes/, configs/, meshes/ and rollouts/",
+        );
+    }
+    Kind::Other
+}

@@ -1,0 +1,252 @@
+//! `fleet.kdl`: the fleet's name, where bundles go, whom to trust, defaults
+//! and lint rules.
+//!
+//! ```kdl
+//! version 1
+//! name "acme-edge"
+//! store "s3://acme-fleet/edge"
+//! trust threshold=1 {
+//!     root-key "base64 ed25519 public key"
+//! }
+//! defaults {
+//!     max-unavailable 1
+//!     bake "5m"
+//! }
+//! lint "listener-tls" severity="error" {
+//!     environments "prod"
+//! }
+//! ```
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{self, children, Decoded, Decoder};
+use crate::diagnostic::Severity;
+use crate::span::{Span, Spanned};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    pub name: Spanned<String>,
+    /// Object store URL: `file:///path`, `s3://bucket/prefix` or `memory://`.
+    pub store: Option<Spanned<String>>,
+    /// Branch the reconciler writes rollout state to.
+    pub state_branch: Option<Spanned<String>>,
+    pub trust: Option<Trust>,
+    pub defaults: Defaults,
+    pub lints: Vec<LintRule>,
+}
+
+/// The offline root keys agents pin, and how many must sign a root.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    pub threshold: Spanned<u64>,
+    /// Base64 ed25519 public keys.
+    pub root_keys: Vec<Spanned<String>>,
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub span: Span,
+}
+
+/// Rollout settings used where a rollout file says nothing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub max_unavailable: Option<Spanned<u64>>,
+    pub bake_seconds: Option<Spanned<u64>>,
+    pub progress_deadline_seconds: Option<Spanned<u64>>,
+    pub poll_interval_seconds: Option<Spanned<u64>>,
+    pub drift: Option<Spanned<DriftPolicy>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftPolicy {
+    /// Report drift in the node's status and leave the files alone.
+    Report,
+    /// Report drift and restore the bundle's files.
+    Repair,
+}
+
+/// A lint rule switched on, e.g. `lint "route-timeout" severity="warning"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LintRule {
+    pub name: Spanned<String>,
+    pub severity: Spanned<Severity>,
+    /// The rule's threshold, for rules that take one.
+    pub limit: Option<Spanned<u64>>,
+    /// Environments the rule applies to; empty means all.
+    pub environments: Vec<Spanned<String>>,
+    /// Configs the rule applies to; empty means all.
+    pub configs: Vec<Spanned<String>>,
+}
+
+const TOP: &[&str] = &["name", "store", "state-branch", "trust", "defaults", "lint"];
+const DEFAULTS: &[&str] = &[
+    "max-unavailable",
+    "bake",
+    "progress-deadline",
+    "poll-interval",
+    "drift",
+];
+
+impl FleetFile {
+    pub fn decode(text: &str) -> Decoded<FleetFile> {
+        let mut d = Decoder::default();
+        let Some(doc) = d.parse(text) else {
+            return d.finish(None);
+        };
+        let (mut name, mut store, mut state_branch, mut trust, mut defaults) =
+            (None, None, None, None, None);
+        let mut lints = Vec::new();
+        for node in d.versioned(&doc, "fleet.kdl") {
+            match decode::name(node) {
+                "name" => {
+                    let v = d.string(node);
+                    d.once(&mut name, node, v);
+                }
+                "store" => {
+                    let v = d.string(node);
+                    d.once(&mut store, node, v);
+                }
+                "state-branch" => {
+                    let v = d.string(node);
+                    d.once(&mut state_branch, node, v);
+                }
+                "trust" => {
+                    let v = decode_trust(&mut d, node);
+                    d.once(&mut trust, node, Some(v));
+                }
+                "defaults" => {
+                    let v = decode_defaults(&mut d, node);
+                    d.once(&mut defaults, node, Some(v));
+                }
+                "lint" => lints.extend(decode_lint(&mut d, node)),
+                _ => d.unknown_node(node, "fleet.kdl", TOP),
+            }
+        }
+        let name = d.required(
+            name,
+            Span::default(),
+            "name",
+            "fleet.kdl",
+            "name \"my-fleet\"",
+        );
+        let value = name.map(|name| FleetFile {
+            name,
+            store,
+            state_branch,
+            trust,
+            defaults: defaults.unwrap_or_default(),
+            lints,
+        });
+        d.finish(value)
+    }
+}
+
+fn decode_trust(d: &mut Decoder, node: &kdl::KdlNode) -> Trust {
+    d.allow_props(node, &["threshold"]);
+    d.max_args(node, 0);
+    let threshold = d
+        .prop(node, "threshold", decode::as_u64, "a positive integer")
+        .unwrap_or(Spanned::new(1, decode::node_span(node)));
+    let mut root_keys = Vec::new();
+    for c in children(node) {
+        match decode::name(c) {
+            "root-key" => root_keys.extend(d.string(c)),
+            _ => d.unknown_node(c, "`trust`", &["root-key"]),
+        }
+    }
+    Trust {
+        threshold,
+        root_keys,
+        span: decode::node_span(node),
+    }
+}
+
+fn decode_defaults(d: &mut Decoder, node: &kdl::KdlNode) -> Defaults {
+    d.allow_props(node, &[]);
+    d.max_args(node, 0);
+    let mut out = Defaults::default();
+    for c in children(node) {
+        match decode::name(c) {
+            "max-unavailable" => {
+                let v = d.u64(c);
+                d.once(&mut out.max_unavailable, c, v);
+            }
+            "bake" => {
+                let v = d.duration(c);
+                d.once(&mut out.bake_seconds, c, v);
+            }
+            "progress-deadline" => {
+                let v = d.duration(c);
+                d.once(&mut out.progress_deadline_seconds, c, v);
+            }
+            "poll-interval" => {
+                let v = d.duration(c);
+                d.once(&mut out.poll_interval_seconds, c, v);
+            }
+            "drift" => {
+                let v = d.string(c).and_then(|s| match s.value.as_str() {
+                    "report" => Some(Spanned::new(DriftPolicy::Report, s.span)),
+                    "repair" => Some(Spanned::new(DriftPolicy::Repair, s.span)),
+                    other => {
+                        d.error(
+                            s.span,
+                            "invalid-value",
+                            format!("unknown drift policy `{other}`"),
+                            Some("use \"report\" or \"repair\"".to_owned()),
+                        );
+                        None
+                    }
+                });
+                d.once(&mut out.drift, c, v);
+            }
+            _ => d.unknown_node(c, "`defaults`", DEFAULTS),
+        }
+    }
+    out
+}
+
+fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
+    d.allow_props(node, &["severity", "limit"]);
+    d.max_args(node, 1);
+    let name = d.arg(node, 0, decode::as_string, "a lint rule name");
+    let severity = d
+        .required_prop(
+            node,
+            "severity",
+            decode::as_string,
+            "\"error\" or \"warning\"",
+        )
+        .and_then(|s| match s.value.parse::<Severity>() {
+            Ok(sev) => Some(Spanned::new(sev, s.span)),
+            Err(()) => {
+                d.error(
+                    s.span,
+                    "invalid-value",
+                    format!("unknown severity `{}`", s.value),
+                    Some("use \"error\", \"warning\" or \"info\"".to_owned()),
+                );
+                None
+            }
+        });
+    let limit = d.prop(node, "limit", decode::as_u64, "a non-negative integer");
+    let (mut environments, mut configs) = (Vec::new(), Vec::new());
+    for c in children(node) {
+        match decode::name(c) {
+            "environments" => environments.extend(d.strings(c)),
+            "configs" => configs.extend(d.strings(c)),
+            _ => d.unknown_node(c, "`lint`", &["environments", "configs"]),
+        }
+    }
+    Some(LintRule {
+        name: name?,
+        severity: severity?,
+        limit,
+        environments,
+        configs,
+    })
+}

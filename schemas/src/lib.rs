@@ -1,0 +1,45 @@
+//! Every gitfleet file and wire format, and nothing that does IO.
+//!
+//! Fleet repo documents are KDL v2, read by [`decode`]rs that keep spans and
+//! collect every problem. Each document starts with `version 1`; unknown nodes
+//! and properties are errors. JSON Schemas for the formats are generated from
+//! these types by [`json_schemas`] and committed under `schemas/json/`.
+
+mod common;
+mod decode;
+pub mod diagnostic;
+pub mod environments;
+pub mod fleet;
+pub mod mesh;
+pub mod node;
+pub mod rollout;
+mod span;
+
+pub use common::{Selector, Window, WindowKind};
+pub use decode::{DecodeError, Decoded, FORMAT_VERSION};
+pub use diagnostic::{CheckReport, Diagnostic, Severity};
+pub use environments::{Approvals, Environment, EnvironmentsFile};
+pub use fleet::{Defaults, DriftPolicy, FleetFile, LintRule, Trust};
+pub use mesh::MeshFile;
+pub use node::{NodeFile, NodeWireguard};
+pub use rollout::{Gates, HttpCheck, RolloutFile, RolloutTarget, Step, StepSize};
+pub use span::{Span, Spanned};
+
+/// `(file name, schema text)` for every format, as committed under
+/// `schemas/json/`.
+pub fn json_schemas() -> Vec<(&'static str, String)> {
+    fn one<T: schemars::JsonSchema>(name: &'static str) -> (&'static str, String) {
+        let schema = schemars::schema_for!(T);
+        let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+        text.push('\n');
+        (name, text)
+    }
+    vec![
+        one::<FleetFile>("fleet.schema.json"),
+        one::<EnvironmentsFile>("environments.schema.json"),
+        one::<NodeFile>("node.schema.json"),
+        one::<MeshFile>("mesh.schema.json"),
+        one::<RolloutFile>("rollout.schema.json"),
+        one::<CheckReport>("check-report.schema.json"),
+    ]
+}

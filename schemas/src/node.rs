@@ -1,0 +1,121 @@
+//! `nodes/<id>.kdl`: one node of the fleet.
+//!
+//! ```kdl
+//! version 1
+//! id "edge-fra-1"
+//! environment "prod"
+//! labels region="fra" role="edge"
+//! node-key "base64 ed25519 public key"
+//! wireguard public-key="base64 x25519 public key" endpoint="198.51.100.7:51820"
+//! ```
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{self, Decoded, Decoder};
+use crate::span::{Span, Spanned};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub id: Spanned<String>,
+    pub environment: Spanned<String>,
+    pub labels: BTreeMap<String, Spanned<String>>,
+    /// The node's ed25519 public key (base64); its status reports are signed
+    /// with the matching private key.
+    pub node_key: Spanned<String>,
+    pub wireguard: Option<NodeWireguard>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeWireguard {
+    /// Base64 WireGuard public key; the private key never leaves the node.
+    pub public_key: Spanned<String>,
+    /// `host:port` other peers reach this node at, if it is reachable.
+    pub endpoint: Option<Spanned<String>>,
+}
+
+const TOP: &[&str] = &["id", "environment", "labels", "node-key", "wireguard"];
+
+impl NodeFile {
+    pub fn decode(text: &str) -> Decoded<NodeFile> {
+        let mut d = Decoder::default();
+        let Some(doc) = d.parse(text) else {
+            return d.finish(None);
+        };
+        let (mut id, mut environment, mut labels, mut node_key, mut wireguard) =
+            (None, None, None, None, None);
+        for node in d.versioned(&doc, "node file") {
+            match decode::name(node) {
+                "id" => {
+                    let v = d.string(node);
+                    d.once(&mut id, node, v);
+                }
+                "environment" => {
+                    let v = d.string(node);
+                    d.once(&mut environment, node, v);
+                }
+                "labels" => {
+                    let v = d.string_map(node);
+                    d.once(&mut labels, node, Some(v));
+                }
+                "node-key" => {
+                    let v = d.string(node);
+                    d.once(&mut node_key, node, v);
+                }
+                "wireguard" => {
+                    let v = decode_wireguard(&mut d, node);
+                    d.once(&mut wireguard, node, v);
+                }
+                _ => d.unknown_node(node, "node file", TOP),
+            }
+        }
+        let at = Span::default();
+        let id = d.required(id, at, "id", "node file", "id \"edge-fra-1\"");
+        let environment = d.required(
+            environment,
+            at,
+            "environment",
+            "node file",
+            "environment \"prod\"",
+        );
+        let node_key = d.required(
+            node_key,
+            at,
+            "node-key",
+            "node file",
+            "node-key \"<base64 ed25519 public key>\"",
+        );
+        let value = match (id, environment, node_key) {
+            (Some(id), Some(environment), Some(node_key)) => Some(NodeFile {
+                id,
+                environment,
+                labels: labels.unwrap_or_default(),
+                node_key,
+                wireguard,
+            }),
+            _ => None,
+        };
+        d.finish(value)
+    }
+}
+
+fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<NodeWireguard> {
+    d.allow_props(node, &["public-key", "endpoint"]);
+    d.max_args(node, 0);
+    d.no_children(node);
+    let public_key = d.required_prop(
+        node,
+        "public-key",
+        decode::as_string,
+        "a base64 WireGuard public key",
+    );
+    let endpoint = d.prop_string(node, "endpoint");
+    Some(NodeWireguard {
+        public_key: public_key?,
+        endpoint,
+    })
+}

@@ -1,0 +1,269 @@
+//! `rollouts/<name>.kdl`: how a config or mesh reaches its nodes.
+//!
+//! ```kdl
+//! version 1
+//! config "edge"
+//! selector role="edge"
+//! max-unavailable 1
+//! bake "10m"
+//! progress-deadline "15m"
+//! step count=1
+//! step percent=25
+//! step percent=100
+//! gates {
+//!     healthy
+//!     max-error-rate 0.01
+//!     max-p99-latency "250ms"
+//! }
+//! ```
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Selector, Window, WindowKind};
+use crate::decode::{self, children, Decoded, Decoder};
+use crate::span::{Span, Spanned};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    pub target: Spanned<RolloutTarget>,
+    pub selector: Selector,
+    pub steps: Vec<Step>,
+    pub max_unavailable: Option<Spanned<u64>>,
+    pub bake_seconds: Option<Spanned<u64>>,
+    pub progress_deadline_seconds: Option<Spanned<u64>>,
+    pub gates: Gates,
+    pub windows: Vec<Window>,
+    /// A paused rollout finishes nothing new and starts no further step.
+    pub paused: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutTarget {
+    /// A Sentinel config under `configs/<name>/`.
+    Config(String),
+    /// A WireGuard mesh under `meshes/<name>.kdl`.
+    Mesh(String),
+}
+
+/// How many of the rollout's nodes in an environment run the new bundle once
+/// this step is done.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepSize {
+    Count(u64),
+    Percent(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub size: Spanned<StepSize>,
+}
+
+/// Health gates checked on the signed reports of a step's nodes before the
+/// next step starts. A gate whose metric a node does not report fails.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    pub healthy: bool,
+    pub max_error_rate: Option<Spanned<f64>>,
+    pub max_p99_latency_ms: Option<Spanned<u64>>,
+    pub max_cpu_percent: Option<Spanned<f64>>,
+    pub max_memory_percent: Option<Spanned<f64>>,
+    pub http_checks: Vec<HttpCheck>,
+}
+
+/// An HTTP request the agent makes on its node; the gate passes on the
+/// expected status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub url: Spanned<String>,
+    pub expect_status: Spanned<u64>,
+}
+
+const TOP: &[&str] = &[
+    "config",
+    "mesh",
+    "selector",
+    "step",
+    "max-unavailable",
+    "bake",
+    "progress-deadline",
+    "gates",
+    "window",
+    "deny-window",
+    "paused",
+];
+const GATES: &[&str] = &[
+    "healthy",
+    "max-error-rate",
+    "max-p99-latency",
+    "max-cpu-percent",
+    "max-memory-percent",
+    "http-check",
+];
+
+impl RolloutFile {
+    pub fn decode(text: &str) -> Decoded<RolloutFile> {
+        let mut d = Decoder::default();
+        let Some(doc) = d.parse(text) else {
+            return d.finish(None);
+        };
+        let (mut target, mut selector, mut max_unavailable, mut bake, mut deadline) =
+            (None, None, None, None, None);
+        let (mut gates, mut paused) = (None, None);
+        let (mut steps, mut windows) = (Vec::new(), Vec::new());
+        for node in d.versioned(&doc, "rollout file") {
+            match decode::name(node) {
+                "config" | "mesh" => {
+                    let v = d.string(node).map(|s| {
+                        s.map(|name| match decode::name(node) {
+                            "config" => RolloutTarget::Config(name),
+                            _ => RolloutTarget::Mesh(name),
+                        })
+                    });
+                    if target.is_some() {
+                        d.error(
+                            decode::node_span(node),
+                            "duplicate-node",
+                            "a rollout targets exactly one config or mesh",
+                            Some("split it into two rollout files".to_owned()),
+                        );
+                    } else {
+                        target = v;
+                    }
+                }
+                "selector" => {
+                    let v = Selector::decode(&mut d, node);
+                    d.once(&mut selector, node, Some(v));
+                }
+                "step" => steps.extend(decode_step(&mut d, node)),
+                "max-unavailable" => {
+                    let v = d.u64(node);
+                    d.once(&mut max_unavailable, node, v);
+                }
+                "bake" => {
+                    let v = d.duration(node);
+                    d.once(&mut bake, node, v);
+                }
+                "progress-deadline" => {
+                    let v = d.duration(node);
+                    d.once(&mut deadline, node, v);
+                }
+                "gates" => {
+                    let v = decode_gates(&mut d, node);
+                    d.once(&mut gates, node, Some(v));
+                }
+                "window" => windows.extend(Window::decode(&mut d, node, WindowKind::Allow)),
+                "deny-window" => windows.extend(Window::decode(&mut d, node, WindowKind::Deny)),
+                "paused" => {
+                    let v = d.bool(node);
+                    d.once(&mut paused, node, v);
+                }
+                _ => d.unknown_node(node, "rollout file", TOP),
+            }
+        }
+        let at = Span::default();
+        let target = d.required(
+            target,
+            at,
+            "config",
+            "rollout file",
+            "config \"edge\" (or mesh \"backbone\")",
+        );
+        if steps.is_empty() {
+            d.error(
+                at,
+                "missing-node",
+                "rollout file has no `step`",
+                Some("add steps such as `step count=1` and `step percent=100`".to_owned()),
+            );
+        }
+        let value = target.map(|target| RolloutFile {
+            target,
+            selector: selector.unwrap_or_default(),
+            steps,
+            max_unavailable,
+            bake_seconds: bake,
+            progress_deadline_seconds: deadline,
+            gates: gates.unwrap_or_default(),
+            windows,
+            paused: paused.is_some_and(|p| p.value),
+        });
+        d.finish(value)
+    }
+}
+
+fn decode_step(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Step> {
+    d.allow_props(node, &["count", "percent"]);
+    d.max_args(node, 0);
+    d.no_children(node);
+    let count = d.prop(node, "count", decode::as_u64, "a positive integer");
+    let percent = d.prop(node, "percent", decode::as_u64, "an integer from 1 to 100");
+    let size = match (count, percent) {
+        (Some(c), None) => c.map(StepSize::Count),
+        (None, Some(p)) => p.map(StepSize::Percent),
+        (Some(_), Some(_)) | (None, None) => {
+            d.error(
+                decode::node_span(node),
+                "invalid-step",
+                "a step needs exactly one of `count` or `percent`",
+                Some("write `step count=2` or `step percent=25`".to_owned()),
+            );
+            return None;
+        }
+    };
+    Some(Step { size })
+}
+
+fn decode_gates(d: &mut Decoder, node: &kdl::KdlNode) -> Gates {
+    d.allow_props(node, &[]);
+    d.max_args(node, 0);
+    let mut g = Gates::default();
+    let mut healthy = None;
+    for c in children(node) {
+        match decode::name(c) {
+            "healthy" => {
+                d.allow_props(c, &[]);
+                d.max_args(c, 0);
+                d.no_children(c);
+                d.once(&mut healthy, c, Some(true));
+            }
+            "max-error-rate" => {
+                let v = d.scalar(c, decode::as_f64, "a ratio such as 0.01");
+                d.once(&mut g.max_error_rate, c, v);
+            }
+            "max-p99-latency" => {
+                let v = d.string(c).and_then(|s| d.parse_duration_ms(&s));
+                d.once(&mut g.max_p99_latency_ms, c, v);
+            }
+            "max-cpu-percent" => {
+                let v = d.scalar(c, decode::as_f64, "a percentage");
+                d.once(&mut g.max_cpu_percent, c, v);
+            }
+            "max-memory-percent" => {
+                let v = d.scalar(c, decode::as_f64, "a percentage");
+                d.once(&mut g.max_memory_percent, c, v);
+            }
+            "http-check" => {
+                d.allow_props(c, &["expect-status"]);
+                d.max_args(c, 1);
+                d.no_children(c);
+                let url = d.arg(c, 0, decode::as_string, "a URL");
+                let expect_status = d
+                    .prop(c, "expect-status", decode::as_u64, "an HTTP status code")
+                    .unwrap_or(Spanned::new(200, decode::node_span(c)));
+                if let Some(url) = url {
+                    g.http_checks.push(HttpCheck { url, expect_status });
+                }
+            }
+            _ => d.unknown_node(c, "`gates`", GATES),
+        }
+    }
+    g.healthy = healthy.unwrap_or(false);
+    g
+}
