@@ -14,10 +14,10 @@ use crate::diagnostics::Diagnostics;
 use crate::model::{FleetModel, Located, ENVIRONMENTS_FILE, FLEET_FILE};
 use crate::repo::RepoFiles;
 
-pub(crate) fn run(model: &FleetModel, _files: &RepoFiles, d: &mut Diagnostics<'_>) {
+pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
     fleet(model, d);
     environments(model, d);
-    nodes(model, d);
+    nodes(model, files, d);
     meshes(model, d);
     rollouts(model, d);
 }
@@ -53,7 +53,7 @@ fn check_name(d: &mut Diagnostics<'_>, file: &str, name: &Spanned<String>, what:
     }
 }
 
-fn known_list(names: impl Iterator<Item = impl AsRef<str>>) -> String {
+pub(crate) fn known_list(names: impl Iterator<Item = impl AsRef<str>>) -> String {
     let names: Vec<String> = names.map(|n| format!("`{}`", n.as_ref())).collect();
     if names.is_empty() {
         "none are defined".to_owned()
@@ -68,7 +68,9 @@ fn unknown_environment(
     file: &str,
     name: &Spanned<String>,
 ) {
-    if model.environment(&name.value).is_none() {
+    // Without environments.kdl every name would be unknown; its absence is
+    // reported once, on its own.
+    if model.environments_read && model.environment(&name.value).is_none() {
         d.error(
             file,
             name.span,
@@ -88,7 +90,7 @@ fn unknown_environment(
 pub(crate) fn decode_key(s: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s.trim())
-        .map_err(|e| format!("not base64 ({e})"))?;
+        .map_err(|_| "not valid base64".to_owned())?;
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("{} bytes, not 32", bytes.len()))
 }
 
@@ -216,6 +218,20 @@ fn environments(model: &FleetModel, d: &mut Diagnostics<'_>) {
         if let Some(after) = &env.after {
             unknown_environment(model, d, f, after);
         }
+        if let Some(fresh) = &env.freshness_seconds {
+            if fresh.value == 0 {
+                d.error(
+                    f,
+                    fresh.span,
+                    "invalid-value",
+                    format!(
+                        "environment `{}`: a freshness of 0s makes every channel manifest stale as soon as it is signed",
+                        env.name.value
+                    ),
+                    Some("use a duration such as \"30m\" or \"1h\", or remove `freshness`".to_owned()),
+                );
+            }
+        }
         for w in &env.windows {
             window(d, f, w);
         }
@@ -292,20 +308,33 @@ fn window(d: &mut Diagnostics<'_>, f: &str, w: &Window) {
         WindowKind::Allow => "window",
         WindowKind::Deny => "deny-window",
     };
-    if let Err(e) = parse_cron(&w.cron.value) {
-        d.error(
+    match parse_window_cron(&w.cron.value) {
+        Ok(_) => {}
+        Err(CronError::Invalid(why)) => d.error(
             f,
             w.cron.span,
             "invalid-cron",
             format!(
-                "{kind} `{}`: `{}` is not a cron expression: {e}",
+                "{kind} `{}`: `{}` is not a cron expression: {why}",
+                w.name.value, w.cron.value
+            ),
+            Some(format!(
+                "five fields: {CRON_FIELDS}, e.g. \"0 9 * * Mon-Fri\" or \"0 9 * * 1-5\""
+            )),
+        ),
+        Err(CronError::NeverOpens) => d.error(
+            f,
+            w.cron.span,
+            "invalid-cron",
+            format!(
+                "{kind} `{}` never opens: no date matches `{}`",
                 w.name.value, w.cron.value
             ),
             Some(
-                "five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * Mon-Fri\""
+                "check the day of the month against the month (and the day of the week, which must match too)"
                     .to_owned(),
             ),
-        );
+        ),
     }
     if chrono_tz::Tz::from_str(&w.time_zone.value).is_err() {
         d.error(
@@ -330,16 +359,59 @@ fn window(d: &mut Diagnostics<'_>, f: &str, w: &Window) {
     }
 }
 
-/// Cron with five fields (minute first) as operators write it, or the six or
-/// seven (seconds first, optional year) the `cron` crate reads.
+/// The five cron fields operators write, in order.
+const CRON_FIELDS: &str = "minute hour day-of-month month day-of-week";
+
+/// Where the search for a window's first opening starts: a fixed instant, so
+/// that the check gives the same answer whenever it runs.
+const NEVER_OPENS_FROM: (i32, u32, u32) = (2000, 1, 1);
+
+/// How far ahead a window must open at least once. Every date pattern of five
+/// cron fields recurs within this many years (February 29 on a given weekday
+/// does so within 28 years of 2000).
+const NEVER_OPENS_YEARS: i32 = 30;
+
+/// Why a cron expression cannot be used for a window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum CronError {
+    /// Not a cron expression.
+    Invalid(String),
+    /// A valid expression that matches no date, e.g. February 31.
+    NeverOpens,
+}
+
+impl std::fmt::Display for CronError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CronError::Invalid(why) => f.write_str(why),
+            CronError::NeverOpens => f.write_str("it never opens: no date matches all its fields"),
+        }
+    }
+}
+
+/// A standard five-field cron expression (minute hour day-of-month month
+/// day-of-week, day-of-week 0-7 with 0 and 7 for Sunday, or names), read with
+/// the `cron` crate.
 pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
-    let fields = expr.split_whitespace().count();
-    let full = if fields == 5 {
-        format!("0 {expr}")
-    } else {
-        expr.to_owned()
-    };
-    cron::Schedule::from_str(&full).map_err(|e| {
+    parse_window_cron(expr).map_err(|e| e.to_string())
+}
+
+fn parse_window_cron(expr: &str) -> Result<cron::Schedule, CronError> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(CronError::Invalid(format!(
+            "expected 5 fields ({CRON_FIELDS}), found {}",
+            fields.len()
+        )));
+    }
+    let day_of_week = crate_days_of_week(fields[4]).map_err(CronError::Invalid)?;
+    // The crate wants seconds first, and counts days of the week from
+    // 1 = Sunday.
+    let full = format!(
+        "0 {} {} {} {} {day_of_week}",
+        fields[0], fields[1], fields[2], fields[3]
+    );
+    let schedule = cron::Schedule::from_str(&full).map_err(|e| {
         // The crate's message repeats the expression with a caret under it;
         // the last line is the explanation.
         let text = e.to_string();
@@ -348,14 +420,93 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("invalid");
-        why.trim().trim_end_matches('.').to_owned()
-    })
+        CronError::Invalid(why.trim().trim_end_matches('.').to_owned())
+    })?;
+    let (y, m, d) = NEVER_OPENS_FROM;
+    let from = chrono::NaiveDate::from_ymd_opt(y, m, d)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc());
+    let until = chrono::NaiveDate::from_ymd_opt(y + NEVER_OPENS_YEARS, m, d)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc());
+    if let (Some(from), Some(until)) = (from, until) {
+        if schedule.after(&from).next().is_none_or(|next| next > until) {
+            return Err(CronError::NeverOpens);
+        }
+    }
+    Ok(schedule)
+}
+
+/// Translate a standard day-of-week field (0-7, 0 and 7 = Sunday) to the
+/// `cron` crate's numbering (1 = Sunday ... 7 = Saturday). Numeric items
+/// (`5`, `1-5`, `*/2`, `5-7`, `1-5/2`) become lists of the crate's numbers;
+/// `*` and names (`Mon-Fri`) mean the same to both and are kept as written.
+fn crate_days_of_week(field: &str) -> Result<String, String> {
+    if field.is_empty() {
+        return Err("day-of-week is empty".to_owned());
+    }
+    let mut out = Vec::new();
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((b, s)) => (b, Some(s)),
+            None => (item, None),
+        };
+        let has_name = base.chars().any(|c| c.is_ascii_alphabetic());
+        let has_number = base.chars().any(|c| c.is_ascii_digit());
+        if has_name && has_number {
+            return Err(format!(
+                "day-of-week `{item}` mixes day names and numbers; use one or the other"
+            ));
+        }
+        if has_name || (base == "*" && step.is_none()) || base.is_empty() {
+            // Names, `*` and anything malformed go to the crate as written.
+            out.push(item.to_owned());
+            continue;
+        }
+        let number = |s: &str| -> Result<u32, String> {
+            match s.parse::<u32>() {
+                Ok(n) if n <= 7 => Ok(n),
+                _ => Err(format!(
+                    "day-of-week `{s}` is not a day: use 0-7 (0 and 7 are Sunday) or Sun-Sat"
+                )),
+            }
+        };
+        let (first, last) = match base.split_once('-') {
+            _ if base == "*" => (0, 6),
+            Some((a, b)) => (number(a)?, number(b)?),
+            // `5/2`: from 5 to the end of the week.
+            None if step.is_some() => {
+                let n = number(base)?;
+                (n, n.max(6))
+            }
+            None => {
+                let n = number(base)?;
+                (n, n)
+            }
+        };
+        if first > last {
+            return Err(format!(
+                "day-of-week range `{base}` runs backwards; write it as a list, e.g. `5,6,0`"
+            ));
+        }
+        let step = match step {
+            None => 1,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(format!("day-of-week step `{s}` is not a positive number")),
+            },
+        };
+        for day in (first..=last).step_by(step) {
+            out.push((day % 7 + 1).to_string());
+        }
+    }
+    Ok(out.join(","))
 }
 
 // ---------------------------------------------------------------------------
 // nodes
 
-fn nodes(model: &FleetModel, d: &mut Diagnostics<'_>) {
+fn nodes(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
     let mut ids: HashMap<&str, (&str, Span)> = HashMap::new();
     let mut node_keys: HashMap<[u8; 32], (&str, Span)> = HashMap::new();
     let mut wg_keys: HashMap<[u8; 32], (&str, Span)> = HashMap::new();
@@ -372,17 +523,13 @@ fn nodes(model: &FleetModel, d: &mut Diagnostics<'_>) {
                 Some(format!("first used at {at}; every node needs its own id")),
             );
         }
-        let stem = path.trim_start_matches("nodes/").trim_end_matches(".kdl");
-        if stem != node.id.value {
+        if let Some(better) = better_node_path(path, &node.id.value, files) {
             d.warning(
                 path,
                 node.id.span,
                 "node-file-name",
                 format!("node `{}` is in `{path}`", node.id.value),
-                Some(format!(
-                    "name the file `nodes/{}.kdl` so it is easy to find",
-                    node.id.value
-                )),
+                Some(format!("name the file `{better}` so it is easy to find")),
             );
         }
         unknown_environment(model, d, path, &node.environment);
@@ -441,6 +588,15 @@ fn nodes(model: &FleetModel, d: &mut Diagnostics<'_>) {
             }
         }
     }
+}
+
+/// The path a node file should be renamed to, when that advice helps: the
+/// file is not named after the node's id, the id is a valid file name, and no
+/// other file has that name already (two nodes with one id are an error of
+/// their own).
+fn better_node_path(path: &str, id: &str, files: &RepoFiles) -> Option<String> {
+    let better = format!("nodes/{id}.kdl");
+    (path != better && valid_name(id) && files.get(&better).is_none()).then_some(better)
 }
 
 // ---------------------------------------------------------------------------
@@ -715,7 +871,11 @@ fn steps(d: &mut Diagnostics<'_>, path: &str, name: &str, r: &RolloutFile) {
         }
     }
     if let Some(last) = r.steps.last() {
-        if last.size.value != StepSize::Percent(100) {
+        // A last step that is itself invalid (zero, or over 100 %) has been
+        // reported above; saying it also falls short of 100 % would mislead.
+        let invalid = matches!(last.size.value, StepSize::Count(0) | StepSize::Percent(0))
+            || matches!(last.size.value, StepSize::Percent(p) if p > 100);
+        if !invalid && last.size.value != StepSize::Percent(100) {
             let reached = match last.size.value {
                 StepSize::Count(c) => format!("count={c}"),
                 StepSize::Percent(p) => format!("{p} %"),
@@ -796,11 +956,176 @@ mod tests {
         assert_eq!(usable_addresses(&"fd00::/120".parse().unwrap()), 255);
     }
 
+    /// The weekdays of the first `n` openings after a fixed Monday.
+    fn weekdays(expr: &str, n: usize) -> Vec<chrono::Weekday> {
+        use chrono::{Datelike as _, TimeZone as _};
+        let schedule = parse_cron(expr).unwrap_or_else(|e| panic!("`{expr}`: {e}"));
+        let monday = chrono::Utc
+            .with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
+            .single()
+            .expect("a valid date");
+        assert_eq!(monday.weekday(), chrono::Weekday::Mon);
+        schedule
+            .after(&monday)
+            .take(n)
+            .map(|t| t.weekday())
+            .collect()
+    }
+
     #[test]
     fn five_field_cron_is_accepted() {
         assert!(parse_cron("0 9 * * Mon-Fri").is_ok());
-        assert!(parse_cron("0 0 9 * * Mon-Fri").is_ok());
+        assert!(parse_cron("*/15 8-17 1,15 * *").is_ok());
         assert!(parse_cron("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn only_five_fields_are_accepted() {
+        for expr in ["0 0 9 * * Mon-Fri", "0 0 9 * * Mon-Fri 2030", "0 9 * *", ""] {
+            let n = expr.split_whitespace().count();
+            assert_eq!(
+                parse_cron(expr).err(),
+                Some(format!(
+                    "expected 5 fields (minute hour day-of-month month day-of-week), found {n}"
+                )),
+                "{expr}"
+            );
+        }
+    }
+
+    #[test]
+    fn numeric_days_of_week_are_standard() {
+        use chrono::Weekday::{Fri, Mon, Sat, Sun, Thu, Tue, Wed};
+        assert_eq!(weekdays("0 9 * * 1-5", 6), [Mon, Tue, Wed, Thu, Fri, Mon]);
+        assert_eq!(
+            weekdays("0 9 * * Mon-Fri", 6),
+            [Mon, Tue, Wed, Thu, Fri, Mon]
+        );
+        assert_eq!(weekdays("0 9 * * 0", 2), [Sun, Sun]);
+        assert_eq!(weekdays("0 9 * * 7", 2), [Sun, Sun]);
+        assert_eq!(weekdays("0 9 * * 5-7", 4), [Fri, Sat, Sun, Fri]);
+        assert_eq!(weekdays("0 9 * * 0,6", 3), [Sat, Sun, Sat]);
+        assert_eq!(weekdays("0 9 * * */2", 5), [Tue, Thu, Sat, Sun, Tue]);
+        assert_eq!(weekdays("0 9 * * 1-5/2", 4), [Mon, Wed, Fri, Mon]);
+        assert_eq!(weekdays("0 9 * * 6,Sun", 3), [Sat, Sun, Sat]);
+        assert_eq!(weekdays("0 9 * * *", 2), [Mon, Tue]);
+    }
+
+    #[test]
+    fn bad_days_of_week_are_rejected() {
+        assert!(parse_cron("0 9 * * 8").is_err());
+        assert!(parse_cron("0 9 * * 5-1").is_err());
+        assert!(parse_cron("0 9 * * */0").is_err());
+        assert!(parse_cron("0 9 * * Mon-5").is_err());
+    }
+
+    #[test]
+    fn a_window_that_never_opens_is_rejected() {
+        assert_eq!(
+            parse_window_cron("0 0 31 2 *").err(),
+            Some(CronError::NeverOpens)
+        );
+        assert_eq!(
+            parse_window_cron("0 0 31 4 *").err(),
+            Some(CronError::NeverOpens)
+        );
+        // Rare is not never: February 29 on a Monday, Friday the 13th.
+        assert!(parse_cron("0 0 29 2 Mon").is_ok());
+        assert!(parse_cron("0 0 13 * 5").is_ok());
+    }
+
+    #[test]
+    fn key_errors_do_not_leak_decoder_details() {
+        let bad_symbol = decode_key("Faz0awO3TpxOrdrGl9JOubghLXtHG0qvzoviuH92ZPA!");
+        assert_eq!(bad_symbol, Err("not valid base64".to_owned()));
+        let bad_padding = decode_key("HUEFj87k8L7OSHttz/kWiAL9hOTz6wOuQtbUMkHVjG");
+        assert_eq!(bad_padding, Err("not valid base64".to_owned()));
+        assert_eq!(decode_key("AAAA"), Err("3 bytes, not 32".to_owned()));
+        assert!(decode_key("Faz0awO3TpxOrdrGl9JOubghLXtHG0qvzoviuH92ZPA=").is_ok());
+    }
+
+    /// The codes of the diagnostics a check gives.
+    fn codes(files: &RepoFiles, run: impl FnOnce(&mut Diagnostics<'_>)) -> Vec<String> {
+        let mut d = Diagnostics::new(files);
+        run(&mut d);
+        d.finish().into_iter().map(|x| x.code).collect()
+    }
+
+    fn step_codes(step_lines: &str) -> Vec<String> {
+        let text = format!("version 1\nconfig \"web\"\n{step_lines}");
+        let r = RolloutFile::decode(&text)
+            .value
+            .expect("the rollout decodes");
+        let mut files = RepoFiles::new();
+        files.insert("rollouts/web.kdl", text);
+        codes(&files, |d| steps(d, "rollouts/web.kdl", "web", &r))
+    }
+
+    #[test]
+    fn an_invalid_last_step_is_not_also_incomplete() {
+        assert_eq!(
+            step_codes("step count=1\nstep percent=1000\n"),
+            ["invalid-step"]
+        );
+        assert_eq!(step_codes("step percent=0\n"), ["invalid-step"]);
+        assert_eq!(step_codes("step count=0\n"), ["invalid-step"]);
+        assert_eq!(
+            step_codes("step count=1\nstep percent=50\n"),
+            ["steps-incomplete"]
+        );
+        assert!(step_codes("step count=1\nstep percent=100\n").is_empty());
+    }
+
+    #[test]
+    fn zero_freshness_is_rejected() {
+        let text = "version 1\nenvironment \"dev\" {\n    freshness \"0s\"\n}\n";
+        let model = FleetModel {
+            environments: gitfleet_schemas::EnvironmentsFile::decode(text)
+                .value
+                .expect("the file decodes")
+                .environments,
+            environments_read: true,
+            ..FleetModel::default()
+        };
+        let mut files = RepoFiles::new();
+        files.insert(ENVIRONMENTS_FILE, text);
+        assert_eq!(
+            codes(&files, |d| environments(&model, d)),
+            ["invalid-value"]
+        );
+    }
+
+    #[test]
+    fn node_file_name_advice_only_when_it_helps() {
+        let mut files = RepoFiles::new();
+        files.insert("nodes/web-1.kdl", "");
+        files.insert("nodes/web-2.kdl", "");
+        assert_eq!(
+            better_node_path("nodes/web-2.kdl", "web-02", &files).as_deref(),
+            Some("nodes/web-02.kdl")
+        );
+        assert_eq!(better_node_path("nodes/web-2.kdl", "web-2", &files), None);
+        // Another file already has the name: a duplicate id, reported as such.
+        assert_eq!(better_node_path("nodes/web-2.kdl", "web-1", &files), None);
+        // An id that cannot be a file name is reported as invalid.
+        assert_eq!(better_node_path("nodes/web-2.kdl", "web 2", &files), None);
+    }
+
+    #[test]
+    fn without_environments_kdl_nodes_are_not_each_blamed() {
+        let mut files = RepoFiles::new();
+        files.insert(
+            "nodes/web-1.kdl",
+            "version 1\nid \"web-1\"\nenvironment \"prod\"\nnode-key \"Faz0awO3TpxOrdrGl9JOubghLXtHG0qvzoviuH92ZPA=\"\n",
+        );
+        let checked = crate::check(&files);
+        let codes: Vec<&str> = checked
+            .diagnostics
+            .iter()
+            .map(|d| d.code.as_str())
+            .collect();
+        assert!(codes.contains(&"missing-file"), "{codes:?}");
+        assert!(!codes.contains(&"unknown-environment"), "{codes:?}");
     }
 
     #[test]

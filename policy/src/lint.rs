@@ -6,9 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use gitfleet_schemas::{LintRule, RolloutTarget, Span};
 use sentinel_config::{BuiltinHandler, Config, Filter};
 
-use crate::checks::select;
+use crate::checks::{known_list, select};
 use crate::diagnostics::Diagnostics;
-use crate::model::{ConfigDir, FleetModel, FLEET_FILE};
+use crate::model::{ConfigDir, FleetModel, ENVIRONMENTS_FILE, FLEET_FILE};
 use crate::repo::RepoFiles;
 use crate::sentinel::find_quoted;
 
@@ -34,10 +34,8 @@ pub const RULES: &[(&str, &str)] = &[
 
 pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
     let Some(fleet) = &model.fleet else { return };
-    let rules: Vec<&LintRule> = fleet
-        .doc
-        .lints
-        .iter()
+    let rules: Vec<&LintRule> = first_of_each_name(&fleet.doc.lints, d)
+        .into_iter()
         .filter(|r| known(d, model, r))
         .collect();
     if rules.is_empty() {
@@ -63,6 +61,34 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     }
 }
 
+/// The rules in order, without later rules of a name already switched on,
+/// which are reported: one rule has one severity and one scope.
+fn first_of_each_name<'m>(rules: &'m [LintRule], d: &mut Diagnostics<'_>) -> Vec<&'m LintRule> {
+    let mut first: HashMap<&str, Span> = HashMap::new();
+    let mut out = Vec::new();
+    for rule in rules {
+        match first.get(rule.name.value.as_str()) {
+            Some(&span) => {
+                let at = d.location(FLEET_FILE, span);
+                d.error(
+                    FLEET_FILE,
+                    rule.name.span,
+                    "duplicate-lint",
+                    format!("lint `{}` is switched on twice", rule.name.value),
+                    Some(format!(
+                        "first switched on at {at}; keep one `lint` node per rule, with all its environments and configs"
+                    )),
+                );
+            }
+            None => {
+                first.insert(&rule.name.value, rule.name.span);
+                out.push(rule);
+            }
+        }
+    }
+    out
+}
+
 /// Report unknown rule names and bad settings; true when the rule can run.
 fn known(d: &mut Diagnostics<'_>, model: &FleetModel, rule: &LintRule) -> bool {
     let name = rule.name.value.as_str();
@@ -78,13 +104,18 @@ fn known(d: &mut Diagnostics<'_>, model: &FleetModel, rule: &LintRule) -> bool {
         return false;
     }
     for env in &rule.environments {
-        if model.environment(&env.value).is_none() {
+        // Without environments.kdl, whose absence is reported on its own,
+        // every name would be unknown.
+        if model.environments_read && model.environment(&env.value).is_none() {
             d.error(
                 FLEET_FILE,
                 env.span,
                 "unknown-environment",
                 format!("lint `{name}` names unknown environment `{}`", env.value),
-                None,
+                Some(format!(
+                    "environments are declared in {ENVIRONMENTS_FILE}; {}",
+                    known_list(model.environments.iter().map(|e| e.name.value.as_str()))
+                )),
             );
         }
     }
@@ -95,7 +126,10 @@ fn known(d: &mut Diagnostics<'_>, model: &FleetModel, rule: &LintRule) -> bool {
                 config.span,
                 "unknown-config",
                 format!("lint `{name}` names unknown config `{}`", config.value),
-                None,
+                Some(format!(
+                    "configs live in `configs/<name>/sentinel.kdl`; {}",
+                    known_list(model.configs.keys())
+                )),
             );
         }
     }
@@ -233,6 +267,36 @@ fn declaration(text: &str, keyword: &str, id: &str) -> Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_switched_on_twice_is_reported_and_runs_once() {
+        let text = "version 1\nname \"f\"\nlint \"route-timeout\" severity=\"error\"\nlint \"route-timeout\" severity=\"warning\"\nlint \"health-route\" severity=\"info\"\n";
+        let fleet = gitfleet_schemas::FleetFile::decode(text)
+            .value
+            .expect("fleet.kdl decodes");
+        let mut files = RepoFiles::new();
+        files.insert(FLEET_FILE, text);
+        let mut d = Diagnostics::new(&files);
+        let kept: Vec<(&str, String)> = first_of_each_name(&fleet.lints, &mut d)
+            .iter()
+            .map(|r| (r.name.value.as_str(), r.severity.value.to_string()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("route-timeout", "error".to_owned()),
+                ("health-route", "info".to_owned())
+            ]
+        );
+        let found = d.finish();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].code, "duplicate-lint");
+        assert_eq!((found[0].line, found[0].column), (4, 6));
+        assert_eq!(
+            found[0].help.as_deref(),
+            Some("first switched on at fleet.kdl:3; keep one `lint` node per rule, with all its environments and configs")
+        );
+    }
 
     #[test]
     fn loopback_listeners_need_no_tls() {

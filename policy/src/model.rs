@@ -49,6 +49,10 @@ impl ConfigDir {
 pub struct FleetModel {
     pub fleet: Option<Located<FleetFile>>,
     pub environments: Vec<Environment>,
+    /// Whether `environments.kdl` could be read. When it is missing or not
+    /// KDL, that is reported once, and references to environments are not
+    /// checked against the empty list.
+    pub environments_read: bool,
     /// In path order.
     pub nodes: Vec<Located<NodeFile>>,
     pub configs: BTreeMap<String, ConfigDir>,
@@ -105,7 +109,10 @@ fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel {
         None => {}
     }
     match document(files, ENVIRONMENTS_FILE, diags, EnvironmentsFile::decode) {
-        Some(doc) => model.environments = doc.environments,
+        Some(doc) => {
+            model.environments = doc.environments;
+            model.environments_read = true;
+        }
         None if files.get(ENVIRONMENTS_FILE).is_none() => {
             missing(diags, ENVIRONMENTS_FILE, "the ordered environments")
         }

@@ -35,13 +35,13 @@ pub fn validate(text: &str) -> Result<Config, Vec<Problem>> {
             .map(|d| Problem {
                 span: d.span.into(),
                 code: "sentinel-syntax",
-                message: d
-                    .message
-                    .clone()
-                    .or(d.label.clone())
-                    .unwrap_or_else(|| "invalid KDL".to_owned())
-                    .trim_end_matches('.')
-                    .to_lowercase(),
+                message: lowercase_first(
+                    d.message
+                        .as_deref()
+                        .or(d.label.as_deref())
+                        .unwrap_or("invalid KDL")
+                        .trim_end_matches('.'),
+                ),
                 help: d.help.clone(),
             })
             .collect());
@@ -113,24 +113,68 @@ fn strip_prefixes(s: &str) -> &str {
 }
 
 /// Turn one message of the crate into a problem. The crate gives no
-/// positions for semantic errors, but names the object in quotes
-/// (`Route 'api' references ...`): point at the first place that object is
-/// declared.
+/// positions for semantic errors, but names objects in quotes
+/// (`Route 'api' references upstream 'backend' which doesn't exist`). The
+/// last name is usually the bad reference, whose only occurrence is where it
+/// is made; earlier names are the objects that make it. Point at the first
+/// place the last name that occurs in the text is written.
 fn problem(text: &str, raw: &str) -> Problem {
     let raw = strip_prefixes(raw);
-    let mut lines = raw.lines();
-    let first = lines.next().unwrap_or("invalid config").trim();
-    let rest: Vec<&str> = lines.map(str::trim).filter(|l| !l.is_empty()).collect();
-    let span = quoted_names(first)
+    let mut lines = raw.lines().map(|l| sort_available(l.trim()));
+    let first = lines.next().unwrap_or_else(|| "invalid config".to_owned());
+    let rest: Vec<String> = lines.filter(|l| !l.is_empty()).collect();
+    let span = quoted_names(&first)
         .iter()
+        .rev()
         .find_map(|name| find_quoted(text, name))
         .unwrap_or_default();
     Problem {
         span,
         code: "sentinel-config",
         message: lowercase_first(first.trim_end_matches('.')),
-        help: (!rest.is_empty()).then(|| rest.join(" ")),
+        help: (!rest.is_empty()).then(|| join_lines(&rest)),
     }
+}
+
+/// The crate's extra lines as one help text: `; ` between sentences, a space
+/// after a line that introduces what follows (`Each route must either:`) or
+/// opens a block of an example, which so stays valid KDL
+/// (`listeners { listener "http" { address "0.0.0.0:8080"; }; }`).
+fn join_lines(lines: &[String]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with([':', '{']) { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// The crate lists the objects it knows from a hash set, in an order that
+/// changes from run to run: `Available routes: 'b', 'a'`. Sort the list.
+fn sort_available(line: &str) -> String {
+    let Some(at) = line.find("Available") else {
+        return line.to_owned();
+    };
+    let Some(colon) = line[at..].find(": ") else {
+        return line.to_owned();
+    };
+    let (head, list) = line.split_at(at + colon + 2);
+    // `Available: {"a", "b"}` (a set's debug form) or `Available routes: 'a', 'b'`.
+    let (open, inner, close) = match (list.chars().next(), list.chars().last()) {
+        (Some(o @ ('{' | '[')), Some(c @ ('}' | ']'))) if list.len() >= 2 => {
+            (o.to_string(), &list[1..list.len() - 1], c.to_string())
+        }
+        _ => (String::new(), list, String::new()),
+    };
+    let (inner, end) = match inner.strip_suffix('.') {
+        Some(i) if open.is_empty() => (i, "."),
+        _ => (inner, ""),
+    };
+    let mut items: Vec<&str> = inner.split(", ").collect();
+    items.sort_unstable();
+    format!("{head}{open}{}{close}{end}", items.join(", "))
 }
 
 fn quoted_names(message: &str) -> Vec<&str> {
@@ -197,13 +241,80 @@ listeners {
     }
 
     #[test]
-    fn unknown_upstream_points_at_the_route() {
+    fn unknown_upstream_points_at_the_reference() {
         let text = format!(
             "{MINIMAL}routes {{\n    route \"api\" {{\n        matches {{ path-prefix \"/\"; }}\n        upstream \"nowhere\"\n    }}\n}}\n"
         );
         let errs = validate(&text).unwrap_err();
         assert!(errs[0].message.contains("nowhere"), "{errs:?}");
-        assert_eq!(&text[errs[0].span.start..errs[0].span.end], "\"api\"");
+        assert_eq!(&text[errs[0].span.start..errs[0].span.end], "\"nowhere\"");
+        assert_eq!(
+            errs[0].help.as_deref(),
+            Some("Available upstreams: (none defined); Hint: Add an upstream block or fix the reference.")
+        );
+    }
+
+    #[test]
+    fn a_reference_missing_from_the_text_falls_back_to_the_referrer() {
+        let text = "route \"app\" {}\n";
+        let p = problem(
+            text,
+            "Route 'app' references upstream 'gone' which doesn't exist.",
+        );
+        assert_eq!(&text[p.span.start..p.span.end], "\"app\"");
+    }
+
+    #[test]
+    fn extra_lines_become_one_help() {
+        let p = problem(
+            "",
+            "Route 'a' has no upstream.\nEach route must either:\n1. Reference an upstream\n2. Serve static files",
+        );
+        assert_eq!(p.message, "route 'a' has no upstream");
+        assert_eq!(
+            p.help.as_deref(),
+            Some("Each route must either: 1. Reference an upstream; 2. Serve static files")
+        );
+        let p = problem(
+            "",
+            "Missing required 'listeners' configuration block\nExample:\nlisteners {\nlistener \"http\" {\naddress \"0.0.0.0:8080\"\nprotocol \"http\"\n}\n}",
+        );
+        let help = p.help.unwrap_or_default();
+        assert_eq!(
+            help,
+            "Example: listeners { listener \"http\" { address \"0.0.0.0:8080\"; protocol \"http\"; }; }"
+        );
+        let example = help.trim_start_matches("Example: ");
+        assert!(kdl::KdlDocument::parse(example).is_ok(), "{example}");
+    }
+
+    #[test]
+    fn available_lists_are_sorted() {
+        assert_eq!(
+            sort_available("Available routes: 'health', 'app', 'api'"),
+            "Available routes: 'api', 'app', 'health'"
+        );
+        assert_eq!(
+            sort_available("unknown agent 'x'. Available: {\"waf\", \"auth\"}"),
+            "unknown agent 'x'. Available: {\"auth\", \"waf\"}"
+        );
+        assert_eq!(
+            sort_available("Available filters: (none defined)"),
+            "Available filters: (none defined)"
+        );
+        assert_eq!(sort_available("no list here"), "no list here");
+    }
+
+    #[test]
+    fn syntax_messages_keep_their_case_after_the_first_letter() {
+        let errs = validate("system {\n  worker-threads 1\n").unwrap_err();
+        for e in &errs {
+            assert!(!e.message.starts_with(char::is_uppercase), "{e:?}");
+        }
+        assert_eq!(
+            lowercase_first("No closing '}' for KDL"),
+            "no closing '}' for KDL"
+        );
     }
 
     #[test]

@@ -15,6 +15,11 @@ use crate::span::{Span, Spanned};
 /// The version every fleet repo document declares today.
 pub const FORMAT_VERSION: i128 = 1;
 
+/// The help for a syntax error the parser gives no help for: most are KDL v1
+/// habits.
+const KDL_V2_HELP: &str =
+    "fleet files are KDL v2: strings are quoted, booleans are #true/#false, null is #null";
+
 /// A problem found while reading one document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeError {
@@ -111,7 +116,8 @@ impl Decoder {
                         .or(d.label.clone())
                         .unwrap_or_else(|| "invalid KDL".to_owned());
                     let message = lowercase_first(message.trim_end_matches('.'));
-                    self.error(d.span, "kdl-syntax", message, d.help.clone());
+                    let help = d.help.clone().or_else(|| Some(KDL_V2_HELP.to_owned()));
+                    self.error(d.span, "kdl-syntax", message, help);
                 }
                 None
             }
@@ -507,6 +513,14 @@ pub(crate) fn node_span(node: &KdlNode) -> Span {
     node.span().into()
 }
 
+/// Where to report something the whole document lacks: its first node
+/// (normally `version 1`), or the start of the text when it has no nodes.
+pub(crate) fn document_start(doc: &KdlDocument) -> Span {
+    doc.nodes()
+        .first()
+        .map_or(Span::new(0, 0), |n| n.span().into())
+}
+
 impl Decoder {
     /// A duration in whole milliseconds, for latencies.
     pub(crate) fn parse_duration_ms(&mut self, s: &Spanned<String>) -> Option<Spanned<u64>> {
@@ -525,5 +539,49 @@ impl Decoder {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start_text(text: &str) -> &str {
+        let doc = KdlDocument::parse(text).expect("valid KDL");
+        let span = document_start(&doc);
+        &text[span.start..span.end]
+    }
+
+    #[test]
+    fn syntax_errors_always_have_a_help() {
+        let mut d = Decoder::default();
+        assert!(d.parse("version 1\npaused true\n").is_none());
+        let errors = d.finish::<()>(None).errors;
+        assert!(!errors.is_empty());
+        for e in &errors {
+            assert_eq!(e.code, "kdl-syntax");
+            assert_eq!(e.help.as_deref(), Some(KDL_V2_HELP), "{e:?}");
+        }
+        // The parser's own help is kept.
+        let mut d = Decoder::default();
+        assert!(d.parse("id \"x\n").is_none());
+        let errors = d.finish::<()>(None).errors;
+        assert!(errors
+            .iter()
+            .any(|e| e.help.as_deref() != Some(KDL_V2_HELP)));
+    }
+
+    #[test]
+    fn the_document_starts_at_its_first_node() {
+        assert_eq!(
+            start_text("// comment\n\nversion 1\nid \"x\"\n"),
+            "version 1"
+        );
+        assert_eq!(
+            start_text("id \"x\" { a; }\nversion 1\n"),
+            "id \"x\" { a; }"
+        );
+        assert_eq!(start_text("// only a comment\n"), "");
+        assert_eq!(start_text(""), "");
     }
 }

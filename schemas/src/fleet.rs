@@ -129,7 +129,7 @@ impl FleetFile {
         }
         let name = d.required(
             name,
-            Span::default(),
+            decode::document_start(&doc),
             "name",
             "fleet.kdl",
             "name \"my-fleet\"",
@@ -219,7 +219,7 @@ fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
             node,
             "severity",
             decode::as_string,
-            "\"error\" or \"warning\"",
+            "\"error\", \"warning\" or \"info\"",
         )
         .and_then(|s| match s.value.parse::<Severity>() {
             Ok(sev) => Some(Spanned::new(sev, s.span)),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::Selector;
 use crate::decode::{self, Decoded, Decoder};
-use crate::span::{Span, Spanned};
+use crate::span::Spanned;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +66,7 @@ impl MeshFile {
                 _ => d.unknown_node(node, "mesh file", TOP),
             }
         }
-        let at = Span::default();
+        let at = decode::document_start(&doc);
         let cidr = d.required(cidr, at, "cidr", "mesh file", "cidr \"10.40.0.0/24\"");
         let members = d.required(members, at, "members", "mesh file", "members role=\"edge\"");
         let value = match (cidr, members) {

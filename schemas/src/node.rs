@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{self, Decoded, Decoder};
-use crate::span::{Span, Spanned};
+use crate::span::Spanned;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +73,7 @@ impl NodeFile {
                 _ => d.unknown_node(node, "node file", TOP),
             }
         }
-        let at = Span::default();
+        let at = decode::document_start(&doc);
         let id = d.required(id, at, "id", "node file", "id \"edge-fra-1\"");
         let environment = d.required(
             environment,

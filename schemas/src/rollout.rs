@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Selector, Window, WindowKind};
 use crate::decode::{self, children, Decoded, Decoder};
-use crate::span::{Span, Spanned};
+use crate::span::Spanned;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -167,7 +167,7 @@ impl RolloutFile {
                 _ => d.unknown_node(node, "rollout file", TOP),
             }
         }
-        let at = Span::default();
+        let at = decode::document_start(&doc);
         let target = d.required(
             target,
             at,
