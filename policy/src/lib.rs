@@ -6,11 +6,13 @@
 //! including validation of Sentinel configs with the proxy's own crate and
 //! the lint rules declared in `fleet.kdl`.
 
+pub mod bundle;
 mod checks;
 mod diagnostics;
 pub mod lint;
 pub mod model;
 pub mod repo;
+pub mod sbom;
 pub mod sentinel;
 
 pub use checks::{parse_cron, valid_name};

@@ -5,15 +5,19 @@
 //! and properties are errors. JSON Schemas for the formats are generated from
 //! these types by [`json_schemas`] and committed under `schemas/json/`.
 
+pub mod bundle;
 mod common;
 mod decode;
 pub mod diagnostic;
 pub mod environments;
 pub mod fleet;
+pub mod keyfile;
 pub mod mesh;
 pub mod node;
 pub mod rollout;
 mod span;
+pub mod trust;
+pub mod verify;
 
 pub use common::{Selector, Window, WindowKind};
 pub use decode::{DecodeError, Decoded, FORMAT_VERSION};
@@ -41,5 +45,10 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<MeshFile>("mesh.schema.json"),
         one::<RolloutFile>("rollout.schema.json"),
         one::<CheckReport>("check-report.schema.json"),
+        one::<bundle::BundleManifest>("bundle-manifest.schema.json"),
+        one::<trust::Envelope>("envelope.schema.json"),
+        one::<trust::Root>("root.schema.json"),
+        one::<trust::ChannelManifest>("channel-manifest.schema.json"),
+        one::<keyfile::KeyFile>("key-file.schema.json"),
     ]
 }

@@ -1,0 +1,140 @@
+//! The SBOMs inside bundles are valid CycloneDX 1.5: checked against the
+//! official JSON Schema (tests/cyclonedx-1.5/) and by the CycloneDX project's
+//! own Rust model.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::path::{Path, PathBuf};
+
+use cyclonedx_bom::prelude::{Bom, Validate as _};
+use gitfleet_policy::RepoFiles;
+use serde_json::Value;
+
+fn schema_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cyclonedx-1.5")
+}
+
+/// Serves `$ref`s such as `spdx.SNAPSHOT.schema.json` from the local copies.
+struct Local;
+
+impl jsonschema::Retrieve for Local {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri
+            .path()
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let text = std::fs::read_to_string(schema_dir().join(&name))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+fn example_repo() -> RepoFiles {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo");
+    let mut files = RepoFiles::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn sboms() -> Vec<(String, Vec<u8>)> {
+    let checked = gitfleet_policy::check(&example_repo());
+    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+    checked
+        .model
+        .configs
+        .values()
+        .map(|dir| {
+            let config = dir.sentinel.as_ref().unwrap();
+            let sbom = gitfleet_policy::sbom::sentinel(&dir.name, "0123abc", config, &dir.files);
+            (dir.name.clone(), sbom)
+        })
+        .collect()
+}
+
+#[test]
+fn example_sboms_validate_against_the_cyclonedx_1_5_json_schema() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(schema_dir().join("bom-1.5.SNAPSHOT.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::options()
+        .with_retriever(Local)
+        .build(&schema)
+        .unwrap();
+    let all = sboms();
+    assert_eq!(all.len(), 2);
+    for (name, sbom) in all {
+        let instance: Value = serde_json::from_slice(&sbom).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "SBOM of `{name}` is invalid:\n{}",
+            errors.join("\n")
+        );
+    }
+}
+
+#[test]
+fn the_schema_check_catches_an_invalid_sbom() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(schema_dir().join("bom-1.5.SNAPSHOT.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::options()
+        .with_retriever(Local)
+        .build(&schema)
+        .unwrap();
+    let (_, sbom) = sboms().remove(0);
+    let mut instance: Value = serde_json::from_slice(&sbom).unwrap();
+    instance["services"][0]["endpoints"] = serde_json::json!("not a list");
+    assert!(!validator.is_valid(&instance));
+}
+
+#[test]
+fn example_sboms_pass_the_cyclonedx_model_validation() {
+    for (name, sbom) in sboms() {
+        let bom = Bom::parse_from_json_v1_5(sbom.as_slice()).unwrap();
+        let result = bom.validate();
+        assert!(result.passed(), "SBOM of `{name}`: {result:?}");
+    }
+}
+
+#[test]
+fn sboms_describe_listeners_routes_and_upstreams() {
+    let (_, sbom) = sboms().into_iter().find(|(n, _)| n == "edge").unwrap();
+    let bom: Value = serde_json::from_slice(&sbom).unwrap();
+    let kinds: Vec<&str> = bom["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["properties"][0]["value"].as_str().unwrap())
+        .collect();
+    for kind in ["listener", "route", "upstream"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert_eq!(bom["metadata"]["component"]["version"], "0123abc");
+    assert_eq!(bom["components"][0]["hashes"][0]["alg"], "SHA-256");
+}

@@ -1,0 +1,234 @@
+//! Signed documents: the root of trust, channel manifests, and the envelope
+//! that carries their exact signed bytes.
+//!
+//! An [`Envelope`] holds a payload as base64 of the exact bytes that were
+//! signed, a payload type, and signatures over the DSSE pre-authentication
+//! encoding of both (`DSSEv1 <len> <type> <len> <payload>`). Verifiers check
+//! those bytes and only then parse them, so there is no canonical-JSON step
+//! to get wrong, and a signature over one document type can never be replayed
+//! as another.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// An ed25519 public key, written as base64 of its 32 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bytes = B64
+            .decode(s.trim())
+            .map_err(|e| format!("not base64 ({e})"))?;
+        let bytes = <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| format!("{} bytes, not 32", bytes.len()))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| "not a point on the ed25519 curve".to_owned())?;
+        Ok(PublicKey(bytes))
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&B64.encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PublicKey::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for PublicKey {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PublicKey".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "base64 of a 32-byte ed25519 public key",
+            "type": "string",
+            "pattern": "^[A-Za-z0-9+/]{43}=$"
+        })
+    }
+}
+
+/// A signed document: the exact payload bytes, their type, and signatures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub payload_type: String,
+    /// base64 of the signed bytes.
+    pub payload: String,
+    pub signatures: Vec<Signature>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// The signing key (base64 ed25519 public key).
+    pub key: PublicKey,
+    /// base64 ed25519 signature over the pre-authentication encoding.
+    pub sig: String,
+}
+
+/// DSSE's pre-authentication encoding: what is actually signed.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+impl Envelope {
+    /// Wrap `payload` (the exact bytes to sign) with no signatures yet.
+    pub fn new(payload_type: &str, payload: &[u8]) -> Self {
+        Envelope {
+            payload_type: payload_type.to_owned(),
+            payload: B64.encode(payload),
+            signatures: Vec::new(),
+        }
+    }
+
+    /// Add a signature by `key`. Signing is pure: the key is a value.
+    pub fn sign(&mut self, key: &ed25519_dalek::SigningKey) -> Result<(), String> {
+        use ed25519_dalek::Signer as _;
+        let payload = B64
+            .decode(&self.payload)
+            .map_err(|e| format!("payload is not base64: {e}"))?;
+        let sig = key.sign(&pae(&self.payload_type, &payload));
+        let public = PublicKey(key.verifying_key().to_bytes());
+        self.signatures.retain(|s| s.key != public);
+        self.signatures.push(Signature {
+            key: public,
+            sig: B64.encode(sig.to_bytes()),
+        });
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// A signed document type: its payload type names the format and version.
+pub trait Document: serde::de::DeserializeOwned + Serialize {
+    const PAYLOAD_TYPE: &'static str;
+    /// What the document is called in errors.
+    const NAME: &'static str;
+
+    /// The bytes to sign for this document.
+    fn payload(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// An unsigned envelope around this document.
+    fn envelope(&self) -> Envelope {
+        Envelope::new(Self::PAYLOAD_TYPE, &self.payload())
+    }
+}
+
+/// `root/<version>.json`: which keys sign roots and which sign manifests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// The fleet this root belongs to; a root of another fleet is refused.
+    pub fleet: String,
+    /// 1 for the first root; each rotation adds exactly one.
+    pub version: u64,
+    pub expires: DateTime<Utc>,
+    /// Offline keys; `root_threshold` of them sign every root.
+    pub root_keys: Vec<PublicKey>,
+    pub root_threshold: u32,
+    /// Keys held by the reconciler; `online_threshold` of them sign every
+    /// channel manifest.
+    pub online_keys: Vec<PublicKey>,
+    pub online_threshold: u32,
+}
+
+impl Document for Root {
+    const PAYLOAD_TYPE: &'static str = "application/vnd.gitfleet.root.v1+json";
+    const NAME: &'static str = "root";
+}
+
+/// `channels/<environment>.json`: the one small object agents poll.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelManifest {
+    pub fleet: String,
+    pub environment: String,
+    /// Strictly increasing; an agent refuses a serial lower than one it saw.
+    pub serial: u64,
+    pub expires: DateTime<Utc>,
+    pub rollouts: Vec<ChannelRollout>,
+}
+
+impl Document for ChannelManifest {
+    const PAYLOAD_TYPE: &'static str = "application/vnd.gitfleet.channel.v1+json";
+    const NAME: &'static str = "channel manifest";
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRollout {
+    pub name: String,
+    /// Labels a node must carry to be a target.
+    pub selector: BTreeMap<String, String>,
+    pub bundle: BundleRef,
+    /// What targets outside the current step keep running.
+    pub previous: Option<BundleRef>,
+    /// 1-based index of the current step.
+    pub step: u32,
+    pub steps: u32,
+    /// A target is in the current step when the stable hash of
+    /// `(rollout, node id)` is below this value.
+    pub membership_threshold: u64,
+}
+
+/// Names a bundle by the digest and length of its bytes.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRef {
+    /// `sha256:<64 hex digits>`.
+    pub digest: String,
+    pub length: u64,
+}
+
+impl BundleRef {
+    /// `bundles/sha256/<hex>.tar.zst`.
+    pub fn object_key(&self) -> String {
+        let hex = self.digest.trim_start_matches("sha256:");
+        format!("bundles/sha256/{hex}.tar.zst")
+    }
+}

@@ -1,0 +1,813 @@
+//! The attack corpus: every way a stored document or bundle can be forged,
+//! replayed, rolled back or booby-trapped, each refused with its exact error.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use ed25519_dalek::SigningKey;
+use gitfleet_policy::bundle::{self, Input};
+use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::trust::{
+    BundleRef, ChannelManifest, ChannelRollout, Document, Envelope, PublicKey, Root,
+};
+use gitfleet_schemas::verify::{
+    bundle_digest, sha256_hex, verify_bundle, verify_channel, verify_first_root,
+    verify_root_rotation, Limits, Verified, VerifyError,
+};
+use proptest::prelude::*;
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn public(k: &SigningKey) -> PublicKey {
+    PublicKey(k.verifying_key().to_bytes())
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+}
+
+/// Root keys 1, 2, 3 (2 of 3 sign); online key 10.
+fn root_v1() -> Root {
+    Root {
+        fleet: "acme".into(),
+        version: 1,
+        expires: now() + Duration::days(365),
+        root_keys: vec![public(&key(1)), public(&key(2)), public(&key(3))],
+        root_threshold: 2,
+        online_keys: vec![public(&key(10))],
+        online_threshold: 1,
+    }
+}
+
+fn signed<T: Document>(doc: &T, keys: &[&SigningKey]) -> Vec<u8> {
+    let mut env = doc.envelope();
+    for k in keys {
+        env.sign(k).unwrap();
+    }
+    env.to_json()
+}
+
+fn pinned() -> Vec<PublicKey> {
+    root_v1().root_keys
+}
+
+fn trusted_root() -> Verified<Root> {
+    let bytes = signed(&root_v1(), &[&key(1), &key(2)]);
+    verify_first_root(&bytes, "acme", &pinned(), 2).unwrap()
+}
+
+fn channel(serial: u64) -> ChannelManifest {
+    ChannelManifest {
+        fleet: "acme".into(),
+        environment: "prod".into(),
+        serial,
+        expires: now() + Duration::hours(1),
+        rollouts: vec![ChannelRollout {
+            name: "edge".into(),
+            selector: BTreeMap::from([("role".into(), "edge".into())]),
+            bundle: BundleRef {
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                length: 1234,
+            },
+            previous: None,
+            step: 1,
+            steps: 3,
+            membership_threshold: u64::MAX / 4,
+        }],
+    }
+}
+
+fn check_channel(
+    bytes: &[u8],
+    trusted: Option<u64>,
+) -> Result<Verified<ChannelManifest>, VerifyError> {
+    verify_channel(&trusted_root(), bytes, "prod", trusted, now())
+}
+
+// --- roots and manifests ---------------------------------------------------
+
+#[test]
+fn a_properly_signed_chain_is_accepted() {
+    let m = check_channel(&signed(&channel(42), &[&key(10)]), Some(41)).unwrap();
+    assert_eq!(m.serial, 42);
+}
+
+#[test]
+fn the_same_serial_again_is_accepted() {
+    assert!(check_channel(&signed(&channel(42), &[&key(10)]), Some(42)).is_ok());
+}
+
+#[test]
+fn a_tampered_payload_fails_its_signature() {
+    let mut env: Envelope = serde_json::from_slice(&signed(&channel(42), &[&key(10)])).unwrap();
+    let forged = channel(43).payload();
+    env.payload = base64_encode(&forged);
+    let err = check_channel(&env.to_json(), None).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::BadSignature {
+            what: "channel manifest",
+            key: public(&key(10))
+        }
+    );
+}
+
+#[test]
+fn a_signature_by_an_unknown_key_is_refused() {
+    let err = check_channel(&signed(&channel(42), &[&key(66)]), None).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::UnknownKey {
+            what: "channel manifest",
+            key: public(&key(66))
+        }
+    );
+}
+
+#[test]
+fn a_manifest_signed_by_a_root_key_instead_of_an_online_key_is_refused() {
+    let err = check_channel(&signed(&channel(42), &[&key(1)]), None).unwrap_err();
+    assert!(matches!(err, VerifyError::UnknownKey { .. }), "{err}");
+}
+
+#[test]
+fn an_unsigned_manifest_misses_the_threshold() {
+    let err = check_channel(&signed(&channel(42), &[]), None).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Threshold {
+            what: "channel manifest",
+            role: "online",
+            valid: 0,
+            threshold: 1
+        }
+    );
+}
+
+#[test]
+fn a_root_signed_below_the_threshold_is_refused() {
+    let bytes = signed(&root_v1(), &[&key(1)]);
+    let err = verify_first_root(&bytes, "acme", &pinned(), 2).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Threshold {
+            what: "root",
+            role: "pinned root",
+            valid: 1,
+            threshold: 2
+        }
+    );
+}
+
+#[test]
+fn a_duplicate_signature_counts_once() {
+    let mut env = root_v1().envelope();
+    env.sign(&key(1)).unwrap();
+    let dup = env.signatures[0].clone();
+    env.signatures.push(dup);
+    let err = verify_first_root(&env.to_json(), "acme", &pinned(), 2).unwrap_err();
+    assert!(
+        matches!(err, VerifyError::Threshold { valid: 1, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_expired_manifest_is_refused() {
+    let mut m = channel(42);
+    m.expires = now() - Duration::seconds(1);
+    let err = check_channel(&signed(&m, &[&key(10)]), None).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Expired {
+            what: "channel manifest",
+            expires: m.expires,
+            now: now()
+        }
+    );
+}
+
+#[test]
+fn an_expired_root_freezes_everything() {
+    let mut r = root_v1();
+    r.expires = now() - Duration::days(1);
+    let root = verify_first_root(&signed(&r, &[&key(1), &key(2)]), "acme", &pinned(), 2).unwrap();
+    let err = verify_channel(
+        &root,
+        &signed(&channel(42), &[&key(10)]),
+        "prod",
+        None,
+        now(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Expired {
+            what: "root",
+            expires: r.expires,
+            now: now()
+        }
+    );
+}
+
+#[test]
+fn a_lower_serial_is_a_rollback() {
+    let err = check_channel(&signed(&channel(41), &[&key(10)]), Some(42)).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Rollback {
+            trusted: 42,
+            found: 41
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "channel manifest serial 41 < trusted 42: refusing a rollback"
+    );
+}
+
+#[test]
+fn a_manifest_for_another_environment_is_refused() {
+    let mut m = channel(42);
+    m.environment = "dev".into();
+    let err = check_channel(&signed(&m, &[&key(10)]), None).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::WrongEnvironment {
+            expected: "prod".into(),
+            found: "dev".into()
+        }
+    );
+}
+
+#[test]
+fn a_manifest_for_another_fleet_is_refused() {
+    let mut m = channel(42);
+    m.fleet = "evil".into();
+    let err = check_channel(&signed(&m, &[&key(10)]), None).unwrap_err();
+    assert!(matches!(err, VerifyError::WrongFleet { .. }), "{err}");
+}
+
+#[test]
+fn a_root_presented_as_a_manifest_has_the_wrong_type() {
+    let bytes = signed(&root_v1(), &[&key(10)]);
+    let err = check_channel(&bytes, None).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::WrongType {
+            what: "channel manifest",
+            expected: ChannelManifest::PAYLOAD_TYPE,
+            found: Root::PAYLOAD_TYPE.into()
+        }
+    );
+}
+
+#[test]
+fn unknown_fields_in_a_signed_payload_are_refused() {
+    let mut payload: serde_json::Value = serde_json::to_value(channel(42)).unwrap();
+    payload["surprise"] = serde_json::json!(true);
+    let mut env = Envelope::new(
+        ChannelManifest::PAYLOAD_TYPE,
+        payload.to_string().as_bytes(),
+    );
+    env.sign(&key(10)).unwrap();
+    let err = check_channel(&env.to_json(), None).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::Malformed { reason, .. } if reason.contains("surprise")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reformatted_envelope_is_refused() {
+    let bytes = signed(&channel(42), &[&key(10)]);
+    let compact = serde_json::to_vec(&serde_json::from_slice::<Envelope>(&bytes).unwrap()).unwrap();
+    let err = check_channel(&compact, None).unwrap_err();
+    assert!(matches!(err, VerifyError::Malformed { .. }), "{err}");
+}
+
+fn root_v2() -> Root {
+    Root {
+        version: 2,
+        root_keys: vec![public(&key(4)), public(&key(5)), public(&key(6))],
+        online_keys: vec![public(&key(11))],
+        ..root_v1()
+    }
+}
+
+#[test]
+fn a_rotation_signed_by_old_and_new_roots_is_accepted() {
+    let bytes = signed(&root_v2(), &[&key(1), &key(2), &key(4), &key(5)]);
+    let v2 = verify_root_rotation(&trusted_root(), &bytes).unwrap();
+    assert_eq!(v2.version, 2);
+    // The new online key now signs manifests; the old one no longer does.
+    assert!(verify_channel(&v2, &signed(&channel(1), &[&key(11)]), "prod", None, now()).is_ok());
+    assert!(verify_channel(&v2, &signed(&channel(1), &[&key(10)]), "prod", None, now()).is_err());
+}
+
+#[test]
+fn a_rotation_without_the_old_roots_signatures_is_refused() {
+    let bytes = signed(&root_v2(), &[&key(4), &key(5)]);
+    let err = verify_root_rotation(&trusted_root(), &bytes).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Threshold {
+            what: "root",
+            role: "trusted root",
+            valid: 0,
+            threshold: 2
+        }
+    );
+}
+
+#[test]
+fn a_rotation_without_the_new_roots_signatures_is_refused() {
+    let bytes = signed(&root_v2(), &[&key(1), &key(2)]);
+    let err = verify_root_rotation(&trusted_root(), &bytes).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Threshold {
+            what: "root",
+            role: "new root",
+            valid: 0,
+            threshold: 2
+        }
+    );
+}
+
+#[test]
+fn a_rotation_that_skips_a_version_is_refused() {
+    let mut r = root_v2();
+    r.version = 3;
+    let bytes = signed(&r, &[&key(1), &key(2), &key(4), &key(5)]);
+    let err = verify_root_rotation(&trusted_root(), &bytes).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::RootVersion {
+            trusted: 1,
+            found: 3
+        }
+    );
+}
+
+#[test]
+fn replaying_the_trusted_root_as_a_rotation_is_refused() {
+    let bytes = signed(&root_v1(), &[&key(1), &key(2)]);
+    let err = verify_root_rotation(&trusted_root(), &bytes).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::RootVersion {
+            trusted: 1,
+            found: 1
+        }
+    );
+}
+
+#[test]
+fn a_root_whose_thresholds_cannot_be_met_is_refused() {
+    let mut r = root_v1();
+    r.online_threshold = 2;
+    let err =
+        verify_first_root(&signed(&r, &[&key(1), &key(2)]), "acme", &pinned(), 2).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::UnreachableThreshold {
+            role: "online",
+            keys: 1,
+            threshold: 2
+        }
+    );
+}
+
+// --- bundles ---------------------------------------------------------------
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn good_bundle() -> bundle::Built {
+    let files = BTreeMap::from([("sentinel.kdl".to_owned(), b"system {}\n".to_vec())]);
+    bundle::build(Input {
+        kind: BundleKind::Sentinel,
+        name: "edge",
+        source_commit: "0123456789abcdef0123456789abcdef01234567",
+        validator: "test",
+        files: &files,
+        sbom: b"{}\n".to_vec(),
+    })
+    .unwrap()
+}
+
+/// One raw tar entry, written byte by byte so that anything can be forged.
+struct Raw<'a> {
+    name: &'a [u8],
+    kind: tar::EntryType,
+    data: &'a [u8],
+}
+
+fn raw_header(name: &[u8], kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+        h.set_link_name("files/sentinel.kdl").unwrap();
+    }
+    h.set_cksum();
+    h
+}
+
+/// An archive of the good bundle's entries plus `extra`, compressed, with a
+/// reference that matches its bytes (so only the contents are wrong).
+fn forged(extra: &[Raw<'_>], keep: impl Fn(&str) -> bool) -> (BundleRef, Vec<u8>) {
+    let good = good_bundle();
+    let bundle = verify_bundle(&good.reference, &good.bytes, Limits::default()).unwrap();
+    let mut entries: Vec<(Vec<u8>, tar::EntryType, Vec<u8>)> = Vec::new();
+    let manifest = serde_json::to_vec_pretty(&bundle.manifest).unwrap();
+    entries.push((b"manifest.json".to_vec(), tar::EntryType::Regular, manifest));
+    for (path, data) in &bundle.files {
+        if keep(path) {
+            entries.push((
+                path.as_bytes().to_vec(),
+                tar::EntryType::Regular,
+                data.clone(),
+            ));
+        }
+    }
+    for e in extra {
+        entries.push((e.name.to_vec(), e.kind, e.data.to_vec()));
+    }
+    let mut out = Vec::new();
+    for (name, kind, data) in &entries {
+        let size = if kind == &tar::EntryType::Regular {
+            data.len() as u64
+        } else {
+            0
+        };
+        out.extend_from_slice(raw_header(name, *kind, size).as_bytes());
+        if size > 0 {
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+    }
+    out.extend_from_slice(&[0; 1024]);
+    let bytes = zstd::bulk::compress(&out, 3).unwrap();
+    (reference_of(&bytes), bytes)
+}
+
+fn reference_of(bytes: &[u8]) -> BundleRef {
+    BundleRef {
+        digest: bundle_digest(bytes),
+        length: bytes.len() as u64,
+    }
+}
+
+fn reject(extra: &[Raw<'_>]) -> VerifyError {
+    let (r, bytes) = forged(extra, |_| true);
+    verify_bundle(&r, &bytes, Limits::default()).unwrap_err()
+}
+
+#[test]
+fn the_forging_helper_builds_acceptable_bundles() {
+    let (r, bytes) = forged(&[], |_| true);
+    assert!(verify_bundle(&r, &bytes, Limits::default()).is_ok());
+}
+
+#[test]
+fn a_bundle_with_another_digest_is_refused() {
+    let good = good_bundle();
+    let mut bytes = good.bytes.clone();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let err = verify_bundle(&good.reference, &bytes, Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::BundleDigest {
+            expected: good.reference.digest.clone(),
+            found: bundle_digest(&bytes)
+        }
+    );
+}
+
+#[test]
+fn a_bundle_of_another_length_is_refused_before_hashing() {
+    let good = good_bundle();
+    let mut bytes = good.bytes.clone();
+    bytes.extend_from_slice(&[0; 1 << 16]);
+    let err = verify_bundle(&good.reference, &bytes, Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::BundleLength {
+            expected: good.reference.length,
+            found: good.reference.length + (1 << 16)
+        }
+    );
+}
+
+#[test]
+fn an_absolute_path_is_refused() {
+    let err = reject(&[Raw {
+        name: b"/etc/cron.d/evil",
+        kind: tar::EntryType::Regular,
+        data: b"x",
+    }]);
+    assert_eq!(
+        err,
+        VerifyError::EntryPath {
+            path: "/etc/cron.d/evil".into()
+        }
+    );
+}
+
+#[test]
+fn a_dot_dot_path_is_refused() {
+    let err = reject(&[Raw {
+        name: b"files/../../etc/passwd",
+        kind: tar::EntryType::Regular,
+        data: b"x",
+    }]);
+    assert_eq!(
+        err,
+        VerifyError::EntryPath {
+            path: "files/../../etc/passwd".into()
+        }
+    );
+}
+
+#[test]
+fn a_symlink_is_refused() {
+    let err = reject(&[Raw {
+        name: b"files/link",
+        kind: tar::EntryType::Symlink,
+        data: b"",
+    }]);
+    assert_eq!(
+        err,
+        VerifyError::EntryType {
+            path: "files/link".into(),
+            kind: "symlink"
+        }
+    );
+}
+
+#[test]
+fn a_hardlink_is_refused() {
+    let err = reject(&[Raw {
+        name: b"files/hard",
+        kind: tar::EntryType::Link,
+        data: b"",
+    }]);
+    assert_eq!(
+        err,
+        VerifyError::EntryType {
+            path: "files/hard".into(),
+            kind: "hardlink"
+        }
+    );
+}
+
+#[test]
+fn devices_and_fifos_are_refused() {
+    for (kind, name) in [
+        (tar::EntryType::Char, "character device"),
+        (tar::EntryType::Block, "block device"),
+        (tar::EntryType::Fifo, "fifo"),
+        (tar::EntryType::Directory, "directory"),
+    ] {
+        let err = reject(&[Raw {
+            name: b"files/dev",
+            kind,
+            data: b"",
+        }]);
+        assert_eq!(
+            err,
+            VerifyError::EntryType {
+                path: "files/dev".into(),
+                kind: name
+            }
+        );
+    }
+}
+
+#[test]
+fn a_duplicate_path_is_refused() {
+    let err = reject(&[Raw {
+        name: b"files/sentinel.kdl",
+        kind: tar::EntryType::Regular,
+        data: b"system {}\n",
+    }]);
+    assert_eq!(
+        err,
+        VerifyError::DuplicateEntry {
+            path: "files/sentinel.kdl".into()
+        }
+    );
+}
+
+#[test]
+fn a_file_that_is_not_in_the_manifest_is_refused() {
+    let err = reject(&[Raw {
+        name: b"files/extra.kdl",
+        kind: tar::EntryType::Regular,
+        data: b"x",
+    }]);
+    assert_eq!(
+        err,
+        VerifyError::UnlistedFile {
+            path: "files/extra.kdl".into()
+        }
+    );
+}
+
+#[test]
+fn a_listed_file_that_is_missing_is_refused() {
+    let (r, bytes) = forged(&[], |p| p != "sbom.cdx.json");
+    let err = verify_bundle(&r, &bytes, Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::MissingFile {
+            path: "sbom.cdx.json".into()
+        }
+    );
+}
+
+#[test]
+fn a_bundle_without_a_manifest_is_refused() {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, "files/sentinel.kdl", &b"x"[..])
+        .unwrap();
+    let bytes = zstd::bulk::compress(&tar.into_inner().unwrap(), 3).unwrap();
+    let err = verify_bundle(&reference_of(&bytes), &bytes, Limits::default()).unwrap_err();
+    assert_eq!(err, VerifyError::MissingManifest);
+}
+
+#[test]
+fn a_file_whose_digest_differs_from_the_manifest_is_refused() {
+    // Same size, different content: only the digest can tell.
+    let good = good_bundle();
+    let bundle = verify_bundle(&good.reference, &good.bytes, Limits::default()).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("files/sentinel.kdl", b"system []\n".to_vec()),
+        (
+            "manifest.json",
+            serde_json::to_vec(&bundle.manifest).unwrap(),
+        ),
+        ("sbom.cdx.json", bundle.files["sbom.cdx.json"].clone()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, path, data.as_slice()).unwrap();
+    }
+    let bytes = zstd::bulk::compress(&tar.into_inner().unwrap(), 3).unwrap();
+    let err = verify_bundle(&reference_of(&bytes), &bytes, Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::FileDigest {
+            path: "files/sentinel.kdl".into(),
+            expected: sha256_hex(b"system {}\n"),
+            found: sha256_hex(b"system []\n")
+        }
+    );
+}
+
+#[test]
+fn a_file_whose_size_differs_from_the_manifest_is_refused() {
+    let good = good_bundle();
+    let bundle = verify_bundle(&good.reference, &good.bytes, Limits::default()).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("files/sentinel.kdl", b"system { }\n".to_vec()),
+        (
+            "manifest.json",
+            serde_json::to_vec(&bundle.manifest).unwrap(),
+        ),
+        ("sbom.cdx.json", bundle.files["sbom.cdx.json"].clone()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, path, data.as_slice()).unwrap();
+    }
+    let bytes = zstd::bulk::compress(&tar.into_inner().unwrap(), 3).unwrap();
+    let err = verify_bundle(&reference_of(&bytes), &bytes, Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::FileSize {
+            path: "files/sentinel.kdl".into(),
+            expected: 10,
+            found: 11
+        }
+    );
+}
+
+#[test]
+fn a_decompression_bomb_stops_at_the_cap() {
+    // 64 MiB of zeros compresses to a few KiB.
+    let zeros = vec![0u8; 64 << 20];
+    let (r, bytes) = forged(
+        &[Raw {
+            name: b"files/bomb",
+            kind: tar::EntryType::Regular,
+            data: &zeros,
+        }],
+        |_| true,
+    );
+    assert!(bytes.len() < 64 << 10, "the bomb is small: {}", bytes.len());
+    let limits = Limits {
+        max_unpacked_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let err = verify_bundle(&r, &bytes, limits).unwrap_err();
+    assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });
+}
+
+#[test]
+fn too_many_entries_are_refused() {
+    let names: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!("files/f{i}").into_bytes())
+        .collect();
+    let extra: Vec<Raw<'_>> = names
+        .iter()
+        .map(|n| Raw {
+            name: n,
+            kind: tar::EntryType::Regular,
+            data: b"x",
+        })
+        .collect();
+    let (r, bytes) = forged(&extra, |_| true);
+    let limits = Limits {
+        max_entries: 10,
+        ..Limits::default()
+    };
+    assert_eq!(
+        verify_bundle(&r, &bytes, limits).unwrap_err(),
+        VerifyError::TooManyEntries { limit: 10 }
+    );
+}
+
+#[test]
+fn truncated_zstd_is_corrupt() {
+    let good = good_bundle();
+    let bytes = &good.bytes[..good.bytes.len() / 2];
+    let err = verify_bundle(&reference_of(bytes), bytes, Limits::default()).unwrap_err();
+    assert!(matches!(err, VerifyError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn garbage_is_corrupt() {
+    let bytes = b"this is not zstd at all, just text".to_vec();
+    let err = verify_bundle(&reference_of(&bytes), &bytes, Limits::default()).unwrap_err();
+    assert!(matches!(err, VerifyError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn a_bundle_manifest_with_unknown_fields_is_refused() {
+    let mut tar = tar::Builder::new(Vec::new());
+    let manifest = br#"{"format":1,"kind":"sentinel","name":"x","source_commit":"c","validator":"v","files":[],"extra":1}"#;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(manifest.len() as u64);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, "manifest.json", &manifest[..])
+        .unwrap();
+    let bytes = zstd::bulk::compress(&tar.into_inner().unwrap(), 3).unwrap();
+    let err = verify_bundle(&reference_of(&bytes), &bytes, Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::BadManifest { reason } if reason.contains("extra")),
+        "{err}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Changing any single byte of a signed manifest makes it unacceptable.
+    #[test]
+    fn any_single_byte_change_to_a_signed_document_is_rejected(pos in any::<prop::sample::Index>(), delta in 1u8..=255) {
+        let mut bytes = signed(&channel(42), &[&key(10)]);
+        let i = pos.index(bytes.len());
+        bytes[i] = bytes[i].wrapping_add(delta);
+        prop_assert!(check_channel(&bytes, None).is_err(), "byte {i} changed and still verified");
+    }
+
+    /// Changing any single byte of a bundle makes it unacceptable.
+    #[test]
+    fn any_single_byte_change_to_a_bundle_is_rejected(pos in any::<prop::sample::Index>(), delta in 1u8..=255) {
+        let good = good_bundle();
+        let mut bytes = good.bytes.clone();
+        let i = pos.index(bytes.len());
+        bytes[i] = bytes[i].wrapping_add(delta);
+        prop_assert!(verify_bundle(&good.reference, &bytes, Limits::default()).is_err());
+    }
+}
