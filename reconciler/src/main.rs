@@ -1,15 +1,18 @@
 //! `gitfleet`: the operator CLI and (in time) the reconciler server.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
+use codespan_reporting::term::termcolor::ColorChoice;
 use tracing_subscriber::EnvFilter;
 
+mod bundle;
+mod check;
+mod keys;
 mod render;
+mod root;
 mod source;
+mod write;
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
 ///
@@ -32,41 +35,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a fleet repo and print every problem with its file and line.
+    Check(check::CheckArgs),
+    Keygen(keys::KeygenArgs),
+    /// Create, sign, rotate and verify the fleet's root of trust.
     ///
-    /// Reads fleet.kdl, environments.kdl, nodes/, configs/, meshes/ and
-    /// rollouts/, validates Sentinel configs with the proxy's own
-    /// configuration crate and applies the lint rules of fleet.kdl.
+    /// The root (root/<version>.json) names the offline root keys and the
+    /// online keys that sign channel manifests. Agents pin the root keys of
+    /// fleet.kdl at enrollment and follow rotations one version at a time.
     ///
-    /// Exit status: 0 when there are no errors (warnings allowed), 1 when
-    /// there are errors, 2 when the check could not run.
+    /// A first root, signed by two of three holders in turn:
+    ///   gitfleet root init --fleet acme-edge --root-key r1.pub r2.pub r3.pub \
+    ///       --root-threshold 2 --online-key online.pub --expires 365d -o root/1.json
+    ///   gitfleet root sign root/1.json --key r1.key     # holder 1
+    ///   gitfleet root sign root/1.json --key r2.key     # holder 2
+    ///   gitfleet root verify root/*.json --fleet acme-edge \
+    ///       --pinned r1.pub r2.pub r3.pub --threshold 2
+    #[command(subcommand, verbatim_doc_comment)]
+    Root(root::RootCommand),
+    /// Build, inspect, verify and compare bundles.
+    ///
+    /// A bundle is a deterministic tar.zst of one config directory with its
+    /// manifest.json and a CycloneDX SBOM, named by the sha256 of its bytes.
     ///
     /// Examples:
-    ///   gitfleet check examples/fleet-repo
-    ///   gitfleet check --rev origin/main
-    ///   gitfleet check --format json > report.json
-    #[command(verbatim_doc_comment)]
-    Check {
-        /// The fleet repo: a directory (or, with --rev, any path inside a git repository).
-        #[arg(default_value = ".")]
-        path: PathBuf,
-
-        /// Check this git revision (branch, tag, commit) instead of the files on disk.
-        #[arg(long, value_name = "REV")]
-        rev: Option<String>,
-
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
-    },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
-    /// rustc-style diagnostics with source snippets.
-    Human,
-    /// One JSON document (schemas/json/check-report.schema.json).
-    Json,
+    ///   gitfleet bundle build examples/fleet-repo -o bundles
+    ///   gitfleet bundle inspect bundles/<hex>.tar.zst
+    ///   gitfleet bundle verify bundles/<hex>.tar.zst --digest sha256:<hex>
+    ///   gitfleet bundle diff old.tar.zst new.tar.zst
+    #[command(subcommand, verbatim_doc_comment)]
+    Bundle(bundle::BundleCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,9 +73,21 @@ enum Color {
     Never,
 }
 
+impl Color {
+    /// How to colour a stream, given whether it is a terminal.
+    fn choice(self, terminal: bool) -> ColorChoice {
+        match self {
+            Color::Always => ColorChoice::Always,
+            Color::Never => ColorChoice::Never,
+            Color::Auto if terminal => ColorChoice::Auto,
+            Color::Auto => ColorChoice::Never,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.color);
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -88,7 +97,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, color: Color) {
     // sentinel-config logs its own parse steps; they are noise here.
     let default = match verbose {
         0 => "warn,sentinel_config=error",
@@ -99,75 +108,20 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(
+            color.choice(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                != ColorChoice::Never,
+        )
         .init();
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    // The one place the clock is read: commands take the time as a value.
+    let now = chrono::Utc::now();
     match &cli.command {
-        Command::Check { path, rev, format } => check(cli, path, rev.as_deref(), *format),
+        Command::Check(args) => check::run(args, cli.color),
+        Command::Keygen(args) => keys::keygen(args),
+        Command::Root(cmd) => root::run(cmd, now),
+        Command::Bundle(cmd) => bundle::run(cmd, cli.color),
     }
-}
-
-fn check(
-    cli: &Cli,
-    path: &std::path::Path,
-    rev: Option<&str>,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    let (files, skipped, source) = match rev {
-        Some(rev) => {
-            let (f, s) = source::read_revision(path, rev)?;
-            (f, s, format!("{}@{rev}", path.display()))
-        }
-        None => {
-            let (f, s) = source::read_worktree(path)?;
-            (f, s, path.display().to_string())
-        }
-    };
-    for link in &skipped.symlinks {
-        tracing::warn!(path = %link, "skipping symlink: fleet repos hold plain files");
-    }
-    let started = std::time::Instant::now();
-    let checked = gitfleet_policy::check(&files);
-    tracing::debug!(
-        files = files.len(),
-        nodes = checked.model.nodes.len(),
-        configs = checked.model.configs.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "checked fleet repo"
-    );
-    let failed = checked.has_errors();
-    match format {
-        Format::Json => {
-            println!("{}", render::json(source, checked.diagnostics)?);
-        }
-        Format::Human => {
-            let choice = match cli.color {
-                Color::Always => ColorChoice::Always,
-                Color::Never => ColorChoice::Never,
-                Color::Auto if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
-                    ColorChoice::Auto
-                }
-                Color::Auto => ColorChoice::Never,
-            };
-            let mut out = StandardStream::stdout(choice);
-            render::human(&mut out, &files, &checked.diagnostics).context("writing diagnostics")?;
-            if checked.diagnostics.is_empty() {
-                let m = &checked.model;
-                println!(
-                    "{source}: ok ({} nodes, {} environments, {} configs, {} meshes, {} rollouts)",
-                    m.nodes.len(),
-                    m.environments.len(),
-                    m.configs.len(),
-                    m.meshes.len(),
-                    m.rollouts.len()
-                );
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }

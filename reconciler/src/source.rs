@@ -154,3 +154,47 @@ pub fn read_revision(path: &Path, rev: &str) -> Result<(RepoFiles, Skipped), Sou
     }
     Ok((files, skipped))
 }
+
+/// The commit id `rev` names in the repository that contains `path`.
+pub fn resolve_commit(path: &Path, rev: &str) -> Result<String, SourceError> {
+    let repo = git2::Repository::discover(path).map_err(|source| SourceError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let commit = repo
+        .revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|source| SourceError::Revision {
+            rev: rev.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(commit.id().to_string())
+}
+
+/// The commit checked out in the git repository around `path`, if `path` is
+/// inside one with at least one commit, and whether files under `path`
+/// differ from it (modified, added or untracked).
+pub fn head_commit(path: &Path) -> Option<(String, bool)> {
+    let repo = git2::Repository::discover(path).ok()?;
+    let head = repo.head().ok()?.peel_to_commit().ok()?;
+    let sub = repo.workdir().and_then(|wd| {
+        path.canonicalize()
+            .ok()?
+            .strip_prefix(wd.canonicalize().ok()?)
+            .ok()
+            .map(Path::to_owned)
+    });
+    let mut options = git2::StatusOptions::new();
+    options.include_untracked(true).recurse_untracked_dirs(true);
+    if let Some(sub) = sub.filter(|p| !p.as_os_str().is_empty()) {
+        options.pathspec(sub);
+    }
+    // When the status cannot be read, say it may differ: that only adds a
+    // warning.
+    let dirty = repo
+        .statuses(Some(&mut options))
+        .map(|s| !s.is_empty())
+        .unwrap_or(true);
+    Some((head.id().to_string(), dirty))
+}

@@ -1,0 +1,128 @@
+//! `gitfleet check`: read a fleet repo and print every problem.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use codespan_reporting::term::termcolor::StandardStream;
+use gitfleet_policy::{Checked, RepoFiles};
+
+use crate::{render, source, Color};
+
+/// Check a fleet repo and print every problem with its file and line.
+///
+/// Reads fleet.kdl, environments.kdl, nodes/, configs/, meshes/ and
+/// rollouts/, validates Sentinel configs with the proxy's own
+/// configuration crate and applies the lint rules of fleet.kdl.
+///
+/// Exit status: 0 when there are no errors (warnings allowed), 1 when
+/// there are errors, 2 when the check could not run.
+///
+/// Examples:
+///   gitfleet check examples/fleet-repo
+///   gitfleet check --rev origin/main
+///   gitfleet check --format json > report.json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct CheckArgs {
+    /// The fleet repo: a directory (or, with --rev, any path inside a git repository).
+    #[arg(default_value = ".")]
+    path: PathBuf,
+
+    /// Check this git revision (branch, tag, commit) instead of the files on disk.
+    #[arg(long, value_name = "REV")]
+    rev: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    /// rustc-style diagnostics with source snippets.
+    Human,
+    /// One JSON document (schemas/json/check-report.schema.json).
+    Json,
+}
+
+/// A fleet repo read into memory and checked.
+pub struct Loaded {
+    pub files: RepoFiles,
+    pub checked: Checked,
+    /// How to name the source in messages: the path, with `@REV`.
+    pub source: String,
+}
+
+/// Read the repo at `path` (or its revision `rev`) and check it.
+pub fn load(path: &std::path::Path, rev: Option<&str>) -> anyhow::Result<Loaded> {
+    let (files, skipped, source) = match rev {
+        Some(rev) => {
+            let (f, s) = source::read_revision(path, rev)?;
+            (f, s, format!("{}@{rev}", path.display()))
+        }
+        None => {
+            let (f, s) = source::read_worktree(path)?;
+            (f, s, path.display().to_string())
+        }
+    };
+    for link in &skipped.symlinks {
+        tracing::warn!(path = %link, "skipping symlink: fleet repos hold plain files");
+    }
+    let started = std::time::Instant::now();
+    let checked = gitfleet_policy::check(&files);
+    tracing::debug!(
+        files = files.len(),
+        nodes = checked.model.nodes.len(),
+        configs = checked.model.configs.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checked fleet repo"
+    );
+    Ok(Loaded {
+        files,
+        checked,
+        source,
+    })
+}
+
+/// Print the diagnostics rustc-style on `out` (stdout or stderr).
+pub fn print_diagnostics(mut out: StandardStream, loaded: &Loaded) -> anyhow::Result<()> {
+    render::human(&mut out, &loaded.files, &loaded.checked.diagnostics)
+        .context("writing diagnostics")
+}
+
+pub fn run(args: &CheckArgs, color: Color) -> anyhow::Result<ExitCode> {
+    let loaded = load(&args.path, args.rev.as_deref())?;
+    let failed = loaded.checked.has_errors();
+    match args.format {
+        Format::Json => {
+            println!(
+                "{}",
+                render::json(loaded.source, loaded.checked.diagnostics)?
+            );
+        }
+        Format::Human => {
+            let choice = color.choice(std::io::stdout().is_terminal());
+            print_diagnostics(StandardStream::stdout(choice), &loaded)?;
+            if loaded.checked.diagnostics.is_empty() {
+                let m = &loaded.checked.model;
+                println!(
+                    "{}: ok ({} nodes, {} environments, {} configs, {} meshes, {} rollouts)",
+                    loaded.source,
+                    m.nodes.len(),
+                    m.environments.len(),
+                    m.configs.len(),
+                    m.meshes.len(),
+                    m.rollouts.len()
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
