@@ -11,9 +11,11 @@ mod checks;
 mod diagnostics;
 pub mod lint;
 pub mod model;
+pub mod plan;
 pub mod repo;
 pub mod sbom;
 pub mod sentinel;
+pub mod window;
 
 pub use checks::{parse_cron, valid_name};
 pub use model::{check, Checked, ConfigDir, FleetModel, Located};

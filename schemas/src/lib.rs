@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod node;
 pub mod rollout;
 mod span;
+pub mod state;
 pub mod trust;
 pub mod verify;
 
@@ -49,6 +50,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<trust::Envelope>("envelope.schema.json"),
         one::<trust::Root>("root.schema.json"),
         one::<trust::ChannelManifest>("channel-manifest.schema.json"),
+        one::<state::RolloutState>("rollout-state.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
     ]
 }

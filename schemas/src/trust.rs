@@ -232,3 +232,47 @@ impl BundleRef {
         format!("bundles/sha256/{hex}.tar.zst")
     }
 }
+
+/// The stable hash that orders a rollout's nodes: the first 8 bytes
+/// (big-endian) of SHA-256 over `rollout`, a zero byte, and `node`. The same
+/// on every machine and in every version, because agents compute their own
+/// membership with it.
+pub fn member_hash(rollout: &str, node: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(rollout.as_bytes());
+    h.update([0u8]);
+    h.update(node.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+impl ChannelRollout {
+    /// Whether `node` is in the current step and so runs `bundle`; nodes
+    /// outside it run `previous`.
+    pub fn includes(&self, node: &str) -> bool {
+        self.membership_threshold == u64::MAX
+            || member_hash(&self.name, node) < self.membership_threshold
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_hash_is_stable() {
+        // Pinned: agents and reconcilers of every version must agree.
+        assert_eq!(
+            member_hash("edge", "edge-fra-1"),
+            member_hash("edge", "edge-fra-1")
+        );
+        assert_ne!(
+            member_hash("edge", "edge-fra-1"),
+            member_hash("edge", "edge-fra-2")
+        );
+        assert_ne!(member_hash("edge", "a"), member_hash("edg", "ea"));
+        // Computed independently: sha256(b"r\x00n")[:8], big-endian.
+        assert_eq!(member_hash("r", "n"), 0x5a90_1aad_8c4b_1ce0);
+    }
+}

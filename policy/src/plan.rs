@@ -1,0 +1,836 @@
+//! The rollout planner: where every rollout should stand in every
+//! environment, given the fleet repo, the last committed state, what nodes
+//! report, approvals and the time.
+//!
+//! `plan` is a pure function and moves each (rollout, environment) at most
+//! one phase per call; the reconciler calls it again on every tick. Its
+//! result prints (`--dry-run`), becomes the state commit, and becomes the
+//! channel manifests: one rollout step is O(1) objects written, because a
+//! step is a membership threshold over a stable hash that nodes evaluate
+//! themselves.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use gitfleet_schemas::state::{EnvState, Phase, RolloutState, STATE_FORMAT};
+use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelRollout};
+use gitfleet_schemas::{Gates, RolloutFile, StepSize, Window};
+
+use crate::checks::select;
+use crate::model::FleetModel;
+use crate::window;
+
+/// What one node last reported, as far as the planner cares. Built by the
+/// reconciler from a verified, signed status report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    pub at: DateTime<Utc>,
+    /// Active bundle digest per rollout name.
+    pub active: BTreeMap<String, String>,
+    pub healthy: bool,
+    pub error_rate: Option<f64>,
+    pub p99_latency_ms: Option<u64>,
+    pub cpu_percent: Option<f64>,
+    pub memory_percent: Option<f64>,
+    /// Whether every HTTP check of the rollout's gates passed, if run.
+    pub http_checks_passed: Option<bool>,
+}
+
+/// The bundle a rollout should deliver, built from the fleet repo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub bundle: BundleRef,
+    pub source_commit: String,
+}
+
+/// A rollout's target nodes in one environment, ordered by member hash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    hashes: Vec<u64>,
+    nodes: Vec<String>,
+}
+
+impl Members {
+    pub fn new(rollout: &str, nodes: impl IntoIterator<Item = String>) -> Self {
+        let mut v: Vec<(u64, String)> = nodes
+            .into_iter()
+            .map(|n| (member_hash(rollout, &n), n))
+            .collect();
+        v.sort_unstable();
+        let (hashes, nodes) = v.into_iter().unzip();
+        Members { hashes, nodes }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node ids in admission order.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The threshold under which exactly the first `admitted` nodes fall.
+    pub fn threshold(&self, admitted: u64) -> u64 {
+        match usize::try_from(admitted) {
+            Ok(i) if i < self.hashes.len() => self.hashes[i],
+            _ => u64::MAX,
+        }
+    }
+}
+
+/// Every rollout's targets, per environment.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    by_rollout: BTreeMap<String, BTreeMap<String, Members>>,
+}
+
+impl Targets {
+    /// Targets as the fleet repo selects them.
+    pub fn from_model(model: &FleetModel) -> Self {
+        let mut t = Targets::default();
+        for (name, r) in &model.rollouts {
+            let mut by_env: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for i in select(model, &r.doc.selector) {
+                let n = &model.nodes[i].doc;
+                by_env
+                    .entry(n.environment.value.clone())
+                    .or_default()
+                    .push(n.id.value.clone());
+            }
+            for (env, nodes) in by_env {
+                t.insert(name, &env, Members::new(name, nodes));
+            }
+        }
+        t
+    }
+
+    pub fn insert(&mut self, rollout: &str, environment: &str, members: Members) {
+        self.by_rollout
+            .entry(rollout.to_owned())
+            .or_default()
+            .insert(environment.to_owned(), members);
+    }
+
+    pub fn get(&self, rollout: &str, environment: &str) -> Option<&Members> {
+        self.by_rollout.get(rollout)?.get(environment)
+    }
+}
+
+/// Everything `plan` reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    pub model: &'a FleetModel,
+    pub targets: &'a Targets,
+    /// Per rollout; a rollout without a desired bundle is left as it is.
+    pub desired: &'a BTreeMap<String, Desired>,
+    pub state: &'a BTreeMap<String, RolloutState>,
+    pub reports: &'a HashMap<String, Observation>,
+    /// `(environment, source commit)` pairs that have their approvals.
+    pub approvals: &'a BTreeSet<(String, String)>,
+    pub now: DateTime<Utc>,
+}
+
+/// The decision for one rollout in one environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvPlan {
+    pub environment: String,
+    pub before: Option<EnvState>,
+    pub after: EnvState,
+    pub targets: usize,
+    pub steps: u32,
+    /// Nodes with a member hash below this run `after.target`.
+    pub membership_threshold: u64,
+}
+
+impl EnvPlan {
+    pub fn changed(&self) -> bool {
+        self.before.as_ref() != Some(&self.after)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutPlan {
+    pub name: String,
+    pub environments: Vec<EnvPlan>,
+}
+
+/// The planner's whole decision: printable, comparable, committable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub now: DateTime<Utc>,
+    pub rollouts: Vec<RolloutPlan>,
+}
+
+impl Plan {
+    /// The state to commit.
+    pub fn state(&self) -> BTreeMap<String, RolloutState> {
+        self.rollouts
+            .iter()
+            .map(|r| {
+                let environments = r
+                    .environments
+                    .iter()
+                    .map(|e| (e.environment.clone(), e.after.clone()))
+                    .collect();
+                (
+                    r.name.clone(),
+                    RolloutState {
+                        format: STATE_FORMAT,
+                        environments,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// What the channel manifest of `environment` should list.
+    pub fn channel_rollouts(&self, model: &FleetModel, environment: &str) -> Vec<ChannelRollout> {
+        let mut out = Vec::new();
+        for r in &self.rollouts {
+            let Some(e) = r.environments.iter().find(|e| e.environment == environment) else {
+                continue;
+            };
+            let selector = model
+                .rollouts
+                .get(&r.name)
+                .map(|f| {
+                    f.doc
+                        .selector
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.value.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(ChannelRollout {
+                name: r.name.clone(),
+                selector,
+                bundle: e.after.target.clone(),
+                previous: e.after.previous.clone(),
+                step: e.after.step,
+                steps: e.steps,
+                membership_threshold: e.membership_threshold,
+            });
+        }
+        out
+    }
+
+    /// The changes, one line each, for a commit message.
+    pub fn changes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.rollouts {
+            for e in r.environments.iter().filter(|e| e.changed()) {
+                out.push(format!("{}/{}: {}", r.name, e.environment, e.after.reason));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan at {}", self.now.to_rfc3339())?;
+        for r in &self.rollouts {
+            writeln!(f, "rollout {}", r.name)?;
+            for e in &r.environments {
+                let mark = if e.changed() { "*" } else { " " };
+                writeln!(
+                    f,
+                    " {mark} {:<10} {:<17} step {}/{}  {}/{} nodes  {}",
+                    e.environment,
+                    e.after.phase.to_string(),
+                    e.after.step,
+                    e.steps,
+                    match e.after.phase {
+                        Phase::Complete => e.targets as u64,
+                        Phase::Failed | Phase::RolledBack => 0,
+                        _ => e.after.admitted,
+                    },
+                    e.targets,
+                    e.after.reason
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Environments in order: every environment after the one it follows.
+/// Environments in a cycle (which `check` reports) are left out.
+pub fn environment_order(model: &FleetModel) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut progress = true;
+    while progress {
+        progress = false;
+        for e in &model.environments {
+            let name = e.name.value.as_str();
+            if out.contains(&name) {
+                continue;
+            }
+            let ready = e.after.as_ref().is_none_or(|a| {
+                out.contains(&a.value.as_str()) || model.environment(&a.value).is_none()
+            });
+            if ready {
+                out.push(name);
+                progress = true;
+            }
+        }
+    }
+    out
+}
+
+/// How many of `n` targets step `size` covers.
+pub fn planned(size: &StepSize, n: usize) -> u64 {
+    let n = n as u64;
+    match *size {
+        StepSize::Count(c) => c.min(n),
+        StepSize::Percent(p) => (p.min(100) * n).div_ceil(100),
+    }
+}
+
+/// Settings of one rollout, with fleet defaults applied.
+struct Spec<'a> {
+    name: &'a str,
+    file: &'a RolloutFile,
+    steps: Vec<StepSize>,
+    max_unavailable: u64,
+    bake: Duration,
+    deadline: Option<Duration>,
+}
+
+fn seconds(s: u64) -> Duration {
+    Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+}
+
+/// Decide the next state of every rollout in every environment.
+pub fn plan(inputs: &Inputs<'_>) -> Plan {
+    let model = inputs.model;
+    let defaults = model.fleet.as_ref().map(|f| &f.doc.defaults);
+    let order = environment_order(model);
+    let mut rollouts = Vec::new();
+    for (name, located) in &model.rollouts {
+        let file = &located.doc;
+        let spec = Spec {
+            name,
+            file,
+            steps: file.steps.iter().map(|s| s.size.value.clone()).collect(),
+            max_unavailable: file
+                .max_unavailable
+                .as_ref()
+                .or(defaults.and_then(|d| d.max_unavailable.as_ref()))
+                .map_or(1, |m| m.value.max(1)),
+            bake: seconds(
+                file.bake_seconds
+                    .as_ref()
+                    .or(defaults.and_then(|d| d.bake_seconds.as_ref()))
+                    .map_or(0, |b| b.value),
+            ),
+            deadline: file
+                .progress_deadline_seconds
+                .as_ref()
+                .or(defaults.and_then(|d| d.progress_deadline_seconds.as_ref()))
+                .map(|d| seconds(d.value)),
+        };
+        let state = inputs.state.get(name.as_str());
+        let mut envs: Vec<EnvPlan> = Vec::new();
+        for env in &order {
+            let Some(members) = inputs.targets.get(name, env) else {
+                continue;
+            };
+            if members.is_empty() {
+                continue;
+            }
+            let before = state.and_then(|s| s.environments.get(*env)).cloned();
+            let after = match inputs.desired.get(name.as_str()) {
+                Some(desired) => {
+                    let gate = predecessor_gate(model, inputs.targets, name, env, &envs, desired);
+                    Step {
+                        inputs,
+                        spec: &spec,
+                        env,
+                        members,
+                        desired,
+                        gate,
+                    }
+                    .next(before.as_ref())
+                }
+                None => match &before {
+                    Some(b) => b.clone(),
+                    None => continue,
+                },
+            };
+            let membership_threshold = match after.phase {
+                Phase::Complete => u64::MAX,
+                Phase::Failed | Phase::RolledBack => 0,
+                _ => members.threshold(after.admitted),
+            };
+            envs.push(EnvPlan {
+                environment: (*env).to_owned(),
+                before,
+                after,
+                targets: members.len(),
+                steps: spec.steps.len() as u32,
+                membership_threshold,
+            });
+        }
+        rollouts.push(RolloutPlan {
+            name: name.clone(),
+            environments: envs,
+        });
+    }
+    Plan {
+        now: inputs.now,
+        rollouts,
+    }
+}
+
+/// The environment this one waits for, if that one has not completed the
+/// desired bundle: the nearest earlier environment that has targets.
+fn predecessor_gate(
+    model: &FleetModel,
+    targets: &Targets,
+    rollout: &str,
+    env: &str,
+    planned: &[EnvPlan],
+    desired: &Desired,
+) -> Option<String> {
+    let mut at = model
+        .environment(env)?
+        .after
+        .as_ref()
+        .map(|a| a.value.clone());
+    let mut hops = 0;
+    while let Some(prev) = at {
+        hops += 1;
+        if hops > model.environments.len() {
+            return None;
+        }
+        if targets.get(rollout, &prev).is_some_and(|m| !m.is_empty()) {
+            let done = planned.iter().any(|p| {
+                p.environment == prev
+                    && p.after.phase == Phase::Complete
+                    && p.after.target == desired.bundle
+            });
+            return (!done).then_some(prev);
+        }
+        at = model
+            .environment(&prev)?
+            .after
+            .as_ref()
+            .map(|a| a.value.clone());
+    }
+    None
+}
+
+/// One (rollout, environment) moving one phase.
+struct Step<'a, 'i> {
+    inputs: &'a Inputs<'i>,
+    spec: &'a Spec<'a>,
+    env: &'a str,
+    members: &'a Members,
+    desired: &'a Desired,
+    gate: Option<String>,
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.trim_start_matches("sha256:");
+    &hex[..hex.len().min(12)]
+}
+
+impl Step<'_, '_> {
+    fn now(&self) -> DateTime<Utc> {
+        self.inputs.now
+    }
+
+    fn steps(&self) -> u32 {
+        self.spec.steps.len() as u32
+    }
+
+    fn next(&self, before: Option<&EnvState>) -> EnvState {
+        let s = match before {
+            Some(b) if b.target == self.desired.bundle => b.clone(),
+            Some(b) => {
+                let previous = if b.phase == Phase::Complete {
+                    Some(b.target.clone())
+                } else {
+                    b.previous.clone()
+                };
+                self.fresh(previous)
+            }
+            None => self.fresh(None),
+        };
+        match s.phase {
+            Phase::Complete | Phase::Failed | Phase::RolledBack => s,
+            Phase::Progressing | Phase::Verifying | Phase::WaitingWindow
+                if self.spec.file.paused =>
+            {
+                self.to(
+                    s,
+                    Phase::Paused,
+                    format!("paused in rollouts/{}.kdl", self.spec.name),
+                )
+            }
+            Phase::Paused if self.spec.file.paused => s,
+            Phase::Paused => {
+                let s = self.to(s, Phase::Progressing, "resumed".to_owned());
+                self.progress(s)
+            }
+            Phase::Pending => match &self.gate {
+                Some(prev) => {
+                    let reason = format!(
+                        "waiting for {prev} to complete {}",
+                        short(&self.desired.bundle.digest)
+                    );
+                    EnvState { reason, ..s }
+                }
+                None => self.after_gate(s),
+            },
+            Phase::AwaitingApproval => self.after_gate(s),
+            Phase::WaitingWindow => self.start(s),
+            Phase::Progressing => self.progress(s),
+            Phase::Verifying => self.verify(s),
+        }
+    }
+
+    fn fresh(&self, previous: Option<BundleRef>) -> EnvState {
+        EnvState {
+            target: self.desired.bundle.clone(),
+            source_commit: self.desired.source_commit.clone(),
+            previous,
+            phase: Phase::Pending,
+            step: 0,
+            admitted: 0,
+            since: self.now(),
+            reason: format!("new bundle {}", short(&self.desired.bundle.digest)),
+            failed_nodes: Vec::new(),
+        }
+    }
+
+    fn to(&self, s: EnvState, phase: Phase, reason: String) -> EnvState {
+        EnvState {
+            phase,
+            since: self.now(),
+            reason,
+            ..s
+        }
+    }
+
+    /// Past the environment order: approvals, then the window.
+    fn after_gate(&self, s: EnvState) -> EnvState {
+        let env = self.inputs.model.environment(self.env);
+        if let Some(a) = env.and_then(|e| e.approvals.as_ref()) {
+            let key = (self.env.to_owned(), s.source_commit.clone());
+            if a.required.value > 0 && !self.inputs.approvals.contains(&key) {
+                if s.phase == Phase::AwaitingApproval {
+                    return s;
+                }
+                let reason = format!(
+                    "awaiting {} approval{} of {}",
+                    a.required.value,
+                    if a.required.value == 1 { "" } else { "s" },
+                    &s.source_commit[..s.source_commit.len().min(12)]
+                );
+                return self.to(s, Phase::AwaitingApproval, reason);
+            }
+        }
+        self.start(s)
+    }
+
+    fn windows(&self) -> impl Iterator<Item = &Window> {
+        let env = self.inputs.model.environment(self.env);
+        env.into_iter()
+            .flat_map(|e| e.windows.iter())
+            .chain(self.spec.file.windows.iter())
+    }
+
+    /// Begin (or continue) stepping if the window allows.
+    fn start(&self, s: EnvState) -> EnvState {
+        if self.spec.file.paused {
+            return self.to(
+                s,
+                Phase::Paused,
+                format!("paused in rollouts/{}.kdl", self.spec.name),
+            );
+        }
+        match window::verdict(self.windows(), self.now()) {
+            window::Verdict::Closed { reason } => {
+                if s.phase == Phase::WaitingWindow {
+                    EnvState { reason, ..s }
+                } else {
+                    self.to(s, Phase::WaitingWindow, reason)
+                }
+            }
+            window::Verdict::Open { .. } => {
+                let step = s.step.max(1);
+                let s = EnvState {
+                    step,
+                    ..self.to(s, Phase::Progressing, String::new())
+                };
+                self.progress(s)
+            }
+        }
+    }
+
+    fn report(&self, node: &str) -> Option<&Observation> {
+        self.inputs.reports.get(node)
+    }
+
+    /// The node reports running the new bundle (healthy or not: health is
+    /// for the gates).
+    fn on_target(&self, node: &str) -> bool {
+        self.report(node).is_some_and(|r| {
+            r.active.get(self.spec.name).map(String::as_str)
+                == Some(self.desired.bundle.digest.as_str())
+        })
+    }
+
+    fn healthy(&self, node: &str) -> bool {
+        self.report(node).is_some_and(|r| r.healthy)
+    }
+
+    fn progress(&self, mut s: EnvState) -> EnvState {
+        let k = s.step.clamp(1, self.steps().max(1));
+        let planned = self
+            .spec
+            .steps
+            .get(k as usize - 1)
+            .map_or(self.members.len() as u64, |size| {
+                planned(size, self.members.len())
+            });
+        let nodes = self.members.nodes();
+        let admitted = usize::try_from(s.admitted)
+            .unwrap_or(usize::MAX)
+            .min(nodes.len());
+        let converged = nodes[..admitted]
+            .iter()
+            .filter(|n| self.on_target(n))
+            .count() as u64;
+        // A node that took the new bundle and is unhealthy fails the step
+        // now: waiting would only hold up admission behind it.
+        let sick: Vec<String> = nodes[..admitted]
+            .iter()
+            .filter(|n| self.on_target(n) && !self.healthy(n))
+            .cloned()
+            .collect();
+        if let Some(first) = sick.first() {
+            let reason = format!(
+                "step {k}/{}: {} node{} unhealthy on the new bundle ({first})",
+                self.steps(),
+                sick.len(),
+                if sick.len() == 1 { " is" } else { "s are" }
+            );
+            return self.fail(s, reason, sick);
+        }
+        // Unavailable: admitted but not yet on the new bundle, or anywhere in
+        // the environment unhealthy or silent.
+        let unavailable = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| (*i < admitted && !self.on_target(n)) || !self.healthy(n))
+            .count() as u64;
+        if let Some(deadline) = self.spec.deadline {
+            if self.now() - s.since > deadline && converged < planned {
+                let reason = format!(
+                    "step {k}/{} missed its progress deadline: {converged} of {planned} nodes on the new bundle",
+                    self.steps()
+                );
+                let failed = nodes[..admitted]
+                    .iter()
+                    .filter(|n| !self.on_target(n))
+                    .cloned()
+                    .collect();
+                return self.fail(s, reason, failed);
+            }
+        }
+        if s.admitted < planned {
+            let verdict = window::verdict(self.windows(), self.now());
+            if let window::Verdict::Closed { reason } = verdict {
+                s.reason = format!(
+                    "step {k}/{}: {reason}; {} of {planned} admitted",
+                    self.steps(),
+                    s.admitted
+                );
+                return s;
+            }
+            let room = self.spec.max_unavailable.saturating_sub(unavailable);
+            s.admitted += room.min(planned - s.admitted);
+        }
+        if s.admitted == planned && converged == planned {
+            let reason = format!(
+                "step {k}/{}: {planned} of {} nodes on the new bundle; baking {}s",
+                self.steps(),
+                self.members.len(),
+                self.spec.bake.num_seconds()
+            );
+            return EnvState {
+                step: k,
+                ..self.to(s, Phase::Verifying, reason)
+            };
+        }
+        s.step = k;
+        s.reason = format!(
+            "step {k}/{}: {converged} of {planned} nodes on the new bundle, {} admitted (max-unavailable {})",
+            self.steps(),
+            s.admitted,
+            self.spec.max_unavailable
+        );
+        s
+    }
+
+    fn verify(&self, s: EnvState) -> EnvState {
+        let elapsed = self.now() - s.since;
+        let k = s.step;
+        if elapsed < self.spec.bake {
+            return EnvState {
+                reason: format!(
+                    "step {k}/{}: baking, {}s left",
+                    self.steps(),
+                    (self.spec.bake - elapsed).num_seconds()
+                ),
+                ..s
+            };
+        }
+        let admitted = usize::try_from(s.admitted)
+            .unwrap_or(usize::MAX)
+            .min(self.members.len());
+        let step_nodes = &self.members.nodes()[..admitted];
+        let mut stale = 0;
+        let mut failures: Vec<(String, String)> = Vec::new();
+        for n in step_nodes {
+            match self.report(n) {
+                Some(r) if r.at >= s.since => {
+                    if let Some(why) = gate_failure(
+                        &self.spec.file.gates,
+                        r,
+                        self.spec.name,
+                        &self.desired.bundle.digest,
+                    ) {
+                        failures.push((n.clone(), why));
+                    }
+                }
+                _ => stale += 1,
+            }
+        }
+        if let Some((node, why)) = failures.first() {
+            let reason = format!(
+                "step {k}/{}: gates failed on {} node{} ({node}: {why})",
+                self.steps(),
+                failures.len(),
+                if failures.len() == 1 { "" } else { "s" }
+            );
+            return self.fail(s, reason, failures.into_iter().map(|(n, _)| n).collect());
+        }
+        if stale > 0 {
+            if let Some(deadline) = self.spec.deadline {
+                if elapsed > self.spec.bake + deadline {
+                    let reason = format!(
+                        "step {k}/{}: {stale} nodes sent no report since the step began",
+                        self.steps()
+                    );
+                    let failed = step_nodes
+                        .iter()
+                        .filter(|n| self.report(n).is_none_or(|r| r.at < s.since))
+                        .cloned()
+                        .collect();
+                    return self.fail(s, reason, failed);
+                }
+            }
+            return EnvState {
+                reason: format!(
+                    "step {k}/{}: waiting for fresh reports from {stale} nodes",
+                    self.steps()
+                ),
+                ..s
+            };
+        }
+        if k >= self.steps() {
+            let reason = format!(
+                "complete: {} nodes on {}, gates passed",
+                self.members.len(),
+                short(&self.desired.bundle.digest)
+            );
+            return EnvState {
+                admitted: self.members.len() as u64,
+                ..self.to(s, Phase::Complete, reason)
+            };
+        }
+        let s = EnvState {
+            step: k + 1,
+            ..self.to(s, Phase::Progressing, String::new())
+        };
+        self.progress(s)
+    }
+
+    fn fail(&self, s: EnvState, reason: String, failed_nodes: Vec<String>) -> EnvState {
+        let (phase, reason) = match &s.previous {
+            Some(p) => (
+                Phase::RolledBack,
+                format!("rolled back to {}: {reason}", short(&p.digest)),
+            ),
+            None => (
+                Phase::Failed,
+                format!("failed, nothing to roll back to: {reason}"),
+            ),
+        };
+        EnvState {
+            failed_nodes,
+            ..self.to(s, phase, reason)
+        }
+    }
+}
+
+/// Why a node's report fails the gates, if it does. A metric the gates ask
+/// for and the node does not report fails.
+pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Option<String> {
+    if r.active.get(rollout).map(String::as_str) != Some(digest) {
+        return Some("does not run the new bundle".to_owned());
+    }
+    if g.healthy && !r.healthy {
+        return Some("unhealthy".to_owned());
+    }
+    fn over<T: PartialOrd + fmt::Display + Copy>(
+        what: &str,
+        got: Option<T>,
+        max: T,
+    ) -> Option<String> {
+        match got {
+            None => Some(format!("reports no {what}")),
+            Some(v) if v > max => Some(format!("{what} {v} > {max}")),
+            Some(_) => None,
+        }
+    }
+    if let Some(max) = &g.max_error_rate {
+        if let Some(why) = over("error rate", r.error_rate, max.value) {
+            return Some(why);
+        }
+    }
+    if let Some(max) = &g.max_p99_latency_ms {
+        if let Some(why) = over("p99 latency ms", r.p99_latency_ms, max.value) {
+            return Some(why);
+        }
+    }
+    if let Some(max) = &g.max_cpu_percent {
+        if let Some(why) = over("cpu percent", r.cpu_percent, max.value) {
+            return Some(why);
+        }
+    }
+    if let Some(max) = &g.max_memory_percent {
+        if let Some(why) = over("memory percent", r.memory_percent, max.value) {
+            return Some(why);
+        }
+    }
+    if !g.http_checks.is_empty() {
+        match r.http_checks_passed {
+            None => return Some("reports no http checks".to_owned()),
+            Some(false) => return Some("http checks failed".to_owned()),
+            Some(true) => {}
+        }
+    }
+    None
+}

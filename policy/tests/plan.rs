@@ -1,0 +1,438 @@
+//! The rollout planner, driven tick by tick against simulated agents that
+//! follow the channel manifests exactly as real agents will
+//! (`ChannelRollout::includes`).
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use gitfleet_policy::plan::{plan, planned, Desired, Inputs, Observation, Plan, Targets};
+use gitfleet_policy::{FleetModel, RepoFiles};
+use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_schemas::trust::BundleRef;
+use gitfleet_schemas::StepSize;
+use proptest::prelude::*;
+
+fn bundle(n: u8) -> BundleRef {
+    BundleRef {
+        digest: format!("sha256:{}", format!("{n:02x}").repeat(32)),
+        length: 100 + u64::from(n),
+    }
+}
+
+fn node_key(i: usize) -> String {
+    use base64::Engine as _;
+    let mut seed = [7u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    let k = ed25519_dalek::SigningKey::from_bytes(&seed);
+    base64::engine::general_purpose::STANDARD.encode(k.verifying_key().to_bytes())
+}
+
+/// A fleet with `per_env` nodes in each of dev → staging → prod and one
+/// rollout `web` with the given body.
+fn fleet(per_env: usize, prod_approvals: bool, rollout_body: &str) -> FleetModel {
+    let mut f = RepoFiles::new();
+    f.insert("fleet.kdl", "version 1\nname \"t\"\n");
+    let approvals = if prod_approvals {
+        "approvals 1 { users \"alice\"; }"
+    } else {
+        ""
+    };
+    f.insert(
+        "environments.kdl",
+        format!("version 1\nenvironment \"dev\"\nenvironment \"staging\" {{ after \"dev\"; }}\nenvironment \"prod\" {{ after \"staging\"; {approvals} }}\n"),
+    );
+    let mut i = 0;
+    for env in ["dev", "staging", "prod"] {
+        for _ in 0..per_env {
+            f.insert(
+                format!("nodes/n{i}.kdl"),
+                format!("version 1\nid \"n{i}\"\nenvironment \"{env}\"\nlabels role=\"web\"\nnode-key \"{}\"\n", node_key(i)),
+            );
+            i += 1;
+        }
+    }
+    f.insert("configs/web/sentinel.kdl", "system { worker-threads 1; }\nlisteners { listener \"h\" { address \"127.0.0.1:8080\"; protocol \"http\"; }; }\n");
+    f.insert(
+        "rollouts/web.kdl",
+        format!("version 1\nconfig \"web\"\nselector role=\"web\"\n{rollout_body}"),
+    );
+    let checked = gitfleet_policy::check(&f);
+    assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
+    checked.model
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+}
+
+/// A fleet of simulated agents: each runs what the channel tells it, one
+/// tick after the manifest changes, and is healthy unless it runs a bundle
+/// listed in `bad`.
+struct Sim {
+    model: FleetModel,
+    targets: Targets,
+    state: BTreeMap<String, RolloutState>,
+    reports: HashMap<String, Observation>,
+    approvals: BTreeSet<(String, String)>,
+    desired: BTreeMap<String, Desired>,
+    bad: BTreeSet<String>,
+    /// Metrics nodes report; None leaves the metric out.
+    error_rate: Option<f64>,
+    silent: BTreeSet<String>,
+    now: DateTime<Utc>,
+    last: Option<Plan>,
+}
+
+impl Sim {
+    fn new(model: FleetModel) -> Self {
+        let targets = Targets::from_model(&model);
+        let mut reports = HashMap::new();
+        for n in &model.nodes {
+            reports.insert(
+                n.doc.id.value.clone(),
+                Observation {
+                    at: t0(),
+                    healthy: true,
+                    error_rate: Some(0.0),
+                    ..Observation::default()
+                },
+            );
+        }
+        Sim {
+            model,
+            targets,
+            state: BTreeMap::new(),
+            reports,
+            approvals: BTreeSet::new(),
+            desired: BTreeMap::new(),
+            bad: BTreeSet::new(),
+            error_rate: Some(0.0),
+            silent: BTreeSet::new(),
+            now: t0(),
+            last: None,
+        }
+    }
+
+    fn deploy(&mut self, b: BundleRef, commit: &str) {
+        self.desired.insert(
+            "web".into(),
+            Desired {
+                bundle: b,
+                source_commit: commit.into(),
+            },
+        );
+    }
+
+    fn plan(&self) -> Plan {
+        plan(&Inputs {
+            model: &self.model,
+            targets: &self.targets,
+            desired: &self.desired,
+            state: &self.state,
+            reports: &self.reports,
+            approvals: &self.approvals,
+            now: self.now,
+        })
+    }
+
+    /// Plan, commit the state, let agents follow the manifests, advance time.
+    fn tick(&mut self) -> Plan {
+        let p = self.plan();
+        assert_eq!(p, self.plan(), "same inputs must give the same plan");
+        self.state = p.state();
+        for n in &self.model.nodes {
+            let id = &n.doc.id.value;
+            if self.silent.contains(id) {
+                continue;
+            }
+            let env = &n.doc.environment.value;
+            let report = self.reports.get_mut(id).unwrap();
+            for cr in p.channel_rollouts(&self.model, env) {
+                let run = if cr.includes(id) {
+                    Some(cr.bundle.clone())
+                } else {
+                    cr.previous.clone()
+                };
+                match run {
+                    Some(b) => {
+                        report.active.insert(cr.name.clone(), b.digest);
+                    }
+                    None => {
+                        report.active.remove(&cr.name);
+                    }
+                }
+            }
+            report.healthy = !report.active.values().any(|d| self.bad.contains(d));
+            report.error_rate = self.error_rate;
+            report.at = self.now;
+        }
+        self.now += Duration::seconds(60);
+        self.last = Some(p.clone());
+        p
+    }
+
+    fn phase(&self, env: &str) -> Option<Phase> {
+        self.state
+            .get("web")?
+            .environments
+            .get(env)
+            .map(|e| e.phase)
+    }
+
+    fn run_until(&mut self, max_ticks: usize, done: impl Fn(&Sim) -> bool) {
+        for _ in 0..max_ticks {
+            if done(self) {
+                return;
+            }
+            self.tick();
+        }
+        panic!(
+            "not done after {max_ticks} ticks:\n{}",
+            self.last.as_ref().unwrap()
+        );
+    }
+
+    fn running(&self, env: &str, digest: &str) -> usize {
+        self.model
+            .nodes
+            .iter()
+            .filter(|n| n.doc.environment.value == env)
+            .filter(|n| {
+                self.reports[&n.doc.id.value]
+                    .active
+                    .get("web")
+                    .map(String::as_str)
+                    == Some(digest)
+            })
+            .count()
+    }
+}
+
+const STEPS: &str = "step count=1\nstep percent=50\nstep percent=100\nmax-unavailable 1\nbake \"2m\"\ngates { healthy; max-error-rate 0.01; }\n";
+
+#[test]
+fn a_good_bundle_completes_environment_by_environment() {
+    let mut sim = Sim::new(fleet(4, false, STEPS));
+    sim.deploy(bundle(1), "c1");
+    let mut completed: Vec<String> = Vec::new();
+    for _ in 0..200 {
+        sim.tick();
+        for env in ["dev", "staging", "prod"] {
+            if sim.phase(env) == Some(Phase::Complete) && !completed.iter().any(|e| e == env) {
+                completed.push(env.to_owned());
+            }
+        }
+        if completed.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(completed, ["dev", "staging", "prod"]);
+    for env in ["dev", "staging", "prod"] {
+        assert_eq!(sim.running(env, &bundle(1).digest), 4, "{env}");
+    }
+}
+
+#[test]
+fn a_later_environment_waits_for_the_earlier_one() {
+    let mut sim = Sim::new(fleet(2, false, STEPS));
+    sim.deploy(bundle(1), "c1");
+    sim.tick();
+    let p = sim.tick();
+    let staging = &p.rollouts[0].environments[1];
+    assert_eq!(staging.environment, "staging");
+    assert_eq!(staging.after.phase, Phase::Pending);
+    assert!(
+        staging
+            .after
+            .reason
+            .starts_with("waiting for dev to complete"),
+        "{}",
+        staging.after.reason
+    );
+    assert_eq!(sim.running("staging", &bundle(1).digest), 0);
+}
+
+#[test]
+fn prod_waits_for_approval_of_the_commit() {
+    let mut sim = Sim::new(fleet(2, true, STEPS));
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(200, |s| s.phase("prod") == Some(Phase::AwaitingApproval));
+    for _ in 0..20 {
+        sim.tick();
+    }
+    assert_eq!(sim.phase("prod"), Some(Phase::AwaitingApproval));
+    assert_eq!(sim.running("prod", &bundle(1).digest), 0);
+    // An approval of another commit does not count.
+    sim.approvals.insert(("prod".into(), "c0".into()));
+    sim.tick();
+    assert_eq!(sim.phase("prod"), Some(Phase::AwaitingApproval));
+    sim.approvals.insert(("prod".into(), "c1".into()));
+    sim.run_until(200, |s| s.phase("prod") == Some(Phase::Complete));
+}
+
+#[test]
+fn a_bundle_that_fails_its_gates_is_rolled_back() {
+    let mut sim = Sim::new(fleet(4, false, STEPS));
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(300, |s| s.phase("prod") == Some(Phase::Complete));
+    sim.bad.insert(bundle(2).digest);
+    sim.deploy(bundle(2), "c2");
+    sim.run_until(50, |s| s.phase("dev") == Some(Phase::RolledBack));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(
+        reason.starts_with(
+            "rolled back to 010101010101: step 1/3: 1 node is unhealthy on the new bundle"
+        ),
+        "{reason}"
+    );
+    // The canary goes back to the previous bundle; later environments never start.
+    sim.tick();
+    sim.tick();
+    assert_eq!(sim.running("dev", &bundle(1).digest), 4);
+    assert_eq!(sim.running("staging", &bundle(2).digest), 0);
+    assert_eq!(sim.phase("staging"), Some(Phase::Pending));
+}
+
+#[test]
+fn a_missing_metric_fails_a_gate_that_asks_for_it() {
+    let mut sim = Sim::new(fleet(2, false, STEPS));
+    sim.error_rate = None;
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(50, |s| s.phase("dev") == Some(Phase::Failed));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(reason.contains("reports no error rate"), "{reason}");
+}
+
+#[test]
+fn a_paused_rollout_holds_its_step() {
+    let mut sim = Sim::new(fleet(4, false, &format!("{STEPS}paused #true\n")));
+    sim.deploy(bundle(1), "c1");
+    for _ in 0..30 {
+        sim.tick();
+    }
+    assert_eq!(sim.phase("dev"), Some(Phase::Paused));
+    assert_eq!(sim.running("dev", &bundle(1).digest), 0);
+}
+
+#[test]
+fn a_deny_window_stops_admission() {
+    let body = format!(
+        "{STEPS}deny-window \"always\" cron=\"* * * * *\" duration=\"1h\" time-zone=\"UTC\"\n"
+    );
+    let mut sim = Sim::new(fleet(4, false, &body));
+    sim.deploy(bundle(1), "c1");
+    for _ in 0..30 {
+        sim.tick();
+    }
+    assert_eq!(sim.phase("dev"), Some(Phase::WaitingWindow));
+    assert_eq!(sim.running("dev", &bundle(1).digest), 0);
+    assert!(sim.state["web"].environments["dev"]
+        .reason
+        .contains("deny window `always` is open"));
+}
+
+#[test]
+fn nodes_that_never_converge_miss_the_deadline() {
+    let body = format!("{STEPS}progress-deadline \"5m\"\n");
+    let mut sim = Sim::new(fleet(2, false, &body));
+    for n in ["n0", "n1"] {
+        sim.silent.insert(n.into());
+    }
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(30, |s| s.phase("dev") == Some(Phase::Failed));
+    let e = &sim.state["web"].environments["dev"];
+    assert!(
+        e.reason.contains("missed its progress deadline"),
+        "{}",
+        e.reason
+    );
+    assert!(!e.failed_nodes.is_empty());
+}
+
+#[test]
+fn a_step_plan_prints_each_environment() {
+    let mut sim = Sim::new(fleet(2, false, STEPS));
+    sim.deploy(bundle(1), "c1");
+    let text = sim.tick().to_string();
+    assert!(text.contains("rollout web"), "{text}");
+    assert!(text.contains("* dev        progressing"), "{text}");
+    assert!(text.contains("staging    pending"), "{text}");
+}
+
+#[test]
+fn planned_counts_round_up_and_cap() {
+    assert_eq!(planned(&StepSize::Percent(50), 5), 3);
+    assert_eq!(planned(&StepSize::Percent(1), 5), 1);
+    assert_eq!(planned(&StepSize::Percent(100), 5), 5);
+    assert_eq!(planned(&StepSize::Count(3), 2), 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever the fleet size, steps, max-unavailable and failures:
+    /// membership only grows within a rollout, exactly `admitted` nodes fall
+    /// under the threshold, a step is verified only at its planned count,
+    /// admission never exceeds max-unavailable, and a failed gate never
+    /// leads to the next step.
+    #[test]
+    fn planner_invariants_hold(
+        per_env in 1usize..12,
+        mut percents in proptest::collection::btree_set(1u64..100, 0..3),
+        max_unavailable in 1u64..4,
+        bad in any::<bool>(),
+    ) {
+        percents.insert(100);
+        let steps: Vec<u64> = percents.into_iter().collect();
+        let mut body = String::new();
+        for p in &steps {
+            body.push_str(&format!("step percent={p}\n"));
+        }
+        body.push_str(&format!("max-unavailable {max_unavailable}\nbake \"1m\"\ngates {{ healthy; }}\n"));
+        let mut sim = Sim::new(fleet(per_env, false, &body));
+        sim.deploy(bundle(1), "c1");
+        if bad {
+            sim.bad.insert(bundle(1).digest);
+        }
+        let mut last_admitted: HashMap<String, u64> = HashMap::new();
+        for _ in 0..120 {
+            let p = sim.tick();
+            for e in &p.rollouts[0].environments {
+                let a = &e.after;
+                let members = sim.targets.get("web", &e.environment).unwrap();
+                if !a.phase.is_terminal() {
+                    let under = members.nodes().iter().filter(|n| {
+                        gitfleet_schemas::trust::member_hash("web", n) < e.membership_threshold
+                            || e.membership_threshold == u64::MAX
+                    }).count() as u64;
+                    prop_assert_eq!(under, a.admitted, "threshold admits exactly `admitted`");
+                    let prev = last_admitted.get(&e.environment).copied().unwrap_or(0);
+                    prop_assert!(a.admitted >= prev, "membership never shrinks mid-rollout");
+                    last_admitted.insert(e.environment.clone(), a.admitted);
+                }
+                if let Some(b) = &e.before {
+                    // Admission respects max-unavailable: newly admitted nodes
+                    // are unavailable until they report the new bundle.
+                    let grew = a.admitted.saturating_sub(b.admitted);
+                    prop_assert!(grew <= max_unavailable, "admitted {grew} at once");
+                    if a.phase == Phase::Verifying && b.phase != Phase::Verifying {
+                        let size = StepSize::Percent(steps[a.step as usize - 1]);
+                        prop_assert_eq!(a.admitted, planned(&size, members.len()));
+                    }
+                    if b.phase == Phase::Verifying && bad {
+                        prop_assert!(a.step <= b.step, "advanced past a failed gate");
+                        prop_assert!(a.phase != Phase::Complete);
+                    }
+                }
+            }
+        }
+        let dev = sim.phase("dev");
+        if bad {
+            prop_assert_eq!(dev, Some(Phase::Failed));
+        } else {
+            prop_assert_eq!(sim.phase("prod"), Some(Phase::Complete));
+        }
+    }
+}

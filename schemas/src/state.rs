@@ -1,0 +1,91 @@
+//! Rollout state, as the reconciler commits it to the state branch
+//! (`rollouts/<name>.json`): small, readable, one file per rollout.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::trust::BundleRef;
+
+pub const STATE_FORMAT: u32 = 1;
+
+/// Where one rollout stands in every environment it reaches.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutState {
+    pub format: u32,
+    pub environments: BTreeMap<String, EnvState>,
+}
+
+/// One rollout in one environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvState {
+    /// The bundle being rolled out.
+    pub target: BundleRef,
+    /// The fleet repo commit the target was built from.
+    pub source_commit: String,
+    /// The last bundle that completed here: what nodes outside the current
+    /// step run, and what a rollback returns to.
+    pub previous: Option<BundleRef>,
+    pub phase: Phase,
+    /// 1-based current step; 0 before the first.
+    pub step: u32,
+    /// Nodes admitted to the new bundle so far (grows within a step as
+    /// `max-unavailable` allows).
+    pub admitted: u64,
+    /// When the current phase (or step) began.
+    pub since: DateTime<Utc>,
+    /// Why the rollout is where it is, in words.
+    pub reason: String,
+    /// Nodes whose reports failed a gate, for the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_nodes: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Waiting for the previous environment to complete.
+    Pending,
+    /// Waiting for approving reviews.
+    AwaitingApproval,
+    /// Waiting for a change window to open.
+    WaitingWindow,
+    /// Nodes of the current step are taking the new bundle.
+    Progressing,
+    /// The step's nodes run the new bundle; baking, then gates.
+    Verifying,
+    Paused,
+    Complete,
+    /// A gate or deadline failed and there was nothing to roll back to.
+    Failed,
+    /// A gate or deadline failed; every node runs the previous bundle again.
+    RolledBack,
+}
+
+impl Phase {
+    /// Phases that end a rollout of a target; only a new target moves on.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Complete | Phase::Failed | Phase::RolledBack)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Pending => "pending",
+            Phase::AwaitingApproval => "awaiting-approval",
+            Phase::WaitingWindow => "waiting-window",
+            Phase::Progressing => "progressing",
+            Phase::Verifying => "verifying",
+            Phase::Paused => "paused",
+            Phase::Complete => "complete",
+            Phase::Failed => "failed",
+            Phase::RolledBack => "rolled-back",
+        })
+    }
+}
