@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use gitfleet_schemas::bundle::{
-    BundleFile, BundleKind, BundleManifest, FILES_DIR, MANIFEST_FORMAT, MANIFEST_PATH, SBOM_PATH,
+    bundle_path_ok, find_clash, BundleFile, BundleKind, BundleManifest, PathClash, FILES_DIR,
+    MANIFEST_FORMAT, MANIFEST_PATH, MAX_PATH_LEN, SBOM_PATH,
 };
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{bundle_digest, sha256_hex};
@@ -24,8 +25,18 @@ pub const ZSTD_LEVEL: i32 = 3;
 pub enum BuildError {
     #[error("config `{name}` did not validate, so it cannot be bundled")]
     Invalid { name: String },
-    #[error("bundle path `{path}` is not a plain relative path")]
+    #[error("bundle path `{path}` is not a plain relative path of printable ASCII (no spaces, `\\`, `.` or `..` components)")]
     Path { path: String },
+    #[error("bundle path `{path}` is {len} bytes; at most {max} fit a plain tar header, so use a shorter file name")]
+    PathTooLong {
+        path: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("bundle paths `{first}` and `{second}` differ only in case; they would collide on a case-insensitive file system")]
+    CaseClash { first: String, second: String },
+    #[error("bundle path `{file}` is a file, but `{inside}` needs it to be a directory")]
+    FileAsDirectory { file: String, inside: String },
     #[error("writing the archive")]
     Archive(#[source] std::io::Error),
     #[error("compressing the archive")]
@@ -73,10 +84,28 @@ pub fn sentinel_config(dir: &ConfigDir, source_commit: &str) -> Result<Built, Bu
 pub fn build(input: Input<'_>) -> Result<Built, BuildError> {
     let mut entries: BTreeMap<String, &[u8]> = BTreeMap::new();
     for (path, bytes) in input.files {
-        if !plain_path(path) {
+        let full = format!("{FILES_DIR}{path}");
+        if full.len() > MAX_PATH_LEN {
+            return Err(BuildError::PathTooLong {
+                path: full.clone(),
+                len: full.len(),
+                max: MAX_PATH_LEN,
+            });
+        }
+        // The verifier's own rule: what is built is what agents accept.
+        if !bundle_path_ok(&full) {
             return Err(BuildError::Path { path: path.clone() });
         }
-        entries.insert(format!("{FILES_DIR}{path}"), bytes);
+        entries.insert(full, bytes);
+    }
+    match find_clash(entries.keys().map(String::as_str)) {
+        None => {}
+        Some(PathClash::Case { first, second }) => {
+            return Err(BuildError::CaseClash { first, second })
+        }
+        Some(PathClash::FileAsDirectory { file, inside }) => {
+            return Err(BuildError::FileAsDirectory { file, inside })
+        }
     }
     entries.insert(SBOM_PATH.to_owned(), &input.sbom);
     let manifest = BundleManifest {
@@ -107,8 +136,11 @@ pub fn build(input: Input<'_>) -> Result<Built, BuildError> {
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        tar.append_data(&mut header, path, *bytes)
-            .map_err(BuildError::Archive)?;
+        // Paths are at most MAX_PATH_LEN bytes of ASCII: they fit the
+        // header's name field, so no long-name or PAX entry is written.
+        header.set_path(path).map_err(BuildError::Archive)?;
+        header.set_cksum();
+        tar.append(&header, *bytes).map_err(BuildError::Archive)?;
     }
     let archive = tar.into_inner().map_err(BuildError::Archive)?;
     let bytes = zstd::bulk::compress(&archive, ZSTD_LEVEL).map_err(BuildError::Compress)?;
@@ -121,13 +153,6 @@ pub fn build(input: Input<'_>) -> Result<Built, BuildError> {
         reference,
         manifest,
     })
-}
-
-fn plain_path(p: &str) -> bool {
-    !p.is_empty()
-        && !p.starts_with('/')
-        && !p.contains('\\')
-        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 #[cfg(test)]
@@ -183,12 +208,58 @@ mod tests {
 
     #[test]
     fn unsafe_paths_are_refused() {
-        for bad in ["../x", "/etc/passwd", "a//b", "a/./b", ""] {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "",
+            "a b",
+            "tab\t",
+            "caf\u{e9}",
+            "a\\b",
+            "x/",
+        ] {
             let f = BTreeMap::from([(bad.to_owned(), Vec::new())]);
             assert!(
                 matches!(build(input(&f)), Err(BuildError::Path { .. })),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn long_paths_are_refused_before_they_need_a_long_name_entry() {
+        let name = "x".repeat(MAX_PATH_LEN - FILES_DIR.len());
+        let f = BTreeMap::from([(name.clone(), Vec::new())]);
+        assert!(build(input(&f)).is_ok());
+        let longer = format!("{name}y");
+        let f = BTreeMap::from([(longer.clone(), Vec::new())]);
+        let err = build(input(&f)).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                BuildError::PathTooLong {
+                    len: 100,
+                    max: 99,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn clashing_paths_are_refused() {
+        let f = BTreeMap::from([("A".to_owned(), Vec::new()), ("a".to_owned(), Vec::new())]);
+        assert!(matches!(
+            build(input(&f)),
+            Err(BuildError::CaseClash { .. })
+        ));
+        let f = BTreeMap::from([("x".to_owned(), Vec::new()), ("x/y".to_owned(), Vec::new())]);
+        assert!(matches!(
+            build(input(&f)),
+            Err(BuildError::FileAsDirectory { .. })
+        ));
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use base64::Engine as _;
+use gitfleet_schemas::trust::PublicKey;
 use gitfleet_schemas::{
     RolloutFile, RolloutTarget, Selector, Span, Spanned, StepSize, Window, WindowKind,
 };
@@ -94,18 +95,17 @@ pub(crate) fn decode_key(s: &str) -> Result<[u8; 32], String> {
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| format!("{} bytes, not 32", bytes.len()))
 }
 
-/// An ed25519 public key: 32 bytes that decode to a curve point.
+/// An ed25519 public key, by the verifier's own rule
+/// ([`PublicKey::from_bytes`], which [`PublicKey::parse`] applies): the
+/// canonical encoding of a prime-order curve point, so no weak key and no
+/// `K + torsion` twin of another key gets into the fleet.
 fn check_ed25519(
     d: &mut Diagnostics<'_>,
     file: &str,
     key: &Spanned<String>,
     what: &str,
 ) -> Option<[u8; 32]> {
-    let result = decode_key(&key.value).and_then(|bytes| {
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-            .map(|_| bytes)
-            .map_err(|_| "not a point on the ed25519 curve".to_owned())
-    });
+    let result = decode_key(&key.value).and_then(|bytes| PublicKey::from_bytes(bytes).map(|k| k.0));
     match result {
         Ok(bytes) => Some(bytes),
         Err(why) => {
@@ -1042,6 +1042,36 @@ mod tests {
         assert_eq!(bad_padding, Err("not valid base64".to_owned()));
         assert_eq!(decode_key("AAAA"), Err("3 bytes, not 32".to_owned()));
         assert!(decode_key("Faz0awO3TpxOrdrGl9JOubghLXtHG0qvzoviuH92ZPA=").is_ok());
+    }
+
+    #[test]
+    fn weak_and_torsion_keys_are_invalid_keys() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let good = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        // A point of order 8, and the good key plus it.
+        let t8 = ed25519_dalek::VerifyingKey::from_bytes(&[
+            0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10,
+            0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77,
+            0x92, 0xac, 0x03, 0x7a,
+        ])
+        .expect("a curve point");
+        let twin = (good.to_edwards() + t8.to_edwards()).compress().to_bytes();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let files = RepoFiles::new();
+        for (key, valid) in [
+            (b64(good.as_bytes()), true),
+            (b64(&identity), false),
+            (b64(t8.as_bytes()), false),
+            (b64(&twin), false),
+        ] {
+            let key = Spanned::new(key, Span::default());
+            let found = codes(&files, |d| {
+                check_ed25519(d, FLEET_FILE, &key, "root key");
+            });
+            let expected: &[&str] = if valid { &[] } else { &["invalid-key"] };
+            assert_eq!(found, expected, "{}", key.value);
+        }
     }
 
     /// The codes of the diagnostics a check gives.

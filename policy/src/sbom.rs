@@ -4,12 +4,15 @@
 //!
 //! Files are `file` components with their SHA-256; listeners, routes,
 //! upstreams and agents are `services` with their endpoints; a route depends
-//! on its upstream. No timestamp or random serial number: the SBOM is as
-//! reproducible as the bundle around it.
+//! on its upstream. No timestamp, random serial number or gitfleet version:
+//! the SBOM is as reproducible as the bundle around it, and upgrading
+//! gitfleet does not change the digest of every bundle. Sentinel's enums
+//! are written through explicit names here, never their `Debug` form, so a
+//! Sentinel upgrade cannot change them silently either.
 
 use std::collections::BTreeMap;
 
-use sentinel_config::{AgentTransport, Config, MatchCondition};
+use sentinel_config::{AgentTransport, BuiltinHandler, Config, ListenerProtocol, MatchCondition};
 use serde_json::{json, Value};
 
 use gitfleet_schemas::bundle::FILES_DIR;
@@ -25,7 +28,43 @@ fn match_property(m: &MatchCondition) -> Value {
         MatchCondition::Path(p) => property("match.path", p.clone()),
         MatchCondition::PathRegex(p) => property("match.path-regex", p.clone()),
         MatchCondition::Host(h) => property("match.host", h.clone()),
-        other => property("match", format!("{other:?}")),
+        MatchCondition::Header { name, value } => {
+            property("match.header", name_value(name, value.as_deref()))
+        }
+        MatchCondition::Method(methods) => property("match.method", methods.join(",")),
+        MatchCondition::QueryParam { name, value } => {
+            property("match.query-param", name_value(name, value.as_deref()))
+        }
+    }
+}
+
+/// `name` when only presence is matched, `name=value` otherwise.
+fn name_value(name: &str, value: Option<&str>) -> String {
+    match value {
+        Some(v) => format!("{name}={v}"),
+        None => name.to_owned(),
+    }
+}
+
+fn protocol_name(p: ListenerProtocol) -> &'static str {
+    match p {
+        ListenerProtocol::Http => "http",
+        ListenerProtocol::Https => "https",
+        ListenerProtocol::Http2 => "http2",
+        ListenerProtocol::Http3 => "http3",
+    }
+}
+
+fn handler_name(h: BuiltinHandler) -> &'static str {
+    match h {
+        BuiltinHandler::Status => "status",
+        BuiltinHandler::Health => "health",
+        BuiltinHandler::Metrics => "metrics",
+        BuiltinHandler::NotFound => "not-found",
+        BuiltinHandler::Config => "config",
+        BuiltinHandler::Upstreams => "upstreams",
+        BuiltinHandler::CachePurge => "cache-purge",
+        BuiltinHandler::CacheStats => "cache-stats",
     }
 }
 
@@ -59,7 +98,7 @@ pub fn sentinel(
             "x-trust-boundary": true,
             "properties": [
                 property("kind", "listener"),
-                property("protocol", format!("{:?}", l.protocol).to_lowercase()),
+                property("protocol", protocol_name(l.protocol)),
                 property("tls", l.tls.is_some().to_string()),
             ],
         }));
@@ -80,11 +119,23 @@ pub fn sentinel(
             "properties": [property("kind", "upstream")],
         }));
     }
+    if let Some(d) = &config.default_upstream {
+        let scheme = if d.tls { "https" } else { "http" };
+        services.push(json!({
+            "bom-ref": "default-upstream",
+            "name": "default upstream",
+            "endpoints": [format!("{scheme}://{}", d.address)],
+            "properties": [
+                property("kind", "default-upstream"),
+                property("host", d.host.clone()),
+            ],
+        }));
+    }
     for r in &config.routes {
         let mut properties = vec![property("kind", "route")];
         properties.extend(r.matches.iter().map(match_property));
         if let Some(h) = &r.builtin_handler {
-            properties.push(property("builtin-handler", format!("{h:?}").to_lowercase()));
+            properties.push(property("builtin-handler", handler_name(*h)));
         }
         let mut filters = r.filters.clone();
         filters.sort();
@@ -94,14 +145,25 @@ pub fn sentinel(
             "name": format!("route {}", r.id),
             "properties": properties,
         }));
-        if let Some(u) = r
-            .upstream
+        // The route's upstream, and the model-routing default upstream
+        // of an inference route, in a stable order.
+        let model_default = r
+            .inference
             .as_ref()
+            .and_then(|i| i.model_routing.as_ref())
+            .and_then(|m| m.default_upstream.as_ref());
+        let mut depends: Vec<String> = r
+            .upstream
+            .iter()
+            .chain(model_default)
             .filter(|u| config.upstreams.contains_key(*u))
-        {
+            .map(|u| format!("upstream:{u}"))
+            .collect();
+        depends.dedup();
+        if !depends.is_empty() {
             dependencies.push(json!({
                 "ref": format!("route:{}", r.id),
-                "dependsOn": [format!("upstream:{u}")],
+                "dependsOn": depends,
             }));
         }
     }
@@ -135,7 +197,6 @@ pub fn sentinel(
                 "components": [{
                     "type": "application",
                     "name": "gitfleet",
-                    "version": env!("CARGO_PKG_VERSION"),
                 }],
             },
         },
@@ -146,4 +207,105 @@ pub fn sentinel(
     let mut out = serde_json::to_vec_pretty(&bom).unwrap_or_default();
     out.push(b'\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+system { worker-threads 1; }
+listeners {
+    listener "h2" { address "127.0.0.1:8443"; protocol "h2"; }
+}
+routes {
+    route "missing" {
+        matches { path "/missing" }
+        builtin-handler "not-found"
+    }
+    route "purge" {
+        matches { path-prefix "/purge" }
+        builtin-handler "cache-purge"
+    }
+}
+"#;
+
+    fn sbom(config: &Config) -> Value {
+        let files = BTreeMap::from([("sentinel.kdl".to_owned(), CONFIG.as_bytes().to_vec())]);
+        serde_json::from_slice(&sentinel("edge", "c0ffee", config, &files)).unwrap_or_default()
+    }
+
+    fn properties(sbom: &Value, bom_ref: &str) -> Vec<(String, String)> {
+        sbom["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["bom-ref"] == bom_ref)
+            .flat_map(|s| s["properties"].as_array().cloned().unwrap_or_default())
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["value"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn has(props: &[(String, String)], name: &str, value: &str) -> bool {
+        props.iter().any(|(n, v)| n == name && v == value)
+    }
+
+    #[test]
+    fn the_sbom_names_sentinel_enums_explicitly_and_has_no_gitfleet_version() {
+        let mut config = crate::sentinel::validate(CONFIG).unwrap_or_else(|e| panic!("{e:?}"));
+        // Sentinel's KDL reader only yields path and host matches today.
+        config.routes[0].matches.extend([
+            MatchCondition::Header {
+                name: "x-debug".into(),
+                value: None,
+            },
+            MatchCondition::Method(vec!["GET".into(), "HEAD".into()]),
+        ]);
+        let doc = sbom(&config);
+        assert_eq!(
+            doc["metadata"]["tools"]["components"],
+            json!([{ "type": "application", "name": "gitfleet" }])
+        );
+        let listener = properties(&doc, "listener:h2");
+        assert!(has(&listener, "gitfleet:protocol", "http2"), "{listener:?}");
+        let missing = properties(&doc, "route:missing");
+        assert!(
+            has(&missing, "gitfleet:builtin-handler", "not-found"),
+            "{missing:?}"
+        );
+        assert!(
+            has(&missing, "gitfleet:match.header", "x-debug"),
+            "{missing:?}"
+        );
+        assert!(
+            has(&missing, "gitfleet:match.method", "GET,HEAD"),
+            "{missing:?}"
+        );
+        let purge = properties(&doc, "route:purge");
+        assert!(
+            has(&purge, "gitfleet:builtin-handler", "cache-purge"),
+            "{purge:?}"
+        );
+
+        assert!(!doc.to_string().contains("default-upstream"));
+        config.default_upstream = Some(sentinel_config::UpstreamPeer {
+            address: "10.0.0.1:8080".into(),
+            tls: false,
+            host: "backend".into(),
+            connect_timeout_secs: 1,
+            read_timeout_secs: 1,
+            write_timeout_secs: 1,
+        });
+        let doc = sbom(&config);
+        let default = properties(&doc, "default-upstream");
+        assert!(
+            has(&default, "gitfleet:kind", "default-upstream"),
+            "{default:?}"
+        );
+    }
 }

@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use gitfleet_schemas::keyfile::KeyRole;
 use gitfleet_schemas::trust::{Document, Envelope, PublicKey, Root};
-use gitfleet_schemas::verify::{verify_first_root, verify_root_rotation, Verified, VerifyError};
+use gitfleet_schemas::verify::{
+    sha256_hex, validate_root, verify_first_root, verify_root_rotation, Verified, VerifyError,
+};
 
 use crate::{keys, write};
 
@@ -81,6 +83,11 @@ pub struct InitArgs {
 /// machine. Signing twice with one key replaces its signature. A rotation
 /// (version n + 1) is signed by holders of the old root and of the new one.
 ///
+/// The root is checked first (thresholds reachable, no key listed twice, no
+/// key both a root and an online key) and shown before it is signed: its
+/// fleet, version, expiry, key sets and the SHA-256 of the exact bytes
+/// signed. Compare them with what the ceremony agreed on.
+///
 /// Example:
 ///   gitfleet root sign root/2.json --key r2.key
 #[derive(Debug, clap::Args)]
@@ -96,25 +103,38 @@ pub struct SignArgs {
 
 /// Write the next root: version n + 1 of a trusted root n.
 ///
-/// Key sets and thresholds not given are carried over from the trusted
-/// root. Agents accept the new root only when enough keys of the old root
-/// and of the new root signed it. Run `gitfleet root verify` on the chain
-/// first: the trusted root is read, not verified, here.
+/// The chain root/1.json ... root/<n>.json (the files next to --trusted,
+/// which is the last) is verified first, as agents do: root 1 by
+/// --threshold of the --pinned keys, each next one by its predecessor.
+/// Key sets and thresholds not given are carried over from the verified
+/// root n. Agents accept the new root only when enough keys of the old root
+/// and of the new root signed it.
 ///
 /// Example (replace root key r3 by r4, signed by r1 and r2):
-///   gitfleet root rotate --trusted root/1.json \
+///   gitfleet root rotate --trusted root/1.json --fleet acme-edge \
+///       --pinned r1.pub r2.pub r3.pub --threshold 2 \
 ///       --root-key r1.pub r2.pub r4.pub --expires 365d \
 ///       --sign r1.key --sign r2.key -o root/2.json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct RotateArgs {
-    /// The current root, root/<n>.json.
+    /// The current root, root/<n>.json; roots 1 to n - 1 are read from
+    /// the same directory.
     #[arg(long, value_name = "FILE")]
     trusted: PathBuf,
 
-    /// Refuse unless the trusted root is of this fleet (the fleet never changes).
+    /// The fleet's name, as in fleet.kdl (the fleet never changes).
     #[arg(long)]
-    fleet: Option<String>,
+    fleet: String,
+
+    /// The pinned root keys (fleet.kdl's `trust` block) that root 1 is
+    /// verified against (base64, .pub files or key files).
+    #[arg(long, value_name = "KEY", required = true, num_args = 1..)]
+    pinned: Vec<String>,
+
+    /// How many pinned keys must have signed root version 1.
+    #[arg(long, value_name = "N")]
+    threshold: u32,
 
     /// The new root keys (default: those of the trusted root).
     #[arg(long = "root-key", value_name = "KEY", num_args = 1..)]
@@ -181,7 +201,7 @@ pub struct VerifyArgs {
 pub fn run(cmd: &RootCommand, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     match cmd {
         RootCommand::Init(args) => init(args, now),
-        RootCommand::Sign(args) => sign(args),
+        RootCommand::Sign(args) => sign(args, now),
         RootCommand::Rotate(args) => rotate(args, now),
         RootCommand::Verify(args) => verify(args, now),
     }
@@ -236,21 +256,9 @@ fn validate(root: &Root) -> anyhow::Result<()> {
         "fleet name `{}` is not valid: use [A-Za-z0-9][A-Za-z0-9._-]*, at most 63 characters",
         root.fleet
     );
-    for (role, keys, threshold) in [
-        ("root", &root.root_keys, root.root_threshold),
-        ("online", &root.online_keys, root.online_threshold),
-    ] {
-        anyhow::ensure!(
-            threshold >= 1 && threshold as usize <= keys.len(),
-            "{role} threshold {threshold} must be between 1 and the number of {role} keys ({})",
-            keys.len()
-        );
-    }
-    if let Some(both) = root.online_keys.iter().find(|k| root.root_keys.contains(k)) {
-        anyhow::bail!(
-            "key {both} is both a root key and an online key; an online key sits on a server and must not sign roots"
-        );
-    }
+    // The verifier's own rules, so nothing is written or signed that agents
+    // would refuse.
+    validate_root(root)?;
     Ok(())
 }
 
@@ -276,8 +284,9 @@ fn sign_all(
     Ok(())
 }
 
-/// Read a root envelope and the root it carries, without verifying it.
-fn read_root(path: &Path) -> anyhow::Result<(Envelope, Root)> {
+/// Read a root envelope, the root it carries and its payload bytes, without
+/// verifying it.
+fn read_root(path: &Path) -> anyhow::Result<(Envelope, Root, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let env: Envelope = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a signed envelope", path.display()))?;
@@ -293,7 +302,7 @@ fn read_root(path: &Path) -> anyhow::Result<(Envelope, Root)> {
         .with_context(|| format!("the payload of {} is not base64", path.display()))?;
     let root: Root = serde_json::from_slice(&payload)
         .with_context(|| format!("the payload of {} is not a root", path.display()))?;
-    Ok((env, root))
+    Ok((env, root, payload))
 }
 
 /// A root and who signed it, for people.
@@ -359,9 +368,18 @@ fn init(args: &InitArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sign(args: &SignArgs) -> anyhow::Result<ExitCode> {
-    let (mut env, root) = read_root(&args.file)?;
+fn sign(args: &SignArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
+    let (mut env, root, payload) = read_root(&args.file)?;
+    validate(&root).with_context(|| {
+        format!(
+            "{} is not a root agents would accept; refusing to sign it",
+            args.file.display()
+        )
+    })?;
     let key = keys::load(&args.key, KeyRole::Root, SIGNING)?;
+    println!("signing {}:", args.file.display());
+    println!("{}", describe(&root, &env, now));
+    println!("  payload sha256: {}", sha256_hex(&payload));
     if !root.root_keys.contains(&key.public) {
         tracing::warn!(
             "key {} is not a root key of version {}: the signature only counts if it is a root key of version {}",
@@ -385,16 +403,61 @@ fn sign(args: &SignArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rotate(args: &RotateArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
-    let (_, trusted) = read_root(&args.trusted)?;
-    if let Some(fleet) = &args.fleet {
-        anyhow::ensure!(
-            *fleet == trusted.fleet,
-            "{} is a root of fleet `{}`, not `{fleet}`; a rotation cannot change the fleet",
-            args.trusted.display(),
-            trusted.fleet
-        );
+/// Verify the chain of roots that ends at `tip` (root/<n>.json): versions
+/// 1 to n - 1 are the files `<v>.json` next to it. A refusal is printed and
+/// given as the exit status to return.
+fn verify_chain(
+    tip: &Path,
+    fleet: &str,
+    pinned: &[PublicKey],
+    threshold: u32,
+) -> anyhow::Result<Result<Verified<Root>, ExitCode>> {
+    let tip_bytes = std::fs::read(tip).with_context(|| format!("reading {}", tip.display()))?;
+    let n = claimed_version(&tip_bytes)
+        .with_context(|| format!("{} is not a signed root", tip.display()))?;
+    let mut trusted: Option<Verified<Root>> = None;
+    for version in 1..=n {
+        let (path, bytes) = if version == n {
+            (tip.to_owned(), tip_bytes.clone())
+        } else {
+            let path = tip.with_file_name(format!("{version}.json"));
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading {} (root version {version}, needed to verify the chain to {})",
+                    path.display(),
+                    tip.display()
+                )
+            })?;
+            (path, bytes)
+        };
+        let result = match &trusted {
+            None => verify_first_root(&bytes, fleet, pinned, threshold),
+            Some(root) => verify_root_rotation(root, &bytes),
+        };
+        match result {
+            Ok(root) => trusted = Some(root),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return Ok(Err(ExitCode::from(1)));
+            }
+        }
     }
+    let root = trusted.with_context(|| format!("{} claims root version 0", tip.display()))?;
+    println!(
+        "{}: root version {} trusted (verified from the {} pinned keys)",
+        tip.display(),
+        root.version,
+        pinned.len()
+    );
+    Ok(Ok(root))
+}
+
+fn rotate(args: &RotateArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
+    let pinned = keys::public_set(&args.pinned, KeyRole::Root, "a pinned root key")?;
+    let trusted = match verify_chain(&args.trusted, &args.fleet, &pinned, args.threshold)? {
+        Ok(root) => root,
+        Err(code) => return Ok(code),
+    };
     let root_keys = if args.root_keys.is_empty() {
         trusted.root_keys.clone()
     } else {
@@ -558,5 +621,10 @@ mod tests {
             err.contains("is both a root key and an online key"),
             "{err}"
         );
+        // A key listed twice would count twice toward the threshold.
+        root.online_keys = vec![key(9)];
+        root.root_keys = vec![key(1), key(1)];
+        let err = validate(&root).unwrap_err().to_string();
+        assert_eq!(err, format!("root key {} is listed more than once", key(1)));
     }
 }

@@ -48,3 +48,141 @@ pub struct BundleFile {
 }
 
 pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The longest entry path, in bytes: it fits a plain tar header's name
+/// field with its terminating NUL, so no GNU long-name or PAX entry is ever
+/// needed (and verifiers refuse them).
+pub const MAX_PATH_LEN: usize = 99;
+
+/// The one rule for a path inside a bundle, shared by the builder and the
+/// verifier: at most [`MAX_PATH_LEN`] bytes of printable ASCII without
+/// spaces or `\` (so no control characters and no Unicode normalisation
+/// twins); `/`-separated components that are neither empty, `.` nor `..`;
+/// and either [`MANIFEST_PATH`], [`SBOM_PATH`] or a file under
+/// [`FILES_DIR`].
+pub fn bundle_path_ok(path: &str) -> bool {
+    if path.is_empty()
+        || path.len() > MAX_PATH_LEN
+        || !path
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'\\')
+        || !path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+    {
+        return false;
+    }
+    path == MANIFEST_PATH
+        || path == SBOM_PATH
+        || path
+            .strip_prefix(FILES_DIR)
+            .is_some_and(|rest| !rest.is_empty())
+}
+
+/// Two paths of one bundle that would collide when unpacked on some file
+/// system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathClash {
+    /// The two differ only in ASCII case (`files/A`, `files/a`).
+    Case { first: String, second: String },
+    /// `file` is a file, and `inside` needs it to be a directory
+    /// (`files/x`, `files/x/y`); compared ignoring case.
+    FileAsDirectory { file: String, inside: String },
+}
+
+/// The first clash among `paths` (each already [`bundle_path_ok`] and
+/// distinct), if any. Deterministic: the same paths give the same answer.
+pub fn find_clash<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<PathClash> {
+    use std::collections::BTreeMap;
+    let mut folded: BTreeMap<String, &str> = BTreeMap::new();
+    for p in paths {
+        if let Some(first) = folded.insert(p.to_ascii_lowercase(), p) {
+            let (first, second) = if first <= p { (first, p) } else { (p, first) };
+            return Some(PathClash::Case {
+                first: first.to_owned(),
+                second: second.to_owned(),
+            });
+        }
+    }
+    for (lower, inside) in &folded {
+        for (i, _) in lower.match_indices('/') {
+            if let Some(file) = folded.get(&lower[..i]) {
+                return Some(PathClash::FileAsDirectory {
+                    file: (*file).to_owned(),
+                    inside: (*inside).to_owned(),
+                });
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_printable_paths_under_the_bundle_roots_are_ok() {
+        for good in [
+            "manifest.json",
+            "sbom.cdx.json",
+            "files/sentinel.kdl",
+            "files/pages/503.html",
+            "files/a-b_c.d~e+f@g",
+        ] {
+            assert!(bundle_path_ok(good), "{good}");
+        }
+        let long = format!("files/{}", "x".repeat(MAX_PATH_LEN - FILES_DIR.len() + 1));
+        for bad in [
+            "",
+            "files/",
+            "files",
+            "other.json",
+            "Manifest.json",
+            "etc/passwd",
+            "/files/x",
+            "files//x",
+            "files/./x",
+            "files/../x",
+            "files/x/",
+            "files/a b",
+            "files/tab\t",
+            "files/nl\n",
+            "files/del\u{7f}",
+            "files/back\\slash",
+            "files/caf\u{e9}",
+            "files/cafe\u{301}",
+            long.as_str(),
+        ] {
+            assert!(!bundle_path_ok(bad), "{bad:?}");
+        }
+        assert!(bundle_path_ok(&long[..long.len() - 1]));
+    }
+
+    #[test]
+    fn case_twins_and_files_used_as_directories_clash() {
+        assert_eq!(find_clash(["files/a", "files/b", "manifest.json"]), None);
+        assert_eq!(
+            find_clash(["files/a", "files/A"]),
+            Some(PathClash::Case {
+                first: "files/A".into(),
+                second: "files/a".into()
+            })
+        );
+        assert_eq!(
+            find_clash(["files/x", "files/x/y"]),
+            Some(PathClash::FileAsDirectory {
+                file: "files/x".into(),
+                inside: "files/x/y".into()
+            })
+        );
+        assert_eq!(
+            find_clash(["files/X/y", "files/x"]),
+            Some(PathClash::FileAsDirectory {
+                file: "files/x".into(),
+                inside: "files/X/y".into()
+            })
+        );
+        assert_eq!(find_clash(["files/x.d", "files/x/y"]), None);
+    }
+}

@@ -23,14 +23,35 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 pub struct PublicKey(pub [u8; 32]);
 
 impl PublicKey {
+    /// Parse base64 of 32 bytes and check them with [`PublicKey::from_bytes`].
     pub fn parse(s: &str) -> Result<Self, String> {
         let bytes = B64
             .decode(s.trim())
             .map_err(|e| format!("not base64 ({e})"))?;
         let bytes = <[u8; 32]>::try_from(bytes.as_slice())
             .map_err(|_| format!("{} bytes, not 32", bytes.len()))?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        PublicKey::from_bytes(bytes)
+    }
+
+    /// The one rule for what a public key is: the canonical encoding of a
+    /// point on the curve, in the prime-order subgroup. A small-order
+    /// ("weak") key would accept signatures on almost any message, and a key
+    /// with a torsion component (`K + T`) lets the holder of `K` sign as a
+    /// second, different-looking key; a non-canonical encoding is a second
+    /// name for the same point. All are refused.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, String> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
             .map_err(|_| "not a point on the ed25519 curve".to_owned())?;
+        let point = key.to_edwards();
+        if point.compress().to_bytes() != bytes {
+            return Err("not the canonical encoding of its curve point".to_owned());
+        }
+        if key.is_weak() {
+            return Err("a small-order (weak) point".to_owned());
+        }
+        if !point.is_torsion_free() {
+            return Err("not in the prime-order subgroup (has a torsion component)".to_owned());
+        }
         Ok(PublicKey(bytes))
     }
 }
@@ -225,11 +246,24 @@ pub struct BundleRef {
     pub length: u64,
 }
 
+/// Whether `digest` is `sha256:` and 64 lowercase hex digits, the only form
+/// a bundle digest takes.
+pub fn valid_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 impl BundleRef {
-    /// `bundles/sha256/<hex>.tar.zst`.
-    pub fn object_key(&self) -> String {
-        let hex = self.digest.trim_start_matches("sha256:");
-        format!("bundles/sha256/{hex}.tar.zst")
+    /// `bundles/sha256/<hex>.tar.zst`, or `None` when the digest is not
+    /// `sha256:<64 lowercase hex>`: a digest from storage never becomes a
+    /// path with anything else in it.
+    pub fn object_key(&self) -> Option<String> {
+        let hex = self
+            .digest
+            .strip_prefix("sha256:")
+            .filter(|_| valid_digest(&self.digest))?;
+        Some(format!("bundles/sha256/{hex}.tar.zst"))
     }
 }
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gitfleet_schemas::keyfile::{KeyFile, KeyRole};
-use gitfleet_schemas::trust::PublicKey;
+use gitfleet_schemas::trust::{Document, Envelope, PublicKey, Root};
+use gitfleet_schemas::verify::sha256_hex;
 use gitfleet_tests::{bin, copy_dir, git, text, workspace};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -152,9 +153,28 @@ fn a_2_of_3_root_is_trusted_once_two_holders_signed() {
         "{stderr}"
     );
 
+    // The holder sees what they sign: the root, and the digest of its bytes.
+    let payload = root_payload(&dir.join("root/1.json"));
     let (code, stdout, stderr) = gitfleet(&["root", "sign", "root/1.json", "--key", "r2.key"], dir);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("(2 signatures)"), "{stdout}");
+    let r2 = std::fs::read_to_string(dir.join("r2.pub")).unwrap();
+    let online = std::fs::read_to_string(dir.join("online.pub")).unwrap();
+    for expected in [
+        "signing root/1.json:\n".to_owned(),
+        "root version 1 of fleet `acme-edge`, expires ".to_owned(),
+        "  root keys, 2 of 3 must sign:".to_owned(),
+        format!("    {}\n", r2.trim()),
+        "  online keys, 1 of 1 must sign:".to_owned(),
+        format!("    {}\n", online.trim()),
+        format!("  payload sha256: {}\n", sha256_hex(&payload)),
+    ] {
+        assert!(stdout.contains(&expected), "{expected}\n{stdout}");
+    }
+    assert!(
+        stdout.find("payload sha256").unwrap() < stdout.find("signed root/1.json").unwrap(),
+        "{stdout}"
+    );
     let (code, stdout, stderr) = verify_roots(dir, &["root/1.json"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
@@ -169,6 +189,97 @@ fn a_2_of_3_root_is_trusted_once_two_holders_signed() {
         stderr.contains("key file online.key has role `online`; signing a root needs role `root`"),
         "{stderr}"
     );
+}
+
+/// The payload bytes of a root file.
+fn root_payload(path: &Path) -> Vec<u8> {
+    use base64::Engine as _;
+    let env: Envelope = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(env.payload)
+        .unwrap()
+}
+
+#[test]
+fn sign_refuses_a_root_agents_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let r1 = keygen(dir, "root", "r1");
+    let online = keygen(dir, "online", "online");
+    // r1 twice, 2 of them: one holder would meet the threshold alone.
+    let root = Root {
+        fleet: "acme-edge".into(),
+        version: 1,
+        expires: chrono::Utc::now() + chrono::Duration::days(30),
+        root_keys: vec![r1, r1],
+        root_threshold: 2,
+        online_keys: vec![online],
+        online_threshold: 1,
+    };
+    std::fs::write(dir.join("1.json"), root.envelope().to_json()).unwrap();
+    let before = std::fs::read(dir.join("1.json")).unwrap();
+    let (code, stdout, stderr) = gitfleet(&["root", "sign", "1.json", "--key", "r1.key"], dir);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "error: 1.json is not a root agents would accept; refusing to sign it: root key {r1} is listed more than once"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(dir.join("1.json")).unwrap(), before);
+}
+
+#[test]
+fn rotate_refuses_a_chain_that_does_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    first_root(dir); // signed by r1 only: 1 of the 2 pinned signatures
+    let (code, stdout, stderr) = gitfleet(
+        &[
+            "root",
+            "rotate",
+            "--trusted",
+            "root/1.json",
+            "--fleet",
+            "acme-edge",
+            "--pinned",
+            "r1.pub",
+            "r2.pub",
+            "r3.pub",
+            "--threshold",
+            "2",
+            "--expires",
+            "180d",
+            "--sign",
+            "r1.key",
+        ],
+        dir,
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains(
+            "error: root/1.json: root has 1 valid signatures by pinned root keys, needs 2"
+        ),
+        "{stderr}"
+    );
+    assert!(!dir.join("root/2.json").exists());
+
+    // Without the pinned keys there is nothing to verify against.
+    let (code, _, stderr) = gitfleet(
+        &[
+            "root",
+            "rotate",
+            "--trusted",
+            "root/1.json",
+            "--fleet",
+            "acme-edge",
+            "--expires",
+            "180d",
+        ],
+        dir,
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--pinned"), "{stderr}");
 }
 
 #[test]
@@ -189,6 +300,12 @@ fn a_rotation_needs_old_and_new_holders_and_verify_walks_to_it() {
             "root/1.json",
             "--fleet",
             "acme-edge",
+            "--pinned",
+            "r1.pub",
+            "r2.pub",
+            "r3.pub",
+            "--threshold",
+            "2",
             "--root-key",
             "r1.pub",
             "r2.pub",
@@ -203,6 +320,10 @@ fn a_rotation_needs_old_and_new_holders_and_verify_walks_to_it() {
         dir,
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("root/1.json: root version 1 trusted (verified from the 3 pinned keys)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("wrote root/2.json"), "{stdout}");
     assert!(
         stdout.contains("root version 2 of fleet `acme-edge`"),
