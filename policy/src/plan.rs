@@ -834,3 +834,24 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
     }
     None
 }
+
+impl Observation {
+    /// What the planner needs from a verified status report.
+    pub fn from_report(r: &gitfleet_schemas::status::StatusReport) -> Self {
+        Observation {
+            at: r.at,
+            active: r
+                .rollouts
+                .iter()
+                .filter_map(|(name, s)| Some((name.clone(), s.active.as_ref()?.digest.clone())))
+                .collect(),
+            healthy: r.healthy,
+            error_rate: r.metrics.error_rate,
+            p99_latency_ms: r.metrics.p99_latency_ms,
+            cpu_percent: r.metrics.cpu_percent,
+            memory_percent: r.metrics.memory_percent,
+            http_checks_passed: (!r.http_checks.is_empty())
+                .then(|| r.http_checks.iter().all(|c| c.ok)),
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub mod node;
 pub mod rollout;
 mod span;
 pub mod state;
+pub mod status;
 pub mod trust;
 pub mod verify;
 
@@ -51,6 +52,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<trust::Root>("root.schema.json"),
         one::<trust::ChannelManifest>("channel-manifest.schema.json"),
         one::<state::RolloutState>("rollout-state.schema.json"),
+        one::<status::StatusReport>("status-report.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
     ]
 }

@@ -13,8 +13,12 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::{BundleManifest, MANIFEST_FORMAT, MANIFEST_PATH};
-use crate::trust::{pae, BundleRef, ChannelManifest, Document, Envelope, PublicKey, Root};
+use crate::bundle::{
+    bundle_path_ok, find_clash, BundleManifest, PathClash, MANIFEST_FORMAT, MANIFEST_PATH,
+};
+use crate::trust::{
+    pae, valid_digest, BundleRef, ChannelManifest, Document, Envelope, PublicKey, Root,
+};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -68,18 +72,36 @@ pub enum VerifyError {
         expected: String,
         found: String,
     },
+    #[error("status report at status/{expected}.json is about node `{found}`")]
+    WrongNode { expected: String, found: String },
     #[error("channel manifest is for environment `{found}`, expected `{expected}`")]
     WrongEnvironment { expected: String, found: String },
     #[error("channel manifest serial {found} < trusted {trusted}: refusing a rollback")]
     Rollback { trusted: u64, found: u64 },
     #[error("root version {found} is not the trusted version {trusted} + 1")]
     RootVersion { trusted: u64, found: u64 },
-    #[error("root names {keys} {role} keys, fewer than its threshold {threshold}")]
+    #[error(
+        "{role} threshold {threshold} must be between 1 and the number of {role} keys ({keys})"
+    )]
     UnreachableThreshold {
         role: &'static str,
         keys: usize,
         threshold: u32,
     },
+    #[error("{role} key {key} is listed more than once")]
+    DuplicateKey { role: &'static str, key: PublicKey },
+    #[error("key {key} is both a root key and an online key; an online key sits on a server and must not sign roots")]
+    SharedKey { key: PublicKey },
+    #[error("channel manifest rollout `{rollout}` names bundle digest `{digest}`, not sha256:<64 lowercase hex digits>")]
+    BadDigest { rollout: String, digest: String },
+    #[error("channel manifest rollout `{rollout}` is at step {step} of {steps}")]
+    BadStep {
+        rollout: String,
+        step: u32,
+        steps: u32,
+    },
+    #[error("channel manifest names rollout `{name}` more than once")]
+    DuplicateRollout { name: String },
 
     #[error("bundle is {found} bytes, the manifest says {expected}")]
     BundleLength { expected: u64, found: u64 },
@@ -93,6 +115,10 @@ pub enum VerifyError {
     EntryPath { path: String },
     #[error("bundle entry `{path}` appears more than once")]
     DuplicateEntry { path: String },
+    #[error("bundle entries `{first}` and `{second}` differ only in case")]
+    CaseClash { first: String, second: String },
+    #[error("bundle entry `{file}` is a file, but `{inside}` needs it to be a directory")]
+    FileAsDirectory { file: String, inside: String },
     #[error("bundle unpacks to more than {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("bundle has more than {limit} entries")]
@@ -126,12 +152,32 @@ struct KeySet<'a> {
     threshold: u32,
 }
 
-/// Check signatures and type, then parse the verified bytes. Every signature
-/// must be by a key of one of `sets` and valid; each set's threshold must be
-/// met by distinct keys.
-fn open<T: Document>(bytes: &[u8], sets: &[KeySet<'_>]) -> Result<T, VerifyError> {
+/// A key set must name each key once and have a threshold its keys can
+/// meet: a key listed twice would count twice.
+fn check_set(set: &KeySet<'_>) -> Result<(), VerifyError> {
+    let mut seen = BTreeSet::new();
+    for key in set.keys {
+        if !seen.insert(key) {
+            return Err(VerifyError::DuplicateKey {
+                role: set.role,
+                key: *key,
+            });
+        }
+    }
+    if set.threshold == 0 || set.threshold as usize > seen.len() {
+        return Err(VerifyError::UnreachableThreshold {
+            role: set.role,
+            keys: seen.len(),
+            threshold: set.threshold,
+        });
+    }
+    Ok(())
+}
+
+/// Parse an envelope in its canonical form, check its payload type, and
+/// decode the payload: the exact bytes the signatures cover.
+fn unwrap_envelope<T: Document>(bytes: &[u8]) -> Result<(Envelope, Vec<u8>), VerifyError> {
     let what = T::NAME;
-    let malformed = |reason: String| VerifyError::Malformed { what, reason };
     let env = parse_envelope(what, bytes)?;
     if env.payload_type != T::PAYLOAD_TYPE {
         return Err(VerifyError::WrongType {
@@ -142,8 +188,32 @@ fn open<T: Document>(bytes: &[u8], sets: &[KeySet<'_>]) -> Result<T, VerifyError
     }
     let payload = B64
         .decode(&env.payload)
-        .map_err(|e| malformed(format!("payload is not base64: {e}")))?;
-    let message = pae(&env.payload_type, &payload);
+        .map_err(|e| VerifyError::Malformed {
+            what,
+            reason: format!("payload is not base64: {e}"),
+        })?;
+    Ok((env, payload))
+}
+
+fn parse_payload<T: Document>(payload: &[u8]) -> Result<T, VerifyError> {
+    serde_json::from_slice(payload).map_err(|e| VerifyError::Malformed {
+        what: T::NAME,
+        reason: format!("payload: {e}"),
+    })
+}
+
+/// Every signature must be by a key of one of `sets` and valid; each set's
+/// threshold must be met by distinct keys of that set.
+fn check_signatures(
+    what: &'static str,
+    env: &Envelope,
+    payload: &[u8],
+    sets: &[KeySet<'_>],
+) -> Result<(), VerifyError> {
+    for set in sets {
+        check_set(set)?;
+    }
+    let message = pae(&env.payload_type, payload);
     let mut valid: BTreeSet<PublicKey> = BTreeSet::new();
     for s in &env.signatures {
         if !sets.iter().any(|set| set.keys.contains(&s.key)) {
@@ -160,8 +230,9 @@ fn open<T: Document>(bytes: &[u8], sets: &[KeySet<'_>]) -> Result<T, VerifyError
         valid.insert(s.key);
     }
     for set in sets {
-        let count = set.keys.iter().filter(|k| valid.contains(k)).count();
-        if set.threshold == 0 || count < set.threshold as usize {
+        // Distinct keys: `valid` is a set, and so is `set.keys` (checked).
+        let count = valid.iter().filter(|k| set.keys.contains(k)).count();
+        if count < set.threshold as usize {
             return Err(VerifyError::Threshold {
                 what,
                 role: set.role,
@@ -170,7 +241,14 @@ fn open<T: Document>(bytes: &[u8], sets: &[KeySet<'_>]) -> Result<T, VerifyError
             });
         }
     }
-    serde_json::from_slice(&payload).map_err(|e| malformed(format!("payload: {e}")))
+    Ok(())
+}
+
+/// Check signatures and type, then parse the verified bytes.
+fn open<T: Document>(bytes: &[u8], sets: &[KeySet<'_>]) -> Result<T, VerifyError> {
+    let (env, payload) = unwrap_envelope::<T>(bytes)?;
+    check_signatures(T::NAME, &env, &payload, sets)?;
+    parse_payload(&payload)
 }
 
 /// Parse an envelope and insist on its canonical form, so that no byte of a
@@ -189,18 +267,23 @@ fn parse_envelope(what: &'static str, bytes: &[u8]) -> Result<Envelope, VerifyEr
     Ok(env)
 }
 
-fn reachable(root: &Root) -> Result<(), VerifyError> {
+/// The rules every root keeps, whoever checks it (the verifier, and the
+/// CLI before it writes or signs one): each key set names each key once
+/// and has a threshold between 1 and its size, and no key is both a root
+/// key and an online key.
+pub fn validate_root(root: &Root) -> Result<(), VerifyError> {
     for (role, keys, threshold) in [
-        ("root", root.root_keys.len(), root.root_threshold),
-        ("online", root.online_keys.len(), root.online_threshold),
+        ("root", &root.root_keys, root.root_threshold),
+        ("online", &root.online_keys, root.online_threshold),
     ] {
-        if threshold == 0 || keys < threshold as usize {
-            return Err(VerifyError::UnreachableThreshold {
-                role,
-                keys,
-                threshold,
-            });
-        }
+        check_set(&KeySet {
+            role,
+            keys,
+            threshold,
+        })?;
+    }
+    if let Some(key) = root.online_keys.iter().find(|k| root.root_keys.contains(k)) {
+        return Err(VerifyError::SharedKey { key: *key });
     }
     Ok(())
 }
@@ -218,19 +301,37 @@ fn fleet_matches(what: &'static str, expected: &str, found: &str) -> Result<(), 
 
 /// Trust a first root (`root/1.json`) because `threshold` of the `pinned`
 /// keys (from `fleet.kdl`, copied at enrollment) signed it, and it meets its
-/// own root threshold.
+/// own root threshold. Each signature must be valid and by a pinned key or
+/// one of the root's keys; each threshold counts only its own keys, so a
+/// pinned signer outside the root never stands in for a root key.
 pub fn verify_first_root(
     bytes: &[u8],
     fleet: &str,
     pinned: &[PublicKey],
     threshold: u32,
 ) -> Result<Verified<Root>, VerifyError> {
-    let pinned_set = KeySet {
-        role: "pinned root",
-        keys: pinned,
-        threshold,
-    };
-    let root: Root = open(bytes, &[pinned_set])?;
+    // The root must satisfy both the pinned keys and its own root keys (so
+    // the next rotation can be checked against them). Its key set comes
+    // from the very bytes whose signatures are checked here.
+    let (env, payload) = unwrap_envelope::<Root>(bytes)?;
+    let root: Root = parse_payload(&payload)?;
+    check_signatures(
+        Root::NAME,
+        &env,
+        &payload,
+        &[
+            KeySet {
+                role: "pinned root",
+                keys: pinned,
+                threshold,
+            },
+            KeySet {
+                role: "root",
+                keys: &root.root_keys,
+                threshold: root.root_threshold,
+            },
+        ],
+    )?;
     fleet_matches("root", fleet, &root.fleet)?;
     if root.version != 1 {
         return Err(VerifyError::RootVersion {
@@ -238,22 +339,8 @@ pub fn verify_first_root(
             found: root.version,
         });
     }
-    reachable(&root)?;
-    // The root must also satisfy itself, so the next rotation can be checked.
-    let own: Root = open(
-        bytes,
-        &[KeySet {
-            role: "root",
-            keys: &root.root_keys,
-            threshold: root.root_threshold,
-        }],
-    )
-    .or_else(|e| match e {
-        // Signatures by pinned keys that are not in the root are fine here.
-        VerifyError::UnknownKey { .. } => Ok(root.clone()),
-        other => Err(other),
-    })?;
-    Ok(Verified(own))
+    validate_root(&root)?;
+    Ok(Verified(root))
 }
 
 /// Move from a trusted root to the next: version must be exactly
@@ -264,21 +351,14 @@ pub fn verify_root_rotation(
     trusted: &Verified<Root>,
     bytes: &[u8],
 ) -> Result<Verified<Root>, VerifyError> {
-    // First with the old keys alone, to learn the new key set from bytes the
-    // old root vouches for; unknown keys are the new root's and checked next.
-    let env = parse_envelope(Root::NAME, bytes)?;
-    let payload = B64
-        .decode(&env.payload)
-        .map_err(|e| VerifyError::Malformed {
-            what: Root::NAME,
-            reason: format!("payload is not base64: {e}"),
-        })?;
-    let claimed: Root = serde_json::from_slice(&payload).map_err(|e| VerifyError::Malformed {
-        what: Root::NAME,
-        reason: format!("payload: {e}"),
-    })?;
-    let new: Root = open(
-        bytes,
+    // The new key set comes from the very bytes whose signatures are
+    // checked against both the old and the new keys.
+    let (env, payload) = unwrap_envelope::<Root>(bytes)?;
+    let new: Root = parse_payload(&payload)?;
+    check_signatures(
+        Root::NAME,
+        &env,
+        &payload,
         &[
             KeySet {
                 role: "trusted root",
@@ -287,8 +367,8 @@ pub fn verify_root_rotation(
             },
             KeySet {
                 role: "new root",
-                keys: &claimed.root_keys,
-                threshold: claimed.root_threshold,
+                keys: &new.root_keys,
+                threshold: new.root_threshold,
             },
         ],
     )?;
@@ -299,7 +379,7 @@ pub fn verify_root_rotation(
             found: new.version,
         });
     }
-    reachable(&new)?;
+    validate_root(&new)?;
     Ok(Verified(new))
 }
 
@@ -350,7 +430,37 @@ pub fn verify_channel(
             });
         }
     }
+    check_rollouts(&m)?;
     Ok(Verified(m))
+}
+
+/// Rollouts are named once each, are at a step within their steps, and
+/// name bundles by well-formed digests (digests become object keys).
+fn check_rollouts(m: &ChannelManifest) -> Result<(), VerifyError> {
+    let mut names = BTreeSet::new();
+    for r in &m.rollouts {
+        if !names.insert(r.name.as_str()) {
+            return Err(VerifyError::DuplicateRollout {
+                name: r.name.clone(),
+            });
+        }
+        for b in std::iter::once(&r.bundle).chain(&r.previous) {
+            if !valid_digest(&b.digest) {
+                return Err(VerifyError::BadDigest {
+                    rollout: r.name.clone(),
+                    digest: b.digest.clone(),
+                });
+            }
+        }
+        if r.step > r.steps {
+            return Err(VerifyError::BadStep {
+                rollout: r.name.clone(),
+                step: r.step,
+                steps: r.steps,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Caps on what a bundle may unpack to.
@@ -467,71 +577,148 @@ fn corrupt(e: impl std::fmt::Display) -> VerifyError {
     }
 }
 
-/// A relative path of normal components only.
-fn safe_path(raw: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(raw).ok()?;
-    let ok = !s.is_empty()
-        && !s.starts_with('/')
-        && !s.contains('\\')
-        && !s.contains('\0')
-        && s.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-    ok.then(|| s.to_owned())
+/// The magic number that starts a zstd frame (not a skippable one).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const BLOCK: u64 = 512;
+
+/// Counts the bytes read through it: where the tar stream ends.
+struct Counting<R> {
+    inner: R,
+    count: u64,
 }
 
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Unpack exactly one zstd frame, holding exactly one tar stream: plain
+/// headers of regular files at [`bundle_path_ok`] paths, then the
+/// end-of-archive marker and only zeros. Extension entries (GNU long names,
+/// PAX headers) are refused rather than interpreted, so that no two tar
+/// readers can see different files in the same bytes.
 fn unpack(bytes: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, VerifyError> {
-    let decoder = zstd::stream::read::Decoder::new(bytes).map_err(corrupt)?;
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return Err(corrupt(
+            "it does not start with a zstd frame (skippable frames are not accepted)",
+        ));
+    }
+    let decoder = zstd::stream::read::Decoder::new(bytes)
+        .map_err(corrupt)?
+        .single_frame();
     // Never decompress more than the cap (+1 to notice going over).
-    let mut capped = decoder.take(limits.max_unpacked_bytes.saturating_add(1));
-    let mut archive = tar::Archive::new(&mut capped);
+    let mut stream = Counting {
+        inner: decoder.take(limits.max_unpacked_bytes.saturating_add(1)),
+        count: 0,
+    };
     let mut out = BTreeMap::new();
     let mut total: u64 = 0;
-    for entry in archive.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(|e| cap_or_corrupt(e, total, limits))?;
-        if out.len() >= limits.max_entries {
-            return Err(VerifyError::TooManyEntries {
-                limit: limits.max_entries,
-            });
-        }
-        let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
-        let kind = match entry.header().entry_type() {
-            tar::EntryType::Regular => None,
-            tar::EntryType::Symlink => Some("symlink"),
-            tar::EntryType::Link => Some("hardlink"),
-            tar::EntryType::Char => Some("character device"),
-            tar::EntryType::Block => Some("block device"),
-            tar::EntryType::Fifo => Some("fifo"),
-            tar::EntryType::Directory => Some("directory"),
-            _ => Some("special entry"),
-        };
-        if let Some(kind) = kind {
-            return Err(VerifyError::EntryType { path: shown, kind });
-        }
-        let path = safe_path(&raw).ok_or(VerifyError::EntryPath { path: shown })?;
-        let size = entry.size();
-        total = total.saturating_add(size);
-        if total > limits.max_unpacked_bytes {
-            return Err(VerifyError::TooLarge {
-                limit: limits.max_unpacked_bytes,
-            });
-        }
-        let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| cap_or_corrupt(e, total, limits))?;
-        if data.len() as u64 != size {
-            return Err(corrupt(format!("entry `{path}` is truncated")));
-        }
-        if out.insert(path.clone(), data).is_some() {
-            return Err(VerifyError::DuplicateEntry { path });
+    // Where the last entry's data (padded to a block) ends.
+    let mut entries_end: u64 = 0;
+    {
+        let mut archive = tar::Archive::new(&mut stream);
+        archive.set_ignore_zeros(false);
+        // Raw: extension entries come out as entries (and are refused)
+        // instead of silently renaming or resizing the next one.
+        for entry in archive.entries().map_err(corrupt)?.raw(true) {
+            let mut entry = entry.map_err(|e| cap_or_corrupt(e, total, limits))?;
+            if out.len() >= limits.max_entries {
+                return Err(VerifyError::TooManyEntries {
+                    limit: limits.max_entries,
+                });
+            }
+            let raw = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            let kind = match entry.header().entry_type() {
+                tar::EntryType::Regular => None,
+                tar::EntryType::Symlink => Some("symlink"),
+                tar::EntryType::Link => Some("hardlink"),
+                tar::EntryType::Char => Some("character device"),
+                tar::EntryType::Block => Some("block device"),
+                tar::EntryType::Fifo => Some("fifo"),
+                tar::EntryType::Directory => Some("directory"),
+                tar::EntryType::GNULongName => Some("GNU long name"),
+                tar::EntryType::GNULongLink => Some("GNU long link name"),
+                tar::EntryType::XHeader => Some("PAX extended header"),
+                tar::EntryType::XGlobalHeader => Some("PAX global header"),
+                tar::EntryType::GNUSparse => Some("sparse file"),
+                _ => Some("special entry"),
+            };
+            if let Some(kind) = kind {
+                return Err(VerifyError::EntryType { path: shown, kind });
+            }
+            let path = std::str::from_utf8(&raw)
+                .ok()
+                .filter(|p| bundle_path_ok(p))
+                .map(str::to_owned)
+                .ok_or(VerifyError::EntryPath { path: shown })?;
+            let size = entry.size();
+            total = total.saturating_add(size);
+            if total > limits.max_unpacked_bytes {
+                return Err(VerifyError::TooLarge {
+                    limit: limits.max_unpacked_bytes,
+                });
+            }
+            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| cap_or_corrupt(e, total, limits))?;
+            if data.len() as u64 != size {
+                return Err(corrupt(format!("entry `{path}` is truncated")));
+            }
+            entries_end = entry
+                .raw_file_position()
+                .saturating_add(size.div_ceil(BLOCK).saturating_mul(BLOCK));
+            if out.insert(path.clone(), data).is_some() {
+                return Err(VerifyError::DuplicateEntry { path });
+            }
         }
     }
-    if capped.limit() == 0 {
+    // tar stops at the first zero block; all that follows must be zeros.
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .map_err(|e| cap_or_corrupt(e, total, limits))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Err(corrupt("there is data after the end-of-archive marker"));
+        }
+    }
+    if stream.inner.limit() == 0 {
         return Err(VerifyError::TooLarge {
             limit: limits.max_unpacked_bytes,
         });
     }
-    Ok(out)
+    let trailer = stream.count.saturating_sub(entries_end);
+    if trailer < 2 * BLOCK {
+        return Err(corrupt(
+            "the archive has no end-of-archive marker (two zero blocks)",
+        ));
+    }
+    if trailer % BLOCK != 0 {
+        return Err(corrupt("the archive does not end on a 512-byte block"));
+    }
+    // The one frame must be all of the input.
+    let mut rest = stream.inner.into_inner().finish();
+    if !std::io::BufRead::fill_buf(&mut rest)
+        .map_err(corrupt)?
+        .is_empty()
+    {
+        return Err(corrupt("there is data after the zstd frame"));
+    }
+    match find_clash(out.keys().map(String::as_str)) {
+        None => Ok(out),
+        Some(PathClash::Case { first, second }) => Err(VerifyError::CaseClash { first, second }),
+        Some(PathClash::FileAsDirectory { file, inside }) => {
+            Err(VerifyError::FileAsDirectory { file, inside })
+        }
+    }
 }
 
 /// A read that failed because the cap cut the stream is "too large", not
@@ -544,4 +731,31 @@ fn cap_or_corrupt(e: std::io::Error, total: u64, limits: Limits) -> VerifyError 
     } else {
         corrupt(e)
     }
+}
+
+/// Verify a node's status report: signed by that node's key (from its
+/// `nodes/<id>.kdl`), about that node, in this fleet.
+pub fn verify_status(
+    bytes: &[u8],
+    fleet: &str,
+    node: &str,
+    node_key: &PublicKey,
+) -> Result<Verified<crate::status::StatusReport>, VerifyError> {
+    let keys = [*node_key];
+    let report: crate::status::StatusReport = open(
+        bytes,
+        &[KeySet {
+            role: "node",
+            keys: &keys,
+            threshold: 1,
+        }],
+    )?;
+    fleet_matches(crate::status::StatusReport::NAME, fleet, &report.fleet)?;
+    if report.node != node {
+        return Err(VerifyError::WrongNode {
+            expected: node.to_owned(),
+            found: report.node,
+        });
+    }
+    Ok(Verified(report))
 }

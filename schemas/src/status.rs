@@ -1,0 +1,104 @@
+//! `status/<node-id>.json`: what a node reports, signed with its node key.
+//!
+//! The same fields the earlier WireGuard manager's agent sent (interface,
+//! peers, system metrics), plus what rollouts need (active bundles, health,
+//! gate metrics) and drift.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::trust::{BundleRef, Document};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub fleet: String,
+    /// The reporting node; a report about another node is ignored.
+    pub node: String,
+    pub environment: String,
+    pub at: DateTime<Utc>,
+    /// The highest channel manifest serial this node has verified.
+    pub channel_serial: Option<u64>,
+    /// When that manifest expires: staleness is visible to operators.
+    pub channel_expires: Option<DateTime<Utc>>,
+    /// Per rollout name.
+    pub rollouts: BTreeMap<String, RolloutStatus>,
+    pub healthy: bool,
+    pub metrics: Metrics,
+    pub http_checks: Vec<HttpCheckResult>,
+    pub wireguard: Option<WireguardStatus>,
+    pub drift: Vec<Drift>,
+    pub last_error: Option<String>,
+}
+
+impl Document for StatusReport {
+    const PAYLOAD_TYPE: &'static str = "application/vnd.gitfleet.status.v1+json";
+    const NAME: &'static str = "status report";
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStatus {
+    pub active: Option<BundleRef>,
+    pub previous: Option<BundleRef>,
+    /// Why the last activation of this rollout failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Proxy and system metrics; absent when the node cannot measure them (and
+/// a gate that asks for an absent metric fails).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub error_rate: Option<f64>,
+    pub p99_latency_ms: Option<u64>,
+    pub cpu_percent: Option<f64>,
+    pub memory_percent: Option<f64>,
+    pub disk_percent: Option<f64>,
+    pub load1: Option<f64>,
+    pub uptime_seconds: Option<u64>,
+    pub network_rx_bytes: Option<u64>,
+    pub network_tx_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheckResult {
+    pub url: String,
+    pub status: Option<u16>,
+    pub ok: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardStatus {
+    pub interface: String,
+    pub public_key: String,
+    pub listen_port: Option<u16>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerStatus {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub latest_handshake: Option<DateTime<Utc>>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub persistent_keepalive_seconds: Option<u16>,
+}
+
+/// A file under the active config that no longer matches the bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drift {
+    pub path: String,
+    pub expected_sha256: String,
+    /// None when the file is missing.
+    pub found_sha256: Option<String>,
+}
