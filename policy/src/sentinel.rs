@@ -26,38 +26,10 @@ pub struct Problem {
 
 /// Parse and validate one Sentinel config file.
 pub fn validate(text: &str) -> Result<Config, Vec<Problem>> {
-    // Syntax first, with our own KDL parse: it gives a span for every error,
-    // where the crate folds them into one string.
-    if let Err(e) = kdl::KdlDocument::parse(text) {
-        return Err(e
-            .diagnostics
-            .iter()
-            .map(|d| Problem {
-                span: d.span.into(),
-                code: "sentinel-syntax",
-                message: lowercase_first(
-                    d.message
-                        .as_deref()
-                        .or(d.label.as_deref())
-                        .unwrap_or("invalid KDL")
-                        .trim_end_matches('.'),
-                ),
-                help: d.help.clone(),
-            })
-            .collect());
-    }
-    if let Some(span) = include_span(text) {
-        return Err(vec![Problem {
-            span,
-            code: "sentinel-include",
-            message: format!("includes are not supported by {VALIDATOR}"),
-            help: Some(
-                "keep the proxy config in one `sentinel.kdl`; other files in the config directory are bundled as they are"
-                    .to_owned(),
-            ),
-        }]);
-    }
-    let config = Config::from_kdl(text).map_err(|e| vec![problem(text, &format!("{e:#}"))])?;
+    // The crate parses the text once; only when it refuses do we parse again
+    // ourselves, to point at each syntax error and at an `include`. Parsing
+    // is most of the cost of `check` on a large fleet.
+    let config = Config::from_kdl(text).map_err(|e| rejected(text, &format!("{e:#}")))?;
     let mut probe = config.clone();
     neutralise_host_paths(&mut probe);
     match probe.validate() {
@@ -67,6 +39,43 @@ pub fn validate(text: &str) -> Result<Config, Vec<Problem>> {
             .map(|m| problem(text, &m))
             .collect()),
     }
+}
+
+/// The problems of a config `Config::from_kdl` refused with `message`.
+fn rejected(text: &str, message: &str) -> Vec<Problem> {
+    let doc = match kdl::KdlDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return e
+                .diagnostics
+                .iter()
+                .map(|d| Problem {
+                    span: d.span.into(),
+                    code: "sentinel-syntax",
+                    message: lowercase_first(
+                        d.message
+                            .as_deref()
+                            .or(d.label.as_deref())
+                            .unwrap_or("invalid KDL")
+                            .trim_end_matches('.'),
+                    ),
+                    help: d.help.clone(),
+                })
+                .collect();
+        }
+    };
+    if let Some(include) = doc.nodes().iter().find(|n| n.name().value() == "include") {
+        return vec![Problem {
+            span: include.span().into(),
+            code: "sentinel-include",
+            message: format!("includes are not supported by {VALIDATOR}"),
+            help: Some(
+                "keep the proxy config in one `sentinel.kdl`; other files in the config directory are bundled as they are"
+                    .to_owned(),
+            ),
+        }];
+    }
+    vec![problem(text, message)]
 }
 
 /// Point node-local paths at `/`, which exists and is a directory everywhere,
@@ -190,15 +199,6 @@ fn quoted_names(message: &str) -> Vec<&str> {
 pub(crate) fn find_quoted(text: &str, name: &str) -> Option<Span> {
     let needle = format!("\"{name}\"");
     text.find(&needle).map(|i| Span::new(i, i + needle.len()))
-}
-
-/// The span of a top-level `include` node, which the crate cannot follow.
-fn include_span(text: &str) -> Option<Span> {
-    let doc = kdl::KdlDocument::parse(text).ok()?;
-    doc.nodes()
-        .iter()
-        .find(|n| n.name().value() == "include")
-        .map(|n| n.span().into())
 }
 
 fn lowercase_first(s: &str) -> String {
