@@ -1,0 +1,834 @@
+//! The object store: where bundles, signed manifests, reports and the leader
+//! lease live (DESIGN.md "Object storage layout").
+//!
+//! Storage is dumb and untrusted: this module moves bytes and does
+//! compare-and-swap on them, nothing more. Whatever it returns is checked by
+//! `schemas::verify` before anyone acts on it.
+//!
+//! One URL names a store:
+//! - `file:///abs/path`: a directory on this machine (created if missing);
+//! - `s3://bucket/prefix`: S3 or an S3-compatible store, configured from the
+//!   usual `AWS_*` variables (`AWS_ENDPOINT_URL` for a non-AWS endpoint; plain
+//!   http is allowed only to a loopback host);
+//! - `memory://`: in this process only (tests, dry runs).
+//!
+//! Conditional writes. S3 and memory stores do them natively (`If-None-Match:
+//! *` to create, `If-Match: <etag>` to update). `LocalFileSystem` has no
+//! `PutMode::Update` in object_store 0.12, so for `file://` an update takes an
+//! exclusive `flock` on a lock file next to the object (`<key>#0`, a name
+//! `LocalFileSystem` never lists nor serves), reads the object, compares, and
+//! writes it by atomic rename. The etag of a `file://` object is the sha256 of
+//! its bytes, so a compare can never mistake one content for another, whatever
+//! the filesystem's timestamp granularity. The guarantee holds between
+//! processes on one machine using this code, not across machines sharing a
+//! network filesystem: use S3 for that.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore, PutMode, PutPayload, UpdateVersion};
+
+/// How many times `put_create` re-reads an object that is reported to exist
+/// yet cannot be read, before giving up.
+const CREATE_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store url `{url}` {reason}")]
+    Url { url: String, reason: &'static str },
+    #[error("creating the store directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening object store `{url}`")]
+    Open {
+        url: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("invalid object key `{key}` in `{url}`")]
+    Key {
+        url: String,
+        key: String,
+        #[source]
+        source: object_store::path::Error,
+    },
+    #[error("{op} `{key}` in `{url}`")]
+    Request {
+        op: &'static str,
+        url: String,
+        key: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("`{key}` in `{url}` answered 304 not modified to an unconditional get")]
+    NotModified { url: String, key: String },
+    #[error("`{key}` in `{url}` has no etag")]
+    NoETag { url: String, key: String },
+    #[error("`{key}` in `{url}` exists but cannot be read, {attempts} times in a row")]
+    Vanishing {
+        url: String,
+        key: String,
+        attempts: usize,
+    },
+    #[error("locking {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An object's version as the store reports it: the S3 or memory etag, or
+/// `sha256:<hex>` of the bytes for `file://`. Only meaningful to the store
+/// that returned it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ETag(String);
+
+impl fmt::Display for ETag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An object's bytes and the version they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub bytes: Bytes,
+    pub etag: ETag,
+}
+
+/// The answer to a conditional GET.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetch {
+    /// The object still has the etag we had.
+    NotModified,
+    Found(Object),
+    Missing,
+}
+
+/// The result of a create-only put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Create {
+    Created,
+    /// Something was there already; `identical` if it has the same bytes,
+    /// which for a content-addressed bundle means the upload was done before.
+    Exists {
+        identical: bool,
+    },
+}
+
+/// The result of a compare-and-swap put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    Updated {
+        etag: ETag,
+    },
+    /// The object was not in the expected version (or exists, for a
+    /// create-only put): someone else wrote first.
+    Conflict,
+}
+
+/// An object store and the key prefix everything lives under.
+#[derive(Debug)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// The URL the store was opened from, for messages.
+    url: String,
+    /// Set for `file://`: conditional updates are done here under a lock.
+    local: Option<Arc<LocalFileSystem>>,
+}
+
+impl Store {
+    /// Opens the store a URL names (see the module documentation).
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            Store::open_file(url, path)
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            let mut builder = AmazonS3Builder::from_env();
+            // Both spellings are read by from_env in no particular order;
+            // the AWS CLI's name wins.
+            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+                builder = builder.with_endpoint(endpoint);
+            }
+            Store::open_s3(url, rest, builder)
+        } else if let Some(rest) = url.strip_prefix("memory://") {
+            let prefix = parse_prefix(url, rest)?;
+            Ok(Store {
+                inner: Arc::new(InMemory::new()),
+                prefix,
+                url: url.to_owned(),
+                local: None,
+            })
+        } else {
+            Err(StoreError::Url {
+                url: url.to_owned(),
+                reason: "is not file:///abs/path, s3://bucket/prefix or memory://",
+            })
+        }
+    }
+
+    fn open_file(url: &str, path: &str) -> Result<Store, StoreError> {
+        if !path.starts_with('/') {
+            return Err(StoreError::Url {
+                url: url.to_owned(),
+                reason: "must name an absolute path on this machine (file:///abs/path)",
+            });
+        }
+        let dir = PathBuf::from(path);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|source| StoreError::Open {
+            url: url.to_owned(),
+            source: Box::new(source),
+        })?;
+        let fs = Arc::new(fs);
+        Ok(Store {
+            inner: fs.clone(),
+            prefix: Path::default(),
+            url: url.to_owned(),
+            local: Some(fs),
+        })
+    }
+
+    /// `rest` is what follows `s3://`; `builder` carries the credentials,
+    /// region and endpoint.
+    pub(crate) fn open_s3(
+        url: &str,
+        rest: &str,
+        builder: AmazonS3Builder,
+    ) -> Result<Store, StoreError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::Url {
+                url: url.to_owned(),
+                reason: "names no bucket (s3://bucket/prefix)",
+            });
+        }
+        let prefix = parse_prefix(url, prefix)?;
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        let allow_http = match endpoint.as_deref() {
+            Some(e) if e.starts_with("http://") => {
+                if !is_loopback_http(e) {
+                    return Err(StoreError::Url {
+                        url: url.to_owned(),
+                        reason: "has a plain http endpoint (AWS_ENDPOINT_URL) that is not \
+                                 a loopback address: use https",
+                    });
+                }
+                true
+            }
+            _ => false,
+        };
+        let s3 = builder
+            .with_bucket_name(bucket)
+            .with_allow_http(allow_http)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .build()
+            .map_err(|source| StoreError::Open {
+                url: url.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(Store {
+            inner: Arc::new(s3),
+            prefix,
+            url: url.to_owned(),
+            local: None,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The object at `key`, if there is one.
+    pub async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let location = self.location(key)?;
+        match self.get_opts(key, &location, GetOptions::default()).await? {
+            Fetch::Found(object) => Ok(Some(object)),
+            Fetch::Missing => Ok(None),
+            Fetch::NotModified => Err(StoreError::NotModified {
+                url: self.url.clone(),
+                key: key.to_owned(),
+            }),
+        }
+    }
+
+    /// The object at `key` unless it still has `etag`: one conditional GET
+    /// (`If-None-Match`), so a poll that finds nothing new costs one request
+    /// and no body.
+    pub async fn get_if_changed(
+        &self,
+        key: &str,
+        etag: Option<&ETag>,
+    ) -> Result<Fetch, StoreError> {
+        let location = self.location(key)?;
+        if self.local.is_some() {
+            // Local etags are content digests: read and compare.
+            let fetched = self.get_opts(key, &location, GetOptions::default()).await?;
+            return Ok(match fetched {
+                Fetch::Found(object) if Some(&object.etag) == etag => Fetch::NotModified,
+                other => other,
+            });
+        }
+        let options = GetOptions {
+            if_none_match: etag.map(|e| e.0.clone()),
+            ..GetOptions::default()
+        };
+        self.get_opts(key, &location, options).await
+    }
+
+    /// Writes `bytes` at `key` unless something is there already. An object
+    /// already there is read and compared, so re-uploading a content-addressed
+    /// bundle is harmless and a different one under the same name is seen.
+    pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<Create, StoreError> {
+        let location = self.location(key)?;
+        for _ in 0..CREATE_ATTEMPTS {
+            let put = self
+                .inner
+                .put_opts(
+                    &location,
+                    PutPayload::from(bytes.clone()),
+                    PutMode::Create.into(),
+                )
+                .await;
+            match put {
+                Ok(_) => return Ok(Create::Created),
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(source) => return Err(self.request("creating", key, source)),
+            }
+            if let Some(existing) = self.get(key).await? {
+                return Ok(Create::Exists {
+                    identical: existing.bytes == bytes,
+                });
+            }
+            // Reported to exist, then not found: deleted in between. Retry.
+        }
+        Err(StoreError::Vanishing {
+            url: self.url.clone(),
+            key: key.to_owned(),
+            attempts: CREATE_ATTEMPTS,
+        })
+    }
+
+    /// Compare-and-swap: writes `bytes` at `key` only if the object is at
+    /// `expected` (`None`: only if there is no object yet).
+    pub async fn put_if_match(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        expected: Option<&ETag>,
+    ) -> Result<Update, StoreError> {
+        let location = self.location(key)?;
+        match (expected, &self.local) {
+            (None, _) => {
+                let put = self
+                    .inner
+                    .put_opts(
+                        &location,
+                        PutPayload::from(bytes.clone()),
+                        PutMode::Create.into(),
+                    )
+                    .await;
+                match put {
+                    Ok(result) => Ok(Update::Updated {
+                        etag: self.written_etag(key, &bytes, result.e_tag)?,
+                    }),
+                    Err(object_store::Error::AlreadyExists { .. }) => Ok(Update::Conflict),
+                    Err(source) => Err(self.request("creating", key, source)),
+                }
+            }
+            (Some(expected), Some(fs)) => {
+                self.local_update(fs, key, &location, bytes, expected).await
+            }
+            (Some(expected), None) => {
+                let mode = PutMode::Update(UpdateVersion {
+                    e_tag: Some(expected.0.clone()),
+                    version: None,
+                });
+                let put = self
+                    .inner
+                    .put_opts(&location, PutPayload::from(bytes.clone()), mode.into())
+                    .await;
+                match put {
+                    Ok(result) => Ok(Update::Updated {
+                        etag: self.written_etag(key, &bytes, result.e_tag)?,
+                    }),
+                    // 412, or 409 from S3 when concurrent If-Match writes
+                    // kept conflicting through the retries.
+                    Err(
+                        object_store::Error::Precondition { .. }
+                        | object_store::Error::AlreadyExists { .. },
+                    ) => Ok(Update::Conflict),
+                    Err(source) => Err(self.request("updating", key, source)),
+                }
+            }
+        }
+    }
+
+    /// The keys under `prefix` (whole path segments: `status` or `status/`
+    /// lists `status/a.json`, `stat` does not), relative to the store's
+    /// prefix, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let location = self.location(prefix.trim_end_matches('/'))?;
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&location))
+            .try_collect()
+            .await
+            .map_err(|source| self.request("listing", prefix, source))?;
+        let mut keys: Vec<String> = metas
+            .iter()
+            .filter_map(|meta| {
+                let parts = meta.location.prefix_match(&self.prefix)?;
+                Some(
+                    parts
+                        .map(|p| p.as_ref().to_owned())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                )
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Read-compare-write under an exclusive lock on `<key>#0`, for
+    /// `file://` stores (see the module documentation).
+    async fn local_update(
+        &self,
+        fs: &LocalFileSystem,
+        key: &str,
+        location: &Path,
+        bytes: Bytes,
+        expected: &ETag,
+    ) -> Result<Update, StoreError> {
+        let path = fs
+            .path_to_filesystem(location)
+            .map_err(|source| self.request("locating", key, source))?;
+        let _lock = lock_file(path).await?;
+        match self.get(key).await? {
+            Some(current) if current.etag == *expected => {}
+            _ => return Ok(Update::Conflict),
+        }
+        self.inner
+            .put_opts(
+                location,
+                PutPayload::from(bytes.clone()),
+                PutMode::Overwrite.into(),
+            )
+            .await
+            .map_err(|source| self.request("updating", key, source))?;
+        Ok(Update::Updated {
+            etag: content_etag(&bytes),
+        })
+        // _lock is released here, after the rename that published the bytes.
+    }
+
+    async fn get_opts(
+        &self,
+        key: &str,
+        location: &Path,
+        options: GetOptions,
+    ) -> Result<Fetch, StoreError> {
+        let result = match self.inner.get_opts(location, options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Fetch::Missing),
+            Err(object_store::Error::NotModified { .. }) => return Ok(Fetch::NotModified),
+            Err(source) => return Err(self.request("getting", key, source)),
+        };
+        let etag = result.meta.e_tag.clone();
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|source| self.request("reading", key, source))?;
+        let etag = if self.local.is_some() {
+            content_etag(&bytes)
+        } else {
+            ETag(etag.ok_or_else(|| self.no_etag(key))?)
+        };
+        Ok(Fetch::Found(Object { bytes, etag }))
+    }
+
+    /// The etag of what we just wrote.
+    fn written_etag(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        reported: Option<String>,
+    ) -> Result<ETag, StoreError> {
+        if self.local.is_some() {
+            Ok(content_etag(bytes))
+        } else {
+            reported.map(ETag).ok_or_else(|| self.no_etag(key))
+        }
+    }
+
+    fn location(&self, key: &str) -> Result<Path, StoreError> {
+        let full = if self.prefix.as_ref().is_empty() {
+            key.to_owned()
+        } else if key.is_empty() {
+            self.prefix.as_ref().to_owned()
+        } else {
+            format!("{}/{key}", self.prefix.as_ref())
+        };
+        Path::parse(full).map_err(|source| StoreError::Key {
+            url: self.url.clone(),
+            key: key.to_owned(),
+            source,
+        })
+    }
+
+    fn request(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
+        StoreError::Request {
+            op,
+            url: self.url.clone(),
+            key: key.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    fn no_etag(&self, key: &str) -> StoreError {
+        StoreError::NoETag {
+            url: self.url.clone(),
+            key: key.to_owned(),
+        }
+    }
+}
+
+fn parse_prefix(url: &str, prefix: &str) -> Result<Path, StoreError> {
+    Path::parse(prefix.trim_matches('/')).map_err(|_| StoreError::Url {
+        url: url.to_owned(),
+        reason: "has an invalid key prefix (empty, `.` or `..` segments)",
+    })
+}
+
+fn content_etag(bytes: &[u8]) -> ETag {
+    ETag(format!(
+        "sha256:{}",
+        gitfleet_schemas::verify::sha256_hex(bytes)
+    ))
+}
+
+/// Whether an `http://` endpoint points at this machine: `localhost`,
+/// `127.0.0.0/8` or `[::1]`, with or without a port.
+fn is_loopback_http(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((host, _port)) => host,
+            None => return false,
+        }
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Takes an exclusive lock on `<path>#0`, held until the file is dropped.
+/// `flock` semantics: every open file description is its own holder, so two
+/// stores in one process exclude each other as two processes do.
+// `File::lock` is std since Rust 1.89; the workspace's rust-version must
+// follow (see the report that introduced this).
+async fn lock_file(path: PathBuf) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = path.into_os_string();
+    lock_path.push("#0");
+    let lock_path = PathBuf::from(lock_path);
+    let task = tokio::task::spawn_blocking(move || {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = lock_path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|source| (lock_path.clone(), source))?;
+                }
+                open()
+            }
+            other => other,
+        }
+        .map_err(|source| (lock_path.clone(), source))?;
+        file.lock().map_err(|source| (lock_path.clone(), source))?;
+        Ok(file)
+    });
+    match task.await {
+        Ok(result) => result.map_err(|(path, source)| StoreError::Lock { path, source }),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Moto;
+
+    fn memory() -> Store {
+        Store::open("memory://").unwrap()
+    }
+
+    fn file(dir: &tempfile::TempDir) -> Store {
+        Store::open(&format!("file://{}/store", dir.path().display())).unwrap()
+    }
+
+    /// The behaviour every backend must have.
+    async fn contract(store: &Store) {
+        let key = "channels/prod.json";
+        assert_eq!(store.get(key).await.unwrap(), None);
+        assert_eq!(
+            store.get_if_changed(key, None).await.unwrap(),
+            Fetch::Missing
+        );
+
+        // Create-only: twice with the same bytes is fine, different is seen.
+        let bundle = "bundles/sha256/ab.tar.zst";
+        let b1 = Bytes::from_static(b"bundle one");
+        assert_eq!(
+            store.put_create(bundle, b1.clone()).await.unwrap(),
+            Create::Created
+        );
+        assert_eq!(
+            store.put_create(bundle, b1.clone()).await.unwrap(),
+            Create::Exists { identical: true }
+        );
+        assert_eq!(
+            store
+                .put_create(bundle, Bytes::from_static(b"bundle two"))
+                .await
+                .unwrap(),
+            Create::Exists { identical: false }
+        );
+        assert_eq!(store.get(bundle).await.unwrap().unwrap().bytes, b1);
+
+        // Compare-and-swap.
+        let v1 = Bytes::from_static(b"{\"serial\":1}");
+        let Update::Updated { etag: e1 } = store.put_if_match(key, v1.clone(), None).await.unwrap()
+        else {
+            panic!("first create-only write must succeed")
+        };
+        assert_eq!(
+            store.put_if_match(key, v1.clone(), None).await.unwrap(),
+            Update::Conflict,
+            "create-only over an existing object"
+        );
+        let got = store.get(key).await.unwrap().unwrap();
+        assert_eq!(
+            got,
+            Object {
+                bytes: v1.clone(),
+                etag: e1.clone()
+            }
+        );
+
+        // Conditional GET.
+        assert_eq!(
+            store.get_if_changed(key, Some(&e1)).await.unwrap(),
+            Fetch::NotModified
+        );
+        assert_eq!(
+            store.get_if_changed(key, None).await.unwrap(),
+            Fetch::Found(got.clone())
+        );
+
+        let v2 = Bytes::from_static(b"{\"serial\":2}");
+        let Update::Updated { etag: e2 } = store
+            .put_if_match(key, v2.clone(), Some(&e1))
+            .await
+            .unwrap()
+        else {
+            panic!("update at the current etag must succeed")
+        };
+        assert_ne!(e1, e2);
+        assert_eq!(
+            store
+                .put_if_match(key, Bytes::from_static(b"stale"), Some(&e1))
+                .await
+                .unwrap(),
+            Update::Conflict,
+            "update with a stale etag"
+        );
+        assert_eq!(
+            store.get_if_changed(key, Some(&e1)).await.unwrap(),
+            Fetch::Found(Object {
+                bytes: v2.clone(),
+                etag: e2.clone()
+            })
+        );
+        assert_eq!(
+            store.get_if_changed(key, Some(&e2)).await.unwrap(),
+            Fetch::NotModified
+        );
+        assert_eq!(
+            store
+                .put_if_match("channels/none.json", v2.clone(), Some(&e2))
+                .await
+                .unwrap(),
+            Update::Conflict,
+            "update of a missing object"
+        );
+
+        store
+            .put_create("status/b.json", Bytes::from_static(b"b"))
+            .await
+            .unwrap();
+        store
+            .put_create("status/a.json", Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        store
+            .put_create("statusx/c.json", Bytes::from_static(b"c"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list("status/").await.unwrap(),
+            ["status/a.json", "status/b.json"]
+        );
+        assert_eq!(store.list("enroll").await.unwrap(), Vec::<String>::new());
+        assert_eq!(
+            store.list("").await.unwrap(),
+            [
+                bundle,
+                "channels/prod.json",
+                "status/a.json",
+                "status/b.json",
+                "statusx/c.json"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_store_keeps_the_contract() {
+        contract(&memory()).await;
+        contract(&Store::open("memory://fleet/a").unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn file_store_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file(&dir);
+        contract(&store).await;
+        // Lock files are neither listed nor addressable as objects.
+        assert!(dir.path().join("store/channels/prod.json#0").exists());
+        assert!(!store
+            .list("")
+            .await
+            .unwrap()
+            .iter()
+            .any(|k| k.contains('#')));
+        assert!(store.get("channels/prod.json#0").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn file_store_updates_are_exclusive_between_stores() {
+        // Two stores on one directory (two open file descriptions, as two
+        // processes would have) race 50 increments each through CAS loops.
+        let dir = tempfile::tempdir().unwrap();
+        let stores = [Arc::new(file(&dir)), Arc::new(file(&dir))];
+        let key = "counter";
+        stores[0]
+            .put_if_match(key, Bytes::from_static(b"0"), None)
+            .await
+            .unwrap();
+        let tasks: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut done = 0;
+                    while done < 50 {
+                        let current = store.get(key).await.unwrap().unwrap();
+                        let n: u32 = std::str::from_utf8(&current.bytes)
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        let next = Bytes::from((n + 1).to_string());
+                        if let Update::Updated { .. } = store
+                            .put_if_match(key, next, Some(&current.etag))
+                            .await
+                            .unwrap()
+                        {
+                            done += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let last = stores[1].get(key).await.unwrap().unwrap();
+        assert_eq!(&last.bytes[..], b"100");
+    }
+
+    #[tokio::test]
+    async fn s3_store_keeps_the_contract() {
+        let moto = Moto::start();
+        contract(&moto.store("s3://gitfleet/fleet/one")).await;
+        // A second prefix in the same bucket is a separate store.
+        let other = moto.store("s3://gitfleet/fleet/two");
+        assert_eq!(other.list("").await.unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let bad = |url: &str| match Store::open(url) {
+            Err(e) => e.to_string(),
+            Ok(store) => panic!("{url} opened as {store:?}"),
+        };
+        assert_eq!(
+            bad("gs://bucket"),
+            "object store url `gs://bucket` is not file:///abs/path, s3://bucket/prefix or memory://"
+        );
+        assert!(bad("file://relative/dir").contains("absolute path"));
+        assert!(bad("s3:///prefix").contains("names no bucket"));
+        assert!(bad("memory://a//b").contains("invalid key prefix"));
+
+        let s3 = |endpoint: &str| {
+            let builder = AmazonS3Builder::new()
+                .with_region("us-east-1")
+                .with_endpoint(endpoint);
+            Store::open_s3("s3://b/p", "b/p", builder).map(|_| ())
+        };
+        assert!(s3("http://127.0.0.1:5000").is_ok());
+        assert!(s3("http://127.8.0.1").is_ok());
+        assert!(s3("http://localhost:9000/").is_ok());
+        assert!(s3("http://[::1]:9000").is_ok());
+        assert!(s3("https://minio.example.com").is_ok());
+        let err = s3("http://minio.example.com:9000").unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        assert!(s3("http://127.0.0.1@evil.example.com").is_err());
+        assert!(s3("http://localhost.evil.example.com").is_err());
+    }
+
+    #[tokio::test]
+    async fn keys_are_checked() {
+        let store = memory();
+        let err = store.get("a//b").await.unwrap_err().to_string();
+        assert_eq!(err, "invalid object key `a//b` in `memory://`");
+        assert!(store.get("../escape").await.is_err());
+    }
+}
