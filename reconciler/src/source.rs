@@ -123,10 +123,22 @@ pub fn read_revision(path: &Path, rev: &str) -> Result<(RepoFiles, Skipped), Sou
         }
         None => tree,
     };
+    read_tree(&repo, &tree).map_err(|source| SourceError::Tree {
+        rev: rev.to_owned(),
+        source,
+    })
+}
+
+/// Every blob of `tree` (executable or not), by `/`-separated path.
+/// Submodules and symlinks are left out; symlinks are listed in [`Skipped`].
+pub fn read_tree(
+    repo: &git2::Repository,
+    tree: &git2::Tree<'_>,
+) -> Result<(RepoFiles, Skipped), git2::Error> {
     let mut files = RepoFiles::new();
     let mut skipped = Skipped::default();
     let mut failure = None;
-    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+    let walked = tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
         let name = entry.name().unwrap_or_default();
         let rel = format!("{dir}{name}");
         match entry.filemode() {
@@ -141,17 +153,13 @@ pub fn read_revision(path: &Path, rev: &str) -> Result<(RepoFiles, Skipped), Sou
             _ => {}
         }
         git2::TreeWalkResult::Ok
-    })
-    .map_err(|source| SourceError::Tree {
-        rev: rev.to_owned(),
-        source,
-    })?;
-    if let Some(source) = failure {
-        return Err(SourceError::Tree {
-            rev: rev.to_owned(),
-            source,
-        });
+    });
+    // An aborted walk reports only that it was aborted; the blob error that
+    // stopped it is the one worth returning.
+    if let Some(e) = failure {
+        return Err(e);
     }
+    walked?;
     Ok((files, skipped))
 }
 

@@ -1,0 +1,1437 @@
+//! The fleet repository as the reconciler sees it: a bare mirror that
+//! fetches the spec branch and the state branch, reads trees into memory,
+//! and writes status back to the state branch.
+//!
+//! Humans write `main`; the reconciler writes only `refs/heads/<state
+//! branch>`. A push that loses a race is rebuilt on the new tip and retried;
+//! nothing here ever force-pushes.
+
+// The reconcile loop that drives the mirror is not written yet.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::build::TreeUpdateBuilder;
+use git2::{
+    AutotagOption, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid,
+    PushOptions, RemoteCallbacks, Repository, Signature,
+};
+use gitfleet_policy::RepoFiles;
+
+use crate::source;
+
+/// Where the fleet repository lives and how to reach it.
+#[derive(Clone)]
+pub struct Remote {
+    /// `https://`, `http://`, `ssh://` (or `user@host:path`), `git://`,
+    /// `file://` or a plain path.
+    pub url: String,
+    /// The branch humans write the spec to.
+    pub branch: String,
+    /// The branch the reconciler writes its state to.
+    pub state_branch: String,
+    pub auth: Auth,
+}
+
+impl Remote {
+    /// A remote with the default branches (`main`, `gitfleet/state`) and no
+    /// credentials.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            branch: "main".to_owned(),
+            state_branch: "gitfleet/state".to_owned(),
+            auth: Auth::None,
+        }
+    }
+
+    /// The URL without any password or token it carries, for messages.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.display_url())
+            .field("branch", &self.branch)
+            .field("state_branch", &self.state_branch)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// Credentials for the remote.
+#[derive(Clone)]
+pub enum Auth {
+    /// Anonymous access (public HTTPS, `git://`, local paths).
+    None,
+    /// An access token, sent over HTTP(S) as basic auth with the user
+    /// `x-access-token` (GitHub app and fine-grained tokens, GitLab and
+    /// Gitea tokens accept this).
+    Token(String),
+    /// A private key file, optionally encrypted. The user is the one in the
+    /// URL, else `git`.
+    SshKey {
+        path: PathBuf,
+        passphrase: Option<String>,
+    },
+    /// Keys held by the running ssh-agent (`SSH_AUTH_SOCK`).
+    SshAgent,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Token(_) => f.write_str("Token(<redacted>)"),
+            Auth::SshKey { path, passphrase } => f
+                .debug_struct("SshKey")
+                .field("path", path)
+                .field("passphrase", &passphrase.as_ref().map(|_| "<redacted>"))
+                .finish(),
+            Auth::SshAgent => f.write_str("SshAgent"),
+        }
+    }
+}
+
+/// The user an access token is sent with.
+const TOKEN_USER: &str = "x-access-token";
+/// How often libgit2 may ask for credentials in one operation before we
+/// call them rejected (it asks again after every 401 or refused key).
+const CREDENTIAL_TRIES: u32 = 3;
+
+impl Auth {
+    fn credential(
+        &self,
+        username_from_url: Option<&str>,
+        allowed: CredentialType,
+    ) -> Result<Cred, git2::Error> {
+        let user = username_from_url.unwrap_or("git");
+        match self {
+            Auth::None => Err(git2::Error::from_str(
+                "the remote asks for credentials and none are configured",
+            )),
+            Auth::Token(token) if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+                Cred::userpass_plaintext(TOKEN_USER, token)
+            }
+            Auth::Token(_) => Err(git2::Error::from_str(
+                "a token is sent only as https basic auth, which this remote does not accept",
+            )),
+            Auth::SshKey { .. } | Auth::SshAgent if allowed.contains(CredentialType::USERNAME) => {
+                Cred::username(user)
+            }
+            Auth::SshKey { path, passphrase } if allowed.contains(CredentialType::SSH_KEY) => {
+                Cred::ssh_key(user, None, path, passphrase.as_deref())
+            }
+            Auth::SshAgent if allowed.contains(CredentialType::SSH_KEY) => {
+                Cred::ssh_key_from_agent(user)
+            }
+            Auth::SshKey { .. } | Auth::SshAgent => Err(git2::Error::from_str(
+                "an ssh key is used only over ssh, which this remote does not accept",
+            )),
+        }
+    }
+}
+
+/// Callbacks that answer credential requests from `auth`, giving up after
+/// a few refusals instead of looping.
+fn callbacks(auth: &Auth) -> RemoteCallbacks<'_> {
+    let mut callbacks = RemoteCallbacks::new();
+    let tries = Cell::new(0u32);
+    callbacks.credentials(move |_url, username_from_url, allowed| {
+        tries.set(tries.get() + 1);
+        if tries.get() > CREDENTIAL_TRIES {
+            return Err(git2::Error::from_str("the remote rejected the credentials"));
+        }
+        auth.credential(username_from_url, allowed)
+    });
+    callbacks
+}
+
+/// The author and committer of state commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for Author {
+    fn default() -> Self {
+        Self {
+            name: "gitfleet".to_owned(),
+            email: "gitfleet@localhost".to_owned(),
+        }
+    }
+}
+
+/// How many times a rejected push is rebuilt and tried again, and the wait
+/// before the first retry (doubled for each further one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Files of the state branch by `/`-separated path.
+pub type StateFiles = BTreeMap<String, Vec<u8>>;
+
+/// The tips of the two branches at the last fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub branch: Oid,
+    /// `None` until the reconciler writes its first state.
+    pub state: Option<Oid>,
+}
+
+/// What `commit_state` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateCommit {
+    /// A commit was pushed to the state branch.
+    Committed { oid: Oid },
+    /// The state branch already held exactly these files.
+    NoChange,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("opening the git mirror at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("reading the mirror directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a bare git repository")]
+    NotBare { path: PathBuf },
+    #[error("creating a git mirror of {url} at {path}")]
+    Init {
+        url: String,
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("invalid branch name `{branch}` for {url}")]
+    InvalidBranch { url: String, branch: String },
+    #[error("the spec branch and the state branch of {url} are both `{branch}`")]
+    SameBranch { url: String, branch: String },
+    #[error("fetching {branches} from {url}")]
+    Fetch {
+        url: String,
+        branches: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("branch {branch} does not exist at {url}")]
+    MissingBranch { url: String, branch: String },
+    #[error("reading {what} of the mirror of {url}")]
+    Read {
+        url: String,
+        what: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("invalid state file path `{path}` for branch {branch}: {reason}")]
+    InvalidPath {
+        path: String,
+        branch: String,
+        reason: &'static str,
+    },
+    #[error("writing a commit for branch {branch} of {url}")]
+    Commit {
+        url: String,
+        branch: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("pushing branch {branch} to {url}")]
+    Push {
+        url: String,
+        branch: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("push of branch {branch} to {url} rejected {attempts} times, last: {status}")]
+    Rejected {
+        url: String,
+        branch: String,
+        attempts: u32,
+        status: String,
+    },
+    #[error("push of branch {branch} to {url} got no status for the branch from the server")]
+    Unconfirmed { url: String, branch: String },
+}
+
+/// A local bare copy of the fleet repository, holding the spec branch and
+/// the state branch as remote-tracking refs (`refs/remotes/origin/<name>`).
+pub struct Mirror {
+    repo: Repository,
+    remote: Remote,
+    path: PathBuf,
+    retry: Retry,
+}
+
+impl fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mirror")
+            .field("remote", &self.remote)
+            .field("path", &self.path)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a push attempt ended, when the transport itself worked.
+enum Pushed {
+    Accepted,
+    /// Someone else moved the branch first, or the server said no.
+    Rejected(String),
+}
+
+impl Mirror {
+    /// Open the mirror at `dir`, or create it there and fetch both branches
+    /// when `dir` does not exist or is empty. An opened mirror holds what it
+    /// last fetched: call [`Mirror::fetch`] before reading the spec.
+    #[tracing::instrument(skip_all, fields(url = %remote.display_url(), dir = %dir.display()))]
+    pub fn open_or_clone(remote: Remote, dir: &Path) -> Result<Self, GitError> {
+        let url = remote.display_url();
+        for branch in [&remote.branch, &remote.state_branch] {
+            if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+                return Err(GitError::InvalidBranch {
+                    url,
+                    branch: branch.clone(),
+                });
+            }
+        }
+        if remote.branch == remote.state_branch {
+            return Err(GitError::SameBranch {
+                url,
+                branch: remote.branch.clone(),
+            });
+        }
+        let fresh = match std::fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(source) => {
+                return Err(GitError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                })
+            }
+        };
+        let repo = if fresh {
+            tracing::info!("creating mirror");
+            Repository::init_bare(dir).map_err(|source| GitError::Init {
+                url,
+                path: dir.to_owned(),
+                source,
+            })?
+        } else {
+            let repo = Repository::open_bare(dir).map_err(|source| GitError::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
+            if !repo.is_bare() {
+                return Err(GitError::NotBare {
+                    path: dir.to_owned(),
+                });
+            }
+            repo
+        };
+        let mirror = Self {
+            repo,
+            remote,
+            path: dir.to_owned(),
+            retry: Retry::default(),
+        };
+        if fresh {
+            mirror.fetch()?;
+        }
+        Ok(mirror)
+    }
+
+    /// Use `retry` for rejected pushes instead of the default.
+    #[cfg(test)]
+    pub fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Fetch exactly the spec branch and the state branch, force-updating
+    /// their remote-tracking refs to what the remote has now (a state branch
+    /// the remote no longer has is forgotten).
+    #[tracing::instrument(skip_all, fields(
+        url = %self.remote.display_url(),
+        branch = %self.remote.branch,
+        state_branch = %self.remote.state_branch,
+    ))]
+    pub fn fetch(&self) -> Result<Heads, GitError> {
+        let tips = self.fetch_branches(&[&self.remote.branch, &self.remote.state_branch])?;
+        let branch = tips[0].ok_or_else(|| GitError::MissingBranch {
+            url: self.remote.display_url(),
+            branch: self.remote.branch.clone(),
+        })?;
+        let heads = Heads {
+            branch,
+            state: tips[1],
+        };
+        tracing::debug!(branch = %heads.branch, state = ?heads.state, "fetched");
+        Ok(heads)
+    }
+
+    /// Fetch `branches` and point their tracking refs at the advertised
+    /// tips; the tip of each, `None` where the remote has no such branch.
+    fn fetch_branches(&self, branches: &[&str]) -> Result<Vec<Option<Oid>>, GitError> {
+        let fetch_error = |source| GitError::Fetch {
+            url: self.remote.display_url(),
+            branches: branches.join(" and "),
+            source,
+        };
+        let mut remote = self
+            .repo
+            .remote_anonymous(&self.remote.url)
+            .map_err(fetch_error)?;
+        let mut connection = remote
+            .connect_auth(Direction::Fetch, Some(callbacks(&self.remote.auth)), None)
+            .map_err(fetch_error)?;
+        let advertised: BTreeMap<String, Oid> = connection
+            .list()
+            .map_err(fetch_error)?
+            .iter()
+            .map(|head| (head.name().to_owned(), head.oid()))
+            .collect();
+        let tips: Vec<Option<Oid>> = branches
+            .iter()
+            .map(|b| advertised.get(&format!("refs/heads/{b}")).copied())
+            .collect();
+        let wanted: Vec<String> = branches
+            .iter()
+            .zip(&tips)
+            .filter(|(_, tip)| tip.is_some())
+            .map(|(b, _)| format!("refs/heads/{b}:{}", tracking_ref(b)))
+            .collect();
+        if !wanted.is_empty() {
+            let mut options = FetchOptions::new();
+            options
+                .remote_callbacks(callbacks(&self.remote.auth))
+                .download_tags(AutotagOption::None);
+            connection
+                .remote()
+                .download(&wanted, Some(&mut options))
+                .map_err(fetch_error)?;
+        }
+        drop(connection);
+        for (branch, tip) in branches.iter().zip(&tips) {
+            self.set_tracking(branch, *tip).map_err(fetch_error)?;
+        }
+        Ok(tips)
+    }
+
+    fn set_tracking(&self, branch: &str, tip: Option<Oid>) -> Result<(), git2::Error> {
+        let name = tracking_ref(branch);
+        match tip {
+            Some(oid) => self
+                .repo
+                .reference(&name, oid, true, "gitfleet: fetch")
+                .map(drop),
+            None => match self.repo.find_reference(&name) {
+                Ok(mut stale) => stale.delete(),
+                Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn tracking(&self, branch: &str) -> Result<Option<Oid>, GitError> {
+        match self.repo.refname_to_id(&tracking_ref(branch)) {
+            Ok(oid) => Ok(Some(oid)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(source) => Err(GitError::Read {
+                url: self.remote.display_url(),
+                what: format!("the tracking ref of {branch}"),
+                source,
+            }),
+        }
+    }
+
+    /// The files of commit `oid` (as fetched), for `policy::check`.
+    /// Symlinks and submodules are left out.
+    pub fn files_at(&self, oid: Oid) -> Result<RepoFiles, GitError> {
+        let (files, skipped) = self
+            .repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .and_then(|tree| source::read_tree(&self.repo, &tree))
+            .map_err(|source| GitError::Read {
+                url: self.remote.display_url(),
+                what: format!("commit {oid}"),
+                source,
+            })?;
+        if !skipped.symlinks.is_empty() {
+            tracing::warn!(commit = %oid, symlinks = ?skipped.symlinks, "symlinks left out");
+        }
+        Ok(files)
+    }
+
+    /// The files at the tip of the state branch as last fetched (or pushed),
+    /// and that tip. Only the tip's tree is read, never the history.
+    pub fn state_files(&self) -> Result<(Option<Oid>, StateFiles), GitError> {
+        let branch = &self.remote.state_branch;
+        let Some(tip) = self.tracking(branch)? else {
+            return Ok((None, BTreeMap::new()));
+        };
+        let files = self.files_at(tip)?;
+        Ok((
+            Some(tip),
+            files
+                .iter()
+                .map(|(path, bytes)| (path.to_owned(), bytes.to_vec()))
+                .collect(),
+        ))
+    }
+
+    /// Commit `changes` (path → new bytes, or `None` to delete) on top of the
+    /// state branch as last fetched, and push it without force. When another
+    /// writer moved the branch first, fetch it, apply the same changes to
+    /// its new tip (ours win for the paths we write, everything else they
+    /// wrote is kept) and try again, up to the retry limit.
+    #[tracing::instrument(skip_all, fields(
+        url = %self.remote.display_url(),
+        state_branch = %self.remote.state_branch,
+        files = changes.len(),
+    ))]
+    pub fn commit_state(
+        &self,
+        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        message: &str,
+        author: &Author,
+    ) -> Result<StateCommit, GitError> {
+        let branch = &self.remote.state_branch;
+        for path in changes.keys() {
+            check_path(path).map_err(|reason| GitError::InvalidPath {
+                path: path.clone(),
+                branch: branch.clone(),
+                reason,
+            })?;
+        }
+        let attempts = self.retry.attempts.max(1);
+        let mut tip = self.tracking(branch)?;
+        let mut last_status = String::new();
+        for attempt in 1..=attempts {
+            let Some(oid) = self.build_commit(tip, changes, message, author)? else {
+                tracing::debug!(tip = ?tip, "state already up to date");
+                return Ok(StateCommit::NoChange);
+            };
+            match self.push(oid, tip)? {
+                Pushed::Accepted => {
+                    self.set_tracking(branch, Some(oid))
+                        .map_err(|source| self.commit_error(source))?;
+                    tracing::info!(commit = %oid, parent = ?tip, attempt, "state pushed");
+                    return Ok(StateCommit::Committed { oid });
+                }
+                Pushed::Rejected(status) => {
+                    tracing::warn!(attempt, attempts, %status, "state push rejected");
+                    last_status = status;
+                    if attempt == attempts {
+                        break;
+                    }
+                    std::thread::sleep(self.retry.backoff * 2u32.saturating_pow(attempt - 1));
+                    tip = self.fetch_branches(&[branch])?[0];
+                }
+            }
+        }
+        Err(GitError::Rejected {
+            url: self.remote.display_url(),
+            branch: branch.clone(),
+            attempts,
+            status: last_status,
+        })
+    }
+
+    fn commit_error(&self, source: git2::Error) -> GitError {
+        GitError::Commit {
+            url: self.remote.display_url(),
+            branch: self.remote.state_branch.clone(),
+            source,
+        }
+    }
+
+    /// A commit of `parent`'s tree with `changes` applied, whose only parent
+    /// is `parent` (a root commit when there is none); `None` when that tree
+    /// is the one `parent` already has.
+    fn build_commit(
+        &self,
+        parent: Option<Oid>,
+        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        message: &str,
+        author: &Author,
+    ) -> Result<Option<Oid>, GitError> {
+        let repo = &self.repo;
+        let build = || -> Result<Option<Oid>, git2::Error> {
+            let parent = parent.map(|oid| repo.find_commit(oid)).transpose()?;
+            let base = match &parent {
+                Some(commit) => commit.tree()?,
+                None => repo.find_tree(repo.treebuilder(None)?.write()?)?,
+            };
+            let mut update = TreeUpdateBuilder::new();
+            for (path, bytes) in changes {
+                match bytes {
+                    Some(bytes) => {
+                        update.upsert(path.as_str(), repo.blob(bytes)?, FileMode::Blob);
+                    }
+                    // Deleting what is not there is no change.
+                    None if base.get_path(Path::new(path)).is_ok() => {
+                        update.remove(path.as_str());
+                    }
+                    None => {}
+                }
+            }
+            let tree = repo.find_tree(update.create_updated(repo, &base)?)?;
+            if tree.id() == base.id() {
+                return Ok(None);
+            }
+            let signature = Signature::now(&author.name, &author.email)?;
+            let message = format!("{}\n", message.trim_end());
+            let parents: Vec<_> = parent.iter().collect();
+            repo.commit(None, &signature, &signature, &message, &tree, &parents)
+                .map(Some)
+        };
+        build().map_err(|source| self.commit_error(source))
+    }
+
+    /// Push `oid` to the state branch, expected to be at `tip` on the
+    /// remote. A rejection is a value; only transport failures are errors.
+    fn push(&self, oid: Oid, tip: Option<Oid>) -> Result<Pushed, GitError> {
+        let branch = &self.remote.state_branch;
+        let target = format!("refs/heads/{branch}");
+        let push_error = |source| GitError::Push {
+            url: self.remote.display_url(),
+            branch: branch.clone(),
+            source,
+        };
+        let mut remote = self
+            .repo
+            .remote_anonymous(&self.remote.url)
+            .map_err(push_error)?;
+        // No `+`: the remote moves only if `oid` descends from its tip.
+        let refspec = format!("{oid}:{target}");
+        // libgit2 reports a refusal by the server through this callback and
+        // still returns success from `push`.
+        let mut status: Option<Option<String>> = None;
+        let pushed = {
+            let mut callbacks = callbacks(&self.remote.auth);
+            callbacks.push_update_reference(|name, refused| {
+                if name == target {
+                    status = Some(refused.map(str::to_owned));
+                }
+                Ok(())
+            });
+            let mut options = PushOptions::new();
+            options.remote_callbacks(callbacks);
+            remote.push(&[refspec.as_str()], Some(&mut options))
+        };
+        match pushed {
+            Ok(()) => {}
+            // libgit2 refuses before sending when the remote tip is not an
+            // ancestor of ours or is a commit we have not fetched.
+            Err(e) if e.code() == ErrorCode::NotFastForward => {
+                return Ok(Pushed::Rejected(match tip {
+                    Some(tip) => format!("non-fast-forward: the remote branch moved from {tip}"),
+                    None => "non-fast-forward: another writer created the branch".to_owned(),
+                }));
+            }
+            Err(e) => return Err(push_error(e)),
+        }
+        match status {
+            Some(None) => Ok(Pushed::Accepted),
+            Some(Some(refused)) => Ok(Pushed::Rejected(refused)),
+            None => Err(GitError::Unconfirmed {
+                url: self.remote.display_url(),
+                branch: branch.clone(),
+            }),
+        }
+    }
+}
+
+fn tracking_ref(branch: &str) -> String {
+    format!("refs/remotes/origin/{branch}")
+}
+
+/// Refuse paths that git would store oddly or that escape the tree.
+fn check_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("empty path");
+    }
+    if path.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    if path.contains('\\') {
+        return Err("contains a backslash");
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return Err("empty path component (leading, trailing or doubled `/`)"),
+            "." | ".." => return Err("`.` or `..` component"),
+            _ if part.eq_ignore_ascii_case(".git") => return Err("`.git` component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `url` with the password or token of its user info replaced.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let user = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else if user.len() > 20 {
+                // A token passed as the user name (`https://<token>@host`).
+                "***".to_owned()
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::{BufRead, BufReader};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    /// Run the real `git` in `dir`, ignoring the user's configuration.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=human",
+                "-c",
+                "user.email=human@example.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("running git");
+        assert!(
+            out.status.success(),
+            "git {args:?} in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A bare `remote.git` with a `main` holding two files, and the working
+    /// clone (`human/`) that made it.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let human = dir.path().join("human");
+            std::fs::create_dir(&human).unwrap();
+            git(&human, &["init", "-q"]);
+            write(&human, "fleet.kdl", "fleet \"acme\"\n");
+            write(&human, "configs/edge/sentinel.kdl", "server {}\n");
+            git(&human, &["add", "-A"]);
+            git(&human, &["commit", "-qm", "spec"]);
+            git(dir.path(), &["init", "-q", "--bare", "remote.git"]);
+            git(&human, &["remote", "add", "origin", "../remote.git"]);
+            git(&human, &["push", "-q", "origin", "main"]);
+            Self { dir }
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.dir.path().join(rel)
+        }
+
+        fn bare(&self) -> PathBuf {
+            self.path("remote.git")
+        }
+
+        fn file_url(&self) -> String {
+            format!("file://{}", self.bare().display())
+        }
+
+        /// The remote's tip of `branch`.
+        fn tip(&self, branch: &str) -> Oid {
+            Oid::from_str(&git(
+                &self.bare(),
+                &["rev-parse", &format!("refs/heads/{branch}")],
+            ))
+            .unwrap()
+        }
+
+        /// `path` at `rev` in the remote.
+        fn show(&self, rev: &str, path: &str) -> String {
+            git(&self.bare(), &["show", &format!("{rev}:{path}")])
+        }
+
+        fn ls_tree(&self, rev: &str) -> Vec<String> {
+            git(&self.bare(), &["ls-tree", "-r", "--name-only", rev])
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+
+        fn parents(&self, rev: &str) -> Vec<String> {
+            git(&self.bare(), &["rev-list", "--parents", "-n1", rev])
+                .split_whitespace()
+                .skip(1)
+                .map(str::to_owned)
+                .collect()
+        }
+
+        /// Another writer: a clone of the remote, on `branch`, that writes
+        /// `files` and pushes them (not forced). Returns the commit.
+        fn other_writer(&self, name: &str, url: &str, branch: &str, files: &[(&str, &str)]) -> Oid {
+            let dir = self.path(name);
+            if !dir.exists() {
+                git(self.dir.path(), &["clone", "-q", url, name]);
+            }
+            git(&dir, &["fetch", "-q", "origin"]);
+            let exists = !git(
+                &dir,
+                &["ls-remote", "origin", &format!("refs/heads/{branch}")],
+            )
+            .is_empty();
+            if exists {
+                git(
+                    &dir,
+                    &["checkout", "-q", "-B", branch, &format!("origin/{branch}")],
+                );
+            } else {
+                git(&dir, &["checkout", "-q", "--orphan", branch]);
+                git(&dir, &["rm", "-rqf", "."]);
+            }
+            for (path, text) in files {
+                write(&dir, path, text);
+            }
+            git(&dir, &["add", "-A"]);
+            git(&dir, &["commit", "-qm", &format!("{name} writes")]);
+            git(
+                &dir,
+                &["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")],
+            );
+            Oid::from_str(&git(&dir, &["rev-parse", "HEAD"])).unwrap()
+        }
+    }
+
+    fn changes(entries: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<Vec<u8>>> {
+        entries
+            .iter()
+            .map(|(p, b)| ((*p).to_owned(), b.map(|b| b.as_bytes().to_vec())))
+            .collect()
+    }
+
+    fn fast_retry() -> Retry {
+        Retry {
+            attempts: 5,
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    fn committed(result: Result<StateCommit, GitError>) -> Oid {
+        match result {
+            Ok(StateCommit::Committed { oid }) => oid,
+            other => panic!("expected a commit, got {other:?}"),
+        }
+    }
+
+    /// Kills the process it holds, by its id, when dropped.
+    struct Server(Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            drop(self.0.kill());
+            drop(self.0.wait());
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn wait_for_port(server: &mut Server, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                server.0.try_wait().unwrap().is_none(),
+                "server on port {port} exited"
+            );
+            assert!(Instant::now() < deadline, "nothing listens on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `git daemon` serving `base` over git:// with pushes enabled.
+    fn git_daemon(base: &Path) -> (Server, u16) {
+        let port = free_port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+            ])
+            .arg(format!("--base-path={}", base.display()))
+            .args(["--listen=127.0.0.1", &format!("--port={port}")])
+            .arg(base)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting git daemon");
+        let mut server = Server(child);
+        wait_for_port(&mut server, port);
+        (server, port)
+    }
+
+    #[test]
+    fn file_remote_creates_the_state_branch_then_adds_to_it() {
+        let fx = Fixture::new();
+        let mirror_dir = fx.path("cache/mirror");
+        let mirror = Mirror::open_or_clone(Remote::new(fx.file_url()), &mirror_dir)
+            .unwrap()
+            .with_retry(fast_retry());
+
+        let heads = mirror.fetch().unwrap();
+        assert_eq!(heads.branch, fx.tip("main"));
+        assert_eq!(heads.state, None);
+        let files = mirror.files_at(heads.branch).unwrap();
+        assert_eq!(files.text("fleet.kdl"), Some("fleet \"acme\"\n"));
+        assert_eq!(files.text("configs/edge/sentinel.kdl"), Some("server {}\n"));
+        assert_eq!(files.len(), 2);
+        assert_eq!(mirror.state_files().unwrap(), (None, BTreeMap::new()));
+
+        // Nothing to write on a branch that does not exist: no commit.
+        let none = changes(&[("rollouts/edge.json", None)]);
+        let nothing = mirror.commit_state(&none, "nothing", &Author::default());
+        assert_eq!(nothing.unwrap(), StateCommit::NoChange);
+
+        let first = changes(&[
+            ("rollouts/edge.json", Some("{\"step\":1}")),
+            ("wireguard/mesh.json", Some("{}")),
+        ]);
+        let a = committed(mirror.commit_state(&first, "rollout edge: step 1", &Author::default()));
+        assert_eq!(fx.tip("gitfleet/state"), a);
+        assert!(fx.parents(&a.to_string()).is_empty(), "an orphan root");
+        assert_eq!(
+            fx.ls_tree(&a.to_string()),
+            ["rollouts/edge.json", "wireguard/mesh.json"],
+            "none of main's files"
+        );
+        assert_eq!(
+            git(
+                &fx.bare(),
+                &[
+                    "log",
+                    "-1",
+                    "--format=%an <%ae>|%cn <%ce>|%s",
+                    &a.to_string()
+                ]
+            ),
+            "gitfleet <gitfleet@localhost>|gitfleet <gitfleet@localhost>|rollout edge: step 1"
+        );
+
+        let again = mirror.commit_state(&first, "same", &Author::default());
+        assert_eq!(again.unwrap(), StateCommit::NoChange);
+        let empty = mirror.commit_state(&BTreeMap::new(), "empty", &Author::default());
+        assert_eq!(empty.unwrap(), StateCommit::NoChange);
+        assert_eq!(fx.tip("gitfleet/state"), a);
+
+        let second = changes(&[
+            ("rollouts/edge.json", Some("{\"step\":2}")),
+            ("wireguard/mesh.json", None),
+            ("enroll/n1.json", Some("{}")),
+        ]);
+        let bot = Author {
+            name: "fleet bot".to_owned(),
+            email: "bot@example.invalid".to_owned(),
+        };
+        let b = committed(mirror.commit_state(&second, "rollout edge: step 2", &bot));
+        assert_eq!(fx.parents(&b.to_string()), [a.to_string()]);
+        assert_eq!(
+            fx.ls_tree(&b.to_string()),
+            ["enroll/n1.json", "rollouts/edge.json"]
+        );
+        assert_eq!(
+            git(
+                &fx.bare(),
+                &["log", "-1", "--format=%an <%ae>", &b.to_string()]
+            ),
+            "fleet bot <bot@example.invalid>"
+        );
+        assert_eq!(fx.tip("main"), heads.branch);
+
+        // A reopened mirror reads the state it pushed without fetching.
+        drop(mirror);
+        let reopened = Mirror::open_or_clone(Remote::new(fx.file_url()), &mirror_dir).unwrap();
+        let (tip, state) = reopened.state_files().unwrap();
+        assert_eq!(tip, Some(b));
+        assert_eq!(
+            state,
+            BTreeMap::from([
+                ("enroll/n1.json".to_owned(), b"{}".to_vec()),
+                ("rollouts/edge.json".to_owned(), b"{\"step\":2}".to_vec()),
+            ])
+        );
+        assert_eq!(
+            reopened.fetch().unwrap(),
+            Heads {
+                branch: heads.branch,
+                state: Some(b)
+            }
+        );
+    }
+
+    #[test]
+    fn plain_paths_work_and_bad_input_is_refused() {
+        let fx = Fixture::new();
+        let mirror = Mirror::open_or_clone(
+            Remote::new(fx.bare().display().to_string()),
+            &fx.path("mirror"),
+        )
+        .unwrap();
+        assert_eq!(mirror.fetch().unwrap().branch, fx.tip("main"));
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/../b",
+            ".git/config",
+            "x/.GIT/y",
+            "dir/",
+        ] {
+            let err = mirror
+                .commit_state(&changes(&[(bad, Some("x"))]), "bad", &Author::default())
+                .unwrap_err();
+            assert!(
+                matches!(err, GitError::InvalidPath { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+
+        let mut remote = Remote::new(fx.file_url());
+        remote.branch = "nope".to_owned();
+        let err = Mirror::open_or_clone(remote, &fx.path("other")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("branch nope does not exist at {}", fx.file_url())
+        );
+        let mut remote = Remote::new(fx.file_url());
+        remote.state_branch = "main".to_owned();
+        assert!(matches!(
+            Mirror::open_or_clone(remote, &fx.path("same")),
+            Err(GitError::SameBranch { .. })
+        ));
+    }
+
+    #[test]
+    fn git_daemon_fetch_and_commit() {
+        let fx = Fixture::new();
+        let (_daemon, port) = git_daemon(fx.dir.path());
+        let url = format!("git://127.0.0.1:{port}/remote.git");
+        let mirror = Mirror::open_or_clone(Remote::new(url), &fx.path("mirror"))
+            .unwrap()
+            .with_retry(fast_retry());
+        let heads = mirror.fetch().unwrap();
+        assert_eq!(
+            heads,
+            Heads {
+                branch: fx.tip("main"),
+                state: None
+            }
+        );
+        assert_eq!(mirror.files_at(heads.branch).unwrap().len(), 2);
+
+        let a = committed(mirror.commit_state(
+            &changes(&[("rollouts/edge.json", Some("1"))]),
+            "step 1",
+            &Author::default(),
+        ));
+        let b = committed(mirror.commit_state(
+            &changes(&[("rollouts/edge.json", Some("2"))]),
+            "step 2",
+            &Author::default(),
+        ));
+        assert_eq!(fx.tip("gitfleet/state"), b);
+        assert_eq!(fx.parents(&b.to_string()), [a.to_string()]);
+        assert_eq!(fx.show("gitfleet/state", "rollouts/edge.json"), "2");
+    }
+
+    /// A refusal the server sends back (here a pre-receive hook) arrives
+    /// only through the per-ref status: it is retried, and reported when it
+    /// never stops.
+    #[test]
+    fn server_side_rejection_is_seen_and_retried() {
+        let fx = Fixture::new();
+        let marker = fx.path("refused-once");
+        let hook = fx.bare().join("hooks/pre-receive");
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\nif [ ! -e '{m}' ]; then touch '{m}'; echo busy >&2; exit 1; fi\n",
+                m = marker.display()
+            ),
+        )
+        .unwrap();
+        let mut mode = std::fs::metadata(&hook).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+        std::fs::set_permissions(&hook, mode).unwrap();
+
+        let (_daemon, port) = git_daemon(fx.dir.path());
+        let url = format!("git://127.0.0.1:{port}/remote.git");
+        let mirror = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("mirror"))
+            .unwrap()
+            .with_retry(fast_retry());
+        let oid = committed(mirror.commit_state(
+            &changes(&[("a.json", Some("1"))]),
+            "a",
+            &Author::default(),
+        ));
+        assert!(marker.exists(), "the first push was refused");
+        assert_eq!(fx.tip("gitfleet/state"), oid);
+
+        std::fs::write(&hook, "#!/bin/sh\necho 'branch is frozen' >&2\nexit 1\n").unwrap();
+        let err = mirror
+            .commit_state(&changes(&[("a.json", Some("2"))]), "a", &Author::default())
+            .unwrap_err();
+        assert!(
+            matches!(&err, GitError::Rejected { attempts: 5, status, .. } if status.contains("hook declined")),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "push of branch gitfleet/state to {url} rejected 5 times, last: pre-receive hook declined"
+            )
+        );
+        assert_eq!(fx.tip("gitfleet/state"), oid, "unchanged");
+    }
+
+    #[test]
+    fn a_lost_race_is_rebuilt_on_the_other_writers_commit() {
+        let fx = Fixture::new();
+        let url = fx.file_url();
+        let mirror = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("mirror"))
+            .unwrap()
+            .with_retry(fast_retry());
+        let first = committed(mirror.commit_state(
+            &changes(&[
+                ("shared.json", Some("base")),
+                ("rollouts/a.json", Some("1")),
+            ]),
+            "first",
+            &Author::default(),
+        ));
+        mirror.fetch().unwrap();
+
+        // Another writer pushes after our fetch, on the same branch.
+        let theirs = fx.other_writer(
+            "other",
+            &url,
+            "gitfleet/state",
+            &[("other.json", "theirs"), ("shared.json", "theirs")],
+        );
+        assert_eq!(fx.parents(&theirs.to_string()), [first.to_string()]);
+
+        let ours = committed(mirror.commit_state(
+            &changes(&[
+                ("shared.json", Some("ours")),
+                ("rollouts/b.json", Some("2")),
+            ]),
+            "second",
+            &Author::default(),
+        ));
+        assert_eq!(fx.tip("gitfleet/state"), ours);
+        // Linear, on top of theirs: nothing was forced over it.
+        assert_eq!(fx.parents(&ours.to_string()), [theirs.to_string()]);
+        git(
+            &fx.bare(),
+            &[
+                "merge-base",
+                "--is-ancestor",
+                &theirs.to_string(),
+                &ours.to_string(),
+            ],
+        );
+        assert_eq!(
+            fx.ls_tree("gitfleet/state"),
+            [
+                "other.json",
+                "rollouts/a.json",
+                "rollouts/b.json",
+                "shared.json"
+            ]
+        );
+        assert_eq!(fx.show("gitfleet/state", "other.json"), "theirs");
+        assert_eq!(fx.show("gitfleet/state", "shared.json"), "ours");
+        assert_eq!(mirror.state_files().unwrap().0, Some(ours));
+    }
+
+    #[test]
+    fn a_lost_race_to_create_the_state_branch_is_rebuilt_too() {
+        let fx = Fixture::new();
+        let url = fx.file_url();
+        let mirror = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("mirror"))
+            .unwrap()
+            .with_retry(fast_retry());
+        assert_eq!(mirror.fetch().unwrap().state, None);
+        let theirs = fx.other_writer("other", &url, "gitfleet/state", &[("other.json", "x")]);
+        let ours = committed(mirror.commit_state(
+            &changes(&[("ours.json", Some("y"))]),
+            "ours",
+            &Author::default(),
+        ));
+        assert_eq!(fx.parents(&ours.to_string()), [theirs.to_string()]);
+        assert_eq!(fx.ls_tree("gitfleet/state"), ["other.json", "ours.json"]);
+    }
+
+    #[test]
+    fn a_human_commit_to_main_is_left_alone() {
+        let fx = Fixture::new();
+        let url = fx.file_url();
+        let mirror = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("mirror"))
+            .unwrap()
+            .with_retry(fast_retry());
+        let before = mirror.fetch().unwrap();
+        let human = fx.other_writer("person", &url, "main", &[("nodes/n1.kdl", "node")]);
+        assert_ne!(human, before.branch);
+
+        committed(mirror.commit_state(
+            &changes(&[("rollouts/edge.json", Some("1"))]),
+            "state",
+            &Author::default(),
+        ));
+        assert_eq!(fx.tip("main"), human, "main is as the human left it");
+        let after = mirror.fetch().unwrap();
+        assert_eq!(after.branch, human);
+        assert!(mirror
+            .files_at(after.branch)
+            .unwrap()
+            .get("nodes/n1.kdl")
+            .is_some());
+        assert!(!fx
+            .ls_tree("gitfleet/state")
+            .contains(&"fleet.kdl".to_owned()));
+    }
+
+    #[test]
+    fn a_deleted_state_branch_is_forgotten_on_fetch() {
+        let fx = Fixture::new();
+        let mirror = Mirror::open_or_clone(Remote::new(fx.file_url()), &fx.path("mirror")).unwrap();
+        committed(mirror.commit_state(&changes(&[("a", Some("1"))]), "a", &Author::default()));
+        git(&fx.bare(), &["branch", "-D", "gitfleet/state"]);
+        assert_eq!(mirror.fetch().unwrap().state, None);
+        assert_eq!(mirror.state_files().unwrap(), (None, BTreeMap::new()));
+    }
+
+    /// Smart HTTP through `git http-backend`, behind a small Python server
+    /// that demands the token as basic auth.
+    const HTTP_SERVER: &str = r#"
+import base64, os, subprocess, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+root, token = sys.argv[1], sys.argv[2]
+expected = "Basic " + base64.b64encode(("x-access-token:" + token).encode()).decode()
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def serve(self):
+        data = self.body()
+        if self.headers.get("Authorization") != expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1",
+                   GATEWAY_INTERFACE="CGI/1.1", REQUEST_METHOD=self.command,
+                   PATH_INFO=path, QUERY_STRING=query, REMOTE_USER="x-access-token",
+                   REMOTE_ADDR="127.0.0.1", CONTENT_LENGTH=str(len(data)),
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""))
+        if self.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+        out = subprocess.run(["git", "http-backend"], input=data, env=env,
+                             stdout=subprocess.PIPE).stdout
+        head, _, rest = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(": ")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+
+    do_GET = serve
+    do_POST = serve
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+    fn http_server(root: &Path, token: &str) -> Option<(Server, u16)> {
+        let child = Command::new("python3")
+            .args(["-c", HTTP_SERVER])
+            .arg(root)
+            .arg(token)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .ok()?;
+        let mut server = Server(child);
+        let stdout = server.0.stdout.take()?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).ok()?;
+        let port = line.trim().parse().ok()?;
+        wait_for_port(&mut server, port);
+        Some((server, port))
+    }
+
+    #[test]
+    fn smart_http_with_a_token() {
+        let fx = Fixture::new();
+        let Some((_server, port)) = http_server(fx.dir.path(), "s3cret") else {
+            eprintln!("python3 is not available: skipping the smart HTTP test");
+            return;
+        };
+        let url = format!("http://127.0.0.1:{port}/remote.git");
+
+        let mut wrong = Remote::new(url.clone());
+        wrong.auth = Auth::Token("wrong".to_owned());
+        let err = Mirror::open_or_clone(wrong, &fx.path("wrong")).unwrap_err();
+        assert!(matches!(err, GitError::Fetch { .. }), "{err:?}");
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("the remote rejected the credentials"),
+            "refused tokens are not retried forever"
+        );
+        let err = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("anon")).unwrap_err();
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("the remote asks for credentials and none are configured")
+        );
+
+        let mut remote = Remote::new(url);
+        remote.auth = Auth::Token("s3cret".to_owned());
+        let mirror = Mirror::open_or_clone(remote, &fx.path("mirror"))
+            .unwrap()
+            .with_retry(fast_retry());
+        let heads = mirror.fetch().unwrap();
+        assert_eq!(heads.branch, fx.tip("main"));
+        assert_eq!(mirror.files_at(heads.branch).unwrap().len(), 2);
+        let a = committed(mirror.commit_state(
+            &changes(&[("rollouts/edge.json", Some("1"))]),
+            "step 1",
+            &Author::default(),
+        ));
+        let b = committed(mirror.commit_state(
+            &changes(&[("rollouts/edge.json", Some("2"))]),
+            "step 2",
+            &Author::default(),
+        ));
+        assert_eq!(fx.tip("gitfleet/state"), b);
+        assert_eq!(fx.parents(&b.to_string()), [a.to_string()]);
+    }
+
+    #[test]
+    fn urls_lose_their_secrets_in_messages() {
+        assert_eq!(
+            redact_url("https://x-access-token:ghp_abc@github.com/o/r.git"),
+            "https://x-access-token:***@github.com/o/r.git"
+        );
+        assert_eq!(
+            redact_url("https://ghp_0123456789abcdefghijklmnop@github.com/o/r"),
+            "https://***@github.com/o/r"
+        );
+        assert_eq!(redact_url("ssh://git@host/o/r"), "ssh://git@host/o/r");
+        assert_eq!(redact_url("git@host:o/r.git"), "git@host:o/r.git");
+        assert_eq!(redact_url("/srv/fleet.git"), "/srv/fleet.git");
+        let remote = Remote {
+            auth: Auth::Token("tok".to_owned()),
+            ..Remote::new("https://u:p@h/r")
+        };
+        let debug = format!("{remote:?}");
+        assert!(
+            !debug.contains("tok\"") && !debug.contains(":p@"),
+            "{debug}"
+        );
+    }
+}
