@@ -7,6 +7,7 @@
 //! the lint rules declared in `fleet.kdl`.
 
 pub mod bundle;
+pub mod channel;
 mod checks;
 mod diagnostics;
 pub mod lint;

@@ -675,7 +675,7 @@ impl Step<'_, '_> {
         }
         s.step = k;
         s.reason = format!(
-            "step {k}/{}: {converged} of {planned} nodes on the new bundle, {} admitted (max-unavailable {})",
+            "step {k}/{}: {converged} of {planned} nodes on the new bundle, {} admitted; {unavailable} unavailable (unhealthy, silent or switching), max-unavailable {}",
             self.steps(),
             s.admitted,
             self.spec.max_unavailable

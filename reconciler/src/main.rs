@@ -8,10 +8,17 @@ use tracing_subscriber::EnvFilter;
 
 mod bundle;
 mod check;
+mod git;
 mod keys;
+mod reconcile;
+// Used by the reconcile loop, which is not wired yet.
+mod lease;
 mod render;
 mod root;
 mod source;
+mod store;
+#[cfg(test)]
+mod testutil;
 mod write;
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
@@ -37,6 +44,7 @@ struct Cli {
 enum Command {
     Check(check::CheckArgs),
     Keygen(keys::KeygenArgs),
+    Reconcile(reconcile::ReconcileArgs),
     /// Create, sign, rotate and verify the fleet's root of trust.
     ///
     /// The root (root/<version>.json) names the offline root keys and the
@@ -121,6 +129,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Check(args) => check::run(args, cli.color),
         Command::Keygen(args) => keys::keygen(args),
+        Command::Reconcile(args) => reconcile::run(args),
         Command::Root(cmd) => root::run(cmd, now),
         Command::Bundle(cmd) => bundle::run(cmd, cli.color),
     }

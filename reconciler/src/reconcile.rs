@@ -1,0 +1,550 @@
+//! One reconcile pass: git → check → bundles → plan → state commit → signed
+//! channel manifests. Every step's outcome is a value; a bad config or node
+//! never stops the pass, and a pass can be killed at any point and rerun.
+//!
+//! Order matters for crash safety: bundles are uploaded before anything
+//! names them, and the state commit lands before the manifests derived from
+//! it, so a restart re-derives the same manifests from git.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use ed25519_dalek::SigningKey;
+use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan, Targets};
+use gitfleet_policy::{bundle, channel, Checked, FleetModel};
+use gitfleet_schemas::state::RolloutState;
+use gitfleet_schemas::status::StatusReport;
+use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
+use gitfleet_schemas::verify::{verify_status, VerifyError};
+use gitfleet_schemas::{RolloutTarget, Severity};
+
+use crate::git::{Author, Mirror, StateCommit};
+use crate::lease::{self, LeaseOutcome};
+use crate::store::{Fetch, Store, Update};
+
+/// Default freshness of channel manifests when the environment sets none.
+const DEFAULT_FRESHNESS_SECONDS: i64 = 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("syncing the fleet repo")]
+    Git(#[from] crate::git::GitError),
+    #[error("talking to the object store")]
+    Store(#[from] crate::store::StoreError),
+    #[error("fleet.kdl could not be read at {commit}; nothing was changed")]
+    NoFleet { commit: String },
+    #[error("building bundle for config `{name}`")]
+    Bundle {
+        name: String,
+        #[source]
+        source: bundle::BuildError,
+    },
+    #[error("leader lease")]
+    Lease(#[from] lease::LeaseError),
+    #[error("signing the channel manifest of {environment}: {reason}")]
+    Sign { environment: String, reason: String },
+    #[error("state file {path} on the state branch is not valid")]
+    State {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What one pass did, for logs, `--dry-run` and tests.
+#[derive(Debug)]
+pub struct Outcome {
+    pub commit: String,
+    pub errors: usize,
+    pub bundles_uploaded: Vec<String>,
+    pub plan: Plan,
+    pub state_commit: Option<String>,
+    pub manifests: Vec<(String, u64)>,
+    pub reports_ignored: BTreeMap<&'static str, usize>,
+    /// Set when another replica holds the lease, so this pass wrote nothing.
+    pub follower_of: Option<String>,
+}
+
+pub struct Reconciler {
+    pub mirror: Mirror,
+    pub store: Store,
+    pub online_key: SigningKey,
+    /// This replica's name in the leader lease.
+    pub holder: String,
+    pub lease_ttl: Duration,
+    /// Bundle digests known to be in the store.
+    uploaded: HashSet<String>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("uploaded", &self.uploaded.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A status report's fate, as a bounded metric label.
+fn ignored_reason(e: &VerifyError) -> &'static str {
+    match e {
+        VerifyError::UnknownKey { .. } | VerifyError::Threshold { .. } => "unknown-key",
+        VerifyError::BadSignature { .. } => "bad-signature",
+        VerifyError::WrongNode { .. } | VerifyError::WrongFleet { .. } => "wrong-node",
+        _ => "malformed",
+    }
+}
+
+impl Reconciler {
+    pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
+        Reconciler {
+            mirror,
+            store,
+            online_key,
+            holder,
+            lease_ttl: Duration::seconds(30),
+            uploaded: HashSet::new(),
+        }
+    }
+
+    /// One full pass. With `dry_run`, nothing is uploaded, committed or
+    /// published; the plan is still computed from real inputs.
+    pub async fn once(
+        &mut self,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<Outcome, ReconcileError> {
+        let heads = self.mirror.fetch()?;
+        let commit = heads.branch.to_string();
+        let files = self.mirror.files_at(heads.branch)?;
+        let Checked { model, diagnostics } = gitfleet_policy::check(&files);
+        let errors = diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        for d in diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+            tracing::warn!(file = %d.file, line = d.line, code = %d.code, message = %d.message, "fleet repo error");
+        }
+        let Some(fleet) = model.fleet.as_ref().map(|f| f.doc.name.value.clone()) else {
+            return Err(ReconcileError::NoFleet { commit });
+        };
+
+        // Bundles for every valid config a rollout targets.
+        let mut desired = BTreeMap::new();
+        let mut bundles_uploaded = Vec::new();
+        for (name, r) in &model.rollouts {
+            let RolloutTarget::Config(config) = &r.doc.target.value else {
+                tracing::debug!(rollout = %name, "mesh bundles are not built yet");
+                continue;
+            };
+            let Some(dir) = model.configs.get(config).filter(|d| d.sentinel.is_some()) else {
+                tracing::warn!(rollout = %name, config = %config, "config is invalid; keeping the last good bundle");
+                continue;
+            };
+            let built =
+                bundle::sentinel_config(dir, &commit).map_err(|source| ReconcileError::Bundle {
+                    name: config.clone(),
+                    source,
+                })?;
+            let Some(key) = built.reference.object_key() else {
+                continue;
+            };
+            if !self.uploaded.contains(&built.reference.digest) {
+                if !dry_run {
+                    self.store
+                        .put_create(&key, built.bytes.clone().into())
+                        .await?;
+                    bundles_uploaded.push(built.reference.digest.clone());
+                }
+                self.uploaded.insert(built.reference.digest.clone());
+            }
+            desired.insert(
+                name.clone(),
+                Desired {
+                    bundle: built.reference,
+                    source_commit: commit.clone(),
+                },
+            );
+        }
+
+        let (_, state_files) = self.mirror.state_files()?;
+        let state = parse_state(&state_files)?;
+        let (reports, reports_ignored) = self.reports(&model, &fleet).await?;
+        let approvals = BTreeSet::new();
+        let targets = Targets::from_model(&model);
+        let plan = plan::plan(&Inputs {
+            model: &model,
+            targets: &targets,
+            desired: &desired,
+            state: &state,
+            reports: &reports,
+            approvals: &approvals,
+            now,
+        });
+
+        let mut outcome = Outcome {
+            commit: commit.clone(),
+            errors,
+            bundles_uploaded,
+            plan,
+            state_commit: None,
+            manifests: Vec::new(),
+            reports_ignored,
+            follower_of: None,
+        };
+        if dry_run {
+            return Ok(outcome);
+        }
+        match lease::acquire(&self.store, &self.holder, self.lease_ttl, now).await? {
+            LeaseOutcome::Leader { .. } => {}
+            LeaseOutcome::Follower { holder, until } => {
+                tracing::info!(leader = %holder, until = %until, "another replica leads; not writing");
+                outcome.follower_of = Some(holder);
+                return Ok(outcome);
+            }
+        }
+
+        // State first: manifests are derived from committed state.
+        let changes = state_changes(&outcome.plan, &state_files);
+        if !changes.is_empty() {
+            let mut message = format!(
+                "gitfleet: {} rollout update(s) at {}\n\n",
+                outcome.plan.changes().len(),
+                &commit[..12.min(commit.len())]
+            );
+            for line in outcome.plan.changes() {
+                message.push_str(&line);
+                message.push('\n');
+            }
+            if let StateCommit::Committed { oid } =
+                self.mirror
+                    .commit_state(&changes, &message, &Author::default())?
+            {
+                outcome.state_commit = Some(oid.to_string());
+            }
+        }
+        outcome.manifests = self.publish(&model, &fleet, &outcome.plan, now).await?;
+        Ok(outcome)
+    }
+
+    /// Verified reports of the fleet's nodes; the rest are counted by reason.
+    async fn reports(
+        &self,
+        model: &FleetModel,
+        fleet: &str,
+    ) -> Result<(HashMap<String, Observation>, BTreeMap<&'static str, usize>), ReconcileError> {
+        let mut out = HashMap::new();
+        let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let keys: HashMap<&str, PublicKey> = model
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    n.doc.id.value.as_str(),
+                    PublicKey::parse(&n.doc.node_key.value).ok()?,
+                ))
+            })
+            .collect();
+        for key in self.store.list("status/").await? {
+            let Some(node) = key
+                .strip_prefix("status/")
+                .and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let Some(node_key) = keys.get(node) else {
+                *ignored.entry("unknown-node").or_default() += 1;
+                continue;
+            };
+            let Some(object) = self.store.get(&key).await? else {
+                continue;
+            };
+            match verify_status(&object.bytes, fleet, node, node_key) {
+                Ok(report) => {
+                    let report: &StatusReport = &report;
+                    out.insert(node.to_owned(), Observation::from_report(report));
+                }
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "ignoring status report");
+                    *ignored.entry(ignored_reason(&e)).or_default() += 1;
+                }
+            }
+        }
+        Ok((out, ignored))
+    }
+
+    /// Sign and publish every environment's manifest that changed or is
+    /// due for re-signing. Serials grow from what the store holds.
+    async fn publish(
+        &self,
+        model: &FleetModel,
+        fleet: &str,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, u64)>, ReconcileError> {
+        let mut written = Vec::new();
+        for env in &model.environments {
+            let name = &env.name.value;
+            let key = format!("channels/{name}.json");
+            let (current, etag) = match self.store.get_if_changed(&key, None).await? {
+                Fetch::Found(o) => (current_manifest(&o.bytes), Some(o.etag)),
+                Fetch::Missing | Fetch::NotModified => (None, None),
+            };
+            let freshness = Duration::seconds(
+                env.freshness_seconds
+                    .as_ref()
+                    .map_or(DEFAULT_FRESHNESS_SECONDS, |f| {
+                        i64::try_from(f.value).unwrap_or(DEFAULT_FRESHNESS_SECONDS)
+                    }),
+            );
+            let rollouts = plan.channel_rollouts(model, name);
+            let Some(next) =
+                channel::next_manifest(current.as_ref(), fleet, name, rollouts, now, freshness)
+            else {
+                continue;
+            };
+            let mut envelope = next.envelope();
+            envelope
+                .sign(&self.online_key)
+                .map_err(|reason| ReconcileError::Sign {
+                    environment: name.clone(),
+                    reason,
+                })?;
+            match self
+                .store
+                .put_if_match(&key, envelope.to_json().into(), etag.as_ref())
+                .await?
+            {
+                Update::Updated { .. } => written.push((name.clone(), next.serial)),
+                Update::Conflict => {
+                    tracing::warn!(environment = %name, "channel manifest changed under us; next pass retries");
+                }
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Our own last manifest, read without verification: it only seeds the next
+/// serial, and a forged one can only make the serial jump forward.
+fn current_manifest(bytes: &[u8]) -> Option<ChannelManifest> {
+    use base64::Engine as _;
+    let env: gitfleet_schemas::trust::Envelope = serde_json::from_slice(bytes).ok()?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(env.payload)
+        .ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
+fn state_path(rollout: &str) -> String {
+    format!("rollouts/{rollout}.json")
+}
+
+fn parse_state(
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<BTreeMap<String, RolloutState>, ReconcileError> {
+    let mut out = BTreeMap::new();
+    for (path, bytes) in files {
+        let Some(name) = path
+            .strip_prefix("rollouts/")
+            .and_then(|p| p.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let state: RolloutState =
+            serde_json::from_slice(bytes).map_err(|source| ReconcileError::State {
+                path: path.clone(),
+                source,
+            })?;
+        out.insert(name.to_owned(), state);
+    }
+    Ok(out)
+}
+
+/// Files of the state branch to write: one per rollout whose state changed.
+fn state_changes(
+    plan: &Plan,
+    current: &BTreeMap<String, Vec<u8>>,
+) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for (name, state) in plan.state() {
+        let path = state_path(&name);
+        let mut bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        bytes.push(b'\n');
+        if current.get(&path) != Some(&bytes) {
+            out.insert(path, Some(bytes));
+        }
+    }
+    out
+}
+
+/// Reconcile the fleet: build and upload bundles for every valid config,
+/// plan every rollout, commit rollout state to the state branch and publish
+/// signed channel manifests.
+///
+/// Runs forever (polling git every --interval) unless --once is given. A
+/// failed pass is logged and the next one starts on schedule; git is always
+/// re-read. Several replicas may run: a lease in the store makes one the
+/// writer.
+///
+/// Examples:
+///   gitfleet reconcile --once --dry-run --repo . --online-key online.key
+///   gitfleet reconcile --repo https://git.example.com/fleet.git \
+///       --store s3://acme-fleet/edge --online-key /etc/gitfleet/online.key
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ReconcileArgs {
+    /// The fleet repo: a path, file://, http(s)://, ssh:// or git:// URL.
+    #[arg(long, env = "GITFLEET_REPO", default_value = ".")]
+    repo: String,
+    /// The branch people write the fleet spec to.
+    #[arg(long, env = "GITFLEET_BRANCH", default_value = "main")]
+    branch: String,
+    /// The branch the reconciler commits rollout state to.
+    #[arg(long, env = "GITFLEET_STATE_BRANCH", default_value = "gitfleet/state")]
+    state_branch: String,
+    /// HTTPS token for the repo (sent as user x-access-token).
+    #[arg(long, env = "GITFLEET_GIT_TOKEN", hide_env_values = true)]
+    git_token: Option<String>,
+    /// SSH private key for ssh:// repos (default: ask the ssh agent).
+    #[arg(long, env = "GITFLEET_SSH_KEY", conflicts_with = "git_token")]
+    ssh_key: Option<std::path::PathBuf>,
+    /// Object store URL; defaults to the `store` of fleet.kdl.
+    #[arg(long, env = "GITFLEET_STORE")]
+    store: Option<String>,
+    /// The online key file that signs channel manifests (gitfleet keygen --online).
+    #[arg(long, env = "GITFLEET_ONLINE_KEY")]
+    online_key: std::path::PathBuf,
+    /// Where the local mirror of the repo is kept.
+    #[arg(long, env = "GITFLEET_CACHE", default_value = ".gitfleet/mirror")]
+    cache: std::path::PathBuf,
+    /// This replica's name in the leader lease (default: gitfleet@<hostname>).
+    #[arg(long, env = "GITFLEET_HOLDER")]
+    holder: Option<String>,
+    /// Run one pass and exit.
+    #[arg(long)]
+    once: bool,
+    /// Compute and print the plan; upload, commit and publish nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Time between passes when not --once.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+}
+
+pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let online = crate::keys::load(
+        &args.online_key,
+        gitfleet_schemas::keyfile::KeyRole::Online,
+        "signing channel manifests",
+    )?;
+    let mut remote = crate::git::Remote::new(repo_url(&args.repo)?);
+    remote.branch.clone_from(&args.branch);
+    remote.state_branch.clone_from(&args.state_branch);
+    remote.auth = match (&args.git_token, &args.ssh_key) {
+        (Some(token), _) => crate::git::Auth::Token(token.clone()),
+        (None, Some(path)) => crate::git::Auth::SshKey {
+            path: path.clone(),
+            passphrase: std::env::var("GITFLEET_SSH_KEY_PASSPHRASE").ok(),
+        },
+        (None, None) if remote.url.starts_with("ssh://") || remote.url.contains('@') => {
+            crate::git::Auth::SshAgent
+        }
+        (None, None) => crate::git::Auth::None,
+    };
+    let mirror = Mirror::open_or_clone(remote, &args.cache)?;
+    let store_url = match &args.store {
+        Some(url) => url.clone(),
+        None => {
+            let heads = mirror.fetch()?;
+            let files = mirror.files_at(heads.branch)?;
+            let checked = gitfleet_policy::check(&files);
+            checked
+                .model
+                .fleet
+                .and_then(|f| f.doc.store.map(|s| s.value))
+                .context("no --store given and fleet.kdl names no store")?
+        }
+    };
+    let store = Store::open(&store_url)?;
+    let holder = args.holder.clone().unwrap_or_else(default_holder);
+    let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
+    runtime.block_on(async {
+        loop {
+            let started = std::time::Instant::now();
+            match reconciler.once(Utc::now(), args.dry_run).await {
+                Ok(outcome) => report(&outcome, args.dry_run),
+                Err(e) if args.once => return Err(anyhow::Error::new(e)),
+                Err(e) => tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "reconcile pass failed; retrying next interval"),
+            }
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "reconcile pass done");
+            if args.once {
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(args.interval) => {}
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("stopping");
+                    return Ok(std::process::ExitCode::SUCCESS);
+                }
+            }
+        }
+    })
+}
+
+/// Stable across restarts on one machine, so a restarted reconciler takes
+/// its own lease straight back; replicas sharing a host pass --holder.
+fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("gitfleet@{host}")
+}
+
+/// A plain path becomes a file:// URL; URLs pass through.
+fn repo_url(repo: &str) -> anyhow::Result<String> {
+    if repo.contains("://") || repo.contains('@') {
+        return Ok(repo.to_owned());
+    }
+    let path = std::fs::canonicalize(repo)
+        .map_err(|e| anyhow::anyhow!("fleet repo {repo} not found: {e}"))?;
+    Ok(format!("file://{}", path.display()))
+}
+
+fn report(o: &Outcome, dry_run: bool) {
+    print!("{}", o.plan);
+    println!(
+        "commit {}: {} error(s) in the fleet repo",
+        &o.commit[..o.commit.len().min(12)],
+        o.errors
+    );
+    if dry_run {
+        println!("dry run: nothing uploaded, committed or published");
+        return;
+    }
+    if let Some(leader) = &o.follower_of {
+        println!("follower: {leader} holds the lease; nothing written");
+        return;
+    }
+    for d in &o.bundles_uploaded {
+        println!("uploaded bundle {d}");
+    }
+    match &o.state_commit {
+        Some(c) => println!("state commit {}", &c[..c.len().min(12)]),
+        None => println!("state unchanged"),
+    }
+    for (env, serial) in &o.manifests {
+        println!("published channels/{env}.json serial {serial}");
+    }
+    for (reason, n) in &o.reports_ignored {
+        println!("ignored {n} status report(s): {reason}");
+    }
+}

@@ -1,0 +1,240 @@
+//! `gitfleet reconcile --once` against a real bare git repository and a
+//! file:// object store: bundles, the state commit, signed manifests that
+//! the agent's verifier accepts, idempotence, and a broken config that does
+//! not stop the rest of the fleet.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{Duration, Utc};
+use ed25519_dalek::SigningKey;
+use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_schemas::trust::{Document, PublicKey, Root};
+use gitfleet_schemas::verify::{verify_channel, verify_first_root};
+use gitfleet_tests::{bin, copy_dir, git, text, workspace};
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    online_public: PublicKey,
+}
+
+impl Fleet {
+    /// The example fleet pushed to a bare repository, and an online key.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        copy_dir(&workspace().join("examples/fleet-repo"), &work);
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "fleet"]);
+        git(dir.path(), &["clone", "-q", "--bare", "work", "origin.git"]);
+        git(&work, &["remote", "add", "origin", "../origin.git"]);
+        let out = Command::new(bin("gitfleet"))
+            .args(["keygen", "--online", "-o"])
+            .arg(dir.path().join("online.key"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let online_public = PublicKey::parse(stdout.trim()).unwrap();
+        Fleet { dir, online_public }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn reconcile(&self, store: &str, extra: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("gitfleet"))
+            .arg("reconcile")
+            .arg("--once")
+            .arg("--repo")
+            .arg(self.path("origin.git"))
+            .args(["--store", store])
+            .arg("--online-key")
+            .arg(self.path("online.key"))
+            .arg("--cache")
+            .arg(self.path("mirror"))
+            .args(["--holder", "test-replica"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.code().unwrap(), stdout, stderr)
+    }
+
+    fn state(&self, rollout: &str) -> RolloutState {
+        let out = Command::new("git")
+            .args(["show", &format!("gitfleet/state:rollouts/{rollout}.json")])
+            .current_dir(self.path("origin.git"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn state_commits(&self) -> usize {
+        git(
+            &self.path("origin.git"),
+            &["rev-list", "--count", "gitfleet/state"],
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    }
+
+    /// A root naming our online key, trusted the way an agent trusts it.
+    fn trusted_root(&self) -> gitfleet_schemas::verify::Verified<Root> {
+        let root_key = SigningKey::from_bytes(&[42; 32]);
+        let public = PublicKey(root_key.verifying_key().to_bytes());
+        let root = Root {
+            fleet: "acme-edge".into(),
+            version: 1,
+            expires: Utc::now() + Duration::days(30),
+            root_keys: vec![public],
+            root_threshold: 1,
+            online_keys: vec![self.online_public],
+            online_threshold: 1,
+        };
+        let mut env = root.envelope();
+        env.sign(&root_key).unwrap();
+        verify_first_root(&env.to_json(), "acme-edge", &[public], 1).unwrap()
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_pass_uploads_bundles_commits_state_and_publishes_verifiable_manifests() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    let files = files_under(&fleet.path("store"));
+    let bundles = files
+        .iter()
+        .filter(|f| f.starts_with("bundles/sha256/"))
+        .count();
+    assert_eq!(bundles, 2, "{files:?}");
+    for env in ["dev", "staging", "prod"] {
+        assert!(files.contains(&format!("channels/{env}.json")), "{files:?}");
+    }
+
+    let edge = fleet.state("edge");
+    assert_eq!(edge.environments["dev"].phase, Phase::Progressing);
+    assert_eq!(edge.environments["staging"].phase, Phase::Pending);
+    assert!(edge.environments["staging"]
+        .reason
+        .starts_with("waiting for dev to complete"));
+
+    let root = fleet.trusted_root();
+    let bytes = std::fs::read(fleet.path("store/channels/dev.json")).unwrap();
+    let manifest = verify_channel(&root, &bytes, "dev", None, Utc::now()).unwrap();
+    assert_eq!(manifest.serial, 1);
+    let edge_channel = manifest.rollouts.iter().find(|r| r.name == "edge").unwrap();
+    assert_eq!(edge_channel.bundle, edge.environments["dev"].target);
+    // Every bundle a manifest names is in the store.
+    let key = edge_channel.bundle.object_key().unwrap();
+    assert!(fleet.path("store").join(key).exists());
+}
+
+#[test]
+fn a_second_pass_with_nothing_new_writes_nothing() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, _, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = std::fs::read(fleet.path("store/channels/dev.json")).unwrap();
+    let commits = fleet.state_commits();
+
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("state unchanged"), "{stdout}");
+    assert!(!stdout.contains("published"), "{stdout}");
+    assert_eq!(fleet.state_commits(), commits);
+    assert_eq!(
+        std::fs::read(fleet.path("store/channels/dev.json")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, stdout, stderr) = fleet.reconcile(&store, &["--dry-run"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("rollout edge"), "{stdout}");
+    assert!(
+        stdout.contains("dry run: nothing uploaded, committed or published"),
+        "{stdout}"
+    );
+    assert!(files_under(&fleet.path("store")).is_empty());
+    let branches = git(&fleet.path("origin.git"), &["branch", "--list"]);
+    assert!(!branches.contains("gitfleet/state"), "{branches}");
+}
+
+#[test]
+fn a_broken_config_does_not_stop_the_rest_of_the_fleet() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, _, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let edge_before = fleet.state("edge");
+
+    // Break the edge config and change the gateway's in one push.
+    let work = fleet.path("work");
+    let edge = work.join("configs/edge/sentinel.kdl");
+    let t = std::fs::read_to_string(&edge).unwrap();
+    std::fs::write(
+        &edge,
+        t.replace(
+            "listeners {",
+            "listeners {\n    listener \"broken\" { protocol \"quic\"; }",
+        ),
+    )
+    .unwrap();
+    let gw = work.join("configs/api-gateway/sentinel.kdl");
+    let t = std::fs::read_to_string(&gw).unwrap();
+    std::fs::write(&gw, t.replace("worker-threads 4", "worker-threads 8")).unwrap();
+    git(&work, &["commit", "-qam", "break edge, tune gateway"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("error(s) in the fleet repo"), "{stdout}");
+    assert!(!stdout.contains(": 0 error(s)"), "{stdout}");
+    // The edge rollout keeps its last good bundle; the gateway moves on.
+    assert_eq!(
+        fleet.state("edge").environments["dev"].target,
+        edge_before.environments["dev"].target
+    );
+    let gw_state = fleet.state("api-gateway");
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    assert_eq!(gw_state.environments["dev"].source_commit, head.trim());
+}
