@@ -26,8 +26,9 @@ use crate::window;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observation {
     pub at: DateTime<Utc>,
-    /// Active bundle digest per rollout name.
-    pub active: BTreeMap<String, String>,
+    /// Active bundle digest per rollout name. A short list rather than a
+    /// map: a node runs a few rollouts, and a fleet has a million nodes.
+    pub active: Vec<(String, String)>,
     pub healthy: bool,
     pub error_rate: Option<f64>,
     pub p99_latency_ms: Option<u64>,
@@ -585,8 +586,7 @@ impl Step<'_, '_> {
     /// for the gates).
     fn on_target(&self, node: &str) -> bool {
         self.report(node).is_some_and(|r| {
-            r.active.get(self.spec.name).map(String::as_str)
-                == Some(self.desired.bundle.digest.as_str())
+            r.active_digest(self.spec.name) == Some(self.desired.bundle.digest.as_str())
         })
     }
 
@@ -788,7 +788,7 @@ impl Step<'_, '_> {
 /// Why a node's report fails the gates, if it does. A metric the gates ask
 /// for and the node does not report fails.
 pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Option<String> {
-    if r.active.get(rollout).map(String::as_str) != Some(digest) {
+    if r.active_digest(rollout) != Some(digest) {
         return Some("does not run the new bundle".to_owned());
     }
     if g.healthy && !r.healthy {
@@ -836,6 +836,22 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
 }
 
 impl Observation {
+    /// The digest the node runs for `rollout`.
+    pub fn active_digest(&self, rollout: &str) -> Option<&str> {
+        self.active
+            .iter()
+            .find(|(r, _)| r == rollout)
+            .map(|(_, d)| d.as_str())
+    }
+
+    /// Record that the node runs `digest` for `rollout` (or nothing).
+    pub fn set_active(&mut self, rollout: &str, digest: Option<String>) {
+        self.active.retain(|(r, _)| r != rollout);
+        if let Some(d) = digest {
+            self.active.push((rollout.to_owned(), d));
+        }
+    }
+
     /// What the planner needs from a verified status report.
     pub fn from_report(r: &gitfleet_schemas::status::StatusReport) -> Self {
         Observation {

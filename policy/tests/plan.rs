@@ -155,16 +155,9 @@ impl Sim {
                 } else {
                     cr.previous.clone()
                 };
-                match run {
-                    Some(b) => {
-                        report.active.insert(cr.name.clone(), b.digest);
-                    }
-                    None => {
-                        report.active.remove(&cr.name);
-                    }
-                }
+                report.set_active(&cr.name, run.map(|b| b.digest));
             }
-            report.healthy = !report.active.values().any(|d| self.bad.contains(d));
+            report.healthy = !report.active.iter().any(|(_, d)| self.bad.contains(d));
             report.error_rate = self.error_rate;
             report.at = self.now;
         }
@@ -199,13 +192,7 @@ impl Sim {
             .nodes
             .iter()
             .filter(|n| n.doc.environment.value == env)
-            .filter(|n| {
-                self.reports[&n.doc.id.value]
-                    .active
-                    .get("web")
-                    .map(String::as_str)
-                    == Some(digest)
-            })
+            .filter(|n| self.reports[&n.doc.id.value].active_digest("web") == Some(digest))
             .count()
     }
 }
