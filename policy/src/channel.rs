@@ -23,7 +23,7 @@ pub fn next_manifest(
     Some(ChannelManifest {
         fleet: fleet.to_owned(),
         environment: environment.to_owned(),
-        serial: current.map_or(1, |c| c.serial + 1),
+        serial: current.map_or(1, |c| c.serial.saturating_add(1)),
         expires: now + freshness,
         rollouts,
     })

@@ -341,13 +341,27 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         let state = inputs.state.get(name.as_str());
         let mut envs: Vec<EnvPlan> = Vec::new();
         for env in &order {
-            let Some(members) = inputs.targets.get(name, env) else {
+            let before = state.and_then(|s| s.environments.get(*env)).cloned();
+            let Some(members) = inputs.targets.get(name, env).filter(|m| !m.is_empty()) else {
+                // No targets here now (a selector or label edit): keep what
+                // the state says, so `previous` survives a passing mistake.
+                if let Some(b) = before {
+                    let membership_threshold = if b.phase == Phase::Complete {
+                        u64::MAX
+                    } else {
+                        0
+                    };
+                    envs.push(EnvPlan {
+                        environment: (*env).to_owned(),
+                        before: Some(b.clone()),
+                        after: b,
+                        targets: 0,
+                        steps: spec.steps.len() as u32,
+                        membership_threshold,
+                    });
+                }
                 continue;
             };
-            if members.is_empty() {
-                continue;
-            }
-            let before = state.and_then(|s| s.environments.get(*env)).cloned();
             let after = match inputs.desired.get(name.as_str()) {
                 Some(desired) => {
                     let gate = predecessor_gate(model, inputs.targets, name, env, &envs, desired);
@@ -466,6 +480,10 @@ impl Step<'_, '_> {
             }
             None => self.fresh(None),
         };
+        if self.spec.file.rollback && !matches!(s.phase, Phase::Failed | Phase::RolledBack) {
+            let reason = format!("rollback requested in rollouts/{}.kdl", self.spec.name);
+            return self.fail(s, reason, Vec::new());
+        }
         match s.phase {
             Phase::Complete | Phase::Failed | Phase::RolledBack => s,
             Phase::Progressing | Phase::Verifying | Phase::WaitingWindow
@@ -687,11 +705,13 @@ impl Step<'_, '_> {
         let elapsed = self.now() - s.since;
         let k = s.step;
         if elapsed < self.spec.bake {
+            // A stable reason: the state (and so the state branch) changes
+            // only when something happens, not on every pass.
             return EnvState {
                 reason: format!(
-                    "step {k}/{}: baking, {}s left",
+                    "step {k}/{}: baking until {}",
                     self.steps(),
-                    (self.spec.bake - elapsed).num_seconds()
+                    (s.since + self.spec.bake).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ),
                 ..s
             };

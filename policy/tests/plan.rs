@@ -423,3 +423,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_requested_rollback_returns_every_node_to_the_previous_bundle() {
+    let mut sim = Sim::new(fleet(4, false, STEPS));
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(300, |s| s.phase("prod") == Some(Phase::Complete));
+    sim.deploy(bundle(2), "c2");
+    sim.run_until(100, |s| s.running("dev", &bundle(2).digest) == 4);
+    // The operator asks for a rollback: the rollout file says so.
+    sim.model = fleet(4, false, &format!("{STEPS}rollback #true\n"));
+    sim.tick();
+    sim.tick();
+    assert_eq!(sim.phase("dev"), Some(Phase::RolledBack));
+    assert!(sim.state["web"].environments["dev"]
+        .reason
+        .contains("rollback requested in rollouts/web.kdl"));
+    assert_eq!(sim.running("dev", &bundle(1).digest), 4);
+    assert_eq!(sim.running("staging", &bundle(2).digest), 0);
+}

@@ -491,6 +491,56 @@ impl Mirror {
         Ok(files)
     }
 
+    /// The tree id of `dir` at commit `head` (None when absent): the same
+    /// id means the same files.
+    pub fn dir_id(&self, head: Oid, dir: &str) -> Result<Option<Oid>, GitError> {
+        let tree = self
+            .repo
+            .find_commit(head)
+            .and_then(|c| c.tree())
+            .map_err(|source| GitError::Read {
+                url: self.remote.display_url(),
+                what: format!("commit {head}"),
+                source,
+            })?;
+        Ok(tree.get_path(Path::new(dir)).ok().map(|e| e.id()))
+    }
+
+    /// The commit that made `dir` what it is at `head`: walking first-parent
+    /// history, the last commit whose tree at `dir` differs from its
+    /// parent's. Bundles record it as their source commit, so a commit that
+    /// leaves a config alone leaves its bundle's bytes, and digest, alone.
+    pub fn last_change(&self, head: Oid, dir: &str) -> Result<Oid, GitError> {
+        let read = |what: String, source: git2::Error| GitError::Read {
+            url: self.remote.display_url(),
+            what,
+            source,
+        };
+        let entry = |commit: &git2::Commit<'_>| -> Result<Option<Oid>, git2::Error> {
+            let tree = commit.tree()?;
+            match tree.get_path(Path::new(dir)) {
+                Ok(e) => Ok(Some(e.id())),
+                Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let mut commit = self
+            .repo
+            .find_commit(head)
+            .map_err(|e| read(format!("commit {head}"), e))?;
+        let target = entry(&commit).map_err(|e| read(format!("{dir} at {head}"), e))?;
+        loop {
+            let Ok(parent) = commit.parent(0) else {
+                return Ok(commit.id());
+            };
+            let id = entry(&parent).map_err(|e| read(format!("{dir} at {}", parent.id()), e))?;
+            if id != target {
+                return Ok(commit.id());
+            }
+            commit = parent;
+        }
+    }
+
     /// The files at the tip of the state branch as last fetched (or pushed),
     /// and that tip. Only the tip's tree is read, never the history.
     pub fn state_files(&self) -> Result<(Option<Oid>, StateFiles), GitError> {

@@ -14,6 +14,7 @@ mod reconcile;
 // Used by the reconcile loop, which is not wired yet.
 mod lease;
 mod render;
+mod rollout;
 mod root;
 mod source;
 mod store;
@@ -45,13 +46,15 @@ enum Command {
     Check(check::CheckArgs),
     Keygen(keys::KeygenArgs),
     Reconcile(reconcile::ReconcileArgs),
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Create, sign, rotate and verify the fleet's root of trust.
     ///
     /// The root (root/<version>.json) names the offline root keys and the
     /// online keys that sign channel manifests. Agents pin the root keys of
     /// fleet.kdl at enrollment and follow rotations one version at a time.
     ///
-    /// A first root, signed by two of three holders in turn:
+    /// Example: a first root, signed by two of three holders in turn:
     ///   gitfleet root init --fleet acme-edge --root-key r1.pub r2.pub r3.pub \
     ///       --root-threshold 2 --online-key online.pub --expires 365d -o root/1.json
     ///   gitfleet root sign root/1.json --key r1.key     # holder 1
@@ -130,6 +133,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(args, cli.color),
         Command::Keygen(args) => keys::keygen(args),
         Command::Reconcile(args) => reconcile::run(args),
+        Command::Rollout(cmd) => rollout::run(cmd),
         Command::Root(cmd) => root::run(cmd, now),
         Command::Bundle(cmd) => bundle::run(cmd, cli.color),
     }

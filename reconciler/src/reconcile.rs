@@ -20,7 +20,7 @@ use gitfleet_schemas::{RolloutTarget, Severity};
 
 use crate::git::{Author, Mirror, StateCommit};
 use crate::lease::{self, LeaseOutcome};
-use crate::store::{Fetch, Store, Update};
+use crate::store::{Create, Fetch, Store, Update};
 
 /// Default freshness of channel manifests when the environment sets none.
 const DEFAULT_FRESHNESS_SECONDS: i64 = 3600;
@@ -31,14 +31,17 @@ pub enum ReconcileError {
     Git(#[from] crate::git::GitError),
     #[error("talking to the object store")]
     Store(#[from] crate::store::StoreError),
+    #[error("{file}:{line} at {commit}: {message}; state and manifests left as they are")]
+    FleetDocument {
+        commit: String,
+        file: String,
+        line: u32,
+        message: String,
+    },
     #[error("fleet.kdl could not be read at {commit}; nothing was changed")]
     NoFleet { commit: String },
-    #[error("building bundle for config `{name}`")]
-    Bundle {
-        name: String,
-        #[source]
-        source: bundle::BuildError,
-    },
+    #[error("the leader lease ends at {until}; stopped writing for this pass")]
+    LeaseLost { until: DateTime<Utc> },
     #[error("leader lease")]
     Lease(#[from] lease::LeaseError),
     #[error("signing the channel manifest of {environment}: {reason}")]
@@ -74,6 +77,8 @@ pub struct Reconciler {
     pub lease_ttl: Duration,
     /// Bundle digests known to be in the store.
     uploaded: HashSet<String>,
+    /// Config directory tree id -> the commit that made it so.
+    source_commits: HashMap<git2::Oid, String>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -103,7 +108,21 @@ impl Reconciler {
             holder,
             lease_ttl: Duration::seconds(30),
             uploaded: HashSet::new(),
+            source_commits: HashMap::new(),
         }
+    }
+
+    fn source_commit(&mut self, head: git2::Oid, config: &str) -> Result<String, ReconcileError> {
+        let dir = format!("configs/{config}");
+        let Some(id) = self.mirror.dir_id(head, &dir)? else {
+            return Ok(head.to_string());
+        };
+        if let Some(c) = self.source_commits.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = self.mirror.last_change(head, &dir)?.to_string();
+        self.source_commits.insert(id, c.clone());
+        Ok(c)
     }
 
     /// One full pass. With `dry_run`, nothing is uploaded, committed or
@@ -127,6 +146,18 @@ impl Reconciler {
         let Some(fleet) = model.fleet.as_ref().map(|f| f.doc.name.value.clone()) else {
             return Err(ReconcileError::NoFleet { commit });
         };
+        // Errors in the fleet-wide documents could make every rollout look
+        // gone; plan nothing rather than commit a wiped state.
+        if let Some(d) = diagnostics.iter().find(|d| {
+            d.severity == Severity::Error && (d.file == "fleet.kdl" || d.file == "environments.kdl")
+        }) {
+            return Err(ReconcileError::FleetDocument {
+                commit,
+                file: d.file.clone(),
+                line: d.line,
+                message: d.message.clone(),
+            });
+        }
 
         // Bundles for every valid config a rollout targets.
         let mut desired = BTreeMap::new();
@@ -140,20 +171,35 @@ impl Reconciler {
                 tracing::warn!(rollout = %name, config = %config, "config is invalid; keeping the last good bundle");
                 continue;
             };
-            let built =
-                bundle::sentinel_config(dir, &commit).map_err(|source| ReconcileError::Bundle {
-                    name: config.clone(),
-                    source,
-                })?;
+            // The commit that made this config what it is: an unrelated
+            // commit must not change the bundle's bytes.
+            let source_commit = self.source_commit(heads.branch, config)?;
+            let built = match bundle::sentinel_config(dir, &source_commit) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(rollout = %name, config = %config, error = %e, "cannot bundle config; keeping the last good bundle");
+                    continue;
+                }
+            };
             let Some(key) = built.reference.object_key() else {
                 continue;
             };
             if !self.uploaded.contains(&built.reference.digest) {
                 if !dry_run {
-                    self.store
+                    match self
+                        .store
                         .put_create(&key, built.bytes.clone().into())
-                        .await?;
-                    bundles_uploaded.push(built.reference.digest.clone());
+                        .await?
+                    {
+                        Create::Created => bundles_uploaded.push(built.reference.digest.clone()),
+                        Create::Exists { identical: true } => {}
+                        Create::Exists { identical: false } => {
+                            // Content-addressed: other bytes under this name
+                            // were not written by a reconciler.
+                            tracing::error!(key = %key, "a different object sits under this bundle's digest; not naming it in any manifest");
+                            continue;
+                        }
+                    }
                 }
                 self.uploaded.insert(built.reference.digest.clone());
             }
@@ -161,7 +207,7 @@ impl Reconciler {
                 name.clone(),
                 Desired {
                     bundle: built.reference,
-                    source_commit: commit.clone(),
+                    source_commit,
                 },
             );
         }
@@ -194,18 +240,24 @@ impl Reconciler {
         if dry_run {
             return Ok(outcome);
         }
-        match lease::acquire(&self.store, &self.holder, self.lease_ttl, now).await? {
-            LeaseOutcome::Leader { .. } => {}
+        // The lease is taken with the real clock just before writing, and
+        // checked again before each write: a pass that stalled past its
+        // lease stops writing instead of racing the new leader.
+        let until = match lease::acquire(&self.store, &self.holder, self.lease_ttl, Utc::now())
+            .await?
+        {
+            LeaseOutcome::Leader { until, .. } => until,
             LeaseOutcome::Follower { holder, until } => {
                 tracing::info!(leader = %holder, until = %until, "another replica leads; not writing");
                 outcome.follower_of = Some(holder);
                 return Ok(outcome);
             }
-        }
+        };
 
         // State first: manifests are derived from committed state.
         let changes = state_changes(&outcome.plan, &state_files);
         if !changes.is_empty() {
+            still_leader(until)?;
             let mut message = format!(
                 "gitfleet: {} rollout update(s) at {}\n\n",
                 outcome.plan.changes().len(),
@@ -222,7 +274,9 @@ impl Reconciler {
                 outcome.state_commit = Some(oid.to_string());
             }
         }
-        outcome.manifests = self.publish(&model, &fleet, &outcome.plan, now).await?;
+        outcome.manifests = self
+            .publish(&model, &fleet, &outcome.plan, now, until)
+            .await?;
         Ok(outcome)
     }
 
@@ -280,13 +334,22 @@ impl Reconciler {
         fleet: &str,
         plan: &Plan,
         now: DateTime<Utc>,
+        until: DateTime<Utc>,
     ) -> Result<Vec<(String, u64)>, ReconcileError> {
         let mut written = Vec::new();
         for env in &model.environments {
             let name = &env.name.value;
             let key = format!("channels/{name}.json");
             let (current, etag) = match self.store.get_if_changed(&key, None).await? {
-                Fetch::Found(o) => (current_manifest(&o.bytes), Some(o.etag)),
+                Fetch::Found(o) => match current_manifest(&o.bytes, &self.online_key) {
+                    Some(m) => (Some(m), Some(o.etag)),
+                    None => {
+                        // Overwriting it could reset the serial agents hold
+                        // on to: someone other than us wrote here.
+                        tracing::error!(key = %key, "refusing to overwrite a channel manifest not signed by our online key");
+                        continue;
+                    }
+                },
                 Fetch::Missing | Fetch::NotModified => (None, None),
             };
             let freshness = Duration::seconds(
@@ -302,6 +365,7 @@ impl Reconciler {
             else {
                 continue;
             };
+            still_leader(until)?;
             let mut envelope = next.envelope();
             envelope
                 .sign(&self.online_key)
@@ -324,15 +388,37 @@ impl Reconciler {
     }
 }
 
-/// Our own last manifest, read without verification: it only seeds the next
-/// serial, and a forged one can only make the serial jump forward.
-fn current_manifest(bytes: &[u8]) -> Option<ChannelManifest> {
+/// Our own last manifest: it seeds the next serial, so it counts only when
+/// our online key signed it (the store is untrusted).
+fn current_manifest(bytes: &[u8], online: &SigningKey) -> Option<ChannelManifest> {
     use base64::Engine as _;
+    use ed25519_dalek::Verifier as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
     let env: gitfleet_schemas::trust::Envelope = serde_json::from_slice(bytes).ok()?;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(env.payload)
-        .ok()?;
+    let payload = b64.decode(&env.payload).ok()?;
+    let ours = PublicKey(online.verifying_key().to_bytes());
+    let message = gitfleet_schemas::trust::pae(&env.payload_type, &payload);
+    let signed = env.signatures.iter().any(|s| {
+        s.key == ours
+            && b64
+                .decode(&s.sig)
+                .ok()
+                .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
+                .is_some_and(|sig| online.verifying_key().verify(&message, &sig).is_ok())
+    });
+    if !signed || env.payload_type != ChannelManifest::PAYLOAD_TYPE {
+        return None;
+    }
     serde_json::from_slice(&payload).ok()
+}
+
+/// Refuse to write once our lease is about to end.
+fn still_leader(until: DateTime<Utc>) -> Result<(), ReconcileError> {
+    let margin = Duration::seconds(5);
+    if Utc::now() + margin >= until {
+        return Err(ReconcileError::LeaseLost { until });
+    }
+    Ok(())
 }
 
 fn state_path(rollout: &str) -> String {

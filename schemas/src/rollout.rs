@@ -37,6 +37,9 @@ pub struct RolloutFile {
     pub windows: Vec<Window>,
     /// A paused rollout finishes nothing new and starts no further step.
     pub paused: bool,
+    /// Return every node of the rollout to the previous bundle and hold
+    /// there until this is removed (`gitfleet rollout rollback`).
+    pub rollback: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -97,6 +100,7 @@ const TOP: &[&str] = &[
     "window",
     "deny-window",
     "paused",
+    "rollback",
 ];
 const GATES: &[&str] = &[
     "healthy",
@@ -115,7 +119,7 @@ impl RolloutFile {
         };
         let (mut target, mut selector, mut max_unavailable, mut bake, mut deadline) =
             (None, None, None, None, None);
-        let (mut gates, mut paused) = (None, None);
+        let (mut gates, mut paused, mut rollback) = (None, None, None);
         let (mut steps, mut windows) = (Vec::new(), Vec::new());
         for node in d.versioned(&doc, "rollout file") {
             match decode::name(node) {
@@ -164,6 +168,10 @@ impl RolloutFile {
                     let v = d.bool(node);
                     d.once(&mut paused, node, v);
                 }
+                "rollback" => {
+                    let v = d.bool(node);
+                    d.once(&mut rollback, node, v);
+                }
                 _ => d.unknown_node(node, "rollout file", TOP),
             }
         }
@@ -193,6 +201,7 @@ impl RolloutFile {
             gates: gates.unwrap_or_default(),
             windows,
             paused: paused.is_some_and(|p| p.value),
+            rollback: rollback.is_some_and(|r| r.value),
         });
         d.finish(value)
     }

@@ -17,8 +17,10 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// Path to a binary of the workspace, built once per test process if the
-/// test run did not build it already.
+/// Path to a binary of the workspace. `cargo test --workspace` builds it
+/// (its package has integration tests); it is rebuilt here only when it is
+/// missing or older than a source file, since a `cargo build` from inside
+/// the tests resolves features differently and would relink every time.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
@@ -29,6 +31,9 @@ pub fn bin(name: &str) -> PathBuf {
         .expect("test binary lives in target/<profile>/deps");
     let path = dir.join(name);
     BUILT.get_or_init(|| {
+        if is_fresh(&path) {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
@@ -52,6 +57,31 @@ pub fn bin(name: &str) -> PathBuf {
     });
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// The binary exists and no source file of the workspace is newer.
+fn is_fresh(binary: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let mut stack: Vec<PathBuf> = ["schemas", "policy", "reconciler", "agent"]
+        .iter()
+        .map(|c| workspace().join(c).join("src"))
+        .collect();
+    stack.push(workspace().join("Cargo.lock"));
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Recursively copy a directory tree.

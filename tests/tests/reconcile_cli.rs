@@ -31,6 +31,13 @@ impl Fleet {
         git(&work, &["commit", "-qm", "fleet"]);
         git(dir.path(), &["clone", "-q", "--bare", "work", "origin.git"]);
         git(&work, &["remote", "add", "origin", "../origin.git"]);
+        git(&work, &["fetch", "-q", "origin"]);
+        git(
+            &work,
+            &["branch", "-q", "--set-upstream-to=origin/main", "main"],
+        );
+        git(&work, &["config", "user.name", "Operator"]);
+        git(&work, &["config", "user.email", "ops@example.invalid"]);
         let out = Command::new(bin("gitfleet"))
             .args(["keygen", "--online", "-o"])
             .arg(dir.path().join("online.key"))
@@ -237,4 +244,97 @@ fn a_broken_config_does_not_stop_the_rest_of_the_fleet() {
     let gw_state = fleet.state("api-gateway");
     let head = git(&work, &["rev-parse", "HEAD"]);
     assert_eq!(gw_state.environments["dev"].source_commit, head.trim());
+}
+
+fn steer(fleet: &Fleet, verb: &str, rollout: &str) -> String {
+    let out = Command::new(bin("gitfleet"))
+        .args(["rollout", verb, rollout, "-m", "test run"])
+        .current_dir(fleet.path("work"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "rollout {verb}: {stdout}{stderr}");
+    stdout
+}
+
+#[test]
+fn pause_resume_and_rollback_are_commits_the_reconciler_follows() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let pass = |fleet: &Fleet| {
+        let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        fleet.state("edge").environments["dev"].clone()
+    };
+    assert_eq!(pass(&fleet).phase, Phase::Progressing);
+
+    let out = steer(&fleet, "pause", "edge");
+    assert!(
+        out.contains("rollout edge: pause") && out.contains("pushed"),
+        "{out}"
+    );
+    let dev = pass(&fleet);
+    assert_eq!(dev.phase, Phase::Paused);
+    assert_eq!(dev.reason, "paused in rollouts/edge.kdl");
+
+    steer(&fleet, "resume", "edge");
+    assert_eq!(pass(&fleet).phase, Phase::Progressing);
+
+    steer(&fleet, "rollback", "edge");
+    let dev = pass(&fleet);
+    // Nothing completed before, so there is nothing to go back to.
+    assert_eq!(dev.phase, Phase::Failed);
+    assert!(
+        dev.reason
+            .contains("rollback requested in rollouts/edge.kdl"),
+        "{}",
+        dev.reason
+    );
+
+    let log = git(
+        &fleet.path("origin.git"),
+        &["log", "--format=%s%n%an", "main"],
+    );
+    for verb in ["pause", "resume", "rollback"] {
+        assert!(log.contains(&format!("rollout edge: {verb}")), "{log}");
+    }
+    assert!(log.contains("Operator"), "{log}");
+}
+
+#[test]
+fn steering_an_unknown_rollout_fails_clearly() {
+    let fleet = Fleet::new();
+    let out = Command::new(bin("gitfleet"))
+        .args(["rollout", "pause", "nope"])
+        .current_dir(fleet.path("work"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("is `nope` a rollout of this fleet repo"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unrelated_commit_leaves_bundles_and_rollouts_alone() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, _, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = fleet.state("edge");
+
+    // A commit that touches no config: a node's labels elsewhere.
+    let work = fleet.path("work");
+    std::fs::write(work.join("NOTES.md"), "on-call: alice\n").unwrap();
+    git(&work, &["add", "NOTES.md"]);
+    git(&work, &["commit", "-qm", "notes"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("uploaded bundle"), "{stdout}");
+    assert!(stdout.contains("state unchanged"), "{stdout}");
+    assert_eq!(fleet.state("edge"), before);
 }
