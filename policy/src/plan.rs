@@ -262,6 +262,17 @@ impl fmt::Display for Plan {
     }
 }
 
+/// Where the membership threshold stands in a phase: everyone on the target
+/// once complete, no one after a failure (they run the previous bundle),
+/// otherwise as far as admission has got.
+fn threshold_for(phase: Phase, admitted: impl FnOnce() -> u64) -> u64 {
+    match phase {
+        Phase::Complete => u64::MAX,
+        Phase::Failed | Phase::RolledBack => 0,
+        _ => admitted(),
+    }
+}
+
 /// Environments in order: every environment after the one it follows.
 /// Environments in a cycle (which `check` reports) are left out.
 pub fn environment_order(model: &FleetModel) -> Vec<&str> {
@@ -346,11 +357,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
                 // No targets here now (a selector or label edit): keep what
                 // the state says, so `previous` survives a passing mistake.
                 if let Some(b) = before {
-                    let membership_threshold = if b.phase == Phase::Complete {
-                        u64::MAX
-                    } else {
-                        0
-                    };
+                    let membership_threshold = threshold_for(b.phase, || 0);
                     envs.push(EnvPlan {
                         environment: (*env).to_owned(),
                         before: Some(b.clone()),
@@ -380,11 +387,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
                     None => continue,
                 },
             };
-            let membership_threshold = match after.phase {
-                Phase::Complete => u64::MAX,
-                Phase::Failed | Phase::RolledBack => 0,
-                _ => members.threshold(after.admitted),
-            };
+            let membership_threshold =
+                threshold_for(after.phase, || members.threshold(after.admitted));
             envs.push(EnvPlan {
                 environment: (*env).to_owned(),
                 before,

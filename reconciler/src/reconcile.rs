@@ -15,7 +15,7 @@ use gitfleet_policy::{bundle, channel, Checked, FleetModel};
 use gitfleet_schemas::state::RolloutState;
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
-use gitfleet_schemas::verify::{verify_status, VerifyError};
+use gitfleet_schemas::verify::{verify_signed_by, verify_status, VerifyError};
 use gitfleet_schemas::{RolloutTarget, Severity};
 
 use crate::git::{Author, Mirror, StateCommit};
@@ -391,25 +391,10 @@ impl Reconciler {
 /// Our own last manifest: it seeds the next serial, so it counts only when
 /// our online key signed it (the store is untrusted).
 fn current_manifest(bytes: &[u8], online: &SigningKey) -> Option<ChannelManifest> {
-    use base64::Engine as _;
-    use ed25519_dalek::Verifier as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let env: gitfleet_schemas::trust::Envelope = serde_json::from_slice(bytes).ok()?;
-    let payload = b64.decode(&env.payload).ok()?;
     let ours = PublicKey(online.verifying_key().to_bytes());
-    let message = gitfleet_schemas::trust::pae(&env.payload_type, &payload);
-    let signed = env.signatures.iter().any(|s| {
-        s.key == ours
-            && b64
-                .decode(&s.sig)
-                .ok()
-                .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
-                .is_some_and(|sig| online.verifying_key().verify(&message, &sig).is_ok())
-    });
-    if !signed || env.payload_type != ChannelManifest::PAYLOAD_TYPE {
-        return None;
-    }
-    serde_json::from_slice(&payload).ok()
+    verify_signed_by::<ChannelManifest>(bytes, &ours)
+        .ok()
+        .map(|m| (*m).clone())
 }
 
 /// Refuse to write once our lease is about to end.
@@ -547,13 +532,13 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
     let store_url = match &args.store {
         Some(url) => url.clone(),
         None => {
+            // Only fleet.kdl is needed to learn the store.
             let heads = mirror.fetch()?;
             let files = mirror.files_at(heads.branch)?;
-            let checked = gitfleet_policy::check(&files);
-            checked
-                .model
-                .fleet
-                .and_then(|f| f.doc.store.map(|s| s.value))
+            files
+                .text(gitfleet_policy::model::FLEET_FILE)
+                .and_then(|t| gitfleet_schemas::FleetFile::decode(t).value)
+                .and_then(|f| f.store.map(|s| s.value))
                 .context("no --store given and fleet.kdl names no store")?
         }
     };

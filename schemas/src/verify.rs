@@ -26,12 +26,6 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified<T>(T);
 
-impl<T> Verified<T> {
-    pub fn get(&self) -> &T {
-        &self.0
-    }
-}
-
 impl<T> std::ops::Deref for Verified<T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -758,4 +752,23 @@ pub fn verify_status(
         });
     }
     Ok(Verified(report))
+}
+
+/// A document of type `T` signed by `key` (and by no other key): for a
+/// signer checking its own earlier output, such as the reconciler reading
+/// the channel manifest it last published before choosing the next serial.
+pub fn verify_signed_by<T: Document>(
+    bytes: &[u8],
+    key: &PublicKey,
+) -> Result<Verified<T>, VerifyError> {
+    let keys = [*key];
+    open(
+        bytes,
+        &[KeySet {
+            role: "own",
+            keys: &keys,
+            threshold: 1,
+        }],
+    )
+    .map(Verified)
 }
