@@ -34,6 +34,18 @@ impl jsonschema::Retrieve for Local {
     }
 }
 
+/// The official CycloneDX 1.5 JSON Schema, with its references served locally.
+fn cyclonedx_1_5() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(schema_dir().join("bom-1.5.SNAPSHOT.schema.json")).unwrap(),
+    )
+    .unwrap();
+    jsonschema::options()
+        .with_retriever(Local)
+        .build(&schema)
+        .unwrap()
+}
+
 fn example_repo() -> RepoFiles {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo");
     let mut files = RepoFiles::new();
@@ -73,14 +85,7 @@ fn sboms() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn example_sboms_validate_against_the_cyclonedx_1_5_json_schema() {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(schema_dir().join("bom-1.5.SNAPSHOT.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::options()
-        .with_retriever(Local)
-        .build(&schema)
-        .unwrap();
+    let validator = cyclonedx_1_5();
     let all = sboms();
     assert_eq!(all.len(), 2);
     for (name, sbom) in all {
@@ -99,14 +104,7 @@ fn example_sboms_validate_against_the_cyclonedx_1_5_json_schema() {
 
 #[test]
 fn the_schema_check_catches_an_invalid_sbom() {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(schema_dir().join("bom-1.5.SNAPSHOT.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::options()
-        .with_retriever(Local)
-        .build(&schema)
-        .unwrap();
+    let validator = cyclonedx_1_5();
     let (_, sbom) = sboms().remove(0);
     let mut instance: Value = serde_json::from_slice(&sbom).unwrap();
     instance["services"][0]["endpoints"] = serde_json::json!("not a list");
