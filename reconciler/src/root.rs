@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use gitfleet_schemas::keyfile::KeyRole;
@@ -297,8 +296,8 @@ fn read_root(path: &Path) -> anyhow::Result<(Envelope, Root, Vec<u8>)> {
         env.payload_type,
         Root::PAYLOAD_TYPE
     );
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(&env.payload)
+    let payload = env
+        .payload_bytes()
         .with_context(|| format!("the payload of {} is not base64", path.display()))?;
     let root: Root = serde_json::from_slice(&payload)
         .with_context(|| format!("the payload of {} is not a root", path.display()))?;
@@ -498,9 +497,7 @@ fn rotate(args: &RotateArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
 /// to put the files in order; the verifier checks the versions.
 fn claimed_version(bytes: &[u8]) -> Option<u64> {
     let env: Envelope = serde_json::from_slice(bytes).ok()?;
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(&env.payload)
-        .ok()?;
+    let payload = env.payload_bytes().ok()?;
     serde_json::from_slice::<Root>(&payload)
         .ok()
         .map(|r| r.version)

@@ -136,11 +136,16 @@ impl Envelope {
         }
     }
 
+    /// The payload bytes the signatures cover (not yet verified).
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        B64.decode(&self.payload)
+    }
+
     /// Add a signature by `key`. Signing is pure: the key is a value.
     pub fn sign(&mut self, key: &ed25519_dalek::SigningKey) -> Result<(), String> {
         use ed25519_dalek::Signer as _;
-        let payload = B64
-            .decode(&self.payload)
+        let payload = self
+            .payload_bytes()
             .map_err(|e| format!("payload is not base64: {e}"))?;
         let sig = key.sign(&pae(&self.payload_type, &payload));
         let public = PublicKey(key.verifying_key().to_bytes());

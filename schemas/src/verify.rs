@@ -180,12 +180,10 @@ fn unwrap_envelope<T: Document>(bytes: &[u8]) -> Result<(Envelope, Vec<u8>), Ver
             found: env.payload_type,
         });
     }
-    let payload = B64
-        .decode(&env.payload)
-        .map_err(|e| VerifyError::Malformed {
-            what,
-            reason: format!("payload is not base64: {e}"),
-        })?;
+    let payload = env.payload_bytes().map_err(|e| VerifyError::Malformed {
+        what,
+        reason: format!("payload is not base64: {e}"),
+    })?;
     Ok((env, payload))
 }
 
