@@ -19,7 +19,8 @@ use gitfleet_schemas::verify::{
     bundle_digest, verify_bundle, Bundle, Limits, Verified, VerifyError,
 };
 
-use crate::{check, source, write, Color};
+use crate::{check, source, Color};
+use gitfleet_io::write;
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {

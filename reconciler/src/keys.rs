@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use gitfleet_schemas::keyfile::{KeyFile, KeyFileError, KeyRole};
 use gitfleet_schemas::trust::PublicKey;
 
-use crate::write;
+use gitfleet_io::write;
 
 /// Generate an ed25519 key pair and write it to a new key file.
 ///

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::store::{ETag, Store, StoreError, Update};
+use gitfleet_io::store::{ETag, Store, StoreError, Update};
 
 pub const LEASE_KEY: &str = "leases/reconciler.json";
 
@@ -211,7 +211,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::testutil::Moto;
+    use gitfleet_io::moto::Moto;
 
     fn t0() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")

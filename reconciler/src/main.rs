@@ -17,10 +17,6 @@ mod render;
 mod rollout;
 mod root;
 mod source;
-mod store;
-#[cfg(test)]
-mod testutil;
-mod write;
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
 ///

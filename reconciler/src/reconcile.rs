@@ -20,7 +20,7 @@ use gitfleet_schemas::{RolloutTarget, Severity};
 
 use crate::git::{Author, Mirror, StateCommit};
 use crate::lease::{self, LeaseOutcome};
-use crate::store::{Create, Fetch, Store, Update};
+use gitfleet_io::store::{Create, Fetch, Store, Update};
 
 /// Default freshness of channel manifests when the environment sets none.
 const DEFAULT_FRESHNESS_SECONDS: i64 = 3600;
@@ -30,7 +30,7 @@ pub enum ReconcileError {
     #[error("syncing the fleet repo")]
     Git(#[from] crate::git::GitError),
     #[error("talking to the object store")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] gitfleet_io::store::StoreError),
     #[error("{file}:{line} at {commit}: {message}; state and manifests left as they are")]
     FleetDocument {
         commit: String,

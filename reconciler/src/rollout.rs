@@ -102,7 +102,7 @@ pub fn run(cmd: &RolloutCommand) -> anyhow::Result<ExitCode> {
         bail!("the fleet repo has errors; fix them before steering rollouts");
     }
 
-    crate::write::replace(&path, edited.as_bytes(), None)?;
+    gitfleet_io::write::replace(&path, edited.as_bytes(), None)?;
     let mut index = repo.index()?;
     index.add_path(&repo_rel)?;
     index.write()?;

@@ -19,7 +19,8 @@ use gitfleet_schemas::verify::{
     sha256_hex, validate_root, verify_first_root, verify_root_rotation, Verified, VerifyError,
 };
 
-use crate::{keys, write};
+use crate::keys;
+use gitfleet_io::write;
 
 #[derive(Debug, Subcommand)]
 pub enum RootCommand {

@@ -1,5 +1,8 @@
 //! Test support: a real S3 API (moto_server) on a loopback port.
 
+// Test support: a failure to start the server is a panic that says why.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

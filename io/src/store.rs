@@ -585,7 +585,7 @@ async fn lock_file(path: PathBuf) -> Result<std::fs::File, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::Moto;
+    use crate::moto::Moto;
 
     fn memory() -> Store {
         Store::open("memory://").unwrap()

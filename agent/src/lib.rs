@@ -1,0 +1,2 @@
+//! The gitfleet node agent as a library: the binary `gitfleet-agent` and the
+//! fleet simulator run the same verification and decision code.
