@@ -5,6 +5,7 @@
 //! and properties are errors. JSON Schemas for the formats are generated from
 //! these types by [`json_schemas`] and committed under `schemas/json/`.
 
+pub mod agent;
 pub mod bundle;
 mod common;
 mod decode;
@@ -54,5 +55,6 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<state::RolloutState>("rollout-state.schema.json"),
         one::<status::StatusReport>("status-report.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
+        one::<agent::AgentConfig>("agent-config.schema.json"),
     ]
 }

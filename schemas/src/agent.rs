@@ -1,0 +1,436 @@
+//! `agent.kdl`: how one node's agent runs.
+//!
+//! ```kdl
+//! version 1
+//! node "edge-fra-1"
+//! environment "prod"
+//! labels region="fra" role="edge"
+//! store "s3://acme-fleet/prod"
+//! state-dir "/var/lib/gitfleet-agent"
+//! poll "30s" jitter="5s"
+//! heartbeat "1m"
+//! drift "report"
+//! sentinel {
+//!     pid-file "/run/sentinel.pid"
+//!     config-url "http://127.0.0.1:9901/_gitfleet/config"
+//!     health-url "http://127.0.0.1:9901/health"
+//!     confirm-timeout "10s"
+//! }
+//! ```
+//!
+//! `node`, `environment` and `labels` repeat what the node's
+//! `nodes/<id>.kdl` says in the fleet repo (`gitfleet-agent enroll` prints
+//! both from one set of answers): the agent decides its own membership from
+//! them, because the manifest it polls is the same for the whole environment.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{self, children, Decoded, Decoder};
+use crate::fleet::DriftPolicy;
+use crate::span::Spanned;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub node: String,
+    pub environment: String,
+    pub labels: BTreeMap<String, String>,
+    /// Store URL: `file:///path`, `s3://bucket/prefix` or `memory://`.
+    pub store: String,
+    /// Node key, pinned root, highest serial and bundle directories.
+    pub state_dir: String,
+    pub poll_ms: u64,
+    /// Each wait is `poll_ms` plus a random part of up to `jitter_ms`, so a
+    /// fleet does not poll in lockstep.
+    pub jitter_ms: u64,
+    /// A status report is written at least this often.
+    pub heartbeat_ms: u64,
+    pub drift: DriftPolicy,
+    /// A bundle larger than this is refused before download.
+    pub max_bundle_bytes: u64,
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// How the agent hands a new config to the Sentinel proxy. The proxy is
+/// started with `-c <state-dir>/sentinel/sentinel.kdl`; the agent swaps that
+/// directory (a symlink) atomically and asks the proxy to reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    pub reload: ReloadBy,
+    /// A route with `builtin-handler "config"`: the loaded config must match
+    /// the bundle's before an activation counts.
+    pub config_url: Option<String>,
+    /// A route that must answer 2xx after a reload (weaker: Sentinel's health
+    /// handler answers even when a reload was refused).
+    pub health_url: Option<String>,
+    /// Run `<binary> test -c FILE` on a staged config before activating it.
+    pub test_binary: Option<String>,
+    pub confirm_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadBy {
+    /// SIGHUP to this process id.
+    Pid(u32),
+    /// SIGHUP to the process id read from this file at each reload.
+    PidFile(String),
+    /// Run this program with these arguments; exit status 0 means reloaded.
+    Command(Vec<String>),
+}
+
+pub const DEFAULT_POLL_MS: u64 = 30_000;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 60_000;
+pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 64 << 20;
+
+const TOP: &[&str] = &[
+    "node",
+    "environment",
+    "labels",
+    "store",
+    "state-dir",
+    "poll",
+    "heartbeat",
+    "drift",
+    "max-bundle-bytes",
+    "sentinel",
+];
+const SENTINEL: &[&str] = &[
+    "pid",
+    "pid-file",
+    "reload-command",
+    "config-url",
+    "health-url",
+    "test-binary",
+    "confirm-timeout",
+];
+
+impl AgentConfig {
+    pub fn decode(text: &str) -> Decoded<AgentConfig> {
+        let mut d = Decoder::default();
+        let Some(doc) = d.parse(text) else {
+            return d.finish(None);
+        };
+        let mut node = None;
+        let mut environment = None;
+        let mut labels = None;
+        let mut store = None;
+        let mut state_dir = None;
+        let mut poll = None;
+        let mut heartbeat = None;
+        let mut drift = None;
+        let mut max_bundle_bytes = None;
+        let mut sentinel = None;
+        for n in d.versioned(&doc, "agent config") {
+            match decode::name(n) {
+                "node" => {
+                    let v = d.string(n);
+                    d.once(&mut node, n, v);
+                }
+                "environment" => {
+                    let v = d.string(n);
+                    d.once(&mut environment, n, v);
+                }
+                "labels" => {
+                    let v = d.string_map(n);
+                    d.once(&mut labels, n, Some(v));
+                }
+                "store" => {
+                    let v = d.string(n);
+                    d.once(&mut store, n, v);
+                }
+                "state-dir" => {
+                    let v = d.string(n);
+                    d.once(&mut state_dir, n, v);
+                }
+                "poll" => {
+                    let v = decode_poll(&mut d, n);
+                    d.once(&mut poll, n, v);
+                }
+                "heartbeat" => {
+                    let v = duration_ms(&mut d, n);
+                    d.once(&mut heartbeat, n, v);
+                }
+                "drift" => {
+                    let v = decode_drift(&mut d, n);
+                    d.once(&mut drift, n, v);
+                }
+                "max-bundle-bytes" => {
+                    let v = d.u64(n);
+                    d.once(&mut max_bundle_bytes, n, v);
+                }
+                "sentinel" => {
+                    let v = decode_sentinel(&mut d, n);
+                    d.once(&mut sentinel, n, v);
+                }
+                _ => d.unknown_node(n, "agent config", TOP),
+            }
+        }
+        let at = decode::document_start(&doc);
+        let node = d.required(node, at, "node", "agent config", "node \"edge-fra-1\"");
+        let environment = d.required(
+            environment,
+            at,
+            "environment",
+            "agent config",
+            "environment \"prod\"",
+        );
+        let store = d.required(
+            store,
+            at,
+            "store",
+            "agent config",
+            "store \"file:///var/lib/gitfleet/store\"",
+        );
+        let state_dir = d.required(
+            state_dir,
+            at,
+            "state-dir",
+            "agent config",
+            "state-dir \"/var/lib/gitfleet-agent\"",
+        );
+        let value = match (node, environment, store, state_dir) {
+            (Some(node), Some(environment), Some(store), Some(state_dir)) => {
+                let (poll_ms, jitter_ms) = poll.unwrap_or((DEFAULT_POLL_MS, DEFAULT_POLL_MS / 10));
+                Some(AgentConfig {
+                    node: node.value,
+                    environment: environment.value,
+                    labels: labels
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.value))
+                        .collect(),
+                    store: store.value,
+                    state_dir: state_dir.value,
+                    poll_ms,
+                    jitter_ms,
+                    heartbeat_ms: heartbeat.unwrap_or(DEFAULT_HEARTBEAT_MS),
+                    drift: drift.unwrap_or(DriftPolicy::Report),
+                    max_bundle_bytes: max_bundle_bytes
+                        .map_or(DEFAULT_MAX_BUNDLE_BYTES, |v: Spanned<u64>| v.value),
+                    sentinel: sentinel.flatten(),
+                })
+            }
+            _ => None,
+        };
+        d.finish(value)
+    }
+}
+
+fn duration_ms(d: &mut Decoder, node: &kdl::KdlNode) -> Option<u64> {
+    let s = d.string(node)?;
+    d.parse_duration_ms(&s).map(|v| v.value)
+}
+
+/// `poll "30s" jitter="5s"`.
+fn decode_poll(d: &mut Decoder, node: &kdl::KdlNode) -> Option<(u64, u64)> {
+    d.allow_props(node, &["jitter"]);
+    d.no_children(node);
+    d.max_args(node, 1);
+    let every = d.arg(node, 0, decode::as_string, "a duration such as \"30s\"")?;
+    let every = d.parse_duration_ms(&every)?.value;
+    let jitter = match d.prop_string(node, "jitter") {
+        Some(j) => d.parse_duration_ms(&j)?.value,
+        None => every / 10,
+    };
+    Some((every, jitter))
+}
+
+fn decode_drift(d: &mut Decoder, node: &kdl::KdlNode) -> Option<DriftPolicy> {
+    let s = d.string(node)?;
+    match s.value.as_str() {
+        "report" => Some(DriftPolicy::Report),
+        "repair" => Some(DriftPolicy::Repair),
+        other => {
+            d.error(
+                s.span,
+                "invalid-value",
+                format!("drift policy `{other}` is not known"),
+                Some("write `drift \"report\"` or `drift \"repair\"`".to_owned()),
+            );
+            None
+        }
+    }
+}
+
+/// The `sentinel { ... }` block; `Some(None)` when it had errors (already
+/// reported), so a second block is still seen as a duplicate.
+fn decode_sentinel(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Option<SentinelSettings>> {
+    d.allow_props(node, &[]);
+    d.max_args(node, 0);
+    let mut reload: Option<ReloadBy> = None;
+    let mut config_url = None;
+    let mut health_url = None;
+    let mut test_binary = None;
+    let mut confirm = None;
+    for c in children(node) {
+        let by = match decode::name(c) {
+            "pid" => d
+                .scalar(c, |v| decode::as_u64(v)?.try_into().ok(), "a process id")
+                .map(|p| ReloadBy::Pid(p.value)),
+            "pid-file" => d.string(c).map(|s| ReloadBy::PidFile(s.value)),
+            "reload-command" => {
+                let args: Vec<String> = d.strings(c).into_iter().map(|s| s.value).collect();
+                (!args.is_empty()).then_some(ReloadBy::Command(args))
+            }
+            "config-url" => {
+                let v = d.string(c).map(|s| s.value);
+                d.once(&mut config_url, c, v);
+                continue;
+            }
+            "health-url" => {
+                let v = d.string(c).map(|s| s.value);
+                d.once(&mut health_url, c, v);
+                continue;
+            }
+            "test-binary" => {
+                let v = d.string(c).map(|s| s.value);
+                d.once(&mut test_binary, c, v);
+                continue;
+            }
+            "confirm-timeout" => {
+                let v = duration_ms(d, c);
+                d.once(&mut confirm, c, v);
+                continue;
+            }
+            _ => {
+                d.unknown_node(c, "`sentinel`", SENTINEL);
+                continue;
+            }
+        };
+        if reload.is_some() {
+            d.error(
+                c.name().span(),
+                "duplicate-node",
+                "`sentinel` names more than one way to reload the proxy",
+                Some("keep one of `pid`, `pid-file` and `reload-command`".to_owned()),
+            );
+        } else {
+            reload = by;
+        }
+    }
+    let Some(reload) = reload else {
+        d.error(
+            node.name().span(),
+            "missing-node",
+            "`sentinel` does not say how to reload the proxy",
+            Some("add `pid-file \"/run/sentinel.pid\"`, `pid 1234` or `reload-command \"systemctl\" \"reload\" \"sentinel\"`".to_owned()),
+        );
+        return Some(None);
+    };
+    Some(Some(SentinelSettings {
+        reload,
+        config_url,
+        health_url,
+        test_binary,
+        confirm_timeout_ms: confirm.unwrap_or(DEFAULT_CONFIRM_TIMEOUT_MS),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+version 1
+node "edge-fra-1"
+environment "prod"
+labels region="fra" role="edge"
+store "file:///srv/store"
+state-dir "/var/lib/gitfleet-agent"
+poll "2s" jitter="500ms"
+heartbeat "1m"
+drift "repair"
+max-bundle-bytes 1048576
+sentinel {
+    pid-file "/run/sentinel.pid"
+    config-url "http://127.0.0.1:9901/_gitfleet/config"
+    confirm-timeout "3s"
+}
+"#;
+
+    #[test]
+    fn a_full_config_decodes() {
+        let d = AgentConfig::decode(FULL);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let c = d.value.unwrap();
+        assert_eq!(c.node, "edge-fra-1");
+        assert_eq!(c.labels["role"], "edge");
+        assert_eq!(
+            (c.poll_ms, c.jitter_ms, c.heartbeat_ms),
+            (2000, 500, 60_000)
+        );
+        assert_eq!(c.drift, DriftPolicy::Repair);
+        assert_eq!(c.max_bundle_bytes, 1 << 20);
+        let s = c.sentinel.unwrap();
+        assert_eq!(s.reload, ReloadBy::PidFile("/run/sentinel.pid".into()));
+        assert_eq!(s.confirm_timeout_ms, 3000);
+        assert_eq!(s.health_url, None);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_said() {
+        let d = AgentConfig::decode(
+            "version 1\nnode \"n\"\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\n",
+        );
+        let c = d.value.unwrap();
+        assert_eq!(
+            (c.poll_ms, c.jitter_ms),
+            (DEFAULT_POLL_MS, DEFAULT_POLL_MS / 10)
+        );
+        assert_eq!(c.drift, DriftPolicy::Report);
+        assert!(c.labels.is_empty() && c.sentinel.is_none());
+    }
+
+    #[test]
+    fn a_missing_node_and_an_unknown_setting_are_both_reported() {
+        let d = AgentConfig::decode(
+            "version 1\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\npol \"1s\"\n",
+        );
+        assert!(d.value.is_none());
+        let messages: Vec<_> = d.errors.iter().map(|e| e.message.as_str()).collect();
+        assert!(
+            messages.contains(&"unknown node `pol` in agent config"),
+            "{messages:?}"
+        );
+        assert!(
+            messages.contains(&"agent config has no `node`"),
+            "{messages:?}"
+        );
+        assert!(d
+            .errors
+            .iter()
+            .any(|e| e.help.as_deref() == Some("did you mean `poll`?")));
+    }
+
+    #[test]
+    fn sentinel_needs_exactly_one_way_to_reload() {
+        let none = AgentConfig::decode(
+            "version 1\nnode \"n\"\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\nsentinel { config-url \"http://127.0.0.1:1/\"; }\n",
+        );
+        assert_eq!(
+            none.errors[0].message,
+            "`sentinel` does not say how to reload the proxy"
+        );
+        let two = AgentConfig::decode(
+            "version 1\nnode \"n\"\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\nsentinel { pid 4; reload-command \"true\"; }\n",
+        );
+        assert_eq!(
+            two.errors[0].message,
+            "`sentinel` names more than one way to reload the proxy"
+        );
+    }
+
+    #[test]
+    fn an_unknown_drift_policy_is_refused() {
+        let d = AgentConfig::decode(
+            "version 1\nnode \"n\"\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\ndrift \"ignore\"\n",
+        );
+        assert_eq!(d.errors[0].message, "drift policy `ignore` is not known");
+    }
+}
