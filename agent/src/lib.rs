@@ -1,4 +1,15 @@
 //! The gitfleet node agent as a library: the binary `gitfleet-agent` and the
 //! fleet simulator run the same verification and decision code.
+//!
+//! - [`core`]: poll, verify, decide, report; generic over a [`core::Node`];
+//! - [`node`]: the real node (state directory, Sentinel proxy, procfs);
+//! - [`local`]: the state directory's layout and atomic steps;
+//! - [`sentinel`]: validate, reload and confirm the proxy's config;
+//! - [`system`]: system metrics for status reports.
 
+pub mod core;
+pub mod faults;
+pub mod local;
+pub mod node;
+pub mod sentinel;
 pub mod system;

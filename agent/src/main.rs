@@ -1,25 +1,480 @@
 //! `gitfleet-agent`: the only gitfleet code on a node.
-//!
-//! It will poll the signed channel manifest of its environment, verify and
-//! stage bundles, activate them, health-check, roll back and report signed
-//! status. Those commands land with the agent work (issue 5); today the
-//! binary exists so the workspace and its dependency boundaries are in place:
-//! the agent never depends on git2, octocrab or axum.
 
-use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// The gitfleet node agent: verifies and activates signed bundles on this node.
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use chrono::Utc;
+use clap::{Parser, Subcommand, ValueEnum};
+use gitfleet_agent::core::{wanted, Agent, Identity, Polled};
+use gitfleet_agent::local::StateDir;
+use gitfleet_agent::node::DiskNode;
+use gitfleet_io::store::Store;
+use gitfleet_schemas::agent::{AgentConfig, EnrollRequest};
+use gitfleet_schemas::trust::{Document as _, PublicKey};
+use gitfleet_schemas::verify::{self, Limits};
+use tracing_subscriber::EnvFilter;
+
+/// The gitfleet node agent: verifies and activates signed bundles on this
+/// node, rolls back what fails, and reports signed status.
 ///
-/// No commands are available in this version yet: the agent's run, enroll,
-/// status and verify commands are being built.
+/// A node is set up once with `enroll`, then runs `run` (as a service; see
+/// agent/gitfleet-agent.service). The Sentinel proxy is started with
+/// `-c <state-dir>/sentinel/sentinel.kdl`, the config the agent swaps.
 #[derive(Debug, Parser)]
-#[command(name = "gitfleet-agent", version)]
-struct Cli {}
+#[command(name = "gitfleet-agent", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!(
-        "gitfleet-agent: no commands are available in this version; see `gitfleet-agent --help`"
+    /// The agent config file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "GITFLEET_AGENT_CONFIG",
+        default_value = "/etc/gitfleet/agent.kdl"
+    )]
+    config: PathBuf,
+
+    /// Override the config's store URL.
+    #[arg(long, global = true, env = "GITFLEET_AGENT_STORE")]
+    store: Option<String>,
+
+    /// Override the config's state directory.
+    #[arg(long, global = true, env = "GITFLEET_AGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(RunArgs),
+    Enroll(EnrollArgs),
+    Status(StatusArgs),
+    Verify,
+}
+
+/// Poll the channel manifest, activate what this node should run, report.
+///
+/// Keeps the running config whatever happens upstream: a store that cannot
+/// be reached, a manifest that does not verify, or a bundle that fails
+/// validation or the proxy's confirmation leave the node as it was, and the
+/// next status report says why. Stops cleanly on SIGTERM or Ctrl-C.
+///
+/// Example:
+///   gitfleet-agent -c /etc/gitfleet/agent.kdl run
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct RunArgs {
+    /// Poll and report once, then exit: 0 when the manifest was applied or
+    /// unchanged, 1 when it was refused.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Set this node up: generate its node key and WireGuard key, pin the
+/// fleet's root, and ask to join.
+///
+/// Writes `enroll/<node>.json` (signed with the new node key) to the store
+/// and prints the `nodes/<id>.kdl` to add to the fleet repo by pull request.
+/// The private keys never leave the state directory. Running it again
+/// reuses the keys and prints the same file.
+///
+/// Example:
+///   gitfleet-agent -c /etc/gitfleet/agent.kdl enroll --root root/1.json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct EnrollArgs {
+    /// The fleet's first root (`root/1.json`), handed over out of band.
+    #[arg(long, value_name = "FILE")]
+    root: PathBuf,
+
+    /// This node's WireGuard endpoint (`host:port`), if others reach it.
+    #[arg(long)]
+    endpoint: Option<String>,
+}
+
+/// Show what this node runs, from its state directory (no network).
+///
+/// Example:
+///   gitfleet-agent -c /etc/gitfleet/agent.kdl status --format json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+struct StatusArgs {
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(&cli.config)?;
+    if let Some(store) = &cli.store {
+        config.store = store.clone();
+    }
+    if let Some(dir) = &cli.state_dir {
+        config.state_dir = dir.display().to_string();
+    }
+    match &cli.command {
+        Command::Run(args) => run(&config, args).await,
+        Command::Enroll(args) => enroll(&config, args).await,
+        Command::Status(args) => status(&config, args),
+        Command::Verify => verify_now(&config).await,
+    }
+}
+
+/// Read and decode the config, every problem with its line and column.
+fn load_config(path: &Path) -> anyhow::Result<AgentConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading agent config {}", path.display()))?;
+    let decoded = AgentConfig::decode(&text);
+    if decoded.errors.is_empty() {
+        if let Some(c) = decoded.value {
+            return Ok(c);
+        }
+    }
+    let mut out = String::new();
+    for e in &decoded.errors {
+        let (line, col) = line_col(&text, e.span.start);
+        out.push_str(&format!(
+            "\n  {}:{line}:{col}: {}",
+            path.display(),
+            e.message
+        ));
+        if let Some(help) = &e.help {
+            out.push_str(&format!(" (help: {help})"));
+        }
+    }
+    bail!("agent config {} is invalid:{out}", path.display())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn identity(config: &AgentConfig) -> Identity {
+    Identity {
+        node: config.node.clone(),
+        environment: config.environment.clone(),
+        labels: config.labels.clone(),
+        drift: config.drift,
+        max_bundle_bytes: config.max_bundle_bytes,
+    }
+}
+
+fn limits(config: &AgentConfig) -> Limits {
+    Limits {
+        max_unpacked_bytes: config.max_bundle_bytes.saturating_mul(4),
+        ..Limits::default()
+    }
+}
+
+async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let dir = StateDir::open(Path::new(&config.state_dir))?;
+    let state = dir.load_state()?;
+    let root = dir.trusted_root()?;
+    let key = dir.node_key()?;
+    let mut node = DiskNode::new(dir, config.sentinel.clone(), limits(config));
+    node.recover(&state).await?;
+    let store = Store::open(&config.store)?;
+    let mut agent = Agent::new(identity(config), store, root, key, node, state);
+    let heartbeat = chrono::Duration::milliseconds(i64::try_from(config.heartbeat_ms)?);
+    tracing::info!(
+        node = %config.node,
+        environment = %config.environment,
+        store = %config.store,
+        "agent started"
     );
-    std::process::exit(2);
+    let mut stop = std::pin::pin!(shutdown());
+    loop {
+        let polled = agent.poll(Utc::now()).await;
+        let now = Utc::now();
+        if agent.report_due(now, heartbeat) {
+            if let Err(e) = agent.report(now).await {
+                tracing::warn!(error = %e, "cannot write the status report");
+            }
+        }
+        if args.once {
+            return Ok(match polled {
+                Polled::Refused(reason) => {
+                    eprintln!("refused: {reason}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            });
+        }
+        let wait = Duration::from_millis(config.poll_ms + jitter(config.jitter_ms));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = &mut stop => {
+                tracing::info!("stopping");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// A random wait in `0..=max_ms`, so a fleet does not poll in lockstep.
+fn jitter(max_ms: u64) -> u64 {
+    let mut b = [0u8; 8];
+    if max_ms == 0 || getrandom::getrandom(&mut b).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(b) % (max_ms + 1)
+}
+
+async fn enroll(config: &AgentConfig, args: &EnrollArgs) -> anyhow::Result<ExitCode> {
+    let dir = StateDir::open(Path::new(&config.state_dir))?;
+    let root_bytes = std::fs::read(&args.root)
+        .with_context(|| format!("reading root {}", args.root.display()))?;
+    let root = match dir.trusted_root() {
+        Ok(root) => root,
+        Err(gitfleet_agent::local::LocalError::NotEnrolled { .. }) => dir.pin_root(&root_bytes)?,
+        Err(e) => return Err(e.into()),
+    };
+    let key = match dir.node_key() {
+        Ok(k) => k,
+        Err(gitfleet_agent::local::LocalError::NotEnrolled { .. }) => {
+            let mut seed = [0u8; 32];
+            getrandom::getrandom(&mut seed).map_err(|e| {
+                anyhow::anyhow!("reading randomness from the operating system: {e}")
+            })?;
+            let key = dir.create_node_key(&seed)?;
+            seed.fill(0);
+            key
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let wg_public = wireguard_key(dir.path())?;
+    let node_key = PublicKey(key.verifying_key().to_bytes());
+    let request = EnrollRequest {
+        fleet: root.fleet.clone(),
+        node: config.node.clone(),
+        environment: config.environment.clone(),
+        labels: config.labels.clone(),
+        node_key,
+        wireguard_public_key: wg_public.clone(),
+        at: Utc::now(),
+    };
+    let mut envelope = request.envelope();
+    envelope.sign(&key).map_err(|e| anyhow::anyhow!(e))?;
+    let store = Store::open(&config.store)?;
+    let object = format!("enroll/{}.json", config.node);
+    store
+        .put(&object, envelope.to_json().into())
+        .await
+        .with_context(|| format!("writing {object}"))?;
+    eprintln!(
+        "enrolled {} in fleet `{}`: wrote {object}; add this file as nodes/{}.kdl by pull request:\n",
+        config.node, root.fleet, config.node
+    );
+    let labels: String = config
+        .labels
+        .iter()
+        .map(|(k, v)| format!(" {k}={v:?}"))
+        .collect();
+    let endpoint = args
+        .endpoint
+        .as_ref()
+        .map(|e| format!(" endpoint={e:?}"))
+        .unwrap_or_default();
+    println!("version 1");
+    println!("id {:?}", config.node);
+    println!("environment {:?}", config.environment);
+    if !labels.is_empty() {
+        println!("labels{labels}");
+    }
+    println!("node-key {:?}", node_key.to_string());
+    println!("wireguard public-key={wg_public:?}{endpoint}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The node's WireGuard public key, generating the private key (clamped,
+/// mode 0600, in the state directory) on first use.
+fn wireguard_key(dir: &Path) -> anyhow::Result<String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let path = dir.join("wireguard.key");
+    let private = match std::fs::read_to_string(&path) {
+        Ok(text) => <[u8; 32]>::try_from(
+            b64.decode(text.trim())
+                .with_context(|| format!("{} is not base64", path.display()))?
+                .as_slice(),
+        )
+        .map_err(|_| anyhow::anyhow!("{} does not hold 32 bytes", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut k = [0u8; 32];
+            getrandom::getrandom(&mut k).map_err(|e| {
+                anyhow::anyhow!("reading randomness from the operating system: {e}")
+            })?;
+            k[0] &= 248;
+            k[31] = (k[31] & 127) | 64;
+            let text = format!("{}\n", b64.encode(k));
+            gitfleet_io::write::new_file(&path, text.as_bytes(), 0o600)?;
+            k
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(private);
+    Ok(b64.encode(public.to_bytes()))
+}
+
+fn status(config: &AgentConfig, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let dir = StateDir::open(Path::new(&config.state_dir))?;
+    let state = dir.load_state()?;
+    let journal = dir.journal()?;
+    let drift = match &state.sentinel {
+        Some(slot) => dir.drift(&slot.active)?,
+        None => Vec::new(),
+    };
+    if args.format == Format::Json {
+        let value = serde_json::json!({
+            "node": config.node,
+            "environment": config.environment,
+            "state": state,
+            "activation_in_flight": journal,
+            "drift": drift,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("node         {} ({})", config.node, config.environment);
+    println!(
+        "serial       {}",
+        state
+            .serial
+            .map_or("none verified yet".to_owned(), |s| s.to_string())
+    );
+    match &state.sentinel {
+        Some(slot) => {
+            println!("rollout      {}", slot.rollout);
+            println!("active       {}", slot.active.digest);
+            println!(
+                "previous     {}",
+                slot.previous.as_ref().map_or("none", |p| p.digest.as_str())
+            );
+        }
+        None => println!("active       nothing yet"),
+    }
+    for (digest, reason) in &state.failed {
+        println!("failed       {digest}: {reason}");
+    }
+    if let Some(j) = journal {
+        println!(
+            "in flight    {} (the next start finishes or undoes it)",
+            j.to.digest
+        );
+    }
+    for d in &drift {
+        println!(
+            "drift        {} (expected {}, found {})",
+            d.path,
+            d.expected_sha256.as_deref().unwrap_or("no file"),
+            d.found_sha256.as_deref().unwrap_or("no file")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fetch and verify the channel manifest as `run` would, and say what this
+/// node would run; changes nothing.
+async fn verify_now(config: &AgentConfig) -> anyhow::Result<ExitCode> {
+    let dir = StateDir::open(Path::new(&config.state_dir))?;
+    let state = dir.load_state()?;
+    let root = dir.trusted_root()?;
+    let store = Store::open(&config.store)?;
+    let key = format!("channels/{}.json", config.environment);
+    let Some(object) = store.get(&key).await? else {
+        println!("{key}: not in the store");
+        return Ok(ExitCode::from(1));
+    };
+    match verify::verify_channel(
+        &root,
+        &object.bytes,
+        &config.environment,
+        state.serial,
+        Utc::now(),
+    ) {
+        Ok(m) => {
+            println!(
+                "{key}: valid, serial {}, expires {}",
+                m.serial,
+                m.expires.to_rfc3339()
+            );
+            for (r, b) in wanted(&m, &config.node, &config.labels) {
+                let running = state.sentinel.as_ref().is_some_and(|s| s.active == *b);
+                println!(
+                    "  {}: step {}/{}, this node runs {}{}",
+                    r.name,
+                    r.step,
+                    r.steps,
+                    b.digest,
+                    if running { " (active)" } else { " (not yet)" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("{key}: refused: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

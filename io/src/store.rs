@@ -323,6 +323,19 @@ impl Store {
         })
     }
 
+    /// Writes `bytes` at `key`, replacing whatever is there: for objects
+    /// with one writer, such as a node's own status report. Readers see the
+    /// old or the new object whole (a `file://` put renames a temporary
+    /// file into place).
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let location = self.location(key)?;
+        self.inner
+            .put(&location, PutPayload::from(bytes))
+            .await
+            .map_err(|source| self.request("writing", key, source))?;
+        Ok(())
+    }
+
     /// Compare-and-swap: writes `bytes` at `key` only if the object is at
     /// `expected` (`None`: only if there is no object yet).
     pub async fn put_if_match(

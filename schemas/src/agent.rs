@@ -83,6 +83,67 @@ pub enum ReloadBy {
     Command(Vec<String>),
 }
 
+/// `<state-dir>/state.json`: what the agent has verified and activated.
+/// Written by atomic rename after each change; a file that does not parse
+/// stops the agent (it is never reset silently).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalState {
+    pub format: u32,
+    /// The highest channel manifest serial verified: a lower one is a
+    /// rollback attack.
+    pub serial: Option<u64>,
+    /// The Sentinel config this node runs.
+    pub sentinel: Option<Slot>,
+    /// Bundles whose activation failed here, with the reason, so a bad
+    /// bundle is not retried on every poll.
+    pub failed: BTreeMap<String, String>,
+}
+
+pub const LOCAL_STATE_FORMAT: u32 = 1;
+
+/// What runs in one slot (the Sentinel config) and what ran before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    /// The rollout that delivered `active`.
+    pub rollout: String,
+    pub active: crate::trust::BundleRef,
+    pub previous: Option<crate::trust::BundleRef>,
+}
+
+/// `<state-dir>/journal.json`: an activation in flight. Present only between
+/// the swap and the record of its outcome; at start-up it means the agent
+/// died there, and the swap is undone before anything else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    pub rollout: String,
+    pub from: Option<crate::trust::BundleRef>,
+    pub to: crate::trust::BundleRef,
+}
+
+/// `enroll/<node-id>.json`: a node asking to join, signed with the key it
+/// just generated. An operator adds the matching `nodes/<id>.kdl` by pull
+/// request; nothing is trusted because this object exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub fleet: String,
+    pub node: String,
+    pub environment: String,
+    pub labels: BTreeMap<String, String>,
+    pub node_key: crate::trust::PublicKey,
+    /// Base64 x25519 public key; the private key stays on the node.
+    pub wireguard_public_key: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl crate::trust::Document for EnrollRequest {
+    const PAYLOAD_TYPE: &'static str = "application/vnd.gitfleet.enroll.v1+json";
+    const NAME: &'static str = "enrollment request";
+}
+
 pub const DEFAULT_POLL_MS: u64 = 30_000;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 60_000;
 pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 10_000;

@@ -56,5 +56,8 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<status::StatusReport>("status-report.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
         one::<agent::AgentConfig>("agent-config.schema.json"),
+        one::<agent::LocalState>("agent-state.schema.json"),
+        one::<agent::Journal>("agent-journal.schema.json"),
+        one::<agent::EnrollRequest>("enroll-request.schema.json"),
     ]
 }

@@ -98,7 +98,8 @@ pub struct PeerStatus {
 #[serde(deny_unknown_fields)]
 pub struct Drift {
     pub path: String,
-    pub expected_sha256: String,
+    /// None for a file the bundle does not have.
+    pub expected_sha256: Option<String>,
     /// None when the file is missing.
     pub found_sha256: Option<String>,
 }

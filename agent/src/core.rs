@@ -1,0 +1,600 @@
+//! The agent's decisions, independent of how a bundle is made live: poll the
+//! channel manifest, verify it, work out what this node should run, fetch
+//! and verify that bundle, hand it to a [`Node`], record the outcome, and
+//! report signed status. The real agent's [`Node`] is the state directory
+//! and the proxy ([`crate::node::DiskNode`]); the simulator's is in memory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::SigningKey;
+use gitfleet_io::store::{ETag, Fetch, Store};
+use gitfleet_schemas::agent::{LocalState, Slot};
+use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::fleet::DriftPolicy;
+use gitfleet_schemas::status::{Drift, Metrics, RolloutStatus, StatusReport};
+use gitfleet_schemas::trust::{BundleRef, ChannelManifest, ChannelRollout, Document as _, Root};
+use gitfleet_schemas::verify::{self, Bundle, Limits, Verified, VerifyError};
+
+/// The local side of an agent: where bundles become live and state is kept.
+pub trait Node {
+    /// Make `bundle` the running config in place of `from`. On `Err` the
+    /// config of `from` must be running again, and the message says why the
+    /// new one was refused.
+    fn activate(
+        &mut self,
+        rollout: &str,
+        from: Option<&BundleRef>,
+        bundle: &Verified<Bundle>,
+        archive: &[u8],
+    ) -> impl Future<Output = Result<(), String>>;
+    /// Persist `state` (after an activation, before [`Node::settle`]).
+    fn save(&mut self, state: &LocalState) -> Result<(), String>;
+    /// The activation whose outcome `save` recorded is over.
+    fn settle(&mut self, state: &LocalState) -> Result<(), String>;
+    /// Keep a verified root rotation for the next start.
+    fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), String>;
+    /// Whether the running config serves (a health check), if known.
+    fn healthy(&mut self) -> impl Future<Output = bool>;
+    /// Files of `active` that differ from its bundle; with
+    /// [`DriftPolicy::Repair`] they are restored first and what was found
+    /// is still returned.
+    fn drift(
+        &mut self,
+        active: &BundleRef,
+        policy: DriftPolicy,
+    ) -> impl Future<Output = Result<Vec<Drift>, String>>;
+    fn metrics(&mut self) -> Metrics;
+}
+
+/// Who this agent is and what it accepts.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub node: String,
+    pub environment: String,
+    pub labels: BTreeMap<String, String>,
+    pub drift: DriftPolicy,
+    pub max_bundle_bytes: u64,
+}
+
+/// The bundles this node should run: per rollout whose selector its labels
+/// match, the rollout's bundle when the node is in the current step, else
+/// the previous bundle (if there is one).
+pub fn wanted<'m>(
+    manifest: &'m ChannelManifest,
+    node: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<(&'m ChannelRollout, &'m BundleRef)> {
+    manifest
+        .rollouts
+        .iter()
+        .filter(|r| r.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .filter_map(|r| {
+            let target = if r.includes(node) {
+                Some(&r.bundle)
+            } else {
+                r.previous.as_ref()
+            };
+            Some((r, target?))
+        })
+        .collect()
+}
+
+/// What one poll did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// The manifest had not changed and nothing was left to do.
+    Unchanged,
+    /// A manifest was verified and applied; `activated` bundles went live.
+    Applied { serial: u64, activated: usize },
+    /// The store could not be read or the manifest was refused; the running
+    /// config stays.
+    Refused(String),
+}
+
+/// Bundles that failed here are remembered, at most this many.
+const MAX_FAILED: usize = 32;
+
+#[derive(Debug)]
+pub struct Agent<N> {
+    id: Identity,
+    store: Store,
+    root: Verified<Root>,
+    key: SigningKey,
+    node: N,
+    state: LocalState,
+    etag: Option<ETag>,
+    manifest: Option<Verified<ChannelManifest>>,
+    /// Why the last attempt at each rollout's bundle failed.
+    errors: BTreeMap<String, String>,
+    last_error: Option<String>,
+    last_report: Option<DateTime<Utc>>,
+    /// Something a report should say has changed since the last report.
+    dirty: bool,
+    /// A poll left work undone (a transient download error): retry it even
+    /// if the manifest has not changed.
+    retry: bool,
+}
+
+impl<N: Node> Agent<N> {
+    pub fn new(
+        id: Identity,
+        store: Store,
+        root: Verified<Root>,
+        key: SigningKey,
+        node: N,
+        state: LocalState,
+    ) -> Self {
+        Agent {
+            id,
+            store,
+            root,
+            key,
+            node,
+            state,
+            etag: None,
+            manifest: None,
+            errors: BTreeMap::new(),
+            last_error: None,
+            last_report: None,
+            dirty: true,
+            retry: false,
+        }
+    }
+
+    pub fn state(&self) -> &LocalState {
+        &self.state
+    }
+
+    pub fn node(&self) -> &N {
+        &self.node
+    }
+
+    pub fn node_mut(&mut self) -> &mut N {
+        &mut self.node
+    }
+
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    fn manifest_key(&self) -> String {
+        format!("channels/{}.json", self.id.environment)
+    }
+
+    /// One poll: a conditional GET of the channel manifest; if it changed,
+    /// verify and apply it.
+    pub async fn poll(&mut self, now: DateTime<Utc>) -> Polled {
+        let key = self.manifest_key();
+        let fetched = match self.store.get_if_changed(&key, self.etag.as_ref()).await {
+            Ok(f) => f,
+            Err(e) => return self.refuse(format!("reading {key}: {e}")),
+        };
+        let (bytes, etag) = match fetched {
+            Fetch::NotModified if self.retry => match &self.manifest {
+                Some(m) => return self.apply(m.clone(), now).await,
+                None => return Polled::Unchanged,
+            },
+            Fetch::NotModified => {
+                // The store answered: a store error that was reported is over.
+                if self.last_error.take().is_some() {
+                    self.dirty = true;
+                }
+                return Polled::Unchanged;
+            }
+            Fetch::Missing => return self.refuse(format!("{key} does not exist in the store")),
+            Fetch::Found(o) => (o.bytes, o.etag),
+        };
+        let manifest = match self.verify_manifest(&bytes, now).await {
+            Ok(m) => m,
+            Err(e) => {
+                // Remember the etag: the same bytes would be refused again.
+                self.etag = Some(etag);
+                return self.refuse(format!("refusing {key}: {e}"));
+            }
+        };
+        self.etag = Some(etag);
+        self.last_error = None;
+        self.dirty = true;
+        if self.state.serial != Some(manifest.serial) {
+            self.state.serial = Some(manifest.serial);
+            if let Err(e) = self.node.save(&self.state) {
+                return self.refuse(format!("saving the manifest serial: {e}"));
+            }
+        }
+        self.manifest = Some(manifest.clone());
+        self.apply(manifest, now).await
+    }
+
+    fn refuse(&mut self, reason: String) -> Polled {
+        tracing::warn!(node = %self.id.node, reason = %reason, "keeping the running config");
+        if self.last_error.as_deref() != Some(reason.as_str()) {
+            self.dirty = true;
+        }
+        self.last_error = Some(reason.clone());
+        Polled::Refused(reason)
+    }
+
+    /// Verify a manifest; a manifest signed by keys the trusted root does
+    /// not know may be signed under the next root, so look for that once.
+    async fn verify_manifest(
+        &mut self,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Verified<ChannelManifest>, String> {
+        let env = self.id.environment.clone();
+        match verify::verify_channel(&self.root, bytes, &env, self.state.serial, now) {
+            Ok(m) => Ok(m),
+            Err(e @ (VerifyError::UnknownKey { .. } | VerifyError::Threshold { .. })) => {
+                if !self.rotate_root().await {
+                    return Err(e.to_string());
+                }
+                verify::verify_channel(&self.root, bytes, &env, self.state.serial, now)
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Walk `root/<n+1>.json` in the store as far as it verifies.
+    async fn rotate_root(&mut self) -> bool {
+        let mut rotated = false;
+        loop {
+            let next = self.root.version + 1;
+            let key = format!("root/{next}.json");
+            let Ok(Some(object)) = self.store.get(&key).await else {
+                return rotated;
+            };
+            match verify::verify_root_rotation(&self.root, &object.bytes) {
+                Ok(root) => {
+                    if let Err(e) = self.node.save_root(next, &object.bytes) {
+                        tracing::warn!(version = next, error = %e, "cannot keep the new root");
+                        return rotated;
+                    }
+                    tracing::info!(version = next, "trusting the next root");
+                    self.root = root;
+                    rotated = true;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "refusing a root rotation");
+                    return rotated;
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, manifest: Verified<ChannelManifest>, now: DateTime<Utc>) -> Polled {
+        let _ = now;
+        self.retry = false;
+        let mut activated = 0;
+        let mut sentinel_rollout: Option<String> = None;
+        let wanted: Vec<(ChannelRollout, BundleRef)> =
+            wanted(&manifest, &self.id.node, &self.id.labels)
+                .into_iter()
+                .map(|(r, b)| (r.clone(), b.clone()))
+                .collect();
+        let names: Vec<&str> = wanted.iter().map(|(r, _)| r.name.as_str()).collect();
+        self.errors.retain(|r, _| names.contains(&r.as_str()));
+        for (rollout, target) in &wanted {
+            match self.converge(rollout, target, &mut sentinel_rollout).await {
+                Ok(true) => activated += 1,
+                Ok(false) => {}
+                Err(reason) => {
+                    if self.errors.get(&rollout.name) != Some(&reason) {
+                        self.dirty = true;
+                    }
+                    self.errors.insert(rollout.name.clone(), reason);
+                }
+            }
+        }
+        // Forget failures of bundles no longer named, so the list stays short.
+        let named: Vec<&str> = manifest
+            .rollouts
+            .iter()
+            .flat_map(|r| std::iter::once(&r.bundle).chain(&r.previous))
+            .map(|b| b.digest.as_str())
+            .collect();
+        let before = self.state.failed.len();
+        self.state.failed.retain(|d, _| named.contains(&d.as_str()));
+        while self.state.failed.len() > MAX_FAILED {
+            self.state.failed.pop_first();
+        }
+        if self.state.failed.len() != before {
+            if let Err(e) = self.node.save(&self.state) {
+                return self.refuse(format!("saving state: {e}"));
+            }
+        }
+        Polled::Applied {
+            serial: manifest.serial,
+            activated,
+        }
+    }
+
+    /// Bring one rollout's target live if it is not. `Ok(true)` when a
+    /// bundle was activated.
+    async fn converge(
+        &mut self,
+        rollout: &ChannelRollout,
+        target: &BundleRef,
+        sentinel_rollout: &mut Option<String>,
+    ) -> Result<bool, String> {
+        let claim = |taken: &mut Option<String>| {
+            match taken {
+            Some(other) if *other != rollout.name => Err(format!(
+                "rollouts `{other}` and `{}` both deliver a sentinel config to this node; only `{other}` is applied",
+                rollout.name
+            )),
+            _ => {
+                *taken = Some(rollout.name.clone());
+                Ok(())
+            }
+        }
+        };
+        if let Some(slot) = &mut self.state.sentinel {
+            if &slot.active == target {
+                claim(sentinel_rollout)?;
+                self.errors.remove(&rollout.name);
+                if slot.rollout != rollout.name {
+                    // A renamed rollout delivering what already runs.
+                    slot.rollout = rollout.name.clone();
+                    self.node.save(&self.state)?;
+                    self.dirty = true;
+                }
+                return Ok(false);
+            }
+        }
+        if let Some(reason) = self.state.failed.get(&target.digest) {
+            return Err(reason.clone());
+        }
+        if target.length > self.id.max_bundle_bytes {
+            return Err(self.fail(
+                target,
+                format!(
+                    "bundle {} is {} bytes, over this agent's limit of {}",
+                    target.digest, target.length, self.id.max_bundle_bytes
+                ),
+            ));
+        }
+        let key = target
+            .object_key()
+            .ok_or_else(|| format!("bundle digest `{}` is malformed", target.digest))?;
+        let bytes = match self.store.get(&key).await {
+            Ok(Some(o)) => o.bytes,
+            Ok(None) => {
+                self.retry = true;
+                return Err(format!("{key} is not in the store yet"));
+            }
+            Err(e) => {
+                self.retry = true;
+                return Err(format!("downloading {key}: {e}"));
+            }
+        };
+        let limits = Limits {
+            max_unpacked_bytes: self.id.max_bundle_bytes.saturating_mul(4),
+            ..Limits::default()
+        };
+        let bundle = match verify::verify_bundle(target, &bytes, limits) {
+            Ok(b) => b,
+            Err(e) => return Err(self.fail(target, format!("refusing {key}: {e}"))),
+        };
+        match bundle.manifest.kind {
+            BundleKind::Sentinel => claim(sentinel_rollout)?,
+            BundleKind::WireguardMesh => {
+                return Err(
+                    "wireguard mesh bundles are not applied by this agent version".to_owned(),
+                )
+            }
+        }
+        let from = self.state.sentinel.as_ref().map(|s| s.active.clone());
+        let outcome = self
+            .node
+            .activate(&rollout.name, from.as_ref(), &bundle, &bytes)
+            .await;
+        self.dirty = true;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(
+                    node = %self.id.node,
+                    rollout = %rollout.name,
+                    bundle = %target.digest,
+                    step = rollout.step,
+                    "activated"
+                );
+                self.state.sentinel = Some(Slot {
+                    rollout: rollout.name.clone(),
+                    active: target.clone(),
+                    previous: from,
+                });
+                self.state.failed.remove(&target.digest);
+                self.errors.remove(&rollout.name);
+                self.node.save(&self.state)?;
+                self.node.settle(&self.state)?;
+                Ok(true)
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    node = %self.id.node,
+                    rollout = %rollout.name,
+                    bundle = %target.digest,
+                    reason = %reason,
+                    "activation failed; the previous config runs"
+                );
+                let reason = self.fail(target, reason);
+                self.node.settle(&self.state)?;
+                Err(reason)
+            }
+        }
+    }
+
+    /// Remember that `target` failed here, so it is not retried every poll.
+    fn fail(&mut self, target: &BundleRef, reason: String) -> String {
+        self.state
+            .failed
+            .insert(target.digest.clone(), reason.clone());
+        if let Err(e) = self.node.save(&self.state) {
+            tracing::warn!(error = %e, "cannot record a failed bundle");
+        }
+        reason
+    }
+
+    /// Whether a report is due: something changed, or a heartbeat passed.
+    pub fn report_due(&self, now: DateTime<Utc>, heartbeat: chrono::Duration) -> bool {
+        self.dirty || self.last_report.is_none_or(|t| now - t >= heartbeat)
+    }
+
+    /// The status report as of `now`.
+    pub async fn status(&mut self, now: DateTime<Utc>) -> StatusReport {
+        let mut rollouts: BTreeMap<String, RolloutStatus> = BTreeMap::new();
+        if let Some(m) = &self.manifest {
+            for (r, _) in wanted(m, &self.id.node, &self.id.labels) {
+                rollouts.insert(
+                    r.name.clone(),
+                    RolloutStatus {
+                        active: None,
+                        previous: None,
+                        error: None,
+                    },
+                );
+            }
+        }
+        if let Some(slot) = &self.state.sentinel {
+            let s = rollouts
+                .entry(slot.rollout.clone())
+                .or_insert(RolloutStatus {
+                    active: None,
+                    previous: None,
+                    error: None,
+                });
+            s.active = Some(slot.active.clone());
+            s.previous = slot.previous.clone();
+        }
+        for (name, error) in &self.errors {
+            if let Some(s) = rollouts.get_mut(name) {
+                s.error = Some(error.clone());
+            }
+        }
+        let drift = match self.state.sentinel.as_ref().map(|s| s.active.clone()) {
+            Some(active) => match self.node.drift(&active, self.id.drift).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.last_error = Some(format!("checking drift: {e}"));
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let serving = self.node.healthy().await;
+        StatusReport {
+            fleet: self.root.fleet.clone(),
+            node: self.id.node.clone(),
+            environment: self.id.environment.clone(),
+            at: now,
+            channel_serial: self.state.serial,
+            channel_expires: self.manifest.as_ref().map(|m| m.expires),
+            healthy: serving && self.errors.is_empty(),
+            rollouts,
+            metrics: self.node.metrics(),
+            http_checks: Vec::new(),
+            wireguard: None,
+            drift,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Sign and write this node's status report.
+    pub async fn report(&mut self, now: DateTime<Utc>) -> Result<StatusReport, String> {
+        let report = self.status(now).await;
+        let mut envelope = report.envelope();
+        envelope.sign(&self.key)?;
+        let key = format!("status/{}.json", self.id.node);
+        self.store
+            .put(&key, Bytes::from(envelope.to_json()))
+            .await
+            .map_err(|e| format!("writing {key}: {e}"))?;
+        self.last_report = Some(now);
+        self.dirty = false;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitfleet_schemas::trust::member_hash;
+
+    fn rollout(name: &str, selector: &[(&str, &str)], threshold: u64) -> ChannelRollout {
+        ChannelRollout {
+            name: name.into(),
+            selector: selector
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            bundle: BundleRef {
+                digest: format!("sha256:{}", "a".repeat(64)),
+                length: 10,
+            },
+            previous: Some(BundleRef {
+                digest: format!("sha256:{}", "b".repeat(64)),
+                length: 9,
+            }),
+            step: 1,
+            steps: 2,
+            membership_threshold: threshold,
+        }
+    }
+
+    fn manifest(rollouts: Vec<ChannelRollout>) -> ChannelManifest {
+        ChannelManifest {
+            fleet: "f".into(),
+            environment: "prod".into(),
+            serial: 1,
+            expires: DateTime::<Utc>::MIN_UTC,
+            rollouts,
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn a_node_in_the_step_wants_the_new_bundle() {
+        let m = manifest(vec![rollout("edge", &[("role", "edge")], u64::MAX)]);
+        let w = wanted(&m, "n1", &labels(&[("role", "edge"), ("region", "fra")]));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].1, &m.rollouts[0].bundle);
+    }
+
+    #[test]
+    fn a_node_outside_the_step_keeps_the_previous_bundle() {
+        let h = member_hash("edge", "n1");
+        let m = manifest(vec![rollout("edge", &[], h)]);
+        let w = wanted(&m, "n1", &BTreeMap::new());
+        assert_eq!(w[0].1, m.rollouts[0].previous.as_ref().unwrap());
+        let m = manifest(vec![rollout("edge", &[], h + 1)]);
+        assert_eq!(
+            wanted(&m, "n1", &BTreeMap::new())[0].1,
+            &m.rollouts[0].bundle
+        );
+    }
+
+    #[test]
+    fn a_node_whose_labels_do_not_match_wants_nothing() {
+        let m = manifest(vec![rollout("edge", &[("role", "edge")], u64::MAX)]);
+        assert!(wanted(&m, "n1", &labels(&[("role", "api")])).is_empty());
+        assert!(wanted(&m, "n1", &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn outside_the_first_step_of_a_first_rollout_there_is_nothing_to_run() {
+        let mut r = rollout("edge", &[], 0);
+        r.previous = None;
+        let m = manifest(vec![r]);
+        assert!(wanted(&m, "n1", &BTreeMap::new()).is_empty());
+    }
+}

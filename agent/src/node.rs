@@ -1,0 +1,271 @@
+//! The real node: bundles in the state directory, the Sentinel proxy
+//! reloaded and checked, system metrics from procfs.
+//!
+//! An activation, and where a crash can stop it:
+//! 1. unpack into `bundles/<hex>/` (via staging; complete or absent);
+//! 2. validate in-process (and with `sentinel test -c` when configured);
+//! 3. write `journal.json` {from, to};
+//! 4. swap the `sentinel` link to the new bundle (one rename);
+//! 5. reload the proxy and confirm it runs the new config;
+//! 6. on failure swap back and reload; record the outcome in `state.json`;
+//! 7. remove the journal.
+//!
+//! At start-up ([`DiskNode::recover`]) a journal means the agent died between
+//! 3 and 7: if `state.json` already names the new bundle the activation
+//! finished; otherwise the link goes back to the old bundle and the proxy is
+//! reloaded, so the node runs the whole old config and the next poll tries
+//! again.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gitfleet_schemas::agent::{LocalState, ReloadBy, SentinelSettings};
+use gitfleet_schemas::fleet::DriftPolicy;
+use gitfleet_schemas::status::{Drift, Metrics};
+use gitfleet_schemas::trust::BundleRef;
+use gitfleet_schemas::verify::{Bundle, Limits, Verified};
+
+use crate::core::Node;
+use crate::local::{LocalError, StateDir, SENTINEL_LINK};
+use crate::sentinel::{self, Reload};
+use crate::system::Sampler;
+
+#[derive(Debug)]
+pub struct DiskNode {
+    dir: StateDir,
+    sentinel: Option<SentinelSettings>,
+    sampler: Sampler,
+    limits: Limits,
+}
+
+fn reload_of(by: &ReloadBy) -> Reload {
+    match by {
+        ReloadBy::Pid(p) => Reload::Pid(*p),
+        ReloadBy::PidFile(p) => Reload::PidFile(PathBuf::from(p)),
+        ReloadBy::Command(c) => Reload::Command(c.clone()),
+    }
+}
+
+impl DiskNode {
+    pub fn new(dir: StateDir, sentinel: Option<SentinelSettings>, limits: Limits) -> Self {
+        let sampler = Sampler::new(dir.path().to_owned());
+        DiskNode {
+            dir,
+            sentinel,
+            sampler,
+            limits,
+        }
+    }
+
+    pub fn dir(&self) -> &StateDir {
+        &self.dir
+    }
+
+    /// Finish or undo an activation a crash interrupted, then check that the
+    /// link and `state.json` agree.
+    pub async fn recover(&mut self, state: &LocalState) -> Result<(), LocalError> {
+        let active = state.sentinel.as_ref().map(|s| &s.active);
+        if let Some(j) = self.dir.journal()? {
+            if active == Some(&j.to) {
+                tracing::info!(bundle = %j.to.digest, "an interrupted activation had finished");
+                self.dir.link(SENTINEL_LINK, Some(&j.to))?;
+            } else {
+                tracing::warn!(
+                    from = ?j.from.as_ref().map(|b| &b.digest),
+                    to = %j.to.digest,
+                    "undoing an interrupted activation"
+                );
+                self.dir.link(SENTINEL_LINK, j.from.as_ref())?;
+                if j.from.is_some() {
+                    if let Err(e) = self.reload_and_confirm(j.from.as_ref(), false).await {
+                        tracing::warn!(error = %e, "the proxy did not confirm the restored config");
+                    }
+                }
+            }
+            self.dir.end()?;
+        }
+        let linked = self.dir.linked(SENTINEL_LINK)?;
+        if linked.as_deref() != active.map(|a| a.digest.as_str()) {
+            return Err(LocalError::Corrupt {
+                path: self.dir.path().join(SENTINEL_LINK),
+                reason: format!(
+                    "it points at {}, but state.json says {}",
+                    linked.as_deref().unwrap_or("nothing"),
+                    active.map_or("nothing", |a| a.digest.as_str())
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> Result<&SentinelSettings, String> {
+        self.sentinel.as_ref().ok_or_else(|| {
+            "this node has no `sentinel` block in its agent config, so it cannot run sentinel bundles"
+                .to_owned()
+        })
+    }
+
+    /// Reload the proxy and wait until it shows the config now linked.
+    async fn reload_and_confirm(
+        &self,
+        expect: Option<&BundleRef>,
+        first: bool,
+    ) -> Result<(), String> {
+        let settings = self.settings()?;
+        let timeout = Duration::from_millis(settings.confirm_timeout_ms);
+        match sentinel::reload(&reload_of(&settings.reload)) {
+            Ok(()) => {}
+            // Nothing ran before: the proxy may not be started yet, and
+            // loads this config when it is.
+            Err(e) if first && proxy_absent(&e) => {
+                tracing::info!(reason = %e, "the proxy is not running; it loads this config when it starts");
+                return Ok(());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        if let (Some(url), Some(_)) = (&settings.config_url, expect) {
+            let files = self.dir.path().join(SENTINEL_LINK);
+            let expected = sentinel::validate(&files).map_err(|e| e.to_string())?;
+            sentinel::confirm(url, &expected, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else if let Some(url) = &settings.health_url {
+            sentinel::confirm_health(url, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn try_activate(
+        &mut self,
+        rollout: &str,
+        from: Option<&BundleRef>,
+        bundle: &Verified<Bundle>,
+    ) -> Result<(), String> {
+        let settings = self.settings()?.clone();
+        let dir = self
+            .dir
+            .path()
+            .join("bundles")
+            .join(bundle.reference.digest.trim_start_matches("sha256:"))
+            .join("files");
+        sentinel::validate(&dir).map_err(|e| e.to_string())?;
+        if let Some(binary) = &settings.test_binary {
+            sentinel::test_with_binary(binary.as_ref(), &dir.join("sentinel.kdl"))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.dir
+            .begin(&gitfleet_schemas::agent::Journal {
+                rollout: rollout.to_owned(),
+                from: from.cloned(),
+                to: bundle.reference.clone(),
+            })
+            .map_err(|e| e.to_string())?;
+        self.dir
+            .link(SENTINEL_LINK, Some(&bundle.reference))
+            .map_err(|e| e.to_string())?;
+        crate::faults::point("after-swap");
+        let outcome = self
+            .reload_and_confirm(Some(&bundle.reference), from.is_none())
+            .await;
+        crate::faults::point("after-reload");
+        if let Err(reason) = outcome {
+            self.dir
+                .link(SENTINEL_LINK, from)
+                .map_err(|e| format!("{reason}; and restoring the previous config: {e}"))?;
+            if from.is_some() {
+                if let Err(e) = self.reload_and_confirm(from, false).await {
+                    return Err(format!("{reason}; and the restored config: {e}"));
+                }
+            }
+            return Err(reason);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a reload failed because no proxy runs (no pid file, no such
+/// process), as opposed to one that refused.
+fn proxy_absent(e: &sentinel::SentinelError) -> bool {
+    match e {
+        sentinel::SentinelError::PidFile { source, .. } => {
+            source.kind() == std::io::ErrorKind::NotFound
+        }
+        sentinel::SentinelError::Signal { source, .. } => {
+            source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
+        }
+        _ => false,
+    }
+}
+
+impl Node for DiskNode {
+    async fn activate(
+        &mut self,
+        rollout: &str,
+        from: Option<&BundleRef>,
+        bundle: &Verified<Bundle>,
+        archive: &[u8],
+    ) -> Result<(), String> {
+        crate::faults::point("after-download");
+        self.dir
+            .unpack(bundle, archive)
+            .map_err(|e| e.to_string())?;
+        crate::faults::point("after-unpack");
+        self.try_activate(rollout, from, bundle).await
+    }
+
+    fn save(&mut self, state: &LocalState) -> Result<(), String> {
+        self.dir.save_state(state).map_err(|e| e.to_string())
+    }
+
+    fn settle(&mut self, state: &LocalState) -> Result<(), String> {
+        self.dir.end().map_err(|e| e.to_string())?;
+        if let Some(slot) = &state.sentinel {
+            let keep: Vec<&BundleRef> = std::iter::once(&slot.active)
+                .chain(&slot.previous)
+                .collect();
+            if let Err(e) = self.dir.collect_garbage(&keep) {
+                tracing::warn!(error = %e, "cannot remove old bundles");
+            }
+        }
+        Ok(())
+    }
+
+    fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), String> {
+        self.dir.add_root(version, bytes).map_err(|e| e.to_string())
+    }
+
+    async fn healthy(&mut self) -> bool {
+        let Some(settings) = &self.sentinel else {
+            return true;
+        };
+        match &settings.health_url {
+            Some(url) => sentinel::confirm_health(url, Duration::from_secs(2))
+                .await
+                .is_ok(),
+            None => true,
+        }
+    }
+
+    async fn drift(
+        &mut self,
+        active: &BundleRef,
+        policy: DriftPolicy,
+    ) -> Result<Vec<Drift>, String> {
+        let drift = self.dir.drift(active).map_err(|e| e.to_string())?;
+        if !drift.is_empty() && policy == DriftPolicy::Repair {
+            tracing::warn!(files = drift.len(), bundle = %active.digest, "repairing drift");
+            self.dir
+                .repair(active, &drift, self.limits)
+                .map_err(|e| e.to_string())?;
+            self.reload_and_confirm(Some(active), false).await?;
+        }
+        Ok(drift)
+    }
+
+    fn metrics(&mut self) -> Metrics {
+        self.sampler.sample()
+    }
+}

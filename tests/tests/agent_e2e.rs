@@ -1,0 +1,459 @@
+#![allow(clippy::unwrap_used)]
+//! The real `gitfleet-agent` binary against a `file://` store and the real
+//! Sentinel proxy: first install, a new bundle changes the route the proxy
+//! serves, a bundle the proxy refuses is rolled back and reported, and a
+//! SIGKILL at each activation point restarts into a whole old or a whole
+//! new config.
+//!
+//! The agent reloads the proxy with a `reload-command` that restarts it:
+//! Sentinel 0.4.14 stops applying routes to traffic after its first SIGHUP
+//! reload (see tests/tests/sentinel_proxy.rs), so a restart is the reload
+//! that works with it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ed25519_dalek::SigningKey;
+use gitfleet_agent::faults::{CRASH_AT, POINTS};
+use gitfleet_policy::bundle::{self, Input};
+use gitfleet_schemas::agent::LocalState;
+use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::status::StatusReport;
+use gitfleet_schemas::trust::{
+    BundleRef, ChannelManifest, ChannelRollout, Document, PublicKey, Root,
+};
+use gitfleet_schemas::verify::verify_status;
+use gitfleet_tests::bin;
+use gitfleet_tests::sentinel::{free_port, try_get, upstream};
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn public(k: &SigningKey) -> PublicKey {
+    PublicKey(k.verifying_key().to_bytes())
+}
+
+fn signed<T: Document>(doc: &T, keys: &[&SigningKey]) -> Vec<u8> {
+    let mut env = doc.envelope();
+    for k in keys {
+        env.sign(k).unwrap();
+    }
+    env.to_json()
+}
+
+/// A fleet of one node: a store, the node's state directory and config,
+/// two loopback upstreams answering `one` and `two`.
+struct Fleet {
+    dir: tempfile::TempDir,
+    port: u16,
+    one: u16,
+    two: u16,
+    serial: u64,
+    previous: Option<BundleRef>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fleet {
+            port: free_port(),
+            one: upstream("one"),
+            two: upstream("two"),
+            dir,
+            serial: 0,
+            previous: None,
+        };
+        std::fs::create_dir_all(f.path("store")).unwrap();
+        // The agent runs here, where `www` exists; the proxy runs in
+        // `proxy-cwd`, where it does not (see `refused_config`).
+        std::fs::create_dir_all(f.path("www")).unwrap();
+        std::fs::create_dir_all(f.path("proxy-cwd")).unwrap();
+        let root = Root {
+            fleet: "acme".into(),
+            version: 1,
+            expires: Utc::now() + chrono::Duration::days(30),
+            root_keys: vec![public(&key(1)), public(&key(2))],
+            root_threshold: 2,
+            online_keys: vec![public(&key(10))],
+            online_threshold: 1,
+        };
+        std::fs::write(f.path("root-1.json"), signed(&root, &[&key(1), &key(2)])).unwrap();
+        let config = format!(
+            r#"version 1
+node "edge-1"
+environment "prod"
+labels role="edge"
+store "file://{store}"
+state-dir "{state}"
+poll "200ms" jitter="0ms"
+sentinel {{
+    reload-command "sh" "{restart}"
+    config-url "http://127.0.0.1:{port}/-/config"
+    confirm-timeout "5s"
+}}
+"#,
+            store = f.path("store").display(),
+            state = f.path("state").display(),
+            restart = f.path("restart.sh").display(),
+            port = f.port,
+        );
+        std::fs::write(f.path("agent.kdl"), config).unwrap();
+        // Stop the proxy this test started (by the pid it recorded), wait
+        // for it to go, start it again on the linked config.
+        let restart = format!(
+            r#"set -e
+pid_file="{pid}"
+if [ -f "$pid_file" ]; then
+    pid=$(cat "$pid_file")
+    kill "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+fi
+cd "{cwd}"
+"{sentinel}" -c "{config}" >> sentinel.log 2>&1 &
+echo $! > "$pid_file"
+"#,
+            pid = f.path("sentinel.pid").display(),
+            cwd = f.path("proxy-cwd").display(),
+            sentinel = gitfleet_tests::sentinel::binary().display(),
+            config = f.path("state/sentinel/sentinel.kdl").display(),
+        );
+        std::fs::write(f.path("restart.sh"), restart).unwrap();
+        f
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("proxy-cwd/sentinel.log")).unwrap_or_default()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn agent(&self, args: &[&str], crash_at: Option<&str>) -> Output {
+        let mut cmd = Command::new(bin("gitfleet-agent"));
+        cmd.arg("-c")
+            .arg(self.path("agent.kdl"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove(CRASH_AT);
+        if let Some(point) = crash_at {
+            cmd.env(CRASH_AT, point);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn config(&self, app: &str, extra_routes: &str) -> String {
+        format!(
+            r#"schema-version "1.0"
+system {{
+    worker-threads 1
+}}
+listeners {{
+    listener "http" {{
+        address "127.0.0.1:{port}"
+        protocol "http"
+    }}
+}}
+routes {{
+    route "config" {{
+        priority "high"
+        matches {{
+            path "/-/config"
+        }}
+        builtin-handler "config"
+    }}
+{extra_routes}
+    route "app" {{
+        matches {{
+            path-prefix "/app"
+        }}
+        upstream "{app}"
+    }}
+}}
+upstreams {{
+    upstream "one" {{
+        target "127.0.0.1:{one}"
+    }}
+    upstream "two" {{
+        target "127.0.0.1:{two}"
+    }}
+}}
+"#,
+            port = self.port,
+            one = self.one,
+            two = self.two,
+        )
+    }
+
+    /// Build a bundle of `text`, upload it and publish a manifest (next
+    /// serial) that puts every node on it.
+    fn publish(&mut self, text: &str) -> BundleRef {
+        let files = BTreeMap::from([("sentinel.kdl".to_owned(), text.as_bytes().to_vec())]);
+        let built = bundle::build(Input {
+            kind: BundleKind::Sentinel,
+            name: "edge",
+            source_commit: &format!("{:040}", self.serial + 1),
+            validator: "test",
+            files: &files,
+            sbom: b"{}".to_vec(),
+        })
+        .unwrap();
+        let hex = built.reference.digest.trim_start_matches("sha256:");
+        let object = self.path(&format!("store/bundles/sha256/{hex}.tar.zst"));
+        std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+        std::fs::write(object, &built.bytes).unwrap();
+        self.serial += 1;
+        let manifest = ChannelManifest {
+            fleet: "acme".into(),
+            environment: "prod".into(),
+            serial: self.serial,
+            expires: Utc::now() + chrono::Duration::hours(1),
+            rollouts: vec![ChannelRollout {
+                name: "edge".into(),
+                selector: BTreeMap::from([("role".into(), "edge".into())]),
+                bundle: built.reference.clone(),
+                previous: self.previous.replace(built.reference.clone()),
+                step: 1,
+                steps: 1,
+                membership_threshold: u64::MAX,
+            }],
+        };
+        std::fs::create_dir_all(self.path("store/channels")).unwrap();
+        std::fs::write(
+            self.path("store/channels/prod.json"),
+            signed(&manifest, &[&key(10)]),
+        )
+        .unwrap();
+        built.reference
+    }
+
+    fn state(&self) -> LocalState {
+        serde_json::from_slice(&std::fs::read(self.path("state/state.json")).unwrap()).unwrap()
+    }
+
+    fn active(&self) -> Option<BundleRef> {
+        self.state().sentinel.map(|s| s.active)
+    }
+
+    /// The node's last status report, verified with its key.
+    fn report(&self) -> StatusReport {
+        let text = std::fs::read_to_string(self.path("state/node.key")).unwrap();
+        let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let key = PublicKey::parse(file["public_key"].as_str().unwrap()).unwrap();
+        let bytes = std::fs::read(self.path("store/status/edge-1.json")).unwrap();
+        verify_status(&bytes, "acme", "edge-1", &key)
+            .unwrap()
+            .clone_inner()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // The proxy the restart script started for this test, by its pid.
+        if let Ok(pid) = std::fs::read_to_string(self.path("sentinel.pid")) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+    }
+}
+
+trait CloneInner<T> {
+    fn clone_inner(&self) -> T;
+}
+
+impl<T: Clone> CloneInner<T> for gitfleet_schemas::verify::Verified<T> {
+    fn clone_inner(&self) -> T {
+        (**self).clone()
+    }
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "agent failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Wait until `/app` answers `want` through the proxy (the proxy rebuilds
+/// its routes just after its config dump changes).
+fn app_is(fleet: &Fleet, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = try_get(fleet.port, "/app");
+        if matches!(&got, Ok((200, body)) if body == want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/app answers {got:?}, want {want:?}; log:\n{}",
+            fleet.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What `/app` answers through the proxy, once it answers 200.
+fn app(fleet: &Fleet) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, body)) = try_get(fleet.port, "/app") {
+            return body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/app does not answer; log:\n{}",
+            fleet.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An enrolled node running `one` behind the proxy its first activation
+/// started.
+fn running() -> (Fleet, BundleRef) {
+    let mut fleet = Fleet::new();
+    let out = fleet.agent(
+        &[
+            "enroll",
+            "--root",
+            fleet.path("root-1.json").to_str().unwrap(),
+        ],
+        None,
+    );
+    ok(&out);
+    let nodes_kdl = String::from_utf8_lossy(&out.stdout);
+    assert!(nodes_kdl.contains("id \"edge-1\""), "{nodes_kdl}");
+    assert!(fleet.path("store/enroll/edge-1.json").is_file());
+
+    let v1 = fleet.publish(&fleet.config("one", ""));
+    ok(&fleet.agent(&["run", "--once"], None));
+    assert_eq!(fleet.active(), Some(v1.clone()));
+    app_is(&fleet, "one");
+    (fleet, v1)
+}
+
+#[test]
+fn a_new_bundle_changes_the_route_the_proxy_serves() {
+    let (mut fleet, v1) = running();
+    let v2 = fleet.publish(&fleet.config("two", ""));
+    ok(&fleet.agent(&["run", "--once"], None));
+    app_is(&fleet, "two");
+    let state = fleet.state();
+    let slot = state.sentinel.unwrap();
+    assert_eq!((slot.active, slot.previous), (v2.clone(), Some(v1)));
+    assert_eq!(state.serial, Some(2));
+
+    let report = fleet.report();
+    assert_eq!(report.channel_serial, Some(2));
+    assert_eq!(report.rollouts["edge"].active, Some(v2));
+    assert_eq!(report.rollouts["edge"].error, None);
+    assert!(report.healthy);
+    assert!(report.drift.is_empty());
+    assert!(report.metrics.uptime_seconds.is_some());
+}
+
+#[test]
+fn a_bundle_the_proxy_refuses_is_rolled_back_and_reported() {
+    let (mut fleet, v1) = running();
+    // Valid where the agent checks it (`www` exists in its directory), but
+    // refused by the proxy, which resolves the path in its own directory:
+    // the restarted proxy exits, the agent restores `one` and restarts it.
+    let files = r#"    route "files" {
+        priority "high"
+        matches {
+            path-prefix "/files/"
+        }
+        service-type "static"
+        static-files {
+            root "www"
+        }
+    }"#;
+    let bad = fleet.publish(&fleet.config("two", files));
+    ok(&fleet.agent(&["run", "--once"], None));
+    app_is(&fleet, "one");
+    assert_eq!(fleet.active(), Some(v1.clone()));
+    let state = fleet.state();
+    assert!(
+        state.failed[&bad.digest].contains("no usable config dump"),
+        "{:?}",
+        state.failed
+    );
+    assert_eq!(
+        std::fs::read_link(fleet.path("state/sentinel")).unwrap(),
+        Path::new("bundles")
+            .join(v1.digest.trim_start_matches("sha256:"))
+            .join("files")
+    );
+
+    let report = fleet.report();
+    assert!(!report.healthy);
+    assert_eq!(report.rollouts["edge"].active, Some(v1));
+    let error = report.rollouts["edge"].error.clone().unwrap();
+    assert!(error.contains("no usable config dump"), "{error}");
+    assert!(
+        fleet
+            .log()
+            .contains("static files root directory 'www' does not exist"),
+        "{}",
+        fleet.log()
+    );
+
+    // The failure is remembered: the next poll does not try again.
+    let starts = fleet.log().matches("Loading configuration from").count();
+    ok(&fleet.agent(&["run", "--once"], None));
+    assert_eq!(
+        fleet.log().matches("Loading configuration from").count(),
+        starts
+    );
+    app_is(&fleet, "one");
+}
+
+#[test]
+fn a_kill_at_any_activation_point_restarts_into_a_whole_config() {
+    let (mut fleet, _) = running();
+    let mut expect = "one";
+    for point in POINTS {
+        let old = expect;
+        let new = if old == "one" { "two" } else { "one" };
+        let before = fleet.active();
+        let target = fleet.publish(&fleet.config(new, ""));
+
+        let out = fleet.agent(&["run", "--once"], Some(point));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "{point}: the agent was not killed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Killed: the proxy serves one whole config.
+        let serving = app(&fleet);
+        assert!(serving == old || serving == new, "{point}: {serving}");
+        assert_eq!(
+            fleet.active(),
+            before,
+            "{point}: state moved before the outcome"
+        );
+
+        // Restarted: recovery, then the activation is done again.
+        let restarted = fleet.agent(&["run", "--once"], None);
+        ok(&restarted);
+        if try_get(fleet.port, "/app").ok() != Some((200, new.to_owned())) {
+            eprintln!(
+                "{point}: restarted agent said:\n{}",
+                String::from_utf8_lossy(&restarted.stderr)
+            );
+        }
+        app_is(&fleet, new);
+        assert_eq!(fleet.active(), Some(target), "{point}");
+        assert!(!fleet.path("state/journal.json").exists(), "{point}");
+        let status = fleet.agent(&["status", "--format", "json"], None);
+        ok(&status);
+        expect = new;
+    }
+}
