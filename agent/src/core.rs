@@ -178,6 +178,16 @@ impl<N: Node> Agent<N> {
                 None => return Polled::Unchanged,
             },
             Fetch::NotModified => {
+                // A manifest nobody re-signs goes stale: a stopped
+                // reconciler, or a store frozen by an attacker.
+                if let Some(m) = self.manifest.as_ref().filter(|m| m.expires <= now) {
+                    let reason = format!(
+                        "{key} (serial {}) expired at {} and was not re-signed",
+                        m.serial,
+                        m.expires.to_rfc3339()
+                    );
+                    return self.refuse(reason);
+                }
                 // The store answered: a store error that was reported is over.
                 if self.last_error.take().is_some() {
                     self.dirty = true;

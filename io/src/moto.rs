@@ -32,8 +32,13 @@ impl Moto {
     /// Starts moto_server on a free loopback port and waits until it answers.
     /// Panics, saying how to install it, when moto_server is missing.
     pub fn start() -> Moto {
+        Moto::start_on(free_port())
+    }
+
+    /// Starts moto_server on `port` (a server stopped earlier comes back
+    /// there, empty, for outage tests).
+    pub fn start_on(port: u16) -> Moto {
         let program = find_moto().unwrap_or_else(|| panic!("{INSTALL}"));
-        let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -49,6 +54,10 @@ impl Moto {
         };
         moto.wait_ready(&program);
         moto
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A store at `url` (`s3://bucket/prefix`) on this server; the bucket is
