@@ -5,6 +5,7 @@
 //! - [`node`]: the real node (state directory, Sentinel proxy, procfs);
 //! - [`local`]: the state directory's layout and atomic steps;
 //! - [`sentinel`]: validate, reload and confirm the proxy's config;
+//! - [`sim`]: the simulated node of `gitfleet simulate`;
 //! - [`system`]: system metrics for status reports.
 
 pub mod core;
@@ -12,4 +13,5 @@ pub mod faults;
 pub mod local;
 pub mod node;
 pub mod sentinel;
+pub mod sim;
 pub mod system;

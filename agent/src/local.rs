@@ -457,7 +457,7 @@ impl StateDir {
 /// Trust a first root for its own keys: the operator handed it over at
 /// enrollment, out of band; what is checked is that it is well-formed,
 /// version 1, and signed by its own root threshold.
-fn pin_first_root(bytes: &[u8]) -> Result<Verified<Root>, VerifyError> {
+pub fn pin_first_root(bytes: &[u8]) -> Result<Verified<Root>, VerifyError> {
     let malformed = |reason: String| VerifyError::Malformed {
         what: "root",
         reason,

@@ -1,0 +1,563 @@
+//! A simulated node for `gitfleet simulate`: the real agent's decisions
+//! ([`crate::core::Agent`]) over a [`Node`] that keeps everything in memory.
+//!
+//! Activating a bundle takes [`SimSettings::apply_latency`] and always
+//! succeeds; with a failure rate `P`, the node is then unhealthy on that
+//! bundle when a hash of (node, bundle digest) falls in the lowest `P` of
+//! its range. The same node and bundle fail on every run, so a simulation
+//! is reproducible; a node becomes healthy again as soon as it activates a
+//! bundle that is not failing for it (such as the previous one, after an
+//! automatic rollback). Metrics are fixed, plausible values: low error rate
+//! and latency while healthy, high ones while failing, so health gates that
+//! ask for them can pass or trip.
+//!
+//! With a state directory ([`SimNode::persist_to`]) each node's
+//! [`LocalState`] is kept as `<dir>/<node>.json`, in the real agent's
+//! `state.json` format, and `<dir>/<node>.unhealthy` marks a node that was
+//! unhealthy, so the next simulation resumes where this one stopped.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use gitfleet_schemas::agent::{LocalState, LOCAL_STATE_FORMAT};
+use gitfleet_schemas::fleet::DriftPolicy;
+use gitfleet_schemas::status::{Drift, Metrics};
+use gitfleet_schemas::trust::BundleRef;
+use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
+
+use crate::core::Node;
+
+/// The deterministic node key of a simulated node: the first 32 bytes of
+/// SHA-256 over `gitfleet-simulator`, a zero byte and the node id.
+///
+/// For simulations only: anyone can compute it from the node's name, so a
+/// fleet whose `nodes/<id>.kdl` names this key trusts reports anyone could
+/// sign. Real nodes generate their key with `gitfleet-agent enroll`.
+pub fn sim_key(node: &str) -> SigningKey {
+    let mut input = b"gitfleet-simulator\0".to_vec();
+    input.extend_from_slice(node.as_bytes());
+    SigningKey::from_bytes(&hash_bytes(&input))
+}
+
+/// SHA-256 of `input` as bytes.
+fn hash_bytes(input: &[u8]) -> [u8; 32] {
+    let hex = sha256_hex(input);
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        // sha256_hex is 64 lowercase hex digits: both parse.
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("00"), 16).unwrap_or(0);
+    }
+    out
+}
+
+/// The first 8 bytes of SHA-256 over the parts, each followed by a zero byte.
+fn hash64(parts: &[&str]) -> u64 {
+    let mut input = Vec::new();
+    for p in parts {
+        input.extend_from_slice(p.as_bytes());
+        input.push(0);
+    }
+    let h = hash_bytes(&input);
+    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+}
+
+/// Whether `node` is unhealthy on the bundle `digest` at `failure_rate`:
+/// the same answer on every run for the same inputs. A rate of 0 never
+/// fails, 1 always does.
+pub fn fails(node: &str, digest: &str, failure_rate: f64) -> bool {
+    // 53 bits: exactly representable, so the fraction is in [0, 1).
+    let h = hash64(&["gitfleet-simulator-failure", node, digest]) >> 11;
+    let fraction = h as f64 / (1u64 << 53) as f64;
+    fraction < failure_rate
+}
+
+/// How simulated nodes behave.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimSettings {
+    /// How long an activation takes.
+    pub apply_latency: Duration,
+    /// The fraction of (node, bundle) pairs that are unhealthy once active,
+    /// between 0 and 1.
+    pub failure_rate: f64,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            apply_latency: Duration::from_millis(200),
+            failure_rate: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a simulated node's state: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// A node that runs bundles in memory.
+#[derive(Debug)]
+pub struct SimNode {
+    node: String,
+    settings: SimSettings,
+    healthy: bool,
+    /// The bundle that runs, if any.
+    active: Option<BundleRef>,
+    activations: u64,
+    /// Where state is kept between runs, if anywhere.
+    dir: Option<PathBuf>,
+    started: Instant,
+}
+
+impl SimNode {
+    /// A healthy node that runs nothing yet.
+    pub fn new(node: &str, settings: SimSettings) -> Self {
+        SimNode {
+            node: node.to_owned(),
+            settings,
+            healthy: true,
+            active: None,
+            activations: 0,
+            dir: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Keep this node's state in `dir` from now on (see the module
+    /// documentation), and resume from what it holds: the agent's
+    /// [`LocalState`] to start with. A node the directory does not know
+    /// starts empty and healthy.
+    pub fn persist_to(&mut self, dir: &Path) -> Result<LocalState, SimError> {
+        let (state, healthy) = load(dir, &self.node)?;
+        self.active = state.sentinel.as_ref().map(|s| s.active.clone());
+        self.healthy = healthy;
+        self.dir = Some(dir.to_owned());
+        Ok(state)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.node
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// The bundle this node runs.
+    pub fn active(&self) -> Option<&BundleRef> {
+        self.active.as_ref()
+    }
+
+    /// How many bundles this node activated since it was created.
+    pub fn activations(&self) -> u64 {
+        self.activations
+    }
+
+    /// A value in `lo..hi` fixed for this node, so nodes differ but runs
+    /// do not.
+    fn spread(&self, what: &str, lo: f64, hi: f64) -> f64 {
+        let h = hash64(&["gitfleet-simulator-metric", &self.node, what]) >> 11;
+        lo + (hi - lo) * (h as f64 / (1u64 << 53) as f64)
+    }
+}
+
+fn state_path(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("{node}.json"))
+}
+
+fn unhealthy_path(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("{node}.unhealthy"))
+}
+
+/// A node's saved state and health in `dir`; empty and healthy when the
+/// directory holds nothing for it.
+fn load(dir: &Path, node: &str) -> Result<(LocalState, bool), SimError> {
+    let path = state_path(dir, node);
+    let state = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let state: LocalState =
+                serde_json::from_slice(&bytes).map_err(|e| SimError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if state.format != LOCAL_STATE_FORMAT {
+                return Err(SimError::Corrupt {
+                    path,
+                    reason: format!("format {} is not {LOCAL_STATE_FORMAT}", state.format),
+                });
+            }
+            state
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => LocalState {
+            format: LOCAL_STATE_FORMAT,
+            ..LocalState::default()
+        },
+        Err(source) => return Err(SimError::Io { path, source }),
+    };
+    let marker = unhealthy_path(dir, node);
+    let healthy = match std::fs::metadata(&marker) {
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(source) => {
+            return Err(SimError::Io {
+                path: marker,
+                source,
+            })
+        }
+    };
+    Ok((state, healthy))
+}
+
+impl Node for SimNode {
+    async fn activate(
+        &mut self,
+        rollout: &str,
+        _from: Option<&BundleRef>,
+        bundle: &Verified<Bundle>,
+        _archive: &[u8],
+    ) -> Result<(), String> {
+        tokio::time::sleep(self.settings.apply_latency).await;
+        let digest = &bundle.reference.digest;
+        self.healthy = !fails(&self.node, digest, self.settings.failure_rate);
+        self.active = Some(bundle.reference.clone());
+        self.activations += 1;
+        if !self.healthy {
+            tracing::info!(node = %self.node, rollout, bundle = %digest, "simulated failure: unhealthy on this bundle");
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, state: &LocalState) -> Result<(), String> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+        bytes.push(b'\n');
+        gitfleet_io::write::replace(&state_path(dir, &self.node), &bytes, None)
+            .map_err(|e| e.to_string())?;
+        let marker = unhealthy_path(dir, &self.node);
+        if self.healthy {
+            match std::fs::remove_file(&marker) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("{}: {e}", marker.display())),
+            }
+        } else {
+            gitfleet_io::write::replace(&marker, b"", None).map_err(|e| e.to_string())
+        }
+    }
+
+    fn settle(&mut self, _state: &LocalState) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn save_root(&mut self, _version: u64, _bytes: &[u8]) -> Result<(), String> {
+        // A rotation is found again in the store on the next start.
+        Ok(())
+    }
+
+    async fn healthy(&mut self) -> bool {
+        self.healthy
+    }
+
+    async fn drift(
+        &mut self,
+        _active: &BundleRef,
+        _policy: DriftPolicy,
+    ) -> Result<Vec<Drift>, String> {
+        Ok(Vec::new())
+    }
+
+    fn metrics(&mut self) -> Metrics {
+        let (error_rate, p99, cpu) = if self.healthy {
+            (
+                self.spread("error-rate", 0.0, 0.002),
+                self.spread("p99", 20.0, 120.0) as u64,
+                self.spread("cpu", 5.0, 35.0),
+            )
+        } else {
+            (
+                self.spread("error-rate-failing", 0.2, 0.5),
+                self.spread("p99-failing", 1500.0, 5000.0) as u64,
+                self.spread("cpu-failing", 90.0, 100.0),
+            )
+        };
+        Metrics {
+            error_rate: Some(error_rate),
+            p99_latency_ms: Some(p99),
+            cpu_percent: Some(cpu),
+            memory_percent: Some(self.spread("memory", 25.0, 55.0)),
+            disk_percent: Some(self.spread("disk", 20.0, 60.0)),
+            load1: Some(self.spread("load1", 0.1, 1.5)),
+            uptime_seconds: Some(self.started.elapsed().as_secs()),
+            network_rx_bytes: None,
+            network_tx_bytes: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use gitfleet_schemas::agent::Slot;
+
+    #[test]
+    fn sim_keys_are_fixed_per_node() {
+        assert_eq!(sim_key("edge-1").to_bytes(), sim_key("edge-1").to_bytes());
+        assert_ne!(sim_key("edge-1").to_bytes(), sim_key("edge-2").to_bytes());
+        // Pinned: test fleets are written with these keys.
+        let mut input = b"gitfleet-simulator\0".to_vec();
+        input.extend_from_slice(b"edge-1");
+        assert_eq!(
+            sim_key("edge-1")
+                .to_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            sha256_hex(&input)
+        );
+    }
+
+    #[test]
+    fn failures_follow_the_rate_and_repeat() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let nodes: Vec<String> = (0..2000).map(|i| format!("n{i}")).collect();
+        let failing = |rate| nodes.iter().filter(|n| fails(n, &digest, rate)).count();
+        assert_eq!(failing(0.0), 0);
+        assert_eq!(failing(1.0), nodes.len());
+        let tenth = failing(0.1);
+        assert!((150..250).contains(&tenth), "{tenth}");
+        assert_eq!(failing(0.1), tenth);
+        // Another bundle fails on other nodes.
+        let other = format!("sha256:{}", "b".repeat(64));
+        let both = nodes
+            .iter()
+            .filter(|n| fails(n, &digest, 0.5) && fails(n, &other, 0.5))
+            .count();
+        assert!((400..600).contains(&both), "{both}");
+    }
+
+    #[test]
+    fn state_and_health_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = SimNode::new("edge-1", SimSettings::default());
+        let state = node.persist_to(dir.path()).unwrap();
+        assert_eq!(state.format, LOCAL_STATE_FORMAT);
+        assert!(state.sentinel.is_none());
+
+        let active = BundleRef {
+            digest: format!("sha256:{}", "c".repeat(64)),
+            length: 10,
+        };
+        let state = LocalState {
+            serial: Some(7),
+            sentinel: Some(Slot {
+                rollout: "edge".into(),
+                active: active.clone(),
+                previous: None,
+            }),
+            ..state
+        };
+        node.healthy = false;
+        node.save(&state).unwrap();
+
+        let mut again = SimNode::new("edge-1", SimSettings::default());
+        assert_eq!(again.persist_to(dir.path()).unwrap(), state);
+        assert!(!again.is_healthy());
+        assert_eq!(again.active(), Some(&active));
+
+        again.healthy = true;
+        again.save(&state).unwrap();
+        let mut third = SimNode::new("edge-1", SimSettings::default());
+        third.persist_to(dir.path()).unwrap();
+        assert!(third.is_healthy());
+    }
+
+    fn signed<T: gitfleet_schemas::trust::Document>(doc: &T, key: &SigningKey) -> Vec<u8> {
+        let mut env = doc.envelope();
+        env.sign(key).unwrap();
+        env.to_json()
+    }
+
+    /// A file store with a root, bundles `a` and `b`, and a way to publish
+    /// the next manifest.
+    struct World {
+        dir: tempfile::TempDir,
+        online: SigningKey,
+        serial: u64,
+    }
+
+    impl World {
+        fn new() -> (World, Verified<gitfleet_schemas::trust::Root>) {
+            use gitfleet_schemas::trust::{Document as _, PublicKey, Root};
+            let dir = tempfile::tempdir().unwrap();
+            let root_key = SigningKey::from_bytes(&[1; 32]);
+            let online = SigningKey::from_bytes(&[2; 32]);
+            let root = Root {
+                fleet: "acme".into(),
+                version: 1,
+                expires: chrono::Utc::now() + chrono::Duration::days(1),
+                root_keys: vec![PublicKey(root_key.verifying_key().to_bytes())],
+                root_threshold: 1,
+                online_keys: vec![PublicKey(online.verifying_key().to_bytes())],
+                online_threshold: 1,
+            };
+            let mut env = root.envelope();
+            env.sign(&root_key).unwrap();
+            let root = gitfleet_schemas::verify::verify_first_root(
+                &env.to_json(),
+                "acme",
+                &root.root_keys,
+                1,
+            )
+            .unwrap();
+            (
+                World {
+                    dir,
+                    online,
+                    serial: 0,
+                },
+                root,
+            )
+        }
+
+        fn url(&self) -> String {
+            format!("file://{}", self.dir.path().display())
+        }
+
+        fn bundle(&self, text: &str) -> BundleRef {
+            use gitfleet_policy::bundle::{build, Input};
+            let files = std::collections::BTreeMap::from([(
+                "sentinel.kdl".to_owned(),
+                text.as_bytes().to_vec(),
+            )]);
+            let built = build(Input {
+                kind: gitfleet_schemas::bundle::BundleKind::Sentinel,
+                name: "edge",
+                source_commit: &"1".repeat(40),
+                validator: "test",
+                files: &files,
+                sbom: b"{}".to_vec(),
+            })
+            .unwrap();
+            let path = self.dir.path().join(built.reference.object_key().unwrap());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &built.bytes).unwrap();
+            built.reference
+        }
+
+        fn publish(&mut self, bundle: &BundleRef, previous: Option<&BundleRef>, threshold: u64) {
+            use gitfleet_schemas::trust::{ChannelManifest, ChannelRollout};
+            self.serial += 1;
+            let manifest = ChannelManifest {
+                fleet: "acme".into(),
+                environment: "prod".into(),
+                serial: self.serial,
+                expires: chrono::Utc::now() + chrono::Duration::hours(1),
+                rollouts: vec![ChannelRollout {
+                    name: "edge".into(),
+                    selector: std::collections::BTreeMap::new(),
+                    bundle: bundle.clone(),
+                    previous: previous.cloned(),
+                    step: 1,
+                    steps: 1,
+                    membership_threshold: threshold,
+                }],
+            };
+            let path = self.dir.path().join("channels/prod.json");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, signed(&manifest, &self.online)).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_real_agent_trips_on_a_failing_bundle_and_recovers_on_the_previous() {
+        use crate::core::{Agent, Identity, Polled};
+        use gitfleet_io::store::Store;
+        let (mut world, root) = World::new();
+        let a = world.bundle("// a\n");
+        let b = world.bundle("// b\n");
+        let settings = SimSettings {
+            apply_latency: Duration::ZERO,
+            failure_rate: 0.0,
+        };
+        let id = Identity {
+            node: "edge-1".into(),
+            environment: "prod".into(),
+            labels: std::collections::BTreeMap::new(),
+            drift: DriftPolicy::Report,
+            max_bundle_bytes: 1 << 20,
+        };
+        let mut agent = Agent::new(
+            id,
+            Store::open(&world.url()).unwrap(),
+            root,
+            sim_key("edge-1"),
+            SimNode::new("edge-1", settings),
+            LocalState {
+                format: LOCAL_STATE_FORMAT,
+                ..LocalState::default()
+            },
+        );
+        let now = chrono::Utc::now();
+
+        world.publish(&a, None, u64::MAX);
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 1,
+                activated: 1
+            }
+        );
+        let report = agent.report(now).await.unwrap();
+        assert!(report.healthy);
+        assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
+
+        // Every bundle fails from now on: the new one makes the node sick.
+        agent.node_mut().settings.failure_rate = 1.0;
+        world.publish(&b, Some(&a), u64::MAX);
+        agent.poll(now).await;
+        let report = agent.report(now).await.unwrap();
+        assert!(!report.healthy);
+        assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&b));
+        assert!(report.metrics.error_rate.unwrap() > 0.1);
+        // The report is signed with the node's simulator key.
+        let bytes = std::fs::read(world.dir.path().join("status/edge-1.json")).unwrap();
+        let key = gitfleet_schemas::trust::PublicKey(sim_key("edge-1").verifying_key().to_bytes());
+        gitfleet_schemas::verify::verify_status(&bytes, "acme", "edge-1", &key).unwrap();
+
+        // Rolled back: the previous bundle, not failing for this node, heals it.
+        agent.node_mut().settings.failure_rate = 0.0;
+        world.publish(&b, Some(&a), 0);
+        agent.poll(now).await;
+        let report = agent.report(now).await.unwrap();
+        assert!(report.healthy);
+        assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
+        assert_eq!(agent.node().activations(), 3);
+    }
+
+    #[test]
+    fn failing_nodes_report_metrics_that_trip_gates() {
+        let mut node = SimNode::new("edge-1", SimSettings::default());
+        let ok = node.metrics();
+        assert!(ok.error_rate.unwrap() < 0.005);
+        assert!(ok.p99_latency_ms.unwrap() < 250);
+        assert!(ok.cpu_percent.unwrap() < 80.0);
+        assert!(ok.memory_percent.unwrap() < 90.0);
+        node.healthy = false;
+        let bad = node.metrics();
+        assert!(bad.error_rate.unwrap() > 0.1);
+        assert!(bad.p99_latency_ms.unwrap() > 1000);
+    }
+}
