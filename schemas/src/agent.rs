@@ -52,6 +52,26 @@ pub struct AgentConfig {
     /// A bundle larger than this is refused before download.
     pub max_bundle_bytes: u64,
     pub sentinel: Option<SentinelSettings>,
+    pub wireguard: Option<WireguardSettings>,
+}
+
+/// How the agent applies WireGuard mesh bundles on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardSettings {
+    /// The interface to configure, instead of the one the mesh names.
+    pub interface: Option<String>,
+    pub backend: WireguardBackend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireguardBackend {
+    /// The kernel module, over netlink.
+    Kernel,
+    /// A userspace implementation (boringtun, wireguard-go) over its
+    /// control socket in /var/run/wireguard.
+    Userspace,
 }
 
 /// How the agent hands a new config to the Sentinel proxy. The proxy is
@@ -95,6 +115,9 @@ pub struct LocalState {
     pub serial: Option<u64>,
     /// The Sentinel config this node runs.
     pub sentinel: Option<Slot>,
+    /// The WireGuard mesh this node is configured for.
+    #[serde(default)]
+    pub wireguard: Option<Slot>,
     /// Bundles whose activation failed here, with the reason, so a bad
     /// bundle is not retried on every poll.
     pub failed: BTreeMap<String, String>,
@@ -160,6 +183,7 @@ const TOP: &[&str] = &[
     "drift",
     "max-bundle-bytes",
     "sentinel",
+    "wireguard",
 ];
 const SENTINEL: &[&str] = &[
     "pid",
@@ -187,6 +211,7 @@ impl AgentConfig {
         let mut drift = None;
         let mut max_bundle_bytes = None;
         let mut sentinel = None;
+        let mut wireguard = None;
         for n in d.versioned(&doc, "agent config") {
             match decode::name(n) {
                 "node" => {
@@ -228,6 +253,10 @@ impl AgentConfig {
                 "sentinel" => {
                     let v = decode_sentinel(&mut d, n);
                     d.once(&mut sentinel, n, v);
+                }
+                "wireguard" => {
+                    let v = decode_wireguard(&mut d, n);
+                    d.once(&mut wireguard, n, v);
                 }
                 _ => d.unknown_node(n, "agent config", TOP),
             }
@@ -275,6 +304,7 @@ impl AgentConfig {
                     max_bundle_bytes: max_bundle_bytes
                         .map_or(DEFAULT_MAX_BUNDLE_BYTES, |v: Spanned<u64>| v.value),
                     sentinel: sentinel.flatten(),
+                    wireguard,
                 })
             }
             _ => None,
@@ -317,6 +347,43 @@ fn decode_drift(d: &mut Decoder, node: &kdl::KdlNode) -> Option<DriftPolicy> {
             None
         }
     }
+}
+
+/// `wireguard { interface "wg0"; backend "userspace"; }`; both optional,
+/// the backend defaults to the kernel's.
+fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<WireguardSettings> {
+    d.allow_props(node, &[]);
+    d.max_args(node, 0);
+    let (mut interface, mut backend) = (None, None);
+    for c in children(node) {
+        match decode::name(c) {
+            "interface" => {
+                let v = d.string(c).map(|s| s.value);
+                d.once(&mut interface, c, v);
+            }
+            "backend" => {
+                let v = d.string(c).and_then(|s| match s.value.as_str() {
+                    "kernel" => Some(WireguardBackend::Kernel),
+                    "userspace" => Some(WireguardBackend::Userspace),
+                    other => {
+                        d.error(
+                            s.span,
+                            "invalid-value",
+                            format!("wireguard backend `{other}` is not known"),
+                            Some("write `backend \"kernel\"` or `backend \"userspace\"`".to_owned()),
+                        );
+                        None
+                    }
+                });
+                d.once(&mut backend, c, v);
+            }
+            _ => d.unknown_node(c, "`wireguard`", &["interface", "backend"]),
+        }
+    }
+    Some(WireguardSettings {
+        interface,
+        backend: backend.unwrap_or(WireguardBackend::Kernel),
+    })
 }
 
 /// The `sentinel { ... }` block; `Some(None)` when it had errors (already

@@ -117,6 +117,46 @@ pub fn find_clash<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<PathCl
     None
 }
 
+/// The one file of a [`BundleKind::WireguardMesh`] bundle.
+pub const MESH_FILE: &str = "files/mesh.json";
+
+/// `files/mesh.json`: a whole WireGuard mesh, the same bytes for every
+/// member (so a mesh step is one object, whatever the mesh size). Each node
+/// finds itself by id, configures its interface from its own entry and
+/// peers with every other member. Private keys are never in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshBundle {
+    /// Format version of this file: [`MESH_FORMAT`].
+    pub format: u32,
+    /// The mesh's name in the fleet repo (`meshes/<name>.kdl`).
+    pub mesh: String,
+    /// The interface name on each node (at most 15 bytes), unless the
+    /// node's agent config names another.
+    pub interface: String,
+    pub listen_port: Option<u16>,
+    pub persistent_keepalive_seconds: Option<u16>,
+    /// Sorted by node id.
+    pub members: Vec<MeshMember>,
+}
+
+pub const MESH_FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshMember {
+    pub node: String,
+    /// Base64 x25519 public key (from the node's `wireguard public-key`).
+    pub public_key: String,
+    /// `host:port` the other members reach this one at, if it is reachable.
+    pub endpoint: Option<String>,
+    /// The member's tunnel address with the mesh's prefix length, e.g.
+    /// `10.40.0.3/24`: set on its interface.
+    pub address: String,
+    /// What the other members route to this one, e.g. `10.40.0.3/32`.
+    pub allowed_ips: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

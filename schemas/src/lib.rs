@@ -49,6 +49,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<RolloutFile>("rollout.schema.json"),
         one::<CheckReport>("check-report.schema.json"),
         one::<bundle::BundleManifest>("bundle-manifest.schema.json"),
+        one::<bundle::MeshBundle>("mesh-bundle.schema.json"),
         one::<trust::Envelope>("envelope.schema.json"),
         one::<trust::Root>("root.schema.json"),
         one::<trust::ChannelManifest>("channel-manifest.schema.json"),
