@@ -14,7 +14,7 @@ use gitfleet_io::store::{ETag, Fetch, Store};
 use gitfleet_schemas::agent::{LocalState, Slot};
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::status::{Drift, Metrics, RolloutStatus, StatusReport};
+use gitfleet_schemas::status::{Drift, Metrics, RolloutStatus, StatusReport, WireguardStatus};
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, ChannelRollout, Document as _, Root};
 use gitfleet_schemas::verify::{self, Bundle, Limits, Verified, VerifyError};
 
@@ -38,15 +38,18 @@ pub trait Node {
     fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), String>;
     /// Whether the running config serves (a health check), if known.
     fn healthy(&mut self) -> impl Future<Output = bool>;
-    /// Files of `active` that differ from its bundle; with
-    /// [`DriftPolicy::Repair`] they are restored first and what was found
-    /// is still returned.
+    /// What differs from the `kind` bundle `active` (files of a config, or
+    /// a live WireGuard interface); with [`DriftPolicy::Repair`] it is
+    /// restored first and what was found is still returned.
     fn drift(
         &mut self,
+        kind: BundleKind,
         active: &BundleRef,
         policy: DriftPolicy,
     ) -> impl Future<Output = Result<Vec<Drift>, String>>;
     fn metrics(&mut self) -> Metrics;
+    /// The live WireGuard interface and peers, when this node has one.
+    fn wireguard(&mut self) -> impl Future<Output = Option<WireguardStatus>>;
 }
 
 /// Who this agent is and what it accepts.
@@ -93,6 +96,41 @@ pub enum Polled {
     /// config stays.
     Refused(String),
 }
+
+/// The kinds of bundle a node runs, one of each at a time.
+const KINDS: [BundleKind; 2] = [BundleKind::Sentinel, BundleKind::WireguardMesh];
+
+fn kind_index(kind: BundleKind) -> usize {
+    match kind {
+        BundleKind::Sentinel => 0,
+        BundleKind::WireguardMesh => 1,
+    }
+}
+
+fn kind_name(kind: BundleKind) -> &'static str {
+    match kind {
+        BundleKind::Sentinel => "sentinel config",
+        BundleKind::WireguardMesh => "wireguard mesh",
+    }
+}
+
+/// The slot of `state` that bundles of `kind` occupy.
+pub fn slot(state: &LocalState, kind: BundleKind) -> Option<&Slot> {
+    match kind {
+        BundleKind::Sentinel => state.sentinel.as_ref(),
+        BundleKind::WireguardMesh => state.wireguard.as_ref(),
+    }
+}
+
+fn slot_mut(state: &mut LocalState, kind: BundleKind) -> &mut Option<Slot> {
+    match kind {
+        BundleKind::Sentinel => &mut state.sentinel,
+        BundleKind::WireguardMesh => &mut state.wireguard,
+    }
+}
+
+/// Which rollout delivers each kind of bundle to this node in one pass.
+type Claims = [Option<String>; KINDS.len()];
 
 /// Bundles that failed here are remembered, at most this many.
 const MAX_FAILED: usize = 32;
@@ -279,7 +317,7 @@ impl<N: Node> Agent<N> {
         let _ = now;
         self.retry = false;
         let mut activated = 0;
-        let mut sentinel_rollout: Option<String> = None;
+        let mut claims = Claims::default();
         let wanted: Vec<(ChannelRollout, BundleRef)> =
             wanted(&manifest, &self.id.node, &self.id.labels)
                 .into_iter()
@@ -288,7 +326,7 @@ impl<N: Node> Agent<N> {
         let names: Vec<&str> = wanted.iter().map(|(r, _)| r.name.as_str()).collect();
         self.errors.retain(|r, _| names.contains(&r.as_str()));
         for (rollout, target) in &wanted {
-            match self.converge(rollout, target, &mut sentinel_rollout).await {
+            match self.converge(rollout, target, &mut claims).await {
                 Ok(true) => activated += 1,
                 Ok(false) => {}
                 Err(reason) => {
@@ -328,31 +366,32 @@ impl<N: Node> Agent<N> {
         &mut self,
         rollout: &ChannelRollout,
         target: &BundleRef,
-        sentinel_rollout: &mut Option<String>,
+        claims: &mut Claims,
     ) -> Result<bool, String> {
-        let claim = |taken: &mut Option<String>| {
-            match taken {
-            Some(other) if *other != rollout.name => Err(format!(
-                "rollouts `{other}` and `{}` both deliver a sentinel config to this node; only `{other}` is applied",
-                rollout.name
+        let name = &rollout.name;
+        let mut claim = |kind: BundleKind| match &mut claims[kind_index(kind)] {
+            Some(other) if other != name => Err(format!(
+                "rollouts `{other}` and `{name}` both deliver a {} to this node; only `{other}` is applied",
+                kind_name(kind)
             )),
-            _ => {
-                *taken = Some(rollout.name.clone());
+            taken => {
+                *taken = Some(name.clone());
                 Ok(())
             }
-        }
         };
-        if let Some(slot) = &mut self.state.sentinel {
-            if &slot.active == target {
-                claim(sentinel_rollout)?;
-                self.errors.remove(&rollout.name);
-                if slot.rollout != rollout.name {
-                    // A renamed rollout delivering what already runs.
-                    slot.rollout = rollout.name.clone();
-                    self.node.save(&self.state)?;
-                    self.dirty = true;
+        for kind in KINDS {
+            if let Some(slot) = slot_mut(&mut self.state, kind) {
+                if &slot.active == target {
+                    claim(kind)?;
+                    self.errors.remove(name);
+                    if &slot.rollout != name {
+                        // A renamed rollout delivering what already runs.
+                        slot.rollout = name.clone();
+                        self.node.save(&self.state)?;
+                        self.dirty = true;
+                    }
+                    return Ok(false);
                 }
-                return Ok(false);
             }
         }
         if let Some(reason) = self.state.failed.get(&target.digest) {
@@ -389,15 +428,9 @@ impl<N: Node> Agent<N> {
             Ok(b) => b,
             Err(e) => return Err(self.fail(target, format!("refusing {key}: {e}"))),
         };
-        match bundle.manifest.kind {
-            BundleKind::Sentinel => claim(sentinel_rollout)?,
-            BundleKind::WireguardMesh => {
-                return Err(
-                    "wireguard mesh bundles are not applied by this agent version".to_owned(),
-                )
-            }
-        }
-        let from = self.state.sentinel.as_ref().map(|s| s.active.clone());
+        let kind = bundle.manifest.kind;
+        claim(kind)?;
+        let from = slot(&self.state, kind).map(|s| s.active.clone());
         let outcome = self
             .node
             .activate(&rollout.name, from.as_ref(), &bundle, &bytes)
@@ -412,7 +445,7 @@ impl<N: Node> Agent<N> {
                     step = rollout.step,
                     "activated"
                 );
-                self.state.sentinel = Some(Slot {
+                *slot_mut(&mut self.state, kind) = Some(Slot {
                     rollout: rollout.name.clone(),
                     active: target.clone(),
                     previous: from,
@@ -469,32 +502,28 @@ impl<N: Node> Agent<N> {
                 );
             }
         }
-        if let Some(slot) = &self.state.sentinel {
-            let s = rollouts
-                .entry(slot.rollout.clone())
-                .or_insert(RolloutStatus {
-                    active: None,
-                    previous: None,
-                    error: None,
-                });
+        let mut drift = Vec::new();
+        for kind in KINDS {
+            let Some(slot) = slot(&self.state, kind).cloned() else {
+                continue;
+            };
+            let s = rollouts.entry(slot.rollout.clone()).or_insert(RolloutStatus {
+                active: None,
+                previous: None,
+                error: None,
+            });
             s.active = Some(slot.active.clone());
             s.previous = slot.previous.clone();
+            match self.node.drift(kind, &slot.active, self.id.drift).await {
+                Ok(d) => drift.extend(d),
+                Err(e) => self.last_error = Some(format!("checking drift: {e}")),
+            }
         }
         for (name, error) in &self.errors {
             if let Some(s) = rollouts.get_mut(name) {
                 s.error = Some(error.clone());
             }
         }
-        let drift = match self.state.sentinel.as_ref().map(|s| s.active.clone()) {
-            Some(active) => match self.node.drift(&active, self.id.drift).await {
-                Ok(d) => d,
-                Err(e) => {
-                    self.last_error = Some(format!("checking drift: {e}"));
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
         let serving = self.node.healthy().await;
         StatusReport {
             fleet: self.root.fleet.clone(),
@@ -507,7 +536,7 @@ impl<N: Node> Agent<N> {
             rollouts,
             metrics: self.node.metrics(),
             http_checks: Vec::new(),
-            wireguard: None,
+            wireguard: self.node.wireguard().await,
             drift,
             last_error: self.last_error.clone(),
         }

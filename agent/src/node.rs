@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use gitfleet_schemas::agent::{LocalState, ReloadBy, SentinelSettings};
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::status::{Drift, Metrics};
+use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::status::{Drift, Metrics, WireguardStatus};
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{Bundle, Limits, Verified};
 
@@ -186,6 +187,27 @@ impl DiskNode {
     }
 }
 
+impl DiskNode {
+    /// Configure this node's WireGuard interface from a mesh bundle.
+    async fn apply_mesh(&mut self, bundle: &Verified<Bundle>) -> Result<(), String> {
+        let _ = bundle;
+        Err("wireguard mesh bundles are not applied by this agent version".to_owned())
+    }
+
+    async fn mesh_drift(
+        &mut self,
+        active: &BundleRef,
+        policy: DriftPolicy,
+    ) -> Result<Vec<Drift>, String> {
+        let _ = (active, policy);
+        Ok(Vec::new())
+    }
+
+    async fn mesh_status(&mut self) -> Option<WireguardStatus> {
+        None
+    }
+}
+
 /// Whether a reload failed because no proxy runs (no pid file, no such
 /// process), as opposed to one that refused.
 fn proxy_absent(e: &sentinel::SentinelError) -> bool {
@@ -213,7 +235,10 @@ impl Node for DiskNode {
             .unpack(bundle, archive)
             .map_err(|e| e.to_string())?;
         crate::faults::point("after-unpack");
-        self.try_activate(rollout, from, bundle).await
+        match bundle.manifest.kind {
+            BundleKind::Sentinel => self.try_activate(rollout, from, bundle).await,
+            BundleKind::WireguardMesh => self.apply_mesh(bundle).await,
+        }
     }
 
     fn save(&mut self, state: &LocalState) -> Result<(), String> {
@@ -222,13 +247,13 @@ impl Node for DiskNode {
 
     fn settle(&mut self, state: &LocalState) -> Result<(), String> {
         self.dir.end().map_err(|e| e.to_string())?;
-        if let Some(slot) = &state.sentinel {
-            let keep: Vec<&BundleRef> = std::iter::once(&slot.active)
-                .chain(&slot.previous)
-                .collect();
-            if let Err(e) = self.dir.collect_garbage(&keep) {
-                tracing::warn!(error = %e, "cannot remove old bundles");
-            }
+        let keep: Vec<&BundleRef> = [&state.sentinel, &state.wireguard]
+            .into_iter()
+            .flatten()
+            .flat_map(|slot| std::iter::once(&slot.active).chain(&slot.previous))
+            .collect();
+        if let Err(e) = self.dir.collect_garbage(&keep) {
+            tracing::warn!(error = %e, "cannot remove old bundles");
         }
         Ok(())
     }
@@ -251,9 +276,13 @@ impl Node for DiskNode {
 
     async fn drift(
         &mut self,
+        kind: BundleKind,
         active: &BundleRef,
         policy: DriftPolicy,
     ) -> Result<Vec<Drift>, String> {
+        if kind == BundleKind::WireguardMesh {
+            return self.mesh_drift(active, policy).await;
+        }
         let drift = self.dir.drift(active).map_err(|e| e.to_string())?;
         if !drift.is_empty() && policy == DriftPolicy::Repair {
             tracing::warn!(files = drift.len(), bundle = %active.digest, "repairing drift");
@@ -267,5 +296,9 @@ impl Node for DiskNode {
 
     fn metrics(&mut self) -> Metrics {
         self.sampler.sample()
+    }
+
+    async fn wireguard(&mut self) -> Option<WireguardStatus> {
+        self.mesh_status().await
     }
 }

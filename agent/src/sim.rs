@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use gitfleet_schemas::agent::{LocalState, LOCAL_STATE_FORMAT};
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::status::{Drift, Metrics};
+use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::status::{Drift, Metrics, WireguardStatus};
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
 
@@ -271,10 +272,15 @@ impl Node for SimNode {
 
     async fn drift(
         &mut self,
+        _kind: BundleKind,
         _active: &BundleRef,
         _policy: DriftPolicy,
     ) -> Result<Vec<Drift>, String> {
         Ok(Vec::new())
+    }
+
+    async fn wireguard(&mut self) -> Option<WireguardStatus> {
+        None
     }
 
     fn metrics(&mut self) -> Metrics {
@@ -443,7 +449,7 @@ mod tests {
                 text.as_bytes().to_vec(),
             )]);
             let built = build(Input {
-                kind: gitfleet_schemas::bundle::BundleKind::Sentinel,
+                kind: BundleKind::Sentinel,
                 name: "edge",
                 source_commit: &"1".repeat(40),
                 validator: "test",
