@@ -11,6 +11,7 @@ pub mod channel;
 mod checks;
 mod diagnostics;
 pub mod lint;
+pub mod mesh;
 pub mod model;
 pub mod plan;
 pub mod repo;

@@ -136,3 +136,68 @@ fn sboms_describe_listeners_routes_and_upstreams() {
     assert_eq!(bom["metadata"]["component"]["version"], "0123abc");
     assert_eq!(bom["components"][0]["hashes"][0]["alg"], "SHA-256");
 }
+
+/// The SBOM inside the example fleet's `backbone` mesh bundle.
+fn mesh_sbom() -> Value {
+    let checked = gitfleet_policy::check(&example_repo());
+    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+    let mesh = &checked.model.meshes["backbone"].doc;
+    let built = gitfleet_policy::mesh::build(
+        &checked.model,
+        "backbone",
+        mesh,
+        &Default::default(),
+        "0123abc",
+    )
+    .unwrap();
+    let bundle = gitfleet_schemas::verify::verify_bundle(
+        &built.built.reference,
+        &built.built.bytes,
+        gitfleet_schemas::verify::Limits::default(),
+    )
+    .unwrap();
+    serde_json::from_slice(&bundle.files[gitfleet_schemas::bundle::SBOM_PATH]).unwrap()
+}
+
+#[test]
+fn the_mesh_sbom_is_valid_cyclonedx_1_5_and_lists_every_peer() {
+    let sbom = mesh_sbom();
+    let errors: Vec<String> = cyclonedx_1_5()
+        .iter_errors(&sbom)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "mesh SBOM is invalid:\n{}",
+        errors.join("\n")
+    );
+    let bytes = serde_json::to_vec(&sbom).unwrap();
+    let result = Bom::parse_from_json_v1_5(bytes.as_slice())
+        .unwrap()
+        .validate();
+    assert!(result.passed(), "mesh SBOM: {result:?}");
+
+    let peers: Vec<&str> = sbom["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["bom-ref"].as_str().unwrap())
+        .collect();
+    // Every edge node of the example fleet, sorted.
+    assert_eq!(
+        peers,
+        [
+            "peer:edge-dev-fra-1",
+            "peer:edge-fra-1",
+            "peer:edge-fra-2",
+            "peer:edge-iad-1",
+            "peer:edge-iad-2",
+            "peer:edge-stg-fra-1",
+            "peer:edge-stg-iad-1",
+        ]
+    );
+    let first = &sbom["services"][0];
+    assert_eq!(first["endpoints"][0], "udp://198.51.100.11:51820");
+    assert_eq!(sbom["metadata"]["component"]["version"], "0123abc");
+    assert_eq!(sbom["components"][0]["name"], "files/mesh.json");
+}

@@ -54,6 +54,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<trust::Root>("root.schema.json"),
         one::<trust::ChannelManifest>("channel-manifest.schema.json"),
         one::<state::RolloutState>("rollout-state.schema.json"),
+        one::<state::MeshAllocation>("mesh-allocation.schema.json"),
         one::<status::StatusReport>("status-report.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
         one::<agent::AgentConfig>("agent-config.schema.json"),

@@ -1,8 +1,11 @@
 //! Rollout state, as the reconciler commits it to the state branch
-//! (`rollouts/<name>.json`): small, readable, one file per rollout.
+//! (`rollouts/<name>.json`): small, readable, one file per rollout. Next to
+//! it, one file per WireGuard mesh (`meshes/<name>.json`) records the
+//! tunnel addresses handed out, so they stay put across membership changes.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -44,6 +47,25 @@ pub struct EnvState {
     /// Nodes whose reports failed a gate, for the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_nodes: Vec<String>,
+}
+
+/// The format version of [`MeshAllocation`].
+pub const MESH_ALLOCATION_FORMAT: u32 = 1;
+
+/// `meshes/<name>.json` on the state branch: the tunnel address of every
+/// member of one mesh. A member keeps its address while it stays a member;
+/// the reconciler is its only writer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshAllocation {
+    /// Format version of this file: [`MESH_ALLOCATION_FORMAT`].
+    pub format: u32,
+    /// The mesh's name in the fleet repo (`meshes/<name>.kdl`).
+    pub mesh: String,
+    /// The range the addresses were allocated from, e.g. `10.40.0.0/24`.
+    pub cidr: String,
+    /// Tunnel address (without prefix length) by node id.
+    pub addresses: BTreeMap<String, IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
