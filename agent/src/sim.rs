@@ -1,20 +1,23 @@
 //! A simulated node for `gitfleet simulate`: the real agent's decisions
 //! ([`crate::core::Agent`]) over a [`Node`] that keeps everything in memory.
 //!
-//! Activating a bundle takes [`SimSettings::apply_latency`] and always
-//! succeeds; with a failure rate `P`, the node is then unhealthy on that
-//! bundle when a hash of (node, bundle digest) falls in the lowest `P` of
-//! its range. The same node and bundle fail on every run, so a simulation
-//! is reproducible; a node becomes healthy again as soon as it activates a
-//! bundle that is not failing for it (such as the previous one, after an
-//! automatic rollback). Metrics are fixed, plausible values: low error rate
-//! and latency while healthy, high ones while failing, so health gates that
-//! ask for them can pass or trip.
+//! Activating a bundle (a Sentinel config or a WireGuard mesh) takes
+//! [`SimSettings::apply_latency`] and always succeeds; with a failure rate
+//! `P`, the node is then unhealthy on that bundle when a hash of (node,
+//! bundle digest) falls in the lowest `P` of its range. The same node and
+//! bundle fail on every run, so a simulation is reproducible; a node becomes
+//! healthy again as soon as it replaces the failing bundle by one that is
+//! not failing for it (such as the previous one, after an automatic
+//! rollback). With `P` = 1 every bundle fails, the previous one included.
+//! Metrics are fixed, plausible values: low error rate and latency while
+//! healthy, high ones while failing, so health gates that ask for them can
+//! pass or trip.
 //!
 //! With a state directory ([`SimNode::persist_to`]) each node's
 //! [`LocalState`] is kept as `<dir>/<node>.json`, in the real agent's
-//! `state.json` format, and `<dir>/<node>.unhealthy` marks a node that was
-//! unhealthy, so the next simulation resumes where this one stopped.
+//! `state.json` format, and `<dir>/<node>.unhealthy` names the kinds of
+//! bundle the node was unhealthy on, so the next simulation resumes where
+//! this one stopped.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use gitfleet_schemas::agent::{LocalState, LOCAL_STATE_FORMAT};
-use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::status::{Drift, Metrics, WireguardStatus};
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
@@ -110,9 +113,8 @@ pub enum SimError {
 pub struct SimNode {
     node: String,
     settings: SimSettings,
-    healthy: bool,
-    /// The bundle that runs, if any.
-    active: Option<BundleRef>,
+    /// The kinds of bundle whose active bundle fails here.
+    failing: Vec<BundleKind>,
     activations: u64,
     /// Where state is kept between runs, if anywhere.
     dir: Option<PathBuf>,
@@ -125,8 +127,7 @@ impl SimNode {
         SimNode {
             node: node.to_owned(),
             settings,
-            healthy: true,
-            active: None,
+            failing: Vec::new(),
             activations: 0,
             dir: None,
             started: Instant::now(),
@@ -138,9 +139,8 @@ impl SimNode {
     /// [`LocalState`] to start with. A node the directory does not know
     /// starts empty and healthy.
     pub fn persist_to(&mut self, dir: &Path) -> Result<LocalState, SimError> {
-        let (state, healthy) = load(dir, &self.node)?;
-        self.active = state.sentinel.as_ref().map(|s| s.active.clone());
-        self.healthy = healthy;
+        let (state, failing) = load(dir, &self.node)?;
+        self.failing = failing;
         self.dir = Some(dir.to_owned());
         Ok(state)
     }
@@ -150,12 +150,7 @@ impl SimNode {
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy
-    }
-
-    /// The bundle this node runs.
-    pub fn active(&self) -> Option<&BundleRef> {
-        self.active.as_ref()
+        self.failing.is_empty()
     }
 
     /// How many bundles this node activated since it was created.
@@ -179,9 +174,16 @@ fn unhealthy_path(dir: &Path, node: &str) -> PathBuf {
     dir.join(format!("{node}.unhealthy"))
 }
 
-/// A node's saved state and health in `dir`; empty and healthy when the
-/// directory holds nothing for it.
-fn load(dir: &Path, node: &str) -> Result<(LocalState, bool), SimError> {
+fn kind_name(kind: BundleKind) -> &'static str {
+    match kind {
+        BundleKind::Sentinel => "sentinel",
+        BundleKind::WireguardMesh => "wireguard-mesh",
+    }
+}
+
+/// A node's saved state and failing kinds of bundle in `dir`; empty and
+/// healthy when the directory holds nothing for it.
+fn load(dir: &Path, node: &str) -> Result<(LocalState, Vec<BundleKind>), SimError> {
     let path = state_path(dir, node);
     let state = match std::fs::read(&path) {
         Ok(bytes) => {
@@ -205,9 +207,19 @@ fn load(dir: &Path, node: &str) -> Result<(LocalState, bool), SimError> {
         Err(source) => return Err(SimError::Io { path, source }),
     };
     let marker = unhealthy_path(dir, node);
-    let healthy = match std::fs::metadata(&marker) {
-        Ok(_) => false,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+    let failing = match std::fs::read_to_string(&marker) {
+        Ok(text) => text
+            .lines()
+            .map(|line| match line.trim() {
+                "sentinel" => Ok(BundleKind::Sentinel),
+                "wireguard-mesh" => Ok(BundleKind::WireguardMesh),
+                other => Err(SimError::Corrupt {
+                    path: marker.clone(),
+                    reason: format!("`{other}` is not a kind of bundle"),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(source) => {
             return Err(SimError::Io {
                 path: marker,
@@ -215,7 +227,7 @@ fn load(dir: &Path, node: &str) -> Result<(LocalState, bool), SimError> {
             })
         }
     };
-    Ok((state, healthy))
+    Ok((state, failing))
 }
 
 impl Node for SimNode {
@@ -228,12 +240,13 @@ impl Node for SimNode {
     ) -> Result<(), String> {
         tokio::time::sleep(self.settings.apply_latency).await;
         let digest = &bundle.reference.digest;
-        self.healthy = !fails(&self.node, digest, self.settings.failure_rate);
-        self.active = Some(bundle.reference.clone());
-        self.activations += 1;
-        if !self.healthy {
+        let kind = bundle.manifest.kind;
+        self.failing.retain(|k| *k != kind);
+        if fails(&self.node, digest, self.settings.failure_rate) {
             tracing::info!(node = %self.node, rollout, bundle = %digest, "simulated failure: unhealthy on this bundle");
+            self.failing.push(kind);
         }
+        self.activations += 1;
         Ok(())
     }
 
@@ -246,14 +259,19 @@ impl Node for SimNode {
         gitfleet_io::write::replace(&state_path(dir, &self.node), &bytes, None)
             .map_err(|e| e.to_string())?;
         let marker = unhealthy_path(dir, &self.node);
-        if self.healthy {
+        if self.failing.is_empty() {
             match std::fs::remove_file(&marker) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(format!("{}: {e}", marker.display())),
             }
         } else {
-            gitfleet_io::write::replace(&marker, b"", None).map_err(|e| e.to_string())
+            let text: String = self
+                .failing
+                .iter()
+                .map(|k| format!("{}\n", kind_name(*k)))
+                .collect();
+            gitfleet_io::write::replace(&marker, text.as_bytes(), None).map_err(|e| e.to_string())
         }
     }
 
@@ -267,7 +285,7 @@ impl Node for SimNode {
     }
 
     async fn healthy(&mut self) -> bool {
-        self.healthy
+        self.is_healthy()
     }
 
     async fn drift(
@@ -280,11 +298,12 @@ impl Node for SimNode {
     }
 
     async fn wireguard(&mut self) -> Option<WireguardStatus> {
+        // No interface to read: the mesh is not simulated beyond health.
         None
     }
 
     fn metrics(&mut self) -> Metrics {
-        let (error_rate, p99, cpu) = if self.healthy {
+        let (error_rate, p99, cpu) = if self.is_healthy() {
             (
                 self.spread("error-rate", 0.0, 0.002),
                 self.spread("p99", 20.0, 120.0) as u64,
@@ -375,15 +394,15 @@ mod tests {
             }),
             ..state
         };
-        node.healthy = false;
+        node.failing = vec![BundleKind::WireguardMesh, BundleKind::Sentinel];
         node.save(&state).unwrap();
 
         let mut again = SimNode::new("edge-1", SimSettings::default());
         assert_eq!(again.persist_to(dir.path()).unwrap(), state);
         assert!(!again.is_healthy());
-        assert_eq!(again.active(), Some(&active));
+        assert_eq!(again.failing, node.failing);
 
-        again.healthy = true;
+        again.failing.clear();
         again.save(&state).unwrap();
         let mut third = SimNode::new("edge-1", SimSettings::default());
         third.persist_to(dir.path()).unwrap();
@@ -561,7 +580,7 @@ mod tests {
         assert!(ok.p99_latency_ms.unwrap() < 250);
         assert!(ok.cpu_percent.unwrap() < 80.0);
         assert!(ok.memory_percent.unwrap() < 90.0);
-        node.healthy = false;
+        node.failing.push(BundleKind::Sentinel);
         let bad = node.metrics();
         assert!(bad.error_rate.unwrap() > 0.1);
         assert!(bad.p99_latency_ms.unwrap() > 1000);
