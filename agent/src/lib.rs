@@ -6,7 +6,9 @@
 //! - [`local`]: the state directory's layout and atomic steps;
 //! - [`sentinel`]: validate, reload and confirm the proxy's config;
 //! - [`sim`]: the simulated node of `gitfleet simulate`;
-//! - [`system`]: system metrics for status reports.
+//! - [`system`]: system metrics for status reports;
+//! - [`wireguard`]: WireGuard meshes: the desired interface, the peer diff,
+//!   applying only that diff, drift and status.
 
 pub mod core;
 pub mod faults;
@@ -15,3 +17,4 @@ pub mod node;
 pub mod sentinel;
 pub mod sim;
 pub mod system;
+pub mod wireguard;

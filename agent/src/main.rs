@@ -217,7 +217,13 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let state = dir.load_state()?;
     let root = dir.trusted_root()?;
     let key = dir.node_key()?;
-    let mut node = DiskNode::new(dir, config.sentinel.clone(), limits(config));
+    let mut node = DiskNode::new(
+        dir,
+        &config.node,
+        config.sentinel.clone(),
+        config.wireguard.clone(),
+        limits(config),
+    );
     node.recover(&state).await?;
     let store = Store::open(&config.store)?;
     let mut agent = Agent::new(identity(config), store, root, key, node, state);

@@ -15,13 +15,17 @@
 //! finished; otherwise the link goes back to the old bundle and the proxy is
 //! reloaded, so the node runs the whole old config and the next poll tries
 //! again.
+//!
+//! A mesh bundle changes no link: its activation configures the WireGuard
+//! interface from the verified bundle, writing only what differs (see
+//! [`crate::wireguard`]); on failure the previous mesh is applied again.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gitfleet_schemas::agent::{LocalState, ReloadBy, SentinelSettings};
+use gitfleet_schemas::agent::{LocalState, ReloadBy, SentinelSettings, WireguardSettings};
+use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::status::{Drift, Metrics, WireguardStatus};
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{Bundle, Limits, Verified};
@@ -30,11 +34,18 @@ use crate::core::Node;
 use crate::local::{LocalError, StateDir, SENTINEL_LINK};
 use crate::sentinel::{self, Reload};
 use crate::system::Sampler;
+use crate::wireguard::{self, Desired, PrivateKey, WIREGUARD_KEY};
 
 #[derive(Debug)]
 pub struct DiskNode {
     dir: StateDir,
+    /// This node's id: how it finds itself in a mesh.
+    node: String,
     sentinel: Option<SentinelSettings>,
+    wireguard: Option<WireguardSettings>,
+    /// The active mesh bundle and what it asks of this node, read from the
+    /// verified archive once per process.
+    mesh: Option<(BundleRef, Desired)>,
     sampler: Sampler,
     limits: Limits,
 }
@@ -48,11 +59,20 @@ fn reload_of(by: &ReloadBy) -> Reload {
 }
 
 impl DiskNode {
-    pub fn new(dir: StateDir, sentinel: Option<SentinelSettings>, limits: Limits) -> Self {
+    pub fn new(
+        dir: StateDir,
+        node: &str,
+        sentinel: Option<SentinelSettings>,
+        wireguard: Option<WireguardSettings>,
+        limits: Limits,
+    ) -> Self {
         let sampler = Sampler::new(dir.path().to_owned());
         DiskNode {
             dir,
+            node: node.to_owned(),
             sentinel,
+            wireguard,
+            mesh: None,
             sampler,
             limits,
         }
@@ -95,6 +115,11 @@ impl DiskNode {
                     active.map_or("nothing", |a| a.digest.as_str())
                 ),
             });
+        }
+        if let Some(slot) = &state.wireguard {
+            if let Err(e) = self.recover_mesh(&slot.active).await {
+                tracing::warn!(bundle = %slot.active.digest, error = %e, "cannot restore the wireguard interface");
+            }
         }
         Ok(())
     }
@@ -188,23 +213,166 @@ impl DiskNode {
 }
 
 impl DiskNode {
-    /// Configure this node's WireGuard interface from a mesh bundle.
-    async fn apply_mesh(&mut self, bundle: &Verified<Bundle>) -> Result<(), String> {
-        let _ = bundle;
-        Err("wireguard mesh bundles are not applied by this agent version".to_owned())
+    fn wireguard_settings(&self) -> Result<&WireguardSettings, String> {
+        self.wireguard.as_ref().ok_or_else(|| {
+            "this node has no `wireguard` block in its agent config, so it cannot run wireguard mesh bundles"
+                .to_owned()
+        })
     }
 
+    /// What a mesh bundle asks of this node.
+    fn mesh_of(&self, bundle: &Bundle) -> Result<Desired, String> {
+        let settings = self.wireguard_settings()?;
+        let digest = &bundle.reference.digest;
+        let bytes = bundle
+            .files
+            .get(MESH_FILE)
+            .ok_or_else(|| format!("bundle {digest} has no {MESH_FILE}"))?;
+        let mesh: MeshBundle = serde_json::from_slice(bytes)
+            .map_err(|e| format!("{MESH_FILE} of bundle {digest}: {e}"))?;
+        let key =
+            PrivateKey::read(&self.dir.path().join(WIREGUARD_KEY)).map_err(|e| e.to_string())?;
+        wireguard::desired(&mesh, &self.node, &key, settings.interface.as_deref())
+            .map_err(|e| e.to_string())
+    }
+
+    /// What the mesh bundle `reference` on disk asks of this node, from its
+    /// archive verified again (never from the unpacked copy).
+    fn stored_mesh(&mut self, reference: &BundleRef) -> Result<Desired, String> {
+        if let Some((r, d)) = &self.mesh {
+            if r == reference {
+                return Ok(d.clone());
+            }
+        }
+        let (bundle, _) = self
+            .dir
+            .stored_bundle(reference, self.limits)
+            .map_err(|e| e.to_string())?;
+        let desired = self.mesh_of(&bundle)?;
+        self.mesh = Some((reference.clone(), desired.clone()));
+        Ok(desired)
+    }
+
+    /// Apply `desired` to the live interface (blocking IO, off the runtime).
+    async fn configure(&self, desired: Desired) -> Result<wireguard::Applied, String> {
+        let backend = self.wireguard_settings()?.backend;
+        tokio::task::spawn_blocking(move || wireguard::apply(&desired, backend))
+            .await
+            .map_err(|e| format!("configuring wireguard: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Configure this node's WireGuard interface from a mesh bundle; on
+    /// failure apply the previous mesh again.
+    async fn apply_mesh(
+        &mut self,
+        from: Option<&BundleRef>,
+        bundle: &Verified<Bundle>,
+    ) -> Result<(), String> {
+        let desired = self.mesh_of(bundle)?;
+        let reason = match self.configure(desired.clone()).await {
+            Ok(_) => {
+                self.mesh = Some((bundle.reference.clone(), desired));
+                return Ok(());
+            }
+            Err(reason) => reason,
+        };
+        let Some(from) = from else {
+            return Err(reason);
+        };
+        tracing::warn!(
+            bundle = %bundle.reference.digest,
+            previous = %from.digest,
+            reason = %reason,
+            "restoring the previous mesh"
+        );
+        let restored = match self.stored_mesh(from) {
+            Ok(previous) => self.configure(previous).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(()) => Err(reason),
+            Err(e) => Err(format!("{reason}; and restoring the previous mesh: {e}")),
+        }
+    }
+
+    /// At start-up: an interface that came up empty (no key: the host or
+    /// the userspace implementation restarted) is configured from the
+    /// active mesh. Anything else that differs is drift, for the policy.
+    async fn recover_mesh(&mut self, active: &BundleRef) -> Result<(), String> {
+        let desired = self.stored_mesh(active)?;
+        let backend = self.wireguard_settings()?.backend;
+        let interface = desired.interface.clone();
+        let live = tokio::task::spawn_blocking(move || wireguard::read(&interface, backend))
+            .await
+            .map_err(|e| format!("reading wireguard: {e}"))?
+            .map_err(|e| e.to_string())?;
+        if live.public_key.is_none() {
+            tracing::info!(
+                interface = %desired.interface,
+                bundle = %active.digest,
+                "configuring an empty wireguard interface from the active mesh"
+            );
+            self.configure(desired).await?;
+        }
+        Ok(())
+    }
+
+    /// Files of the mesh bundle that changed on disk, and how the live
+    /// interface differs from the mesh; with [`DriftPolicy::Repair`] both
+    /// are restored (only what differs is written).
     async fn mesh_drift(
         &mut self,
         active: &BundleRef,
         policy: DriftPolicy,
     ) -> Result<Vec<Drift>, String> {
-        let _ = (active, policy);
-        Ok(Vec::new())
+        let mut drift = self.dir.drift(active).map_err(|e| e.to_string())?;
+        if !drift.is_empty() && policy == DriftPolicy::Repair {
+            tracing::warn!(files = drift.len(), bundle = %active.digest, "repairing drift");
+            self.dir
+                .repair(active, &drift, self.limits)
+                .map_err(|e| e.to_string())?;
+        }
+        let desired = self.stored_mesh(active)?;
+        let backend = self.wireguard_settings()?.backend;
+        let wanted = desired.clone();
+        let live = tokio::task::spawn_blocking(move || {
+            let peers = wireguard::resolve(&wanted.peers)?;
+            let live = wireguard::read(&wanted.interface, backend)?;
+            Ok::<_, wireguard::WireguardError>(wireguard::drift(&wanted, &peers, &live))
+        })
+        .await
+        .map_err(|e| format!("reading wireguard: {e}"))?
+        .map_err(|e| e.to_string())?;
+        if !live.is_empty() && policy == DriftPolicy::Repair {
+            tracing::warn!(
+                interface = %desired.interface,
+                differences = live.len(),
+                bundle = %active.digest,
+                "repairing wireguard drift"
+            );
+            self.configure(desired).await?;
+        }
+        drift.extend(live);
+        Ok(drift)
     }
 
+    /// The live interface of the active mesh, if one is active.
     async fn mesh_status(&mut self) -> Option<WireguardStatus> {
-        None
+        let backend = self.wireguard.as_ref()?.backend;
+        let interface = self.mesh.as_ref()?.1.interface.clone();
+        let name = interface.clone();
+        let read = tokio::task::spawn_blocking(move || wireguard::status(&name, backend))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match read {
+            Ok(status) => Some(status),
+            Err(e) => {
+                tracing::warn!(interface = %interface, error = %e, "cannot read the wireguard interface");
+                None
+            }
+        }
     }
 }
 
@@ -237,7 +405,7 @@ impl Node for DiskNode {
         crate::faults::point("after-unpack");
         match bundle.manifest.kind {
             BundleKind::Sentinel => self.try_activate(rollout, from, bundle).await,
-            BundleKind::WireguardMesh => self.apply_mesh(bundle).await,
+            BundleKind::WireguardMesh => self.apply_mesh(from, bundle).await,
         }
     }
 

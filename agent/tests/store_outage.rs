@@ -125,7 +125,7 @@ async fn a_store_outage_keeps_the_config_and_staleness_is_reported_when_it_retur
         test_binary: None,
         confirm_timeout_ms: 1000,
     };
-    let node = DiskNode::new(dir, Some(settings), Limits::default());
+    let node = DiskNode::new(dir, "edge-1", Some(settings), None, Limits::default());
     let identity = Identity {
         node: "edge-1".into(),
         environment: "prod".into(),

@@ -541,6 +541,84 @@ impl Mirror {
         }
     }
 
+    /// Like [`Mirror::last_change`] for something made of one file and
+    /// some of the files under a directory: walking first-parent history
+    /// from `head`, the last commit that changed `file`, or changed a file
+    /// under `dir` for which `relevant(path under dir, old bytes, new
+    /// bytes)` holds (`None`: the file is absent on that side). A mesh
+    /// bundle uses it with its mesh file and the node files of its members,
+    /// so editing a node outside the mesh leaves the mesh bundle alone.
+    pub fn last_change_where(
+        &self,
+        head: Oid,
+        file: &str,
+        dir: &str,
+        mut relevant: impl FnMut(&str, Option<&[u8]>, Option<&[u8]>) -> bool,
+    ) -> Result<Oid, GitError> {
+        let repo = &self.repo;
+        let entry = |commit: &git2::Commit<'_>, path: &str| -> Result<Option<Oid>, git2::Error> {
+            match commit.tree()?.get_path(Path::new(path)) {
+                Ok(e) => Ok(Some(e.id())),
+                Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let blob = |id: Oid| -> Result<Option<git2::Blob<'_>>, git2::Error> {
+            if id.is_zero() {
+                return Ok(None);
+            }
+            repo.find_blob(id).map(Some)
+        };
+        // Whether `dir` changed between `parent` and `commit` in a way
+        // `relevant` cares about.
+        let mut dir_changed =
+            |parent: &git2::Commit<'_>, commit: &git2::Commit<'_>| -> Result<bool, git2::Error> {
+                let (old, new) = (entry(parent, dir)?, entry(commit, dir)?);
+                if old == new {
+                    return Ok(false);
+                }
+                let tree = |id: Option<Oid>| id.map(|id| repo.find_tree(id)).transpose();
+                let (old, new) = (tree(old)?, tree(new)?);
+                let diff = repo.diff_tree_to_tree(old.as_ref(), new.as_ref(), None)?;
+                for delta in diff.deltas() {
+                    let path = delta
+                        .new_file()
+                        .path()
+                        .or_else(|| delta.old_file().path())
+                        .and_then(Path::to_str)
+                        .unwrap_or_default();
+                    let old = blob(delta.old_file().id())?;
+                    let new = blob(delta.new_file().id())?;
+                    if relevant(
+                        path,
+                        old.as_ref().map(git2::Blob::content),
+                        new.as_ref().map(git2::Blob::content),
+                    ) {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            };
+        let mut walk = || -> Result<Oid, git2::Error> {
+            let mut commit = repo.find_commit(head)?;
+            let target = entry(&commit, file)?;
+            loop {
+                let Ok(parent) = commit.parent(0) else {
+                    return Ok(commit.id());
+                };
+                if entry(&parent, file)? != target || dir_changed(&parent, &commit)? {
+                    return Ok(commit.id());
+                }
+                commit = parent;
+            }
+        };
+        walk().map_err(|source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!("the history of {file} and {dir} from {head}"),
+            source,
+        })
+    }
+
     /// The files at the tip of the state branch as last fetched (or pushed),
     /// and that tip. Only the tip's tree is read, never the history.
     pub fn state_files(&self) -> Result<(Option<Oid>, StateFiles), GitError> {
@@ -1082,6 +1160,54 @@ mod tests {
                 state: Some(b)
             }
         );
+    }
+
+    #[test]
+    fn last_change_where_skips_changes_nobody_cares_about() {
+        let fx = Fixture::new();
+        let human = fx.path("human");
+        let commit = |files: &[(&str, Option<&str>)], message: &str| {
+            for (path, text) in files {
+                match text {
+                    Some(t) => write(&human, path, t),
+                    None => std::fs::remove_file(human.join(path)).unwrap(),
+                }
+            }
+            git(&human, &["add", "-A"]);
+            git(&human, &["commit", "-qm", message]);
+            git(&human, &["push", "-q", "origin", "main"]);
+            Oid::from_str(&git(&human, &["rev-parse", "HEAD"])).unwrap()
+        };
+        let mirror = Mirror::open_or_clone(Remote::new(fx.file_url()), &fx.path("mirror")).unwrap();
+        // Files whose text contains "member" matter.
+        let cares = |_: &str, old: Option<&[u8]>, new: Option<&[u8]>| {
+            [old, new]
+                .into_iter()
+                .flatten()
+                .any(|b| String::from_utf8_lossy(b).contains("member"))
+        };
+        let last = |mirror: &Mirror| {
+            let head = mirror.fetch().unwrap().branch;
+            mirror
+                .last_change_where(head, "meshes/m.kdl", "nodes", cares)
+                .unwrap()
+        };
+
+        let mesh = commit(&[("meshes/m.kdl", Some("cidr\n"))], "mesh");
+        assert_eq!(last(&mirror), mesh);
+        let a = commit(&[("nodes/a.kdl", Some("member\n"))], "a joins");
+        commit(&[("nodes/b.kdl", Some("other\n"))], "b, not a member");
+        commit(&[("fleet.kdl", Some("fleet \"x\"\n"))], "unrelated");
+        assert_eq!(last(&mirror), a);
+        // A member leaving counts, by label edit or by deletion.
+        let leaves = commit(&[("nodes/a.kdl", Some("other\n"))], "a leaves");
+        assert_eq!(last(&mirror), leaves);
+        commit(&[("nodes/a.kdl", Some("member\n"))], "a is back");
+        let deleted = commit(&[("nodes/a.kdl", None)], "a is gone");
+        commit(&[("nodes/b.kdl", None)], "b is gone");
+        assert_eq!(last(&mirror), deleted);
+        let edited = commit(&[("meshes/m.kdl", Some("cidr 2\n"))], "mesh edit");
+        assert_eq!(last(&mirror), edited);
     }
 
     #[test]

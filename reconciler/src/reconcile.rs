@@ -10,15 +10,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
+use gitfleet_policy::bundle::{self, Built};
+use gitfleet_policy::mesh::{self, Allocation, MeshBuild};
 use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan, Targets};
-use gitfleet_policy::{bundle, channel, Checked, FleetModel};
-use gitfleet_schemas::state::RolloutState;
+use gitfleet_policy::{channel, Checked, FleetModel};
+use gitfleet_schemas::state::{MeshAllocation, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
 use gitfleet_schemas::verify::{verify_signed_by, verify_status, VerifyError};
-use gitfleet_schemas::{RolloutTarget, Severity};
+use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
 
-use crate::git::{Author, Mirror, StateCommit};
+use crate::git::{Author, Mirror, StateCommit, StateFiles};
 use crate::lease::{self, LeaseOutcome};
 use gitfleet_io::store::{Create, Fetch, Store, Update};
 
@@ -61,6 +63,8 @@ pub struct Outcome {
     pub errors: usize,
     pub bundles_uploaded: Vec<String>,
     pub plan: Plan,
+    /// Tunnel addresses handed out or freed, one line each.
+    pub allocations: Vec<String>,
     pub state_commit: Option<String>,
     pub manifests: Vec<(String, u64)>,
     pub reports_ignored: BTreeMap<&'static str, usize>,
@@ -79,6 +83,20 @@ pub struct Reconciler {
     uploaded: HashSet<String>,
     /// Config directory tree id -> the commit that made it so.
     source_commits: HashMap<git2::Oid, String>,
+    /// (mesh, mesh file id, `nodes/` tree id) -> the commit that made the
+    /// mesh so.
+    mesh_source_commits: HashMap<(String, Option<git2::Oid>, Option<git2::Oid>), String>,
+    /// Mesh -> its last build, with the source commit and the previous
+    /// allocation it was built from: the same two give the same build.
+    mesh_builds: HashMap<String, (String, Allocation, MeshBuild)>,
+}
+
+/// A mesh allocation to commit with the rollout state.
+#[derive(Debug)]
+struct AllocationChange {
+    bytes: Vec<u8>,
+    /// What changed, one line each, for the commit message.
+    lines: Vec<String>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -109,7 +127,151 @@ impl Reconciler {
             lease_ttl: Duration::seconds(30),
             uploaded: HashSet::new(),
             source_commits: HashMap::new(),
+            mesh_source_commits: HashMap::new(),
+            mesh_builds: HashMap::new(),
         }
+    }
+
+    /// The commit that made mesh `name` what it is at `head`: the last
+    /// commit that changed its mesh file, or a node file that is a member
+    /// on either side of the change (or cannot be read, so might be one).
+    /// A commit that edits a node outside the mesh leaves the mesh
+    /// bundle's bytes, and digest, alone.
+    fn mesh_source_commit(
+        &mut self,
+        head: git2::Oid,
+        name: &str,
+        path: &str,
+        mesh: &MeshFile,
+    ) -> Result<String, ReconcileError> {
+        let key = (
+            name.to_owned(),
+            self.mirror.dir_id(head, path)?,
+            self.mirror.dir_id(head, "nodes")?,
+        );
+        if let Some(c) = self.mesh_source_commits.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = self
+            .mirror
+            .last_change_where(head, path, "nodes", |file, old, new| {
+                // Only `nodes/<id>.kdl` are node files.
+                !file.contains('/') && file.ends_with(".kdl") && mesh::touches(mesh, old, new)
+            })?
+            .to_string();
+        self.mesh_source_commits.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Put `built` in the store, create-only, unless it is known to be
+    /// there. False when other bytes sit under its digest: then nothing may
+    /// name it.
+    async fn upload(
+        &mut self,
+        built: &Built,
+        dry_run: bool,
+        uploaded: &mut Vec<String>,
+    ) -> Result<bool, ReconcileError> {
+        let Some(key) = built.reference.object_key() else {
+            return Ok(false);
+        };
+        if self.uploaded.contains(&built.reference.digest) {
+            return Ok(true);
+        }
+        if !dry_run {
+            match self
+                .store
+                .put_create(&key, built.bytes.clone().into())
+                .await?
+            {
+                Create::Created => uploaded.push(built.reference.digest.clone()),
+                Create::Exists { identical: true } => {}
+                Create::Exists { identical: false } => {
+                    // Content-addressed: other bytes under this name
+                    // were not written by a reconciler.
+                    tracing::error!(key = %key, "a different object sits under this bundle's digest; not naming it in any manifest");
+                    return Ok(false);
+                }
+            }
+        }
+        self.uploaded.insert(built.reference.digest.clone());
+        Ok(true)
+    }
+
+    /// The bundle of mesh `name` (for rollout `rollout`), on the allocation
+    /// at the tip of the state branch, uploaded. A changed allocation goes
+    /// into `allocations`, to be committed with the rollout state. `None`
+    /// (logged) when the mesh cannot be built now: the rollout keeps its
+    /// last good bundle.
+    #[allow(clippy::too_many_arguments)]
+    async fn mesh_desired(
+        &mut self,
+        head: git2::Oid,
+        model: &FleetModel,
+        diagnostics: &[Diagnostic],
+        state_files: &StateFiles,
+        rollout: &str,
+        name: &str,
+        dry_run: bool,
+        uploaded: &mut Vec<String>,
+        allocations: &mut BTreeMap<String, AllocationChange>,
+    ) -> Result<Option<Desired>, ReconcileError> {
+        let Some(located) = model.meshes.get(name) else {
+            tracing::warn!(rollout, mesh = %name, "mesh file is missing or unreadable; keeping the last good bundle");
+            return Ok(None);
+        };
+        let path = allocation_path(name);
+        let previous = match state_files.get(&path) {
+            None => Allocation::new(),
+            Some(bytes) => {
+                let state: MeshAllocation =
+                    serde_json::from_slice(bytes).map_err(|source| ReconcileError::State {
+                        path: path.clone(),
+                        source,
+                    })?;
+                mesh::from_state(&state)
+            }
+        };
+        if let Some(d) = mesh::blocking(model, diagnostics, name, &previous) {
+            tracing::warn!(rollout, mesh = %name, file = %d.file, line = d.line, code = %d.code, "the mesh or one of its members has errors; keeping the last good bundle");
+            return Ok(None);
+        }
+        let source_commit = self.mesh_source_commit(head, name, &located.path, &located.doc)?;
+        let build = match self.mesh_builds.get(name) {
+            Some((commit, prev, build)) if *commit == source_commit && *prev == previous => {
+                build.clone()
+            }
+            _ => match mesh::build(model, name, &located.doc, &previous, &source_commit) {
+                Ok(build) => {
+                    tracing::info!(mesh = %name, members = build.allocation.len(), source_commit = %source_commit, digest = %build.built.reference.digest, "mesh bundle built");
+                    self.mesh_builds.insert(
+                        name.to_owned(),
+                        (source_commit.clone(), previous.clone(), build.clone()),
+                    );
+                    build
+                }
+                Err(e) => {
+                    tracing::warn!(rollout, mesh = %name, error = %e, "cannot build the mesh bundle; keeping the last good bundle");
+                    return Ok(None);
+                }
+            },
+        };
+        if !self.upload(&build.built, dry_run, uploaded).await? {
+            return Ok(None);
+        }
+        let mut bytes = serde_json::to_vec_pretty(&build.state).unwrap_or_default();
+        bytes.push(b'\n');
+        if state_files.get(&path) != Some(&bytes) {
+            let mut lines = build.changes.clone();
+            if lines.is_empty() {
+                lines.push(format!("mesh {name}: allocation record rewritten"));
+            }
+            allocations.insert(path, AllocationChange { bytes, lines });
+        }
+        Ok(Some(Desired {
+            bundle: build.built.reference,
+            source_commit,
+        }))
     }
 
     fn source_commit(&mut self, head: git2::Oid, config: &str) -> Result<String, ReconcileError> {
@@ -159,13 +321,45 @@ impl Reconciler {
             });
         }
 
-        // Bundles for every valid config a rollout targets.
+        // Rollout state and mesh allocations, from the tip of the state
+        // branch.
+        let (_, state_files) = self.mirror.state_files()?;
+
+        // Bundles for every valid config or mesh a rollout targets.
         let mut desired = BTreeMap::new();
         let mut bundles_uploaded = Vec::new();
+        let mut allocations: BTreeMap<String, AllocationChange> = BTreeMap::new();
+        // Mesh -> its bundle this pass, for rollouts that share a mesh.
+        let mut meshes: BTreeMap<String, Option<Desired>> = BTreeMap::new();
         for (name, r) in &model.rollouts {
-            let RolloutTarget::Config(config) = &r.doc.target.value else {
-                tracing::debug!(rollout = %name, "mesh bundles are not built yet");
-                continue;
+            let config = match &r.doc.target.value {
+                RolloutTarget::Config(config) => config,
+                RolloutTarget::Mesh(mesh_name) => {
+                    let d = match meshes.get(mesh_name) {
+                        Some(d) => d.clone(),
+                        None => {
+                            let d = self
+                                .mesh_desired(
+                                    heads.branch,
+                                    &model,
+                                    &diagnostics,
+                                    &state_files,
+                                    name,
+                                    mesh_name,
+                                    dry_run,
+                                    &mut bundles_uploaded,
+                                    &mut allocations,
+                                )
+                                .await?;
+                            meshes.insert(mesh_name.clone(), d.clone());
+                            d
+                        }
+                    };
+                    if let Some(d) = d {
+                        desired.insert(name.clone(), d);
+                    }
+                    continue;
+                }
             };
             let Some(dir) = model.configs.get(config).filter(|d| d.sentinel.is_some()) else {
                 tracing::warn!(rollout = %name, config = %config, "config is invalid; keeping the last good bundle");
@@ -181,27 +375,8 @@ impl Reconciler {
                     continue;
                 }
             };
-            let Some(key) = built.reference.object_key() else {
+            if !self.upload(&built, dry_run, &mut bundles_uploaded).await? {
                 continue;
-            };
-            if !self.uploaded.contains(&built.reference.digest) {
-                if !dry_run {
-                    match self
-                        .store
-                        .put_create(&key, built.bytes.clone().into())
-                        .await?
-                    {
-                        Create::Created => bundles_uploaded.push(built.reference.digest.clone()),
-                        Create::Exists { identical: true } => {}
-                        Create::Exists { identical: false } => {
-                            // Content-addressed: other bytes under this name
-                            // were not written by a reconciler.
-                            tracing::error!(key = %key, "a different object sits under this bundle's digest; not naming it in any manifest");
-                            continue;
-                        }
-                    }
-                }
-                self.uploaded.insert(built.reference.digest.clone());
             }
             desired.insert(
                 name.clone(),
@@ -212,7 +387,6 @@ impl Reconciler {
             );
         }
 
-        let (_, state_files) = self.mirror.state_files()?;
         let state = parse_state(&state_files)?;
         let (reports, reports_ignored) = self.reports(&model, &fleet).await?;
         let approvals = BTreeSet::new();
@@ -232,6 +406,10 @@ impl Reconciler {
             errors,
             bundles_uploaded,
             plan,
+            allocations: allocations
+                .values()
+                .flat_map(|a| a.lines.iter().cloned())
+                .collect(),
             state_commit: None,
             manifests: Vec::new(),
             reports_ignored,
@@ -254,17 +432,33 @@ impl Reconciler {
             }
         };
 
-        // State first: manifests are derived from committed state.
-        let changes = state_changes(&outcome.plan, &state_files);
+        // State first: manifests are derived from committed state. A new
+        // mesh allocation lands in the same commit as the rollout state
+        // that names the bundle built from it.
+        let mut changes = state_changes(&outcome.plan, &state_files);
+        for (path, a) in allocations {
+            changes.insert(path, Some(a.bytes));
+        }
         if !changes.is_empty() {
             still_leader(until)?;
+            let rollout_lines = outcome.plan.changes();
+            let mut summary = Vec::new();
+            if !rollout_lines.is_empty() || outcome.allocations.is_empty() {
+                summary.push(format!("{} rollout update(s)", rollout_lines.len()));
+            }
+            if !outcome.allocations.is_empty() {
+                summary.push(format!(
+                    "{} mesh address change(s)",
+                    outcome.allocations.len()
+                ));
+            }
             let mut message = format!(
-                "gitfleet: {} rollout update(s) at {}\n\n",
-                outcome.plan.changes().len(),
+                "gitfleet: {} at {}\n\n",
+                summary.join(", "),
                 &commit[..12.min(commit.len())]
             );
-            for line in outcome.plan.changes() {
-                message.push_str(&line);
+            for line in rollout_lines.iter().chain(&outcome.allocations) {
+                message.push_str(line);
                 message.push('\n');
             }
             if let StateCommit::Committed { oid } =
@@ -408,6 +602,12 @@ fn still_leader(until: DateTime<Utc>) -> Result<(), ReconcileError> {
 
 fn state_path(rollout: &str) -> String {
     format!("rollouts/{rollout}.json")
+}
+
+/// Where a mesh's allocation lives on the state branch, next to the
+/// rollout state.
+fn allocation_path(mesh: &str) -> String {
+    format!("meshes/{mesh}.json")
 }
 
 fn parse_state(
@@ -592,6 +792,9 @@ fn repo_url(repo: &str) -> anyhow::Result<String> {
 
 fn report(o: &Outcome, dry_run: bool) {
     print!("{}", o.plan);
+    for line in &o.allocations {
+        println!("{line}");
+    }
     println!(
         "commit {}: {} error(s) in the fleet repo",
         &o.commit[..o.commit.len().min(12)],

@@ -1,7 +1,8 @@
 //! `gitfleet reconcile --once` against a real bare git repository and a
 //! file:// object store: bundles, the state commit, signed manifests that
-//! the agent's verifier accepts, idempotence, and a broken config that does
-//! not stop the rest of the fleet.
+//! the agent's verifier accepts, idempotence, a broken config that does
+//! not stop the rest of the fleet, and WireGuard mesh bundles whose tunnel
+//! addresses stay put when the mesh grows.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
@@ -10,9 +11,10 @@ use std::process::Command;
 
 use chrono::{Duration, Utc};
 use ed25519_dalek::SigningKey;
-use gitfleet_schemas::state::{Phase, RolloutState};
-use gitfleet_schemas::trust::{Document, PublicKey, Root};
-use gitfleet_schemas::verify::{verify_channel, verify_first_root};
+use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
+use gitfleet_schemas::state::{MeshAllocation, Phase, RolloutState};
+use gitfleet_schemas::trust::{BundleRef, Document, PublicKey, Root};
+use gitfleet_schemas::verify::{verify_bundle, verify_channel, verify_first_root, Limits};
 use gitfleet_tests::{bin, copy_dir, git, text, workspace};
 
 struct Fleet {
@@ -73,8 +75,17 @@ impl Fleet {
     }
 
     fn state(&self, rollout: &str) -> RolloutState {
+        serde_json::from_slice(&self.state_file(&format!("rollouts/{rollout}.json"))).unwrap()
+    }
+
+    fn allocation(&self, mesh: &str) -> MeshAllocation {
+        serde_json::from_slice(&self.state_file(&format!("meshes/{mesh}.json"))).unwrap()
+    }
+
+    /// A file at the tip of the state branch.
+    fn state_file(&self, path: &str) -> Vec<u8> {
         let out = Command::new("git")
-            .args(["show", &format!("gitfleet/state:rollouts/{rollout}.json")])
+            .args(["show", &format!("gitfleet/state:{path}")])
             .current_dir(self.path("origin.git"))
             .output()
             .unwrap();
@@ -83,7 +94,15 @@ impl Fleet {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        out.stdout
+    }
+
+    /// The mesh file of a bundle in the store, verified like an agent does.
+    fn mesh_bundle(&self, bundle: &BundleRef) -> MeshBundle {
+        let bytes = std::fs::read(self.path("store").join(bundle.object_key().unwrap())).unwrap();
+        let verified = verify_bundle(bundle, &bytes, Limits::default()).unwrap();
+        assert_eq!(verified.manifest.kind, BundleKind::WireguardMesh);
+        serde_json::from_slice(&verified.files[MESH_FILE]).unwrap()
     }
 
     fn state_commits(&self) -> usize {
@@ -147,7 +166,8 @@ fn a_pass_uploads_bundles_commits_state_and_publishes_verifiable_manifests() {
         .iter()
         .filter(|f| f.starts_with("bundles/sha256/"))
         .count();
-    assert_eq!(bundles, 2, "{files:?}");
+    // edge, api-gateway and the backbone mesh.
+    assert_eq!(bundles, 3, "{files:?}");
     for env in ["dev", "staging", "prod"] {
         assert!(files.contains(&format!("channels/{env}.json")), "{files:?}");
     }
@@ -337,4 +357,141 @@ fn an_unrelated_commit_leaves_bundles_and_rollouts_alone() {
     assert!(!stdout.contains("uploaded bundle"), "{stdout}");
     assert!(stdout.contains("state unchanged"), "{stdout}");
     assert_eq!(fleet.state("edge"), before);
+}
+
+/// The edge nodes of the example fleet: the backbone mesh's members.
+fn edge_nodes() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(workspace().join("examples/fleet-repo/nodes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("edge-"))
+        .map(|n| n.trim_end_matches(".kdl").to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every member has a distinct host address of 10.40.0.0/24, the one the
+/// allocation on the state branch gives it.
+fn check_mesh(mesh: &MeshBundle, allocation: &MeshAllocation, nodes: &[String]) {
+    let members: Vec<&str> = mesh.members.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(members, nodes);
+    assert_eq!(mesh.interface, "wg-backbone");
+    assert_eq!(mesh.listen_port, Some(51820));
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &mesh.members {
+        let ip = m.address.strip_suffix("/24").unwrap();
+        let octets = ip.parse::<std::net::Ipv4Addr>().unwrap().octets();
+        assert_eq!(octets[..3], [10, 40, 0], "{}", m.address);
+        assert!((1..=254).contains(&octets[3]), "{}", m.address);
+        assert!(seen.insert(ip.to_owned()), "{ip} given twice");
+        assert_eq!(m.allowed_ips, [format!("{ip}/32")]);
+        assert_eq!(allocation.addresses[&m.node].to_string(), ip);
+    }
+    assert_eq!(allocation.addresses.len(), nodes.len());
+    assert_eq!(allocation.cidr, "10.40.0.0/24");
+}
+
+#[test]
+fn the_backbone_mesh_is_bundled_and_keeps_its_addresses_when_it_grows() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("mesh backbone: edge-dev-fra-1 gets 10.40.0.1"),
+        "{stdout}"
+    );
+
+    let mut nodes = edge_nodes();
+    assert_eq!(nodes.len(), 7, "{nodes:?}");
+    let allocation = fleet.allocation("backbone");
+    let dev = fleet.state("backbone").environments["dev"].clone();
+    assert_eq!(dev.phase, Phase::Progressing);
+    let first = fleet.mesh_bundle(&dev.target);
+    check_mesh(&first, &allocation, &nodes);
+    // The mesh allocation came with the rollout state, in one commit that
+    // says who got which address.
+    let message = git(
+        &fleet.path("origin.git"),
+        &["log", "-1", "--format=%B", "gitfleet/state"],
+    );
+    assert!(message.contains("mesh address change(s)"), "{message}");
+    for node in &nodes {
+        let ip = allocation.addresses[node];
+        assert!(
+            message.contains(&format!("mesh backbone: {node} gets {ip}")),
+            "{message}"
+        );
+    }
+
+    // Nothing new: no bundle, no commit.
+    let commits = fleet.state_commits();
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("uploaded bundle"), "{stdout}");
+    assert!(stdout.contains("state unchanged"), "{stdout}");
+    assert_eq!(fleet.state_commits(), commits);
+
+    // A node outside the mesh changes: the mesh bundle stays as it is.
+    let work = fleet.path("work");
+    let api = work.join("nodes/api-fra-1.kdl");
+    let text = std::fs::read_to_string(&api).unwrap();
+    std::fs::write(
+        &api,
+        text.replace("role=\"api\"", "role=\"api\" tier=\"1\""),
+    )
+    .unwrap();
+    git(&work, &["commit", "-qam", "label an api node"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("uploaded bundle"), "{stdout}");
+    assert_eq!(
+        fleet.state("backbone").environments["dev"].target,
+        dev.target
+    );
+
+    // A new edge node: sorted among the others, but nobody else moves.
+    let node_key = SigningKey::from_bytes(&[77; 32]).verifying_key().to_bytes();
+    let b64 = |b: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    std::fs::write(
+        work.join("nodes/edge-fra-3.kdl"),
+        format!(
+            "version 1\nid \"edge-fra-3\"\nenvironment \"prod\"\nlabels region=\"fra\" role=\"edge\"\nnode-key \"{}\"\nwireguard public-key=\"{}\" endpoint=\"198.51.100.33:51820\"\n",
+            b64(&node_key),
+            b64(&[0x5a; 32]),
+        ),
+    )
+    .unwrap();
+    git(&work, &["add", "nodes/edge-fra-3.kdl"]);
+    git(&work, &["commit", "-qm", "edge-fra-3 joins"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("uploaded bundle"), "{stdout}");
+    assert!(stdout.contains(": 0 error(s)"), "{stdout}");
+
+    let grown = fleet.allocation("backbone");
+    for (node, ip) in &allocation.addresses {
+        assert_eq!(grown.addresses[node], *ip, "{node} moved");
+    }
+    assert_eq!(grown.addresses["edge-fra-3"].to_string(), "10.40.0.8");
+    nodes.push("edge-fra-3".to_owned());
+    nodes.sort();
+    let target = fleet.state("backbone").environments["dev"].target.clone();
+    assert_ne!(target, dev.target);
+    check_mesh(&fleet.mesh_bundle(&target), &grown, &nodes);
+    let message = git(
+        &fleet.path("origin.git"),
+        &["log", "-1", "--format=%B", "gitfleet/state"],
+    );
+    assert!(
+        message.contains("mesh backbone: edge-fra-3 gets 10.40.0.8"),
+        "{message}"
+    );
+    assert!(!message.contains("edge-fra-1 gets"), "{message}");
 }

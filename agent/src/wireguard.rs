@@ -1,0 +1,1308 @@
+//! WireGuard meshes on this node.
+//!
+//! - [`desired`] (pure): what this node's interface should be, from a mesh
+//!   bundle, the node's id and its private key;
+//! - [`peer_diff`] (pure): which peers to add, remove and change so that the
+//!   live interface matches;
+//! - [`apply`]: read the live interface with `wireguard-control` and write
+//!   only that difference, then the interface address and link state;
+//! - [`read`], [`drift`] and [`status`]: what drift checks and status
+//!   reports say about the live interface.
+//!
+//! Peers that already match are never written, so their sessions, counters
+//! and handshakes survive a new mesh. boringtun 0.7 needs this twice over: a
+//! `set` that names an existing peer without `remove` aborts it, so on the
+//! userspace backend a changed peer is removed and added again in the same
+//! request (its counters restart; it changed anyway). The kernel changes a
+//! peer in place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use gitfleet_schemas::agent::WireguardBackend;
+use gitfleet_schemas::bundle::{MeshBundle, MESH_FORMAT};
+use gitfleet_schemas::status::{Drift, PeerStatus, WireguardStatus};
+use ipnet::IpNet;
+use sha2::{Digest as _, Sha256};
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+/// The node's WireGuard private key in its state directory, written by
+/// `gitfleet-agent enroll`.
+pub const WIREGUARD_KEY: &str = "wireguard.key";
+
+/// Where userspace implementations put their control sockets, in the order
+/// `wireguard-control` looks.
+const SOCKET_DIRS: [&str; 2] = ["/var/run/wireguard", "/run/wireguard"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireguardError {
+    #[error("mesh `{mesh}` has format {found}, this agent reads format {expected}")]
+    Format {
+        mesh: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("node `{node}` is not a member of mesh `{mesh}`")]
+    NotMember { mesh: String, node: String },
+    #[error("mesh `{mesh}` lists node `{node}` with public key {listed}, but this node's wireguard.key gives {actual}")]
+    KeyMismatch {
+        mesh: String,
+        node: String,
+        listed: String,
+        actual: String,
+    },
+    #[error("mesh `{mesh}`, member `{node}`: {field} `{value}` {reason}")]
+    Member {
+        mesh: String,
+        node: String,
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("mesh `{mesh}`: interface name `{interface}` is not a valid Linux interface name (1 to 15 bytes, no `/` or spaces)")]
+    Interface { mesh: String, interface: String },
+    #[error("wireguard key {path}: {reason}")]
+    PrivateKey { path: PathBuf, reason: String },
+    #[error("resolving the endpoint `{endpoint}` of mesh member `{node}`: {reason}")]
+    Resolve {
+        node: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("no userspace wireguard runs interface {interface} (no control socket in /var/run/wireguard or /run/wireguard: {source}); start boringtun or wireguard-go for it first")]
+    NotRunning {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{action} wireguard interface {interface} ({backend}): {source}")]
+    Device {
+        interface: String,
+        backend: &'static str,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("running `{command}`: {reason}")]
+    Command { command: String, reason: String },
+}
+
+/// A WireGuard (x25519) public key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WgKey(pub [u8; 32]);
+
+impl WgKey {
+    /// Standard base64 of 32 bytes, as `wg` prints keys.
+    pub fn parse(text: &str) -> Option<WgKey> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()?;
+        Some(WgKey(<[u8; 32]>::try_from(bytes.as_slice()).ok()?))
+    }
+}
+
+impl fmt::Display for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WgKey({self})")
+    }
+}
+
+/// This node's WireGuard private key (clamped); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKey([u8; 32]);
+
+impl PrivateKey {
+    pub fn from_bytes(mut bytes: [u8; 32]) -> PrivateKey {
+        bytes[0] &= 248;
+        bytes[31] = (bytes[31] & 127) | 64;
+        PrivateKey(bytes)
+    }
+
+    /// `<state-dir>/wireguard.key`: base64 of 32 bytes, as
+    /// `gitfleet-agent enroll` writes it.
+    pub fn read(path: &Path) -> Result<PrivateKey, WireguardError> {
+        let error = |reason: String| WireguardError::PrivateKey {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                error("does not exist; run `gitfleet-agent enroll` first".to_owned())
+            } else {
+                error(e.to_string())
+            }
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| error(format!("is not base64: {e}")))?;
+        let bytes = <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| error(format!("holds {} bytes, not 32", bytes.len())))?;
+        Ok(PrivateKey::from_bytes(bytes))
+    }
+
+    pub fn public(&self) -> WgKey {
+        WgKey(curve25519_dalek::MontgomeryPoint::mul_base_clamped(self.0).to_bytes())
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrivateKey(public {})", self.public())
+    }
+}
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        self.0.fill(0);
+    }
+}
+
+/// A peer as the mesh describes it: the endpoint as written (`host:port`),
+/// resolved only when applied ([`resolve`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshPeer {
+    pub node: String,
+    pub public_key: WgKey,
+    pub endpoint: Option<String>,
+    pub allowed_ips: BTreeSet<IpNet>,
+    pub keepalive: Option<u16>,
+}
+
+/// A peer's configuration, desired or live: what [`peer_diff`] compares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub public_key: WgKey,
+    pub endpoint: Option<SocketAddr>,
+    /// Host bits cleared, as the kernel and boringtun store them.
+    pub allowed_ips: BTreeSet<IpNet>,
+    /// `None` when off (an interval of 0 is off).
+    pub keepalive: Option<u16>,
+}
+
+impl Peer {
+    /// Whether the live peer `live` is configured as this desired peer. A
+    /// peer the mesh gives no endpoint may be at whatever address it last
+    /// sent from (WireGuard learns it), so its endpoint is not compared.
+    pub fn satisfied_by(&self, live: &Peer) -> bool {
+        self.public_key == live.public_key
+            && self.allowed_ips == live.allowed_ips
+            && self.keepalive == live.keepalive
+            && (self.endpoint.is_none() || self.endpoint == live.endpoint)
+    }
+
+    /// One line per setting, for drift digests.
+    fn canonical(&self) -> String {
+        let ips: Vec<String> = self.allowed_ips.iter().map(IpNet::to_string).collect();
+        format!(
+            "public-key={}\nendpoint={}\nallowed-ips={}\npersistent-keepalive={}\n",
+            self.public_key,
+            self.endpoint.map_or("any".to_owned(), |e| e.to_string()),
+            ips.join(","),
+            self.keepalive.map_or("off".to_owned(), |k| k.to_string()),
+        )
+    }
+}
+
+/// What this node's interface should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub mesh: String,
+    pub node: String,
+    pub interface: String,
+    pub private_key: PrivateKey,
+    pub public_key: WgKey,
+    pub listen_port: Option<u16>,
+    /// This node's tunnel address with the mesh's prefix length.
+    pub address: IpNet,
+    /// Every other member, sorted by node id.
+    pub peers: Vec<MeshPeer>,
+}
+
+/// What this node's interface should be: it finds itself in `mesh` by
+/// `node`, and peers with every other member. `interface` (the agent
+/// config's) replaces the mesh's interface name.
+pub fn desired(
+    mesh: &MeshBundle,
+    node: &str,
+    private_key: &PrivateKey,
+    interface: Option<&str>,
+) -> Result<Desired, WireguardError> {
+    if mesh.format != MESH_FORMAT {
+        return Err(WireguardError::Format {
+            mesh: mesh.mesh.clone(),
+            found: mesh.format,
+            expected: MESH_FORMAT,
+        });
+    }
+    let interface = interface.unwrap_or(&mesh.interface);
+    if InterfaceName::from_str(interface).is_err() {
+        return Err(WireguardError::Interface {
+            mesh: mesh.mesh.clone(),
+            interface: interface.to_owned(),
+        });
+    }
+    let bad = |node: &str, field: &'static str, value: &str, reason: &str| WireguardError::Member {
+        mesh: mesh.mesh.clone(),
+        node: node.to_owned(),
+        field,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let me = mesh
+        .members
+        .iter()
+        .find(|m| m.node == node)
+        .ok_or_else(|| WireguardError::NotMember {
+            mesh: mesh.mesh.clone(),
+            node: node.to_owned(),
+        })?;
+    let public_key = private_key.public();
+    if WgKey::parse(&me.public_key) != Some(public_key) {
+        return Err(WireguardError::KeyMismatch {
+            mesh: mesh.mesh.clone(),
+            node: node.to_owned(),
+            listed: me.public_key.clone(),
+            actual: public_key.to_string(),
+        });
+    }
+    let address: IpNet = me.address.parse().map_err(|_| {
+        bad(
+            node,
+            "address",
+            &me.address,
+            "is not an address with a prefix length",
+        )
+    })?;
+    let keepalive = mesh.persistent_keepalive_seconds.filter(|&s| s != 0);
+    let mut seen = BTreeMap::from([(public_key, node)]);
+    let mut peers = Vec::new();
+    for m in mesh.members.iter().filter(|m| m.node != node) {
+        let key = WgKey::parse(&m.public_key).ok_or_else(|| {
+            bad(
+                &m.node,
+                "public key",
+                &m.public_key,
+                "is not base64 of 32 bytes",
+            )
+        })?;
+        if let Some(other) = seen.insert(key, &m.node) {
+            return Err(bad(
+                &m.node,
+                "public key",
+                &m.public_key,
+                &format!("is also the key of `{other}`"),
+            ));
+        }
+        let mut allowed_ips = BTreeSet::new();
+        for ip in &m.allowed_ips {
+            let net: IpNet = ip
+                .parse()
+                .map_err(|_| bad(&m.node, "allowed ip", ip, "is not a CIDR range"))?;
+            allowed_ips.insert(net.trunc());
+        }
+        if let Some(e) = &m.endpoint {
+            if !endpoint_ok(e) {
+                return Err(bad(&m.node, "endpoint", e, "is not `host:port`"));
+            }
+        }
+        peers.push(MeshPeer {
+            node: m.node.clone(),
+            public_key: key,
+            endpoint: m.endpoint.clone(),
+            allowed_ips,
+            keepalive,
+        });
+    }
+    peers.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(Desired {
+        mesh: mesh.mesh.clone(),
+        node: node.to_owned(),
+        interface: interface.to_owned(),
+        private_key: private_key.clone(),
+        public_key,
+        listen_port: mesh.listen_port,
+        address,
+        peers,
+    })
+}
+
+/// `ip:port`, `[ipv6]:port` or `host:port`.
+fn endpoint_ok(endpoint: &str) -> bool {
+    if SocketAddr::from_str(endpoint).is_ok() {
+        return true;
+    }
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains([':', '[', ']', '/', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    }
+}
+
+/// The mesh's peers with their endpoints resolved (an address is used as
+/// is; a host name is looked up).
+pub fn resolve(peers: &[MeshPeer]) -> Result<Vec<Peer>, WireguardError> {
+    peers
+        .iter()
+        .map(|p| {
+            let endpoint = match &p.endpoint {
+                None => None,
+                Some(e) => Some(match SocketAddr::from_str(e) {
+                    Ok(addr) => addr,
+                    Err(_) => e
+                        .to_socket_addrs()
+                        .map_err(|source| WireguardError::Resolve {
+                            node: p.node.clone(),
+                            endpoint: e.clone(),
+                            reason: source.to_string(),
+                        })?
+                        .next()
+                        .ok_or_else(|| WireguardError::Resolve {
+                            node: p.node.clone(),
+                            endpoint: e.clone(),
+                            reason: "no addresses".to_owned(),
+                        })?,
+                }),
+            };
+            Ok(Peer {
+                public_key: p.public_key,
+                endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                keepalive: p.keepalive,
+            })
+        })
+        .collect()
+}
+
+/// The peers to write so that the live interface matches: each list sorted
+/// by public key. A live peer that already matches is in none of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerDiff {
+    pub add: Vec<Peer>,
+    pub remove: Vec<WgKey>,
+    pub update: Vec<Peer>,
+}
+
+impl PeerDiff {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty() && self.update.is_empty()
+    }
+}
+
+pub fn peer_diff(desired: &[Peer], live: &[Peer]) -> PeerDiff {
+    let live_by_key: BTreeMap<WgKey, &Peer> = live.iter().map(|p| (p.public_key, p)).collect();
+    let wanted: BTreeSet<WgKey> = desired.iter().map(|p| p.public_key).collect();
+    let mut diff = PeerDiff::default();
+    for d in desired {
+        match live_by_key.get(&d.public_key) {
+            None => diff.add.push(d.clone()),
+            Some(l) if !d.satisfied_by(l) => diff.update.push(d.clone()),
+            Some(_) => {}
+        }
+    }
+    diff.remove = live_by_key
+        .keys()
+        .filter(|k| !wanted.contains(k))
+        .copied()
+        .collect();
+    diff.add.sort_by_key(|p| p.public_key);
+    diff.update.sort_by_key(|p| p.public_key);
+    diff
+}
+
+/// A live peer: its configuration and its session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivePeer {
+    pub config: Peer,
+    pub latest_handshake: Option<DateTime<Utc>>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The live interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// False when the (kernel) interface does not exist yet.
+    pub exists: bool,
+    pub public_key: Option<WgKey>,
+    pub listen_port: Option<u16>,
+    pub peers: Vec<LivePeer>,
+    /// Addresses on the interface, IPv6 link-local ones left out.
+    pub addresses: Vec<IpNet>,
+    pub up: bool,
+}
+
+impl Live {
+    pub fn configs(&self) -> Vec<Peer> {
+        self.peers.iter().map(|p| p.config.clone()).collect()
+    }
+}
+
+fn backend_of(backend: WireguardBackend) -> Backend {
+    match backend {
+        WireguardBackend::Kernel => Backend::Kernel,
+        WireguardBackend::Userspace => Backend::Userspace,
+    }
+}
+
+fn backend_name(backend: WireguardBackend) -> &'static str {
+    match backend {
+        WireguardBackend::Kernel => "kernel",
+        WireguardBackend::Userspace => "userspace",
+    }
+}
+
+fn interface_name(interface: &str) -> Result<InterfaceName, WireguardError> {
+    InterfaceName::from_str(interface).map_err(|_| WireguardError::Interface {
+        mesh: "(agent config)".to_owned(),
+        interface: interface.to_owned(),
+    })
+}
+
+/// Read the live interface: WireGuard settings and peers with
+/// `wireguard-control`, addresses and link state with `ip`.
+pub fn read(interface: &str, backend: WireguardBackend) -> Result<Live, WireguardError> {
+    let name = interface_name(interface)?;
+    let device = match Device::get(&name, backend_of(backend)) {
+        Ok(d) => d,
+        Err(e) if backend == WireguardBackend::Kernel && no_such_device(&e) => {
+            return Ok(Live::default());
+        }
+        Err(source)
+            if backend == WireguardBackend::Userspace
+                && matches!(
+                    source.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+        {
+            return Err(WireguardError::NotRunning {
+                interface: interface.to_owned(),
+                source,
+            });
+        }
+        Err(source) => {
+            return Err(WireguardError::Device {
+                interface: interface.to_owned(),
+                backend: backend_name(backend),
+                action: "reading",
+                source,
+            })
+        }
+    };
+    let device_error = |source: io::Error| WireguardError::Device {
+        interface: interface.to_owned(),
+        backend: backend_name(backend),
+        action: "reading",
+        source,
+    };
+    let mut public_key = device.public_key.map(|k| WgKey(k.0));
+    let mut handshakes = None;
+    if backend == WireguardBackend::Userspace {
+        let extra = userspace_extra(interface).map_err(device_error)?;
+        public_key = public_key.or(extra.public_key);
+        handshakes = Some(extra.handshakes);
+    }
+    let now = SystemTime::now();
+    let mut peers = Vec::with_capacity(device.peers.len());
+    for p in device.peers {
+        let mut allowed_ips = BTreeSet::new();
+        for ip in &p.config.allowed_ips {
+            let net = IpNet::new(ip.address, ip.cidr).map_err(|_| {
+                device_error(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "allowed ip {}/{} has a bad prefix length",
+                        ip.address, ip.cidr
+                    ),
+                ))
+            })?;
+            allowed_ips.insert(net.trunc());
+        }
+        peers.push(LivePeer {
+            config: Peer {
+                public_key: WgKey(p.config.public_key.0),
+                endpoint: p.config.endpoint,
+                allowed_ips,
+                keepalive: p.config.persistent_keepalive_interval.filter(|&k| k != 0),
+            },
+            latest_handshake: match &handshakes {
+                Some(h) => h
+                    .get(&WgKey(p.config.public_key.0))
+                    .and_then(|&(sec, nsec)| userspace_handshake(sec, nsec, now)),
+                None => p.stats.last_handshake_time.map(DateTime::<Utc>::from),
+            },
+            rx_bytes: p.stats.rx_bytes,
+            tx_bytes: p.stats.tx_bytes,
+        });
+    }
+    peers.sort_by_key(|p| p.config.public_key);
+    let (up, addresses) = link(interface)?;
+    Ok(Live {
+        exists: true,
+        public_key,
+        listen_port: device.listen_port.filter(|&p| p != 0),
+        peers,
+        addresses,
+        up,
+    })
+}
+
+fn no_such_device(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::NODEV.raw_os_error())
+        || e.kind() == io::ErrorKind::NotFound
+}
+
+/// What wireguard-control does not read from a userspace implementation.
+#[derive(Debug, Default)]
+struct UserspaceExtra {
+    /// boringtun answers `own_public_key` instead of `private_key`.
+    public_key: Option<WgKey>,
+    /// `last_handshake_time_sec` and `_nsec` by peer, as sent.
+    handshakes: BTreeMap<WgKey, (u64, u32)>,
+}
+
+/// One `get` on the interface's control socket, for what wireguard-control
+/// leaves out: the own public key of boringtun, and handshake times to the
+/// nanosecond (wireguard-control reads only whole seconds and takes 0 as
+/// "never", which from boringtun means "under a second ago").
+fn userspace_extra(interface: &str) -> io::Result<UserspaceExtra> {
+    let mut extra = UserspaceExtra::default();
+    let Some(path) = SOCKET_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(format!("{interface}.sock")))
+        .find(|p| p.exists())
+    else {
+        return Ok(extra);
+    };
+    let mut socket = UnixStream::connect(&path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.write_all(b"get=1\n\n")?;
+    let mut peer: Option<WgKey> = None;
+    let key = |hex: &str| Key::from_hex(hex).ok().map(|k| WgKey(k.0));
+    for line in BufReader::new(socket).lines() {
+        let line = line?;
+        let Some((name, value)) = line.split_once('=') else {
+            break;
+        };
+        match (name, peer) {
+            ("errno", _) => break,
+            ("public_key", _) => peer = key(value),
+            ("own_public_key", None) => extra.public_key = key(value),
+            ("private_key", None) => {
+                extra.public_key = Key::from_hex(value).ok().map(|k| WgKey(k.get_public().0));
+            }
+            ("last_handshake_time_sec", Some(p)) => {
+                extra.handshakes.entry(p).or_default().0 = value.parse().unwrap_or(0);
+            }
+            ("last_handshake_time_nsec", Some(p)) => {
+                extra.handshakes.entry(p).or_default().1 = value.parse().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    Ok(extra)
+}
+
+/// A userspace handshake time. The protocol sends a Unix time (0 for
+/// never), as wireguard-go does; boringtun 0.7 sends the time since the
+/// handshake instead, which is told apart by being before 2000.
+fn userspace_handshake(sec: u64, nsec: u32, now: SystemTime) -> Option<DateTime<Utc>> {
+    const Y2000: Duration = Duration::from_secs(946_684_800);
+    if sec == 0 && nsec == 0 {
+        return None;
+    }
+    let t = Duration::new(sec, nsec);
+    let t = if t < Y2000 {
+        now.checked_sub(t)?
+    } else {
+        UNIX_EPOCH.checked_add(t)?
+    };
+    Some(DateTime::<Utc>::from(t))
+}
+
+// Addresses and link state go through the `ip` command: wireguard-control
+// configures WireGuard only, and rtnetlink by hand (or another netlink
+// crate) would be more code to own than the one tool that is on every node
+// with WireGuard (iproute2, which wg-quick itself uses). The agent runs in
+// the node's network namespace, and so does `ip`.
+fn ip(args: &[&str]) -> Result<Vec<u8>, WireguardError> {
+    let command = format!("ip {}", args.join(" "));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| WireguardError::Command {
+            command: command.clone(),
+            reason: if e.kind() == io::ErrorKind::NotFound {
+                "`ip` is not installed (install iproute2)".to_owned()
+            } else {
+                e.to_string()
+            },
+        })?;
+    if !out.status.success() {
+        return Err(WireguardError::Command {
+            command,
+            reason: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// Whether the link is up, and its addresses.
+fn link(interface: &str) -> Result<(bool, Vec<IpNet>), WireguardError> {
+    let args = ["-j", "address", "show", "dev", interface];
+    let out = ip(&args)?;
+    let bad = |reason: String| WireguardError::Command {
+        command: format!("ip {}", args.join(" ")),
+        reason,
+    };
+    let links: serde_json::Value =
+        serde_json::from_slice(&out).map_err(|e| bad(format!("unreadable output: {e}")))?;
+    let Some(link) = links.as_array().and_then(|a| a.first()) else {
+        return Ok((false, Vec::new()));
+    };
+    let up = link["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "UP"));
+    let mut addresses = Vec::new();
+    for a in link["addr_info"].as_array().into_iter().flatten() {
+        if a["scope"] == "link" {
+            continue;
+        }
+        let (Some(local), Some(prefix)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else {
+            continue;
+        };
+        let net = format!("{local}/{prefix}")
+            .parse::<IpNet>()
+            .map_err(|_| bad(format!("address `{local}/{prefix}` is not an address")))?;
+        addresses.push(net);
+    }
+    addresses.sort();
+    Ok((up, addresses))
+}
+
+/// What [`apply`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub diff: PeerDiff,
+    pub private_key: bool,
+    pub listen_port: bool,
+    pub address: bool,
+    pub link_up: bool,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.diff.is_empty()
+            && !self.private_key
+            && !self.listen_port
+            && !self.address
+            && !self.link_up
+    }
+}
+
+fn builder(peer: &Peer) -> PeerConfigBuilder {
+    let mut b = PeerConfigBuilder::new(&Key(peer.public_key.0)).replace_allowed_ips();
+    if let Some(e) = peer.endpoint {
+        b = b.set_endpoint(e);
+    }
+    b = b.set_persistent_keepalive_interval(peer.keepalive.unwrap_or(0));
+    for ip in &peer.allowed_ips {
+        b = b.add_allowed_ip(ip.addr(), ip.prefix_len());
+    }
+    b
+}
+
+/// Make the live interface what `desired` says, writing only what differs:
+/// the private key and listen port when they differ, the peers of
+/// [`peer_diff`], the address, and the link state. A userspace interface
+/// must already run (this agent does not start one); a kernel interface is
+/// created when missing.
+pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, WireguardError> {
+    let interface = desired.interface.as_str();
+    let name = interface_name(interface)?;
+    let peers = resolve(&desired.peers)?;
+    let live = read(interface, backend)?;
+    let diff = peer_diff(&peers, &live.configs());
+    let mut applied = Applied {
+        private_key: live.public_key != Some(desired.public_key),
+        listen_port: desired
+            .listen_port
+            .is_some_and(|p| live.listen_port != Some(p)),
+        ..Applied::default()
+    };
+    let mut update = DeviceUpdate::new();
+    if applied.private_key {
+        update = update.set_private_key(Key(desired.private_key.0));
+    }
+    if let (true, Some(port)) = (applied.listen_port, desired.listen_port) {
+        update = update.set_listen_port(port);
+    }
+    for key in &diff.remove {
+        update = update.remove_peer_by_key(&Key(key.0));
+    }
+    for peer in &diff.update {
+        if backend == WireguardBackend::Userspace {
+            update = update.remove_peer_by_key(&Key(peer.public_key.0));
+        }
+        update = update.add_peer(builder(peer));
+    }
+    for peer in &diff.add {
+        update = update.add_peer(builder(peer));
+    }
+    if !live.exists || applied.private_key || applied.listen_port || !diff.is_empty() {
+        update
+            .apply(&name, backend_of(backend))
+            .map_err(|source| WireguardError::Device {
+                interface: interface.to_owned(),
+                backend: backend_name(backend),
+                action: "configuring",
+                source,
+            })?;
+    }
+    let (up, addresses) = if live.exists {
+        (live.up, live.addresses.clone())
+    } else {
+        link(interface)?
+    };
+    let address = desired.address.to_string();
+    if !addresses.contains(&desired.address) {
+        ip(&["address", "replace", &address, "dev", interface])?;
+        applied.address = true;
+    }
+    for other in addresses.iter().filter(|a| **a != desired.address) {
+        ip(&["address", "del", &other.to_string(), "dev", interface])?;
+        applied.address = true;
+    }
+    if !up {
+        ip(&["link", "set", "dev", interface, "up"])?;
+        applied.link_up = true;
+    }
+    tracing::info!(
+        interface,
+        mesh = %desired.mesh,
+        backend = backend_name(backend),
+        added = diff.add.len(),
+        removed = diff.remove.len(),
+        changed = diff.update.len(),
+        unchanged = peers.len() - diff.add.len() - diff.update.len(),
+        private_key = applied.private_key,
+        listen_port = applied.listen_port,
+        address = applied.address,
+        link_up = applied.link_up,
+        "wireguard interface configured"
+    );
+    applied.diff = diff;
+    Ok(applied)
+}
+
+fn digest(text: &str) -> String {
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+/// How the live interface differs from `desired` (whose peers `peers` are,
+/// resolved). Each entry's path is `wireguard/<interface>/…`: `public-key`,
+/// `listen-port`, `address`, `link`, or `peers/<base64 key>` (standard
+/// base64, as `wg` prints it, so it may hold a `/`); the digests are SHA-256
+/// of the setting's canonical text, absent on the side that lacks it.
+pub fn drift(desired: &Desired, peers: &[Peer], live: &Live) -> Vec<Drift> {
+    let base = format!("wireguard/{}", desired.interface);
+    let mut out = Vec::new();
+    let mut entry = |path: String, expected: Option<String>, found: Option<String>| {
+        out.push(Drift {
+            path,
+            expected_sha256: expected.map(|t| digest(&t)),
+            found_sha256: found.map(|t| digest(&t)),
+        });
+    };
+    if live.public_key != Some(desired.public_key) {
+        entry(
+            format!("{base}/public-key"),
+            Some(desired.public_key.to_string()),
+            live.public_key.map(|k| k.to_string()),
+        );
+    }
+    if let Some(port) = desired.listen_port {
+        if live.listen_port != Some(port) {
+            entry(
+                format!("{base}/listen-port"),
+                Some(port.to_string()),
+                live.listen_port.map(|p| p.to_string()),
+            );
+        }
+    }
+    let diff = peer_diff(peers, &live.configs());
+    let live_by_key: BTreeMap<WgKey, &LivePeer> = live
+        .peers
+        .iter()
+        .map(|p| (p.config.public_key, p))
+        .collect();
+    for p in &diff.add {
+        entry(
+            format!("{base}/peers/{}", p.public_key),
+            Some(p.canonical()),
+            None,
+        );
+    }
+    for p in &diff.update {
+        entry(
+            format!("{base}/peers/{}", p.public_key),
+            Some(p.canonical()),
+            live_by_key.get(&p.public_key).map(|l| l.config.canonical()),
+        );
+    }
+    for k in &diff.remove {
+        entry(
+            format!("{base}/peers/{k}"),
+            None,
+            live_by_key.get(k).map(|l| l.config.canonical()),
+        );
+    }
+    if live.addresses != [desired.address] {
+        let found: Vec<String> = live.addresses.iter().map(IpNet::to_string).collect();
+        entry(
+            format!("{base}/address"),
+            Some(desired.address.to_string()),
+            (!found.is_empty()).then(|| found.join(",")),
+        );
+    }
+    if !live.up {
+        entry(
+            format!("{base}/link"),
+            Some("up".to_owned()),
+            live.exists.then(|| "down".to_owned()),
+        );
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// The live interface as a status report shows it.
+pub fn status(
+    interface: &str,
+    backend: WireguardBackend,
+) -> Result<WireguardStatus, WireguardError> {
+    Ok(report(interface, &read(interface, backend)?))
+}
+
+pub fn report(interface: &str, live: &Live) -> WireguardStatus {
+    WireguardStatus {
+        interface: interface.to_owned(),
+        public_key: live.public_key.map(|k| k.to_string()).unwrap_or_default(),
+        listen_port: live.listen_port,
+        peers: live
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                public_key: p.config.public_key.to_string(),
+                endpoint: p.config.endpoint.map(|e| e.to_string()),
+                allowed_ips: p.config.allowed_ips.iter().map(IpNet::to_string).collect(),
+                latest_handshake: p.latest_handshake,
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                persistent_keepalive_seconds: p.config.keepalive,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitfleet_schemas::bundle::MeshMember;
+    use proptest::prelude::*;
+
+    fn private(n: u8) -> PrivateKey {
+        PrivateKey::from_bytes([n; 32])
+    }
+
+    fn member(n: u8, node: &str, endpoint: Option<&str>) -> MeshMember {
+        MeshMember {
+            node: node.to_owned(),
+            public_key: private(n).public().to_string(),
+            endpoint: endpoint.map(str::to_owned),
+            address: format!("10.40.0.{n}/24"),
+            allowed_ips: vec![format!("10.40.0.{n}/32")],
+        }
+    }
+
+    fn mesh(members: Vec<MeshMember>) -> MeshBundle {
+        MeshBundle {
+            format: MESH_FORMAT,
+            mesh: "core".to_owned(),
+            interface: "wg-core".to_owned(),
+            listen_port: Some(51820),
+            persistent_keepalive_seconds: Some(25),
+            members,
+        }
+    }
+
+    fn three() -> MeshBundle {
+        mesh(vec![
+            member(1, "a", Some("192.168.7.1:51820")),
+            member(2, "b", Some("b.example.invalid:51820")),
+            member(3, "c", None),
+        ])
+    }
+
+    #[test]
+    fn a_member_peers_with_every_other_member() {
+        let d = desired(&three(), "b", &private(2), None).unwrap();
+        assert_eq!(d.interface, "wg-core");
+        assert_eq!(d.address, "10.40.0.2/24".parse::<IpNet>().unwrap());
+        assert_eq!(d.listen_port, Some(51820));
+        assert_eq!(d.public_key, private(2).public());
+        let nodes: Vec<&str> = d.peers.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(nodes, ["a", "c"]);
+        assert_eq!(d.peers[0].public_key, private(1).public());
+        assert_eq!(d.peers[0].endpoint.as_deref(), Some("192.168.7.1:51820"));
+        assert_eq!(d.peers[1].endpoint, None);
+        assert_eq!(
+            d.peers[1].allowed_ips,
+            BTreeSet::from(["10.40.0.3/32".parse().unwrap()])
+        );
+        assert!(d.peers.iter().all(|p| p.keepalive == Some(25)));
+    }
+
+    #[test]
+    fn the_agent_config_names_the_interface() {
+        let d = desired(&three(), "a", &private(1), Some("wg-a")).unwrap();
+        assert_eq!(d.interface, "wg-a");
+        let e = desired(&three(), "a", &private(1), Some("a-name-far-too-long")).unwrap_err();
+        assert!(
+            e.to_string().contains("not a valid Linux interface name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_node_that_is_not_a_member_is_refused() {
+        let e = desired(&three(), "d", &private(4), None).unwrap_err();
+        assert_eq!(e.to_string(), "node `d` is not a member of mesh `core`");
+    }
+
+    #[test]
+    fn a_mesh_listing_another_key_for_this_node_is_refused() {
+        let e = desired(&three(), "a", &private(9), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("mesh `core` lists node `a` with public key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_members_are_refused_with_the_member_and_field_named() {
+        let mut m = three();
+        m.members[2].allowed_ips = vec!["10.40.0.300/32".into()];
+        let e = desired(&m, "a", &private(1), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mesh `core`, member `c`: allowed ip `10.40.0.300/32` is not a CIDR range"
+        );
+        let mut m = three();
+        m.members[1].endpoint = Some("no-port".into());
+        let e = desired(&m, "a", &private(1), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("endpoint `no-port` is not `host:port`"),
+            "{e}"
+        );
+        let mut m = three();
+        m.members[2].public_key = m.members[1].public_key.clone();
+        let e = desired(&m, "a", &private(1), None).unwrap_err();
+        assert!(e.to_string().contains("is also the key of `b`"), "{e}");
+        let mut m = three();
+        m.format = 2;
+        assert!(desired(&m, "a", &private(1), None).is_err());
+    }
+
+    #[test]
+    fn allowed_ips_are_compared_without_host_bits_and_zero_keepalive_is_off() {
+        let mut m = three();
+        m.members[2].allowed_ips = vec!["10.50.0.7/24".into()];
+        m.persistent_keepalive_seconds = Some(0);
+        let d = desired(&m, "a", &private(1), None).unwrap();
+        assert_eq!(
+            d.peers[1].allowed_ips,
+            BTreeSet::from(["10.50.0.0/24".parse().unwrap()])
+        );
+        assert_eq!(d.peers[1].keepalive, None);
+    }
+
+    #[test]
+    fn endpoints_must_be_host_and_port() {
+        for ok in ["1.2.3.4:5", "[::1]:51820", "wg.example.com:51820"] {
+            assert!(endpoint_ok(ok), "{ok}");
+        }
+        for bad in [
+            "1.2.3.4",
+            ":51820",
+            "host:0",
+            "host:99999",
+            "a b:1",
+            "::1:51820",
+        ] {
+            assert!(!endpoint_ok(bad), "{bad}");
+        }
+    }
+
+    fn peer(n: u8, endpoint: Option<&str>, ips: &[&str], keepalive: Option<u16>) -> Peer {
+        Peer {
+            public_key: private(n).public(),
+            endpoint: endpoint.map(|e| e.parse().unwrap()),
+            allowed_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            keepalive,
+        }
+    }
+
+    #[test]
+    fn the_diff_names_only_peers_that_differ() {
+        let live = vec![
+            peer(1, Some("10.0.0.1:1"), &["10.40.0.1/32"], Some(25)),
+            peer(2, Some("10.0.0.2:1"), &["10.40.0.2/32"], Some(25)),
+            peer(3, None, &["10.40.0.3/32"], None),
+        ];
+        let desired = vec![
+            peer(1, Some("10.0.0.1:1"), &["10.40.0.1/32"], Some(25)),
+            peer(2, Some("10.0.0.9:1"), &["10.40.0.2/32"], Some(25)),
+            peer(4, None, &["10.40.0.4/32"], Some(25)),
+        ];
+        let diff = peer_diff(&desired, &live);
+        assert_eq!(diff.add, vec![desired[2].clone()]);
+        assert_eq!(diff.update, vec![desired[1].clone()]);
+        assert_eq!(diff.remove, vec![live[2].public_key]);
+        assert!(peer_diff(&live, &live).is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_the_mesh_leaves_open_may_be_anything() {
+        let desired = vec![peer(1, None, &["10.40.0.1/32"], None)];
+        let roamed = vec![peer(1, Some("10.9.9.9:4000"), &["10.40.0.1/32"], None)];
+        assert!(peer_diff(&desired, &roamed).is_empty());
+        let pinned = vec![peer(1, Some("10.0.0.1:1"), &["10.40.0.1/32"], None)];
+        assert_eq!(peer_diff(&pinned, &roamed).update, pinned);
+    }
+
+    fn live_of(peers: Vec<Peer>) -> Live {
+        Live {
+            exists: true,
+            public_key: Some(private(1).public()),
+            listen_port: Some(51820),
+            peers: peers
+                .into_iter()
+                .map(|config| LivePeer {
+                    config,
+                    latest_handshake: None,
+                    rx_bytes: 10,
+                    tx_bytes: 20,
+                })
+                .collect(),
+            addresses: vec!["10.40.0.1/24".parse().unwrap()],
+            up: true,
+        }
+    }
+
+    #[test]
+    fn drift_names_each_difference_by_path() {
+        let d = desired(&three(), "a", &private(1), Some("wg-a")).unwrap();
+        let mut peers = resolve(&d.peers[1..]).unwrap();
+        peers.push(peer(2, Some("10.0.0.2:51820"), &["10.40.0.2/32"], Some(25)));
+        let mut live = live_of(peers.clone());
+        assert_eq!(drift(&d, &peers, &live), Vec::new());
+
+        live.peers.remove(0);
+        live.peers[0].config.keepalive = None;
+        live.peers.push(LivePeer {
+            config: peer(7, None, &["10.40.0.7/32"], None),
+            latest_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        });
+        live.listen_port = Some(4000);
+        live.public_key = Some(private(5).public());
+        live.addresses.push("10.99.0.1/24".parse().unwrap());
+        live.up = false;
+        let found = drift(&d, &peers, &live);
+        let paths: Vec<&str> = found.iter().map(|d| d.path.as_str()).collect();
+        let mut want = vec![
+            "wireguard/wg-a/address".to_owned(),
+            "wireguard/wg-a/link".to_owned(),
+            "wireguard/wg-a/listen-port".to_owned(),
+            format!("wireguard/wg-a/peers/{}", private(2).public()),
+            format!("wireguard/wg-a/peers/{}", private(3).public()),
+            format!("wireguard/wg-a/peers/{}", private(7).public()),
+            "wireguard/wg-a/public-key".to_owned(),
+        ];
+        want.sort();
+        assert_eq!(paths, want);
+        let by_path = |p: String| found.iter().find(|d| d.path == p).unwrap().clone();
+        let missing = by_path(format!("wireguard/wg-a/peers/{}", private(3).public()));
+        assert!(missing.expected_sha256.is_some() && missing.found_sha256.is_none());
+        let extra = by_path(format!("wireguard/wg-a/peers/{}", private(7).public()));
+        assert!(extra.expected_sha256.is_none() && extra.found_sha256.is_some());
+        let changed = by_path(format!("wireguard/wg-a/peers/{}", private(2).public()));
+        assert!(changed.expected_sha256.is_some() && changed.found_sha256.is_some());
+        assert_ne!(changed.expected_sha256, changed.found_sha256);
+    }
+
+    #[test]
+    fn a_status_report_shows_peers_and_counters() {
+        let live = live_of(vec![peer(
+            2,
+            Some("10.0.0.2:51820"),
+            &["10.40.0.2/32"],
+            Some(25),
+        )]);
+        let s = report("wg-a", &live);
+        assert_eq!(s.interface, "wg-a");
+        assert_eq!(s.public_key, private(1).public().to_string());
+        assert_eq!(s.peers[0].endpoint.as_deref(), Some("10.0.0.2:51820"));
+        assert_eq!(s.peers[0].allowed_ips, ["10.40.0.2/32"]);
+        assert_eq!((s.peers[0].rx_bytes, s.peers[0].tx_bytes), (10, 20));
+        assert_eq!(s.peers[0].persistent_keepalive_seconds, Some(25));
+    }
+
+    #[test]
+    fn a_handshake_boringtun_reports_as_an_age_is_made_a_time() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let t = userspace_handshake(5, 0, now).unwrap();
+        assert_eq!(t.timestamp(), 1_800_000_000 - 5);
+        let t = userspace_handshake(0, 250_000_000, now).unwrap();
+        assert_eq!(t.timestamp_millis(), 1_800_000_000_000 - 250);
+        let t = userspace_handshake(1_700_000_000, 0, now).unwrap();
+        assert_eq!(t.timestamp(), 1_700_000_000);
+        assert_eq!(userspace_handshake(0, 0, now), None);
+    }
+
+    #[test]
+    fn the_private_key_is_clamped_and_never_printed() {
+        let k = PrivateKey::from_bytes([0xff; 32]);
+        assert_eq!(k.0[0] & 7, 0);
+        assert_eq!(k.0[31] & 0xc0, 0x40);
+        assert!(!format!("{k:?}").contains(&base64::engine::general_purpose::STANDARD.encode(k.0)));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_key_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wireguard.key");
+        let e = PrivateKey::read(&path).unwrap_err().to_string();
+        assert!(e.contains("run `gitfleet-agent enroll` first"), "{e}");
+        std::fs::write(&path, "c2hvcnQ=\n").unwrap();
+        let e = PrivateKey::read(&path).unwrap_err().to_string();
+        assert!(e.ends_with("holds 5 bytes, not 32"), "{e}");
+        let k = PrivateKey::from_bytes([3; 32]);
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n",
+                base64::engine::general_purpose::STANDARD.encode(k.0)
+            ),
+        )
+        .unwrap();
+        assert_eq!(PrivateKey::read(&path).unwrap(), k);
+    }
+
+    /// What applying `diff` to `live` leaves: removed peers go, changed
+    /// peers are replaced, new peers come; every other peer is untouched.
+    fn apply_to(live: &[Peer], diff: &PeerDiff) -> Vec<Peer> {
+        let written: BTreeSet<WgKey> = diff
+            .remove
+            .iter()
+            .copied()
+            .chain(diff.update.iter().map(|p| p.public_key))
+            .collect();
+        let mut out: Vec<Peer> = live
+            .iter()
+            .filter(|p| !written.contains(&p.public_key))
+            .cloned()
+            .collect();
+        for p in diff.update.iter().chain(&diff.add) {
+            // A peer written without an endpoint keeps the one it had.
+            let mut p = p.clone();
+            if p.endpoint.is_none() {
+                p.endpoint = live
+                    .iter()
+                    .find(|l| l.public_key == p.public_key)
+                    .and_then(|l| l.endpoint);
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    fn arb_peer() -> impl Strategy<Value = Peer> {
+        (
+            0u8..6,
+            proptest::option::of(0u8..3),
+            proptest::collection::btree_set(0u8..4, 0..3),
+            proptest::option::of(prop_oneof![Just(25u16), Just(10u16)]),
+        )
+            .prop_map(|(k, e, ips, keepalive)| Peer {
+                public_key: WgKey([k; 32]),
+                endpoint: e.map(|e| SocketAddr::from(([192, 168, 0, e], 51820))),
+                allowed_ips: ips
+                    .into_iter()
+                    .map(|i| IpNet::new([10, 40, 0, i].into(), 32).unwrap())
+                    .collect(),
+                keepalive,
+            })
+    }
+
+    fn arb_peers() -> impl Strategy<Value = Vec<Peer>> {
+        proptest::collection::vec(arb_peer(), 0..6).prop_map(|v| {
+            let mut seen = BTreeSet::new();
+            v.into_iter()
+                .filter(|p| seen.insert(p.public_key))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn applying_the_diff_to_live_gives_desired(desired in arb_peers(), live in arb_peers()) {
+            let diff = peer_diff(&desired, &live);
+            let after = apply_to(&live, &diff);
+            let keys = |v: &[Peer]| v.iter().map(|p| p.public_key).collect::<BTreeSet<_>>();
+            prop_assert_eq!(keys(&after), keys(&desired));
+            for d in &desired {
+                let a = after.iter().find(|a| a.public_key == d.public_key).unwrap();
+                prop_assert!(d.satisfied_by(a), "{:?} not satisfied by {:?}", d, a);
+            }
+            prop_assert!(peer_diff(&desired, &after).is_empty());
+            // Peers the diff does not name are the live ones, untouched.
+            for l in &live {
+                let named = diff.remove.contains(&l.public_key)
+                    || diff.update.iter().any(|u| u.public_key == l.public_key);
+                if !named {
+                    prop_assert!(after.contains(l));
+                }
+            }
+            // Only live peers are removed or changed; only new ones added.
+            prop_assert!(diff.add.iter().all(|p| !keys(&live).contains(&p.public_key)));
+            prop_assert!(diff.update.iter().all(|p| keys(&live).contains(&p.public_key)));
+            prop_assert!(diff.remove.iter().all(|k| !keys(&desired).contains(k)));
+        }
+    }
+}
