@@ -16,6 +16,7 @@ mod lease;
 mod render;
 mod rollout;
 mod root;
+mod simulate;
 mod source;
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
@@ -71,6 +72,7 @@ enum Command {
     ///   gitfleet bundle diff old.tar.zst new.tar.zst
     #[command(subcommand, verbatim_doc_comment)]
     Bundle(bundle::BundleCommand),
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -94,7 +96,10 @@ impl Color {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, cli.color);
+    // Simulated agents would each log every refused poll; the progress
+    // lines summarise them.
+    let quiet_agents = matches!(cli.command, Command::Simulate(_));
+    init_tracing(cli.verbose, cli.color, quiet_agents);
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -104,9 +109,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8, color: Color) {
+fn init_tracing(verbose: u8, color: Color, quiet_agents: bool) {
     // sentinel-config logs its own parse steps; they are noise here.
     let default = match verbose {
+        0 if quiet_agents => "warn,sentinel_config=error,gitfleet_agent=error",
         0 => "warn,sentinel_config=error",
         1 => "debug,sentinel_config=warn",
         _ => "trace",
@@ -132,5 +138,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Rollout(cmd) => rollout::run(cmd),
         Command::Root(cmd) => root::run(cmd, now),
         Command::Bundle(cmd) => bundle::run(cmd, cli.color),
+        Command::Simulate(args) => simulate::run(args),
     }
 }

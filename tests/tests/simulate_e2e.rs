@@ -1,0 +1,455 @@
+//! `gitfleet simulate` against `gitfleet reconcile --once`, both as real
+//! processes, on a bare fleet repo and a file:// store: simulated agents
+//! (the real agent code over a simulated node) carry a rollout through dev
+//! to completion, and with every activation failing a new bundle trips the
+//! health gate and is rolled back to the previous one.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use gitfleet_agent::core::wanted;
+use gitfleet_agent::sim::sim_key;
+use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
+use gitfleet_schemas::status::StatusReport;
+use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
+use gitfleet_schemas::verify::{verify_channel, verify_status};
+use gitfleet_tests::{bin, copy_dir, git, text, workspace};
+
+/// The dev nodes of the edge rollout: the example's one and two more.
+const DEV_EDGE: [&str; 3] = ["edge-dev-fra-1", "edge-dev-fra-2", "edge-dev-fra-3"];
+
+/// Rollouts short enough for a test: one canary, then everyone; one-second
+/// bakes, no windows, gates the simulated metrics can pass.
+const EDGE_ROLLOUT: &str = r#"version 1
+config "edge"
+selector role="edge"
+step count=1
+step percent=100
+max-unavailable 2
+bake "1s"
+progress-deadline "60s"
+gates {
+    healthy
+    max-error-rate 0.01
+    max-p99-latency "250ms"
+    max-cpu-percent 80
+    max-memory-percent 90
+}
+"#;
+
+fn sim_public(node: &str) -> PublicKey {
+    PublicKey(sim_key(node).verifying_key().to_bytes())
+}
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    store: String,
+}
+
+/// A running `gitfleet simulate`, killed if the test fails before it stops.
+struct Simulation {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Simulation {
+    /// Interrupt it as Ctrl-C would and wait for a clean exit.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "gitfleet simulate did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        assert!(status.success(), "simulate exited with {status}:\n{log}");
+        assert!(log.contains("stopped: interrupted"), "{log}");
+        log
+    }
+}
+
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Fleet {
+    /// The example fleet with two more dev edge nodes, short rollouts, and
+    /// every node's key its simulator key; pushed to a bare repository.
+    /// An online key and a root naming it.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        copy_dir(&workspace().join("examples/fleet-repo"), &work);
+        let first = std::fs::read_to_string(work.join("nodes/edge-dev-fra-1.kdl")).unwrap();
+        for (i, id) in DEV_EDGE.iter().enumerate().skip(1) {
+            let mut lines: Vec<String> = Vec::new();
+            for line in first.lines() {
+                lines.push(if line.starts_with("id ") {
+                    format!("id {id:?}")
+                } else if line.starts_with("wireguard ") {
+                    // Any distinct 32-byte key will do; nothing dials it.
+                    let wg = sim_public(&format!("{id}-wireguard"));
+                    format!(
+                        "wireguard public-key={:?} endpoint=\"198.51.100.{}:51820\"",
+                        wg.to_string(),
+                        40 + i
+                    )
+                } else {
+                    line.to_owned()
+                });
+            }
+            std::fs::write(
+                work.join(format!("nodes/{id}.kdl")),
+                lines.join("\n") + "\n",
+            )
+            .unwrap();
+        }
+        std::fs::write(work.join("rollouts/edge.kdl"), EDGE_ROLLOUT).unwrap();
+        let gw = work.join("rollouts/api-gateway.kdl");
+        let t = std::fs::read_to_string(&gw).unwrap();
+        std::fs::write(&gw, t.replace("bake \"5m\"", "bake \"1s\"")).unwrap();
+
+        // The node keys the simulator signs with, as the repo must name them.
+        let out = Command::new(bin("gitfleet"))
+            .args(["simulate", "--print-keys", "--repo"])
+            .arg(&work)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let mut printed = 0;
+        for line in stdout.lines() {
+            let (node, key) = line.split_once(' ').unwrap();
+            assert_eq!(key, sim_public(node).to_string());
+            let path = work.join(format!("nodes/{node}.kdl"));
+            let t = std::fs::read_to_string(&path).unwrap();
+            let t: Vec<String> = t
+                .lines()
+                .map(|l| {
+                    if l.starts_with("node-key ") {
+                        format!("node-key {key:?}")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect();
+            std::fs::write(&path, t.join("\n") + "\n").unwrap();
+            printed += 1;
+        }
+        assert_eq!(printed, 13, "{stdout}");
+        let out = Command::new(bin("gitfleet"))
+            .arg("check")
+            .arg(&work)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "fleet"]);
+        git(dir.path(), &["clone", "-q", "--bare", "work", "origin.git"]);
+        git(&work, &["remote", "add", "origin", "../origin.git"]);
+
+        let keygen = |role: &str, file: &str| {
+            let out = Command::new(bin("gitfleet"))
+                .args(["keygen", role, "-o"])
+                .arg(dir.path().join(file))
+                .output()
+                .unwrap();
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{stderr}");
+            stdout.trim().to_owned()
+        };
+        let online = keygen("--online", "online.key");
+        let root_key = keygen("--root", "root.key");
+        let out = Command::new(bin("gitfleet"))
+            .args([
+                "root",
+                "init",
+                "--fleet",
+                "acme-edge",
+                "--root-key",
+                &root_key,
+            ])
+            .args(["--root-threshold", "1", "--online-key", &online])
+            .args(["--expires", "1d", "--sign"])
+            .arg(dir.path().join("root.key"))
+            .arg("-o")
+            .arg(dir.path().join("root-1.json"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+
+        let store = format!("file://{}", dir.path().join("store").display());
+        Fleet { dir, store }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn reconcile(&self) {
+        let out = Command::new(bin("gitfleet"))
+            .args(["reconcile", "--once", "--repo"])
+            .arg(self.path("origin.git"))
+            .args(["--store", &self.store])
+            .arg("--online-key")
+            .arg(self.path("online.key"))
+            .arg("--cache")
+            .arg(self.path("mirror"))
+            .args(["--holder", "test-replica"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+    }
+
+    /// Start simulating every node in the background.
+    fn simulate(&self, failure_rate: &str, log: &str) -> Simulation {
+        let log = self.path(log);
+        let child = Command::new(bin("gitfleet"))
+            .args(["simulate", "--repo"])
+            .arg(self.path("work"))
+            .args(["--store", &self.store])
+            .arg("--root")
+            .arg(self.path("root-1.json"))
+            .arg("--state-dir")
+            .arg(self.path("sim-state"))
+            .args(["--failure-rate", failure_rate])
+            .args([
+                "--poll",
+                "200ms",
+                "--jitter",
+                "50ms",
+                "--heartbeat",
+                "500ms",
+            ])
+            .args(["--apply-latency", "50ms", "--progress", "1s"])
+            // A bound in case the test dies without stopping it.
+            .args(["--duration", "90s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Simulation {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn state(&self, rollout: &str) -> Option<RolloutState> {
+        let out = Command::new("git")
+            .args(["show", &format!("gitfleet/state:rollouts/{rollout}.json")])
+            .current_dir(self.path("origin.git"))
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn dev(&self, rollout: &str) -> Option<EnvState> {
+        self.state(rollout)
+            .and_then(|s| s.environments.get("dev").cloned())
+    }
+
+    /// Reconcile until `done` holds for the edge rollout in dev.
+    fn reconcile_until(
+        &self,
+        what: &str,
+        sim: &Simulation,
+        done: impl Fn(&EnvState) -> bool,
+    ) -> EnvState {
+        let started = Instant::now();
+        loop {
+            self.reconcile();
+            if let Some(dev) = self.dev("edge") {
+                if done(&dev) {
+                    return dev;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(45),
+                    "edge/dev never got {what}; now {:?}: {}\nsimulate:\n{}",
+                    dev.phase,
+                    dev.reason,
+                    std::fs::read_to_string(&sim.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn manifest(&self, env: &str) -> ChannelManifest {
+        let root_bytes = std::fs::read(self.path("root-1.json")).unwrap();
+        let root = gitfleet_agent::local::pin_first_root(&root_bytes).unwrap();
+        let bytes = std::fs::read(self.path(&format!("store/channels/{env}.json"))).unwrap();
+        let verified = verify_channel(&root, &bytes, env, None, Utc::now()).unwrap();
+        (*verified).clone()
+    }
+
+    /// A node's last status report, verified with its simulator key.
+    fn report(&self, node: &str) -> StatusReport {
+        let bytes = std::fs::read(self.path(&format!("store/status/{node}.json"))).unwrap();
+        let verified = verify_status(&bytes, "acme-edge", node, &sim_public(node)).unwrap();
+        (*verified).clone()
+    }
+
+    fn active(&self, node: &str) -> Option<BundleRef> {
+        self.report(node)
+            .rollouts
+            .get("edge")
+            .and_then(|r| r.active.clone())
+    }
+}
+
+#[test]
+fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
+    let fleet = Fleet::new();
+
+    // 1. Healthy nodes: the first edge bundle completes in dev.
+    let sim = fleet.simulate("0", "simulate-1.log");
+    let dev = fleet.reconcile_until("complete", &sim, |d| d.phase == Phase::Complete);
+    let first = dev.target.clone();
+    assert_eq!(dev.step, 2, "{}", dev.reason);
+    assert!(dev.reason.contains("gates passed"), "{}", dev.reason);
+    let manifest = fleet.manifest("dev");
+    let edge = manifest.rollouts.iter().find(|r| r.name == "edge").unwrap();
+    assert_eq!(edge.bundle, first);
+    assert_eq!(edge.membership_threshold, u64::MAX);
+    // Every dev edge node runs it, says so in a report signed with its
+    // simulator key, and is healthy.
+    let started = Instant::now();
+    while !DEV_EDGE
+        .iter()
+        .all(|n| fleet.active(n).as_ref() == Some(&first))
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for node in DEV_EDGE {
+        assert!(fleet.report(node).healthy, "{node}");
+    }
+    let log = sim.stop();
+    let short = &first.digest["sha256:".len()..][..12];
+    assert!(
+        log.contains(&format!("edge/dev: 3 on {short}")),
+        "no progress line for edge/dev:\n{log}"
+    );
+    assert!(log.contains("13/13 nodes polling"), "{log}");
+
+    // 2. A new edge bundle, and every activation fails from now on: the
+    // canary goes unhealthy and dev rolls back to the first bundle.
+    let work = fleet.path("work");
+    let config = work.join("configs/edge/sentinel.kdl");
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("// tuned\n");
+    std::fs::write(&config, t).unwrap();
+    git(&work, &["commit", "-qam", "tune edge"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+
+    // The nodes resume from the state the first run kept: on the first
+    // bundle, healthy.
+    let sim = fleet.simulate("1.0", "simulate-2.log");
+    let dev = fleet.reconcile_until("rolled back", &sim, |d| d.phase == Phase::RolledBack);
+    assert_ne!(dev.target, first);
+    assert_eq!(dev.previous.as_ref(), Some(&first));
+    assert!(
+        dev.reason.contains("unhealthy on the new bundle"),
+        "{}",
+        dev.reason
+    );
+    assert_eq!(dev.failed_nodes.len(), 1, "{:?}", dev.failed_nodes);
+    assert!(DEV_EDGE.contains(&dev.failed_nodes[0].as_str()));
+
+    // The manifest sends every dev edge node back to the first bundle.
+    let manifest = fleet.manifest("dev");
+    let edge = manifest.rollouts.iter().find(|r| r.name == "edge").unwrap();
+    assert_eq!(edge.bundle, dev.target);
+    assert_eq!(edge.previous.as_ref(), Some(&first));
+    assert_eq!(edge.membership_threshold, 0);
+    for node in DEV_EDGE {
+        let labels = [
+            ("region".to_owned(), "fra".to_owned()),
+            ("role".to_owned(), "edge".to_owned()),
+        ]
+        .into();
+        let w = wanted(&manifest, node, &labels);
+        let (_, bundle) = w.iter().find(|(r, _)| r.name == "edge").unwrap();
+        assert_eq!(*bundle, &first, "{node}");
+    }
+    // And the nodes follow: the canary went back, the others never left.
+    let started = Instant::now();
+    while !DEV_EDGE
+        .iter()
+        .all(|n| fleet.active(n).as_ref() == Some(&first))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "dev edge nodes did not return to the first bundle"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Staging never starts the bundle dev rolled back.
+    let staging = fleet.state("edge").unwrap().environments["staging"].clone();
+    assert_eq!(staging.phase, Phase::Pending, "{}", staging.reason);
+    assert!(
+        staging.reason.starts_with("waiting for dev to complete"),
+        "{}",
+        staging.reason
+    );
+    sim.stop();
+}
+
+#[test]
+fn simulate_refuses_bad_arguments_clearly() {
+    let repo = workspace().join("examples/fleet-repo");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("gitfleet"))
+            .arg("simulate")
+            .arg("--repo")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&out);
+        (out.status.code(), stderr)
+    };
+    let (code, stderr) = run(&["--print-keys", "--nodes", "500"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("has only 11 nodes"), "{stderr}");
+    let (code, stderr) = run(&["--failure-rate", "2", "--print-keys"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("not between 0 and 1"), "{stderr}");
+    let (code, stderr) = run(&["--store", "memory://"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--root"), "{stderr}");
+    let missing = Path::new("/nonexistent/root.json");
+    let (code, stderr) = run(&["--store", "memory://", "--root", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("reading /nonexistent/root.json"),
+        "{stderr}"
+    );
+}
