@@ -369,7 +369,8 @@ impl<N: Node> Agent<N> {
         claims: &mut Claims,
     ) -> Result<bool, String> {
         let name = &rollout.name;
-        let mut claim = |kind: BundleKind| match &mut claims[kind_index(kind)] {
+        let mut claim = |kind: BundleKind| {
+            match &mut claims[kind_index(kind)] {
             Some(other) if other != name => Err(format!(
                 "rollouts `{other}` and `{name}` both deliver a {} to this node; only `{other}` is applied",
                 kind_name(kind)
@@ -378,6 +379,7 @@ impl<N: Node> Agent<N> {
                 *taken = Some(name.clone());
                 Ok(())
             }
+        }
         };
         for kind in KINDS {
             if let Some(slot) = slot_mut(&mut self.state, kind) {
@@ -482,6 +484,12 @@ impl<N: Node> Agent<N> {
         reason
     }
 
+    /// Something under the active bundles changed on disk: the next report
+    /// checks drift (and repairs it when the policy says so).
+    pub fn touch(&mut self) {
+        self.dirty = true;
+    }
+
     /// Whether a report is due: something changed, or a heartbeat passed.
     pub fn report_due(&self, now: DateTime<Utc>, heartbeat: chrono::Duration) -> bool {
         self.dirty || self.last_report.is_none_or(|t| now - t >= heartbeat)
@@ -507,11 +515,13 @@ impl<N: Node> Agent<N> {
             let Some(slot) = slot(&self.state, kind).cloned() else {
                 continue;
             };
-            let s = rollouts.entry(slot.rollout.clone()).or_insert(RolloutStatus {
-                active: None,
-                previous: None,
-                error: None,
-            });
+            let s = rollouts
+                .entry(slot.rollout.clone())
+                .or_insert(RolloutStatus {
+                    active: None,
+                    previous: None,
+                    error: None,
+                });
             s.active = Some(slot.active.clone());
             s.previous = slot.previous.clone();
             match self.node.drift(kind, &slot.active, self.id.drift).await {

@@ -234,6 +234,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         store = %config.store,
         "agent started"
     );
+    let (_watcher, mut changed) = watch(&Path::new(&config.state_dir).join("bundles"));
     let mut stop = std::pin::pin!(shutdown());
     loop {
         let polled = agent.poll(Utc::now()).await;
@@ -255,10 +256,42 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         let wait = Duration::from_millis(config.poll_ms + jitter(config.jitter_ms));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            Some(()) = changed.recv() => {
+                // Let a burst of writes settle, then report (drift is
+                // checked as part of every report).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while changed.try_recv().is_ok() {}
+                agent.touch();
+            }
             () = &mut stop => {
                 tracing::info!("stopping");
                 return Ok(ExitCode::SUCCESS);
             }
+        }
+    }
+}
+
+/// Changes under `dir` (the bundle directories), as a channel that yields
+/// once per change. Without inotify the heartbeat still re-checks drift.
+fn watch(
+    dir: &Path,
+) -> (
+    Option<notify::RecommendedWatcher>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use notify::Watcher as _;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove()) {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| w.watch(dir, notify::RecursiveMode::Recursive).map(|()| w));
+    match watcher {
+        Ok(w) => (Some(w), rx),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for drift; checking on the heartbeat only");
+            (None, rx)
         }
     }
 }

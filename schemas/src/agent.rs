@@ -370,7 +370,9 @@ fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<WireguardSet
                             s.span,
                             "invalid-value",
                             format!("wireguard backend `{other}` is not known"),
-                            Some("write `backend \"kernel\"` or `backend \"userspace\"`".to_owned()),
+                            Some(
+                                "write `backend \"kernel\"` or `backend \"userspace\"`".to_owned(),
+                            ),
                         );
                         None
                     }

@@ -457,3 +457,57 @@ fn a_kill_at_any_activation_point_restarts_into_a_whole_config() {
         expect = new;
     }
 }
+
+#[test]
+fn a_changed_active_file_is_reported_as_drift_at_once() {
+    let (fleet, v1) = running();
+    let before = fleet.report().at;
+    // Polls find nothing new and the heartbeat is a minute away: only the
+    // file watcher can make the agent report within the deadline below.
+    let mut agent = Command::new(bin("gitfleet-agent"))
+        .arg("-c")
+        .arg(fleet.path("agent.kdl"))
+        .arg("run")
+        .current_dir(fleet.path(""))
+        .env_remove(CRASH_AT)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its start-up report first.
+    let start = Instant::now();
+    while fleet.report().at == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no start-up report"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let settled = fleet.report().at;
+    std::thread::sleep(Duration::from_millis(500));
+    let hex = v1.digest.trim_start_matches("sha256:");
+    std::fs::write(
+        fleet.path(&format!("state/bundles/{hex}/files/sentinel.kdl")),
+        "edited by hand",
+    )
+    .unwrap();
+    let start = Instant::now();
+    let report = loop {
+        let r = fleet.report();
+        if r.at != settled && !r.drift.is_empty() {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no drift reported"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = Command::new("kill").arg(agent.id().to_string()).status();
+    let _ = agent.wait();
+    assert_eq!(report.drift.len(), 1, "{:?}", report.drift);
+    assert_eq!(report.drift[0].path, "files/sentinel.kdl");
+    assert_eq!(
+        report.drift[0].found_sha256.as_deref(),
+        Some(gitfleet_schemas::verify::sha256_hex(b"edited by hand").as_str())
+    );
+}
