@@ -16,7 +16,15 @@ fn help(args: &[&str]) -> String {
 #[test]
 fn top_level_help_lists_every_command() {
     let text = help(&[]);
-    for cmd in ["check", "keygen", "reconcile", "rollout", "root", "bundle"] {
+    for cmd in [
+        "check",
+        "keygen",
+        "reconcile",
+        "rollout",
+        "root",
+        "bundle",
+        "simulate",
+    ] {
         assert!(
             text.contains(&format!("  {cmd} ")),
             "`{cmd}` missing from:\n{text}"
@@ -32,6 +40,7 @@ fn each_command_help_shows_an_example() {
         &["rollout"],
         &["root"],
         &["bundle"],
+        &["simulate"],
     ] {
         let text = help(cmd);
         assert!(
