@@ -15,6 +15,7 @@ pub mod faults;
 pub mod local;
 pub mod node;
 pub mod sentinel;
+pub mod signals;
 pub mod sim;
 pub mod system;
 pub mod wireguard;

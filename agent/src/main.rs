@@ -235,7 +235,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         "agent started"
     );
     let (_watcher, mut changed) = watch(&Path::new(&config.state_dir).join("bundles"));
-    let mut stop = std::pin::pin!(shutdown());
+    let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
     loop {
         let polled = agent.poll(Utc::now()).await;
         let now = Utc::now();
@@ -293,22 +293,6 @@ fn watch(
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for drift; checking on the heartbeat only");
             (None, rx)
         }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 

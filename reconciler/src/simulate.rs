@@ -341,7 +341,7 @@ async fn simulate(
         }
     };
     let mut deadline = std::pin::pin!(deadline);
-    let mut stop = std::pin::pin!(shutdown());
+    let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
     let mut ticker = tokio::time::interval(args.progress.max(Duration::from_millis(100)));
     ticker.tick().await;
     let reason = loop {
@@ -361,7 +361,7 @@ async fn simulate(
         () = tokio::time::sleep(grace) => {
             tracing::warn!("agents still busy after the grace period; stopping them");
         }
-        () = shutdown() => {
+        () = gitfleet_agent::signals::shutdown() => {
             tracing::warn!("interrupted again; stopping the agents now");
         }
     }
@@ -420,22 +420,6 @@ async fn stopped_during(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
             let _ = r;
             true
         }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 
