@@ -266,6 +266,11 @@ impl StateDir {
         Ok(self.root.join("bundles").join(hex(reference)?))
     }
 
+    /// The config files of `reference` (what the `sentinel` link points at).
+    pub fn bundle_files(&self, reference: &BundleRef) -> Result<PathBuf, LocalError> {
+        Ok(self.bundle_dir(reference)?.join("files"))
+    }
+
     /// Whether a complete copy of `reference` is on disk.
     pub fn has_bundle(&self, reference: &BundleRef) -> bool {
         self.bundle_dir(reference)

@@ -98,7 +98,7 @@ impl DiskNode {
                 );
                 self.dir.link(SENTINEL_LINK, j.from.as_ref())?;
                 if j.from.is_some() {
-                    if let Err(e) = self.reload_and_confirm(j.from.as_ref(), false).await {
+                    if let Err(e) = self.reload_linked().await {
                         tracing::warn!(error = %e, "the proxy did not confirm the restored config");
                     }
                 }
@@ -132,9 +132,23 @@ impl DiskNode {
     }
 
     /// Reload the proxy and wait until it shows the config now linked.
+    /// Reload the proxy and confirm it runs the config now linked.
+    async fn reload_linked(&self) -> Result<(), String> {
+        let expected = match &self.settings()?.config_url {
+            Some(_) => Some(
+                sentinel::validate(&self.dir.path().join(SENTINEL_LINK))
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        self.reload_and_confirm(expected.as_ref(), false).await
+    }
+
+    /// Reload the proxy and wait until its config dump shows `expected`
+    /// (or, without a config URL, until its health URL answers).
     async fn reload_and_confirm(
         &self,
-        expect: Option<&BundleRef>,
+        expected: Option<&sentinel::Fingerprint>,
         first: bool,
     ) -> Result<(), String> {
         let settings = self.settings()?;
@@ -149,10 +163,8 @@ impl DiskNode {
             }
             Err(e) => return Err(e.to_string()),
         }
-        if let (Some(url), Some(_)) = (&settings.config_url, expect) {
-            let files = self.dir.path().join(SENTINEL_LINK);
-            let expected = sentinel::validate(&files).map_err(|e| e.to_string())?;
-            sentinel::confirm(url, &expected, timeout)
+        if let (Some(url), Some(expected)) = (&settings.config_url, expected) {
+            sentinel::confirm(url, expected, timeout)
                 .await
                 .map_err(|e| e.to_string())?;
         } else if let Some(url) = &settings.health_url {
@@ -172,11 +184,10 @@ impl DiskNode {
         let settings = self.settings()?.clone();
         let dir = self
             .dir
-            .path()
-            .join("bundles")
-            .join(bundle.reference.digest.trim_start_matches("sha256:"))
-            .join("files");
-        sentinel::validate(&dir).map_err(|e| e.to_string())?;
+            .bundle_files(&bundle.reference)
+            .map_err(|e| e.to_string())?;
+        // Parsed once: the same fingerprint confirms the reload.
+        let expected = sentinel::validate(&dir).map_err(|e| e.to_string())?;
         if let Some(binary) = &settings.test_binary {
             sentinel::test_with_binary(binary.as_ref(), &dir.join("sentinel.kdl"))
                 .await
@@ -194,7 +205,7 @@ impl DiskNode {
             .map_err(|e| e.to_string())?;
         crate::faults::point("after-swap");
         let outcome = self
-            .reload_and_confirm(Some(&bundle.reference), from.is_none())
+            .reload_and_confirm(Some(&expected), from.is_none())
             .await;
         crate::faults::point("after-reload");
         if let Err(reason) = outcome {
@@ -202,7 +213,7 @@ impl DiskNode {
                 .link(SENTINEL_LINK, from)
                 .map_err(|e| format!("{reason}; and restoring the previous config: {e}"))?;
             if from.is_some() {
-                if let Err(e) = self.reload_and_confirm(from, false).await {
+                if let Err(e) = self.reload_linked().await {
                     return Err(format!("{reason}; and the restored config: {e}"));
                 }
             }
@@ -457,7 +468,7 @@ impl Node for DiskNode {
             self.dir
                 .repair(active, &drift, self.limits)
                 .map_err(|e| e.to_string())?;
-            self.reload_and_confirm(Some(active), false).await?;
+            self.reload_linked().await?;
         }
         Ok(drift)
     }
