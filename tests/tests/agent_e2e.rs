@@ -15,35 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use ed25519_dalek::SigningKey;
 use gitfleet_agent::faults::{CRASH_AT, POINTS};
 use gitfleet_policy::bundle::{self, Input};
 use gitfleet_schemas::agent::LocalState;
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::status::StatusReport;
-use gitfleet_schemas::trust::{
-    BundleRef, ChannelManifest, ChannelRollout, Document, PublicKey, Root,
-};
+use gitfleet_schemas::trust::{BundleRef, PublicKey};
 use gitfleet_schemas::verify::verify_status;
-use gitfleet_tests::bin;
 use gitfleet_tests::sentinel::{free_port, try_get, upstream};
-
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-fn public(k: &SigningKey) -> PublicKey {
-    PublicKey(k.verifying_key().to_bytes())
-}
-
-fn signed<T: Document>(doc: &T, keys: &[&SigningKey]) -> Vec<u8> {
-    let mut env = doc.envelope();
-    for k in keys {
-        env.sign(k).unwrap();
-    }
-    env.to_json()
-}
+use gitfleet_tests::{bin, fleet};
 
 /// A fleet of one node: a store, the node's state directory and config,
 /// two loopback upstreams answering `one` and `two`.
@@ -72,16 +52,7 @@ impl Fleet {
         // `proxy-cwd`, where it does not (see `refused_config`).
         std::fs::create_dir_all(f.path("www")).unwrap();
         std::fs::create_dir_all(f.path("proxy-cwd")).unwrap();
-        let root = Root {
-            fleet: "acme".into(),
-            version: 1,
-            expires: Utc::now() + chrono::Duration::days(30),
-            root_keys: vec![public(&key(1)), public(&key(2))],
-            root_threshold: 2,
-            online_keys: vec![public(&key(10))],
-            online_threshold: 1,
-        };
-        std::fs::write(f.path("root-1.json"), signed(&root, &[&key(1), &key(2)])).unwrap();
+        std::fs::write(f.path("root-1.json"), fleet::root_bytes()).unwrap();
         let config = format!(
             r#"version 1
 node "edge-1"
@@ -202,32 +173,16 @@ upstreams {{
             sbom: b"{}".to_vec(),
         })
         .unwrap();
-        let hex = built.reference.digest.trim_start_matches("sha256:");
-        let object = self.path(&format!("store/bundles/sha256/{hex}.tar.zst"));
-        std::fs::create_dir_all(object.parent().unwrap()).unwrap();
-        std::fs::write(object, &built.bytes).unwrap();
         self.serial += 1;
-        let manifest = ChannelManifest {
-            fleet: "acme".into(),
-            environment: "prod".into(),
-            serial: self.serial,
-            expires: Utc::now() + chrono::Duration::hours(1),
-            rollouts: vec![ChannelRollout {
-                name: "edge".into(),
-                selector: BTreeMap::from([("role".into(), "edge".into())]),
-                bundle: built.reference.clone(),
-                previous: self.previous.replace(built.reference.clone()),
-                step: 1,
-                steps: 1,
-                membership_threshold: u64::MAX,
-            }],
-        };
-        std::fs::create_dir_all(self.path("store/channels")).unwrap();
-        std::fs::write(
-            self.path("store/channels/prod.json"),
-            signed(&manifest, &[&key(10)]),
-        )
-        .unwrap();
+        let previous = self.previous.replace(built.reference.clone());
+        let manifest = fleet::manifest_bytes(
+            self.serial,
+            "edge",
+            &[("role", "edge")],
+            &built.reference,
+            previous.as_ref(),
+        );
+        fleet::publish(&self.path("store"), &built, &manifest).unwrap();
         built.reference
     }
 

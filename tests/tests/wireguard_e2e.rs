@@ -22,34 +22,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use ed25519_dalek::SigningKey;
 use gitfleet_policy::bundle::{self, Input};
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MeshMember, MESH_FORMAT};
 use gitfleet_schemas::status::{PeerStatus, StatusReport};
-use gitfleet_schemas::trust::{
-    BundleRef, ChannelManifest, ChannelRollout, Document, PublicKey, Root,
-};
+use gitfleet_schemas::trust::{BundleRef, PublicKey};
 use gitfleet_schemas::verify::verify_status;
-use gitfleet_tests::bin;
+use gitfleet_tests::{bin, fleet};
 
 const PORT: u16 = 51820;
-
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-fn public(k: &SigningKey) -> PublicKey {
-    PublicKey(k.verifying_key().to_bytes())
-}
-
-fn signed<T: Document>(doc: &T, keys: &[&SigningKey]) -> Vec<u8> {
-    let mut env = doc.envelope();
-    for k in keys {
-        env.sign(k).unwrap();
-    }
-    env.to_json()
-}
 
 /// `boringtun-cli`: `$GITFLEET_BORINGTUN`, cargo's bin directory, or PATH.
 fn boringtun() -> PathBuf {
@@ -235,16 +215,7 @@ impl Lab {
     /// The fleet's root, pinned by every agent, and the store.
     fn trust(&self) {
         std::fs::create_dir_all(self.path("store/channels")).unwrap();
-        let root = Root {
-            fleet: "acme".into(),
-            version: 1,
-            expires: Utc::now() + chrono::Duration::days(30),
-            root_keys: vec![public(&key(1)), public(&key(2))],
-            root_threshold: 2,
-            online_keys: vec![public(&key(10))],
-            online_threshold: 1,
-        };
-        std::fs::write(self.path("root-1.json"), signed(&root, &[&key(1), &key(2)])).unwrap();
+        std::fs::write(self.path("root-1.json"), fleet::root_bytes()).unwrap();
     }
 
     /// Start boringtun for `name`'s interface in its namespace and wait for
@@ -394,31 +365,16 @@ wireguard {{
             sbom: b"{}".to_vec(),
         })
         .unwrap();
-        let hex = built.reference.digest.trim_start_matches("sha256:");
-        let object = self.path(&format!("store/bundles/sha256/{hex}.tar.zst"));
-        std::fs::create_dir_all(object.parent().unwrap()).unwrap();
-        std::fs::write(object, &built.bytes).unwrap();
         self.serial += 1;
-        let manifest = ChannelManifest {
-            fleet: "acme".into(),
-            environment: "prod".into(),
-            serial: self.serial,
-            expires: Utc::now() + chrono::Duration::hours(1),
-            rollouts: vec![ChannelRollout {
-                name: "lab".into(),
-                selector: BTreeMap::from([("role".into(), "mesh".into())]),
-                bundle: built.reference.clone(),
-                previous: self.previous.replace(built.reference.clone()),
-                step: 1,
-                steps: 1,
-                membership_threshold: u64::MAX,
-            }],
-        };
-        std::fs::write(
-            self.path("store/channels/prod.json"),
-            signed(&manifest, &[&key(10)]),
-        )
-        .unwrap();
+        let previous = self.previous.replace(built.reference.clone());
+        let manifest = fleet::manifest_bytes(
+            self.serial,
+            "lab",
+            &[("role", "mesh")],
+            &built.reference,
+            previous.as_ref(),
+        );
+        fleet::publish(&self.path("store"), &built, &manifest).unwrap();
         built.reference
     }
 

@@ -54,7 +54,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ed25519_dalek::SigningKey;
 use gitfleet_agent::core::{Agent, Identity, Polled};
 use gitfleet_agent::local::StateDir;
 use gitfleet_agent::node::DiskNode;
@@ -64,10 +63,9 @@ use gitfleet_policy::bundle::{self, Built, Input};
 use gitfleet_schemas::agent::{ReloadBy, SentinelSettings};
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::trust::{
-    BundleRef, ChannelManifest, ChannelRollout, Document, PublicKey, Root,
-};
+use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{self, Limits};
+use gitfleet_tests::{fleet, Rng};
 use sha2::{Digest as _, Sha256};
 
 const USAGE: &str =
@@ -188,72 +186,9 @@ fn run(args: &Args) -> Res<()> {
 // ---------------------------------------------------------------------------
 // A fleet of one node: keys, root, manifests, bundles.
 
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-fn public(k: &SigningKey) -> PublicKey {
-    PublicKey(k.verifying_key().to_bytes())
-}
-
-fn signed<T: Document>(doc: &T, keys: &[&SigningKey]) -> Res<Vec<u8>> {
-    let mut env = doc.envelope();
-    for k in keys {
-        env.sign(k).ctx("signing")?;
-    }
-    Ok(env.to_json())
-}
-
-/// `root/1.json`: root keys 1 and 2 (both sign), online key 10.
-fn root_bytes() -> Res<Vec<u8>> {
-    let root = Root {
-        fleet: "acme".into(),
-        version: 1,
-        expires: Utc::now() + chrono::Duration::days(30),
-        root_keys: vec![public(&key(1)), public(&key(2))],
-        root_threshold: 2,
-        online_keys: vec![public(&key(10))],
-        online_threshold: 1,
-    };
-    signed(&root, &[&key(1), &key(2)])
-}
-
-/// `channels/prod.json` at `serial`, every `role=edge` node on `bundle`.
-fn manifest_bytes(serial: u64, bundle: &BundleRef, previous: Option<&BundleRef>) -> Res<Vec<u8>> {
-    let manifest = ChannelManifest {
-        fleet: "acme".into(),
-        environment: "prod".into(),
-        serial,
-        expires: Utc::now() + chrono::Duration::hours(6),
-        rollouts: vec![ChannelRollout {
-            name: "edge".into(),
-            selector: BTreeMap::from([("role".into(), "edge".into())]),
-            bundle: bundle.clone(),
-            previous: previous.cloned(),
-            step: 1,
-            steps: 1,
-            membership_threshold: u64::MAX,
-        }],
-    };
-    signed(&manifest, &[&key(10)])
-}
-
-/// splitmix64: deterministic filler, no dependency.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n as u64).unwrap_or(0)
-    }
+/// A number below `n`, for indexing.
+fn below(rng: &mut Rng, n: usize) -> usize {
+    usize::try_from(rng.below(n as u64)).unwrap_or(0)
 }
 
 const WORDS: &[&str] = &[
@@ -267,7 +202,7 @@ const WORDS: &[&str] = &[
 fn sentinel_kdl(routes: usize) -> String {
     let mut rng = Rng(7);
     let names: Vec<String> = (0..routes)
-        .map(|i| format!("{}-{i:05}", WORDS[rng.below(WORDS.len())]))
+        .map(|i| format!("{}-{i:05}", WORDS[below(&mut rng, WORDS.len())]))
         .collect();
     let mut out = String::from(
         "schema-version \"1.0\"\nsystem {\n    worker-threads 1\n}\nlisteners {\n    listener \"http\" {\n        address \"127.0.0.1:18080\"\n        protocol \"http\"\n    }\n}\nroutes {\n",
@@ -280,9 +215,9 @@ fn sentinel_kdl(routes: usize) -> String {
     }
     out.push_str("}\nupstreams {\n");
     for name in &names {
-        let a = 10 + rng.below(200);
-        let b = 1 + rng.below(250);
-        let port = 8000 + rng.below(2000);
+        let a = 10 + below(&mut rng, 200);
+        let b = 1 + below(&mut rng, 250);
+        let port = 8000 + below(&mut rng, 2000);
         out.push_str(&format!(
             "    upstream \"{name}\" {{\n        target \"10.{a}.{b}.1:{port}\"\n        target \"10.{a}.{b}.2:{port}\"\n    }}\n"
         ));
@@ -308,10 +243,10 @@ fn sentinel_kdl_up_to(max: usize) -> String {
 fn filler(rng: &mut Rng, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {
-        out.extend_from_slice(WORDS[rng.below(WORDS.len())].as_bytes());
-        out.push(if rng.below(12) == 0 { b'\n' } else { b' ' });
-        if rng.below(8) == 0 {
-            out.extend_from_slice(format!("{:x} ", rng.next()).as_bytes());
+        out.extend_from_slice(WORDS[below(rng, WORDS.len())].as_bytes());
+        out.push(if below(rng, 12) == 0 { b'\n' } else { b' ' });
+        if below(rng, 8) == 0 {
+            out.extend_from_slice(format!("{:x} ", rng.next_u64()).as_bytes());
         }
     }
     out.truncate(len);
@@ -382,17 +317,13 @@ fn build_bundle(files: &BTreeMap<String, Vec<u8>>, n: u64) -> Res<Built> {
 
 /// Put a bundle and a manifest naming it into a `file://` store directory.
 fn publish_file(store: &Path, built: &Built, serial: u64, previous: Option<&BundleRef>) -> Res<()> {
-    let key = built.reference.object_key().ctx("bundle key")?;
-    let object = store.join(&key);
-    std::fs::create_dir_all(object.parent().ctx("bundle dir")?).ctx("creating bundle dir")?;
-    std::fs::write(&object, &built.bytes).ctx(object.display())?;
-    std::fs::create_dir_all(store.join("channels")).ctx("creating channels/")?;
-    let manifest = manifest_bytes(serial, &built.reference, previous)?;
-    let path = store.join("channels/prod.json");
-    // Rename, so a poll never reads half a manifest.
-    let tmp = store.join("channels/.prod.json.tmp");
-    std::fs::write(&tmp, manifest).ctx(tmp.display())?;
-    std::fs::rename(&tmp, &path).ctx(path.display())
+    let manifest = manifest_bytes(serial, &built.reference, previous);
+    fleet::publish(store, built, &manifest).ctx(store.display())
+}
+
+/// `channels/prod.json` at `serial`, every `role=edge` node on `bundle`.
+fn manifest_bytes(serial: u64, bundle: &BundleRef, previous: Option<&BundleRef>) -> Vec<u8> {
+    fleet::manifest_bytes(serial, "edge", &[("role", "edge")], bundle, previous)
 }
 
 /// An `agent.kdl` for node `edge-1` (role=edge) in prod.
@@ -425,7 +356,7 @@ fn agent_cmd(agent: &Path, config: &Path, env: &[(&str, String)]) -> Command {
 
 fn enroll(agent: &Path, dir: &Path, config: &Path, env: &[(&str, String)]) -> Res<()> {
     let root = dir.join("root-1.json");
-    std::fs::write(&root, root_bytes()?).ctx(root.display())?;
+    std::fs::write(&root, fleet::root_bytes()).ctx(root.display())?;
     let out = agent_cmd(agent, config, env)
         .arg("enroll")
         .arg("--root")
@@ -924,7 +855,7 @@ fn no_change_polls(args: &Args) -> Res<()> {
     }
     let files = config_files(Shape::Typical);
     let built = build_bundle(&files, 1)?;
-    let manifest = manifest_bytes(1, &built.reference, None)?;
+    let manifest = manifest_bytes(1, &built.reference, None);
     let key = built.reference.object_key().ctx("bundle key")?;
     for (path, body) in [
         (key.as_str(), built.bytes.as_slice()),
@@ -1278,7 +1209,9 @@ async fn activation_of(shape: Shape, reload: ReloadBy, name: &str, runs: usize) 
     let store_dir = dir.join("store");
     std::fs::create_dir_all(&store_dir).ctx("store dir")?;
     let state_dir = StateDir::open(&dir.join("state")).ctx("state dir")?;
-    state_dir.pin_root(&root_bytes()?).ctx("pinning the root")?;
+    state_dir
+        .pin_root(&fleet::root_bytes())
+        .ctx("pinning the root")?;
     let key = state_dir.create_node_key(&[7; 32]).ctx("node key")?;
     let root = state_dir.trusted_root().ctx("root")?;
     let state = state_dir.load_state().ctx("state")?;

@@ -44,6 +44,7 @@ use gitfleet_policy::bundle::{self, Built, Input};
 use gitfleet_policy::{sbom, ConfigDir, RepoFiles};
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::verify::{verify_bundle, Limits};
+use gitfleet_tests::Rng;
 use sha2::{Digest as _, Sha256};
 
 const USAGE: &str =
@@ -554,35 +555,6 @@ fn build_breakdown(configs: &[&ConfigDir], built: &[Built], runs: usize) -> Res<
 
 // ---------------------------------------------------------------- verify
 
-/// splitmix64: deterministic, fast, good enough to defeat compression.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len() as u64) as usize]
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
-
 const WORDS: &[&str] = &[
     "alpha", "amber", "anchor", "apex", "arc", "atlas", "aurora", "axis", "beacon", "birch",
     "blaze", "bolt", "breeze", "bridge", "brook", "canyon", "cedar", "cinder", "cirrus", "cobalt",
@@ -663,7 +635,7 @@ upstream "{name}-svc" {{
         w1 = rng.pick(WORDS),
         w2 = rng.pick(WORDS),
         m = rng.pick(METHODS),
-        tenant = rng.next() as u32,
+        tenant = rng.next_u64() as u32,
         w3 = rng.pick(WORDS),
         rl = rng.below(500),
         body = 1024 * (1 + rng.below(4096)),
