@@ -14,7 +14,9 @@ use gitfleet_io::store::{ETag, Fetch, Store};
 use gitfleet_schemas::agent::{LocalState, Slot};
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::status::{Drift, Metrics, RolloutStatus, StatusReport, WireguardStatus};
+use gitfleet_schemas::status::{
+    Drift, HttpCheckResult, Metrics, RolloutStatus, StatusReport, WireguardStatus,
+};
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, ChannelRollout, Document as _, Root};
 use gitfleet_schemas::verify::{self, Bundle, Limits, Verified, VerifyError};
 
@@ -48,6 +50,8 @@ pub trait Node {
         policy: DriftPolicy,
     ) -> impl Future<Output = Result<Vec<Drift>, String>>;
     fn metrics(&mut self) -> Metrics;
+    /// The HTTP status `url` answers a GET with, or why there is none.
+    fn http_check(&mut self, url: &str) -> impl Future<Output = Result<u16, String>>;
     /// The live WireGuard interface and peers, when this node has one.
     fn wireguard(&mut self) -> impl Future<Output = Option<WireguardStatus>>;
 }
@@ -134,6 +138,10 @@ type Claims = [Option<String>; KINDS.len()];
 
 /// Bundles that failed here are remembered, at most this many.
 const MAX_FAILED: usize = 32;
+
+/// At most this many HTTP checks run for one report, whatever a manifest
+/// asks: a report must not take minutes.
+const MAX_HTTP_CHECKS: usize = 16;
 
 #[derive(Debug)]
 pub struct Agent<N> {
@@ -534,6 +542,30 @@ impl<N: Node> Agent<N> {
                 s.error = Some(error.clone());
             }
         }
+        // The checks of every rollout this node is a target of, each once.
+        let mut checks: BTreeMap<&str, u16> = BTreeMap::new();
+        if let Some(m) = &self.manifest {
+            for (r, _) in wanted(m, &self.id.node, &self.id.labels) {
+                for c in r.http_checks.iter().take(MAX_HTTP_CHECKS) {
+                    checks.entry(c.url.as_str()).or_insert(c.expect_status);
+                }
+            }
+        }
+        let mut http_checks = Vec::with_capacity(checks.len());
+        for (url, expect) in checks.into_iter().take(MAX_HTTP_CHECKS) {
+            let status = match self.node.http_check(url).await {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    tracing::debug!(url, error = %e, "http check got no answer");
+                    None
+                }
+            };
+            http_checks.push(HttpCheckResult {
+                url: url.to_owned(),
+                status,
+                ok: status == Some(expect),
+            });
+        }
         let serving = self.node.healthy().await;
         StatusReport {
             fleet: self.root.fleet.clone(),
@@ -545,7 +577,7 @@ impl<N: Node> Agent<N> {
             healthy: serving && self.errors.is_empty(),
             rollouts,
             metrics: self.node.metrics(),
-            http_checks: Vec::new(),
+            http_checks,
             wireguard: self.node.wireguard().await,
             drift,
             last_error: self.last_error.clone(),
@@ -591,6 +623,7 @@ mod tests {
             step: 1,
             steps: 2,
             membership_threshold: threshold,
+            http_checks: Vec::new(),
         }
     }
 

@@ -36,6 +36,9 @@ use crate::sentinel::{self, Reload};
 use crate::system::Sampler;
 use crate::wireguard::{self, Desired, PrivateKey, WIREGUARD_KEY};
 
+/// How long one HTTP check of a rollout's gate may take.
+const HTTP_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct DiskNode {
     dir: StateDir,
@@ -439,6 +442,12 @@ impl Node for DiskNode {
 
     fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), String> {
         self.dir.add_root(version, bytes).map_err(|e| e.to_string())
+    }
+
+    async fn http_check(&mut self, url: &str) -> Result<u16, String> {
+        sentinel::http_status(url, HTTP_CHECK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn healthy(&mut self) -> bool {

@@ -99,6 +99,8 @@ pub enum SentinelError {
         waited: Duration,
         reason: String,
     },
+    #[error("http check {url} got no answer: {reason}")]
+    NoAnswer { url: String, reason: String },
     #[error("health check {url} did not answer 2xx within {waited:?}: {reason}")]
     Unhealthy {
         url: String,
@@ -330,6 +332,19 @@ pub async fn confirm(
 /// Poll a health URL until it answers 2xx. Sentinel's `health` handler
 /// answers healthy whatever config is loaded: this proves the proxy is up,
 /// not that it took a reload.
+/// The status one GET of `url` (plain http on loopback) answers with, for
+/// a rollout's HTTP check.
+pub async fn http_status(url: &str, timeout: Duration) -> Result<u16, SentinelError> {
+    let client = loopback_client(url)?;
+    fetch(&client, url, timeout)
+        .await
+        .map(|(status, _)| status.as_u16())
+        .map_err(|reason| SentinelError::NoAnswer {
+            url: url.to_owned(),
+            reason,
+        })
+}
+
 pub async fn confirm_health(url: &str, timeout: Duration) -> Result<(), SentinelError> {
     let client = loopback_client(url)?;
     let start = Instant::now();

@@ -302,6 +302,11 @@ impl Node for SimNode {
         None
     }
 
+    async fn http_check(&mut self, _url: &str) -> Result<u16, String> {
+        // The simulated proxy answers as healthy as the node is.
+        Ok(if self.is_healthy() { 200 } else { 503 })
+    }
+
     fn metrics(&mut self) -> Metrics {
         let (error_rate, p99, cpu) = if self.is_healthy() {
             (
@@ -482,6 +487,9 @@ mod tests {
             built.reference
         }
 
+        /// The http check every manifest of this world asks for.
+        const HEALTH: &'static str = "http://127.0.0.1:9090/-/health";
+
         fn publish(&mut self, bundle: &BundleRef, previous: Option<&BundleRef>, threshold: u64) {
             use gitfleet_schemas::trust::{ChannelManifest, ChannelRollout};
             self.serial += 1;
@@ -498,6 +506,10 @@ mod tests {
                     step: 1,
                     steps: 1,
                     membership_threshold: threshold,
+                    http_checks: vec![gitfleet_schemas::trust::ChannelCheck {
+                        url: Self::HEALTH.into(),
+                        expect_status: 200,
+                    }],
                 }],
             };
             let path = self.dir.path().join("channels/prod.json");
@@ -548,6 +560,14 @@ mod tests {
         let report = agent.report(now).await.unwrap();
         assert!(report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
+        let check = |status, ok| {
+            vec![gitfleet_schemas::status::HttpCheckResult {
+                url: World::HEALTH.into(),
+                status: Some(status),
+                ok,
+            }]
+        };
+        assert_eq!(report.http_checks, check(200, true));
 
         // Every bundle fails from now on: the new one makes the node sick.
         agent.node_mut().settings.failure_rate = 1.0;
@@ -557,6 +577,7 @@ mod tests {
         assert!(!report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&b));
         assert!(report.metrics.error_rate.unwrap() > 0.1);
+        assert_eq!(report.http_checks, check(503, false));
         // The report is signed with the node's simulator key.
         let bytes = std::fs::read(world.dir.path().join("status/edge-1.json")).unwrap();
         let key = gitfleet_schemas::trust::PublicKey(sim_key("edge-1").verifying_key().to_bytes());

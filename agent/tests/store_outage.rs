@@ -91,6 +91,7 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
             step: 1,
             steps: 1,
             membership_threshold: u64::MAX,
+            http_checks: Vec::new(),
         }],
     };
     store

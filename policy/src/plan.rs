@@ -14,7 +14,7 @@ use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState, STATE_FORMAT};
-use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelRollout};
+use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelCheck, ChannelRollout};
 use gitfleet_schemas::{Gates, RolloutFile, StepSize, Window};
 
 use crate::checks::select;
@@ -34,8 +34,9 @@ pub struct Observation {
     pub p99_latency_ms: Option<u64>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
-    /// Whether every HTTP check of the rollout's gates passed, if run.
-    pub http_checks_passed: Option<bool>,
+    /// The HTTP checks the node ran: (url, passed). Empty for most nodes,
+    /// so it costs a fleet of a million nodes little.
+    pub http_checks: Vec<(String, bool)>,
 }
 
 /// The bundle a rollout should deliver, built from the fleet repo.
@@ -197,15 +198,26 @@ impl Plan {
             let Some(e) = r.environments.iter().find(|e| e.environment == environment) else {
                 continue;
             };
-            let selector = model
-                .rollouts
-                .get(&r.name)
-                .map(|f| {
-                    f.doc
-                        .selector
+            let doc = model.rollouts.get(&r.name).map(|f| &f.doc);
+            let selector = doc
+                .map(|d| {
+                    d.selector
                         .labels
                         .iter()
                         .map(|(k, v)| (k.clone(), v.value.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let http_checks = doc
+                .map(|d| {
+                    d.gates
+                        .http_checks
+                        .iter()
+                        .map(|c| ChannelCheck {
+                            url: c.url.value.clone(),
+                            // check() refuses statuses outside 100..=599.
+                            expect_status: u16::try_from(c.expect_status.value).unwrap_or(u16::MAX),
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -217,6 +229,7 @@ impl Plan {
                 step: e.after.step,
                 steps: e.steps,
                 membership_threshold: e.membership_threshold,
+                http_checks,
             });
         }
         out
@@ -849,11 +862,12 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
             return Some(why);
         }
     }
-    if !g.http_checks.is_empty() {
-        match r.http_checks_passed {
-            None => return Some("reports no http checks".to_owned()),
-            Some(false) => return Some("http checks failed".to_owned()),
-            Some(true) => {}
+    for check in &g.http_checks {
+        let url = &check.url.value;
+        match r.http_checks.iter().find(|(u, _)| u == url) {
+            None => return Some(format!("reports no http check {url}")),
+            Some((_, false)) => return Some(format!("http check {url} failed")),
+            Some((_, true)) => {}
         }
     }
     None
@@ -890,8 +904,71 @@ impl Observation {
             p99_latency_ms: r.metrics.p99_latency_ms,
             cpu_percent: r.metrics.cpu_percent,
             memory_percent: r.metrics.memory_percent,
-            http_checks_passed: (!r.http_checks.is_empty())
-                .then(|| r.http_checks.iter().all(|c| c.ok)),
+            http_checks: r
+                .http_checks
+                .iter()
+                .map(|c| (c.url.clone(), c.ok))
+                .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitfleet_schemas::{HttpCheck, Spanned};
+
+    fn gates(urls: &[&str]) -> Gates {
+        Gates {
+            http_checks: urls
+                .iter()
+                .map(|u| HttpCheck {
+                    url: Spanned::new((*u).to_owned(), Default::default()),
+                    expect_status: Spanned::new(200, Default::default()),
+                })
+                .collect(),
+            ..Gates::default()
+        }
+    }
+
+    fn on(checks: &[(&str, bool)]) -> Observation {
+        Observation {
+            active: vec![("edge".to_owned(), "d".to_owned())],
+            healthy: true,
+            http_checks: checks
+                .iter()
+                .map(|(u, ok)| ((*u).to_owned(), *ok))
+                .collect(),
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn http_check_gates_need_each_url_passed() {
+        let a = "http://127.0.0.1:9090/-/health";
+        let b = "http://127.0.0.1:9090/-/ready";
+        let g = gates(&[a, b]);
+        assert_eq!(
+            gate_failure(&g, &on(&[(a, true), (b, true)]), "edge", "d"),
+            None
+        );
+        assert_eq!(
+            gate_failure(&g, &on(&[(a, true), (b, false)]), "edge", "d"),
+            Some(format!("http check {b} failed"))
+        );
+        // A passing check of another URL does not stand in for a missing one.
+        assert_eq!(
+            gate_failure(&g, &on(&[(a, true)]), "edge", "d"),
+            Some(format!("reports no http check {b}"))
+        );
+        assert_eq!(
+            gate_failure(&g, &on(&[]), "edge", "d"),
+            Some(format!("reports no http check {a}"))
+        );
+        // Without http gates the node's checks do not matter.
+        assert_eq!(
+            gate_failure(&gates(&[]), &on(&[(a, false)]), "edge", "d"),
+            None
+        );
     }
 }

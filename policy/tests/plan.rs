@@ -442,3 +442,27 @@ fn a_requested_rollback_returns_every_node_to_the_previous_bundle() {
     assert_eq!(sim.running("dev", &bundle(1).digest), 4);
     assert_eq!(sim.running("staging", &bundle(2).digest), 0);
 }
+
+#[test]
+fn the_manifest_carries_the_http_checks_of_the_gates() {
+    let body = "step percent=100\ngates { healthy; http-check \"http://127.0.0.1:9090/-/health\" expect-status=204; }\n";
+    let mut sim = Sim::new(fleet(2, false, body));
+    sim.deploy(bundle(1), "c1");
+    let p = sim.plan();
+    let rollouts = p.channel_rollouts(&sim.model, "dev");
+    assert_eq!(rollouts.len(), 1);
+    assert_eq!(
+        rollouts[0].http_checks,
+        vec![gitfleet_schemas::trust::ChannelCheck {
+            url: "http://127.0.0.1:9090/-/health".to_owned(),
+            expect_status: 204,
+        }]
+    );
+    // Simulated agents report no checks, so the gate holds the step.
+    sim.run_until(50, |s| s.phase("dev") == Some(Phase::Failed));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(
+        reason.contains("reports no http check http://127.0.0.1:9090/-/health"),
+        "{reason}"
+    );
+}

@@ -238,6 +238,20 @@ pub struct ChannelRollout {
     /// A target is in the current step when the stable hash of
     /// `(rollout, node id)` is below this value.
     pub membership_threshold: u64,
+    /// HTTP checks the rollout's gates ask for: each target runs them and
+    /// puts the results in its status report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_checks: Vec<ChannelCheck>,
+}
+
+/// One HTTP check a node runs for a rollout's health gate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelCheck {
+    /// Fetched with GET; agents only dial plain http on loopback.
+    pub url: String,
+    /// The status that counts as passing.
+    pub expect_status: u16,
 }
 
 /// Names a bundle by the digest and length of its bytes.

@@ -73,6 +73,7 @@ pub fn manifest_bytes(
             step: 1,
             steps: 1,
             membership_threshold: u64::MAX,
+            http_checks: Vec::new(),
         }],
     };
     signed(&manifest, &[&key(10)])

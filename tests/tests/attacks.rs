@@ -77,6 +77,7 @@ fn channel(serial: u64) -> ChannelManifest {
             step: 1,
             steps: 3,
             membership_threshold: u64::MAX / 4,
+            http_checks: Vec::new(),
         }],
     }
 }
