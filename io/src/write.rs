@@ -102,6 +102,18 @@ pub fn replace(path: &Path, bytes: &[u8], keep: Option<Permissions>) -> Result<(
     Ok(())
 }
 
+/// Sync directory `dir`, so the entries renamed into it last survive a
+/// crash.
+pub fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    let io = |source| WriteError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

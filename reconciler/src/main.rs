@@ -10,14 +10,15 @@ mod bundle;
 mod check;
 mod git;
 mod keys;
-mod reconcile;
-// Used by the reconcile loop, which is not wired yet.
 mod lease;
+mod reconcile;
 mod render;
 mod rollout;
 mod root;
 mod simulate;
 mod source;
+mod trigger;
+mod up;
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
 ///
@@ -40,6 +41,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Up(up::UpArgs),
     Check(check::CheckArgs),
     Keygen(keys::KeygenArgs),
     Reconcile(reconcile::ReconcileArgs),
@@ -98,8 +100,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Simulated agents would each log every refused poll; the progress
     // lines summarise them.
-    let quiet_agents = matches!(cli.command, Command::Simulate(_));
-    init_tracing(cli.verbose, cli.color, quiet_agents);
+    let quiet = match cli.command {
+        Command::Simulate(_) => Quiet::Agents,
+        // Logs would run through the progress block; it shows what matters.
+        Command::Up(_) => Quiet::All,
+        _ => Quiet::No,
+    };
+    init_tracing(cli.verbose, cli.color, quiet);
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -109,10 +116,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8, color: Color, quiet_agents: bool) {
+/// Whose logs are left out by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quiet {
+    No,
+    Agents,
+    All,
+}
+
+fn init_tracing(verbose: u8, color: Color, quiet: Quiet) {
     // sentinel-config logs its own parse steps; they are noise here.
     let default = match verbose {
-        0 if quiet_agents => "warn,sentinel_config=error,gitfleet_agent=error",
+        0 if quiet == Quiet::All => "off",
+        0 if quiet == Quiet::Agents => "warn,sentinel_config=error,gitfleet_agent=error",
         0 => "warn,sentinel_config=error",
         1 => "debug,sentinel_config=warn",
         _ => "trace",
@@ -139,5 +155,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Root(cmd) => root::run(cmd, now),
         Command::Bundle(cmd) => bundle::run(cmd, cli.color),
         Command::Simulate(args) => simulate::run(args),
+        Command::Up(args) => up::run(args),
     }
 }

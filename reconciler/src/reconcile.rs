@@ -746,26 +746,98 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
     let holder = args.holder.clone().unwrap_or_else(default_holder);
     let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
     runtime.block_on(async {
-        loop {
-            let started = std::time::Instant::now();
-            match reconciler.once(Utc::now(), args.dry_run).await {
-                Ok(outcome) => report(&outcome, args.dry_run),
-                Err(e) if args.once => return Err(anyhow::Error::new(e)),
-                Err(e) => tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "reconcile pass failed; retrying next interval"),
+        if args.once {
+            let outcome = reconciler.once(Utc::now(), args.dry_run).await?;
+            report(&outcome, args.dry_run);
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        let (trigger_tx, trigger) = tokio::sync::mpsc::channel(1);
+        // A local repository is watched, so a push is seen at once; any
+        // other is polled every --interval (webhooks will trigger too).
+        let _watcher = local_repo(&args.repo).and_then(|path| {
+            crate::trigger::watch_refs(&path, trigger_tx)
+                .map_err(|e| tracing::warn!(repo = %path.display(), error = %e, "cannot watch the fleet repo; polling only"))
+                .ok()
+        });
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            gitfleet_agent::signals::shutdown().await;
+            tracing::info!("stopping");
+            let _ = stop_tx.send(true);
+        });
+        let dry_run = args.dry_run;
+        run_passes(&mut reconciler, args.interval, dry_run, trigger, stop, |pass| {
+            if let Ok(outcome) = pass {
+                report(outcome, dry_run);
             }
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "reconcile pass done");
-            if args.once {
-                return Ok(std::process::ExitCode::SUCCESS);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(args.interval) => {}
-                _ = tokio::signal::ctrl_c() => {
-                    tracing::info!("stopping");
-                    return Ok(std::process::ExitCode::SUCCESS);
-                }
+        })
+        .await;
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+/// Run passes until `stop` turns true: one at once, then one every
+/// `interval`, and one as soon as `trigger` fires (a watched ref moved, a
+/// webhook came in). A trigger only makes the next pass come sooner: every
+/// pass re-reads git. A failed pass is logged and the loop goes on; each
+/// outcome is handed to `on_pass`.
+pub async fn run_passes(
+    reconciler: &mut Reconciler,
+    interval: std::time::Duration,
+    dry_run: bool,
+    mut trigger: tokio::sync::mpsc::Receiver<()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut on_pass: impl FnMut(Result<&Outcome, &ReconcileError>),
+) {
+    let mut triggers_open = true;
+    while !*stop.borrow() {
+        let started = std::time::Instant::now();
+        let result = reconciler.once(Utc::now(), dry_run).await;
+        match &result {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %error_chain(e), "reconcile pass failed; retrying next interval")
             }
         }
-    })
+        on_pass(result.as_ref());
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconcile pass done"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            t = trigger.recv(), if triggers_open => {
+                // A closed trigger leaves polling.
+                triggers_open = t.is_some();
+                if t.is_some() {
+                    tracing::debug!("triggered");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The directory of a fleet repo given as a local path or file:// URL.
+fn local_repo(repo: &str) -> Option<std::path::PathBuf> {
+    let path = match repo.strip_prefix("file://") {
+        Some(p) => p,
+        None if repo.contains("://") || repo.contains('@') => return None,
+        None => repo,
+    };
+    std::fs::canonicalize(path).ok()
 }
 
 /// Stable across restarts on one machine, so a restarted reconciler takes

@@ -4,7 +4,7 @@
 //! ([`gitfleet_agent::sim::SimNode`]), against any store.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,7 +91,7 @@ pub struct SimulateArgs {
     print_keys: bool,
 }
 
-fn parse_rate(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
     let p: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number between 0 and 1"))?;
@@ -109,8 +109,12 @@ struct SimNodeSpec {
 }
 
 /// The nodes to simulate: valid ones, sorted by id, the first `limit`.
-fn nodes(args: &SimulateArgs) -> anyhow::Result<(String, Vec<SimNodeSpec>)> {
-    let loaded = crate::check::load(&args.repo, None)?;
+fn nodes(
+    repo: &Path,
+    rev: Option<&str>,
+    limit: Option<usize>,
+) -> anyhow::Result<(String, Vec<SimNodeSpec>)> {
+    let loaded = crate::check::load(repo, rev)?;
     let errors = loaded
         .checked
         .diagnostics
@@ -119,7 +123,7 @@ fn nodes(args: &SimulateArgs) -> anyhow::Result<(String, Vec<SimNodeSpec>)> {
         .count();
     if errors > 0 {
         tracing::warn!(
-            repo = %args.repo.display(),
+            repo = %repo.display(),
             errors,
             "the fleet repo has errors (see gitfleet check); simulating the nodes it names anyway"
         );
@@ -129,7 +133,7 @@ fn nodes(args: &SimulateArgs) -> anyhow::Result<(String, Vec<SimNodeSpec>)> {
         .fleet
         .as_ref()
         .map(|f| f.doc.name.value.clone())
-        .with_context(|| format!("{}: fleet.kdl could not be read", args.repo.display()))?;
+        .with_context(|| format!("{}: fleet.kdl could not be read", repo.display()))?;
     let drift = model
         .fleet
         .as_ref()
@@ -164,25 +168,25 @@ fn nodes(args: &SimulateArgs) -> anyhow::Result<(String, Vec<SimNodeSpec>)> {
         .collect();
     out.sort_by(|a, b| a.identity.node.cmp(&b.identity.node));
     out.dedup_by(|a, b| a.identity.node == b.identity.node);
-    if let Some(n) = args.nodes {
+    if let Some(n) = limit {
         if n > out.len() {
             bail!(
                 "--nodes {n}: the fleet repo at {} has only {} nodes",
-                args.repo.display(),
+                repo.display(),
                 out.len()
             );
         }
         out.truncate(n);
     }
     if out.is_empty() {
-        bail!("the fleet repo at {} names no nodes", args.repo.display());
+        bail!("the fleet repo at {} names no nodes", repo.display());
     }
     Ok((fleet, out))
 }
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
-    let (fleet, specs) = nodes(args)?;
     if args.print_keys {
+        let (_, specs) = nodes(&args.repo, None, args.nodes)?;
         for s in &specs {
             let public = PublicKey(sim_key(&s.identity.node).verifying_key().to_bytes());
             println!("{} {public}", s.identity.node);
@@ -194,8 +198,64 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let root_bytes =
         std::fs::read(root_path).with_context(|| format!("reading {}", root_path.display()))?;
-    let root = gitfleet_agent::local::pin_first_root(&root_bytes)
-        .with_context(|| format!("{} is not a root agents can pin", root_path.display()))?;
+    let agents = agents(&Setup {
+        repo: &args.repo,
+        rev: None,
+        nodes: args.nodes,
+        store_url,
+        root: &root_bytes,
+        root_name: &root_path.display().to_string(),
+        settings: SimSettings {
+            apply_latency: args.apply_latency,
+            failure_rate: args.failure_rate,
+        },
+        state_dir: args.state_dir.as_deref(),
+    })?;
+    let timing = Timing {
+        poll: args.poll,
+        jitter: args.jitter.unwrap_or(args.poll / 10),
+        heartbeat: chrono::Duration::from_std(args.heartbeat).context("--heartbeat is too long")?,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    eprintln!(
+        "simulating {} nodes against {store_url} (poll {}, apply latency {}, failure rate {}); Ctrl-C stops",
+        agents.len(),
+        humantime::format_duration(args.poll),
+        humantime::format_duration(args.apply_latency),
+        args.failure_rate
+    );
+    runtime.block_on(simulate(agents, timing, args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What simulated agents are made from.
+#[derive(Debug)]
+pub(crate) struct Setup<'a> {
+    /// The fleet repo (a directory); its nodes are the nodes simulated.
+    pub repo: &'a Path,
+    /// Read this revision of it instead of its files.
+    pub rev: Option<&'a str>,
+    /// Only the first N nodes, by id.
+    pub nodes: Option<usize>,
+    pub store_url: &'a str,
+    /// The first root the agents pin, and where it came from.
+    pub root: &'a [u8],
+    pub root_name: &'a str,
+    pub settings: SimSettings,
+    /// Where each node's state is kept between runs.
+    pub state_dir: Option<&'a Path>,
+}
+
+/// One agent (and its environment) per node of the fleet repo, each over
+/// a simulated node, resumed from `state_dir` when given.
+pub(crate) fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<SimNode>)>> {
+    let (fleet, specs) = nodes(setup.repo, setup.rev, setup.nodes)?;
+    let root = gitfleet_agent::local::pin_first_root(setup.root)
+        .with_context(|| format!("{} is not a root agents can pin", setup.root_name))?;
     if root.fleet != fleet {
         tracing::warn!(root = %root.fleet, repo = %fleet, "the root is for another fleet than the repo; the reconciler will ignore the reports");
     }
@@ -212,27 +272,22 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             "these nodes' node-key in the fleet repo is not their simulator key, so the reconciler will ignore their reports (gitfleet simulate --print-keys lists the keys to use)"
         );
     }
-    if let Some(dir) = &args.state_dir {
+    if let Some(dir) = setup.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-
-    let settings = SimSettings {
-        apply_latency: args.apply_latency,
-        failure_rate: args.failure_rate,
-    };
     let mut agents = Vec::with_capacity(specs.len());
     for spec in specs {
         let node_id = spec.identity.node.clone();
         let environment = spec.identity.environment.clone();
-        let mut node = SimNode::new(&node_id, settings);
-        let state = match &args.state_dir {
+        let mut node = SimNode::new(&node_id, setup.settings);
+        let state = match setup.state_dir {
             Some(dir) => node.persist_to(dir)?,
             None => LocalState {
                 format: LOCAL_STATE_FORMAT,
                 ..LocalState::default()
             },
         };
-        let store = Store::open(store_url)?;
+        let store = Store::open(setup.store_url)?;
         agents.push((
             environment,
             Agent::new(
@@ -245,32 +300,19 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             ),
         ));
     }
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    eprintln!(
-        "simulating {} nodes against {store_url} (poll {}, apply latency {}, failure rate {}); Ctrl-C stops",
-        agents.len(),
-        humantime::format_duration(args.poll),
-        humantime::format_duration(args.apply_latency),
-        args.failure_rate
-    );
-    runtime.block_on(simulate(agents, args))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(agents)
 }
 
 /// What the progress line knows of one node.
 #[derive(Clone, Debug, Default)]
-struct View {
-    environment: String,
+pub(crate) struct View {
+    pub environment: String,
     /// (rollout, bundle digest) per kind of bundle the node runs.
-    running: Vec<(String, String)>,
-    healthy: bool,
+    pub running: Vec<(String, String)>,
+    pub healthy: bool,
     /// Why the last poll was refused or the last report not written.
-    error: Option<String>,
-    polled: bool,
+    pub error: Option<String>,
+    pub polled: bool,
 }
 
 impl View {
@@ -298,41 +340,91 @@ impl View {
     }
 }
 
+/// How often simulated agents poll and report.
 #[derive(Clone, Copy, Debug)]
-struct Timing {
-    poll: Duration,
-    jitter: Duration,
-    heartbeat: chrono::Duration,
+pub(crate) struct Timing {
+    pub poll: Duration,
+    /// Up to this much is added to each poll interval.
+    pub jitter: Duration,
+    /// A status report is written at least this often.
+    pub heartbeat: chrono::Duration,
+}
+
+/// Simulated agents running on the current runtime, each in its own task.
+pub(crate) struct Swarm {
+    views: Arc<Mutex<Vec<View>>>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm")
+            .field("agents", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Swarm {
+    /// Start every agent; their first polls are spread over one interval.
+    pub fn start(agents: Vec<(String, Agent<SimNode>)>, timing: Timing) -> anyhow::Result<Swarm> {
+        let views = Arc::new(Mutex::new(vec![View::default(); agents.len()]));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut seed = [0u8; 8];
+        getrandom::getrandom(&mut seed)
+            .map_err(|e| anyhow::anyhow!("reading randomness from the operating system: {e}"))?;
+        let seed = u64::from_le_bytes(seed);
+        let mut tasks = JoinSet::new();
+        for (i, (environment, agent)) in agents.into_iter().enumerate() {
+            let rng = Rng(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            tasks.spawn(run_agent(
+                agent,
+                environment,
+                i,
+                timing,
+                rng,
+                views.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        Ok(Swarm { views, stop, tasks })
+    }
+
+    /// What every agent last did, in the order they were given.
+    pub fn views(&self) -> Vec<View> {
+        self.views.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The progress lines: per rollout, how many nodes run which bundle.
+    pub fn progress(&self, elapsed: Duration) -> String {
+        progress(&self.views(), elapsed)
+    }
+
+    /// Tell every agent to stop and wait up to `grace` for them to finish
+    /// the poll they are in (at most one activation each); a second Ctrl-C
+    /// or the end of `grace` stops them where they are.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let all_done = async { while self.tasks.join_next().await.is_some() {} };
+        tokio::select! {
+            () = all_done => {}
+            () = tokio::time::sleep(grace) => {
+                tracing::warn!("agents still busy after the grace period; stopping them");
+            }
+            () = gitfleet_agent::signals::shutdown() => {
+                tracing::warn!("interrupted again; stopping the agents now");
+            }
+        }
+        self.tasks.abort_all();
+    }
 }
 
 async fn simulate(
     agents: Vec<(String, Agent<SimNode>)>,
+    timing: Timing,
     args: &SimulateArgs,
 ) -> anyhow::Result<()> {
-    let timing = Timing {
-        poll: args.poll,
-        jitter: args.jitter.unwrap_or(args.poll / 10),
-        heartbeat: chrono::Duration::from_std(args.heartbeat).context("--heartbeat is too long")?,
-    };
-    let views = Arc::new(Mutex::new(vec![View::default(); agents.len()]));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut seed = [0u8; 8];
-    getrandom::getrandom(&mut seed)
-        .map_err(|e| anyhow::anyhow!("reading randomness from the operating system: {e}"))?;
-    let seed = u64::from_le_bytes(seed);
-    let mut tasks = JoinSet::new();
-    for (i, (environment, agent)) in agents.into_iter().enumerate() {
-        let rng = Rng(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        tasks.spawn(run_agent(
-            agent,
-            environment,
-            i,
-            timing,
-            rng,
-            views.clone(),
-            stop_rx.clone(),
-        ));
-    }
+    let swarm = Swarm::start(agents, timing)?;
     let started = Instant::now();
     let deadline = async {
         match args.duration {
@@ -346,27 +438,23 @@ async fn simulate(
     ticker.tick().await;
     let reason = loop {
         tokio::select! {
-            _ = ticker.tick() => eprint!("{}", progress(&views, started.elapsed())),
+            _ = ticker.tick() => eprint!("{}", swarm.progress(started.elapsed())),
             () = &mut deadline => break "the duration is over",
             () = &mut stop => break "interrupted",
         }
     };
     tracing::info!(reason, "stopping the simulated agents");
-    let _ = stop_tx.send(true);
-    // Agents finish the poll they are in (at most one activation each).
-    let grace = args.apply_latency + Duration::from_secs(10);
-    let all_done = async { while tasks.join_next().await.is_some() {} };
-    tokio::select! {
-        () = all_done => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!("agents still busy after the grace period; stopping them");
-        }
-        () = gitfleet_agent::signals::shutdown() => {
-            tracing::warn!("interrupted again; stopping the agents now");
-        }
-    }
-    tasks.abort_all();
-    eprint!("{}", progress(&views, started.elapsed()));
+    let views = swarm.views.clone();
+    swarm
+        .stop(args.apply_latency + Duration::from_secs(10))
+        .await;
+    eprint!(
+        "{}",
+        progress(
+            &views.lock().map(|v| v.clone()).unwrap_or_default(),
+            started.elapsed()
+        )
+    );
     eprintln!("stopped: {reason}");
     Ok(())
 }
@@ -424,10 +512,7 @@ async fn stopped_during(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// The progress lines: per rollout, how many nodes run which bundle.
-fn progress(views: &Mutex<Vec<View>>, elapsed: Duration) -> String {
-    let Ok(views) = views.lock() else {
-        return String::new();
-    };
+fn progress(views: &[View], elapsed: Duration) -> String {
     let total = views.len();
     let started = views.iter().filter(|v| v.polled).count();
     let unhealthy = views.iter().filter(|v| v.polled && !v.healthy).count();
@@ -534,7 +619,7 @@ mod tests {
             error: None,
             polled: true,
         };
-        let views = Mutex::new(vec![
+        let views = [
             view(Some(&a), true),
             view(Some(&a), true),
             view(Some(&b), false),
@@ -544,7 +629,7 @@ mod tests {
                 ..view(None, true)
             },
             View::default(),
-        ]);
+        ];
         let text = progress(&views, Duration::from_secs(7));
         assert!(
             text.starts_with(

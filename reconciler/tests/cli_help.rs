@@ -24,6 +24,7 @@ fn top_level_help_lists_every_command() {
         "root",
         "bundle",
         "simulate",
+        "up",
     ] {
         assert!(
             text.contains(&format!("  {cmd} ")),
@@ -41,6 +42,7 @@ fn each_command_help_shows_an_example() {
         &["root"],
         &["bundle"],
         &["simulate"],
+        &["up"],
     ] {
         let text = help(cmd);
         assert!(

@@ -1,0 +1,198 @@
+//! `gitfleet up` as a user runs it: the built-in example fleet set up in a
+//! fresh directory, rolled out by the reconciler and simulated agents,
+//! stopped with Ctrl-C, changed with `git push` from the working clone,
+//! and resumed by running `gitfleet up` again.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_tests::{bin, git, text};
+
+/// A running `gitfleet up`, killed if the test fails before it stops.
+struct Up {
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+impl Up {
+    fn start(cwd: &Path, run: usize) -> Up {
+        let out = cwd.join(format!("up-{run}.out"));
+        let child = Command::new(bin("gitfleet"))
+            .args([
+                "up",
+                "--dir",
+                "demo",
+                "--poll",
+                "300ms",
+                "--interval",
+                "1s",
+                "--bake",
+                "1s",
+                "--apply-latency",
+                "50ms",
+            ])
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(cwd.join(format!("up-{run}.err"))).unwrap())
+            .spawn()
+            .unwrap();
+        Up {
+            child: Some(child),
+            out,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Interrupt it as Ctrl-C would; it must exit 0, saying so.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "gitfleet up did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = self.output();
+        assert!(status.success(), "gitfleet up exited with {status}:\n{out}");
+        assert!(out.contains("stopped: interrupted"), "{out}");
+        out
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The committed state of `rollout` on the demo's state branch, if any.
+fn state(bare: &Path, rollout: &str) -> Option<RolloutState> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["show", &format!("gitfleet/state:rollouts/{rollout}.json")])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Wait until `done` holds for `rollout`'s state, failing with the output.
+fn wait_for(up: &Up, bare: &Path, rollout: &str, done: impl Fn(&RolloutState) -> bool) {
+    let started = Instant::now();
+    loop {
+        if state(bare, rollout).is_some_and(|s| done(&s)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "rollout {rollout} did not get there; state {:?}\noutput:\n{}",
+            state(bare, rollout),
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
+    let cwd = tempfile::tempdir().unwrap();
+    let demo = cwd.path().join("demo");
+    let bare = demo.join("fleet.git");
+
+    // First run: set up from the built-in example, roll it out in dev.
+    let up = Up::start(cwd.path(), 1);
+    // api-gateway has no change windows, so this holds on any day; its
+    // gates ask for metrics, edge's (waited for below) an HTTP check too.
+    wait_for(&up, &bare, "api-gateway", |s| {
+        s.environments.get("dev").map(|e| e.phase) == Some(Phase::Complete)
+    });
+    let first = state(&bare, "api-gateway").unwrap().environments["dev"]
+        .target
+        .clone();
+    let out = up.stop();
+    assert!(out.contains("set up demo from the example fleet"), "{out}");
+    assert!(
+        out.contains("11 simulated nodes in dev, prod, staging"),
+        "{out}"
+    );
+    assert!(out.contains("cd demo/fleet"), "{out}");
+    // The last block drawn shows the completed environment with a full bar.
+    let last = out.rsplit("nodes, ").next().unwrap();
+    assert!(
+        last.lines().any(|l| l.starts_with("api-gateway  dev")
+            && l.contains("complete")
+            && l.contains(&format!("[{}]", "#".repeat(20)))),
+        "{out}"
+    );
+    for key in ["root-1.key", "root-2.key", "root-3.key", "online.key"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(demo.join("keys").join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+
+    // A change, pushed from the working clone as the screen says.
+    let work = demo.join("fleet");
+    let config = work.join("configs/api-gateway/sentinel.kdl");
+    let mut text_now = std::fs::read_to_string(&config).unwrap();
+    text_now.push_str("// a comment changes the bundle's bytes\n");
+    std::fs::write(&config, text_now).unwrap();
+    git(&work, &["commit", "-qam", "api-gateway: a comment"]);
+    git(&work, &["push", "-q"]);
+
+    // Second run resumes: the state branch carries on, and the new bundle
+    // replaces the one that completed, which becomes the previous one.
+    let up = Up::start(cwd.path(), 2);
+    wait_for(&up, &bare, "api-gateway", |s| {
+        s.environments.get("dev").is_some_and(|e| {
+            e.phase == Phase::Complete && e.target != first && e.previous.as_ref() == Some(&first)
+        })
+    });
+    // Edge's gates include an HTTP check, which the simulated nodes run.
+    wait_for(&up, &bare, "edge", |s| {
+        s.environments
+            .get("dev")
+            .is_some_and(|e| e.phase == Phase::Complete || e.phase == Phase::WaitingWindow)
+    });
+    let out = up.stop();
+    assert!(out.contains("resuming the fleet in demo"), "{out}");
+    assert!(!out.contains("set up demo"), "{out}");
+
+    // Naming a repo to start from is refused once the directory is set up.
+    let again = Command::new(bin("gitfleet"))
+        .args(["up", "--dir", "demo", "some-repo"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&again);
+    assert_eq!(again.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("demo is already set up, so some-repo would not be read"),
+        "{stderr}"
+    );
+}
