@@ -184,6 +184,41 @@ fn fleet(model: &FleetModel, d: &mut Diagnostics<'_>) {
             }
         }
     }
+    let mut names = BTreeMap::new();
+    let mut keys = BTreeMap::new();
+    for a in &fleet.approvers {
+        if !valid_name(&a.name.value) {
+            d.error(
+                f,
+                a.name.span,
+                "invalid-name",
+                format!("approver name `{}` is not valid", a.name.value),
+                Some("use [A-Za-z0-9][A-Za-z0-9._-]*, at most 63 characters: it names files on the state branch".to_owned()),
+            );
+        }
+        if let Some(first) = names.insert(a.name.value.as_str(), a.name.span) {
+            let at = d.location(f, first);
+            d.error(
+                f,
+                a.name.span,
+                "duplicate-approver",
+                format!("approver `{}` is declared twice", a.name.value),
+                Some(format!("first declared at {at}")),
+            );
+        }
+        if let Some(bytes) = check_ed25519(d, f, &a.key, "approver key") {
+            if let Some(first) = keys.insert(bytes, a.key.span) {
+                let at = d.location(f, first);
+                d.error(
+                    f,
+                    a.key.span,
+                    "duplicate-key",
+                    "two approvers share this key",
+                    Some(format!("first used at {at}")),
+                );
+            }
+        }
+    }
     if let Some(m) = &fleet.defaults.max_unavailable {
         if m.value == 0 {
             d.error(

@@ -6,6 +6,7 @@
 //! including validation of Sentinel configs with the proxy's own crate and
 //! the lint rules declared in `fleet.kdl`.
 
+pub mod approvals;
 pub mod bundle;
 pub mod channel;
 mod checks;

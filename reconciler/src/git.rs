@@ -491,6 +491,29 @@ impl Mirror {
         Ok(files)
     }
 
+    /// The commit `spec` (a full id or a unique prefix) names, when it is
+    /// `head` or one of its ancestors: only commits of the spec branch can
+    /// be approved.
+    pub fn commit_on(&self, head: Oid, spec: &str) -> Result<Option<Oid>, GitError> {
+        let read = |source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!("commit {spec}"),
+            source,
+        };
+        let Ok(object) = self.repo.revparse_single(spec) else {
+            return Ok(None);
+        };
+        let Ok(commit) = object.peel_to_commit() else {
+            return Ok(None);
+        };
+        let id = commit.id();
+        if id == head || self.repo.graph_descendant_of(head, id).map_err(read)? {
+            Ok(Some(id))
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The tree id of `dir` at commit `head` (None when absent): the same
     /// id means the same files.
     pub fn dir_id(&self, head: Oid, dir: &str) -> Result<Option<Oid>, GitError> {

@@ -21,9 +21,10 @@ use gitfleet_io::write;
 ///   gitfleet keygen --root -o root-1.key > root-1.pub
 ///   gitfleet keygen --online -o /etc/gitfleet/online.key
 ///   gitfleet keygen --node -o /var/lib/gitfleet-agent/node.key
+///   gitfleet keygen --approver -o ~/.gitfleet/alice.key
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
-#[command(group(clap::ArgGroup::new("role").required(true).args(["root", "online", "node"])))]
+#[command(group(clap::ArgGroup::new("role").required(true).args(["root", "online", "node", "approver"])))]
 pub struct KeygenArgs {
     /// An offline root key, which signs root/<version>.json.
     #[arg(long)]
@@ -37,6 +38,10 @@ pub struct KeygenArgs {
     #[arg(long)]
     node: bool,
 
+    /// An approver's key, with which a person signs `gitfleet approve`.
+    #[arg(long)]
+    approver: bool,
+
     /// The key file to create; it must not exist yet.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
@@ -47,6 +52,8 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
         KeyRole::Root
     } else if args.online {
         KeyRole::Online
+    } else if args.approver {
+        KeyRole::Approver
     } else {
         KeyRole::Node
     };

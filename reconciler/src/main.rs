@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use codespan_reporting::term::termcolor::ColorChoice;
 use tracing_subscriber::EnvFilter;
 
+mod approve;
 mod bundle;
 mod check;
 mod git;
@@ -47,6 +48,7 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    Approve(approve::ApproveArgs),
     /// Create, sign, rotate and verify the fleet's root of trust.
     ///
     /// The root (root/<version>.json) names the offline root keys and the
@@ -152,6 +154,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => keys::keygen(args),
         Command::Reconcile(args) => reconcile::run(args),
         Command::Rollout(cmd) => rollout::run(cmd),
+        Command::Approve(args) => approve::run(args, now),
         Command::Root(cmd) => root::run(cmd, now),
         Command::Bundle(cmd) => bundle::run(cmd, cli.color),
         Command::Simulate(args) => simulate::run(args),

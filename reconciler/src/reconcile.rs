@@ -6,7 +6,7 @@
 //! names them, and the state commit lands before the manifests derived from
 //! it, so a restart re-derives the same manifests from git.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
@@ -68,6 +68,8 @@ pub struct Outcome {
     pub state_commit: Option<String>,
     pub manifests: Vec<(String, u64)>,
     pub reports_ignored: BTreeMap<&'static str, usize>,
+    /// Approvals on the state branch that did not count.
+    pub approvals_ignored: usize,
     /// Set when another replica holds the lease, so this pass wrote nothing.
     pub follower_of: Option<String>,
 }
@@ -389,7 +391,11 @@ impl Reconciler {
 
         let state = parse_state(&state_files)?;
         let (reports, reports_ignored) = self.reports(&model, &fleet).await?;
-        let approvals = BTreeSet::new();
+        let counted = gitfleet_policy::approvals::count(&model, &state_files);
+        for (path, reason) in &counted.ignored {
+            tracing::warn!(path = %path, reason = %reason, "ignoring approval");
+        }
+        let approvals = counted.approved;
         let targets = Targets::from_model(&model);
         let plan = plan::plan(&Inputs {
             model: &model,
@@ -413,6 +419,7 @@ impl Reconciler {
             state_commit: None,
             manifests: Vec::new(),
             reports_ignored,
+            approvals_ignored: counted.ignored.len(),
             follower_of: None,
         };
         if dry_run {
@@ -664,21 +671,8 @@ fn state_changes(
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ReconcileArgs {
-    /// The fleet repo: a path, file://, http(s)://, ssh:// or git:// URL.
-    #[arg(long, env = "GITFLEET_REPO", default_value = ".")]
-    repo: String,
-    /// The branch people write the fleet spec to.
-    #[arg(long, env = "GITFLEET_BRANCH", default_value = "main")]
-    branch: String,
-    /// The branch the reconciler commits rollout state to.
-    #[arg(long, env = "GITFLEET_STATE_BRANCH", default_value = "gitfleet/state")]
-    state_branch: String,
-    /// HTTPS token for the repo (sent as user x-access-token).
-    #[arg(long, env = "GITFLEET_GIT_TOKEN", hide_env_values = true)]
-    git_token: Option<String>,
-    /// SSH private key for ssh:// repos (default: ask the ssh agent).
-    #[arg(long, env = "GITFLEET_SSH_KEY", conflicts_with = "git_token")]
-    ssh_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    git: GitArgs,
     /// Object store URL; defaults to the `store` of fleet.kdl.
     #[arg(long, env = "GITFLEET_STORE")]
     store: Option<String>,
@@ -702,18 +696,28 @@ pub struct ReconcileArgs {
     interval: std::time::Duration,
 }
 
-pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
-    use anyhow::Context as _;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let online = crate::keys::load(
-        &args.online_key,
-        gitfleet_schemas::keyfile::KeyRole::Online,
-        "signing channel manifests",
-    )?;
+/// Where the fleet repo is and how to reach it.
+#[derive(Debug, clap::Args)]
+pub struct GitArgs {
+    /// The fleet repo: a path, file://, http(s)://, ssh:// or git:// URL.
+    #[arg(long, env = "GITFLEET_REPO", default_value = ".")]
+    pub repo: String,
+    /// The branch people write the fleet spec to.
+    #[arg(long, env = "GITFLEET_BRANCH", default_value = "main")]
+    pub branch: String,
+    /// The branch the reconciler commits rollout state to.
+    #[arg(long, env = "GITFLEET_STATE_BRANCH", default_value = "gitfleet/state")]
+    pub state_branch: String,
+    /// HTTPS token for the repo (sent as user x-access-token).
+    #[arg(long, env = "GITFLEET_GIT_TOKEN", hide_env_values = true)]
+    pub git_token: Option<String>,
+    /// SSH private key for ssh:// repos (default: ask the ssh agent).
+    #[arg(long, env = "GITFLEET_SSH_KEY", conflicts_with = "git_token")]
+    pub ssh_key: Option<std::path::PathBuf>,
+}
+
+/// The remote `args` describe, with its credentials.
+pub fn remote(args: &GitArgs) -> anyhow::Result<crate::git::Remote> {
     let mut remote = crate::git::Remote::new(repo_url(&args.repo)?);
     remote.branch.clone_from(&args.branch);
     remote.state_branch.clone_from(&args.state_branch);
@@ -728,6 +732,22 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         }
         (None, None) => crate::git::Auth::None,
     };
+    Ok(remote)
+}
+
+pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let online = crate::keys::load(
+        &args.online_key,
+        gitfleet_schemas::keyfile::KeyRole::Online,
+        "signing channel manifests",
+    )?;
+    let remote = remote(&args.git)?;
     let mirror = Mirror::open_or_clone(remote, &args.cache)?;
     let store_url = match &args.store {
         Some(url) => url.clone(),
@@ -754,7 +774,7 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         let (trigger_tx, trigger) = tokio::sync::mpsc::channel(1);
         // A local repository is watched, so a push is seen at once; any
         // other is polled every --interval (webhooks will trigger too).
-        let _watcher = local_repo(&args.repo).and_then(|path| {
+        let _watcher = local_repo(&args.git.repo).and_then(|path| {
             crate::trigger::watch_refs(&path, trigger_tx)
                 .map_err(|e| tracing::warn!(repo = %path.display(), error = %e, "cannot watch the fleet repo; polling only"))
                 .ok()
@@ -892,5 +912,11 @@ fn report(o: &Outcome, dry_run: bool) {
     }
     for (reason, n) in &o.reports_ignored {
         println!("ignored {n} status report(s): {reason}");
+    }
+    if o.approvals_ignored > 0 {
+        println!(
+            "ignored {} approval(s) on the state branch (run with -v for why)",
+            o.approvals_ignored
+        );
     }
 }

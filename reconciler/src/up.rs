@@ -300,6 +300,8 @@ struct Demo<'a> {
     /// In the order of fleet.kdl's `root-key` entries.
     root_keys: &'a [PublicKey],
     store_url: &'a str,
+    /// Approvers whose key is set (or who are added) in fleet.kdl.
+    approvers: &'a [(String, PublicKey)],
     /// (bake, progress deadline) for every rollout, or keep them.
     timings: Option<(Duration, Duration)>,
 }
@@ -336,6 +338,7 @@ fn demo_files(files: &RepoFiles, demo: &Demo<'_>) -> Result<RepoFiles, DemoError
             what: what.to_owned(),
         };
         let mut edits = Vec::new();
+        let mut append = String::new();
         let timing_edits = |bake: Option<Span>, deadline: Option<Span>, edits: &mut Vec<Edit>| {
             if let Some((b, d)) = demo.timings {
                 for (span, value) in [(bake, b), (deadline, d)] {
@@ -381,6 +384,15 @@ fn demo_files(files: &RepoFiles, demo: &Demo<'_>) -> Result<RepoFiles, DemoError
                     .map(|s| s.span),
                 &mut edits,
             );
+            for (name, key) in demo.approvers {
+                match fleet.approvers.iter().find(|a| a.name.value == *name) {
+                    Some(a) => edits.push(Edit {
+                        span: a.key.span,
+                        value: key.to_string(),
+                    }),
+                    None => append.push_str(&format!("approver {name:?} key=\"{key}\"\n")),
+                }
+            }
         } else if path.starts_with("nodes/") && path.ends_with(".kdl") {
             if let Some(node) = NodeFile::decode(text).value {
                 let public = PublicKey(sim_key(&node.id.value).verifying_key().to_bytes());
@@ -398,7 +410,15 @@ fn demo_files(files: &RepoFiles, demo: &Demo<'_>) -> Result<RepoFiles, DemoError
                 );
             }
         }
-        out.insert(path, apply(path, text, edits)?.into_bytes());
+        let mut text = apply(path, text, edits)?;
+        if !append.is_empty() {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("\n// Added by gitfleet up: who may run gitfleet approve.\n");
+            text.push_str(&append);
+        }
+        out.insert(path, text.into_bytes());
     }
     Ok(out)
 }
@@ -430,6 +450,26 @@ fn apply(file: &str, text: &str, mut edits: Vec<Edit>) -> Result<String, DemoErr
         );
     }
     Ok(out)
+}
+
+/// The users environments.kdl takes approvals from, each once, by name;
+/// names that cannot be file names are left out.
+fn approval_users(files: &RepoFiles) -> Vec<String> {
+    let mut out: Vec<String> = files
+        .text(gitfleet_policy::model::ENVIRONMENTS_FILE)
+        .and_then(|t| gitfleet_schemas::EnvironmentsFile::decode(t).value)
+        .map(|f| {
+            f.environments
+                .iter()
+                .filter_map(|e| e.approvals.as_ref())
+                .flat_map(|a| a.users.iter().map(|u| u.value.clone()))
+                .filter(|u| gitfleet_policy::valid_name(u))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Fresh key files: `keys/<name>.key`, mode 0600.
@@ -489,6 +529,17 @@ fn set_up(
         )?);
     }
     let online = new_key(&partial.keys(), "online", KeyRole::Online)?;
+    // A key for every user an environment takes approvals from, so the
+    // demo's approvals can be given with `gitfleet approve`.
+    let mut approvers = Vec::new();
+    for name in approval_users(files) {
+        let key = new_key(
+            &partial.keys(),
+            &format!("approver-{name}"),
+            KeyRole::Approver,
+        )?;
+        approvers.push((name, PublicKey(key.verifying_key().to_bytes())));
+    }
     let publics: Vec<PublicKey> = root_keys
         .iter()
         .map(|k| PublicKey(k.verifying_key().to_bytes()))
@@ -499,6 +550,7 @@ fn set_up(
         &Demo {
             root_keys: &publics,
             store_url: &store_url,
+            approvers: &approvers,
             timings,
         },
     )?;
@@ -641,14 +693,13 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         "signing channel manifests",
     )?;
     let bare = layout.bare();
-    let state_branch = crate::source::read_revision(&bare, "main")
-        .ok()
-        .and_then(|(files, _)| {
-            files
-                .text(gitfleet_policy::model::FLEET_FILE)
-                .and_then(|t| FleetFile::decode(t).value)
-                .and_then(|f| f.state_branch.map(|s| s.value))
-        })
+    let main = crate::source::read_revision(&bare, "main")
+        .map(|(files, _)| files)
+        .unwrap_or_default();
+    let state_branch = main
+        .text(gitfleet_policy::model::FLEET_FILE)
+        .and_then(|t| FleetFile::decode(t).value)
+        .and_then(|f| f.state_branch.map(|s| s.value))
         .unwrap_or_else(|| "gitfleet/state".to_owned());
     let mut remote = Remote::new(format!("file://{}", bare.display()));
     remote.state_branch = state_branch;
@@ -729,6 +780,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     println!("    cd {work}");
     println!("    $EDITOR configs/edge/sentinel.kdl        # say, a route's timeout");
     println!("    git commit -am \"edge: shorter timeout\" && git push");
+    print!("{}", approval_hints(layout, &main));
     println!("Ctrl-C stops; `gitfleet up` again resumes where it stopped.");
     println!();
 
@@ -787,6 +839,56 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     }
     println!("stopped: {reason}; run `gitfleet up` again to resume");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How to give the approvals environments wait for, with the approver
+/// keys set up in `layout`.
+fn approval_hints(layout: &Layout, files: &RepoFiles) -> String {
+    let Some(envs) = files
+        .text(gitfleet_policy::model::ENVIRONMENTS_FILE)
+        .and_then(|t| gitfleet_schemas::EnvironmentsFile::decode(t).value)
+    else {
+        return String::new();
+    };
+    let exe = std::env::current_exe()
+        .map(|p| layout.show(&p))
+        .unwrap_or_else(|_| "gitfleet".to_owned());
+    let mut out = String::new();
+    for env in &envs.environments {
+        let Some(a) = &env.approvals else { continue };
+        let keys: Vec<(String, PathBuf)> = a
+            .users
+            .iter()
+            .map(|u| {
+                (
+                    u.value.clone(),
+                    layout.keys().join(format!("approver-{}.key", u.value)),
+                )
+            })
+            .filter(|(_, k)| k.exists())
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "{} waits for {} approval(s) of the commit it is offered; give them as {}:",
+            env.name.value,
+            a.required.value,
+            names.join(" and ")
+        );
+        for (_, key) in &keys {
+            let _ = writeln!(
+                out,
+                "    {exe} approve --repo {} --env {} --key {}",
+                layout.show(&layout.bare()),
+                env.name.value,
+                layout.show(key)
+            );
+        }
+    }
+    out
 }
 
 /// Draws the progress block: in place on a terminal, else a new block
@@ -1010,6 +1112,7 @@ mod tests {
             &example(),
             &Demo {
                 root_keys: &keys,
+                approvers: &[("alice".to_owned(), key(4)), ("bob".to_owned(), key(5))],
                 store_url: "file:///tmp/demo/store",
                 timings: Some((Duration::from_secs(5), DEMO_DEADLINE)),
             },
@@ -1039,6 +1142,18 @@ mod tests {
             node.node_key.value,
             PublicKey(sim_key("edge-fra-1").verifying_key().to_bytes()).to_string()
         );
+        let approvers: Vec<(String, String)> = fleet
+            .approvers
+            .iter()
+            .map(|a| (a.name.value.clone(), a.key.value.clone()))
+            .collect();
+        assert_eq!(
+            approvers,
+            vec![
+                ("alice".to_owned(), key(4).to_string()),
+                ("bob".to_owned(), key(5).to_string())
+            ]
+        );
         // Comments stay.
         assert!(copy
             .text("fleet.kdl")
@@ -1060,6 +1175,7 @@ mod tests {
             &example(),
             &Demo {
                 root_keys: &keys,
+                approvers: &[],
                 store_url: "file:///s",
                 timings: None,
             },
@@ -1078,6 +1194,7 @@ mod tests {
             &example(),
             &Demo {
                 root_keys: &keys,
+                approvers: &[],
                 store_url: "file:///s",
                 timings: None,
             },

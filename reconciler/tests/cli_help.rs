@@ -25,6 +25,7 @@ fn top_level_help_lists_every_command() {
         "bundle",
         "simulate",
         "up",
+        "approve",
     ] {
         assert!(
             text.contains(&format!("  {cmd} ")),
@@ -43,6 +44,7 @@ fn each_command_help_shows_an_example() {
         &["bundle"],
         &["simulate"],
         &["up"],
+        &["approve"],
     ] {
         let text = help(cmd);
         assert!(

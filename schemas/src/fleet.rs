@@ -15,6 +15,7 @@
 //! lint "listener-tls" severity="error" {
 //!     environments "prod"
 //! }
+//! approver "alice" key="base64 ed25519 public key"
 //! ```
 
 use schemars::JsonSchema;
@@ -35,6 +36,19 @@ pub struct FleetFile {
     pub trust: Option<Trust>,
     pub defaults: Defaults,
     pub lints: Vec<LintRule>,
+    /// People who may approve with `gitfleet approve`, by the name
+    /// environments.kdl's `approvals { users ... }` uses, and their key.
+    pub approvers: Vec<Approver>,
+}
+
+/// `approver "alice" key="..."`: an approval signed with this key counts
+/// as alice's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approver {
+    pub name: Spanned<String>,
+    /// Base64 ed25519 public key.
+    pub key: Spanned<String>,
 }
 
 /// The offline root keys agents pin, and how many must sign a root.
@@ -83,7 +97,15 @@ pub struct LintRule {
     pub configs: Vec<Spanned<String>>,
 }
 
-const TOP: &[&str] = &["name", "store", "state-branch", "trust", "defaults", "lint"];
+const TOP: &[&str] = &[
+    "name",
+    "store",
+    "state-branch",
+    "trust",
+    "defaults",
+    "lint",
+    "approver",
+];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
     "bake",
@@ -101,6 +123,7 @@ impl FleetFile {
         let (mut name, mut store, mut state_branch, mut trust, mut defaults) =
             (None, None, None, None, None);
         let mut lints = Vec::new();
+        let mut approvers = Vec::new();
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -124,6 +147,7 @@ impl FleetFile {
                     d.once(&mut defaults, node, Some(v));
                 }
                 "lint" => lints.extend(decode_lint(&mut d, node)),
+                "approver" => approvers.extend(decode_approver(&mut d, node)),
                 _ => d.unknown_node(node, "fleet.kdl", TOP),
             }
         }
@@ -141,9 +165,27 @@ impl FleetFile {
             trust,
             defaults: defaults.unwrap_or_default(),
             lints,
+            approvers,
         });
         d.finish(value)
     }
+}
+
+fn decode_approver(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Approver> {
+    d.allow_props(node, &["key"]);
+    d.max_args(node, 1);
+    d.no_children(node);
+    let name = d.arg(node, 0, decode::as_string, "the approver's name");
+    let key = d.required_prop(
+        node,
+        "key",
+        decode::as_string,
+        "a base64 ed25519 public key",
+    );
+    Some(Approver {
+        name: name?,
+        key: key?,
+    })
 }
 
 fn decode_trust(d: &mut Decoder, node: &kdl::KdlNode) -> Trust {

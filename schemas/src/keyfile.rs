@@ -38,6 +38,8 @@ pub enum KeyRole {
     Online,
     /// A node's key, which signs its status reports.
     Node,
+    /// A person's key, which signs approvals (`gitfleet approve`).
+    Approver,
 }
 
 impl KeyRole {
@@ -46,6 +48,7 @@ impl KeyRole {
             KeyRole::Root => "root",
             KeyRole::Online => "online",
             KeyRole::Node => "node",
+            KeyRole::Approver => "approver",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! these types by [`json_schemas`] and committed under `schemas/json/`.
 
 pub mod agent;
+pub mod approval;
 pub mod bundle;
 mod common;
 mod decode;
@@ -26,7 +27,7 @@ pub use common::{Selector, Window, WindowKind};
 pub use decode::{DecodeError, Decoded, FORMAT_VERSION};
 pub use diagnostic::{CheckReport, Diagnostic, Severity};
 pub use environments::{Approvals, Environment, EnvironmentsFile};
-pub use fleet::{Defaults, DriftPolicy, FleetFile, LintRule, Trust};
+pub use fleet::{Approver, Defaults, DriftPolicy, FleetFile, LintRule, Trust};
 pub use mesh::MeshFile;
 pub use node::{NodeFile, NodeWireguard};
 pub use rollout::{Gates, HttpCheck, RolloutFile, RolloutTarget, Step, StepSize};
@@ -57,6 +58,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<state::MeshAllocation>("mesh-allocation.schema.json"),
         one::<status::StatusReport>("status-report.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
+        one::<approval::Approval>("approval.schema.json"),
         one::<agent::AgentConfig>("agent-config.schema.json"),
         one::<agent::LocalState>("agent-state.schema.json"),
         one::<agent::Journal>("agent-journal.schema.json"),

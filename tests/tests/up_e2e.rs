@@ -179,8 +179,49 @@ fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
             .get("dev")
             .is_some_and(|e| e.phase == Phase::Complete || e.phase == Phase::WaitingWindow)
     });
+    // prod waits for two approvals of the commit; give them as the
+    // screen says, while everything runs.
+    wait_for(&up, &bare, "api-gateway", |s| {
+        s.environments.get("prod").map(|e| e.phase) == Some(Phase::AwaitingApproval)
+    });
+    let approve = |who: &str, env: &str| {
+        let out = Command::new(bin("gitfleet"))
+            .args(["approve", "--repo", "demo/fleet.git", "--env", env, "--key"])
+            .arg(format!("demo/keys/approver-{who}.key"))
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.code(), format!("{stdout}{stderr}"))
+    };
+    let (code, said) = approve("alice", "dev");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains("environment `dev` takes no approvals"),
+        "{said}"
+    );
+    for who in ["alice", "bob"] {
+        let (code, said) = approve(who, "prod");
+        assert_eq!(code, Some(0), "{said}");
+        assert!(said.contains(&format!("for prod as {who}")), "{said}");
+    }
+    // Released: prod goes on, or waits for its change window.
+    wait_for(&up, &bare, "api-gateway", |s| {
+        s.environments.get("prod").is_some_and(|e| {
+            matches!(
+                e.phase,
+                Phase::WaitingWindow | Phase::Progressing | Phase::Verifying | Phase::Complete
+            )
+        })
+    });
     let out = up.stop();
     assert!(out.contains("resuming the fleet in demo"), "{out}");
+    assert!(
+        out.contains(
+            "prod waits for 2 approval(s) of the commit it is offered; give them as alice and bob:"
+        ),
+        "{out}"
+    );
     assert!(!out.contains("set up demo"), "{out}");
 
     // Naming a repo to start from is refused once the directory is set up.

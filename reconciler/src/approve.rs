@@ -1,0 +1,175 @@
+//! `gitfleet approve`: a signed approval of one commit for one environment,
+//! committed to the state branch, for fleets that approve without GitHub
+//! reviews.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use gitfleet_schemas::approval::{approval_path, Approval};
+use gitfleet_schemas::keyfile::KeyRole;
+use gitfleet_schemas::trust::{Document as _, PublicKey};
+use gitfleet_schemas::{EnvironmentsFile, FleetFile};
+
+use crate::git::{Author, Mirror, StateCommit};
+use crate::reconcile::GitArgs;
+
+/// Approve a commit of the fleet repo for an environment.
+///
+/// Environments with `approvals N { users ...; }` in environments.kdl hold
+/// a change in awaiting-approval until N of those users approve the commit
+/// that brought it (the commit `gitfleet reconcile --dry-run` and the
+/// rollout state name). This records your approval: signed with your
+/// approver key (gitfleet keygen --approver), whose public half fleet.kdl
+/// lists as `approver "NAME" key="..."`, and committed to the state branch
+/// as approvals/<env>/<commit>/<name>.json. The reconciler verifies every
+/// approval there on each pass. Approvals on GitHub pull requests are the
+/// other way to approve.
+///
+/// Examples:
+///   gitfleet approve --repo https://git.example.com/fleet.git \
+///       --env prod --key ~/.gitfleet/alice.key 2d7f9ab4bceb
+///   gitfleet approve --repo .gitfleet/up/fleet.git --env prod \
+///       --key .gitfleet/up/keys/approver-alice.key     # main's tip
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ApproveArgs {
+    /// The commit to approve: a full id or a unique prefix, on the spec
+    /// branch (default: its tip).
+    #[arg(value_name = "COMMIT")]
+    commit: Option<String>,
+    /// The environment the commit may enter.
+    #[arg(long, value_name = "ENV")]
+    env: String,
+    /// Your approver key file.
+    #[arg(long, value_name = "FILE", env = "GITFLEET_APPROVER_KEY")]
+    key: PathBuf,
+    #[command(flatten)]
+    git: GitArgs,
+    /// Where a mirror of the repo is kept between runs (default: a
+    /// temporary one).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+}
+
+pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
+    let key = crate::keys::load(&args.key, KeyRole::Approver, "signing an approval")?;
+    let temp;
+    let cache = match &args.cache {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::tempdir().context("creating a temporary mirror directory")?;
+            temp.path().join("mirror")
+        }
+    };
+    let mirror = Mirror::open_or_clone(crate::reconcile::remote(&args.git)?, &cache)?;
+    let heads = mirror.fetch()?;
+    let files = mirror.files_at(heads.branch)?;
+    let fleet = files
+        .text(gitfleet_policy::model::FLEET_FILE)
+        .and_then(|t| FleetFile::decode(t).value)
+        .with_context(|| format!("fleet.kdl at {} cannot be read", heads.branch))?;
+    let approver = fleet
+        .approvers
+        .iter()
+        .find(|a| PublicKey::parse(&a.key.value).ok() == Some(key.public))
+        .map(|a| a.name.value.clone())
+        .with_context(|| {
+            let names: Vec<&str> = fleet
+                .approvers
+                .iter()
+                .map(|a| a.name.value.as_str())
+                .collect();
+            format!(
+                "key {} in {} is no approver's key in fleet.kdl (approvers: {})",
+                key.public,
+                args.key.display(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let environments = files
+        .text(gitfleet_policy::model::ENVIRONMENTS_FILE)
+        .and_then(|t| EnvironmentsFile::decode(t).value)
+        .context("environments.kdl cannot be read")?;
+    let Some(env) = environments
+        .environments
+        .iter()
+        .find(|e| e.name.value == args.env)
+    else {
+        bail!("environment `{}` is not in environments.kdl", args.env);
+    };
+    let Some(rule) = &env.approvals else {
+        bail!(
+            "environment `{}` takes no approvals: its changes need none",
+            args.env
+        );
+    };
+    if !rule.users.iter().any(|u| u.value == approver) {
+        let users: Vec<&str> = rule.users.iter().map(|u| u.value.as_str()).collect();
+        bail!(
+            "{approver} may not approve {}: its approvers are {}",
+            args.env,
+            if users.is_empty() {
+                "teams only (approve on GitHub)".to_owned()
+            } else {
+                users.join(", ")
+            }
+        );
+    }
+    let spec = args.commit.as_deref().unwrap_or("");
+    let commit = if spec.is_empty() {
+        heads.branch
+    } else {
+        mirror.commit_on(heads.branch, spec)?.with_context(|| {
+            format!(
+                "`{spec}` names no commit of {} up to {}",
+                args.git.branch, heads.branch
+            )
+        })?
+    };
+    let approval = Approval {
+        fleet: fleet.name.value.clone(),
+        environment: args.env.clone(),
+        commit: commit.to_string(),
+        approver: approver.clone(),
+        at: now,
+    };
+    let mut envelope = approval.envelope();
+    envelope
+        .sign(&key.key)
+        .map_err(|e| anyhow::anyhow!("signing the approval: {e}"))?;
+    let path = approval_path(&approval.environment, &approval.commit, &approver);
+    let changes = BTreeMap::from([(path.clone(), Some(envelope.to_json()))]);
+    let short = &approval.commit[..12];
+    let message = format!(
+        "approve {short} for {}, by {approver}\n\n{}\n",
+        args.env,
+        match rule.required.value {
+            1 => "1 approval is required.".to_owned(),
+            n => format!("{n} approvals are required."),
+        }
+    );
+    let author = Author {
+        name: approver.clone(),
+        email: "gitfleet-approve@localhost".to_owned(),
+    };
+    match mirror.commit_state(&changes, &message, &author)? {
+        StateCommit::Committed { oid } => {
+            println!(
+                "approved {short} for {} as {approver}: {path} in state commit {}",
+                args.env,
+                &oid.to_string()[..12]
+            );
+        }
+        StateCommit::NoChange => {
+            println!("{approver} had already approved {short} for {}", args.env)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
