@@ -34,9 +34,9 @@ pub struct Observation {
     pub p99_latency_ms: Option<u64>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
-    /// The HTTP checks the node ran: (url, passed). Empty for most nodes,
-    /// so it costs a fleet of a million nodes little.
-    pub http_checks: Vec<(String, bool)>,
+    /// The HTTP checks the node ran: (url, status it answered, if any).
+    /// Empty for most nodes, so it costs a fleet of a million nodes little.
+    pub http_checks: Vec<(String, Option<u16>)>,
 }
 
 /// The bundle a rollout should deliver, built from the fleet repo.
@@ -864,10 +864,18 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
     }
     for check in &g.http_checks {
         let url = &check.url.value;
+        // Judged here, on the status: two rollouts may expect different
+        // ones of the same URL.
         match r.http_checks.iter().find(|(u, _)| u == url) {
             None => return Some(format!("reports no http check {url}")),
-            Some((_, false)) => return Some(format!("http check {url} failed")),
-            Some((_, true)) => {}
+            Some((_, None)) => return Some(format!("http check {url} got no answer")),
+            Some((_, Some(status))) if u64::from(*status) != check.expect_status.value => {
+                return Some(format!(
+                    "http check {url} answered {status}, not {}",
+                    check.expect_status.value
+                ))
+            }
+            Some(_) => {}
         }
     }
     None
@@ -907,7 +915,7 @@ impl Observation {
             http_checks: r
                 .http_checks
                 .iter()
-                .map(|c| (c.url.clone(), c.ok))
+                .map(|c| (c.url.clone(), c.status))
                 .collect(),
         }
     }
@@ -931,43 +939,39 @@ mod tests {
         }
     }
 
-    fn on(checks: &[(&str, bool)]) -> Observation {
+    fn on(checks: &[(&str, Option<u16>)]) -> Observation {
         Observation {
             active: vec![("edge".to_owned(), "d".to_owned())],
             healthy: true,
-            http_checks: checks
-                .iter()
-                .map(|(u, ok)| ((*u).to_owned(), *ok))
-                .collect(),
+            http_checks: checks.iter().map(|(u, s)| ((*u).to_owned(), *s)).collect(),
             ..Observation::default()
         }
     }
 
     #[test]
-    fn http_check_gates_need_each_url_passed() {
+    fn http_check_gates_need_each_url_answering_as_expected() {
         let a = "http://127.0.0.1:9090/-/health";
         let b = "http://127.0.0.1:9090/-/ready";
         let g = gates(&[a, b]);
+        let fails = |checks: &[(&str, Option<u16>)]| gate_failure(&g, &on(checks), "edge", "d");
+        assert_eq!(fails(&[(a, Some(200)), (b, Some(200))]), None);
         assert_eq!(
-            gate_failure(&g, &on(&[(a, true), (b, true)]), "edge", "d"),
-            None
+            fails(&[(a, Some(200)), (b, Some(503))]),
+            Some(format!("http check {b} answered 503, not 200"))
         );
         assert_eq!(
-            gate_failure(&g, &on(&[(a, true), (b, false)]), "edge", "d"),
-            Some(format!("http check {b} failed"))
+            fails(&[(a, Some(200)), (b, None)]),
+            Some(format!("http check {b} got no answer"))
         );
         // A passing check of another URL does not stand in for a missing one.
         assert_eq!(
-            gate_failure(&g, &on(&[(a, true)]), "edge", "d"),
+            fails(&[(a, Some(200))]),
             Some(format!("reports no http check {b}"))
         );
-        assert_eq!(
-            gate_failure(&g, &on(&[]), "edge", "d"),
-            Some(format!("reports no http check {a}"))
-        );
+        assert_eq!(fails(&[]), Some(format!("reports no http check {a}")));
         // Without http gates the node's checks do not matter.
         assert_eq!(
-            gate_failure(&gates(&[]), &on(&[(a, false)]), "edge", "d"),
+            gate_failure(&gates(&[]), &on(&[(a, None)]), "edge", "d"),
             None
         );
     }

@@ -426,13 +426,7 @@ async fn simulate(
 ) -> anyhow::Result<()> {
     let swarm = Swarm::start(agents, timing)?;
     let started = Instant::now();
-    let deadline = async {
-        match args.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut deadline = std::pin::pin!(deadline);
+    let mut deadline = std::pin::pin!(after(args.duration));
     let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
     let mut ticker = tokio::time::interval(args.progress.max(Duration::from_millis(100)));
     ticker.tick().await;
@@ -457,6 +451,14 @@ async fn simulate(
     );
     eprintln!("stopped: {reason}");
     Ok(())
+}
+
+/// Resolves once `duration` has passed; never without one.
+pub(crate) async fn after(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Poll, report and wait, until told to stop.

@@ -798,13 +798,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let reason = runtime.block_on(async {
         let swarm = Swarm::start(agents, timing)?;
         let started = Instant::now();
-        let deadline = async {
-            match args.duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut deadline = std::pin::pin!(deadline);
+        let mut deadline = std::pin::pin!(simulate::after(args.duration));
         let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         let mut screen = Screen::new(tty);

@@ -128,6 +128,31 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Interrupt `child` as Ctrl-C would (SIGINT to its pid) and wait for it
+/// to exit, failing the test when it takes longer than `within`.
+pub fn interrupt(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -INT {} failed", child.id());
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < within,
+            "process {} did not stop within {within:?} of SIGINT",
+            child.id()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// stdout and stderr of a finished command, as text.
 pub fn text(out: &Output) -> (String, String) {
     (

@@ -17,7 +17,7 @@ use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::{verify_channel, verify_status};
-use gitfleet_tests::{bin, copy_dir, git, text, workspace};
+use gitfleet_tests::{bin, copy_dir, git, interrupt, text, workspace};
 
 /// The dev nodes of the edge rollout: the example's one and two more.
 const DEV_EDGE: [&str; 3] = ["edge-dev-fra-1", "edge-dev-fra-2", "edge-dev-fra-3"];
@@ -60,22 +60,7 @@ impl Simulation {
     /// Interrupt it as Ctrl-C would and wait for a clean exit.
     fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "gitfleet simulate did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = interrupt(&mut child, Duration::from_secs(20));
         let log = std::fs::read_to_string(&self.log).unwrap();
         assert!(status.success(), "simulate exited with {status}:\n{log}");
         assert!(log.contains("stopped: interrupted"), "{log}");

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gitfleet_schemas::state::{Phase, RolloutState};
-use gitfleet_tests::{bin, git, text};
+use gitfleet_tests::{bin, git, interrupt, text};
 
 /// A running `gitfleet up`, killed if the test fails before it stops.
 struct Up {
@@ -54,22 +54,7 @@ impl Up {
     /// Interrupt it as Ctrl-C would; it must exit 0, saying so.
     fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "gitfleet up did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = interrupt(&mut child, Duration::from_secs(30));
         let out = self.output();
         assert!(status.success(), "gitfleet up exited with {status}:\n{out}");
         assert!(out.contains("stopped: interrupted"), "{out}");
