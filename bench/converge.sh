@@ -156,6 +156,7 @@ git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
 subprocess.run(git + ["commit", "-qam", "bench: change every config"], cwd=work, check=True)
 subprocess.run(git + ["push", "-q"], cwd=work, check=True)
 t0 = time.time()
+print("pushed; waiting for every node ...", flush=True)
 
 published = None
 seen = {}

@@ -7,6 +7,7 @@
 //! it, so a restart re-derives the same manifests from git.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
@@ -91,6 +92,38 @@ pub struct Reconciler {
     /// Mesh -> its last build, with the source commit and the previous
     /// allocation it was built from: the same two give the same build.
     mesh_builds: HashMap<String, (String, Allocation, MeshBuild)>,
+    /// The last commit checked and what the check found: a pass on an
+    /// unmoved branch reuses it instead of parsing every file again.
+    checked: Option<(git2::Oid, Arc<CheckedCommit>)>,
+    /// (config, source commit) -> its bundle, for the configs of the last
+    /// pass: the same two give the same bytes.
+    bundles: HashMap<(String, String), Built>,
+}
+
+/// A commit's check, and the node keys its reports are verified with
+/// (parsing a key checks it is a prime-order point, which is not free at
+/// thousands of nodes a pass).
+#[derive(Debug)]
+struct CheckedCommit {
+    checked: Checked,
+    node_keys: HashMap<String, PublicKey>,
+}
+
+impl CheckedCommit {
+    fn new(checked: Checked) -> Self {
+        let node_keys = checked
+            .model
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    n.doc.id.value.clone(),
+                    PublicKey::parse(&n.doc.node_key.value).ok()?,
+                ))
+            })
+            .collect();
+        CheckedCommit { checked, node_keys }
+    }
 }
 
 /// A mesh allocation to commit with the rollout state.
@@ -131,6 +164,8 @@ impl Reconciler {
             source_commits: HashMap::new(),
             mesh_source_commits: HashMap::new(),
             mesh_builds: HashMap::new(),
+            checked: None,
+            bundles: HashMap::new(),
         }
     }
 
@@ -298,8 +333,16 @@ impl Reconciler {
     ) -> Result<Outcome, ReconcileError> {
         let heads = self.mirror.fetch()?;
         let commit = heads.branch.to_string();
-        let files = self.mirror.files_at(heads.branch)?;
-        let Checked { model, diagnostics } = gitfleet_policy::check(&files);
+        let checked = match &self.checked {
+            Some((oid, checked)) if *oid == heads.branch => Arc::clone(checked),
+            _ => {
+                let files = self.mirror.files_at(heads.branch)?;
+                let checked = Arc::new(CheckedCommit::new(gitfleet_policy::check(&files)));
+                self.checked = Some((heads.branch, Arc::clone(&checked)));
+                checked
+            }
+        };
+        let Checked { model, diagnostics } = &checked.checked;
         let errors = diagnostics
             .iter()
             .filter(|d| d.severity == Severity::Error)
@@ -329,6 +372,7 @@ impl Reconciler {
 
         // Bundles for every valid config or mesh a rollout targets.
         let mut desired = BTreeMap::new();
+        let mut used = HashMap::new();
         let mut bundles_uploaded = Vec::new();
         let mut allocations: BTreeMap<String, AllocationChange> = BTreeMap::new();
         // Mesh -> its bundle this pass, for rollouts that share a mesh.
@@ -343,8 +387,8 @@ impl Reconciler {
                             let d = self
                                 .mesh_desired(
                                     heads.branch,
-                                    &model,
-                                    &diagnostics,
+                                    model,
+                                    diagnostics,
                                     &state_files,
                                     name,
                                     mesh_name,
@@ -370,13 +414,18 @@ impl Reconciler {
             // The commit that made this config what it is: an unrelated
             // commit must not change the bundle's bytes.
             let source_commit = self.source_commit(heads.branch, config)?;
-            let built = match bundle::sentinel_config(dir, &source_commit) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(rollout = %name, config = %config, error = %e, "cannot bundle config; keeping the last good bundle");
-                    continue;
-                }
+            let key = (config.clone(), source_commit.clone());
+            let built = match self.bundles.get(&key) {
+                Some(b) => b.clone(),
+                None => match bundle::sentinel_config(dir, &source_commit) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(rollout = %name, config = %config, error = %e, "cannot bundle config; keeping the last good bundle");
+                        continue;
+                    }
+                },
             };
+            used.insert(key.clone(), built.clone());
             if !self.upload(&built, dry_run, &mut bundles_uploaded).await? {
                 continue;
             }
@@ -389,16 +438,19 @@ impl Reconciler {
             );
         }
 
+        // Only this pass's bundles are kept: the cache never grows past
+        // the configs the repo has.
+        self.bundles = used;
         let state = parse_state(&state_files)?;
-        let (reports, reports_ignored) = self.reports(&model, &fleet).await?;
-        let counted = gitfleet_policy::approvals::count(&model, &state_files);
+        let (reports, reports_ignored) = self.reports(&checked.node_keys, &fleet).await?;
+        let counted = gitfleet_policy::approvals::count(model, &state_files);
         for (path, reason) in &counted.ignored {
             tracing::warn!(path = %path, reason = %reason, "ignoring approval");
         }
         let approvals = counted.approved;
-        let targets = Targets::from_model(&model);
+        let targets = Targets::from_model(model);
         let plan = plan::plan(&Inputs {
-            model: &model,
+            model,
             targets: &targets,
             desired: &desired,
             state: &state,
@@ -476,7 +528,7 @@ impl Reconciler {
             }
         }
         outcome.manifests = self
-            .publish(&model, &fleet, &outcome.plan, now, until)
+            .publish(model, &fleet, &outcome.plan, now, until)
             .await?;
         Ok(outcome)
     }
@@ -484,21 +536,11 @@ impl Reconciler {
     /// Verified reports of the fleet's nodes; the rest are counted by reason.
     async fn reports(
         &self,
-        model: &FleetModel,
+        keys: &HashMap<String, PublicKey>,
         fleet: &str,
     ) -> Result<(HashMap<String, Observation>, BTreeMap<&'static str, usize>), ReconcileError> {
         let mut out = HashMap::new();
         let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
-        let keys: HashMap<&str, PublicKey> = model
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                Some((
-                    n.doc.id.value.as_str(),
-                    PublicKey::parse(&n.doc.node_key.value).ok()?,
-                ))
-            })
-            .collect();
         for key in self.store.list("status/").await? {
             let Some(node) = key
                 .strip_prefix("status/")
