@@ -591,26 +591,17 @@ async fn fetch(
         .timeout(budget.clamp(Duration::from_millis(50), REQUEST_TIMEOUT))
         .send()
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| gitfleet_io::error_chain(&e))?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| gitfleet_io::error_chain(&e))?;
     Ok((status, body))
 }
 
 fn remaining(start: Instant, timeout: Duration) -> Duration {
     timeout.saturating_sub(start.elapsed())
-}
-
-/// An error with its sources, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `text`, cut to at most [`EXCERPT`] bytes on a character boundary.

@@ -7,3 +7,16 @@
 pub mod moto;
 pub mod store;
 pub mod write;
+
+/// An error and its sources, `outer: inner: innermost`, for logs and
+/// reports that keep one line per error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -858,7 +858,7 @@ pub async fn run_passes(
         match &result {
             Ok(_) => {}
             Err(e) => {
-                tracing::error!(error = %error_chain(e), "reconcile pass failed; retrying next interval")
+                tracing::error!(error = %gitfleet_io::error_chain(e), "reconcile pass failed; retrying next interval")
             }
         }
         on_pass(result.as_ref());
@@ -878,18 +878,6 @@ pub async fn run_passes(
             _ = stop.wait_for(|s| *s) => {}
         }
     }
-}
-
-/// An error and its sources, `outer: inner: innermost`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The directory of a fleet repo given as a local path or file:// URL.

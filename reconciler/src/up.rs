@@ -760,7 +760,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                                 p.repo_errors = o.errors;
                                 p.error = None;
                             }
-                            Err(e) => p.error = Some(reconcile::error_chain(e)),
+                            Err(e) => p.error = Some(gitfleet_io::error_chain(e)),
                         }
                     });
                 },
