@@ -34,7 +34,11 @@ pub fn bin(name: &str) -> PathBuf {
         .expect("test binary lives in target/<profile>/deps");
     let path = dir.join(name);
     BUILT.get_or_init(|| {
-        if is_fresh(&path) {
+        // One build makes both binaries, so both are checked once.
+        if ["gitfleet", "gitfleet-agent"]
+            .iter()
+            .all(|b| is_fresh(&dir.join(b)))
+        {
             return;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -62,14 +66,28 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The binary exists and no source file of the workspace is newer.
+/// The workspace crates (directories) each binary is built from: cargo
+/// relinks a binary only when one of these changes, so a newer file in any
+/// other crate says nothing about it.
+fn crates_of(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "gitfleet-agent" => &["schemas", "policy", "io", "agent"],
+        _ => &["schemas", "policy", "io", "agent", "reconciler"],
+    }
+}
+
+/// The binary exists and no source file or manifest of its crates is newer.
 fn is_fresh(binary: &Path) -> bool {
     let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
         return false;
     };
-    let mut stack: Vec<PathBuf> = ["schemas", "policy", "reconciler", "agent"]
+    let name = binary.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let mut stack: Vec<PathBuf> = crates_of(name)
         .iter()
-        .map(|c| workspace().join(c).join("src"))
+        .flat_map(|c| {
+            let dir = workspace().join(c);
+            [dir.join("src"), dir.join("Cargo.toml")]
+        })
         .collect();
     stack.push(workspace().join("Cargo.lock"));
     while let Some(p) = stack.pop() {
