@@ -18,6 +18,7 @@ pub mod plan;
 pub mod repo;
 pub mod sbom;
 pub mod sentinel;
+pub mod view;
 pub mod window;
 
 pub use checks::{parse_cron, valid_name};

@@ -12,12 +12,14 @@ mod check;
 mod git;
 mod keys;
 mod lease;
+mod observe;
 mod reconcile;
 mod render;
 mod rollout;
 mod root;
 mod simulate;
 mod source;
+mod status;
 mod trigger;
 mod up;
 
@@ -49,6 +51,7 @@ enum Command {
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
     Approve(approve::ApproveArgs),
+    Status(status::StatusArgs),
     /// Create, sign, rotate and verify the fleet's root of trust.
     ///
     /// The root (root/<version>.json) names the offline root keys and the
@@ -159,5 +162,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Bundle(cmd) => bundle::run(cmd, cli.color),
         Command::Simulate(args) => simulate::run(args),
         Command::Up(args) => up::run(args),
+        Command::Status(args) => status::run(args),
     }
 }

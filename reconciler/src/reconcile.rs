@@ -13,16 +13,16 @@ use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
 use gitfleet_policy::bundle::{self, Built};
 use gitfleet_policy::mesh::{self, Allocation, MeshBuild};
-use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan, Targets};
+use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan};
 use gitfleet_policy::{channel, Checked, FleetModel};
-use gitfleet_schemas::state::{MeshAllocation, RolloutState};
-use gitfleet_schemas::status::StatusReport;
+use gitfleet_schemas::state::MeshAllocation;
 use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
-use gitfleet_schemas::verify::{verify_signed_by, verify_status, VerifyError};
+use gitfleet_schemas::verify::verify_signed_by;
 use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
 
 use crate::git::{Author, Mirror, StateCommit, StateFiles};
 use crate::lease::{self, LeaseOutcome};
+use crate::observe::{Observed, Observer};
 use gitfleet_io::store::{Create, Fetch, Store, Update};
 
 /// Default freshness of channel manifests when the environment sets none.
@@ -73,11 +73,13 @@ pub struct Outcome {
     pub approvals_ignored: usize,
     /// Set when another replica holds the lease, so this pass wrote nothing.
     pub follower_of: Option<String>,
+    /// What the pass read: with `plan.state()`, the fleet view.
+    pub observed: Observed,
 }
 
 pub struct Reconciler {
-    pub mirror: Mirror,
-    pub store: Store,
+    /// Git, the store, and what the last pass read from them.
+    pub observer: Observer,
     pub online_key: SigningKey,
     /// This replica's name in the leader lease.
     pub holder: String,
@@ -92,38 +94,9 @@ pub struct Reconciler {
     /// Mesh -> its last build, with the source commit and the previous
     /// allocation it was built from: the same two give the same build.
     mesh_builds: HashMap<String, (String, Allocation, MeshBuild)>,
-    /// The last commit checked and what the check found: a pass on an
-    /// unmoved branch reuses it instead of parsing every file again.
-    checked: Option<(git2::Oid, Arc<CheckedCommit>)>,
     /// (config, source commit) -> its bundle, for the configs of the last
     /// pass: the same two give the same bytes.
     bundles: HashMap<(String, String), Built>,
-}
-
-/// A commit's check, and the node keys its reports are verified with
-/// (parsing a key checks it is a prime-order point, which is not free at
-/// thousands of nodes a pass).
-#[derive(Debug)]
-struct CheckedCommit {
-    checked: Checked,
-    node_keys: HashMap<String, PublicKey>,
-}
-
-impl CheckedCommit {
-    fn new(checked: Checked) -> Self {
-        let node_keys = checked
-            .model
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                Some((
-                    n.doc.id.value.clone(),
-                    PublicKey::parse(&n.doc.node_key.value).ok()?,
-                ))
-            })
-            .collect();
-        CheckedCommit { checked, node_keys }
-    }
 }
 
 /// A mesh allocation to commit with the rollout state.
@@ -142,21 +115,10 @@ impl std::fmt::Debug for Reconciler {
     }
 }
 
-/// A status report's fate, as a bounded metric label.
-fn ignored_reason(e: &VerifyError) -> &'static str {
-    match e {
-        VerifyError::UnknownKey { .. } | VerifyError::Threshold { .. } => "unknown-key",
-        VerifyError::BadSignature { .. } => "bad-signature",
-        VerifyError::WrongNode { .. } | VerifyError::WrongFleet { .. } => "wrong-node",
-        _ => "malformed",
-    }
-}
-
 impl Reconciler {
     pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
         Reconciler {
-            mirror,
-            store,
+            observer: Observer::new(mirror, store),
             online_key,
             holder,
             lease_ttl: Duration::seconds(30),
@@ -164,7 +126,6 @@ impl Reconciler {
             source_commits: HashMap::new(),
             mesh_source_commits: HashMap::new(),
             mesh_builds: HashMap::new(),
-            checked: None,
             bundles: HashMap::new(),
         }
     }
@@ -183,13 +144,14 @@ impl Reconciler {
     ) -> Result<String, ReconcileError> {
         let key = (
             name.to_owned(),
-            self.mirror.dir_id(head, path)?,
-            self.mirror.dir_id(head, "nodes")?,
+            self.observer.mirror.dir_id(head, path)?,
+            self.observer.mirror.dir_id(head, "nodes")?,
         );
         if let Some(c) = self.mesh_source_commits.get(&key) {
             return Ok(c.clone());
         }
         let c = self
+            .observer
             .mirror
             .last_change_where(head, path, "nodes", |file, old, new| {
                 // Only `nodes/<id>.kdl` are node files.
@@ -217,6 +179,7 @@ impl Reconciler {
         }
         if !dry_run {
             match self
+                .observer
                 .store
                 .put_create(&key, built.bytes.clone().into())
                 .await?
@@ -313,13 +276,13 @@ impl Reconciler {
 
     fn source_commit(&mut self, head: git2::Oid, config: &str) -> Result<String, ReconcileError> {
         let dir = format!("configs/{config}");
-        let Some(id) = self.mirror.dir_id(head, &dir)? else {
+        let Some(id) = self.observer.mirror.dir_id(head, &dir)? else {
             return Ok(head.to_string());
         };
         if let Some(c) = self.source_commits.get(&id) {
             return Ok(c.clone());
         }
-        let c = self.mirror.last_change(head, &dir)?.to_string();
+        let c = self.observer.mirror.last_change(head, &dir)?.to_string();
         self.source_commits.insert(id, c.clone());
         Ok(c)
     }
@@ -331,17 +294,10 @@ impl Reconciler {
         now: DateTime<Utc>,
         dry_run: bool,
     ) -> Result<Outcome, ReconcileError> {
-        let heads = self.mirror.fetch()?;
-        let commit = heads.branch.to_string();
-        let checked = match &self.checked {
-            Some((oid, checked)) if *oid == heads.branch => Arc::clone(checked),
-            _ => {
-                let files = self.mirror.files_at(heads.branch)?;
-                let checked = Arc::new(CheckedCommit::new(gitfleet_policy::check(&files)));
-                self.checked = Some((heads.branch, Arc::clone(&checked)));
-                checked
-            }
-        };
+        let observed = self.observer.observe().await?;
+        let commit = observed.commit.to_string();
+        let head = observed.commit;
+        let checked = Arc::clone(&observed.checked);
         let Checked { model, diagnostics } = &checked.checked;
         let errors = diagnostics
             .iter()
@@ -350,7 +306,7 @@ impl Reconciler {
         for d in diagnostics.iter().filter(|d| d.severity == Severity::Error) {
             tracing::warn!(file = %d.file, line = d.line, code = %d.code, message = %d.message, "fleet repo error");
         }
-        let Some(fleet) = model.fleet.as_ref().map(|f| f.doc.name.value.clone()) else {
+        let Some(fleet) = checked.fleet().map(str::to_owned) else {
             return Err(ReconcileError::NoFleet { commit });
         };
         // Errors in the fleet-wide documents could make every rollout look
@@ -368,7 +324,7 @@ impl Reconciler {
 
         // Rollout state and mesh allocations, from the tip of the state
         // branch.
-        let (_, state_files) = self.mirror.state_files()?;
+        let state_files = &observed.state_files;
 
         // Bundles for every valid config or mesh a rollout targets.
         let mut desired = BTreeMap::new();
@@ -386,10 +342,10 @@ impl Reconciler {
                         None => {
                             let d = self
                                 .mesh_desired(
-                                    heads.branch,
+                                    head,
                                     model,
                                     diagnostics,
-                                    &state_files,
+                                    state_files,
                                     name,
                                     mesh_name,
                                     dry_run,
@@ -413,7 +369,7 @@ impl Reconciler {
             };
             // The commit that made this config what it is: an unrelated
             // commit must not change the bundle's bytes.
-            let source_commit = self.source_commit(heads.branch, config)?;
+            let source_commit = self.source_commit(head, config)?;
             let key = (config.clone(), source_commit.clone());
             let built = match self.bundles.get(&key) {
                 Some(b) => b.clone(),
@@ -441,17 +397,20 @@ impl Reconciler {
         // Only this pass's bundles are kept: the cache never grows past
         // the configs the repo has.
         self.bundles = used;
-        let state = parse_state(&state_files)?;
-        let (reports, reports_ignored) = self.reports(&checked.node_keys, &fleet).await?;
-        let counted = gitfleet_policy::approvals::count(model, &state_files);
+        let state = observed.state()?;
+        let reports: HashMap<String, Observation> = observed
+            .reports
+            .iter()
+            .map(|(node, r)| (node.clone(), Observation::from_report(r)))
+            .collect();
+        let counted = gitfleet_policy::approvals::count(model, state_files);
         for (path, reason) in &counted.ignored {
             tracing::warn!(path = %path, reason = %reason, "ignoring approval");
         }
         let approvals = counted.approved;
-        let targets = Targets::from_model(model);
         let plan = plan::plan(&Inputs {
             model,
-            targets: &targets,
+            targets: &checked.targets,
             desired: &desired,
             state: &state,
             reports: &reports,
@@ -470,9 +429,10 @@ impl Reconciler {
                 .collect(),
             state_commit: None,
             manifests: Vec::new(),
-            reports_ignored,
+            reports_ignored: observed.reports_ignored.clone(),
             approvals_ignored: counted.ignored.len(),
             follower_of: None,
+            observed,
         };
         if dry_run {
             return Ok(outcome);
@@ -480,8 +440,13 @@ impl Reconciler {
         // The lease is taken with the real clock just before writing, and
         // checked again before each write: a pass that stalled past its
         // lease stops writing instead of racing the new leader.
-        let until = match lease::acquire(&self.store, &self.holder, self.lease_ttl, Utc::now())
-            .await?
+        let until = match lease::acquire(
+            &self.observer.store,
+            &self.holder,
+            self.lease_ttl,
+            Utc::now(),
+        )
+        .await?
         {
             LeaseOutcome::Leader { until, .. } => until,
             LeaseOutcome::Follower { holder, until } => {
@@ -494,7 +459,7 @@ impl Reconciler {
         // State first: manifests are derived from committed state. A new
         // mesh allocation lands in the same commit as the rollout state
         // that names the bundle built from it.
-        let mut changes = state_changes(&outcome.plan, &state_files);
+        let mut changes = state_changes(&outcome.plan, &outcome.observed.state_files);
         for (path, a) in allocations {
             changes.insert(path, Some(a.bytes));
         }
@@ -521,7 +486,8 @@ impl Reconciler {
                 message.push('\n');
             }
             if let StateCommit::Committed { oid } =
-                self.mirror
+                self.observer
+                    .mirror
                     .commit_state(&changes, &message, &Author::default())?
             {
                 outcome.state_commit = Some(oid.to_string());
@@ -531,42 +497,6 @@ impl Reconciler {
             .publish(model, &fleet, &outcome.plan, now, until)
             .await?;
         Ok(outcome)
-    }
-
-    /// Verified reports of the fleet's nodes; the rest are counted by reason.
-    async fn reports(
-        &self,
-        keys: &HashMap<String, PublicKey>,
-        fleet: &str,
-    ) -> Result<(HashMap<String, Observation>, BTreeMap<&'static str, usize>), ReconcileError> {
-        let mut out = HashMap::new();
-        let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
-        for key in self.store.list("status/").await? {
-            let Some(node) = key
-                .strip_prefix("status/")
-                .and_then(|k| k.strip_suffix(".json"))
-            else {
-                continue;
-            };
-            let Some(node_key) = keys.get(node) else {
-                *ignored.entry("unknown-node").or_default() += 1;
-                continue;
-            };
-            let Some(object) = self.store.get(&key).await? else {
-                continue;
-            };
-            match verify_status(&object.bytes, fleet, node, node_key) {
-                Ok(report) => {
-                    let report: &StatusReport = &report;
-                    out.insert(node.to_owned(), Observation::from_report(report));
-                }
-                Err(e) => {
-                    tracing::warn!(node, error = %e, "ignoring status report");
-                    *ignored.entry(ignored_reason(&e)).or_default() += 1;
-                }
-            }
-        }
-        Ok((out, ignored))
     }
 
     /// Sign and publish every environment's manifest that changed or is
@@ -583,7 +513,7 @@ impl Reconciler {
         for env in &model.environments {
             let name = &env.name.value;
             let key = format!("channels/{name}.json");
-            let (current, etag) = match self.store.get_if_changed(&key, None).await? {
+            let (current, etag) = match self.observer.store.get_if_changed(&key, None).await? {
                 Fetch::Found(o) => match current_manifest(&o.bytes, &self.online_key) {
                     Some(m) => (Some(m), Some(o.etag)),
                     None => {
@@ -617,6 +547,7 @@ impl Reconciler {
                     reason,
                 })?;
             match self
+                .observer
                 .store
                 .put_if_match(&key, envelope.to_json().into(), etag.as_ref())
                 .await?
@@ -657,27 +588,6 @@ fn state_path(rollout: &str) -> String {
 /// rollout state.
 fn allocation_path(mesh: &str) -> String {
     format!("meshes/{mesh}.json")
-}
-
-fn parse_state(
-    files: &BTreeMap<String, Vec<u8>>,
-) -> Result<BTreeMap<String, RolloutState>, ReconcileError> {
-    let mut out = BTreeMap::new();
-    for (path, bytes) in files {
-        let Some(name) = path
-            .strip_prefix("rollouts/")
-            .and_then(|p| p.strip_suffix(".json"))
-        else {
-            continue;
-        };
-        let state: RolloutState =
-            serde_json::from_slice(bytes).map_err(|source| ReconcileError::State {
-                path: path.clone(),
-                source,
-            })?;
-        out.insert(name.to_owned(), state);
-    }
-    Ok(out)
 }
 
 /// Files of the state branch to write: one per rollout whose state changed.
@@ -791,20 +701,7 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
     )?;
     let remote = remote(&args.git)?;
     let mirror = Mirror::open_or_clone(remote, &args.cache)?;
-    let store_url = match &args.store {
-        Some(url) => url.clone(),
-        None => {
-            // Only fleet.kdl is needed to learn the store.
-            let heads = mirror.fetch()?;
-            let files = mirror.files_at(heads.branch)?;
-            files
-                .text(gitfleet_policy::model::FLEET_FILE)
-                .and_then(|t| gitfleet_schemas::FleetFile::decode(t).value)
-                .and_then(|f| f.store.map(|s| s.value))
-                .context("no --store given and fleet.kdl names no store")?
-        }
-    };
-    let store = Store::open(&store_url)?;
+    let store = crate::status::open_store(&mirror, args.store.as_deref())?;
     let holder = args.holder.clone().unwrap_or_else(default_holder);
     let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
     runtime.block_on(async {

@@ -968,7 +968,7 @@ impl Block {
 const BAR: usize = 20;
 
 /// A bar of `done` out of `total`.
-fn bar(done: usize, total: usize) -> String {
+pub(crate) fn bar(done: usize, total: usize) -> String {
     let filled = if total == 0 {
         0
     } else {

@@ -26,6 +26,7 @@ fn top_level_help_lists_every_command() {
         "simulate",
         "up",
         "approve",
+        "status",
     ] {
         assert!(
             text.contains(&format!("  {cmd} ")),
@@ -45,6 +46,7 @@ fn each_command_help_shows_an_example() {
         &["simulate"],
         &["up"],
         &["approve"],
+        &["status"],
     ] {
         let text = help(cmd);
         assert!(

@@ -22,6 +22,7 @@ pub mod state;
 pub mod status;
 pub mod trust;
 pub mod verify;
+pub mod view;
 
 pub use common::{Selector, Window, WindowKind};
 pub use decode::{DecodeError, Decoded, FORMAT_VERSION};
@@ -63,5 +64,6 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<agent::LocalState>("agent-state.schema.json"),
         one::<agent::Journal>("agent-journal.schema.json"),
         one::<agent::EnrollRequest>("enroll-request.schema.json"),
+        one::<view::FleetStatus>("fleet-status.schema.json"),
     ]
 }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_schemas::view::FleetStatus;
 use gitfleet_tests::{bin, git, interrupt, text};
 
 /// A running `gitfleet up`, killed if the test fails before it stops.
@@ -69,6 +70,56 @@ impl Drop for Up {
             let _ = child.wait();
         }
     }
+}
+
+/// `gitfleet status` on the stopped demo: JSON in its published schema,
+/// with dev's api-gateway complete on every node, and the human picture.
+fn fleet_status_shows_the_first_run(cwd: &Path) {
+    let status = |format: &str| {
+        let out = Command::new(bin("gitfleet"))
+            .args(["status", "--repo", "demo/fleet.git", "--format", format])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{stdout}{stderr}");
+        stdout
+    };
+    let json = status("json");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            gitfleet_tests::workspace().join("schemas/json/fleet-status.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{json}");
+    let view: FleetStatus = serde_json::from_value(value).unwrap();
+    assert_eq!(view.fleet, "acme-edge");
+    assert_eq!(view.totals.nodes, 11);
+    let dev = view.environments.iter().find(|e| e.name == "dev").unwrap();
+    let api = dev
+        .rollouts
+        .iter()
+        .find(|r| r.name == "api-gateway")
+        .unwrap();
+    assert_eq!(api.phase, Phase::Complete);
+    assert!(api.nodes > 0 && api.on_target == api.nodes, "{api:?}");
+
+    let human = status("human");
+    assert!(human.starts_with("fleet acme-edge at "), "{human}");
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("api-gateway") && l.contains("complete")),
+        "{human}"
+    );
 }
 
 /// The committed state of `rollout` on the demo's state branch, if any.
@@ -140,6 +191,7 @@ fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
+    fleet_status_shows_the_first_run(cwd.path());
 
     // A change, pushed from the working clone as the screen says.
     let work = demo.join("fleet");

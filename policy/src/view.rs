@@ -1,0 +1,210 @@
+//! The fleet at a glance ([`FleetStatus`]) from what git and the store
+//! hold: the repo's model, the rollout state and verified status reports.
+//! Pure: the caller reads them and says what time it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use gitfleet_schemas::state::RolloutState;
+use gitfleet_schemas::status::StatusReport;
+use gitfleet_schemas::view::{
+    Counts, EnvironmentView, FleetStatus, Health, NodeView, RolloutView, FLEET_STATUS_FORMAT,
+};
+
+use crate::plan::{environment_order, Targets};
+use crate::FleetModel;
+
+/// Everything [`fleet_status`] reads.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewInputs<'a> {
+    pub model: &'a FleetModel,
+    pub targets: &'a Targets,
+    pub state: &'a BTreeMap<String, RolloutState>,
+    /// Verified reports by node id.
+    pub reports: &'a HashMap<String, Arc<StatusReport>>,
+    pub reports_ignored: &'a BTreeMap<&'static str, usize>,
+    pub commit: &'a str,
+    pub state_commit: Option<&'a str>,
+    pub now: DateTime<Utc>,
+    pub stale_after: Duration,
+    /// Only this environment's rollouts and nodes.
+    pub environment: Option<&'a str>,
+}
+
+/// A node's health as of `now`.
+pub fn health(report: Option<&StatusReport>, now: DateTime<Utc>, stale_after: Duration) -> Health {
+    match report {
+        None => Health::Unreported,
+        Some(r) if now - r.at > stale_after => Health::Stale,
+        Some(r) if !r.healthy => Health::Unhealthy,
+        Some(_) => Health::Healthy,
+    }
+}
+
+fn count(c: &mut Counts, node: &NodeView) {
+    c.nodes += 1;
+    match node.health {
+        Health::Healthy => c.healthy += 1,
+        Health::Unhealthy => c.unhealthy += 1,
+        Health::Stale => c.stale += 1,
+        Health::Unreported => c.unreported += 1,
+    }
+    if !node.drift.is_empty() {
+        c.drifted += 1;
+    }
+}
+
+/// The view of the fleet `inputs` describe.
+pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
+    let model = inputs.model;
+    let wanted = |env: &str| inputs.environment.is_none_or(|e| e == env);
+    let nodes: Vec<NodeView> = model
+        .nodes
+        .iter()
+        .filter(|n| wanted(&n.doc.environment.value))
+        .map(|n| {
+            let id = &n.doc.id.value;
+            let report = inputs.reports.get(id).map(|r| &**r);
+            node_view(
+                id,
+                &n.doc.environment.value,
+                n.doc
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+                report,
+                inputs.now,
+                inputs.stale_after,
+            )
+        })
+        .collect();
+    let mut nodes = nodes;
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let mut order: Vec<String> = environment_order(model)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    for n in &nodes {
+        if !order.contains(&n.environment) {
+            order.push(n.environment.clone());
+        }
+    }
+    let mut counts: BTreeMap<&str, Counts> = BTreeMap::new();
+    let mut totals = Counts::default();
+    for n in &nodes {
+        count(counts.entry(&n.environment).or_default(), n);
+        count(&mut totals, n);
+    }
+    let environments = order
+        .iter()
+        .filter(|e| wanted(e))
+        .map(|env| EnvironmentView {
+            name: env.clone(),
+            counts: counts.get(env.as_str()).copied().unwrap_or_default(),
+            rollouts: rollouts_in(inputs, env),
+        })
+        .collect();
+    FleetStatus {
+        format: FLEET_STATUS_FORMAT,
+        fleet: model
+            .fleet
+            .as_ref()
+            .map(|f| f.doc.name.value.clone())
+            .unwrap_or_default(),
+        at: inputs.now,
+        commit: inputs.commit.to_owned(),
+        state_commit: inputs.state_commit.map(str::to_owned),
+        stale_after_seconds: u64::try_from(inputs.stale_after.num_seconds()).unwrap_or(0),
+        totals,
+        environments,
+        nodes,
+        reports_ignored: inputs
+            .reports_ignored
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v as u64))
+            .collect(),
+    }
+}
+
+fn node_view(
+    id: &str,
+    environment: &str,
+    labels: BTreeMap<String, String>,
+    report: Option<&StatusReport>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+) -> NodeView {
+    let mut active = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    if let Some(r) = report {
+        for (rollout, s) in &r.rollouts {
+            if let Some(a) = &s.active {
+                active.insert(rollout.clone(), a.digest.clone());
+            }
+            if let Some(e) = &s.error {
+                errors.insert(rollout.clone(), e.clone());
+            }
+        }
+    }
+    NodeView {
+        id: id.to_owned(),
+        environment: environment.to_owned(),
+        labels,
+        health: health(report, now, stale_after),
+        last_report: report.map(|r| r.at),
+        report_age_seconds: report.map(|r| (now - r.at).num_seconds()),
+        channel_serial: report.and_then(|r| r.channel_serial),
+        active,
+        errors,
+        last_error: report.and_then(|r| r.last_error.clone()),
+        drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
+        metrics: report.map(|r| r.metrics.clone()),
+        wireguard: report.and_then(|r| r.wireguard.clone()),
+    }
+}
+
+/// Every rollout with state in `env`, by name.
+fn rollouts_in(inputs: &ViewInputs<'_>, env: &str) -> Vec<RolloutView> {
+    let mut out = Vec::new();
+    for (name, state) in inputs.state {
+        let Some(s) = state.environments.get(env) else {
+            continue;
+        };
+        let members = inputs.targets.get(name, env).map_or(&[][..], |m| m.nodes());
+        let on_target = members
+            .iter()
+            .filter(|n| {
+                inputs.reports.get(*n).is_some_and(|r| {
+                    r.rollouts
+                        .get(name)
+                        .and_then(|s| s.active.as_ref())
+                        .is_some_and(|a| a.digest == s.target.digest)
+                })
+            })
+            .count();
+        let steps = inputs
+            .model
+            .rollouts
+            .get(name)
+            .map_or(0, |r| r.doc.steps.len() as u32);
+        out.push(RolloutView {
+            name: name.clone(),
+            phase: s.phase,
+            step: s.step,
+            steps,
+            target: s.target.digest.clone(),
+            previous: s.previous.as_ref().map(|p| p.digest.clone()),
+            source_commit: s.source_commit.clone(),
+            nodes: members.len() as u64,
+            admitted: s.admitted,
+            on_target: on_target as u64,
+            since: s.since,
+            reason: s.reason.clone(),
+            failed_nodes: s.failed_nodes.clone(),
+        });
+    }
+    out
+}

@@ -1,0 +1,396 @@
+//! `gitfleet status`: the fleet at a glance, read straight from git and the
+//! object store (no server): environments, rollouts with step progress,
+//! nodes with health and report age, drift, WireGuard peers.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use gitfleet_io::store::Store;
+use gitfleet_schemas::view::{FleetStatus, Health, NodeView};
+
+use crate::git::Mirror;
+use crate::observe::Observer;
+use crate::reconcile::GitArgs;
+
+/// Show the fleet: environments, rollouts with step progress, nodes with
+/// health and last report, drift and WireGuard peers.
+///
+/// Reads the fleet repo, the state branch and the signed status reports in
+/// the object store directly; no server is needed. Only reports that verify
+/// against the node keys in the repo are shown. A node whose last report is
+/// older than --stale-after is stale.
+///
+/// Exit status: 0 when every node is healthy, 1 when some node is not (or
+/// has not reported), 2 on error.
+///
+/// Examples:
+///   gitfleet status --repo .gitfleet/up/fleet.git
+///   gitfleet status --env prod --watch
+///   gitfleet status --format json | jq '.nodes[] | select(.health != "healthy")'
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    git: GitArgs,
+    /// Object store URL; defaults to the `store` of fleet.kdl.
+    #[arg(long, env = "GITFLEET_STORE")]
+    store: Option<String>,
+    /// Where the local mirror of the repo is kept.
+    #[arg(
+        long,
+        env = "GITFLEET_STATUS_CACHE",
+        default_value = ".gitfleet/status-mirror"
+    )]
+    cache: std::path::PathBuf,
+    /// Only this environment.
+    #[arg(long = "env", value_name = "ENV")]
+    environment: Option<String>,
+    /// Show again every --interval until Ctrl-C (JSON: one document a line).
+    #[arg(long)]
+    watch: bool,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// A node whose last report is older than this is stale.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    stale_after: std::time::Duration,
+    /// List every node, not only the ones that need attention, in a fleet
+    /// of more than 50.
+    #[arg(long)]
+    all_nodes: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Human,
+    /// The fleet-status format (schemas/json/fleet-status.schema.json).
+    Json,
+}
+
+/// The store `explicit` names, or else the one fleet.kdl at the branch tip
+/// names.
+pub fn open_store(mirror: &Mirror, explicit: Option<&str>) -> anyhow::Result<Store> {
+    let url = match explicit {
+        Some(url) => url.to_owned(),
+        None => {
+            // Only fleet.kdl is needed to learn the store.
+            let heads = mirror.fetch()?;
+            let files = mirror.files_at(heads.branch)?;
+            files
+                .text(gitfleet_policy::model::FLEET_FILE)
+                .and_then(|t| gitfleet_schemas::FleetFile::decode(t).value)
+                .and_then(|f| f.store.map(|s| s.value))
+                .context("no --store given and fleet.kdl names no store")?
+        }
+    };
+    Ok(Store::open(&url)?)
+}
+
+pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let remote = crate::reconcile::remote(&args.git)?;
+    let mirror = Mirror::open_or_clone(remote, &args.cache)?;
+    let store = open_store(&mirror, args.store.as_deref())?;
+    let mut observer = Observer::new(mirror, store);
+    let stale_after =
+        chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
+    let tty = std::io::stdout().is_terminal();
+    runtime.block_on(async {
+        let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
+        loop {
+            let observed = observer.observe().await?;
+            let view = observed.view(
+                &observed.state()?,
+                Utc::now(),
+                stale_after,
+                args.environment.as_deref(),
+            );
+            if let Some(env) = &args.environment {
+                if view.environments.is_empty() {
+                    anyhow::bail!("no environment {env} in the fleet repo");
+                }
+            }
+            let text = match args.format {
+                Format::Json => {
+                    let mut t = serde_json::to_string(&view)?;
+                    t.push('\n');
+                    t
+                }
+                Format::Human => human(&view, args.all_nodes),
+            };
+            let mut out = std::io::stdout().lock();
+            if args.watch && tty && args.format == Format::Human {
+                // Home and clear, then the new picture.
+                out.write_all(b"\x1b[H\x1b[2J")?;
+            }
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            if !args.watch {
+                let all_healthy = view.totals.healthy == view.totals.nodes;
+                return Ok(if all_healthy {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            if args.format == Format::Human && !tty {
+                writeln!(out)?;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(args.interval) => {}
+                () = &mut stop => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    })
+}
+
+/// A fleet of at most this many nodes is listed whole.
+const LIST_ALL_UP_TO: usize = 50;
+
+/// `sha256:0123456789ab…` → `0123456789ab`.
+pub fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+fn short_commit(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// `95 s` → `1m35s`.
+pub fn age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn counts_line(c: &gitfleet_schemas::view::Counts) -> String {
+    let mut parts = vec![format!("{} healthy", c.healthy)];
+    for (n, what) in [
+        (c.unhealthy, "unhealthy"),
+        (c.stale, "stale"),
+        (c.unreported, "unreported"),
+        (c.drifted, "drifted"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    format!("{} nodes: {}", c.nodes, parts.join(", "))
+}
+
+fn needs_attention(n: &NodeView) -> bool {
+    n.health != Health::Healthy || !n.drift.is_empty() || !n.errors.is_empty()
+}
+
+/// The human picture of `view`.
+pub fn human(view: &FleetStatus, all_nodes: bool) -> String {
+    let mut out = String::new();
+    let state = view
+        .state_commit
+        .as_deref()
+        .map_or("no state yet".to_owned(), |s| {
+            format!("state {}", short_commit(s))
+        });
+    let _ = writeln!(
+        out,
+        "fleet {} at {} ({state}); {}",
+        view.fleet,
+        short_commit(&view.commit),
+        counts_line(&view.totals)
+    );
+    for (reason, n) in &view.reports_ignored {
+        let _ = writeln!(out, "  {n} status report(s) ignored: {reason}");
+    }
+    for env in &view.environments {
+        let _ = writeln!(out, "\n{}  {}", env.name, counts_line(&env.counts));
+        if env.rollouts.is_empty() {
+            let _ = writeln!(out, "  no rollouts yet");
+        }
+        for r in &env.rollouts {
+            let step = if r.steps == 0 {
+                String::new()
+            } else {
+                format!(" step {}/{}", r.step, r.steps)
+            };
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<17}{step:<10} {} {}/{} on {} (from {}), {} ago",
+                r.name,
+                r.phase.to_string(),
+                crate::up::bar(r.on_target as usize, r.nodes as usize),
+                r.on_target,
+                r.nodes,
+                short_digest(&r.target),
+                short_commit(&r.source_commit),
+                age((view.at - r.since).num_seconds()),
+            );
+            let _ = writeln!(out, "  {:<16} {}", "", r.reason);
+            if !r.failed_nodes.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} failed gates: {}",
+                    "",
+                    r.failed_nodes.join(", ")
+                );
+            }
+        }
+    }
+
+    let listed: Vec<&NodeView> = if all_nodes || view.nodes.len() <= LIST_ALL_UP_TO {
+        view.nodes.iter().collect()
+    } else {
+        view.nodes.iter().filter(|n| needs_attention(n)).collect()
+    };
+    let _ = writeln!(out, "\nnodes");
+    if listed.is_empty() {
+        let _ = writeln!(out, "  every node is healthy and in sync");
+    }
+    let width = listed.iter().map(|n| n.id.len()).max().unwrap_or(0).max(4);
+    for n in &listed {
+        let report = n
+            .report_age_seconds
+            .map_or("never".to_owned(), |a| format!("{} ago", age(a)));
+        let active: Vec<String> = n
+            .active
+            .iter()
+            .map(|(r, d)| format!("{r}={}", short_digest(d)))
+            .collect();
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:<8} {:<10} {:<10} {}  [{}]",
+            n.id,
+            n.environment,
+            n.health.as_str(),
+            report,
+            if active.is_empty() {
+                "-".to_owned()
+            } else {
+                active.join(" ")
+            },
+            labels.join(" "),
+        );
+        for (rollout, error) in &n.errors {
+            let _ = writeln!(out, "  {:<width$}  {rollout}: {error}", "");
+        }
+        if let Some(e) = &n.last_error {
+            let _ = writeln!(out, "  {:<width$}  last error: {e}", "");
+        }
+    }
+    let hidden = view.nodes.len() - listed.len();
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "  ({hidden} healthy nodes not listed; --all-nodes lists them)"
+        );
+    }
+
+    let drifted: Vec<&NodeView> = view.nodes.iter().filter(|n| !n.drift.is_empty()).collect();
+    if !drifted.is_empty() {
+        let _ = writeln!(out, "\ndrift");
+        for n in drifted {
+            for d in &n.drift {
+                let what = match (&d.expected_sha256, &d.found_sha256) {
+                    (Some(_), Some(_)) => "changed",
+                    (Some(_), None) => "missing",
+                    (None, _) => "not in the bundle",
+                };
+                let _ = writeln!(out, "  {}  {}: {what}", n.id, d.path);
+            }
+        }
+    }
+
+    let meshes: Vec<&NodeView> = listed
+        .iter()
+        .copied()
+        .filter(|n| n.wireguard.is_some())
+        .collect();
+    if !meshes.is_empty() {
+        let _ = writeln!(out, "\nwireguard");
+        for n in meshes {
+            let Some(wg) = &n.wireguard else { continue };
+            let _ = writeln!(
+                out,
+                "  {} {} ({} peer(s)), key {}",
+                n.id,
+                wg.interface,
+                wg.peers.len(),
+                wg.public_key
+            );
+            for p in &wg.peers {
+                let _ = writeln!(
+                    out,
+                    "    {} {}  handshake {}  rx {}  tx {}",
+                    p.public_key,
+                    p.endpoint.as_deref().unwrap_or("(no endpoint)"),
+                    handshake(p.latest_handshake, view.at),
+                    bytes(p.rx_bytes),
+                    bytes(p.tx_bytes),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn handshake(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    at.map_or("never".to_owned(), |t| {
+        format!("{} ago", age((now - t).num_seconds()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_in_the_largest_useful_unit() {
+        assert_eq!(age(-3), "0s");
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(95), "1m35s");
+        assert_eq!(age(7260), "2h01m");
+        assert_eq!(age(90000), "1d01h");
+    }
+
+    #[test]
+    fn byte_counts_use_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn digests_are_shortened_after_the_algorithm() {
+        assert_eq!(short_digest("sha256:0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short_digest("abc"), "abc");
+    }
+}

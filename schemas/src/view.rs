@@ -1,0 +1,129 @@
+//! The fleet at a glance, as `gitfleet status --format json` prints it and
+//! `gitfleet serve` renders it: built from the fleet repo, the state branch
+//! and the verified status reports, never from a database.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::state::Phase;
+use crate::status::{Drift, Metrics, WireguardStatus};
+
+/// The format version of [`FleetStatus`].
+pub const FLEET_STATUS_FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetStatus {
+    /// Format version of this document: [`FLEET_STATUS_FORMAT`].
+    pub format: u32,
+    pub fleet: String,
+    /// When the view was taken; report ages count from here.
+    pub at: DateTime<Utc>,
+    /// The fleet repo commit read.
+    pub commit: String,
+    /// The tip of the state branch read; none before the first state.
+    pub state_commit: Option<String>,
+    /// A node whose last report is older than this is stale.
+    pub stale_after_seconds: u64,
+    pub totals: Counts,
+    /// In rollout order (each environment after the ones it follows).
+    pub environments: Vec<EnvironmentView>,
+    /// By node id.
+    pub nodes: Vec<NodeView>,
+    /// Status reports that failed verification, by reason.
+    pub reports_ignored: BTreeMap<String, u64>,
+}
+
+/// Nodes by health.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Counts {
+    pub nodes: u64,
+    pub healthy: u64,
+    pub unhealthy: u64,
+    pub stale: u64,
+    /// Declared in the repo, never reported (or never verifiably).
+    pub unreported: u64,
+    /// Nodes reporting files that differ from their bundle.
+    pub drifted: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentView {
+    pub name: String,
+    pub counts: Counts,
+    /// Rollouts with state here, by name.
+    pub rollouts: Vec<RolloutView>,
+}
+
+/// One rollout in one environment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutView {
+    pub name: String,
+    pub phase: Phase,
+    /// 1-based current step; 0 before the first.
+    pub step: u32,
+    pub steps: u32,
+    /// The bundle being rolled out.
+    pub target: String,
+    pub previous: Option<String>,
+    /// The fleet repo commit the target was built from.
+    pub source_commit: String,
+    /// Nodes this rollout selects here.
+    pub nodes: u64,
+    /// Of those, nodes admitted to the target so far.
+    pub admitted: u64,
+    /// Of those, nodes reporting the target active.
+    pub on_target: u64,
+    pub since: DateTime<Utc>,
+    pub reason: String,
+    pub failed_nodes: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    /// Its last report is older than the stale limit.
+    Stale,
+    /// No verified report.
+    Unreported,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Stale => "stale",
+            Health::Unreported => "unreported",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeView {
+    pub id: String,
+    pub environment: String,
+    pub labels: BTreeMap<String, String>,
+    pub health: Health,
+    pub last_report: Option<DateTime<Utc>>,
+    /// Seconds between the last report and the view.
+    pub report_age_seconds: Option<i64>,
+    pub channel_serial: Option<u64>,
+    /// Active bundle digest by rollout.
+    pub active: BTreeMap<String, String>,
+    /// Why the last activation of a rollout failed, by rollout.
+    pub errors: BTreeMap<String, String>,
+    pub last_error: Option<String>,
+    pub drift: Vec<Drift>,
+    pub metrics: Option<Metrics>,
+    pub wireguard: Option<WireguardStatus>,
+}
