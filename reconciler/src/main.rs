@@ -13,15 +13,18 @@ mod git;
 mod keys;
 mod lease;
 mod observe;
+mod page;
 mod reconcile;
 mod render;
 mod rollout;
 mod root;
+mod serve;
 mod simulate;
 mod source;
 mod status;
 mod trigger;
 mod up;
+mod webhook;
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
 ///
@@ -52,6 +55,7 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     Approve(approve::ApproveArgs),
     Status(status::StatusArgs),
+    Serve(serve::ServeArgs),
     /// Create, sign, rotate and verify the fleet's root of trust.
     ///
     /// The root (root/<version>.json) names the offline root keys and the
@@ -163,5 +167,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(args),
         Command::Up(args) => up::run(args),
         Command::Status(args) => status::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -624,28 +624,63 @@ fn state_changes(
 #[command(verbatim_doc_comment)]
 pub struct ReconcileArgs {
     #[command(flatten)]
-    git: GitArgs,
-    /// Object store URL; defaults to the `store` of fleet.kdl.
-    #[arg(long, env = "GITFLEET_STORE")]
-    store: Option<String>,
-    /// The online key file that signs channel manifests (gitfleet keygen --online).
-    #[arg(long, env = "GITFLEET_ONLINE_KEY")]
-    online_key: std::path::PathBuf,
-    /// Where the local mirror of the repo is kept.
-    #[arg(long, env = "GITFLEET_CACHE", default_value = ".gitfleet/mirror")]
-    cache: std::path::PathBuf,
-    /// This replica's name in the leader lease (default: gitfleet@<hostname>).
-    #[arg(long, env = "GITFLEET_HOLDER")]
-    holder: Option<String>,
+    pub reconciler: ReconcilerArgs,
     /// Run one pass and exit.
     #[arg(long)]
     once: bool,
     /// Compute and print the plan; upload, commit and publish nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// What a reconciler needs: the repo, the store, its key and its name.
+#[derive(Debug, clap::Args)]
+pub struct ReconcilerArgs {
+    #[command(flatten)]
+    pub git: GitArgs,
+    /// Object store URL; defaults to the `store` of fleet.kdl.
+    #[arg(long, env = "GITFLEET_STORE")]
+    pub store: Option<String>,
+    /// The online key file that signs channel manifests (gitfleet keygen --online).
+    #[arg(long, env = "GITFLEET_ONLINE_KEY")]
+    pub online_key: std::path::PathBuf,
+    /// Where the local mirror of the repo is kept.
+    #[arg(long, env = "GITFLEET_CACHE", default_value = ".gitfleet/mirror")]
+    pub cache: std::path::PathBuf,
+    /// This replica's name in the leader lease (default: gitfleet@<hostname>).
+    #[arg(long, env = "GITFLEET_HOLDER")]
+    pub holder: Option<String>,
     /// Time between passes when not --once.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    interval: std::time::Duration,
+    pub interval: std::time::Duration,
+}
+
+impl ReconcilerArgs {
+    /// The reconciler these arguments describe (the mirror cloned if new).
+    pub fn open(&self) -> anyhow::Result<Reconciler> {
+        let online = crate::keys::load(
+            &self.online_key,
+            gitfleet_schemas::keyfile::KeyRole::Online,
+            "signing channel manifests",
+        )?;
+        let remote = remote(&self.git)?;
+        let mirror = Mirror::open_or_clone(remote, &self.cache)?;
+        let store = crate::status::open_store(&mirror, self.store.as_deref())?;
+        let holder = self.holder.clone().unwrap_or_else(default_holder);
+        Ok(Reconciler::new(mirror, store, online.key, holder))
+    }
+
+    /// A watcher that triggers a pass when a local repo's refs move; none
+    /// for a remote one (polled every --interval, or woken by webhooks).
+    pub fn watch(
+        &self,
+        trigger: tokio::sync::mpsc::Sender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        let path = local_repo(&self.git.repo)?;
+        crate::trigger::watch_refs(&path, trigger)
+            .map_err(|e| tracing::warn!(repo = %path.display(), error = %e, "cannot watch the fleet repo; polling only"))
+            .ok()
+    }
 }
 
 /// Where the fleet repo is and how to reach it.
@@ -694,16 +729,7 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let online = crate::keys::load(
-        &args.online_key,
-        gitfleet_schemas::keyfile::KeyRole::Online,
-        "signing channel manifests",
-    )?;
-    let remote = remote(&args.git)?;
-    let mirror = Mirror::open_or_clone(remote, &args.cache)?;
-    let store = crate::status::open_store(&mirror, args.store.as_deref())?;
-    let holder = args.holder.clone().unwrap_or_else(default_holder);
-    let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
+    let mut reconciler = args.reconciler.open()?;
     runtime.block_on(async {
         if args.once {
             let outcome = reconciler.once(Utc::now(), args.dry_run).await?;
@@ -711,13 +737,7 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
             return Ok(std::process::ExitCode::SUCCESS);
         }
         let (trigger_tx, trigger) = tokio::sync::mpsc::channel(1);
-        // A local repository is watched, so a push is seen at once; any
-        // other is polled every --interval (webhooks will trigger too).
-        let _watcher = local_repo(&args.git.repo).and_then(|path| {
-            crate::trigger::watch_refs(&path, trigger_tx)
-                .map_err(|e| tracing::warn!(repo = %path.display(), error = %e, "cannot watch the fleet repo; polling only"))
-                .ok()
-        });
+        let _watcher = args.reconciler.watch(trigger_tx);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             gitfleet_agent::signals::shutdown().await;
@@ -725,11 +745,18 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
             let _ = stop_tx.send(true);
         });
         let dry_run = args.dry_run;
-        run_passes(&mut reconciler, args.interval, dry_run, trigger, stop, |pass| {
-            if let Ok(outcome) = pass {
-                report(outcome, dry_run);
-            }
-        })
+        run_passes(
+            &mut reconciler,
+            args.reconciler.interval,
+            dry_run,
+            trigger,
+            stop,
+            |pass, _| {
+                if let Ok(outcome) = pass {
+                    report(outcome, dry_run);
+                }
+            },
+        )
         .await;
         Ok(std::process::ExitCode::SUCCESS)
     })
@@ -739,14 +766,14 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
 /// `interval`, and one as soon as `trigger` fires (a watched ref moved, a
 /// webhook came in). A trigger only makes the next pass come sooner: every
 /// pass re-reads git. A failed pass is logged and the loop goes on; each
-/// outcome is handed to `on_pass`.
+/// outcome is handed to `on_pass`, with how long the pass took.
 pub async fn run_passes(
     reconciler: &mut Reconciler,
     interval: std::time::Duration,
     dry_run: bool,
     mut trigger: tokio::sync::mpsc::Receiver<()>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    mut on_pass: impl FnMut(Result<&Outcome, &ReconcileError>),
+    mut on_pass: impl FnMut(Result<&Outcome, &ReconcileError>, std::time::Duration),
 ) {
     let mut triggers_open = true;
     while !*stop.borrow() {
@@ -758,11 +785,9 @@ pub async fn run_passes(
                 tracing::error!(error = %gitfleet_io::error_chain(e), "reconcile pass failed; retrying next interval")
             }
         }
-        on_pass(result.as_ref());
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "reconcile pass done"
-        );
+        let took = started.elapsed();
+        tracing::debug!(elapsed_ms = took.as_millis() as u64, "reconcile pass done");
+        on_pass(result.as_ref(), took);
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             t = trigger.recv(), if triggers_open => {

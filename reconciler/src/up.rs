@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -57,6 +58,7 @@ use gitfleet_io::store::Store;
 /// Examples:
 ///   gitfleet up
 ///   gitfleet up --failure-rate 0.3          # watch health gates roll back
+///   gitfleet up --listen 127.0.0.1:8080     # and watch it in a browser
 ///   gitfleet up ~/src/my-fleet --dir /tmp/my-fleet-demo
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -89,6 +91,10 @@ pub struct UpArgs {
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Also serve the status pages, /metrics and /api/status here, as
+    /// `gitfleet serve` does (e.g. 127.0.0.1:8080; port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
 }
 
 /// The progress deadline the copy gets: long enough for a slow machine.
@@ -733,10 +739,17 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let (pass_tx, mut pass_rx) = tokio::sync::watch::channel(Pass::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
+    let trigger_tx_pages = trigger_tx.clone();
     let watcher = crate::trigger::watch_refs(&bare, trigger_tx)
         .map_err(|e| tracing::warn!(repo = %bare.display(), error = %e, "cannot watch the fleet repo; polling it every --interval"))
         .ok();
     let interval = args.interval;
+    let pages = Arc::new(crate::serve::AppState::new(
+        None,
+        trigger_tx_pages,
+        chrono::Duration::seconds(60),
+    ));
+    let pages_of_passes = Arc::clone(&pages);
     let reconciler_thread = std::thread::Builder::new()
         .name("reconciler".to_owned())
         .spawn(move || -> anyhow::Result<()> {
@@ -750,7 +763,8 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 false,
                 trigger_rx,
                 stop_rx,
-                |result| {
+                |result, took| {
+                    pages_of_passes.record(result, took);
                     pass_tx.send_modify(|p| {
                         p.at = Some(Utc::now());
                         match result {
@@ -796,6 +810,16 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     };
     let tty = std::io::stdout().is_terminal();
     let reason = runtime.block_on(async {
+        if let Some(addr) = args.listen {
+            let listener = crate::serve::listen(addr).await?;
+            println!("Status pages: http://{}/", listener.local_addr()?);
+            println!();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, crate::serve::router(pages)).await {
+                    tracing::error!(error = %e, "serving the status pages");
+                }
+            });
+        }
         let swarm = Swarm::start(agents, timing)?;
         let started = Instant::now();
         let mut deadline = std::pin::pin!(simulate::after(args.duration));

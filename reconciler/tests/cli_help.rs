@@ -27,6 +27,7 @@ fn top_level_help_lists_every_command() {
         "up",
         "approve",
         "status",
+        "serve",
     ] {
         assert!(
             text.contains(&format!("  {cmd} ")),
@@ -47,6 +48,7 @@ fn each_command_help_shows_an_example() {
         &["up"],
         &["approve"],
         &["status"],
+        &["serve"],
     ] {
         let text = help(cmd);
         assert!(

@@ -1,0 +1,480 @@
+//! The status pages of `gitfleet serve`, rendered on the server from a
+//! [`FleetStatus`]: pure functions from a view to HTML. Every value from the
+//! repo or a report is escaped; nothing secret is in a view to render.
+
+use std::fmt::Write as _;
+
+use gitfleet_schemas::view::{Counts, FleetStatus, Health, NodeView, RolloutView};
+
+use crate::status::{age, bytes, short_digest};
+
+/// `text` safe inside HTML text and attribute values.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A component of a URL path or query, percent-encoded.
+pub fn url_part(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d232a}\
+header{background:#1d232a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:baseline}\
+header a{color:#cde}main{padding:8px 16px}table{border-collapse:collapse}\
+td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #e3e6ea}\
+.cards{display:flex;gap:12px}.card{border:1px solid #d0d5da;border-radius:6px;padding:6px 12px}\
+.card b{display:block;font-size:22px}.bar{display:inline-block;width:160px;height:10px;background:#e3e6ea;border-radius:5px;vertical-align:middle}\
+.bar i{display:block;height:10px;background:#2f9e44;border-radius:5px}\
+.healthy{color:#2f9e44}.unhealthy,.failed,.rolled-back{color:#c92a2a}.stale,.unreported,.paused{color:#e67700}\
+code{font-size:12px}.alert{background:#fff4e6;border:1px solid #e67700;padding:6px 12px;border-radius:6px}";
+
+/// Re-fetch the page body after every reconcile pass (server-sent events).
+const SCRIPT: &str = "const es=new EventSource('/events');\
+es.addEventListener('pass',async()=>{const u=new URL(location.href);u.searchParams.set('fragment','1');\
+const r=await fetch(u);if(r.ok){document.querySelector('main').innerHTML=await r.text();}});";
+
+/// A whole page around `body`.
+pub fn layout(title: &str, fleet: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{} · gitfleet</title>\
+<style>{STYLE}</style></head><body><header><strong>gitfleet · {}</strong>\
+<a href=\"/\">Overview</a><a href=\"/nodes\">Nodes</a><a href=\"/rollouts\">Rollouts</a>\
+<a href=\"/api/status\">JSON</a><a href=\"/metrics\">Metrics</a></header>\
+<main>{body}</main><script>{SCRIPT}</script></body></html>",
+        esc(title),
+        esc(fleet)
+    )
+}
+
+/// The last pass, as a line above every page.
+#[derive(Debug, Default)]
+pub struct PassLine {
+    pub seconds_ago: Option<i64>,
+    pub error: Option<String>,
+    pub follower_of: Option<String>,
+}
+
+fn pass_line(p: &PassLine) -> String {
+    let mut out = match p.seconds_ago {
+        Some(s) => format!("<p>Last reconcile pass {} ago", age(s)),
+        None => "<p>No reconcile pass yet".to_owned(),
+    };
+    if let Some(l) = &p.follower_of {
+        let _ = write!(out, "; following {} (it holds the lease)", esc(l));
+    }
+    out.push_str(".</p>");
+    if let Some(e) = &p.error {
+        let _ = write!(out, "<p class=alert>The last pass failed: {}</p>", esc(e));
+    }
+    out
+}
+
+fn bar(done: u64, total: u64) -> String {
+    let pct = (done.min(total) * 100).checked_div(total).unwrap_or(0);
+    format!("<span class=bar title=\"{done}/{total}\"><i style=\"width:{pct}%\"></i></span> {done}/{total}")
+}
+
+fn cards(c: &Counts) -> String {
+    let mut out = String::from("<div class=cards>");
+    for (n, what) in [
+        (c.nodes, "nodes"),
+        (c.healthy, "healthy"),
+        (c.unhealthy, "unhealthy"),
+        (c.stale, "stale"),
+        (c.unreported, "unreported"),
+        (c.drifted, "drifted"),
+    ] {
+        let _ = write!(
+            out,
+            "<div class=\"card {what}\" data-count=\"{what}\"><b>{n}</b>{what}</div>"
+        );
+    }
+    out.push_str("</div>");
+    out
+}
+
+fn rollout_row(env: &str, r: &RolloutView) -> String {
+    let step = if r.steps == 0 {
+        String::new()
+    } else {
+        format!("{}/{}", r.step, r.steps)
+    };
+    format!(
+        "<tr data-rollout=\"{}\" data-env=\"{}\"><td><a href=\"/rollouts#{}\">{}</a></td><td>{}</td>\
+<td class=\"{}\">{}</td><td>{step}</td><td class=progress>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+        esc(&r.name),
+        esc(env),
+        url_part(&r.name),
+        esc(&r.name),
+        esc(env),
+        r.phase,
+        r.phase,
+        bar(r.on_target, r.nodes),
+        esc(short_digest(&r.target)),
+        esc(&r.reason),
+    )
+}
+
+const ROLLOUT_HEAD: &str =
+    "<table><tr><th>Rollout</th><th>Environment</th><th>Phase</th><th>Step</th>\
+<th>On target</th><th>Bundle</th><th>Why</th></tr>";
+
+/// `/`: counts, active rollouts, drift and ignored reports.
+pub fn overview(v: &FleetStatus, pass: &PassLine) -> String {
+    let mut out = pass_line(pass);
+    let _ = write!(
+        out,
+        "<p>Fleet repo at <code>{}</code>; state branch at <code>{}</code>.</p>",
+        esc(&v.commit[..v.commit.len().min(12)]),
+        esc(v
+            .state_commit
+            .as_deref()
+            .map_or("(none yet)", |s| &s[..s.len().min(12)]))
+    );
+    out.push_str(&cards(&v.totals));
+    for (reason, n) in &v.reports_ignored {
+        let _ = write!(
+            out,
+            "<p class=alert>{n} status report(s) ignored: {}</p>",
+            esc(reason)
+        );
+    }
+    out.push_str("<h2>Rollouts</h2>");
+    out.push_str(ROLLOUT_HEAD);
+    for env in &v.environments {
+        for r in &env.rollouts {
+            out.push_str(&rollout_row(&env.name, r));
+        }
+    }
+    out.push_str("</table><h2>Environments</h2><table><tr><th>Environment</th><th>Nodes</th><th>Healthy</th><th>Unhealthy</th><th>Stale</th><th>Unreported</th><th>Drifted</th></tr>");
+    for env in &v.environments {
+        let c = &env.counts;
+        let _ = write!(
+            out,
+            "<tr><td><a href=\"/nodes?env={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            url_part(&env.name),
+            esc(&env.name),
+            c.nodes,
+            c.healthy,
+            c.unhealthy,
+            c.stale,
+            c.unreported,
+            c.drifted
+        );
+    }
+    out.push_str("</table>");
+    let drifted: Vec<&NodeView> = v.nodes.iter().filter(|n| !n.drift.is_empty()).collect();
+    if !drifted.is_empty() {
+        out.push_str("<h2>Drift</h2><ul>");
+        for n in drifted {
+            for d in &n.drift {
+                let _ = write!(
+                    out,
+                    "<li class=alert><a href=\"/nodes/{}\">{}</a>: {} differs from its bundle</li>",
+                    url_part(&n.id),
+                    esc(&n.id),
+                    esc(&d.path)
+                );
+            }
+        }
+        out.push_str("</ul>");
+    }
+    out
+}
+
+/// A node filter: `env` and `label` (`key=value`) from the query.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NodeFilter {
+    pub env: Option<String>,
+    pub label: Option<String>,
+    pub health: Option<String>,
+}
+
+impl NodeFilter {
+    fn keeps(&self, n: &NodeView) -> bool {
+        let env = self
+            .env
+            .as_deref()
+            .filter(|e| !e.is_empty())
+            .is_none_or(|e| n.environment == e);
+        let label = self
+            .label
+            .as_deref()
+            .filter(|l| !l.is_empty())
+            .is_none_or(|l| match l.split_once('=') {
+                Some((k, val)) => n.labels.get(k).is_some_and(|x| x == val),
+                None => n.labels.contains_key(l),
+            });
+        let health = self
+            .health
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .is_none_or(|h| n.health.as_str() == h);
+        env && label && health
+    }
+}
+
+/// Rows shown at most on `/nodes`; the filter narrows a larger fleet.
+const NODE_ROWS: usize = 500;
+
+/// `/nodes`: a filterable table.
+pub fn nodes(v: &FleetStatus, filter: &NodeFilter) -> String {
+    let mut out =
+        String::from("<form><label>Environment <select name=env><option value=\"\">all</option>");
+    for env in &v.environments {
+        let selected = if filter.env.as_deref() == Some(env.name.as_str()) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(out, "<option{selected}>{}</option>", esc(&env.name));
+    }
+    let _ = write!(
+        out,
+        "</select></label> <label>Label <input name=label placeholder=\"role=edge\" value=\"{}\"></label> \
+<label>Health <input name=health placeholder=unhealthy value=\"{}\"></label> <button>Filter</button></form>",
+        esc(filter.label.as_deref().unwrap_or("")),
+        esc(filter.health.as_deref().unwrap_or(""))
+    );
+    let kept: Vec<&NodeView> = v.nodes.iter().filter(|n| filter.keeps(n)).collect();
+    let _ = write!(out, "<p>{} of {} nodes.</p>", kept.len(), v.nodes.len());
+    out.push_str("<table><tr><th>Node</th><th>Environment</th><th>Health</th><th>Last report</th><th>Active</th><th>Labels</th></tr>");
+    for n in kept.iter().take(NODE_ROWS) {
+        let active: Vec<String> = n
+            .active
+            .iter()
+            .map(|(r, d)| format!("{}={}", esc(r), esc(short_digest(d))))
+            .collect();
+        let labels: Vec<String> = n
+            .labels
+            .iter()
+            .map(|(k, val)| format!("{}={}", esc(k), esc(val)))
+            .collect();
+        let _ = write!(
+            out,
+            "<tr data-node=\"{}\"><td><a href=\"/nodes/{}\">{}</a></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            esc(&n.id),
+            url_part(&n.id),
+            esc(&n.id),
+            esc(&n.environment),
+            n.health.as_str(),
+            n.health.as_str(),
+            n.report_age_seconds.map_or("never".to_owned(), |a| format!("{} ago", age(a))),
+            active.join(" "),
+            labels.join(" ")
+        );
+    }
+    out.push_str("</table>");
+    if kept.len() > NODE_ROWS {
+        let _ = write!(
+            out,
+            "<p>{} more; narrow the filter to see them.</p>",
+            kept.len() - NODE_ROWS
+        );
+    }
+    out
+}
+
+fn metric(name: &str, value: Option<String>) -> String {
+    format!(
+        "<tr><td>{name}</td><td>{}</td></tr>",
+        esc(&value.unwrap_or_else(|| "-".to_owned()))
+    )
+}
+
+/// `/nodes/<id>`: one node's report: bundles, metrics, drift, peers.
+pub fn node(v: &FleetStatus, n: &NodeView) -> String {
+    let mut out = format!(
+        "<h2>{}</h2><p>Environment {}; <span class=\"{}\" data-health>{}</span>; last report {}; channel serial {}.</p>",
+        esc(&n.id),
+        esc(&n.environment),
+        n.health.as_str(),
+        n.health.as_str(),
+        n.report_age_seconds
+            .map_or("never".to_owned(), |a| format!("{} ago", age(a))),
+        n.channel_serial.map_or("-".to_owned(), |s| s.to_string())
+    );
+    if n.health == Health::Unreported {
+        out.push_str("<p class=alert>No verified report: the node has not reported, or its reports do not verify against its key in the repo.</p>");
+    }
+    out.push_str("<h3>Labels</h3><p>");
+    for (k, val) in &n.labels {
+        let _ = write!(
+            out,
+            "<a href=\"/nodes?label={}\"><code>{}={}</code></a> ",
+            url_part(&format!("{k}={val}")),
+            esc(k),
+            esc(val)
+        );
+    }
+    out.push_str(
+        "</p><h3>Bundles</h3><table><tr><th>Rollout</th><th>Active</th><th>Error</th></tr>",
+    );
+    for (r, d) in &n.active {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            esc(r),
+            esc(d),
+            esc(n.errors.get(r).map_or("", String::as_str))
+        );
+    }
+    out.push_str("</table>");
+    if let Some(e) = &n.last_error {
+        let _ = write!(out, "<p class=alert>Last error: {}</p>", esc(e));
+    }
+    if let Some(m) = &n.metrics {
+        out.push_str("<h3>System</h3><table>");
+        out.push_str(&metric(
+            "error rate",
+            m.error_rate.map(|x| format!("{:.3}%", x * 100.0)),
+        ));
+        out.push_str(&metric(
+            "p99 latency",
+            m.p99_latency_ms.map(|x| format!("{x} ms")),
+        ));
+        out.push_str(&metric("cpu", m.cpu_percent.map(|x| format!("{x:.1}%"))));
+        out.push_str(&metric(
+            "memory",
+            m.memory_percent.map(|x| format!("{x:.1}%")),
+        ));
+        out.push_str(&metric("disk", m.disk_percent.map(|x| format!("{x:.1}%"))));
+        out.push_str(&metric("load (1 min)", m.load1.map(|x| format!("{x:.2}"))));
+        out.push_str(&metric("uptime", m.uptime_seconds.map(|x| age(x as i64))));
+        out.push_str(&metric("network rx", m.network_rx_bytes.map(bytes)));
+        out.push_str(&metric("network tx", m.network_tx_bytes.map(bytes)));
+        out.push_str("</table>");
+    }
+    if !n.drift.is_empty() {
+        out.push_str("<h3>Drift</h3><ul>");
+        for d in &n.drift {
+            let _ = write!(out, "<li class=alert>{}</li>", esc(&d.path));
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("<h3>WireGuard</h3>");
+    match &n.wireguard {
+        None => out.push_str("<p>No interface reported.</p>"),
+        Some(wg) => {
+            let _ = write!(
+                out,
+                "<p>Interface <code>{}</code>, key <code>{}</code>, port {}.</p>\
+<table id=peers><tr><th>Peer</th><th>Endpoint</th><th>Allowed IPs</th><th>Handshake</th><th>rx</th><th>tx</th></tr>",
+                esc(&wg.interface),
+                esc(&wg.public_key),
+                wg.listen_port.map_or("-".to_owned(), |p| p.to_string())
+            );
+            for p in &wg.peers {
+                let _ = write!(
+                    out,
+                    "<tr class=peer><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&p.public_key),
+                    esc(p.endpoint.as_deref().unwrap_or("-")),
+                    esc(&p.allowed_ips.join(", ")),
+                    p.latest_handshake.map_or("never".to_owned(), |t| format!(
+                        "{} ago",
+                        age((v.at - t).num_seconds())
+                    )),
+                    bytes(p.rx_bytes),
+                    bytes(p.tx_bytes)
+                );
+            }
+            out.push_str("</table>");
+        }
+    }
+    out
+}
+
+/// `/rollouts`: every rollout per environment, with how to steer it.
+pub fn rollouts(v: &FleetStatus) -> String {
+    let mut names: Vec<&str> = v
+        .environments
+        .iter()
+        .flat_map(|e| e.rollouts.iter().map(|r| r.name.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = String::new();
+    if names.is_empty() {
+        out.push_str("<p>No rollout has state yet.</p>");
+    }
+    for name in names {
+        let _ = write!(out, "<h2 id=\"{}\">{}</h2>", url_part(name), esc(name));
+        out.push_str(ROLLOUT_HEAD);
+        for env in &v.environments {
+            for r in env.rollouts.iter().filter(|r| r.name == name) {
+                out.push_str(&rollout_row(&env.name, r));
+                if !r.failed_nodes.is_empty() {
+                    let _ = write!(
+                        out,
+                        "<tr><td></td><td colspan=6 class=failed>Failed gates: {}</td></tr>",
+                        esc(&r.failed_nodes.join(", "))
+                    );
+                }
+            }
+        }
+        out.push_str("</table>");
+        let first = v
+            .environments
+            .iter()
+            .flat_map(|e| e.rollouts.iter())
+            .find(|r| r.name == name);
+        if let Some(r) = first {
+            let _ = write!(
+                out,
+                "<p>Built from commit <code>{}</code>; previous bundle <code>{}</code>.</p>",
+                esc(&r.source_commit[..r.source_commit.len().min(12)]),
+                esc(r.previous.as_deref().map_or("none", short_digest))
+            );
+        }
+        let _ = write!(
+            out,
+            "<details><summary>Steer it (commits to the fleet repo)</summary><pre>\
+gitfleet rollout pause {n}      # hold at the current step\n\
+gitfleet rollout resume {n}\n\
+gitfleet rollout rollback {n} -m \"why\"   # every node back to the previous bundle</pre></details>",
+            n = esc(name)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_values_is_escaped() {
+        assert_eq!(
+            esc("<script>\"x\" & 'y'</script>"),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
+        assert_eq!(url_part("role=edge/x y"), "role%3Dedge%2Fx%20y");
+    }
+
+    #[test]
+    fn bars_are_proportional_and_capped() {
+        assert!(bar(1, 4).contains("width:25%"));
+        assert!(bar(9, 4).contains("width:100%"));
+        assert!(bar(0, 0).contains("width:0%"));
+    }
+}

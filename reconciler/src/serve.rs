@@ -1,0 +1,580 @@
+//! `gitfleet serve`: the reconciler as a service. Reconcile passes run on
+//! their own thread (git2 blocks); an HTTP server shows the fleet (status
+//! pages with live updates, JSON, Prometheus metrics, health probes) and
+//! takes GitHub webhooks as triggers for the next pass.
+//!
+//! Everything shown comes from the last pass's observation: the fleet
+//! repo, the state branch and the verified status reports. The server
+//! writes nothing; the pages are read-only.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use gitfleet_schemas::state::RolloutState;
+use gitfleet_schemas::view::{FleetStatus, Health};
+
+use crate::observe::Observed;
+use crate::page::{self, NodeFilter, PassLine};
+use crate::reconcile::{self, ReconcilerArgs};
+use crate::webhook::{Outcome, Webhooks};
+
+/// Run the reconciler and serve the fleet's status pages, /metrics and
+/// GitHub webhooks.
+///
+/// Passes run every --interval, at once when a local repo's refs move, and
+/// at once on a valid webhook delivery (push, pull_request,
+/// pull_request_review; deliveries are checked against the secret and
+/// handled once each). The pages are read-only and update live.
+///
+/// Endpoints: / (overview), /nodes (?env=, ?label=key=value, ?health=),
+/// /nodes/<id>, /rollouts, /api/status (?env=; the fleet-status JSON),
+/// /events (server-sent events, one per pass), /metrics (Prometheus),
+/// /healthz, /readyz (after the first good pass), POST /webhooks/github.
+///
+/// Example:
+///   gitfleet serve --repo https://github.com/acme/fleet.git \
+///       --online-key /etc/gitfleet/online.key --listen 127.0.0.1:8080 \
+///       --webhook-secret-file /etc/gitfleet/webhook.secret
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    reconciler: ReconcilerArgs,
+    /// Address to serve on. Put a TLS-terminating proxy in front to expose it.
+    #[arg(long, env = "GITFLEET_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// File holding the GitHub webhook secret; without it webhooks are refused.
+    #[arg(long, env = "GITFLEET_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<std::path::PathBuf>,
+    /// A node whose last report is older than this is stale.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    stale_after: std::time::Duration,
+}
+
+/// The last pass, as the server shows it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Passes so far: the SSE event id.
+    pub passes: u64,
+    pub at: Option<DateTime<Utc>>,
+    pub observed: Option<Observed>,
+    /// The rollout state the pass planned (what it committed).
+    pub state: BTreeMap<String, RolloutState>,
+    pub error: Option<String>,
+    pub follower_of: Option<String>,
+    pub pass_seconds: f64,
+}
+
+impl Snapshot {
+    /// Fold one pass's result in.
+    pub fn record(
+        &mut self,
+        result: Result<&reconcile::Outcome, &reconcile::ReconcileError>,
+        at: DateTime<Utc>,
+        seconds: f64,
+    ) {
+        self.passes += 1;
+        self.at = Some(at);
+        self.pass_seconds = seconds;
+        match result {
+            Ok(o) => {
+                self.observed = Some(o.observed.clone());
+                self.state = o.plan.state();
+                self.follower_of.clone_from(&o.follower_of);
+                self.error = None;
+            }
+            Err(e) => self.error = Some(gitfleet_io::error_chain(e)),
+        }
+    }
+}
+
+/// Counters that live as long as the server.
+#[derive(Debug, Default)]
+pub struct Counters {
+    passes_ok: AtomicU64,
+    passes_failed: AtomicU64,
+    webhooks: [AtomicU64; Outcome::ALL.len()],
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub snapshot: tokio::sync::watch::Sender<Snapshot>,
+    pub webhooks: Webhooks,
+    pub trigger: tokio::sync::mpsc::Sender<()>,
+    pub counters: Counters,
+    pub stale_after: chrono::Duration,
+}
+
+impl AppState {
+    pub fn new(
+        webhook_secret: Option<Vec<u8>>,
+        trigger: tokio::sync::mpsc::Sender<()>,
+        stale_after: chrono::Duration,
+    ) -> AppState {
+        AppState {
+            snapshot: tokio::sync::watch::Sender::new(Snapshot::default()),
+            webhooks: Webhooks::new(webhook_secret),
+            trigger,
+            counters: Counters::default(),
+            stale_after,
+        }
+    }
+
+    /// Fold one reconcile pass in: the pages and metrics show it next.
+    pub fn record(
+        &self,
+        result: Result<&reconcile::Outcome, &reconcile::ReconcileError>,
+        took: std::time::Duration,
+    ) {
+        let counter = match result {
+            Ok(_) => &self.counters.passes_ok,
+            Err(_) => &self.counters.passes_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.snapshot
+            .send_modify(|s| s.record(result, Utc::now(), took.as_secs_f64()));
+    }
+
+    fn view(&self, environment: Option<&str>) -> Option<(FleetStatus, PassLine)> {
+        let snap = self.snapshot.borrow();
+        let now = Utc::now();
+        let pass = PassLine {
+            seconds_ago: snap.at.map(|at| (now - at).num_seconds()),
+            error: snap.error.clone(),
+            follower_of: snap.follower_of.clone(),
+        };
+        let observed = snap.observed.as_ref()?;
+        Some((
+            observed.view(&snap.state, now, self.stale_after, environment),
+            pass,
+        ))
+    }
+}
+
+/// The routes, over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(overview))
+        .route("/nodes", get(nodes))
+        .route("/nodes/{id}", get(node))
+        .route("/rollouts", get(rollouts))
+        .route("/api/status", get(api_status))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/webhooks/github", post(github))
+        .with_state(state)
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct PageQuery {
+    fragment: Option<String>,
+    env: Option<String>,
+}
+
+fn not_ready() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no reconcile pass has read the fleet yet; try again shortly\n",
+    )
+        .into_response()
+}
+
+/// A page, or only its body when the live-update script asks.
+fn respond(fragment: bool, title: &str, fleet: &str, body: String) -> Response {
+    if fragment {
+        Html(body).into_response()
+    } else {
+        Html(page::layout(title, fleet, &body)).into_response()
+    }
+}
+
+async fn overview(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {
+    let Some((v, pass)) = s.view(None) else {
+        return not_ready();
+    };
+    respond(
+        q.fragment.is_some(),
+        "Overview",
+        &v.fleet,
+        page::overview(&v, &pass),
+    )
+}
+
+async fn nodes(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<PageQuery>,
+    Query(filter): Query<NodeFilter>,
+) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    respond(
+        q.fragment.is_some(),
+        "Nodes",
+        &v.fleet,
+        page::nodes(&v, &filter),
+    )
+}
+
+async fn node(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    let Some(n) = v.nodes.iter().find(|n| n.id == id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(page::layout(
+                "Not found",
+                &v.fleet,
+                &format!("<p>No node {} in the fleet repo.</p>", page::esc(&id)),
+            )),
+        )
+            .into_response();
+    };
+    respond(q.fragment.is_some(), &n.id, &v.fleet, page::node(&v, n))
+}
+
+async fn rollouts(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    respond(
+        q.fragment.is_some(),
+        "Rollouts",
+        &v.fleet,
+        page::rollouts(&v),
+    )
+}
+
+async fn api_status(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {
+    match s.view(q.env.as_deref()) {
+        Some((v, _)) => axum::Json(v).into_response(),
+        None => not_ready(),
+    }
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let snap = s.snapshot.borrow();
+    match (&snap.observed, &snap.error) {
+        (Some(_), None) => "ready\n".into_response(),
+        (_, Some(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the last reconcile pass failed: {e}\n"),
+        )
+            .into_response(),
+        (None, None) => not_ready(),
+    }
+}
+
+/// One `pass` event per reconcile pass; the pages re-fetch themselves.
+async fn events(
+    State(s): State<Arc<AppState>>,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let rx = s.snapshot.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let passes = rx.borrow_and_update().passes;
+        let event = Event::default()
+            .event("pass")
+            .id(passes.to_string())
+            .data(passes.to_string());
+        Some((Ok(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let reply = s.webhooks.handle(&headers, &body);
+    if let Some(i) = Outcome::ALL.iter().position(|o| *o == reply.outcome) {
+        s.counters.webhooks[i].fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!(
+        outcome = reply.outcome.label(),
+        event = headers
+            .get("x-github-event")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        delivery = headers
+            .get("x-github-delivery")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        "webhook delivery"
+    );
+    if reply.outcome == Outcome::Accepted {
+        // Full means a pass is queued already; it will read this change.
+        let _ = s.trigger.try_send(());
+    }
+    (reply.status, format!("{}\n", reply.message)).into_response()
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let text = render_metrics(&s);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// A label value, escaped as the Prometheus text format wants.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition. Labels are bounded: environments and rollouts come from
+/// the repo, phases and health states from fixed sets; no node ids.
+fn render_metrics(s: &AppState) -> String {
+    let mut out = String::new();
+    let c = &s.counters;
+    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    head(
+        &mut out,
+        "gitfleet_reconcile_passes_total",
+        "counter",
+        "Reconcile passes by result.",
+    );
+    let _ = writeln!(
+        out,
+        "gitfleet_reconcile_passes_total{{result=\"ok\"}} {}\ngitfleet_reconcile_passes_total{{result=\"failed\"}} {}",
+        c.passes_ok.load(Ordering::Relaxed),
+        c.passes_failed.load(Ordering::Relaxed)
+    );
+    head(
+        &mut out,
+        "gitfleet_webhook_deliveries_total",
+        "counter",
+        "GitHub webhook deliveries by outcome.",
+    );
+    for (i, o) in Outcome::ALL.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "gitfleet_webhook_deliveries_total{{outcome=\"{}\"}} {}",
+            o.label(),
+            c.webhooks[i].load(Ordering::Relaxed)
+        );
+    }
+    let snap = s.snapshot.borrow().clone();
+    head(
+        &mut out,
+        "gitfleet_reconcile_pass_seconds",
+        "gauge",
+        "How long the last reconcile pass took.",
+    );
+    let _ = writeln!(out, "gitfleet_reconcile_pass_seconds {}", snap.pass_seconds);
+    if let Some(at) = snap.at {
+        head(
+            &mut out,
+            "gitfleet_reconcile_last_pass_timestamp_seconds",
+            "gauge",
+            "When the last reconcile pass ended.",
+        );
+        let _ = writeln!(
+            out,
+            "gitfleet_reconcile_last_pass_timestamp_seconds {}",
+            at.timestamp()
+        );
+    }
+    let Some(observed) = &snap.observed else {
+        return out;
+    };
+    let v = observed.view(&snap.state, Utc::now(), s.stale_after, None);
+    head(
+        &mut out,
+        "gitfleet_nodes",
+        "gauge",
+        "Nodes by environment and health.",
+    );
+    for env in &v.environments {
+        let c = &env.counts;
+        for (h, n) in [
+            (Health::Healthy, c.healthy),
+            (Health::Unhealthy, c.unhealthy),
+            (Health::Stale, c.stale),
+            (Health::Unreported, c.unreported),
+        ] {
+            let _ = writeln!(
+                out,
+                "gitfleet_nodes{{environment=\"{}\",health=\"{}\"}} {n}",
+                label(&env.name),
+                h.as_str()
+            );
+        }
+    }
+    head(
+        &mut out,
+        "gitfleet_nodes_drifted",
+        "gauge",
+        "Nodes reporting files that differ from their bundle.",
+    );
+    for env in &v.environments {
+        let _ = writeln!(
+            out,
+            "gitfleet_nodes_drifted{{environment=\"{}\"}} {}",
+            label(&env.name),
+            env.counts.drifted
+        );
+    }
+    head(
+        &mut out,
+        "gitfleet_rollout_phase",
+        "gauge",
+        "1 for the phase each rollout is in, per environment.",
+    );
+    for env in &v.environments {
+        for r in &env.rollouts {
+            let _ = writeln!(
+                out,
+                "gitfleet_rollout_phase{{rollout=\"{}\",environment=\"{}\",phase=\"{}\"}} 1",
+                label(&r.name),
+                label(&env.name),
+                r.phase
+            );
+        }
+    }
+    head(
+        &mut out,
+        "gitfleet_rollout_step",
+        "gauge",
+        "Current step of each rollout, per environment.",
+    );
+    head(
+        &mut out,
+        "gitfleet_rollout_nodes_on_target",
+        "gauge",
+        "Nodes reporting the rollout's target bundle.",
+    );
+    for env in &v.environments {
+        for r in &env.rollouts {
+            let labels = format!(
+                "rollout=\"{}\",environment=\"{}\"",
+                label(&r.name),
+                label(&env.name)
+            );
+            let _ = writeln!(out, "gitfleet_rollout_step{{{labels}}} {}", r.step);
+            let _ = writeln!(
+                out,
+                "gitfleet_rollout_nodes_on_target{{{labels}}} {}",
+                r.on_target
+            );
+        }
+    }
+    head(
+        &mut out,
+        "gitfleet_status_reports_ignored",
+        "gauge",
+        "Status reports that failed verification in the last pass, by reason.",
+    );
+    for (reason, n) in &v.reports_ignored {
+        let _ = writeln!(
+            out,
+            "gitfleet_status_reports_ignored{{reason=\"{}\"}} {n}",
+            label(reason)
+        );
+    }
+    out
+}
+
+/// A listener on `addr`, logged with the port it got.
+pub async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving");
+    Ok(listener)
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let secret = match &args.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the webhook secret {}", path.display()))?;
+            let secret = text.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "webhook secret file {} is empty",
+                path.display()
+            );
+            Some(secret.as_bytes().to_vec())
+        }
+    };
+    let stale_after =
+        chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
+    let mut reconciler = args.reconciler.open()?;
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let _watcher = args.reconciler.watch(trigger_tx.clone());
+    let state = Arc::new(AppState::new(secret, trigger_tx, stale_after));
+
+    let interval = args.reconciler.interval;
+    let passes_state = Arc::clone(&state);
+    let reconciler_thread = std::thread::Builder::new()
+        .name("reconciler".to_owned())
+        .spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the reconciler's runtime")?;
+            runtime.block_on(reconcile::run_passes(
+                &mut reconciler,
+                interval,
+                false,
+                trigger_rx,
+                stop_rx,
+                |result, took| passes_state.record(result, took),
+            ));
+            Ok(())
+        })
+        .context("starting the reconciler thread")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(async {
+        let listener = listen(args.listen).await?;
+        println!("serving http://{}/ (Ctrl-C stops)", listener.local_addr()?);
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(gitfleet_agent::signals::shutdown())
+            .await
+            .context("serving HTTP")
+    });
+    let _ = stop_tx.send(true);
+    match reconciler_thread.join() {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("the reconciler thread panicked"),
+    }
+    served?;
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

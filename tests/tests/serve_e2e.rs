@@ -1,0 +1,298 @@
+//! The status pages, JSON, metrics and live updates of a running fleet
+//! (`gitfleet up --listen`, simulated agents reporting), then
+//! `gitfleet serve` on the same fleet taking GitHub webhook deliveries.
+//! Real processes, real HTTP on loopback.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gitfleet_schemas::state::Phase;
+use gitfleet_schemas::view::FleetStatus;
+use gitfleet_tests::{bin, interrupt};
+use hmac::Mac as _;
+
+/// A child process killed if the test fails before stopping it.
+struct Running {
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+impl Running {
+    fn start(cwd: &Path, name: &str, args: &[&str]) -> Running {
+        let out = cwd.join(format!("{name}.out"));
+        let child = Command::new(bin("gitfleet"))
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(cwd.join(format!("{name}.err"))).unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child: Some(child),
+            out,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// The base URL it prints after `marker`.
+    fn url(&self, marker: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(rest) = self.output().split(marker).nth(1) {
+                let url = rest.split_whitespace().next().unwrap();
+                return url.trim_end_matches('/').to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no {marker:?} in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = interrupt(&mut child, Duration::from_secs(30));
+        assert!(status.success(), "exited with {status}:\n{}", self.output());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+fn get(url: &str) -> (u16, String) {
+    let r = client().get(url).send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+/// Poll `what` until it gives a value, for at most two minutes.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn status(base: &str) -> FleetStatus {
+    let (code, body) = get(&format!("{base}/api/status"));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+#[test]
+fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
+    let cwd = tempfile::tempdir().unwrap();
+    let up = Running::start(
+        cwd.path(),
+        "up",
+        &[
+            "up",
+            "--dir",
+            "demo",
+            "--poll",
+            "300ms",
+            "--interval",
+            "1s",
+            "--bake",
+            "1s",
+            "--apply-latency",
+            "50ms",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let base = up.url("Status pages: ");
+    eventually("/readyz", || {
+        (get(&format!("{base}/readyz")).0 == 200).then_some(())
+    });
+    assert_eq!(get(&format!("{base}/healthz")), (200, "ok\n".to_owned()));
+
+    // The rollout advances while we watch: dev's api-gateway goes from
+    // not all nodes on target to all of them, and complete.
+    let done = eventually("api-gateway complete in dev", || {
+        let v = status(&base);
+        let dev = v.environments.iter().find(|e| e.name == "dev")?;
+        let r = dev.rollouts.iter().find(|r| r.name == "api-gateway")?;
+        (r.phase == Phase::Complete && r.on_target == r.nodes).then_some(v)
+    });
+    assert_eq!(done.fleet, "acme-edge");
+    assert_eq!(done.totals.nodes, 11);
+
+    let (code, page) = get(&format!("{base}/"));
+    assert_eq!(code, 200);
+    assert!(page.contains("data-count=\"nodes\"><b>11</b>"), "{page}");
+    assert!(
+        page.contains("data-rollout=\"api-gateway\" data-env=\"dev\""),
+        "{page}"
+    );
+    assert!(page.contains("new EventSource('/events')"), "{page}");
+    // The fragment the live update swaps in is the page's body alone.
+    let (_, fragment) = get(&format!("{base}/?fragment=1"));
+    assert!(!fragment.contains("<html"), "{fragment}");
+    assert!(fragment.contains("data-count=\"nodes\""), "{fragment}");
+
+    let (_, prod) = get(&format!("{base}/nodes?env=prod"));
+    assert!(prod.contains("<p>6 of 11 nodes.</p>"), "{prod}");
+    let (_, edges) = get(&format!("{base}/nodes?label=role%3Dedge"));
+    assert!(!edges.contains("data-node=\"api-fra-1\""), "{edges}");
+    assert!(edges.contains("data-node=\"edge-fra-1\""), "{edges}");
+    let (code, node) = get(&format!("{base}/nodes/edge-dev-fra-1"));
+    assert_eq!(code, 200);
+    assert!(node.contains("<h2>edge-dev-fra-1</h2>"), "{node}");
+    assert!(node.contains("<h3>System</h3>"), "{node}");
+    let (code, _) = get(&format!("{base}/nodes/no-such-node"));
+    assert_eq!(code, 404);
+    let (_, rollouts) = get(&format!("{base}/rollouts"));
+    assert!(
+        rollouts.contains("gitfleet rollout pause edge"),
+        "{rollouts}"
+    );
+
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    assert!(
+        metrics.contains("gitfleet_rollout_phase{rollout=\"api-gateway\",environment=\"dev\",phase=\"complete\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gitfleet_nodes{environment=\"dev\",health=\"healthy\"} ")),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("edge-fra-1"), "node ids are not labels");
+
+    // A pass is announced on the event stream.
+    let mut events = client().get(format!("{base}/events")).send().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    while !seen.contains("event: pass") {
+        let n = events.read(&mut buf).unwrap();
+        assert!(n > 0, "the event stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(events);
+    up.stop();
+
+    // `gitfleet serve` on the same fleet, with a webhook secret.
+    std::fs::write(cwd.path().join("webhook.secret"), "s3cret\n").unwrap();
+    let serve = Running::start(
+        cwd.path(),
+        "serve",
+        &[
+            "serve",
+            "--repo",
+            "demo/fleet.git",
+            "--online-key",
+            "demo/keys/online.key",
+            "--holder",
+            "gitfleet-up",
+            "--cache",
+            "serve-mirror",
+            "--interval",
+            "10m",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-secret-file",
+            "webhook.secret",
+        ],
+    );
+    let base = serve.url("serving ");
+    eventually("/readyz of serve", || {
+        (get(&format!("{base}/readyz")).0 == 200).then_some(())
+    });
+    let passes = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("gitfleet_reconcile_passes_total{result=\"ok\"} "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Quiet first: the passes its own state commits trigger are over, so
+    // the next pass can only come from a webhook (the interval is 10 min).
+    let mut before = passes(&get(&format!("{base}/metrics")).1);
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = passes(&get(&format!("{base}/metrics")).1);
+        if now != before {
+            before = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let push =
+        br#"{"ref":"refs/heads/main","after":"abc","repository":{"full_name":"acme/fleet"}}"#;
+    let deliver = |delivery: &str, signature: &str| {
+        let r = client()
+            .post(format!("{base}/webhooks/github"))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", signature)
+            .header("Content-Type", "application/json")
+            .body(push.to_vec())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let good = sign(b"s3cret", push);
+    let (code, said) = deliver("d-1", &good);
+    assert_eq!(code, 202, "{said}");
+    assert_eq!(deliver("d-1", &good).0, 200, "a redelivery is handled once");
+    let (code, said) = deliver("d-2", &sign(b"guess", push));
+    assert_eq!(code, 401, "{said}");
+    // The accepted delivery triggered a pass.
+    eventually("a pass triggered by the webhook", || {
+        (passes(&get(&format!("{base}/metrics")).1) > before).then_some(())
+    });
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    for (outcome, n) in [("accepted", 1), ("duplicate", 1), ("bad-signature", 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "gitfleet_webhook_deliveries_total{{outcome=\"{outcome}\"}} {n}\n"
+            )),
+            "{metrics}"
+        );
+    }
+    serve.stop();
+}
