@@ -43,6 +43,18 @@ struct Cli {
     /// When to colour output.
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto, env = "GITFLEET_COLOR")]
     color: Color,
+
+    /// Log format on stderr. auto: JSON lines for `serve` and `reconcile`
+    /// when stderr is not a terminal (a service's logs), human otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "GITFLEET_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Json,
+    Human,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,7 +127,13 @@ fn main() -> ExitCode {
         Command::Up(_) => Quiet::All,
         _ => Quiet::No,
     };
-    init_tracing(cli.verbose, cli.color, quiet);
+    let service = matches!(cli.command, Command::Serve(_) | Command::Reconcile(_));
+    let json = match cli.log_format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => service && !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    init_tracing(cli.verbose, cli.color, quiet, json);
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -133,7 +151,7 @@ enum Quiet {
     All,
 }
 
-fn init_tracing(verbose: u8, color: Color, quiet: Quiet) {
+fn init_tracing(verbose: u8, color: Color, quiet: Quiet, json: bool) {
     // sentinel-config logs its own parse steps; they are noise here.
     let default = match verbose {
         0 if quiet == Quiet::All => "off",
@@ -143,6 +161,14 @@ fn init_tracing(verbose: u8, color: Color, quiet: Quiet) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
