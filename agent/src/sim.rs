@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use gitfleet_schemas::agent::{LocalState, LOCAL_STATE_FORMAT};
-use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::status::{Drift, Metrics, WireguardStatus};
+use gitfleet_schemas::status::{Drift, Metrics, PeerStatus, WireguardStatus};
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
 
@@ -119,6 +119,9 @@ pub struct SimNode {
     /// Where state is kept between runs, if anywhere.
     dir: Option<PathBuf>,
     started: Instant,
+    /// The mesh bundle activated last in this run, for the simulated
+    /// interface's peers.
+    mesh: Option<MeshBundle>,
 }
 
 impl SimNode {
@@ -131,6 +134,7 @@ impl SimNode {
             activations: 0,
             dir: None,
             started: Instant::now(),
+            mesh: None,
         }
     }
 
@@ -246,6 +250,12 @@ impl Node for SimNode {
             tracing::info!(node = %self.node, rollout, bundle = %digest, "simulated failure: unhealthy on this bundle");
             self.failing.push(kind);
         }
+        if kind == BundleKind::WireguardMesh {
+            self.mesh = bundle
+                .files
+                .get(MESH_FILE)
+                .and_then(|bytes| serde_json::from_slice(bytes).ok());
+        }
         self.activations += 1;
         Ok(())
     }
@@ -298,8 +308,39 @@ impl Node for SimNode {
     }
 
     async fn wireguard(&mut self) -> Option<WireguardStatus> {
-        // No interface to read: the mesh is not simulated beyond health.
-        None
+        // The interface the last mesh bundle describes, with every other
+        // member as a peer: handshakes a little while ago when healthy,
+        // traffic growing with uptime at a rate of the node's own.
+        let mesh = self.mesh.as_ref()?;
+        let me = mesh.members.iter().find(|m| m.node == self.node)?;
+        let up = self.started.elapsed().as_secs();
+        let now = chrono::Utc::now();
+        let peers = mesh
+            .members
+            .iter()
+            .filter(|m| m.node != self.node)
+            .map(|m| {
+                let rate = self.spread(&format!("wg-rate-{}", m.node), 200.0, 4000.0) as u64;
+                let ago = self.spread(&format!("wg-handshake-{}", m.node), 1.0, 110.0) as i64;
+                PeerStatus {
+                    public_key: m.public_key.clone(),
+                    endpoint: m.endpoint.clone(),
+                    allowed_ips: m.allowed_ips.clone(),
+                    latest_handshake: self
+                        .is_healthy()
+                        .then(|| now - chrono::Duration::seconds(ago)),
+                    rx_bytes: rate * up,
+                    tx_bytes: rate * up * 3 / 4,
+                    persistent_keepalive_seconds: mesh.persistent_keepalive_seconds,
+                }
+            })
+            .collect();
+        Some(WireguardStatus {
+            interface: mesh.interface.clone(),
+            public_key: me.public_key.clone(),
+            listen_port: mesh.listen_port,
+            peers,
+        })
     }
 
     async fn http_check(&mut self, _url: &str) -> Result<u16, String> {

@@ -382,7 +382,7 @@ fn render_metrics(s: &AppState) -> String {
             c.webhooks[i].load(Ordering::Relaxed)
         );
     }
-    let snap = s.snapshot.borrow().clone();
+    let snap = s.snapshot.borrow();
     head(
         &mut out,
         "gitfleet_reconcile_pass_seconds",

@@ -181,6 +181,15 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     assert_eq!(code, 200);
     assert!(node.contains("<h2>edge-dev-fra-1</h2>"), "{node}");
     assert!(node.contains("<h3>System</h3>"), "{node}");
+    // A backbone member's page lists its WireGuard peers once the mesh
+    // bundle is active there (the simulated interface peers with every
+    // other member).
+    let peers = eventually("edge-dev-fra-1's WireGuard peers", || {
+        let (_, page) = get(&format!("{base}/nodes/edge-dev-fra-1"));
+        (page.matches("<tr class=peer>").count() >= 2).then_some(page)
+    });
+    assert!(peers.contains("<table id=peers>"), "{peers}");
+    assert!(peers.contains(" ago</td>"), "handshake age: {peers}");
     let (code, _) = get(&format!("{base}/nodes/no-such-node"));
     assert_eq!(code, 404);
     let (_, rollouts) = get(&format!("{base}/rollouts"));
