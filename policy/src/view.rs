@@ -32,11 +32,13 @@ pub struct ViewInputs<'a> {
     pub environment: Option<&'a str>,
 }
 
-/// A node's health as of `now`.
+/// A node's health as of `now`. A report dated further ahead than the
+/// stale limit is stale too: a node's clock that far off cannot be
+/// trusted to say it is still reporting.
 pub fn health(report: Option<&StatusReport>, now: DateTime<Utc>, stale_after: Duration) -> Health {
     match report {
         None => Health::Unreported,
-        Some(r) if now - r.at > stale_after => Health::Stale,
+        Some(r) if now - r.at > stale_after || r.at - now > stale_after => Health::Stale,
         Some(r) if !r.healthy => Health::Unhealthy,
         Some(_) => Health::Healthy,
     }

@@ -163,6 +163,10 @@ fn health_is_unreported_then_stale_then_the_reported_flag() {
     assert_eq!(health(Some(&sick), now(), stale), Health::Unhealthy);
     let fine = report("n0", "dev", 0, true, None);
     assert_eq!(health(Some(&fine), now(), stale), Health::Healthy);
+    let ahead = report("n0", "dev", -30, true, None);
+    assert_eq!(health(Some(&ahead), now(), stale), Health::Healthy);
+    let far_ahead = report("n0", "dev", -61, true, None);
+    assert_eq!(health(Some(&far_ahead), now(), stale), Health::Stale);
 }
 
 #[test]

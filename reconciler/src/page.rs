@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use gitfleet_schemas::view::{Counts, FleetStatus, Health, NodeView, RolloutView};
 
-use crate::status::{age, bytes, short_digest};
+use crate::status::{age, bytes, short_commit, short_digest};
 
 /// `text` safe inside HTML text and attribute values.
 pub fn esc(text: &str) -> String {
@@ -144,11 +144,8 @@ pub fn overview(v: &FleetStatus, pass: &PassLine) -> String {
     let _ = write!(
         out,
         "<p>Fleet repo at <code>{}</code>; state branch at <code>{}</code>.</p>",
-        esc(&v.commit[..v.commit.len().min(12)]),
-        esc(v
-            .state_commit
-            .as_deref()
-            .map_or("(none yet)", |s| &s[..s.len().min(12)]))
+        esc(short_commit(&v.commit)),
+        esc(v.state_commit.as_deref().map_or("(none yet)", short_commit))
     );
     out.push_str(&cards(&v.totals));
     for (reason, n) in &v.reports_ignored {
@@ -442,7 +439,7 @@ pub fn rollouts(v: &FleetStatus) -> String {
             let _ = write!(
                 out,
                 "<p>Built from commit <code>{}</code>; previous bundle <code>{}</code>.</p>",
-                esc(&r.source_commit[..r.source_commit.len().min(12)]),
+                esc(short_commit(&r.source_commit)),
                 esc(r.previous.as_deref().map_or("none", short_digest))
             );
         }

@@ -650,7 +650,8 @@ pub struct ReconcilerArgs {
     /// This replica's name in the leader lease (default: gitfleet@<hostname>).
     #[arg(long, env = "GITFLEET_HOLDER")]
     pub holder: Option<String>,
-    /// Time between passes when not --once.
+    /// Time between passes (a push to a local repo or a webhook starts one
+    /// sooner).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
 }

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use gitfleet_schemas::state::RolloutState;
-use gitfleet_schemas::view::{FleetStatus, Health};
+use gitfleet_schemas::view::{FleetStatus, Health, RolloutView};
 
 use crate::observe::Observed;
 use crate::page::{self, NodeFilter, PassLine};
@@ -92,10 +92,24 @@ impl Snapshot {
         self.pass_seconds = seconds;
         match result {
             Ok(o) => {
-                self.observed = Some(o.observed.clone());
-                self.state = o.plan.state();
+                let mut observed = o.observed.clone();
+                if o.follower_of.is_some() {
+                    // Nothing was written: show what the leader committed,
+                    // not what this replica would have.
+                    match observed.state() {
+                        Ok(state) => self.state = state,
+                        Err(e) => self.error = Some(gitfleet_io::error_chain(&e)),
+                    }
+                } else {
+                    // What this pass committed, and the commit it made.
+                    self.state = o.plan.state();
+                    if let Some(c) = o.state_commit.as_deref().and_then(|c| c.parse().ok()) {
+                        observed.state_commit = Some(c);
+                    }
+                    self.error = None;
+                }
+                self.observed = Some(observed);
                 self.follower_of.clone_from(&o.follower_of);
-                self.error = None;
             }
             Err(e) => self.error = Some(gitfleet_io::error_chain(e)),
         }
@@ -118,6 +132,8 @@ pub struct AppState {
     pub trigger: tokio::sync::mpsc::Sender<()>,
     pub counters: Counters,
     pub stale_after: chrono::Duration,
+    /// Turns true once: the server is stopping.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -132,6 +148,7 @@ impl AppState {
             trigger,
             counters: Counters::default(),
             stale_after,
+            shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -276,11 +293,17 @@ async fn api_status(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) 
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
     let snap = s.snapshot.borrow();
+    // Ready once a pass has read the fleet: a later failed pass (git or
+    // the store away for a moment) leaves the last view to serve, and
+    // webhooks are wanted most then. /metrics tells how old it is.
     match (&snap.observed, &snap.error) {
         (Some(_), None) => "ready\n".into_response(),
-        (_, Some(e)) => (
+        (Some(_), Some(e)) => {
+            format!("ready; the last reconcile pass failed: {e}\n").into_response()
+        }
+        (None, Some(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the last reconcile pass failed: {e}\n"),
+            format!("no reconcile pass has read the fleet yet; the last one failed: {e}\n"),
         )
             .into_response(),
         (None, None) => not_ready(),
@@ -291,15 +314,20 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Response {
 async fn events(
     State(s): State<Arc<AppState>>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    let rx = s.snapshot.subscribe();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
+    let rx = (s.snapshot.subscribe(), s.shutdown.subscribe());
+    // The stream ends when the server stops, so the drain need not wait
+    // for every open page to go away.
+    let stream = futures::stream::unfold(rx, |(mut rx, mut stop)| async move {
+        tokio::select! {
+            changed = rx.changed() => changed.ok()?,
+            _ = stop.wait_for(|s| *s) => return None,
+        }
         let passes = rx.borrow_and_update().passes;
         let event = Event::default()
             .event("pass")
             .id(passes.to_string())
             .data(passes.to_string());
-        Some((Ok(event), rx))
+        Some((Ok(event), (rx, stop)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
@@ -460,31 +488,37 @@ fn render_metrics(s: &AppState) -> String {
             );
         }
     }
-    head(
-        &mut out,
-        "gitfleet_rollout_step",
-        "gauge",
-        "Current step of each rollout, per environment.",
-    );
-    head(
-        &mut out,
-        "gitfleet_rollout_nodes_on_target",
-        "gauge",
-        "Nodes reporting the rollout's target bundle.",
-    );
-    for env in &v.environments {
-        for r in &env.rollouts {
-            let labels = format!(
-                "rollout=\"{}\",environment=\"{}\"",
-                label(&r.name),
-                label(&env.name)
-            );
-            let _ = writeln!(out, "gitfleet_rollout_step{{{labels}}} {}", r.step);
-            let _ = writeln!(
-                out,
-                "gitfleet_rollout_nodes_on_target{{{labels}}} {}",
-                r.on_target
-            );
+    // One family at a time: the text format wants each one whole.
+    type Value = fn(&RolloutView) -> u64;
+    let families: [(&str, &str, Value); 3] = [
+        (
+            "gitfleet_rollout_step",
+            "Current step of each rollout, per environment.",
+            |r| u64::from(r.step),
+        ),
+        (
+            "gitfleet_rollout_nodes",
+            "Nodes each rollout selects, per environment.",
+            |r| r.nodes,
+        ),
+        (
+            "gitfleet_rollout_nodes_on_target",
+            "Nodes reporting the rollout's target bundle.",
+            |r| r.on_target,
+        ),
+    ];
+    for (name, help, value) in families {
+        head(&mut out, name, "gauge", help);
+        for env in &v.environments {
+            for r in &env.rollouts {
+                let _ = writeln!(
+                    out,
+                    "{name}{{rollout=\"{}\",environment=\"{}\"}} {}",
+                    label(&r.name),
+                    label(&env.name),
+                    value(r)
+                );
+            }
         }
     }
     head(
@@ -512,6 +546,9 @@ pub async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
     Ok(listener)
 }
 
+/// How long requests may take to finish once stopping.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let secret = match &args.webhook_secret_file {
         None => None,
@@ -531,9 +568,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
     let mut reconciler = args.reconciler.open()?;
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let _watcher = args.reconciler.watch(trigger_tx.clone());
     let state = Arc::new(AppState::new(secret, trigger_tx, stale_after));
+    let stop_rx = state.shutdown.subscribe();
 
     let interval = args.reconciler.interval;
     let passes_state = Arc::clone(&state);
@@ -564,12 +601,33 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let served = runtime.block_on(async {
         let listener = listen(args.listen).await?;
         println!("serving http://{}/ (Ctrl-C stops)", listener.local_addr()?);
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(gitfleet_agent::signals::shutdown())
-            .await
-            .context("serving HTTP")
+        // One signal stops the passes, ends the event streams and drains
+        // the other requests, for at most DRAIN.
+        let shutdown = Arc::clone(&state);
+        tokio::spawn(async move {
+            gitfleet_agent::signals::shutdown().await;
+            tracing::info!("stopping");
+            shutdown.shutdown.send_replace(true);
+        });
+        let mut stopped = state.shutdown.subscribe();
+        let mut drained = state.shutdown.subscribe();
+        let server = axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        );
+        tokio::select! {
+            r = server => r.context("serving HTTP"),
+            () = async move {
+                let _ = drained.wait_for(|s| *s).await;
+                tokio::time::sleep(DRAIN).await;
+            } => {
+                tracing::warn!(seconds = DRAIN.as_secs(), "requests still open after the drain time; stopping anyway");
+                Ok(())
+            }
+        }
     });
-    let _ = stop_tx.send(true);
+    state.shutdown.send_replace(true);
     match reconciler_thread.join() {
         Ok(result) => result?,
         Err(_) => anyhow::bail!("the reconciler thread panicked"),

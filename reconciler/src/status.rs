@@ -105,13 +105,29 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
         loop {
-            let observed = observer.observe().await?;
-            let view = observed.view(
-                &observed.state()?,
-                Utc::now(),
-                stale_after,
-                args.environment.as_deref(),
-            );
+            let observed = tokio::select! {
+                o = observer.observe() => o,
+                () = &mut stop => return Ok(ExitCode::SUCCESS),
+            };
+            let view = match observed.and_then(|o| {
+                let state = o.state()?;
+                Ok(o.view(&state, Utc::now(), stale_after, args.environment.as_deref()))
+            }) {
+                Ok(view) => view,
+                // Watching rides out a moment without git or the store.
+                Err(e) if args.watch => {
+                    eprintln!(
+                        "error: {}; retrying in {}",
+                        gitfleet_io::error_chain(&e),
+                        humantime::format_duration(args.interval)
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(args.interval) => continue,
+                        () = &mut stop => return Ok(ExitCode::SUCCESS),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
             if let Some(env) = &args.environment {
                 if view.environments.is_empty() {
                     anyhow::bail!("no environment {env} in the fleet repo");
@@ -123,7 +139,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                     t.push('\n');
                     t
                 }
-                Format::Human => human(&view, args.all_nodes),
+                Format::Human => printable(&human(&view, args.all_nodes)),
             };
             let mut out = std::io::stdout().lock();
             if args.watch && tty && args.format == Format::Human {
@@ -154,14 +170,27 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 /// A fleet of at most this many nodes is listed whole.
 const LIST_ALL_UP_TO: usize = 50;
 
-/// `sha256:0123456789ab…` → `0123456789ab`.
-pub fn short_digest(digest: &str) -> &str {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
+/// The first `n` characters of `s` (reports are node-written: never cut
+/// inside a character).
+pub fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
-fn short_commit(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+/// `sha256:0123456789ab…` → `0123456789ab`.
+pub fn short_digest(digest: &str) -> &str {
+    prefix(digest.strip_prefix("sha256:").unwrap_or(digest), 12)
+}
+
+pub fn short_commit(commit: &str) -> &str {
+    prefix(commit, 12)
+}
+
+/// `text` with control characters (a node's ANSI or OSC sequences, say)
+/// shown as `?`, lines kept.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
 }
 
 /// `95 s` → `1m35s`.
@@ -386,6 +415,13 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+    }
+
+    #[test]
+    fn shortening_never_cuts_a_character_and_controls_are_masked() {
+        assert_eq!(short_digest("sha256:ééééééééééééééé"), "éééééééééééé");
+        assert_eq!(short_commit("ab"), "ab");
+        assert_eq!(printable("a\x1b]0;pwned\x07\nb"), "a?]0;pwned?\nb");
     }
 
     #[test]

@@ -18,6 +18,9 @@ use sha2::Sha256;
 /// hours; ten thousand covers a busy day of one repo).
 const REMEMBERED: usize = 10_000;
 
+/// The longest delivery id taken (GitHub's GUIDs have 36 characters).
+const MAX_DELIVERY_ID: usize = 64;
+
 /// What became of a delivery: a bounded metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
@@ -186,13 +189,28 @@ impl Webhooks {
                 "missing X-GitHub-Event header",
             );
         };
-        let Some(delivery) = header(headers, "x-github-delivery").filter(|d| !d.is_empty()) else {
+        let Some(delivery) = header(headers, "x-github-delivery") else {
             return Reply::new(
                 Outcome::Malformed,
                 StatusCode::BAD_REQUEST,
                 "missing X-GitHub-Delivery header",
             );
         };
+        // GitHub's ids are GUIDs; a bound keeps the remembered set small.
+        if delivery.is_empty()
+            || delivery.len() > MAX_DELIVERY_ID
+            || !delivery
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Reply::new(
+                Outcome::Malformed,
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "X-GitHub-Delivery must be 1 to {MAX_DELIVERY_ID} letters, digits or dashes"
+                ),
+            );
+        }
         let wanted = matches!(
             event,
             "ping" | "push" | "pull_request" | "pull_request_review"
@@ -376,6 +394,22 @@ mod tests {
             ),
             "pull_request_review payload has no `review.state`"
         );
+    }
+
+    #[test]
+    fn delivery_ids_must_be_short_guid_like_strings() {
+        let w = Webhooks::new(Some(SECRET.to_vec()));
+        let body = push_body();
+        let sig = sign(SECRET, &body);
+        for bad in ["", "a b", &"x".repeat(65)] {
+            let mut h = headers("push", "x", Some(&sig));
+            h.insert("x-github-delivery", HeaderValue::from_str(bad).unwrap());
+            let r = w.handle(&h, &body);
+            assert_eq!(r.outcome, Outcome::Malformed, "{bad:?}");
+        }
+        let guid = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+        let r = w.handle(&headers("push", guid, Some(&sig)), &body);
+        assert_eq!(r.outcome, Outcome::Accepted);
     }
 
     #[test]

@@ -90,6 +90,11 @@ fn is_fresh(binary: &Path) -> bool {
         })
         .collect();
     stack.push(workspace().join("Cargo.lock"));
+    stack.push(workspace().join("Cargo.toml"));
+    if name == "gitfleet" {
+        // `gitfleet up` has the example fleet built in (include_str!).
+        stack.push(workspace().join("examples"));
+    }
     while let Some(p) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&p) else {
             continue;

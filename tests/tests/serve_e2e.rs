@@ -303,5 +303,10 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
             "{metrics}"
         );
     }
+    // An open page's event stream does not hold the server up: it ends
+    // when the server stops.
+    let mut events = client().get(format!("{base}/events")).send().unwrap();
     serve.stop();
+    let mut rest = Vec::new();
+    let _ = events.read_to_end(&mut rest);
 }

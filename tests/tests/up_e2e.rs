@@ -83,9 +83,9 @@ fn fleet_status_shows_the_first_run(cwd: &Path) {
             .unwrap();
         let (stdout, stderr) = text(&out);
         assert!(matches!(out.status.code(), Some(0 | 1)), "{stdout}{stderr}");
-        stdout
+        (out.status.code(), stdout)
     };
-    let json = status("json");
+    let (code, json) = status("json");
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             gitfleet_tests::workspace().join("schemas/json/fleet-status.schema.json"),
@@ -101,6 +101,9 @@ fn fleet_status_shows_the_first_run(cwd: &Path) {
         .collect();
     assert!(errors.is_empty(), "{errors:#?}\n{json}");
     let view: FleetStatus = serde_json::from_value(value).unwrap();
+    // 0 exactly when every node is healthy.
+    let all_healthy = view.totals.healthy == view.totals.nodes;
+    assert_eq!(code, Some(if all_healthy { 0 } else { 1 }), "{json}");
     assert_eq!(view.fleet, "acme-edge");
     assert_eq!(view.totals.nodes, 11);
     let dev = view.environments.iter().find(|e| e.name == "dev").unwrap();
@@ -112,7 +115,7 @@ fn fleet_status_shows_the_first_run(cwd: &Path) {
     assert_eq!(api.phase, Phase::Complete);
     assert!(api.nodes > 0 && api.on_target == api.nodes, "{api:?}");
 
-    let human = status("human");
+    let (_, human) = status("human");
     assert!(human.starts_with("fleet acme-edge at "), "{human}");
     assert!(
         human
