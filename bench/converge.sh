@@ -29,27 +29,9 @@ cd "$(dirname "$0")/.."
 NODES=${NODES:-1000}
 CONFIGS=${CONFIGS:-10}
 POLL=${POLL:-1s}
-TARGET=${CARGO_TARGET_DIR:-target}
-PROFILE=${PROFILE:-release}
-
-echo "== build ($PROFILE)"
-cargo build --profile "$PROFILE" -p gitfleet-reconciler --bin gitfleet
-cargo build --profile "$PROFILE" -p gitfleet-tests --bin gen-fleet
-dir=$PROFILE
-[ "$PROFILE" = dev ] && dir=debug
-GITFLEET=$(realpath "$TARGET/$dir/gitfleet")
-GEN=$(realpath "$TARGET/$dir/gen-fleet")
-
-work=$(mktemp -d)
-pid=
-cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -INT "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    if [ "${KEEP:-}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_build gen-fleet
+bench_workdir
 
 echo "== generate $NODES nodes, $CONFIGS configs"
 "$GEN" --nodes "$NODES" --configs "$CONFIGS" --out "$work/repo" >/dev/null

@@ -15,25 +15,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-TARGET=${CARGO_TARGET_DIR:-target}
-PROFILE=${PROFILE:-release}
-
-echo "== build ($PROFILE)"
-cargo build --profile "$PROFILE" -p gitfleet-reconciler --bin gitfleet
-dir=$PROFILE
-[ "$PROFILE" = dev ] && dir=debug
-GITFLEET=$(realpath "$TARGET/$dir/gitfleet")
-
-work=$(mktemp -d)
-pid=
-cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -INT "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    if [ "${KEEP:-}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_build
+bench_workdir
 cd "$work"
 
 echo "== set up the example fleet (gitfleet up for 5 s)"

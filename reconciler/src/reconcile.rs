@@ -803,6 +803,37 @@ pub async fn run_passes(
     }
 }
 
+/// [`run_passes`] on a thread of its own (git2 blocks), for commands that
+/// serve or simulate beside the reconciler. Join it after `stop` turns
+/// true.
+pub fn spawn_passes(
+    mut reconciler: Reconciler,
+    interval: std::time::Duration,
+    trigger: tokio::sync::mpsc::Receiver<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    on_pass: impl FnMut(Result<&Outcome, &ReconcileError>, std::time::Duration) + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    use anyhow::Context as _;
+    std::thread::Builder::new()
+        .name("reconciler".to_owned())
+        .spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the reconciler's runtime")?;
+            runtime.block_on(run_passes(
+                &mut reconciler,
+                interval,
+                false,
+                trigger,
+                stop,
+                on_pass,
+            ));
+            Ok(())
+        })
+        .context("starting the reconciler thread")
+}
+
 /// The directory of a fleet repo given as a local path or file:// URL.
 fn local_repo(repo: &str) -> Option<std::path::PathBuf> {
     let path = match repo.strip_prefix("file://") {

@@ -566,7 +566,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let stale_after =
         chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
-    let mut reconciler = args.reconciler.open()?;
+    let reconciler = args.reconciler.open()?;
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let _watcher = args.reconciler.watch(trigger_tx.clone());
     let state = Arc::new(AppState::new(secret, trigger_tx, stale_after));
@@ -574,24 +574,15 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 
     let interval = args.reconciler.interval;
     let passes_state = Arc::clone(&state);
-    let reconciler_thread = std::thread::Builder::new()
-        .name("reconciler".to_owned())
-        .spawn(move || -> anyhow::Result<()> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the reconciler's runtime")?;
-            runtime.block_on(reconcile::run_passes(
-                &mut reconciler,
-                interval,
-                false,
-                trigger_rx,
-                stop_rx,
-                |result, took| passes_state.record(result, took),
-            ));
-            Ok(())
-        })
-        .context("starting the reconciler thread")?;
+    let reconciler_thread = reconcile::spawn_passes(
+        reconciler,
+        interval,
+        trigger_rx,
+        stop_rx,
+        move |result, took| {
+            passes_state.record(result, took);
+        },
+    )?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

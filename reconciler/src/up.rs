@@ -712,7 +712,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let mirror = Mirror::open_or_clone(remote, &layout.mirror())?;
     let store_url = layout.store_url();
     let store = Store::open(&store_url)?;
-    let mut reconciler = Reconciler::new(mirror, store, online.key, HOLDER.to_owned());
+    let reconciler = Reconciler::new(mirror, store, online.key, HOLDER.to_owned());
 
     let root = std::fs::read(layout.root())
         .with_context(|| format!("reading {}", layout.root().display()))?;
@@ -750,38 +750,27 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         chrono::Duration::seconds(60),
     ));
     let pages_of_passes = Arc::clone(&pages);
-    let reconciler_thread = std::thread::Builder::new()
-        .name("reconciler".to_owned())
-        .spawn(move || -> anyhow::Result<()> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the reconciler's runtime")?;
-            runtime.block_on(reconcile::run_passes(
-                &mut reconciler,
-                interval,
-                false,
-                trigger_rx,
-                stop_rx,
-                |result, took| {
-                    pages_of_passes.record(result, took);
-                    pass_tx.send_modify(|p| {
-                        p.at = Some(Utc::now());
-                        match result {
-                            Ok(o) => {
-                                p.commit.clone_from(&o.commit);
-                                p.plan = Some(o.plan.clone());
-                                p.repo_errors = o.errors;
-                                p.error = None;
-                            }
-                            Err(e) => p.error = Some(gitfleet_io::error_chain(e)),
-                        }
-                    });
-                },
-            ));
-            Ok(())
-        })
-        .context("starting the reconciler thread")?;
+    let reconciler_thread = reconcile::spawn_passes(
+        reconciler,
+        interval,
+        trigger_rx,
+        stop_rx,
+        move |result, took| {
+            pages_of_passes.record(result, took);
+            pass_tx.send_modify(|p| {
+                p.at = Some(Utc::now());
+                match result {
+                    Ok(o) => {
+                        p.commit.clone_from(&o.commit);
+                        p.plan = Some(o.plan.clone());
+                        p.repo_errors = o.errors;
+                        p.error = None;
+                    }
+                    Err(e) => p.error = Some(gitfleet_io::error_chain(e)),
+                }
+            });
+        },
+    )?;
 
     let work = layout.show(&layout.work());
     println!(
