@@ -3,7 +3,7 @@
 # bench_build [gen-fleet]: build the gitfleet binary (and gen-fleet) for
 #   PROFILE (release; dev for a quick try) and set GITFLEET (and GEN).
 # bench_workdir: make a scratch directory $work, removed at exit unless
-#   KEEP=1; a process whose pid is in $pid is interrupted (Ctrl-C) first.
+#   KEEP=1; a process whose pid is in $pid is stopped (SIGTERM: a background job of a script ignores SIGINT) first.
 
 TARGET=${CARGO_TARGET_DIR:-target}
 PROFILE=${PROFILE:-release}
@@ -22,7 +22,7 @@ bench_build() {
 
 bench_cleanup() {
     if [ -n "${pid:-}" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -INT "$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     fi
     if [ "${KEEP:-}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi

@@ -41,7 +41,7 @@ while :; do
     fi
     sleep 2
 done
-kill -INT "$pid"; wait "$pid" || true; pid=
+kill -TERM "$pid"; wait "$pid" || true; pid=
 
 echo "== gitfleet serve (no agents)"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
