@@ -213,3 +213,52 @@ impl Rng {
         }
     }
 }
+
+/// A `gitfleet` process started in `cwd` with stdout and stderr in
+/// `<name>.out` and `<name>.err` there; killed on drop unless taken.
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Option<std::process::Child>,
+    pub out: PathBuf,
+}
+
+impl Spawned {
+    pub fn gitfleet(cwd: &Path, name: &str, args: &[&str]) -> Spawned {
+        let out = cwd.join(format!("{name}.out"));
+        let child = Command::new(bin("gitfleet"))
+            .args(args)
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(cwd.join(format!("{name}.err"))).unwrap())
+            .spawn()
+            .unwrap();
+        Spawned {
+            child: Some(child),
+            out,
+        }
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Interrupt it as Ctrl-C would; it must exit 0. Returns its output.
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let status = interrupt(&mut child, std::time::Duration::from_secs(30));
+        let out = self.output();
+        assert!(status.success(), "exited with {status}:\n{out}");
+        out
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -6,72 +6,27 @@
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gitfleet_schemas::state::Phase;
 use gitfleet_schemas::view::FleetStatus;
-use gitfleet_tests::{bin, interrupt};
+use gitfleet_tests::Spawned;
 use hmac::Mac as _;
 
-/// A child process killed if the test fails before stopping it.
-struct Running {
-    child: Option<Child>,
-    out: PathBuf,
-}
-
-impl Running {
-    fn start(cwd: &Path, name: &str, args: &[&str]) -> Running {
-        let out = cwd.join(format!("{name}.out"));
-        let child = Command::new(bin("gitfleet"))
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(cwd.join(format!("{name}.err"))).unwrap())
-            .spawn()
-            .unwrap();
-        Running {
-            child: Some(child),
-            out,
+/// The base URL `p` prints after `marker`.
+fn url(p: &Spawned, marker: &str) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(rest) = p.output().split(marker).nth(1) {
+            let url = rest.split_whitespace().next().unwrap();
+            return url.trim_end_matches('/').to_owned();
         }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    /// The base URL it prints after `marker`.
-    fn url(&self, marker: &str) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some(rest) = self.output().split(marker).nth(1) {
-                let url = rest.split_whitespace().next().unwrap();
-                return url.trim_end_matches('/').to_owned();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no {marker:?} in:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        let status = interrupt(&mut child, Duration::from_secs(30));
-        assert!(status.success(), "exited with {status}:\n{}", self.output());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no {marker:?} in:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -123,7 +78,7 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
 #[test]
 fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     let cwd = tempfile::tempdir().unwrap();
-    let up = Running::start(
+    let up = Spawned::gitfleet(
         cwd.path(),
         "up",
         &[
@@ -142,7 +97,7 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
             "127.0.0.1:0",
         ],
     );
-    let base = up.url("Status pages: ");
+    let base = url(&up, "Status pages: ");
     eventually("/readyz", || {
         (get(&format!("{base}/readyz")).0 == 200).then_some(())
     });
@@ -225,7 +180,7 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
 
     // `gitfleet serve` on the same fleet, with a webhook secret.
     std::fs::write(cwd.path().join("webhook.secret"), "s3cret\n").unwrap();
-    let serve = Running::start(
+    let serve = Spawned::gitfleet(
         cwd.path(),
         "serve",
         &[
@@ -246,7 +201,7 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
             "webhook.secret",
         ],
     );
-    let base = serve.url("serving ");
+    let base = url(&serve, "serving ");
     eventually("/readyz of serve", || {
         (get(&format!("{base}/readyz")).0 == 200).then_some(())
     });

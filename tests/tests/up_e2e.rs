@@ -5,25 +5,23 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gitfleet_schemas::state::{Phase, RolloutState};
 use gitfleet_schemas::view::FleetStatus;
-use gitfleet_tests::{bin, git, interrupt, text};
+use gitfleet_tests::{bin, git, text, Spawned};
 
 /// A running `gitfleet up`, killed if the test fails before it stops.
-struct Up {
-    child: Option<Child>,
-    out: PathBuf,
-}
+struct Up(Spawned);
 
 impl Up {
     fn start(cwd: &Path, run: usize) -> Up {
-        let out = cwd.join(format!("up-{run}.out"));
-        let child = Command::new(bin("gitfleet"))
-            .args([
+        Up(Spawned::gitfleet(
+            cwd,
+            &format!("up-{run}"),
+            &[
                 "up",
                 "--dir",
                 "demo",
@@ -35,40 +33,19 @@ impl Up {
                 "1s",
                 "--apply-latency",
                 "50ms",
-            ])
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(cwd.join(format!("up-{run}.err"))).unwrap())
-            .spawn()
-            .unwrap();
-        Up {
-            child: Some(child),
-            out,
-        }
+            ],
+        ))
     }
 
     fn output(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
+        self.0.output()
     }
 
     /// Interrupt it as Ctrl-C would; it must exit 0, saying so.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        let status = interrupt(&mut child, Duration::from_secs(30));
-        let out = self.output();
-        assert!(status.success(), "gitfleet up exited with {status}:\n{out}");
+    fn stop(self) -> String {
+        let out = self.0.stop();
         assert!(out.contains("stopped: interrupted"), "{out}");
         out
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
