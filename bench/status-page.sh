@@ -33,7 +33,7 @@ echo "== gitfleet up until all $NODES nodes have reported"
 pid=$!
 started=$(date +%s)
 while :; do
-    n=$(find demo/store/status -name '*.json' 2>/dev/null | wc -l)
+    n=$({ find demo/store/status -name '*.json' 2>/dev/null || true; } | wc -l)
     [ "$n" -ge "$NODES" ] && break
     if ! kill -0 "$pid" 2>/dev/null; then cat up.err; exit 1; fi
     if [ $(( $(date +%s) - started )) -gt 900 ]; then

@@ -139,7 +139,7 @@ pub enum Update {
 }
 
 /// An object store and the key prefix everything lives under.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,

@@ -293,7 +293,7 @@ fn open_valid(path: &Path) -> anyhow::Result<Verified<Bundle>> {
 
 /// How many services of each `gitfleet:kind` the SBOM declares: listeners,
 /// routes, upstreams and agents first, then any other kind.
-fn sbom_counts(bundle: &Bundle) -> Result<Vec<(String, usize)>, String> {
+pub(crate) fn sbom_counts(bundle: &Bundle) -> Result<Vec<(String, usize)>, String> {
     const KINDS: [&str; 4] = ["listener", "route", "upstream", "agent"];
     let bytes = bundle
         .files
@@ -422,7 +422,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// The differences between two verified bundles, as text; empty when their
 /// contents are the same.
-fn difference(a: &Bundle, b: &Bundle) -> String {
+pub(crate) fn difference(a: &Bundle, b: &Bundle) -> String {
     let mut out = String::new();
     let (ma, mb) = (&a.manifest, &b.manifest);
     let kind = |k| {

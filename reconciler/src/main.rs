@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 mod approve;
 mod bundle;
+mod bundle_page;
 mod check;
 mod git;
 mod keys;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use gitfleet_schemas::view::{Counts, FleetStatus, Health, NodeView, RolloutView};
 
+use crate::bundle_page;
 use crate::status::{age, bytes, short_commit, short_digest};
 
 /// `text` safe inside HTML text and attribute values.
@@ -45,7 +46,8 @@ td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #e3e6ea}\
 .card b{display:block;font-size:22px}.bar{display:inline-block;width:160px;height:10px;background:#e3e6ea;border-radius:5px;vertical-align:middle}\
 .bar i{display:block;height:10px;background:#2f9e44;border-radius:5px}\
 .healthy{color:#2f9e44}.unhealthy,.failed,.rolled-back{color:#c92a2a}.stale,.unreported,.paused{color:#e67700}\
-code{font-size:12px}.alert{background:#fff4e6;border:1px solid #e67700;padding:6px 12px;border-radius:6px}";
+code{font-size:12px}pre{background:#f6f8fa;padding:6px;overflow-x:auto}\
+.add{color:#2f9e44}.del{color:#c92a2a}.hunk{color:#1971c2}.alert{background:#fff4e6;border:1px solid #e67700;padding:6px 12px;border-radius:6px}";
 
 /// Re-fetch the page body after every reconcile pass (server-sent events).
 const SCRIPT: &str = "const es=new EventSource('/events');\
@@ -57,7 +59,7 @@ pub fn layout(title: &str, fleet: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>{} · gitfleet</title>\
 <style>{STYLE}</style></head><body><header><strong>gitfleet · {}</strong>\
-<a href=\"/\">Overview</a><a href=\"/nodes\">Nodes</a><a href=\"/rollouts\">Rollouts</a>\
+<a href=\"/\">Overview</a><a href=\"/nodes\">Nodes</a><a href=\"/rollouts\">Rollouts</a><a href=\"/bundles\">Bundles</a>\
 <a href=\"/api/status\">JSON</a><a href=\"/metrics\">Metrics</a></header>\
 <main>{body}</main><script>{SCRIPT}</script></body></html>",
         esc(title),
@@ -120,7 +122,7 @@ fn rollout_row(env: &str, r: &RolloutView) -> String {
     };
     format!(
         "<tr data-rollout=\"{}\" data-env=\"{}\"><td><a href=\"/rollouts#{}\">{}</a></td><td>{}</td>\
-<td class=\"{}\">{}</td><td>{step}</td><td class=progress>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+<td class=\"{}\">{}</td><td>{step}</td><td class=progress>{}</td><td>{}</td><td>{}</td></tr>",
         esc(&r.name),
         esc(env),
         url_part(&r.name),
@@ -129,7 +131,7 @@ fn rollout_row(env: &str, r: &RolloutView) -> String {
         r.phase,
         r.phase,
         bar(r.on_target, r.nodes),
-        esc(short_digest(&r.target)),
+        bundle_page::link(&r.target),
         esc(&r.reason),
     )
 }
@@ -329,9 +331,9 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     for (r, d) in &n.active {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(r),
-            esc(d),
+            bundle_page::link(d),
             esc(n.errors.get(r).map_or("", String::as_str))
         );
     }
@@ -438,10 +440,22 @@ pub fn rollouts(v: &FleetStatus) -> String {
         if let Some(r) = first {
             let _ = write!(
                 out,
-                "<p>Built from commit <code>{}</code>; previous bundle <code>{}</code>.</p>",
+                "<p>Built from commit <code>{}</code>; bundle {}; previous bundle {}.</p>",
                 esc(short_commit(&r.source_commit)),
-                esc(r.previous.as_deref().map_or("none", short_digest))
+                bundle_page::link(&r.target),
+                r.previous
+                    .as_deref()
+                    .map_or("none".to_owned(), bundle_page::link)
             );
+            if let Some(p) = &r.previous {
+                let hex = |d: &str| url_part(d.strip_prefix("sha256:").unwrap_or(d));
+                let _ = write!(
+                    out,
+                    "<p><a href=\"/bundles/{}/diff/{}\">What changed from the previous bundle</a></p>",
+                    hex(p),
+                    hex(&r.target)
+                );
+            }
         }
         let _ = write!(
             out,

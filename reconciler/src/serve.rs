@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use gitfleet_schemas::state::RolloutState;
 use gitfleet_schemas::view::{FleetStatus, Health, RolloutView};
 
+use crate::bundle_page::{self, Bundles};
 use crate::observe::Observed;
 use crate::page::{self, NodeFilter, PassLine};
 use crate::reconcile::{self, ReconcilerArgs};
@@ -132,6 +133,8 @@ pub struct AppState {
     pub trigger: tokio::sync::mpsc::Sender<()>,
     pub counters: Counters,
     pub stale_after: chrono::Duration,
+    /// Bundles for the bundle pages, read from the store and verified.
+    pub bundles: Bundles,
     /// Turns true once: the server is stopping.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -141,6 +144,7 @@ impl AppState {
         webhook_secret: Option<Vec<u8>>,
         trigger: tokio::sync::mpsc::Sender<()>,
         stale_after: chrono::Duration,
+        store: Option<gitfleet_io::store::Store>,
     ) -> AppState {
         AppState {
             snapshot: tokio::sync::watch::Sender::new(Snapshot::default()),
@@ -148,6 +152,7 @@ impl AppState {
             trigger,
             counters: Counters::default(),
             stale_after,
+            bundles: Bundles::new(store),
             shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -190,6 +195,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node))
         .route("/rollouts", get(rollouts))
+        .route("/bundles", get(bundles))
+        .route("/bundles/{digest}", get(bundle))
+        .route("/bundles/{a}/diff/{b}", get(bundle_diff))
         .route("/api/status", get(api_status))
         .route("/events", get(events))
         .route("/metrics", get(metrics))
@@ -281,6 +289,78 @@ async fn rollouts(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) ->
         "Rollouts",
         &v.fleet,
         page::rollouts(&v),
+    )
+}
+
+async fn bundles(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    respond(
+        q.fragment.is_some(),
+        "Bundles",
+        &v.fleet,
+        bundle_page::index(&v),
+    )
+}
+
+/// A bundle page that cannot be shown.
+fn bundle_error(fleet: &str, e: &bundle_page::BundleError) -> Response {
+    (
+        bundle_page::error_status(e),
+        Html(page::layout(
+            "Bundle",
+            fleet,
+            &format!("<p class=alert>{}</p>", page::esc(&e.to_string())),
+        )),
+    )
+        .into_response()
+}
+
+async fn bundle(
+    State(s): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    let b = match bundle_page::digest_of(&digest) {
+        Ok(d) => s.bundles.get(&d).await,
+        Err(e) => Err(e),
+    };
+    match b {
+        Ok(b) => respond(
+            q.fragment.is_some(),
+            &format!(
+                "Bundle {}",
+                crate::status::short_digest(&b.reference.digest)
+            ),
+            &v.fleet,
+            bundle_page::detail(&v, &b),
+        ),
+        Err(e) => bundle_error(&v.fleet, &e),
+    }
+}
+
+async fn bundle_diff(
+    State(s): State<Arc<AppState>>,
+    Path((a, b)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    let read = async |part: &str| s.bundles.get(&bundle_page::digest_of(part)?).await;
+    let (a, b) = match (read(&a).await, read(&b).await) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return bundle_error(&v.fleet, &e),
+    };
+    respond(
+        q.fragment.is_some(),
+        "Bundle diff",
+        &v.fleet,
+        bundle_page::diff(&a, &b),
     )
 }
 
@@ -569,7 +649,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let reconciler = args.reconciler.open()?;
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let _watcher = args.reconciler.watch(trigger_tx.clone());
-    let state = Arc::new(AppState::new(secret, trigger_tx, stale_after));
+    let store = reconciler.observer.store.clone();
+    let state = Arc::new(AppState::new(secret, trigger_tx, stale_after, Some(store)));
     let stop_rx = state.shutdown.subscribe();
 
     let interval = args.reconciler.interval;

@@ -153,6 +153,42 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
         "{rollouts}"
     );
 
+    // Bundle pages: read from the store and verified before shown.
+    let target = |name: &str| {
+        let dev = done.environments.iter().find(|e| e.name == "dev").unwrap();
+        let r = dev.rollouts.iter().find(|r| r.name == name).unwrap();
+        r.target.strip_prefix("sha256:").unwrap().to_owned()
+    };
+    let (gateway, edge) = (target("api-gateway"), target("edge"));
+    let (code, list) = get(&format!("{base}/bundles"));
+    assert_eq!(code, 200, "{list}");
+    assert!(
+        list.contains(&format!("href=\"/bundles/{gateway}\"")),
+        "{list}"
+    );
+    let (code, bundle) = get(&format!("{base}/bundles/{gateway}"));
+    assert_eq!(code, 200, "{bundle}");
+    assert!(bundle.contains("Verified against its digest"), "{bundle}");
+    assert!(bundle.contains("<table id=sbom>"), "{bundle}");
+    assert!(
+        bundle.contains("<code>files/sentinel.kdl</code>"),
+        "{bundle}"
+    );
+    assert!(bundle.contains("listener "), "SBOM services: {bundle}");
+    let (code, diff) = get(&format!("{base}/bundles/{gateway}/diff/{edge}"));
+    assert_eq!(code, 200, "{diff}");
+    assert!(diff.contains("<pre class=diff>"), "{diff}");
+    assert!(diff.contains("<span class=add>"), "{diff}");
+    assert_eq!(get(&format!("{base}/bundles/not-a-digest")).0, 400);
+    assert_eq!(get(&format!("{base}/bundles/{}", "0".repeat(64))).0, 404);
+    // Bytes in the store that do not match their name are refused.
+    let forged = "f".repeat(64);
+    let dir = cwd.path().join("demo/store/bundles/sha256");
+    std::fs::write(dir.join(format!("{forged}.tar.zst")), b"not a bundle").unwrap();
+    let (code, refused) = get(&format!("{base}/bundles/{forged}"));
+    assert_eq!(code, 502, "{refused}");
+    assert!(refused.contains("does not verify"), "{refused}");
+
     let (_, metrics) = get(&format!("{base}/metrics"));
     assert!(
         metrics.contains("gitfleet_rollout_phase{rollout=\"api-gateway\",environment=\"dev\",phase=\"complete\"} 1"),
