@@ -244,6 +244,25 @@ impl Spawned {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
+    /// The URL it prints after `marker` (`serving http://...`), without a
+    /// trailing `/`; waits up to a minute for it.
+    pub fn printed_url(&self, marker: &str) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(rest) = self.output().split(marker).nth(1) {
+                if let Some(url) = rest.split_whitespace().next() {
+                    return url.trim_end_matches('/').to_owned();
+                }
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "no {marker:?} in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Interrupt it as Ctrl-C would; it must exit 0. Returns its output.
     pub fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();

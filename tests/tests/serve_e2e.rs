@@ -13,23 +13,6 @@ use gitfleet_schemas::view::FleetStatus;
 use gitfleet_tests::Spawned;
 use hmac::Mac as _;
 
-/// The base URL `p` prints after `marker`.
-fn url(p: &Spawned, marker: &str) -> String {
-    let started = Instant::now();
-    loop {
-        if let Some(rest) = p.output().split(marker).nth(1) {
-            let url = rest.split_whitespace().next().unwrap();
-            return url.trim_end_matches('/').to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no {marker:?} in:\n{}",
-            p.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -97,7 +80,7 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
             "127.0.0.1:0",
         ],
     );
-    let base = url(&up, "Status pages: ");
+    let base = up.printed_url("Status pages: ");
     eventually("/readyz", || {
         (get(&format!("{base}/readyz")).0 == 200).then_some(())
     });
@@ -237,7 +220,7 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
             "webhook.secret",
         ],
     );
-    let base = url(&serve, "serving ");
+    let base = serve.printed_url("serving ");
     eventually("/readyz of serve", || {
         (get(&format!("{base}/readyz")).0 == 200).then_some(())
     });
