@@ -4,6 +4,7 @@
 //! - [`core`]: poll, verify, decide, report; generic over a [`core::Node`];
 //! - [`node`]: the real node (state directory, Sentinel proxy, procfs);
 //! - [`local`]: the state directory's layout and atomic steps;
+//! - [`metrics`]: the agent's own `/metrics` on a loopback port;
 //! - [`sentinel`]: validate, reload and confirm the proxy's config;
 //! - [`sim`]: the simulated node of `gitfleet simulate`;
 //! - [`system`]: system metrics for status reports;
@@ -13,6 +14,7 @@
 pub mod core;
 pub mod faults;
 pub mod local;
+pub mod metrics;
 pub mod node;
 pub mod sentinel;
 pub mod signals;

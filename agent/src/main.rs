@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -10,6 +11,7 @@ use chrono::Utc;
 use clap::{Parser, Subcommand, ValueEnum};
 use gitfleet_agent::core::{wanted, Agent, Identity, Polled};
 use gitfleet_agent::local::StateDir;
+use gitfleet_agent::metrics::AgentMetrics;
 use gitfleet_agent::node::DiskNode;
 use gitfleet_io::store::Store;
 use gitfleet_schemas::agent::{AgentConfig, EnrollRequest};
@@ -76,6 +78,11 @@ struct RunArgs {
     /// unchanged, 1 when it was refused.
     #[arg(long)]
     once: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics; a loopback
+    /// address only (e.g. 127.0.0.1:9464), for a scraper on this node.
+    #[arg(long, value_name = "ADDR", env = "GITFLEET_AGENT_METRICS")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Set this node up: generate its node key and WireGuard key, pin the
@@ -234,15 +241,36 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         store = %config.store,
         "agent started"
     );
+    let metrics = Arc::new(Mutex::new(AgentMetrics::default()));
+    let _metrics_server = match args.metrics_listen {
+        Some(addr) => {
+            let listener = gitfleet_agent::metrics::listen(addr).await?;
+            tracing::info!(address = %listener.local_addr()?, "serving metrics");
+            Some(AbortOnDrop(tokio::spawn(gitfleet_agent::metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+            ))))
+        }
+        None => None,
+    };
     let (_watcher, mut changed) = watch(&Path::new(&config.state_dir).join("bundles"));
     let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
     loop {
         let polled = agent.poll(Utc::now()).await;
         let now = Utc::now();
+        metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .polled(&polled, now);
         if agent.report_due(now, heartbeat) {
-            if let Err(e) = agent.report(now).await {
+            let reported = agent.report(now).await;
+            if let Err(e) = &reported {
                 tracing::warn!(error = %e, "cannot write the status report");
             }
+            metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reported(reported.as_ref());
         }
         if args.once {
             return Ok(match polled {
@@ -268,6 +296,15 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
+    }
+}
+
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

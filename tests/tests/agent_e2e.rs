@@ -414,15 +414,25 @@ fn a_kill_at_any_activation_point_restarts_into_a_whole_config() {
 }
 
 #[test]
-fn a_changed_active_file_is_reported_as_drift_at_once() {
+fn metrics_are_served_on_loopback_only() {
+    let (fleet, _) = running();
+    let out = fleet.agent(&["run", "--once", "--metrics-listen", "0.0.0.0:9464"], None);
+    assert!(!out.status.success());
+    let (_, stderr) = gitfleet_tests::text(&out);
+    assert!(stderr.contains("is not a loopback address"), "{stderr}");
+}
+
+#[test]
+fn a_changed_active_file_is_reported_as_drift_at_once_and_in_metrics() {
     let (fleet, v1) = running();
     let before = fleet.report().at;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     // Polls find nothing new and the heartbeat is a minute away: only the
     // file watcher can make the agent report within the deadline below.
     let mut agent = Command::new(bin("gitfleet-agent"))
         .arg("-c")
         .arg(fleet.path("agent.kdl"))
-        .arg("run")
+        .args(["run", "--metrics-listen", &metrics_addr])
         .current_dir(fleet.path(""))
         .env_remove(CRASH_AT)
         .stderr(std::process::Stdio::null())
@@ -457,6 +467,35 @@ fn a_changed_active_file_is_reported_as_drift_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
+    // The agent's own /metrics says the same.
+    let get = |path: &str| {
+        let r = reqwest::blocking::get(format!("http://{metrics_addr}{path}")).unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let start = Instant::now();
+    let metrics = loop {
+        let (code, text) = get("/metrics");
+        assert_eq!(code, 200, "{text}");
+        if text.contains("gitfleet_agent_drifted_files 1\n") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no drift in the metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let active = format!(
+        "gitfleet_agent_active_bundle{{rollout=\"edge\",digest=\"{}\"}} 1",
+        v1.digest
+    );
+    assert!(metrics.contains(&active), "{metrics}");
+    assert!(
+        metrics.contains("gitfleet_agent_polls_total{outcome=\"unchanged\"} "),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gitfleet_agent_healthy "), "{metrics}");
+    assert_eq!(get("/other").0, 404);
     let _ = Command::new("kill").arg(agent.id().to_string()).status();
     let _ = agent.wait();
     assert_eq!(report.drift.len(), 1, "{:?}", report.drift);
