@@ -1,8 +1,10 @@
 //! The IO both gitfleet binaries share, kept out of the pure crates: the
-//! object store ([`store`]) and durable writes of local files ([`write`]).
+//! object store ([`store`]), durable writes of local files ([`write`]) and
+//! latency histograms ([`latency`]).
 //! `moto` (feature `moto`, or in this crate's own tests) starts a real S3
 //! API for tests.
 
+pub mod latency;
 #[cfg(any(test, feature = "moto"))]
 pub mod moto;
 pub mod store;

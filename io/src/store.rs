@@ -35,6 +35,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, PutMode, PutPayload, UpdateVersion};
 
+use crate::latency::StoreLatency;
+
 /// How many times `put_create` re-reads an object that is reported to exist
 /// yet cannot be read, before giving up.
 const CREATE_ATTEMPTS: usize = 3;
@@ -147,6 +149,8 @@ pub struct Store {
     url: String,
     /// Set for `file://`: conditional updates are done here under a lock.
     local: Option<Arc<LocalFileSystem>>,
+    /// How long requests take; shared by clones.
+    latency: Arc<StoreLatency>,
 }
 
 impl Store {
@@ -169,6 +173,7 @@ impl Store {
                 prefix,
                 url: url.to_owned(),
                 local: None,
+                latency: Arc::default(),
             })
         } else {
             Err(StoreError::Url {
@@ -200,6 +205,7 @@ impl Store {
             prefix: Path::default(),
             url: url.to_owned(),
             local: Some(fs),
+            latency: Arc::default(),
         })
     }
 
@@ -246,7 +252,13 @@ impl Store {
             prefix,
             url: url.to_owned(),
             local: None,
+            latency: Arc::default(),
         })
+    }
+
+    /// How long this store's requests have taken (shared by its clones).
+    pub fn latency(&self) -> &StoreLatency {
+        &self.latency
     }
 
     pub fn url(&self) -> &str {
@@ -294,6 +306,7 @@ impl Store {
     /// already there is read and compared, so re-uploading a content-addressed
     /// bundle is harmless and a different one under the same name is seen.
     pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<Create, StoreError> {
+        let _timer = self.latency.put.start();
         let location = self.location(key)?;
         for _ in 0..CREATE_ATTEMPTS {
             let put = self
@@ -328,6 +341,7 @@ impl Store {
     /// old or the new object whole (a `file://` put renames a temporary
     /// file into place).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let _timer = self.latency.put.start();
         let location = self.location(key)?;
         self.inner
             .put(&location, PutPayload::from(bytes))
@@ -344,6 +358,7 @@ impl Store {
         bytes: Bytes,
         expected: Option<&ETag>,
     ) -> Result<Update, StoreError> {
+        let _timer = self.latency.put.start();
         let location = self.location(key)?;
         match (expected, &self.local) {
             (None, _) => {
@@ -395,6 +410,7 @@ impl Store {
     /// lists `status/a.json`, `stat` does not), relative to the store's
     /// prefix, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let _timer = self.latency.list.start();
         let location = self.location(prefix.trim_end_matches('/'))?;
         let metas: Vec<_> = self
             .inner
@@ -456,6 +472,7 @@ impl Store {
         location: &Path,
         options: GetOptions,
     ) -> Result<Fetch, StoreError> {
+        let _timer = self.latency.get.start();
         let result = match self.inner.get_opts(location, options).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(Fetch::Missing),

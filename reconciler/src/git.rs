@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use git2::build::TreeUpdateBuilder;
@@ -19,6 +20,7 @@ use git2::{
     AutotagOption, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid,
     PushOptions, RemoteCallbacks, Repository, Signature,
 };
+use gitfleet_io::latency::GitLatency;
 use gitfleet_policy::RepoFiles;
 
 use crate::source;
@@ -287,6 +289,8 @@ pub struct Mirror {
     remote: Remote,
     path: PathBuf,
     retry: Retry,
+    /// How long fetches and pushes take; shared with whoever shows it.
+    latency: Arc<GitLatency>,
 }
 
 impl fmt::Debug for Mirror {
@@ -307,6 +311,11 @@ enum Pushed {
 }
 
 impl Mirror {
+    /// How long this mirror's fetches and pushes have taken.
+    pub fn latency(&self) -> Arc<GitLatency> {
+        Arc::clone(&self.latency)
+    }
+
     /// Open the mirror at `dir`, or create it there and fetch both branches
     /// when `dir` does not exist or is empty. An opened mirror holds what it
     /// last fetched: call [`Mirror::fetch`] before reading the spec.
@@ -361,6 +370,7 @@ impl Mirror {
             remote,
             path: dir.to_owned(),
             retry: Retry::default(),
+            latency: Arc::default(),
         };
         if fresh {
             mirror.fetch()?;
@@ -400,6 +410,7 @@ impl Mirror {
     /// Fetch `branches` and point their tracking refs at the advertised
     /// tips; the tip of each, `None` where the remote has no such branch.
     fn fetch_branches(&self, branches: &[&str]) -> Result<Vec<Option<Oid>>, GitError> {
+        let _timer = self.latency.fetch.start();
         let fetch_error = |source| GitError::Fetch {
             url: self.remote.display_url(),
             branches: branches.join(" and "),
@@ -771,6 +782,7 @@ impl Mirror {
     /// Push `oid` to the state branch, expected to be at `tip` on the
     /// remote. A rejection is a value; only transport failures are errors.
     fn push(&self, oid: Oid, tip: Option<Oid>) -> Result<Pushed, GitError> {
+        let _timer = self.latency.push.start();
         let branch = &self.remote.state_branch;
         let target = format!("refs/heads/{branch}");
         let push_error = |source| GitError::Push {

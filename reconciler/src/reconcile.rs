@@ -75,6 +75,33 @@ pub struct Outcome {
     pub follower_of: Option<String>,
     /// What the pass read: with `plan.state()`, the fleet view.
     pub observed: Observed,
+    /// How long each phase of the pass took, in order (see [`PHASES`]).
+    pub phases: Vec<(&'static str, std::time::Duration)>,
+}
+
+/// The phases of a pass, as `Outcome::phases` and `/metrics` name them.
+pub const PHASES: [&str; 5] = ["observe", "bundles", "plan", "commit", "publish"];
+
+/// Times the phases of a pass.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::with_capacity(PHASES.len()),
+        }
+    }
+
+    /// `phase` ended now.
+    fn end(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((phase, now - self.last));
+        self.last = now;
+    }
 }
 
 pub struct Reconciler {
@@ -294,7 +321,9 @@ impl Reconciler {
         now: DateTime<Utc>,
         dry_run: bool,
     ) -> Result<Outcome, ReconcileError> {
+        let mut phases = Phases::start();
         let observed = self.observer.observe().await?;
+        phases.end("observe");
         let commit = observed.commit.to_string();
         let head = observed.commit;
         let checked = Arc::clone(&observed.checked);
@@ -397,6 +426,7 @@ impl Reconciler {
         // Only this pass's bundles are kept: the cache never grows past
         // the configs the repo has.
         self.bundles = used;
+        phases.end("bundles");
         let state = observed.state()?;
         let reports: HashMap<String, Observation> = observed
             .reports
@@ -417,6 +447,7 @@ impl Reconciler {
             approvals: &approvals,
             now,
         });
+        phases.end("plan");
 
         let mut outcome = Outcome {
             commit: commit.clone(),
@@ -433,8 +464,10 @@ impl Reconciler {
             approvals_ignored: counted.ignored.len(),
             follower_of: None,
             observed,
+            phases: Vec::new(),
         };
         if dry_run {
+            outcome.phases = phases.done;
             return Ok(outcome);
         }
         // The lease is taken with the real clock just before writing, and
@@ -452,6 +485,7 @@ impl Reconciler {
             LeaseOutcome::Follower { holder, until } => {
                 tracing::info!(leader = %holder, until = %until, "another replica leads; not writing");
                 outcome.follower_of = Some(holder);
+                outcome.phases = phases.done;
                 return Ok(outcome);
             }
         };
@@ -493,9 +527,12 @@ impl Reconciler {
                 outcome.state_commit = Some(oid.to_string());
             }
         }
+        phases.end("commit");
         outcome.manifests = self
             .publish(model, &fleet, &outcome.plan, now, until)
             .await?;
+        phases.end("publish");
+        outcome.phases = phases.done;
         Ok(outcome)
     }
 

@@ -24,6 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
+use gitfleet_io::latency::{GitLatency, Histogram};
 use gitfleet_schemas::state::RolloutState;
 use gitfleet_schemas::view::{FleetStatus, Health, RolloutView};
 
@@ -123,6 +124,25 @@ pub struct Counters {
     passes_ok: AtomicU64,
     passes_failed: AtomicU64,
     webhooks: [AtomicU64; Outcome::ALL.len()],
+    /// Per reconcile::PHASES.
+    phases: [Histogram; reconcile::PHASES.len()],
+}
+
+/// The IO the reconciler waits on, for the bundle pages and the latency
+/// metrics.
+#[derive(Clone, Debug)]
+pub struct Io {
+    pub store: gitfleet_io::store::Store,
+    pub git: Arc<GitLatency>,
+}
+
+impl Io {
+    pub fn of(r: &reconcile::Reconciler) -> Io {
+        Io {
+            store: r.observer.store.clone(),
+            git: r.observer.mirror.latency(),
+        }
+    }
 }
 
 /// What the handlers share.
@@ -135,6 +155,7 @@ pub struct AppState {
     pub stale_after: chrono::Duration,
     /// Bundles for the bundle pages, read from the store and verified.
     pub bundles: Bundles,
+    pub io: Option<Io>,
     /// Turns true once: the server is stopping.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -144,7 +165,7 @@ impl AppState {
         webhook_secret: Option<Vec<u8>>,
         trigger: tokio::sync::mpsc::Sender<()>,
         stale_after: chrono::Duration,
-        store: Option<gitfleet_io::store::Store>,
+        io: Option<Io>,
     ) -> AppState {
         AppState {
             snapshot: tokio::sync::watch::Sender::new(Snapshot::default()),
@@ -152,7 +173,8 @@ impl AppState {
             trigger,
             counters: Counters::default(),
             stale_after,
-            bundles: Bundles::new(store),
+            bundles: Bundles::new(io.as_ref().map(|io| io.store.clone())),
+            io,
             shutdown: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -168,6 +190,13 @@ impl AppState {
             Err(_) => &self.counters.passes_failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Ok(o) = result {
+            for (phase, took) in &o.phases {
+                if let Some(i) = reconcile::PHASES.iter().position(|p| p == phase) {
+                    self.counters.phases[i].observe(*took);
+                }
+            }
+        }
         self.snapshot
             .send_modify(|s| s.record(result, Utc::now(), took.as_secs_f64()));
     }
@@ -511,10 +540,48 @@ fn render_metrics(s: &AppState) -> String {
             at.timestamp()
         );
     }
+    head(
+        &mut out,
+        "gitfleet_reconcile_phase_seconds",
+        "histogram",
+        "How long each phase of a reconcile pass took.",
+    );
+    for (phase, h) in reconcile::PHASES.iter().zip(&c.phases) {
+        h.render(
+            &mut out,
+            "gitfleet_reconcile_phase_seconds",
+            &format!("phase=\"{phase}\""),
+        );
+    }
+    if let Some(io) = &s.io {
+        head(
+            &mut out,
+            "gitfleet_store_request_seconds",
+            "histogram",
+            "Object store requests by kind.",
+        );
+        for (op, h) in io.store.latency().each() {
+            h.render(
+                &mut out,
+                "gitfleet_store_request_seconds",
+                &format!("op=\"{op}\""),
+            );
+        }
+        head(
+            &mut out,
+            "gitfleet_git_seconds",
+            "histogram",
+            "Git fetches and pushes to the fleet repo's remote.",
+        );
+        for (op, h) in io.git.each() {
+            h.render(&mut out, "gitfleet_git_seconds", &format!("op=\"{op}\""));
+        }
+    }
     let Some(observed) = &snap.observed else {
         return out;
     };
-    let v = observed.view(&snap.state, Utc::now(), s.stale_after, None);
+    let now = Utc::now();
+    let v = observed.view(&snap.state, now, s.stale_after, None);
     head(
         &mut out,
         "gitfleet_nodes",
@@ -603,6 +670,23 @@ fn render_metrics(s: &AppState) -> String {
     }
     head(
         &mut out,
+        "gitfleet_rollout_step_seconds",
+        "gauge",
+        "How long each rollout has been at its current step and phase.",
+    );
+    for env in &v.environments {
+        for r in &env.rollouts {
+            let _ = writeln!(
+                out,
+                "gitfleet_rollout_step_seconds{{rollout=\"{}\",environment=\"{}\"}} {}",
+                label(&r.name),
+                label(&env.name),
+                (now - r.since).num_seconds().max(0)
+            );
+        }
+    }
+    head(
+        &mut out,
         "gitfleet_status_reports_ignored",
         "gauge",
         "Status reports that failed verification in the last pass, by reason.",
@@ -649,8 +733,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let reconciler = args.reconciler.open()?;
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let _watcher = args.reconciler.watch(trigger_tx.clone());
-    let store = reconciler.observer.store.clone();
-    let state = Arc::new(AppState::new(secret, trigger_tx, stale_after, Some(store)));
+    let io = Io::of(&reconciler);
+    let state = Arc::new(AppState::new(secret, trigger_tx, stale_after, Some(io)));
     let stop_rx = state.shutdown.subscribe();
 
     let interval = args.reconciler.interval;

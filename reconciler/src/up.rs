@@ -748,7 +748,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         None,
         trigger_tx_pages,
         chrono::Duration::seconds(60),
-        Some(reconciler.observer.store.clone()),
+        Some(crate::serve::Io::of(&reconciler)),
     ));
     let pages_of_passes = Arc::clone(&pages);
     let reconciler_thread = reconcile::spawn_passes(

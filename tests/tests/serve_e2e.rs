@@ -184,6 +184,33 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
         "{metrics}"
     );
     assert!(!metrics.contains("edge-fra-1"), "node ids are not labels");
+    // Latencies of the IO a pass waits on, and of its phases, are counted.
+    let count = |series: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count("gitfleet_git_seconds_count{op=\"fetch\"}") > 0);
+    assert!(count("gitfleet_git_seconds_count{op=\"push\"}") > 0);
+    assert!(count("gitfleet_store_request_seconds_count{op=\"list\"}") > 0);
+    assert!(count("gitfleet_store_request_seconds_count{op=\"get\"}") > 0);
+    assert!(count("gitfleet_reconcile_phase_seconds_count{phase=\"observe\"}") > 0);
+    assert!(count("gitfleet_reconcile_phase_seconds_count{phase=\"publish\"}") > 0);
+    count("gitfleet_rollout_step_seconds{rollout=\"api-gateway\",environment=\"dev\"}");
+    let mut families: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .collect();
+    let declared = families.len();
+    families.sort_unstable();
+    families.dedup();
+    assert_eq!(
+        families.len(),
+        declared,
+        "a family declared twice:\n{metrics}"
+    );
 
     // A pass is announced on the event stream.
     let mut events = client().get(format!("{base}/events")).send().unwrap();

@@ -1,0 +1,148 @@
+//! Latency histograms for the IO the reconciler waits on (the object store,
+//! git), shown by `gitfleet serve`'s `/metrics`. Lock-free counters with
+//! fixed buckets, so recording costs a few atomic adds and the label set
+//! is fixed.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bucket upper bounds, in seconds (`+Inf` is implied).
+pub const BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// One histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last is `+Inf`.
+    counts: [AtomicU64; BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BOUNDS.iter().position(|b| s <= *b).unwrap_or(BOUNDS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// A guard that records the time until it is dropped: one line at the
+    /// top of a function times every way out of it.
+    pub fn start(&self) -> Timer<'_> {
+        Timer {
+            histogram: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// Samples of this histogram as `name{labels,le="..."}` lines, with
+    /// `_sum` and `_count`. `labels` is `key="value",...` or empty.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = BOUNDS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// Records into its histogram when dropped.
+#[derive(Debug)]
+pub struct Timer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed());
+    }
+}
+
+/// Object store requests by kind.
+#[derive(Debug, Default)]
+pub struct StoreLatency {
+    pub get: Histogram,
+    pub put: Histogram,
+    pub list: Histogram,
+}
+
+impl StoreLatency {
+    pub fn each(&self) -> [(&'static str, &Histogram); 3] {
+        [("get", &self.get), ("put", &self.put), ("list", &self.list)]
+    }
+}
+
+/// Git operations against the fleet repo's remote.
+#[derive(Debug, Default)]
+pub struct GitLatency {
+    pub fetch: Histogram,
+    pub push: Histogram,
+}
+
+impl GitLatency {
+    pub fn each(&self) -> [(&'static str, &Histogram); 2] {
+        [("fetch", &self.fetch), ("push", &self.push)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_and_count_every_sample() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(20));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "op=\"get\"");
+        assert!(
+            out.contains("x_seconds_bucket{op=\"get\",le=\"0.001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{op=\"get\",le=\"0.025\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{op=\"get\",le=\"10\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{op=\"get\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_count{op=\"get\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_sum{op=\"get\"} 60.0205\n"), "{out}");
+    }
+
+    #[test]
+    fn a_timer_records_once_when_dropped() {
+        let h = Histogram::default();
+        drop(h.start());
+        let mut out = String::new();
+        h.render(&mut out, "t", "");
+        assert!(out.contains("t_count 1\n"), "{out}");
+        assert!(out.contains("t_bucket{le=\"+Inf\"} 1\n"), "{out}");
+    }
+}
