@@ -140,11 +140,15 @@ fn node_view(
     stale_after: Duration,
 ) -> NodeView {
     let mut active = BTreeMap::new();
+    let mut previous = BTreeMap::new();
     let mut errors = BTreeMap::new();
     if let Some(r) = report {
         for (rollout, s) in &r.rollouts {
             if let Some(a) = &s.active {
                 active.insert(rollout.clone(), a.digest.clone());
+            }
+            if let Some(p) = &s.previous {
+                previous.insert(rollout.clone(), p.digest.clone());
             }
             if let Some(e) = &s.error {
                 errors.insert(rollout.clone(), e.clone());
@@ -160,8 +164,10 @@ fn node_view(
         report_age_seconds: report.map(|r| (now - r.at).num_seconds()),
         channel_serial: report.and_then(|r| r.channel_serial),
         active,
+        previous,
         errors,
         last_error: report.and_then(|r| r.last_error.clone()),
+        http_checks: report.map(|r| r.http_checks.clone()).unwrap_or_default(),
         drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
         metrics: report.map(|r| r.metrics.clone()),
         wireguard: report.and_then(|r| r.wireguard.clone()),

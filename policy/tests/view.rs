@@ -65,7 +65,7 @@ fn report(node: &str, env: &str, age_s: i64, healthy: bool, active: Option<u8>) 
         "web".to_owned(),
         RolloutStatus {
             active: active.map(bundle),
-            previous: None,
+            previous: active.filter(|n| *n > 1).map(|n| bundle(n - 1)),
             error: None,
         },
     );
@@ -229,6 +229,11 @@ fn nodes_carry_labels_reports_and_ages() {
     assert_eq!(n2.report_age_seconds, Some(600));
     assert_eq!(n2.labels.get("idx").map(String::as_str), Some("2"));
     assert_eq!(n2.active.get("web"), Some(&bundle(2).digest));
+    assert_eq!(
+        n2.previous.get("web"),
+        Some(&bundle(1).digest),
+        "what a rollback returns to"
+    );
     let n5 = &v.nodes[5];
     assert_eq!(n5.health, Health::Unreported);
     assert_eq!(n5.last_report, None);

@@ -326,18 +326,53 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
         );
     }
     out.push_str(
-        "</p><h3>Bundles</h3><table><tr><th>Rollout</th><th>Active</th><th>Error</th></tr>",
+        "</p><h3>Bundles</h3><table><tr><th>Rollout</th><th>Active</th><th>Before it</th><th>Error</th></tr>",
     );
-    for (r, d) in &n.active {
+    let rollouts: std::collections::BTreeSet<&String> = n
+        .active
+        .keys()
+        .chain(n.previous.keys())
+        .chain(n.errors.keys())
+        .collect();
+    for r in rollouts {
+        let cell = |d: Option<&String>| d.map_or("-".to_owned(), |d| bundle_page::link(d));
+        let diff = match (n.previous.get(r), n.active.get(r)) {
+            (Some(p), Some(a)) => format!(
+                " <a href=\"/bundles/{}/diff/{}\">diff</a>",
+                url_part(p.strip_prefix("sha256:").unwrap_or(p)),
+                url_part(a.strip_prefix("sha256:").unwrap_or(a))
+            ),
+            _ => String::new(),
+        };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}{diff}</td><td>{}</td></tr>",
             esc(r),
-            bundle_page::link(d),
+            cell(n.active.get(r)),
+            cell(n.previous.get(r)),
             esc(n.errors.get(r).map_or("", String::as_str))
         );
     }
     out.push_str("</table>");
+    if !n.http_checks.is_empty() {
+        out.push_str(
+            "<h3>Health checks</h3><table><tr><th>URL</th><th>Status</th><th>Result</th></tr>",
+        );
+        for c in &n.http_checks {
+            let (class, word) = if c.ok {
+                ("healthy", "ok")
+            } else {
+                ("unhealthy", "failed")
+            };
+            let _ = write!(
+                out,
+                "<tr><td><code>{}</code></td><td>{}</td><td class={class}>{word}</td></tr>",
+                esc(&c.url),
+                c.status.map_or("-".to_owned(), |s| s.to_string())
+            );
+        }
+        out.push_str("</table>");
+    }
     if let Some(e) = &n.last_error {
         let _ = write!(out, "<p class=alert>Last error: {}</p>", esc(e));
     }

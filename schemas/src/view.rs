@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::state::Phase;
-use crate::status::{Drift, Metrics, WireguardStatus};
+use crate::status::{Drift, HttpCheckResult, Metrics, WireguardStatus};
 
 /// The format version of [`FleetStatus`].
 pub const FLEET_STATUS_FORMAT: u32 = 1;
@@ -120,9 +120,16 @@ pub struct NodeView {
     pub channel_serial: Option<u64>,
     /// Active bundle digest by rollout.
     pub active: BTreeMap<String, String>,
+    /// The bundle each rollout ran before the active one (what a rollback
+    /// on this node returns to).
+    #[serde(default)]
+    pub previous: BTreeMap<String, String>,
     /// Why the last activation of a rollout failed, by rollout.
     pub errors: BTreeMap<String, String>,
     pub last_error: Option<String>,
+    /// The health-check URLs of the last report and their results.
+    #[serde(default)]
+    pub http_checks: Vec<HttpCheckResult>,
     pub drift: Vec<Drift>,
     pub metrics: Option<Metrics>,
     pub wireguard: Option<WireguardStatus>,
