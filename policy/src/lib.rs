@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod model;
 pub mod plan;
 pub mod repo;
+pub mod reviews;
 pub mod sbom;
 pub mod sentinel;
 pub mod view;

@@ -528,7 +528,9 @@ impl Step<'_, '_> {
                 None => self.after_gate(s),
             },
             Phase::AwaitingApproval => self.after_gate(s),
-            Phase::WaitingWindow => self.start(s),
+            // Approvals hold until the first node is admitted: one dismissed
+            // while the window is closed sends the change back to wait.
+            Phase::WaitingWindow => self.after_gate(s),
             Phase::Progressing => self.progress(s),
             Phase::Verifying => self.verify(s),
         }

@@ -304,6 +304,35 @@ fn a_paused_rollout_holds_its_step() {
 }
 
 #[test]
+fn an_approval_withdrawn_before_the_window_opens_sends_the_change_back_to_wait() {
+    let body = format!(
+        "{STEPS}deny-window \"always\" cron=\"* * * * *\" duration=\"1h\" time-zone=\"UTC\"\n"
+    );
+    let mut sim = Sim::new(fleet(2, true, &body));
+    sim.approvals.insert(("prod".into(), "c1".into()));
+    sim.deploy(bundle(1), "c1");
+    // The window holds dev already; every environment waits for it.
+    sim.tick();
+    assert_eq!(sim.phase("dev"), Some(Phase::WaitingWindow));
+    // Bring prod to its gate by completing the earlier environments.
+    for env in ["dev", "staging"] {
+        let e = sim
+            .state
+            .get_mut("web")
+            .unwrap()
+            .environments
+            .get_mut(env)
+            .unwrap();
+        e.phase = Phase::Complete;
+    }
+    sim.tick();
+    assert_eq!(sim.phase("prod"), Some(Phase::WaitingWindow));
+    sim.approvals.clear();
+    sim.tick();
+    assert_eq!(sim.phase("prod"), Some(Phase::AwaitingApproval));
+}
+
+#[test]
 fn a_deny_window_stops_admission() {
     let body = format!(
         "{STEPS}deny-window \"always\" cron=\"* * * * *\" duration=\"1h\" time-zone=\"UTC\"\n"

@@ -119,7 +119,10 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     assert_eq!(code, 200);
     assert!(node.contains("<h2>edge-dev-fra-1</h2>"), "{node}");
     assert!(node.contains("<h3>System</h3>"), "{node}");
-    assert!(node.contains("<th>Before it</th>"), "bundle history: {node}");
+    assert!(
+        node.contains("<th>Before it</th>"),
+        "bundle history: {node}"
+    );
     // A backbone member's page lists its WireGuard peers once the mesh
     // bundle is active there (the simulated interface peers with every
     // other member).
