@@ -11,6 +11,7 @@ mod bundle;
 mod bundle_page;
 mod check;
 mod git;
+mod github;
 mod keys;
 mod lease;
 mod observe;

@@ -21,6 +21,7 @@ use gitfleet_schemas::verify::verify_signed_by;
 use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
 
 use crate::git::{Author, Mirror, StateCommit, StateFiles};
+use crate::github::{GitHub, GitHubConfig};
 use crate::lease::{self, LeaseOutcome};
 use crate::observe::{Observed, Observer};
 use gitfleet_io::store::{Create, Fetch, Store, Update};
@@ -34,6 +35,8 @@ pub enum ReconcileError {
     Git(#[from] crate::git::GitError),
     #[error("talking to the object store")]
     Store(#[from] gitfleet_io::store::StoreError),
+    #[error("connecting to GitHub")]
+    GitHub(#[from] crate::github::GitHubError),
     #[error("{file}:{line} at {commit}: {message}; state and manifests left as they are")]
     FleetDocument {
         commit: String,
@@ -80,7 +83,7 @@ pub struct Outcome {
 }
 
 /// The phases of a pass, as `Outcome::phases` and `/metrics` name them.
-pub const PHASES: [&str; 5] = ["observe", "bundles", "plan", "commit", "publish"];
+pub const PHASES: [&str; 6] = ["observe", "bundles", "plan", "commit", "publish", "github"];
 
 /// Times the phases of a pass.
 struct Phases {
@@ -124,6 +127,10 @@ pub struct Reconciler {
     /// (config, source commit) -> its bundle, for the configs of the last
     /// pass: the same two give the same bytes.
     bundles: HashMap<(String, String), Built>,
+    /// GitHub, when configured: connected on the first pass (in the
+    /// runtime), then kept.
+    pub github: Option<GitHubConfig>,
+    github_client: Option<GitHub>,
 }
 
 /// A mesh allocation to commit with the rollout state.
@@ -143,6 +150,16 @@ impl std::fmt::Debug for Reconciler {
 }
 
 impl Reconciler {
+    /// The GitHub client, connected on first use.
+    fn github_client(&mut self) -> Result<Option<&GitHub>, ReconcileError> {
+        if self.github_client.is_none() {
+            if let Some(config) = &self.github {
+                self.github_client = Some(config.connect()?);
+            }
+        }
+        Ok(self.github_client.as_ref())
+    }
+
     pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
         Reconciler {
             observer: Observer::new(mirror, store),
@@ -154,6 +171,8 @@ impl Reconciler {
             mesh_source_commits: HashMap::new(),
             mesh_builds: HashMap::new(),
             bundles: HashMap::new(),
+            github: None,
+            github_client: None,
         }
     }
 
@@ -437,7 +456,14 @@ impl Reconciler {
         for (path, reason) in &counted.ignored {
             tracing::warn!(path = %path, reason = %reason, "ignoring approval");
         }
-        let approvals = counted.approved;
+        let mut approvals = counted.approved;
+        if let Some(gh) = self.github_client()? {
+            let wanted: BTreeMap<String, String> = desired
+                .iter()
+                .map(|(name, d)| (name.clone(), d.source_commit.clone()))
+                .collect();
+            approvals.extend(gh.approvals(model, &state, &wanted).await);
+        }
         let plan = plan::plan(&Inputs {
             model,
             targets: &checked.targets,
@@ -532,6 +558,10 @@ impl Reconciler {
             .publish(model, &fleet, &outcome.plan, now, until)
             .await?;
         phases.end("publish");
+        if let Some(gh) = self.github_client.as_mut() {
+            gh.report(model, &outcome.plan.state()).await;
+            phases.end("github");
+        }
         outcome.phases = phases.done;
         Ok(outcome)
     }
@@ -691,6 +721,8 @@ pub struct ReconcilerArgs {
     /// sooner).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
+    #[command(flatten)]
+    pub github: crate::github::GitHubArgs,
 }
 
 impl ReconcilerArgs {
@@ -705,7 +737,9 @@ impl ReconcilerArgs {
         let mirror = Mirror::open_or_clone(remote, &self.cache)?;
         let store = crate::status::open_store(&mirror, self.store.as_deref())?;
         let holder = self.holder.clone().unwrap_or_else(default_holder);
-        Ok(Reconciler::new(mirror, store, online.key, holder))
+        let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
+        reconciler.github = self.github.config()?;
+        Ok(reconciler)
     }
 
     /// A watcher that triggers a pass when a local repo's refs move; none

@@ -1,0 +1,640 @@
+//! The reconciler's side of GitHub: approvals read from the reviews of the
+//! pull request that brought a change, and a commit status per environment
+//! (`gitfleet/<env>`) on each rollout's source commit.
+//!
+//! Through octocrab's raw REST calls with our own small response types, so
+//! a field GitHub adds or a fake leaves out never breaks a pass. GitHub is
+//! optional and never blocks the fleet: a failed call is logged, the change
+//! keeps waiting for its approvals, and the next pass asks again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+
+use gitfleet_policy::model::FleetModel;
+use gitfleet_policy::reviews::{self, Members, PullRequest, Review, ReviewState};
+use gitfleet_schemas::state::{Phase, RolloutState};
+use serde::{Deserialize, Serialize};
+
+/// How to reach GitHub. Without `--github-repo`, nothing here runs.
+#[derive(Debug, Default, clap::Args)]
+pub struct GitHubArgs {
+    /// The fleet repo on GitHub, `owner/name`: approvals come from its
+    /// pull request reviews, and commit statuses go to it.
+    #[arg(long, env = "GITFLEET_GITHUB_REPO", value_name = "OWNER/NAME")]
+    pub github_repo: Option<String>,
+    /// The REST API's base URL (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(
+        long,
+        env = "GITFLEET_GITHUB_API",
+        default_value = "https://api.github.com"
+    )]
+    pub github_api: String,
+    /// A file holding a token (personal or fine-grained) to call GitHub with.
+    #[arg(
+        long,
+        env = "GITFLEET_GITHUB_TOKEN_FILE",
+        conflicts_with = "github_app_id"
+    )]
+    pub github_token_file: Option<PathBuf>,
+    /// Authenticate as this GitHub App (with --github-app-key and
+    /// --github-installation).
+    #[arg(long, env = "GITFLEET_GITHUB_APP_ID", requires_all = ["github_app_key", "github_installation"])]
+    pub github_app_id: Option<u64>,
+    /// The App's private key (PEM).
+    #[arg(long, env = "GITFLEET_GITHUB_APP_KEY")]
+    pub github_app_key: Option<PathBuf>,
+    /// The App's installation id on the fleet repo's owner.
+    #[arg(long, env = "GITFLEET_GITHUB_INSTALLATION")]
+    pub github_installation: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubError {
+    #[error("--github-repo {0:?} is not owner/name")]
+    Repo(String),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--github-repo needs --github-token-file, or --github-app-id with --github-app-key and --github-installation")]
+    NoAuth,
+    #[error("{path} is not an RSA private key in PEM: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("setting up the GitHub client for {api}: {source}")]
+    Client {
+        api: String,
+        source: Box<octocrab::Error>,
+    },
+    #[error("GitHub {what}: {source}")]
+    Call {
+        what: String,
+        source: Box<octocrab::Error>,
+    },
+}
+
+/// A GitHub client for one repository.
+pub struct GitHub {
+    crab: octocrab::Octocrab,
+    owner: String,
+    repo: String,
+    /// The last status per (commit, context), posted or read from GitHub:
+    /// posted again only when it changes.
+    posted: HashMap<(String, String), (String, String)>,
+    /// Commits whose statuses were read, so a restarted replica does not
+    /// post them all again.
+    seeded: HashSet<String>,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub")
+            .field("repo", &format!("{}/{}", self.owner, self.repo))
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &PathBuf) -> Result<String, GitHubError> {
+    std::fs::read_to_string(path).map_err(|source| GitHubError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// How the client authenticates.
+#[derive(Clone)]
+enum Auth {
+    Token(String),
+    App {
+        id: u64,
+        key: octocrab::EncodingKey,
+        installation: u64,
+    },
+}
+
+/// Everything checked before a runtime exists: the repo name, the
+/// credentials read. [`GitHubConfig::connect`] makes the client.
+#[derive(Clone)]
+pub struct GitHubConfig {
+    api: String,
+    owner: String,
+    repo: String,
+    auth: Auth,
+}
+
+impl std::fmt::Debug for GitHubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubConfig")
+            .field("api", &self.api)
+            .field("repo", &format!("{}/{}", self.owner, self.repo))
+            .finish_non_exhaustive()
+    }
+}
+
+impl GitHubArgs {
+    /// The configuration these arguments describe, or `None` without a
+    /// repo: a bad repo name or an unreadable credential fails here, at
+    /// start-up.
+    pub fn config(&self) -> Result<Option<GitHubConfig>, GitHubError> {
+        let Some(full) = &self.github_repo else {
+            return Ok(None);
+        };
+        let (owner, repo) = full
+            .split_once('/')
+            .filter(|(o, r)| !o.is_empty() && !r.is_empty() && !r.contains('/'))
+            .ok_or_else(|| GitHubError::Repo(full.clone()))?;
+        let auth = match (&self.github_token_file, self.github_app_id) {
+            (Some(path), _) => Auth::Token(read(path)?.trim().to_owned()),
+            (None, Some(id)) => {
+                let path = self.github_app_key.as_ref().ok_or(GitHubError::NoAuth)?;
+                let key =
+                    octocrab::EncodingKey::from_rsa_pem(read(path)?.as_bytes()).map_err(|e| {
+                        GitHubError::Key {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                let installation = self.github_installation.ok_or(GitHubError::NoAuth)?;
+                Auth::App {
+                    id,
+                    key,
+                    installation,
+                }
+            }
+            (None, None) => return Err(GitHubError::NoAuth),
+        };
+        Ok(Some(GitHubConfig {
+            api: self.github_api.clone(),
+            owner: owner.to_owned(),
+            repo: repo.to_owned(),
+            auth,
+        }))
+    }
+}
+
+impl GitHubConfig {
+    /// The client; inside a Tokio runtime (octocrab's service spawns).
+    pub fn connect(&self) -> Result<GitHub, GitHubError> {
+        let client = |source| GitHubError::Client {
+            api: self.api.clone(),
+            source: Box::new(source),
+        };
+        let builder = octocrab::Octocrab::builder()
+            .base_uri(self.api.as_str())
+            .map_err(client)?;
+        let crab = match &self.auth {
+            Auth::Token(token) => builder
+                .personal_token(token.clone())
+                .build()
+                .map_err(client)?,
+            Auth::App {
+                id,
+                key,
+                installation,
+            } => builder
+                .app(octocrab::models::AppId(*id), key.clone())
+                .build()
+                .map_err(client)?
+                .installation(octocrab::models::InstallationId(*installation))
+                .map_err(client)?,
+        };
+        Ok(GitHub {
+            crab,
+            owner: self.owner.clone(),
+            repo: self.repo.clone(),
+            posted: HashMap::new(),
+            seeded: HashSet::new(),
+        })
+    }
+}
+
+// The few fields read from GitHub's answers.
+#[derive(Debug, Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Head {
+    sha: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Pull {
+    number: u64,
+    user: User,
+    head: Head,
+    #[serde(default)]
+    merged_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReviewJson {
+    user: Option<User>,
+    state: String,
+    #[serde(default)]
+    commit_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Membership {
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Combined {
+    #[serde(default)]
+    statuses: Vec<StatusJson>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusJson {
+    context: String,
+    state: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusBody<'a> {
+    state: &'a str,
+    context: &'a str,
+    description: &'a str,
+}
+
+fn not_found(e: &octocrab::Error) -> bool {
+    matches!(e, octocrab::Error::GitHub { source, .. } if source.status_code == 404)
+}
+
+/// A commit status: `pending`, `success` or `failure`, and a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub state: &'static str,
+    pub description: String,
+}
+
+/// One rollout in one environment, as a commit status sums it up.
+#[derive(Clone, Copy, Debug)]
+pub struct RolloutAt<'a> {
+    pub rollout: &'a str,
+    pub phase: Phase,
+    pub step: u32,
+    pub steps: u32,
+    pub reason: &'a str,
+}
+
+/// The status of one environment for one source commit, from the state of
+/// the rollouts that carry it there.
+pub fn status_of<'a>(states: impl IntoIterator<Item = RolloutAt<'a>>) -> Option<Status> {
+    let mut failed = None;
+    let mut pending = None;
+    let mut complete = 0;
+    for RolloutAt {
+        rollout,
+        phase,
+        step,
+        steps,
+        reason,
+    } in states
+    {
+        match phase {
+            Phase::Failed | Phase::RolledBack => {
+                failed.get_or_insert_with(|| format!("{rollout}: {reason}"));
+            }
+            Phase::Complete => complete += 1,
+            _ => {
+                pending.get_or_insert_with(|| {
+                    // The planner's reasons name the step already.
+                    if steps > 0 && step > 0 && !reason.contains("step ") {
+                        format!("{rollout}: step {step}/{steps}, {reason}")
+                    } else {
+                        format!("{rollout}: {reason}")
+                    }
+                });
+            }
+        }
+    }
+    // GitHub keeps 140 characters of a description.
+    let cut = |s: String| s.chars().take(140).collect::<String>();
+    if let Some(f) = failed {
+        return Some(Status {
+            state: "failure",
+            description: cut(f),
+        });
+    }
+    if let Some(p) = pending {
+        return Some(Status {
+            state: "pending",
+            description: cut(p),
+        });
+    }
+    (complete > 0).then(|| Status {
+        state: "success",
+        description: format!(
+            "complete ({complete} rollout{})",
+            if complete == 1 { "" } else { "s" }
+        ),
+    })
+}
+
+impl GitHub {
+    fn call(what: impl Into<String>) -> impl FnOnce(octocrab::Error) -> GitHubError {
+        let what = what.into();
+        move |source| GitHubError::Call {
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    /// The merged pull request that brought `commit`, with its reviews.
+    pub async fn pull_of(&self, commit: &str) -> Result<Option<PullRequest>, GitHubError> {
+        let (o, r) = (&self.owner, &self.repo);
+        let pulls: Vec<Pull> = self
+            .crab
+            .get(
+                format!("/repos/{o}/{r}/commits/{commit}/pulls"),
+                None::<&()>,
+            )
+            .await
+            .map_err(Self::call(format!("pull requests of commit {commit}")))?;
+        // The merged one (a commit can be in several open ones too).
+        let Some(pull) = pulls.into_iter().find(|p| p.merged_at.is_some()) else {
+            return Ok(None);
+        };
+        let n = pull.number;
+        let mut reviews = Vec::new();
+        for page in 1u32.. {
+            let batch: Vec<ReviewJson> = self
+                .crab
+                .get(
+                    format!("/repos/{o}/{r}/pulls/{n}/reviews"),
+                    Some(&[("per_page", 100), ("page", page)]),
+                )
+                .await
+                .map_err(Self::call(format!("reviews of pull request #{n}")))?;
+            let last = batch.len() < 100;
+            reviews.extend(batch.into_iter().filter_map(|r| {
+                Some(Review {
+                    user: r.user?.login,
+                    state: ReviewState::parse(&r.state)?,
+                    commit: r.commit_id.unwrap_or_default(),
+                })
+            }));
+            if last {
+                break;
+            }
+        }
+        Ok(Some(PullRequest {
+            number: n,
+            author: pull.user.login,
+            head: pull.head.sha,
+            reviews,
+        }))
+    }
+
+    /// Whether `user` is an active member of `team` (`org/slug`).
+    async fn member(&self, team: &str, user: &str) -> Result<bool, GitHubError> {
+        let Some((org, slug)) = team.split_once('/') else {
+            return Ok(false);
+        };
+        let got: Result<Membership, _> = self
+            .crab
+            .get(
+                format!("/orgs/{org}/teams/{slug}/memberships/{user}"),
+                None::<&()>,
+            )
+            .await;
+        match got {
+            Ok(m) => Ok(m.state == "active"),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(Self::call(format!("membership of {user} in {team}"))(e)),
+        }
+    }
+
+    /// The `(environment, commit)` pairs whose pull request reviews meet the
+    /// environment's rule, among the rollouts waiting at an approval gate
+    /// (or past it but not yet admitted).
+    pub async fn approvals(
+        &self,
+        model: &FleetModel,
+        state: &BTreeMap<String, RolloutState>,
+        wanted: &BTreeMap<String, String>,
+    ) -> BTreeSet<(String, String)> {
+        let mut asks: BTreeSet<(String, String)> = BTreeSet::new();
+        for (rollout, commit) in wanted {
+            for env in &model.environments {
+                if env.approvals.as_ref().is_none_or(|a| a.required.value == 0) {
+                    continue;
+                }
+                let admitted = state
+                    .get(rollout)
+                    .and_then(|s| s.environments.get(&env.name.value))
+                    .is_some_and(|e| {
+                        e.source_commit == *commit
+                            && !matches!(
+                                e.phase,
+                                Phase::Pending | Phase::AwaitingApproval | Phase::WaitingWindow
+                            )
+                    });
+                if !admitted {
+                    asks.insert((env.name.value.clone(), commit.clone()));
+                }
+            }
+        }
+        let mut pulls: HashMap<&str, Option<PullRequest>> = HashMap::new();
+        let mut members: Members = BTreeMap::new();
+        let mut out = BTreeSet::new();
+        for (env, commit) in &asks {
+            if !pulls.contains_key(commit.as_str()) {
+                let pull = match self.pull_of(commit).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(commit = %commit, error = %e, "cannot read reviews; the change keeps waiting");
+                        None
+                    }
+                };
+                pulls.insert(commit, pull);
+            }
+            let Some(pr) = pulls.get(commit.as_str()).and_then(Option::as_ref) else {
+                tracing::info!(environment = %env, commit = %commit, "no merged pull request brought this commit; it waits for approvals");
+                continue;
+            };
+            let Some(rule) = model
+                .environments
+                .iter()
+                .find(|e| e.name.value == *env)
+                .and_then(|e| e.approvals.as_ref())
+            else {
+                continue;
+            };
+            for user in reviews::candidates(rule, pr) {
+                for team in &rule.teams {
+                    let known = members.get(&team.value).is_some_and(|m| m.contains(&user));
+                    if known {
+                        continue;
+                    }
+                    match self.member(&team.value, &user).await {
+                        Ok(true) => {
+                            members
+                                .entry(team.value.clone())
+                                .or_default()
+                                .insert(user.clone());
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(team = %team.value, user = %user, error = %e, "cannot read team membership")
+                        }
+                    }
+                }
+            }
+            let verdict = reviews::verdict(rule, pr, &members);
+            for (user, why) in &verdict.ignored {
+                tracing::info!(environment = %env, pull = pr.number, reviewer = %user, reason = %why, "review not counted");
+            }
+            if verdict.approved {
+                tracing::info!(environment = %env, commit = %commit, pull = pr.number, approvers = ?verdict.counted, "approved by review");
+                out.insert((env.clone(), commit.clone()));
+            }
+        }
+        out
+    }
+
+    /// Post `status` as `context` on `commit`, unless it is what was posted
+    /// last. A failure is logged; the next pass tries again.
+    pub async fn set_status(&mut self, commit: &str, context: &str, status: &Status) {
+        if !self.seeded.contains(commit) {
+            self.seed(commit).await;
+        }
+        let key = (commit.to_owned(), context.to_owned());
+        let value = (status.state.to_owned(), status.description.clone());
+        if self.posted.get(&key) == Some(&value) {
+            return;
+        }
+        let (o, r) = (&self.owner, &self.repo);
+        let body = StatusBody {
+            state: status.state,
+            context,
+            description: &status.description,
+        };
+        let posted: Result<serde_json::Value, _> = self
+            .crab
+            .post(format!("/repos/{o}/{r}/statuses/{commit}"), Some(&body))
+            .await;
+        match posted {
+            Ok(_) => {
+                self.posted.insert(key, value);
+            }
+            Err(e) => {
+                tracing::warn!(commit = %commit, context = %context, error = %e, "cannot post the commit status")
+            }
+        }
+    }
+
+    /// Learn the statuses `commit` has (the latest per context) so only
+    /// changes are posted. A failed read is retried with the next status.
+    async fn seed(&mut self, commit: &str) {
+        let (o, r) = (&self.owner, &self.repo);
+        let got: Result<Combined, _> = self
+            .crab
+            .get(
+                format!("/repos/{o}/{r}/commits/{commit}/status"),
+                None::<&()>,
+            )
+            .await;
+        match got {
+            Ok(combined) => {
+                for st in combined.statuses {
+                    self.posted.insert(
+                        (commit.to_owned(), st.context),
+                        (st.state, st.description.unwrap_or_default()),
+                    );
+                }
+                self.seeded.insert(commit.to_owned());
+            }
+            Err(e) => {
+                tracing::warn!(commit = %commit, error = %e, "cannot read the commit's statuses")
+            }
+        }
+    }
+
+    /// A commit status per environment on each rollout's source commit.
+    pub async fn report(&mut self, model: &FleetModel, state: &BTreeMap<String, RolloutState>) {
+        // (commit, environment) -> the rollouts there
+        let mut by: BTreeMap<(&str, &str), Vec<RolloutAt<'_>>> = BTreeMap::new();
+        for (name, r) in state {
+            let steps = model
+                .rollouts
+                .get(name)
+                .map_or(0, |r| r.doc.steps.len() as u32);
+            for (env, e) in &r.environments {
+                by.entry((&e.source_commit, env))
+                    .or_default()
+                    .push(RolloutAt {
+                        rollout: name,
+                        phase: e.phase,
+                        step: e.step,
+                        steps,
+                        reason: &e.reason,
+                    });
+            }
+        }
+        let statuses: Vec<(String, String, Status)> = by
+            .into_iter()
+            .filter_map(|((commit, env), rs)| {
+                Some((commit.to_owned(), format!("gitfleet/{env}"), status_of(rs)?))
+            })
+            .collect();
+        for (commit, context, status) in statuses {
+            self.set_status(&commit, &context, &status).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_rollout_fails_the_environment_and_a_running_one_is_pending() {
+        let at = |rollout, phase, step, reason| RolloutAt {
+            rollout,
+            phase,
+            step,
+            steps: 3,
+            reason,
+        };
+        let done = at("a", Phase::Complete, 3, "complete");
+        let s = status_of([done, at("b", Phase::Progressing, 1, "admitting")]).unwrap();
+        assert_eq!(s.state, "pending");
+        assert_eq!(s.description, "b: step 1/3, admitting");
+        let s = status_of([done, at("b", Phase::Verifying, 1, "step 1/3: baking")]).unwrap();
+        assert_eq!(
+            s.description, "b: step 1/3: baking",
+            "the step is named once"
+        );
+        let s = status_of([done, at("b", Phase::Failed, 1, "gate error-rate")]).unwrap();
+        assert_eq!(s.state, "failure");
+        assert!(s.description.contains("gate error-rate"));
+        let s = status_of([done]).unwrap();
+        assert_eq!(
+            (s.state, s.description.as_str()),
+            ("success", "complete (1 rollout)")
+        );
+        assert_eq!(status_of([]), None);
+        let long = "x".repeat(500);
+        let s = status_of([at("a", Phase::Progressing, 0, long.as_str())]).unwrap();
+        assert_eq!(s.description.chars().count(), 140);
+    }
+
+    #[test]
+    fn a_repo_must_be_owner_slash_name() {
+        for bad in ["acme", "/fleet", "acme/", "a/b/c"] {
+            let args = GitHubArgs {
+                github_repo: Some(bad.into()),
+                github_token_file: Some("/dev/null".into()),
+                ..GitHubArgs::default()
+            };
+            assert!(matches!(args.config(), Err(GitHubError::Repo(_))), "{bad}");
+        }
+    }
+}

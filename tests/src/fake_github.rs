@@ -1,0 +1,372 @@
+//! A stateful fake of the GitHub REST endpoints gitfleet calls, on
+//! 127.0.0.1: pull requests and the commits they contain, reviews, team
+//! memberships and commit statuses. The reconciler reaches it through
+//! octocrab's `base_uri`; tests arrange and inspect its state directly.
+//!
+//! Answers carry the fields GitHub's do that gitfleet reads (and a few
+//! more), with GitHub's status codes; a request without the token is 401.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug)]
+pub struct Pull {
+    pub number: u64,
+    pub author: String,
+    pub head: String,
+    /// Every commit the pull request contains, its merge commit included.
+    pub commits: Vec<String>,
+    pub merged: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Review {
+    pub user: String,
+    pub state: String,
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub commit: String,
+    pub context: String,
+    pub state: String,
+    pub description: String,
+}
+
+#[derive(Debug, Default)]
+pub struct GitHubState {
+    pub pulls: Vec<Pull>,
+    pub reviews: BTreeMap<u64, Vec<Review>>,
+    /// `org/slug` -> logins.
+    pub teams: BTreeMap<String, BTreeSet<String>>,
+    /// Every status posted, in order.
+    pub statuses: Vec<Status>,
+    /// `METHOD path` of every request, in order.
+    pub requests: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    token: String,
+    state: Mutex<GitHubState>,
+}
+
+/// The fake, serving until dropped.
+#[derive(Debug)]
+pub struct FakeGitHub {
+    pub url: String,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeGitHub {
+    /// Serve on a free loopback port, accepting only `token`.
+    pub fn start(token: &str) -> FakeGitHub {
+        let shared = Arc::new(Shared {
+            token: token.to_owned(),
+            state: Mutex::new(GitHubState::default()),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let app = router(Arc::clone(&shared));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the fake GitHub");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("binding the fake GitHub");
+                ready_tx
+                    .send(listener.local_addr().expect("its address"))
+                    .expect("the test is waiting");
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        let addr = ready.recv().expect("the fake GitHub started");
+        FakeGitHub {
+            url: format!("http://{addr}"),
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Look at or change the state.
+    pub fn with<T>(&self, f: impl FnOnce(&mut GitHubState) -> T) -> T {
+        f(&mut self.shared.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn add_pull(&self, pull: Pull) {
+        self.with(|s| s.pulls.push(pull));
+    }
+
+    pub fn review(&self, number: u64, user: &str, state: &str, commit: &str) {
+        self.with(|s| {
+            s.reviews.entry(number).or_default().push(Review {
+                user: user.into(),
+                state: state.into(),
+                commit: commit.into(),
+            });
+        });
+    }
+
+    /// Dismiss `user`'s reviews of `number`, as GitHub does: their state
+    /// becomes `DISMISSED`.
+    pub fn dismiss(&self, number: u64, user: &str) {
+        self.with(|s| {
+            for r in s.reviews.entry(number).or_default() {
+                if r.user == user {
+                    r.state = "DISMISSED".into();
+                }
+            }
+        });
+    }
+
+    /// The last status posted on `commit` for `context`.
+    pub fn status(&self, commit: &str, context: &str) -> Option<Status> {
+        self.with(|s| {
+            s.statuses
+                .iter()
+                .rev()
+                .find(|st| st.commit == commit && st.context == context)
+                .cloned()
+        })
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(
+            "/repos/{owner}/{repo}/commits/{sha}/pulls",
+            get(commit_pulls),
+        )
+        .route("/repos/{owner}/{repo}/pulls/{number}/reviews", get(reviews))
+        .route(
+            "/orgs/{org}/teams/{slug}/memberships/{user}",
+            get(membership),
+        )
+        .route("/repos/{owner}/{repo}/statuses/{sha}", post(create_status))
+        .route(
+            "/repos/{owner}/{repo}/commits/{sha}/status",
+            get(combined_status),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "message": "Not Found" })),
+            )
+        })
+        .with_state(shared)
+}
+
+/// Whether the request carries the token (`Bearer` or `token`); records it.
+fn authorized(shared: &Shared, headers: &HeaderMap, what: String) -> bool {
+    shared
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .requests
+        .push(what);
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        });
+    given == Some(shared.token.as_str())
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "message": "Bad credentials" })),
+    )
+        .into_response()
+}
+
+fn pull_json(p: &Pull) -> Value {
+    json!({
+        "number": p.number,
+        "state": if p.merged { "closed" } else { "open" },
+        "user": { "login": p.author },
+        "head": { "sha": p.head, "ref": format!("change-{}", p.number) },
+        "merged_at": if p.merged { json!("2026-12-01T10:00:00Z") } else { Value::Null },
+    })
+}
+
+async fn commit_pulls(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, sha)): Path<(String, String, String)>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("GET commits/{sha}/pulls")) {
+        return unauthorized();
+    }
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let pulls: Vec<Value> = state
+        .pulls
+        .iter()
+        .filter(|p| p.commits.contains(&sha))
+        .map(pull_json)
+        .collect();
+    Json(pulls).into_response()
+}
+
+async fn reviews(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, number)): Path<(String, String, u64)>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("GET pulls/{number}/reviews")) {
+        return unauthorized();
+    }
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    if !state.pulls.iter().any(|p| p.number == number) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": "Not Found" })),
+        )
+            .into_response();
+    }
+    // One page holds them all; later pages are empty, as GitHub's are.
+    if q.get("page").is_some_and(|p| p != "1") {
+        return Json(Vec::<Value>::new()).into_response();
+    }
+    let list: Vec<Value> = state
+        .reviews
+        .get(&number)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({
+                "id": i + 1,
+                "user": { "login": r.user },
+                "state": r.state,
+                "commit_id": r.commit,
+                "submitted_at": "2026-12-01T10:00:00Z",
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn membership(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((org, slug, user)): Path<(String, String, String)>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("GET teams/{org}/{slug}/{user}")) {
+        return unauthorized();
+    }
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let member = state
+        .teams
+        .get(&format!("{org}/{slug}"))
+        .is_some_and(|m| m.contains(&user));
+    if member {
+        Json(json!({ "state": "active", "role": "member" })).into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": "Not Found" })),
+        )
+            .into_response()
+    }
+}
+
+/// The latest status per context on `sha`, newest first, as GitHub's
+/// combined status lists them.
+async fn combined_status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, sha)): Path<(String, String, String)>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("GET commits/{sha}/status")) {
+        return unauthorized();
+    }
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut seen = BTreeSet::new();
+    let statuses: Vec<Value> = state
+        .statuses
+        .iter()
+        .rev()
+        .filter(|st| st.commit == sha && seen.insert(st.context.clone()))
+        .map(
+            |st| json!({ "context": st.context, "state": st.state, "description": st.description }),
+        )
+        .collect();
+    Json(json!({ "sha": sha, "total_count": statuses.len(), "statuses": statuses })).into_response()
+}
+
+async fn create_status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, sha)): Path<(String, String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("POST statuses/{sha}")) {
+        return unauthorized();
+    }
+    let field = |k: &str| body[k].as_str().map(str::to_owned);
+    let (Some(state), Some(context)) = (field("state"), field("context")) else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "message": "Validation Failed" })),
+        )
+            .into_response();
+    };
+    if !["error", "failure", "pending", "success"].contains(&state.as_str()) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "message": "Validation Failed" })),
+        )
+            .into_response();
+    }
+    let status = Status {
+        commit: sha,
+        context,
+        state,
+        description: field("description").unwrap_or_default(),
+    };
+    let reply = json!({
+        "state": status.state,
+        "context": status.context,
+        "description": status.description,
+    });
+    shared
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .statuses
+        .push(status);
+    (StatusCode::CREATED, Json(reply)).into_response()
+}

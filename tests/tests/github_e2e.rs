@@ -1,0 +1,233 @@
+//! Approvals by pull-request review and progress as commit statuses,
+//! against a stateful fake GitHub on loopback (`gitfleet_tests::fake_github`)
+//! reached through octocrab's base URI, with `gitfleet reconcile --once` on
+//! a real bare repository and a file:// store.
+//!
+//! prod needs one approving review (alice, or a member of acme/sre) and is
+//! frozen by a deny window, so an approval shows as prod moving on from
+//! awaiting-approval to waiting-window, and a dismissal as moving back.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_tests::fake_github::{FakeGitHub, Pull};
+use gitfleet_tests::{bin, copy_dir, git, text, workspace};
+
+const TOKEN: &str = "ghp_test_token";
+
+const ENVIRONMENTS: &str = r#"version 1
+environment "dev"
+environment "staging" { after "dev"; }
+environment "prod" {
+    approvals 1 {
+        users "alice"
+        teams "acme/sre"
+    }
+    deny-window "freeze" cron="* * * * *" duration="1h" time-zone="UTC"
+}
+"#;
+
+struct Fleet {
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        copy_dir(&workspace().join("examples/fleet-repo"), &work);
+        std::fs::write(work.join("environments.kdl"), ENVIRONMENTS).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["config", "user.name", "Operator"]);
+        git(&work, &["config", "user.email", "ops@example.invalid"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "fleet"]);
+        git(dir.path(), &["clone", "-q", "--bare", "work", "origin.git"]);
+        git(&work, &["remote", "add", "origin", "../origin.git"]);
+        let out = Command::new(bin("gitfleet"))
+            .args(["keygen", "--online", "-o"])
+            .arg(dir.path().join("online.key"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out).1);
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        Fleet { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn work(&self) -> PathBuf {
+        self.path("work")
+    }
+
+    fn head(&self) -> String {
+        git(&self.work(), &["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
+    /// Change the api-gateway config on `main` and commit it.
+    fn change_config(&self, note: &str) -> String {
+        let file = self.work().join("configs/api-gateway/sentinel.kdl");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(&format!("// {note}\n"));
+        std::fs::write(&file, text).unwrap();
+        git(&self.work(), &["commit", "-qam", note]);
+        self.head()
+    }
+
+    fn push(&self) {
+        git(&self.work(), &["push", "-q", "origin", "main"]);
+    }
+
+    fn reconcile(&self, github: &FakeGitHub) {
+        let out = Command::new(bin("gitfleet"))
+            .arg("reconcile")
+            .arg("--once")
+            .arg("--repo")
+            .arg(self.path("origin.git"))
+            .args([
+                "--store",
+                &format!("file://{}", self.path("store").display()),
+            ])
+            .arg("--online-key")
+            .arg(self.path("online.key"))
+            .arg("--cache")
+            .arg(self.path("mirror"))
+            .args(["--holder", "test-replica"])
+            .args(["--github-repo", "acme/fleet", "--github-api", &github.url])
+            .arg("--github-token-file")
+            .arg(self.path("token"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(
+            out.status.success(),
+            "reconcile failed:\n{stdout}\n{stderr}"
+        );
+    }
+
+    fn prod(&self) -> gitfleet_schemas::state::EnvState {
+        let out = Command::new("git")
+            .args(["show", "gitfleet/state:rollouts/api-gateway.json"])
+            .current_dir(self.path("origin.git"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out).1);
+        let state: RolloutState = serde_json::from_slice(&out.stdout).unwrap();
+        state.environments["prod"].clone()
+    }
+}
+
+fn short(c: &str) -> &str {
+    &c[..12]
+}
+
+#[test]
+fn reviews_on_the_pull_request_head_release_prod_and_statuses_follow() {
+    let github = FakeGitHub::start(TOKEN);
+    github.with(|s| {
+        s.teams
+            .insert("acme/sre".into(), ["dave".to_owned()].into_iter().collect());
+    });
+    let fleet = Fleet::new();
+
+    // A change pushed straight to main, with no pull request, waits.
+    let direct = fleet.head();
+    fleet.reconcile(&github);
+    let prod = fleet.prod();
+    assert_eq!(prod.phase, Phase::AwaitingApproval, "{prod:?}");
+    assert_eq!(prod.source_commit, direct);
+    let status = github
+        .status(&direct, "gitfleet/prod")
+        .expect("a prod status");
+    assert_eq!(status.state, "pending");
+    assert!(
+        status.description.contains("awaiting 1 approval"),
+        "{status:?}"
+    );
+    assert!(github.status(&direct, "gitfleet/dev").is_some());
+
+    // A pull request by carol brings the next change; GitHub lists the
+    // merged pull request for the commit.
+    let change = fleet.change_config("raise the timeout");
+    fleet.push();
+    github.add_pull(Pull {
+        number: 7,
+        author: "carol".into(),
+        head: change.clone(),
+        commits: vec![change.clone()],
+        merged: true,
+    });
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().source_commit, change);
+    assert_eq!(fleet.prod().phase, Phase::AwaitingApproval);
+
+    // An approval of an older head does not count, nor the author's own.
+    github.review(7, "alice", "APPROVED", &direct);
+    github.review(7, "carol", "APPROVED", &change);
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().phase, Phase::AwaitingApproval);
+
+    // alice approves the head: prod moves on, to the closed window.
+    github.review(7, "alice", "APPROVED", &change);
+    fleet.reconcile(&github);
+    let prod = fleet.prod();
+    assert_eq!(prod.phase, Phase::WaitingWindow, "{prod:?}");
+    let status = github.status(&change, "gitfleet/prod").unwrap();
+    assert_eq!(status.state, "pending");
+    assert!(status.description.contains("freeze"), "{status:?}");
+
+    // Her review is dismissed before any node took the change: it waits again.
+    github.dismiss(7, "alice");
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().phase, Phase::AwaitingApproval);
+
+    // A member of an allowed team approves: released again.
+    github.review(7, "dave", "APPROVED", &change);
+    github.review(7, "mallory", "APPROVED", &change);
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().phase, Phase::WaitingWindow);
+
+    // The next direct push waits for its own approvals.
+    let direct2 = fleet.change_config("hotfix without review");
+    fleet.push();
+    fleet.reconcile(&github);
+    let prod = fleet.prod();
+    assert_eq!(prod.phase, Phase::AwaitingApproval, "{prod:?}");
+    assert!(prod.reason.contains(short(&direct2)), "{}", prod.reason);
+
+    // A status is posted only when it changes, across restarts too (each
+    // pass here is a new process).
+    github.with(|s| {
+        assert!(s
+            .requests
+            .iter()
+            .any(|r| r.starts_with("GET teams/acme/sre/dave")));
+        assert!(
+            !s.requests
+                .iter()
+                .any(|r| r.contains("teams/acme/sre/alice")),
+            "a listed user needs no lookup"
+        );
+        let mut last: std::collections::HashMap<(&str, &str), (&str, &str)> =
+            std::collections::HashMap::new();
+        for st in &s.statuses {
+            let now = (st.state.as_str(), st.description.as_str());
+            let before = last.insert((&st.commit, &st.context), now);
+            assert_ne!(before, Some(now), "posted twice unchanged: {st:?}");
+        }
+    });
+}
+
+#[test]
+fn a_wrong_token_leaves_changes_waiting_and_the_pass_succeeds() {
+    let github = FakeGitHub::start("another-token");
+    let fleet = Fleet::new();
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().phase, Phase::AwaitingApproval);
+    github.with(|s| assert!(s.statuses.is_empty()));
+}
