@@ -15,6 +15,7 @@ pub mod lint;
 pub mod mesh;
 pub mod model;
 pub mod plan;
+pub mod preview;
 pub mod repo;
 pub mod reviews;
 pub mod sbom;

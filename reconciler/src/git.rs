@@ -456,6 +456,57 @@ impl Mirror {
         Ok(tips)
     }
 
+    /// Fetch pull request `number`'s head (`refs/pull/<n>/head`, as GitHub
+    /// serves it) into `refs/gitfleet/pull/<n>`; its tip, or `None` when the
+    /// remote has no such ref.
+    pub fn fetch_pull(&self, number: u64) -> Result<Option<Oid>, GitError> {
+        let _timer = self.latency.fetch.start();
+        let source = format!("refs/pull/{number}/head");
+        let fetch_error = |e| GitError::Fetch {
+            url: self.remote.display_url(),
+            branches: source.clone(),
+            source: e,
+        };
+        let mut remote = self
+            .repo
+            .remote_anonymous(&self.remote.url)
+            .map_err(fetch_error)?;
+        let mut connection = remote
+            .connect_auth(Direction::Fetch, Some(callbacks(&self.remote.auth)), None)
+            .map_err(fetch_error)?;
+        let tip = connection
+            .list()
+            .map_err(fetch_error)?
+            .iter()
+            .find(|h| h.name() == source)
+            .map(|h| h.oid());
+        if tip.is_some() {
+            let mut options = FetchOptions::new();
+            options
+                .remote_callbacks(callbacks(&self.remote.auth))
+                .download_tags(AutotagOption::None);
+            connection
+                .remote()
+                .download(
+                    &[format!("{source}:refs/gitfleet/pull/{number}")],
+                    Some(&mut options),
+                )
+                .map_err(fetch_error)?;
+        }
+        drop(connection);
+        if let Some(oid) = tip {
+            self.repo
+                .reference(
+                    &format!("refs/gitfleet/pull/{number}"),
+                    oid,
+                    true,
+                    "gitfleet: fetch pull request",
+                )
+                .map_err(fetch_error)?;
+        }
+        Ok(tip)
+    }
+
     fn set_tracking(&self, branch: &str, tip: Option<Oid>) -> Result<(), git2::Error> {
         let name = tracking_ref(branch);
         match tip {

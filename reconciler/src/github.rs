@@ -84,6 +84,8 @@ pub struct GitHub {
     /// Commits whose statuses were read, so a restarted replica does not
     /// post them all again.
     seeded: HashSet<String>,
+    /// Pull request heads whose plan preview is published.
+    previewed: HashSet<String>,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -204,6 +206,7 @@ impl GitHubConfig {
             repo: self.repo.clone(),
             posted: HashMap::new(),
             seeded: HashSet::new(),
+            previewed: HashSet::new(),
         })
     }
 }
@@ -240,6 +243,30 @@ struct ReviewJson {
 struct Membership {
     state: String,
 }
+
+#[derive(Debug, Deserialize)]
+struct CheckRuns {
+    #[serde(default)]
+    check_runs: Vec<CheckRunId>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckRunId {
+    id: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct AnnotationJson<'a> {
+    path: &'a str,
+    start_line: u32,
+    end_line: u32,
+    annotation_level: &'a str,
+    title: &'a str,
+    message: &'a str,
+}
+
+/// The check run that carries a pull request's plan preview.
+pub const PLAN_CHECK: &str = "gitfleet/plan";
 
 #[derive(Debug, Deserialize)]
 struct Combined {
@@ -555,6 +582,95 @@ impl GitHub {
                 tracing::warn!(commit = %commit, error = %e, "cannot read the commit's statuses")
             }
         }
+    }
+
+    /// Open pull requests, `(number, head commit)`, whose head has no
+    /// published preview yet.
+    pub async fn pulls_to_preview(&self) -> Result<Vec<(u64, String)>, GitHubError> {
+        let (o, r) = (&self.owner, &self.repo);
+        let mut out = Vec::new();
+        for page in 1u32.. {
+            let batch: Vec<Pull> = self
+                .crab
+                .get(
+                    format!("/repos/{o}/{r}/pulls"),
+                    Some(&[
+                        ("state", "open".to_owned()),
+                        ("per_page", "100".to_owned()),
+                        ("page", page.to_string()),
+                    ]),
+                )
+                .await
+                .map_err(Self::call("open pull requests"))?;
+            let last = batch.len() < 100;
+            out.extend(
+                batch
+                    .into_iter()
+                    .filter(|p| !self.previewed.contains(&p.head.sha))
+                    .map(|p| (p.number, p.head.sha)),
+            );
+            if last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Publish `preview` as the `gitfleet/plan` check run of `head`: the
+    /// existing run updated in place, or a new one.
+    pub async fn publish_preview(
+        &mut self,
+        head: &str,
+        preview: &gitfleet_policy::preview::Preview,
+    ) -> Result<(), GitHubError> {
+        let (o, r) = (&self.owner, &self.repo);
+        let existing: CheckRuns = self
+            .crab
+            .get(
+                format!("/repos/{o}/{r}/commits/{head}/check-runs"),
+                Some(&[("check_name", PLAN_CHECK)]),
+            )
+            .await
+            .map_err(Self::call(format!("check runs of {head}")))?;
+        let annotations: Vec<AnnotationJson<'_>> = preview
+            .annotations
+            .iter()
+            .map(|a| AnnotationJson {
+                path: &a.path,
+                start_line: a.start_line,
+                end_line: a.end_line,
+                annotation_level: a.level,
+                title: &a.title,
+                message: &a.message,
+            })
+            .collect();
+        let body = serde_json::json!({
+            "name": PLAN_CHECK,
+            "head_sha": head,
+            "status": "completed",
+            "conclusion": preview.conclusion,
+            "output": {
+                "title": preview.title,
+                "summary": preview.summary,
+                "text": preview.text,
+                "annotations": annotations,
+            },
+        });
+        let what = format!("the {PLAN_CHECK} check run of {head}");
+        let _: serde_json::Value = match existing.check_runs.first() {
+            Some(run) => self
+                .crab
+                .patch(format!("/repos/{o}/{r}/check-runs/{}", run.id), Some(&body))
+                .await
+                .map_err(Self::call(what))?,
+            None => self
+                .crab
+                .post(format!("/repos/{o}/{r}/check-runs"), Some(&body))
+                .await
+                .map_err(Self::call(what))?,
+        };
+        self.previewed.insert(head.to_owned());
+        Ok(())
     }
 
     /// A commit status per environment on each rollout's source commit.

@@ -23,8 +23,9 @@ use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
 use crate::git::{Author, Mirror, StateCommit, StateFiles};
 use crate::github::{GitHub, GitHubConfig};
 use crate::lease::{self, LeaseOutcome};
-use crate::observe::{Observed, Observer};
+use crate::observe::{CheckedCommit, Observed, Observer};
 use gitfleet_io::store::{Create, Fetch, Store, Update};
+use gitfleet_policy::preview::Side;
 
 /// Default freshness of channel manifests when the environment sets none.
 const DEFAULT_FRESHNESS_SECONDS: i64 = 3600;
@@ -158,6 +159,62 @@ impl Reconciler {
             }
         }
         Ok(self.github_client.as_ref())
+    }
+
+    /// Publish a plan preview for every open pull request head that has
+    /// none yet. A pull request that cannot be previewed is logged and
+    /// tried again next pass; it never fails the pass.
+    async fn previews(&mut self, base: &CheckedCommit) {
+        let Some(gh) = self.github_client.as_mut() else {
+            return;
+        };
+        let pulls = match gh.pulls_to_preview().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list pull requests to preview");
+                return;
+            }
+        };
+        let mirror = &self.observer.mirror;
+        for (number, head) in pulls {
+            let files = match mirror.fetch_pull(number) {
+                Ok(Some(oid)) if oid.to_string() == head => mirror.files_at(oid),
+                Ok(_) => {
+                    tracing::info!(pull = number, head = %head, "the pull request's head is not fetchable yet");
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            let files = match files {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(pull = number, error = %e, "cannot read the pull request's head");
+                    continue;
+                }
+            };
+            let checked = gitfleet_policy::check(&files);
+            let targets = plan::Targets::from_model(&checked.model);
+            let preview = gitfleet_policy::preview::preview(
+                Side {
+                    model: &base.checked.model,
+                    diagnostics: &base.checked.diagnostics,
+                    targets: &base.targets,
+                },
+                Side {
+                    model: &checked.model,
+                    diagnostics: &checked.diagnostics,
+                    targets: &targets,
+                },
+            );
+            match gh.publish_preview(&head, &preview).await {
+                Ok(()) => {
+                    tracing::info!(pull = number, head = %head, conclusion = preview.conclusion, "published the plan preview")
+                }
+                Err(e) => {
+                    tracing::warn!(pull = number, error = %e, "cannot publish the plan preview")
+                }
+            }
+        }
     }
 
     pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
@@ -560,6 +617,7 @@ impl Reconciler {
         phases.end("publish");
         if let Some(gh) = self.github_client.as_mut() {
             gh.report(model, &outcome.plan.state()).await;
+            self.previews(&checked).await;
             phases.end("github");
         }
         outcome.phases = phases.done;

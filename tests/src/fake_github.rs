@@ -41,6 +41,18 @@ pub struct Status {
     pub description: String,
 }
 
+#[derive(Clone, Debug)]
+pub struct CheckRun {
+    pub id: u64,
+    pub name: String,
+    pub head_sha: String,
+    pub conclusion: Option<String>,
+    /// `output` as posted: title, summary, text, annotations.
+    pub output: Value,
+    /// How many times it was updated after creation.
+    pub updates: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct GitHubState {
     pub pulls: Vec<Pull>,
@@ -49,6 +61,7 @@ pub struct GitHubState {
     pub teams: BTreeMap<String, BTreeSet<String>>,
     /// Every status posted, in order.
     pub statuses: Vec<Status>,
+    pub check_runs: Vec<CheckRun>,
     /// `METHOD path` of every request, in order.
     pub requests: Vec<String>,
 }
@@ -176,6 +189,16 @@ fn router(shared: Arc<Shared>) -> Router {
             "/repos/{owner}/{repo}/commits/{sha}/status",
             get(combined_status),
         )
+        .route("/repos/{owner}/{repo}/pulls", get(open_pulls))
+        .route(
+            "/repos/{owner}/{repo}/commits/{sha}/check-runs",
+            get(commit_check_runs),
+        )
+        .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+        .route(
+            "/repos/{owner}/{repo}/check-runs/{id}",
+            axum::routing::patch(update_check_run),
+        )
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -301,6 +324,134 @@ async fn membership(
         )
             .into_response()
     }
+}
+
+async fn open_pulls(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    if !authorized(&shared, &headers, "GET pulls".to_owned()) {
+        return unauthorized();
+    }
+    if q.get("page").is_some_and(|p| p != "1") {
+        return Json(Vec::<Value>::new()).into_response();
+    }
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let open: Vec<Value> = state
+        .pulls
+        .iter()
+        .filter(|p| !p.merged)
+        .map(pull_json)
+        .collect();
+    Json(open).into_response()
+}
+
+fn check_run_json(c: &CheckRun) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "head_sha": c.head_sha,
+        "status": "completed",
+        "conclusion": c.conclusion,
+        "output": c.output,
+    })
+}
+
+async fn commit_check_runs(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, sha)): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("GET commits/{sha}/check-runs")) {
+        return unauthorized();
+    }
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let runs: Vec<Value> = state
+        .check_runs
+        .iter()
+        .filter(|c| c.head_sha == sha && q.get("check_name").is_none_or(|n| *n == c.name))
+        .map(check_run_json)
+        .collect();
+    Json(json!({ "total_count": runs.len(), "check_runs": runs })).into_response()
+}
+
+/// GitHub's limit: at most 50 annotations per request.
+fn annotations_ok(body: &Value) -> bool {
+    body["output"]["annotations"]
+        .as_array()
+        .is_none_or(|a| a.len() <= 50)
+}
+
+async fn create_check_run(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&shared, &headers, "POST check-runs".to_owned()) {
+        return unauthorized();
+    }
+    let (Some(name), Some(head)) = (body["name"].as_str(), body["head_sha"].as_str()) else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "message": "Validation Failed" })),
+        )
+            .into_response();
+    };
+    if !annotations_ok(&body) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "message": "Only 50 annotations per request" })),
+        )
+            .into_response();
+    }
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let run = CheckRun {
+        id: state.check_runs.len() as u64 + 1,
+        name: name.to_owned(),
+        head_sha: head.to_owned(),
+        conclusion: body["conclusion"].as_str().map(str::to_owned),
+        output: body["output"].clone(),
+        updates: 0,
+    };
+    let reply = check_run_json(&run);
+    state.check_runs.push(run);
+    (StatusCode::CREATED, Json(reply)).into_response()
+}
+
+async fn update_check_run(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, id)): Path<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("PATCH check-runs/{id}")) {
+        return unauthorized();
+    }
+    if !annotations_ok(&body) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "message": "Only 50 annotations per request" })),
+        )
+            .into_response();
+    }
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(run) = state.check_runs.iter_mut().find(|c| c.id == id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": "Not Found" })),
+        )
+            .into_response();
+    };
+    if let Some(c) = body["conclusion"].as_str() {
+        run.conclusion = Some(c.to_owned());
+    }
+    if !body["output"].is_null() {
+        run.output = body["output"].clone();
+    }
+    run.updates += 1;
+    Json(check_run_json(run)).into_response()
 }
 
 /// The latest status per context on `sha`, newest first, as GitHub's

@@ -231,3 +231,89 @@ fn a_wrong_token_leaves_changes_waiting_and_the_pass_succeeds() {
     assert_eq!(fleet.prod().phase, Phase::AwaitingApproval);
     github.with(|s| assert!(s.statuses.is_empty()));
 }
+
+#[test]
+fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
+    let github = FakeGitHub::start(TOKEN);
+    let fleet = Fleet::new();
+    let work = fleet.work();
+    git(&work, &["checkout", "-q", "-b", "change"]);
+    let node = work.join("nodes/edge-fra-1.kdl");
+    let text = std::fs::read_to_string(&node).unwrap();
+    std::fs::write(
+        &node,
+        text.replace("environment \"prod\"", "environment \"prdo\""),
+    )
+    .unwrap();
+    let broken = fleet.change_config("route the new API");
+    // GitHub serves a pull request's head as refs/pull/<n>/head.
+    git(&work, &["push", "-q", "origin", "HEAD:refs/pull/8/head"]);
+    github.add_pull(Pull {
+        number: 8,
+        author: "carol".into(),
+        head: broken.clone(),
+        commits: vec![broken.clone()],
+        merged: false,
+    });
+    fleet.reconcile(&github);
+    let run = |head: &str| {
+        github.with(|s| {
+            let runs: Vec<_> = s
+                .check_runs
+                .iter()
+                .filter(|c| c.head_sha == head)
+                .cloned()
+                .collect();
+            assert_eq!(runs.len(), 1, "one check run per head: {runs:?}");
+            runs[0].clone()
+        })
+    };
+    let first = run(&broken);
+    assert_eq!(first.name, "gitfleet/plan");
+    assert_eq!(first.conclusion.as_deref(), Some("failure"));
+    let annotations = first.output["annotations"].as_array().unwrap();
+    let a = annotations
+        .iter()
+        .find(|a| a["path"] == "nodes/edge-fra-1.kdl")
+        .unwrap_or_else(|| panic!("{annotations:?}"));
+    assert_eq!(a["start_line"], 3);
+    assert_eq!(a["annotation_level"], "failure");
+    assert!(a["message"].as_str().unwrap().contains("prdo"), "{a}");
+
+    // Another pass (a new process) updates that run in place.
+    fleet.reconcile(&github);
+    assert_eq!(run(&broken).updates, 1);
+
+    // The author fixes the node; the new head's preview passes and says
+    // what would change, where, and how.
+    std::fs::write(&node, text).unwrap();
+    git(&work, &["commit", "-qam", "fix the environment"]);
+    let fixed = fleet.head();
+    git(
+        &work,
+        &["push", "-q", "-f", "origin", "HEAD:refs/pull/8/head"],
+    );
+    github.with(|s| s.pulls[0].head = fixed.clone());
+    fleet.reconcile(&github);
+    let second = run(&fixed);
+    assert_eq!(
+        second.conclusion.as_deref(),
+        Some("success"),
+        "{:?}",
+        second.output
+    );
+    let summary = second.output["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("`api-gateway`: sentinel.kdl changed"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("**prod**"),
+        "nodes per environment: {summary}"
+    );
+    assert!(summary.contains("step 1 → "), "{summary}");
+    let diff = second.output["text"].as_str().unwrap();
+    assert!(diff.contains("+// route the new API"), "{diff}");
+    // Nothing of the pull request reached the fleet: main is unchanged.
+    assert_ne!(fleet.prod().source_commit, broken);
+}

@@ -1,0 +1,110 @@
+//! The plan preview of a pull request: annotations from the head's
+//! diagnostics, what changes, and the risks a reviewer should see.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::path::Path;
+
+use gitfleet_policy::plan::Targets;
+use gitfleet_policy::preview::{preview, Preview, Side};
+use gitfleet_policy::repo::RepoFiles;
+
+fn example_repo() -> RepoFiles {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo");
+    let mut files = RepoFiles::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// The preview of the example repo with `edit` applied to `path`.
+fn preview_of(path: &str, edit: impl Fn(&str) -> String) -> Preview {
+    let base_files = example_repo();
+    let mut head_files = example_repo();
+    head_files.insert(path, edit(base_files.text(path).unwrap()));
+    let base = gitfleet_policy::check(&base_files);
+    let head = gitfleet_policy::check(&head_files);
+    let (bt, ht) = (
+        Targets::from_model(&base.model),
+        Targets::from_model(&head.model),
+    );
+    preview(
+        Side {
+            model: &base.model,
+            diagnostics: &base.diagnostics,
+            targets: &bt,
+        },
+        Side {
+            model: &head.model,
+            diagnostics: &head.diagnostics,
+            targets: &ht,
+        },
+    )
+}
+
+#[test]
+fn an_unchanged_repo_changes_nothing() {
+    let p = preview_of("fleet.kdl", str::to_owned);
+    assert_eq!(p.conclusion, "success");
+    assert!(
+        p.summary.contains("no bundle would change"),
+        "{}",
+        p.summary
+    );
+    assert!(p.annotations.is_empty());
+}
+
+#[test]
+fn dropping_tls_is_named_as_a_risk_and_fails_the_lint() {
+    let p = preview_of("configs/edge/sentinel.kdl", |t| {
+        let start = t.find("        tls {").unwrap();
+        let end = start + t[start..].find("        }\n").unwrap() + "        }\n".len();
+        format!("{}{}", &t[..start], &t[end..]).replace("protocol \"https\"", "protocol \"http\"")
+    });
+    assert!(
+        p.summary.contains("`edge`: listener `https` drops TLS"),
+        "{}",
+        p.summary
+    );
+    assert!(
+        p.summary.contains("- `edge`"),
+        "the rollout is listed: {}",
+        p.summary
+    );
+    assert!(p.text.contains("-            cert-file"), "{}", p.text);
+    // The fleet's own lint refuses a TLS-less listener in prod.
+    assert_eq!(p.conclusion, "failure", "{:?}", p.annotations);
+    assert!(p
+        .annotations
+        .iter()
+        .any(|a| a.path == "configs/edge/sentinel.kdl" && a.level == "failure"));
+}
+
+#[test]
+fn an_error_is_annotated_at_its_line() {
+    let p = preview_of("nodes/edge-fra-1.kdl", |t| {
+        t.replace("\"prod\"", "\"prdo\"")
+    });
+    assert_eq!(p.conclusion, "failure");
+    assert!(p.title.starts_with("1 error(s)"), "{}", p.title);
+    let a = &p.annotations[0];
+    assert_eq!(
+        (a.path.as_str(), a.start_line, a.level),
+        ("nodes/edge-fra-1.kdl", 3, "failure")
+    );
+    assert!(a.message.contains("prdo"), "{}", a.message);
+}
