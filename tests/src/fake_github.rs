@@ -69,6 +69,9 @@ pub struct GitHubState {
 #[derive(Debug)]
 struct Shared {
     token: String,
+    /// `(app id, installation id)`: the fake issues `token` to this App's
+    /// installation for a JWT the App signed.
+    app: Option<(u64, u64)>,
     state: Mutex<GitHubState>,
 }
 
@@ -84,8 +87,19 @@ pub struct FakeGitHub {
 impl FakeGitHub {
     /// Serve on a free loopback port, accepting only `token`.
     pub fn start(token: &str) -> FakeGitHub {
+        FakeGitHub::serve(token, None)
+    }
+
+    /// Serve for a GitHub App: a JWT whose `iss` is `app_id` buys an
+    /// installation token for `installation`; only that token is accepted.
+    pub fn start_app(app_id: u64, installation: u64) -> FakeGitHub {
+        FakeGitHub::serve(&format!("ghs_{installation}"), Some((app_id, installation)))
+    }
+
+    fn serve(token: &str, app: Option<(u64, u64)>) -> FakeGitHub {
         let shared = Arc::new(Shared {
             token: token.to_owned(),
+            app,
             state: Mutex::new(GitHubState::default()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -188,6 +202,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/repos/{owner}/{repo}/commits/{sha}/status",
             get(combined_status),
+        )
+        .route(
+            "/app/installations/{id}/access_tokens",
+            post(installation_token),
         )
         .route("/repos/{owner}/{repo}/pulls", get(open_pulls))
         .route(
@@ -324,6 +342,71 @@ async fn membership(
         )
             .into_response()
     }
+}
+
+/// An installation token for a JWT of the configured App: RS256, `iss`
+/// the App id, not expired. (The signature itself is not checked: the
+/// fake has no RSA; GitHub does.)
+async fn installation_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    use base64::Engine as _;
+    shared
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .requests
+        .push(format!("POST installations/{id}/access_tokens"));
+    let Some((app_id, installation)) = shared.app else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "message": "Not Found" })),
+        )
+            .into_response();
+    };
+    let jwt = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let part = |i: usize| -> Option<Value> {
+        let text = jwt.split('.').nth(i)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    let (Some(header), Some(claims)) = (part(0), part(1)) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "message": "A JSON web token could not be decoded" })),
+        )
+            .into_response();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let iss_ok = claims["iss"].as_u64() == Some(app_id)
+        || claims["iss"].as_str() == Some(app_id.to_string().as_str());
+    let fresh = claims["exp"].as_u64().is_some_and(|exp| exp > now);
+    if header["alg"] != "RS256" || !iss_ok || !fresh || id != installation {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "message": "'Issuer' claim ('iss') must be an Integer" })),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "token": shared.token,
+            "expires_at": "2099-01-01T00:00:00Z",
+            "permissions": { "statuses": "write", "checks": "write", "pull_requests": "read" },
+        })),
+    )
+        .into_response()
 }
 
 async fn open_pulls(

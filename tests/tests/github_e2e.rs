@@ -84,6 +84,11 @@ impl Fleet {
     }
 
     fn reconcile(&self, github: &FakeGitHub) {
+        let token = self.path("token");
+        self.reconcile_as(github, &["--github-token-file".as_ref(), token.as_os_str()]);
+    }
+
+    fn reconcile_as(&self, github: &FakeGitHub, auth: &[&std::ffi::OsStr]) {
         let out = Command::new(bin("gitfleet"))
             .arg("reconcile")
             .arg("--once")
@@ -99,8 +104,7 @@ impl Fleet {
             .arg(self.path("mirror"))
             .args(["--holder", "test-replica"])
             .args(["--github-repo", "acme/fleet", "--github-api", &github.url])
-            .arg("--github-token-file")
-            .arg(self.path("token"))
+            .args(auth)
             .output()
             .unwrap();
         let (stdout, stderr) = text(&out);
@@ -191,6 +195,27 @@ fn reviews_on_the_pull_request_head_release_prod_and_statuses_follow() {
     github.review(7, "mallory", "APPROVED", &change);
     fleet.reconcile(&github);
     assert_eq!(fleet.prod().phase, Phase::WaitingWindow);
+
+    // The freeze is lifted (a commit that leaves the config alone): the
+    // approved change goes ahead in prod.
+    let envs = fleet.work().join("environments.kdl");
+    let text = std::fs::read_to_string(&envs).unwrap();
+    std::fs::write(
+        &envs,
+        text.replace(
+            "    deny-window \"freeze\"",
+            "    // deny-window \"freeze\"",
+        ),
+    )
+    .unwrap();
+    git(&fleet.work(), &["commit", "-qam", "lift the freeze"]);
+    fleet.push();
+    fleet.reconcile(&github);
+    let prod = fleet.prod();
+    assert_eq!(prod.source_commit, change, "the config did not change");
+    assert_eq!(prod.phase, Phase::Progressing, "{prod:?}");
+    let status = github.status(&change, "gitfleet/prod").unwrap();
+    assert!(status.description.contains("step 1/"), "{status:?}");
 
     // The next direct push waits for its own approvals.
     let direct2 = fleet.change_config("hotfix without review");
@@ -316,4 +341,43 @@ fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
     assert!(diff.contains("+// route the new API"), "{diff}");
     // Nothing of the pull request reached the fleet: main is unchanged.
     assert_ne!(fleet.prod().source_commit, broken);
+}
+
+#[test]
+fn a_github_app_works_through_its_installation_token() {
+    let github = FakeGitHub::start_app(4242, 77);
+    let fleet = Fleet::new();
+    let key = fleet.path("app.pem");
+    let out = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", text(&out).1);
+    fleet.reconcile_as(
+        &github,
+        &[
+            "--github-app-id".as_ref(),
+            "4242".as_ref(),
+            "--github-app-key".as_ref(),
+            key.as_os_str(),
+            "--github-installation".as_ref(),
+            "77".as_ref(),
+        ],
+    );
+    let head = fleet.head();
+    let status = github
+        .status(&head, "gitfleet/prod")
+        .expect("a status posted as the App");
+    assert_eq!(status.state, "pending");
+    github.with(|s| {
+        assert!(
+            s.requests
+                .iter()
+                .any(|r| r == "POST installations/77/access_tokens"),
+            "{:?}",
+            s.requests
+        );
+    });
 }
