@@ -918,19 +918,32 @@ pub async fn run_passes(
         let took = started.elapsed();
         tracing::debug!(elapsed_ms = took.as_millis() as u64, "reconcile pass done");
         on_pass(result.as_ref(), took);
+        let mut triggered = false;
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             t = trigger.recv(), if triggers_open => {
                 // A closed trigger leaves polling.
                 triggers_open = t.is_some();
-                if t.is_some() {
-                    tracing::debug!("triggered");
-                }
+                triggered = t.is_some();
             }
             _ = stop.wait_for(|s| *s) => {}
         }
+        if triggered {
+            tracing::debug!("triggered");
+            // A flood of triggers (webhooks, pushes) runs passes at most
+            // every MIN_GAP; the ones in between coalesce.
+            let wait = MIN_GAP.saturating_sub(started.elapsed());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }
     }
 }
+
+/// The least time from the start of one pass to the start of a triggered
+/// next one.
+const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// [`run_passes`] on a thread of its own (git2 blocks), for commands that
 /// serve or simulate beside the reconciler. Join it after `stop` turns
