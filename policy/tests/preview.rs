@@ -3,33 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
-use std::path::Path;
+mod common;
 
+use common::example_repo;
 use gitfleet_policy::plan::Targets;
 use gitfleet_policy::preview::{preview, Preview, Side};
-use gitfleet_policy::repo::RepoFiles;
-
-fn example_repo() -> RepoFiles {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo");
-    let mut files = RepoFiles::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                files.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    files
-}
 
 /// The preview of the example repo with `edit` applied to `path`.
 fn preview_of(path: &str, edit: impl Fn(&str) -> String) -> Preview {

@@ -7,8 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use cyclonedx_bom::prelude::{Bom, Validate as _};
-use gitfleet_policy::RepoFiles;
 use serde_json::Value;
+
+mod common;
+
+use common::example_repo;
 
 fn schema_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cyclonedx-1.5")
@@ -44,28 +47,6 @@ fn cyclonedx_1_5() -> jsonschema::Validator {
         .with_retriever(Local)
         .build(&schema)
         .unwrap()
-}
-
-fn example_repo() -> RepoFiles {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo");
-    let mut files = RepoFiles::new();
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                files.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    files
 }
 
 fn sboms() -> Vec<(String, Vec<u8>)> {

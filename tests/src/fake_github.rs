@@ -244,12 +244,13 @@ fn authorized(shared: &Shared, headers: &HeaderMap, what: String) -> bool {
     given == Some(shared.token.as_str())
 }
 
+/// An error as GitHub answers one.
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "message": message }))).into_response()
+}
+
 fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({ "message": "Bad credentials" })),
-    )
-        .into_response()
+    error(StatusCode::UNAUTHORIZED, "Bad credentials")
 }
 
 fn pull_json(p: &Pull) -> Value {
@@ -291,11 +292,7 @@ async fn reviews(
     }
     let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     if !state.pulls.iter().any(|p| p.number == number) {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "message": "Not Found" })),
-        )
-            .into_response();
+        return error(StatusCode::NOT_FOUND, "Not Found");
     }
     // One page holds them all; later pages are empty, as GitHub's are.
     if q.get("page").is_some_and(|p| p != "1") {
@@ -336,11 +333,7 @@ async fn membership(
     if member {
         Json(json!({ "state": "active", "role": "member" })).into_response()
     } else {
-        (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "message": "Not Found" })),
-        )
-            .into_response()
+        error(StatusCode::NOT_FOUND, "Not Found")
     }
 }
 
@@ -360,11 +353,7 @@ async fn installation_token(
         .requests
         .push(format!("POST installations/{id}/access_tokens"));
     let Some((app_id, installation)) = shared.app else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "message": "Not Found" })),
-        )
-            .into_response();
+        return error(StatusCode::NOT_FOUND, "Not Found");
     };
     let jwt = headers
         .get("authorization")
@@ -379,11 +368,10 @@ async fn installation_token(
         serde_json::from_slice(&bytes).ok()
     };
     let (Some(header), Some(claims)) = (part(0), part(1)) else {
-        return (
+        return error(
             StatusCode::UNAUTHORIZED,
-            Json(json!({ "message": "A JSON web token could not be decoded" })),
-        )
-            .into_response();
+            "A JSON web token could not be decoded",
+        );
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -392,11 +380,10 @@ async fn installation_token(
         || claims["iss"].as_str() == Some(app_id.to_string().as_str());
     let fresh = claims["exp"].as_u64().is_some_and(|exp| exp > now);
     if header["alg"] != "RS256" || !iss_ok || !fresh || id != installation {
-        return (
+        return error(
             StatusCode::UNAUTHORIZED,
-            Json(json!({ "message": "'Issuer' claim ('iss') must be an Integer" })),
-        )
-            .into_response();
+            "'Issuer' claim ('iss') must be an Integer",
+        );
     }
     (
         StatusCode::CREATED,
@@ -476,18 +463,13 @@ async fn create_check_run(
         return unauthorized();
     }
     let (Some(name), Some(head)) = (body["name"].as_str(), body["head_sha"].as_str()) else {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "message": "Validation Failed" })),
-        )
-            .into_response();
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
     };
     if !annotations_ok(&body) {
-        return (
+        return error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "message": "Only 50 annotations per request" })),
-        )
-            .into_response();
+            "Only 50 annotations per request",
+        );
     }
     let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     let run = CheckRun {
@@ -513,19 +495,14 @@ async fn update_check_run(
         return unauthorized();
     }
     if !annotations_ok(&body) {
-        return (
+        return error(
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "message": "Only 50 annotations per request" })),
-        )
-            .into_response();
+            "Only 50 annotations per request",
+        );
     }
     let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     let Some(run) = state.check_runs.iter_mut().find(|c| c.id == id) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "message": "Not Found" })),
-        )
-            .into_response();
+        return error(StatusCode::NOT_FOUND, "Not Found");
     };
     if let Some(c) = body["conclusion"].as_str() {
         run.conclusion = Some(c.to_owned());
@@ -572,18 +549,10 @@ async fn create_status(
     }
     let field = |k: &str| body[k].as_str().map(str::to_owned);
     let (Some(state), Some(context)) = (field("state"), field("context")) else {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "message": "Validation Failed" })),
-        )
-            .into_response();
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
     };
     if !["error", "failure", "pending", "success"].contains(&state.as_str()) {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "message": "Validation Failed" })),
-        )
-            .into_response();
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
     }
     let status = Status {
         commit: sha,
