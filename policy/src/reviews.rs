@@ -138,7 +138,8 @@ pub fn verdict(rule: &Approvals, pr: &PullRequest, members: &Members) -> Verdict
 }
 
 fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+    // Commit ids are hex, but these come from GitHub: never split a char.
+    commit.get(..12).unwrap_or(commit)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 use gitfleet_policy::model::FleetModel;
+use gitfleet_policy::plan::Targets;
 use gitfleet_policy::reviews::{self, Members, PullRequest, Review, ReviewState};
 use gitfleet_schemas::state::{Phase, RolloutState};
 use serde::{Deserialize, Serialize};
@@ -86,7 +87,23 @@ pub struct GitHub {
     seeded: HashSet<String>,
     /// Pull request heads whose plan preview is published.
     previewed: HashSet<String>,
+    /// Heads whose preview could not be published, and when: retried
+    /// after PREVIEW_BACKOFF.
+    preview_failed: HashMap<String, std::time::Instant>,
+    /// The last pass's approvals: kept for a change whose reviews cannot
+    /// be read this pass, so a GitHub hiccup does not send it back.
+    last_approved: BTreeSet<(String, String)>,
+    /// Whether plan previews can be published (App auth only).
+    previews: bool,
 }
+
+/// How long a head whose preview failed waits before the next try.
+const PREVIEW_BACKOFF: std::time::Duration = std::time::Duration::from_secs(600);
+/// Plan previews published per pass at most; the rest wait for the next.
+pub const PREVIEWS_PER_PASS: usize = 5;
+/// Connect and read timeouts of every GitHub request.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl std::fmt::Debug for GitHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +182,13 @@ impl GitHubArgs {
             }
             (None, None) => return Err(GitHubError::NoAuth),
         };
+        // A bad URL fails here, at start-up, not in every pass.
+        octocrab::Octocrab::builder()
+            .base_uri(self.github_api.as_str())
+            .map_err(|source| GitHubError::Client {
+                api: self.github_api.clone(),
+                source: Box::new(source),
+            })?;
         Ok(Some(GitHubConfig {
             api: self.github_api.clone(),
             owner: owner.to_owned(),
@@ -182,6 +206,8 @@ impl GitHubConfig {
             source: Box::new(source),
         };
         let builder = octocrab::Octocrab::builder()
+            .set_connect_timeout(Some(CONNECT_TIMEOUT))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .base_uri(self.api.as_str())
             .map_err(client)?;
         let crab = match &self.auth {
@@ -207,6 +233,9 @@ impl GitHubConfig {
             posted: HashMap::new(),
             seeded: HashSet::new(),
             previewed: HashSet::new(),
+            preview_failed: HashMap::new(),
+            last_approved: BTreeSet::new(),
+            previews: matches!(self.auth, Auth::App { .. }),
         })
     }
 }
@@ -287,6 +316,12 @@ struct StatusBody<'a> {
     state: &'a str,
     context: &'a str,
     description: &'a str,
+}
+
+/// One path segment of an API route, percent-encoded: a name from the repo
+/// or from GitHub never changes which route is called.
+fn seg(part: &str) -> String {
+    crate::page::url_part(part)
 }
 
 fn not_found(e: &octocrab::Error) -> bool {
@@ -379,7 +414,7 @@ impl GitHub {
         let pulls: Vec<Pull> = self
             .crab
             .get(
-                format!("/repos/{o}/{r}/commits/{commit}/pulls"),
+                format!("/repos/{o}/{r}/commits/{}/pulls", seg(commit)),
                 None::<&()>,
             )
             .await
@@ -427,7 +462,12 @@ impl GitHub {
         let got: Result<Membership, _> = self
             .crab
             .get(
-                format!("/orgs/{org}/teams/{slug}/memberships/{user}"),
+                format!(
+                    "/orgs/{}/teams/{}/memberships/{}",
+                    seg(org),
+                    seg(slug),
+                    seg(user)
+                ),
                 None::<&()>,
             )
             .await;
@@ -442,8 +482,9 @@ impl GitHub {
     /// environment's rule, among the rollouts waiting at an approval gate
     /// (or past it but not yet admitted).
     pub async fn approvals(
-        &self,
+        &mut self,
         model: &FleetModel,
+        targets: &Targets,
         state: &BTreeMap<String, RolloutState>,
         wanted: &BTreeMap<String, String>,
     ) -> BTreeSet<(String, String)> {
@@ -451,6 +492,13 @@ impl GitHub {
         for (rollout, commit) in wanted {
             for env in &model.environments {
                 if env.approvals.as_ref().is_none_or(|a| a.required.value == 0) {
+                    continue;
+                }
+                // Only environments the rollout has nodes in.
+                if targets
+                    .get(rollout, &env.name.value)
+                    .is_none_or(|m| m.is_empty())
+                {
                     continue;
                 }
                 let admitted = state
@@ -468,23 +516,34 @@ impl GitHub {
                 }
             }
         }
-        let mut pulls: HashMap<&str, Option<PullRequest>> = HashMap::new();
+        // commit -> its pull request; Err when it could not be read.
+        let mut pulls: HashMap<&str, Result<Option<PullRequest>, ()>> = HashMap::new();
         let mut members: Members = BTreeMap::new();
+        // (team, user) pairs whose membership could not be read or is none.
+        let mut not_members: BTreeSet<(String, String)> = BTreeSet::new();
         let mut out = BTreeSet::new();
         for (env, commit) in &asks {
             if !pulls.contains_key(commit.as_str()) {
-                let pull = match self.pull_of(commit).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(commit = %commit, error = %e, "cannot read reviews; the change keeps waiting");
-                        None
-                    }
-                };
+                let pull = self.pull_of(commit).await.map_err(|e| {
+                    tracing::warn!(commit = %commit, error = %e, "cannot read reviews; keeping the last verdict");
+                });
                 pulls.insert(commit, pull);
             }
-            let Some(pr) = pulls.get(commit.as_str()).and_then(Option::as_ref) else {
-                tracing::info!(environment = %env, commit = %commit, "no merged pull request brought this commit; it waits for approvals");
-                continue;
+            let keep_last = |out: &mut BTreeSet<(String, String)>| {
+                if self.last_approved.contains(&(env.clone(), commit.clone())) {
+                    out.insert((env.clone(), commit.clone()));
+                }
+            };
+            let pr = match pulls.get(commit.as_str()) {
+                Some(Ok(Some(pr))) => pr,
+                Some(Ok(None)) => {
+                    tracing::debug!(environment = %env, commit = %commit, "no merged pull request brought this commit; it waits for approvals");
+                    continue;
+                }
+                _ => {
+                    keep_last(&mut out);
+                    continue;
+                }
             };
             let Some(rule) = model
                 .environments
@@ -494,10 +553,12 @@ impl GitHub {
             else {
                 continue;
             };
+            let mut unreadable = false;
             for user in reviews::candidates(rule, pr) {
                 for team in &rule.teams {
+                    let pair = (team.value.clone(), user.clone());
                     let known = members.get(&team.value).is_some_and(|m| m.contains(&user));
-                    if known {
+                    if known || not_members.contains(&pair) {
                         continue;
                     }
                     match self.member(&team.value, &user).await {
@@ -507,22 +568,29 @@ impl GitHub {
                                 .or_default()
                                 .insert(user.clone());
                         }
-                        Ok(false) => {}
+                        Ok(false) => {
+                            not_members.insert(pair);
+                        }
                         Err(e) => {
-                            tracing::warn!(team = %team.value, user = %user, error = %e, "cannot read team membership")
+                            tracing::warn!(team = %team.value, user = %user, error = %e, "cannot read team membership");
+                            not_members.insert(pair);
+                            unreadable = true;
                         }
                     }
                 }
             }
             let verdict = reviews::verdict(rule, pr, &members);
             for (user, why) in &verdict.ignored {
-                tracing::info!(environment = %env, pull = pr.number, reviewer = %user, reason = %why, "review not counted");
+                tracing::debug!(environment = %env, pull = pr.number, reviewer = %user, reason = %why, "review not counted");
             }
             if verdict.approved {
                 tracing::info!(environment = %env, commit = %commit, pull = pr.number, approvers = ?verdict.counted, "approved by review");
                 out.insert((env.clone(), commit.clone()));
+            } else if unreadable {
+                keep_last(&mut out);
             }
         }
+        self.last_approved.clone_from(&out);
         out
     }
 
@@ -545,7 +613,10 @@ impl GitHub {
         };
         let posted: Result<serde_json::Value, _> = self
             .crab
-            .post(format!("/repos/{o}/{r}/statuses/{commit}"), Some(&body))
+            .post(
+                format!("/repos/{o}/{r}/statuses/{}", seg(commit)),
+                Some(&body),
+            )
             .await;
         match posted {
             Ok(_) => {
@@ -564,7 +635,7 @@ impl GitHub {
         let got: Result<Combined, _> = self
             .crab
             .get(
-                format!("/repos/{o}/{r}/commits/{commit}/status"),
+                format!("/repos/{o}/{r}/commits/{}/status", seg(commit)),
                 None::<&()>,
             )
             .await;
@@ -586,7 +657,12 @@ impl GitHub {
 
     /// Open pull requests, `(number, head commit)`, whose head has no
     /// published preview yet.
-    pub async fn pulls_to_preview(&self) -> Result<Vec<(u64, String)>, GitHubError> {
+    pub async fn pulls_to_preview(&mut self) -> Result<Vec<(u64, String)>, GitHubError> {
+        if !self.previews {
+            return Ok(Vec::new());
+        }
+        self.preview_failed
+            .retain(|_, at| at.elapsed() < PREVIEW_BACKOFF);
         let (o, r) = (&self.owner, &self.repo);
         let mut out = Vec::new();
         for page in 1u32.. {
@@ -606,14 +682,24 @@ impl GitHub {
             out.extend(
                 batch
                     .into_iter()
-                    .filter(|p| !self.previewed.contains(&p.head.sha))
+                    .filter(|p| {
+                        !self.previewed.contains(&p.head.sha)
+                            && !self.preview_failed.contains_key(&p.head.sha)
+                    })
                     .map(|p| (p.number, p.head.sha)),
             );
-            if last {
+            if last || out.len() >= PREVIEWS_PER_PASS {
                 break;
             }
         }
+        out.truncate(PREVIEWS_PER_PASS);
         Ok(out)
+    }
+
+    /// Note that `head`'s preview failed: it waits PREVIEW_BACKOFF.
+    pub fn preview_failed(&mut self, head: &str) {
+        self.preview_failed
+            .insert(head.to_owned(), std::time::Instant::now());
     }
 
     /// Publish `preview` as the `gitfleet/plan` check run of `head`: the
@@ -627,7 +713,7 @@ impl GitHub {
         let existing: CheckRuns = self
             .crab
             .get(
-                format!("/repos/{o}/{r}/commits/{head}/check-runs"),
+                format!("/repos/{o}/{r}/commits/{}/check-runs", seg(head)),
                 Some(&[("check_name", PLAN_CHECK)]),
             )
             .await

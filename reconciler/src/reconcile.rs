@@ -151,14 +151,20 @@ impl std::fmt::Debug for Reconciler {
 }
 
 impl Reconciler {
-    /// The GitHub client, connected on first use.
-    fn github_client(&mut self) -> Result<Option<&GitHub>, ReconcileError> {
+    /// The GitHub client, connected on first use; a failed connect is
+    /// logged and tried again next pass, and the pass goes on without it.
+    fn github_client(&mut self) -> Option<&mut GitHub> {
         if self.github_client.is_none() {
             if let Some(config) = &self.github {
-                self.github_client = Some(config.connect()?);
+                match config.connect() {
+                    Ok(gh) => self.github_client = Some(gh),
+                    Err(e) => {
+                        tracing::warn!(error = %gitfleet_io::error_chain(&e), "cannot connect to GitHub; going on without it")
+                    }
+                }
             }
         }
-        Ok(self.github_client.as_ref())
+        self.github_client.as_mut()
     }
 
     /// Publish a plan preview for every open pull request head that has
@@ -180,7 +186,8 @@ impl Reconciler {
             let files = match mirror.fetch_pull(number) {
                 Ok(Some(oid)) if oid.to_string() == head => mirror.files_at(oid),
                 Ok(_) => {
-                    tracing::info!(pull = number, head = %head, "the pull request's head is not fetchable yet");
+                    tracing::info!(pull = number, head = %head, "the pull request's head is not fetchable yet; trying again later");
+                    gh.preview_failed(&head);
                     continue;
                 }
                 Err(e) => Err(e),
@@ -188,7 +195,8 @@ impl Reconciler {
             let files = match files {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(pull = number, error = %e, "cannot read the pull request's head");
+                    tracing::warn!(pull = number, error = %e, "cannot read the pull request's head; trying again later");
+                    gh.preview_failed(&head);
                     continue;
                 }
             };
@@ -211,7 +219,8 @@ impl Reconciler {
                     tracing::info!(pull = number, head = %head, conclusion = preview.conclusion, "published the plan preview")
                 }
                 Err(e) => {
-                    tracing::warn!(pull = number, error = %e, "cannot publish the plan preview")
+                    tracing::warn!(pull = number, error = %e, "cannot publish the plan preview; trying again later");
+                    gh.preview_failed(&head);
                 }
             }
         }
@@ -514,12 +523,19 @@ impl Reconciler {
             tracing::warn!(path = %path, reason = %reason, "ignoring approval");
         }
         let mut approvals = counted.approved;
-        if let Some(gh) = self.github_client()? {
+        if let Some(gh) = self.github_client() {
             let wanted: BTreeMap<String, String> = desired
                 .iter()
                 .map(|(name, d)| (name.clone(), d.source_commit.clone()))
                 .collect();
-            approvals.extend(gh.approvals(model, &state, &wanted).await);
+            let asked = gh.approvals(model, &checked.targets, &state, &wanted);
+            match tokio::time::timeout(GITHUB_BUDGET, asked).await {
+                Ok(approved) => approvals.extend(approved),
+                Err(_) => tracing::warn!(
+                    seconds = GITHUB_BUDGET.as_secs(),
+                    "GitHub approvals took too long; going on without them"
+                ),
+            }
         }
         let plan = plan::plan(&Inputs {
             model,
@@ -616,8 +632,25 @@ impl Reconciler {
             .await?;
         phases.end("publish");
         if let Some(gh) = self.github_client.as_mut() {
-            gh.report(model, &outcome.plan.state()).await;
-            self.previews(&checked).await;
+            let state = outcome.plan.state();
+            if tokio::time::timeout(GITHUB_BUDGET, gh.report(model, &state))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    seconds = GITHUB_BUDGET.as_secs(),
+                    "posting commit statuses took too long; the next pass goes on"
+                );
+            }
+            if tokio::time::timeout(GITHUB_BUDGET, self.previews(&checked))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    seconds = GITHUB_BUDGET.as_secs(),
+                    "plan previews took too long; the next pass goes on"
+                );
+            }
             phases.end("github");
         }
         outcome.phases = phases.done;
@@ -894,7 +927,8 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
 
 /// Run passes until `stop` turns true: one at once, then one every
 /// `interval`, and one as soon as `trigger` fires (a watched ref moved, a
-/// webhook came in). A trigger only makes the next pass come sooner: every
+/// webhook came in), but no sooner than MIN_GAP after the last one began.
+/// A trigger only makes the next pass come sooner: every
 /// pass re-reads git. A failed pass is logged and the loop goes on; each
 /// outcome is handed to `on_pass`, with how long the pass took.
 pub async fn run_passes(
@@ -940,6 +974,9 @@ pub async fn run_passes(
         }
     }
 }
+
+/// How long a pass waits for GitHub in each of its GitHub steps.
+const GITHUB_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The least time from the start of one pass to the start of a triggered
 /// next one.

@@ -88,6 +88,31 @@ impl Fleet {
         self.reconcile_as(github, &["--github-token-file".as_ref(), token.as_os_str()]);
     }
 
+    /// Reconcile as GitHub App 4242, installation 77 (a fresh RSA key).
+    fn reconcile_as_app(&self, github: &FakeGitHub) {
+        let key = self.path("app.pem");
+        if !key.exists() {
+            let out = Command::new("openssl")
+                .args(["genrsa", "-out"])
+                .arg(&key)
+                .arg("2048")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl: {}", text(&out).1);
+        }
+        self.reconcile_as(
+            github,
+            &[
+                "--github-app-id".as_ref(),
+                "4242".as_ref(),
+                "--github-app-key".as_ref(),
+                key.as_os_str(),
+                "--github-installation".as_ref(),
+                "77".as_ref(),
+            ],
+        );
+    }
+
     fn reconcile_as(&self, github: &FakeGitHub, auth: &[&std::ffi::OsStr]) {
         let out = Command::new(bin("gitfleet"))
             .arg("reconcile")
@@ -259,7 +284,8 @@ fn a_wrong_token_leaves_changes_waiting_and_the_pass_succeeds() {
 
 #[test]
 fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
-    let github = FakeGitHub::start(TOKEN);
+    // GitHub lets only Apps write check runs.
+    let github = FakeGitHub::start_app(4242, 77);
     let fleet = Fleet::new();
     let work = fleet.work();
     git(&work, &["checkout", "-q", "-b", "change"]);
@@ -280,7 +306,7 @@ fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
         commits: vec![broken.clone()],
         merged: false,
     });
-    fleet.reconcile(&github);
+    fleet.reconcile_as_app(&github);
     let run = |head: &str| {
         github.with(|s| {
             let runs: Vec<_> = s
@@ -306,7 +332,7 @@ fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
     assert!(a["message"].as_str().unwrap().contains("prdo"), "{a}");
 
     // Another pass (a new process) updates that run in place.
-    fleet.reconcile(&github);
+    fleet.reconcile_as_app(&github);
     assert_eq!(run(&broken).updates, 1);
 
     // The author fixes the node; the new head's preview passes and says
@@ -319,7 +345,7 @@ fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
         &["push", "-q", "-f", "origin", "HEAD:refs/pull/8/head"],
     );
     github.with(|s| s.pulls[0].head = fixed.clone());
-    fleet.reconcile(&github);
+    fleet.reconcile_as_app(&github);
     let second = run(&fixed);
     assert_eq!(
         second.conclusion.as_deref(),
@@ -347,25 +373,7 @@ fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
 fn a_github_app_works_through_its_installation_token() {
     let github = FakeGitHub::start_app(4242, 77);
     let fleet = Fleet::new();
-    let key = fleet.path("app.pem");
-    let out = Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {}", text(&out).1);
-    fleet.reconcile_as(
-        &github,
-        &[
-            "--github-app-id".as_ref(),
-            "4242".as_ref(),
-            "--github-app-key".as_ref(),
-            key.as_os_str(),
-            "--github-installation".as_ref(),
-            "77".as_ref(),
-        ],
-    );
+    fleet.reconcile_as_app(&github);
     let head = fleet.head();
     let status = github
         .status(&head, "gitfleet/prod")
