@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use gitfleet_io::metrics::{family, label};
 use gitfleet_schemas::status::StatusReport;
 
 use crate::core::Polled;
@@ -52,18 +53,6 @@ impl AgentMetrics {
             Err(_) => self.reports_failed += 1,
         }
     }
-}
-
-/// A label value, escaped as the text format wants.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 fn seconds(t: DateTime<Utc>) -> f64 {

@@ -1,10 +1,10 @@
 //! The IO both gitfleet binaries share, kept out of the pure crates: the
 //! object store ([`store`]), durable writes of local files ([`write`]) and
-//! latency histograms ([`latency`]).
+//! Prometheus metrics: latency histograms and the text format ([`metrics`]).
 //! `moto` (feature `moto`, or in this crate's own tests) starts a real S3
 //! API for tests.
 
-pub mod latency;
+pub mod metrics;
 #[cfg(any(test, feature = "moto"))]
 pub mod moto;
 pub mod store;

@@ -35,7 +35,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, PutMode, PutPayload, UpdateVersion};
 
-use crate::latency::StoreLatency;
+use crate::metrics::StoreLatency;
 
 /// How many times `put_create` re-reads an object that is reported to exist
 /// yet cannot be read, before giving up.

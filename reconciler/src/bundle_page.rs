@@ -160,14 +160,23 @@ fn uses(v: &FleetStatus) -> BTreeMap<&str, Uses> {
     out
 }
 
+/// A digest as a URL path segment: its hex, percent-encoded.
+fn segment(digest: &str) -> String {
+    url_part(digest.strip_prefix("sha256:").unwrap_or(digest))
+}
+
 /// A link to a bundle's page.
 pub fn link(digest: &str) -> String {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     format!(
         "<a href=\"/bundles/{}\"><code>{}</code></a>",
-        url_part(hex),
+        segment(digest),
         esc(short_digest(digest))
     )
+}
+
+/// The address of the diff from bundle `from` to bundle `to`.
+pub fn diff_href(from: &str, to: &str) -> String {
+    format!("/bundles/{}/diff/{}", segment(from), segment(to))
 }
 
 fn pairs(list: &[(String, String)]) -> String {
@@ -262,13 +271,11 @@ pub fn detail(v: &FleetStatus, b: &Bundle) -> String {
     }
     against.sort_unstable();
     against.dedup();
-    let hex = |d: &str| url_part(d.strip_prefix("sha256:").unwrap_or(d));
     for other in against {
         let _ = write!(
             out,
-            "<p><a href=\"/bundles/{}/diff/{}\">Diff against {}</a></p>",
-            hex(other),
-            hex(&b.reference.digest),
+            "<p><a href=\"{}\">Diff against {}</a></p>",
+            diff_href(other, &b.reference.digest),
             esc(short_digest(other))
         );
     }

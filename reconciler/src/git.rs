@@ -20,7 +20,7 @@ use git2::{
     AutotagOption, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid,
     PushOptions, RemoteCallbacks, Repository, Signature,
 };
-use gitfleet_io::latency::GitLatency;
+use gitfleet_io::metrics::GitLatency;
 use gitfleet_policy::RepoFiles;
 
 use crate::source;
@@ -410,46 +410,16 @@ impl Mirror {
     /// Fetch `branches` and point their tracking refs at the advertised
     /// tips; the tip of each, `None` where the remote has no such branch.
     fn fetch_branches(&self, branches: &[&str]) -> Result<Vec<Option<Oid>>, GitError> {
-        let _timer = self.latency.fetch.start();
         let fetch_error = |source| GitError::Fetch {
             url: self.remote.display_url(),
             branches: branches.join(" and "),
             source,
         };
-        let mut remote = self
-            .repo
-            .remote_anonymous(&self.remote.url)
-            .map_err(fetch_error)?;
-        let mut connection = remote
-            .connect_auth(Direction::Fetch, Some(callbacks(&self.remote.auth)), None)
-            .map_err(fetch_error)?;
-        let advertised: BTreeMap<String, Oid> = connection
-            .list()
-            .map_err(fetch_error)?
+        let refs: Vec<(String, String)> = branches
             .iter()
-            .map(|head| (head.name().to_owned(), head.oid()))
+            .map(|b| (format!("refs/heads/{b}"), tracking_ref(b)))
             .collect();
-        let tips: Vec<Option<Oid>> = branches
-            .iter()
-            .map(|b| advertised.get(&format!("refs/heads/{b}")).copied())
-            .collect();
-        let wanted: Vec<String> = branches
-            .iter()
-            .zip(&tips)
-            .filter(|(_, tip)| tip.is_some())
-            .map(|(b, _)| format!("refs/heads/{b}:{}", tracking_ref(b)))
-            .collect();
-        if !wanted.is_empty() {
-            let mut options = FetchOptions::new();
-            options
-                .remote_callbacks(callbacks(&self.remote.auth))
-                .download_tags(AutotagOption::None);
-            connection
-                .remote()
-                .download(&wanted, Some(&mut options))
-                .map_err(fetch_error)?;
-        }
-        drop(connection);
+        let tips = self.download(&refs).map_err(fetch_error)?;
         for (branch, tip) in branches.iter().zip(&tips) {
             self.set_tracking(branch, *tip).map_err(fetch_error)?;
         }
@@ -460,51 +430,55 @@ impl Mirror {
     /// serves it) into `refs/gitfleet/pull/<n>`; its tip, or `None` when the
     /// remote has no such ref.
     pub fn fetch_pull(&self, number: u64) -> Result<Option<Oid>, GitError> {
-        let _timer = self.latency.fetch.start();
         let source = format!("refs/pull/{number}/head");
+        let local = format!("refs/gitfleet/pull/{number}");
         let fetch_error = |e| GitError::Fetch {
             url: self.remote.display_url(),
             branches: source.clone(),
             source: e,
         };
-        let mut remote = self
-            .repo
-            .remote_anonymous(&self.remote.url)
-            .map_err(fetch_error)?;
-        let mut connection = remote
-            .connect_auth(Direction::Fetch, Some(callbacks(&self.remote.auth)), None)
-            .map_err(fetch_error)?;
-        let tip = connection
-            .list()
-            .map_err(fetch_error)?
+        let tip = self
+            .download(&[(source.clone(), local.clone())])
+            .map_err(fetch_error)?[0];
+        if let Some(oid) = tip {
+            self.repo
+                .reference(&local, oid, true, "gitfleet: fetch pull request")
+                .map_err(fetch_error)?;
+        }
+        Ok(tip)
+    }
+
+    /// Connect, read what the remote advertises, and download the objects
+    /// of each `(remote ref, local ref)` it has (no tags). The remote tip of
+    /// each, `None` where it has no such ref; the caller points the refs.
+    fn download(&self, refs: &[(String, String)]) -> Result<Vec<Option<Oid>>, git2::Error> {
+        let _timer = self.latency.fetch.start();
+        let mut remote = self.repo.remote_anonymous(&self.remote.url)?;
+        let mut connection =
+            remote.connect_auth(Direction::Fetch, Some(callbacks(&self.remote.auth)), None)?;
+        let advertised: BTreeMap<String, Oid> = connection
+            .list()?
             .iter()
-            .find(|h| h.name() == source)
-            .map(|h| h.oid());
-        if tip.is_some() {
+            .map(|head| (head.name().to_owned(), head.oid()))
+            .collect();
+        let tips: Vec<Option<Oid>> = refs
+            .iter()
+            .map(|(source, _)| advertised.get(source).copied())
+            .collect();
+        let wanted: Vec<String> = refs
+            .iter()
+            .zip(&tips)
+            .filter(|(_, tip)| tip.is_some())
+            .map(|((source, local), _)| format!("{source}:{local}"))
+            .collect();
+        if !wanted.is_empty() {
             let mut options = FetchOptions::new();
             options
                 .remote_callbacks(callbacks(&self.remote.auth))
                 .download_tags(AutotagOption::None);
-            connection
-                .remote()
-                .download(
-                    &[format!("{source}:refs/gitfleet/pull/{number}")],
-                    Some(&mut options),
-                )
-                .map_err(fetch_error)?;
+            connection.remote().download(&wanted, Some(&mut options))?;
         }
-        drop(connection);
-        if let Some(oid) = tip {
-            self.repo
-                .reference(
-                    &format!("refs/gitfleet/pull/{number}"),
-                    oid,
-                    true,
-                    "gitfleet: fetch pull request",
-                )
-                .map_err(fetch_error)?;
-        }
-        Ok(tip)
+        Ok(tips)
     }
 
     fn set_tracking(&self, branch: &str, tip: Option<Oid>) -> Result<(), git2::Error> {

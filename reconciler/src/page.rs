@@ -337,11 +337,9 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     for r in rollouts {
         let cell = |d: Option<&String>| d.map_or("-".to_owned(), |d| bundle_page::link(d));
         let diff = match (n.previous.get(r), n.active.get(r)) {
-            (Some(p), Some(a)) => format!(
-                " <a href=\"/bundles/{}/diff/{}\">diff</a>",
-                url_part(p.strip_prefix("sha256:").unwrap_or(p)),
-                url_part(a.strip_prefix("sha256:").unwrap_or(a))
-            ),
+            (Some(p), Some(a)) => {
+                format!(" <a href=\"{}\">diff</a>", bundle_page::diff_href(p, a))
+            }
             _ => String::new(),
         };
         let _ = write!(
@@ -483,12 +481,10 @@ pub fn rollouts(v: &FleetStatus) -> String {
                     .map_or("none".to_owned(), bundle_page::link)
             );
             if let Some(p) = &r.previous {
-                let hex = |d: &str| url_part(d.strip_prefix("sha256:").unwrap_or(d));
                 let _ = write!(
                     out,
-                    "<p><a href=\"/bundles/{}/diff/{}\">What changed from the previous bundle</a></p>",
-                    hex(p),
-                    hex(&r.target)
+                    "<p><a href=\"{}\">What changed from the previous bundle</a></p>",
+                    bundle_page::diff_href(p, &r.target)
                 );
             }
         }

@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use gitfleet_io::latency::{GitLatency, Histogram};
+use gitfleet_io::metrics::{family, label, GitLatency, Histogram};
 use gitfleet_schemas::state::RolloutState;
 use gitfleet_schemas::view::{FleetStatus, Health, RolloutView};
 
@@ -477,23 +477,12 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// A label value, escaped as the Prometheus text format wants.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// The exposition. Labels are bounded: environments and rollouts come from
 /// the repo, phases and health states from fixed sets; no node ids.
 fn render_metrics(s: &AppState) -> String {
     let mut out = String::new();
     let c = &s.counters;
-    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    head(
+    family(
         &mut out,
         "gitfleet_reconcile_passes_total",
         "counter",
@@ -505,7 +494,7 @@ fn render_metrics(s: &AppState) -> String {
         c.passes_ok.load(Ordering::Relaxed),
         c.passes_failed.load(Ordering::Relaxed)
     );
-    head(
+    family(
         &mut out,
         "gitfleet_webhook_deliveries_total",
         "counter",
@@ -520,7 +509,7 @@ fn render_metrics(s: &AppState) -> String {
         );
     }
     let snap = s.snapshot.borrow();
-    head(
+    family(
         &mut out,
         "gitfleet_reconcile_pass_seconds",
         "gauge",
@@ -528,7 +517,7 @@ fn render_metrics(s: &AppState) -> String {
     );
     let _ = writeln!(out, "gitfleet_reconcile_pass_seconds {}", snap.pass_seconds);
     if let Some(at) = snap.at {
-        head(
+        family(
             &mut out,
             "gitfleet_reconcile_last_pass_timestamp_seconds",
             "gauge",
@@ -540,7 +529,7 @@ fn render_metrics(s: &AppState) -> String {
             at.timestamp()
         );
     }
-    head(
+    family(
         &mut out,
         "gitfleet_reconcile_phase_seconds",
         "histogram",
@@ -554,7 +543,7 @@ fn render_metrics(s: &AppState) -> String {
         );
     }
     if let Some(io) = &s.io {
-        head(
+        family(
             &mut out,
             "gitfleet_store_request_seconds",
             "histogram",
@@ -567,7 +556,7 @@ fn render_metrics(s: &AppState) -> String {
                 &format!("op=\"{op}\""),
             );
         }
-        head(
+        family(
             &mut out,
             "gitfleet_git_seconds",
             "histogram",
@@ -582,7 +571,7 @@ fn render_metrics(s: &AppState) -> String {
     };
     let now = Utc::now();
     let v = observed.view(&snap.state, now, s.stale_after, None);
-    head(
+    family(
         &mut out,
         "gitfleet_nodes",
         "gauge",
@@ -604,7 +593,7 @@ fn render_metrics(s: &AppState) -> String {
             );
         }
     }
-    head(
+    family(
         &mut out,
         "gitfleet_nodes_drifted",
         "gauge",
@@ -618,7 +607,7 @@ fn render_metrics(s: &AppState) -> String {
             env.counts.drifted
         );
     }
-    head(
+    family(
         &mut out,
         "gitfleet_rollout_phase",
         "gauge",
@@ -655,7 +644,7 @@ fn render_metrics(s: &AppState) -> String {
         ),
     ];
     for (name, help, value) in families {
-        head(&mut out, name, "gauge", help);
+        family(&mut out, name, "gauge", help);
         for env in &v.environments {
             for r in &env.rollouts {
                 let _ = writeln!(
@@ -668,7 +657,7 @@ fn render_metrics(s: &AppState) -> String {
             }
         }
     }
-    head(
+    family(
         &mut out,
         "gitfleet_rollout_step_seconds",
         "gauge",
@@ -685,7 +674,7 @@ fn render_metrics(s: &AppState) -> String {
             );
         }
     }
-    head(
+    family(
         &mut out,
         "gitfleet_status_reports_ignored",
         "gauge",

@@ -1,11 +1,25 @@
-//! Latency histograms for the IO the reconciler waits on (the object store,
-//! git), shown by `gitfleet serve`'s `/metrics`. Lock-free counters with
-//! fixed buckets, so recording costs a few atomic adds and the label set
-//! is fixed.
+//! Prometheus metrics shared by both binaries' `/metrics`: the text
+//! format's label escaping and family headers, and latency histograms for
+//! the IO the reconciler waits on (the object store, git). Histograms are
+//! lock-free counters with fixed buckets, so recording costs a few atomic
+//! adds and the label set is fixed.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// A label value, escaped as the Prometheus text format wants.
+pub fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
 
 /// Bucket upper bounds, in seconds (`+Inf` is implied).
 pub const BOUNDS: [f64; 12] = [
