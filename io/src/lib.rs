@@ -1,9 +1,11 @@
 //! The IO both gitfleet binaries share, kept out of the pure crates: the
 //! object store ([`store`]), durable writes of local files ([`write`]) and
-//! Prometheus metrics: latency histograms and the text format ([`metrics`]).
+//! Prometheus metrics: latency histograms and the text format ([`metrics`]);
+//! crash injection for the fault tests ([`faults`]).
 //! `moto` (feature `moto`, or in this crate's own tests) starts a real S3
 //! API for tests.
 
+pub mod faults;
 pub mod metrics;
 #[cfg(any(test, feature = "moto"))]
 pub mod moto;

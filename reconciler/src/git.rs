@@ -727,8 +727,10 @@ impl Mirror {
                 tracing::debug!(tip = ?tip, "state already up to date");
                 return Ok(StateCommit::NoChange);
             };
+            gitfleet_io::faults::point("before-push");
             match self.push(oid, tip)? {
                 Pushed::Accepted => {
+                    gitfleet_io::faults::point("after-push");
                     self.set_tracking(branch, Some(oid))
                         .map_err(|source| self.commit_error(source))?;
                     tracing::info!(commit = %oid, parent = ?tip, attempt, "state pushed");

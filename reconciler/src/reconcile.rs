@@ -512,6 +512,9 @@ impl Reconciler {
         // the configs the repo has.
         self.bundles = used;
         phases.end("bundles");
+        if !dry_run {
+            gitfleet_io::faults::point("after-bundles");
+        }
         let state = observed.state()?;
         let reports: HashMap<String, Observation> = observed
             .reports
@@ -624,6 +627,7 @@ impl Reconciler {
                     .commit_state(&changes, &message, &Author::default())?
             {
                 outcome.state_commit = Some(oid.to_string());
+                gitfleet_io::faults::point("after-commit");
             }
         }
         phases.end("commit");
@@ -710,7 +714,10 @@ impl Reconciler {
                 .put_if_match(&key, envelope.to_json().into(), etag.as_ref())
                 .await?
             {
-                Update::Updated { .. } => written.push((name.clone(), next.serial)),
+                Update::Updated { .. } => {
+                    written.push((name.clone(), next.serial));
+                    gitfleet_io::faults::point("after-manifest");
+                }
                 Update::Conflict => {
                     tracing::warn!(environment = %name, "channel manifest changed under us; next pass retries");
                 }

@@ -282,3 +282,57 @@ impl Drop for Spawned {
         }
     }
 }
+
+/// `git daemon` serving the repositories under `base` on a free loopback
+/// port, pushes enabled; killed by its PID on drop.
+#[derive(Debug)]
+pub struct GitDaemon {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> GitDaemon {
+        let port = sentinel::free_port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--enable=receive-pack",
+            ])
+            .arg(format!("--base-path={}", base.display()))
+            .args(["--listen=127.0.0.1", &format!("--port={port}")])
+            .arg(base)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting git daemon");
+        let mut daemon = GitDaemon { child, port };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("git daemon exited with {status} before listening on {port}");
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "git daemon is not listening on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// The `git://` URL of `repo` (a path under the base).
+    pub fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

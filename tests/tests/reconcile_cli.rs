@@ -1,5 +1,5 @@
 //! `gitfleet reconcile --once` against a real bare git repository and a
-//! file:// object store: bundles, the state commit, signed manifests that
+//! file:// object store (and once over `git daemon` and moto's S3): bundles, the state commit, signed manifests that
 //! the agent's verifier accepts, idempotence, a broken config that does
 //! not stop the rest of the fleet, and WireGuard mesh bundles whose tunnel
 //! addresses stay put when the mesh grows.
@@ -11,11 +11,12 @@ use std::process::Command;
 
 use chrono::{Duration, Utc};
 use ed25519_dalek::SigningKey;
+use gitfleet_io::moto::Moto;
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::state::{MeshAllocation, Phase, RolloutState};
 use gitfleet_schemas::trust::{BundleRef, Document, PublicKey, Root};
 use gitfleet_schemas::verify::{verify_bundle, verify_channel, verify_first_root, Limits};
-use gitfleet_tests::{bin, copy_dir, git, text, workspace};
+use gitfleet_tests::{bin, copy_dir, git, text, workspace, GitDaemon};
 
 struct Fleet {
     dir: tempfile::TempDir,
@@ -188,6 +189,77 @@ fn a_pass_uploads_bundles_commits_state_and_publishes_verifiable_manifests() {
     // Every bundle a manifest names is in the store.
     let key = edge_channel.bundle.object_key().unwrap();
     assert!(fleet.path("store").join(key).exists());
+}
+
+#[test]
+fn over_git_daemon_and_s3_a_push_becomes_bundles_manifests_and_a_state_commit() {
+    let fleet = Fleet::new();
+    let daemon = GitDaemon::start(fleet.dir.path());
+    let repo = daemon.url("origin.git");
+    let moto = Moto::start();
+    let url = "s3://gitfleet/fleet";
+    let s3 = moto.store(url);
+    let pass = || {
+        let out = Command::new(bin("gitfleet"))
+            .args(["reconcile", "--once", "--repo", &repo, "--store", url])
+            .arg("--online-key")
+            .arg(fleet.path("online.key"))
+            .arg("--cache")
+            .arg(fleet.path("mirror"))
+            .args(["--holder", "test-replica"])
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", moto.port()),
+            )
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bundles = || runtime.block_on(s3.list("bundles/")).unwrap();
+    let dev = || {
+        let bytes = runtime
+            .block_on(s3.get("channels/dev.json"))
+            .unwrap()
+            .expect("channels/dev.json in S3")
+            .bytes;
+        let root = fleet.trusted_root();
+        (*verify_channel(&root, &bytes, "dev", None, Utc::now()).unwrap()).clone()
+    };
+
+    pass();
+    // edge, api-gateway and the backbone mesh, in S3; the state over git.
+    assert_eq!(bundles().len(), 3, "{:?}", bundles());
+    let first = fleet.state("edge").environments["dev"].target.clone();
+    let manifest = dev();
+    let edge = manifest.rollouts.iter().find(|r| r.name == "edge").unwrap();
+    assert_eq!(edge.bundle, first);
+    assert!(bundles().contains(&first.object_key().unwrap()));
+
+    // Someone pushes a change over git://: the next pass builds, uploads
+    // and rolls out the new bundle.
+    let work = fleet.path("work");
+    let config = work.join("configs/edge/sentinel.kdl");
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("// tuned\n");
+    std::fs::write(&config, t).unwrap();
+    git(&work, &["commit", "-qam", "tune edge"]);
+    git(&work, &["push", "-q", &repo, "main"]);
+    pass();
+    let second = fleet.state("edge").environments["dev"].target.clone();
+    assert_ne!(second, first);
+    assert_eq!(bundles().len(), 4, "{:?}", bundles());
+    let next = dev();
+    assert!(next.serial > manifest.serial);
+    let edge = next.rollouts.iter().find(|r| r.name == "edge").unwrap();
+    assert_eq!(edge.bundle, second);
 }
 
 #[test]

@@ -2,17 +2,20 @@
 //! processes, on a bare fleet repo and a file:// store: simulated agents
 //! (the real agent code over a simulated node) carry a rollout through dev
 //! to completion, and with every activation failing a new bundle trips the
-//! health gate and is rolled back to the previous one.
+//! health gate and is rolled back to the previous one. A reconciler killed
+//! at each point of a pass and restarted skips and repeats no step.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use gitfleet_agent::core::wanted;
 use gitfleet_agent::sim::sim_key;
+use gitfleet_io::faults::CRASH_AT;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
@@ -40,6 +43,19 @@ gates {
     max-memory-percent 90
 }
 "#;
+
+/// Where `gitfleet reconcile` can be made to die, in the order a pass
+/// reaches them (`gitfleet_io::faults::point` in reconciler/src/reconcile.rs
+/// and git.rs): bundles uploaded; state commit made but not pushed; pushed
+/// but not yet known to the mirror; committed, no manifest published; one
+/// manifest published of several.
+const CRASH_POINTS: [&str; 5] = [
+    "after-bundles",
+    "before-push",
+    "after-push",
+    "after-commit",
+    "after-manifest",
+];
 
 fn sim_public(node: &str) -> PublicKey {
     PublicKey(sim_key(node).verifying_key().to_bytes())
@@ -196,8 +212,15 @@ impl Fleet {
     }
 
     fn reconcile(&self) {
-        let out = Command::new(bin("gitfleet"))
-            .args(["reconcile", "--once", "--repo"])
+        let out = self.reconcile_crashing_at(None);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+    }
+
+    /// One pass, killed at `point` if it gets there.
+    fn reconcile_crashing_at(&self, point: Option<&str>) -> Output {
+        let mut cmd = Command::new(bin("gitfleet"));
+        cmd.args(["reconcile", "--once", "--repo"])
             .arg(self.path("origin.git"))
             .args(["--store", &self.store])
             .arg("--online-key")
@@ -205,10 +228,38 @@ impl Fleet {
             .arg("--cache")
             .arg(self.path("mirror"))
             .args(["--holder", "test-replica"])
+            .env_remove(CRASH_AT);
+        if let Some(point) = point {
+            cmd.env(CRASH_AT, point);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// The edge rollout's dev state in every state commit that changed it,
+    /// oldest first.
+    fn dev_history(&self) -> Vec<EnvState> {
+        let repo = self.path("origin.git");
+        let out = Command::new("git")
+            .args(["log", "--reverse", "--format=%H", "gitfleet/state"])
+            .args(["--", "rollouts/edge.json"])
+            .current_dir(&repo)
             .output()
             .unwrap();
         let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(out.status.success(), "{stderr}");
+        stdout
+            .lines()
+            .filter_map(|commit| {
+                let out = Command::new("git")
+                    .args(["show", &format!("{commit}:rollouts/edge.json")])
+                    .current_dir(&repo)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", text(&out).1);
+                let state: RolloutState = serde_json::from_slice(&out.stdout).unwrap();
+                state.environments.get("dev").cloned()
+            })
+            .collect()
     }
 
     /// Start simulating every node in the background.
@@ -405,6 +456,86 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
         staging.reason
     );
     sim.stop();
+}
+
+#[test]
+fn a_reconciler_killed_at_any_point_and_restarted_skips_and_repeats_no_step() {
+    let fleet = Fleet::new();
+    let sim = fleet.simulate("0", "simulate.log");
+    let started = Instant::now();
+    // Each point in turn until it has killed a pass, then plain passes.
+    let mut points = CRASH_POINTS.iter();
+    let mut point = points.next();
+    let mut serials: Vec<(u64, u64)> = Vec::new();
+    loop {
+        let out = fleet.reconcile_crashing_at(point.copied());
+        let (stdout, stderr) = text(&out);
+        match out.status.signal() {
+            Some(9) => {
+                assert!(
+                    stderr.contains("crash injected"),
+                    "{point:?}: killed, but not by the injection:\n{stderr}"
+                );
+                point = points.next();
+            }
+            _ => assert!(out.status.success(), "{point:?}: {stdout}{stderr}"),
+        }
+        // What the dev nodes are told only moves forward: a higher serial,
+        // and for the same bundle never a lower membership threshold.
+        if fleet.path("store/channels/dev.json").exists() {
+            let m = fleet.manifest("dev");
+            let edge = m.rollouts.iter().find(|r| r.name == "edge");
+            let threshold = edge.map_or(0, |r| r.membership_threshold);
+            if let Some(&(serial, before)) = serials.last() {
+                assert!(m.serial >= serial, "serial {} after {serial}", m.serial);
+                assert!(threshold >= before, "threshold {threshold} after {before}");
+            }
+            serials.push((m.serial, threshold));
+        }
+        let done = fleet
+            .dev("edge")
+            .is_some_and(|d| d.phase == Phase::Complete);
+        if point.is_none() && done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "edge/dev did not complete; crash point {point:?}, state {:?}\nsimulate:\n{}",
+            fleet.dev("edge"),
+            std::fs::read_to_string(&sim.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    sim.stop();
+
+    // Written back to git: steps 1 and 2 in order, each entered once, and
+    // admissions within a step only grow.
+    let history = fleet.dev_history();
+    let mut entered = Vec::new();
+    for pair in history.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert_eq!(a.target, b.target, "one bundle throughout");
+        assert!(
+            b.step == a.step || b.step == a.step + 1,
+            "step {} after step {}: {history:#?}",
+            b.step,
+            a.step
+        );
+        if b.step == a.step {
+            assert!(b.admitted >= a.admitted, "{history:#?}");
+        }
+    }
+    for s in &history {
+        if entered.last() != Some(&s.step) {
+            entered.push(s.step);
+        }
+    }
+    assert_eq!(entered, [1, 2], "{history:#?}");
+    assert_eq!(history.last().map(|s| s.phase), Some(Phase::Complete));
+    for node in DEV_EDGE {
+        let active = fleet.active(node);
+        assert_eq!(active.as_ref(), Some(&history[0].target), "{node}");
+    }
 }
 
 #[test]
