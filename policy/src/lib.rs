@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod model;
 pub mod plan;
 pub mod preview;
+pub mod promotion;
 pub mod repo;
 pub mod reviews;
 pub mod sbom;

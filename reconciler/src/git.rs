@@ -311,6 +311,11 @@ enum Pushed {
 }
 
 impl Mirror {
+    /// The spec branch.
+    pub fn branch(&self) -> &str {
+        &self.remote.branch
+    }
+
     /// How long this mirror's fetches and pushes have taken.
     pub fn latency(&self) -> Arc<GitLatency> {
         Arc::clone(&self.latency)
@@ -728,7 +733,7 @@ impl Mirror {
                 return Ok(StateCommit::NoChange);
             };
             gitfleet_io::faults::point("before-push");
-            match self.push(oid, tip)? {
+            match self.push(branch, oid, tip)? {
                 Pushed::Accepted => {
                     gitfleet_io::faults::point("after-push");
                     self.set_tracking(branch, Some(oid))
@@ -780,41 +785,156 @@ impl Mirror {
                 Some(commit) => commit.tree()?,
                 None => repo.find_tree(repo.treebuilder(None)?.write()?)?,
             };
-            let mut update = TreeUpdateBuilder::new();
-            for (path, bytes) in changes {
-                match bytes {
-                    Some(bytes) => {
-                        update.upsert(path.as_str(), repo.blob(bytes)?, FileMode::Blob);
-                    }
-                    // Deleting what is not there is no change.
-                    None if base.get_path(Path::new(path)).is_ok() => {
-                        update.remove(path.as_str());
-                    }
-                    None => {}
-                }
-            }
-            let tree = repo.find_tree(update.create_updated(repo, &base)?)?;
+            let tree = self.tree_with(&base, changes)?;
             if tree.id() == base.id() {
                 return Ok(None);
             }
-            let signature = Signature::now(&author.name, &author.email)?;
-            let message = format!("{}\n", message.trim_end());
             let parents: Vec<_> = parent.iter().collect();
-            repo.commit(None, &signature, &signature, &message, &tree, &parents)
+            self.write_commit(&tree, &parents, message, author)
                 .map(Some)
         };
         build().map_err(|source| self.commit_error(source))
     }
 
-    /// Push `oid` to the state branch, expected to be at `tip` on the
-    /// remote. A rejection is a value; only transport failures are errors.
-    fn push(&self, oid: Oid, tip: Option<Oid>) -> Result<Pushed, GitError> {
+    /// `base` with `changes` applied (path → new bytes, or `None` to delete).
+    fn tree_with(
+        &self,
+        base: &git2::Tree<'_>,
+        changes: &BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<git2::Tree<'_>, git2::Error> {
+        let repo = &self.repo;
+        let mut update = TreeUpdateBuilder::new();
+        for (path, bytes) in changes {
+            match bytes {
+                Some(bytes) => {
+                    update.upsert(path.as_str(), repo.blob(bytes)?, FileMode::Blob);
+                }
+                // Deleting what is not there is no change.
+                None if base.get_path(Path::new(path)).is_ok() => {
+                    update.remove(path.as_str());
+                }
+                None => {}
+            }
+        }
+        repo.find_tree(update.create_updated(repo, base)?)
+    }
+
+    fn write_commit(
+        &self,
+        tree: &git2::Tree<'_>,
+        parents: &[&git2::Commit<'_>],
+        message: &str,
+        author: &Author,
+    ) -> Result<Oid, git2::Error> {
+        let signature = Signature::now(&author.name, &author.email)?;
+        let message = format!("{}\n", message.trim_end());
+        self.repo
+            .commit(None, &signature, &signature, &message, tree, parents)
+    }
+
+    /// The bytes of `path` at commit `oid`; `None` when it has no such file.
+    pub fn blob_at(&self, oid: Oid, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        let read = || -> Result<Option<Vec<u8>>, git2::Error> {
+            let tree = self.repo.find_commit(oid)?.tree()?;
+            let entry = match tree.get_path(Path::new(path)) {
+                Ok(entry) => entry,
+                Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            Ok(entry
+                .to_object(&self.repo)?
+                .as_blob()
+                .map(|b| b.content().to_vec()))
+        };
+        read().map_err(|source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!("{path} at {oid}"),
+            source,
+        })
+    }
+
+    /// Make `branch` (one of ours, never the spec or the state branch) hold
+    /// `base`'s files with `changes` applied, and push it without force;
+    /// its tip. A tip that already holds them is left alone. The new
+    /// commit's parents are `base` and, unless `base` already contains it,
+    /// the branch's old tip: the push is a fast-forward, and a pull request
+    /// from the branch into the spec branch shows only `changes`.
+    #[tracing::instrument(skip_all, fields(url = %self.remote.display_url(), branch = %branch))]
+    pub fn update_branch(
+        &self,
+        branch: &str,
+        base: Oid,
+        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        message: &str,
+        author: &Author,
+    ) -> Result<Oid, GitError> {
+        if branch == self.remote.branch
+            || branch == self.remote.state_branch
+            || !git2::Reference::is_valid_name(&format!("refs/heads/{branch}"))
+        {
+            return Err(GitError::InvalidBranch {
+                url: self.remote.display_url(),
+                branch: branch.to_owned(),
+            });
+        }
+        for path in changes.keys() {
+            check_path(path).map_err(|reason| GitError::InvalidPath {
+                path: path.clone(),
+                branch: branch.to_owned(),
+                reason,
+            })?;
+        }
+        let tip = self.fetch_branches(&[branch])?[0];
+        let commit_error = |source| GitError::Commit {
+            url: self.remote.display_url(),
+            branch: branch.to_owned(),
+            source,
+        };
+        let repo = &self.repo;
+        let build = || -> Result<Option<Oid>, git2::Error> {
+            let base = repo.find_commit(base)?;
+            let tree = self.tree_with(&base.tree()?, changes)?;
+            let old = tip.map(|t| repo.find_commit(t)).transpose()?;
+            if old.as_ref().is_some_and(|o| o.tree_id() == tree.id()) {
+                return Ok(None);
+            }
+            let mut parents = vec![&base];
+            if let Some(old) = old.as_ref() {
+                let merged =
+                    old.id() == base.id() || repo.graph_descendant_of(base.id(), old.id())?;
+                if !merged {
+                    parents.insert(0, old);
+                }
+            }
+            self.write_commit(&tree, &parents, message, author)
+                .map(Some)
+        };
+        let Some(oid) = build().map_err(commit_error)? else {
+            return Ok(tip.unwrap_or(base));
+        };
+        match self.push(branch, oid, tip)? {
+            Pushed::Accepted => {
+                self.set_tracking(branch, Some(oid)).map_err(commit_error)?;
+                tracing::info!(commit = %oid, "branch pushed");
+                Ok(oid)
+            }
+            Pushed::Rejected(status) => Err(GitError::Rejected {
+                url: self.remote.display_url(),
+                branch: branch.to_owned(),
+                attempts: 1,
+                status,
+            }),
+        }
+    }
+
+    /// Push `oid` to `branch`, expected to be at `tip` on the remote. A
+    /// rejection is a value; only transport failures are errors.
+    fn push(&self, branch: &str, oid: Oid, tip: Option<Oid>) -> Result<Pushed, GitError> {
         let _timer = self.latency.push.start();
-        let branch = &self.remote.state_branch;
         let target = format!("refs/heads/{branch}");
         let push_error = |source| GitError::Push {
             url: self.remote.display_url(),
-            branch: branch.clone(),
+            branch: branch.to_owned(),
             source,
         };
         let mut remote = self
@@ -855,7 +975,7 @@ impl Mirror {
             Some(Some(refused)) => Ok(Pushed::Rejected(refused)),
             None => Err(GitError::Unconfirmed {
                 url: self.remote.display_url(),
-                branch: branch.clone(),
+                branch: branch.to_owned(),
             }),
         }
     }
@@ -1473,6 +1593,64 @@ mod tests {
         ));
         assert_eq!(fx.parents(&ours.to_string()), [theirs.to_string()]);
         assert_eq!(fx.ls_tree("gitfleet/state"), ["other.json", "ours.json"]);
+    }
+
+    #[test]
+    fn a_promotion_branch_fast_forwards_and_shows_only_its_file() {
+        let fx = Fixture::new();
+        let mirror = Mirror::open_or_clone(Remote::new(fx.file_url()), &fx.path("m")).unwrap();
+        let main = mirror.fetch().unwrap().branch;
+        let branch = "gitfleet/promote/prod";
+        let file = |text: &str| changes(&[("promotions/prod.json", Some(text))]);
+        let a = mirror
+            .update_branch(branch, main, &file("1"), "promote 1", &Author::default())
+            .unwrap();
+        assert_eq!(fx.tip(branch), a);
+        assert_eq!(fx.parents(&a.to_string()), [main.to_string()]);
+        assert_eq!(fx.show(branch, "promotions/prod.json"), "1");
+        assert_eq!(fx.show(branch, "fleet.kdl"), "fleet \"acme\"");
+
+        // The same files again: no new commit.
+        let same = mirror.update_branch(branch, main, &file("1"), "again", &Author::default());
+        assert_eq!(same.unwrap(), a);
+
+        // main moved on: a merge of the old tip and main, a fast-forward.
+        let human = fx.path("human");
+        write(&human, "fleet.kdl", "fleet \"acme\" // moved\n");
+        git(&human, &["commit", "-qam", "move main"]);
+        git(&human, &["push", "-q", "origin", "main"]);
+        let main2 = mirror.fetch().unwrap().branch;
+        let b = mirror
+            .update_branch(branch, main2, &file("2"), "promote 2", &Author::default())
+            .unwrap();
+        assert_eq!(
+            fx.parents(&b.to_string()),
+            [a.to_string(), main2.to_string()]
+        );
+        assert_eq!(fx.show(branch, "fleet.kdl"), "fleet \"acme\" // moved");
+        let diff = git(
+            &fx.bare(),
+            &["diff", "--name-only", &format!("main...{branch}")],
+        );
+        assert_eq!(diff, "promotions/prod.json");
+
+        // Once main has merged it, the next commit has main alone as parent.
+        git(&human, &["pull", "-q", "--no-rebase", "origin", branch]);
+        git(&human, &["push", "-q", "origin", "main"]);
+        let main3 = mirror.fetch().unwrap().branch;
+        let c = mirror
+            .update_branch(branch, main3, &file("3"), "promote 3", &Author::default())
+            .unwrap();
+        assert_eq!(fx.parents(&c.to_string()), [main3.to_string()]);
+
+        // Never the spec or state branch.
+        for wrong in ["main", "gitfleet/state", "bad..name"] {
+            let e = mirror.update_branch(wrong, main3, &file("4"), "x", &Author::default());
+            assert!(
+                matches!(e, Err(GitError::InvalidBranch { .. })),
+                "{wrong}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The reconciler's side of GitHub: approvals read from the reviews of the
-//! pull request that brought a change, and a commit status per environment
-//! (`gitfleet/<env>`) on each rollout's source commit.
+//! pull request that brought a change (or of the merged promotion pull
+//! request that asks for it), a commit status per environment
+//! (`gitfleet/<env>`) on each rollout's source commit, plan previews as
+//! check runs, and promotion pull requests for changes waiting for
+//! approvals.
 //!
 //! Through octocrab's raw REST calls with our own small response types, so
 //! a field GitHub adds or a fake leaves out never breaks a pass. GitHub is
@@ -12,9 +15,13 @@ use std::path::PathBuf;
 
 use gitfleet_policy::model::FleetModel;
 use gitfleet_policy::plan::Targets;
+use gitfleet_policy::promotion;
 use gitfleet_policy::reviews::{self, Members, PullRequest, Review, ReviewState};
+use gitfleet_schemas::promotion::{promotion_branch, promotions_path};
 use gitfleet_schemas::state::{Phase, RolloutState};
 use serde::{Deserialize, Serialize};
+
+use crate::git::{Author, Mirror};
 
 /// How to reach GitHub. Without `--github-repo`, nothing here runs.
 #[derive(Debug, Default, clap::Args)]
@@ -95,6 +102,11 @@ pub struct GitHub {
     last_approved: BTreeSet<(String, String)>,
     /// Whether plan previews can be published (App auth only).
     previews: bool,
+    /// Environment -> the promotion file its pull request (or the spec
+    /// branch) holds, as this process last pushed or saw it.
+    promoted: BTreeMap<String, Vec<u8>>,
+    /// Environments known to have no open promotion pull request.
+    unpromoted: BTreeSet<String>,
 }
 
 /// How long a head whose preview failed waits before the next try.
@@ -235,6 +247,8 @@ impl GitHubConfig {
             previewed: HashSet::new(),
             preview_failed: HashMap::new(),
             last_approved: BTreeSet::new(),
+            promoted: BTreeMap::new(),
+            unpromoted: BTreeSet::new(),
             previews: matches!(self.auth, Auth::App { .. }),
         })
     }
@@ -478,15 +492,65 @@ impl GitHub {
         }
     }
 
+    /// Whether `pr`'s reviews meet `rule`, and whether a team membership
+    /// that could have changed the answer could not be read.
+    async fn judge(
+        &self,
+        env: &str,
+        rule: &gitfleet_schemas::Approvals,
+        pr: &PullRequest,
+        members: &mut Members,
+        not_members: &mut BTreeSet<(String, String)>,
+    ) -> (bool, bool) {
+        let mut unreadable = false;
+        for user in reviews::candidates(rule, pr) {
+            for team in &rule.teams {
+                let pair = (team.value.clone(), user.clone());
+                let known = members.get(&team.value).is_some_and(|m| m.contains(&user));
+                if known || not_members.contains(&pair) {
+                    continue;
+                }
+                match self.member(&team.value, &user).await {
+                    Ok(true) => {
+                        members
+                            .entry(team.value.clone())
+                            .or_default()
+                            .insert(user.clone());
+                    }
+                    Ok(false) => {
+                        not_members.insert(pair);
+                    }
+                    Err(e) => {
+                        tracing::warn!(team = %team.value, user = %user, error = %e, "cannot read team membership");
+                        not_members.insert(pair);
+                        unreadable = true;
+                    }
+                }
+            }
+        }
+        let verdict = reviews::verdict(rule, pr, members);
+        for (user, why) in &verdict.ignored {
+            tracing::debug!(environment = %env, pull = pr.number, reviewer = %user, reason = %why, "review not counted");
+        }
+        if verdict.approved {
+            tracing::info!(environment = %env, pull = pr.number, head = %pr.head, approvers = ?verdict.counted, "approved by review");
+        }
+        (verdict.approved, unreadable && !verdict.approved)
+    }
+
     /// The `(environment, commit)` pairs whose pull request reviews meet the
     /// environment's rule, among the rollouts waiting at an approval gate
-    /// (or past it but not yet admitted).
+    /// (or past it but not yet admitted). The pull request is the one that
+    /// brought the commit, or the merged promotion pull request that asks
+    /// for it: `promoted` maps `(environment, commit)` to the spec branch
+    /// commit that brought that environment's promotion file.
     pub async fn approvals(
         &mut self,
         model: &FleetModel,
         targets: &Targets,
         state: &BTreeMap<String, RolloutState>,
         wanted: &BTreeMap<String, String>,
+        promoted: &BTreeMap<(String, String), String>,
     ) -> BTreeSet<(String, String)> {
         let mut asks: BTreeSet<(String, String)> = BTreeSet::new();
         for (rollout, commit) in wanted {
@@ -517,77 +581,48 @@ impl GitHub {
             }
         }
         // commit -> its pull request; Err when it could not be read.
-        let mut pulls: HashMap<&str, Result<Option<PullRequest>, ()>> = HashMap::new();
+        let mut pulls: HashMap<String, Result<Option<PullRequest>, ()>> = HashMap::new();
         let mut members: Members = BTreeMap::new();
         // (team, user) pairs whose membership could not be read or is none.
         let mut not_members: BTreeSet<(String, String)> = BTreeSet::new();
         let mut out = BTreeSet::new();
         for (env, commit) in &asks {
-            if !pulls.contains_key(commit.as_str()) {
-                let pull = self.pull_of(commit).await.map_err(|e| {
-                    tracing::warn!(commit = %commit, error = %e, "cannot read reviews; keeping the last verdict");
-                });
-                pulls.insert(commit, pull);
-            }
-            let keep_last = |out: &mut BTreeSet<(String, String)>| {
-                if self.last_approved.contains(&(env.clone(), commit.clone())) {
-                    out.insert((env.clone(), commit.clone()));
-                }
-            };
-            let pr = match pulls.get(commit.as_str()) {
-                Some(Ok(Some(pr))) => pr,
-                Some(Ok(None)) => {
-                    tracing::debug!(environment = %env, commit = %commit, "no merged pull request brought this commit; it waits for approvals");
-                    continue;
-                }
-                _ => {
-                    keep_last(&mut out);
-                    continue;
-                }
-            };
-            let Some(rule) = model
-                .environments
-                .iter()
-                .find(|e| e.name.value == *env)
-                .and_then(|e| e.approvals.as_ref())
-            else {
+            let Some(rule) = model.environment(env).and_then(|e| e.approvals.as_ref()) else {
                 continue;
             };
+            let ask = (env.clone(), commit.clone());
+            let brought_by = std::iter::once(commit).chain(promoted.get(&ask));
+            let mut approved = false;
             let mut unreadable = false;
-            for user in reviews::candidates(rule, pr) {
-                for team in &rule.teams {
-                    let pair = (team.value.clone(), user.clone());
-                    let known = members.get(&team.value).is_some_and(|m| m.contains(&user));
-                    if known || not_members.contains(&pair) {
+            for via in brought_by {
+                if !pulls.contains_key(via) {
+                    let pull = self.pull_of(via).await.map_err(|e| {
+                        tracing::warn!(commit = %via, error = %e, "cannot read reviews; keeping the last verdict");
+                    });
+                    pulls.insert(via.clone(), pull);
+                }
+                let pr = match pulls.get(via) {
+                    Some(Ok(Some(pr))) => pr,
+                    Some(Ok(None)) => {
+                        tracing::debug!(environment = %env, commit = %via, "no merged pull request brought this commit");
                         continue;
                     }
-                    match self.member(&team.value, &user).await {
-                        Ok(true) => {
-                            members
-                                .entry(team.value.clone())
-                                .or_default()
-                                .insert(user.clone());
-                        }
-                        Ok(false) => {
-                            not_members.insert(pair);
-                        }
-                        Err(e) => {
-                            tracing::warn!(team = %team.value, user = %user, error = %e, "cannot read team membership");
-                            not_members.insert(pair);
-                            unreadable = true;
-                        }
+                    _ => {
+                        unreadable = true;
+                        continue;
                     }
+                };
+                let (yes, unsure) = self
+                    .judge(env, rule, pr, &mut members, &mut not_members)
+                    .await;
+                if yes {
+                    approved = true;
+                    break;
                 }
+                unreadable |= unsure;
             }
-            let verdict = reviews::verdict(rule, pr, &members);
-            for (user, why) in &verdict.ignored {
-                tracing::debug!(environment = %env, pull = pr.number, reviewer = %user, reason = %why, "review not counted");
-            }
-            if verdict.approved {
-                tracing::info!(environment = %env, commit = %commit, pull = pr.number, approvers = ?verdict.counted, "approved by review");
-                out.insert((env.clone(), commit.clone()));
-            } else if unreadable {
-                keep_last(&mut out);
+            if approved || (unreadable && self.last_approved.contains(&ask)) {
+                out.insert(ask);
             }
         }
         self.last_approved.clone_from(&out);
@@ -757,6 +792,165 @@ impl GitHub {
         };
         self.previewed.insert(head.to_owned());
         Ok(())
+    }
+
+    /// Open or update the promotion pull request of each environment in
+    /// `asks` (see [`gitfleet_policy::promotion`]): its file on the branch
+    /// `gitfleet/promote/<env>` over `head` of the spec branch `base`, and
+    /// one open pull request from that branch. Any other environment that
+    /// requires approvals has its open promotion pull request closed: what
+    /// it asked for went ahead, or is gone. Failures are logged; the next
+    /// pass tries again.
+    pub async fn promote(
+        &mut self,
+        model: &FleetModel,
+        mirror: &Mirror,
+        head: git2::Oid,
+        asks: &BTreeMap<String, promotion::Ask>,
+    ) {
+        let base = mirror.branch();
+        for (env, ask) in asks {
+            self.unpromoted.remove(env);
+            let bytes = ask.file.to_bytes();
+            if self.promoted.get(env) == Some(&bytes) {
+                continue;
+            }
+            let path = promotions_path(env);
+            match mirror.blob_at(head, &path) {
+                // Merged already: its reviews are what counts now.
+                Ok(Some(on_base)) if on_base == bytes => {
+                    self.promoted.insert(env.clone(), bytes);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(environment = %env, error = %e, "cannot read the promotion file");
+                    continue;
+                }
+            }
+            let branch = promotion_branch(env);
+            let changes = BTreeMap::from([(path, Some(bytes.clone()))]);
+            let mut message = format!("{}\n\n", ask.title);
+            for (rollout, p) in &ask.file.rollouts {
+                message.push_str(&format!(
+                    "{rollout}: {} at {}\n",
+                    p.bundle.digest, p.source_commit
+                ));
+            }
+            if let Err(e) =
+                mirror.update_branch(&branch, head, &changes, &message, &Author::default())
+            {
+                tracing::warn!(environment = %env, branch = %branch, error = %e, "cannot push the promotion branch");
+                continue;
+            }
+            match self
+                .open_or_update_pull(&branch, base, &ask.title, &ask.body)
+                .await
+            {
+                Ok(number) => {
+                    tracing::info!(environment = %env, pull = number, rollouts = ask.file.rollouts.len(), "promotion pull request up to date");
+                    self.promoted.insert(env.clone(), bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(environment = %env, error = %e, "cannot open the promotion pull request");
+                }
+            }
+        }
+        let settled: Vec<&String> = model
+            .environments
+            .iter()
+            .filter(|e| e.approvals.as_ref().is_some_and(|a| a.required.value > 0))
+            .map(|e| &e.name.value)
+            .filter(|env| !asks.contains_key(*env) && !self.unpromoted.contains(*env))
+            .collect();
+        for env in settled {
+            match self.close_pull(&promotion_branch(env), base).await {
+                Ok(closed) => {
+                    if let Some(number) = closed {
+                        tracing::info!(environment = %env, pull = number, "closed the promotion pull request: nothing waits there now");
+                    }
+                    self.promoted.remove(env);
+                    self.unpromoted.insert(env.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(environment = %env, error = %e, "cannot close the promotion pull request");
+                }
+            }
+        }
+    }
+
+    /// The open pull request from `branch` into `base`, if any.
+    async fn open_pull(&self, branch: &str, base: &str) -> Result<Option<Pull>, GitHubError> {
+        let (o, r) = (&self.owner, &self.repo);
+        let open: Vec<Pull> = self
+            .crab
+            .get(
+                format!("/repos/{o}/{r}/pulls"),
+                Some(&[
+                    ("state", "open".to_owned()),
+                    ("head", format!("{o}:{branch}")),
+                    ("base", base.to_owned()),
+                ]),
+            )
+            .await
+            .map_err(Self::call(format!("open pull requests from {branch}")))?;
+        Ok(open.into_iter().next())
+    }
+
+    /// Update the open pull request from `branch` into `base`, or open one;
+    /// its number.
+    async fn open_or_update_pull(
+        &self,
+        branch: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+    ) -> Result<u64, GitHubError> {
+        let (o, r) = (&self.owner, &self.repo);
+        let what = format!("the pull request from {branch}");
+        if let Some(open) = self.open_pull(branch, base).await? {
+            let _: serde_json::Value = self
+                .crab
+                .patch(
+                    format!("/repos/{o}/{r}/pulls/{}", open.number),
+                    Some(&serde_json::json!({ "title": title, "body": body })),
+                )
+                .await
+                .map_err(Self::call(what))?;
+            return Ok(open.number);
+        }
+        let created: Pull = self
+            .crab
+            .post(
+                format!("/repos/{o}/{r}/pulls"),
+                Some(&serde_json::json!({
+                    "title": title,
+                    "body": body,
+                    "head": branch,
+                    "base": base,
+                })),
+            )
+            .await
+            .map_err(Self::call(what))?;
+        Ok(created.number)
+    }
+
+    /// Close the open pull request from `branch` into `base`; its number,
+    /// `None` when none is open.
+    async fn close_pull(&self, branch: &str, base: &str) -> Result<Option<u64>, GitHubError> {
+        let Some(open) = self.open_pull(branch, base).await? else {
+            return Ok(None);
+        };
+        let (o, r) = (&self.owner, &self.repo);
+        let _: serde_json::Value = self
+            .crab
+            .patch(
+                format!("/repos/{o}/{r}/pulls/{}", open.number),
+                Some(&serde_json::json!({ "state": "closed" })),
+            )
+            .await
+            .map_err(Self::call(format!("closing pull request #{}", open.number)))?;
+        Ok(Some(open.number))
     }
 
     /// A commit status per environment on each rollout's source commit.

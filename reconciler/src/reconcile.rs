@@ -15,6 +15,7 @@ use gitfleet_policy::bundle::{self, Built};
 use gitfleet_policy::mesh::{self, Allocation, MeshBuild};
 use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan};
 use gitfleet_policy::{channel, Checked, FleetModel};
+use gitfleet_schemas::promotion::{promotions_path, Promotions};
 use gitfleet_schemas::state::MeshAllocation;
 use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
 use gitfleet_schemas::verify::verify_signed_by;
@@ -526,12 +527,16 @@ impl Reconciler {
             tracing::warn!(path = %path, reason = %reason, "ignoring approval");
         }
         let mut approvals = counted.approved;
+        let promoted = match self.github {
+            Some(_) => self.promoted(head, model),
+            None => BTreeMap::new(),
+        };
         if let Some(gh) = self.github_client() {
             let wanted: BTreeMap<String, String> = desired
                 .iter()
                 .map(|(name, d)| (name.clone(), d.source_commit.clone()))
                 .collect();
-            let asked = gh.approvals(model, &checked.targets, &state, &wanted);
+            let asked = gh.approvals(model, &checked.targets, &state, &wanted, &promoted);
             match tokio::time::timeout(GITHUB_BUDGET, asked).await {
                 Ok(approved) => approvals.extend(approved),
                 Err(_) => tracing::warn!(
@@ -646,6 +651,14 @@ impl Reconciler {
                     "posting commit statuses took too long; the next pass goes on"
                 );
             }
+            let asks = gitfleet_policy::promotion::wanted(model, &state);
+            let promote = gh.promote(model, &self.observer.mirror, head, &asks);
+            if tokio::time::timeout(GITHUB_BUDGET, promote).await.is_err() {
+                tracing::warn!(
+                    seconds = GITHUB_BUDGET.as_secs(),
+                    "promotion pull requests took too long; the next pass goes on"
+                );
+            }
             if tokio::time::timeout(GITHUB_BUDGET, self.previews(&checked))
                 .await
                 .is_err()
@@ -659,6 +672,43 @@ impl Reconciler {
         }
         outcome.phases = phases.done;
         Ok(outcome)
+    }
+
+    /// `(environment, commit)` -> the spec branch commit that brought the
+    /// environment's promotion file asking for that commit
+    /// (`promotions/<env>.json` at `head`): its pull request's reviews
+    /// approve the commit there.
+    fn promoted(&self, head: git2::Oid, model: &FleetModel) -> BTreeMap<(String, String), String> {
+        let mirror = &self.observer.mirror;
+        let mut out = BTreeMap::new();
+        for env in &model.environments {
+            if env.approvals.as_ref().is_none_or(|a| a.required.value == 0) {
+                continue;
+            }
+            let name = &env.name.value;
+            let path = promotions_path(name);
+            let read = mirror.blob_at(head, &path).and_then(|bytes| {
+                let Some(file) = bytes.as_deref().and_then(Promotions::parse) else {
+                    return Ok(None);
+                };
+                Ok(Some((file, mirror.last_change(head, &path)?)))
+            });
+            match read {
+                Ok(Some((file, brought))) if file.environment == *name => {
+                    for p in file.rollouts.into_values() {
+                        out.insert((name.clone(), p.source_commit), brought.to_string());
+                    }
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(path = %path, "promotion file names another environment; ignored");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(path = %path, error = %e, "cannot read the promotion file")
+                }
+            }
+        }
+        out
     }
 
     /// Sign and publish every environment's manifest that changed or is

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod keyfile;
 pub mod mesh;
 pub mod node;
+pub mod promotion;
 pub mod rollout;
 mod span;
 pub mod state;
@@ -60,6 +61,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<status::StatusReport>("status-report.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
         one::<approval::Approval>("approval.schema.json"),
+        one::<promotion::Promotions>("promotions.schema.json"),
         one::<agent::AgentConfig>("agent-config.schema.json"),
         one::<agent::LocalState>("agent-state.schema.json"),
         one::<agent::Journal>("agent-journal.schema.json"),

@@ -1,6 +1,7 @@
 //! A stateful fake of the GitHub REST endpoints gitfleet calls, on
-//! 127.0.0.1: pull requests and the commits they contain, reviews, team
-//! memberships and commit statuses. The reconciler reaches it through
+//! 127.0.0.1: pull requests (listed, opened from a branch of a real bare
+//! repository, updated, closed) and the commits they contain, reviews, team
+//! memberships, commit statuses and check runs. The reconciler reaches it through
 //! octocrab's `base_uri`; tests arrange and inspect its state directly.
 //!
 //! Answers carry the fields GitHub's do that gitfleet reads (and a few
@@ -16,14 +17,29 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Pull {
     pub number: u64,
     pub author: String,
+    /// The head commit; for an open pull request from a branch of
+    /// [`GitHubState::repo`], that branch's tip when it is read.
     pub head: String,
+    /// The branch it is from (`change-<number>` when not given).
+    pub head_ref: String,
+    pub base: String,
+    pub title: String,
+    pub body: String,
     /// Every commit the pull request contains, its merge commit included.
     pub commits: Vec<String>,
     pub merged: bool,
+    /// Closed without being merged.
+    pub closed: bool,
+}
+
+impl Pull {
+    fn open(&self) -> bool {
+        !self.merged && !self.closed
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +80,39 @@ pub struct GitHubState {
     pub check_runs: Vec<CheckRun>,
     /// `METHOD path` of every request, in order.
     pub requests: Vec<String>,
+    /// The repository as GitHub holds it (bare): pull requests opened from
+    /// a branch get their head from it.
+    pub repo: Option<std::path::PathBuf>,
+}
+
+impl GitHubState {
+    /// The tip of `branch` in [`GitHubState::repo`].
+    fn tip(&self, branch: &str) -> Option<String> {
+        let out = std::process::Command::new("git")
+            .args([
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/heads/{branch}"),
+            ])
+            .current_dir(self.repo.as_ref()?)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `p` with its head read from the repository while it is open.
+    fn live(&self, p: &Pull) -> Pull {
+        let mut p = p.clone();
+        if p.open() {
+            if let Some(tip) = self.tip(&p.head_ref) {
+                p.head = tip;
+            }
+        }
+        p
+    }
 }
 
 #[derive(Debug)]
@@ -142,6 +191,41 @@ impl FakeGitHub {
         self.with(|s| s.pulls.push(pull));
     }
 
+    /// The pull request `number`, its head as GitHub would show it now.
+    pub fn pull(&self, number: u64) -> Option<Pull> {
+        self.with(|s| {
+            let p = s.pulls.iter().find(|p| p.number == number)?;
+            Some(s.live(p))
+        })
+    }
+
+    /// The pull requests from `branch`, oldest first.
+    pub fn pulls_from(&self, branch: &str) -> Vec<Pull> {
+        self.with(|s| {
+            s.pulls
+                .iter()
+                .filter(|p| p.head_ref == branch)
+                .map(|p| s.live(p))
+                .collect()
+        })
+    }
+
+    /// Record that `number` was merged by `merge_commit` (which the test
+    /// made in the repository), as GitHub does: its head is fixed and both
+    /// commits list it.
+    pub fn merged(&self, number: u64, merge_commit: &str) {
+        self.with(|s| {
+            let Some(i) = s.pulls.iter().position(|p| p.number == number) else {
+                return;
+            };
+            let head = s.live(&s.pulls[i]).head;
+            let p = &mut s.pulls[i];
+            p.head = head.clone();
+            p.merged = true;
+            p.commits.extend([head, merge_commit.to_owned()]);
+        });
+    }
+
     pub fn review(&self, number: u64, user: &str, state: &str, commit: &str) {
         self.with(|s| {
             s.reviews.entry(number).or_default().push(Review {
@@ -207,7 +291,14 @@ fn router(shared: Arc<Shared>) -> Router {
             "/app/installations/{id}/access_tokens",
             post(installation_token),
         )
-        .route("/repos/{owner}/{repo}/pulls", get(open_pulls))
+        .route(
+            "/repos/{owner}/{repo}/pulls",
+            get(open_pulls).post(create_pull),
+        )
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}",
+            axum::routing::patch(update_pull),
+        )
         .route(
             "/repos/{owner}/{repo}/commits/{sha}/check-runs",
             get(commit_check_runs),
@@ -254,13 +345,112 @@ fn unauthorized() -> Response {
 }
 
 fn pull_json(p: &Pull) -> Value {
+    let head_ref = if p.head_ref.is_empty() {
+        format!("change-{}", p.number)
+    } else {
+        p.head_ref.clone()
+    };
     json!({
         "number": p.number,
-        "state": if p.merged { "closed" } else { "open" },
+        "state": if p.open() { "open" } else { "closed" },
+        "title": p.title,
+        "body": p.body,
         "user": { "login": p.author },
-        "head": { "sha": p.head, "ref": format!("change-{}", p.number) },
+        "head": { "sha": p.head, "ref": head_ref },
+        "base": { "ref": if p.base.is_empty() { "main" } else { &p.base } },
         "merged_at": if p.merged { json!("2026-12-01T10:00:00Z") } else { Value::Null },
     })
+}
+
+/// Who opens pull requests through the API here.
+pub const BOT: &str = "gitfleet-bot";
+
+async fn create_pull(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&shared, &headers, "POST pulls".to_owned()) {
+        return unauthorized();
+    }
+    let field = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
+    let (Some(title), Some(head_ref), Some(base)) = (field("title"), field("head"), field("base"))
+    else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: title, head and base are required",
+        );
+    };
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    if state
+        .pulls
+        .iter()
+        .any(|p| p.open() && p.head_ref == head_ref)
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("A pull request already exists for {head_ref}."),
+        );
+    }
+    let Some(head) = state.tip(&head_ref) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: head invalid",
+        );
+    };
+    let number = state.pulls.iter().map(|p| p.number).max().unwrap_or(0) + 1;
+    let pull = Pull {
+        number,
+        author: BOT.to_owned(),
+        head,
+        head_ref,
+        base,
+        title,
+        body: field("body").unwrap_or_default(),
+        ..Pull::default()
+    };
+    let json = pull_json(&pull);
+    state.pulls.push(pull);
+    (StatusCode::CREATED, Json(json)).into_response()
+}
+
+async fn update_pull(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, number)): Path<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&shared, &headers, format!("PATCH pulls/{number}")) {
+        return unauthorized();
+    }
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(i) = state.pulls.iter().position(|p| p.number == number) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let live = state.live(&state.pulls[i]);
+    let p = &mut state.pulls[i];
+    if let Some(t) = body.get("title").and_then(Value::as_str) {
+        p.title = t.to_owned();
+    }
+    if let Some(b) = body.get("body").and_then(Value::as_str) {
+        p.body = b.to_owned();
+    }
+    match body.get("state").and_then(Value::as_str) {
+        Some("closed") if !p.merged => {
+            p.head = live.head;
+            p.closed = true;
+        }
+        Some("open") if !p.merged => p.closed = false,
+        None => {}
+        Some(other) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("Validation Failed: state {other}"),
+            )
+        }
+    }
+    let json = pull_json(&state.live(&state.pulls[i]));
+    Json(json).into_response()
 }
 
 async fn commit_pulls(
@@ -408,11 +598,20 @@ async fn open_pulls(
         return Json(Vec::<Value>::new()).into_response();
     }
     let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    // `head` is `owner:branch`; `base` a branch name.
+    let head = q
+        .get("head")
+        .map(|h| h.split_once(':').map_or(h.as_str(), |(_, b)| b));
     let open: Vec<Value> = state
         .pulls
         .iter()
-        .filter(|p| !p.merged)
-        .map(pull_json)
+        .filter(|p| p.open())
+        .filter(|p| head.is_none_or(|h| p.head_ref == h))
+        .filter(|p| {
+            q.get("base")
+                .is_none_or(|b| p.base == *b || (p.base.is_empty() && b == "main"))
+        })
+        .map(|p| pull_json(&state.live(p)))
         .collect();
     Json(open).into_response()
 }

@@ -5,15 +5,18 @@
 //!
 //! prod needs one approving review (alice, or a member of acme/sre) and is
 //! frozen by a deny window, so an approval shows as prod moving on from
-//! awaiting-approval to waiting-window, and a dismissal as moving back.
+//! awaiting-approval to waiting-window, and a dismissal as moving back. A
+//! change waiting there gets a promotion pull request, opened by the
+//! reconciler from a branch it pushes.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
 use std::path::PathBuf;
 use std::process::Command;
 
+use gitfleet_schemas::promotion::Promotions;
 use gitfleet_schemas::state::{Phase, RolloutState};
-use gitfleet_tests::fake_github::{FakeGitHub, Pull};
+use gitfleet_tests::fake_github::{FakeGitHub, Pull, BOT};
 use gitfleet_tests::{bin, copy_dir, git, text, workspace};
 
 const TOKEN: &str = "ghp_test_token";
@@ -190,6 +193,7 @@ fn reviews_on_the_pull_request_head_release_prod_and_statuses_follow() {
         head: change.clone(),
         commits: vec![change.clone()],
         merged: true,
+        ..Pull::default()
     });
     fleet.reconcile(&github);
     assert_eq!(fleet.prod().source_commit, change);
@@ -305,6 +309,7 @@ fn an_open_pull_request_gets_a_plan_preview_check_run_with_annotations() {
         head: broken.clone(),
         commits: vec![broken.clone()],
         merged: false,
+        ..Pull::default()
     });
     fleet.reconcile_as_app(&github);
     let run = |head: &str| {
@@ -388,4 +393,121 @@ fn a_github_app_works_through_its_installation_token() {
             s.requests
         );
     });
+}
+
+const PROMOTE_PROD: &str = "gitfleet/promote/prod";
+
+#[test]
+fn a_change_waiting_for_prod_gets_a_promotion_pull_request_whose_approval_releases_it() {
+    let github = FakeGitHub::start(TOKEN);
+    let fleet = Fleet::new();
+    let origin = fleet.path("origin.git");
+    github.with(|s| s.repo = Some(origin.clone()));
+    let promotion = |rev: &str| -> Promotions {
+        let bytes = git(&origin, &["show", &format!("{rev}:promotions/prod.json")]);
+        Promotions::parse(bytes.as_bytes()).expect("a promotion file")
+    };
+    let tip = |rev: &str| git(&origin, &["rev-parse", rev]).trim().to_owned();
+
+    // A change pushed straight to main waits for prod's approval: the bot
+    // pushes its branch and opens one pull request from it into main.
+    let first = fleet.head();
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().phase, Phase::AwaitingApproval);
+    let pulls = github.pulls_from(PROMOTE_PROD);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    let pr = pulls[0].clone();
+    assert_eq!((pr.author.as_str(), pr.base.as_str()), (BOT, "main"));
+    assert!(pr.title.ends_with(" to prod"), "{}", pr.title);
+    assert!(pr.body.contains(short(&first)), "{}", pr.body);
+    assert!(
+        pr.body.contains("by alice, a member of acme/sre"),
+        "{}",
+        pr.body
+    );
+    let asked = promotion(PROMOTE_PROD);
+    assert_eq!(asked.environment, "prod");
+    assert_eq!(asked.rollouts["api-gateway"].source_commit, first);
+    // prod comes after no other environment here.
+    assert_eq!(asked.rollouts["api-gateway"].completed_in, None);
+    let changed = git(
+        &origin,
+        &["diff", "--name-only", &format!("main...{PROMOTE_PROD}")],
+    );
+    assert_eq!(changed.trim(), "promotions/prod.json");
+
+    // Nothing new: the same branch tip and pull request.
+    let before = tip(PROMOTE_PROD);
+    fleet.reconcile(&github);
+    assert_eq!(tip(PROMOTE_PROD), before);
+    assert_eq!(github.pulls_from(PROMOTE_PROD).len(), 1);
+
+    // A newer change waits instead: a new commit on the same branch (a
+    // fast-forward) and the same pull request, updated.
+    let second = fleet.change_config("raise the timeout");
+    fleet.push();
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().source_commit, second);
+    assert_eq!(github.pulls_from(PROMOTE_PROD).len(), 1);
+    let moved = tip(PROMOTE_PROD);
+    assert_ne!(moved, before);
+    git(&origin, &["merge-base", "--is-ancestor", &before, &moved]);
+    assert_eq!(
+        promotion(PROMOTE_PROD).rollouts["api-gateway"].source_commit,
+        second
+    );
+    let pr = github.pull(pr.number).unwrap();
+    assert_eq!(pr.head, moved);
+    assert!(pr.body.contains(short(&second)), "{}", pr.body);
+
+    // Merged without an approval: still waiting.
+    let work = fleet.work();
+    git(&work, &["fetch", "-q", "origin", PROMOTE_PROD]);
+    let message = format!("Merge pull request #{} from acme/{PROMOTE_PROD}", pr.number);
+    git(
+        &work,
+        &["merge", "-q", "--no-ff", "-m", &message, "FETCH_HEAD"],
+    );
+    fleet.push();
+    github.merged(pr.number, &fleet.head());
+    fleet.reconcile(&github);
+    let prod = fleet.prod();
+    assert_eq!(
+        prod.source_commit, second,
+        "the merge left the config alone"
+    );
+    assert_eq!(prod.phase, Phase::AwaitingApproval, "{prod:?}");
+
+    // alice approves its head: prod goes ahead (to the closed window).
+    github.review(pr.number, "alice", "APPROVED", &moved);
+    fleet.reconcile(&github);
+    let prod = fleet.prod();
+    assert_eq!(prod.phase, Phase::WaitingWindow, "{prod:?}");
+
+    // The next change gets a new promotion pull request; when its own pull
+    // request's approval releases it, the promotion one is closed.
+    let third = fleet.change_config("hotfix");
+    fleet.push();
+    fleet.reconcile(&github);
+    let pulls = github.pulls_from(PROMOTE_PROD);
+    assert_eq!(pulls.len(), 2, "{pulls:?}");
+    let next = pulls[1].clone();
+    assert!(!next.merged && !next.closed);
+    assert_eq!(
+        promotion(PROMOTE_PROD).rollouts["api-gateway"].source_commit,
+        third
+    );
+    github.add_pull(Pull {
+        number: 90,
+        author: "carol".into(),
+        head: third.clone(),
+        commits: vec![third.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    github.review(90, "alice", "APPROVED", &third);
+    fleet.reconcile(&github);
+    assert_eq!(fleet.prod().phase, Phase::WaitingWindow);
+    let next = github.pull(next.number).unwrap();
+    assert!(next.closed, "{next:?}");
 }
