@@ -362,6 +362,21 @@ fn pull_json(p: &Pull) -> Value {
     })
 }
 
+/// The `X-Hub-Signature-256` GitHub sends with `body` for a webhook
+/// with `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
 /// Who opens pull requests through the API here.
 pub const BOT: &str = "gitfleet-bot";
 

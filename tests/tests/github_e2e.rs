@@ -7,17 +7,19 @@
 //! frozen by a deny window, so an approval shows as prod moving on from
 //! awaiting-approval to waiting-window, and a dismissal as moving back. A
 //! change waiting there gets a promotion pull request, opened by the
-//! reconciler from a branch it pushes.
+//! reconciler from a branch it pushes. Under `gitfleet serve`, a review
+//! delivered by webhook releases a change at once.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use gitfleet_schemas::promotion::Promotions;
 use gitfleet_schemas::state::{Phase, RolloutState};
-use gitfleet_tests::fake_github::{FakeGitHub, Pull, BOT};
-use gitfleet_tests::{bin, copy_dir, git, text, workspace};
+use gitfleet_tests::fake_github::{signature, FakeGitHub, Pull, BOT};
+use gitfleet_tests::{bin, copy_dir, git, text, workspace, Spawned};
 
 const TOKEN: &str = "ghp_test_token";
 
@@ -143,14 +145,21 @@ impl Fleet {
     }
 
     fn prod(&self) -> gitfleet_schemas::state::EnvState {
+        self.prod_state().expect("api-gateway has prod state")
+    }
+
+    /// api-gateway's prod state, once there is any.
+    fn prod_state(&self) -> Option<gitfleet_schemas::state::EnvState> {
         let out = Command::new("git")
             .args(["show", "gitfleet/state:rollouts/api-gateway.json"])
             .current_dir(self.path("origin.git"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", text(&out).1);
+        if !out.status.success() {
+            return None;
+        }
         let state: RolloutState = serde_json::from_slice(&out.stdout).unwrap();
-        state.environments["prod"].clone()
+        state.environments.get("prod").cloned()
     }
 }
 
@@ -510,4 +519,136 @@ fn a_change_waiting_for_prod_gets_a_promotion_pull_request_whose_approval_releas
     assert_eq!(fleet.prod().phase, Phase::WaitingWindow);
     let next = github.pull(next.number).unwrap();
     assert!(next.closed, "{next:?}");
+}
+
+#[test]
+fn under_serve_a_review_delivered_by_webhook_releases_the_change_before_the_next_poll() {
+    let github = FakeGitHub::start(TOKEN);
+    let fleet = Fleet::new();
+    let change = fleet.change_config("raise the timeout");
+    fleet.push();
+    github.add_pull(Pull {
+        number: 7,
+        author: "carol".into(),
+        head: change.clone(),
+        commits: vec![change.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    std::fs::write(fleet.path("webhook.secret"), "s3cret\n").unwrap();
+    let store = format!("file://{}", fleet.path("store").display());
+    let origin = fleet.path("origin.git");
+    let serve = Spawned::gitfleet(
+        fleet.dir.path(),
+        "serve",
+        &[
+            "serve",
+            "--repo",
+            origin.to_str().unwrap(),
+            "--store",
+            &store,
+            "--online-key",
+            "online.key",
+            "--cache",
+            "mirror",
+            "--holder",
+            "test-replica",
+            "--interval",
+            "10m",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-secret-file",
+            "webhook.secret",
+            "--github-repo",
+            "acme/fleet",
+            "--github-api",
+            &github.url,
+            "--github-token-file",
+            "token",
+        ],
+    );
+    let base = serve.printed_url("serving ");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let passes = || -> u64 {
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("gitfleet_reconcile_passes_total{result=\"ok\"} "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let eventually = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}:\n{}",
+                serve.output()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    eventually("prod awaiting approval", &|| {
+        fleet
+            .prod_state()
+            .is_some_and(|p| p.source_commit == change && p.phase == Phase::AwaitingApproval)
+    });
+    // Quiet: the passes its own commits trigger are over, and the poll is
+    // ten minutes away; only the webhook can bring the next pass.
+    let mut before = passes();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = passes();
+        if now != before {
+            (before, quiet_since) = (now, Instant::now());
+        }
+    }
+
+    // alice approves the head, and GitHub tells the reconciler.
+    github.review(7, "alice", "APPROVED", &change);
+    let body = serde_json::json!({
+        "action": "submitted",
+        "review": {
+            "id": 80,
+            "user": { "login": "alice" },
+            "state": "approved",
+            "commit_id": change,
+            "submitted_at": "2026-12-02T09:00:00Z",
+        },
+        "pull_request": {
+            "number": 7,
+            "state": "closed",
+            "user": { "login": "carol" },
+            "head": { "sha": change, "ref": "change-7" },
+            "base": { "ref": "main" },
+        },
+        "repository": { "full_name": "acme/fleet" },
+        "sender": { "login": "alice" },
+    })
+    .to_string();
+    let reply = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "pull_request_review")
+        .header("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        .header("X-Hub-Signature-256", signature(b"s3cret", body.as_bytes()))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    eventually("prod released by the review", &|| {
+        fleet
+            .prod_state()
+            .is_some_and(|p| p.phase == Phase::WaitingWindow)
+    });
+    assert!(passes() > before);
+    serve.stop();
 }

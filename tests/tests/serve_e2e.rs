@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use gitfleet_schemas::state::Phase;
 use gitfleet_schemas::view::FleetStatus;
+use gitfleet_tests::fake_github::signature as sign;
 use gitfleet_tests::Spawned;
-use hmac::Mac as _;
 
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -44,18 +44,6 @@ fn status(base: &str) -> FleetStatus {
     let (code, body) = get(&format!("{base}/api/status"));
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
 }
 
 #[test]
