@@ -562,9 +562,9 @@ impl Step<'_, '_> {
     /// Past the environment order: approvals, then the window.
     fn after_gate(&self, s: EnvState) -> EnvState {
         let env = self.inputs.model.environment(self.env);
-        if let Some(a) = env.and_then(|e| e.approvals.as_ref()) {
+        if let Some(a) = env.and_then(|e| e.approval_rule()) {
             let key = (self.env.to_owned(), s.source_commit.clone());
-            if a.required.value > 0 && !self.inputs.approvals.contains(&key) {
+            if !self.inputs.approvals.contains(&key) {
                 if s.phase == Phase::AwaitingApproval {
                     return s;
                 }

@@ -26,7 +26,7 @@ pub struct Ask {
 pub fn wanted(model: &FleetModel, state: &BTreeMap<String, RolloutState>) -> BTreeMap<String, Ask> {
     let mut out = BTreeMap::new();
     for env in &model.environments {
-        let Some(rule) = env.approvals.as_ref().filter(|a| a.required.value > 0) else {
+        let Some(rule) = env.approval_rule() else {
             continue;
         };
         let name = &env.name.value;

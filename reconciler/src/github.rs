@@ -555,7 +555,7 @@ impl GitHub {
         let mut asks: BTreeSet<(String, String)> = BTreeSet::new();
         for (rollout, commit) in wanted {
             for env in &model.environments {
-                if env.approvals.as_ref().is_none_or(|a| a.required.value == 0) {
+                if env.approval_rule().is_none() {
                     continue;
                 }
                 // Only environments the rollout has nodes in.
@@ -796,7 +796,8 @@ impl GitHub {
 
     /// Open or update the promotion pull request of each environment in
     /// `asks` (see [`gitfleet_policy::promotion`]): its file on the branch
-    /// `gitfleet/promote/<env>` over `head` of the spec branch `base`, and
+    /// `gitfleet/promote/<env>` over `head` of the spec branch `base`
+    /// (whose promotion files are `on_base`), and
     /// one open pull request from that branch. Any other environment that
     /// requires approvals has its open promotion pull request closed: what
     /// it asked for went ahead, or is gone. Failures are logged; the next
@@ -806,6 +807,7 @@ impl GitHub {
         model: &FleetModel,
         mirror: &Mirror,
         head: git2::Oid,
+        on_base: &BTreeMap<String, Vec<u8>>,
         asks: &BTreeMap<String, promotion::Ask>,
     ) {
         let base = mirror.branch();
@@ -815,19 +817,12 @@ impl GitHub {
             if self.promoted.get(env) == Some(&bytes) {
                 continue;
             }
-            let path = promotions_path(env);
-            match mirror.blob_at(head, &path) {
-                // Merged already: its reviews are what counts now.
-                Ok(Some(on_base)) if on_base == bytes => {
-                    self.promoted.insert(env.clone(), bytes);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(environment = %env, error = %e, "cannot read the promotion file");
-                    continue;
-                }
+            // Merged already: its reviews are what counts now.
+            if on_base.get(env) == Some(&bytes) {
+                self.promoted.insert(env.clone(), bytes);
+                continue;
             }
+            let path = promotions_path(env);
             let branch = promotion_branch(env);
             let changes = BTreeMap::from([(path, Some(bytes.clone()))]);
             let mut message = format!("{}\n\n", ask.title);
@@ -859,7 +854,7 @@ impl GitHub {
         let settled: Vec<&String> = model
             .environments
             .iter()
-            .filter(|e| e.approvals.as_ref().is_some_and(|a| a.required.value > 0))
+            .filter(|e| e.approval_rule().is_some())
             .map(|e| &e.name.value)
             .filter(|env| !asks.contains_key(*env) && !self.unpromoted.contains(*env))
             .collect();

@@ -133,6 +133,64 @@ pub struct Reconciler {
     /// runtime), then kept.
     pub github: Option<GitHubConfig>,
     github_client: Option<GitHub>,
+    /// The promotion files of the last spec branch commit looked at.
+    promotions: Option<PromotionFiles>,
+}
+
+/// What the promotion files at one spec branch commit say.
+#[derive(Clone, Debug, Default)]
+struct PromotionFiles {
+    /// The spec branch commit read; `None` when nothing was read.
+    head: Option<git2::Oid>,
+    /// Environment -> the bytes of its promotion file.
+    files: BTreeMap<String, Vec<u8>>,
+    /// `(environment, commit)` -> the spec branch commit that brought the
+    /// environment's promotion file asking for that commit: its pull
+    /// request's reviews approve the commit there.
+    brought: BTreeMap<(String, String), String>,
+}
+
+impl PromotionFiles {
+    fn read(mirror: &Mirror, head: git2::Oid, model: &FleetModel) -> PromotionFiles {
+        let mut out = PromotionFiles {
+            head: Some(head),
+            ..PromotionFiles::default()
+        };
+        for env in &model.environments {
+            if env.approval_rule().is_none() {
+                continue;
+            }
+            let name = &env.name.value;
+            let path = promotions_path(name);
+            let bytes = match mirror.blob_at(head, &path) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(path = %path, error = %e, "cannot read the promotion file");
+                    continue;
+                }
+            };
+            match Promotions::parse(&bytes) {
+                Some(file) if file.environment == *name => match mirror.last_change(head, &path) {
+                    Ok(brought) => {
+                        for p in file.rollouts.into_values() {
+                            out.brought
+                                .insert((name.clone(), p.source_commit), brought.to_string());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path, error = %e, "cannot find the commit that brought the promotion file")
+                    }
+                },
+                Some(_) => {
+                    tracing::warn!(path = %path, "promotion file names another environment; ignored")
+                }
+                None => tracing::warn!(path = %path, "promotion file does not parse; ignored"),
+            }
+            out.files.insert(name.clone(), bytes);
+        }
+        out
+    }
 }
 
 /// A mesh allocation to commit with the rollout state.
@@ -240,6 +298,7 @@ impl Reconciler {
             bundles: HashMap::new(),
             github: None,
             github_client: None,
+            promotions: None,
         }
     }
 
@@ -527,16 +586,22 @@ impl Reconciler {
             tracing::warn!(path = %path, reason = %reason, "ignoring approval");
         }
         let mut approvals = counted.approved;
-        let promoted = match self.github {
-            Some(_) => self.promoted(head, model),
-            None => BTreeMap::new(),
+        let promotions = match self.github {
+            Some(_) => self.promotions(head, model).clone(),
+            None => PromotionFiles::default(),
         };
         if let Some(gh) = self.github_client() {
             let wanted: BTreeMap<String, String> = desired
                 .iter()
                 .map(|(name, d)| (name.clone(), d.source_commit.clone()))
                 .collect();
-            let asked = gh.approvals(model, &checked.targets, &state, &wanted, &promoted);
+            let asked = gh.approvals(
+                model,
+                &checked.targets,
+                &state,
+                &wanted,
+                &promotions.brought,
+            );
             match tokio::time::timeout(GITHUB_BUDGET, asked).await {
                 Ok(approved) => approvals.extend(approved),
                 Err(_) => tracing::warn!(
@@ -652,7 +717,7 @@ impl Reconciler {
                 );
             }
             let asks = gitfleet_policy::promotion::wanted(model, &state);
-            let promote = gh.promote(model, &self.observer.mirror, head, &asks);
+            let promote = gh.promote(model, &self.observer.mirror, head, &promotions.files, &asks);
             if tokio::time::timeout(GITHUB_BUDGET, promote).await.is_err() {
                 tracing::warn!(
                     seconds = GITHUB_BUDGET.as_secs(),
@@ -674,41 +739,18 @@ impl Reconciler {
         Ok(outcome)
     }
 
-    /// `(environment, commit)` -> the spec branch commit that brought the
-    /// environment's promotion file asking for that commit
-    /// (`promotions/<env>.json` at `head`): its pull request's reviews
-    /// approve the commit there.
-    fn promoted(&self, head: git2::Oid, model: &FleetModel) -> BTreeMap<(String, String), String> {
-        let mirror = &self.observer.mirror;
-        let mut out = BTreeMap::new();
-        for env in &model.environments {
-            if env.approvals.as_ref().is_none_or(|a| a.required.value == 0) {
-                continue;
-            }
-            let name = &env.name.value;
-            let path = promotions_path(name);
-            let read = mirror.blob_at(head, &path).and_then(|bytes| {
-                let Some(file) = bytes.as_deref().and_then(Promotions::parse) else {
-                    return Ok(None);
-                };
-                Ok(Some((file, mirror.last_change(head, &path)?)))
-            });
-            match read {
-                Ok(Some((file, brought))) if file.environment == *name => {
-                    for p in file.rollouts.into_values() {
-                        out.insert((name.clone(), p.source_commit), brought.to_string());
-                    }
-                }
-                Ok(Some(_)) => {
-                    tracing::warn!(path = %path, "promotion file names another environment; ignored");
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(path = %path, error = %e, "cannot read the promotion file")
-                }
-            }
+    /// The promotion files at `head` (`promotions/<env>.json` of each
+    /// environment that requires approvals), read once per spec branch
+    /// commit: history is walked only when the branch moves.
+    fn promotions(&mut self, head: git2::Oid, model: &FleetModel) -> &PromotionFiles {
+        if self
+            .promotions
+            .as_ref()
+            .is_none_or(|p| p.head != Some(head))
+        {
+            self.promotions = Some(PromotionFiles::read(&self.observer.mirror, head, model));
         }
-        out
+        self.promotions.as_ref().expect("just read")
     }
 
     /// Sign and publish every environment's manifest that changed or is

@@ -50,6 +50,14 @@ pub struct Approvals {
     pub teams: Vec<Spanned<String>>,
 }
 
+impl Environment {
+    /// The approval rule, when it asks for at least one approving review
+    /// (`approvals 0` is the same as none).
+    pub fn approval_rule(&self) -> Option<&Approvals> {
+        self.approvals.as_ref().filter(|a| a.required.value > 0)
+    }
+}
+
 const ENV: &[&str] = &["after", "freshness", "approvals", "window", "deny-window"];
 
 impl EnvironmentsFile {
