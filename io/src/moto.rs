@@ -60,6 +60,20 @@ impl Moto {
         self.port
     }
 
+    /// The environment a `gitfleet` process needs to reach this server
+    /// through `s3://` store URLs.
+    pub fn env(&self) -> [(&'static str, String); 4] {
+        [
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]
+    }
+
     /// A store at `url` (`s3://bucket/prefix`) on this server; the bucket is
     /// created if it does not exist yet.
     pub fn store(&self, url: &str) -> Store {

@@ -207,13 +207,7 @@ fn over_git_daemon_and_s3_a_push_becomes_bundles_manifests_and_a_state_commit() 
             .arg("--cache")
             .arg(fleet.path("mirror"))
             .args(["--holder", "test-replica"])
-            .env(
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", moto.port()),
-            )
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
+            .envs(moto.env())
             .output()
             .unwrap();
         let (stdout, stderr) = text(&out);

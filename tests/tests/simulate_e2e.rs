@@ -3,7 +3,8 @@
 //! (the real agent code over a simulated node) carry a rollout through dev
 //! to completion, and with every activation failing a new bundle trips the
 //! health gate and is rolled back to the previous one. A reconciler killed
-//! at each point of a pass and restarted skips and repeats no step.
+//! at each point of a pass and restarted skips and repeats no step, both
+//! there and with the repo behind `git daemon` and the store in moto's S3.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
@@ -16,11 +17,13 @@ use chrono::Utc;
 use gitfleet_agent::core::wanted;
 use gitfleet_agent::sim::sim_key;
 use gitfleet_io::faults::CRASH_AT;
+use gitfleet_io::moto::Moto;
+use gitfleet_io::store::Store;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::{verify_channel, verify_status};
-use gitfleet_tests::{bin, copy_dir, git, interrupt, text, workspace};
+use gitfleet_tests::{bin, copy_dir, git, interrupt, text, workspace, GitDaemon};
 
 /// The dev nodes of the edge rollout: the example's one and two more.
 const DEV_EDGE: [&str; 3] = ["edge-dev-fra-1", "edge-dev-fra-2", "edge-dev-fra-3"];
@@ -62,8 +65,22 @@ fn sim_public(node: &str) -> PublicKey {
 }
 
 struct Fleet {
+    /// The servers, when the fleet is reached through them; dropped (and
+    /// so stopped) before `dir` is removed.
+    servers: Option<Servers>,
     dir: tempfile::TempDir,
+    /// The fleet repo's URL and the store's, as the processes get them.
+    repo: String,
     store: String,
+}
+
+/// `git daemon` serving the bare repository and moto_server holding the
+/// store, both on 127.0.0.1.
+struct Servers {
+    _daemon: GitDaemon,
+    moto: Moto,
+    s3: Store,
+    runtime: tokio::runtime::Runtime,
 }
 
 /// A running `gitfleet simulate`, killed if the test fails before it stops.
@@ -203,8 +220,54 @@ impl Fleet {
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stdout}{stderr}");
 
+        let repo = dir.path().join("origin.git").display().to_string();
         let store = format!("file://{}", dir.path().join("store").display());
-        Fleet { dir, store }
+        Fleet {
+            servers: None,
+            dir,
+            repo,
+            store,
+        }
+    }
+
+    /// The same fleet, its repo served by `git daemon` and its store in S3.
+    fn over_servers() -> Self {
+        let mut fleet = Fleet::new();
+        let daemon = GitDaemon::start(fleet.dir.path());
+        fleet.repo = daemon.url("origin.git");
+        fleet.store = "s3://gitfleet/fleet".to_owned();
+        let moto = Moto::start();
+        let s3 = moto.store(&fleet.store);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        fleet.servers = Some(Servers {
+            _daemon: daemon,
+            moto,
+            s3,
+            runtime,
+        });
+        fleet
+    }
+
+    /// What a process needs in its environment to reach the store.
+    fn store_env(&self) -> Vec<(&'static str, String)> {
+        self.servers
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.moto.env().to_vec())
+    }
+
+    /// The object at `key` in the store, if there is one.
+    fn object(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.servers {
+            None => std::fs::read(self.path("store").join(key)).ok(),
+            Some(s) => s
+                .runtime
+                .block_on(s.s3.get(key))
+                .unwrap()
+                .map(|o| o.bytes.to_vec()),
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -220,9 +283,9 @@ impl Fleet {
     /// One pass, killed at `point` if it gets there.
     fn reconcile_crashing_at(&self, point: Option<&str>) -> Output {
         let mut cmd = Command::new(bin("gitfleet"));
-        cmd.args(["reconcile", "--once", "--repo"])
-            .arg(self.path("origin.git"))
+        cmd.args(["reconcile", "--once", "--repo", &self.repo])
             .args(["--store", &self.store])
+            .envs(self.store_env())
             .arg("--online-key")
             .arg(self.path("online.key"))
             .arg("--cache")
@@ -269,6 +332,7 @@ impl Fleet {
             .args(["simulate", "--repo"])
             .arg(self.path("work"))
             .args(["--store", &self.store])
+            .envs(self.store_env())
             .arg("--root")
             .arg(self.path("root-1.json"))
             .arg("--state-dir")
@@ -340,14 +404,16 @@ impl Fleet {
     fn manifest(&self, env: &str) -> ChannelManifest {
         let root_bytes = std::fs::read(self.path("root-1.json")).unwrap();
         let root = gitfleet_agent::local::pin_first_root(&root_bytes).unwrap();
-        let bytes = std::fs::read(self.path(&format!("store/channels/{env}.json"))).unwrap();
+        let key = format!("channels/{env}.json");
+        let bytes = self.object(&key).unwrap_or_else(|| panic!("no {key}"));
         let verified = verify_channel(&root, &bytes, env, None, Utc::now()).unwrap();
         (*verified).clone()
     }
 
     /// A node's last status report, verified with its simulator key.
     fn report(&self, node: &str) -> StatusReport {
-        let bytes = std::fs::read(self.path(&format!("store/status/{node}.json"))).unwrap();
+        let key = format!("status/{node}.json");
+        let bytes = self.object(&key).unwrap_or_else(|| panic!("no {key}"));
         let verified = verify_status(&bytes, "acme-edge", node, &sim_public(node)).unwrap();
         (*verified).clone()
     }
@@ -460,7 +526,18 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
 
 #[test]
 fn a_reconciler_killed_at_any_point_and_restarted_skips_and_repeats_no_step() {
-    let fleet = Fleet::new();
+    killed_at_each_point_and_restarted(Fleet::new());
+}
+
+#[test]
+fn over_git_daemon_and_s3_a_reconciler_killed_at_any_point_skips_and_repeats_no_step() {
+    killed_at_each_point_and_restarted(Fleet::over_servers());
+}
+
+/// Kill a pass at each crash point in turn, restarting after each, with
+/// simulated agents running throughout: what nodes are told only moves
+/// forward, and the state history enters each step once, in order.
+fn killed_at_each_point_and_restarted(fleet: Fleet) {
     let sim = fleet.simulate("0", "simulate.log");
     let started = Instant::now();
     // Each point in turn until it has killed a pass, then plain passes.
@@ -482,7 +559,7 @@ fn a_reconciler_killed_at_any_point_and_restarted_skips_and_repeats_no_step() {
         }
         // What the dev nodes are told only moves forward: a higher serial,
         // and for the same bundle never a lower membership threshold.
-        if fleet.path("store/channels/dev.json").exists() {
+        if fleet.object("channels/dev.json").is_some() {
             let m = fleet.manifest("dev");
             let edge = m.rollouts.iter().find(|r| r.name == "edge");
             let threshold = edge.map_or(0, |r| r.membership_threshold);
