@@ -2,12 +2,14 @@
 //! object store ([`store`]), durable writes of local files ([`write`]) and
 //! Prometheus metrics: latency histograms and the text format ([`metrics`]);
 //! crash injection for the fault tests ([`faults`]).
-//! `moto` (feature `moto`, or in this crate's own tests) starts a real S3
-//! API for tests.
+//! With feature `test-servers` (and in this crate's own tests), [`moto`]
+//! and [`git_daemon`] start a real S3 API and a real git server for tests.
 
 pub mod faults;
+#[cfg(any(test, feature = "test-servers"))]
+pub mod git_daemon;
 pub mod metrics;
-#[cfg(any(test, feature = "moto"))]
+#[cfg(any(test, feature = "test-servers"))]
 pub mod moto;
 pub mod store;
 pub mod write;

@@ -1036,9 +1036,11 @@ mod tests {
     use super::*;
 
     use std::io::{BufRead, BufReader};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::process::{Child, Command, Stdio};
     use std::time::Instant;
+
+    use gitfleet_io::git_daemon::GitDaemon;
 
     /// Run the real `git` in `dir`, ignoring the user's configuration.
     fn git(dir: &Path, args: &[&str]) -> String {
@@ -1201,14 +1203,6 @@ mod tests {
         }
     }
 
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
     fn wait_for_port(server: &mut Server, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -1219,31 +1213,6 @@ mod tests {
             assert!(Instant::now() < deadline, "nothing listens on port {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// `git daemon` serving `base` over git:// with pushes enabled.
-    fn git_daemon(base: &Path) -> (Server, u16) {
-        let port = free_port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-            ])
-            .arg(format!("--base-path={}", base.display()))
-            .args(["--listen=127.0.0.1", &format!("--port={port}")])
-            .arg(base)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting git daemon");
-        let mut server = Server(child);
-        wait_for_port(&mut server, port);
-        (server, port)
     }
 
     #[test]
@@ -1437,8 +1406,8 @@ mod tests {
     #[test]
     fn git_daemon_fetch_and_commit() {
         let fx = Fixture::new();
-        let (_daemon, port) = git_daemon(fx.dir.path());
-        let url = format!("git://127.0.0.1:{port}/remote.git");
+        let daemon = GitDaemon::start(fx.dir.path());
+        let url = daemon.url("remote.git");
         let mirror = Mirror::open_or_clone(Remote::new(url), &fx.path("mirror"))
             .unwrap()
             .with_retry(fast_retry());
@@ -1487,8 +1456,8 @@ mod tests {
         std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
         std::fs::set_permissions(&hook, mode).unwrap();
 
-        let (_daemon, port) = git_daemon(fx.dir.path());
-        let url = format!("git://127.0.0.1:{port}/remote.git");
+        let daemon = GitDaemon::start(fx.dir.path());
+        let url = daemon.url("remote.git");
         let mirror = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("mirror"))
             .unwrap()
             .with_retry(fast_retry());
@@ -1520,7 +1489,21 @@ mod tests {
     #[test]
     fn a_lost_race_is_rebuilt_on_the_other_writers_commit() {
         let fx = Fixture::new();
-        let url = fx.file_url();
+        lost_race_is_rebuilt(&fx, &fx.file_url());
+    }
+
+    #[test]
+    fn over_git_daemon_a_lost_race_is_rebuilt_on_the_other_writers_commit() {
+        let fx = Fixture::new();
+        let daemon = GitDaemon::start(fx.dir.path());
+        lost_race_is_rebuilt(&fx, &daemon.url("remote.git"));
+    }
+
+    /// Another writer (a person, another replica) pushes to the state
+    /// branch between our fetch and our push: our commit is rebuilt on
+    /// theirs, and both their files and ours are on the branch.
+    fn lost_race_is_rebuilt(fx: &Fixture, url: &str) {
+        let url = url.to_owned();
         let mirror = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("mirror"))
             .unwrap()
             .with_retry(fast_retry());

@@ -11,12 +11,13 @@ use std::process::Command;
 
 use chrono::{Duration, Utc};
 use ed25519_dalek::SigningKey;
+use gitfleet_io::git_daemon::GitDaemon;
 use gitfleet_io::moto::Moto;
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::state::{MeshAllocation, Phase, RolloutState};
 use gitfleet_schemas::trust::{BundleRef, Document, PublicKey, Root};
 use gitfleet_schemas::verify::{verify_bundle, verify_channel, verify_first_root, Limits};
-use gitfleet_tests::{bin, copy_dir, git, text, workspace, GitDaemon};
+use gitfleet_tests::{bin, copy_dir, git, text, workspace};
 
 struct Fleet {
     dir: tempfile::TempDir,

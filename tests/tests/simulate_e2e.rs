@@ -17,13 +17,14 @@ use chrono::Utc;
 use gitfleet_agent::core::wanted;
 use gitfleet_agent::sim::sim_key;
 use gitfleet_io::faults::CRASH_AT;
+use gitfleet_io::git_daemon::GitDaemon;
 use gitfleet_io::moto::Moto;
 use gitfleet_io::store::Store;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::{verify_channel, verify_status};
-use gitfleet_tests::{bin, copy_dir, git, interrupt, text, workspace, GitDaemon};
+use gitfleet_tests::{bin, copy_dir, git, interrupt, text, workspace};
 
 /// The dev nodes of the edge rollout: the example's one and two more.
 const DEV_EDGE: [&str; 3] = ["edge-dev-fra-1", "edge-dev-fra-2", "edge-dev-fra-3"];
