@@ -13,7 +13,8 @@
 //! ```
 //!
 //! A bundle directory appears under `bundles/` by one rename after it was
-//! fully written and synced, so it is complete or absent. The proxy's config
+//! fully written and synced (one `syncfs` for all its files), so it is
+//! complete or absent. The proxy's config
 //! changes by one rename of the `sentinel` symlink, so the proxy sees the
 //! whole old or the whole new config, never a mix.
 
@@ -171,10 +172,14 @@ impl StateDir {
         self.write_json("journal.json", journal)
     }
 
+    /// Remove the journal. Not synced: a journal whose removal a crash
+    /// undid names an activation that has ended either way, and recovery
+    /// finds the link already where `state.json` wants it; every
+    /// activation writes (and syncs) a new journal before it swaps.
     pub fn end(&self) -> Result<(), LocalError> {
         let path = self.root.join("journal.json");
         match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(&self.root),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(LocalError::Io { path, source }),
         }
@@ -302,10 +307,16 @@ impl StateDir {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(io_at(parent))?;
             }
-            let mut f = fs::File::create(&target).map_err(io_at(&target))?;
-            io::Write::write_all(&mut f, bytes).map_err(io_at(&target))?;
-            f.sync_all().map_err(io_at(&target))?;
+            fs::write(&target, bytes).map_err(io_at(&target))?;
         }
+        // One flush of the filesystem instead of an fsync per file (19 for a
+        // typical bundle) and none for the directories: every file and
+        // directory of the copy is on disk before the rename can be. It
+        // also flushes other writers' dirty data on this filesystem, which
+        // on a node is little.
+        fs::File::open(&staging)
+            .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
+            .map_err(io_at(&staging))?;
         if dir.exists() {
             // An incomplete or altered copy: never the active one, whose
             // archive is complete and is repaired file by file instead.
@@ -329,8 +340,18 @@ impl StateDir {
         Ok((bundle, bytes))
     }
 
-    /// Point `link` at the files of `target` (or remove it) with one rename.
+    /// Point `link` at the files of `target` (or remove it) with one rename,
+    /// synced.
     pub fn link(&self, link: &str, target: Option<&BundleRef>) -> Result<(), LocalError> {
+        self.swap(link, target)?;
+        self.sync_dir(&self.root)
+    }
+
+    /// [`StateDir::link`] without the sync, for an activation under a
+    /// journal: until `state.json` is saved (which syncs this directory,
+    /// the new link with it) a crash is undone from the journal whether
+    /// the new link survived it or not.
+    pub fn swap(&self, link: &str, target: Option<&BundleRef>) -> Result<(), LocalError> {
         let path = self.root.join(link);
         match target {
             Some(t) => {
@@ -346,7 +367,7 @@ impl StateDir {
                 Err(source) => return Err(LocalError::Io { path, source }),
             },
         }
-        self.sync_dir(&self.root)
+        Ok(())
     }
 
     /// The digest `link` points at, if any.

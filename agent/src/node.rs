@@ -204,7 +204,7 @@ impl DiskNode {
             })
             .map_err(|e| e.to_string())?;
         self.dir
-            .link(SENTINEL_LINK, Some(&bundle.reference))
+            .swap(SENTINEL_LINK, Some(&bundle.reference))
             .map_err(|e| e.to_string())?;
         crate::faults::point("after-swap");
         let outcome = self
