@@ -266,7 +266,9 @@ impl Node for SimNode {
         };
         let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
         bytes.push(b'\n');
-        gitfleet_io::write::replace(&state_path(dir, &self.node), &bytes, None)
+        // A simulated node's state: not worth an fsync per save, which
+        // would stall this runtime thread and every agent on it.
+        gitfleet_io::write::replace_unsynced(&state_path(dir, &self.node), &bytes)
             .map_err(|e| e.to_string())?;
         let marker = unhealthy_path(dir, &self.node);
         if self.failing.is_empty() {
@@ -281,7 +283,8 @@ impl Node for SimNode {
                 .iter()
                 .map(|k| format!("{}\n", kind_name(*k)))
                 .collect();
-            gitfleet_io::write::replace(&marker, text.as_bytes(), None).map_err(|e| e.to_string())
+            gitfleet_io::write::replace_unsynced(&marker, text.as_bytes())
+                .map_err(|e| e.to_string())
         }
     }
 

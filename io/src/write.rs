@@ -36,6 +36,20 @@ fn staged(
     bytes: &[u8],
     create_mode: u32,
 ) -> Result<tempfile::NamedTempFile, WriteError> {
+    let tmp = unsynced(path, bytes, create_mode)?;
+    tmp.as_file().sync_all().map_err(|source| WriteError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(tmp)
+}
+
+/// A temporary file next to `path` holding `bytes`, not synced.
+fn unsynced(
+    path: &Path,
+    bytes: &[u8],
+    create_mode: u32,
+) -> Result<tempfile::NamedTempFile, WriteError> {
     let dir = parent(path);
     std::fs::create_dir_all(dir).map_err(|source| WriteError::Dir {
         path: dir.to_owned(),
@@ -57,7 +71,6 @@ fn staged(
     let _ = create_mode;
     let mut tmp = builder.tempfile_in(dir).map_err(io)?;
     tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
     Ok(tmp)
 }
 
@@ -99,6 +112,19 @@ pub fn replace(path: &Path, bytes: &[u8], keep: Option<Permissions>) -> Result<(
         tmp.as_file().set_permissions(perms).map_err(io)?;
     }
     tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// [`replace`] without the sync: readers and a crash of this process
+/// still see the old or the new bytes, whole, but a power loss may keep
+/// neither. For files that are cheap to lose, such as a simulated node's
+/// state, where an fsync per write would be most of the cost.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let tmp = unsynced(path, bytes, 0o644)?;
+    tmp.persist(path).map_err(|e| WriteError::Io {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
