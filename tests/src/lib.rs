@@ -282,3 +282,29 @@ impl Drop for Spawned {
         }
     }
 }
+
+/// The count of successful reconcile passes in a `/metrics` text of
+/// `gitfleet serve`, 0 when it has none yet (or the text is empty).
+pub fn ok_passes(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gitfleet_reconcile_passes_total{result=\"ok\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wait until `passes` has not moved for 3 s and return it: the passes a
+/// reconciler's own commits trigger are over, so with a long poll interval
+/// only a webhook can bring the next one.
+pub fn quiet_passes(mut passes: impl FnMut() -> u64) -> u64 {
+    let mut before = passes();
+    let mut quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < std::time::Duration::from_secs(3) {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let now = passes();
+        if now != before {
+            (before, quiet_since) = (now, std::time::Instant::now());
+        }
+    }
+    before
+}

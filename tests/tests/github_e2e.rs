@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use gitfleet_schemas::promotion::Promotions;
 use gitfleet_schemas::state::{Phase, RolloutState};
 use gitfleet_tests::fake_github::{signature, FakeGitHub, Pull, BOT};
-use gitfleet_tests::{bin, copy_dir, git, text, workspace, Spawned};
+use gitfleet_tests::{bin, copy_dir, git, ok_passes, quiet_passes, text, workspace, Spawned};
 
 const TOKEN: &str = "ghp_test_token";
 
@@ -572,17 +572,14 @@ fn under_serve_a_review_delivered_by_webhook_releases_the_change_before_the_next
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let passes = || -> u64 {
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("gitfleet_reconcile_passes_total{result=\"ok\"} "))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+    let passes = || {
+        ok_passes(
+            &client
+                .get(format!("{base}/metrics"))
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default(),
+        )
     };
     let eventually = |what: &str, done: &dyn Fn() -> bool| {
         let started = Instant::now();
@@ -602,15 +599,7 @@ fn under_serve_a_review_delivered_by_webhook_releases_the_change_before_the_next
     });
     // Quiet: the passes its own commits trigger are over, and the poll is
     // ten minutes away; only the webhook can bring the next pass.
-    let mut before = passes();
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(250));
-        let now = passes();
-        if now != before {
-            (before, quiet_since) = (now, Instant::now());
-        }
-    }
+    let before = quiet_passes(passes);
 
     // alice approves the head, and GitHub tells the reconciler.
     github.review(7, "alice", "APPROVED", &change);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use gitfleet_schemas::state::Phase;
 use gitfleet_schemas::view::FleetStatus;
 use gitfleet_tests::fake_github::signature as sign;
-use gitfleet_tests::Spawned;
+use gitfleet_tests::{ok_passes, quiet_passes, Spawned};
 
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -243,26 +243,10 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     eventually("/readyz of serve", || {
         (get(&format!("{base}/readyz")).0 == 200).then_some(())
     });
-    let passes = |metrics: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("gitfleet_reconcile_passes_total{result=\"ok\"} "))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let passes = || ok_passes(&get(&format!("{base}/metrics")).1);
     // Quiet first: the passes its own state commits trigger are over, so
     // the next pass can only come from a webhook (the interval is 10 min).
-    let mut before = passes(&get(&format!("{base}/metrics")).1);
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(250));
-        let now = passes(&get(&format!("{base}/metrics")).1);
-        if now != before {
-            before = now;
-            quiet_since = Instant::now();
-        }
-    }
+    let before = quiet_passes(passes);
     let push =
         br#"{"ref":"refs/heads/main","after":"abc","repository":{"full_name":"acme/fleet"}}"#;
     let deliver = |delivery: &str, signature: &str| {
@@ -285,7 +269,7 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     assert_eq!(code, 401, "{said}");
     // The accepted delivery triggered a pass.
     eventually("a pass triggered by the webhook", || {
-        (passes(&get(&format!("{base}/metrics")).1) > before).then_some(())
+        (passes() > before).then_some(())
     });
     let (_, metrics) = get(&format!("{base}/metrics"));
     for (outcome, n) in [("accepted", 1), ("duplicate", 1), ("bad-signature", 1)] {
