@@ -55,10 +55,6 @@ impl GitDaemon {
         daemon
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// The `git://` URL of `repo`, a path under the base.
     pub fn url(&self, repo: &str) -> String {
         format!("git://127.0.0.1:{}/{repo}", self.port)

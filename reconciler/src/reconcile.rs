@@ -133,15 +133,13 @@ pub struct Reconciler {
     /// runtime), then kept.
     pub github: Option<GitHubConfig>,
     github_client: Option<GitHub>,
-    /// The promotion files of the last spec branch commit looked at.
-    promotions: Option<PromotionFiles>,
+    /// The last spec branch commit looked at and its promotion files.
+    promotions: Option<(git2::Oid, PromotionFiles)>,
 }
 
 /// What the promotion files at one spec branch commit say.
 #[derive(Clone, Debug, Default)]
 struct PromotionFiles {
-    /// The spec branch commit read; `None` when nothing was read.
-    head: Option<git2::Oid>,
     /// Environment -> the bytes of its promotion file.
     files: BTreeMap<String, Vec<u8>>,
     /// `(environment, commit)` -> the spec branch commit that brought the
@@ -152,10 +150,7 @@ struct PromotionFiles {
 
 impl PromotionFiles {
     fn read(mirror: &Mirror, head: git2::Oid, model: &FleetModel) -> PromotionFiles {
-        let mut out = PromotionFiles {
-            head: Some(head),
-            ..PromotionFiles::default()
-        };
+        let mut out = PromotionFiles::default();
         for env in &model.environments {
             if env.approval_rule().is_none() {
                 continue;
@@ -743,14 +738,11 @@ impl Reconciler {
     /// environment that requires approvals), read once per spec branch
     /// commit: history is walked only when the branch moves.
     fn promotions(&mut self, head: git2::Oid, model: &FleetModel) -> &PromotionFiles {
-        if self
-            .promotions
-            .as_ref()
-            .is_none_or(|p| p.head != Some(head))
-        {
-            self.promotions = Some(PromotionFiles::read(&self.observer.mirror, head, model));
+        if self.promotions.as_ref().is_none_or(|(at, _)| *at != head) {
+            let files = PromotionFiles::read(&self.observer.mirror, head, model);
+            self.promotions = Some((head, files));
         }
-        self.promotions.as_ref().expect("just read")
+        &self.promotions.as_ref().expect("just read").1
     }
 
     /// Sign and publish every environment's manifest that changed or is
