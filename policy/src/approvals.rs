@@ -4,7 +4,9 @@
 //!
 //! An approval counts when it is signed by the key fleet.kdl gives its
 //! approver, names this fleet, matches the path it is stored under, and its
-//! approver is one of the environment's `users`. Each approver counts once.
+//! approver is one of the environment's `users`, where fleet.kdl and the
+//! environment are read at the commit the environment's rules come from
+//! (`crate::rules`). Each approver counts once.
 //! Teams are resolved only by the GitHub path; here only users count.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +16,7 @@ use gitfleet_schemas::trust::PublicKey;
 use gitfleet_schemas::verify::verify_signed_by;
 
 use crate::model::FleetModel;
+use crate::rules::{Rules, RulesPlan};
 
 /// The outcome: approved `(environment, commit)` pairs, and every approval
 /// that did not count with the reason, for logs and metrics.
@@ -23,24 +26,22 @@ pub struct Counted {
     pub ignored: Vec<(String, String)>,
 }
 
-/// Count the approvals among `files` (state branch path → bytes).
-pub fn count(model: &FleetModel, files: &BTreeMap<String, Vec<u8>>) -> Counted {
+/// Count the approvals among `files` (state branch path → bytes), each
+/// against the rules in force in its environment: its approval rule and
+/// the approver keys of the commit those rules come from, never the keys
+/// of the commit being approved.
+pub fn count(model: &FleetModel, rules: &Rules, files: &BTreeMap<String, Vec<u8>>) -> Counted {
     let mut out = Counted::default();
     let Some(fleet) = model.fleet.as_ref().map(|f| &f.doc) else {
         return out;
     };
-    let keys: BTreeMap<&str, PublicKey> = fleet
-        .approvers
-        .iter()
-        .filter_map(|a| Some((a.name.value.as_str(), PublicKey::parse(&a.key.value).ok()?)))
-        .collect();
     // (environment, commit) -> approvers that count
     let mut by_change: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for (path, bytes) in files.range("approvals/".to_owned()..) {
         if !path.starts_with("approvals/") {
             break;
         }
-        match one(model, &fleet.name.value, &keys, path, bytes) {
+        match one(rules, &fleet.name.value, path, bytes) {
             Ok(a) => {
                 by_change
                     .entry((a.environment, a.commit))
@@ -51,11 +52,9 @@ pub fn count(model: &FleetModel, files: &BTreeMap<String, Vec<u8>>) -> Counted {
         }
     }
     for ((env, commit), approvers) in by_change {
-        let required = model
-            .environments
-            .iter()
-            .find(|e| e.name.value == env)
-            .and_then(|e| e.approvals.as_ref())
+        let required = rules
+            .env(&env)
+            .and_then(|r| r.approval_rule())
             .map_or(0, |a| a.required.value);
         if required > 0 && approvers.len() as u64 >= required {
             out.approved.insert((env, commit));
@@ -64,24 +63,66 @@ pub fn count(model: &FleetModel, files: &BTreeMap<String, Vec<u8>>) -> Counted {
     out
 }
 
-/// One approval, verified and checked against the fleet, or why not.
-fn one(
-    model: &FleetModel,
-    fleet: &str,
-    keys: &BTreeMap<&str, PublicKey>,
-    path: &str,
-    bytes: &[u8],
-) -> Result<Approval, String> {
+/// The approvals the planner may go by once `decided` is in force:
+/// `before` were judged under the rules before it, so they stand only in
+/// environments whose rules did not change; there `again` (judged under
+/// `decided.rules`) counts instead. A change adopted with a stricter rule
+/// never rides on approvals given under a looser one.
+pub fn under(
+    decided: &RulesPlan,
+    before: BTreeSet<(String, String)>,
+    again: BTreeSet<(String, String)>,
+) -> BTreeSet<(String, String)> {
+    let changed = |(env, _): &(String, String)| decided.adopted.contains(env);
+    before
+        .into_iter()
+        .filter(|a| !changed(a))
+        .chain(again.into_iter().filter(changed))
+        .collect()
+}
+
+/// One approval, verified and checked against the rules in force, or why
+/// not.
+fn one(rules: &Rules, fleet: &str, path: &str, bytes: &[u8]) -> Result<Approval, String> {
     // approvals/<environment>/<commit>/<approver>.json
-    let approver = path
-        .rsplit('/')
-        .next()
-        .and_then(|f| f.strip_suffix(".json"))
-        .ok_or("not an approval file")?;
-    let key = keys
+    let mut parts = path.split('/');
+    let (Some("approvals"), Some(env), Some(_), Some(file), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err("not an approval file".to_owned());
+    };
+    let approver = file.strip_suffix(".json").ok_or("not an approval file")?;
+    let in_force = rules
+        .env(env)
+        .filter(|r| r.approval_rule().is_some())
+        .ok_or_else(|| format!("environment `{env}` takes no approvals"))?;
+    if !in_force
+        .environment
+        .approvals
+        .iter()
+        .flat_map(|a| &a.users)
+        .any(|u| u.value == approver)
+    {
+        return Err(format!(
+            "`{approver}` is not among the users who may approve {env} under the rules from {}",
+            short(&in_force.commit)
+        ));
+    }
+    let key = in_force
+        .approvers
         .get(approver)
-        .ok_or_else(|| format!("`{approver}` is not an approver in fleet.kdl"))?;
-    let approval = verify_signed_by::<Approval>(bytes, key).map_err(|e| e.to_string())?;
+        .and_then(|k| PublicKey::parse(k).ok())
+        .ok_or_else(|| {
+            format!(
+                "`{approver}` is not an approver in fleet.kdl at {}, where the rules of {env} come from",
+                short(&in_force.commit)
+            )
+        })?;
+    let approval = verify_signed_by::<Approval>(bytes, &key).map_err(|e| e.to_string())?;
     let approval = (*approval).clone();
     if approval.fleet != fleet {
         return Err(format!(
@@ -92,19 +133,11 @@ fn one(
     if approval_path(&approval.environment, &approval.commit, &approval.approver) != path {
         return Err("its content does not match its path".to_owned());
     }
-    let users = model
-        .environments
-        .iter()
-        .find(|e| e.name.value == approval.environment)
-        .and_then(|e| e.approvals.as_ref())
-        .ok_or_else(|| format!("environment `{}` takes no approvals", approval.environment))?;
-    if !users.users.iter().any(|u| u.value == approval.approver) {
-        return Err(format!(
-            "`{}` is not among the users who may approve {}",
-            approval.approver, approval.environment
-        ));
-    }
     Ok(approval)
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
 }
 
 #[cfg(test)]
@@ -138,9 +171,13 @@ mod tests {
         );
         f.insert(
             "environments.kdl",
-            "version 1\nenvironment \"dev\"\nenvironment \"prod\" { after \"dev\"; approvals 2 { users \"alice\" \"bob\"; }; }\n",
+            "version 1\nenvironment \"dev\"\nenvironment \"prod\" { after \"dev\"; approvals 2 { users \"alice\" \"bob\" \"carol\"; }; }\n",
         );
         crate::check(&f).model
+    }
+
+    fn count(model: &FleetModel, files: &BTreeMap<String, Vec<u8>>) -> Counted {
+        super::count(model, &Rules::of_model(model, "c0"), files)
     }
 
     fn approval(env: &str, commit: &str, who: &str, signer: u8) -> (String, Vec<u8>) {
@@ -192,7 +229,12 @@ mod tests {
             // A declared approver, but not one of prod's users.
             (approval("prod", COMMIT, "eve", 3), "not among the users"),
             // Nobody declared.
-            (approval("prod", COMMIT, "mallory", 4), "not an approver"),
+            (
+                approval("prod", COMMIT, "mallory", 4),
+                "not among the users",
+            ),
+            // One of prod's users, without a key in fleet.kdl.
+            (approval("prod", COMMIT, "carol", 4), "not an approver"),
             // dev takes no approvals.
             (approval("dev", COMMIT, "alice", 1), "takes no approvals"),
             // Another commit's approval copied under this one's path.
@@ -227,5 +269,42 @@ mod tests {
             ]),
         );
         assert!(got.approved.is_empty());
+    }
+
+    #[test]
+    fn a_commit_cannot_approve_itself_with_a_key_it_adds() {
+        let trusted = model();
+        // The commit adds mallory's key and makes her one of prod's users.
+        let mut f = RepoFiles::new();
+        f.insert(
+            "fleet.kdl",
+            format!(
+                "version 1\nname \"acme\"\napprover \"alice\" key=\"{}\"\napprover \"mallory\" key=\"{}\"\n",
+                public(1),
+                public(4)
+            ),
+        );
+        f.insert(
+            "environments.kdl",
+            "version 1\nenvironment \"dev\"\nenvironment \"prod\" { after \"dev\"; approvals 2 { users \"alice\" \"mallory\"; }; }\n",
+        );
+        let head = crate::check(&f).model;
+        let signed = files(&[
+            approval("prod", COMMIT, "alice", 1),
+            approval("prod", COMMIT, "mallory", 4),
+        ]);
+        // Counted under the head's own rules, it would pass...
+        assert_eq!(count(&head, &signed).approved.len(), 1);
+        // ...but the rules in force are the trusted commit's.
+        let got = super::count(&head, &Rules::of_model(&trusted, "c0"), &signed);
+        assert!(got.approved.is_empty());
+        assert_eq!(got.ignored.len(), 1);
+        assert!(
+            got.ignored[0]
+                .1
+                .contains("not among the users who may approve prod under the rules from c0"),
+            "{:?}",
+            got.ignored
+        );
     }
 }

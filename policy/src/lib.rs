@@ -19,6 +19,7 @@ pub mod preview;
 pub mod promotion;
 pub mod repo;
 pub mod reviews;
+pub mod rules;
 pub mod sbom;
 pub mod sentinel;
 pub mod view;

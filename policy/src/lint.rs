@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use gitfleet_schemas::{LintRule, RolloutTarget, Span};
+use gitfleet_schemas::{LintRule, RolloutTarget, Severity, Span};
 use sentinel_config::{BuiltinHandler, Config, Filter};
 
 use crate::checks::{known_list, select};
@@ -192,6 +192,46 @@ fn apply(rule: &LintRule, dir: &ConfigDir, files: &RepoFiles, d: &mut Diagnostic
             }
         }
     }
+}
+
+/// The error-severity findings of `rules` (the lint rules in force in
+/// environment `env`) on config `dir`, one line each: while there are any,
+/// a change to the config may not enter the environment. Rules gitfleet
+/// does not know are skipped (`check` reports them).
+pub fn blocking(rules: &[LintRule], env: &str, dir: &ConfigDir) -> Vec<String> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let applies = rule.severity.value == Severity::Error
+            && (rule.environments.is_empty() || rule.environments.iter().any(|e| e.value == env))
+            && (rule.configs.is_empty() || rule.configs.iter().any(|c| c.value == dir.name));
+        if !applies {
+            continue;
+        }
+        let name = rule.name.value.as_str();
+        if name == "max-config-bytes" {
+            let limit = rule.limit.as_ref().map_or(u64::MAX, |l| l.value);
+            let size = dir.total_bytes() as u64;
+            if size > limit {
+                out.push(format!(
+                    "lint `{name}`: config `{}` is {size} bytes, over the limit of {limit}",
+                    dir.name
+                ));
+            }
+            continue;
+        }
+        let Some(config) = &dir.sentinel else {
+            continue;
+        };
+        let text = dir
+            .files
+            .get(crate::model::SENTINEL_ENTRY)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("");
+        for (_, message, _) in findings(name, config, text) {
+            out.push(format!("lint `{name}`: {message}"));
+        }
+    }
+    out
 }
 
 fn findings(rule: &str, config: &Config, text: &str) -> Vec<(Span, String, &'static str)> {

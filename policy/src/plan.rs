@@ -15,11 +15,12 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState, STATE_FORMAT};
 use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelCheck, ChannelRollout};
-use gitfleet_schemas::{Gates, RolloutFile, StepSize, Window};
+use gitfleet_schemas::{Environment, Gates, RolloutFile, RolloutTarget, StepSize, Window};
 
 use crate::checks::select;
 use crate::model::FleetModel;
-use crate::window;
+use crate::rules::{EnvRules, Rules};
+use crate::{lint, window};
 
 /// What one node last reported, as far as the planner cares. Built by the
 /// reconciler from a verified, signed status report.
@@ -133,8 +134,12 @@ pub struct Inputs<'a> {
     pub desired: &'a BTreeMap<String, Desired>,
     pub state: &'a BTreeMap<String, RolloutState>,
     pub reports: &'a HashMap<String, Observation>,
-    /// `(environment, source commit)` pairs that have their approvals.
+    /// `(environment, source commit)` pairs that have their approvals,
+    /// counted under `rules`.
     pub approvals: &'a BTreeSet<(String, String)>,
+    /// The rules in force in each environment (order, approvals, windows,
+    /// lint): those of the last commit deployed there, never the tip's.
+    pub rules: &'a Rules,
     pub now: DateTime<Utc>,
 }
 
@@ -289,17 +294,24 @@ fn threshold_for(phase: Phase, admitted: impl FnOnce() -> u64) -> u64 {
 /// Environments in order: every environment after the one it follows.
 /// Environments in a cycle (which `check` reports) are left out.
 pub fn environment_order(model: &FleetModel) -> Vec<&str> {
+    order(model.environments.iter())
+}
+
+/// [`environment_order`] of any list of environments: one whose `after`
+/// names an environment not in the list goes first.
+pub(crate) fn order<'a>(envs: impl Iterator<Item = &'a Environment> + Clone) -> Vec<&'a str> {
+    let known: Vec<&str> = envs.clone().map(|e| e.name.value.as_str()).collect();
     let mut out: Vec<&str> = Vec::new();
     let mut progress = true;
     while progress {
         progress = false;
-        for e in &model.environments {
+        for e in envs.clone() {
             let name = e.name.value.as_str();
             if out.contains(&name) {
                 continue;
             }
             let ready = e.after.as_ref().is_none_or(|a| {
-                out.contains(&a.value.as_str()) || model.environment(&a.value).is_none()
+                out.contains(&a.value.as_str()) || !known.contains(&a.value.as_str())
             });
             if ready {
                 out.push(name);
@@ -337,7 +349,7 @@ fn seconds(s: u64) -> Duration {
 pub fn plan(inputs: &Inputs<'_>) -> Plan {
     let model = inputs.model;
     let defaults = model.fleet.as_ref().map(|f| &f.doc.defaults);
-    let order = environment_order(model);
+    let order = inputs.rules.order();
     let mut rollouts = Vec::new();
     for (name, located) in &model.rollouts {
         let file = &located.doc;
@@ -382,20 +394,22 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
                 }
                 continue;
             };
-            let after = match inputs.desired.get(name.as_str()) {
-                Some(desired) => {
-                    let gate = predecessor_gate(model, inputs.targets, name, env, &envs, desired);
+            let after = match (inputs.desired.get(name.as_str()), inputs.rules.env(env)) {
+                (Some(desired), Some(rules)) => {
+                    let gate =
+                        predecessor_gate(inputs.rules, inputs.targets, name, env, &envs, desired);
                     Step {
                         inputs,
                         spec: &spec,
                         env,
+                        rules,
                         members,
                         desired,
                         gate,
                     }
                     .next(before.as_ref())
                 }
-                None => match &before {
+                _ => match &before {
                     Some(b) => b.clone(),
                     None => continue,
                 },
@@ -423,16 +437,17 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
 }
 
 /// The environment this one waits for, if that one has not completed the
-/// desired bundle: the nearest earlier environment that has targets.
+/// desired bundle: the nearest earlier environment that has targets, by
+/// the order the rules in force give.
 fn predecessor_gate(
-    model: &FleetModel,
+    rules: &Rules,
     targets: &Targets,
     rollout: &str,
     env: &str,
     planned: &[EnvPlan],
     desired: &Desired,
 ) -> Option<String> {
-    let mut at = model
+    let mut at = rules
         .environment(env)?
         .after
         .as_ref()
@@ -440,7 +455,7 @@ fn predecessor_gate(
     let mut hops = 0;
     while let Some(prev) = at {
         hops += 1;
-        if hops > model.environments.len() {
+        if hops > rules.iter().count() {
             return None;
         }
         if targets.get(rollout, &prev).is_some_and(|m| !m.is_empty()) {
@@ -451,7 +466,7 @@ fn predecessor_gate(
             });
             return (!done).then_some(prev);
         }
-        at = model
+        at = rules
             .environment(&prev)?
             .after
             .as_ref()
@@ -465,6 +480,8 @@ struct Step<'a, 'i> {
     inputs: &'a Inputs<'i>,
     spec: &'a Spec<'a>,
     env: &'a str,
+    /// The rules in force in `env`.
+    rules: &'a EnvRules,
     members: &'a Members,
     desired: &'a Desired,
     gate: Option<String>,
@@ -473,6 +490,10 @@ struct Step<'a, 'i> {
 fn short(digest: &str) -> &str {
     let hex = digest.trim_start_matches("sha256:");
     &hex[..hex.len().min(12)]
+}
+
+fn short_commit(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
 }
 
 impl Step<'_, '_> {
@@ -559,10 +580,20 @@ impl Step<'_, '_> {
         }
     }
 
-    /// Past the environment order: approvals, then the window.
+    /// Past the environment order: lint, approvals, then the window, each
+    /// as the rules in force here say.
     fn after_gate(&self, s: EnvState) -> EnvState {
-        let env = self.inputs.model.environment(self.env);
-        if let Some(a) = env.and_then(|e| e.approval_rule()) {
+        if let Some(why) = self.lint_hold() {
+            let reason = format!(
+                "held by lint under the rules from {}: {why}",
+                short_commit(&self.rules.commit)
+            );
+            if s.phase == Phase::Pending && s.reason == reason {
+                return s;
+            }
+            return self.to(s, Phase::Pending, reason);
+        }
+        if let Some(a) = self.rules.approval_rule() {
             let key = (self.env.to_owned(), s.source_commit.clone());
             if !self.inputs.approvals.contains(&key) {
                 if s.phase == Phase::AwaitingApproval {
@@ -580,10 +611,28 @@ impl Step<'_, '_> {
         self.start(s)
     }
 
+    /// The first lint finding that keeps the rollout's config out of this
+    /// environment, with how many more there are.
+    fn lint_hold(&self) -> Option<String> {
+        let RolloutTarget::Config(config) = &self.spec.file.target.value else {
+            return None;
+        };
+        let dir = self.inputs.model.configs.get(config)?;
+        let found = lint::blocking(&self.rules.lints, self.env, dir);
+        let first = found.first()?;
+        Some(match found.len() {
+            1 => first.clone(),
+            n => format!("{first} (and {} more)", n - 1),
+        })
+    }
+
+    /// The environment's windows (from the rules in force) and the
+    /// rollout's own.
     fn windows(&self) -> impl Iterator<Item = &Window> {
-        let env = self.inputs.model.environment(self.env);
-        env.into_iter()
-            .flat_map(|e| e.windows.iter())
+        self.rules
+            .environment
+            .windows
+            .iter()
             .chain(self.spec.file.windows.iter())
     }
 

@@ -11,6 +11,7 @@ use gitfleet_schemas::rollout::RolloutTarget;
 
 use crate::model::FleetModel;
 use crate::plan::{planned, Targets};
+use crate::rules::{Rules, RulesChange};
 
 /// One side of the comparison: a checked commit.
 #[derive(Clone, Copy, Debug)]
@@ -49,8 +50,10 @@ pub const MAX_ANNOTATIONS: usize = 50;
 /// GitHub keeps 65,535 characters of a check run's summary or text.
 const MAX_TEXT: usize = 60_000;
 
-/// The preview of `head` against `base` (the branch it merges into).
-pub fn preview(base: Side<'_>, head: Side<'_>) -> Preview {
+/// The preview of `head` against `base` (the branch it merges into), with
+/// `rules` the rules in force in each environment: a change to them is
+/// named, with the approvals it will wait for.
+pub fn preview(base: Side<'_>, head: Side<'_>, rules: &Rules) -> Preview {
     let errors = head
         .diagnostics
         .iter()
@@ -93,6 +96,20 @@ pub fn preview(base: Side<'_>, head: Side<'_>) -> Preview {
             head.diagnostics.len()
         );
     }
+    let rule_changes = crate::rules::changes(rules, head.model);
+    if !rule_changes.is_empty() {
+        summary.push_str("### Rules that change\n\n");
+        for c in &rule_changes {
+            let _ = writeln!(
+                summary,
+                "- **{}**: {}. {}",
+                c.environment,
+                c.differences.join("; "),
+                rules_wait(rules, c)
+            );
+        }
+        summary.push('\n');
+    }
     if changed.is_empty() && rollouts.is_empty() {
         summary.push_str("No config or rollout changes: no bundle would change.\n");
     } else {
@@ -133,6 +150,30 @@ pub fn preview(base: Side<'_>, head: Side<'_>) -> Preview {
         text,
         annotations,
     }
+}
+
+/// What a change to an environment's rules waits for once merged.
+fn rules_wait(rules: &Rules, c: &RulesChange) -> String {
+    let from = rules
+        .env(&c.environment)
+        .map_or(String::new(), |r| format!(" (from `{}`)", short(&r.commit)));
+    match &c.needs {
+        Some(a) => format!(
+            "The rules in force{from} ask for {} approval(s) of the merge commit in {} ({}): until then {} keeps its rules.",
+            a.required.value,
+            c.environment,
+            crate::rules::describe_approvals(Some(a)),
+            c.environment
+        ),
+        None => format!(
+            "The rules in force{from} ask for no approvals in {}: the new rules apply once merged.",
+            c.environment
+        ),
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
 }
 
 fn cut(mut s: String) -> String {

@@ -11,7 +11,7 @@ use gitfleet_schemas::promotion::{Promotion, Promotions, PROMOTIONS_FORMAT};
 use gitfleet_schemas::state::{Phase, RolloutState};
 use gitfleet_schemas::Approvals;
 
-use crate::model::FleetModel;
+use crate::rules::Rules;
 
 /// One environment's promotion pull request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,15 +21,17 @@ pub struct Ask {
     pub body: String,
 }
 
-/// Environment -> its promotion pull request, for every environment that
-/// requires approvals and has a rollout waiting for them.
-pub fn wanted(model: &FleetModel, state: &BTreeMap<String, RolloutState>) -> BTreeMap<String, Ask> {
+/// Environment -> its promotion pull request, for every environment whose
+/// rules in force require approvals and that has a rollout waiting for
+/// them.
+pub fn wanted(rules: &Rules, state: &BTreeMap<String, RolloutState>) -> BTreeMap<String, Ask> {
     let mut out = BTreeMap::new();
-    for env in &model.environments {
+    for (name, in_force) in rules.iter() {
+        let env = &in_force.environment;
         let Some(rule) = env.approval_rule() else {
             continue;
         };
-        let name = &env.name.value;
+        let name = &name.to_owned();
         let rollouts: BTreeMap<String, Promotion> = state
             .iter()
             .filter_map(|(rollout, s)| {
@@ -130,6 +132,7 @@ fn body(file: &Promotions, rule: &Approvals) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::FleetModel;
     use chrono::{TimeZone, Utc};
     use gitfleet_schemas::state::{EnvState, STATE_FORMAT};
     use gitfleet_schemas::trust::BundleRef;
@@ -219,7 +222,7 @@ mod tests {
             ("api", &[("prod", at(Phase::AwaitingApproval, 'b'))]),
             ("web", &[("prod", at(Phase::Progressing, 'c'))]),
         ]);
-        let asks = wanted(&model(), &st);
+        let asks = wanted(&Rules::of_model(&model(), "c0"), &st);
         assert_eq!(asks.keys().collect::<Vec<_>>(), ["prod"]);
         let prod = &asks["prod"];
         assert_eq!(prod.title, "Promote api and edge to prod");
@@ -254,14 +257,14 @@ mod tests {
             ],
         )]);
         // dev requires no approvals: a phase there never asks.
-        assert!(wanted(&model(), &st).is_empty());
+        assert!(wanted(&Rules::of_model(&model(), "c0"), &st).is_empty());
     }
 
     #[test]
     fn the_same_state_asks_for_the_same_bytes() {
         let st = state(&[("edge", &[("prod", at(Phase::AwaitingApproval, 'a'))])]);
-        let a = wanted(&model(), &st);
-        let b = wanted(&model(), &st);
+        let a = wanted(&Rules::of_model(&model(), "c0"), &st);
+        let b = wanted(&Rules::of_model(&model(), "c0"), &st);
         assert_eq!(a, b);
         assert_eq!(a["prod"].file.to_bytes(), b["prod"].file.to_bytes());
     }
@@ -272,7 +275,7 @@ mod tests {
         let envs: &[(&str, EnvState)] = &[("prod", waiting)];
         let st = state(&[("a", envs), ("b", envs), ("c", envs), ("d", envs)]);
         assert_eq!(
-            wanted(&model(), &st)["prod"].title,
+            wanted(&Rules::of_model(&model(), "c0"), &st)["prod"].title,
             "Promote 4 rollouts to prod"
         );
     }

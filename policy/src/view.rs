@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use gitfleet_schemas::state::RolloutState;
+use gitfleet_schemas::state::{RolloutState, RulesState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::view::{
     Counts, EnvironmentView, FleetStatus, Health, NodeView, RolloutView, FLEET_STATUS_FORMAT,
@@ -21,6 +21,8 @@ pub struct ViewInputs<'a> {
     pub model: &'a FleetModel,
     pub targets: &'a Targets,
     pub state: &'a BTreeMap<String, RolloutState>,
+    /// The rules in force per environment (`rules.json`), when recorded.
+    pub rules: Option<&'a RulesState>,
     /// Verified reports by node id.
     pub reports: &'a HashMap<String, Arc<StatusReport>>,
     pub reports_ignored: &'a BTreeMap<&'static str, usize>,
@@ -106,6 +108,10 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
         .map(|env| EnvironmentView {
             name: env.clone(),
             counts: counts.get(env.as_str()).copied().unwrap_or_default(),
+            rules: inputs
+                .rules
+                .and_then(|r| r.environments.get(env.as_str()))
+                .cloned(),
             rollouts: rollouts_in(inputs, env),
         })
         .collect();

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gitfleet_policy::plan::{plan, planned, Desired, Inputs, Observation, Plan, Targets};
+use gitfleet_policy::rules::Rules;
 use gitfleet_policy::{FleetModel, RepoFiles};
 use gitfleet_schemas::state::{Phase, RolloutState};
 use gitfleet_schemas::trust::BundleRef;
@@ -32,8 +33,13 @@ fn node_key(i: usize) -> String {
 /// A fleet with `per_env` nodes in each of dev → staging → prod and one
 /// rollout `web` with the given body.
 fn fleet(per_env: usize, prod_approvals: bool, rollout_body: &str) -> FleetModel {
+    fleet_with("", per_env, prod_approvals, rollout_body)
+}
+
+/// [`fleet`] with `more` appended to fleet.kdl.
+fn fleet_with(more: &str, per_env: usize, prod_approvals: bool, rollout_body: &str) -> FleetModel {
     let mut f = RepoFiles::new();
-    f.insert("fleet.kdl", "version 1\nname \"t\"\n");
+    f.insert("fleet.kdl", format!("version 1\nname \"t\"\n{more}"));
     let approvals = if prod_approvals {
         "approvals 1 { users \"alice\"; }"
     } else {
@@ -59,7 +65,9 @@ fn fleet(per_env: usize, prod_approvals: bool, rollout_body: &str) -> FleetModel
         format!("version 1\nconfig \"web\"\nselector role=\"web\"\n{rollout_body}"),
     );
     let checked = gitfleet_policy::check(&f);
-    assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
+    if more.is_empty() {
+        assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
+    }
     checked.model
 }
 
@@ -72,6 +80,7 @@ fn t0() -> DateTime<Utc> {
 /// listed in `bad`.
 struct Sim {
     model: FleetModel,
+    rules: Rules,
     targets: Targets,
     state: BTreeMap<String, RolloutState>,
     reports: HashMap<String, Observation>,
@@ -101,6 +110,7 @@ impl Sim {
             );
         }
         Sim {
+            rules: Rules::of_model(&model, "c0"),
             model,
             targets,
             state: BTreeMap::new(),
@@ -133,6 +143,7 @@ impl Sim {
             state: &self.state,
             reports: &self.reports,
             approvals: &self.approvals,
+            rules: &self.rules,
             now: self.now,
         })
     }
@@ -494,4 +505,29 @@ fn the_manifest_carries_the_http_checks_of_the_gates() {
         reason.contains("reports no http check http://127.0.0.1:9090/-/health"),
         "{reason}"
     );
+}
+
+#[test]
+fn a_lint_error_under_the_rules_in_force_keeps_the_change_out_of_that_environment() {
+    // No health route: an error in prod only, under the rules in force.
+    let lint = "lint \"health-route\" severity=\"error\" { environments \"prod\"; }\n";
+    let mut sim = Sim::new(fleet_with(lint, 1, false, STEPS));
+    sim.rules = Rules::of_model(&sim.model, "r1");
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(40, |s| s.phase("staging") == Some(Phase::Complete));
+    for _ in 0..5 {
+        sim.tick();
+    }
+    let prod = &sim.state["web"].environments["prod"];
+    assert_eq!(prod.phase, Phase::Pending);
+    assert_eq!(prod.admitted, 0);
+    assert_eq!(
+        prod.reason,
+        "held by lint under the rules from r1: lint `health-route`: config has no health route"
+    );
+    // The same lint in the tip but not in the rules in force holds nothing.
+    let mut sim = Sim::new(fleet_with(lint, 1, false, STEPS));
+    sim.rules = Rules::of_model(&fleet(1, false, STEPS), "r0");
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(60, |s| s.phase("prod") == Some(Phase::Complete));
 }

@@ -8,6 +8,7 @@ mod common;
 use common::example_repo;
 use gitfleet_policy::plan::Targets;
 use gitfleet_policy::preview::{preview, Preview, Side};
+use gitfleet_policy::rules::Rules;
 
 /// The preview of the example repo with `edit` applied to `path`.
 fn preview_of(path: &str, edit: impl Fn(&str) -> String) -> Preview {
@@ -31,6 +32,7 @@ fn preview_of(path: &str, edit: impl Fn(&str) -> String) -> Preview {
             diagnostics: &head.diagnostics,
             targets: &ht,
         },
+        &Rules::of_model(&base.model, "0123456789abcdef"),
     )
 }
 
@@ -85,4 +87,20 @@ fn an_error_is_annotated_at_its_line() {
         ("nodes/edge-fra-1.kdl", 3, "failure")
     );
     assert!(a.message.contains("prdo"), "{}", a.message);
+}
+
+#[test]
+fn lowering_prods_approvals_is_named_with_the_approvals_it_waits_for() {
+    let p = preview_of("environments.kdl", |t| {
+        let start = t.find("    approvals 2 {").unwrap();
+        let end = start + t[start..].find("    }\n").unwrap() + "    }\n".len();
+        format!("{}{}", &t[..start], &t[end..])
+    });
+    assert!(
+        p.summary.contains("### Rules that change\n\n- **prod**: approvals: 2 of alice, bob or team acme/sre → none. The rules in force (from `0123456789ab`) ask for 2 approval(s) of the merge commit in prod (2 of alice, bob or team acme/sre): until then prod keeps its rules."),
+        "{}",
+        p.summary
+    );
+    // Other environments' rules are not touched.
+    assert!(!p.summary.contains("**dev**"), "{}", p.summary);
 }

@@ -126,6 +126,7 @@ fn view(reports: Vec<StatusReport>, environment: Option<&str>) -> FleetStatus {
         model: &model,
         targets: &targets,
         state: &state(),
+        rules: None,
         reports: &reports,
         reports_ignored: &ignored,
         commit: "c2",

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
+use gitfleet_policy::rules::EnvRules;
 use gitfleet_schemas::approval::{approval_path, Approval};
 use gitfleet_schemas::keyfile::KeyRole;
 use gitfleet_schemas::trust::{Document as _, PublicKey};
-use gitfleet_schemas::{EnvironmentsFile, FleetFile};
+use gitfleet_schemas::FleetFile;
 
 use crate::git::{Author, Mirror, StateCommit};
 use crate::reconcile::GitArgs;
@@ -27,6 +28,12 @@ use crate::reconcile::GitArgs;
 /// as approvals/<env>/<commit>/<name>.json. The reconciler verifies every
 /// approval there on each pass. Approvals on GitHub pull requests are the
 /// other way to approve.
+///
+/// Who may approve, and with which key, is what the rules in force in the
+/// environment say (the commit `rules.json` on the state branch names for
+/// it), not the branch tip: a commit that adds an approver cannot approve
+/// itself. A change to the rules waits for approvals of the commit that
+/// last changed fleet.kdl or environments.kdl; `gitfleet status` names it.
 ///
 /// Examples:
 ///   gitfleet approve --repo https://git.example.com/fleet.git \
@@ -71,55 +78,65 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
         .text(gitfleet_policy::model::FLEET_FILE)
         .and_then(|t| FleetFile::decode(t).value)
         .with_context(|| format!("fleet.kdl at {} cannot be read", heads.branch))?;
-    let approver = fleet
+    // Who may approve, and with which key, is what the rules in force in
+    // the environment say: a commit cannot add its own approver.
+    let (_, state_files) = mirror.state_files()?;
+    let record = crate::rules::recorded(&state_files)?;
+    let mut reader = crate::rules::RulesReader::default();
+    let (rules_commit, from) = match record.as_ref().and_then(|r| r.environments.get(&args.env)) {
+        Some(r) => (r.commit.clone(), "the rules in force"),
+        None => (
+            heads.branch.to_string(),
+            "the branch tip's rules (none recorded yet)",
+        ),
+    };
+    let model = reader.model_at(&mirror, &rules_commit)?;
+    let Some(in_force) = EnvRules::of(&model, &args.env, &rules_commit) else {
+        bail!(
+            "environment `{}` is not in environments.kdl at {}",
+            args.env,
+            &rules_commit[..12.min(rules_commit.len())]
+        );
+    };
+    let at = format!(
+        "{from}, from {}",
+        &rules_commit[..12.min(rules_commit.len())]
+    );
+    let Some(rule) = in_force.approval_rule().cloned() else {
+        bail!(
+            "environment `{}` takes no approvals under {at}: its changes need none",
+            args.env
+        );
+    };
+    let approver = in_force
         .approvers
         .iter()
-        .find(|a| PublicKey::parse(&a.key.value).ok() == Some(key.public))
-        .map(|a| a.name.value.clone())
+        .find(|(_, k)| PublicKey::parse(k).ok() == Some(key.public))
+        .map(|(name, _)| name.clone())
         .with_context(|| {
-            let names: Vec<&str> = fleet
-                .approvers
-                .iter()
-                .map(|a| a.name.value.as_str())
-                .collect();
+            let names: Vec<&str> = in_force.approvers.keys().map(String::as_str).collect();
             format!(
-                "key {} in {} is no approver's key in fleet.kdl (approvers: {})",
+                "key {} in {} is not the key of one of {}'s approvers under {at} (approvers with keys: {})",
                 key.public,
                 args.key.display(),
+                args.env,
                 if names.is_empty() {
-                    "none".to_owned()
+                    "none; teams approve on GitHub".to_owned()
                 } else {
                     names.join(", ")
                 }
             )
         })?;
-    let environments = files
-        .text(gitfleet_policy::model::ENVIRONMENTS_FILE)
-        .and_then(|t| EnvironmentsFile::decode(t).value)
-        .context("environments.kdl cannot be read")?;
-    let Some(env) = environments
-        .environments
-        .iter()
-        .find(|e| e.name.value == args.env)
-    else {
-        bail!("environment `{}` is not in environments.kdl", args.env);
-    };
-    let Some(rule) = &env.approvals else {
-        bail!(
-            "environment `{}` takes no approvals: its changes need none",
-            args.env
-        );
-    };
-    if !rule.users.iter().any(|u| u.value == approver) {
-        let users: Vec<&str> = rule.users.iter().map(|u| u.value.as_str()).collect();
-        bail!(
-            "{approver} may not approve {}: its approvers are {}",
+    if let Some(p) = record
+        .as_ref()
+        .and_then(|r| r.environments.get(&args.env))
+        .and_then(|r| r.pending.as_ref())
+    {
+        println!(
+            "note: a change to the rules of {} waits for approvals of {}: {}",
             args.env,
-            if users.is_empty() {
-                "teams only (approve on GitHub)".to_owned()
-            } else {
-                users.join(", ")
-            }
+            &p.commit[..12.min(p.commit.len())],
+            p.reason
         );
     }
     let spec = args.commit.as_deref().unwrap_or("");

@@ -545,6 +545,7 @@ mod tests {
             environments: vec![EnvironmentView {
                 name: "prod".into(),
                 counts: Counts::default(),
+                rules: None,
                 rollouts: vec![RolloutView {
                     name: "edge".into(),
                     phase: Phase::Complete,

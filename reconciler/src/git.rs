@@ -575,30 +575,41 @@ impl Mirror {
     /// parent's. Bundles record it as their source commit, so a commit that
     /// leaves a config alone leaves its bundle's bytes, and digest, alone.
     pub fn last_change(&self, head: Oid, dir: &str) -> Result<Oid, GitError> {
+        self.last_change_of(head, &[dir])
+    }
+
+    /// [`Mirror::last_change`] of several paths at once: the last commit
+    /// that changed any of them (the rule files, for a change to the
+    /// rules).
+    pub fn last_change_of(&self, head: Oid, paths: &[&str]) -> Result<Oid, GitError> {
         let read = |what: String, source: git2::Error| GitError::Read {
             url: self.remote.display_url(),
             what,
             source,
         };
-        let entry = |commit: &git2::Commit<'_>| -> Result<Option<Oid>, git2::Error> {
+        let entries = |commit: &git2::Commit<'_>| -> Result<Vec<Option<Oid>>, git2::Error> {
             let tree = commit.tree()?;
-            match tree.get_path(Path::new(dir)) {
-                Ok(e) => Ok(Some(e.id())),
-                Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
-                Err(e) => Err(e),
-            }
+            paths
+                .iter()
+                .map(|p| match tree.get_path(Path::new(p)) {
+                    Ok(e) => Ok(Some(e.id())),
+                    Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect()
         };
+        let what = |at: Oid| format!("{} at {at}", paths.join(", "));
         let mut commit = self
             .repo
             .find_commit(head)
             .map_err(|e| read(format!("commit {head}"), e))?;
-        let target = entry(&commit).map_err(|e| read(format!("{dir} at {head}"), e))?;
+        let target = entries(&commit).map_err(|e| read(what(head), e))?;
         loop {
             let Ok(parent) = commit.parent(0) else {
                 return Ok(commit.id());
             };
-            let id = entry(&parent).map_err(|e| read(format!("{dir} at {}", parent.id()), e))?;
-            if id != target {
+            let ids = entries(&parent).map_err(|e| read(what(parent.id()), e))?;
+            if ids != target {
                 return Ok(commit.id());
             }
             commit = parent;

@@ -17,6 +17,7 @@ use gitfleet_policy::model::FleetModel;
 use gitfleet_policy::plan::Targets;
 use gitfleet_policy::promotion;
 use gitfleet_policy::reviews::{self, Members, PullRequest, Review, ReviewState};
+use gitfleet_policy::rules::Rules;
 use gitfleet_schemas::promotion::{promotion_branch, promotions_path};
 use gitfleet_schemas::state::{Phase, RolloutState};
 use serde::{Deserialize, Serialize};
@@ -97,9 +98,11 @@ pub struct GitHub {
     /// Heads whose preview could not be published, and when: retried
     /// after PREVIEW_BACKOFF.
     preview_failed: HashMap<String, std::time::Instant>,
-    /// The last pass's approvals: kept for a change whose reviews cannot
-    /// be read this pass, so a GitHub hiccup does not send it back.
-    last_approved: BTreeSet<(String, String)>,
+    /// The last pass's approvals, with the commit of the rules they were
+    /// judged under: kept for a change whose reviews cannot be read this
+    /// pass, so a GitHub hiccup does not send it back, as long as the
+    /// rules in force are the same.
+    last_approved: BTreeSet<(String, String, String)>,
     /// Whether plan previews can be published (App auth only).
     previews: bool,
     /// Environment -> the promotion file its pull request (or the spec
@@ -539,25 +542,29 @@ impl GitHub {
     }
 
     /// The `(environment, commit)` pairs whose pull request reviews meet the
-    /// environment's rule, among the rollouts waiting at an approval gate
-    /// (or past it but not yet admitted). The pull request is the one that
-    /// brought the commit, or the merged promotion pull request that asks
-    /// for it: `promoted` maps `(environment, commit)` to the spec branch
-    /// commit that brought that environment's promotion file.
+    /// approval rule in force in the environment (`rules`), among the
+    /// rollouts waiting at an approval gate (or past it but not yet
+    /// admitted) and the changes to the rules in `rule_asks`. The pull
+    /// request is the one that brought the commit, or the merged promotion
+    /// pull request that asks for it: `promoted` maps `(environment,
+    /// commit)` to the spec branch commit that brought that environment's
+    /// promotion file.
     pub async fn approvals(
         &mut self,
-        model: &FleetModel,
+        rules: &Rules,
         targets: &Targets,
         state: &BTreeMap<String, RolloutState>,
         wanted: &BTreeMap<String, String>,
+        rule_asks: &BTreeSet<(String, String)>,
         promoted: &BTreeMap<(String, String), String>,
     ) -> BTreeSet<(String, String)> {
-        let mut asks: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut asks: BTreeSet<(String, String)> = rule_asks.clone();
         for (rollout, commit) in wanted {
-            for env in &model.environments {
-                if env.approval_rule().is_none() {
+            for (_, in_force) in rules.iter() {
+                if in_force.approval_rule().is_none() {
                     continue;
                 }
+                let env = &in_force.environment;
                 // Only environments the rollout has nodes in.
                 if targets
                     .get(rollout, &env.name.value)
@@ -586,10 +593,15 @@ impl GitHub {
         // (team, user) pairs whose membership could not be read or is none.
         let mut not_members: BTreeSet<(String, String)> = BTreeSet::new();
         let mut out = BTreeSet::new();
+        let mut judged = BTreeSet::new();
         for (env, commit) in &asks {
-            let Some(rule) = model.environment(env).and_then(|e| e.approvals.as_ref()) else {
+            let Some(in_force) = rules.env(env) else {
                 continue;
             };
+            let Some(rule) = in_force.approval_rule() else {
+                continue;
+            };
+            let under = (env.clone(), commit.clone(), in_force.commit.clone());
             let ask = (env.clone(), commit.clone());
             let brought_by = std::iter::once(commit).chain(promoted.get(&ask));
             let mut approved = false;
@@ -621,11 +633,12 @@ impl GitHub {
                 }
                 unreadable |= unsure;
             }
-            if approved || (unreadable && self.last_approved.contains(&ask)) {
+            if approved || (unreadable && self.last_approved.contains(&under)) {
                 out.insert(ask);
+                judged.insert(under);
             }
         }
-        self.last_approved.clone_from(&out);
+        self.last_approved = judged;
         out
     }
 
@@ -804,7 +817,7 @@ impl GitHub {
     /// pass tries again.
     pub async fn promote(
         &mut self,
-        model: &FleetModel,
+        rules: &Rules,
         mirror: &Mirror,
         head: git2::Oid,
         on_base: &BTreeMap<String, Vec<u8>>,
@@ -851,11 +864,10 @@ impl GitHub {
                 }
             }
         }
-        let settled: Vec<&String> = model
-            .environments
+        let settled: Vec<&str> = rules
             .iter()
-            .filter(|e| e.approval_rule().is_some())
-            .map(|e| &e.name.value)
+            .filter(|(_, r)| r.approval_rule().is_some())
+            .map(|(env, _)| env)
             .filter(|env| !asks.contains_key(*env) && !self.unpromoted.contains(*env))
             .collect();
         for env in settled {
@@ -865,7 +877,7 @@ impl GitHub {
                         tracing::info!(environment = %env, pull = number, "closed the promotion pull request: nothing waits there now");
                     }
                     self.promoted.remove(env);
-                    self.unpromoted.insert(env.clone());
+                    self.unpromoted.insert(env.to_owned());
                 }
                 Err(e) => {
                     tracing::warn!(environment = %env, error = %e, "cannot close the promotion pull request");

@@ -20,6 +20,7 @@ mod reconcile;
 mod render;
 mod rollout;
 mod root;
+mod rules;
 mod serve;
 mod simulate;
 mod source;

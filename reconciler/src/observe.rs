@@ -16,7 +16,7 @@ use gitfleet_io::store::{ETag, Fetch, Store};
 use gitfleet_policy::plan::Targets;
 use gitfleet_policy::view::{fleet_status, ViewInputs};
 use gitfleet_policy::Checked;
-use gitfleet_schemas::state::RolloutState;
+use gitfleet_schemas::state::{RolloutState, RulesState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::PublicKey;
 use gitfleet_schemas::verify::{verify_status, VerifyError};
@@ -88,11 +88,13 @@ impl Observed {
         parse_state(&self.state_files)
     }
 
-    /// The fleet view, with `state` (the committed one, or the one a pass
-    /// just planned) as the rollout state.
+    /// The fleet view, with `state` and `rules` (the committed ones, or
+    /// those a pass just decided) as the rollout state and the rules in
+    /// force.
     pub fn view(
         &self,
         state: &BTreeMap<String, RolloutState>,
+        rules: Option<&RulesState>,
         now: DateTime<Utc>,
         stale_after: Duration,
         environment: Option<&str>,
@@ -101,6 +103,7 @@ impl Observed {
             model: &self.checked.checked.model,
             targets: &self.checked.targets,
             state,
+            rules,
             reports: &self.reports,
             reports_ignored: &self.reports_ignored,
             commit: &self.commit.to_string(),

@@ -164,12 +164,15 @@ pub fn overview(v: &FleetStatus, pass: &PassLine) -> String {
             out.push_str(&rollout_row(&env.name, r));
         }
     }
-    out.push_str("</table><h2>Environments</h2><table><tr><th>Environment</th><th>Nodes</th><th>Healthy</th><th>Unhealthy</th><th>Stale</th><th>Unreported</th><th>Drifted</th></tr>");
+    out.push_str("</table><h2>Environments</h2><table><tr><th>Environment</th><th>Nodes</th><th>Healthy</th><th>Unhealthy</th><th>Stale</th><th>Unreported</th><th>Drifted</th><th>Rules</th></tr>");
     for env in &v.environments {
         let c = &env.counts;
+        let rules = env.rules.as_ref().map_or(String::new(), |r| {
+            format!("from <code>{}</code>", esc(short_commit(&r.commit)))
+        });
         let _ = write!(
             out,
-            "<tr><td><a href=\"/nodes?env={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"/nodes?env={}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{rules}</td></tr>",
             url_part(&env.name),
             esc(&env.name),
             c.nodes,
@@ -181,6 +184,17 @@ pub fn overview(v: &FleetStatus, pass: &PassLine) -> String {
         );
     }
     out.push_str("</table>");
+    for env in &v.environments {
+        if let Some(p) = env.rules.as_ref().and_then(|r| r.pending.as_ref()) {
+            let _ = write!(
+                out,
+                "<p class=alert>Rules change <code>{}</code> for {}: {}</p>",
+                esc(short_commit(&p.commit)),
+                esc(&env.name),
+                esc(&p.reason)
+            );
+        }
+    }
     let drifted: Vec<&NodeView> = v.nodes.iter().filter(|n| !n.drift.is_empty()).collect();
     if !drifted.is_empty() {
         out.push_str("<h2>Drift</h2><ul>");

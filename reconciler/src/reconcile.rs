@@ -6,7 +6,7 @@
 //! names them, and the state commit lands before the manifests derived from
 //! it, so a restart re-derives the same manifests from git.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -14,9 +14,10 @@ use ed25519_dalek::SigningKey;
 use gitfleet_policy::bundle::{self, Built};
 use gitfleet_policy::mesh::{self, Allocation, MeshBuild};
 use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan};
+use gitfleet_policy::rules::{Rules, RulesPlan};
 use gitfleet_policy::{channel, Checked, FleetModel};
 use gitfleet_schemas::promotion::{promotions_path, Promotions};
-use gitfleet_schemas::state::MeshAllocation;
+use gitfleet_schemas::state::{MeshAllocation, RULES_PATH};
 use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
 use gitfleet_schemas::verify::verify_signed_by;
 use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
@@ -25,6 +26,7 @@ use crate::git::{Author, Mirror, StateCommit, StateFiles};
 use crate::github::{GitHub, GitHubConfig};
 use crate::lease::{self, LeaseOutcome};
 use crate::observe::{CheckedCommit, Observed, Observer};
+use crate::rules::RulesReader;
 use gitfleet_io::store::{Create, Fetch, Store, Update};
 use gitfleet_policy::preview::Side;
 
@@ -54,6 +56,8 @@ pub enum ReconcileError {
     Lease(#[from] lease::LeaseError),
     #[error("signing the channel manifest of {environment}: {reason}")]
     Sign { environment: String, reason: String },
+    #[error("reading the rules in force")]
+    Rules(#[from] crate::rules::RulesReadError),
     #[error("state file {path} on the state branch is not valid")]
     State {
         path: String,
@@ -69,6 +73,9 @@ pub struct Outcome {
     pub errors: usize,
     pub bundles_uploaded: Vec<String>,
     pub plan: Plan,
+    /// The rules in force from this pass on, per environment, with any
+    /// change to them that waits.
+    pub rules: RulesPlan,
     /// Tunnel addresses handed out or freed, one line each.
     pub allocations: Vec<String>,
     pub state_commit: Option<String>,
@@ -135,6 +142,8 @@ pub struct Reconciler {
     github_client: Option<GitHub>,
     /// The last spec branch commit looked at and its promotion files.
     promotions: Option<(git2::Oid, PromotionFiles)>,
+    /// Rule files at the commits the rules in force come from.
+    rules: RulesReader,
 }
 
 /// What the promotion files at one spec branch commit say.
@@ -149,13 +158,13 @@ struct PromotionFiles {
 }
 
 impl PromotionFiles {
-    fn read(mirror: &Mirror, head: git2::Oid, model: &FleetModel) -> PromotionFiles {
+    fn read(mirror: &Mirror, head: git2::Oid, rules: &Rules) -> PromotionFiles {
         let mut out = PromotionFiles::default();
-        for env in &model.environments {
-            if env.approval_rule().is_none() {
+        for (name, in_force) in rules.iter() {
+            if in_force.approval_rule().is_none() {
                 continue;
             }
-            let name = &env.name.value;
+            let name = &name.to_owned();
             let path = promotions_path(name);
             let bytes = match mirror.blob_at(head, &path) {
                 Ok(Some(bytes)) => bytes,
@@ -186,6 +195,18 @@ impl PromotionFiles {
         }
         out
     }
+}
+
+/// What GitHub approvals are asked about: the changes rollouts want, and
+/// where they stand.
+struct Asks<'a> {
+    targets: &'a plan::Targets,
+    state: &'a BTreeMap<String, gitfleet_schemas::state::RolloutState>,
+    /// Rollout -> the source commit it wants.
+    wanted: &'a BTreeMap<String, String>,
+    /// `(environment, commit)` -> the commit that brought its promotion
+    /// file.
+    promoted: &'a BTreeMap<(String, String), String>,
 }
 
 /// A mesh allocation to commit with the rollout state.
@@ -224,7 +245,7 @@ impl Reconciler {
     /// Publish a plan preview for every open pull request head that has
     /// none yet. A pull request that cannot be previewed is logged and
     /// tried again next pass; it never fails the pass.
-    async fn previews(&mut self, base: &CheckedCommit) {
+    async fn previews(&mut self, base: &CheckedCommit, rules: &Rules) {
         let Some(gh) = self.github_client.as_mut() else {
             return;
         };
@@ -267,6 +288,7 @@ impl Reconciler {
                     diagnostics: &checked.diagnostics,
                     targets: &targets,
                 },
+                rules,
             );
             match gh.publish_preview(&head, &preview).await {
                 Ok(()) => {
@@ -294,6 +316,7 @@ impl Reconciler {
             github: None,
             github_client: None,
             promotions: None,
+            rules: RulesReader::default(),
         }
     }
 
@@ -576,35 +599,53 @@ impl Reconciler {
             .iter()
             .map(|(node, r)| (node.clone(), Observation::from_report(r)))
             .collect();
-        let counted = gitfleet_policy::approvals::count(model, state_files);
-        for (path, reason) in &counted.ignored {
-            tracing::warn!(path = %path, reason = %reason, "ignoring approval");
-        }
-        let mut approvals = counted.approved;
+        // The rules in force (never the tip's own), and any change to them
+        // the tip brings, which waits for what they ask.
+        let in_force = self
+            .rules
+            .in_force(&self.observer.mirror, state_files, head, model, now)?;
+        let rule_changes = gitfleet_policy::rules::changes(&in_force.rules, model);
+        let change_commit = if rule_changes.is_empty() {
+            commit.clone()
+        } else {
+            self.rules.change_commit(&self.observer.mirror, head)?
+        };
+        let rule_asks = gitfleet_policy::rules::asks(&rule_changes, &change_commit);
         let promotions = match self.github {
-            Some(_) => self.promotions(head, model).clone(),
+            Some(_) => self.promotions(head, &in_force.rules).clone(),
             None => PromotionFiles::default(),
         };
-        if let Some(gh) = self.github_client() {
-            let wanted: BTreeMap<String, String> = desired
-                .iter()
-                .map(|(name, d)| (name.clone(), d.source_commit.clone()))
-                .collect();
-            let asked = gh.approvals(
-                model,
-                &checked.targets,
-                &state,
-                &wanted,
-                &promotions.brought,
-            );
-            match tokio::time::timeout(GITHUB_BUDGET, asked).await {
-                Ok(approved) => approvals.extend(approved),
-                Err(_) => tracing::warn!(
-                    seconds = GITHUB_BUDGET.as_secs(),
-                    "GitHub approvals took too long; going on without them"
-                ),
-            }
-        }
+        let wanted: BTreeMap<String, String> = desired
+            .iter()
+            .map(|(name, d)| (name.clone(), d.source_commit.clone()))
+            .collect();
+        let asks = Asks {
+            targets: &checked.targets,
+            state: &state,
+            wanted: &wanted,
+            promoted: &promotions.brought,
+        };
+        let (approvals, approvals_ignored) = self
+            .approvals(model, &in_force.rules, state_files, &asks, &rule_asks)
+            .await;
+        let rules = gitfleet_policy::rules::decide(
+            &in_force.record,
+            &in_force.rules,
+            model,
+            &change_commit,
+            &approvals,
+            now,
+        );
+        // Approvals were judged under the rules before this pass; where it
+        // changed them, they are judged again under the new ones.
+        let approvals = if rules.adopted.is_empty() {
+            approvals
+        } else {
+            let (again, _) = self
+                .approvals(model, &rules.rules, state_files, &asks, &BTreeSet::new())
+                .await;
+            gitfleet_policy::approvals::under(&rules, approvals, again)
+        };
         let plan = plan::plan(&Inputs {
             model,
             targets: &checked.targets,
@@ -612,6 +653,7 @@ impl Reconciler {
             state: &state,
             reports: &reports,
             approvals: &approvals,
+            rules: &rules.rules,
             now,
         });
         phases.end("plan");
@@ -621,6 +663,7 @@ impl Reconciler {
             errors,
             bundles_uploaded,
             plan,
+            rules,
             allocations: allocations
                 .values()
                 .flat_map(|a| a.lines.iter().cloned())
@@ -628,7 +671,7 @@ impl Reconciler {
             state_commit: None,
             manifests: Vec::new(),
             reports_ignored: observed.reports_ignored.clone(),
-            approvals_ignored: counted.ignored.len(),
+            approvals_ignored,
             follower_of: None,
             observed,
             phases: Vec::new(),
@@ -664,12 +707,31 @@ impl Reconciler {
         for (path, a) in allocations {
             changes.insert(path, Some(a.bytes));
         }
+        let rules_bytes = json_file(&outcome.rules.state);
+        if outcome.observed.state_files.get(RULES_PATH) != Some(&rules_bytes) {
+            changes.insert(RULES_PATH.to_owned(), Some(rules_bytes));
+        }
         if !changes.is_empty() {
             still_leader(until)?;
             let rollout_lines = outcome.plan.changes();
+            let mut rule_lines = outcome.rules.changes.clone();
+            if in_force.first {
+                rule_lines.insert(
+                    0,
+                    format!(
+                        "rules of every environment first seen at {}",
+                        &commit[..12.min(commit.len())]
+                    ),
+                );
+            }
             let mut summary = Vec::new();
-            if !rollout_lines.is_empty() || outcome.allocations.is_empty() {
+            if !rollout_lines.is_empty()
+                || (outcome.allocations.is_empty() && rule_lines.is_empty())
+            {
                 summary.push(format!("{} rollout update(s)", rollout_lines.len()));
+            }
+            if !rule_lines.is_empty() {
+                summary.push(format!("{} rules update(s)", rule_lines.len()));
             }
             if !outcome.allocations.is_empty() {
                 summary.push(format!(
@@ -682,7 +744,11 @@ impl Reconciler {
                 summary.join(", "),
                 &commit[..12.min(commit.len())]
             );
-            for line in rollout_lines.iter().chain(&outcome.allocations) {
+            for line in rule_lines
+                .iter()
+                .chain(&rollout_lines)
+                .chain(&outcome.allocations)
+            {
                 message.push_str(line);
                 message.push('\n');
             }
@@ -697,7 +763,14 @@ impl Reconciler {
         }
         phases.end("commit");
         outcome.manifests = self
-            .publish(model, &fleet, &outcome.plan, now, until)
+            .publish(
+                model,
+                &outcome.rules.rules,
+                &fleet,
+                &outcome.plan,
+                now,
+                until,
+            )
             .await?;
         phases.end("publish");
         if let Some(gh) = self.github_client.as_mut() {
@@ -711,15 +784,21 @@ impl Reconciler {
                     "posting commit statuses took too long; the next pass goes on"
                 );
             }
-            let asks = gitfleet_policy::promotion::wanted(model, &state);
-            let promote = gh.promote(model, &self.observer.mirror, head, &promotions.files, &asks);
+            let asks = gitfleet_policy::promotion::wanted(&outcome.rules.rules, &state);
+            let promote = gh.promote(
+                &outcome.rules.rules,
+                &self.observer.mirror,
+                head,
+                &promotions.files,
+                &asks,
+            );
             if tokio::time::timeout(GITHUB_BUDGET, promote).await.is_err() {
                 tracing::warn!(
                     seconds = GITHUB_BUDGET.as_secs(),
                     "promotion pull requests took too long; the next pass goes on"
                 );
             }
-            if tokio::time::timeout(GITHUB_BUDGET, self.previews(&checked))
+            if tokio::time::timeout(GITHUB_BUDGET, self.previews(&checked, &outcome.rules.rules))
                 .await
                 .is_err()
             {
@@ -734,12 +813,49 @@ impl Reconciler {
         Ok(outcome)
     }
 
+    /// The `(environment, commit)` pairs approved under `rules`: signed
+    /// approvals on the state branch, and (with GitHub) reviews of the
+    /// pull requests that brought the changes `asks` and `rule_asks` name.
+    /// Also how many signed approvals did not count.
+    async fn approvals(
+        &mut self,
+        model: &FleetModel,
+        rules: &Rules,
+        state_files: &StateFiles,
+        asks: &Asks<'_>,
+        rule_asks: &BTreeSet<(String, String)>,
+    ) -> (BTreeSet<(String, String)>, usize) {
+        let counted = gitfleet_policy::approvals::count(model, rules, state_files);
+        for (path, reason) in &counted.ignored {
+            tracing::warn!(path = %path, reason = %reason, "ignoring approval");
+        }
+        let mut approvals = counted.approved;
+        if let Some(gh) = self.github_client() {
+            let asked = gh.approvals(
+                rules,
+                asks.targets,
+                asks.state,
+                asks.wanted,
+                rule_asks,
+                asks.promoted,
+            );
+            match tokio::time::timeout(GITHUB_BUDGET, asked).await {
+                Ok(approved) => approvals.extend(approved),
+                Err(_) => tracing::warn!(
+                    seconds = GITHUB_BUDGET.as_secs(),
+                    "GitHub approvals took too long; going on without them"
+                ),
+            }
+        }
+        (approvals, counted.ignored.len())
+    }
+
     /// The promotion files at `head` (`promotions/<env>.json` of each
     /// environment that requires approvals), read once per spec branch
     /// commit: history is walked only when the branch moves.
-    fn promotions(&mut self, head: git2::Oid, model: &FleetModel) -> &PromotionFiles {
+    fn promotions(&mut self, head: git2::Oid, rules: &Rules) -> &PromotionFiles {
         if self.promotions.as_ref().is_none_or(|(at, _)| *at != head) {
-            let files = PromotionFiles::read(&self.observer.mirror, head, model);
+            let files = PromotionFiles::read(&self.observer.mirror, head, rules);
             self.promotions = Some((head, files));
         }
         &self.promotions.as_ref().expect("just read").1
@@ -750,14 +866,16 @@ impl Reconciler {
     async fn publish(
         &self,
         model: &FleetModel,
+        rules: &Rules,
         fleet: &str,
         plan: &Plan,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<(String, u64)>, ReconcileError> {
         let mut written = Vec::new();
-        for env in &model.environments {
-            let name = &env.name.value;
+        for (name, in_force) in rules.iter() {
+            let env = &in_force.environment;
+            let name = &name.to_owned();
             let key = format!("channels/{name}.json");
             let (current, etag) = match self.observer.store.get_if_changed(&key, None).await? {
                 Fetch::Found(o) => match current_manifest(&o.bytes, &self.online_key) {
@@ -839,6 +957,13 @@ fn allocation_path(mesh: &str) -> String {
     format!("meshes/{mesh}.json")
 }
 
+/// A state branch file's bytes: pretty JSON and a newline.
+fn json_file(value: &impl serde::Serialize) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
 /// Files of the state branch to write: one per rollout whose state changed.
 fn state_changes(
     plan: &Plan,
@@ -847,8 +972,7 @@ fn state_changes(
     let mut out = BTreeMap::new();
     for (name, state) in plan.state() {
         let path = state_path(&name);
-        let mut bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
-        bytes.push(b'\n');
+        let bytes = json_file(&state);
         if current.get(&path) != Some(&bytes) {
             out.insert(path, Some(bytes));
         }
@@ -1138,6 +1262,7 @@ fn repo_url(repo: &str) -> anyhow::Result<String> {
 
 fn report(o: &Outcome, dry_run: bool) {
     print!("{}", o.plan);
+    print!("{}", o.rules);
     for line in &o.allocations {
         println!("{line}");
     }

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use gitfleet_io::metrics::{family, label, GitLatency, Histogram};
-use gitfleet_schemas::state::RolloutState;
+use gitfleet_schemas::state::{RolloutState, RulesState};
 use gitfleet_schemas::view::{FleetStatus, Health, RolloutView};
 
 use crate::bundle_page::{self, Bundles};
@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub observed: Option<Observed>,
     /// The rollout state the pass planned (what it committed).
     pub state: BTreeMap<String, RolloutState>,
+    /// The rules in force the pass decided (what it committed).
+    pub rules: Option<RulesState>,
     pub error: Option<String>,
     pub follower_of: Option<String>,
     pub pass_seconds: f64,
@@ -102,9 +104,14 @@ impl Snapshot {
                         Ok(state) => self.state = state,
                         Err(e) => self.error = Some(gitfleet_io::error_chain(&e)),
                     }
+                    match crate::rules::recorded(&observed.state_files) {
+                        Ok(rules) => self.rules = rules,
+                        Err(e) => self.error = Some(gitfleet_io::error_chain(&e)),
+                    }
                 } else {
                     // What this pass committed, and the commit it made.
                     self.state = o.plan.state();
+                    self.rules = Some(o.rules.state.clone());
                     if let Some(c) = o.state_commit.as_deref().and_then(|c| c.parse().ok()) {
                         observed.state_commit = Some(c);
                     }
@@ -211,7 +218,13 @@ impl AppState {
         };
         let observed = snap.observed.as_ref()?;
         Some((
-            observed.view(&snap.state, now, self.stale_after, environment),
+            observed.view(
+                &snap.state,
+                snap.rules.as_ref(),
+                now,
+                self.stale_after,
+                environment,
+            ),
             pass,
         ))
     }
@@ -570,7 +583,7 @@ fn render_metrics(s: &AppState) -> String {
         return out;
     };
     let now = Utc::now();
-    let v = observed.view(&snap.state, now, s.stale_after, None);
+    let v = observed.view(&snap.state, snap.rules.as_ref(), now, s.stale_after, None);
     family(
         &mut out,
         "gitfleet_nodes",

@@ -111,7 +111,14 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             };
             let view = match observed.and_then(|o| {
                 let state = o.state()?;
-                Ok(o.view(&state, Utc::now(), stale_after, args.environment.as_deref()))
+                let rules = crate::rules::recorded(&o.state_files)?;
+                Ok(o.view(
+                    &state,
+                    rules.as_ref(),
+                    Utc::now(),
+                    stale_after,
+                    args.environment.as_deref(),
+                ))
             }) {
                 Ok(view) => view,
                 // Watching rides out a moment without git or the store.
@@ -259,7 +266,18 @@ pub fn human(view: &FleetStatus, all_nodes: bool) -> String {
         let _ = writeln!(out, "  {n} status report(s) ignored: {reason}");
     }
     for env in &view.environments {
-        let _ = writeln!(out, "\n{}  {}", env.name, counts_line(&env.counts));
+        let rules = env.rules.as_ref().map_or(String::new(), |r| {
+            format!("  rules from {}", short_commit(&r.commit))
+        });
+        let _ = writeln!(out, "\n{}  {}{rules}", env.name, counts_line(&env.counts));
+        if let Some(p) = env.rules.as_ref().and_then(|r| r.pending.as_ref()) {
+            let _ = writeln!(
+                out,
+                "  rules change {}: {}",
+                short_commit(&p.commit),
+                p.reason
+            );
+        }
         if env.rollouts.is_empty() {
             let _ = writeln!(out, "  no rollouts yet");
         }

@@ -111,3 +111,48 @@ impl fmt::Display for Phase {
         })
     }
 }
+
+/// The format version of [`RulesState`].
+pub const RULES_FORMAT: u32 = 1;
+
+/// Where [`RulesState`] lives on the state branch.
+pub const RULES_PATH: &str = "rules.json";
+
+/// `rules.json` on the state branch: for every environment, the spec
+/// commit whose rules (environment order, approvals, change windows, lint
+/// severities, approver keys, trust roots) judge the changes entering it.
+/// A change to the rules is itself judged by the rules in force, and
+/// recorded here once it is adopted. The reconciler is its only writer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RulesState {
+    /// Format version of this file: [`RULES_FORMAT`].
+    pub format: u32,
+    /// The first spec commit the reconciler saw: a new fleet's rules come
+    /// from it.
+    pub first_seen: String,
+    pub environments: BTreeMap<String, EnvRulesState>,
+}
+
+/// The rules in force in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRulesState {
+    /// The spec commit the environment's rules are read from.
+    pub commit: String,
+    /// When they took effect.
+    pub since: DateTime<Utc>,
+    /// A change to them that waits for what the rules in force ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRules>,
+}
+
+/// A change to an environment's rules, not in force yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PendingRules {
+    /// The commit that brought the change: the one to approve.
+    pub commit: String,
+    /// What changes and what it waits for, in words.
+    pub reason: String,
+}

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::state::Phase;
+use crate::state::{EnvRulesState, Phase};
 use crate::status::{Drift, HttpCheckResult, Metrics, WireguardStatus};
 
 /// The format version of [`FleetStatus`].
@@ -56,6 +56,11 @@ pub struct Counts {
 pub struct EnvironmentView {
     pub name: String,
     pub counts: Counts,
+    /// Where the rules that judge changes entering this environment are
+    /// read from (the state branch's `rules.json`); none before the
+    /// reconciler's first pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<EnvRulesState>,
     /// Rollouts with state here, by name.
     pub rollouts: Vec<RolloutView>,
 }

@@ -283,6 +283,20 @@ impl Drop for Spawned {
     }
 }
 
+/// A JSON file on the state branch (`gitfleet/state`) of the bare repo
+/// `bare`, parsed; `None` while there is none.
+pub fn state_file<T: serde::de::DeserializeOwned>(bare: &Path, path: &str) -> Option<T> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["show", &format!("gitfleet/state:{path}")])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
 /// The count of successful reconcile passes in a `/metrics` text of
 /// `gitfleet serve`, 0 when it has none yet (or the text is empty).
 pub fn ok_passes(metrics: &str) -> u64 {

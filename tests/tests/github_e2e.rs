@@ -41,10 +41,14 @@ struct Fleet {
 
 impl Fleet {
     fn new() -> Fleet {
+        Fleet::with_environments(ENVIRONMENTS)
+    }
+
+    fn with_environments(environments: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
         copy_dir(&workspace().join("examples/fleet-repo"), &work);
-        std::fs::write(work.join("environments.kdl"), ENVIRONMENTS).unwrap();
+        std::fs::write(work.join("environments.kdl"), environments).unwrap();
         git(&work, &["init", "-q", "-b", "main"]);
         git(&work, &["config", "user.name", "Operator"]);
         git(&work, &["config", "user.email", "ops@example.invalid"]);
@@ -161,6 +165,17 @@ impl Fleet {
         let state: RolloutState = serde_json::from_slice(&out.stdout).unwrap();
         state.environments.get("prod").cloned()
     }
+
+    /// The state branch's record of the rules in force.
+    fn rules(&self) -> gitfleet_schemas::state::RulesState {
+        let out = Command::new("git")
+            .args(["show", "gitfleet/state:rules.json"])
+            .current_dir(self.path("origin.git"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out).1);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
 }
 
 fn short(c: &str) -> &str {
@@ -248,6 +263,21 @@ fn reviews_on_the_pull_request_head_release_prod_and_statuses_follow() {
     .unwrap();
     git(&fleet.work(), &["commit", "-qam", "lift the freeze"]);
     fleet.push();
+    let lift = fleet.head();
+    fleet.reconcile(&github);
+    // Lifting it loosens prod's rules, so the rules in force judge it: it
+    // waits for an approval of its own, and prod keeps its freeze.
+    let prod = fleet.prod();
+    assert_eq!(prod.phase, Phase::WaitingWindow, "{prod:?}");
+    github.add_pull(Pull {
+        number: 8,
+        author: "carol".into(),
+        head: lift.clone(),
+        commits: vec![lift.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    github.review(8, "alice", "APPROVED", &lift);
     fleet.reconcile(&github);
     let prod = fleet.prod();
     assert_eq!(prod.source_commit, change, "the config did not change");
@@ -284,6 +314,91 @@ fn reviews_on_the_pull_request_head_release_prod_and_statuses_follow() {
             assert_ne!(before, Some(now), "posted twice unchanged: {st:?}");
         }
     });
+}
+
+/// The security fix of the rules: a pull request that lowers prod's
+/// approvals from 2 to 0, merged with one review, is judged by the rules
+/// in force (2 approvals), not by its own; with the second review the new
+/// rules take effect, and release what waited.
+#[test]
+fn a_pull_request_lowering_prods_approvals_needs_the_approvals_it_removes() {
+    let github = FakeGitHub::start(TOKEN);
+    let fleet = Fleet::with_environments(
+        r#"version 1
+environment "dev"
+environment "staging" { after "dev"; }
+environment "prod" {
+    approvals 2 { users "alice" "bob"; }
+}
+"#,
+    );
+    let waiting = fleet.head();
+    fleet.reconcile(&github);
+    let prod = fleet.prod();
+    assert_eq!(prod.phase, Phase::AwaitingApproval, "{prod:?}");
+    assert!(
+        prod.reason.contains("awaiting 2 approvals"),
+        "{}",
+        prod.reason
+    );
+    let first = fleet.rules();
+    assert_eq!(first.first_seen, waiting);
+    assert_eq!(first.environments["prod"].commit, waiting);
+
+    // carol's pull request removes prod's approvals; alice approves it.
+    let envs = fleet.work().join("environments.kdl");
+    let text_now = std::fs::read_to_string(&envs).unwrap();
+    std::fs::write(
+        &envs,
+        text_now.replace("    approvals 2 { users \"alice\" \"bob\"; }\n", ""),
+    )
+    .unwrap();
+    git(
+        &fleet.work(),
+        &["commit", "-qam", "prod needs no approvals"],
+    );
+    fleet.push();
+    let lower = fleet.head();
+    github.add_pull(Pull {
+        number: 9,
+        author: "carol".into(),
+        head: lower.clone(),
+        commits: vec![lower.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    github.review(9, "alice", "APPROVED", &lower);
+    for _ in 0..2 {
+        fleet.reconcile(&github);
+    }
+    let prod = fleet.prod();
+    assert_eq!(prod.phase, Phase::AwaitingApproval, "{prod:?}");
+    assert_eq!(prod.source_commit, waiting);
+    let rules = fleet.rules();
+    assert_eq!(rules.environments["prod"].commit, waiting, "still in force");
+    let pending = rules.environments["prod"].pending.clone().expect("pending");
+    assert_eq!(pending.commit, lower);
+    assert!(
+        pending.reason.contains("awaiting 2 approvals")
+            && pending
+                .reason
+                .contains("approvals: 2 of alice or bob → none"),
+        "{}",
+        pending.reason
+    );
+
+    // bob's review makes two: the new rules are in force, and the change
+    // that waited goes ahead without approvals of its own.
+    github.review(9, "bob", "APPROVED", &lower);
+    fleet.reconcile(&github);
+    let rules = fleet.rules();
+    assert_eq!(rules.environments["prod"].commit, lower);
+    assert_eq!(rules.environments["prod"].pending, None);
+    let prod = fleet.prod();
+    assert!(
+        matches!(prod.phase, Phase::Progressing | Phase::Verifying),
+        "{prod:?}"
+    );
 }
 
 #[test]

@@ -104,15 +104,7 @@ fn fleet_status_shows_the_first_run(cwd: &Path) {
 
 /// The committed state of `rollout` on the demo's state branch, if any.
 fn state(bare: &Path, rollout: &str) -> Option<RolloutState> {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(["show", &format!("gitfleet/state:rollouts/{rollout}.json")])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    gitfleet_tests::state_file(bare, &format!("rollouts/{rollout}.json"))
 }
 
 /// Wait until `done` holds for `rollout`'s state, failing with the output.

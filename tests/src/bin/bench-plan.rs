@@ -132,6 +132,7 @@ fn main() {
         },
     )]);
     let approvals = BTreeSet::new();
+    let rules = gitfleet_policy::rules::Rules::of_model(&model, "c0");
     let rss_inputs = rss_mib();
     let inputs = Inputs {
         model: &model,
@@ -140,6 +141,7 @@ fn main() {
         state: &state,
         reports: &reports,
         approvals: &approvals,
+        rules: &rules,
         now,
     };
 
