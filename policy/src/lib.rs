@@ -9,6 +9,7 @@
 pub mod approvals;
 pub mod bundle;
 pub mod channel;
+mod check;
 mod checks;
 mod diagnostics;
 pub mod lint;
@@ -25,6 +26,7 @@ pub mod sentinel;
 pub mod view;
 pub mod window;
 
+pub use check::{check, Checked};
 pub use checks::{parse_cron, valid_name};
-pub use model::{check, Checked, ConfigDir, FleetModel, Located};
+pub use model::{ConfigDir, FleetModel, Located};
 pub use repo::{LineIndex, RepoFiles};

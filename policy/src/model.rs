@@ -3,13 +3,12 @@
 use std::collections::BTreeMap;
 
 use gitfleet_schemas::{
-    Decoded, Diagnostic, Environment, EnvironmentsFile, FleetFile, MeshFile, NodeFile, RolloutFile,
-    Span,
+    Decoded, Environment, EnvironmentsFile, FleetFile, MeshFile, NodeFile, RolloutFile, Span,
 };
 
 use crate::diagnostics::Diagnostics;
 use crate::repo::RepoFiles;
-use crate::{checks, lint, sentinel};
+use crate::sentinel;
 
 pub const FLEET_FILE: &str = "fleet.kdl";
 pub const ENVIRONMENTS_FILE: &str = "environments.kdl";
@@ -66,34 +65,10 @@ impl FleetModel {
     }
 }
 
-/// The outcome of reading a repo: the model and every problem, sorted.
-#[derive(Debug)]
-pub struct Checked {
-    pub model: FleetModel,
-    pub diagnostics: Vec<Diagnostic>,
-}
-
-impl Checked {
-    pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == gitfleet_schemas::Severity::Error)
-    }
-}
-
-/// Read and check a whole fleet repo. Never stops at the first problem.
-pub fn check(files: &RepoFiles) -> Checked {
-    let mut diags = Diagnostics::new(files);
-    let model = load(files, &mut diags);
-    checks::run(&model, files, &mut diags);
-    lint::run(&model, files, &mut diags);
-    Checked {
-        model,
-        diagnostics: diags.finish(),
-    }
-}
-
-fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel {
+/// Read every document of the repo into the model, reporting what cannot
+/// be read; the cross-document checks and lint rules run on top
+/// ([`crate::check`]).
+pub(crate) fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel {
     let mut model = FleetModel::default();
 
     match document(files, FLEET_FILE, diags, FleetFile::decode) {

@@ -15,7 +15,7 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState, STATE_FORMAT};
 use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelCheck, ChannelRollout};
-use gitfleet_schemas::{Environment, Gates, RolloutFile, RolloutTarget, StepSize, Window};
+use gitfleet_schemas::{Gates, RolloutFile, RolloutTarget, StepSize, Window};
 
 use crate::checks::select;
 use crate::model::FleetModel;
@@ -294,32 +294,7 @@ fn threshold_for(phase: Phase, admitted: impl FnOnce() -> u64) -> u64 {
 /// Environments in order: every environment after the one it follows.
 /// Environments in a cycle (which `check` reports) are left out.
 pub fn environment_order(model: &FleetModel) -> Vec<&str> {
-    order(model.environments.iter())
-}
-
-/// [`environment_order`] of any list of environments: one whose `after`
-/// names an environment not in the list goes first.
-pub(crate) fn order<'a>(envs: impl Iterator<Item = &'a Environment> + Clone) -> Vec<&'a str> {
-    let known: Vec<&str> = envs.clone().map(|e| e.name.value.as_str()).collect();
-    let mut out: Vec<&str> = Vec::new();
-    let mut progress = true;
-    while progress {
-        progress = false;
-        for e in envs.clone() {
-            let name = e.name.value.as_str();
-            if out.contains(&name) {
-                continue;
-            }
-            let ready = e.after.as_ref().is_none_or(|a| {
-                out.contains(&a.value.as_str()) || !known.contains(&a.value.as_str())
-            });
-            if ready {
-                out.push(name);
-                progress = true;
-            }
-        }
-    }
-    out
+    crate::rules::order(model.environments.iter())
 }
 
 /// How many of `n` targets step `size` covers.

@@ -288,8 +288,34 @@ impl Rules {
 
     /// Environments in the order the rules in force give them.
     pub fn order(&self) -> Vec<&str> {
-        crate::plan::order(self.envs.values().map(|r| &r.environment))
+        order(self.envs.values().map(|r| &r.environment))
     }
+}
+
+/// Environments in order: every environment after the one it follows; one
+/// whose `after` names an environment not in the list goes first, and
+/// environments in a cycle (which `check` reports) are left out.
+pub(crate) fn order<'a>(envs: impl Iterator<Item = &'a Environment> + Clone) -> Vec<&'a str> {
+    let known: Vec<&str> = envs.clone().map(|e| e.name.value.as_str()).collect();
+    let mut out: Vec<&str> = Vec::new();
+    let mut progress = true;
+    while progress {
+        progress = false;
+        for e in envs.clone() {
+            let name = e.name.value.as_str();
+            if out.contains(&name) {
+                continue;
+            }
+            let ready = e.after.as_ref().is_none_or(|a| {
+                out.contains(&a.value.as_str()) || !known.contains(&a.value.as_str())
+            });
+            if ready {
+                out.push(name);
+                progress = true;
+            }
+        }
+    }
+    out
 }
 
 /// A change to one environment's rules, between those in force and those
