@@ -6,28 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use codespan_reporting::term::termcolor::ColorChoice;
 use tracing_subscriber::EnvFilter;
 
-mod approve;
-mod bundle;
-mod bundle_page;
-mod check;
-mod git;
-mod github;
-mod keys;
-mod lease;
-mod observe;
-mod page;
-mod reconcile;
-mod render;
-mod rollout;
-mod root;
-mod rules;
-mod serve;
-mod simulate;
-mod source;
-mod status;
-mod trigger;
-mod up;
-mod webhook;
+use gitfleet_reconciler::commands::{
+    approve, bundle, check, keygen, reconcile, rollout, root, serve, simulate, status, up, Color,
+};
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
 ///
@@ -64,7 +45,7 @@ enum LogFormat {
 enum Command {
     Up(up::UpArgs),
     Check(check::CheckArgs),
-    Keygen(keys::KeygenArgs),
+    Keygen(keygen::KeygenArgs),
     Reconcile(reconcile::ReconcileArgs),
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
@@ -99,25 +80,6 @@ enum Command {
     #[command(subcommand, verbatim_doc_comment)]
     Bundle(bundle::BundleCommand),
     Simulate(simulate::SimulateArgs),
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Color {
-    Auto,
-    Always,
-    Never,
-}
-
-impl Color {
-    /// How to colour a stream, given whether it is a terminal.
-    fn choice(self, terminal: bool) -> ColorChoice {
-        match self {
-            Color::Always => ColorChoice::Always,
-            Color::Never => ColorChoice::Never,
-            Color::Auto if terminal => ColorChoice::Auto,
-            Color::Auto => ColorChoice::Never,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -187,7 +149,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let now = chrono::Utc::now();
     match &cli.command {
         Command::Check(args) => check::run(args, cli.color),
-        Command::Keygen(args) => keys::keygen(args),
+        Command::Keygen(args) => keygen::keygen(args),
         Command::Reconcile(args) => reconcile::run(args),
         Command::Rollout(cmd) => rollout::run(cmd),
         Command::Approve(args) => approve::run(args, now),

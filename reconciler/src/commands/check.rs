@@ -9,7 +9,8 @@ use clap::ValueEnum;
 use codespan_reporting::term::termcolor::StandardStream;
 use gitfleet_policy::{Checked, RepoFiles};
 
-use crate::{render, source, Color};
+use super::Color;
+use crate::{render, source};
 
 /// Check a fleet repo and print every problem with its file and line.
 ///
@@ -49,6 +50,7 @@ enum Format {
 }
 
 /// A fleet repo read into memory and checked.
+#[derive(Debug)]
 pub struct Loaded {
     pub files: RepoFiles,
     pub checked: Checked,

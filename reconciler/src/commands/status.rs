@@ -8,12 +8,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use gitfleet_io::store::Store;
 use gitfleet_schemas::view::{FleetStatus, Health, NodeView};
 
+use crate::fmt::{age, bytes, printable, short_commit, short_digest};
 use crate::git::Mirror;
-use crate::observe::Observer;
-use crate::reconcile::GitArgs;
+use crate::pass::observe::Observer;
+use crate::pass::ReconcileError;
+use crate::setup::open_store;
+use crate::setup::GitArgs;
 
 /// Show the fleet: environments, rollouts with step progress, nodes with
 /// health and last report, drift and WireGuard peers.
@@ -71,31 +73,12 @@ enum Format {
     Json,
 }
 
-/// The store `explicit` names, or else the one fleet.kdl at the branch tip
-/// names.
-pub fn open_store(mirror: &Mirror, explicit: Option<&str>) -> anyhow::Result<Store> {
-    let url = match explicit {
-        Some(url) => url.to_owned(),
-        None => {
-            // Only fleet.kdl is needed to learn the store.
-            let heads = mirror.fetch()?;
-            let files = mirror.files_at(heads.branch)?;
-            files
-                .text(gitfleet_policy::model::FLEET_FILE)
-                .and_then(|t| gitfleet_schemas::FleetFile::decode(t).value)
-                .and_then(|f| f.store.map(|s| s.value))
-                .context("no --store given and fleet.kdl names no store")?
-        }
-    };
-    Ok(Store::open(&url)?)
-}
-
 pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let remote = crate::reconcile::remote(&args.git)?;
+    let remote = crate::setup::remote(&args.git)?;
     let mirror = Mirror::open_or_clone(remote, &args.cache)?;
     let store = open_store(&mirror, args.store.as_deref())?;
     let mut observer = Observer::new(mirror, store);
@@ -109,9 +92,9 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 o = observer.observe() => o,
                 () = &mut stop => return Ok(ExitCode::SUCCESS),
             };
-            let view = match observed.and_then(|o| {
+            let view = match observed.map_err(ReconcileError::from).and_then(|o| {
                 let state = o.state()?;
-                let rules = crate::rules::recorded(&o.state_files)?;
+                let rules = crate::pass::rules::recorded(&o.state_files)?;
                 Ok(o.view(
                     &state,
                     rules.as_ref(),
@@ -176,56 +159,6 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// A fleet of at most this many nodes is listed whole.
 const LIST_ALL_UP_TO: usize = 50;
-
-/// The first `n` characters of `s` (reports are node-written: never cut
-/// inside a character).
-pub fn prefix(s: &str, n: usize) -> &str {
-    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
-}
-
-/// `sha256:0123456789ab…` → `0123456789ab`.
-pub fn short_digest(digest: &str) -> &str {
-    prefix(digest.strip_prefix("sha256:").unwrap_or(digest), 12)
-}
-
-pub fn short_commit(commit: &str) -> &str {
-    prefix(commit, 12)
-}
-
-/// `text` with control characters (a node's ANSI or OSC sequences, say)
-/// shown as `?`, lines kept.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
-        .collect()
-}
-
-/// `95 s` → `1m35s`.
-pub fn age(seconds: i64) -> String {
-    let s = seconds.max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
-/// `1536` → `1.5 KiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
 
 fn counts_line(c: &gitfleet_schemas::view::Counts) -> String {
     let mut parts = vec![format!("{} healthy", c.healthy)];
@@ -292,7 +225,7 @@ pub fn human(view: &FleetStatus, all_nodes: bool) -> String {
                 "  {:<16} {:<17}{step:<10} {} {}/{} on {} (from {}), {} ago",
                 r.name,
                 r.phase.to_string(),
-                crate::up::bar(r.on_target as usize, r.nodes as usize),
+                crate::fmt::bar(r.on_target as usize, r.nodes as usize),
                 r.on_target,
                 r.nodes,
                 short_digest(&r.target),
@@ -412,39 +345,4 @@ fn handshake(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     at.map_or("never".to_owned(), |t| {
         format!("{} ago", age((now - t).num_seconds()))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_read_in_the_largest_useful_unit() {
-        assert_eq!(age(-3), "0s");
-        assert_eq!(age(59), "59s");
-        assert_eq!(age(95), "1m35s");
-        assert_eq!(age(7260), "2h01m");
-        assert_eq!(age(90000), "1d01h");
-    }
-
-    #[test]
-    fn byte_counts_use_binary_units() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
-    }
-
-    #[test]
-    fn shortening_never_cuts_a_character_and_controls_are_masked() {
-        assert_eq!(short_digest("sha256:ééééééééééééééé"), "éééééééééééé");
-        assert_eq!(short_commit("ab"), "ab");
-        assert_eq!(printable("a\x1b]0;pwned\x07\nb"), "a?]0;pwned?\nb");
-    }
-
-    #[test]
-    fn digests_are_shortened_after_the_algorithm() {
-        assert_eq!(short_digest("sha256:0123456789abcdef0123"), "0123456789ab");
-        assert_eq!(short_digest("abc"), "abc");
-    }
 }

@@ -10,6 +10,8 @@
 //! optional and never blocks the fleet: a failed call is logged, the change
 //! keeps waiting for its approvals, and the next pass asks again.
 
+pub mod webhook;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
@@ -338,7 +340,7 @@ struct StatusBody<'a> {
 /// One path segment of an API route, percent-encoded: a name from the repo
 /// or from GitHub never changes which route is called.
 fn seg(part: &str) -> String {
-    crate::page::url_part(part)
+    crate::fmt::url_part(part)
 }
 
 fn not_found(e: &octocrab::Error) -> bool {

@@ -15,7 +15,7 @@ use gitfleet_schemas::trust::{Document as _, PublicKey};
 use gitfleet_schemas::FleetFile;
 
 use crate::git::{Author, Mirror, StateCommit};
-use crate::reconcile::GitArgs;
+use crate::setup::GitArgs;
 
 /// Approve a commit of the fleet repo for an environment.
 ///
@@ -71,7 +71,7 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
             temp.path().join("mirror")
         }
     };
-    let mirror = Mirror::open_or_clone(crate::reconcile::remote(&args.git)?, &cache)?;
+    let mirror = Mirror::open_or_clone(crate::setup::remote(&args.git)?, &cache)?;
     let heads = mirror.fetch()?;
     let files = mirror.files_at(heads.branch)?;
     let fleet = files
@@ -81,8 +81,8 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     // Who may approve, and with which key, is what the rules in force in
     // the environment say: a commit cannot add its own approver.
     let (_, state_files) = mirror.state_files()?;
-    let record = crate::rules::recorded(&state_files)?;
-    let mut reader = crate::rules::RulesReader::default();
+    let record = crate::pass::rules::recorded(&state_files)?;
+    let mut reader = crate::pass::rules::RulesReader::default();
     let (rules_commit, from) = match record.as_ref().and_then(|r| r.environments.get(&args.env)) {
         Some(r) => (r.commit.clone(), "the rules in force"),
         None => (

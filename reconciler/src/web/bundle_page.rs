@@ -16,8 +16,9 @@ use gitfleet_schemas::trust::{valid_digest, BundleRef};
 use gitfleet_schemas::verify::{verify_bundle, Bundle, Limits, Verified};
 use gitfleet_schemas::view::FleetStatus;
 
-use crate::page::{esc, url_part};
-use crate::status::{short_commit, short_digest};
+use super::html::esc;
+use crate::fmt::url_part;
+use crate::fmt::{short_commit, short_digest};
 
 /// Verified bundles kept in memory.
 const KEPT: usize = 8;
@@ -343,7 +344,7 @@ fn sbom(b: &Bundle) -> String {
             )
         }
     };
-    let counts = crate::bundle::sbom_counts(b)
+    let counts = crate::bundles::sbom_counts(b)
         .map(|c| {
             c.iter()
                 .map(|(k, n)| format!("{n} {k}"))
@@ -397,7 +398,7 @@ pub fn diff(a: &Bundle, b: &Bundle) -> String {
         link(&b.reference.digest),
         esc(short_commit(&b.manifest.source_commit)),
     );
-    let text = crate::bundle::difference(a, b);
+    let text = crate::bundles::difference(a, b);
     if a.reference == b.reference {
         out.push_str("<p>The same bundle.</p>");
         return out;

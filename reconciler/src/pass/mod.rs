@@ -6,6 +6,11 @@
 //! names them, and the state commit lands before the manifests derived from
 //! it, so a restart re-derives the same manifests from git.
 
+pub mod lease;
+pub mod observe;
+pub mod rules;
+pub mod trigger;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -24,11 +29,11 @@ use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
 
 use crate::git::{Author, Mirror, StateCommit, StateFiles};
 use crate::github::{GitHub, GitHubConfig};
-use crate::lease::{self, LeaseOutcome};
-use crate::observe::{CheckedCommit, Observed, Observer};
-use crate::rules::RulesReader;
+use crate::pass::rules::RulesReader;
 use gitfleet_io::store::{Create, Fetch, Store, Update};
 use gitfleet_policy::preview::Side;
+use lease::LeaseOutcome;
+use observe::{CheckedCommit, Observed, Observer};
 
 /// Default freshness of channel manifests when the environment sets none.
 const DEFAULT_FRESHNESS_SECONDS: i64 = 3600;
@@ -56,8 +61,10 @@ pub enum ReconcileError {
     Lease(#[from] lease::LeaseError),
     #[error("signing the channel manifest of {environment}: {reason}")]
     Sign { environment: String, reason: String },
+    #[error("observing the fleet")]
+    Observe(#[from] observe::ObserveError),
     #[error("reading the rules in force")]
-    Rules(#[from] crate::rules::RulesReadError),
+    Rules(#[from] rules::RulesReadError),
     #[error("state file {path} on the state branch is not valid")]
     State {
         path: String,
@@ -980,166 +987,6 @@ fn state_changes(
     out
 }
 
-/// Reconcile the fleet: build and upload bundles for every valid config,
-/// plan every rollout, commit rollout state to the state branch and publish
-/// signed channel manifests.
-///
-/// Runs forever (polling git every --interval) unless --once is given. A
-/// failed pass is logged and the next one starts on schedule; git is always
-/// re-read. Several replicas may run: a lease in the store makes one the
-/// writer.
-///
-/// Examples:
-///   gitfleet reconcile --once --dry-run --repo . --online-key online.key
-///   gitfleet reconcile --repo https://git.example.com/fleet.git \
-///       --store s3://acme-fleet/edge --online-key /etc/gitfleet/online.key
-#[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
-pub struct ReconcileArgs {
-    #[command(flatten)]
-    pub reconciler: ReconcilerArgs,
-    /// Run one pass and exit.
-    #[arg(long)]
-    once: bool,
-    /// Compute and print the plan; upload, commit and publish nothing.
-    #[arg(long)]
-    dry_run: bool,
-}
-
-/// What a reconciler needs: the repo, the store, its key and its name.
-#[derive(Debug, clap::Args)]
-pub struct ReconcilerArgs {
-    #[command(flatten)]
-    pub git: GitArgs,
-    /// Object store URL; defaults to the `store` of fleet.kdl.
-    #[arg(long, env = "GITFLEET_STORE")]
-    pub store: Option<String>,
-    /// The online key file that signs channel manifests (gitfleet keygen --online).
-    #[arg(long, env = "GITFLEET_ONLINE_KEY")]
-    pub online_key: std::path::PathBuf,
-    /// Where the local mirror of the repo is kept.
-    #[arg(long, env = "GITFLEET_CACHE", default_value = ".gitfleet/mirror")]
-    pub cache: std::path::PathBuf,
-    /// This replica's name in the leader lease (default: gitfleet@<hostname>).
-    #[arg(long, env = "GITFLEET_HOLDER")]
-    pub holder: Option<String>,
-    /// Time between passes (a push to a local repo or a webhook starts one
-    /// sooner).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub interval: std::time::Duration,
-    #[command(flatten)]
-    pub github: crate::github::GitHubArgs,
-}
-
-impl ReconcilerArgs {
-    /// The reconciler these arguments describe (the mirror cloned if new).
-    pub fn open(&self) -> anyhow::Result<Reconciler> {
-        let online = crate::keys::load(
-            &self.online_key,
-            gitfleet_schemas::keyfile::KeyRole::Online,
-            "signing channel manifests",
-        )?;
-        let remote = remote(&self.git)?;
-        let mirror = Mirror::open_or_clone(remote, &self.cache)?;
-        let store = crate::status::open_store(&mirror, self.store.as_deref())?;
-        let holder = self.holder.clone().unwrap_or_else(default_holder);
-        let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
-        reconciler.github = self.github.config()?;
-        Ok(reconciler)
-    }
-
-    /// A watcher that triggers a pass when a local repo's refs move; none
-    /// for a remote one (polled every --interval, or woken by webhooks).
-    pub fn watch(
-        &self,
-        trigger: tokio::sync::mpsc::Sender<()>,
-    ) -> Option<notify::RecommendedWatcher> {
-        let path = local_repo(&self.git.repo)?;
-        crate::trigger::watch_refs(&path, trigger)
-            .map_err(|e| tracing::warn!(repo = %path.display(), error = %e, "cannot watch the fleet repo; polling only"))
-            .ok()
-    }
-}
-
-/// Where the fleet repo is and how to reach it.
-#[derive(Debug, clap::Args)]
-pub struct GitArgs {
-    /// The fleet repo: a path, file://, http(s)://, ssh:// or git:// URL.
-    #[arg(long, env = "GITFLEET_REPO", default_value = ".")]
-    pub repo: String,
-    /// The branch people write the fleet spec to.
-    #[arg(long, env = "GITFLEET_BRANCH", default_value = "main")]
-    pub branch: String,
-    /// The branch the reconciler commits rollout state to.
-    #[arg(long, env = "GITFLEET_STATE_BRANCH", default_value = "gitfleet/state")]
-    pub state_branch: String,
-    /// HTTPS token for the repo (sent as user x-access-token).
-    #[arg(long, env = "GITFLEET_GIT_TOKEN", hide_env_values = true)]
-    pub git_token: Option<String>,
-    /// SSH private key for ssh:// repos (default: ask the ssh agent).
-    #[arg(long, env = "GITFLEET_SSH_KEY", conflicts_with = "git_token")]
-    pub ssh_key: Option<std::path::PathBuf>,
-}
-
-/// The remote `args` describe, with its credentials.
-pub fn remote(args: &GitArgs) -> anyhow::Result<crate::git::Remote> {
-    let mut remote = crate::git::Remote::new(repo_url(&args.repo)?);
-    remote.branch.clone_from(&args.branch);
-    remote.state_branch.clone_from(&args.state_branch);
-    remote.auth = match (&args.git_token, &args.ssh_key) {
-        (Some(token), _) => crate::git::Auth::Token(token.clone()),
-        (None, Some(path)) => crate::git::Auth::SshKey {
-            path: path.clone(),
-            passphrase: std::env::var("GITFLEET_SSH_KEY_PASSPHRASE").ok(),
-        },
-        (None, None) if remote.url.starts_with("ssh://") || remote.url.contains('@') => {
-            crate::git::Auth::SshAgent
-        }
-        (None, None) => crate::git::Auth::None,
-    };
-    Ok(remote)
-}
-
-pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
-    use anyhow::Context as _;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let mut reconciler = args.reconciler.open()?;
-    runtime.block_on(async {
-        if args.once {
-            let outcome = reconciler.once(Utc::now(), args.dry_run).await?;
-            report(&outcome, args.dry_run);
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
-        let (trigger_tx, trigger) = tokio::sync::mpsc::channel(1);
-        let _watcher = args.reconciler.watch(trigger_tx);
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            gitfleet_agent::signals::shutdown().await;
-            tracing::info!("stopping");
-            let _ = stop_tx.send(true);
-        });
-        let dry_run = args.dry_run;
-        run_passes(
-            &mut reconciler,
-            args.reconciler.interval,
-            dry_run,
-            trigger,
-            stop,
-            |pass, _| {
-                if let Ok(outcome) = pass {
-                    report(outcome, dry_run);
-                }
-            },
-        )
-        .await;
-        Ok(std::process::ExitCode::SUCCESS)
-    })
-}
-
 /// Run passes until `stop` turns true: one at once, then one every
 /// `interval`, and one as soon as `trigger` fires (a watched ref moved, a
 /// webhook came in), but no sooner than MIN_GAP after the last one began.
@@ -1226,76 +1073,4 @@ pub fn spawn_passes(
             Ok(())
         })
         .context("starting the reconciler thread")
-}
-
-/// The directory of a fleet repo given as a local path or file:// URL.
-fn local_repo(repo: &str) -> Option<std::path::PathBuf> {
-    let path = match repo.strip_prefix("file://") {
-        Some(p) => p,
-        None if repo.contains("://") || repo.contains('@') => return None,
-        None => repo,
-    };
-    std::fs::canonicalize(path).ok()
-}
-
-/// Stable across restarts on one machine, so a restarted reconciler takes
-/// its own lease straight back; replicas sharing a host pass --holder.
-fn default_holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("gitfleet@{host}")
-}
-
-/// A plain path becomes a file:// URL; URLs pass through.
-fn repo_url(repo: &str) -> anyhow::Result<String> {
-    if repo.contains("://") || repo.contains('@') {
-        return Ok(repo.to_owned());
-    }
-    let path = std::fs::canonicalize(repo)
-        .map_err(|e| anyhow::anyhow!("fleet repo {repo} not found: {e}"))?;
-    Ok(format!("file://{}", path.display()))
-}
-
-fn report(o: &Outcome, dry_run: bool) {
-    print!("{}", o.plan);
-    print!("{}", o.rules);
-    for line in &o.allocations {
-        println!("{line}");
-    }
-    println!(
-        "commit {}: {} error(s) in the fleet repo",
-        &o.commit[..o.commit.len().min(12)],
-        o.errors
-    );
-    if dry_run {
-        println!("dry run: nothing uploaded, committed or published");
-        return;
-    }
-    if let Some(leader) = &o.follower_of {
-        println!("follower: {leader} holds the lease; nothing written");
-        return;
-    }
-    for d in &o.bundles_uploaded {
-        println!("uploaded bundle {d}");
-    }
-    match &o.state_commit {
-        Some(c) => println!("state commit {}", &c[..c.len().min(12)]),
-        None => println!("state unchanged"),
-    }
-    for (env, serial) in &o.manifests {
-        println!("published channels/{env}.json serial {serial}");
-    }
-    for (reason, n) in &o.reports_ignored {
-        println!("ignored {n} status report(s): {reason}");
-    }
-    if o.approvals_ignored > 0 {
-        println!(
-            "ignored {} approval(s) on the state branch (run with -v for why)",
-            o.approvals_ignored
-        );
-    }
 }

@@ -114,7 +114,7 @@ fn nodes(
     rev: Option<&str>,
     limit: Option<usize>,
 ) -> anyhow::Result<(String, Vec<SimNodeSpec>)> {
-    let loaded = crate::check::load(repo, rev)?;
+    let loaded = super::check::load(repo, rev)?;
     let errors = loaded
         .checked
         .diagnostics

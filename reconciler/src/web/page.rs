@@ -6,37 +6,10 @@ use std::fmt::Write as _;
 
 use gitfleet_schemas::view::{Counts, FleetStatus, Health, NodeView, RolloutView};
 
-use crate::bundle_page;
-use crate::status::{age, bytes, short_commit, short_digest};
-
-/// `text` safe inside HTML text and attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A component of a URL path or query, percent-encoded.
-pub fn url_part(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+use super::bundle_page;
+use super::html::esc;
+use crate::fmt::url_part;
+use crate::fmt::{age, bytes, short_commit, short_digest};
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d232a}\
 header{background:#1d232a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:baseline}\

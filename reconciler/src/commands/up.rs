@@ -28,9 +28,10 @@ use gitfleet_schemas::state::Phase;
 use gitfleet_schemas::trust::{Document as _, PublicKey, Root};
 use gitfleet_schemas::{FleetFile, NodeFile, RolloutFile, Severity, Span};
 
+use super::simulate::{self, Swarm, Timing, View};
+use crate::fmt::{bar, BAR};
 use crate::git::{Mirror, Remote};
-use crate::reconcile::{self, Reconciler};
-use crate::simulate::{self, Swarm, Timing, View};
+use crate::pass::{self as reconcile, Reconciler};
 use gitfleet_io::store::Store;
 
 /// Run a whole fleet on this machine and watch it roll out.
@@ -108,79 +109,79 @@ const HOLDER: &str = "gitfleet-up";
 const EXAMPLE: &[(&str, &str)] = &[
     (
         "fleet.kdl",
-        include_str!("../../examples/fleet-repo/fleet.kdl"),
+        include_str!("../../../examples/fleet-repo/fleet.kdl"),
     ),
     (
         "environments.kdl",
-        include_str!("../../examples/fleet-repo/environments.kdl"),
+        include_str!("../../../examples/fleet-repo/environments.kdl"),
     ),
     (
         "configs/edge/sentinel.kdl",
-        include_str!("../../examples/fleet-repo/configs/edge/sentinel.kdl"),
+        include_str!("../../../examples/fleet-repo/configs/edge/sentinel.kdl"),
     ),
     (
         "configs/api-gateway/sentinel.kdl",
-        include_str!("../../examples/fleet-repo/configs/api-gateway/sentinel.kdl"),
+        include_str!("../../../examples/fleet-repo/configs/api-gateway/sentinel.kdl"),
     ),
     (
         "meshes/backbone.kdl",
-        include_str!("../../examples/fleet-repo/meshes/backbone.kdl"),
+        include_str!("../../../examples/fleet-repo/meshes/backbone.kdl"),
     ),
     (
         "rollouts/edge.kdl",
-        include_str!("../../examples/fleet-repo/rollouts/edge.kdl"),
+        include_str!("../../../examples/fleet-repo/rollouts/edge.kdl"),
     ),
     (
         "rollouts/api-gateway.kdl",
-        include_str!("../../examples/fleet-repo/rollouts/api-gateway.kdl"),
+        include_str!("../../../examples/fleet-repo/rollouts/api-gateway.kdl"),
     ),
     (
         "rollouts/backbone.kdl",
-        include_str!("../../examples/fleet-repo/rollouts/backbone.kdl"),
+        include_str!("../../../examples/fleet-repo/rollouts/backbone.kdl"),
     ),
     (
         "nodes/api-dev-fra-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/api-dev-fra-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/api-dev-fra-1.kdl"),
     ),
     (
         "nodes/api-fra-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/api-fra-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/api-fra-1.kdl"),
     ),
     (
         "nodes/api-iad-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/api-iad-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/api-iad-1.kdl"),
     ),
     (
         "nodes/api-stg-iad-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/api-stg-iad-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/api-stg-iad-1.kdl"),
     ),
     (
         "nodes/edge-dev-fra-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/edge-dev-fra-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/edge-dev-fra-1.kdl"),
     ),
     (
         "nodes/edge-fra-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/edge-fra-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/edge-fra-1.kdl"),
     ),
     (
         "nodes/edge-fra-2.kdl",
-        include_str!("../../examples/fleet-repo/nodes/edge-fra-2.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/edge-fra-2.kdl"),
     ),
     (
         "nodes/edge-iad-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/edge-iad-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/edge-iad-1.kdl"),
     ),
     (
         "nodes/edge-iad-2.kdl",
-        include_str!("../../examples/fleet-repo/nodes/edge-iad-2.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/edge-iad-2.kdl"),
     ),
     (
         "nodes/edge-stg-fra-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/edge-stg-fra-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/edge-stg-fra-1.kdl"),
     ),
     (
         "nodes/edge-stg-iad-1.kdl",
-        include_str!("../../examples/fleet-repo/nodes/edge-stg-iad-1.kdl"),
+        include_str!("../../../examples/fleet-repo/nodes/edge-stg-iad-1.kdl"),
     ),
 ];
 
@@ -740,15 +741,15 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let trigger_tx_pages = trigger_tx.clone();
-    let watcher = crate::trigger::watch_refs(&bare, trigger_tx)
+    let watcher = crate::pass::trigger::watch_refs(&bare, trigger_tx)
         .map_err(|e| tracing::warn!(repo = %bare.display(), error = %e, "cannot watch the fleet repo; polling it every --interval"))
         .ok();
     let interval = args.interval;
-    let pages = Arc::new(crate::serve::AppState::new(
+    let pages = Arc::new(crate::web::AppState::new(
         None,
         trigger_tx_pages,
         chrono::Duration::seconds(60),
-        Some(crate::serve::Io::of(&reconciler)),
+        Some(crate::web::Io::of(&reconciler)),
     ));
     let pages_of_passes = Arc::clone(&pages);
     let reconciler_thread = reconcile::spawn_passes(
@@ -801,11 +802,11 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let tty = std::io::stdout().is_terminal();
     let reason = runtime.block_on(async {
         if let Some(addr) = args.listen {
-            let listener = crate::serve::listen(addr).await?;
+            let listener = crate::web::listen(addr).await?;
             println!("Status pages: http://{}/", listener.local_addr()?);
             println!();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, crate::serve::router(pages)).await {
+                if let Err(e) = axum::serve(listener, crate::web::router(pages)).await {
                     tracing::error!(error = %e, "serving the status pages");
                 }
             });
@@ -977,18 +978,6 @@ impl Block {
         out.extend(self.lines.iter().cloned());
         out
     }
-}
-
-const BAR: usize = 20;
-
-/// A bar of `done` out of `total`.
-pub(crate) fn bar(done: usize, total: usize) -> String {
-    let filled = if total == 0 {
-        0
-    } else {
-        (done.min(total) * BAR).div_ceil(total).min(BAR)
-    };
-    format!("[{}{}]", "#".repeat(filled), ".".repeat(BAR - filled))
 }
 
 /// The progress block, from the last pass and what the agents run.

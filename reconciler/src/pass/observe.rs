@@ -23,7 +23,21 @@ use gitfleet_schemas::verify::{verify_status, VerifyError};
 use gitfleet_schemas::view::FleetStatus;
 
 use crate::git::{Mirror, StateFiles};
-use crate::reconcile::ReconcileError;
+
+/// Why the fleet could not be observed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("syncing the fleet repo")]
+    Git(#[from] crate::git::GitError),
+    #[error("talking to the object store")]
+    Store(#[from] gitfleet_io::store::StoreError),
+    #[error("state file {path} on the state branch is not valid")]
+    State {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
 
 /// Status reports fetched at once.
 const FETCH_CONCURRENCY: usize = 16;
@@ -84,7 +98,7 @@ pub struct Observed {
 
 impl Observed {
     /// The rollout state files, parsed.
-    pub fn state(&self) -> Result<BTreeMap<String, RolloutState>, ReconcileError> {
+    pub fn state(&self) -> Result<BTreeMap<String, RolloutState>, ObserveError> {
         parse_state(&self.state_files)
     }
 
@@ -146,7 +160,7 @@ impl Observer {
 
     /// Fetch git, check the branch tip, read the state branch and every
     /// node's report.
-    pub async fn observe(&mut self) -> Result<Observed, ReconcileError> {
+    pub async fn observe(&mut self) -> Result<Observed, ObserveError> {
         let heads = self.mirror.fetch()?;
         let checked = match &self.checked {
             Some((oid, checked)) if *oid == heads.branch => Arc::clone(checked),
@@ -182,7 +196,7 @@ impl Observer {
             HashMap<String, Arc<StatusReport>>,
             BTreeMap<&'static str, usize>,
         ),
-        ReconcileError,
+        ObserveError,
     > {
         let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut wanted = Vec::new();
@@ -264,7 +278,7 @@ fn ignored_reason(e: &VerifyError) -> &'static str {
 }
 
 /// `rollouts/<name>.json` of the state branch, parsed.
-pub fn parse_state(files: &StateFiles) -> Result<BTreeMap<String, RolloutState>, ReconcileError> {
+pub fn parse_state(files: &StateFiles) -> Result<BTreeMap<String, RolloutState>, ObserveError> {
     let mut out = BTreeMap::new();
     for (path, bytes) in files {
         let Some(name) = path
@@ -274,7 +288,7 @@ pub fn parse_state(files: &StateFiles) -> Result<BTreeMap<String, RolloutState>,
             continue;
         };
         let state: RolloutState =
-            serde_json::from_slice(bytes).map_err(|source| ReconcileError::State {
+            serde_json::from_slice(bytes).map_err(|source| ObserveError::State {
                 path: path.clone(),
                 source,
             })?;

@@ -1,0 +1,129 @@
+//! `gitfleet serve`: the reconciler as a service. Reconcile passes run on
+//! their own thread (git2 blocks); the HTTP server of `web` shows what
+//! they saw and takes GitHub webhooks as triggers.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::pass;
+use crate::setup::ReconcilerArgs;
+use crate::web::{listen, router, AppState, Io};
+
+/// Run the reconciler and serve the fleet's status pages, /metrics and
+/// GitHub webhooks.
+///
+/// Passes run every --interval, at once when a local repo's refs move, and
+/// at once on a valid webhook delivery (push, pull_request,
+/// pull_request_review; deliveries are checked against the secret and
+/// handled once each). The pages are read-only and update live.
+///
+/// Endpoints: / (overview), /nodes (?env=, ?label=key=value, ?health=),
+/// /nodes/<id>, /rollouts, /api/status (?env=; the fleet-status JSON),
+/// /events (server-sent events, one per pass), /metrics (Prometheus),
+/// /healthz, /readyz (after the first good pass), POST /webhooks/github.
+///
+/// Example:
+///   gitfleet serve --repo https://github.com/acme/fleet.git \
+///       --online-key /etc/gitfleet/online.key --listen 127.0.0.1:8080 \
+///       --webhook-secret-file /etc/gitfleet/webhook.secret
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    reconciler: ReconcilerArgs,
+    /// Address to serve on. Put a TLS-terminating proxy in front to expose it.
+    #[arg(long, env = "GITFLEET_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// File holding the GitHub webhook secret; without it webhooks are refused.
+    #[arg(long, env = "GITFLEET_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<std::path::PathBuf>,
+    /// A node whose last report is older than this is stale.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    stale_after: std::time::Duration,
+}
+
+/// How long requests may take to finish once stopping.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let secret = match &args.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the webhook secret {}", path.display()))?;
+            let secret = text.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "webhook secret file {} is empty",
+                path.display()
+            );
+            Some(secret.as_bytes().to_vec())
+        }
+    };
+    let stale_after =
+        chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
+    let reconciler = args.reconciler.open()?;
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
+    let _watcher = args.reconciler.watch(trigger_tx.clone());
+    let io = Io::of(&reconciler);
+    let state = Arc::new(AppState::new(secret, trigger_tx, stale_after, Some(io)));
+    let stop_rx = state.shutdown.subscribe();
+
+    let interval = args.reconciler.interval;
+    let passes_state = Arc::clone(&state);
+    let reconciler_thread = pass::spawn_passes(
+        reconciler,
+        interval,
+        trigger_rx,
+        stop_rx,
+        move |result, took| {
+            passes_state.record(result, took);
+        },
+    )?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(async {
+        let listener = listen(args.listen).await?;
+        println!("serving http://{}/ (Ctrl-C stops)", listener.local_addr()?);
+        // One signal stops the passes, ends the event streams and drains
+        // the other requests, for at most DRAIN.
+        let shutdown = Arc::clone(&state);
+        tokio::spawn(async move {
+            gitfleet_agent::signals::shutdown().await;
+            tracing::info!("stopping");
+            shutdown.shutdown.send_replace(true);
+        });
+        let mut stopped = state.shutdown.subscribe();
+        let mut drained = state.shutdown.subscribe();
+        let server = axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        );
+        tokio::select! {
+            r = server => r.context("serving HTTP"),
+            () = async move {
+                let _ = drained.wait_for(|s| *s).await;
+                tokio::time::sleep(DRAIN).await;
+            } => {
+                tracing::warn!(seconds = DRAIN.as_secs(), "requests still open after the drain time; stopping anyway");
+                Ok(())
+            }
+        }
+    });
+    state.shutdown.send_replace(true);
+    match reconciler_thread.join() {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("the reconciler thread panicked"),
+    }
+    served?;
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

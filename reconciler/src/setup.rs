@@ -1,0 +1,154 @@
+//! Setting a reconciler up: where the fleet repo is and how to reach it,
+//! the store, the keys, this replica's name, all from the command line
+//! and the fleet's own settings.
+
+use anyhow::Context as _;
+use gitfleet_io::store::Store;
+
+use crate::git::Mirror;
+use crate::pass::Reconciler;
+
+/// What a reconciler needs: the repo, the store, its key and its name.
+#[derive(Debug, clap::Args)]
+pub struct ReconcilerArgs {
+    #[command(flatten)]
+    pub git: GitArgs,
+    /// Object store URL; defaults to the `store` of fleet.kdl.
+    #[arg(long, env = "GITFLEET_STORE")]
+    pub store: Option<String>,
+    /// The online key file that signs channel manifests (gitfleet keygen --online).
+    #[arg(long, env = "GITFLEET_ONLINE_KEY")]
+    pub online_key: std::path::PathBuf,
+    /// Where the local mirror of the repo is kept.
+    #[arg(long, env = "GITFLEET_CACHE", default_value = ".gitfleet/mirror")]
+    pub cache: std::path::PathBuf,
+    /// This replica's name in the leader lease (default: gitfleet@<hostname>).
+    #[arg(long, env = "GITFLEET_HOLDER")]
+    pub holder: Option<String>,
+    /// Time between passes (a push to a local repo or a webhook starts one
+    /// sooner).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    #[command(flatten)]
+    pub github: crate::github::GitHubArgs,
+}
+
+impl ReconcilerArgs {
+    /// The reconciler these arguments describe (the mirror cloned if new).
+    pub fn open(&self) -> anyhow::Result<Reconciler> {
+        let online = crate::keys::load(
+            &self.online_key,
+            gitfleet_schemas::keyfile::KeyRole::Online,
+            "signing channel manifests",
+        )?;
+        let remote = remote(&self.git)?;
+        let mirror = Mirror::open_or_clone(remote, &self.cache)?;
+        let store = open_store(&mirror, self.store.as_deref())?;
+        let holder = self.holder.clone().unwrap_or_else(default_holder);
+        let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
+        reconciler.github = self.github.config()?;
+        Ok(reconciler)
+    }
+
+    /// A watcher that triggers a pass when a local repo's refs move; none
+    /// for a remote one (polled every --interval, or woken by webhooks).
+    pub fn watch(
+        &self,
+        trigger: tokio::sync::mpsc::Sender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        let path = local_repo(&self.git.repo)?;
+        crate::pass::trigger::watch_refs(&path, trigger)
+            .map_err(|e| tracing::warn!(repo = %path.display(), error = %e, "cannot watch the fleet repo; polling only"))
+            .ok()
+    }
+}
+
+/// Where the fleet repo is and how to reach it.
+#[derive(Debug, clap::Args)]
+pub struct GitArgs {
+    /// The fleet repo: a path, file://, http(s)://, ssh:// or git:// URL.
+    #[arg(long, env = "GITFLEET_REPO", default_value = ".")]
+    pub repo: String,
+    /// The branch people write the fleet spec to.
+    #[arg(long, env = "GITFLEET_BRANCH", default_value = "main")]
+    pub branch: String,
+    /// The branch the reconciler commits rollout state to.
+    #[arg(long, env = "GITFLEET_STATE_BRANCH", default_value = "gitfleet/state")]
+    pub state_branch: String,
+    /// HTTPS token for the repo (sent as user x-access-token).
+    #[arg(long, env = "GITFLEET_GIT_TOKEN", hide_env_values = true)]
+    pub git_token: Option<String>,
+    /// SSH private key for ssh:// repos (default: ask the ssh agent).
+    #[arg(long, env = "GITFLEET_SSH_KEY", conflicts_with = "git_token")]
+    pub ssh_key: Option<std::path::PathBuf>,
+}
+
+/// The remote `args` describe, with its credentials.
+pub fn remote(args: &GitArgs) -> anyhow::Result<crate::git::Remote> {
+    let mut remote = crate::git::Remote::new(repo_url(&args.repo)?);
+    remote.branch.clone_from(&args.branch);
+    remote.state_branch.clone_from(&args.state_branch);
+    remote.auth = match (&args.git_token, &args.ssh_key) {
+        (Some(token), _) => crate::git::Auth::Token(token.clone()),
+        (None, Some(path)) => crate::git::Auth::SshKey {
+            path: path.clone(),
+            passphrase: std::env::var("GITFLEET_SSH_KEY_PASSPHRASE").ok(),
+        },
+        (None, None) if remote.url.starts_with("ssh://") || remote.url.contains('@') => {
+            crate::git::Auth::SshAgent
+        }
+        (None, None) => crate::git::Auth::None,
+    };
+    Ok(remote)
+}
+
+/// The directory of a fleet repo given as a local path or file:// URL.
+fn local_repo(repo: &str) -> Option<std::path::PathBuf> {
+    let path = match repo.strip_prefix("file://") {
+        Some(p) => p,
+        None if repo.contains("://") || repo.contains('@') => return None,
+        None => repo,
+    };
+    std::fs::canonicalize(path).ok()
+}
+
+/// Stable across restarts on one machine, so a restarted reconciler takes
+/// its own lease straight back; replicas sharing a host pass --holder.
+fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("gitfleet@{host}")
+}
+
+/// A plain path becomes a file:// URL; URLs pass through.
+fn repo_url(repo: &str) -> anyhow::Result<String> {
+    if repo.contains("://") || repo.contains('@') {
+        return Ok(repo.to_owned());
+    }
+    let path = std::fs::canonicalize(repo)
+        .map_err(|e| anyhow::anyhow!("fleet repo {repo} not found: {e}"))?;
+    Ok(format!("file://{}", path.display()))
+}
+
+/// The store `explicit` names, or else the one fleet.kdl at the branch tip
+/// names.
+pub fn open_store(mirror: &Mirror, explicit: Option<&str>) -> anyhow::Result<Store> {
+    let url = match explicit {
+        Some(url) => url.to_owned(),
+        None => {
+            // Only fleet.kdl is needed to learn the store.
+            let heads = mirror.fetch()?;
+            let files = mirror.files_at(heads.branch)?;
+            files
+                .text(gitfleet_policy::model::FLEET_FILE)
+                .and_then(|t| gitfleet_schemas::FleetFile::decode(t).value)
+                .and_then(|f| f.store.map(|s| s.value))
+                .context("no --store given and fleet.kdl names no store")?
+        }
+    };
+    Ok(Store::open(&url)?)
+}
