@@ -14,6 +14,7 @@ use gitfleet_io::store::{ETag, Fetch, Store};
 use gitfleet_schemas::agent::{LocalState, Slot};
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::fleet::DriftPolicy;
+use gitfleet_schemas::keys;
 use gitfleet_schemas::status::{
     Drift, HttpCheckResult, Metrics, RolloutStatus, StatusReport, WireguardStatus,
 };
@@ -207,7 +208,7 @@ impl<N: Node> Agent<N> {
     }
 
     fn manifest_key(&self) -> String {
-        format!("channels/{}.json", self.id.environment)
+        keys::channel(&self.id.environment)
     }
 
     /// One poll: a conditional GET of the channel manifest; if it changed,
@@ -299,7 +300,7 @@ impl<N: Node> Agent<N> {
         let mut rotated = false;
         loop {
             let next = self.root.version + 1;
-            let key = format!("root/{next}.json");
+            let key = keys::root(next);
             let Ok(Some(object)) = self.store.get(&key).await else {
                 return rotated;
             };
@@ -589,7 +590,7 @@ impl<N: Node> Agent<N> {
         let report = self.status(now).await;
         let mut envelope = report.envelope();
         envelope.sign(&self.key)?;
-        let key = format!("status/{}.json", self.id.node);
+        let key = keys::status(&self.id.node);
         self.store
             .put(&key, Bytes::from(envelope.to_json()))
             .await

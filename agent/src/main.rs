@@ -378,7 +378,7 @@ async fn enroll(config: &AgentConfig, args: &EnrollArgs) -> anyhow::Result<ExitC
     let mut envelope = request.envelope();
     envelope.sign(&key).map_err(|e| anyhow::anyhow!(e))?;
     let store = Store::open(&config.store)?;
-    let object = format!("enroll/{}.json", config.node);
+    let object = gitfleet_schemas::keys::enroll(&config.node);
     store
         .put(&object, envelope.to_json().into())
         .await
@@ -501,7 +501,7 @@ async fn verify_now(config: &AgentConfig) -> anyhow::Result<ExitCode> {
     let state = dir.load_state()?;
     let root = dir.trusted_root()?;
     let store = Store::open(&config.store)?;
-    let key = format!("channels/{}.json", config.environment);
+    let key = gitfleet_schemas::keys::channel(&config.environment);
     let Some(object) = store.get(&key).await? else {
         println!("{key}: not in the store");
         return Ok(ExitCode::from(1));

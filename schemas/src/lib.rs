@@ -14,6 +14,7 @@ pub mod diagnostic;
 pub mod environments;
 pub mod fleet;
 pub mod keyfile;
+pub mod keys;
 pub mod mesh;
 pub mod node;
 pub mod promotion;

@@ -15,6 +15,23 @@ use crate::trust::BundleRef;
 
 pub const STATE_FORMAT: u32 = 1;
 
+/// `rollouts/<name>.json`: where a rollout's state lives on the state
+/// branch.
+pub fn rollout_path(rollout: &str) -> String {
+    format!("rollouts/{rollout}.json")
+}
+
+/// The rollout a state branch path is the state of, if it is one.
+pub fn rollout_of(path: &str) -> Option<&str> {
+    path.strip_prefix("rollouts/")?.strip_suffix(".json")
+}
+
+/// `meshes/<name>.json`: a mesh's tunnel addresses, next to the rollout
+/// state.
+pub fn allocation_path(mesh: &str) -> String {
+    format!("meshes/{mesh}.json")
+}
+
 /// Where one rollout stands in every environment it reaches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -278,11 +278,7 @@ impl BundleRef {
     /// `sha256:<64 lowercase hex>`: a digest from storage never becomes a
     /// path with anything else in it.
     pub fn object_key(&self) -> Option<String> {
-        let hex = self
-            .digest
-            .strip_prefix("sha256:")
-            .filter(|_| valid_digest(&self.digest))?;
-        Some(format!("bundles/sha256/{hex}.tar.zst"))
+        crate::keys::bundle(&self.digest)
     }
 }
 

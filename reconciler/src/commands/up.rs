@@ -599,7 +599,11 @@ fn set_up(
     // The file store keeps objects as plain files under their keys.
     std::fs::create_dir_all(partial.store().join("root"))
         .with_context(|| format!("creating {}", partial.store().display()))?;
-    gitfleet_io::write::new_file(&partial.store().join("root/1.json"), &root_bytes, 0o644)?;
+    gitfleet_io::write::new_file(
+        &partial.store().join(gitfleet_schemas::keys::root(1)),
+        &root_bytes,
+        0o644,
+    )?;
 
     init_repos(&partial, layout, &copy)?;
 

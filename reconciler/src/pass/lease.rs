@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use gitfleet_io::store::{ETag, Store, StoreError, Update};
 
-pub const LEASE_KEY: &str = "leases/reconciler.json";
+pub const LEASE_KEY: &str = gitfleet_schemas::keys::LEASE;
 
 /// How many times a lost compare-and-swap is re-read and retried.
 const ATTEMPTS: usize = 5;

@@ -21,8 +21,9 @@ use gitfleet_policy::mesh::{self, Allocation, MeshBuild};
 use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan};
 use gitfleet_policy::rules::{Rules, RulesPlan};
 use gitfleet_policy::{channel, Checked, FleetModel};
+use gitfleet_schemas::keys;
 use gitfleet_schemas::promotion::{promotions_path, Promotions};
-use gitfleet_schemas::state::{MeshAllocation, RULES_PATH};
+use gitfleet_schemas::state::{self, MeshAllocation, RULES_PATH};
 use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
 use gitfleet_schemas::verify::verify_signed_by;
 use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
@@ -208,7 +209,7 @@ impl PromotionFiles {
 /// where they stand.
 struct Asks<'a> {
     targets: &'a plan::Targets,
-    state: &'a BTreeMap<String, gitfleet_schemas::state::RolloutState>,
+    state: &'a BTreeMap<String, state::RolloutState>,
     /// Rollout -> the source commit it wants.
     wanted: &'a BTreeMap<String, String>,
     /// `(environment, commit)` -> the commit that brought its promotion
@@ -417,7 +418,7 @@ impl Reconciler {
             tracing::warn!(rollout, mesh = %name, "mesh file is missing or unreadable; keeping the last good bundle");
             return Ok(None);
         };
-        let path = allocation_path(name);
+        let path = state::allocation_path(name);
         let previous = match state_files.get(&path) {
             None => Allocation::new(),
             Some(bytes) => {
@@ -883,7 +884,7 @@ impl Reconciler {
         for (name, in_force) in rules.iter() {
             let env = &in_force.environment;
             let name = &name.to_owned();
-            let key = format!("channels/{name}.json");
+            let key = keys::channel(name);
             let (current, etag) = match self.observer.store.get_if_changed(&key, None).await? {
                 Fetch::Found(o) => match current_manifest(&o.bytes, &self.online_key) {
                     Some(m) => (Some(m), Some(o.etag)),
@@ -954,16 +955,6 @@ fn still_leader(until: DateTime<Utc>) -> Result<(), ReconcileError> {
     Ok(())
 }
 
-fn state_path(rollout: &str) -> String {
-    format!("rollouts/{rollout}.json")
-}
-
-/// Where a mesh's allocation lives on the state branch, next to the
-/// rollout state.
-fn allocation_path(mesh: &str) -> String {
-    format!("meshes/{mesh}.json")
-}
-
 /// A state branch file's bytes: pretty JSON and a newline.
 fn json_file(value: &impl serde::Serialize) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
@@ -978,7 +969,7 @@ fn state_changes(
 ) -> BTreeMap<String, Option<Vec<u8>>> {
     let mut out = BTreeMap::new();
     for (name, state) in plan.state() {
-        let path = state_path(&name);
+        let path = state::rollout_path(&name);
         let bytes = json_file(&state);
         if current.get(&path) != Some(&bytes) {
             out.insert(path, Some(bytes));

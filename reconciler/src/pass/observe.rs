@@ -16,6 +16,7 @@ use gitfleet_io::store::{ETag, Fetch, Store};
 use gitfleet_policy::plan::Targets;
 use gitfleet_policy::view::{fleet_status, ViewInputs};
 use gitfleet_policy::Checked;
+use gitfleet_schemas::keys as object_keys;
 use gitfleet_schemas::state::{RolloutState, RulesState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::PublicKey;
@@ -200,11 +201,8 @@ impl Observer {
     > {
         let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut wanted = Vec::new();
-        for key in self.store.list("status/").await? {
-            let Some(node) = key
-                .strip_prefix("status/")
-                .and_then(|k| k.strip_suffix(".json"))
-            else {
+        for key in self.store.list(object_keys::STATUS_PREFIX).await? {
+            let Some(node) = object_keys::status_node(&key) else {
                 continue;
             };
             match keys.get(node) {
@@ -281,10 +279,7 @@ fn ignored_reason(e: &VerifyError) -> &'static str {
 pub fn parse_state(files: &StateFiles) -> Result<BTreeMap<String, RolloutState>, ObserveError> {
     let mut out = BTreeMap::new();
     for (path, bytes) in files {
-        let Some(name) = path
-            .strip_prefix("rollouts/")
-            .and_then(|p| p.strip_suffix(".json"))
-        else {
+        let Some(name) = gitfleet_schemas::state::rollout_of(path) else {
             continue;
         };
         let state: RolloutState =

@@ -1,0 +1,92 @@
+//! Every object key of the store, in one place. Agents and the reconciler
+//! build keys only through these functions, so a layout change is one edit
+//! and both sides always agree.
+//!
+//! ```text
+//! bundles/sha256/<hex>.tar.zst   immutable; named by the digest of its bytes
+//! root/<version>.json            signed root of trust
+//! channels/<environment>.json    signed channel manifest agents poll
+//! status/<node>.json             a node's signed status report
+//! enroll/<node>.json             a node asking to join
+//! leases/reconciler.json         the reconcilers' leader lease
+//! ```
+//!
+//! Names that go into keys (environments, nodes) are restricted by the
+//! fleet repo's checks to `[A-Za-z0-9][A-Za-z0-9._-]*`; a bundle key is
+//! made only from a well-formed sha256 digest.
+
+use crate::trust::valid_digest;
+
+/// Where status reports live: list this prefix to find them all.
+pub const STATUS_PREFIX: &str = "status/";
+
+/// The leader lease of the reconcilers sharing a store.
+pub const LEASE: &str = "leases/reconciler.json";
+
+/// `bundles/sha256/<hex>.tar.zst`, or `None` when `digest` is not
+/// `sha256:<64 lowercase hex>`: a digest read from storage never becomes a
+/// key with anything else in it.
+pub fn bundle(digest: &str) -> Option<String> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|_| valid_digest(digest))?;
+    Some(format!("bundles/sha256/{hex}.tar.zst"))
+}
+
+/// `root/<version>.json`.
+pub fn root(version: u64) -> String {
+    format!("root/{version}.json")
+}
+
+/// `channels/<environment>.json`.
+pub fn channel(environment: &str) -> String {
+    format!("channels/{environment}.json")
+}
+
+/// `status/<node>.json`.
+pub fn status(node: &str) -> String {
+    format!("{STATUS_PREFIX}{node}.json")
+}
+
+/// The node a status report key names, if it is one.
+pub fn status_node(key: &str) -> Option<&str> {
+    key.strip_prefix(STATUS_PREFIX)?.strip_suffix(".json")
+}
+
+/// `enroll/<node>.json`.
+pub fn enroll(node: &str) -> String {
+    format!("enroll/{node}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            bundle(&format!("sha256:{hex}")),
+            Some(format!("bundles/sha256/{hex}.tar.zst"))
+        );
+        assert_eq!(root(3), "root/3.json");
+        assert_eq!(channel("prod"), "channels/prod.json");
+        assert_eq!(status("edge-1"), "status/edge-1.json");
+        assert_eq!(status_node("status/edge-1.json"), Some("edge-1"));
+        assert_eq!(status_node("status/edge-1.txt"), None);
+        assert_eq!(status_node("channels/prod.json"), None);
+        assert_eq!(enroll("edge-1"), "enroll/edge-1.json");
+    }
+
+    #[test]
+    fn only_well_formed_sha256_digests_become_bundle_keys() {
+        for bad in [
+            "sha256:../../etc/passwd",
+            "sha512:abc",
+            &format!("sha256:{}", "AB".repeat(32)),
+            &format!("sha256:{}", "ab".repeat(31)),
+        ] {
+            assert_eq!(bundle(bad), None, "{bad}");
+        }
+    }
+}
