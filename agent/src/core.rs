@@ -78,7 +78,7 @@ pub fn wanted<'m>(
     manifest
         .rollouts
         .iter()
-        .filter(|r| r.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .filter(|r| r.selects(labels))
         .filter_map(|r| {
             let target = if r.includes(node) {
                 Some(&r.bundle)

@@ -316,6 +316,30 @@ impl Mirror {
         &self.remote.branch
     }
 
+    /// The state branch.
+    pub fn state_branch(&self) -> &str {
+        &self.remote.state_branch
+    }
+
+    /// Follow `branch` as the state branch from the next fetch on.
+    pub fn set_state_branch(&mut self, branch: &str) -> Result<(), GitError> {
+        let url = self.remote.display_url();
+        if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+            return Err(GitError::InvalidBranch {
+                url,
+                branch: branch.to_owned(),
+            });
+        }
+        if branch == self.remote.branch {
+            return Err(GitError::SameBranch {
+                url,
+                branch: branch.to_owned(),
+            });
+        }
+        branch.clone_into(&mut self.remote.state_branch);
+        Ok(())
+    }
+
     /// How long this mirror's fetches and pushes have taken.
     pub fn latency(&self) -> Arc<GitLatency> {
         Arc::clone(&self.latency)

@@ -41,8 +41,7 @@ impl ReconcilerArgs {
             gitfleet_schemas::keyfile::KeyRole::Online,
             "signing channel manifests",
         )?;
-        let remote = remote(&self.git)?;
-        let mirror = Mirror::open_or_clone(remote, &self.cache)?;
+        let mirror = open_mirror(&self.git, &self.cache)?;
         let store = open_store(&mirror, self.store.as_deref())?;
         let holder = self.holder.clone().unwrap_or_else(default_holder);
         let mut reconciler = Reconciler::new(mirror, store, online.key, holder);
@@ -72,9 +71,11 @@ pub struct GitArgs {
     /// The branch people write the fleet spec to.
     #[arg(long, env = "GITFLEET_BRANCH", default_value = "main")]
     pub branch: String,
-    /// The branch the reconciler commits rollout state to.
-    #[arg(long, env = "GITFLEET_STATE_BRANCH", default_value = "gitfleet/state")]
-    pub state_branch: String,
+    /// The branch the reconciler commits rollout state to (default: the
+    /// `state-branch` of fleet.kdl at the spec branch's tip, or
+    /// gitfleet/state).
+    #[arg(long, env = "GITFLEET_STATE_BRANCH")]
+    pub state_branch: Option<String>,
     /// HTTPS token for the repo (sent as user x-access-token).
     #[arg(long, env = "GITFLEET_GIT_TOKEN", hide_env_values = true)]
     pub git_token: Option<String>,
@@ -83,11 +84,36 @@ pub struct GitArgs {
     pub ssh_key: Option<std::path::PathBuf>,
 }
 
+/// The mirror of the fleet repo `args` describe, kept in `cache`. It
+/// follows the state branch `--state-branch` names, or else the one
+/// fleet.kdl at the spec branch's tip names (`state-branch`), or else
+/// gitfleet/state: every command finds the fleet's state where its
+/// reconciler writes it.
+pub fn open_mirror(args: &GitArgs, cache: &std::path::Path) -> anyhow::Result<Mirror> {
+    let mut mirror = Mirror::open_or_clone(remote(args)?, cache)?;
+    if args.state_branch.is_none() {
+        let heads = mirror.fetch()?;
+        let named = mirror
+            .blob_at(heads.branch, gitfleet_policy::model::FLEET_FILE)?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| gitfleet_schemas::FleetFile::decode(&text).value)
+            .and_then(|fleet| fleet.state_branch)
+            .map(|b| b.value);
+        if let Some(branch) = named.filter(|b| b != mirror.state_branch()) {
+            tracing::info!(state_branch = %branch, "following the state branch fleet.kdl names");
+            mirror.set_state_branch(&branch)?;
+        }
+    }
+    Ok(mirror)
+}
+
 /// The remote `args` describe, with its credentials.
 pub fn remote(args: &GitArgs) -> anyhow::Result<crate::git::Remote> {
     let mut remote = crate::git::Remote::new(repo_url(&args.repo)?);
     remote.branch.clone_from(&args.branch);
-    remote.state_branch.clone_from(&args.state_branch);
+    if let Some(b) = &args.state_branch {
+        remote.state_branch.clone_from(b);
+    }
     remote.auth = match (&args.git_token, &args.ssh_key) {
         (Some(token), _) => crate::git::Auth::Token(token.clone()),
         (None, Some(path)) => crate::git::Auth::SshKey {

@@ -22,9 +22,12 @@ pub struct Selector {
 
 impl Selector {
     pub fn matches(&self, labels: &BTreeMap<String, Spanned<String>>) -> bool {
-        self.labels
-            .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|l| l.value == v.value))
+        labels_match(
+            self.labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.value.as_str())),
+            |k| labels.get(k).map(|l| l.value.as_str()),
+        )
     }
 
     pub(crate) fn decode(d: &mut Decoder, node: &KdlNode) -> Self {
@@ -33,6 +36,16 @@ impl Selector {
             span: decode::node_span(node),
         }
     }
+}
+
+/// The one label-selector rule, for the fleet repo's selectors and the
+/// channel manifest's alike: every `key=value` of the selector is a label
+/// of the node with that value (an empty selector selects every node).
+pub fn labels_match<'a>(
+    selector: impl IntoIterator<Item = (&'a str, &'a str)>,
+    label: impl Fn(&str) -> Option<&'a str>,
+) -> bool {
+    selector.into_iter().all(|(k, v)| label(k) == Some(v))
 }
 
 impl std::fmt::Display for Selector {

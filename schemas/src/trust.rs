@@ -299,6 +299,14 @@ pub fn member_hash(rollout: &str, node: &str) -> u64 {
 impl ChannelRollout {
     /// Whether `node` is in the current step and so runs `bundle`; nodes
     /// outside it run `previous`.
+    /// Whether a node with `labels` is one of this rollout's targets.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        crate::common::labels_match(
+            self.selector.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            |k| labels.get(k).map(String::as_str),
+        )
+    }
+
     pub fn includes(&self, node: &str) -> bool {
         self.membership_threshold == u64::MAX
             || member_hash(&self.name, node) < self.membership_threshold
@@ -323,5 +331,33 @@ mod tests {
         assert_ne!(member_hash("edge", "a"), member_hash("edg", "ea"));
         // Computed independently: sha256(b"r\x00n")[:8], big-endian.
         assert_eq!(member_hash("r", "n"), 0x5a90_1aad_8c4b_1ce0);
+    }
+
+    #[test]
+    fn a_channel_rollout_selects_nodes_by_the_same_rule_as_the_fleet_repo() {
+        let labels: BTreeMap<String, String> = [("role", "edge"), ("region", "fra")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let rollout = |sel: &[(&str, &str)]| ChannelRollout {
+            name: "edge".into(),
+            selector: sel
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            bundle: BundleRef {
+                digest: String::new(),
+                length: 0,
+            },
+            previous: None,
+            step: 1,
+            steps: 1,
+            membership_threshold: 0,
+            http_checks: Vec::new(),
+        };
+        assert!(rollout(&[]).selects(&labels));
+        assert!(rollout(&[("role", "edge")]).selects(&labels));
+        assert!(!rollout(&[("role", "edge"), ("region", "iad")]).selects(&labels));
+        assert!(!rollout(&[("tier", "edge")]).selects(&labels));
     }
 }

@@ -562,3 +562,60 @@ fn the_backbone_mesh_is_bundled_and_keeps_its_addresses_when_it_grows() {
     );
     assert!(!message.contains("edge-fra-1 gets"), "{message}");
 }
+
+/// `state-branch` in fleet.kdl is where every command finds the state:
+/// the reconciler commits there, `gitfleet status` reads it. Switching it
+/// to a branch without state, once the store serves the fleet, is refused:
+/// starting over there would take the rules from the very commit that
+/// switched.
+#[test]
+fn the_state_branch_fleet_kdl_names_is_followed_and_a_switch_to_an_empty_one_refused() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let work = fleet.path("work");
+    let set_state_branch = |name: &str, message: &str| {
+        let path = work.join("fleet.kdl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("state-branch "))
+            .collect();
+        std::fs::write(
+            &path,
+            format!("{}\nstate-branch \"{name}\"\n", kept.join("\n")),
+        )
+        .unwrap();
+        git(&work, &["commit", "-qam", message]);
+        git(&work, &["push", "-q", "origin", "main"]);
+    };
+    set_state_branch("ops/state", "state on ops/state");
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let branches = git(&fleet.path("origin.git"), &["branch", "--list"]);
+    assert!(branches.contains("ops/state"), "{branches}");
+    assert!(!branches.contains("gitfleet/state"), "{branches}");
+    let out = Command::new(bin("gitfleet"))
+        .args(["status", "--format", "json", "--repo"])
+        .arg(fleet.path("origin.git"))
+        .arg("--cache")
+        .arg(fleet.path("status-cache"))
+        .args(["--store", &store])
+        .output()
+        .unwrap();
+    let (json, stderr) = text(&out);
+    let view: serde_json::Value = serde_json::from_str(&json).expect(&stderr);
+    assert!(view["state_commit"].is_string(), "{json}");
+
+    // A push that points the state at a branch with nothing on it.
+    set_state_branch("fresh/state", "state elsewhere");
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "state branch fresh/state holds no state, yet the store already serves this fleet"
+        ),
+        "{stderr}"
+    );
+    let branches = git(&fleet.path("origin.git"), &["branch", "--list"]);
+    assert!(!branches.contains("fresh/state"), "{branches}");
+}

@@ -14,7 +14,7 @@ use gitfleet_schemas::keyfile::KeyRole;
 use gitfleet_schemas::trust::{Document as _, PublicKey};
 use gitfleet_schemas::FleetFile;
 
-use crate::git::{Author, Mirror, StateCommit};
+use crate::git::{Author, StateCommit};
 use crate::setup::GitArgs;
 
 /// Approve a commit of the fleet repo for an environment.
@@ -71,7 +71,7 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
             temp.path().join("mirror")
         }
     };
-    let mirror = Mirror::open_or_clone(crate::setup::remote(&args.git)?, &cache)?;
+    let mirror = crate::setup::open_mirror(&args.git, &cache)?;
     let heads = mirror.fetch()?;
     let files = mirror.files_at(heads.branch)?;
     let fleet = files

@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use gitfleet_schemas::view::{FleetStatus, Health, NodeView};
 
 use crate::fmt::{age, bytes, printable, short_commit, short_digest};
-use crate::git::Mirror;
 use crate::pass::observe::Observer;
 use crate::pass::ReconcileError;
 use crate::setup::open_store;
@@ -78,8 +77,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let remote = crate::setup::remote(&args.git)?;
-    let mirror = Mirror::open_or_clone(remote, &args.cache)?;
+    let mirror = crate::setup::open_mirror(&args.git, &args.cache)?;
     let store = open_store(&mirror, args.store.as_deref())?;
     let mut observer = Observer::new(mirror, store);
     let stale_after =

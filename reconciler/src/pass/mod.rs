@@ -64,6 +64,8 @@ pub enum ReconcileError {
     Sign { environment: String, reason: String },
     #[error("observing the fleet")]
     Observe(#[from] observe::ObserveError),
+    #[error("state branch {branch} holds no state, yet the store already serves this fleet ({key} is ours): starting over would take the rules from the spec branch's tip; point --state-branch or fleet.kdl's state-branch at the branch with the fleet's state, or remove channels/ from the store to start the fleet over")]
+    StateMissing { branch: String, key: String },
     #[error("reading the rules in force")]
     Rules(#[from] rules::RulesReadError),
     #[error("state file {path} on the state branch is not valid")]
@@ -612,6 +614,9 @@ impl Reconciler {
         let in_force = self
             .rules
             .in_force(&self.observer.mirror, state_files, head, model, now)?;
+        if in_force.first && state_files.is_empty() {
+            self.refuse_a_second_start(model).await?;
+        }
         let rule_changes = gitfleet_policy::rules::changes(&in_force.rules, model);
         let change_commit = if rule_changes.is_empty() {
             commit.clone()
@@ -856,6 +861,26 @@ impl Reconciler {
             }
         }
         (approvals, counted.ignored.len())
+    }
+
+    /// A fleet is new when its state branch is empty; but if the store
+    /// already holds a channel manifest our key signed, the state was lost
+    /// or the state branch switched (`state-branch` of fleet.kdl is read
+    /// from the tip), and starting over would take the rules from the very
+    /// commit they should judge.
+    async fn refuse_a_second_start(&self, model: &FleetModel) -> Result<(), ReconcileError> {
+        for env in &model.environments {
+            let key = keys::channel(&env.name.value);
+            if let Fetch::Found(o) = self.observer.store.get_if_changed(&key, None).await? {
+                if current_manifest(&o.bytes, &self.online_key).is_some() {
+                    return Err(ReconcileError::StateMissing {
+                        branch: self.observer.mirror.state_branch().to_owned(),
+                        key,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The promotion files at `head` (`promotions/<env>.json` of each
