@@ -15,6 +15,7 @@ mod diagnostics;
 pub mod lint;
 pub mod mesh;
 pub mod model;
+pub mod pass;
 pub mod plan;
 pub mod preview;
 pub mod promotion;
@@ -23,6 +24,7 @@ pub mod reviews;
 pub mod rules;
 pub mod sbom;
 pub mod sentinel;
+pub mod statuses;
 pub mod view;
 pub mod window;
 

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 
-use crate::pass::{run_passes, Outcome};
+use crate::pass::{run_passes, Done, Mode, Outcome};
 use crate::setup::ReconcilerArgs;
 
 /// Reconcile the fleet: build and upload bundles for every valid config,
@@ -27,7 +27,8 @@ pub struct ReconcileArgs {
     /// Run one pass and exit.
     #[arg(long)]
     once: bool,
-    /// Compute and print the plan; upload, commit and publish nothing.
+    /// Observe and decide, print the plan with every write it would make,
+    /// in order; upload, commit and publish nothing.
     #[arg(long)]
     dry_run: bool,
 }
@@ -40,10 +41,15 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let mut reconciler = args.reconciler.open()?;
+    let mode = if args.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Execute
+    };
     runtime.block_on(async {
         if args.once {
-            let outcome = reconciler.once(Utc::now(), args.dry_run).await?;
-            report(&outcome, args.dry_run);
+            let outcome = reconciler.pass(Utc::now(), mode).await?;
+            report(&outcome);
             return Ok(std::process::ExitCode::SUCCESS);
         }
         let (trigger_tx, trigger) = tokio::sync::mpsc::channel(1);
@@ -54,16 +60,15 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
             tracing::info!("stopping");
             let _ = stop_tx.send(true);
         });
-        let dry_run = args.dry_run;
         run_passes(
             &mut reconciler,
             args.reconciler.interval,
-            dry_run,
+            mode,
             trigger,
             stop,
             |pass, _| {
                 if let Ok(outcome) = pass {
-                    report(outcome, dry_run);
+                    report(outcome);
                 }
             },
         )
@@ -71,42 +76,49 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         Ok(std::process::ExitCode::SUCCESS)
     })
 }
-fn report(o: &Outcome, dry_run: bool) {
-    print!("{}", o.plan);
-    print!("{}", o.rules);
-    for line in &o.allocations {
+/// What a pass did, as `gitfleet reconcile` prints it: the whole plan,
+/// writes and all, for a dry run; what was written otherwise.
+fn report(o: &Outcome) {
+    let p = &o.plan;
+    let written = match &o.done {
+        Done::DryRun => {
+            print!("{p}");
+            println!("dry run: nothing uploaded, committed or published");
+            return;
+        }
+        Done::Follower { leader } => {
+            print!("{}{}", p.rollouts, p.rules);
+            println!("follower: {leader} holds the lease; nothing written");
+            return;
+        }
+        Done::Wrote(w) => w,
+    };
+    print!("{}{}", p.rollouts, p.rules);
+    for line in &p.allocations {
         println!("{line}");
     }
     println!(
         "commit {}: {} error(s) in the fleet repo",
-        &o.commit[..o.commit.len().min(12)],
-        o.errors
+        &p.commit[..p.commit.len().min(12)],
+        p.errors
     );
-    if dry_run {
-        println!("dry run: nothing uploaded, committed or published");
-        return;
-    }
-    if let Some(leader) = &o.follower_of {
-        println!("follower: {leader} holds the lease; nothing written");
-        return;
-    }
-    for d in &o.bundles_uploaded {
+    for d in &written.bundles_uploaded {
         println!("uploaded bundle {d}");
     }
-    match &o.state_commit {
+    match &written.state_commit {
         Some(c) => println!("state commit {}", &c[..c.len().min(12)]),
         None => println!("state unchanged"),
     }
-    for (env, serial) in &o.manifests {
+    for (env, serial) in &written.manifests {
         println!("published channels/{env}.json serial {serial}");
     }
-    for (reason, n) in &o.reports_ignored {
+    for (reason, n) in &o.observed.reports_ignored {
         println!("ignored {n} status report(s): {reason}");
     }
-    if o.approvals_ignored > 0 {
+    if !p.approvals_ignored.is_empty() {
         println!(
             "ignored {} approval(s) on the state branch (run with -v for why)",
-            o.approvals_ignored
+            p.approvals_ignored.len()
         );
     }
 }

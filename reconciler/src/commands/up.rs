@@ -767,9 +767,9 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 p.at = Some(Utc::now());
                 match result {
                     Ok(o) => {
-                        p.commit.clone_from(&o.commit);
-                        p.plan = Some(o.plan.clone());
-                        p.repo_errors = o.errors;
+                        p.commit.clone_from(&o.plan.commit);
+                        p.plan = Some(o.plan.rollouts.clone());
+                        p.repo_errors = o.plan.errors;
                         p.error = None;
                     }
                     Err(e) => p.error = Some(gitfleet_io::error_chain(e)),

@@ -15,11 +15,11 @@ pub mod webhook;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
-use gitfleet_policy::model::FleetModel;
 use gitfleet_policy::plan::Targets;
 use gitfleet_policy::promotion;
 use gitfleet_policy::reviews::{self, Members, PullRequest, Review, ReviewState};
 use gitfleet_policy::rules::Rules;
+use gitfleet_policy::statuses::{CommitStatus, Status};
 use gitfleet_schemas::promotion::{promotion_branch, promotions_path};
 use gitfleet_schemas::state::{Phase, RolloutState};
 use serde::{Deserialize, Serialize};
@@ -345,77 +345,6 @@ fn seg(part: &str) -> String {
 
 fn not_found(e: &octocrab::Error) -> bool {
     matches!(e, octocrab::Error::GitHub { source, .. } if source.status_code == 404)
-}
-
-/// A commit status: `pending`, `success` or `failure`, and a line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub state: &'static str,
-    pub description: String,
-}
-
-/// One rollout in one environment, as a commit status sums it up.
-#[derive(Clone, Copy, Debug)]
-pub struct RolloutAt<'a> {
-    pub rollout: &'a str,
-    pub phase: Phase,
-    pub step: u32,
-    pub steps: u32,
-    pub reason: &'a str,
-}
-
-/// The status of one environment for one source commit, from the state of
-/// the rollouts that carry it there.
-pub fn status_of<'a>(states: impl IntoIterator<Item = RolloutAt<'a>>) -> Option<Status> {
-    let mut failed = None;
-    let mut pending = None;
-    let mut complete = 0;
-    for RolloutAt {
-        rollout,
-        phase,
-        step,
-        steps,
-        reason,
-    } in states
-    {
-        match phase {
-            Phase::Failed | Phase::RolledBack => {
-                failed.get_or_insert_with(|| format!("{rollout}: {reason}"));
-            }
-            Phase::Complete => complete += 1,
-            _ => {
-                pending.get_or_insert_with(|| {
-                    // The planner's reasons name the step already.
-                    if steps > 0 && step > 0 && !reason.contains("step ") {
-                        format!("{rollout}: step {step}/{steps}, {reason}")
-                    } else {
-                        format!("{rollout}: {reason}")
-                    }
-                });
-            }
-        }
-    }
-    // GitHub keeps 140 characters of a description.
-    let cut = |s: String| s.chars().take(140).collect::<String>();
-    if let Some(f) = failed {
-        return Some(Status {
-            state: "failure",
-            description: cut(f),
-        });
-    }
-    if let Some(p) = pending {
-        return Some(Status {
-            state: "pending",
-            description: cut(p),
-        });
-    }
-    (complete > 0).then(|| Status {
-        state: "success",
-        description: format!(
-            "complete ({complete} rollout{})",
-            if complete == 1 { "" } else { "s" }
-        ),
-    })
 }
 
 impl GitHub {
@@ -963,34 +892,11 @@ impl GitHub {
     }
 
     /// A commit status per environment on each rollout's source commit.
-    pub async fn report(&mut self, model: &FleetModel, state: &BTreeMap<String, RolloutState>) {
-        // (commit, environment) -> the rollouts there
-        let mut by: BTreeMap<(&str, &str), Vec<RolloutAt<'_>>> = BTreeMap::new();
-        for (name, r) in state {
-            let steps = model
-                .rollouts
-                .get(name)
-                .map_or(0, |r| r.doc.steps.len() as u32);
-            for (env, e) in &r.environments {
-                by.entry((&e.source_commit, env))
-                    .or_default()
-                    .push(RolloutAt {
-                        rollout: name,
-                        phase: e.phase,
-                        step: e.step,
-                        steps,
-                        reason: &e.reason,
-                    });
-            }
-        }
-        let statuses: Vec<(String, String, Status)> = by
-            .into_iter()
-            .filter_map(|((commit, env), rs)| {
-                Some((commit.to_owned(), format!("gitfleet/{env}"), status_of(rs)?))
-            })
-            .collect();
-        for (commit, context, status) in statuses {
-            self.set_status(&commit, &context, &status).await;
+    /// Post each status of `statuses` that changed since it was last
+    /// posted.
+    pub async fn report(&mut self, statuses: &[CommitStatus]) {
+        for s in statuses {
+            self.set_status(&s.commit, &s.context, &s.status).await;
         }
     }
 }
@@ -998,38 +904,6 @@ impl GitHub {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_failed_rollout_fails_the_environment_and_a_running_one_is_pending() {
-        let at = |rollout, phase, step, reason| RolloutAt {
-            rollout,
-            phase,
-            step,
-            steps: 3,
-            reason,
-        };
-        let done = at("a", Phase::Complete, 3, "complete");
-        let s = status_of([done, at("b", Phase::Progressing, 1, "admitting")]).unwrap();
-        assert_eq!(s.state, "pending");
-        assert_eq!(s.description, "b: step 1/3, admitting");
-        let s = status_of([done, at("b", Phase::Verifying, 1, "step 1/3: baking")]).unwrap();
-        assert_eq!(
-            s.description, "b: step 1/3: baking",
-            "the step is named once"
-        );
-        let s = status_of([done, at("b", Phase::Failed, 1, "gate error-rate")]).unwrap();
-        assert_eq!(s.state, "failure");
-        assert!(s.description.contains("gate error-rate"));
-        let s = status_of([done]).unwrap();
-        assert_eq!(
-            (s.state, s.description.as_str()),
-            ("success", "complete (1 rollout)")
-        );
-        assert_eq!(status_of([]), None);
-        let long = "x".repeat(500);
-        let s = status_of([at("a", Phase::Progressing, 0, long.as_str())]).unwrap();
-        assert_eq!(s.description.chars().count(), 140);
-    }
 
     #[test]
     fn a_repo_must_be_owner_slash_name() {

@@ -1,11 +1,11 @@
-//! One reconcile pass: git → check → bundles → plan → state commit → signed
-//! channel manifests. Every step's outcome is a value; a bad config or node
-//! never stops the pass, and a pass can be killed at any point and rerun.
-//!
-//! Order matters for crash safety: bundles are uploaded before anything
-//! names them, and the state commit lands before the manifests derived from
-//! it, so a restart re-derives the same manifests from git.
+//! One reconcile pass in three stages: observe (git, the state branch,
+//! the store, GitHub approvals), decide (`gitfleet_policy::pass::decide`,
+//! pure: the `PassPlan`) and execute (`execute.rs`: the plan's writes in
+//! order, the lease checked before each). A bad config or node never stops
+//! the pass, and a pass can be killed at any point and rerun: the next one
+//! decides again from what was written.
 
+pub mod execute;
 pub mod lease;
 pub mod observe;
 pub mod rules;
@@ -16,28 +16,24 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
-use gitfleet_policy::bundle::{self, Built};
-use gitfleet_policy::mesh::{self, Allocation, MeshBuild};
-use gitfleet_policy::plan::{self, Desired, Inputs, Observation, Plan};
-use gitfleet_policy::rules::{Rules, RulesPlan};
-use gitfleet_policy::{channel, Checked, FleetModel};
+use gitfleet_policy::mesh;
+use gitfleet_policy::pass::{self as policy_pass, Builds, Current, PassError, PassPlan};
+use gitfleet_policy::plan::{self, Observation};
+use gitfleet_policy::rules::Rules;
+use gitfleet_policy::FleetModel;
 use gitfleet_schemas::keys;
 use gitfleet_schemas::promotion::{promotions_path, Promotions};
-use gitfleet_schemas::state::{self, MeshAllocation, RULES_PATH};
-use gitfleet_schemas::trust::{ChannelManifest, Document, PublicKey};
+use gitfleet_schemas::state;
+use gitfleet_schemas::trust::{ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::verify_signed_by;
-use gitfleet_schemas::{Diagnostic, MeshFile, RolloutTarget, Severity};
+use gitfleet_schemas::{MeshFile, RolloutTarget};
 
-use crate::git::{Author, Mirror, StateCommit, StateFiles};
+use crate::git::{Mirror, StateFiles};
 use crate::github::{GitHub, GitHubConfig};
 use crate::pass::rules::RulesReader;
-use gitfleet_io::store::{Create, Fetch, Store, Update};
+use gitfleet_io::store::{ETag, Fetch, Store};
 use gitfleet_policy::preview::Side;
-use lease::LeaseOutcome;
 use observe::{CheckedCommit, Observed, Observer};
-
-/// Default freshness of channel manifests when the environment sets none.
-const DEFAULT_FRESHNESS_SECONDS: i64 = 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -47,64 +43,99 @@ pub enum ReconcileError {
     Store(#[from] gitfleet_io::store::StoreError),
     #[error("connecting to GitHub")]
     GitHub(#[from] crate::github::GitHubError),
-    #[error("{file}:{line} at {commit}: {message}; state and manifests left as they are")]
-    FleetDocument {
-        commit: String,
-        file: String,
-        line: u32,
-        message: String,
-    },
-    #[error("fleet.kdl could not be read at {commit}; nothing was changed")]
-    NoFleet { commit: String },
+    #[error(transparent)]
+    Pass(#[from] PassError),
     #[error("the leader lease ends at {until}; stopped writing for this pass")]
     LeaseLost { until: DateTime<Utc> },
     #[error("leader lease")]
     Lease(#[from] lease::LeaseError),
     #[error("signing the channel manifest of {environment}: {reason}")]
     Sign { environment: String, reason: String },
+    #[error("{key} in the store holds other bytes than the bundle its name promises; it is named nowhere, and the pass stopped before writing state or manifests")]
+    BundleConflict { key: String },
     #[error("observing the fleet")]
     Observe(#[from] observe::ObserveError),
     #[error("state branch {branch} holds no state, yet the store already serves this fleet ({key} is ours): starting over would take the rules from the spec branch's tip; point --state-branch or fleet.kdl's state-branch at the branch with the fleet's state, or remove channels/ from the store to start the fleet over")]
     StateMissing { branch: String, key: String },
     #[error("reading the rules in force")]
     Rules(#[from] rules::RulesReadError),
-    #[error("state file {path} on the state branch is not valid")]
-    State {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
-/// What one pass did, for logs, `--dry-run` and tests.
+/// Whether a pass carries out its plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Execute,
+    /// Observe and decide; write nothing.
+    DryRun,
+}
+
+/// What a pass decided, from what it observed.
+#[derive(Debug)]
+pub struct Decided {
+    pub plan: PassPlan,
+    pub observed: Observed,
+    /// The promotion files on the spec branch tip (GitHub only).
+    promotions: PromotionFiles,
+    /// The etag of each channel manifest observed: a publish replaces
+    /// exactly the one the plan was decided over.
+    manifest_etags: BTreeMap<String, ETag>,
+    phases: Phases,
+}
+
+/// What one pass did, for logs, `--dry-run`, the pages and tests.
 #[derive(Debug)]
 pub struct Outcome {
-    pub commit: String,
-    pub errors: usize,
-    pub bundles_uploaded: Vec<String>,
-    pub plan: Plan,
-    /// The rules in force from this pass on, per environment, with any
-    /// change to them that waits.
-    pub rules: RulesPlan,
-    /// Tunnel addresses handed out or freed, one line each.
-    pub allocations: Vec<String>,
-    pub state_commit: Option<String>,
-    pub manifests: Vec<(String, u64)>,
-    pub reports_ignored: BTreeMap<&'static str, usize>,
-    /// Approvals on the state branch that did not count.
-    pub approvals_ignored: usize,
-    /// Set when another replica holds the lease, so this pass wrote nothing.
-    pub follower_of: Option<String>,
-    /// What the pass read: with `plan.state()`, the fleet view.
+    pub plan: PassPlan,
+    /// What the pass read: with `plan.rollouts.state()`, the fleet view.
     pub observed: Observed,
+    pub done: Done,
     /// How long each phase of the pass took, in order (see [`PHASES`]).
     pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
+/// How far a pass got with its plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// `--dry-run`: nothing was written.
+    DryRun,
+    /// Another replica holds the lease: nothing was written.
+    Follower { leader: String },
+    /// The plan was carried out.
+    Wrote(Written),
+}
+
+/// The writes a pass made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Digests of bundles this pass created in the store.
+    pub bundles_uploaded: Vec<String>,
+    pub state_commit: Option<String>,
+    /// `(environment, serial)` of each manifest published.
+    pub manifests: Vec<(String, u64)>,
+}
+
+impl Outcome {
+    /// The replica that leads, when this one only followed.
+    pub fn follower_of(&self) -> Option<&str> {
+        match &self.done {
+            Done::Follower { leader } => Some(leader),
+            _ => None,
+        }
+    }
+
+    pub fn written(&self) -> Option<&Written> {
+        match &self.done {
+            Done::Wrote(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
 /// The phases of a pass, as `Outcome::phases` and `/metrics` name them.
-pub const PHASES: [&str; 6] = ["observe", "bundles", "plan", "commit", "publish", "github"];
+pub const PHASES: [&str; 6] = ["observe", "plan", "bundles", "commit", "publish", "github"];
 
 /// Times the phases of a pass.
+#[derive(Debug)]
 struct Phases {
     last: std::time::Instant,
     done: Vec<(&'static str, std::time::Duration)>,
@@ -134,18 +165,16 @@ pub struct Reconciler {
     pub holder: String,
     pub lease_ttl: Duration,
     /// Bundle digests known to be in the store.
-    uploaded: HashSet<String>,
+    stored: HashSet<String>,
+    /// Bundle digests whose key holds other bytes: never named.
+    refused: HashSet<String>,
+    /// The last plan's bundles: the same inputs give the same bytes.
+    builds: Builds,
     /// Config directory tree id -> the commit that made it so.
     source_commits: HashMap<git2::Oid, String>,
     /// (mesh, mesh file id, `nodes/` tree id) -> the commit that made the
     /// mesh so.
     mesh_source_commits: HashMap<(String, Option<git2::Oid>, Option<git2::Oid>), String>,
-    /// Mesh -> its last build, with the source commit and the previous
-    /// allocation it was built from: the same two give the same build.
-    mesh_builds: HashMap<String, (String, Allocation, MeshBuild)>,
-    /// (config, source commit) -> its bundle, for the configs of the last
-    /// pass: the same two give the same bytes.
-    bundles: HashMap<(String, String), Built>,
     /// GitHub, when configured: connected on the first pass (in the
     /// runtime), then kept.
     pub github: Option<GitHubConfig>,
@@ -219,23 +248,237 @@ struct Asks<'a> {
     promoted: &'a BTreeMap<(String, String), String>,
 }
 
-/// A mesh allocation to commit with the rollout state.
-#[derive(Debug)]
-struct AllocationChange {
-    bytes: Vec<u8>,
-    /// What changed, one line each, for the commit message.
-    lines: Vec<String>,
-}
-
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reconciler")
-            .field("uploaded", &self.uploaded.len())
+            .field("stored", &self.stored.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Reconciler {
+    pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
+        Reconciler {
+            observer: Observer::new(mirror, store),
+            online_key,
+            holder,
+            lease_ttl: Duration::seconds(30),
+            stored: HashSet::new(),
+            refused: HashSet::new(),
+            builds: Builds::default(),
+            source_commits: HashMap::new(),
+            mesh_source_commits: HashMap::new(),
+            github: None,
+            github_client: None,
+            promotions: None,
+            rules: RulesReader::default(),
+        }
+    }
+
+    /// One pass: observe, decide, and (unless `mode` is a dry run) execute.
+    pub async fn pass(
+        &mut self,
+        now: DateTime<Utc>,
+        mode: Mode,
+    ) -> Result<Outcome, ReconcileError> {
+        let decided = self.decide(now).await?;
+        match mode {
+            Mode::DryRun => Ok(Outcome {
+                plan: decided.plan,
+                observed: decided.observed,
+                done: Done::DryRun,
+                phases: decided.phases.done,
+            }),
+            Mode::Execute => self.execute(decided).await,
+        }
+    }
+
+    /// Observe the fleet and decide the pass. Reads only.
+    pub async fn decide(&mut self, now: DateTime<Utc>) -> Result<Decided, ReconcileError> {
+        let mut phases = Phases::start();
+        let observed = self.observer.observe().await?;
+        let head = observed.commit;
+        let commit = head.to_string();
+        let checked = Arc::clone(&observed.checked);
+        let model = &checked.checked.model;
+        for d in checked
+            .checked
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == gitfleet_schemas::Severity::Error)
+        {
+            tracing::warn!(file = %d.file, line = d.line, code = %d.code, message = %d.message, "fleet repo error");
+        }
+        let Some(fleet) = checked.fleet().map(str::to_owned) else {
+            return Err(PassError::NoFleet { commit }.into());
+        };
+        let state_files = &observed.state_files;
+
+        // The rules in force (never the tip's own), and any change to them
+        // the tip brings, which waits for what they ask.
+        let in_force = self
+            .rules
+            .in_force(&self.observer.mirror, state_files, head, model, now)?;
+        if in_force.first && state_files.is_empty() {
+            self.refuse_a_second_start(model).await?;
+        }
+        let rule_changes = gitfleet_policy::rules::changes(&in_force.rules, model);
+        let change_commit = if rule_changes.is_empty() {
+            commit.clone()
+        } else {
+            self.rules.change_commit(&self.observer.mirror, head)?
+        };
+        let rule_asks = gitfleet_policy::rules::asks(&rule_changes, &change_commit);
+
+        // What history says: the commit that last changed each config and
+        // mesh rollouts target.
+        let (config_changes, mesh_changes) = self.changes(head, model)?;
+
+        // Approvals, judged under the rules in force; where this pass
+        // changes the rules, judged again under the new ones.
+        let promotions = match self.github {
+            Some(_) => self.promotions(head, &in_force.rules).clone(),
+            None => PromotionFiles::default(),
+        };
+        let rollout_state = policy_pass::parse_rollouts(state_files)?;
+        let wanted: BTreeMap<String, String> = model
+            .rollouts
+            .iter()
+            .filter_map(|(name, r)| {
+                let c = match &r.doc.target.value {
+                    RolloutTarget::Config(c) => config_changes.get(c),
+                    RolloutTarget::Mesh(m) => mesh_changes.get(m),
+                };
+                Some((name.clone(), c?.clone()))
+            })
+            .collect();
+        let asks = Asks {
+            targets: &checked.targets,
+            state: &rollout_state,
+            wanted: &wanted,
+            promoted: &promotions.brought,
+        };
+        let approvals = self
+            .approvals(model, &in_force.rules, state_files, &asks, &rule_asks)
+            .await;
+        let rules = gitfleet_policy::rules::decide(
+            &in_force.record,
+            &in_force.rules,
+            model,
+            &change_commit,
+            &approvals,
+            now,
+        );
+        let approvals = if rules.adopted.is_empty() {
+            approvals
+        } else {
+            let again = self
+                .approvals(model, &rules.rules, state_files, &asks, &BTreeSet::new())
+                .await;
+            gitfleet_policy::approvals::under(&rules, approvals, again)
+        };
+
+        let (manifests, manifest_etags) = self.manifests(&rules.rules).await?;
+        phases.end("observe");
+        let reports: HashMap<String, Observation> = observed
+            .reports
+            .iter()
+            .map(|(node, r)| (node.clone(), Observation::from_report(r)))
+            .collect();
+        let plan = policy_pass::decide(
+            &policy_pass::Observed {
+                commit: &commit,
+                checked: &checked.checked,
+                targets: &checked.targets,
+                config_changes: &config_changes,
+                mesh_changes: &mesh_changes,
+                builds: &self.builds,
+                stored: &self.stored,
+                refused: &self.refused,
+                state_files,
+                reports: &reports,
+                rules: &rules,
+                rules_first_seen: in_force.first,
+                approvals: &approvals,
+                manifests: &manifests,
+                fleet: &fleet,
+            },
+            now,
+        )?;
+        for (path, reason) in &plan.approvals_ignored {
+            tracing::warn!(path = %path, reason = %reason, "ignoring approval");
+        }
+        for env in &plan.foreign_manifests {
+            tracing::error!(key = %keys::channel(env), "refusing to overwrite a channel manifest not signed by our online key");
+        }
+        // Only this pass's bundles are kept: the cache never grows past
+        // what the repo has.
+        self.builds = plan.builds.clone();
+        phases.end("plan");
+        Ok(Decided {
+            plan,
+            observed,
+            promotions,
+            manifest_etags,
+            phases,
+        })
+    }
+
+    /// The commit that last changed each config directory and each mesh
+    /// (its file, or a member's node file) that a rollout targets.
+    #[allow(clippy::type_complexity)]
+    fn changes(
+        &mut self,
+        head: git2::Oid,
+        model: &FleetModel,
+    ) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), ReconcileError> {
+        let mut configs = BTreeMap::new();
+        let mut meshes = BTreeMap::new();
+        for r in model.rollouts.values() {
+            match &r.doc.target.value {
+                RolloutTarget::Config(c) if !configs.contains_key(c) => {
+                    let commit = self.source_commit(head, c)?;
+                    configs.insert(c.clone(), commit);
+                }
+                RolloutTarget::Mesh(m) if !meshes.contains_key(m) => {
+                    if let Some(located) = model.meshes.get(m) {
+                        let commit =
+                            self.mesh_source_commit(head, m, &located.path, &located.doc)?;
+                        meshes.insert(m.clone(), commit);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok((configs, meshes))
+    }
+
+    /// The channel manifest of each environment in the store: ours (it
+    /// seeds the next serial), someone else's (left alone), or none.
+    #[allow(clippy::type_complexity)]
+    async fn manifests(
+        &self,
+        rules: &Rules,
+    ) -> Result<(BTreeMap<String, Current>, BTreeMap<String, ETag>), ReconcileError> {
+        let mut out = BTreeMap::new();
+        let mut etags = BTreeMap::new();
+        for (env, _) in rules.iter() {
+            let key = keys::channel(env);
+            let current = match self.observer.store.get_if_changed(&key, None).await? {
+                Fetch::Found(o) => match current_manifest(&o.bytes, &self.online_key) {
+                    Some(m) => {
+                        etags.insert(env.to_owned(), o.etag);
+                        Current::Ours(m)
+                    }
+                    None => Current::Foreign,
+                },
+                Fetch::Missing | Fetch::NotModified => Current::Missing,
+            };
+            out.insert(env.to_owned(), current);
+        }
+        Ok((out, etags))
+    }
+
     /// The GitHub client, connected on first use; a failed connect is
     /// logged and tried again next pass, and the pass goes on without it.
     fn github_client(&mut self) -> Option<&mut GitHub> {
@@ -312,24 +555,6 @@ impl Reconciler {
         }
     }
 
-    pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
-        Reconciler {
-            observer: Observer::new(mirror, store),
-            online_key,
-            holder,
-            lease_ttl: Duration::seconds(30),
-            uploaded: HashSet::new(),
-            source_commits: HashMap::new(),
-            mesh_source_commits: HashMap::new(),
-            mesh_builds: HashMap::new(),
-            bundles: HashMap::new(),
-            github: None,
-            github_client: None,
-            promotions: None,
-            rules: RulesReader::default(),
-        }
-    }
-
     /// The commit that made mesh `name` what it is at `head`: the last
     /// commit that changed its mesh file, or a node file that is a member
     /// on either side of the change (or cannot be read, so might be one).
@@ -362,118 +587,6 @@ impl Reconciler {
         Ok(c)
     }
 
-    /// Put `built` in the store, create-only, unless it is known to be
-    /// there. False when other bytes sit under its digest: then nothing may
-    /// name it.
-    async fn upload(
-        &mut self,
-        built: &Built,
-        dry_run: bool,
-        uploaded: &mut Vec<String>,
-    ) -> Result<bool, ReconcileError> {
-        let Some(key) = built.reference.object_key() else {
-            return Ok(false);
-        };
-        if self.uploaded.contains(&built.reference.digest) {
-            return Ok(true);
-        }
-        if !dry_run {
-            match self
-                .observer
-                .store
-                .put_create(&key, built.bytes.clone().into())
-                .await?
-            {
-                Create::Created => uploaded.push(built.reference.digest.clone()),
-                Create::Exists { identical: true } => {}
-                Create::Exists { identical: false } => {
-                    // Content-addressed: other bytes under this name
-                    // were not written by a reconciler.
-                    tracing::error!(key = %key, "a different object sits under this bundle's digest; not naming it in any manifest");
-                    return Ok(false);
-                }
-            }
-        }
-        self.uploaded.insert(built.reference.digest.clone());
-        Ok(true)
-    }
-
-    /// The bundle of mesh `name` (for rollout `rollout`), on the allocation
-    /// at the tip of the state branch, uploaded. A changed allocation goes
-    /// into `allocations`, to be committed with the rollout state. `None`
-    /// (logged) when the mesh cannot be built now: the rollout keeps its
-    /// last good bundle.
-    #[allow(clippy::too_many_arguments)]
-    async fn mesh_desired(
-        &mut self,
-        head: git2::Oid,
-        model: &FleetModel,
-        diagnostics: &[Diagnostic],
-        state_files: &StateFiles,
-        rollout: &str,
-        name: &str,
-        dry_run: bool,
-        uploaded: &mut Vec<String>,
-        allocations: &mut BTreeMap<String, AllocationChange>,
-    ) -> Result<Option<Desired>, ReconcileError> {
-        let Some(located) = model.meshes.get(name) else {
-            tracing::warn!(rollout, mesh = %name, "mesh file is missing or unreadable; keeping the last good bundle");
-            return Ok(None);
-        };
-        let path = state::allocation_path(name);
-        let previous = match state_files.get(&path) {
-            None => Allocation::new(),
-            Some(bytes) => {
-                let state: MeshAllocation =
-                    serde_json::from_slice(bytes).map_err(|source| ReconcileError::State {
-                        path: path.clone(),
-                        source,
-                    })?;
-                mesh::from_state(&state)
-            }
-        };
-        if let Some(d) = mesh::blocking(model, diagnostics, name, &previous) {
-            tracing::warn!(rollout, mesh = %name, file = %d.file, line = d.line, code = %d.code, "the mesh or one of its members has errors; keeping the last good bundle");
-            return Ok(None);
-        }
-        let source_commit = self.mesh_source_commit(head, name, &located.path, &located.doc)?;
-        let build = match self.mesh_builds.get(name) {
-            Some((commit, prev, build)) if *commit == source_commit && *prev == previous => {
-                build.clone()
-            }
-            _ => match mesh::build(model, name, &located.doc, &previous, &source_commit) {
-                Ok(build) => {
-                    tracing::info!(mesh = %name, members = build.allocation.len(), source_commit = %source_commit, digest = %build.built.reference.digest, "mesh bundle built");
-                    self.mesh_builds.insert(
-                        name.to_owned(),
-                        (source_commit.clone(), previous.clone(), build.clone()),
-                    );
-                    build
-                }
-                Err(e) => {
-                    tracing::warn!(rollout, mesh = %name, error = %e, "cannot build the mesh bundle; keeping the last good bundle");
-                    return Ok(None);
-                }
-            },
-        };
-        if !self.upload(&build.built, dry_run, uploaded).await? {
-            return Ok(None);
-        }
-        let mut bytes = serde_json::to_vec_pretty(&build.state).unwrap_or_default();
-        bytes.push(b'\n');
-        if state_files.get(&path) != Some(&bytes) {
-            let mut lines = build.changes.clone();
-            if lines.is_empty() {
-                lines.push(format!("mesh {name}: allocation record rewritten"));
-            }
-            allocations.insert(path, AllocationChange { bytes, lines });
-        }
-        Ok(Some(Desired {
-            bundle: build.built.reference,
-            source_commit,
-        }))
-    }
-
     fn source_commit(&mut self, head: git2::Oid, config: &str) -> Result<String, ReconcileError> {
         let dir = format!("configs/{config}");
         let Some(id) = self.observer.mirror.dir_id(head, &dir)? else {
@@ -487,349 +600,9 @@ impl Reconciler {
         Ok(c)
     }
 
-    /// One full pass. With `dry_run`, nothing is uploaded, committed or
-    /// published; the plan is still computed from real inputs.
-    pub async fn once(
-        &mut self,
-        now: DateTime<Utc>,
-        dry_run: bool,
-    ) -> Result<Outcome, ReconcileError> {
-        let mut phases = Phases::start();
-        let observed = self.observer.observe().await?;
-        phases.end("observe");
-        let commit = observed.commit.to_string();
-        let head = observed.commit;
-        let checked = Arc::clone(&observed.checked);
-        let Checked { model, diagnostics } = &checked.checked;
-        let errors = diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count();
-        for d in diagnostics.iter().filter(|d| d.severity == Severity::Error) {
-            tracing::warn!(file = %d.file, line = d.line, code = %d.code, message = %d.message, "fleet repo error");
-        }
-        let Some(fleet) = checked.fleet().map(str::to_owned) else {
-            return Err(ReconcileError::NoFleet { commit });
-        };
-        // Errors in the fleet-wide documents could make every rollout look
-        // gone; plan nothing rather than commit a wiped state.
-        if let Some(d) = diagnostics.iter().find(|d| {
-            d.severity == Severity::Error && (d.file == "fleet.kdl" || d.file == "environments.kdl")
-        }) {
-            return Err(ReconcileError::FleetDocument {
-                commit,
-                file: d.file.clone(),
-                line: d.line,
-                message: d.message.clone(),
-            });
-        }
-
-        // Rollout state and mesh allocations, from the tip of the state
-        // branch.
-        let state_files = &observed.state_files;
-
-        // Bundles for every valid config or mesh a rollout targets.
-        let mut desired = BTreeMap::new();
-        let mut used = HashMap::new();
-        let mut bundles_uploaded = Vec::new();
-        let mut allocations: BTreeMap<String, AllocationChange> = BTreeMap::new();
-        // Mesh -> its bundle this pass, for rollouts that share a mesh.
-        let mut meshes: BTreeMap<String, Option<Desired>> = BTreeMap::new();
-        for (name, r) in &model.rollouts {
-            let config = match &r.doc.target.value {
-                RolloutTarget::Config(config) => config,
-                RolloutTarget::Mesh(mesh_name) => {
-                    let d = match meshes.get(mesh_name) {
-                        Some(d) => d.clone(),
-                        None => {
-                            let d = self
-                                .mesh_desired(
-                                    head,
-                                    model,
-                                    diagnostics,
-                                    state_files,
-                                    name,
-                                    mesh_name,
-                                    dry_run,
-                                    &mut bundles_uploaded,
-                                    &mut allocations,
-                                )
-                                .await?;
-                            meshes.insert(mesh_name.clone(), d.clone());
-                            d
-                        }
-                    };
-                    if let Some(d) = d {
-                        desired.insert(name.clone(), d);
-                    }
-                    continue;
-                }
-            };
-            let Some(dir) = model.configs.get(config).filter(|d| d.sentinel.is_some()) else {
-                tracing::warn!(rollout = %name, config = %config, "config is invalid; keeping the last good bundle");
-                continue;
-            };
-            // The commit that made this config what it is: an unrelated
-            // commit must not change the bundle's bytes.
-            let source_commit = self.source_commit(head, config)?;
-            let key = (config.clone(), source_commit.clone());
-            let built = match self.bundles.get(&key) {
-                Some(b) => b.clone(),
-                None => match bundle::sentinel_config(dir, &source_commit) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(rollout = %name, config = %config, error = %e, "cannot bundle config; keeping the last good bundle");
-                        continue;
-                    }
-                },
-            };
-            used.insert(key.clone(), built.clone());
-            if !self.upload(&built, dry_run, &mut bundles_uploaded).await? {
-                continue;
-            }
-            desired.insert(
-                name.clone(),
-                Desired {
-                    bundle: built.reference,
-                    source_commit,
-                },
-            );
-        }
-
-        // Only this pass's bundles are kept: the cache never grows past
-        // the configs the repo has.
-        self.bundles = used;
-        phases.end("bundles");
-        if !dry_run {
-            gitfleet_io::faults::point("after-bundles");
-        }
-        let state = observed.state()?;
-        let reports: HashMap<String, Observation> = observed
-            .reports
-            .iter()
-            .map(|(node, r)| (node.clone(), Observation::from_report(r)))
-            .collect();
-        // The rules in force (never the tip's own), and any change to them
-        // the tip brings, which waits for what they ask.
-        let in_force = self
-            .rules
-            .in_force(&self.observer.mirror, state_files, head, model, now)?;
-        if in_force.first && state_files.is_empty() {
-            self.refuse_a_second_start(model).await?;
-        }
-        let rule_changes = gitfleet_policy::rules::changes(&in_force.rules, model);
-        let change_commit = if rule_changes.is_empty() {
-            commit.clone()
-        } else {
-            self.rules.change_commit(&self.observer.mirror, head)?
-        };
-        let rule_asks = gitfleet_policy::rules::asks(&rule_changes, &change_commit);
-        let promotions = match self.github {
-            Some(_) => self.promotions(head, &in_force.rules).clone(),
-            None => PromotionFiles::default(),
-        };
-        let wanted: BTreeMap<String, String> = desired
-            .iter()
-            .map(|(name, d)| (name.clone(), d.source_commit.clone()))
-            .collect();
-        let asks = Asks {
-            targets: &checked.targets,
-            state: &state,
-            wanted: &wanted,
-            promoted: &promotions.brought,
-        };
-        let (approvals, approvals_ignored) = self
-            .approvals(model, &in_force.rules, state_files, &asks, &rule_asks)
-            .await;
-        let rules = gitfleet_policy::rules::decide(
-            &in_force.record,
-            &in_force.rules,
-            model,
-            &change_commit,
-            &approvals,
-            now,
-        );
-        // Approvals were judged under the rules before this pass; where it
-        // changed them, they are judged again under the new ones.
-        let approvals = if rules.adopted.is_empty() {
-            approvals
-        } else {
-            let (again, _) = self
-                .approvals(model, &rules.rules, state_files, &asks, &BTreeSet::new())
-                .await;
-            gitfleet_policy::approvals::under(&rules, approvals, again)
-        };
-        let plan = plan::plan(&Inputs {
-            model,
-            targets: &checked.targets,
-            desired: &desired,
-            state: &state,
-            reports: &reports,
-            approvals: &approvals,
-            rules: &rules.rules,
-            now,
-        });
-        phases.end("plan");
-
-        let mut outcome = Outcome {
-            commit: commit.clone(),
-            errors,
-            bundles_uploaded,
-            plan,
-            rules,
-            allocations: allocations
-                .values()
-                .flat_map(|a| a.lines.iter().cloned())
-                .collect(),
-            state_commit: None,
-            manifests: Vec::new(),
-            reports_ignored: observed.reports_ignored.clone(),
-            approvals_ignored,
-            follower_of: None,
-            observed,
-            phases: Vec::new(),
-        };
-        if dry_run {
-            outcome.phases = phases.done;
-            return Ok(outcome);
-        }
-        // The lease is taken with the real clock just before writing, and
-        // checked again before each write: a pass that stalled past its
-        // lease stops writing instead of racing the new leader.
-        let until = match lease::acquire(
-            &self.observer.store,
-            &self.holder,
-            self.lease_ttl,
-            Utc::now(),
-        )
-        .await?
-        {
-            LeaseOutcome::Leader { until, .. } => until,
-            LeaseOutcome::Follower { holder, until } => {
-                tracing::info!(leader = %holder, until = %until, "another replica leads; not writing");
-                outcome.follower_of = Some(holder);
-                outcome.phases = phases.done;
-                return Ok(outcome);
-            }
-        };
-
-        // State first: manifests are derived from committed state. A new
-        // mesh allocation lands in the same commit as the rollout state
-        // that names the bundle built from it.
-        let mut changes = state_changes(&outcome.plan, &outcome.observed.state_files);
-        for (path, a) in allocations {
-            changes.insert(path, Some(a.bytes));
-        }
-        let rules_bytes = json_file(&outcome.rules.state);
-        if outcome.observed.state_files.get(RULES_PATH) != Some(&rules_bytes) {
-            changes.insert(RULES_PATH.to_owned(), Some(rules_bytes));
-        }
-        if !changes.is_empty() {
-            still_leader(until)?;
-            let rollout_lines = outcome.plan.changes();
-            let mut rule_lines = outcome.rules.changes.clone();
-            if in_force.first {
-                rule_lines.insert(
-                    0,
-                    format!(
-                        "rules of every environment first seen at {}",
-                        &commit[..12.min(commit.len())]
-                    ),
-                );
-            }
-            let mut summary = Vec::new();
-            if !rollout_lines.is_empty()
-                || (outcome.allocations.is_empty() && rule_lines.is_empty())
-            {
-                summary.push(format!("{} rollout update(s)", rollout_lines.len()));
-            }
-            if !rule_lines.is_empty() {
-                summary.push(format!("{} rules update(s)", rule_lines.len()));
-            }
-            if !outcome.allocations.is_empty() {
-                summary.push(format!(
-                    "{} mesh address change(s)",
-                    outcome.allocations.len()
-                ));
-            }
-            let mut message = format!(
-                "gitfleet: {} at {}\n\n",
-                summary.join(", "),
-                &commit[..12.min(commit.len())]
-            );
-            for line in rule_lines
-                .iter()
-                .chain(&rollout_lines)
-                .chain(&outcome.allocations)
-            {
-                message.push_str(line);
-                message.push('\n');
-            }
-            if let StateCommit::Committed { oid } =
-                self.observer
-                    .mirror
-                    .commit_state(&changes, &message, &Author::default())?
-            {
-                outcome.state_commit = Some(oid.to_string());
-                gitfleet_io::faults::point("after-commit");
-            }
-        }
-        phases.end("commit");
-        outcome.manifests = self
-            .publish(
-                model,
-                &outcome.rules.rules,
-                &fleet,
-                &outcome.plan,
-                now,
-                until,
-            )
-            .await?;
-        phases.end("publish");
-        if let Some(gh) = self.github_client.as_mut() {
-            let state = outcome.plan.state();
-            if tokio::time::timeout(GITHUB_BUDGET, gh.report(model, &state))
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    seconds = GITHUB_BUDGET.as_secs(),
-                    "posting commit statuses took too long; the next pass goes on"
-                );
-            }
-            let asks = gitfleet_policy::promotion::wanted(&outcome.rules.rules, &state);
-            let promote = gh.promote(
-                &outcome.rules.rules,
-                &self.observer.mirror,
-                head,
-                &promotions.files,
-                &asks,
-            );
-            if tokio::time::timeout(GITHUB_BUDGET, promote).await.is_err() {
-                tracing::warn!(
-                    seconds = GITHUB_BUDGET.as_secs(),
-                    "promotion pull requests took too long; the next pass goes on"
-                );
-            }
-            if tokio::time::timeout(GITHUB_BUDGET, self.previews(&checked, &outcome.rules.rules))
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    seconds = GITHUB_BUDGET.as_secs(),
-                    "plan previews took too long; the next pass goes on"
-                );
-            }
-            phases.end("github");
-        }
-        outcome.phases = phases.done;
-        Ok(outcome)
-    }
-
     /// The `(environment, commit)` pairs approved under `rules`: signed
     /// approvals on the state branch, and (with GitHub) reviews of the
     /// pull requests that brought the changes `asks` and `rule_asks` name.
-    /// Also how many signed approvals did not count.
     async fn approvals(
         &mut self,
         model: &FleetModel,
@@ -837,12 +610,8 @@ impl Reconciler {
         state_files: &StateFiles,
         asks: &Asks<'_>,
         rule_asks: &BTreeSet<(String, String)>,
-    ) -> (BTreeSet<(String, String)>, usize) {
-        let counted = gitfleet_policy::approvals::count(model, rules, state_files);
-        for (path, reason) in &counted.ignored {
-            tracing::warn!(path = %path, reason = %reason, "ignoring approval");
-        }
-        let mut approvals = counted.approved;
+    ) -> BTreeSet<(String, String)> {
+        let mut approvals = gitfleet_policy::approvals::count(model, rules, state_files).approved;
         if let Some(gh) = self.github_client() {
             let asked = gh.approvals(
                 rules,
@@ -860,7 +629,7 @@ impl Reconciler {
                 ),
             }
         }
-        (approvals, counted.ignored.len())
+        approvals
     }
 
     /// A fleet is new when its state branch is empty; but if the store
@@ -893,73 +662,6 @@ impl Reconciler {
         }
         &self.promotions.as_ref().expect("just read").1
     }
-
-    /// Sign and publish every environment's manifest that changed or is
-    /// due for re-signing. Serials grow from what the store holds.
-    async fn publish(
-        &self,
-        model: &FleetModel,
-        rules: &Rules,
-        fleet: &str,
-        plan: &Plan,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<(String, u64)>, ReconcileError> {
-        let mut written = Vec::new();
-        for (name, in_force) in rules.iter() {
-            let env = &in_force.environment;
-            let name = &name.to_owned();
-            let key = keys::channel(name);
-            let (current, etag) = match self.observer.store.get_if_changed(&key, None).await? {
-                Fetch::Found(o) => match current_manifest(&o.bytes, &self.online_key) {
-                    Some(m) => (Some(m), Some(o.etag)),
-                    None => {
-                        // Overwriting it could reset the serial agents hold
-                        // on to: someone other than us wrote here.
-                        tracing::error!(key = %key, "refusing to overwrite a channel manifest not signed by our online key");
-                        continue;
-                    }
-                },
-                Fetch::Missing | Fetch::NotModified => (None, None),
-            };
-            let freshness = Duration::seconds(
-                env.freshness_seconds
-                    .as_ref()
-                    .map_or(DEFAULT_FRESHNESS_SECONDS, |f| {
-                        i64::try_from(f.value).unwrap_or(DEFAULT_FRESHNESS_SECONDS)
-                    }),
-            );
-            let rollouts = plan.channel_rollouts(model, name);
-            let Some(next) =
-                channel::next_manifest(current.as_ref(), fleet, name, rollouts, now, freshness)
-            else {
-                continue;
-            };
-            still_leader(until)?;
-            let mut envelope = next.envelope();
-            envelope
-                .sign(&self.online_key)
-                .map_err(|reason| ReconcileError::Sign {
-                    environment: name.clone(),
-                    reason,
-                })?;
-            match self
-                .observer
-                .store
-                .put_if_match(&key, envelope.to_json().into(), etag.as_ref())
-                .await?
-            {
-                Update::Updated { .. } => {
-                    written.push((name.clone(), next.serial));
-                    gitfleet_io::faults::point("after-manifest");
-                }
-                Update::Conflict => {
-                    tracing::warn!(environment = %name, "channel manifest changed under us; next pass retries");
-                }
-            }
-        }
-        Ok(written)
-    }
 }
 
 /// Our own last manifest: it seeds the next serial, so it counts only when
@@ -971,38 +673,6 @@ fn current_manifest(bytes: &[u8], online: &SigningKey) -> Option<ChannelManifest
         .map(|m| (*m).clone())
 }
 
-/// Refuse to write once our lease is about to end.
-fn still_leader(until: DateTime<Utc>) -> Result<(), ReconcileError> {
-    let margin = Duration::seconds(5);
-    if Utc::now() + margin >= until {
-        return Err(ReconcileError::LeaseLost { until });
-    }
-    Ok(())
-}
-
-/// A state branch file's bytes: pretty JSON and a newline.
-fn json_file(value: &impl serde::Serialize) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
-}
-
-/// Files of the state branch to write: one per rollout whose state changed.
-fn state_changes(
-    plan: &Plan,
-    current: &BTreeMap<String, Vec<u8>>,
-) -> BTreeMap<String, Option<Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    for (name, state) in plan.state() {
-        let path = state::rollout_path(&name);
-        let bytes = json_file(&state);
-        if current.get(&path) != Some(&bytes) {
-            out.insert(path, Some(bytes));
-        }
-    }
-    out
-}
-
 /// Run passes until `stop` turns true: one at once, then one every
 /// `interval`, and one as soon as `trigger` fires (a watched ref moved, a
 /// webhook came in), but no sooner than MIN_GAP after the last one began.
@@ -1012,7 +682,7 @@ fn state_changes(
 pub async fn run_passes(
     reconciler: &mut Reconciler,
     interval: std::time::Duration,
-    dry_run: bool,
+    mode: Mode,
     mut trigger: tokio::sync::mpsc::Receiver<()>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     mut on_pass: impl FnMut(Result<&Outcome, &ReconcileError>, std::time::Duration),
@@ -1020,7 +690,7 @@ pub async fn run_passes(
     let mut triggers_open = true;
     while !*stop.borrow() {
         let started = std::time::Instant::now();
-        let result = reconciler.once(Utc::now(), dry_run).await;
+        let result = reconciler.pass(Utc::now(), mode).await;
         match &result {
             Ok(_) => {}
             Err(e) => {
@@ -1081,7 +751,7 @@ pub fn spawn_passes(
             runtime.block_on(run_passes(
                 &mut reconciler,
                 interval,
-                false,
+                Mode::Execute,
                 trigger,
                 stop,
                 on_pass,

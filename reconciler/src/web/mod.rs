@@ -66,7 +66,7 @@ impl Snapshot {
         match result {
             Ok(o) => {
                 let mut observed = o.observed.clone();
-                if o.follower_of.is_some() {
+                if o.follower_of().is_some() {
                     // Nothing was written: show what the leader committed,
                     // not what this replica would have.
                     match observed.state() {
@@ -79,15 +79,16 @@ impl Snapshot {
                     }
                 } else {
                     // What this pass committed, and the commit it made.
-                    self.state = o.plan.state();
-                    self.rules = Some(o.rules.state.clone());
-                    if let Some(c) = o.state_commit.as_deref().and_then(|c| c.parse().ok()) {
+                    self.state = o.plan.rollouts.state();
+                    self.rules = Some(o.plan.rules.state.clone());
+                    let committed = o.written().and_then(|w| w.state_commit.as_deref());
+                    if let Some(c) = committed.and_then(|c| c.parse().ok()) {
                         observed.state_commit = Some(c);
                     }
                     self.error = None;
                 }
                 self.observed = Some(observed);
-                self.follower_of.clone_from(&o.follower_of);
+                self.follower_of = o.follower_of().map(str::to_owned);
             }
             Err(e) => self.error = Some(gitfleet_io::error_chain(e)),
         }
