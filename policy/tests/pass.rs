@@ -1,0 +1,400 @@
+//! A pass decided as a pure function (`policy::pass::decide`): the rules of
+//! a pass as table-driven cases, and a property: executing a `PassPlan`'s
+//! writes, killed after any of them, and deciding again from what was
+//! written, never skips or repeats a step, never names a bundle the store
+//! lacks, and never publishes a manifest ahead of the committed state.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use common::example_repo;
+use gitfleet_policy::pass::{decide, Builds, Current, Observed, PassError, PassPlan, Write};
+use gitfleet_policy::plan::{Observation, Targets};
+use gitfleet_policy::rules::{self, Rules, RulesPlan};
+use gitfleet_policy::{Checked, RepoFiles};
+use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_schemas::trust::ChannelManifest;
+use gitfleet_schemas::RolloutTarget;
+use proptest::prelude::*;
+
+const HEAD: &str = "c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9";
+
+/// A Tuesday morning in Berlin, inside prod's window, outside the freeze.
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 8, 0, 0).unwrap()
+}
+
+/// Everything a pass observes, held by the test as the world it writes to.
+struct World {
+    checked: Checked,
+    targets: Targets,
+    config_changes: BTreeMap<String, String>,
+    builds: Builds,
+    stored: HashSet<String>,
+    refused: HashSet<String>,
+    state_files: BTreeMap<String, Vec<u8>>,
+    reports: HashMap<String, Observation>,
+    manifests: BTreeMap<String, Current>,
+    approvals: BTreeSet<(String, String)>,
+    now: DateTime<Utc>,
+}
+
+impl World {
+    fn new(files: &RepoFiles) -> Self {
+        let checked = gitfleet_policy::check(files);
+        let targets = Targets::from_model(&checked.model);
+        let config_changes = checked
+            .model
+            .rollouts
+            .values()
+            .filter_map(|r| match &r.doc.target.value {
+                RolloutTarget::Config(c) => Some((c.clone(), format!("{c}-commit"))),
+                RolloutTarget::Mesh(_) => None,
+            })
+            .collect();
+        World {
+            checked,
+            targets,
+            config_changes,
+            builds: Builds::default(),
+            stored: HashSet::new(),
+            refused: HashSet::new(),
+            state_files: BTreeMap::new(),
+            reports: HashMap::new(),
+            manifests: BTreeMap::new(),
+            approvals: BTreeSet::new(),
+            now: t0(),
+        }
+    }
+
+    fn rules(&self) -> RulesPlan {
+        let model = &self.checked.model;
+        let record = rules::first_seen(model, HEAD, t0());
+        let in_force = Rules::from_state(&record, |_| Some(model)).unwrap();
+        rules::decide(&record, &in_force, model, HEAD, &BTreeSet::new(), self.now)
+    }
+
+    fn decide(&self) -> Result<PassPlan, PassError> {
+        let rules = self.rules();
+        decide(
+            &Observed {
+                commit: HEAD,
+                checked: &self.checked,
+                targets: &self.targets,
+                config_changes: &self.config_changes,
+                mesh_changes: &BTreeMap::new(),
+                builds: &self.builds,
+                stored: &self.stored,
+                refused: &self.refused,
+                state_files: &self.state_files,
+                reports: &self.reports,
+                rules: &rules,
+                rules_first_seen: false,
+                approvals: &self.approvals,
+                manifests: &self.manifests,
+                fleet: "acme-edge",
+            },
+            self.now,
+        )
+    }
+
+    /// Carry out the first `k` writes of `plan`, as the executor would
+    /// before being killed, checking what each write may rely on.
+    fn execute(&mut self, plan: &PassPlan, k: usize) {
+        self.builds = plan.builds.clone();
+        for w in plan.writes().into_iter().take(k) {
+            match w {
+                Write::Upload(u) => {
+                    self.stored.insert(u.built.reference.digest.clone());
+                }
+                Write::Commit(c) => {
+                    for (path, bytes) in &c.files {
+                        match bytes {
+                            Some(b) => self.state_files.insert(path.clone(), b.clone()),
+                            None => self.state_files.remove(path),
+                        };
+                    }
+                }
+                Write::Publish(p) => {
+                    self.check_publish(&p.manifest);
+                    self.manifests
+                        .insert(p.environment.clone(), Current::Ours(p.manifest.clone()));
+                }
+                Write::Status(_) | Write::Promote(..) => {}
+            }
+        }
+    }
+
+    /// A manifest names only stored bundles, follows the committed state,
+    /// and has a higher serial than the one it replaces.
+    fn check_publish(&self, m: &ChannelManifest) {
+        let state = committed(&self.state_files);
+        for r in &m.rollouts {
+            for b in std::iter::once(&r.bundle).chain(&r.previous) {
+                assert!(
+                    self.stored.contains(&b.digest),
+                    "{} names {} before it is stored",
+                    m.environment,
+                    b.digest
+                );
+            }
+            let Some(st) = state
+                .get(&r.name)
+                .and_then(|s| s.environments.get(&m.environment))
+            else {
+                panic!("{} names {} before the state has it", m.environment, r.name);
+            };
+            assert_eq!(st.target, r.bundle, "manifest ahead of the state");
+            assert_eq!(st.step, r.step, "manifest ahead of the state");
+        }
+        if let Some(Current::Ours(old)) = self.manifests.get(&m.environment) {
+            assert!(
+                m.serial > old.serial,
+                "serial {} after {}",
+                m.serial,
+                old.serial
+            );
+        }
+    }
+
+    /// Agents follow the manifests in the store; time goes on.
+    fn tick(&mut self) {
+        let model = &self.checked.model;
+        for n in &model.nodes {
+            let id = &n.doc.id.value;
+            let labels: BTreeMap<String, String> = n
+                .doc
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect();
+            let report = self.reports.entry(id.clone()).or_insert(Observation {
+                healthy: true,
+                error_rate: Some(0.0),
+                p99_latency_ms: Some(20),
+                cpu_percent: Some(10.0),
+                memory_percent: Some(20.0),
+                http_checks: vec![("http://127.0.0.1:9090/-/health".into(), Some(200))],
+                ..Observation::default()
+            });
+            if let Some(Current::Ours(m)) = self.manifests.get(&n.doc.environment.value) {
+                for r in m.rollouts.iter().filter(|r| r.selects(&labels)) {
+                    let run = if r.includes(id) {
+                        Some(r.bundle.digest.clone())
+                    } else {
+                        r.previous.as_ref().map(|p| p.digest.clone())
+                    };
+                    report.set_active(&r.name, run);
+                }
+            }
+            report.at = self.now;
+        }
+        self.now += Duration::seconds(60);
+    }
+}
+
+fn committed(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, RolloutState> {
+    gitfleet_policy::pass::parse_rollouts(files).unwrap()
+}
+
+fn edit(files: &mut RepoFiles, path: &str, f: impl Fn(&str) -> String) {
+    let text = f(files.text(path).unwrap());
+    files.insert(path, text);
+}
+
+#[test]
+fn an_error_in_a_fleet_wide_document_plans_nothing() {
+    let mut files = example_repo();
+    edit(&mut files, "environments.kdl", |t| {
+        t.replace(
+            "environment \"staging\" {",
+            "environment \"staging\" {\n    frobnicate 1",
+        )
+    });
+    let err = World::new(&files).decide().unwrap_err();
+    match err {
+        PassError::FleetDocument { file, line, .. } => {
+            assert_eq!((file.as_str(), line), ("environments.kdl", 10));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut files = RepoFiles::new();
+    for (path, bytes) in example_repo().iter() {
+        if path != "fleet.kdl" {
+            files.insert(path, bytes.to_vec());
+        }
+    }
+    assert!(matches!(
+        World::new(&files).decide(),
+        Err(PassError::NoFleet { .. })
+    ));
+}
+
+#[test]
+fn an_invalid_config_keeps_its_last_good_bundle_while_the_rest_moves_on() {
+    let files = example_repo();
+    let mut w = World::new(&files);
+    let first = w.decide().unwrap();
+    w.execute(&first, usize::MAX);
+    let edge_before = committed(&w.state_files)["edge"].environments["dev"]
+        .target
+        .clone();
+
+    let mut broken = files.clone();
+    edit(&mut broken, "configs/edge/sentinel.kdl", |t| {
+        t.replace(
+            "listeners {",
+            "listeners {\n    listener \"x\" { protocol \"quic\"; }",
+        )
+    });
+    edit(&mut broken, "configs/api-gateway/sentinel.kdl", |t| {
+        format!("{t}// tuned\n")
+    });
+    let mut w2 = World::new(&broken);
+    w2.config_changes
+        .insert("api-gateway".into(), "tuned-commit".into());
+    w2.state_files = w.state_files.clone();
+    w2.stored = w.stored.clone();
+    w2.manifests = w.manifests.clone();
+    let plan = w2.decide().unwrap();
+    assert!(plan.errors > 0);
+    let state = plan.rollouts.state();
+    assert_eq!(state["edge"].environments["dev"].target, edge_before);
+    assert_eq!(
+        state["api-gateway"].environments["dev"].source_commit,
+        "tuned-commit"
+    );
+    let uploaded: Vec<&str> = plan.uploads.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(uploaded, ["api-gateway"]);
+}
+
+#[test]
+fn a_bundles_source_commit_is_the_last_change_to_its_config_directory() {
+    let w = World::new(&example_repo());
+    let plan = w.decide().unwrap();
+    for (name, want) in [
+        ("edge", "edge-commit"),
+        ("api-gateway", "api-gateway-commit"),
+    ] {
+        let st = &plan.rollouts.state()[name].environments["dev"];
+        assert_eq!(st.source_commit, want, "{name}");
+        let upload = plan.uploads.iter().find(|u| u.name == name).unwrap();
+        assert_eq!(upload.built.manifest.source_commit, want, "{name}");
+    }
+    // Not the branch head: without the history fact, the head is used.
+    let mut w = World::new(&example_repo());
+    w.config_changes.clear();
+    let st = &w.decide().unwrap().rollouts.state()["edge"].environments["dev"];
+    assert_eq!(st.source_commit, HEAD);
+}
+
+#[test]
+fn writes_come_in_the_order_the_invariants_need() {
+    let plan = World::new(&example_repo()).decide().unwrap();
+    let kinds: Vec<u8> = plan
+        .writes()
+        .iter()
+        .map(|w| match w {
+            Write::Upload(_) => 0,
+            Write::Commit(_) => 1,
+            Write::Publish(_) => 2,
+            Write::Status(_) | Write::Promote(..) => 3,
+        })
+        .collect();
+    let mut sorted = kinds.clone();
+    sorted.sort_unstable();
+    assert_eq!(kinds, sorted, "{plan}");
+    assert!(
+        kinds.contains(&0) && kinds.contains(&1) && kinds.contains(&2),
+        "{plan}"
+    );
+    // The dry run shows them.
+    let text = plan.to_string();
+    assert!(text.contains("writes, in order:"), "{text}");
+    assert!(text.contains("upload bundles/sha256/"), "{text}");
+    assert!(
+        text.contains("sign and publish channels/dev.json serial 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_pass_after_a_complete_one_with_nothing_new_writes_nothing() {
+    let mut w = World::new(&example_repo());
+    let plan = w.decide().unwrap();
+    w.execute(&plan, usize::MAX);
+    let again = w.decide().unwrap();
+    assert!(
+        again.uploads.is_empty() && again.state.is_none() && again.manifests.is_empty(),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_refused_bundle_is_never_named_and_a_foreign_manifest_never_replaced() {
+    let mut w = World::new(&example_repo());
+    let plan = w.decide().unwrap();
+    let edge = plan.uploads.iter().find(|u| u.name == "edge").unwrap();
+    w.refused.insert(edge.built.reference.digest.clone());
+    w.manifests.insert("staging".into(), Current::Foreign);
+    let plan = w.decide().unwrap();
+    assert!(
+        !plan.rollouts.state().contains_key("edge")
+            || plan.rollouts.state()["edge"].environments.is_empty()
+    );
+    assert!(plan.uploads.iter().all(|u| u.name != "edge"));
+    assert!(plan.manifests.iter().all(|p| p.environment != "staging"));
+    assert_eq!(plan.foreign_manifests, ["staging"]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Kill the executor after any write of any pass, decide again from
+    /// what was written: every rollout's committed step moves by at most
+    /// one at a time and never goes back for the same target, and dev
+    /// still completes.
+    #[test]
+    fn killed_anywhere_and_decided_again_no_step_is_skipped_or_repeated(
+        kills in proptest::collection::vec(0usize..12, 120)
+    ) {
+        let mut w = World::new(&example_repo());
+        // (rollout, env) -> (target, step) as last committed
+        let mut last: BTreeMap<(String, String), (String, u32)> = BTreeMap::new();
+        for (i, k) in kills.iter().enumerate() {
+            let plan = w.decide().unwrap();
+            // Every third pass runs to the end; the others stop after `k`
+            // writes.
+            let k = if i % 3 == 0 { usize::MAX } else { *k };
+            w.execute(&plan, k);
+            for (name, st) in committed(&w.state_files) {
+                for (env, e) in st.environments {
+                    let key = (name.clone(), env.clone());
+                    if let Some((target, step)) = last.get(&key) {
+                        if *target == e.target.digest {
+                            prop_assert!(
+                                e.step == *step || e.step == step + 1,
+                                "{name}/{env}: step {step} -> {}", e.step
+                            );
+                        }
+                    }
+                    last.insert(key, (e.target.digest.clone(), e.step));
+                }
+            }
+            w.tick();
+        }
+        for _ in 0..40 {
+            let plan = w.decide().unwrap();
+            w.execute(&plan, usize::MAX);
+            w.tick();
+        }
+        let state = committed(&w.state_files);
+        for name in ["edge", "api-gateway", "backbone"] {
+            prop_assert_eq!(state[name].environments["dev"].phase, Phase::Complete, "{}", name);
+        }
+    }
+}
