@@ -22,6 +22,32 @@ use gitfleet_schemas::trust::{BundleRef, ChannelManifest, ChannelRollout, Docume
 use gitfleet_schemas::verify::{self, Bundle, Limits, Verified, VerifyError};
 
 /// The local side of an agent: where bundles become live and state is kept.
+/// Why a node could not do what the agent asked of it. The agent reports
+/// it (`to_string`) and goes on; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Local(#[from] crate::local::LocalError),
+    #[error(transparent)]
+    Sentinel(#[from] crate::sentinel::SentinelError),
+    #[error(transparent)]
+    Wireguard(#[from] crate::wireguard::WireguardError),
+    #[error(
+        "this node has no `{block}` block in its agent config, so it cannot run {block} bundles"
+    )]
+    NotConfigured { block: &'static str },
+    #[error("{failed}; and restoring the previous {what}: {restore}")]
+    NotRestored {
+        failed: Box<NodeError>,
+        what: &'static str,
+        restore: Box<NodeError>,
+    },
+    #[error("{0}")]
+    Simulated(String),
+    #[error("{what}: {reason}")]
+    Other { what: &'static str, reason: String },
+}
+
 pub trait Node {
     /// Make `bundle` the running config in place of `from`. On `Err` the
     /// config of `from` must be running again, and the message says why the
@@ -32,13 +58,13 @@ pub trait Node {
         from: Option<&BundleRef>,
         bundle: &Verified<Bundle>,
         archive: &[u8],
-    ) -> impl Future<Output = Result<(), String>>;
+    ) -> impl Future<Output = Result<(), NodeError>>;
     /// Persist `state` (after an activation, before [`Node::settle`]).
-    fn save(&mut self, state: &LocalState) -> Result<(), String>;
+    fn save(&mut self, state: &LocalState) -> Result<(), NodeError>;
     /// The activation whose outcome `save` recorded is over.
-    fn settle(&mut self, state: &LocalState) -> Result<(), String>;
+    fn settle(&mut self, state: &LocalState) -> Result<(), NodeError>;
     /// Keep a verified root rotation for the next start.
-    fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), String>;
+    fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), NodeError>;
     /// Whether the running config serves (a health check), if known.
     fn healthy(&mut self) -> impl Future<Output = bool>;
     /// What differs from the `kind` bundle `active` (files of a config, or
@@ -49,10 +75,10 @@ pub trait Node {
         kind: BundleKind,
         active: &BundleRef,
         policy: DriftPolicy,
-    ) -> impl Future<Output = Result<Vec<Drift>, String>>;
+    ) -> impl Future<Output = Result<Vec<Drift>, NodeError>>;
     fn metrics(&mut self) -> Metrics;
     /// The HTTP status `url` answers a GET with, or why there is none.
-    fn http_check(&mut self, url: &str) -> impl Future<Output = Result<u16, String>>;
+    fn http_check(&mut self, url: &str) -> impl Future<Output = Result<u16, NodeError>>;
     /// The live WireGuard interface and peers, when this node has one.
     fn wireguard(&mut self) -> impl Future<Output = Option<WireguardStatus>>;
 }
@@ -398,7 +424,7 @@ impl<N: Node> Agent<N> {
                     if &slot.rollout != name {
                         // A renamed rollout delivering what already runs.
                         slot.rollout = name.clone();
-                        self.node.save(&self.state)?;
+                        self.node.save(&self.state).map_err(|e| e.to_string())?;
                         self.dirty = true;
                     }
                     return Ok(false);
@@ -463,8 +489,8 @@ impl<N: Node> Agent<N> {
                 });
                 self.state.failed.remove(&target.digest);
                 self.errors.remove(&rollout.name);
-                self.node.save(&self.state)?;
-                self.node.settle(&self.state)?;
+                self.node.save(&self.state).map_err(|e| e.to_string())?;
+                self.node.settle(&self.state).map_err(|e| e.to_string())?;
                 Ok(true)
             }
             Err(reason) => {
@@ -475,8 +501,8 @@ impl<N: Node> Agent<N> {
                     reason = %reason,
                     "activation failed; the previous config runs"
                 );
-                let reason = self.fail(target, reason);
-                self.node.settle(&self.state)?;
+                let reason = self.fail(target, reason.to_string());
+                self.node.settle(&self.state).map_err(|e| e.to_string())?;
                 Err(reason)
             }
         }

@@ -17,7 +17,6 @@ pub mod local;
 pub mod metrics;
 pub mod node;
 pub mod sentinel;
-pub mod signals;
 pub mod sim;
 pub mod system;
 pub mod wireguard;

@@ -254,7 +254,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let (_watcher, mut changed) = watch(&Path::new(&config.state_dir).join("bundles"));
-    let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
+    let mut stop = std::pin::pin!(gitfleet_io::signals::shutdown());
     loop {
         let polled = agent.poll(Utc::now()).await;
         let now = Utc::now();

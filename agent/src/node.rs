@@ -30,7 +30,7 @@ use gitfleet_schemas::status::{Drift, Metrics, WireguardStatus};
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{Bundle, Limits, Verified};
 
-use crate::core::Node;
+use crate::core::{Node, NodeError};
 use crate::local::{LocalError, StateDir, SENTINEL_LINK};
 use crate::sentinel::{self, Reload};
 use crate::system::Sampler;
@@ -127,21 +127,17 @@ impl DiskNode {
         Ok(())
     }
 
-    fn settings(&self) -> Result<&SentinelSettings, String> {
-        self.sentinel.as_ref().ok_or_else(|| {
-            "this node has no `sentinel` block in its agent config, so it cannot run sentinel bundles"
-                .to_owned()
-        })
+    fn settings(&self) -> Result<&SentinelSettings, NodeError> {
+        self.sentinel
+            .as_ref()
+            .ok_or(NodeError::NotConfigured { block: "sentinel" })
     }
 
     /// Reload the proxy and wait until it shows the config now linked.
     /// Reload the proxy and confirm it runs the config now linked.
-    async fn reload_linked(&self) -> Result<(), String> {
+    async fn reload_linked(&self) -> Result<(), NodeError> {
         let expected = match &self.settings()?.config_url {
-            Some(_) => Some(
-                sentinel::validate(&self.dir.path().join(SENTINEL_LINK))
-                    .map_err(|e| e.to_string())?,
-            ),
+            Some(_) => Some(sentinel::validate(&self.dir.path().join(SENTINEL_LINK))?),
             None => None,
         };
         self.reload_and_confirm(expected.as_ref(), false).await
@@ -153,7 +149,7 @@ impl DiskNode {
         &self,
         expected: Option<&sentinel::Fingerprint>,
         first: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         let settings = self.settings()?;
         let timeout = Duration::from_millis(settings.confirm_timeout_ms);
         match sentinel::reload(&reload_of(&settings.reload)) {
@@ -164,16 +160,12 @@ impl DiskNode {
                 tracing::info!(reason = %e, "the proxy is not running; it loads this config when it starts");
                 return Ok(());
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         if let (Some(url), Some(expected)) = (&settings.config_url, expected) {
-            sentinel::confirm(url, expected, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            sentinel::confirm(url, expected, timeout).await?;
         } else if let Some(url) = &settings.health_url {
-            sentinel::confirm_health(url, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            sentinel::confirm_health(url, timeout).await?;
         }
         Ok(())
     }
@@ -183,41 +175,40 @@ impl DiskNode {
         rollout: &str,
         from: Option<&BundleRef>,
         bundle: &Verified<Bundle>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         let settings = self.settings()?.clone();
-        let dir = self
-            .dir
-            .bundle_files(&bundle.reference)
-            .map_err(|e| e.to_string())?;
+        let dir = self.dir.bundle_files(&bundle.reference)?;
         // Parsed once: the same fingerprint confirms the reload.
-        let expected = sentinel::validate(&dir).map_err(|e| e.to_string())?;
+        let expected = sentinel::validate(&dir)?;
         if let Some(binary) = &settings.test_binary {
-            sentinel::test_with_binary(binary.as_ref(), &dir.join("sentinel.kdl"))
-                .await
-                .map_err(|e| e.to_string())?;
+            sentinel::test_with_binary(binary.as_ref(), &dir.join("sentinel.kdl")).await?;
         }
-        self.dir
-            .begin(&gitfleet_schemas::agent::Journal {
-                rollout: rollout.to_owned(),
-                from: from.cloned(),
-                to: bundle.reference.clone(),
-            })
-            .map_err(|e| e.to_string())?;
-        self.dir
-            .swap(SENTINEL_LINK, Some(&bundle.reference))
-            .map_err(|e| e.to_string())?;
+        self.dir.begin(&gitfleet_schemas::agent::Journal {
+            rollout: rollout.to_owned(),
+            from: from.cloned(),
+            to: bundle.reference.clone(),
+        })?;
+        self.dir.swap(SENTINEL_LINK, Some(&bundle.reference))?;
         crate::faults::point("after-swap");
         let outcome = self
             .reload_and_confirm(Some(&expected), from.is_none())
             .await;
         crate::faults::point("after-reload");
         if let Err(reason) = outcome {
-            self.dir
-                .link(SENTINEL_LINK, from)
-                .map_err(|e| format!("{reason}; and restoring the previous config: {e}"))?;
+            if let Err(e) = self.dir.link(SENTINEL_LINK, from) {
+                return Err(NodeError::NotRestored {
+                    failed: Box::new(reason),
+                    what: "config",
+                    restore: Box::new(e.into()),
+                });
+            }
             if from.is_some() {
                 if let Err(e) = self.reload_linked().await {
-                    return Err(format!("{reason}; and the restored config: {e}"));
+                    return Err(NodeError::NotRestored {
+                        failed: Box::new(reason),
+                        what: "config's reload",
+                        restore: Box::new(e),
+                    });
                 }
             }
             return Err(reason);
@@ -227,53 +218,61 @@ impl DiskNode {
 }
 
 impl DiskNode {
-    fn wireguard_settings(&self) -> Result<&WireguardSettings, String> {
-        self.wireguard.as_ref().ok_or_else(|| {
-            "this node has no `wireguard` block in its agent config, so it cannot run wireguard mesh bundles"
-                .to_owned()
-        })
+    fn wireguard_settings(&self) -> Result<&WireguardSettings, NodeError> {
+        self.wireguard
+            .as_ref()
+            .ok_or(NodeError::NotConfigured { block: "wireguard" })
     }
 
     /// What a mesh bundle asks of this node.
-    fn mesh_of(&self, bundle: &Bundle) -> Result<Desired, String> {
+    fn mesh_of(&self, bundle: &Bundle) -> Result<Desired, NodeError> {
         let settings = self.wireguard_settings()?;
         let digest = &bundle.reference.digest;
         let bytes = bundle
             .files
             .get(MESH_FILE)
-            .ok_or_else(|| format!("bundle {digest} has no {MESH_FILE}"))?;
-        let mesh: MeshBundle = serde_json::from_slice(bytes)
-            .map_err(|e| format!("{MESH_FILE} of bundle {digest}: {e}"))?;
-        let key =
-            PrivateKey::read(&self.dir.path().join(WIREGUARD_KEY)).map_err(|e| e.to_string())?;
-        wireguard::desired(&mesh, &self.node, &key, settings.interface.as_deref())
-            .map_err(|e| e.to_string())
+            .ok_or_else(|| NodeError::Other {
+                what: "reading the mesh bundle",
+                reason: format!("bundle {digest} has no {MESH_FILE}"),
+            })?;
+        let mesh: MeshBundle = serde_json::from_slice(bytes).map_err(|e| NodeError::Other {
+            what: "reading the mesh bundle",
+            reason: format!("{MESH_FILE} of bundle {digest}: {e}"),
+        })?;
+        let key = PrivateKey::read(&self.dir.path().join(WIREGUARD_KEY))?;
+        Ok(wireguard::desired(
+            &mesh,
+            &self.node,
+            &key,
+            settings.interface.as_deref(),
+        )?)
     }
 
     /// What the mesh bundle `reference` on disk asks of this node, from its
     /// archive verified again (never from the unpacked copy).
-    fn stored_mesh(&mut self, reference: &BundleRef) -> Result<Desired, String> {
+    fn stored_mesh(&mut self, reference: &BundleRef) -> Result<Desired, NodeError> {
         if let Some((r, d)) = &self.mesh {
             if r == reference {
                 return Ok(d.clone());
             }
         }
-        let (bundle, _) = self
-            .dir
-            .stored_bundle(reference, self.limits)
-            .map_err(|e| e.to_string())?;
+        let (bundle, _) = self.dir.stored_bundle(reference, self.limits)?;
         let desired = self.mesh_of(&bundle)?;
         self.mesh = Some((reference.clone(), desired.clone()));
         Ok(desired)
     }
 
     /// Apply `desired` to the live interface (blocking IO, off the runtime).
-    async fn configure(&self, desired: Desired) -> Result<wireguard::Applied, String> {
+    async fn configure(&self, desired: Desired) -> Result<wireguard::Applied, NodeError> {
         let backend = self.wireguard_settings()?.backend;
-        tokio::task::spawn_blocking(move || wireguard::apply(&desired, backend))
-            .await
-            .map_err(|e| format!("configuring wireguard: {e}"))?
-            .map_err(|e| e.to_string())
+        Ok(
+            tokio::task::spawn_blocking(move || wireguard::apply(&desired, backend))
+                .await
+                .map_err(|e| NodeError::Other {
+                    what: "configuring wireguard",
+                    reason: e.to_string(),
+                })??,
+        )
     }
 
     /// Configure this node's WireGuard interface from a mesh bundle; on
@@ -282,7 +281,7 @@ impl DiskNode {
         &mut self,
         from: Option<&BundleRef>,
         bundle: &Verified<Bundle>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         let desired = self.mesh_of(bundle)?;
         let reason = match self.configure(desired.clone()).await {
             Ok(_) => {
@@ -306,21 +305,27 @@ impl DiskNode {
         };
         match restored {
             Ok(()) => Err(reason),
-            Err(e) => Err(format!("{reason}; and restoring the previous mesh: {e}")),
+            Err(e) => Err(NodeError::NotRestored {
+                failed: Box::new(reason),
+                what: "mesh",
+                restore: Box::new(e),
+            }),
         }
     }
 
     /// At start-up: an interface that came up empty (no key: the host or
     /// the userspace implementation restarted) is configured from the
     /// active mesh. Anything else that differs is drift, for the policy.
-    async fn recover_mesh(&mut self, active: &BundleRef) -> Result<(), String> {
+    async fn recover_mesh(&mut self, active: &BundleRef) -> Result<(), NodeError> {
         let desired = self.stored_mesh(active)?;
         let backend = self.wireguard_settings()?.backend;
         let interface = desired.interface.clone();
         let live = tokio::task::spawn_blocking(move || wireguard::read(&interface, backend))
             .await
-            .map_err(|e| format!("reading wireguard: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NodeError::Other {
+                what: "reading wireguard",
+                reason: e.to_string(),
+            })??;
         if live.public_key.is_none() {
             tracing::info!(
                 interface = %desired.interface,
@@ -339,13 +344,11 @@ impl DiskNode {
         &mut self,
         active: &BundleRef,
         policy: DriftPolicy,
-    ) -> Result<Vec<Drift>, String> {
-        let mut drift = self.dir.drift(active).map_err(|e| e.to_string())?;
+    ) -> Result<Vec<Drift>, NodeError> {
+        let mut drift = self.dir.drift(active)?;
         if !drift.is_empty() && policy == DriftPolicy::Repair {
             tracing::warn!(files = drift.len(), bundle = %active.digest, "repairing drift");
-            self.dir
-                .repair(active, &drift, self.limits)
-                .map_err(|e| e.to_string())?;
+            self.dir.repair(active, &drift, self.limits)?;
         }
         let desired = self.stored_mesh(active)?;
         let backend = self.wireguard_settings()?.backend;
@@ -356,8 +359,10 @@ impl DiskNode {
             Ok::<_, wireguard::WireguardError>(wireguard::drift(&wanted, &peers, &live))
         })
         .await
-        .map_err(|e| format!("reading wireguard: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| NodeError::Other {
+            what: "reading wireguard",
+            reason: e.to_string(),
+        })??;
         if !live.is_empty() && policy == DriftPolicy::Repair {
             tracing::warn!(
                 interface = %desired.interface,
@@ -411,11 +416,9 @@ impl Node for DiskNode {
         from: Option<&BundleRef>,
         bundle: &Verified<Bundle>,
         archive: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         crate::faults::point("after-download");
-        self.dir
-            .unpack(bundle, archive)
-            .map_err(|e| e.to_string())?;
+        self.dir.unpack(bundle, archive)?;
         crate::faults::point("after-unpack");
         match bundle.manifest.kind {
             BundleKind::Sentinel => self.try_activate(rollout, from, bundle).await,
@@ -423,12 +426,12 @@ impl Node for DiskNode {
         }
     }
 
-    fn save(&mut self, state: &LocalState) -> Result<(), String> {
-        self.dir.save_state(state).map_err(|e| e.to_string())
+    fn save(&mut self, state: &LocalState) -> Result<(), NodeError> {
+        Ok(self.dir.save_state(state)?)
     }
 
-    fn settle(&mut self, state: &LocalState) -> Result<(), String> {
-        self.dir.end().map_err(|e| e.to_string())?;
+    fn settle(&mut self, state: &LocalState) -> Result<(), NodeError> {
+        self.dir.end()?;
         let keep: Vec<&BundleRef> = [&state.sentinel, &state.wireguard]
             .into_iter()
             .flatten()
@@ -440,14 +443,12 @@ impl Node for DiskNode {
         Ok(())
     }
 
-    fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), String> {
-        self.dir.add_root(version, bytes).map_err(|e| e.to_string())
+    fn save_root(&mut self, version: u64, bytes: &[u8]) -> Result<(), NodeError> {
+        Ok(self.dir.add_root(version, bytes)?)
     }
 
-    async fn http_check(&mut self, url: &str) -> Result<u16, String> {
-        sentinel::http_status(url, HTTP_CHECK_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())
+    async fn http_check(&mut self, url: &str) -> Result<u16, NodeError> {
+        Ok(sentinel::http_status(url, HTTP_CHECK_TIMEOUT).await?)
     }
 
     async fn healthy(&mut self) -> bool {
@@ -467,16 +468,14 @@ impl Node for DiskNode {
         kind: BundleKind,
         active: &BundleRef,
         policy: DriftPolicy,
-    ) -> Result<Vec<Drift>, String> {
+    ) -> Result<Vec<Drift>, NodeError> {
         if kind == BundleKind::WireguardMesh {
             return self.mesh_drift(active, policy).await;
         }
-        let drift = self.dir.drift(active).map_err(|e| e.to_string())?;
+        let drift = self.dir.drift(active)?;
         if !drift.is_empty() && policy == DriftPolicy::Repair {
             tracing::warn!(files = drift.len(), bundle = %active.digest, "repairing drift");
-            self.dir
-                .repair(active, &drift, self.limits)
-                .map_err(|e| e.to_string())?;
+            self.dir.repair(active, &drift, self.limits)?;
             self.reload_linked().await?;
         }
         Ok(drift)

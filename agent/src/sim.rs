@@ -31,7 +31,7 @@ use gitfleet_schemas::status::{Drift, Metrics, PeerStatus, WireguardStatus};
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
 
-use crate::core::Node;
+use crate::core::{Node, NodeError};
 
 /// The deterministic node key of a simulated node: the first 32 bytes of
 /// SHA-256 over `gitfleet-simulator`, a zero byte and the node id.
@@ -234,6 +234,14 @@ fn load(dir: &Path, node: &str) -> Result<(LocalState, Vec<BundleKind>), SimErro
     Ok((state, failing))
 }
 
+/// Why a simulated node could not save its state.
+fn saving(e: &dyn std::fmt::Display) -> NodeError {
+    NodeError::Other {
+        what: "saving the simulated node",
+        reason: e.to_string(),
+    }
+}
+
 impl Node for SimNode {
     async fn activate(
         &mut self,
@@ -241,7 +249,7 @@ impl Node for SimNode {
         _from: Option<&BundleRef>,
         bundle: &Verified<Bundle>,
         _archive: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         tokio::time::sleep(self.settings.apply_latency).await;
         let digest = &bundle.reference.digest;
         let kind = bundle.manifest.kind;
@@ -260,22 +268,25 @@ impl Node for SimNode {
         Ok(())
     }
 
-    fn save(&mut self, state: &LocalState) -> Result<(), String> {
+    fn save(&mut self, state: &LocalState) -> Result<(), NodeError> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| saving(&e))?;
         bytes.push(b'\n');
         // A simulated node's state: not worth an fsync per save, which
         // would stall this runtime thread and every agent on it.
         gitfleet_io::write::replace_unsynced(&state_path(dir, &self.node), &bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| saving(&e))?;
         let marker = unhealthy_path(dir, &self.node);
         if self.failing.is_empty() {
             match std::fs::remove_file(&marker) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("{}: {e}", marker.display())),
+                Err(e) => Err(NodeError::Other {
+                    what: "removing the unhealthy marker",
+                    reason: format!("{}: {e}", marker.display()),
+                }),
             }
         } else {
             let text: String = self
@@ -283,16 +294,15 @@ impl Node for SimNode {
                 .iter()
                 .map(|k| format!("{}\n", kind_name(*k)))
                 .collect();
-            gitfleet_io::write::replace_unsynced(&marker, text.as_bytes())
-                .map_err(|e| e.to_string())
+            gitfleet_io::write::replace_unsynced(&marker, text.as_bytes()).map_err(|e| saving(&e))
         }
     }
 
-    fn settle(&mut self, _state: &LocalState) -> Result<(), String> {
+    fn settle(&mut self, _state: &LocalState) -> Result<(), NodeError> {
         Ok(())
     }
 
-    fn save_root(&mut self, _version: u64, _bytes: &[u8]) -> Result<(), String> {
+    fn save_root(&mut self, _version: u64, _bytes: &[u8]) -> Result<(), NodeError> {
         // A rotation is found again in the store on the next start.
         Ok(())
     }
@@ -306,7 +316,7 @@ impl Node for SimNode {
         _kind: BundleKind,
         _active: &BundleRef,
         _policy: DriftPolicy,
-    ) -> Result<Vec<Drift>, String> {
+    ) -> Result<Vec<Drift>, NodeError> {
         Ok(Vec::new())
     }
 
@@ -346,7 +356,7 @@ impl Node for SimNode {
         })
     }
 
-    async fn http_check(&mut self, _url: &str) -> Result<u16, String> {
+    async fn http_check(&mut self, _url: &str) -> Result<u16, NodeError> {
         // The simulated proxy answers as healthy as the node is.
         Ok(if self.is_healthy() { 200 } else { 503 })
     }

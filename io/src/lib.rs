@@ -1,7 +1,8 @@
 //! The IO both gitfleet binaries share, kept out of the pure crates: the
 //! object store ([`store`]), durable writes of local files ([`write`]) and
 //! Prometheus metrics: latency histograms and the text format ([`metrics`]);
-//! crash injection for the fault tests ([`faults`]).
+//! crash injection for the fault tests ([`faults`]); stopping on SIGTERM
+//! or Ctrl-C ([`signals`]).
 //! With feature `test-servers` (and in this crate's own tests), [`moto`]
 //! and [`git_daemon`] start a real S3 API and a real git server for tests.
 
@@ -11,6 +12,7 @@ pub mod git_daemon;
 pub mod metrics;
 #[cfg(any(test, feature = "test-servers"))]
 pub mod moto;
+pub mod signals;
 pub mod store;
 pub mod write;
 

@@ -56,7 +56,7 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         let _watcher = args.reconciler.watch(trigger_tx);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            gitfleet_agent::signals::shutdown().await;
+            gitfleet_io::signals::shutdown().await;
             tracing::info!("stopping");
             let _ = stop_tx.send(true);
         });

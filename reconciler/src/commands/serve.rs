@@ -96,7 +96,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         // the other requests, for at most DRAIN.
         let shutdown = Arc::clone(&state);
         tokio::spawn(async move {
-            gitfleet_agent::signals::shutdown().await;
+            gitfleet_io::signals::shutdown().await;
             tracing::info!("stopping");
             shutdown.shutdown.send_replace(true);
         });

@@ -411,7 +411,7 @@ impl Swarm {
             () = tokio::time::sleep(grace) => {
                 tracing::warn!("agents still busy after the grace period; stopping them");
             }
-            () = gitfleet_agent::signals::shutdown() => {
+            () = gitfleet_io::signals::shutdown() => {
                 tracing::warn!("interrupted again; stopping the agents now");
             }
         }
@@ -427,7 +427,7 @@ async fn simulate(
     let swarm = Swarm::start(agents, timing)?;
     let started = Instant::now();
     let mut deadline = std::pin::pin!(after(args.duration));
-    let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
+    let mut stop = std::pin::pin!(gitfleet_io::signals::shutdown());
     let mut ticker = tokio::time::interval(args.progress.max(Duration::from_millis(100)));
     ticker.tick().await;
     let reason = loop {

@@ -84,7 +84,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
     let tty = std::io::stdout().is_terminal();
     runtime.block_on(async {
-        let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
+        let mut stop = std::pin::pin!(gitfleet_io::signals::shutdown());
         loop {
             let observed = tokio::select! {
                 o = observer.observe() => o,

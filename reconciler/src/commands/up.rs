@@ -818,7 +818,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         let swarm = Swarm::start(agents, timing)?;
         let started = Instant::now();
         let mut deadline = std::pin::pin!(simulate::after(args.duration));
-        let mut stop = std::pin::pin!(gitfleet_agent::signals::shutdown());
+        let mut stop = std::pin::pin!(gitfleet_io::signals::shutdown());
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         let mut screen = Screen::new(tty);
         let reason = loop {

@@ -1,5 +1,5 @@
-//! Stopping cleanly: the agent and the simulator both finish their current
-//! poll and exit on SIGTERM (systemd) or Ctrl-C.
+//! Stopping cleanly: both binaries finish what they are doing (a poll, a
+//! pass, the requests in flight) and exit on SIGTERM (systemd) or Ctrl-C.
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown() {
