@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use serde_json::{json, Value};
 
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MeshMember, FILES_DIR, MESH_FILE};
+use gitfleet_schemas::sbom::{Component, Property, Sbom, Service};
 use gitfleet_schemas::state::{MeshAllocation, MESH_ALLOCATION_FORMAT};
 use gitfleet_schemas::verify::sha256_hex;
 use gitfleet_schemas::{Diagnostic, MeshFile, NodeFile, Severity};
@@ -451,71 +451,49 @@ pub fn build(
     })
 }
 
-fn property(name: &str, value: impl Into<String>) -> Value {
-    json!({ "name": format!("gitfleet:{name}"), "value": value.into() })
-}
-
 /// The CycloneDX 1.5 SBOM of a mesh bundle: the mesh file as a `file`
 /// component, every peer as a service with its endpoint, key and
 /// addresses. Like the config SBOMs: no timestamp, serial number or
 /// gitfleet version.
 pub fn sbom(doc: &MeshBundle, source_commit: &str, mesh_json: &[u8]) -> Vec<u8> {
-    let services: Vec<Value> = doc
+    let services: Vec<Service> = doc
         .members
         .iter()
         .map(|m| {
             let mut properties = vec![
-                property("kind", "wireguard-peer"),
-                property("public-key", m.public_key.clone()),
-                property("address", m.address.clone()),
+                Property::gitfleet("kind", "wireguard-peer"),
+                Property::gitfleet("public-key", m.public_key.clone()),
+                Property::gitfleet("address", m.address.clone()),
             ];
             properties.extend(
                 m.allowed_ips
                     .iter()
-                    .map(|ip| property("allowed-ip", ip.clone())),
+                    .map(|ip| Property::gitfleet("allowed-ip", ip.clone())),
             );
-            let mut service = json!({
-                "bom-ref": format!("peer:{}", m.node),
-                "name": format!("wireguard peer {}", m.node),
-                "x-trust-boundary": true,
-                "properties": properties,
-            });
-            if let Some(endpoint) = &m.endpoint {
-                service["endpoints"] = json!([format!("udp://{endpoint}")]);
+            Service {
+                bom_ref: format!("peer:{}", m.node),
+                name: format!("wireguard peer {}", m.node),
+                endpoints: m.endpoint.as_ref().map(|e| vec![format!("udp://{e}")]),
+                trust_boundary: Some(true),
+                properties,
             }
-            service
         })
         .collect();
-    let bom = json!({
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "version": 1,
-        "metadata": {
-            "component": {
-                "type": "data",
-                "bom-ref": format!("mesh:{}", doc.mesh),
-                "name": doc.mesh,
-                "version": source_commit,
-                "description": "WireGuard mesh from the fleet repo",
-            },
-            "tools": {
-                "components": [{
-                    "type": "application",
-                    "name": "gitfleet",
-                }],
-            },
-        },
-        "components": [{
-            "type": "file",
-            "bom-ref": format!("file:{}", MESH_FILE.strip_prefix(FILES_DIR).unwrap_or(MESH_FILE)),
-            "name": MESH_FILE,
-            "hashes": [{ "alg": "SHA-256", "content": sha256_hex(mesh_json) }],
-        }],
-        "services": services,
+    let mut bom = Sbom::new(Component {
+        description: Some("WireGuard mesh from the fleet repo".to_owned()),
+        version: Some(source_commit.to_owned()),
+        ..Component::new("data", Some(format!("mesh:{}", doc.mesh)), doc.mesh.clone())
     });
-    let mut out = serde_json::to_vec_pretty(&bom).unwrap_or_default();
-    out.push(b'\n');
-    out
+    bom.components = vec![Component::file(
+        format!(
+            "file:{}",
+            MESH_FILE.strip_prefix(FILES_DIR).unwrap_or(MESH_FILE)
+        ),
+        MESH_FILE.to_owned(),
+        sha256_hex(mesh_json),
+    )];
+    bom.services = services;
+    bom.to_bytes()
 }
 
 #[cfg(test)]

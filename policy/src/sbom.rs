@@ -13,16 +13,16 @@
 use std::collections::BTreeMap;
 
 use sentinel_config::{AgentTransport, BuiltinHandler, Config, ListenerProtocol, MatchCondition};
-use serde_json::{json, Value};
 
 use gitfleet_schemas::bundle::FILES_DIR;
+use gitfleet_schemas::sbom::{Component, Dependency, Property, Sbom, Service};
 use gitfleet_schemas::verify::sha256_hex;
 
-fn property(name: &str, value: impl Into<String>) -> Value {
-    json!({ "name": format!("gitfleet:{name}"), "value": value.into() })
+fn property(name: &str, value: impl Into<String>) -> Property {
+    Property::gitfleet(name, value)
 }
 
-fn match_property(m: &MatchCondition) -> Value {
+fn match_property(m: &MatchCondition) -> Property {
     match m {
         MatchCondition::PathPrefix(p) => property("match.path-prefix", p.clone()),
         MatchCondition::Path(p) => property("match.path", p.clone()),
@@ -75,15 +75,14 @@ pub fn sentinel(
     config: &Config,
     files: &BTreeMap<String, Vec<u8>>,
 ) -> Vec<u8> {
-    let components: Vec<Value> = files
+    let components: Vec<Component> = files
         .iter()
         .map(|(path, bytes)| {
-            json!({
-                "type": "file",
-                "bom-ref": format!("file:{path}"),
-                "name": format!("{FILES_DIR}{path}"),
-                "hashes": [{ "alg": "SHA-256", "content": sha256_hex(bytes) }],
-            })
+            Component::file(
+                format!("file:{path}"),
+                format!("{FILES_DIR}{path}"),
+                sha256_hex(bytes),
+            )
         })
         .collect();
 
@@ -91,17 +90,17 @@ pub fn sentinel(
     let mut dependencies = Vec::new();
     for l in &config.listeners {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
-        services.push(json!({
-            "bom-ref": format!("listener:{}", l.id),
-            "name": format!("listener {}", l.id),
-            "endpoints": [format!("{scheme}://{}", l.address)],
-            "x-trust-boundary": true,
-            "properties": [
+        services.push(Service {
+            bom_ref: format!("listener:{}", l.id),
+            name: format!("listener {}", l.id),
+            endpoints: Some(vec![format!("{scheme}://{}", l.address)]),
+            trust_boundary: Some(true),
+            properties: vec![
                 property("kind", "listener"),
                 property("protocol", protocol_name(l.protocol)),
                 property("tls", l.tls.is_some().to_string()),
             ],
-        }));
+        });
     }
     let mut upstreams: Vec<_> = config.upstreams.values().collect();
     upstreams.sort_by(|a, b| a.id.cmp(&b.id));
@@ -112,24 +111,26 @@ pub fn sentinel(
             .iter()
             .map(|t| format!("{scheme}://{}", t.address))
             .collect();
-        services.push(json!({
-            "bom-ref": format!("upstream:{}", u.id),
-            "name": format!("upstream {}", u.id),
-            "endpoints": endpoints,
-            "properties": [property("kind", "upstream")],
-        }));
+        services.push(Service {
+            bom_ref: format!("upstream:{}", u.id),
+            name: format!("upstream {}", u.id),
+            endpoints: Some(endpoints),
+            trust_boundary: None,
+            properties: vec![property("kind", "upstream")],
+        });
     }
     if let Some(d) = &config.default_upstream {
         let scheme = if d.tls { "https" } else { "http" };
-        services.push(json!({
-            "bom-ref": "default-upstream",
-            "name": "default upstream",
-            "endpoints": [format!("{scheme}://{}", d.address)],
-            "properties": [
+        services.push(Service {
+            bom_ref: "default-upstream".to_owned(),
+            name: "default upstream".to_owned(),
+            endpoints: Some(vec![format!("{scheme}://{}", d.address)]),
+            trust_boundary: None,
+            properties: vec![
                 property("kind", "default-upstream"),
                 property("host", d.host.clone()),
             ],
-        }));
+        });
     }
     for r in &config.routes {
         let mut properties = vec![property("kind", "route")];
@@ -140,11 +141,13 @@ pub fn sentinel(
         let mut filters = r.filters.clone();
         filters.sort();
         properties.extend(filters.iter().map(|f| property("filter", f.clone())));
-        services.push(json!({
-            "bom-ref": format!("route:{}", r.id),
-            "name": format!("route {}", r.id),
-            "properties": properties,
-        }));
+        services.push(Service {
+            bom_ref: format!("route:{}", r.id),
+            name: format!("route {}", r.id),
+            endpoints: None,
+            trust_boundary: None,
+            properties,
+        });
         // The route's upstream, and the model-routing default upstream
         // of an inference route, in a stable order.
         let model_default = r
@@ -161,10 +164,10 @@ pub fn sentinel(
             .collect();
         depends.dedup();
         if !depends.is_empty() {
-            dependencies.push(json!({
-                "ref": format!("route:{}", r.id),
-                "dependsOn": depends,
-            }));
+            dependencies.push(Dependency {
+                reference: format!("route:{}", r.id),
+                depends_on: depends,
+            });
         }
     }
     for a in &config.agents {
@@ -173,45 +176,30 @@ pub fn sentinel(
             AgentTransport::Grpc { address, .. } => format!("grpc://{address}"),
             AgentTransport::Http { url, .. } => url.clone(),
         };
-        services.push(json!({
-            "bom-ref": format!("agent:{}", a.id),
-            "name": format!("agent {}", a.id),
-            "endpoints": [endpoint],
-            "properties": [property("kind", "agent")],
-        }));
+        services.push(Service {
+            bom_ref: format!("agent:{}", a.id),
+            name: format!("agent {}", a.id),
+            endpoints: Some(vec![endpoint]),
+            trust_boundary: None,
+            properties: vec![property("kind", "agent")],
+        });
     }
 
-    let bom = json!({
-        "bomFormat": "CycloneDX",
-        "specVersion": "1.5",
-        "version": 1,
-        "metadata": {
-            "component": {
-                "type": "application",
-                "bom-ref": format!("config:{name}"),
-                "name": name,
-                "version": source_commit,
-                "description": "Sentinel proxy config from the fleet repo",
-            },
-            "tools": {
-                "components": [{
-                    "type": "application",
-                    "name": "gitfleet",
-                }],
-            },
-        },
-        "components": components,
-        "services": services,
-        "dependencies": dependencies,
+    let mut bom = Sbom::new(Component {
+        description: Some("Sentinel proxy config from the fleet repo".to_owned()),
+        version: Some(source_commit.to_owned()),
+        ..Component::new("application", Some(format!("config:{name}")), name)
     });
-    let mut out = serde_json::to_vec_pretty(&bom).unwrap_or_default();
-    out.push(b'\n');
-    out
+    bom.components = components;
+    bom.services = services;
+    bom.dependencies = Some(dependencies);
+    bom.to_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     const CONFIG: &str = r#"
 system { worker-threads 1; }

@@ -19,6 +19,7 @@ pub mod mesh;
 pub mod node;
 pub mod promotion;
 pub mod rollout;
+pub mod sbom;
 mod span;
 pub mod state;
 pub mod status;
@@ -54,6 +55,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<CheckReport>("check-report.schema.json"),
         one::<bundle::BundleManifest>("bundle-manifest.schema.json"),
         one::<bundle::MeshBundle>("mesh-bundle.schema.json"),
+        one::<sbom::Sbom>("sbom.schema.json"),
         one::<trust::Envelope>("envelope.schema.json"),
         one::<trust::Root>("root.schema.json"),
         one::<trust::ChannelManifest>("channel-manifest.schema.json"),
