@@ -240,6 +240,28 @@ impl Spawned {
         }
     }
 
+    /// `gitfleet up` in `cwd` with the demo in `demo/`, at test speed
+    /// (agents poll every 300 ms, a pass every second, 1 s bakes, 50 ms
+    /// activations), with `extra` arguments (a fleet repo to start from,
+    /// `--listen`); its output goes to `<name>.out`.
+    pub fn up(cwd: &Path, name: &str, extra: &[&str]) -> Spawned {
+        let mut args = vec![
+            "up",
+            "--dir",
+            "demo",
+            "--poll",
+            "300ms",
+            "--interval",
+            "1s",
+            "--bake",
+            "1s",
+            "--apply-latency",
+            "50ms",
+        ];
+        args.extend_from_slice(extra);
+        Spawned::gitfleet(cwd, name, &args)
+    }
+
     /// What it printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()

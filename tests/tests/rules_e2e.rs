@@ -102,24 +102,7 @@ fn deleting_prods_approvals_waits_for_the_approvals_it_deletes() {
     let cwd = tempfile::tempdir().unwrap();
     let cwd = cwd.path();
     fleet_without_windows(&cwd.join("start"));
-    let up = Spawned::gitfleet(
-        cwd,
-        "up",
-        &[
-            "up",
-            "start",
-            "--dir",
-            "demo",
-            "--poll",
-            "300ms",
-            "--interval",
-            "1s",
-            "--bake",
-            "1s",
-            "--apply-latency",
-            "50ms",
-        ],
-    );
+    let up = Spawned::up(cwd, "up", &["start"]);
     let bare = cwd.join("demo/fleet.git");
     let work = cwd.join("demo/fleet");
 

@@ -49,25 +49,7 @@ fn status(base: &str) -> FleetStatus {
 #[test]
 fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     let cwd = tempfile::tempdir().unwrap();
-    let up = Spawned::gitfleet(
-        cwd.path(),
-        "up",
-        &[
-            "up",
-            "--dir",
-            "demo",
-            "--poll",
-            "300ms",
-            "--interval",
-            "1s",
-            "--bake",
-            "1s",
-            "--apply-latency",
-            "50ms",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let up = Spawned::up(cwd.path(), "up", &["--listen", "127.0.0.1:0"]);
     let base = up.printed_url("Status pages: ");
     eventually("/readyz", || {
         (get(&format!("{base}/readyz")).0 == 200).then_some(())

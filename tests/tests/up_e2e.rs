@@ -18,23 +18,7 @@ struct Up(Spawned);
 
 impl Up {
     fn start(cwd: &Path, run: usize) -> Up {
-        Up(Spawned::gitfleet(
-            cwd,
-            &format!("up-{run}"),
-            &[
-                "up",
-                "--dir",
-                "demo",
-                "--poll",
-                "300ms",
-                "--interval",
-                "1s",
-                "--bake",
-                "1s",
-                "--apply-latency",
-                "50ms",
-            ],
-        ))
+        Up(Spawned::up(cwd, &format!("up-{run}"), &[]))
     }
 
     fn output(&self) -> String {
