@@ -49,9 +49,22 @@ struct Cli {
     #[arg(long, global = true, env = "GITFLEET_AGENT_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, global = true)]
+    /// Log format on stderr, as `gitfleet` takes it. auto: JSON lines for
+    /// `run` when stderr is not a terminal (a service's logs), human
+    /// otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "GITFLEET_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// The same as `--log-format json` (kept for existing unit files).
+    #[arg(long, global = true, hide = true)]
     log_json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Json,
+    Human,
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +72,14 @@ enum Command {
     Run(RunArgs),
     Enroll(EnrollArgs),
     Status(StatusArgs),
+    /// Check the current channel manifest against the pinned root, and
+    /// which bundles it names for this node, without changing anything.
+    ///
+    /// Exits 0 when it verifies, 1 when it is refused (and says why).
+    ///
+    /// Example:
+    ///   gitfleet-agent -c /etc/gitfleet/agent.kdl verify
+    #[command(verbatim_doc_comment)]
     Verify,
 }
 
@@ -130,7 +151,16 @@ fn main() -> ExitCode {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if cli.log_json {
+    let json = cli.log_json
+        || match cli.log_format {
+            LogFormat::Json => true,
+            LogFormat::Human => false,
+            LogFormat::Auto => {
+                matches!(cli.command, Command::Run(_))
+                    && !std::io::IsTerminal::is_terminal(&std::io::stderr())
+            }
+        };
+    if json {
         builder.json().init();
     } else {
         builder.init();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::moto::free_port;
 
 /// `git daemon` serving the repositories under a base directory over
-/// `git://` with pushes enabled; killed (by its PID) on drop.
+/// `git://` with pushes enabled; killed (by its PID) on drop, pass or fail.
 #[derive(Debug)]
 pub struct GitDaemon {
     child: Child,
@@ -23,13 +23,16 @@ impl GitDaemon {
     /// user's and the system's git configuration are not read.
     pub fn start(base: &Path) -> GitDaemon {
         let port = free_port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-            ])
+        // `git daemon` runs `git-daemon` as a child of its own, which
+        // killing `git` would orphan: start `git-daemon` itself, so the
+        // PID we hold is the server's.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("running git --exec-path");
+        let exec_path = String::from_utf8(exec_path.stdout).expect("git --exec-path is UTF-8");
+        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--enable=receive-pack"])
             .arg(format!("--base-path={}", base.display()))
             .args(["--listen=127.0.0.1", &format!("--port={port}")])
             .arg(base)

@@ -14,6 +14,8 @@ pub mod metrics;
 pub mod moto;
 pub mod signals;
 pub mod store;
+#[cfg(any(test, feature = "test-servers"))]
+pub mod tools;
 pub mod write;
 
 /// An error and its sources, `outer: inner: innermost`, for logs and

@@ -5,19 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use object_store::aws::AmazonS3Builder;
 
 use crate::store::Store;
-
-const INSTALL: &str = "moto_server is needed for the S3 tests and was not found on PATH \
-     nor at $GITFLEET_MOTO_SERVER. Install it with:\n    \
-     python3 -m venv .venv && .venv/bin/pip install 'moto[server]'\n\
-     then run the tests with GITFLEET_MOTO_SERVER=$PWD/.venv/bin/moto_server \
-     (.ci/run does this in $HOME/.cache/gitfleet/venv)";
 
 /// A moto_server process started by this test; killed (by its PID) on drop.
 #[derive(Debug)]
@@ -38,7 +32,7 @@ impl Moto {
     /// Starts moto_server on `port` (a server stopped earlier comes back
     /// there, empty, for outage tests).
     pub fn start_on(port: u16) -> Moto {
-        let program = find_moto().unwrap_or_else(|| panic!("{INSTALL}"));
+        let program = crate::tools::Tool::Moto.require();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -46,7 +40,7 @@ impl Moto {
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}\n{INSTALL}", program.display()));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
         let mut moto = Moto {
             child,
             port,
@@ -148,21 +142,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn find_moto() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("GITFLEET_MOTO_SERVER") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "GITFLEET_MOTO_SERVER={} is not a file\n{INSTALL}",
-            path.display()
-        );
-        return Some(path);
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("moto_server"))
-        .find(|p| p.is_file())
 }
 
 /// A port nothing listens on now, on 127.0.0.1.

@@ -53,6 +53,11 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `1 node`, `2 nodes`; `plural` for words that do not just take an `s`.
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
 /// The width of a progress bar, in characters.
 pub const BAR: usize = 20;
 
@@ -111,5 +116,12 @@ mod tests {
     fn digests_are_shortened_after_the_algorithm() {
         assert_eq!(short_digest("sha256:0123456789abcdef0123"), "0123456789ab");
         assert_eq!(short_digest("abc"), "abc");
+    }
+
+    #[test]
+    fn counts_say_one_thing_and_many_things() {
+        assert_eq!(count(1, "node", "nodes"), "1 node");
+        assert_eq!(count(0, "mesh", "meshes"), "0 meshes");
+        assert_eq!(count(2, "mesh", "meshes"), "2 meshes");
     }
 }

@@ -15,33 +15,12 @@ pub const VERSION: &str = "0.4.14";
 /// How long the proxy may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `sentinel` binary: `$GITFLEET_SENTINEL`, or `sentinel` on `PATH`.
-/// Panics with how to install it when there is none.
+/// The `sentinel` binary: `$GITFLEET_SENTINEL`, or `sentinel` where cargo
+/// installs it or on `PATH`. Panics with every missing tool when there is
+/// none.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("GITFLEET_SENTINEL") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "GITFLEET_SENTINEL={} is not a file; {}",
-            path.display(),
-            INSTALL
-        );
-        return path;
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("sentinel"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("no `sentinel` binary on PATH and GITFLEET_SENTINEL is unset; {INSTALL}")
-        })
+    gitfleet_io::tools::Tool::Sentinel.require()
 }
-
-const INSTALL: &str = "the Sentinel proxy tests need the real proxy: \
-    `apt-get install protobuf-compiler cmake` and \
-    `cargo install sentinel-proxy --version 0.4.14 --locked --debug`, \
-    then put it on PATH or set GITFLEET_SENTINEL to the binary (`bash .ci/run` does both)";
 
 /// A free TCP port on 127.0.0.1 (bound, read and released).
 pub fn free_port() -> u16 {

@@ -5,7 +5,7 @@
 //! bundle; screenshots go to `target/browser-artifacts/`.
 //!
 //! Needs Debian's `chromium` (or `GITFLEET_CHROMIUM`), Node.js and
-//! `npm ci` in `tests/browser`; `bash .ci/run` installs them.
+//! `npm ci` in `tests/browser`; `bash scripts/test.sh` installs them.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
@@ -14,32 +14,14 @@ use std::process::Command;
 
 use gitfleet_tests::{workspace, Spawned};
 
-const INSTALL: &str = "the browser test needs Chromium and Playwright: \
-    `apt-get install --no-install-recommends chromium nodejs npm` and \
-    `npm ci` in tests/browser (`bash .ci/run` does both); \
-    GITFLEET_CHROMIUM names another browser binary";
-
 fn chromium() -> PathBuf {
-    let path = std::env::var_os("GITFLEET_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        path.is_file(),
-        "no browser at {}; {INSTALL}",
-        path.display()
-    );
-    path
+    gitfleet_io::tools::Tool::Chromium.require()
 }
 
 #[test]
 fn the_status_pages_update_live_in_a_browser() {
     let browser = chromium();
     let scripts = workspace().join("tests/browser");
-    assert!(
-        scripts.join("node_modules/playwright-core").is_dir(),
-        "no playwright-core in {}; {INSTALL}",
-        scripts.display()
-    );
     let artifacts = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))
@@ -78,7 +60,12 @@ fn the_status_pages_update_live_in_a_browser() {
         .env("GITFLEET_NODES", "11")
         .env("GITFLEET_PEER_NODE", "edge-dev-fra-1")
         .output()
-        .unwrap_or_else(|e| panic!("running node: {e}; {INSTALL}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running node: {e}; {}",
+                gitfleet_io::tools::missing_message()
+            )
+        });
     let (stdout, stderr) = gitfleet_tests::text(&out);
     assert!(
         out.status.success(),

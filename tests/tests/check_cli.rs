@@ -42,7 +42,7 @@ fn the_example_fleet_repo_is_clean() {
     let (code, stdout, stderr) = check(&[example().to_str().unwrap()], &workspace());
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains(": ok (11 nodes, 3 environments, 2 configs, 1 meshes, 3 rollouts)"),
+        stdout.contains(": ok (11 nodes, 3 environments, 2 configs, 1 mesh, 3 rollouts)"),
         "{stdout}"
     );
 }
@@ -165,6 +165,20 @@ fn an_unknown_revision_exits_2() {
     assert_eq!(code, 2);
     assert!(
         stderr.contains("resolving revision `no-such-branch`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_directory_that_is_no_fleet_repo_is_named_in_one_line() {
+    // The gitfleet source tree itself: no fleet.kdl, nodes/ or configs/.
+    let (code, stdout, stderr) = check(&[], &workspace());
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is not a fleet repo: it has no fleet.kdl")
+            && stderr.contains("gitfleet check examples/fleet-repo"),
         "{stderr}"
     );
 }

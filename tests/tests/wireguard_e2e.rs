@@ -33,32 +33,7 @@ const PORT: u16 = 51820;
 
 /// `boringtun-cli`: `$GITFLEET_BORINGTUN`, cargo's bin directory, or PATH.
 fn boringtun() -> PathBuf {
-    const INSTALL: &str = "install it with `cargo install boringtun-cli --locked` \
-        (`bash .ci/run` does), or set GITFLEET_BORINGTUN to the binary";
-    if let Some(path) = std::env::var_os("GITFLEET_BORINGTUN") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "GITFLEET_BORINGTUN={} is not a file; {INSTALL}",
-            path.display()
-        );
-        return path;
-    }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
-    cargo_home
-        .map(|h| h.join("bin"))
-        .into_iter()
-        .chain(
-            std::env::var_os("PATH")
-                .iter()
-                .flat_map(std::env::split_paths)
-                .collect::<Vec<_>>(),
-        )
-        .map(|dir| dir.join("boringtun-cli"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("no `boringtun-cli` binary was found; {INSTALL}"))
+    gitfleet_io::tools::Tool::Boringtun.require()
 }
 
 /// Fail, saying what to install, when the host cannot run this test.
@@ -293,7 +268,7 @@ wireguard {{
             .arg(bin("gitfleet-agent"))
             .arg("-c")
             .arg(self.path(&format!("agent-{name}.kdl")))
-            .arg("--log-json")
+            .args(["--log-format", "json"])
             .current_dir(self.dir.path());
         cmd
     }

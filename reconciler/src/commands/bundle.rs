@@ -293,7 +293,7 @@ fn open_valid(path: &Path) -> anyhow::Result<Verified<Bundle>> {
 }
 
 fn plural(n: usize, word: &str) -> String {
-    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+    crate::fmt::count(n, word, &format!("{word}s"))
 }
 
 fn inspect(args: &InspectArgs) -> anyhow::Result<ExitCode> {

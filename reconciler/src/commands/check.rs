@@ -10,6 +10,7 @@ use codespan_reporting::term::termcolor::StandardStream;
 use gitfleet_policy::{Checked, RepoFiles};
 
 use super::Color;
+use crate::fmt::count;
 use crate::{render, source};
 
 /// Check a fleet repo and print every problem with its file and line.
@@ -70,6 +71,12 @@ pub fn load(path: &std::path::Path, rev: Option<&str>) -> anyhow::Result<Loaded>
             (f, s, path.display().to_string())
         }
     };
+    if !is_fleet_repo(&files) {
+        anyhow::bail!(
+            "{source} is not a fleet repo: it has no fleet.kdl, environments.kdl, nodes/, configs/, meshes/ or rollouts/; \
+             run `gitfleet check PATH` on one (for example `gitfleet check examples/fleet-repo`)"
+        );
+    }
     for link in &skipped.symlinks {
         tracing::warn!(path = %link, "skipping symlink: fleet repos hold plain files");
     }
@@ -86,6 +93,20 @@ pub fn load(path: &std::path::Path, rev: Option<&str>) -> anyhow::Result<Loaded>
         files,
         checked,
         source,
+    })
+}
+
+/// Whether `files` look like a fleet repo at all: any of its documents or
+/// directories. One missing file is a diagnostic; all of them missing means
+/// the wrong directory.
+fn is_fleet_repo(files: &RepoFiles) -> bool {
+    use gitfleet_policy::model::{ENVIRONMENTS_FILE, FLEET_FILE};
+    files.iter().any(|(path, _)| {
+        path == FLEET_FILE
+            || path == ENVIRONMENTS_FILE
+            || ["nodes/", "configs/", "meshes/", "rollouts/"]
+                .iter()
+                .any(|d| path.starts_with(d))
     })
 }
 
@@ -111,13 +132,13 @@ pub fn run(args: &CheckArgs, color: Color) -> anyhow::Result<ExitCode> {
             if loaded.checked.diagnostics.is_empty() {
                 let m = &loaded.checked.model;
                 println!(
-                    "{}: ok ({} nodes, {} environments, {} configs, {} meshes, {} rollouts)",
+                    "{}: ok ({}, {}, {}, {}, {})",
                     loaded.source,
-                    m.nodes.len(),
-                    m.environments.len(),
-                    m.configs.len(),
-                    m.meshes.len(),
-                    m.rollouts.len()
+                    count(m.nodes.len(), "node", "nodes"),
+                    count(m.environments.len(), "environment", "environments"),
+                    count(m.configs.len(), "config", "configs"),
+                    count(m.meshes.len(), "mesh", "meshes"),
+                    count(m.rollouts.len(), "rollout", "rollouts")
                 );
             }
         }
