@@ -127,7 +127,7 @@ fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
     let out = up.stop();
     assert!(out.contains("set up demo from the example fleet"), "{out}");
     assert!(
-        out.contains("11 simulated nodes in dev, prod, staging"),
+        out.contains("11 simulated nodes in dev, staging, prod"),
         "{out}"
     );
     assert!(out.contains("cd demo/fleet"), "{out}");

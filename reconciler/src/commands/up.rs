@@ -736,9 +736,19 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         state_dir: Some(&agents_dir),
     })?;
     let node_count = agents.len();
-    let mut environments: Vec<String> = agents.iter().map(|(e, _)| e.clone()).collect();
-    environments.sort();
-    environments.dedup();
+    // In the order changes pass through them; any environment the repo
+    // does not order (yet) after them.
+    let model = gitfleet_policy::check(&main).model;
+    let mut environments: Vec<String> = gitfleet_policy::plan::environment_order(&model)
+        .into_iter()
+        .filter(|e| agents.iter().any(|(a, _)| a == e))
+        .map(str::to_owned)
+        .collect();
+    for (e, _) in &agents {
+        if !environments.contains(e) {
+            environments.push(e.clone());
+        }
+    }
 
     // The reconciler runs on its own thread: its git work blocks.
     let (pass_tx, mut pass_rx) = tokio::sync::watch::channel(Pass::default());
@@ -841,7 +851,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             .stop(args.apply_latency + Duration::from_secs(5))
             .await;
         let pass = pass_rx.borrow().clone();
-        screen.draw(&render(&pass, &views, started.elapsed(), Utc::now()));
+        screen.finish(&render(&pass, &views, started.elapsed(), Utc::now()));
         anyhow::Ok(reason)
     })?;
     let _ = stop_tx.send(true);
@@ -904,13 +914,15 @@ fn approval_hints(layout: &Layout, files: &RepoFiles) -> String {
     out
 }
 
-/// Draws the progress block: in place on a terminal, else a new block
-/// whenever its content changes.
+/// Draws the progress block: in place on a terminal; otherwise (a log, a
+/// pipe) the whole block once, then only the rows that changed, each with
+/// the time, and the whole block again at the end.
 struct Screen {
     tty: bool,
-    /// Lines drawn last time (terminal), or the last content (otherwise).
+    /// Lines drawn last time (terminal).
     drawn: usize,
-    last: String,
+    /// Each row as last printed (otherwise).
+    last: BTreeMap<String, String>,
 }
 
 impl Screen {
@@ -918,8 +930,38 @@ impl Screen {
         Screen {
             tty,
             drawn: 0,
-            last: String::new(),
+            last: BTreeMap::new(),
         }
+    }
+
+    /// What a log gets of `block`: the whole block the first time, then the
+    /// rows that changed, each with the time.
+    fn changes(&mut self, block: &Block) -> Vec<String> {
+        if self.last.is_empty() {
+            self.last = block.rows.iter().cloned().collect();
+            let mut all = block.lines(true);
+            all.push(String::new());
+            return all;
+        }
+        let mut out = Vec::new();
+        for (key, row) in &block.rows {
+            if self.last.get(key) != Some(row) {
+                out.push(format!("[{:>4}s] {row}", block.elapsed));
+                self.last.insert(key.clone(), row.clone());
+            }
+        }
+        out
+    }
+
+    /// The last drawing: on a terminal as always, otherwise the whole block.
+    fn finish(&mut self, block: &Block) {
+        if self.tty {
+            self.draw(block);
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}\n", block.lines(true).join("\n"));
+        let _ = out.flush();
     }
 
     fn draw(&mut self, block: &Block) {
@@ -939,11 +981,8 @@ impl Screen {
             self.drawn = lines.len();
             let _ = out.write_all(text.as_bytes());
         } else {
-            // Time moves every draw; print only when something else did.
-            let content = block.lines(false).join("\n");
-            if content != self.last {
-                let _ = writeln!(out, "{}\n", block.lines(true).join("\n"));
-                self.last = content;
+            for line in self.changes(block) {
+                let _ = writeln!(out, "{line}");
             }
         }
         let _ = out.flush();
@@ -968,9 +1007,14 @@ fn truncate(line: &str, width: usize) -> String {
 /// One drawing of the progress block.
 #[derive(Debug, PartialEq)]
 struct Block {
+    /// Seconds since `up` started.
+    elapsed: u64,
     /// The line that changes with the clock alone.
     clock: String,
     lines: Vec<String>,
+    /// The same content as rows that stand alone (a rollout row names its
+    /// rollout), by a stable key: what a log shows when one changes.
+    rows: Vec<(String, String)>,
 }
 
 impl Block {
@@ -998,18 +1042,23 @@ fn render(pass: &Pass, views: &[View], elapsed: Duration, now: DateTime<Utc>) ->
         ))
     );
     let mut lines = Vec::new();
+    let mut rows: Vec<(String, String)> = Vec::new();
     if !pass.commit.is_empty() {
-        lines.push(format!(
+        let line = format!(
             "main at {}: {}",
             &pass.commit[..pass.commit.len().min(12)],
             match pass.repo_errors {
                 0 => "no errors".to_owned(),
                 n => format!("{n} error(s) in the fleet repo (gitfleet check shows them); their configs keep their last good bundle"),
             }
-        ));
+        );
+        rows.push(("main".to_owned(), line.clone()));
+        lines.push(line);
     }
     if let Some(e) = &pass.error {
-        lines.push(format!("last pass failed: {e}"));
+        let line = format!("last pass failed: {e}");
+        rows.push(("pass".to_owned(), line.clone()));
+        lines.push(line);
     }
     // (rollout, environment) -> digest -> nodes running it
     let mut running: BTreeMap<(&str, &str), BTreeMap<&str, usize>> = BTreeMap::new();
@@ -1052,6 +1101,16 @@ fn render(pass: &Pass, views: &[View], elapsed: Duration, now: DateTime<Utc>) ->
                     .and_then(|d| d.get(e.after.target.digest.as_str()))
                     .copied()
                     .unwrap_or(0);
+                let row = |name: &str, reason: &str| {
+                    format!(
+                        "{name:<width$}  {:<env_width$}  {:<17}  {}  {:>5}  {:>4}  {reason}",
+                        e.environment,
+                        e.after.phase.to_string(),
+                        bar(on_target, e.targets),
+                        format!("{on_target}/{}", e.targets),
+                        format!("{}/{}", e.after.step, e.steps),
+                    )
+                };
                 let name = if i == 0 { r.name.as_str() } else { "" };
                 let sick = views
                     .iter()
@@ -1061,18 +1120,16 @@ fn render(pass: &Pass, views: &[View], elapsed: Duration, now: DateTime<Utc>) ->
                             && v.running.iter().any(|(rn, _)| *rn == r.name)
                     })
                     .count();
+                let said = for_people(&e.after.reason, now);
                 let reason = match e.after.phase {
                     Phase::Complete if sick == 0 => String::new(),
-                    _ if sick > 0 => format!("{sick} unhealthy; {}", e.after.reason),
-                    _ => e.after.reason.clone(),
+                    _ if sick > 0 => format!("{sick} unhealthy; {said}"),
+                    _ => said,
                 };
-                lines.push(format!(
-                    "{name:<width$}  {:<env_width$}  {:<17}  {}  {:>5}  {:>4}  {reason}",
-                    e.environment,
-                    e.after.phase.to_string(),
-                    bar(on_target, e.targets),
-                    format!("{on_target}/{}", e.targets),
-                    format!("{}/{}", e.after.step, e.steps),
+                lines.push(row(name, &reason));
+                rows.push((
+                    format!("rollout {} {}", r.name, e.environment),
+                    row(&r.name, &reason),
                 ));
             }
         }
@@ -1081,9 +1138,38 @@ fn render(pass: &Pass, views: &[View], elapsed: Duration, now: DateTime<Utc>) ->
     }
     if let Some(e) = views.iter().find_map(|v| v.error.as_deref()) {
         let n = views.iter().filter(|v| v.error.is_some()).count();
-        lines.push(format!("{n} node(s) report errors, e.g.: {e}"));
+        let line = format!("{n} node(s) report errors, e.g.: {e}");
+        rows.push(("node errors".to_owned(), line.clone()));
+        lines.push(line);
     }
-    Block { clock, lines }
+    Block {
+        elapsed: elapsed.as_secs(),
+        clock,
+        lines,
+        rows,
+    }
+}
+
+/// A planner's reason as a person wants it on screen: `baking until <time>`
+/// (stable, so the state does not change every pass) becomes how long is
+/// left.
+fn for_people(reason: &str, now: DateTime<Utc>) -> String {
+    const BAKING: &str = "baking until ";
+    let Some(at) = reason.find(BAKING) else {
+        return reason.to_owned();
+    };
+    let rest = &reason[at + BAKING.len()..];
+    let end = rest.find([' ', ';', ',']).unwrap_or(rest.len());
+    let Ok(until) = DateTime::parse_from_rfc3339(&rest[..end]) else {
+        return reason.to_owned();
+    };
+    let left = (until.with_timezone(&Utc) - now).num_seconds();
+    let said = if left > 0 {
+        format!("baking, {} left", crate::fmt::age(left))
+    } else {
+        "baked".to_owned()
+    };
+    format!("{}{said}{}", &reason[..at], &rest[end..])
 }
 
 #[cfg(test)]
@@ -1256,5 +1342,70 @@ mod tests {
             "[   3s] 0 nodes, 0 polling, 0 unhealthy; last pass not yet"
         );
         assert_eq!(block.lines, vec!["waiting for the first reconcile pass"]);
+    }
+
+    #[test]
+    fn a_bake_shows_the_time_left_not_the_time_it_ends() {
+        let now = DateTime::parse_from_rfc3339("2026-12-03T07:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            for_people("step 1/3: baking until 2026-12-03T07:00:04Z", now),
+            "step 1/3: baking, 4s left"
+        );
+        assert_eq!(
+            for_people("step 2/2: baking until 2026-12-03T07:02:05Z", now),
+            "step 2/2: baking, 2m05s left"
+        );
+        assert_eq!(
+            for_people("step 1/3: baking until 2026-12-03T06:59:00Z", now),
+            "step 1/3: baked"
+        );
+        assert_eq!(
+            for_people("awaiting 2 approvals", now),
+            "awaiting 2 approvals"
+        );
+    }
+
+    #[test]
+    fn a_log_gets_the_block_once_then_only_the_rows_that_changed() {
+        let block = |elapsed, rows: &[(&str, &str)]| Block {
+            elapsed,
+            clock: format!("[{elapsed:>4}s] clock"),
+            lines: rows.iter().map(|(_, r)| (*r).to_owned()).collect(),
+            rows: rows
+                .iter()
+                .map(|(k, r)| ((*k).to_owned(), (*r).to_owned()))
+                .collect(),
+        };
+        let mut screen = Screen::new(false);
+        let first = screen.changes(&block(
+            1,
+            &[("a", "edge dev progressing"), ("b", "edge prod pending")],
+        ));
+        assert_eq!(
+            first,
+            [
+                "[   1s] clock",
+                "edge dev progressing",
+                "edge prod pending",
+                ""
+            ]
+        );
+        // The clock alone moved: nothing.
+        assert!(screen
+            .changes(&block(
+                2,
+                &[("a", "edge dev progressing"), ("b", "edge prod pending")]
+            ))
+            .is_empty());
+        // One row changed: that row, with its rollout named and the time.
+        assert_eq!(
+            screen.changes(&block(
+                3,
+                &[("a", "edge dev complete"), ("b", "edge prod pending")]
+            )),
+            ["[   3s] edge dev complete"]
+        );
     }
 }
