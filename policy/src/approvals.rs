@@ -15,6 +15,9 @@ use gitfleet_schemas::approval::{approval_path, Approval};
 use gitfleet_schemas::trust::PublicKey;
 use gitfleet_schemas::verify::verify_signed_by;
 
+use gitfleet_schemas::state::{Phase, RolloutState, RulesState};
+use gitfleet_schemas::view::WaitingCommit;
+
 use crate::model::FleetModel;
 use crate::rules::{Rules, RulesPlan};
 
@@ -59,6 +62,49 @@ pub fn count(model: &FleetModel, rules: &Rules, files: &BTreeMap<String, Vec<u8>
         if required > 0 && approvers.len() as u64 >= required {
             out.approved.insert((env, commit));
         }
+    }
+    out
+}
+
+/// The commits waiting for approvals in `environment`: the source commits
+/// of rollouts at its approval gate, and a pending change to its rules;
+/// each once, in commit order of first appearance (rollouts by name, the
+/// rules change last).
+pub fn waiting(
+    state: &BTreeMap<String, RolloutState>,
+    rules: Option<&RulesState>,
+    environment: &str,
+) -> Vec<WaitingCommit> {
+    let mut out: Vec<WaitingCommit> = Vec::new();
+    let mut add = |commit: &str, rollout: Option<&str>| {
+        let i = match out.iter().position(|w| w.commit == commit) {
+            Some(i) => i,
+            None => {
+                out.push(WaitingCommit {
+                    commit: commit.to_owned(),
+                    rollouts: Vec::new(),
+                    rules: false,
+                });
+                out.len() - 1
+            }
+        };
+        match rollout {
+            Some(r) => out[i].rollouts.push(r.to_owned()),
+            None => out[i].rules = true,
+        }
+    };
+    for (name, st) in state {
+        if let Some(e) = st.environments.get(environment) {
+            if e.phase == Phase::AwaitingApproval {
+                add(&e.source_commit, Some(name));
+            }
+        }
+    }
+    if let Some(p) = rules
+        .and_then(|r| r.environments.get(environment))
+        .and_then(|r| r.pending.as_ref())
+    {
+        add(&p.commit, None);
     }
     out
 }
@@ -306,5 +352,69 @@ mod tests {
             "{:?}",
             got.ignored
         );
+    }
+
+    #[test]
+    fn what_waits_in_an_environment_is_listed_once_per_commit() {
+        use gitfleet_schemas::state::{EnvRulesState, EnvState, PendingRules, RulesState};
+        use gitfleet_schemas::trust::BundleRef;
+        let env = |phase, commit: &str| EnvState {
+            target: BundleRef {
+                digest: "sha256:00".into(),
+                length: 1,
+            },
+            source_commit: commit.into(),
+            previous: None,
+            phase,
+            step: 0,
+            admitted: 0,
+            since: chrono::Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap(),
+            reason: String::new(),
+            failed_nodes: Vec::new(),
+        };
+        let rollout = |phase, commit: &str| RolloutState {
+            format: 1,
+            environments: BTreeMap::from([("prod".to_owned(), env(phase, commit))]),
+        };
+        let state = BTreeMap::from([
+            ("api".to_owned(), rollout(Phase::AwaitingApproval, "c1")),
+            ("edge".to_owned(), rollout(Phase::AwaitingApproval, "c1")),
+            ("mesh".to_owned(), rollout(Phase::AwaitingApproval, "c2")),
+            ("web".to_owned(), rollout(Phase::Progressing, "c3")),
+        ]);
+        let rules = RulesState {
+            format: 1,
+            first_seen: "c0".into(),
+            environments: BTreeMap::from([(
+                "prod".to_owned(),
+                EnvRulesState {
+                    commit: "c0".into(),
+                    since: chrono::Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap(),
+                    pending: Some(PendingRules {
+                        commit: "c2".into(),
+                        reason: String::new(),
+                    }),
+                },
+            )]),
+        };
+        let got = waiting(&state, Some(&rules), "prod");
+        let summary: Vec<(&str, Vec<&str>, bool)> = got
+            .iter()
+            .map(|w| {
+                (
+                    w.commit.as_str(),
+                    w.rollouts.iter().map(String::as_str).collect(),
+                    w.rules,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("c1", vec!["api", "edge"], false),
+                ("c2", vec!["mesh"], true)
+            ]
+        );
+        assert!(waiting(&state, Some(&rules), "dev").is_empty());
     }
 }

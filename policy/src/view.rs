@@ -112,6 +112,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
                 .rules
                 .and_then(|r| r.environments.get(env.as_str()))
                 .cloned(),
+            waiting: crate::approvals::waiting(inputs.state, inputs.rules, env),
             rollouts: rollouts_in(inputs, env),
         })
         .collect();

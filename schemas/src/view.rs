@@ -61,8 +61,24 @@ pub struct EnvironmentView {
     /// reconciler's first pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<EnvRulesState>,
+    /// Commits that wait for approvals here, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WaitingCommit>,
     /// Rollouts with state here, by name.
     pub rollouts: Vec<RolloutView>,
+}
+
+/// A commit that waits for approvals in an environment, and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingCommit {
+    pub commit: String,
+    /// Rollouts whose change it brought, waiting at the approval gate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<String>,
+    /// Whether it changes the environment's rules.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rules: bool,
 }
 
 /// One rollout in one environment.

@@ -181,6 +181,7 @@ fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
         let out = Command::new(bin("gitfleet"))
             .args(["approve", "--repo", "demo/fleet.git", "--env", env, "--key"])
             .arg(format!("demo/keys/approver-{who}.key"))
+            .arg("--all-waiting")
             .current_dir(cwd.path())
             .output()
             .unwrap();
@@ -193,9 +194,34 @@ fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
         said.contains("environment `dev` takes no approvals"),
         "{said}"
     );
+    // `gitfleet status` names what waits there and how to approve it.
+    let out = Command::new(bin("gitfleet"))
+        .args(["status", "--repo", "demo/fleet.git", "--env", "prod"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let (status, _) = text(&out);
+    let waiting_for = state(&bare, "api-gateway").unwrap().environments["prod"]
+        .source_commit
+        .clone();
+    assert!(status.contains("waiting for approval:"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(&waiting_for[..12]) && l.contains("api-gateway")),
+        "{status}"
+    );
+    assert!(
+        status
+            .contains("gitfleet approve --repo demo/fleet.git --env prod --key KEY --all-waiting"),
+        "{status}"
+    );
     for who in ["alice", "bob"] {
         let (code, said) = approve(who, "prod");
         assert_eq!(code, Some(0), "{said}");
+        // Every commit waiting is listed before it is approved.
+        assert!(said.contains("waiting for approval in prod:"), "{said}");
+        assert!(said.contains(&waiting_for[..12]), "{said}");
         assert!(said.contains(&format!("for prod as {who}")), "{said}");
     }
     // Released: prod goes on, or waits for its change window.
@@ -211,7 +237,7 @@ fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
     assert!(out.contains("resuming the fleet in demo"), "{out}");
     assert!(
         out.contains(
-            "prod waits for 2 approval(s) of the commit it is offered; give them as alice and bob:"
+            "prod waits for 2 approval(s) of each commit it is offered; give them as alice and bob to all that wait there:"
         ),
         "{out}"
     );

@@ -40,13 +40,19 @@ use crate::setup::GitArgs;
 ///       --env prod --key ~/.gitfleet/alice.key 2d7f9ab4bceb
 ///   gitfleet approve --repo .gitfleet/up/fleet.git --env prod \
 ///       --key .gitfleet/up/keys/approver-alice.key     # main's tip
+///   gitfleet approve --env prod --key alice.key --all-waiting
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ApproveArgs {
     /// The commit to approve: a full id or a unique prefix, on the spec
     /// branch (default: its tip).
-    #[arg(value_name = "COMMIT")]
+    #[arg(value_name = "COMMIT", conflicts_with = "all_waiting")]
     commit: Option<String>,
+    /// Approve every commit waiting for approvals in the environment (the
+    /// changes at its approval gate and a pending change to its rules),
+    /// listing each first.
+    #[arg(long)]
+    all_waiting: bool,
     /// The environment the commit may enter.
     #[arg(long, value_name = "ENV")]
     env: String,
@@ -139,31 +145,70 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
             p.reason
         );
     }
-    let spec = args.commit.as_deref().unwrap_or("");
-    let commit = if spec.is_empty() {
-        heads.branch
+    let commits: Vec<git2::Oid> = if args.all_waiting {
+        let state = gitfleet_policy::pass::parse_rollouts(&state_files)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let waiting = gitfleet_policy::approvals::waiting(&state, record.as_ref(), &args.env);
+        if waiting.is_empty() {
+            println!("nothing waits for approvals in {}", args.env);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("waiting for approval in {}:", args.env);
+        let mut out = Vec::new();
+        for w in &waiting {
+            let mut what = w.rollouts.clone();
+            if w.rules {
+                what.push("its rules".to_owned());
+            }
+            println!(
+                "  {}  {}",
+                &w.commit[..12.min(w.commit.len())],
+                what.join(", ")
+            );
+            out.push(git2::Oid::from_str(&w.commit).with_context(|| {
+                format!(
+                    "the state branch names `{}`, which is not a commit id",
+                    w.commit
+                )
+            })?);
+        }
+        out
     } else {
-        mirror.commit_on(heads.branch, spec)?.with_context(|| {
-            format!(
-                "`{spec}` names no commit of {} up to {}",
-                args.git.branch, heads.branch
-            )
-        })?
+        let spec = args.commit.as_deref().unwrap_or("");
+        vec![if spec.is_empty() {
+            heads.branch
+        } else {
+            mirror.commit_on(heads.branch, spec)?.with_context(|| {
+                format!(
+                    "`{spec}` names no commit of {} up to {}",
+                    args.git.branch, heads.branch
+                )
+            })?
+        }]
     };
-    let approval = Approval {
-        fleet: fleet.name.value.clone(),
-        environment: args.env.clone(),
-        commit: commit.to_string(),
-        approver: approver.clone(),
-        at: now,
-    };
-    let mut envelope = approval.envelope();
-    envelope
-        .sign(&key.key)
-        .map_err(|e| anyhow::anyhow!("signing the approval: {e}"))?;
-    let path = approval_path(&approval.environment, &approval.commit, &approver);
-    let changes = BTreeMap::from([(path.clone(), Some(envelope.to_json()))]);
-    let short = &approval.commit[..12];
+    let mut changes = BTreeMap::new();
+    let mut paths = Vec::new();
+    for commit in &commits {
+        let approval = Approval {
+            fleet: fleet.name.value.clone(),
+            environment: args.env.clone(),
+            commit: commit.to_string(),
+            approver: approver.clone(),
+            at: now,
+        };
+        let mut envelope = approval.envelope();
+        envelope
+            .sign(&key.key)
+            .map_err(|e| anyhow::anyhow!("signing the approval: {e}"))?;
+        let path = approval_path(&approval.environment, &approval.commit, &approver);
+        changes.insert(path.clone(), Some(envelope.to_json()));
+        paths.push(path);
+    }
+    let shorts: Vec<String> = commits
+        .iter()
+        .map(|c| c.to_string()[..12].to_owned())
+        .collect();
+    let short = shorts.join(", ");
     let message = format!(
         "approve {short} for {}, by {approver}\n\n{}\n",
         args.env,
@@ -179,8 +224,9 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     match mirror.commit_state(&changes, &message, &author)? {
         StateCommit::Committed { oid } => {
             println!(
-                "approved {short} for {} as {approver}: {path} in state commit {}",
+                "approved {short} for {} as {approver}: {} in state commit {}",
                 args.env,
+                paths.join(", "),
                 &oid.to_string()[..12]
             );
         }

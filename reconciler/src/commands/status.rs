@@ -127,7 +127,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                     t.push('\n');
                     t
                 }
-                Format::Human => printable(&human(&view, args.all_nodes)),
+                Format::Human => printable(&human(&view, args.all_nodes, &args.git.repo)),
             };
             let mut out = std::io::stdout().lock();
             if args.watch && tty && args.format == Format::Human {
@@ -178,7 +178,9 @@ fn needs_attention(n: &NodeView) -> bool {
 }
 
 /// The human picture of `view`.
-pub fn human(view: &FleetStatus, all_nodes: bool) -> String {
+/// The fleet view as text; `repo` is how the user named the fleet repo,
+/// for the commands it suggests.
+pub fn human(view: &FleetStatus, all_nodes: bool, repo: &str) -> String {
     let mut out = String::new();
     let state = view
         .state_commit
@@ -207,6 +209,26 @@ pub fn human(view: &FleetStatus, all_nodes: bool) -> String {
                 "  rules change {}: {}",
                 short_commit(&p.commit),
                 p.reason
+            );
+        }
+        if !env.waiting.is_empty() {
+            let _ = writeln!(out, "  waiting for approval:");
+            for w in &env.waiting {
+                let mut what = w.rollouts.clone();
+                if w.rules {
+                    what.push("its rules".to_owned());
+                }
+                let _ = writeln!(out, "    {}  {}", short_commit(&w.commit), what.join(", "));
+            }
+            let _ = writeln!(
+                out,
+                "  approve each with: gitfleet approve --repo {repo} --env {} --key KEY COMMIT",
+                env.name
+            );
+            let _ = writeln!(
+                out,
+                "  or all of them:    gitfleet approve --repo {repo} --env {} --key KEY --all-waiting",
+                env.name
             );
         }
         if env.rollouts.is_empty() {

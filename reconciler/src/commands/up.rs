@@ -896,7 +896,7 @@ fn approval_hints(layout: &Layout, files: &RepoFiles) -> String {
         let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
         let _ = writeln!(
             out,
-            "{} waits for {} approval(s) of the commit it is offered; give them as {}:",
+            "{} waits for {} approval(s) of each commit it is offered; give them as {} to all that wait there:",
             env.name.value,
             a.required.value,
             names.join(" and ")
@@ -904,7 +904,7 @@ fn approval_hints(layout: &Layout, files: &RepoFiles) -> String {
         for (_, key) in &keys {
             let _ = writeln!(
                 out,
-                "    {exe} approve --repo {} --env {} --key {}",
+                "    {exe} approve --repo {} --env {} --key {} --all-waiting",
                 layout.show(&layout.bare()),
                 env.name.value,
                 layout.show(key)

@@ -547,6 +547,7 @@ mod tests {
                 name: "prod".into(),
                 counts: Counts::default(),
                 rules: None,
+                waiting: Vec::new(),
                 rollouts: vec![RolloutView {
                     name: "edge".into(),
                     phase: Phase::Complete,
