@@ -84,6 +84,25 @@ pub struct GitArgs {
     pub ssh_key: Option<std::path::PathBuf>,
 }
 
+/// How to run this very `gitfleet` in a suggested command: its name when
+/// it is the one on PATH, else its path (a build under target/, say).
+pub fn command_name() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "gitfleet".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            std::fs::canonicalize(d.join("gitfleet")).ok() == std::fs::canonicalize(&exe).ok()
+        })
+    });
+    if on_path {
+        return "gitfleet".to_owned();
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    exe.strip_prefix(&cwd)
+        .map_or_else(|_| exe.display().to_string(), |p| p.display().to_string())
+}
+
 /// The mirror of the fleet repo `args` describe, kept in `cache`. It
 /// follows the state branch `--state-branch` names, or else the one
 /// fleet.kdl at the spec branch's tip names (`state-branch`), or else

@@ -212,8 +212,7 @@ fn up_rolls_out_the_example_stops_on_ctrl_c_and_resumes_after_a_push() {
         "{status}"
     );
     assert!(
-        status
-            .contains("gitfleet approve --repo demo/fleet.git --env prod --key KEY --all-waiting"),
+        status.contains(" approve --repo demo/fleet.git --env prod --key KEY --all-waiting"),
         "{status}"
     );
     for who in ["alice", "bob"] {

@@ -127,7 +127,15 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                     t.push('\n');
                     t
                 }
-                Format::Human => printable(&human(&view, args.all_nodes, &args.git.repo)),
+                Format::Human => printable(&human(
+                    &view,
+                    args.all_nodes,
+                    &format!(
+                        "{} approve --repo {}",
+                        crate::setup::command_name(),
+                        args.git.repo
+                    ),
+                )),
             };
             let mut out = std::io::stdout().lock();
             if args.watch && tty && args.format == Format::Human {
@@ -178,9 +186,9 @@ fn needs_attention(n: &NodeView) -> bool {
 }
 
 /// The human picture of `view`.
-/// The fleet view as text; `repo` is how the user named the fleet repo,
-/// for the commands it suggests.
-pub fn human(view: &FleetStatus, all_nodes: bool, repo: &str) -> String {
+/// The fleet view as text; `approve` is the command that approves, as the
+/// user can run it (`gitfleet approve --repo ...`).
+pub fn human(view: &FleetStatus, all_nodes: bool, approve: &str) -> String {
     let mut out = String::new();
     let state = view
         .state_commit
@@ -222,12 +230,12 @@ pub fn human(view: &FleetStatus, all_nodes: bool, repo: &str) -> String {
             }
             let _ = writeln!(
                 out,
-                "  approve each with: gitfleet approve --repo {repo} --env {} --key KEY COMMIT",
+                "  approve each with: {approve} --env {} --key KEY COMMIT",
                 env.name
             );
             let _ = writeln!(
                 out,
-                "  or all of them:    gitfleet approve --repo {repo} --env {} --key KEY --all-waiting",
+                "  or all of them:    {approve} --env {} --key KEY --all-waiting",
                 env.name
             );
         }
