@@ -16,10 +16,14 @@ use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::keys;
 use gitfleet_schemas::status::{
-    Drift, HttpCheckResult, Metrics, RolloutStatus, StatusReport, WireguardStatus,
+    Drift, HttpCheckResult, Metrics, RolloutStatus, RouteTraffic, StatusReport, WireguardStatus,
 };
-use gitfleet_schemas::trust::{BundleRef, ChannelManifest, ChannelRollout, Document as _, Root};
+use gitfleet_schemas::trust::{
+    AgentSettings, BundleRef, ChannelCheck, ChannelManifest, ChannelRollout, Document as _, Root,
+};
 use gitfleet_schemas::verify::{self, Bundle, Limits, Verified, VerifyError};
+
+use crate::traffic::{self, Sample};
 
 /// The local side of an agent: where bundles become live and state is kept.
 /// Why a node could not do what the agent asked of it. The agent reports
@@ -77,6 +81,13 @@ pub trait Node {
         policy: DriftPolicy,
     ) -> impl Future<Output = Result<Vec<Drift>, NodeError>>;
     fn metrics(&mut self) -> Metrics;
+    /// The proxy's metrics as Prometheus text (what its `builtin-handler
+    /// "metrics"` route serves) while it runs the Sentinel bundle `active`;
+    /// `None` when this node has no proxy metrics to read.
+    fn scrape(
+        &mut self,
+        active: Option<&BundleRef>,
+    ) -> impl Future<Output = Option<Result<String, NodeError>>>;
     /// The HTTP status `url` answers a GET with, or why there is none.
     fn http_check(&mut self, url: &str) -> impl Future<Output = Result<u16, NodeError>>;
     /// The live WireGuard interface and peers, when this node has one.
@@ -95,25 +106,45 @@ pub struct Identity {
 
 /// The bundles this node should run: per rollout whose selector its labels
 /// match, the rollout's bundle when the node is in the current step, else
-/// the previous bundle (if there is one).
+/// the previous bundle (if there is one). A rolled-back rollout with no
+/// previous bundle sends a node that runs the failed bundle back to the one
+/// it ran before (`state` remembers it).
 pub fn wanted<'m>(
     manifest: &'m ChannelManifest,
     node: &str,
     labels: &BTreeMap<String, String>,
-) -> Vec<(&'m ChannelRollout, &'m BundleRef)> {
+    state: &LocalState,
+) -> Vec<(&'m ChannelRollout, BundleRef)> {
     manifest
         .rollouts
         .iter()
         .filter(|r| r.selects(labels))
         .filter_map(|r| {
-            let target = if r.includes(node) {
-                Some(&r.bundle)
+            let target = if r.rolled_back && r.previous.is_none() {
+                ran_before(state, r)
+            } else if r.includes(node) {
+                Some(r.bundle.clone())
             } else {
-                r.previous.as_ref()
+                r.previous.clone()
             };
             Some((r, target?))
         })
         .collect()
+}
+
+/// Where a node goes when `rollout` failed and the environment has no
+/// bundle to go back to: the one it ran before the failed bundle, or, if it
+/// already left it, what it runs now. None when it never ran another.
+fn ran_before(state: &LocalState, rollout: &ChannelRollout) -> Option<BundleRef> {
+    let slot = KINDS
+        .iter()
+        .filter_map(|k| slot(state, *k))
+        .find(|s| s.rollout == rollout.name)?;
+    if slot.active == rollout.bundle {
+        slot.previous.clone()
+    } else {
+        Some(slot.active.clone())
+    }
 }
 
 /// What one poll did.
@@ -189,6 +220,9 @@ pub struct Agent<N> {
     /// A poll left work undone (a transient download error): retry it even
     /// if the manifest has not changed.
     retry: bool,
+    /// The proxy's counters at the previous report (or at the last
+    /// activation): a report's traffic is what happened since.
+    traffic_base: Option<(DateTime<Utc>, Sample)>,
 }
 
 impl<N: Node> Agent<N> {
@@ -214,11 +248,25 @@ impl<N: Node> Agent<N> {
             last_report: None,
             dirty: true,
             retry: false,
+            traffic_base: None,
         }
     }
 
     pub fn state(&self) -> &LocalState {
         &self.state
+    }
+
+    /// The fleet-wide settings of the verified channel manifest, if any:
+    /// they win over agent.kdl.
+    pub fn fleet_settings(&self) -> Option<&AgentSettings> {
+        self.manifest.as_ref()?.settings.as_ref()
+    }
+
+    /// The drift policy in force: the fleet's, else this node's own.
+    pub fn drift(&self) -> DriftPolicy {
+        self.fleet_settings()
+            .and_then(|s| s.drift)
+            .unwrap_or(self.id.drift)
     }
 
     pub fn node(&self) -> &N {
@@ -354,9 +402,9 @@ impl<N: Node> Agent<N> {
         let mut activated = 0;
         let mut claims = Claims::default();
         let wanted: Vec<(ChannelRollout, BundleRef)> =
-            wanted(&manifest, &self.id.node, &self.id.labels)
+            wanted(&manifest, &self.id.node, &self.id.labels, &self.state)
                 .into_iter()
-                .map(|(r, b)| (r.clone(), b.clone()))
+                .map(|(r, b)| (r.clone(), b))
                 .collect();
         let names: Vec<&str> = wanted.iter().map(|(r, _)| r.name.as_str()).collect();
         self.errors.retain(|r, _| names.contains(&r.as_str()));
@@ -489,6 +537,10 @@ impl<N: Node> Agent<N> {
                 });
                 self.state.failed.remove(&target.digest);
                 self.errors.remove(&rollout.name);
+                if kind == BundleKind::Sentinel {
+                    // Traffic on the new config starts counting now.
+                    self.traffic_base = None;
+                }
                 self.node.save(&self.state).map_err(|e| e.to_string())?;
                 self.node.settle(&self.state).map_err(|e| e.to_string())?;
                 Ok(true)
@@ -534,7 +586,7 @@ impl<N: Node> Agent<N> {
     pub async fn status(&mut self, now: DateTime<Utc>) -> StatusReport {
         let mut rollouts: BTreeMap<String, RolloutStatus> = BTreeMap::new();
         if let Some(m) = &self.manifest {
-            for (r, _) in wanted(m, &self.id.node, &self.id.labels) {
+            for (r, _) in wanted(m, &self.id.node, &self.id.labels, &self.state) {
                 rollouts.insert(
                     r.name.clone(),
                     RolloutStatus {
@@ -559,7 +611,7 @@ impl<N: Node> Agent<N> {
                 });
             s.active = Some(slot.active.clone());
             s.previous = slot.previous.clone();
-            match self.node.drift(kind, &slot.active, self.id.drift).await {
+            match self.node.drift(kind, &slot.active, self.drift()).await {
                 Ok(d) => drift.extend(d),
                 Err(e) => self.last_error = Some(format!("checking drift: {e}")),
             }
@@ -572,7 +624,7 @@ impl<N: Node> Agent<N> {
         // The checks of every rollout this node is a target of, each once.
         let mut checks: BTreeMap<&str, u16> = BTreeMap::new();
         if let Some(m) = &self.manifest {
-            for (r, _) in wanted(m, &self.id.node, &self.id.labels) {
+            for (r, _) in wanted(m, &self.id.node, &self.id.labels, &self.state) {
                 for c in r.http_checks.iter().take(MAX_HTTP_CHECKS) {
                     checks.entry(c.url.as_str()).or_insert(c.expect_status);
                 }
@@ -593,7 +645,41 @@ impl<N: Node> Agent<N> {
                 ok: status == Some(expect),
             });
         }
-        let serving = self.node.healthy().await;
+        // The fleet's health checks: a node is healthy only while each
+        // answers as expected.
+        let fleet_checks: Vec<ChannelCheck> = self
+            .fleet_settings()
+            .map(|s| {
+                s.health_checks
+                    .iter()
+                    .take(MAX_HTTP_CHECKS)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut checks_pass = true;
+        for c in &fleet_checks {
+            let result = http_checks.iter().find(|r| r.url == c.url).cloned();
+            let result = match result {
+                Some(r) => r,
+                None => {
+                    let status = self.node.http_check(&c.url).await.ok();
+                    let r = HttpCheckResult {
+                        url: c.url.clone(),
+                        status,
+                        ok: status == Some(c.expect_status),
+                    };
+                    http_checks.push(r.clone());
+                    r
+                }
+            };
+            if result.status != Some(c.expect_status) {
+                checks_pass = false;
+            }
+        }
+        let serving = self.node.healthy().await && checks_pass;
+        let mut metrics = self.node.metrics();
+        let routes = self.traffic(now, &mut metrics).await;
         StatusReport {
             fleet: self.root.fleet.clone(),
             node: self.id.node.clone(),
@@ -603,12 +689,80 @@ impl<N: Node> Agent<N> {
             channel_expires: self.manifest.as_ref().map(|m| m.expires),
             healthy: serving && self.errors.is_empty(),
             rollouts,
-            metrics: self.node.metrics(),
+            metrics,
             http_checks,
+            routes,
             wireguard: self.node.wireguard().await,
             drift,
             last_error: self.last_error.clone(),
         }
+    }
+
+    /// The proxy's traffic since the previous report, into `metrics`, and
+    /// that of each route a rollout's gates are scoped to. The first scrape
+    /// (after a start or an activation) only sets the baseline: it reports
+    /// no requests, since what came before belongs to another config.
+    async fn traffic(&mut self, now: DateTime<Utc>, metrics: &mut Metrics) -> Vec<RouteTraffic> {
+        let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
+        let text = match self.node.scrape(active.as_ref()).await {
+            None => return Vec::new(),
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                self.last_error = Some(format!("reading the proxy's metrics: {e}"));
+                return Vec::new();
+            }
+        };
+        let sample = match Sample::parse(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                self.last_error = Some(e.to_string());
+                return Vec::new();
+            }
+        };
+        let base = self.traffic_base.take();
+        let before = base.as_ref().map(|(_, s)| s);
+        let whole = match before {
+            Some(b) => traffic::window(Some(b), &sample, None),
+            None => traffic::Window::default(),
+        };
+        metrics.requests = Some(whole.requests);
+        metrics.errors = Some(whole.errors);
+        metrics.error_rate = whole.error_rate;
+        metrics.p50_latency_ms = whole.p50_ms;
+        metrics.p99_latency_ms = whole.p99_ms;
+        metrics.window_seconds = Some(
+            base.as_ref()
+                .map_or(0.0, |(at, _)| (now - *at).as_seconds_f64()),
+        );
+        let mut routes: Vec<String> = Vec::new();
+        if let Some(m) = &self.manifest {
+            for (r, _) in wanted(m, &self.id.node, &self.id.labels, &self.state) {
+                if let Some(route) = &r.traffic_route {
+                    if !routes.contains(route) && routes.len() < MAX_HTTP_CHECKS {
+                        routes.push(route.clone());
+                    }
+                }
+            }
+        }
+        let out = routes
+            .into_iter()
+            .map(|route| {
+                let w = match before {
+                    Some(b) => traffic::window(Some(b), &sample, Some(&route)),
+                    None => traffic::Window::default(),
+                };
+                RouteTraffic {
+                    route,
+                    requests: w.requests,
+                    errors: w.errors,
+                    error_rate: w.error_rate,
+                    p50_latency_ms: w.p50_ms,
+                    p99_latency_ms: w.p99_ms,
+                }
+            })
+            .collect();
+        self.traffic_base = Some((now, sample));
+        out
     }
 
     /// Sign and write this node's status report.
@@ -651,17 +805,58 @@ mod tests {
             steps: 2,
             membership_threshold: threshold,
             http_checks: Vec::new(),
+            traffic_route: None,
+            rolled_back: false,
         }
     }
 
     fn manifest(rollouts: Vec<ChannelRollout>) -> ChannelManifest {
         ChannelManifest {
+            settings: None,
             fleet: "f".into(),
             environment: "prod".into(),
             serial: 1,
             expires: DateTime::<Utc>::MIN_UTC,
             rollouts,
         }
+    }
+
+    fn none() -> LocalState {
+        LocalState::default()
+    }
+
+    fn running(active: &BundleRef, previous: Option<&BundleRef>) -> LocalState {
+        LocalState {
+            sentinel: Some(Slot {
+                rollout: "edge".into(),
+                active: active.clone(),
+                previous: previous.cloned(),
+            }),
+            ..LocalState::default()
+        }
+    }
+
+    #[test]
+    fn a_rolled_back_rollout_without_a_previous_bundle_sends_each_node_back_to_its_own() {
+        let mut r = rollout("edge", &[], u64::MAX);
+        let failed = r.bundle.clone();
+        let mine = BundleRef {
+            digest: format!("sha256:{}", "c".repeat(64)),
+            length: 7,
+        };
+        r.previous = None;
+        r.rolled_back = true;
+        r.membership_threshold = 0;
+        let m = manifest(vec![r]);
+        // Runs the failed bundle and kept the one before: goes back to it.
+        let w = wanted(&m, "n1", &BTreeMap::new(), &running(&failed, Some(&mine)));
+        assert_eq!(w[0].1, mine);
+        // Already back (or never took the failed one): stays where it is.
+        let w = wanted(&m, "n1", &BTreeMap::new(), &running(&mine, Some(&failed)));
+        assert_eq!(w[0].1, mine);
+        // Never ran anything else: nothing to go back to, nothing changes.
+        assert!(wanted(&m, "n1", &BTreeMap::new(), &running(&failed, None)).is_empty());
+        assert!(wanted(&m, "n1", &BTreeMap::new(), &none()).is_empty());
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -674,29 +869,34 @@ mod tests {
     #[test]
     fn a_node_in_the_step_wants_the_new_bundle() {
         let m = manifest(vec![rollout("edge", &[("role", "edge")], u64::MAX)]);
-        let w = wanted(&m, "n1", &labels(&[("role", "edge"), ("region", "fra")]));
+        let w = wanted(
+            &m,
+            "n1",
+            &labels(&[("role", "edge"), ("region", "fra")]),
+            &none(),
+        );
         assert_eq!(w.len(), 1);
-        assert_eq!(w[0].1, &m.rollouts[0].bundle);
+        assert_eq!(w[0].1, m.rollouts[0].bundle);
     }
 
     #[test]
     fn a_node_outside_the_step_keeps_the_previous_bundle() {
         let h = member_hash("edge", "n1");
         let m = manifest(vec![rollout("edge", &[], h)]);
-        let w = wanted(&m, "n1", &BTreeMap::new());
-        assert_eq!(w[0].1, m.rollouts[0].previous.as_ref().unwrap());
+        let w = wanted(&m, "n1", &BTreeMap::new(), &none());
+        assert_eq!(Some(&w[0].1), m.rollouts[0].previous.as_ref());
         let m = manifest(vec![rollout("edge", &[], h + 1)]);
         assert_eq!(
-            wanted(&m, "n1", &BTreeMap::new())[0].1,
-            &m.rollouts[0].bundle
+            wanted(&m, "n1", &BTreeMap::new(), &none())[0].1,
+            m.rollouts[0].bundle
         );
     }
 
     #[test]
     fn a_node_whose_labels_do_not_match_wants_nothing() {
         let m = manifest(vec![rollout("edge", &[("role", "edge")], u64::MAX)]);
-        assert!(wanted(&m, "n1", &labels(&[("role", "api")])).is_empty());
-        assert!(wanted(&m, "n1", &BTreeMap::new()).is_empty());
+        assert!(wanted(&m, "n1", &labels(&[("role", "api")]), &none()).is_empty());
+        assert!(wanted(&m, "n1", &BTreeMap::new(), &none()).is_empty());
     }
 
     #[test]
@@ -704,6 +904,6 @@ mod tests {
         let mut r = rollout("edge", &[], 0);
         r.previous = None;
         let m = manifest(vec![r]);
-        assert!(wanted(&m, "n1", &BTreeMap::new()).is_empty());
+        assert!(wanted(&m, "n1", &BTreeMap::new(), &none()).is_empty());
     }
 }

@@ -19,4 +19,5 @@ pub mod node;
 pub mod sentinel;
 pub mod sim;
 pub mod system;
+pub mod traffic;
 pub mod wireguard;

@@ -15,7 +15,8 @@ use gitfleet_agent::metrics::AgentMetrics;
 use gitfleet_agent::node::DiskNode;
 use gitfleet_io::store::Store;
 use gitfleet_schemas::agent::{AgentConfig, EnrollRequest};
-use gitfleet_schemas::trust::{Document as _, PublicKey};
+use gitfleet_schemas::fleet::DriftPolicy;
+use gitfleet_schemas::trust::{AgentSettings, Document as _, PublicKey};
 use gitfleet_schemas::verify::{self, Limits};
 use tracing_subscriber::EnvFilter;
 
@@ -264,7 +265,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     node.recover(&state).await?;
     let store = Store::open(&config.store)?;
     let mut agent = Agent::new(identity(config), store, root, key, node, state);
-    let heartbeat = chrono::Duration::milliseconds(i64::try_from(config.heartbeat_ms)?);
+    let mut cadence = Cadence::of(config, None);
     tracing::info!(
         node = %config.node,
         environment = %config.environment,
@@ -288,6 +289,14 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     loop {
         let polled = agent.poll(Utc::now()).await;
         let now = Utc::now();
+        let fleet = Cadence::of(config, agent.fleet_settings());
+        if fleet != cadence {
+            fleet.log_overrides(config, agent.fleet_settings());
+            cadence = fleet;
+        }
+        let heartbeat = chrono::Duration::milliseconds(
+            i64::try_from(cadence.heartbeat_ms).unwrap_or(i64::MAX / 2),
+        );
         metrics
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -311,7 +320,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::SUCCESS,
             });
         }
-        let wait = Duration::from_millis(config.poll_ms + jitter(config.jitter_ms));
+        let wait = Duration::from_millis(cadence.poll_ms + jitter(cadence.jitter_ms));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             Some(()) = changed.recv() => {
@@ -549,8 +558,8 @@ async fn verify_now(config: &AgentConfig) -> anyhow::Result<ExitCode> {
                 m.serial,
                 m.expires.to_rfc3339()
             );
-            for (r, b) in wanted(&m, &config.node, &config.labels) {
-                let running = state.sentinel.as_ref().is_some_and(|s| s.active == *b);
+            for (r, b) in wanted(&m, &config.node, &config.labels, &state) {
+                let running = state.sentinel.as_ref().is_some_and(|s| s.active == b);
                 println!(
                     "  {}: step {}/{}, this node runs {}{}",
                     r.name,
@@ -565,6 +574,65 @@ async fn verify_now(config: &AgentConfig) -> anyhow::Result<ExitCode> {
         Err(e) => {
             println!("{key}: refused: {e}");
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// How often the agent polls and reports, and its drift policy: agent.kdl's
+/// values, overridden by the fleet's (the signed channel manifest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cadence {
+    poll_ms: u64,
+    jitter_ms: u64,
+    heartbeat_ms: u64,
+    drift: DriftPolicy,
+}
+
+impl Cadence {
+    fn of(config: &AgentConfig, fleet: Option<&AgentSettings>) -> Cadence {
+        let ms = |s: Option<u64>| s.map(|s| s.saturating_mul(1000));
+        Cadence {
+            poll_ms: ms(fleet.and_then(|f| f.poll_seconds)).unwrap_or(config.poll_ms),
+            jitter_ms: ms(fleet.and_then(|f| f.poll_jitter_seconds)).unwrap_or(config.jitter_ms),
+            heartbeat_ms: ms(fleet.and_then(|f| f.heartbeat_seconds))
+                .unwrap_or(config.heartbeat_ms),
+            drift: fleet.and_then(|f| f.drift).unwrap_or(config.drift),
+        }
+    }
+
+    /// Say once, when the fleet's settings change, where they differ from
+    /// agent.kdl.
+    fn log_overrides(&self, config: &AgentConfig, fleet: Option<&AgentSettings>) {
+        let local = Cadence::of(config, None);
+        if self.poll_ms != local.poll_ms {
+            tracing::info!(
+                agent_kdl_ms = local.poll_ms,
+                fleet_ms = self.poll_ms,
+                "poll interval set by the fleet overrides agent.kdl"
+            );
+        }
+        if self.jitter_ms != local.jitter_ms {
+            tracing::info!(
+                agent_kdl_ms = local.jitter_ms,
+                fleet_ms = self.jitter_ms,
+                "poll jitter set by the fleet overrides agent.kdl"
+            );
+        }
+        if self.heartbeat_ms != local.heartbeat_ms {
+            tracing::info!(
+                agent_kdl_ms = local.heartbeat_ms,
+                fleet_ms = self.heartbeat_ms,
+                "heartbeat set by the fleet overrides agent.kdl"
+            );
+        }
+        if self.drift != local.drift {
+            tracing::info!(agent_kdl = ?local.drift, fleet = ?self.drift, "drift policy set by the fleet overrides agent.kdl");
+        }
+        if let Some(f) = fleet.filter(|f| !f.health_checks.is_empty()) {
+            tracing::info!(
+                checks = f.health_checks.len(),
+                "health checks set by the fleet"
+            );
         }
     }
 }

@@ -380,6 +380,7 @@ mod tests {
                 ..Metrics::default()
             },
             http_checks: vec![],
+            routes: vec![],
             wireguard: None,
             drift: vec![],
             last_error: None,

@@ -51,6 +51,9 @@ pub struct DiskNode {
     mesh: Option<(BundleRef, Desired)>,
     sampler: Sampler,
     limits: Limits,
+    /// The metrics route the active config declares, found once per
+    /// active bundle.
+    metrics_route: Option<(BundleRef, Option<String>)>,
 }
 
 fn reload_of(by: &ReloadBy) -> Reload {
@@ -78,6 +81,35 @@ impl DiskNode {
             mesh: None,
             sampler,
             limits,
+            metrics_route: None,
+        }
+    }
+
+    /// Where to read the proxy's metrics: agent.kdl's `metrics-url`, else
+    /// the metrics route of the active config.
+    fn metrics_url(&mut self, active: Option<&BundleRef>) -> Option<String> {
+        let settings = self.sentinel.as_ref()?;
+        if let Some(url) = &settings.metrics_url {
+            return Some(url.clone());
+        }
+        let active = active?;
+        match &self.metrics_route {
+            Some((bundle, url)) if bundle == active => url.clone(),
+            _ => {
+                let url = self
+                    .dir
+                    .bundle_files(active)
+                    .ok()
+                    .and_then(|dir| sentinel::metrics_url(&dir));
+                if url.is_none() {
+                    tracing::warn!(
+                        bundle = %active.digest,
+                        "the active config has no metrics route (builtin-handler \"metrics\") and agent.kdl sets no metrics-url: traffic gates cannot judge this node"
+                    );
+                }
+                self.metrics_route = Some((active.clone(), url.clone()));
+                url
+            }
         }
     }
 
@@ -483,6 +515,15 @@ impl Node for DiskNode {
 
     fn metrics(&mut self) -> Metrics {
         self.sampler.sample()
+    }
+
+    async fn scrape(&mut self, active: Option<&BundleRef>) -> Option<Result<String, NodeError>> {
+        let url = self.metrics_url(active)?;
+        Some(
+            sentinel::scrape(&url, HTTP_CHECK_TIMEOUT)
+                .await
+                .map_err(NodeError::from),
+        )
     }
 
     async fn wireguard(&mut self) -> Option<WireguardStatus> {

@@ -273,6 +273,60 @@ pub fn validate(dir: &Path) -> Result<Fingerprint, SentinelError> {
     Ok(fingerprint)
 }
 
+/// Where the proxy serves its own metrics under the config in
+/// `dir/sentinel.kdl`: the path of the route whose `builtin-handler` is
+/// `"metrics"`, on a plain-http listener reached over loopback (a listener
+/// on every address is reached on 127.0.0.1). None when the config has no
+/// such route or listener.
+pub fn metrics_url(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).ok()?;
+    let config = Config::from_kdl(&text).ok()?;
+    let path = config.routes.iter().find_map(|r| {
+        if r.builtin_handler != Some(sentinel_config::BuiltinHandler::Metrics) {
+            return None;
+        }
+        r.matches.iter().find_map(|m| match m {
+            sentinel_config::MatchCondition::Path(p)
+            | sentinel_config::MatchCondition::PathPrefix(p) => Some(p.clone()),
+            _ => None,
+        })
+    })?;
+    let address = config
+        .listeners
+        .iter()
+        .filter(|l| l.tls.is_none())
+        .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+        .min_by_key(|a| !a.ip().is_loopback())?;
+    let host = match address.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    Some(format!("http://{host}:{}{path}", address.port()))
+}
+
+/// The Prometheus text the proxy serves at `url` (plain http on loopback).
+pub async fn scrape(url: &str, timeout: Duration) -> Result<String, SentinelError> {
+    let client = loopback_client(url)?;
+    match fetch(&client, url, timeout).await {
+        Ok((status, body)) if status.is_success() => {
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        }
+        Ok((status, body)) => Err(SentinelError::NoAnswer {
+            url: url.to_owned(),
+            reason: format!(
+                "status {status}: {}",
+                excerpt(&String::from_utf8_lossy(&body))
+            ),
+        }),
+        Err(reason) => Err(SentinelError::NoAnswer {
+            url: url.to_owned(),
+            reason,
+        }),
+    }
+}
+
 /// Poll the proxy's config dump at `url` until it shows `expected`. On
 /// timeout the error names the first difference, or why no dump was read.
 pub async fn confirm(

@@ -9,9 +9,14 @@
 //! healthy again as soon as it replaces the failing bundle by one that is
 //! not failing for it (such as the previous one, after an automatic
 //! rollback). With `P` = 1 every bundle fails, the previous one included.
-//! Metrics are fixed, plausible values: low error rate and latency while
-//! healthy, high ones while failing, so health gates that ask for them can
-//! pass or trip.
+//! System metrics are fixed, plausible values. The proxy's traffic is not
+//! a ready-made rate: each node's simulated proxy counts requests (a steady
+//! rate of its own) into the same `sentinel_requests_total` counters and
+//! `sentinel_request_duration_seconds` histogram a real Sentinel serves,
+//! and the agent reads them through the same Prometheus text and window
+//! code ([`crate::traffic`]). While healthy almost every request succeeds
+//! quickly; while failing, a third answer 502 and they are slow, so health
+//! gates can pass or trip.
 //!
 //! With a state directory ([`SimNode::persist_to`]) each node's
 //! [`LocalState`] is kept as `<dir>/<node>.json`, in the real agent's
@@ -32,6 +37,7 @@ use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
 
 use crate::core::{Node, NodeError};
+use crate::traffic::Sample;
 
 /// The deterministic node key of a simulated node: the first 32 bytes of
 /// SHA-256 over `gitfleet-simulator`, a zero byte and the node id.
@@ -122,6 +128,9 @@ pub struct SimNode {
     /// The mesh bundle activated last in this run, for the simulated
     /// interface's peers.
     mesh: Option<MeshBundle>,
+    /// The simulated proxy's counters, and when they last grew.
+    traffic: Sample,
+    served_until: Option<Instant>,
 }
 
 impl SimNode {
@@ -135,7 +144,32 @@ impl SimNode {
             dir: None,
             started: Instant::now(),
             mesh: None,
+            traffic: Sample::default(),
+            served_until: None,
         }
+    }
+
+    /// Serve the requests that arrived since the last call (at least a
+    /// second's worth, so a quick test sees traffic) into the counters.
+    fn serve(&mut self) {
+        let now = Instant::now();
+        let seconds = self
+            .served_until
+            .map_or(1.0, |t| now.duration_since(t).as_secs_f64().max(1.0));
+        self.served_until = Some(now);
+        let rate = self.spread("requests-per-second", 20.0, 80.0);
+        let n = (rate * seconds).round() as u64;
+        let base = self.spread("latency", 0.005, 0.05);
+        let (errors, slow, status) = if self.failing.contains(&BundleKind::Sentinel) {
+            (n / 3, base * 60.0, 502)
+        } else {
+            (n / 1000, base * 3.0, 500)
+        };
+        // One in a hundred successes is slow: that is what p99 sees.
+        let tail = (n / 100).min(n - errors);
+        self.traffic.record("default", 200, base, n - errors - tail);
+        self.traffic.record("default", 200, slow, tail);
+        self.traffic.record("default", status, slow, errors);
     }
 
     /// Keep this node's state in `dir` from now on (see the module
@@ -361,23 +395,18 @@ impl Node for SimNode {
         Ok(if self.is_healthy() { 200 } else { 503 })
     }
 
+    async fn scrape(&mut self, _active: Option<&BundleRef>) -> Option<Result<String, NodeError>> {
+        self.serve();
+        Some(Ok(self.traffic.render()))
+    }
+
     fn metrics(&mut self) -> Metrics {
-        let (error_rate, p99, cpu) = if self.is_healthy() {
-            (
-                self.spread("error-rate", 0.0, 0.002),
-                self.spread("p99", 20.0, 120.0) as u64,
-                self.spread("cpu", 5.0, 35.0),
-            )
+        let cpu = if self.is_healthy() {
+            self.spread("cpu", 5.0, 35.0)
         } else {
-            (
-                self.spread("error-rate-failing", 0.2, 0.5),
-                self.spread("p99-failing", 1500.0, 5000.0) as u64,
-                self.spread("cpu-failing", 90.0, 100.0),
-            )
+            self.spread("cpu-failing", 90.0, 100.0)
         };
         Metrics {
-            error_rate: Some(error_rate),
-            p99_latency_ms: Some(p99),
             cpu_percent: Some(cpu),
             memory_percent: Some(self.spread("memory", 25.0, 55.0)),
             disk_percent: Some(self.spread("disk", 20.0, 60.0)),
@@ -385,6 +414,7 @@ impl Node for SimNode {
             uptime_seconds: Some(self.started.elapsed().as_secs()),
             network_rx_bytes: None,
             network_tx_bytes: None,
+            ..Metrics::default()
         }
     }
 }
@@ -548,6 +578,7 @@ mod tests {
             use gitfleet_schemas::trust::{ChannelManifest, ChannelRollout};
             self.serial += 1;
             let manifest = ChannelManifest {
+                settings: None,
                 fleet: "acme".into(),
                 environment: "prod".into(),
                 serial: self.serial,
@@ -564,6 +595,8 @@ mod tests {
                         url: Self::HEALTH.into(),
                         expect_status: 200,
                     }],
+                    traffic_route: None,
+                    rolled_back: false,
                 }],
             };
             let path = self.dir.path().join("channels/prod.json");
@@ -630,6 +663,10 @@ mod tests {
         let report = agent.report(now).await.unwrap();
         assert!(!report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&b));
+        // Traffic on the new bundle counts from its activation on.
+        assert_eq!(report.metrics.requests, Some(0));
+        let report = agent.report(now).await.unwrap();
+        assert!(report.metrics.requests.unwrap() >= 20);
         assert!(report.metrics.error_rate.unwrap() > 0.1);
         assert_eq!(report.http_checks, check(503, false));
         // The report is signed with the node's simulator key.
@@ -647,17 +684,32 @@ mod tests {
         assert_eq!(agent.node().activations(), 3);
     }
 
-    #[test]
-    fn failing_nodes_report_metrics_that_trip_gates() {
+    #[tokio::test]
+    async fn failing_nodes_serve_traffic_that_trips_gates_through_the_real_window_code() {
         let mut node = SimNode::new("edge-1", SimSettings::default());
-        let ok = node.metrics();
-        assert!(ok.error_rate.unwrap() < 0.005);
-        assert!(ok.p99_latency_ms.unwrap() < 250);
-        assert!(ok.cpu_percent.unwrap() < 80.0);
-        assert!(ok.memory_percent.unwrap() < 90.0);
+        let text = |node: &mut SimNode| {
+            node.serve();
+            Sample::parse(&node.traffic.render()).unwrap()
+        };
+        let start = text(&mut node);
+        let ok = text(&mut node);
+        let w = crate::traffic::window(Some(&start), &ok, None);
+        assert!(w.requests >= 20, "{w:?}");
+        assert!(w.error_rate.unwrap() < 0.005, "{w:?}");
+        assert!(w.p99_ms.unwrap() < 250, "{w:?}");
+        let m = node.metrics();
+        assert!(m.cpu_percent.unwrap() < 80.0);
+        assert!(m.memory_percent.unwrap() < 90.0);
+        // The simulator reports no ready-made traffic rates.
+        assert_eq!(
+            (m.error_rate, m.p99_latency_ms, m.requests),
+            (None, None, None)
+        );
         node.failing.push(BundleKind::Sentinel);
-        let bad = node.metrics();
-        assert!(bad.error_rate.unwrap() > 0.1);
-        assert!(bad.p99_latency_ms.unwrap() > 1000);
+        let bad = text(&mut node);
+        let w = crate::traffic::window(Some(&ok), &bad, None);
+        assert!(w.error_rate.unwrap() > 0.1, "{w:?}");
+        assert!(w.p99_ms.unwrap() > 250, "{w:?}");
+        assert!(node.scrape(None).await.is_some());
     }
 }

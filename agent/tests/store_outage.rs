@@ -79,6 +79,7 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
         .await
         .unwrap();
     let manifest = ChannelManifest {
+        settings: None,
         fleet: "acme".into(),
         environment: "prod".into(),
         serial,
@@ -92,6 +93,8 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
             steps: 1,
             membership_threshold: u64::MAX,
             http_checks: Vec::new(),
+            traffic_route: None,
+            rolled_back: false,
         }],
     };
     store
@@ -123,6 +126,7 @@ async fn a_store_outage_keeps_the_config_and_staleness_is_reported_when_it_retur
         reload: ReloadBy::Command(vec!["true".into()]),
         config_url: None,
         health_url: None,
+        metrics_url: None,
         test_binary: None,
         confirm_timeout_ms: 1000,
     };

@@ -1,7 +1,30 @@
 //! When to publish a channel manifest, and what it says.
 
 use chrono::{DateTime, Duration, Utc};
-use gitfleet_schemas::trust::{ChannelManifest, ChannelRollout};
+use gitfleet_schemas::trust::{AgentSettings, ChannelCheck, ChannelManifest, ChannelRollout};
+
+use crate::model::FleetModel;
+
+/// The agent settings fleet.kdl's `defaults` give every node, if any.
+pub fn agent_settings(model: &FleetModel) -> Option<AgentSettings> {
+    let d = &model.fleet.as_ref()?.doc.defaults;
+    let s = AgentSettings {
+        drift: d.drift.as_ref().map(|v| v.value),
+        poll_seconds: d.poll_interval_seconds.as_ref().map(|v| v.value),
+        poll_jitter_seconds: d.poll_jitter_seconds.as_ref().map(|v| v.value),
+        heartbeat_seconds: d.heartbeat_seconds.as_ref().map(|v| v.value),
+        health_checks: d
+            .health_checks
+            .iter()
+            .map(|c| ChannelCheck {
+                url: c.url.value.clone(),
+                // check() refuses statuses outside 100..=599.
+                expect_status: u16::try_from(c.expect_status.value).unwrap_or(u16::MAX),
+            })
+            .collect(),
+    };
+    (!s.is_empty()).then_some(s)
+}
 
 /// The manifest to publish for `environment`, or `None` when the current one
 /// says the same and has more than half its freshness left. A changed or
@@ -11,11 +34,15 @@ pub fn next_manifest(
     fleet: &str,
     environment: &str,
     rollouts: Vec<ChannelRollout>,
+    settings: Option<AgentSettings>,
     now: DateTime<Utc>,
     freshness: Duration,
 ) -> Option<ChannelManifest> {
     if let Some(c) = current {
-        let same = c.fleet == fleet && c.environment == environment && c.rollouts == rollouts;
+        let same = c.fleet == fleet
+            && c.environment == environment
+            && c.rollouts == rollouts
+            && c.settings == settings;
         if same && c.expires - now > freshness / 2 {
             return None;
         }
@@ -26,6 +53,7 @@ pub fn next_manifest(
         serial: current.map_or(1, |c| c.serial.saturating_add(1)),
         expires: now + freshness,
         rollouts,
+        settings,
     })
 }
 
@@ -40,25 +68,42 @@ mod tests {
 
     #[test]
     fn the_first_manifest_has_serial_one() {
-        let m = next_manifest(None, "f", "prod", vec![], now(), Duration::hours(1)).unwrap();
+        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
         assert_eq!((m.serial, m.expires), (1, now() + Duration::hours(1)));
     }
 
     #[test]
     fn an_unchanged_fresh_manifest_is_not_rewritten() {
-        let m = next_manifest(None, "f", "prod", vec![], now(), Duration::hours(1)).unwrap();
+        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
         let later = now() + Duration::minutes(20);
         assert_eq!(
-            next_manifest(Some(&m), "f", "prod", vec![], later, Duration::hours(1)),
+            next_manifest(
+                Some(&m),
+                "f",
+                "prod",
+                vec![],
+                None,
+                later,
+                Duration::hours(1)
+            ),
             None
         );
     }
 
     #[test]
     fn a_manifest_is_resigned_before_it_expires() {
-        let m = next_manifest(None, "f", "prod", vec![], now(), Duration::hours(1)).unwrap();
+        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
         let later = now() + Duration::minutes(31);
-        let n = next_manifest(Some(&m), "f", "prod", vec![], later, Duration::hours(1)).unwrap();
+        let n = next_manifest(
+            Some(&m),
+            "f",
+            "prod",
+            vec![],
+            None,
+            later,
+            Duration::hours(1),
+        )
+        .unwrap();
         assert_eq!(n.serial, 2);
         assert_eq!(n.expires, later + Duration::hours(1));
     }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use base64::Engine as _;
 use gitfleet_schemas::trust::PublicKey;
 use gitfleet_schemas::{
-    RolloutFile, RolloutTarget, Selector, Span, Spanned, StepSize, Window, WindowKind,
+    HttpCheck, RolloutFile, RolloutTarget, Selector, Span, Spanned, StepSize, Window, WindowKind,
 };
 use ipnet::IpNet;
 
@@ -130,6 +130,7 @@ fn fleet(model: &FleetModel, d: &mut Diagnostics<'_>) {
     };
     let f = FLEET_FILE;
     check_name(d, f, &fleet.name, "fleet");
+    http_checks(d, f, &fleet.defaults.health_checks);
     if let Some(store) = &fleet.store {
         let scheme = store.value.split_once("://").map(|(s, _)| s);
         if !matches!(scheme, Some("file" | "s3" | "memory")) {
@@ -957,7 +958,11 @@ fn gates(d: &mut Diagnostics<'_>, path: &str, r: &RolloutFile) {
             }
         }
     }
-    for check in &g.http_checks {
+    http_checks(d, path, &g.http_checks);
+}
+
+fn http_checks(d: &mut Diagnostics<'_>, path: &str, checks: &[HttpCheck]) {
+    for check in checks {
         if !(check.url.value.starts_with("http://") || check.url.value.starts_with("https://")) {
             d.error(
                 path,

@@ -383,9 +383,16 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                 }),
         );
         let channel_rollouts = rollouts.channel_rollouts(model, env);
-        if let Some(next) =
-            channel::next_manifest(current, o.fleet, env, channel_rollouts, now, freshness)
-        {
+        let settings = channel::agent_settings(model);
+        if let Some(next) = channel::next_manifest(
+            current,
+            o.fleet,
+            env,
+            channel_rollouts,
+            settings.clone(),
+            now,
+            freshness,
+        ) {
             manifests.push(Publish {
                 environment: env.to_owned(),
                 key: keys::channel(env),

@@ -31,8 +31,16 @@ pub struct Observation {
     /// map: a node runs a few rollouts, and a fleet has a million nodes.
     pub active: Vec<(String, String)>,
     pub healthy: bool,
+    /// Bundle digest each rollout ran before its active one, where the
+    /// node kept one.
+    pub previous: Vec<(String, String)>,
+    /// The proxy's traffic in the report's window: requests (none when the
+    /// node does not read the proxy's metrics), error rate and p99.
+    pub requests: Option<u64>,
     pub error_rate: Option<f64>,
     pub p99_latency_ms: Option<u64>,
+    /// The same for the routes a rollout's gates are scoped to.
+    pub routes: Vec<gitfleet_schemas::status::RouteTraffic>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
     /// The HTTP checks the node ran: (url, status it answered, if any).
@@ -235,6 +243,8 @@ impl Plan {
                 steps: e.steps,
                 membership_threshold: e.membership_threshold,
                 http_checks,
+                traffic_route: doc.and_then(|d| d.gates.route.as_ref().map(|r| r.value.clone())),
+                rolled_back: matches!(e.after.phase, Phase::Failed | Phase::RolledBack),
             });
         }
         out
@@ -747,6 +757,40 @@ impl Step<'_, '_> {
     fn verify(&self, s: EnvState) -> EnvState {
         let elapsed = self.now() - s.since;
         let k = s.step;
+        let admitted = usize::try_from(s.admitted)
+            .unwrap_or(usize::MAX)
+            .min(self.members.len());
+        let step_nodes = &self.members.nodes()[..admitted];
+        let mut stale = 0;
+        let mut failures: Vec<(String, String)> = Vec::new();
+        let mut thin: Vec<(&str, u64, u64)> = Vec::new();
+        let mut passed: Vec<&Observation> = Vec::new();
+        for n in step_nodes {
+            match self.report(n) {
+                Some(r) if r.at >= s.since => match judge(
+                    &self.spec.file.gates,
+                    r,
+                    self.spec.name,
+                    &self.desired.bundle.digest,
+                ) {
+                    Judged::Pass => passed.push(r),
+                    Judged::Fail(why) => failures.push((n.clone(), why)),
+                    Judged::Short { requests, needed } => thin.push((n, requests, needed)),
+                },
+                _ => stale += 1,
+            }
+        }
+        if let Some((node, why)) = failures.first() {
+            let reason = format!(
+                "step {k}/{}: gates failed on {} node{} ({node}: {why})",
+                self.steps(),
+                failures.len(),
+                if failures.len() == 1 { "" } else { "s" }
+            );
+            return self.fail(s, reason, failures.into_iter().map(|(n, _)| n).collect());
+        }
+        // A gate that fails on evidence fails the step at once (above); a
+        // pass counts only once the bake is over.
         if elapsed < self.spec.bake {
             // A stable reason: the state (and so the state branch) changes
             // only when something happens, not on every pass.
@@ -759,35 +803,28 @@ impl Step<'_, '_> {
                 ..s
             };
         }
-        let admitted = usize::try_from(s.admitted)
-            .unwrap_or(usize::MAX)
-            .min(self.members.len());
-        let step_nodes = &self.members.nodes()[..admitted];
-        let mut stale = 0;
-        let mut failures: Vec<(String, String)> = Vec::new();
-        for n in step_nodes {
-            match self.report(n) {
-                Some(r) if r.at >= s.since => {
-                    if let Some(why) = gate_failure(
-                        &self.spec.file.gates,
-                        r,
-                        self.spec.name,
-                        &self.desired.bundle.digest,
-                    ) {
-                        failures.push((n.clone(), why));
-                    }
+        if let Some(&(node, requests, needed)) = thin.iter().min_by_key(|(_, r, _)| *r) {
+            if let Some(deadline) = self.spec.deadline {
+                if elapsed > self.spec.bake + deadline {
+                    let reason = format!(
+                        "step {k}/{}: not enough traffic by the progress deadline: {} node{} below {needed} requests ({node}: {requests})",
+                        self.steps(),
+                        thin.len(),
+                        if thin.len() == 1 { "" } else { "s" }
+                    );
+                    let failed = thin.iter().map(|(n, _, _)| (*n).to_owned()).collect();
+                    return self.fail(s, reason, failed);
                 }
-                _ => stale += 1,
             }
-        }
-        if let Some((node, why)) = failures.first() {
-            let reason = format!(
-                "step {k}/{}: gates failed on {} node{} ({node}: {why})",
-                self.steps(),
-                failures.len(),
-                if failures.len() == 1 { "" } else { "s" }
-            );
-            return self.fail(s, reason, failures.into_iter().map(|(n, _)| n).collect());
+            // Stable while waiting (the live count is on the status page):
+            // the state branch changes when something happens.
+            return EnvState {
+                reason: format!(
+                    "step {k}/{}: waiting for traffic: {needed} requests per node",
+                    self.steps()
+                ),
+                ..s
+            };
         }
         if stale > 0 {
             if let Some(deadline) = self.spec.deadline {
@@ -812,9 +849,11 @@ impl Step<'_, '_> {
                 ..s
             };
         }
+        // What the gates passed on, for the state branch's history.
+        let measured = measured(&self.spec.file.gates, &passed);
         if k >= self.steps() {
             let reason = format!(
-                "complete: {} nodes on {}, gates passed",
+                "complete: {} nodes on {}, gates passed{measured}",
                 self.members.len(),
                 short(&self.desired.bundle.digest)
             );
@@ -827,19 +866,64 @@ impl Step<'_, '_> {
             step: k + 1,
             ..self.to(s, Phase::Progressing, String::new())
         };
-        self.progress(s)
+        let next = self.progress(s);
+        if measured.is_empty() {
+            return next;
+        }
+        EnvState {
+            reason: format!("step {k} passed{measured}; {}", next.reason),
+            ..next
+        }
     }
 
+    /// End the rollout here: its targets go back to a bundle known to work.
+    /// That is the environment's previous bundle when it has one (the last
+    /// one this rollout completed there); otherwise each node's own, the
+    /// one it ran before (agents keep it). Only a node that never ran
+    /// another bundle has nothing to go back to.
     fn fail(&self, s: EnvState, reason: String, failed_nodes: Vec<String>) -> EnvState {
         let (phase, reason) = match &s.previous {
             Some(p) => (
                 Phase::RolledBack,
                 format!("rolled back to {}: {reason}", short(&p.digest)),
             ),
-            None => (
-                Phase::Failed,
-                format!("failed, nothing to roll back to: {reason}"),
-            ),
+            None => {
+                let admitted = usize::try_from(s.admitted)
+                    .unwrap_or(usize::MAX)
+                    .min(self.members.len());
+                let on_new: Vec<&String> = self.members.nodes()[..admitted]
+                    .iter()
+                    .filter(|n| self.on_target(n))
+                    .collect();
+                let bare: Vec<&&String> = on_new
+                    .iter()
+                    .filter(|n| {
+                        self.report(n).is_none_or(|r| {
+                            !r.previous.iter().any(|(name, _)| name == self.spec.name)
+                        })
+                    })
+                    .collect();
+                if on_new.is_empty() || bare.len() == on_new.len() {
+                    (
+                        Phase::Failed,
+                        format!("failed, nothing to roll back to: {reason}"),
+                    )
+                } else if let Some(first) = bare.first() {
+                    (
+                        Phase::RolledBack,
+                        format!(
+                            "rolled back to the bundle each node ran before, except {} node{} that never ran another ({first}): {reason}",
+                            bare.len(),
+                            if bare.len() == 1 { "" } else { "s" }
+                        ),
+                    )
+                } else {
+                    (
+                        Phase::RolledBack,
+                        format!("rolled back to the bundle each node ran before: {reason}"),
+                    )
+                }
+            }
         };
         EnvState {
             failed_nodes,
@@ -848,14 +932,41 @@ impl Step<'_, '_> {
     }
 }
 
-/// Why a node's report fails the gates, if it does. A metric the gates ask
-/// for and the node does not report fails.
-pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Option<String> {
+/// What the gates make of one node's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judged {
+    Pass,
+    Fail(String),
+    /// Everything else passes, but the node has not served the requests
+    /// the traffic gates need to judge it.
+    Short {
+        requests: u64,
+        needed: u64,
+    },
+}
+
+/// The traffic a gate judges: the whole proxy's, or one route's.
+fn traffic(g: &Gates, r: &Observation) -> (Option<u64>, Option<f64>, Option<u64>) {
+    match &g.route {
+        None => (r.requests, r.error_rate, r.p99_latency_ms),
+        Some(route) => match r.routes.iter().find(|t| t.route == route.value) {
+            Some(t) => (Some(t.requests), t.error_rate, t.p99_latency_ms),
+            // A node that reads the proxy's metrics and lists no traffic
+            // on the route saw none.
+            None => (r.requests.map(|_| 0), None, None),
+        },
+    }
+}
+
+/// Judge one node's report against a rollout's gates. A metric the gates
+/// ask for and the node does not report fails; too few requests to judge
+/// the traffic gates is neither pass nor fail.
+pub fn judge(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Judged {
     if r.active_digest(rollout) != Some(digest) {
-        return Some("does not run the new bundle".to_owned());
+        return Judged::Fail("does not run the new bundle".to_owned());
     }
     if g.healthy && !r.healthy {
-        return Some("unhealthy".to_owned());
+        return Judged::Fail("unhealthy".to_owned());
     }
     fn over<T: PartialOrd + fmt::Display + Copy>(
         what: &str,
@@ -868,24 +979,14 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
             Some(_) => None,
         }
     }
-    if let Some(max) = &g.max_error_rate {
-        if let Some(why) = over("error rate", r.error_rate, max.value) {
-            return Some(why);
-        }
-    }
-    if let Some(max) = &g.max_p99_latency_ms {
-        if let Some(why) = over("p99 latency ms", r.p99_latency_ms, max.value) {
-            return Some(why);
-        }
-    }
     if let Some(max) = &g.max_cpu_percent {
         if let Some(why) = over("cpu percent", r.cpu_percent, max.value) {
-            return Some(why);
+            return Judged::Fail(why);
         }
     }
     if let Some(max) = &g.max_memory_percent {
         if let Some(why) = over("memory percent", r.memory_percent, max.value) {
-            return Some(why);
+            return Judged::Fail(why);
         }
     }
     for check in &g.http_checks {
@@ -893,10 +994,10 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
         // Judged here, on the status: two rollouts may expect different
         // ones of the same URL.
         match r.http_checks.iter().find(|(u, _)| u == url) {
-            None => return Some(format!("reports no http check {url}")),
-            Some((_, None)) => return Some(format!("http check {url} got no answer")),
+            None => return Judged::Fail(format!("reports no http check {url}")),
+            Some((_, None)) => return Judged::Fail(format!("http check {url} got no answer")),
             Some((_, Some(status))) if u64::from(*status) != check.expect_status.value => {
-                return Some(format!(
+                return Judged::Fail(format!(
                     "http check {url} answered {status}, not {}",
                     check.expect_status.value
                 ))
@@ -904,7 +1005,94 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
             Some(_) => {}
         }
     }
-    None
+    if !g.judges_traffic() {
+        return Judged::Pass;
+    }
+    let (requests, error_rate, p99) = traffic(g, r);
+    let on = g
+        .route
+        .as_ref()
+        .map(|r| format!(" on route {}", r.value))
+        .unwrap_or_default();
+    match requests {
+        // An agent that does not say how much traffic it saw (an older
+        // one) is judged on the rates it reports.
+        None if error_rate.is_none() && p99.is_none() => {
+            return Judged::Fail(format!(
+                "reports no traffic{on} (its agent reads no proxy metrics)"
+            ))
+        }
+        None => {}
+        Some(n) if n < g.min_requests() => {
+            return Judged::Short {
+                requests: n,
+                needed: g.min_requests(),
+            }
+        }
+        Some(_) => {}
+    }
+    if let Some(max) = &g.max_error_rate {
+        if let Some(why) = over(&format!("error rate{on}"), error_rate, max.value) {
+            return Judged::Fail(why);
+        }
+    }
+    if let Some(max) = &g.max_p99_latency_ms {
+        if let Some(why) = over(&format!("p99 latency ms{on}"), p99, max.value) {
+            return Judged::Fail(why);
+        }
+    }
+    Judged::Pass
+}
+
+/// The traffic the gates passed on, across the nodes that passed: " (per
+/// node: at least 57 requests, error rate at most 0.002, p99 at most 31
+/// ms)"; empty when no gate judges traffic.
+fn measured(g: &Gates, passed: &[&Observation]) -> String {
+    if !g.judges_traffic() || passed.is_empty() {
+        return String::new();
+    }
+    let seen: Vec<_> = passed.iter().map(|r| traffic(g, r)).collect();
+    let mut parts = Vec::new();
+    if let Some(n) = seen.iter().filter_map(|t| t.0).min() {
+        parts.push(format!("at least {n} requests"));
+    }
+    if let Some(e) = seen.iter().filter_map(|t| t.1).reduce(f64::max) {
+        parts.push(format!("error rate at most {e:.3}"));
+    }
+    if let Some(p) = seen.iter().filter_map(|t| t.2).max() {
+        parts.push(format!("p99 at most {p} ms"));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(" (per node: {})", parts.join(", "))
+}
+
+/// Why a node's report fails the gates, if it does (too little traffic is
+/// not a failure).
+pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Option<String> {
+    match judge(g, r, rollout, digest) {
+        Judged::Fail(why) => Some(why),
+        Judged::Pass | Judged::Short { .. } => None,
+    }
+}
+
+/// The step node furthest from enough traffic, among `nodes` whose reports
+/// since `since` pass every gate but the evidence one: (node, requests
+/// seen, requests needed). For "waiting for traffic: 37 of 100 requests".
+pub fn short_of_traffic<'n>(
+    g: &Gates,
+    nodes: impl IntoIterator<Item = (&'n str, &'n Observation)>,
+    rollout: &str,
+    digest: &str,
+) -> Option<(&'n str, u64, u64)> {
+    nodes
+        .into_iter()
+        .filter_map(|(n, r)| match judge(g, r, rollout, digest) {
+            Judged::Short { requests, needed } => Some((n, requests, needed)),
+            _ => None,
+        })
+        .min_by_key(|(_, requests, _)| *requests)
 }
 
 impl Observation {
@@ -934,8 +1122,15 @@ impl Observation {
                 .filter_map(|(name, s)| Some((name.clone(), s.active.as_ref()?.digest.clone())))
                 .collect(),
             healthy: r.healthy,
+            previous: r
+                .rollouts
+                .iter()
+                .filter_map(|(name, s)| Some((name.clone(), s.previous.as_ref()?.digest.clone())))
+                .collect(),
+            requests: r.metrics.requests,
             error_rate: r.metrics.error_rate,
             p99_latency_ms: r.metrics.p99_latency_ms,
+            routes: r.routes.clone(),
             cpu_percent: r.metrics.cpu_percent,
             memory_percent: r.metrics.memory_percent,
             http_checks: r

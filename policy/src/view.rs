@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use gitfleet_schemas::state::{RolloutState, RulesState};
+use gitfleet_schemas::state::{EnvState, Phase, RolloutState, RulesState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::view::{
     Counts, EnvironmentView, FleetStatus, Health, NodeView, RolloutView, FLEET_STATUS_FORMAT,
 };
 
-use crate::plan::{environment_order, Targets};
+use crate::plan::{environment_order, short_of_traffic, Observation, Targets};
 use crate::FleetModel;
 
 /// Everything [`fleet_status`] reads.
@@ -181,6 +181,41 @@ fn node_view(
     }
 }
 
+/// The state's reason, with the live count where a step waits for
+/// traffic (the state keeps a stable reason so it changes only when
+/// something happens): "waiting for traffic: 37 of 100 requests (edge-2)".
+fn live_reason(inputs: &ViewInputs<'_>, rollout: &str, s: &EnvState, members: &[String]) -> String {
+    let waiting = s.phase == Phase::Verifying && s.reason.contains("waiting for traffic");
+    let gates = inputs.model.rollouts.get(rollout).map(|r| &r.doc.gates);
+    let (true, Some(gates)) = (waiting, gates) else {
+        return s.reason.clone();
+    };
+    let admitted = usize::try_from(s.admitted)
+        .unwrap_or(usize::MAX)
+        .min(members.len());
+    let observed: Vec<(&str, Observation)> = members[..admitted]
+        .iter()
+        .filter_map(|n| Some((n.as_str(), Observation::from_report(inputs.reports.get(n)?))))
+        .collect();
+    match short_of_traffic(
+        gates,
+        observed.iter().map(|(n, o)| (*n, o)),
+        rollout,
+        &s.target.digest,
+    ) {
+        Some((node, seen, needed)) => format!(
+            "step {}/{}: waiting for traffic: {seen} of {needed} requests ({node})",
+            s.step,
+            inputs
+                .model
+                .rollouts
+                .get(rollout)
+                .map_or(0, |r| r.doc.steps.len())
+        ),
+        None => s.reason.clone(),
+    }
+}
+
 /// Every rollout with state in `env`, by name.
 fn rollouts_in(inputs: &ViewInputs<'_>, env: &str) -> Vec<RolloutView> {
     let mut out = Vec::new();
@@ -217,7 +252,7 @@ fn rollouts_in(inputs: &ViewInputs<'_>, env: &str) -> Vec<RolloutView> {
             admitted: s.admitted,
             on_target: on_target as u64,
             since: s.since,
-            reason: s.reason.clone(),
+            reason: live_reason(inputs, name, s, members),
             failed_nodes: s.failed_nodes.clone(),
         });
     }

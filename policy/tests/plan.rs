@@ -11,6 +11,7 @@ use gitfleet_policy::plan::{plan, planned, Desired, Inputs, Observation, Plan, T
 use gitfleet_policy::rules::Rules;
 use gitfleet_policy::{FleetModel, RepoFiles};
 use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_schemas::status::RouteTraffic;
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::StepSize;
 use proptest::prelude::*;
@@ -89,6 +90,9 @@ struct Sim {
     bad: BTreeSet<String>,
     /// Metrics nodes report; None leaves the metric out.
     error_rate: Option<f64>,
+    requests: Option<u64>,
+    /// Per route: (requests, error rate) every node reports.
+    routes: Vec<(String, u64, f64)>,
     silent: BTreeSet<String>,
     now: DateTime<Utc>,
     last: Option<Plan>,
@@ -119,6 +123,8 @@ impl Sim {
             desired: BTreeMap::new(),
             bad: BTreeSet::new(),
             error_rate: Some(0.0),
+            requests: None,
+            routes: Vec::new(),
             silent: BTreeSet::new(),
             now: t0(),
             last: None,
@@ -161,15 +167,49 @@ impl Sim {
             let env = &n.doc.environment.value;
             let report = self.reports.get_mut(id).unwrap();
             for cr in p.channel_rollouts(&self.model, env) {
-                let run = if cr.includes(id) {
-                    Some(cr.bundle.clone())
+                let active = report.active_digest(&cr.name).map(str::to_owned);
+                let mine = report
+                    .previous
+                    .iter()
+                    .find(|(r, _)| *r == cr.name)
+                    .map(|(_, d)| d.clone());
+                // As agents do: a rolled-back rollout with no previous
+                // bundle sends each node back to the one it ran before.
+                let run = if cr.rolled_back && cr.previous.is_none() {
+                    if active.as_deref() == Some(cr.bundle.digest.as_str()) {
+                        mine
+                    } else {
+                        active.clone()
+                    }
+                } else if cr.includes(id) {
+                    Some(cr.bundle.digest.clone())
                 } else {
-                    cr.previous.clone()
+                    cr.previous.clone().map(|b| b.digest)
                 };
-                report.set_active(&cr.name, run.map(|b| b.digest));
+                let Some(run) = run else { continue };
+                if active.as_deref() != Some(run.as_str()) {
+                    report.previous.retain(|(r, _)| *r != cr.name);
+                    if let Some(a) = active {
+                        report.previous.push((cr.name.clone(), a));
+                    }
+                }
+                report.set_active(&cr.name, Some(run));
             }
             report.healthy = !report.active.iter().any(|(_, d)| self.bad.contains(d));
             report.error_rate = self.error_rate;
+            report.requests = self.requests;
+            report.routes = self
+                .routes
+                .iter()
+                .map(|(route, requests, rate)| RouteTraffic {
+                    route: route.clone(),
+                    requests: *requests,
+                    errors: (*requests as f64 * rate) as u64,
+                    error_rate: Some(*rate),
+                    p50_latency_ms: None,
+                    p99_latency_ms: None,
+                })
+                .collect();
             report.at = self.now;
         }
         self.now += Duration::seconds(60);
@@ -196,6 +236,14 @@ impl Sim {
             "not done after {max_ticks} ticks:\n{}",
             self.last.as_ref().unwrap()
         );
+    }
+
+    fn reason(&self, env: &str) -> String {
+        self.state
+            .get("web")
+            .and_then(|s| s.environments.get(env))
+            .map(|e| e.reason.clone())
+            .unwrap_or_default()
     }
 
     fn running(&self, env: &str, digest: &str) -> usize {
@@ -300,7 +348,121 @@ fn a_missing_metric_fails_a_gate_that_asks_for_it() {
     sim.deploy(bundle(1), "c1");
     sim.run_until(50, |s| s.phase("dev") == Some(Phase::Failed));
     let reason = &sim.state["web"].environments["dev"].reason;
-    assert!(reason.contains("reports no error rate"), "{reason}");
+    assert!(reason.contains("reports no traffic"), "{reason}");
+}
+
+const TRAFFIC: &str = "step count=1\nstep percent=100\nbake \"2m\"\nprogress-deadline \"10m\"\ngates { healthy; max-error-rate 0.05; min-requests 100; }\n";
+
+#[test]
+fn a_step_without_enough_traffic_waits_and_fails_at_its_deadline_never_passes() {
+    let mut sim = Sim::new(fleet(2, false, TRAFFIC));
+    sim.requests = Some(37);
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(20, |s| s.reason("dev").contains("waiting for traffic"));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert_eq!(
+        reason,
+        "step 1/2: waiting for traffic: 100 requests per node"
+    );
+    // The live count, as status pages show it.
+    let p = sim.plan();
+    let rules = p.channel_rollouts(&sim.model, "dev");
+    assert_eq!(rules.len(), 1);
+    let gates = &sim.model.rollouts["web"].doc.gates;
+    let short = gitfleet_policy::plan::short_of_traffic(
+        gates,
+        sim.reports.iter().map(|(n, r)| (n.as_str(), r)),
+        "web",
+        &bundle(1).digest,
+    );
+    assert_eq!(
+        short.map(|(_, seen, needed)| (seen, needed)),
+        Some((37, 100))
+    );
+    sim.run_until(20, |s| s.phase("dev") == Some(Phase::Failed));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(
+        reason.contains(
+            "step 1/2: not enough traffic by the progress deadline: 1 node below 100 requests"
+        ),
+        "{reason}"
+    );
+}
+
+#[test]
+fn enough_traffic_lets_the_traffic_gates_judge() {
+    let mut sim = Sim::new(fleet(2, false, TRAFFIC));
+    sim.requests = Some(100);
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(100, |s| s.phase("prod") == Some(Phase::Complete));
+    // The state records what the gates passed on.
+    assert!(
+        sim.reason("prod")
+            .ends_with("gates passed (per node: at least 100 requests, error rate at most 0.000)"),
+        "{}",
+        sim.reason("prod")
+    );
+    sim.error_rate = Some(0.2);
+    sim.deploy(bundle(2), "c2");
+    // It fails on the first report over the limit, not after the bake.
+    sim.run_until(20, |s| s.phase("dev") == Some(Phase::Verifying));
+    sim.tick();
+    assert_eq!(sim.phase("dev"), Some(Phase::RolledBack));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(reason.contains("error rate 0.2 > 0.05"), "{reason}");
+}
+
+#[test]
+fn a_gate_scoped_to_a_route_judges_that_routes_traffic_only() {
+    let body = TRAFFIC.replace("min-requests 100;", "min-requests 100; route \"api\";");
+    let mut sim = Sim::new(fleet(2, false, &body));
+    // The whole proxy looks fine; the api route fails.
+    sim.requests = Some(10_000);
+    sim.routes = vec![("api".into(), 200, 0.5), ("static".into(), 9_800, 0.0)];
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(20, |s| s.phase("dev") == Some(Phase::Failed));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(
+        reason.contains("error rate on route api 0.5 > 0.05"),
+        "{reason}"
+    );
+    // A node that lists no traffic on the route saw none: it waits.
+    let mut sim = Sim::new(fleet(2, false, &body));
+    sim.requests = Some(10_000);
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(20, |s| s.reason("dev").contains("waiting for traffic"));
+    let manifest = sim.plan().channel_rollouts(&sim.model, "dev");
+    assert_eq!(manifest[0].traffic_route.as_deref(), Some("api"));
+}
+
+#[test]
+fn a_failed_step_without_a_previous_bundle_sends_nodes_back_to_the_one_each_ran() {
+    let mut sim = Sim::new(fleet(2, false, TRAFFIC));
+    sim.requests = Some(500);
+    // The first rollout fails where nodes never ran anything.
+    sim.bad.insert(bundle(1).digest);
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(20, |s| s.phase("dev") == Some(Phase::Failed));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(
+        reason.starts_with("failed, nothing to roll back to"),
+        "{reason}"
+    );
+    // Fixed, but the next push fails too: the canary ran bundle 1 before.
+    sim.bad.clear();
+    sim.bad.insert(bundle(2).digest);
+    sim.deploy(bundle(2), "c2");
+    sim.run_until(20, |s| s.phase("dev") == Some(Phase::RolledBack));
+    let reason = &sim.state["web"].environments["dev"].reason;
+    assert!(
+        reason.starts_with("rolled back to the bundle each node ran before: step 1/2"),
+        "{reason}"
+    );
+    let manifest = sim.plan().channel_rollouts(&sim.model, "dev");
+    assert!(manifest[0].rolled_back && manifest[0].previous.is_none());
+    sim.tick();
+    assert_eq!(sim.running("dev", &bundle(2).digest), 0);
+    assert_eq!(sim.running("dev", &bundle(1).digest), 1);
 }
 
 #[test]

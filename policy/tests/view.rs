@@ -80,6 +80,7 @@ fn report(node: &str, env: &str, age_s: i64, healthy: bool, active: Option<u8>) 
         healthy,
         metrics: Metrics::default(),
         http_checks: Vec::new(),
+        routes: Vec::new(),
         wireguard: None,
         drift: Vec::new(),
         last_error: None,

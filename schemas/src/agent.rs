@@ -87,6 +87,11 @@ pub struct SentinelSettings {
     /// A route that must answer 2xx after a reload (weaker: Sentinel's health
     /// handler answers even when a reload was refused).
     pub health_url: Option<String>,
+    /// The proxy's `builtin-handler "metrics"` route, scraped for the
+    /// health gates (default: the one the active bundle's config declares,
+    /// on a loopback address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
     /// Run `<binary> test -c FILE` on a staged config before activating it.
     pub test_binary: Option<String>,
     pub confirm_timeout_ms: u64,
@@ -191,6 +196,7 @@ const SENTINEL: &[&str] = &[
     "reload-command",
     "config-url",
     "health-url",
+    "metrics-url",
     "test-binary",
     "confirm-timeout",
 ];
@@ -396,6 +402,7 @@ fn decode_sentinel(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Option<Sentin
     let mut reload: Option<ReloadBy> = None;
     let mut config_url = None;
     let mut health_url = None;
+    let mut metrics_url = None;
     let mut test_binary = None;
     let mut confirm = None;
     for c in children(node) {
@@ -416,6 +423,11 @@ fn decode_sentinel(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Option<Sentin
             "health-url" => {
                 let v = d.string(c).map(|s| s.value);
                 d.once(&mut health_url, c, v);
+                continue;
+            }
+            "metrics-url" => {
+                let v = d.string(c).map(|s| s.value);
+                d.once(&mut metrics_url, c, v);
                 continue;
             }
             "test-binary" => {
@@ -456,6 +468,7 @@ fn decode_sentinel(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Option<Sentin
     Some(Some(SentinelSettings {
         reload,
         config_url,
+        metrics_url,
         health_url,
         test_binary,
         confirm_timeout_ms: confirm.unwrap_or(DEFAULT_CONFIRM_TIMEOUT_MS),

@@ -11,6 +11,11 @@
 //! defaults {
 //!     max-unavailable 1
 //!     bake "5m"
+//!     poll-interval "30s"
+//!     poll-jitter "5s"
+//!     heartbeat "1m"
+//!     drift "repair"
+//!     health-check "http://127.0.0.1:9000/-/health" expect-status=200
 //! }
 //! lint "listener-tls" severity="error" {
 //!     environments "prod"
@@ -72,6 +77,13 @@ pub struct Defaults {
     pub progress_deadline_seconds: Option<Spanned<u64>>,
     pub poll_interval_seconds: Option<Spanned<u64>>,
     pub drift: Option<Spanned<DriftPolicy>>,
+    /// Agents wait `poll-interval` plus up to this much at random.
+    pub poll_jitter_seconds: Option<Spanned<u64>>,
+    /// Agents report at least this often.
+    pub heartbeat_seconds: Option<Spanned<u64>>,
+    /// URLs every agent GETs on its node: a node is healthy only while
+    /// each answers its expected status.
+    pub health_checks: Vec<crate::rollout::HttpCheck>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -111,6 +123,9 @@ const DEFAULTS: &[&str] = &[
     "bake",
     "progress-deadline",
     "poll-interval",
+    "poll-jitter",
+    "heartbeat",
+    "health-check",
     "drift",
 ];
 
@@ -229,6 +244,19 @@ fn decode_defaults(d: &mut Decoder, node: &kdl::KdlNode) -> Defaults {
             "poll-interval" => {
                 let v = d.duration(c);
                 d.once(&mut out.poll_interval_seconds, c, v);
+            }
+            "poll-jitter" => {
+                let v = d.duration(c);
+                d.once(&mut out.poll_jitter_seconds, c, v);
+            }
+            "heartbeat" => {
+                let v = d.duration(c);
+                d.once(&mut out.heartbeat_seconds, c, v);
+            }
+            "health-check" => {
+                if let Some(check) = crate::rollout::decode_http_check(d, c) {
+                    out.health_checks.push(check);
+                }
             }
             "drift" => {
                 let v = d.string(c).and_then(|s| match s.value.as_str() {

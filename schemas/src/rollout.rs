@@ -14,6 +14,8 @@
 //!     healthy
 //!     max-error-rate 0.01
 //!     max-p99-latency "250ms"
+//!     min-requests 100
+//!     route "api"
 //! }
 //! ```
 
@@ -77,6 +79,29 @@ pub struct Gates {
     pub max_cpu_percent: Option<Spanned<f64>>,
     pub max_memory_percent: Option<Spanned<f64>>,
     pub http_checks: Vec<HttpCheck>,
+    /// How many requests each node must have served in its latest report
+    /// before the traffic gates (error rate, p99) judge it; fewer is not
+    /// health, and the step waits ([`DEFAULT_MIN_REQUESTS`] when unset).
+    pub min_requests: Option<Spanned<u64>>,
+    /// Judge the traffic gates on this proxy route only (its `route`
+    /// label), not on all the proxy's traffic.
+    pub route: Option<Spanned<String>>,
+}
+
+/// The requests a traffic gate needs per node when `min-requests` is unset.
+pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+
+impl Gates {
+    /// Whether a gate judges the proxy's traffic (and so needs requests).
+    pub fn judges_traffic(&self) -> bool {
+        self.max_error_rate.is_some() || self.max_p99_latency_ms.is_some()
+    }
+
+    pub fn min_requests(&self) -> u64 {
+        self.min_requests
+            .as_ref()
+            .map_or(DEFAULT_MIN_REQUESTS, |m| m.value)
+    }
 }
 
 /// An HTTP request the agent makes on its node; the gate passes on the
@@ -109,6 +134,8 @@ const GATES: &[&str] = &[
     "max-cpu-percent",
     "max-memory-percent",
     "http-check",
+    "min-requests",
+    "route",
 ];
 
 impl RolloutFile {
@@ -229,6 +256,21 @@ fn decode_step(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Step> {
     Some(Step { size })
 }
 
+/// `http-check "URL" expect-status=200` (the status defaults to 200).
+pub(crate) fn decode_http_check(d: &mut Decoder, c: &kdl::KdlNode) -> Option<HttpCheck> {
+    d.allow_props(c, &["expect-status"]);
+    d.max_args(c, 1);
+    d.no_children(c);
+    let url = d.arg(c, 0, decode::as_string, "a URL");
+    let expect_status = d
+        .prop(c, "expect-status", decode::as_u64, "an HTTP status code")
+        .unwrap_or(Spanned::new(200, decode::node_span(c)));
+    Some(HttpCheck {
+        url: url?,
+        expect_status,
+    })
+}
+
 fn decode_gates(d: &mut Decoder, node: &kdl::KdlNode) -> Gates {
     d.allow_props(node, &[]);
     d.max_args(node, 0);
@@ -258,16 +300,17 @@ fn decode_gates(d: &mut Decoder, node: &kdl::KdlNode) -> Gates {
                 let v = d.scalar(c, decode::as_f64, "a percentage");
                 d.once(&mut g.max_memory_percent, c, v);
             }
+            "min-requests" => {
+                let v = d.scalar(c, decode::as_u64, "a number of requests");
+                d.once(&mut g.min_requests, c, v);
+            }
+            "route" => {
+                let v = d.string(c);
+                d.once(&mut g.route, c, v);
+            }
             "http-check" => {
-                d.allow_props(c, &["expect-status"]);
-                d.max_args(c, 1);
-                d.no_children(c);
-                let url = d.arg(c, 0, decode::as_string, "a URL");
-                let expect_status = d
-                    .prop(c, "expect-status", decode::as_u64, "an HTTP status code")
-                    .unwrap_or(Spanned::new(200, decode::node_span(c)));
-                if let Some(url) = url {
-                    g.http_checks.push(HttpCheck { url, expect_status });
+                if let Some(check) = decode_http_check(d, c) {
+                    g.http_checks.push(check);
                 }
             }
             _ => d.unknown_node(c, "`gates`", GATES),

@@ -29,6 +29,10 @@ pub struct StatusReport {
     pub healthy: bool,
     pub metrics: Metrics,
     pub http_checks: Vec<HttpCheckResult>,
+    /// The traffic of routes a rollout's gates are scoped to, in the same
+    /// window as `metrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteTraffic>,
     pub wireguard: Option<WireguardStatus>,
     pub drift: Vec<Drift>,
     pub last_error: Option<String>,
@@ -48,13 +52,38 @@ pub struct RolloutStatus {
     pub error: Option<String>,
 }
 
+/// One proxy route's traffic in a report's window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTraffic {
+    pub route: String,
+    pub requests: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    pub error_rate: Option<f64>,
+    pub p50_latency_ms: Option<u64>,
+    pub p99_latency_ms: Option<u64>,
+}
+
 /// Proxy and system metrics; absent when the node cannot measure them (and
 /// a gate that asks for an absent metric fails).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
+    /// 5xx answers over requests, in the window.
     pub error_rate: Option<f64>,
     pub p99_latency_ms: Option<u64>,
+    /// The proxy's traffic since the node's previous report, from its own
+    /// metrics: requests, 5xx answers, median latency and the window's
+    /// length. Absent when the node does not read the proxy's metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<f64>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
     pub disk_percent: Option<f64>,

@@ -216,6 +216,34 @@ pub struct ChannelManifest {
     pub serial: u64,
     pub expires: DateTime<Utc>,
     pub rollouts: Vec<ChannelRollout>,
+    /// Fleet-wide agent settings from fleet.kdl's `defaults`; they win
+    /// over the same settings in a node's agent.kdl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<AgentSettings>,
+}
+
+/// How agents behave, set for the whole fleet. Absent fields leave the
+/// node's own agent.kdl (or its defaults) in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::fleet::DriftPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_jitter_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_seconds: Option<u64>,
+    /// Checks every node runs; it is healthy only while each passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<ChannelCheck>,
+}
+
+impl AgentSettings {
+    pub fn is_empty(&self) -> bool {
+        *self == AgentSettings::default()
+    }
 }
 
 impl Document for ChannelManifest {
@@ -242,6 +270,14 @@ pub struct ChannelRollout {
     /// puts the results in its status report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_checks: Vec<ChannelCheck>,
+    /// The proxy route the rollout's traffic gates judge: each target
+    /// reports that route's traffic beside its total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_route: Option<String>,
+    /// `bundle` failed its gates. Targets running it go back to `previous`,
+    /// or, without one, each to the bundle it ran before `bundle`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
 }
 
 /// One HTTP check a node runs for a rollout's health gate.
@@ -354,6 +390,8 @@ mod tests {
             steps: 1,
             membership_threshold: 0,
             http_checks: Vec::new(),
+            traffic_route: None,
+            rolled_back: false,
         };
         assert!(rollout(&[]).selects(&labels));
         assert!(rollout(&[("role", "edge")]).selects(&labels));

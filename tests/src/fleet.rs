@@ -58,6 +58,7 @@ pub fn manifest_bytes(
     previous: Option<&BundleRef>,
 ) -> Vec<u8> {
     let manifest = ChannelManifest {
+        settings: None,
         fleet: FLEET.into(),
         environment: "prod".into(),
         serial,
@@ -74,6 +75,8 @@ pub fn manifest_bytes(
             steps: 1,
             membership_threshold: u64::MAX,
             http_checks: Vec::new(),
+            traffic_route: None,
+            rolled_back: false,
         }],
     };
     signed(&manifest, &[&key(10)])

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 pub mod fake_github;
 pub mod fleet;
+pub mod netns;
 pub mod sentinel;
 
 /// The workspace root.

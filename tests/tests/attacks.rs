@@ -62,6 +62,7 @@ fn trusted_root() -> Verified<Root> {
 
 fn channel(serial: u64) -> ChannelManifest {
     ChannelManifest {
+        settings: None,
         fleet: "acme".into(),
         environment: "prod".into(),
         serial,
@@ -78,6 +79,8 @@ fn channel(serial: u64) -> ChannelManifest {
             steps: 3,
             membership_threshold: u64::MAX / 4,
             http_checks: Vec::new(),
+            traffic_route: None,
+            rolled_back: false,
         }],
     }
 }
@@ -1466,6 +1469,7 @@ fn report(node: &str) -> gitfleet_schemas::status::StatusReport {
         healthy: true,
         metrics: Default::default(),
         http_checks: vec![],
+        routes: vec![],
         wireguard: None,
         drift: vec![],
         last_error: None,

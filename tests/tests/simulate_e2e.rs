@@ -498,9 +498,9 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
             ("role".to_owned(), "edge".to_owned()),
         ]
         .into();
-        let w = wanted(&manifest, node, &labels);
+        let w = wanted(&manifest, node, &labels, &Default::default());
         let (_, bundle) = w.iter().find(|(r, _)| r.name == "edge").unwrap();
-        assert_eq!(*bundle, &first, "{node}");
+        assert_eq!(bundle, &first, "{node}");
     }
     // And the nodes follow: the canary went back, the others never left.
     let started = Instant::now();

@@ -61,21 +61,30 @@ pub struct Loaded {
 
 /// Read the repo at `path` (or its revision `rev`) and check it.
 pub fn load(path: &std::path::Path, rev: Option<&str>) -> anyhow::Result<Loaded> {
+    let not_a_fleet_repo = |source: &str| {
+        anyhow::anyhow!(
+            "{source} is not a fleet repo: it has no fleet.kdl, environments.kdl, nodes/, configs/, meshes/ or rollouts/; \
+             run `gitfleet check PATH` on one (for example `gitfleet check examples/fleet-repo`)"
+        )
+    };
     let (files, skipped, source) = match rev {
         Some(rev) => {
             let (f, s) = source::read_revision(path, rev)?;
             (f, s, format!("{}@{rev}", path.display()))
         }
         None => {
+            // Look before reading: a directory that is no fleet repo (a
+            // source tree with a build directory, say) is not read whole.
+            let top = FLEET_ENTRIES.iter().any(|e| path.join(e).exists());
+            if path.is_dir() && !top {
+                return Err(not_a_fleet_repo(&path.display().to_string()));
+            }
             let (f, s) = source::read_worktree(path)?;
             (f, s, path.display().to_string())
         }
     };
     if !is_fleet_repo(&files) {
-        anyhow::bail!(
-            "{source} is not a fleet repo: it has no fleet.kdl, environments.kdl, nodes/, configs/, meshes/ or rollouts/; \
-             run `gitfleet check PATH` on one (for example `gitfleet check examples/fleet-repo`)"
-        );
+        return Err(not_a_fleet_repo(&source));
     }
     for link in &skipped.symlinks {
         tracing::warn!(path = %link, "skipping symlink: fleet repos hold plain files");
@@ -99,14 +108,21 @@ pub fn load(path: &std::path::Path, rev: Option<&str>) -> anyhow::Result<Loaded>
 /// Whether `files` look like a fleet repo at all: any of its documents or
 /// directories. One missing file is a diagnostic; all of them missing means
 /// the wrong directory.
+/// The top-level entries of which a fleet repo has at least one.
+const FLEET_ENTRIES: [&str; 6] = [
+    "fleet.kdl",
+    "environments.kdl",
+    "nodes",
+    "configs",
+    "meshes",
+    "rollouts",
+];
+
 fn is_fleet_repo(files: &RepoFiles) -> bool {
-    use gitfleet_policy::model::{ENVIRONMENTS_FILE, FLEET_FILE};
     files.iter().any(|(path, _)| {
-        path == FLEET_FILE
-            || path == ENVIRONMENTS_FILE
-            || ["nodes/", "configs/", "meshes/", "rollouts/"]
-                .iter()
-                .any(|d| path.starts_with(d))
+        FLEET_ENTRIES
+            .iter()
+            .any(|e| path == *e || path.strip_prefix(e).is_some_and(|r| r.starts_with('/')))
     })
 }
 

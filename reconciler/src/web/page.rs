@@ -364,6 +364,18 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     if let Some(m) = &n.metrics {
         out.push_str("<h3>System</h3><table>");
         out.push_str(&metric(
+            "requests",
+            m.requests.map(|r| match m.window_seconds {
+                Some(w) if w > 0.0 => format!("{r} in {w:.0}s ({:.1}/s)", r as f64 / w),
+                _ => r.to_string(),
+            }),
+        ));
+        out.push_str(&metric("5xx answers", m.errors.map(|e| e.to_string())));
+        out.push_str(&metric(
+            "p50 latency",
+            m.p50_latency_ms.map(|x| format!("{x} ms")),
+        ));
+        out.push_str(&metric(
             "error rate",
             m.error_rate.map(|x| format!("{:.3}%", x * 100.0)),
         ));

@@ -1219,6 +1219,7 @@ async fn activation_of(shape: Shape, reload: ReloadBy, name: &str, runs: usize) 
         reload,
         config_url: None,
         health_url: None,
+        metrics_url: None,
         test_binary: None,
         confirm_timeout_ms: 10_000,
     };
