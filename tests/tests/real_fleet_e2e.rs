@@ -449,7 +449,11 @@ pid_file="{pid}"
 if [ -f "$pid_file" ]; then
     pid=$(cat "$pid_file")
     kill "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    # Gone, or a zombie its new parent has not reaped yet (its sockets
+    # are closed already).
+    while kill -0 "$pid" 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)" != Z ]; do
+        sleep 0.02
+    done
 fi
 cd "{cwd}"
 "{sentinel}" -c "{config}" >> sentinel.log 2>&1 &
@@ -657,8 +661,10 @@ fn rollouts_on_real_proxies_are_judged_on_their_own_traffic() {
     let tripped = (rolled.since - first.wall).num_milliseconds();
     let took = recovered.at.duration_since(first.at).as_millis();
     // The limit: a report interval (2 s) + a pass (1 s) + a poll (0.2 s).
+    let limit = 3200;
     println!(
-        "rollback: first failing request -> pass that rolled back {tripped} ms -> proxy serving the previous bundle {took} ms (limit: 2000 ms report + 1000 ms pass + 200 ms poll = 3200 ms); {} requests failed",
+        "rollback: first failing request -> pass that rolled back {tripped} ms -> proxy serving the previous bundle {took} ms; limit {limit} ms (2000 report + 1000 pass + 200 poll), ratio {:.2}; {} requests failed",
+        took as f64 / f64::from(limit),
         failures.len()
     );
     // Staging never took it: it waits for dev, admitting no one.
