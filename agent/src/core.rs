@@ -223,6 +223,9 @@ pub struct Agent<N> {
     /// The proxy's counters at the previous report (or at the last
     /// activation): a report's traffic is what happened since.
     traffic_base: Option<(DateTime<Utc>, Sample)>,
+    /// A Sentinel bundle went live and its gates have not yet heard of as
+    /// much traffic as they need: report as soon as it has served that.
+    judging: bool,
 }
 
 impl<N: Node> Agent<N> {
@@ -249,6 +252,7 @@ impl<N: Node> Agent<N> {
             dirty: true,
             retry: false,
             traffic_base: None,
+            judging: false,
         }
     }
 
@@ -540,6 +544,7 @@ impl<N: Node> Agent<N> {
                 if kind == BundleKind::Sentinel {
                     // Traffic on the new config starts counting now.
                     self.traffic_base = None;
+                    self.judging = true;
                 }
                 self.node.save(&self.state).map_err(|e| e.to_string())?;
                 self.node.settle(&self.state).map_err(|e| e.to_string())?;
@@ -761,8 +766,54 @@ impl<N: Node> Agent<N> {
                 }
             })
             .collect();
+        // A report that already carries the evidence ends the early-report
+        // watch.
+        if let (true, Some((route, needed)), Some(b)) = (self.judging, self.needs(), before) {
+            if traffic::window(Some(b), &sample, route.as_deref()).requests >= needed {
+                self.judging = false;
+            }
+        }
         self.traffic_base = Some((now, sample));
         out
+    }
+
+    /// The (route, requests) the gates of the rollout delivering this
+    /// node's Sentinel bundle need, if they judge traffic.
+    fn needs(&self) -> Option<(Option<String>, u64)> {
+        let m = self.manifest.as_ref()?;
+        let running = slot(&self.state, BundleKind::Sentinel)?;
+        let r = m.rollouts.iter().find(|r| r.name == running.rollout)?;
+        Some((r.traffic_route.clone(), r.min_requests?))
+    }
+
+    /// Whether a new bundle has now served the requests its gates need
+    /// since the last report: then report at once, so a bad bundle is
+    /// judged (and rolled back) within a poll of the evidence, not a
+    /// heartbeat. Scrapes the proxy only while that is pending.
+    pub async fn evidence_ready(&mut self) -> bool {
+        if !self.judging {
+            return false;
+        }
+        let Some((route, needed)) = self.needs() else {
+            self.judging = false;
+            return false;
+        };
+        let Some((_, base)) = &self.traffic_base else {
+            return false;
+        };
+        let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
+        let Some(Ok(text)) = self.node.scrape(active.as_ref()).await else {
+            return false;
+        };
+        let Ok(sample) = Sample::parse(&text) else {
+            return false;
+        };
+        let seen = traffic::window(Some(base), &sample, route.as_deref()).requests;
+        if seen >= needed {
+            self.judging = false;
+            return true;
+        }
+        false
     }
 
     /// Sign and write this node's status report.
@@ -806,6 +857,7 @@ mod tests {
             membership_threshold: threshold,
             http_checks: Vec::new(),
             traffic_route: None,
+            min_requests: None,
             rolled_back: false,
         }
     }

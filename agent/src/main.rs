@@ -301,7 +301,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .polled(&polled, now);
-        if agent.report_due(now, heartbeat) {
+        if agent.report_due(now, heartbeat) || agent.evidence_ready().await {
             let reported = agent.report(now).await;
             if let Err(e) = &reported {
                 tracing::warn!(error = %e, "cannot write the status report");

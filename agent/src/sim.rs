@@ -596,6 +596,8 @@ mod tests {
                         expect_status: 200,
                     }],
                     traffic_route: None,
+                    // Gates that need 20 requests from each node.
+                    min_requests: Some(20),
                     rolled_back: false,
                 }],
             };
@@ -637,6 +639,8 @@ mod tests {
         let now = chrono::Utc::now();
 
         world.publish(&a, None, u64::MAX);
+        // Before anything runs there is nothing to report early.
+        assert!(!agent.evidence_ready().await);
         assert_eq!(
             agent.poll(now).await,
             Polled::Applied {
@@ -647,6 +651,12 @@ mod tests {
         let report = agent.report(now).await.unwrap();
         assert!(report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
+        // That report set the new bundle's baseline; once it has served the
+        // 20 requests its gates need, the agent reports at once, and only
+        // once.
+        assert_eq!(report.metrics.requests, Some(0));
+        assert!(agent.evidence_ready().await);
+        assert!(!agent.evidence_ready().await);
         let check = |status, ok| {
             vec![gitfleet_schemas::status::HttpCheckResult {
                 url: World::HEALTH.into(),

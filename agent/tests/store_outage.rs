@@ -94,6 +94,7 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
             membership_threshold: u64::MAX,
             http_checks: Vec::new(),
             traffic_route: None,
+            min_requests: None,
             rolled_back: false,
         }],
     };

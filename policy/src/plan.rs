@@ -244,6 +244,9 @@ impl Plan {
                 membership_threshold: e.membership_threshold,
                 http_checks,
                 traffic_route: doc.and_then(|d| d.gates.route.as_ref().map(|r| r.value.clone())),
+                min_requests: doc
+                    .filter(|d| d.gates.judges_traffic())
+                    .map(|d| d.gates.min_requests()),
                 rolled_back: matches!(e.after.phase, Phase::Failed | Phase::RolledBack),
             });
         }
@@ -698,6 +701,28 @@ impl Step<'_, '_> {
             );
             return self.fail(s, reason, sick);
         }
+        // So does one whose traffic on it already fails a gate.
+        let failing: Vec<(String, String)> = nodes[..admitted]
+            .iter()
+            .filter_map(|n| {
+                let why = traffic_failure(
+                    &self.spec.file.gates,
+                    self.report(n)?,
+                    self.spec.name,
+                    &self.desired.bundle.digest,
+                )?;
+                Some((n.clone(), why))
+            })
+            .collect();
+        if let Some((node, why)) = failing.first() {
+            let reason = format!(
+                "step {k}/{}: gates failed on {} node{} ({node}: {why})",
+                self.steps(),
+                failing.len(),
+                if failing.len() == 1 { "" } else { "s" }
+            );
+            return self.fail(s, reason, failing.into_iter().map(|(n, _)| n).collect());
+        }
         // Unavailable: admitted but not yet on the new bundle, or anywhere in
         // the environment unhealthy or silent.
         let unavailable = nodes
@@ -761,23 +786,33 @@ impl Step<'_, '_> {
             .unwrap_or(usize::MAX)
             .min(self.members.len());
         let step_nodes = &self.members.nodes()[..admitted];
+        let baking = elapsed < self.spec.bake;
         let mut stale = 0;
         let mut failures: Vec<(String, String)> = Vec::new();
         let mut thin: Vec<(&str, u64, u64)> = Vec::new();
         let mut passed: Vec<&Observation> = Vec::new();
+        let g = &self.spec.file.gates;
+        let digest = &self.desired.bundle.digest;
         for n in step_nodes {
-            match self.report(n) {
-                Some(r) if r.at >= s.since => match judge(
-                    &self.spec.file.gates,
-                    r,
-                    self.spec.name,
-                    &self.desired.bundle.digest,
-                ) {
-                    Judged::Pass => passed.push(r),
-                    Judged::Fail(why) => failures.push((n.clone(), why)),
-                    Judged::Short { requests, needed } => thin.push((n, requests, needed)),
-                },
-                _ => stale += 1,
+            let Some(r) = self.report(n) else {
+                stale += 1;
+                continue;
+            };
+            // The traffic on the new bundle fails the step whenever it
+            // shows: bake or not, fresh or not (the window of a report
+            // that names the new bundle began at its activation).
+            if let Some(why) = traffic_failure(g, r, self.spec.name, digest) {
+                failures.push((n.clone(), why));
+                continue;
+            }
+            if baking || r.at < s.since {
+                stale += usize::from(r.at < s.since);
+                continue;
+            }
+            match judge(g, r, self.spec.name, digest) {
+                Judged::Pass => passed.push(r),
+                Judged::Fail(why) => failures.push((n.clone(), why)),
+                Judged::Short { requests, needed } => thin.push((n, requests, needed)),
             }
         }
         if let Some((node, why)) = failures.first() {
@@ -789,9 +824,7 @@ impl Step<'_, '_> {
             );
             return self.fail(s, reason, failures.into_iter().map(|(n, _)| n).collect());
         }
-        // A gate that fails on evidence fails the step at once (above); a
-        // pass counts only once the bake is over.
-        if elapsed < self.spec.bake {
+        if baking {
             // A stable reason: the state (and so the state branch) changes
             // only when something happens, not on every pass.
             return EnvState {
@@ -1066,6 +1099,36 @@ fn measured(g: &Gates, passed: &[&Observation]) -> String {
         return String::new();
     }
     format!(" (per node: {})", parts.join(", "))
+}
+
+/// Why a node's traffic on the new bundle fails a traffic gate, on enough
+/// evidence (`min-requests`), if it does: what may fail a step before its
+/// bake is over. None for a node not on the new bundle, or one that does
+/// not say how much traffic it saw.
+pub fn traffic_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Option<String> {
+    if r.active_digest(rollout) != Some(digest) || !g.judges_traffic() {
+        return None;
+    }
+    let (requests, error_rate, p99) = traffic(g, r);
+    if requests? < g.min_requests() {
+        return None;
+    }
+    let on = g
+        .route
+        .as_ref()
+        .map(|r| format!(" on route {}", r.value))
+        .unwrap_or_default();
+    if let (Some(max), Some(v)) = (&g.max_error_rate, error_rate) {
+        if v > max.value {
+            return Some(format!("error rate{on} {v} > {}", max.value));
+        }
+    }
+    if let (Some(max), Some(v)) = (&g.max_p99_latency_ms, p99) {
+        if v > max.value {
+            return Some(format!("p99 latency ms{on} {v} > {}", max.value));
+        }
+    }
+    None
 }
 
 /// Why a node's report fails the gates, if it does (too little traffic is

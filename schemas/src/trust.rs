@@ -274,6 +274,11 @@ pub struct ChannelRollout {
     /// reports that route's traffic beside its total.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_route: Option<String>,
+    /// The requests the traffic gates need from each target: an agent
+    /// reports as soon as its new bundle has served that many, rather than
+    /// at its next heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
     /// `bundle` failed its gates. Targets running it go back to `previous`,
     /// or, without one, each to the bundle it ran before `bundle`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -391,6 +396,7 @@ mod tests {
             membership_threshold: 0,
             http_checks: Vec::new(),
             traffic_route: None,
+            min_requests: None,
             rolled_back: false,
         };
         assert!(rollout(&[]).selects(&labels));

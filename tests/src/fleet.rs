@@ -76,6 +76,7 @@ pub fn manifest_bytes(
             membership_threshold: u64::MAX,
             http_checks: Vec::new(),
             traffic_route: None,
+            min_requests: None,
             rolled_back: false,
         }],
     };

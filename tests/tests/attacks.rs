@@ -80,6 +80,7 @@ fn channel(serial: u64) -> ChannelManifest {
             membership_threshold: u64::MAX / 4,
             http_checks: Vec::new(),
             traffic_route: None,
+            min_requests: None,
             rolled_back: false,
         }],
     }
