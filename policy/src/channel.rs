@@ -107,4 +107,50 @@ mod tests {
         assert_eq!(n.serial, 2);
         assert_eq!(n.expires, later + Duration::hours(1));
     }
+
+    #[test]
+    fn fleet_defaults_become_the_manifests_agent_settings_and_a_change_republishes() {
+        use gitfleet_schemas::fleet::DriftPolicy;
+        let model = |defaults: &str| {
+            let mut f = crate::RepoFiles::new();
+            f.insert("fleet.kdl", format!("version 1\nname \"t\"\n{defaults}"));
+            crate::check(&f).model
+        };
+        assert_eq!(agent_settings(&model("")), None);
+        let s = agent_settings(&model(
+            "defaults {\n    poll-interval \"30s\"\n    poll-jitter \"5s\"\n    heartbeat \"1m\"\n    drift \"repair\"\n    health-check \"http://127.0.0.1:9901/-/health\"\n}\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            s,
+            AgentSettings {
+                drift: Some(DriftPolicy::Repair),
+                poll_seconds: Some(30),
+                poll_jitter_seconds: Some(5),
+                heartbeat_seconds: Some(60),
+                health_checks: vec![ChannelCheck {
+                    url: "http://127.0.0.1:9901/-/health".into(),
+                    expect_status: 200,
+                }],
+            }
+        );
+        // Rollout-only defaults say nothing to agents.
+        assert_eq!(
+            agent_settings(&model("defaults {\n    bake \"5m\"\n}\n")),
+            None
+        );
+        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
+        let later = now() + Duration::minutes(1);
+        let n = next_manifest(
+            Some(&m),
+            "f",
+            "prod",
+            vec![],
+            Some(s.clone()),
+            later,
+            Duration::hours(1),
+        )
+        .unwrap();
+        assert_eq!((n.serial, n.settings), (2, Some(s)));
+    }
 }

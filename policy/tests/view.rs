@@ -29,6 +29,11 @@ fn node_key(i: usize) -> String {
 
 /// n0..n3 in dev, n4..n5 in prod; one rollout `web` of every node.
 fn model() -> FleetModel {
+    model_with("")
+}
+
+/// [`model`] with `more` in the rollout file.
+fn model_with(more: &str) -> FleetModel {
     let mut f = RepoFiles::new();
     f.insert("fleet.kdl", "version 1\nname \"t\"\n");
     f.insert(
@@ -45,7 +50,7 @@ fn model() -> FleetModel {
     f.insert("configs/web/sentinel.kdl", "system { worker-threads 1; }\nlisteners { listener \"h\" { address \"127.0.0.1:8080\"; protocol \"http\"; }; }\n");
     f.insert(
         "rollouts/web.kdl",
-        "version 1\nconfig \"web\"\nselector role=\"web\"\nstep count=1\nstep percent=100\n",
+        format!("version 1\nconfig \"web\"\nselector role=\"web\"\nstep count=1\nstep percent=100\n{more}"),
     );
     let checked = gitfleet_policy::check(&f);
     assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
@@ -115,7 +120,16 @@ fn state() -> BTreeMap<String, RolloutState> {
 }
 
 fn view(reports: Vec<StatusReport>, environment: Option<&str>) -> FleetStatus {
-    let model = model();
+    view_of(&model(), &state(), reports, environment)
+}
+
+fn view_of(
+    model: &FleetModel,
+    state: &BTreeMap<String, RolloutState>,
+    reports: Vec<StatusReport>,
+    environment: Option<&str>,
+) -> FleetStatus {
+    let model = model.clone();
     let targets = Targets::from_model(&model);
     let reports: HashMap<String, Arc<StatusReport>> = reports
         .into_iter()
@@ -126,7 +140,7 @@ fn view(reports: Vec<StatusReport>, environment: Option<&str>) -> FleetStatus {
     fleet_status(&ViewInputs {
         model: &model,
         targets: &targets,
-        state: &state(),
+        state,
         rules: None,
         reports: &reports,
         reports_ignored: &ignored,
@@ -257,4 +271,36 @@ fn the_view_round_trips_through_its_json_format() {
     let text = serde_json::to_string(&v).unwrap();
     let back: FleetStatus = serde_json::from_str(&text).unwrap();
     assert_eq!(back, v);
+}
+
+#[test]
+fn a_step_waiting_for_traffic_shows_the_live_count_of_its_thinnest_node() {
+    let model = model_with("gates { max-error-rate 0.01; min-requests 100; }\n");
+    let mut state = state();
+    let dev = state
+        .get_mut("web")
+        .unwrap()
+        .environments
+        .get_mut("dev")
+        .unwrap();
+    dev.phase = Phase::Verifying;
+    dev.reason = "step 2/2: waiting for traffic: 100 requests per node".into();
+    let with = |node: &str, requests: u64| {
+        let mut r = report(node, "dev", 5, true, Some(2));
+        r.metrics.requests = Some(requests);
+        r.metrics.error_rate = Some(0.0);
+        r
+    };
+    // Every dev node is in the step; n3 has not reported.
+    let reports = vec![with("n0", 250), with("n1", 37), with("n2", 12)];
+    let v = view_of(&model, &state, reports, None);
+    let dev = v.environments.iter().find(|e| e.name == "dev").unwrap();
+    assert_eq!(
+        dev.rollouts[0].reason,
+        "step 2/2: waiting for traffic: 12 of 100 requests (n2)"
+    );
+    // Outside a verifying step the state's reason stands.
+    let v = view(vec![with("n1", 37)], None);
+    let dev = v.environments.iter().find(|e| e.name == "dev").unwrap();
+    assert_eq!(dev.rollouts[0].reason, "step 2/2");
 }
