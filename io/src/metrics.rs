@@ -105,6 +105,112 @@ impl StoreLatency {
     }
 }
 
+/// Object store requests counted by kind, and bytes each way: what the
+/// store bills. Shared by a store's clones; [`StoreCounts::snapshot`]s
+/// subtract, so a pass can say what it cost.
+#[derive(Debug, Default)]
+pub struct StoreCounts {
+    list: AtomicU64,
+    get: AtomicU64,
+    get_not_modified: AtomicU64,
+    put: AtomicU64,
+    put_conditional: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// Requests of each kind, and bytes, at one moment (or between two).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCount {
+    pub list: u64,
+    /// GETs that returned a body, or found nothing.
+    pub get: u64,
+    /// Conditional GETs answered "not modified".
+    pub get_not_modified: u64,
+    pub put: u64,
+    /// Create-only and compare-and-swap puts.
+    pub put_conditional: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A kind of store request, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    List,
+    Get,
+    GetNotModified,
+    Put,
+    PutConditional,
+}
+
+impl StoreCounts {
+    pub fn count(&self, request: Request) {
+        let c = match request {
+            Request::List => &self.list,
+            Request::Get => &self.get,
+            Request::GetNotModified => &self.get_not_modified,
+            Request::Put => &self.put,
+            Request::PutConditional => &self.put_conditional,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StoreCount {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreCount {
+            list: l(&self.list),
+            get: l(&self.get),
+            get_not_modified: l(&self.get_not_modified),
+            put: l(&self.put),
+            put_conditional: l(&self.put_conditional),
+            bytes_in: l(&self.bytes_in),
+            bytes_out: l(&self.bytes_out),
+        }
+    }
+}
+
+impl StoreCount {
+    /// What happened between `earlier` and this.
+    pub fn since(&self, earlier: &StoreCount) -> StoreCount {
+        StoreCount {
+            list: self.list.saturating_sub(earlier.list),
+            get: self.get.saturating_sub(earlier.get),
+            get_not_modified: self
+                .get_not_modified
+                .saturating_sub(earlier.get_not_modified),
+            put: self.put.saturating_sub(earlier.put),
+            put_conditional: self.put_conditional.saturating_sub(earlier.put_conditional),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+        }
+    }
+
+    /// Every request, of whatever kind.
+    pub fn requests(&self) -> u64 {
+        self.list + self.get + self.get_not_modified + self.put + self.put_conditional
+    }
+
+    /// The request counts as metric (kind label, value) pairs.
+    pub fn each(&self) -> [(&'static str, u64); 5] {
+        [
+            ("list", self.list),
+            ("get", self.get),
+            ("get-not-modified", self.get_not_modified),
+            ("put", self.put),
+            ("put-conditional", self.put_conditional),
+        ]
+    }
+}
+
 /// Git operations against the fleet repo's remote.
 #[derive(Debug, Default)]
 pub struct GitLatency {

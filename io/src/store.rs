@@ -35,7 +35,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, PutMode, PutPayload, UpdateVersion};
 
-use crate::metrics::StoreLatency;
+use crate::metrics::{Request, StoreCount, StoreCounts, StoreLatency};
 
 /// How many times `put_create` re-reads an object that is reported to exist
 /// yet cannot be read, before giving up.
@@ -151,6 +151,19 @@ pub struct Store {
     local: Option<Arc<LocalFileSystem>>,
     /// How long requests take; shared by clones.
     latency: Arc<StoreLatency>,
+    /// How many requests of each kind, and bytes; shared by clones.
+    counts: Arc<StoreCounts>,
+}
+
+/// One key of a listing, with what the listing says of its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    /// Changes whenever the object is rewritten (its etag, size and time
+    /// as the listing gives them): an unchanged version need not be read.
+    pub version: String,
+    /// When the store last wrote it (the store's clock, not a node's).
+    pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 impl Store {
@@ -174,6 +187,7 @@ impl Store {
                 url: url.to_owned(),
                 local: None,
                 latency: Arc::default(),
+                counts: Arc::default(),
             })
         } else {
             Err(StoreError::Url {
@@ -206,6 +220,7 @@ impl Store {
             url: url.to_owned(),
             local: Some(fs),
             latency: Arc::default(),
+            counts: Arc::default(),
         })
     }
 
@@ -253,12 +268,18 @@ impl Store {
             url: url.to_owned(),
             local: None,
             latency: Arc::default(),
+            counts: Arc::default(),
         })
     }
 
     /// How long this store's requests have taken (shared by its clones).
     pub fn latency(&self) -> &StoreLatency {
         &self.latency
+    }
+
+    /// How many requests of each kind this store (and its clones) made.
+    pub fn counts(&self) -> StoreCount {
+        self.counts.snapshot()
     }
 
     pub fn url(&self) -> &str {
@@ -309,6 +330,8 @@ impl Store {
         let _timer = self.latency.put.start();
         let location = self.location(key)?;
         for _ in 0..CREATE_ATTEMPTS {
+            self.counts.count(Request::PutConditional);
+            self.counts.bytes_out(bytes.len());
             let put = self
                 .inner
                 .put_opts(
@@ -343,6 +366,8 @@ impl Store {
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let _timer = self.latency.put.start();
         let location = self.location(key)?;
+        self.counts.count(Request::Put);
+        self.counts.bytes_out(bytes.len());
         self.inner
             .put(&location, PutPayload::from(bytes))
             .await
@@ -360,6 +385,8 @@ impl Store {
     ) -> Result<Update, StoreError> {
         let _timer = self.latency.put.start();
         let location = self.location(key)?;
+        self.counts.count(Request::PutConditional);
+        self.counts.bytes_out(bytes.len());
         match (expected, &self.local) {
             (None, _) => {
                 let put = self
@@ -410,6 +437,18 @@ impl Store {
     /// lists `status/a.json`, `stat` does not), relative to the store's
     /// prefix, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_versions(prefix)
+            .await?
+            .into_iter()
+            .map(|l| l.key)
+            .collect())
+    }
+
+    /// As [`Store::list`], with each object's version and write time as
+    /// the listing gives them (no request per object). A listing is one
+    /// request per 1,000 keys on S3; they are counted as such.
+    pub async fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let _timer = self.latency.list.start();
         let location = self.location(prefix.trim_end_matches('/'))?;
         let metas: Vec<_> = self
@@ -418,20 +457,31 @@ impl Store {
             .try_collect()
             .await
             .map_err(|source| self.request("listing", prefix, source))?;
-        let mut keys: Vec<String> = metas
+        for _ in 0..metas.len().div_ceil(1000).max(1) {
+            self.counts.count(Request::List);
+        }
+        let mut out: Vec<Listed> = metas
             .iter()
             .filter_map(|meta| {
                 let parts = meta.location.prefix_match(&self.prefix)?;
-                Some(
-                    parts
-                        .map(|p| p.as_ref().to_owned())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                )
+                let key = parts
+                    .map(|p| p.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Some(Listed {
+                    key,
+                    version: format!(
+                        "{}|{}|{}",
+                        meta.e_tag.as_deref().unwrap_or(""),
+                        meta.size,
+                        meta.last_modified.timestamp_nanos_opt().unwrap_or_default()
+                    ),
+                    last_modified: meta.last_modified,
+                })
             })
             .collect();
-        keys.sort();
-        Ok(keys)
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 
     /// Read-compare-write under an exclusive lock on `<key>#0`, for
@@ -475,15 +525,26 @@ impl Store {
         let _timer = self.latency.get.start();
         let result = match self.inner.get_opts(location, options).await {
             Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Fetch::Missing),
-            Err(object_store::Error::NotModified { .. }) => return Ok(Fetch::NotModified),
-            Err(source) => return Err(self.request("getting", key, source)),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.counts.count(Request::Get);
+                return Ok(Fetch::Missing);
+            }
+            Err(object_store::Error::NotModified { .. }) => {
+                self.counts.count(Request::GetNotModified);
+                return Ok(Fetch::NotModified);
+            }
+            Err(source) => {
+                self.counts.count(Request::Get);
+                return Err(self.request("getting", key, source));
+            }
         };
+        self.counts.count(Request::Get);
         let etag = result.meta.e_tag.clone();
         let bytes = result
             .bytes()
             .await
             .map_err(|source| self.request("reading", key, source))?;
+        self.counts.bytes_in(bytes.len());
         let etag = if self.local.is_some() {
             content_etag(&bytes)
         } else {

@@ -12,11 +12,14 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
+use gitfleet_agent::sim::sim_key;
 use gitfleet_io::store::{Fetch, Store};
 use gitfleet_reconciler::git::{Mirror, Remote};
 use gitfleet_reconciler::pass::{Done, Mode, Outcome, Reconciler};
 use gitfleet_reconciler::web::{router, AppState, Io};
 use gitfleet_schemas::keys;
+use gitfleet_schemas::status::StatusReport;
+use gitfleet_schemas::trust::Document as _;
 use gitfleet_schemas::trust::{ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::verify_signed_by;
 use gitfleet_schemas::view::FleetStatus;
@@ -56,11 +59,18 @@ fn copy(from: &Path, to: &Path) {
 /// The example fleet in a bare repository, and a reconciler over it and a
 /// fresh in-memory store.
 fn reconciler(dir: &Path) -> Reconciler {
+    reconciler_with(dir, |_| {})
+}
+
+/// [`reconciler`], with `edit` applied to the working copy before it is
+/// committed.
+fn reconciler_with(dir: &Path, edit: impl FnOnce(&Path)) -> Reconciler {
     let work = dir.join("work");
     copy(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet-repo"),
         &work,
     );
+    edit(&work);
     git(&work, &["init", "-q", "-b", "main"]);
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "fleet"]);
@@ -229,4 +239,105 @@ fn the_handlers_answer_before_and_after_a_pass() {
     );
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert!(body.contains("does not match"), "{body}");
+}
+
+/// Every node of the example fleet, with its environment, after its
+/// node key was made its simulator key (so the test can sign its reports).
+fn sim_keyed(work: &Path) -> Vec<(String, String)> {
+    let mut nodes = Vec::new();
+    for entry in std::fs::read_dir(work.join("nodes")).unwrap() {
+        let path = entry.unwrap().path();
+        let id = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let key = PublicKey(sim_key(&id).verifying_key().to_bytes()).to_string();
+        let mut env = String::new();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if let Some(e) = l.strip_prefix("environment ") {
+                    env = e.trim_matches('"').to_owned();
+                }
+                if l.starts_with("node-key ") {
+                    format!("node-key \"{key}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&path, text.join("\n") + "\n").unwrap();
+        nodes.push((id, env));
+    }
+    nodes
+}
+
+fn signed_report(node: &str, env: &str, note: &str) -> Vec<u8> {
+    let report = StatusReport {
+        fleet: "acme-edge".into(),
+        node: node.into(),
+        environment: env.into(),
+        at: Utc::now(),
+        channel_serial: None,
+        channel_expires: None,
+        rollouts: Default::default(),
+        healthy: true,
+        metrics: Default::default(),
+        http_checks: Vec::new(),
+        routes: Vec::new(),
+        wireguard: None,
+        drift: Vec::new(),
+        last_error: Some(note.into()),
+    };
+    let mut envelope = report.envelope();
+    envelope.sign(&sim_key(node)).unwrap();
+    envelope.to_json()
+}
+
+#[test]
+fn an_idle_pass_reads_only_the_listing_not_the_reports_that_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    let mut r = reconciler_with(dir.path(), |work| nodes = sim_keyed(work));
+    let rt = runtime();
+    rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
+    // What an idle pass costs with no reports at all: the baseline.
+    let cost = |r: &mut Reconciler| {
+        let before = r.observer.store.counts();
+        let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
+        (
+            r.observer.store.counts().since(&before),
+            o.observed.reports.len(),
+        )
+    };
+    let (baseline, seen) = cost(&mut r);
+    assert_eq!(seen, 0);
+    for (node, env) in &nodes {
+        let key = keys::status(node);
+        rt.block_on(
+            r.observer
+                .store
+                .put(&key, signed_report(node, env, "first").into()),
+        )
+        .unwrap();
+    }
+    // The first pass after they report reads each report once...
+    let (first, seen) = cost(&mut r);
+    assert_eq!(seen, nodes.len());
+    assert_eq!(first.get, baseline.get + nodes.len() as u64, "{first:?}");
+    // ...an idle one reads none of them: the listing says they are the same.
+    let (idle, seen) = cost(&mut r);
+    assert_eq!(seen, nodes.len());
+    assert_eq!(idle, baseline, "{idle:?} vs {baseline:?}");
+    assert_eq!(idle.list, baseline.list);
+    // One node reports again: one more read.
+    let (node, env) = &nodes[0];
+    let key = keys::status(node);
+    rt.block_on(
+        r.observer
+            .store
+            .put(&key, signed_report(node, env, "second").into()),
+    )
+    .unwrap();
+    let (one, seen) = cost(&mut r);
+    assert_eq!(seen, nodes.len());
+    assert_eq!(one.get, baseline.get + 1, "{one:?}");
 }

@@ -281,8 +281,9 @@ impl Reconciler {
         now: DateTime<Utc>,
         mode: Mode,
     ) -> Result<Outcome, ReconcileError> {
+        let before = self.observer.store.counts();
         let decided = self.decide(now).await?;
-        match mode {
+        let outcome = match mode {
             Mode::DryRun => Ok(Outcome {
                 plan: decided.plan,
                 observed: decided.observed,
@@ -290,7 +291,9 @@ impl Reconciler {
                 phases: decided.phases.done,
             }),
             Mode::Execute => self.execute(decided).await,
-        }
+        };
+        log_store_requests(&self.observer.store.counts().since(&before));
+        outcome
     }
 
     /// Observe the fleet and decide the pass. Reads only.
@@ -720,6 +723,30 @@ pub async fn run_passes(
                 _ = stop.wait_for(|s| *s) => {}
             }
         }
+    }
+}
+
+/// What a pass cost in store requests: at info when it did more than list
+/// (something changed), at debug otherwise.
+fn log_store_requests(c: &gitfleet_io::metrics::StoreCount) {
+    macro_rules! log {
+        ($level:ident) => {
+            tracing::$level!(
+                list = c.list,
+                get = c.get,
+                get_not_modified = c.get_not_modified,
+                put = c.put,
+                put_conditional = c.put_conditional,
+                bytes_in = c.bytes_in,
+                bytes_out = c.bytes_out,
+                "store requests this pass"
+            )
+        };
+    }
+    if c.requests() > c.list {
+        log!(info);
+    } else {
+        log!(debug);
     }
 }
 

@@ -4,8 +4,10 @@
 //! `gitfleet serve` show it.
 //!
 //! Repeated observations are cheap: an unmoved branch is not checked again,
-//! and a report whose etag has not changed is neither downloaded (S3 answers
-//! 304) nor verified again.
+//! and a report the `status/` listing shows unchanged (same etag, size and
+//! write time) is not requested at all; one that changed is fetched with a
+//! conditional GET and verified again only when its bytes changed. An idle
+//! pass costs its listing: one request per 1,000 nodes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -134,6 +136,8 @@ impl Observed {
 /// or the fleet name change.
 #[derive(Debug)]
 struct Cached {
+    /// The version the listing gave when this was read.
+    listed: String,
     etag: ETag,
     key: PublicKey,
     fleet: String,
@@ -201,38 +205,55 @@ impl Observer {
     > {
         let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut wanted = Vec::new();
-        for key in self.store.list(object_keys::STATUS_PREFIX).await? {
-            let Some(node) = object_keys::status_node(&key) else {
+        let mut out = HashMap::new();
+        let mut seen = HashMap::new();
+        for listed in self.store.list_versions(object_keys::STATUS_PREFIX).await? {
+            let Some(node) = object_keys::status_node(&listed.key) else {
                 continue;
             };
-            match keys.get(node) {
-                Some(node_key) => wanted.push((node.to_owned(), key.clone(), *node_key)),
-                None => *ignored.entry("unknown-node").or_default() += 1,
+            let Some(node_key) = keys.get(node) else {
+                *ignored.entry("unknown-node").or_default() += 1;
+                continue;
+            };
+            // A cached verdict holds only for the same key and fleet; with
+            // the same listed version it holds without a request.
+            let unchanged = self.reports.get(node).is_some_and(|c| {
+                c.key == *node_key && c.fleet == fleet && c.listed == listed.version
+            });
+            if unchanged {
+                if let Some(c) = self.reports.remove(node) {
+                    match &c.outcome {
+                        Ok(report) => {
+                            out.insert(node.to_owned(), Arc::clone(report));
+                        }
+                        Err(reason) => *ignored.entry(reason).or_default() += 1,
+                    }
+                    seen.insert(node.to_owned(), c);
+                }
+                continue;
             }
+            wanted.push((node.to_owned(), listed.key, listed.version, *node_key));
         }
         let store = &self.store;
         let cache = &self.reports;
         let fetched: Vec<_> = futures::stream::iter(wanted)
-            .map(|(node, key, node_key)| async move {
-                // A cached verdict holds only for the same key and fleet.
+            .map(|(node, key, listed, node_key)| async move {
                 let etag = cache
                     .get(&node)
                     .filter(|c| c.key == node_key && c.fleet == fleet)
                     .map(|c| &c.etag);
                 let fetch = store.get_if_changed(&key, etag).await;
-                (node, node_key, fetch)
+                (node, node_key, listed, fetch)
             })
             .buffer_unordered(FETCH_CONCURRENCY)
             .collect()
             .await;
 
-        let mut out = HashMap::with_capacity(fetched.len());
-        let mut seen = HashMap::with_capacity(fetched.len());
-        for (node, node_key, fetch) in fetched {
+        for (node, node_key, listed, fetch) in fetched {
             let cached = match fetch? {
                 Fetch::Missing => continue,
                 Fetch::NotModified => match self.reports.remove(&node) {
-                    Some(c) => c,
+                    Some(c) => Cached { listed, ..c },
                     None => continue,
                 },
                 Fetch::Found(object) => {
@@ -244,6 +265,7 @@ impl Observer {
                         }
                     };
                     Cached {
+                        listed,
                         etag: object.etag,
                         key: node_key,
                         fleet: fleet.to_owned(),

@@ -536,6 +536,32 @@ fn render_metrics(s: &AppState) -> String {
                 &format!("op=\"{op}\""),
             );
         }
+        let counts = io.store.counts();
+        family(
+            &mut out,
+            "gitfleet_store_requests_total",
+            "counter",
+            "Object store requests by kind: what the store bills.",
+        );
+        for (kind, n) in counts.each() {
+            let _ = writeln!(out, "gitfleet_store_requests_total{{kind=\"{kind}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "gitfleet_store_bytes_total",
+            "counter",
+            "Bytes read from and written to the object store.",
+        );
+        let _ = writeln!(
+            out,
+            "gitfleet_store_bytes_total{{direction=\"in\"}} {}",
+            counts.bytes_in
+        );
+        let _ = writeln!(
+            out,
+            "gitfleet_store_bytes_total{{direction=\"out\"}} {}",
+            counts.bytes_out
+        );
         family(
             &mut out,
             "gitfleet_git_seconds",
