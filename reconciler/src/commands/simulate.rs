@@ -186,10 +186,17 @@ fn nodes(
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     if args.print_keys {
+        use std::io::Write as _;
         let (_, specs) = nodes(&args.repo, None, args.nodes)?;
+        let mut out = std::io::stdout().lock();
         for s in &specs {
             let public = PublicKey(sim_key(&s.identity.node).verifying_key().to_bytes());
-            println!("{} {public}", s.identity.node);
+            match writeln!(out, "{} {public}", s.identity.node) {
+                Ok(()) => {}
+                // `| head`: the reader has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                Err(e) => return Err(e).context("writing the keys"),
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
