@@ -210,15 +210,22 @@ fn dechunk(mut rest: &str) -> String {
 pub fn upstream(body: &'static str) -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding an upstream");
     let port = listener.local_addr().expect("upstream address").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || answer(stream, body));
-        }
-    });
+    serve_upstream(listener, 200, Duration::ZERO, body);
     port
 }
 
-fn answer(mut stream: TcpStream, body: &str) {
+/// Answer every request on `listener` with `status` and `body` after
+/// `delay`, on threads that live as long as the test process: a healthy,
+/// failing or slow upstream.
+pub fn serve_upstream(listener: TcpListener, status: u16, delay: Duration, body: &'static str) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer(stream, status, delay, body));
+        }
+    });
+}
+
+fn answer(mut stream: TcpStream, status: u16, delay: Duration, body: &str) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
@@ -228,9 +235,40 @@ fn answer(mut stream: TcpStream, body: &str) {
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
+    std::thread::sleep(delay);
     let _ = write!(
         stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// A shell script that reloads Sentinel by restarting it, as an agent's
+/// `reload-command`: stop the proxy this test started (by the pid in
+/// `pid_file`), wait until it is gone, start it again in `cwd` on `config`
+/// (its output appended to `sentinel.log` there) and record the new pid.
+/// Sentinel 0.4.14 stops applying routes after a SIGHUP reload (see
+/// tests/tests/sentinel_proxy.rs), so a restart is the reload that works.
+pub fn restart_script(pid_file: &Path, cwd: &Path, config: &Path) -> String {
+    format!(
+        r#"set -e
+pid_file="{pid}"
+if [ -f "$pid_file" ]; then
+    pid=$(cat "$pid_file")
+    kill "$pid" 2>/dev/null || true
+    # Gone, or a zombie its new parent has not reaped yet (its sockets are
+    # closed already).
+    while kill -0 "$pid" 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)" != Z ]; do
+        sleep 0.02
+    done
+fi
+cd "{cwd}"
+"{sentinel}" -c "{config}" >> sentinel.log 2>&1 &
+echo $! > "$pid_file"
+"#,
+        pid = pid_file.display(),
+        cwd = cwd.display(),
+        sentinel = binary().display(),
+        config = config.display(),
+    )
 }

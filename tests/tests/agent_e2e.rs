@@ -73,24 +73,10 @@ sentinel {{
             port = f.port,
         );
         std::fs::write(f.path("agent.kdl"), config).unwrap();
-        // Stop the proxy this test started (by the pid it recorded), wait
-        // for it to go, start it again on the linked config.
-        let restart = format!(
-            r#"set -e
-pid_file="{pid}"
-if [ -f "$pid_file" ]; then
-    pid=$(cat "$pid_file")
-    kill "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-fi
-cd "{cwd}"
-"{sentinel}" -c "{config}" >> sentinel.log 2>&1 &
-echo $! > "$pid_file"
-"#,
-            pid = f.path("sentinel.pid").display(),
-            cwd = f.path("proxy-cwd").display(),
-            sentinel = gitfleet_tests::sentinel::binary().display(),
-            config = f.path("state/sentinel/sentinel.kdl").display(),
+        let restart = gitfleet_tests::sentinel::restart_script(
+            &f.path("sentinel.pid"),
+            &f.path("proxy-cwd"),
+            &f.path("state/sentinel/sentinel.kdl"),
         );
         std::fs::write(f.path("restart.sh"), restart).unwrap();
         f

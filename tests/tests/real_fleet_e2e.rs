@@ -24,7 +24,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
-use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -37,7 +36,7 @@ use gitfleet_io::moto::Moto;
 use gitfleet_schemas::agent::LocalState;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_tests::netns::{self, Netns};
-use gitfleet_tests::sentinel::{free_port, try_get};
+use gitfleet_tests::sentinel::{free_port, restart_script, serve_upstream, try_get};
 use gitfleet_tests::{bin, git, state_file, text};
 
 /// Where the test talks to each proxy, inside each node's namespace.
@@ -104,31 +103,10 @@ impl Drop for Node {
     }
 }
 
-/// An HTTP server on the calling thread's loopback answering every request
-/// with `status` and `body` after `delay`.
+/// An upstream on the calling thread's loopback (its namespace's).
 fn upstream(port: u16, status: u16, delay: Duration, body: &'static str) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                std::thread::sleep(delay);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.0 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
+    serve_upstream(listener, status, delay, body);
 }
 
 fn sentinel_config(ports: &Ports, upstream: &str, note: &str) -> String {
@@ -313,6 +291,21 @@ impl World {
         )
     }
 
+    /// Wait until `node` runs `bundle` again and its proxy serves the good
+    /// upstream.
+    fn wait_back(&self, node: &Node, bundle: &str, what: &str) {
+        wait_for(
+            what,
+            Duration::from_secs(60),
+            || self.context(),
+            || {
+                (node.active().as_deref() == Some(bundle)
+                    && node.get(self.ports.proxy).is_some_and(|(_, b)| b == "good"))
+                .then_some(())
+            },
+        );
+    }
+
     /// Every node's proxy answers `/app` with `body`.
     fn all_serve(&self, body: &str) -> bool {
         self.nodes.iter().all(|n| {
@@ -439,30 +432,12 @@ sentinel {{
             ),
         )
         .unwrap();
-        // Sentinel 0.4.14 stops applying routes after a SIGHUP reload (see
-        // sentinel_proxy.rs): restarting it is the reload that works.
         std::fs::write(
             ndir.join("restart.sh"),
-            format!(
-                r#"set -e
-pid_file="{pid}"
-if [ -f "$pid_file" ]; then
-    pid=$(cat "$pid_file")
-    kill "$pid" 2>/dev/null || true
-    # Gone, or a zombie its new parent has not reaped yet (its sockets
-    # are closed already).
-    while kill -0 "$pid" 2>/dev/null && [ "$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)" != Z ]; do
-        sleep 0.02
-    done
-fi
-cd "{cwd}"
-"{sentinel}" -c "{config}" >> sentinel.log 2>&1 &
-echo $! > "$pid_file"
-"#,
-                pid = ndir.join("sentinel.pid").display(),
-                cwd = ndir.join("proxy").display(),
-                sentinel = gitfleet_tests::sentinel::binary().display(),
-                config = ndir.join("state/sentinel/sentinel.kdl").display(),
+            restart_script(
+                &ndir.join("sentinel.pid"),
+                &ndir.join("proxy"),
+                &ndir.join("state/sentinel/sentinel.kdl"),
             ),
         )
         .unwrap();
@@ -630,18 +605,7 @@ fn rollouts_on_real_proxies_are_judged_on_their_own_traffic() {
         "{}",
         rolled.reason
     );
-    wait_for(
-        "dev back on the good bundle",
-        minute,
-        || world.context(),
-        || {
-            (dev_node.active().as_deref() == Some(good.as_str())
-                && dev_node
-                    .get(world.ports.proxy)
-                    .is_some_and(|(_, b)| b == "good"))
-            .then_some(())
-        },
-    );
+    world.wait_back(dev_node, &good, "dev back on the good bundle");
     // Timed from what the traffic clients saw: the first 5xx after the
     // push, and the first success after the last 5xx (the proxy on the
     // previous bundle again); the pass that rolled back stamped the state.
@@ -685,17 +649,10 @@ fn rollouts_on_real_proxies_are_judged_on_their_own_traffic() {
         rolled.reason,
         world.context()
     );
-    wait_for(
+    world.wait_back(
+        dev_node,
+        &good,
         "dev back on the good bundle after the slow one",
-        minute,
-        || world.context(),
-        || {
-            (dev_node.active().as_deref() == Some(good.as_str())
-                && dev_node
-                    .get(world.ports.proxy)
-                    .is_some_and(|(_, b)| b == "good"))
-            .then_some(())
-        },
     );
 
     // 4. No traffic: the step waits for it, then fails at its deadline.
