@@ -345,3 +345,52 @@ pub fn quiet_passes(mut passes: impl FnMut() -> u64) -> u64 {
     }
     before
 }
+
+/// A fleet's keys in `dir`, as an operator makes them: `online.key`,
+/// `root.key` and `root-1.json` (a root of `fleet` naming the online key,
+/// signed by the root key, for a day). Returns the root's public key, for
+/// fleet.kdl's `trust` block.
+pub fn fleet_keys(dir: &Path, fleet: &str) -> String {
+    let keygen = |role: &str, file: &str| {
+        let out = Command::new(bin("gitfleet"))
+            .args(["keygen", role, "-o"])
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        stdout.trim().to_owned()
+    };
+    let online = keygen("--online", "online.key");
+    let root_key = keygen("--root", "root.key");
+    let out = Command::new(bin("gitfleet"))
+        .args(["root", "init", "--fleet", fleet, "--root-key", &root_key])
+        .args(["--root-threshold", "1", "--online-key", &online])
+        .args(["--expires", "1d", "--sign"])
+        .arg(dir.join("root.key"))
+        .arg("-o")
+        .arg(dir.join("root-1.json"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    root_key
+}
+
+/// Check the fleet repo in `work` (it must pass), commit it on `main`,
+/// clone it bare into `<dir>/<bare>` and make that `work`'s origin.
+pub fn commit_fleet(dir: &Path, work: &Path, bare: &str) {
+    let out = Command::new(bin("gitfleet"))
+        .arg("check")
+        .arg(work)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    git(work, &["init", "-q", "-b", "main"]);
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-qm", "fleet"]);
+    let name = work.file_name().unwrap().to_string_lossy().into_owned();
+    git(dir, &["clone", "-q", "--bare", &name, bare]);
+    git(work, &["remote", "add", "origin", &format!("../{bare}")]);
+}

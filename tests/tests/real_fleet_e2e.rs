@@ -331,27 +331,7 @@ fn start() -> World {
         failing: free_port(),
         slow: free_port(),
     };
-    let keygen = |role: &str, file: &str| {
-        let out = Command::new(bin("gitfleet"))
-            .args(["keygen", role, "-o"])
-            .arg(dir.path().join(file))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out).1);
-        text(&out).0.trim().to_owned()
-    };
-    let online = keygen("--online", "online.key");
-    let root_key = keygen("--root", "root.key");
-    let out = Command::new(bin("gitfleet"))
-        .args(["root", "init", "--fleet", "acme", "--root-key", &root_key])
-        .args(["--root-threshold", "1", "--online-key", &online])
-        .args(["--expires", "1d", "--sign"])
-        .arg(dir.path().join("root.key"))
-        .arg("-o")
-        .arg(dir.path().join("root-1.json"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out).1);
+    let root_key = gitfleet_tests::fleet_keys(dir.path(), "acme");
 
     let work = dir.path().join("work");
     std::fs::create_dir_all(work.join("configs/edge")).unwrap();
@@ -460,18 +440,7 @@ sentinel {{
             answers: Arc::new(Mutex::new(Vec::new())),
         });
     }
-    let out = Command::new(bin("gitfleet"))
-        .arg("check")
-        .arg(&work)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-qm", "fleet"]);
-    git(dir.path(), &["clone", "-q", "--bare", "work", "fleet.git"]);
-    git(&work, &["remote", "add", "origin", "../fleet.git"]);
+    gitfleet_tests::commit_fleet(dir.path(), &work, "fleet.git");
     let daemon = GitDaemon::start(dir.path());
 
     let serve = Command::new(bin("gitfleet"))

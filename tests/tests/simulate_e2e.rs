@@ -176,50 +176,8 @@ impl Fleet {
             printed += 1;
         }
         assert_eq!(printed, 13, "{stdout}");
-        let out = Command::new(bin("gitfleet"))
-            .arg("check")
-            .arg(&work)
-            .output()
-            .unwrap();
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{stdout}{stderr}");
-
-        git(&work, &["init", "-q", "-b", "main"]);
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-qm", "fleet"]);
-        git(dir.path(), &["clone", "-q", "--bare", "work", "origin.git"]);
-        git(&work, &["remote", "add", "origin", "../origin.git"]);
-
-        let keygen = |role: &str, file: &str| {
-            let out = Command::new(bin("gitfleet"))
-                .args(["keygen", role, "-o"])
-                .arg(dir.path().join(file))
-                .output()
-                .unwrap();
-            let (stdout, stderr) = text(&out);
-            assert!(out.status.success(), "{stderr}");
-            stdout.trim().to_owned()
-        };
-        let online = keygen("--online", "online.key");
-        let root_key = keygen("--root", "root.key");
-        let out = Command::new(bin("gitfleet"))
-            .args([
-                "root",
-                "init",
-                "--fleet",
-                "acme-edge",
-                "--root-key",
-                &root_key,
-            ])
-            .args(["--root-threshold", "1", "--online-key", &online])
-            .args(["--expires", "1d", "--sign"])
-            .arg(dir.path().join("root.key"))
-            .arg("-o")
-            .arg(dir.path().join("root-1.json"))
-            .output()
-            .unwrap();
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{stdout}{stderr}");
+        gitfleet_tests::commit_fleet(dir.path(), &work, "origin.git");
+        gitfleet_tests::fleet_keys(dir.path(), "acme-edge");
 
         let repo = dir.path().join("origin.git").display().to_string();
         let store = format!("file://{}", dir.path().join("store").display());
