@@ -5,12 +5,16 @@ use gitfleet_schemas::trust::{AgentSettings, ChannelCheck, ChannelManifest, Chan
 
 use crate::model::FleetModel;
 
-/// The agent settings fleet.kdl's `defaults` give every node, if any.
-pub fn agent_settings(model: &FleetModel) -> Option<AgentSettings> {
+/// The agent settings fleet.kdl's `defaults` give the nodes of an
+/// environment, if any: polls at `poll-interval` while a rollout `moving`
+/// there, at `idle-poll-interval` otherwise (what an idle fleet costs).
+pub fn agent_settings(model: &FleetModel, moving: bool) -> Option<AgentSettings> {
     let d = &model.fleet.as_ref()?.doc.defaults;
+    let busy = d.poll_interval_seconds.as_ref().map(|v| v.value);
+    let idle = d.idle_poll_interval_seconds.as_ref().map(|v| v.value);
     let s = AgentSettings {
         drift: d.drift.as_ref().map(|v| v.value),
-        poll_seconds: d.poll_interval_seconds.as_ref().map(|v| v.value),
+        poll_seconds: if moving { busy } else { idle.or(busy) },
         poll_jitter_seconds: d.poll_jitter_seconds.as_ref().map(|v| v.value),
         heartbeat_seconds: d.heartbeat_seconds.as_ref().map(|v| v.value),
         health_checks: d
@@ -116,10 +120,13 @@ mod tests {
             f.insert("fleet.kdl", format!("version 1\nname \"t\"\n{defaults}"));
             crate::check(&f).model
         };
-        assert_eq!(agent_settings(&model("")), None);
-        let s = agent_settings(&model(
+        assert_eq!(agent_settings(&model(""), true), None);
+        let s = agent_settings(
+            &model(
             "defaults {\n    poll-interval \"30s\"\n    poll-jitter \"5s\"\n    heartbeat \"1m\"\n    drift \"repair\"\n    health-check \"http://127.0.0.1:9901/-/health\"\n}\n",
-        ))
+            ),
+            true,
+        )
         .unwrap();
         assert_eq!(
             s,
@@ -136,9 +143,14 @@ mod tests {
         );
         // Rollout-only defaults say nothing to agents.
         assert_eq!(
-            agent_settings(&model("defaults {\n    bake \"5m\"\n}\n")),
+            agent_settings(&model("defaults {\n    bake \"5m\"\n}\n"), false),
             None
         );
+        // Idle environments poll slowly, where the fleet says so.
+        let both =
+            model("defaults {\n    poll-interval \"5s\"\n    idle-poll-interval \"5m\"\n}\n");
+        let poll = |moving| agent_settings(&both, moving).unwrap().poll_seconds;
+        assert_eq!((poll(true), poll(false)), (Some(5), Some(300)));
         let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
         let later = now() + Duration::minutes(1);
         let n = next_manifest(

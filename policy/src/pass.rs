@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
-use gitfleet_schemas::state::{self, MeshAllocation, RolloutState, RULES_PATH};
+use gitfleet_schemas::state::{self, MeshAllocation, Phase, RolloutState, RULES_PATH};
 use gitfleet_schemas::trust::ChannelManifest;
 use gitfleet_schemas::{Diagnostic, RolloutTarget, Severity};
 
@@ -383,7 +383,13 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                 }),
         );
         let channel_rollouts = rollouts.channel_rollouts(model, env);
-        let settings = channel::agent_settings(model);
+        let moving = rollouts.rollouts.iter().any(|r| {
+            r.environments.iter().any(|e| {
+                e.environment == *env
+                    && matches!(e.after.phase, Phase::Progressing | Phase::Verifying)
+            })
+        });
+        let settings = channel::agent_settings(model, moving);
         if let Some(next) = channel::next_manifest(
             current,
             o.fleet,

@@ -398,3 +398,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn environments_where_a_rollout_moves_poll_fast_and_the_rest_slowly() {
+    let mut files = example_repo();
+    edit(&mut files, "fleet.kdl", |t| {
+        t.replace(
+            "poll-interval \"30s\"",
+            "poll-interval \"30s\"\n    idle-poll-interval \"5m\"",
+        )
+    });
+    let w = World::new(&files);
+    let plan = w.decide().unwrap();
+    let poll = |env: &str| {
+        plan.manifests
+            .iter()
+            .find(|p| p.environment == env)
+            .and_then(|p| p.manifest.settings.as_ref()?.poll_seconds)
+    };
+    // The first pass starts dev's rollouts; prod waits for staging.
+    assert_eq!(poll("dev"), Some(30), "{plan}");
+    assert_eq!(poll("prod"), Some(300), "{plan}");
+}

@@ -12,6 +12,7 @@
 //!     max-unavailable 1
 //!     bake "5m"
 //!     poll-interval "30s"
+//!     idle-poll-interval "5m"
 //!     poll-jitter "5s"
 //!     heartbeat "1m"
 //!     drift "repair"
@@ -77,6 +78,10 @@ pub struct Defaults {
     pub progress_deadline_seconds: Option<Spanned<u64>>,
     pub poll_interval_seconds: Option<Spanned<u64>>,
     pub drift: Option<Spanned<DriftPolicy>>,
+    /// How often agents poll while no rollout moves in their environment
+    /// (default: `poll-interval`); while one does, they poll at
+    /// `poll-interval`.
+    pub idle_poll_interval_seconds: Option<Spanned<u64>>,
     /// Agents wait `poll-interval` plus up to this much at random.
     pub poll_jitter_seconds: Option<Spanned<u64>>,
     /// Agents report at least this often.
@@ -123,6 +128,7 @@ const DEFAULTS: &[&str] = &[
     "bake",
     "progress-deadline",
     "poll-interval",
+    "idle-poll-interval",
     "poll-jitter",
     "heartbeat",
     "health-check",
@@ -244,6 +250,10 @@ fn decode_defaults(d: &mut Decoder, node: &kdl::KdlNode) -> Defaults {
             "poll-interval" => {
                 let v = d.duration(c);
                 d.once(&mut out.poll_interval_seconds, c, v);
+            }
+            "idle-poll-interval" => {
+                let v = d.duration(c);
+                d.once(&mut out.idle_poll_interval_seconds, c, v);
             }
             "poll-jitter" => {
                 let v = d.duration(c);
