@@ -25,6 +25,10 @@ pub struct ViewInputs<'a> {
     pub rules: Option<&'a RulesState>,
     /// Verified reports by node id.
     pub reports: &'a HashMap<String, Arc<StatusReport>>,
+    /// When the store last wrote each node's report (the store's clock):
+    /// what liveness is judged on. A node's own `at` counts only where
+    /// this has no entry.
+    pub written: &'a HashMap<String, DateTime<Utc>>,
     pub reports_ignored: &'a BTreeMap<&'static str, usize>,
     pub commit: &'a str,
     pub state_commit: Option<&'a str>,
@@ -34,15 +38,28 @@ pub struct ViewInputs<'a> {
     pub environment: Option<&'a str>,
 }
 
-/// A node's health as of `now`. A report dated further ahead than the
-/// stale limit is stale too: a node's clock that far off cannot be
-/// trusted to say it is still reporting.
-pub fn health(report: Option<&StatusReport>, now: DateTime<Utc>, stale_after: Duration) -> Health {
+/// A node's health as of `now`. Liveness goes by when the store wrote the
+/// report (`written`), so a node's clock cannot make it look alive; without
+/// that time, by the report's own date, and one dated further ahead than
+/// the stale limit is stale too.
+pub fn health(
+    report: Option<&StatusReport>,
+    written: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+) -> Health {
     match report {
         None => Health::Unreported,
-        Some(r) if now - r.at > stale_after || r.at - now > stale_after => Health::Stale,
-        Some(r) if !r.healthy => Health::Unhealthy,
-        Some(_) => Health::Healthy,
+        Some(r) => {
+            let last = written.unwrap_or(r.at);
+            if now - last > stale_after || last - now > stale_after {
+                Health::Stale
+            } else if !r.healthy {
+                Health::Unhealthy
+            } else {
+                Health::Healthy
+            }
+        }
     }
 }
 
@@ -72,6 +89,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
             let report = inputs.reports.get(id).map(|r| &**r);
             node_view(
                 id,
+                inputs.written.get(id).copied(),
                 &n.doc.environment.value,
                 n.doc
                     .labels
@@ -140,6 +158,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
 
 fn node_view(
     id: &str,
+    written: Option<DateTime<Utc>>,
     environment: &str,
     labels: BTreeMap<String, String>,
     report: Option<&StatusReport>,
@@ -166,9 +185,9 @@ fn node_view(
         id: id.to_owned(),
         environment: environment.to_owned(),
         labels,
-        health: health(report, now, stale_after),
-        last_report: report.map(|r| r.at),
-        report_age_seconds: report.map(|r| (now - r.at).num_seconds()),
+        health: health(report, written, now, stale_after),
+        last_report: report.map(|r| written.unwrap_or(r.at)),
+        report_age_seconds: report.map(|r| (now - written.unwrap_or(r.at)).num_seconds()),
         channel_serial: report.and_then(|r| r.channel_serial),
         active,
         previous,

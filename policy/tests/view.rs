@@ -143,6 +143,7 @@ fn view_of(
         state,
         rules: None,
         reports: &reports,
+        written: &HashMap::new(),
         reports_ignored: &ignored,
         commit: "c2",
         state_commit: Some("s1"),
@@ -172,17 +173,36 @@ fn fleet_reports() -> Vec<StatusReport> {
 #[test]
 fn health_is_unreported_then_stale_then_the_reported_flag() {
     let stale = Duration::seconds(60);
-    assert_eq!(health(None, now(), stale), Health::Unreported);
+    assert_eq!(health(None, None, now(), stale), Health::Unreported);
     let old = report("n0", "dev", 61, true, None);
-    assert_eq!(health(Some(&old), now(), stale), Health::Stale);
+    assert_eq!(health(Some(&old), None, now(), stale), Health::Stale);
     let sick = report("n0", "dev", 60, false, None);
-    assert_eq!(health(Some(&sick), now(), stale), Health::Unhealthy);
+    assert_eq!(health(Some(&sick), None, now(), stale), Health::Unhealthy);
     let fine = report("n0", "dev", 0, true, None);
-    assert_eq!(health(Some(&fine), now(), stale), Health::Healthy);
+    assert_eq!(health(Some(&fine), None, now(), stale), Health::Healthy);
     let ahead = report("n0", "dev", -30, true, None);
-    assert_eq!(health(Some(&ahead), now(), stale), Health::Healthy);
+    assert_eq!(health(Some(&ahead), None, now(), stale), Health::Healthy);
     let far_ahead = report("n0", "dev", -61, true, None);
-    assert_eq!(health(Some(&far_ahead), now(), stale), Health::Stale);
+    assert_eq!(health(Some(&far_ahead), None, now(), stale), Health::Stale);
+}
+
+#[test]
+fn liveness_goes_by_when_the_store_wrote_the_report_not_by_the_nodes_clock() {
+    let stale = Duration::seconds(60);
+    // A node whose clock runs an hour fast, reporting now: alive.
+    let fast = report("n0", "dev", -3600, true, None);
+    assert_eq!(
+        health(Some(&fast), Some(now()), now(), stale),
+        Health::Healthy
+    );
+    // A node that went silent ten minutes ago, whose last report claims
+    // to be from now (a clock set ahead): stale.
+    let silent = report("n0", "dev", 0, true, None);
+    let written = now() - Duration::minutes(10);
+    assert_eq!(
+        health(Some(&silent), Some(written), now(), stale),
+        Health::Stale
+    );
 }
 
 #[test]

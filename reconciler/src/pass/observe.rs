@@ -95,6 +95,9 @@ pub struct Observed {
     pub state_files: StateFiles,
     /// Verified reports by node id.
     pub reports: Arc<HashMap<String, Arc<StatusReport>>>,
+    /// When the store last wrote each report (its own clock, from the
+    /// listing): liveness goes by this, not by a node's clock.
+    pub written: Arc<HashMap<String, DateTime<Utc>>>,
     /// Reports that did not verify, by reason (a bounded label).
     pub reports_ignored: BTreeMap<&'static str, usize>,
 }
@@ -122,6 +125,7 @@ impl Observed {
             state,
             rules,
             reports: &self.reports,
+            written: &self.written,
             reports_ignored: &self.reports_ignored,
             commit: &self.commit.to_string(),
             state_commit: self.state_commit.map(|c| c.to_string()).as_deref(),
@@ -138,6 +142,8 @@ impl Observed {
 struct Cached {
     /// The version the listing gave when this was read.
     listed: String,
+    /// When the store wrote it, as the listing said.
+    written: DateTime<Utc>,
     etag: ETag,
     key: PublicKey,
     fleet: String,
@@ -181,12 +187,19 @@ impl Observer {
             Some(fleet) => self.reports(&checked.node_keys, fleet).await?,
             None => Default::default(),
         };
+        let written = self
+            .reports
+            .iter()
+            .filter(|(node, _)| reports.contains_key(*node))
+            .map(|(node, c)| (node.clone(), c.written))
+            .collect();
         Ok(Observed {
             commit: heads.branch,
             checked,
             state_commit,
             state_files,
             reports: Arc::new(reports),
+            written: Arc::new(written),
             reports_ignored,
         })
     }
@@ -232,7 +245,12 @@ impl Observer {
                 }
                 continue;
             }
-            wanted.push((node.to_owned(), listed.key, listed.version, *node_key));
+            wanted.push((
+                node.to_owned(),
+                listed.key,
+                (listed.version, listed.last_modified),
+                *node_key,
+            ));
         }
         let store = &self.store;
         let cache = &self.reports;
@@ -253,7 +271,11 @@ impl Observer {
             let cached = match fetch? {
                 Fetch::Missing => continue,
                 Fetch::NotModified => match self.reports.remove(&node) {
-                    Some(c) => Cached { listed, ..c },
+                    Some(c) => Cached {
+                        listed: listed.0,
+                        written: listed.1,
+                        ..c
+                    },
                     None => continue,
                 },
                 Fetch::Found(object) => {
@@ -265,7 +287,8 @@ impl Observer {
                         }
                     };
                     Cached {
-                        listed,
+                        listed: listed.0,
+                        written: listed.1,
                         etag: object.etag,
                         key: node_key,
                         fleet: fleet.to_owned(),
