@@ -709,11 +709,23 @@ impl<N: Node> Agent<N> {
     /// no requests, since what came before belongs to another config.
     async fn traffic(&mut self, now: DateTime<Utc>, metrics: &mut Metrics) -> Vec<RouteTraffic> {
         let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
+        const SCRAPE_FAILED: &str = "reading the proxy's metrics";
         let text = match self.node.scrape(active.as_ref()).await {
             None => return Vec::new(),
-            Some(Ok(text)) => text,
+            Some(Ok(text)) => {
+                // A scrape that failed once (the proxy restarting) is no
+                // error once one succeeds.
+                if self
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(SCRAPE_FAILED))
+                {
+                    self.last_error = None;
+                }
+                text
+            }
             Some(Err(e)) => {
-                self.last_error = Some(format!("reading the proxy's metrics: {e}"));
+                self.last_error = Some(format!("{SCRAPE_FAILED}: {e}"));
                 return Vec::new();
             }
         };
