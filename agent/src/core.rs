@@ -2,7 +2,7 @@
 //! channel manifest, verify it, work out what this node should run, fetch
 //! and verify that bundle, hand it to a [`Node`], record the outcome, and
 //! report signed status. The real agent's [`Node`] is the state directory
-//! and the proxy ([`crate::node::DiskNode`]); the simulator's is in memory.
+//! and the proxy (`DiskNode`, in node.rs); the simulator's is in memory.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -219,7 +219,7 @@ mod tests {
             "environments.kdl",
             "version 1\nenvironment \"dev\"\nenvironment \"prod\" { after \"dev\"; approvals 2 { users \"alice\" \"bob\" \"carol\"; }; }\n",
         );
-        crate::check(&f).model
+        crate::check::check(&f).model
     }
 
     fn count(model: &FleetModel, files: &BTreeMap<String, Vec<u8>>) -> Counted {
@@ -334,7 +334,7 @@ mod tests {
             "environments.kdl",
             "version 1\nenvironment \"dev\"\nenvironment \"prod\" { after \"dev\"; approvals 2 { users \"alice\" \"mallory\"; }; }\n",
         );
-        let head = crate::check(&f).model;
+        let head = crate::check::check(&f).model;
         let signed = files(&[
             approval("prod", COMMIT, "alice", 1),
             approval("prod", COMMIT, "mallory", 4),

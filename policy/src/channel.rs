@@ -116,9 +116,9 @@ mod tests {
     fn fleet_defaults_become_the_manifests_agent_settings_and_a_change_republishes() {
         use gitfleet_schemas::fleet::DriftPolicy;
         let model = |defaults: &str| {
-            let mut f = crate::RepoFiles::new();
+            let mut f = crate::repo::RepoFiles::new();
             f.insert("fleet.kdl", format!("version 1\nname \"t\"\n{defaults}"));
-            crate::check(&f).model
+            crate::check::check(&f).model
         };
         assert_eq!(agent_settings(&model(""), true), None);
         let s = agent_settings(

@@ -1188,7 +1188,7 @@ mod tests {
             "nodes/web-1.kdl",
             "version 1\nid \"web-1\"\nenvironment \"prod\"\nnode-key \"Faz0awO3TpxOrdrGl9JOubghLXtHG0qvzoviuH92ZPA=\"\n",
         );
-        let checked = crate::check(&files);
+        let checked = crate::check::check(&files);
         let codes: Vec<&str> = checked
             .diagnostics
             .iter()

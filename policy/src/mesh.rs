@@ -635,7 +635,7 @@ allowed-ips "10.0.0.0/24"
     }
 
     fn model() -> (FleetModel, Vec<Diagnostic>) {
-        let mut files = crate::RepoFiles::new();
+        let mut files = crate::repo::RepoFiles::new();
         files.insert("meshes/backbone.kdl", MESH);
         files.insert(
             "nodes/edge-b.kdl",
@@ -665,7 +665,7 @@ allowed-ips "10.0.0.0/24"
                 Some(("HUEFj87k8L7OSHttz/kWiAL9hOTz6wOuQtbUMkHVjGM=", None)),
             ),
         );
-        let checked = crate::check(&files);
+        let checked = crate::check::check(&files);
         (checked.model, checked.diagnostics)
     }
 

@@ -67,7 +67,7 @@ impl FleetModel {
 
 /// Read every document of the repo into the model, reporting what cannot
 /// be read; the cross-document checks and lint rules run on top
-/// ([`crate::check`]).
+/// (`check`).
 pub(crate) fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel {
     let mut model = FleetModel::default();
 

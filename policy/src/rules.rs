@@ -545,7 +545,7 @@ mod tests {
         let mut f = RepoFiles::new();
         f.insert("fleet.kdl", fleet);
         f.insert("environments.kdl", envs);
-        crate::check(&f).model
+        crate::check::check(&f).model
     }
 
     fn now() -> DateTime<Utc> {

@@ -12,8 +12,8 @@ use gitfleet_schemas::view::{
     Counts, EnvironmentView, FleetStatus, Health, NodeView, RolloutView, FLEET_STATUS_FORMAT,
 };
 
+use crate::model::FleetModel;
 use crate::plan::{environment_order, short_of_traffic, Observation, Targets};
-use crate::FleetModel;
 
 /// Everything [`fleet_status`] reads.
 #[derive(Clone, Copy, Debug)]

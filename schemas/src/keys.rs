@@ -15,7 +15,7 @@
 //! fleet repo's checks to `[A-Za-z0-9][A-Za-z0-9._-]*`; a bundle key is
 //! made only from a well-formed sha256 digest.
 
-use crate::trust::valid_digest;
+use crate::digest::valid_digest;
 
 /// Where status reports live: list this prefix to find them all.
 pub const STATUS_PREFIX: &str = "status/";

@@ -11,6 +11,7 @@ pub mod bundle;
 mod common;
 mod decode;
 pub mod diagnostic;
+mod digest;
 pub mod environments;
 pub mod fleet;
 pub mod keyfile;
