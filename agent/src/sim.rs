@@ -510,6 +510,8 @@ mod tests {
         dir: tempfile::TempDir,
         online: SigningKey,
         serial: u64,
+        /// The fleet settings the next manifest carries.
+        settings: Option<gitfleet_schemas::trust::AgentSettings>,
     }
 
     impl World {
@@ -541,6 +543,7 @@ mod tests {
                     dir,
                     online,
                     serial: 0,
+                    settings: None,
                 },
                 root,
             )
@@ -578,7 +581,7 @@ mod tests {
             use gitfleet_schemas::trust::{ChannelManifest, ChannelRollout};
             self.serial += 1;
             let manifest = ChannelManifest {
-                settings: None,
+                settings: self.settings.clone(),
                 fleet: "acme".into(),
                 environment: "prod".into(),
                 serial: self.serial,
@@ -692,6 +695,61 @@ mod tests {
         assert!(report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
         assert_eq!(agent.node().activations(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_fleets_health_checks_and_drift_policy_come_from_the_manifest() {
+        use crate::core::{Agent, Identity};
+        use gitfleet_io::store::Store;
+        use gitfleet_schemas::trust::{AgentSettings, ChannelCheck};
+        let (mut world, root) = World::new();
+        let a = world.bundle("// a\n");
+        let id = Identity {
+            node: "edge-1".into(),
+            environment: "prod".into(),
+            labels: std::collections::BTreeMap::new(),
+            drift: DriftPolicy::Report,
+            max_bundle_bytes: 1 << 20,
+        };
+        let mut agent = Agent::new(
+            id,
+            Store::open(&world.url()).unwrap(),
+            root,
+            sim_key("edge-1"),
+            SimNode::new("edge-1", SimSettings::default()),
+            LocalState {
+                format: LOCAL_STATE_FORMAT,
+                ..LocalState::default()
+            },
+        );
+        let now = chrono::Utc::now();
+        // The simulated proxy answers 200 while healthy; the fleet wants 204.
+        let check = "http://127.0.0.1:9000/-/ready";
+        world.settings = Some(AgentSettings {
+            drift: Some(DriftPolicy::Repair),
+            health_checks: vec![ChannelCheck {
+                url: check.into(),
+                expect_status: 204,
+            }],
+            ..AgentSettings::default()
+        });
+        world.publish(&a, None, u64::MAX);
+        agent.poll(now).await;
+        assert_eq!(agent.drift(), DriftPolicy::Repair);
+        let report = agent.report(now).await.unwrap();
+        assert!(!report.healthy);
+        let result = report.http_checks.iter().find(|c| c.url == check).unwrap();
+        assert_eq!((result.status, result.ok), (Some(200), false));
+        // Expecting what it answers, the node is healthy again.
+        world.settings.as_mut().unwrap().health_checks[0].expect_status = 200;
+        world.publish(&a, None, u64::MAX);
+        agent.poll(now).await;
+        assert!(agent.report(now).await.unwrap().healthy);
+        // Without fleet settings, agent.kdl's drift policy stands.
+        world.settings = None;
+        world.publish(&a, None, u64::MAX);
+        agent.poll(now).await;
+        assert_eq!(agent.drift(), DriftPolicy::Report);
     }
 
     #[tokio::test]
