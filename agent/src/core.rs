@@ -197,6 +197,9 @@ type Claims = [Option<String>; KINDS.len()];
 /// Bundles that failed here are remembered, at most this many.
 const MAX_FAILED: usize = 32;
 
+/// How a failed scrape of the proxy's metrics starts its message.
+const SCRAPE_FAILED: &str = "reading the proxy's metrics";
+
 /// At most this many HTTP checks run for one report, whatever a manifest
 /// asks: a report must not take minutes.
 const MAX_HTTP_CHECKS: usize = 16;
@@ -708,11 +711,9 @@ impl<N: Node> Agent<N> {
     /// (after a start or an activation) only sets the baseline: it reports
     /// no requests, since what came before belongs to another config.
     async fn traffic(&mut self, now: DateTime<Utc>, metrics: &mut Metrics) -> Vec<RouteTraffic> {
-        let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
-        const SCRAPE_FAILED: &str = "reading the proxy's metrics";
-        let text = match self.node.scrape(active.as_ref()).await {
+        let sample = match self.scrape().await {
             None => return Vec::new(),
-            Some(Ok(text)) => {
+            Some(Ok(sample)) => {
                 // A scrape that failed once (the proxy restarting) is no
                 // error once one succeeds.
                 if self
@@ -722,26 +723,21 @@ impl<N: Node> Agent<N> {
                 {
                     self.last_error = None;
                 }
-                text
+                sample
             }
             Some(Err(e)) => {
-                self.last_error = Some(format!("{SCRAPE_FAILED}: {e}"));
-                return Vec::new();
-            }
-        };
-        let sample = match Sample::parse(&text) {
-            Ok(s) => s,
-            Err(e) => {
-                self.last_error = Some(e.to_string());
+                self.last_error = Some(e);
                 return Vec::new();
             }
         };
         let base = self.traffic_base.take();
         let before = base.as_ref().map(|(_, s)| s);
-        let whole = match before {
-            Some(b) => traffic::window(Some(b), &sample, None),
-            None => traffic::Window::default(),
+        let since_base = |route: Option<&str>| {
+            before.map_or_else(traffic::Window::default, |b| {
+                traffic::window(Some(b), &sample, route)
+            })
         };
+        let whole = since_base(None);
         metrics.requests = Some(whole.requests);
         metrics.errors = Some(whole.errors);
         metrics.error_rate = whole.error_rate;
@@ -764,10 +760,7 @@ impl<N: Node> Agent<N> {
         let out = routes
             .into_iter()
             .map(|route| {
-                let w = match before {
-                    Some(b) => traffic::window(Some(b), &sample, Some(&route)),
-                    None => traffic::Window::default(),
-                };
+                let w = since_base(Some(&route));
                 RouteTraffic {
                     route,
                     requests: w.requests,
@@ -780,22 +773,32 @@ impl<N: Node> Agent<N> {
             .collect();
         // A report that already carries the evidence ends the early-report
         // watch.
-        if let (true, Some((route, needed)), Some(b)) = (self.judging, self.needs(), before) {
-            if traffic::window(Some(b), &sample, route.as_deref()).requests >= needed {
-                self.judging = false;
-            }
+        if self.judging && before.is_some_and(|b| self.evidence_in(b, &sample) == Some(true)) {
+            self.judging = false;
         }
         self.traffic_base = Some((now, sample));
         out
     }
 
-    /// The (route, requests) the gates of the rollout delivering this
-    /// node's Sentinel bundle need, if they judge traffic.
-    fn needs(&self) -> Option<(Option<String>, u64)> {
+    /// The proxy's metrics, read and parsed; `None` when this node has none.
+    async fn scrape(&mut self) -> Option<Result<Sample, String>> {
+        let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
+        let text = match self.node.scrape(active.as_ref()).await? {
+            Ok(text) => text,
+            Err(e) => return Some(Err(format!("{SCRAPE_FAILED}: {e}"))),
+        };
+        Some(Sample::parse(&text).map_err(|e| e.to_string()))
+    }
+
+    /// Whether the proxy served, between `base` and `now`, the requests the
+    /// gates of the rollout delivering this node's Sentinel bundle need;
+    /// `None` when they judge no traffic.
+    fn evidence_in(&self, base: &Sample, now: &Sample) -> Option<bool> {
         let m = self.manifest.as_ref()?;
         let running = slot(&self.state, BundleKind::Sentinel)?;
         let r = m.rollouts.iter().find(|r| r.name == running.rollout)?;
-        Some((r.traffic_route.clone(), r.min_requests?))
+        let needed = r.min_requests?;
+        Some(traffic::window(Some(base), now, r.traffic_route.as_deref()).requests >= needed)
     }
 
     /// Whether a new bundle has now served the requests its gates need
@@ -803,29 +806,29 @@ impl<N: Node> Agent<N> {
     /// judged (and rolled back) within a poll of the evidence, not a
     /// heartbeat. Scrapes the proxy only while that is pending.
     pub async fn evidence_ready(&mut self) -> bool {
-        if !self.judging {
+        if !self.judging || self.traffic_base.is_none() {
             return false;
         }
-        let Some((route, needed)) = self.needs() else {
-            self.judging = false;
+        let Some(Ok(sample)) = self.scrape().await else {
             return false;
         };
-        let Some((_, base)) = &self.traffic_base else {
-            return false;
-        };
-        let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
-        let Some(Ok(text)) = self.node.scrape(active.as_ref()).await else {
-            return false;
-        };
-        let Ok(sample) = Sample::parse(&text) else {
-            return false;
-        };
-        let seen = traffic::window(Some(base), &sample, route.as_deref()).requests;
-        if seen >= needed {
-            self.judging = false;
-            return true;
+        let evidence = self
+            .traffic_base
+            .as_ref()
+            .and_then(|(_, base)| self.evidence_in(base, &sample));
+        match evidence {
+            // The gates judge no traffic: nothing to wait for.
+            None => {
+                self.judging = false;
+                false
+            }
+            Some(ready) => {
+                if ready {
+                    self.judging = false;
+                }
+                ready
+            }
         }
-        false
     }
 
     /// Sign and write this node's status report.

@@ -549,6 +549,33 @@ mod tests {
             )
         }
 
+        /// The real agent's decisions over a simulated `edge-1` in prod,
+        /// with no state yet, reading this world's store.
+        fn agent(
+            &self,
+            root: Verified<gitfleet_schemas::trust::Root>,
+            settings: SimSettings,
+        ) -> crate::core::Agent<SimNode> {
+            let id = crate::core::Identity {
+                node: "edge-1".into(),
+                environment: "prod".into(),
+                labels: std::collections::BTreeMap::new(),
+                drift: DriftPolicy::Report,
+                max_bundle_bytes: 1 << 20,
+            };
+            crate::core::Agent::new(
+                id,
+                gitfleet_io::store::Store::open(&self.url()).unwrap(),
+                root,
+                sim_key("edge-1"),
+                SimNode::new("edge-1", settings),
+                LocalState {
+                    format: LOCAL_STATE_FORMAT,
+                    ..LocalState::default()
+                },
+            )
+        }
+
         fn url(&self) -> String {
             format!("file://{}", self.dir.path().display())
         }
@@ -612,8 +639,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_real_agent_trips_on_a_failing_bundle_and_recovers_on_the_previous() {
-        use crate::core::{Agent, Identity, Polled};
-        use gitfleet_io::store::Store;
+        use crate::core::Polled;
         let (mut world, root) = World::new();
         let a = world.bundle("// a\n");
         let b = world.bundle("// b\n");
@@ -621,24 +647,7 @@ mod tests {
             apply_latency: Duration::ZERO,
             failure_rate: 0.0,
         };
-        let id = Identity {
-            node: "edge-1".into(),
-            environment: "prod".into(),
-            labels: std::collections::BTreeMap::new(),
-            drift: DriftPolicy::Report,
-            max_bundle_bytes: 1 << 20,
-        };
-        let mut agent = Agent::new(
-            id,
-            Store::open(&world.url()).unwrap(),
-            root,
-            sim_key("edge-1"),
-            SimNode::new("edge-1", settings),
-            LocalState {
-                format: LOCAL_STATE_FORMAT,
-                ..LocalState::default()
-            },
-        );
+        let mut agent = world.agent(root, settings);
         let now = chrono::Utc::now();
 
         world.publish(&a, None, u64::MAX);
@@ -699,29 +708,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_fleets_health_checks_and_drift_policy_come_from_the_manifest() {
-        use crate::core::{Agent, Identity};
-        use gitfleet_io::store::Store;
         use gitfleet_schemas::trust::{AgentSettings, ChannelCheck};
         let (mut world, root) = World::new();
         let a = world.bundle("// a\n");
-        let id = Identity {
-            node: "edge-1".into(),
-            environment: "prod".into(),
-            labels: std::collections::BTreeMap::new(),
-            drift: DriftPolicy::Report,
-            max_bundle_bytes: 1 << 20,
-        };
-        let mut agent = Agent::new(
-            id,
-            Store::open(&world.url()).unwrap(),
-            root,
-            sim_key("edge-1"),
-            SimNode::new("edge-1", SimSettings::default()),
-            LocalState {
-                format: LOCAL_STATE_FORMAT,
-                ..LocalState::default()
-            },
-        );
+        let mut agent = world.agent(root, SimSettings::default());
         let now = chrono::Utc::now();
         // The simulated proxy answers 200 while healthy; the fleet wants 204.
         let check = "http://127.0.0.1:9000/-/ready";

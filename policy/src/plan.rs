@@ -714,14 +714,8 @@ impl Step<'_, '_> {
                 Some((n.clone(), why))
             })
             .collect();
-        if let Some((node, why)) = failing.first() {
-            let reason = format!(
-                "step {k}/{}: gates failed on {} node{} ({node}: {why})",
-                self.steps(),
-                failing.len(),
-                if failing.len() == 1 { "" } else { "s" }
-            );
-            return self.fail(s, reason, failing.into_iter().map(|(n, _)| n).collect());
+        if !failing.is_empty() {
+            return self.gates_failed(s, k, failing);
         }
         // Unavailable: admitted but not yet on the new bundle, or anywhere in
         // the environment unhealthy or silent.
@@ -815,14 +809,8 @@ impl Step<'_, '_> {
                 Judged::Short { requests, needed } => thin.push((n, requests, needed)),
             }
         }
-        if let Some((node, why)) = failures.first() {
-            let reason = format!(
-                "step {k}/{}: gates failed on {} node{} ({node}: {why})",
-                self.steps(),
-                failures.len(),
-                if failures.len() == 1 { "" } else { "s" }
-            );
-            return self.fail(s, reason, failures.into_iter().map(|(n, _)| n).collect());
+        if !failures.is_empty() {
+            return self.gates_failed(s, k, failures);
         }
         if baking {
             // A stable reason: the state (and so the state branch) changes
@@ -907,6 +895,19 @@ impl Step<'_, '_> {
             reason: format!("step {k} passed{measured}; {}", next.reason),
             ..next
         }
+    }
+
+    /// Fail step `k` on the (node, why) pairs whose gates failed, naming
+    /// the first.
+    fn gates_failed(&self, s: EnvState, k: u32, failures: Vec<(String, String)>) -> EnvState {
+        let (node, why) = &failures[0];
+        let reason = format!(
+            "step {k}/{}: gates failed on {} node{} ({node}: {why})",
+            self.steps(),
+            failures.len(),
+            if failures.len() == 1 { "" } else { "s" }
+        );
+        self.fail(s, reason, failures.into_iter().map(|(n, _)| n).collect())
     }
 
     /// End the rollout here: its targets go back to a bundle known to work.
@@ -1001,17 +1002,7 @@ pub fn judge(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Judged 
     if g.healthy && !r.healthy {
         return Judged::Fail("unhealthy".to_owned());
     }
-    fn over<T: PartialOrd + fmt::Display + Copy>(
-        what: &str,
-        got: Option<T>,
-        max: T,
-    ) -> Option<String> {
-        match got {
-            None => Some(format!("reports no {what}")),
-            Some(v) if v > max => Some(format!("{what} {v} > {max}")),
-            Some(_) => None,
-        }
-    }
+    let over = |what: &str, got, max| limit(what, got, max, true);
     if let Some(max) = &g.max_cpu_percent {
         if let Some(why) = over("cpu percent", r.cpu_percent, max.value) {
             return Judged::Fail(why);
@@ -1042,17 +1033,13 @@ pub fn judge(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Judged 
         return Judged::Pass;
     }
     let (requests, error_rate, p99) = traffic(g, r);
-    let on = g
-        .route
-        .as_ref()
-        .map(|r| format!(" on route {}", r.value))
-        .unwrap_or_default();
     match requests {
         // An agent that does not say how much traffic it saw (an older
         // one) is judged on the rates it reports.
         None if error_rate.is_none() && p99.is_none() => {
             return Judged::Fail(format!(
-                "reports no traffic{on} (its agent reads no proxy metrics)"
+                "reports no traffic{} (its agent reads no proxy metrics)",
+                on_route(g)
             ))
         }
         None => {}
@@ -1064,17 +1051,61 @@ pub fn judge(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Judged 
         }
         Some(_) => {}
     }
-    if let Some(max) = &g.max_error_rate {
-        if let Some(why) = over(&format!("error rate{on}"), error_rate, max.value) {
-            return Judged::Fail(why);
-        }
+    match traffic_over(g, error_rate, p99, true) {
+        Some(why) => Judged::Fail(why),
+        None => Judged::Pass,
     }
-    if let Some(max) = &g.max_p99_latency_ms {
-        if let Some(why) = over(&format!("p99 latency ms{on}"), p99, max.value) {
-            return Judged::Fail(why);
-        }
+}
+
+/// `what got > max`, if it is; a missing value fails when `missing_fails`
+/// ("reports no what").
+fn limit<T: PartialOrd + fmt::Display + Copy>(
+    what: &str,
+    got: Option<T>,
+    max: T,
+    missing_fails: bool,
+) -> Option<String> {
+    match got {
+        None if missing_fails => Some(format!("reports no {what}")),
+        Some(v) if v > max => Some(format!("{what} {v} > {max}")),
+        _ => None,
     }
-    Judged::Pass
+}
+
+/// " on route api" for a gate scoped to a route, else nothing.
+fn on_route(g: &Gates) -> String {
+    g.route
+        .as_ref()
+        .map(|r| format!(" on route {}", r.value))
+        .unwrap_or_default()
+}
+
+/// The first traffic limit of `g` the error rate or p99 is over.
+fn traffic_over(
+    g: &Gates,
+    error_rate: Option<f64>,
+    p99: Option<u64>,
+    missing_fails: bool,
+) -> Option<String> {
+    let on = on_route(g);
+    let rate = g.max_error_rate.as_ref().and_then(|max| {
+        limit(
+            &format!("error rate{on}"),
+            error_rate,
+            max.value,
+            missing_fails,
+        )
+    });
+    rate.or_else(|| {
+        g.max_p99_latency_ms.as_ref().and_then(|max| {
+            limit(
+                &format!("p99 latency ms{on}"),
+                p99,
+                max.value,
+                missing_fails,
+            )
+        })
+    })
 }
 
 /// The traffic the gates passed on, across the nodes that passed: " (per
@@ -1113,22 +1144,7 @@ pub fn traffic_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) 
     if requests? < g.min_requests() {
         return None;
     }
-    let on = g
-        .route
-        .as_ref()
-        .map(|r| format!(" on route {}", r.value))
-        .unwrap_or_default();
-    if let (Some(max), Some(v)) = (&g.max_error_rate, error_rate) {
-        if v > max.value {
-            return Some(format!("error rate{on} {v} > {}", max.value));
-        }
-    }
-    if let (Some(max), Some(v)) = (&g.max_p99_latency_ms, p99) {
-        if v > max.value {
-            return Some(format!("p99 latency ms{on} {v} > {}", max.value));
-        }
-    }
-    None
+    traffic_over(g, error_rate, p99, false)
 }
 
 /// Why a node's report fails the gates, if it does (too little traffic is

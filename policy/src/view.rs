@@ -205,8 +205,8 @@ fn node_view(
 /// something happens): "waiting for traffic: 37 of 100 requests (edge-2)".
 fn live_reason(inputs: &ViewInputs<'_>, rollout: &str, s: &EnvState, members: &[String]) -> String {
     let waiting = s.phase == Phase::Verifying && s.reason.contains("waiting for traffic");
-    let gates = inputs.model.rollouts.get(rollout).map(|r| &r.doc.gates);
-    let (true, Some(gates)) = (waiting, gates) else {
+    let file = inputs.model.rollouts.get(rollout).map(|r| &r.doc);
+    let (true, Some(file)) = (waiting, file) else {
         return s.reason.clone();
     };
     let admitted = usize::try_from(s.admitted)
@@ -216,20 +216,17 @@ fn live_reason(inputs: &ViewInputs<'_>, rollout: &str, s: &EnvState, members: &[
         .iter()
         .filter_map(|n| Some((n.as_str(), Observation::from_report(inputs.reports.get(n)?))))
         .collect();
-    match short_of_traffic(
-        gates,
+    let thinnest = short_of_traffic(
+        &file.gates,
         observed.iter().map(|(n, o)| (*n, o)),
         rollout,
         &s.target.digest,
-    ) {
+    );
+    match thinnest {
         Some((node, seen, needed)) => format!(
             "step {}/{}: waiting for traffic: {seen} of {needed} requests ({node})",
             s.step,
-            inputs
-                .model
-                .rollouts
-                .get(rollout)
-                .map_or(0, |r| r.doc.steps.len())
+            file.steps.len()
         ),
         None => s.reason.clone(),
     }

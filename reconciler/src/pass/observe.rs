@@ -150,6 +150,17 @@ struct Cached {
     outcome: Result<Arc<StatusReport>, &'static str>,
 }
 
+/// The status reports one observation found.
+#[derive(Debug, Default)]
+struct Reports {
+    /// Verified reports by node id.
+    verified: HashMap<String, Arc<StatusReport>>,
+    /// When the store wrote each verified one.
+    written: HashMap<String, DateTime<Utc>>,
+    /// The rest, counted by reason.
+    ignored: BTreeMap<&'static str, usize>,
+}
+
 /// Reads the fleet, remembering what it can between observations.
 #[derive(Debug)]
 pub struct Observer {
@@ -183,24 +194,18 @@ impl Observer {
             }
         };
         let (state_commit, state_files) = self.mirror.state_files()?;
-        let (reports, reports_ignored) = match checked.fleet() {
+        let reports = match checked.fleet() {
             Some(fleet) => self.reports(&checked.node_keys, fleet).await?,
-            None => Default::default(),
+            None => Reports::default(),
         };
-        let written = self
-            .reports
-            .iter()
-            .filter(|(node, _)| reports.contains_key(*node))
-            .map(|(node, c)| (node.clone(), c.written))
-            .collect();
         Ok(Observed {
             commit: heads.branch,
             checked,
             state_commit,
             state_files,
-            reports: Arc::new(reports),
-            written: Arc::new(written),
-            reports_ignored,
+            reports: Arc::new(reports.verified),
+            written: Arc::new(reports.written),
+            reports_ignored: reports.ignored,
         })
     }
 
@@ -209,58 +214,40 @@ impl Observer {
         &mut self,
         keys: &HashMap<String, PublicKey>,
         fleet: &str,
-    ) -> Result<
-        (
-            HashMap<String, Arc<StatusReport>>,
-            BTreeMap<&'static str, usize>,
-        ),
-        ObserveError,
-    > {
+    ) -> Result<Reports, ObserveError> {
         let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut wanted = Vec::new();
-        let mut out = HashMap::new();
         let mut seen = HashMap::new();
         for listed in self.store.list_versions(object_keys::STATUS_PREFIX).await? {
-            let Some(node) = object_keys::status_node(&listed.key) else {
+            let Some(node) = object_keys::status_node(&listed.key).map(str::to_owned) else {
                 continue;
             };
-            let Some(node_key) = keys.get(node) else {
+            let Some(node_key) = keys.get(&node).copied() else {
                 *ignored.entry("unknown-node").or_default() += 1;
                 continue;
             };
             // A cached verdict holds only for the same key and fleet; with
             // the same listed version it holds without a request.
-            let unchanged = self.reports.get(node).is_some_and(|c| {
-                c.key == *node_key && c.fleet == fleet && c.listed == listed.version
+            let unchanged = self.reports.get(&node).is_some_and(|c| {
+                c.key == node_key && c.fleet == fleet && c.listed == listed.version
             });
             if unchanged {
-                if let Some(c) = self.reports.remove(node) {
-                    match &c.outcome {
-                        Ok(report) => {
-                            out.insert(node.to_owned(), Arc::clone(report));
-                        }
-                        Err(reason) => *ignored.entry(reason).or_default() += 1,
-                    }
-                    seen.insert(node.to_owned(), c);
+                if let Some(c) = self.reports.remove(&node) {
+                    seen.insert(node, c);
                 }
                 continue;
             }
-            wanted.push((
-                node.to_owned(),
-                listed.key,
-                (listed.version, listed.last_modified),
-                *node_key,
-            ));
+            wanted.push((node, listed, node_key));
         }
         let store = &self.store;
         let cache = &self.reports;
         let fetched: Vec<_> = futures::stream::iter(wanted)
-            .map(|(node, key, listed, node_key)| async move {
+            .map(|(node, listed, node_key)| async move {
                 let etag = cache
                     .get(&node)
                     .filter(|c| c.key == node_key && c.fleet == fleet)
                     .map(|c| &c.etag);
-                let fetch = store.get_if_changed(&key, etag).await;
+                let fetch = store.get_if_changed(&listed.key, etag).await;
                 (node, node_key, listed, fetch)
             })
             .buffer_unordered(FETCH_CONCURRENCY)
@@ -272,8 +259,8 @@ impl Observer {
                 Fetch::Missing => continue,
                 Fetch::NotModified => match self.reports.remove(&node) {
                     Some(c) => Cached {
-                        listed: listed.0,
-                        written: listed.1,
+                        listed: listed.version,
+                        written: listed.last_modified,
                         ..c
                     },
                     None => continue,
@@ -287,8 +274,8 @@ impl Observer {
                         }
                     };
                     Cached {
-                        listed: listed.0,
-                        written: listed.1,
+                        listed: listed.version,
+                        written: listed.last_modified,
                         etag: object.etag,
                         key: node_key,
                         fleet: fleet.to_owned(),
@@ -296,17 +283,22 @@ impl Observer {
                     }
                 }
             };
-            match &cached.outcome {
+            seen.insert(node, cached);
+        }
+        let mut reports = Reports::default();
+        for (node, c) in &seen {
+            match &c.outcome {
                 Ok(report) => {
-                    out.insert(node.clone(), Arc::clone(report));
+                    reports.verified.insert(node.clone(), Arc::clone(report));
+                    reports.written.insert(node.clone(), c.written);
                 }
                 Err(reason) => *ignored.entry(reason).or_default() += 1,
             }
-            seen.insert(node, cached);
         }
+        reports.ignored = ignored;
         // Only nodes still reporting stay cached.
         self.reports = seen;
-        Ok((out, ignored))
+        Ok(reports)
     }
 }
 
