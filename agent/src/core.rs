@@ -22,6 +22,7 @@ use gitfleet_schemas::trust::{
     AgentSettings, BundleRef, ChannelCheck, ChannelManifest, ChannelRollout, Document as _, Root,
 };
 use gitfleet_schemas::verify::{self, Bundle, Limits, Verified, VerifyError};
+use gitfleet_schemas::Proxy;
 
 use crate::traffic::{self, Sample};
 
@@ -102,23 +103,27 @@ pub struct Identity {
     pub labels: BTreeMap<String, String>,
     pub drift: DriftPolicy,
     pub max_bundle_bytes: u64,
+    /// The proxy the node runs: it takes only bundles for it.
+    pub proxy: Proxy,
 }
 
 /// The bundles this node should run: per rollout whose selector its labels
 /// match, the rollout's bundle when the node is in the current step, else
 /// the previous bundle (if there is one). A rolled-back rollout with no
 /// previous bundle sends a node that runs the failed bundle back to the one
-/// it ran before (`state` remembers it).
+/// it ran before (`state` remembers it). A rollout to nodes of several
+/// proxies lists an entry per proxy; the node takes its own proxy's.
 pub fn wanted<'m>(
     manifest: &'m ChannelManifest,
-    node: &str,
-    labels: &BTreeMap<String, String>,
+    id: &Identity,
     state: &LocalState,
 ) -> Vec<(&'m ChannelRollout, BundleRef)> {
+    let (node, labels) = (id.node.as_str(), &id.labels);
     manifest
         .rollouts
         .iter()
         .filter(|r| r.selects(labels))
+        .filter(|r| r.proxy.as_ref().is_none_or(|p| *p == id.proxy))
         .filter_map(|r| {
             let target = if r.rolled_back && r.previous.is_none() {
                 ran_before(state, r)
@@ -144,6 +149,22 @@ fn ran_before(state: &LocalState, rollout: &ChannelRollout) -> Option<BundleRef>
         slot.previous.clone()
     } else {
         Some(slot.active.clone())
+    }
+}
+
+/// Why a bundle validated by `validator` is not for a node running
+/// `proxy`, if it is not: a proxy config is validated for, and names, the
+/// exact proxy and version it targets.
+fn wrong_proxy(kind: BundleKind, validator: &str, proxy: &Proxy) -> Option<String> {
+    if kind != BundleKind::Sentinel {
+        return None;
+    }
+    match Proxy::of_validator(validator) {
+        Some(p) if p == *proxy => None,
+        Some(p) => Some(format!("the bundle is for {p}, and this node runs {proxy}")),
+        None => Some(format!(
+            "the bundle was validated by `{validator}`, which names no proxy"
+        )),
     }
 }
 
@@ -408,11 +429,10 @@ impl<N: Node> Agent<N> {
         self.retry = false;
         let mut activated = 0;
         let mut claims = Claims::default();
-        let wanted: Vec<(ChannelRollout, BundleRef)> =
-            wanted(&manifest, &self.id.node, &self.id.labels, &self.state)
-                .into_iter()
-                .map(|(r, b)| (r.clone(), b))
-                .collect();
+        let wanted: Vec<(ChannelRollout, BundleRef)> = wanted(&manifest, &self.id, &self.state)
+            .into_iter()
+            .map(|(r, b)| (r.clone(), b))
+            .collect();
         let names: Vec<&str> = wanted.iter().map(|(r, _)| r.name.as_str()).collect();
         self.errors.retain(|r, _| names.contains(&r.as_str()));
         for (rollout, target) in &wanted {
@@ -522,6 +542,9 @@ impl<N: Node> Agent<N> {
         };
         let kind = bundle.manifest.kind;
         claim(kind)?;
+        if let Some(why) = wrong_proxy(kind, &bundle.manifest.validator, &self.id.proxy) {
+            return Err(self.fail(target, format!("refusing {key}: {why}")));
+        }
         let from = slot(&self.state, kind).map(|s| s.active.clone());
         let outcome = self
             .node
@@ -594,7 +617,7 @@ impl<N: Node> Agent<N> {
     pub async fn status(&mut self, now: DateTime<Utc>) -> StatusReport {
         let mut rollouts: BTreeMap<String, RolloutStatus> = BTreeMap::new();
         if let Some(m) = &self.manifest {
-            for (r, _) in wanted(m, &self.id.node, &self.id.labels, &self.state) {
+            for (r, _) in wanted(m, &self.id, &self.state) {
                 rollouts.insert(
                     r.name.clone(),
                     RolloutStatus {
@@ -632,7 +655,7 @@ impl<N: Node> Agent<N> {
         // The checks of every rollout this node is a target of, each once.
         let mut checks: BTreeMap<&str, u16> = BTreeMap::new();
         if let Some(m) = &self.manifest {
-            for (r, _) in wanted(m, &self.id.node, &self.id.labels, &self.state) {
+            for (r, _) in wanted(m, &self.id, &self.state) {
                 for c in r.http_checks.iter().take(MAX_HTTP_CHECKS) {
                     checks.entry(c.url.as_str()).or_insert(c.expect_status);
                 }
@@ -749,7 +772,7 @@ impl<N: Node> Agent<N> {
         );
         let mut routes: Vec<String> = Vec::new();
         if let Some(m) = &self.manifest {
-            for (r, _) in wanted(m, &self.id.node, &self.id.labels, &self.state) {
+            for (r, _) in wanted(m, &self.id, &self.state) {
                 if let Some(route) = &r.traffic_route {
                     if !routes.contains(route) && routes.len() < MAX_HTTP_CHECKS {
                         routes.push(route.clone());
@@ -851,6 +874,7 @@ impl<N: Node> Agent<N> {
 mod tests {
     use super::*;
     use gitfleet_schemas::trust::member_hash;
+    use gitfleet_schemas::ProxyKind;
 
     fn rollout(name: &str, selector: &[(&str, &str)], threshold: u64) -> ChannelRollout {
         ChannelRollout {
@@ -874,6 +898,7 @@ mod tests {
             traffic_route: None,
             min_requests: None,
             rolled_back: false,
+            proxy: None,
         }
     }
 
@@ -916,14 +941,81 @@ mod tests {
         r.membership_threshold = 0;
         let m = manifest(vec![r]);
         // Runs the failed bundle and kept the one before: goes back to it.
-        let w = wanted(&m, "n1", &BTreeMap::new(), &running(&failed, Some(&mine)));
+        let w = wanted(&m, &id(&BTreeMap::new()), &running(&failed, Some(&mine)));
         assert_eq!(w[0].1, mine);
         // Already back (or never took the failed one): stays where it is.
-        let w = wanted(&m, "n1", &BTreeMap::new(), &running(&mine, Some(&failed)));
+        let w = wanted(&m, &id(&BTreeMap::new()), &running(&mine, Some(&failed)));
         assert_eq!(w[0].1, mine);
         // Never ran anything else: nothing to go back to, nothing changes.
-        assert!(wanted(&m, "n1", &BTreeMap::new(), &running(&failed, None)).is_empty());
-        assert!(wanted(&m, "n1", &BTreeMap::new(), &none()).is_empty());
+        assert!(wanted(&m, &id(&BTreeMap::new()), &running(&failed, None)).is_empty());
+        assert!(wanted(&m, &id(&BTreeMap::new()), &none()).is_empty());
+    }
+
+    fn id(labels: &BTreeMap<String, String>) -> Identity {
+        Identity {
+            node: "n1".into(),
+            environment: "prod".into(),
+            labels: labels.clone(),
+            drift: DriftPolicy::Report,
+            max_bundle_bytes: 1 << 20,
+            proxy: Proxy::legacy(),
+        }
+    }
+
+    #[test]
+    fn a_node_takes_the_entry_for_its_own_proxy() {
+        let zentinel = Proxy::new(ProxyKind::Zentinel, "0.6.45");
+        let sentinel_entry = ChannelRollout {
+            proxy: Some(Proxy::legacy()),
+            ..rollout("edge", &[], u64::MAX)
+        };
+        let mut zentinel_entry = ChannelRollout {
+            proxy: Some(zentinel.clone()),
+            ..rollout("edge", &[], u64::MAX)
+        };
+        zentinel_entry.bundle.digest = format!("sha256:{}", "e".repeat(64));
+        let m = manifest(vec![sentinel_entry.clone(), zentinel_entry.clone()]);
+        let on_sentinel = wanted(&m, &id(&BTreeMap::new()), &none());
+        assert_eq!(on_sentinel.len(), 1);
+        assert_eq!(on_sentinel[0].1, sentinel_entry.bundle);
+        let z = Identity {
+            proxy: zentinel,
+            ..id(&BTreeMap::new())
+        };
+        let on_zentinel = wanted(&m, &z, &none());
+        assert_eq!(on_zentinel.len(), 1);
+        assert_eq!(on_zentinel[0].1, zentinel_entry.bundle);
+        // A node of a proxy no entry names takes nothing.
+        let other = Identity {
+            proxy: Proxy::new(ProxyKind::Zentinel, "0.6.50"),
+            ..id(&BTreeMap::new())
+        };
+        assert!(wanted(&m, &other, &none()).is_empty());
+    }
+
+    #[test]
+    fn a_node_refuses_a_bundle_validated_for_another_proxy() {
+        let zentinel = Proxy::new(ProxyKind::Zentinel, "0.6.45");
+        let legacy = Proxy::legacy();
+        assert_eq!(
+            wrong_proxy(BundleKind::Sentinel, "sentinel-config 0.4.14", &legacy),
+            None
+        );
+        assert_eq!(
+            wrong_proxy(BundleKind::Sentinel, "zentinel-config 0.6.45", &zentinel),
+            None
+        );
+        assert_eq!(
+            wrong_proxy(BundleKind::Sentinel, "zentinel-config 0.6.45", &legacy).as_deref(),
+            Some("the bundle is for zentinel 0.6.45, and this node runs sentinel 0.4.14")
+        );
+        assert!(wrong_proxy(BundleKind::Sentinel, "zentinel-config 0.6.44", &zentinel).is_some());
+        assert!(wrong_proxy(BundleKind::Sentinel, "made-up", &legacy).is_some());
+        // A mesh bundle is for any proxy.
+        assert_eq!(
+            wrong_proxy(BundleKind::WireguardMesh, "gitfleet-mesh 1", &zentinel),
+            None
+        );
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -938,8 +1030,7 @@ mod tests {
         let m = manifest(vec![rollout("edge", &[("role", "edge")], u64::MAX)]);
         let w = wanted(
             &m,
-            "n1",
-            &labels(&[("role", "edge"), ("region", "fra")]),
+            &id(&labels(&[("role", "edge"), ("region", "fra")])),
             &none(),
         );
         assert_eq!(w.len(), 1);
@@ -950,11 +1041,11 @@ mod tests {
     fn a_node_outside_the_step_keeps_the_previous_bundle() {
         let h = member_hash("edge", "n1");
         let m = manifest(vec![rollout("edge", &[], h)]);
-        let w = wanted(&m, "n1", &BTreeMap::new(), &none());
+        let w = wanted(&m, &id(&BTreeMap::new()), &none());
         assert_eq!(Some(&w[0].1), m.rollouts[0].previous.as_ref());
         let m = manifest(vec![rollout("edge", &[], h + 1)]);
         assert_eq!(
-            wanted(&m, "n1", &BTreeMap::new(), &none())[0].1,
+            wanted(&m, &id(&BTreeMap::new()), &none())[0].1,
             m.rollouts[0].bundle
         );
     }
@@ -962,8 +1053,8 @@ mod tests {
     #[test]
     fn a_node_whose_labels_do_not_match_wants_nothing() {
         let m = manifest(vec![rollout("edge", &[("role", "edge")], u64::MAX)]);
-        assert!(wanted(&m, "n1", &labels(&[("role", "api")]), &none()).is_empty());
-        assert!(wanted(&m, "n1", &BTreeMap::new(), &none()).is_empty());
+        assert!(wanted(&m, &id(&labels(&[("role", "api")])), &none()).is_empty());
+        assert!(wanted(&m, &id(&BTreeMap::new()), &none()).is_empty());
     }
 
     #[test]
@@ -971,6 +1062,6 @@ mod tests {
         let mut r = rollout("edge", &[], 0);
         r.previous = None;
         let m = manifest(vec![r]);
-        assert!(wanted(&m, "n1", &BTreeMap::new(), &none()).is_empty());
+        assert!(wanted(&m, &id(&BTreeMap::new()), &none()).is_empty());
     }
 }

@@ -18,6 +18,7 @@ use gitfleet_schemas::agent::{AgentConfig, EnrollRequest};
 use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::trust::{AgentSettings, Document as _, PublicKey};
 use gitfleet_schemas::verify::{self, Limits};
+use gitfleet_schemas::Proxy;
 use tracing_subscriber::EnvFilter;
 
 /// The gitfleet node agent: verifies and activates signed bundles on this
@@ -240,7 +241,13 @@ fn identity(config: &AgentConfig) -> Identity {
         labels: config.labels.clone(),
         drift: config.drift,
         max_bundle_bytes: config.max_bundle_bytes,
+        proxy: proxy_of(config),
     }
+}
+
+/// The proxy agent.kdl says the node runs: Sentinel 0.4.14 unless it says.
+fn proxy_of(config: &AgentConfig) -> Proxy {
+    config.proxy.clone().unwrap_or_else(Proxy::legacy)
 }
 
 fn limits(config: &AgentConfig) -> Limits {
@@ -261,7 +268,8 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         config.sentinel.clone(),
         config.wireguard.clone(),
         limits(config),
-    );
+    )
+    .with_proxy(proxy_of(config).kind);
     node.recover(&state).await?;
     let store = Store::open(&config.store)?;
     let mut agent = Agent::new(identity(config), store, root, key, node, state);
@@ -558,7 +566,7 @@ async fn verify_now(config: &AgentConfig) -> anyhow::Result<ExitCode> {
                 m.serial,
                 m.expires.to_rfc3339()
             );
-            for (r, b) in wanted(&m, &config.node, &config.labels, &state) {
+            for (r, b) in wanted(&m, &identity(config), &state) {
                 let running = state.sentinel.as_ref().is_some_and(|s| s.active == b);
                 println!(
                     "  {}: step {}/{}, this node runs {}{}",

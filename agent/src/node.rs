@@ -33,6 +33,8 @@ use gitfleet_schemas::verify::{Bundle, Limits, Verified};
 use crate::core::{Node, NodeError};
 use crate::local::{LocalError, StateDir, SENTINEL_LINK};
 use crate::sentinel::{self, Reload};
+use gitfleet_schemas::ProxyKind;
+
 use crate::system::Sampler;
 use crate::wireguard::{self, Desired, PrivateKey, WIREGUARD_KEY};
 
@@ -54,6 +56,10 @@ pub struct DiskNode {
     /// The metrics route the active config declares, found once per
     /// active bundle.
     metrics_route: Option<(BundleRef, Option<String>)>,
+    /// The proxy this node runs, which decides the config file a bundle's
+    /// entry is (`sentinel.kdl`, `zentinel.kdl`) and the crate that
+    /// validates it.
+    proxy: ProxyKind,
 }
 
 fn reload_of(by: &ReloadBy) -> Reload {
@@ -82,7 +88,13 @@ impl DiskNode {
             sampler,
             limits,
             metrics_route: None,
+            proxy: ProxyKind::Sentinel,
         }
+    }
+
+    /// The node runs `proxy` (Sentinel unless said).
+    pub fn with_proxy(self, proxy: ProxyKind) -> Self {
+        DiskNode { proxy, ..self }
     }
 
     /// Where to read the proxy's metrics: agent.kdl's `metrics-url`, else
@@ -100,7 +112,7 @@ impl DiskNode {
                     .dir
                     .bundle_files(active)
                     .ok()
-                    .and_then(|dir| sentinel::metrics_url(&dir));
+                    .and_then(|dir| sentinel::metrics_url(&dir, self.proxy));
                 if url.is_none() {
                     tracing::warn!(
                         bundle = %active.digest,
@@ -169,7 +181,10 @@ impl DiskNode {
     /// Reload the proxy and confirm it runs the config now linked.
     async fn reload_linked(&self) -> Result<(), NodeError> {
         let expected = match &self.settings()?.config_url {
-            Some(_) => Some(sentinel::validate(&self.dir.path().join(SENTINEL_LINK))?),
+            Some(_) => Some(sentinel::validate(
+                &self.dir.path().join(SENTINEL_LINK),
+                self.proxy,
+            )?),
             None => None,
         };
         self.reload_and_confirm(expected.as_ref(), false).await
@@ -211,9 +226,9 @@ impl DiskNode {
         let settings = self.settings()?.clone();
         let dir = self.dir.bundle_files(&bundle.reference)?;
         // Parsed once: the same fingerprint confirms the reload.
-        let expected = sentinel::validate(&dir)?;
+        let expected = sentinel::validate(&dir, self.proxy)?;
         if let Some(binary) = &settings.test_binary {
-            sentinel::test_with_binary(binary.as_ref(), &dir.join("sentinel.kdl")).await?;
+            sentinel::test_with_binary(binary.as_ref(), &dir.join(self.proxy.entry())).await?;
         }
         self.dir.begin(&gitfleet_schemas::agent::Journal {
             rollout: rollout.to_owned(),

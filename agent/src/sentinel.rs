@@ -38,12 +38,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sentinel_config::Config;
+use gitfleet_policy::proxy::{self, ProxyConfig};
+use gitfleet_policy::with_config;
+use gitfleet_schemas::ProxyKind;
 use serde::Serialize;
 use serde_json::{Map, Value};
-
-/// The file of a config directory the proxy is started with.
-pub const CONFIG_FILE: &str = "sentinel.kdl";
 
 /// How long a reload command may run before it is killed.
 pub const RELOAD_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,7 +153,7 @@ pub struct Fingerprint(Value);
 
 impl Fingerprint {
     /// The dump the proxy shows once it runs `config`.
-    pub fn from_config(config: &Config) -> Result<Self, serde_json::Error> {
+    pub fn from_config(config: &ProxyConfig) -> Result<Self, serde_json::Error> {
         Ok(Self::normalize(config_dump(config)?))
     }
 
@@ -237,66 +236,77 @@ impl std::fmt::Display for Fingerprint {
     }
 }
 
-/// Parse and validate `dir/sentinel.kdl` with the proxy's own configuration
-/// crate, as the proxy does on start and on reload, and return the config
-/// dump the proxy will show once it runs it.
+/// Parse and validate `dir/<entry>` (`sentinel.kdl` or `zentinel.kdl`)
+/// with the proxy's own configuration crate, as the proxy does on start
+/// and on reload, and return the config dump the proxy will show once it
+/// runs it. Zentinel 0.6 dumps its config as Sentinel 0.4 did.
 ///
 /// Host paths count: static-file roots and agents' unix-socket directories
 /// must exist on this node. Relative paths resolve against this process's
 /// working directory, the proxy resolves them against its own.
-pub fn validate(dir: &Path) -> Result<Fingerprint, SentinelError> {
-    let path = dir.join(CONFIG_FILE);
+pub fn validate(dir: &Path, kind: ProxyKind) -> Result<Fingerprint, SentinelError> {
+    let path = dir.join(kind.entry());
     let text = std::fs::read_to_string(&path).map_err(|source| SentinelError::Read {
         path: path.clone(),
         source,
     })?;
-    let config = Config::from_kdl(&text).map_err(|e| SentinelError::Invalid {
+    let config = proxy::parse(kind, &text).map_err(|message| SentinelError::Invalid {
         path: path.clone(),
-        message: format!("{e:#}"),
+        message,
     })?;
-    config.validate().map_err(|e| SentinelError::Invalid {
-        path: path.clone(),
-        message: e.to_string(),
+    with_config!(&config, |c, k| c.validate().map_err(|e| e.to_string())).map_err(|message| {
+        SentinelError::Invalid {
+            path: path.clone(),
+            message,
+        }
     })?;
     let fingerprint =
         Fingerprint::from_config(&config).map_err(|source| SentinelError::Render {
             path: path.clone(),
             source,
         })?;
+    let (routes, upstreams, listeners) = with_config!(&config, |c, k| (
+        c.routes.len(),
+        c.upstreams.len(),
+        c.listeners.len()
+    ));
     tracing::debug!(
         path = %path.display(),
-        routes = config.routes.len(),
-        upstreams = config.upstreams.len(),
-        listeners = config.listeners.len(),
-        "sentinel config is valid"
+        proxy = kind.name(),
+        routes,
+        upstreams,
+        listeners,
+        "proxy config is valid"
     );
     Ok(fingerprint)
 }
 
 /// Where the proxy serves its own metrics under the config in
-/// `dir/sentinel.kdl`: the path of the route whose `builtin-handler` is
+/// `dir/<entry>`: the path of the route whose `builtin-handler` is
 /// `"metrics"`, on a plain-http listener reached over loopback (a listener
 /// on every address is reached on 127.0.0.1). None when the config has no
 /// such route or listener.
-pub fn metrics_url(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).ok()?;
-    let config = Config::from_kdl(&text).ok()?;
-    let path = config.routes.iter().find_map(|r| {
-        if r.builtin_handler != Some(sentinel_config::BuiltinHandler::Metrics) {
-            return None;
-        }
-        r.matches.iter().find_map(|m| match m {
-            sentinel_config::MatchCondition::Path(p)
-            | sentinel_config::MatchCondition::PathPrefix(p) => Some(p.clone()),
-            _ => None,
-        })
-    })?;
-    let address = config
-        .listeners
-        .iter()
-        .filter(|l| l.tls.is_none())
-        .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
-        .min_by_key(|a| !a.ip().is_loopback())?;
+pub fn metrics_url(dir: &Path, kind: ProxyKind) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(kind.entry())).ok()?;
+    let config = proxy::parse(kind, &text).ok()?;
+    let (path, address) = with_config!(&config, |c, k| {
+        let path = c.routes.iter().find_map(|r| {
+            if r.builtin_handler != Some(k::BuiltinHandler::Metrics) {
+                return None;
+            }
+            r.matches.iter().find_map(|m| match m {
+                k::MatchCondition::Path(p) | k::MatchCondition::PathPrefix(p) => Some(p.clone()),
+                _ => None,
+            })
+        })?;
+        let address = c
+            .listeners
+            .iter()
+            .filter(|l| l.tls.is_none())
+            .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+            .min_by_key(|a| !a.ip().is_loopback())?;
+        (path, address)
+    });
     let host = match address.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
         ip if ip.is_unspecified() => "[::1]".to_owned(),
@@ -672,101 +682,111 @@ fn excerpt(text: &str) -> String {
 
 // ---------------------------------------------------------------------------
 // The dump, as sentinel-proxy 0.4.14's `config_handler` builds it
-// (src/builtin_handlers.rs), minus `timestamp` and `request_id`.
+// (src/builtin_handlers.rs), minus `timestamp` and `request_id`;
+// zentinel-proxy 0.6.45 builds the same.
 
-fn config_dump(cfg: &Config) -> Result<Value, serde_json::Error> {
-    let listeners = cfg
-        .listeners
-        .iter()
-        .map(|l| {
-            Ok(object([
-                ("id", json(&l.id)?),
-                ("address", json(&l.address)?),
-                ("protocol", json(&l.protocol)?),
-                ("default_route", json(&l.default_route)?),
-                ("request_timeout_secs", json(&l.request_timeout_secs)?),
-                ("keepalive_timeout_secs", json(&l.keepalive_timeout_secs)?),
-                ("tls_enabled", Value::Bool(l.tls.is_some())),
-            ]))
-        })
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-    let routes = cfg
-        .routes
-        .iter()
-        .map(|r| {
-            Ok(object([
-                ("id", json(&r.id)?),
-                ("priority", json(&r.priority)?),
-                ("matches", json(&r.matches)?),
-                ("upstream", json(&r.upstream)?),
-                ("service_type", json(&r.service_type)?),
-                ("builtin_handler", json(&r.builtin_handler)?),
-                ("filters", json(&r.filters)?),
-                ("waf_enabled", json(&r.waf_enabled)?),
-            ]))
-        })
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-    let upstreams = cfg
-        .upstreams
-        .iter()
-        .map(|(id, u)| {
-            let targets = u
-                .targets
-                .iter()
-                .map(|t| {
-                    Ok(object([
-                        ("address", json(&t.address)?),
-                        ("weight", json(&t.weight)?),
-                    ]))
-                })
-                .collect::<Result<Vec<_>, serde_json::Error>>()?;
-            let health_check = match &u.health_check {
-                Some(h) => object([
-                    ("interval_secs", json(&h.interval_secs)?),
-                    ("timeout_secs", json(&h.timeout_secs)?),
-                    ("healthy_threshold", json(&h.healthy_threshold)?),
-                    ("unhealthy_threshold", json(&h.unhealthy_threshold)?),
-                ]),
-                None => Value::Null,
-            };
-            Ok(object([
-                ("id", json(id)?),
-                ("targets", Value::Array(targets)),
-                ("load_balancing", json(&u.load_balancing)?),
-                ("health_check", health_check),
-                ("tls_enabled", Value::Bool(u.tls.is_some())),
-            ]))
-        })
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-    let agents = cfg
-        .agents
-        .iter()
-        .map(|a| {
-            Ok(object([
-                ("id", json(&a.id)?),
-                ("agent_type", json(&a.agent_type)?),
-                ("timeout_ms", json(&a.timeout_ms)?),
-            ]))
-        })
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-    let waf = match &cfg.waf {
-        Some(w) => object([
-            ("mode", json(&w.mode)?),
-            ("engine", json(&w.engine)?),
-            ("audit_log", json(&w.audit_log)?),
-        ]),
-        None => Value::Null,
-    };
-    Ok(object([
-        ("server", json(&cfg.server)?),
-        ("listeners", Value::Array(listeners)),
-        ("routes", Value::Array(routes)),
-        ("upstreams", Value::Array(upstreams)),
-        ("agents", Value::Array(agents)),
-        ("filters", json(&cfg.filters.keys().collect::<Vec<_>>())?),
-        ("waf", waf),
-        ("limits", json(&cfg.limits)?),
-    ]))
+/// The dump of one proxy's parsed config: the two crates' models have
+/// the same fields.
+macro_rules! dump_of {
+    ($cfg:expr) => {{
+        let cfg = $cfg;
+        let listeners = cfg
+            .listeners
+            .iter()
+            .map(|l| {
+                Ok(object([
+                    ("id", json(&l.id)?),
+                    ("address", json(&l.address)?),
+                    ("protocol", json(&l.protocol)?),
+                    ("default_route", json(&l.default_route)?),
+                    ("request_timeout_secs", json(&l.request_timeout_secs)?),
+                    ("keepalive_timeout_secs", json(&l.keepalive_timeout_secs)?),
+                    ("tls_enabled", Value::Bool(l.tls.is_some())),
+                ]))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let routes = cfg
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(object([
+                    ("id", json(&r.id)?),
+                    ("priority", json(&r.priority)?),
+                    ("matches", json(&r.matches)?),
+                    ("upstream", json(&r.upstream)?),
+                    ("service_type", json(&r.service_type)?),
+                    ("builtin_handler", json(&r.builtin_handler)?),
+                    ("filters", json(&r.filters)?),
+                    ("waf_enabled", json(&r.waf_enabled)?),
+                ]))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|(id, u)| {
+                let targets = u
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        Ok(object([
+                            ("address", json(&t.address)?),
+                            ("weight", json(&t.weight)?),
+                        ]))
+                    })
+                    .collect::<Result<Vec<_>, serde_json::Error>>()?;
+                let health_check = match &u.health_check {
+                    Some(h) => object([
+                        ("interval_secs", json(&h.interval_secs)?),
+                        ("timeout_secs", json(&h.timeout_secs)?),
+                        ("healthy_threshold", json(&h.healthy_threshold)?),
+                        ("unhealthy_threshold", json(&h.unhealthy_threshold)?),
+                    ]),
+                    None => Value::Null,
+                };
+                Ok(object([
+                    ("id", json(id)?),
+                    ("targets", Value::Array(targets)),
+                    ("load_balancing", json(&u.load_balancing)?),
+                    ("health_check", health_check),
+                    ("tls_enabled", Value::Bool(u.tls.is_some())),
+                ]))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let agents = cfg
+            .agents
+            .iter()
+            .map(|a| {
+                Ok(object([
+                    ("id", json(&a.id)?),
+                    ("agent_type", json(&a.agent_type)?),
+                    ("timeout_ms", json(&a.timeout_ms)?),
+                ]))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let waf = match &cfg.waf {
+            Some(w) => object([
+                ("mode", json(&w.mode)?),
+                ("engine", json(&w.engine)?),
+                ("audit_log", json(&w.audit_log)?),
+            ]),
+            None => Value::Null,
+        };
+        Ok(object([
+            ("server", json(&cfg.server)?),
+            ("listeners", Value::Array(listeners)),
+            ("routes", Value::Array(routes)),
+            ("upstreams", Value::Array(upstreams)),
+            ("agents", Value::Array(agents)),
+            ("filters", json(&cfg.filters.keys().collect::<Vec<_>>())?),
+            ("waf", waf),
+            ("limits", json(&cfg.limits)?),
+        ]))
+    }};
+}
+
+fn config_dump(config: &ProxyConfig) -> Result<Value, serde_json::Error> {
+    with_config!(config, |cfg, k| dump_of!(cfg))
 }
 
 fn json<T: Serialize + ?Sized>(value: &T) -> Result<Value, serde_json::Error> {
@@ -954,13 +974,13 @@ upstreams {
 "#;
 
     fn write(dir: &Path, text: &str) {
-        std::fs::write(dir.join(CONFIG_FILE), text).unwrap();
+        std::fs::write(dir.join(ProxyKind::Sentinel.entry()), text).unwrap();
     }
 
     fn valid() -> Fingerprint {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), CONFIG);
-        validate(dir.path()).unwrap()
+        validate(dir.path(), ProxyKind::Sentinel).unwrap()
     }
 
     /// A dump as the proxy would serve it, with the given order of upstreams
@@ -1132,20 +1152,24 @@ upstreams {
     #[test]
     fn invalid_configs_are_refused_with_the_file_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = validate(dir.path()).unwrap_err().to_string();
+        let e = validate(dir.path(), ProxyKind::Sentinel)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cannot read sentinel config "), "{e}");
-        assert!(e.contains(CONFIG_FILE), "{e}");
+        assert!(e.contains(ProxyKind::Sentinel.entry()), "{e}");
 
         write(
             dir.path(),
             &CONFIG.replace("upstream \"one\"\n", "upstream \"nope\"\n"),
         );
-        let e = validate(dir.path()).unwrap_err().to_string();
+        let e = validate(dir.path(), ProxyKind::Sentinel)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is invalid"), "{e}");
         assert!(e.contains("nope"), "{e}");
 
         write(dir.path(), "routes {");
-        let e = validate(dir.path()).unwrap_err();
+        let e = validate(dir.path(), ProxyKind::Sentinel).unwrap_err();
         assert!(matches!(e, SentinelError::Invalid { .. }), "{e}");
     }
 
@@ -1161,10 +1185,12 @@ upstreams {
             ),
         );
         write(dir.path(), &text);
-        let e = validate(dir.path()).unwrap_err().to_string();
+        let e = validate(dir.path(), ProxyKind::Sentinel)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
         std::fs::create_dir(&root).unwrap();
-        validate(dir.path()).unwrap();
+        validate(dir.path(), ProxyKind::Sentinel).unwrap();
     }
 
     #[test]

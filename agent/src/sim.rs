@@ -562,6 +562,7 @@ mod tests {
                 labels: std::collections::BTreeMap::new(),
                 drift: DriftPolicy::Report,
                 max_bundle_bytes: 1 << 20,
+                proxy: gitfleet_schemas::Proxy::legacy(),
             };
             crate::core::Agent::new(
                 id,
@@ -590,7 +591,7 @@ mod tests {
                 kind: BundleKind::Sentinel,
                 name: "edge",
                 source_commit: &"1".repeat(40),
-                validator: "test",
+                validator: "sentinel-config 0.4.14",
                 files: &files,
                 sbom: b"{}".to_vec(),
             })
@@ -629,6 +630,7 @@ mod tests {
                     // Gates that need 20 requests from each node.
                     min_requests: Some(20),
                     rolled_back: false,
+                    proxy: None,
                 }],
             };
             let path = self.dir.path().join("channels/prod.json");

@@ -18,6 +18,13 @@
 //! series that went down counts its whole new value as the increase.
 //! The simulator renders its traffic in the same text and goes through
 //! the same code, so a gate sees the same thing from both.
+//!
+//! Zentinel 0.6 exports the same metrics as `zentinel_*`. Unlike Sentinel,
+//! it answers 500 itself for an upstream it marked down and records that
+//! only as `proxy_error_500`, the reason it also records for every answer
+//! of a builtin handler; so those answers are not counted as errors on
+//! Zentinel either, and a route whose upstream is down shows as a route
+//! without traffic (which the `min-requests` gate does not pass).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +37,13 @@ pub const REQUESTS: &str = "sentinel_requests_total";
 pub const DURATION: &str = "sentinel_request_duration_seconds";
 /// Requests the proxy answered itself, by reason (no route).
 pub const BLOCKED: &str = "sentinel_blocked_requests_total";
+
+/// A metric's name without its proxy's prefix: Zentinel 0.6 exports the
+/// same metrics, with the same labels, as `zentinel_*`.
+fn unprefixed(name: &str) -> Option<&str> {
+    name.strip_prefix("sentinel_")
+        .or_else(|| name.strip_prefix("zentinel_"))
+}
 
 /// One scrape: every series of the two metrics, by its labels.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -66,18 +80,25 @@ impl Sample {
     pub fn parse(text: &str) -> Result<Sample, ParseError> {
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).map_err(ParseError)?;
         let mut out = Sample::default();
+        let name = |full: &'static str| unprefixed(full).unwrap_or(full);
+        let (requests, blocked, duration) = (name(REQUESTS), name(BLOCKED), name(DURATION));
         for s in scrape.samples {
             let label = |name: &str| s.labels.get(name).unwrap_or_default().to_owned();
-            match (s.metric.as_str(), &s.value) {
-                (REQUESTS, Value::Counter(v) | Value::Untyped(v)) => {
+            let Some(metric) = unprefixed(&s.metric) else {
+                continue;
+            };
+            match (metric, &s.value) {
+                (m, Value::Counter(v) | Value::Untyped(v)) if m == requests => {
                     *out.requests
                         .entry((label("route"), label("method"), label("status")))
                         .or_default() += v;
                 }
-                (BLOCKED, Value::Counter(v) | Value::Untyped(v)) if proxy_5xx(&label("reason")) => {
+                (m, Value::Counter(v) | Value::Untyped(v))
+                    if m == blocked && proxy_5xx(&label("reason")) =>
+                {
                     *out.proxy_errors.entry(label("reason")).or_default() += v;
                 }
-                (DURATION, Value::Histogram(buckets)) => {
+                (m, Value::Histogram(buckets)) if m == duration => {
                     let mut b: Vec<(f64, f64)> =
                         buckets.iter().map(|c| (c.less_than, c.count)).collect();
                     b.sort_by(|x, y| x.0.total_cmp(&y.0));

@@ -64,7 +64,7 @@ fn bundle() -> Built {
         kind: BundleKind::Sentinel,
         name: "edge",
         source_commit: "c0ffee",
-        validator: "test",
+        validator: "sentinel-config 0.4.14",
         files: &files,
         sbom: b"{}".to_vec(),
     })
@@ -96,6 +96,7 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
             traffic_route: None,
             min_requests: None,
             rolled_back: false,
+            proxy: None,
         }],
     };
     store
@@ -138,6 +139,7 @@ async fn a_store_outage_keeps_the_config_and_staleness_is_reported_when_it_retur
         labels: BTreeMap::new(),
         drift: DriftPolicy::Report,
         max_bundle_bytes: 1 << 20,
+        proxy: gitfleet_schemas::Proxy::legacy(),
     };
 
     let moto = Moto::start();

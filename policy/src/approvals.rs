@@ -371,6 +371,8 @@ mod tests {
             since: chrono::Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap(),
             reason: String::new(),
             failed_nodes: Vec::new(),
+            proxy: None,
+            variants: Default::default(),
         };
         let rollout = |phase, commit: &str| RolloutState {
             format: 1,

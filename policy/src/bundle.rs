@@ -15,16 +15,18 @@ use gitfleet_schemas::bundle::{
 use gitfleet_schemas::trust::BundleRef;
 use gitfleet_schemas::verify::{bundle_digest, sha256_hex};
 
+use gitfleet_schemas::{Proxy, ProxyKind};
+
 use crate::model::ConfigDir;
-use crate::{sbom, sentinel};
+use crate::sbom;
 
 /// zstd level: `zstd -3`, the command line's default.
 pub const ZSTD_LEVEL: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("config `{name}` did not validate, so it cannot be bundled")]
-    Invalid { name: String },
+    #[error("config `{name}` did not validate for {proxy}, so it cannot be bundled for it")]
+    Invalid { name: String, proxy: Proxy },
     #[error("bundle path `{path}` is not a plain relative path of printable ASCII (no spaces, `\\`, `.` or `..` components)")]
     Path { path: String },
     #[error("bundle path `{path}` is {len} bytes; at most {max} fit a plain tar header, so use a shorter file name")]
@@ -64,20 +66,45 @@ pub struct Input<'a> {
     pub sbom: Vec<u8>,
 }
 
-/// Bundle a validated Sentinel config directory at `source_commit`.
-pub fn sentinel_config(dir: &ConfigDir, source_commit: &str) -> Result<Built, BuildError> {
-    let config = dir.sentinel.as_ref().ok_or_else(|| BuildError::Invalid {
+/// Bundle a config directory validated for `proxy`, at `source_commit`.
+pub fn proxy_config(
+    dir: &ConfigDir,
+    proxy: &Proxy,
+    source_commit: &str,
+) -> Result<Built, BuildError> {
+    let invalid = || BuildError::Invalid {
         name: dir.name.clone(),
-    })?;
-    let sbom = sbom::sentinel(&dir.name, source_commit, config, &dir.files);
+        proxy: proxy.clone(),
+    };
+    let variant = dir.variants.get(proxy).ok_or_else(invalid)?;
+    let config = variant.config.as_ref().ok_or_else(invalid)?;
+    let files = files_for(dir, proxy.kind, variant.file);
+    let sbom = sbom::of_config(&dir.name, source_commit, proxy, config, &files);
     build(Input {
         kind: BundleKind::Sentinel,
         name: &dir.name,
         source_commit,
-        validator: sentinel::VALIDATOR,
-        files: &dir.files,
+        validator: &proxy.validator(),
+        files: &files,
         sbom,
     })
+}
+
+/// The files of a config directory that a bundle for `kind` carries: its
+/// entry file (read from `entry`, the other proxy's file while the
+/// directory has only that) and every file that is not a proxy's entry.
+/// A directory with only `sentinel.kdl` bundles for Sentinel as it is.
+pub fn files_for(dir: &ConfigDir, kind: ProxyKind, entry: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut files: BTreeMap<String, Vec<u8>> = dir
+        .files
+        .iter()
+        .filter(|(path, _)| ProxyKind::of_entry(path).is_none())
+        .map(|(path, bytes)| (path.clone(), bytes.clone()))
+        .collect();
+    if let Some(bytes) = dir.files.get(entry) {
+        files.insert(kind.entry().to_owned(), bytes.clone());
+    }
+    files
 }
 
 /// Build the archive for `input`.

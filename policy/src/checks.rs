@@ -21,6 +21,38 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     nodes(model, files, d);
     meshes(model, d);
     rollouts(model, d);
+    proxies(model, d);
+}
+
+/// Every proxy a node or a fleet.kdl rule names is one gitfleet validates
+/// configs for.
+fn proxies(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let supported = crate::proxy::supported()
+        .map(|p| format!("`{p}`"))
+        .join(", ");
+    let mut check = |path: &str, p: &Spanned<gitfleet_schemas::Proxy>| {
+        if !crate::proxy::is_supported(&p.value) {
+            d.error(
+                path,
+                p.span,
+                "unsupported-proxy",
+                format!("gitfleet cannot validate configs for {}", p.value),
+                Some(format!(
+                    "gitfleet validates each config with the proxy's own config crate, pinned exactly; it has those of {supported}"
+                )),
+            );
+        }
+    };
+    if let Some(f) = &model.fleet {
+        for rule in &f.doc.proxies {
+            check(&f.path, &rule.proxy);
+        }
+    }
+    for n in &model.nodes {
+        if let Some(p) = &n.doc.proxy {
+            check(&n.path, p);
+        }
+    }
 }
 
 /// Indices of the nodes a selector picks.

@@ -4,13 +4,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use gitfleet_schemas::{LintRule, RolloutTarget, Severity, Span};
-use sentinel_config::{BuiltinHandler, Config, Filter};
 
 use crate::checks::{known_list, select};
 use crate::diagnostics::Diagnostics;
 use crate::model::{ConfigDir, FleetModel, ENVIRONMENTS_FILE, FLEET_FILE};
+use crate::proxy::{find_quoted, ProxyConfig};
 use crate::repo::RepoFiles;
-use crate::sentinel::find_quoted;
 
 /// Every rule gitfleet knows, with what it checks.
 pub const RULES: &[(&str, &str)] = &[
@@ -160,35 +159,55 @@ fn environments_by_config(model: &FleetModel) -> HashMap<&str, BTreeSet<&str>> {
     out
 }
 
+/// Each distinct entry file of `dir` with its parsed config: a file read
+/// for two proxies is linted once.
+fn parsed_files(dir: &ConfigDir) -> Vec<(&'static str, &ProxyConfig)> {
+    let mut out: Vec<(&'static str, &ProxyConfig)> = Vec::new();
+    for v in dir.variants.values() {
+        if let Some(config) = &v.config {
+            if !out.iter().any(|(f, _)| *f == v.file) {
+                out.push((v.file, config));
+            }
+        }
+    }
+    out
+}
+
 fn apply(rule: &LintRule, dir: &ConfigDir, files: &RepoFiles, d: &mut Diagnostics<'_>) {
-    let path = dir.entry_path();
-    let text = files.text(&path).unwrap_or("");
     let sev = rule.severity.value;
     let code = format!("lint/{}", rule.name.value);
-    let mut report = |span: Span, message: String, help: &str| {
-        d.push(&path, span, sev, &code, message, Some(help.to_owned()));
-    };
+    let entry = dir
+        .variants
+        .values()
+        .next()
+        .map_or("sentinel.kdl", |v| v.file);
     match rule.name.value.as_str() {
         "max-config-bytes" => {
             let limit = rule.limit.as_ref().map_or(u64::MAX, |l| l.value);
             let size = dir.total_bytes() as u64;
             if size > limit {
-                report(
+                d.push(
+                    &format!("configs/{}/{entry}", dir.name),
                     Span::default(),
+                    sev,
+                    &code,
                     format!(
                         "config `{}` is {size} bytes, over the limit of {limit}",
                         dir.name
                     ),
-                    "split shared parts out or raise the limit in fleet.kdl",
+                    Some("split shared parts out or raise the limit in fleet.kdl".to_owned()),
                 );
             }
         }
         rule_name => {
             // The remaining rules read the parsed config; an invalid one has
             // already been reported.
-            let Some(config) = &dir.sentinel else { return };
-            for (span, message, help) in findings(rule_name, config, text) {
-                report(span, message, help);
+            for (file, config) in parsed_files(dir) {
+                let path = format!("configs/{}/{file}", dir.name);
+                let text = files.text(&path).unwrap_or("");
+                for (span, message, help) in findings(rule_name, config, text) {
+                    d.push(&path, span, sev, &code, message, Some(help.to_owned()));
+                }
             }
         }
     }
@@ -219,22 +238,23 @@ pub fn blocking(rules: &[LintRule], env: &str, dir: &ConfigDir) -> Vec<String> {
             }
             continue;
         }
-        let Some(config) = &dir.sentinel else {
-            continue;
-        };
-        let text = dir
-            .files
-            .get(crate::model::SENTINEL_ENTRY)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("");
-        for (_, message, _) in findings(name, config, text) {
-            out.push(format!("lint `{name}`: {message}"));
+        for (file, config) in parsed_files(dir) {
+            let text = dir.text(file).unwrap_or("");
+            for (_, message, _) in findings(name, config, text) {
+                let line = format!("lint `{name}`: {message}");
+                if !out.contains(&line) {
+                    out.push(line);
+                }
+            }
         }
     }
     out
 }
 
-fn findings(rule: &str, config: &Config, text: &str) -> Vec<(Span, String, &'static str)> {
+/// The findings on one proxy's parsed config; `$k` names its config crate.
+macro_rules! findings_in {
+    ($k:ident, $rule:expr, $config:expr, $text:expr) => {{
+    let (rule, config, text) = ($rule, $config, $text);
     let mut out = Vec::new();
     match rule {
         "listener-tls" => {
@@ -257,7 +277,7 @@ fn findings(rule: &str, config: &Config, text: &str) -> Vec<(Span, String, &'sta
                     config
                         .filters
                         .get(f)
-                        .is_some_and(|fc| matches!(fc.filter, Filter::Timeout(_)))
+                        .is_some_and(|fc| matches!(fc.filter, $k::Filter::Timeout(_)))
                 });
                 if !has_timeout {
                     out.push((
@@ -272,7 +292,7 @@ fn findings(rule: &str, config: &Config, text: &str) -> Vec<(Span, String, &'sta
             let has = config
                 .routes
                 .iter()
-                .any(|r| matches!(r.builtin_handler, Some(BuiltinHandler::Health)));
+                .any(|r| matches!(r.builtin_handler, Some($k::BuiltinHandler::Health)));
             if !has {
                 out.push((
                     Span::default(),
@@ -284,6 +304,11 @@ fn findings(rule: &str, config: &Config, text: &str) -> Vec<(Span, String, &'sta
         _ => {}
     }
     out
+    }};
+}
+
+fn findings(rule: &str, config: &ProxyConfig, text: &str) -> Vec<(Span, String, &'static str)> {
+    crate::with_config!(config, |config, k| findings_in!(k, rule, config, text))
 }
 
 fn is_loopback(address: &str) -> bool {

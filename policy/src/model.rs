@@ -6,14 +6,15 @@ use gitfleet_schemas::{
     Decoded, Environment, EnvironmentsFile, FleetFile, MeshFile, NodeFile, RolloutFile, Span,
 };
 
+use gitfleet_schemas::{Proxy, ProxyKind, RolloutTarget};
+
+use crate::checks::select;
 use crate::diagnostics::Diagnostics;
+use crate::proxy::{self, ProxyConfig};
 use crate::repo::RepoFiles;
-use crate::sentinel;
 
 pub const FLEET_FILE: &str = "fleet.kdl";
 pub const ENVIRONMENTS_FILE: &str = "environments.kdl";
-/// The file of a config directory the proxy is started with.
-pub const SENTINEL_ENTRY: &str = "sentinel.kdl";
 
 /// A document and the repo path it was read from.
 #[derive(Clone, Debug)]
@@ -22,19 +23,46 @@ pub struct Located<T> {
     pub doc: T,
 }
 
-/// A Sentinel config directory: `configs/<name>/`.
+/// A proxy config directory: `configs/<name>/`.
 #[derive(Clone, Debug)]
 pub struct ConfigDir {
     pub name: String,
     /// Every file of the directory, by path relative to it.
     pub files: BTreeMap<String, Vec<u8>>,
-    /// The parsed and validated `sentinel.kdl`, when it is valid.
-    pub sentinel: Option<sentinel_config::Config>,
+    /// Each proxy the config is validated and bundled for: the proxies the
+    /// nodes of its rollouts run, or, while none do, the proxy of each
+    /// entry file it has.
+    pub variants: BTreeMap<Proxy, Variant>,
+}
+
+/// The config of a directory for one proxy.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// The entry file it is read from: the proxy's own (`zentinel.kdl`), or
+    /// the other proxy's while the directory has only that.
+    pub file: &'static str,
+    /// The parsed config, when the proxy's crate accepts it.
+    pub config: Option<ProxyConfig>,
 }
 
 impl ConfigDir {
-    pub fn entry_path(&self) -> String {
-        format!("configs/{}/{SENTINEL_ENTRY}", self.name)
+    /// Whether every proxy the config targets accepts it: only then is it
+    /// bundled.
+    pub fn valid(&self) -> bool {
+        !self.variants.is_empty() && self.variants.values().all(|v| v.config.is_some())
+    }
+
+    /// A parsed form of the config, for what reads its listeners and routes
+    /// (lint rules, plan previews): Sentinel's first, while it has one.
+    pub fn parsed(&self) -> Option<(&'static str, &ProxyConfig)> {
+        self.variants
+            .values()
+            .find_map(|v| Some((v.file, v.config.as_ref()?)))
+    }
+
+    /// The text of entry file `file`, if it is UTF-8.
+    pub fn text(&self, file: &str) -> Option<&str> {
+        std::str::from_utf8(self.files.get(file)?).ok()
     }
 
     pub fn total_bytes(&self) -> usize {
@@ -133,7 +161,7 @@ pub(crate) fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel
                     .or_insert_with(|| ConfigDir {
                         name: config.to_owned(),
                         files: BTreeMap::new(),
-                        sentinel: None,
+                        variants: BTreeMap::new(),
                     });
                 dir.files.insert(
                     relative.to_owned(),
@@ -151,35 +179,129 @@ pub(crate) fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel
         }
     }
 
+    let targets = config_targets(&model);
     for dir in model.configs.values_mut() {
-        let entry = dir.entry_path();
-        match files.get(&entry) {
-            None => diags.error(
-                &dir.files
-                    .keys()
-                    .next()
-                    .map_or(entry.clone(), |f| format!("configs/{}/{f}", dir.name)),
-                Span::default(),
-                "missing-file",
-                format!("config `{}` has no `{SENTINEL_ENTRY}`", dir.name),
-                Some(format!(
-                    "add `{entry}`: the proxy config the agent activates"
-                )),
-            ),
-            Some(bytes) => match std::str::from_utf8(bytes) {
-                Err(_) => not_utf8(diags, &entry),
-                Ok(text) => match sentinel::validate(text) {
-                    Ok(config) => dir.sentinel = Some(config),
-                    Err(problems) => {
-                        for p in problems {
-                            diags.error(&entry, p.span, p.code, p.message, p.help);
-                        }
-                    }
-                },
-            },
-        }
+        let wanted = targets.get(&dir.name);
+        validate_config(dir, wanted, diags);
     }
     model
+}
+
+/// For each config, the proxies (supported by gitfleet) that the nodes of
+/// its rollouts run, with those nodes' ids.
+fn config_targets(model: &FleetModel) -> BTreeMap<String, BTreeMap<Proxy, Vec<String>>> {
+    let rules = model
+        .fleet
+        .as_ref()
+        .map_or(&[][..], |f| f.doc.proxies.as_slice());
+    let mut out: BTreeMap<String, BTreeMap<Proxy, Vec<String>>> = BTreeMap::new();
+    for r in model.rollouts.values() {
+        let RolloutTarget::Config(config) = &r.doc.target.value else {
+            continue;
+        };
+        let by_proxy = out.entry(config.clone()).or_default();
+        for i in select(model, &r.doc.selector) {
+            let node = &model.nodes[i].doc;
+            let p = proxy::of_node(rules, node);
+            if proxy::is_supported(&p) {
+                by_proxy.entry(p).or_default().push(node.id.value.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Validate `dir` for each proxy in `wanted` (or, when no node targets it,
+/// each entry file for its own proxy), recording what refuses it and why.
+fn validate_config(
+    dir: &mut ConfigDir,
+    wanted: Option<&BTreeMap<Proxy, Vec<String>>>,
+    diags: &mut Diagnostics<'_>,
+) {
+    let has = |kind: ProxyKind| dir.files.contains_key(kind.entry());
+    if !ProxyKind::ALL.into_iter().any(has) {
+        let path = format!("configs/{}/{}", dir.name, ProxyKind::Sentinel.entry());
+        diags.error(
+            &dir.files
+                .keys()
+                .next()
+                .map_or(path.clone(), |f| format!("configs/{}/{f}", dir.name)),
+            Span::default(),
+            "missing-file",
+            format!(
+                "config `{}` has no `sentinel.kdl` or `zentinel.kdl`",
+                dir.name
+            ),
+            Some(format!(
+                "add `{path}` (or `zentinel.kdl` for Zentinel nodes): the proxy config the agent activates"
+            )),
+        );
+        return;
+    }
+    let wanted: BTreeMap<Proxy, Vec<String>> = match wanted {
+        Some(w) if !w.is_empty() => w.clone(),
+        _ => ProxyKind::ALL
+            .into_iter()
+            .filter(|k| has(*k))
+            .map(|k| (proxy::default_of(k), Vec::new()))
+            .collect(),
+    };
+    let several = wanted.len() > 1;
+    for (target, nodes) in wanted {
+        let own = target.kind;
+        let other = ProxyKind::ALL
+            .into_iter()
+            .find(|k| *k != own)
+            .unwrap_or(own);
+        let Some(file) = [own, other]
+            .into_iter()
+            .find(|k| has(*k))
+            .map(ProxyKind::entry)
+        else {
+            continue;
+        };
+        let path = format!("configs/{}/{file}", dir.name);
+        let config = match dir.text(file) {
+            None => {
+                not_utf8(diags, &path);
+                None
+            }
+            Some(text) => match proxy::validate(own, text) {
+                Ok(config) => Some(config),
+                Err(problems) => {
+                    // Say which proxy refused, when the file alone does not.
+                    let prefix = if several || file != own.entry() {
+                        format!("{target} refuses it: ")
+                    } else {
+                        String::new()
+                    };
+                    let runs = match nodes.as_slice() {
+                        [] => String::new(),
+                        [one] => format!("node `{one}` runs {target}"),
+                        [first, rest @ ..] => {
+                            format!("nodes `{first}` and {} more run {target}", rest.len())
+                        }
+                    };
+                    for p in problems {
+                        let help = match (p.help, runs.is_empty() || prefix.is_empty()) {
+                            (help, true) => help,
+                            (None, false) => Some(runs.clone()),
+                            (Some(h), false) => Some(format!("{h} ({runs})")),
+                        };
+                        diags.error(
+                            &path,
+                            p.span,
+                            p.code,
+                            format!("{prefix}{}", p.message),
+                            help,
+                        );
+                    }
+                    None
+                }
+            },
+        };
+        dir.variants.insert(target, Variant { file, config });
+    }
 }
 
 /// Decode one document, recording its problems.

@@ -23,7 +23,7 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 use gitfleet_schemas::state::{self, MeshAllocation, Phase, RolloutState, RULES_PATH};
 use gitfleet_schemas::trust::ChannelManifest;
-use gitfleet_schemas::{Diagnostic, RolloutTarget, Severity};
+use gitfleet_schemas::{Diagnostic, Proxy, RolloutTarget, Severity};
 
 use crate::bundle::{self, Built};
 use crate::check::Checked;
@@ -55,8 +55,8 @@ pub enum Current {
 /// `builds` of each plan for the next.
 #[derive(Clone, Debug, Default)]
 pub struct Builds {
-    /// (config, source commit) -> its bundle.
-    pub configs: BTreeMap<(String, String), Built>,
+    /// (config, proxy, source commit) -> its bundle.
+    pub configs: BTreeMap<(String, Proxy, String), Built>,
     /// Mesh -> the source commit and previous allocation it was built from,
     /// and the build.
     pub meshes: BTreeMap<String, (String, Allocation, MeshBuild)>,
@@ -298,7 +298,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
             RolloutTarget::Config(config) => config_desired(o, config, &mut builds),
         };
         let Some(d) = d else { continue };
-        if o.refused.contains(&d.bundle.digest) {
+        if d.bundles().any(|b| o.refused.contains(&b.digest)) {
             continue;
         }
         desired.insert(name.clone(), d);
@@ -308,11 +308,13 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
     let all_builds = builds
         .configs
         .iter()
-        .map(|((n, _), b)| (n, b))
+        .map(|((n, _, _), b)| (n, b))
         .chain(builds.meshes.iter().map(|(n, (_, _, m))| (n, &m.built)));
     for (name, built) in all_builds {
         let digest = &built.reference.digest;
-        let named = desired.values().any(|d| d.bundle.digest == *digest);
+        let named = desired
+            .values()
+            .any(|d| d.bundles().any(|b| b.digest == *digest));
         if !named || o.stored.contains(digest) || !queued.insert(digest.clone()) {
             continue;
         }
@@ -428,31 +430,41 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
     })
 }
 
-/// The bundle rollout targets of `config`, built (or reused) at the commit
-/// that last changed the config directory; `None` while the config does
-/// not validate (its rollout keeps its last good bundle).
+/// The bundles rollout targets of `config`, one per proxy its nodes run,
+/// built (or reused) at the commit that last changed the config directory;
+/// `None` while the config does not validate for each of them (its rollout
+/// keeps its last good bundles).
 fn config_desired(o: &Observed<'_>, config: &str, builds: &mut Builds) -> Option<Desired> {
     let dir = o.checked.model.configs.get(config)?;
-    dir.sentinel.as_ref()?;
+    if !dir.valid() {
+        return None;
+    }
     let source_commit = o
         .config_changes
         .get(config)
         .cloned()
         .unwrap_or_else(|| o.commit.to_owned());
-    let key = (config.to_owned(), source_commit.clone());
-    let built = match builds
-        .configs
-        .get(&key)
-        .or_else(|| o.builds.configs.get(&key))
-    {
-        Some(b) => b.clone(),
-        None => bundle::sentinel_config(dir, &source_commit).ok()?,
-    };
-    let reference = built.reference.clone();
-    builds.configs.insert(key, built);
+    let mut bundles = BTreeMap::new();
+    for proxy in dir.variants.keys() {
+        let key = (config.to_owned(), proxy.clone(), source_commit.clone());
+        let built = match builds
+            .configs
+            .get(&key)
+            .or_else(|| o.builds.configs.get(&key))
+        {
+            Some(b) => b.clone(),
+            None => bundle::proxy_config(dir, proxy, &source_commit).ok()?,
+        };
+        bundles.insert(proxy.clone(), built.reference.clone());
+        builds.configs.insert(key, built);
+    }
+    // The first proxy's bundle is the rollout's own; the others ride along.
+    let (proxy, bundle) = bundles.pop_first()?;
     Some(Desired {
-        bundle: reference,
+        bundle,
         source_commit,
+        proxy: Some(proxy),
+        variants: bundles,
     })
 }
 
@@ -507,10 +519,7 @@ fn mesh_desired(
         }
         allocations.insert(path, (bytes, lines));
     }
-    let desired = Desired {
-        bundle: build.built.reference.clone(),
-        source_commit: source_commit.clone(),
-    };
+    let desired = Desired::single(build.built.reference.clone(), source_commit.clone(), None);
     builds
         .meshes
         .insert(name.to_owned(), (source_commit, previous, build));

@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
-use gitfleet_schemas::state::{EnvState, Phase, RolloutState, STATE_FORMAT};
+use gitfleet_schemas::state::{EnvState, Phase, RolloutState, Variant, STATE_FORMAT};
 use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelCheck, ChannelRollout};
-use gitfleet_schemas::{Gates, RolloutFile, RolloutTarget, StepSize, Window};
+use gitfleet_schemas::{Gates, Proxy, RolloutFile, RolloutTarget, StepSize, Window};
 
 use crate::checks::select;
 use crate::model::FleetModel;
@@ -53,6 +53,64 @@ pub struct Observation {
 pub struct Desired {
     pub bundle: BundleRef,
     pub source_commit: String,
+    /// The proxy `bundle` is for; `None` for a mesh.
+    pub proxy: Option<Proxy>,
+    /// A config whose targets run several proxies: the bundle of each
+    /// proxy but `proxy`.
+    pub variants: BTreeMap<Proxy, BundleRef>,
+}
+
+impl Desired {
+    /// A rollout's one bundle, for every target (a mesh, or a config
+    /// whose targets run one proxy).
+    pub fn single(bundle: BundleRef, source_commit: String, proxy: Option<Proxy>) -> Self {
+        Desired {
+            bundle,
+            source_commit,
+            proxy,
+            variants: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `state` rolls out exactly these bundles.
+    pub fn is_target_of(&self, state: &EnvState) -> bool {
+        state.target == self.bundle
+            && state.variants.len() == self.variants.len()
+            && self
+                .variants
+                .iter()
+                .all(|(p, b)| state.variants.get(p).is_some_and(|v| v.target == *b))
+    }
+
+    /// Every bundle it names.
+    pub fn bundles(&self) -> impl Iterator<Item = &BundleRef> {
+        std::iter::once(&self.bundle).chain(self.variants.values())
+    }
+}
+
+/// What nodes running `proxy` (`None`: a mesh) settled on under `before`:
+/// its target once complete, else the bundle it was replacing. A state
+/// without a recorded proxy is from before proxies were recorded, when
+/// every config ran on Sentinel 0.4.14.
+fn settled(before: &EnvState, proxy: Option<&Proxy>) -> Option<BundleRef> {
+    let complete = before.phase == Phase::Complete;
+    if let Some(v) = proxy.and_then(|p| before.variants.get(p)) {
+        return if complete {
+            Some(v.target.clone())
+        } else {
+            v.previous.clone()
+        };
+    }
+    let same = match (proxy, &before.proxy) {
+        (None, _) => true,
+        (Some(p), Some(q)) => p == q,
+        (Some(p), None) => *p == Proxy::legacy(),
+    };
+    match (same, complete) {
+        (false, _) => None,
+        (true, true) => Some(before.target.clone()),
+        (true, false) => before.previous.clone(),
+    }
 }
 
 /// A rollout's target nodes in one environment, ordered by member hash.
@@ -95,16 +153,28 @@ impl Members {
     }
 }
 
-/// Every rollout's targets, per environment.
+/// Every rollout's targets, per environment, and the proxy of each node
+/// that does not run Sentinel 0.4.14.
 #[derive(Clone, Debug, Default)]
 pub struct Targets {
     by_rollout: BTreeMap<String, BTreeMap<String, Members>>,
+    proxies: HashMap<String, Proxy>,
 }
 
 impl Targets {
     /// Targets as the fleet repo selects them.
     pub fn from_model(model: &FleetModel) -> Self {
         let mut t = Targets::default();
+        let rules = model
+            .fleet
+            .as_ref()
+            .map_or(&[][..], |f| f.doc.proxies.as_slice());
+        for n in &model.nodes {
+            let p = crate::proxy::of_node(rules, &n.doc);
+            if p != Proxy::legacy() {
+                t.proxies.insert(n.doc.id.value.clone(), p);
+            }
+        }
         for (name, r) in &model.rollouts {
             let mut by_env: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for i in select(model, &r.doc.selector) {
@@ -130,6 +200,19 @@ impl Targets {
 
     pub fn get(&self, rollout: &str, environment: &str) -> Option<&Members> {
         self.by_rollout.get(rollout)?.get(environment)
+    }
+
+    /// Record that `node` runs `proxy`.
+    pub fn set_proxy(&mut self, node: &str, proxy: Proxy) {
+        self.proxies.insert(node.to_owned(), proxy);
+    }
+
+    /// The proxy `node` runs.
+    pub fn proxy(&self, node: &str) -> Proxy {
+        self.proxies
+            .get(node)
+            .cloned()
+            .unwrap_or_else(Proxy::legacy)
     }
 }
 
@@ -234,7 +317,7 @@ impl Plan {
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push(ChannelRollout {
+            let entry = ChannelRollout {
                 name: r.name.clone(),
                 selector,
                 bundle: e.after.target.clone(),
@@ -248,7 +331,26 @@ impl Plan {
                     .filter(|d| d.gates.judges_traffic())
                     .map(|d| d.gates.min_requests()),
                 rolled_back: matches!(e.after.phase, Phase::Failed | Phase::RolledBack),
-            });
+                proxy: None,
+            };
+            // Nodes of several proxies: one entry per proxy, each naming
+            // that proxy's bundles; a node takes only its own proxy's.
+            if !e.after.variants.is_empty() {
+                for (proxy, v) in &e.after.variants {
+                    out.push(ChannelRollout {
+                        bundle: v.target.clone(),
+                        previous: v.previous.clone(),
+                        proxy: Some(proxy.clone()),
+                        ..entry.clone()
+                    });
+                }
+                out.push(ChannelRollout {
+                    proxy: Some(e.after.proxy.clone().unwrap_or_else(Proxy::legacy)),
+                    ..entry
+                });
+            } else {
+                out.push(entry);
+            }
         }
         out
     }
@@ -450,7 +552,7 @@ fn predecessor_gate(
             let done = planned.iter().any(|p| {
                 p.environment == prev
                     && p.after.phase == Phase::Complete
-                    && p.after.target == desired.bundle
+                    && desired.is_target_of(&p.after)
             });
             return (!done).then_some(prev);
         }
@@ -495,16 +597,8 @@ impl Step<'_, '_> {
 
     fn next(&self, before: Option<&EnvState>) -> EnvState {
         let s = match before {
-            Some(b) if b.target == self.desired.bundle => b.clone(),
-            Some(b) => {
-                let previous = if b.phase == Phase::Complete {
-                    Some(b.target.clone())
-                } else {
-                    b.previous.clone()
-                };
-                self.fresh(previous)
-            }
-            None => self.fresh(None),
+            Some(b) if self.desired.is_target_of(b) => b.clone(),
+            b => self.fresh(b),
         };
         if self.spec.file.rollback && !matches!(s.phase, Phase::Failed | Phase::RolledBack) {
             let reason = format!("rollback requested in rollouts/{}.kdl", self.spec.name);
@@ -545,10 +639,30 @@ impl Step<'_, '_> {
         }
     }
 
-    fn fresh(&self, previous: Option<BundleRef>) -> EnvState {
+    /// A new target, replacing `before`: each proxy's nodes keep what they
+    /// settled on under it as their previous bundle.
+    fn fresh(&self, before: Option<&EnvState>) -> EnvState {
+        let d = self.desired;
+        let previous = before.and_then(|b| settled(b, d.proxy.as_ref()));
+        let variants = d
+            .variants
+            .iter()
+            .map(|(p, target)| {
+                let previous = before.and_then(|b| settled(b, Some(p)));
+                (
+                    p.clone(),
+                    Variant {
+                        target: target.clone(),
+                        previous,
+                    },
+                )
+            })
+            .collect();
         EnvState {
-            target: self.desired.bundle.clone(),
-            source_commit: self.desired.source_commit.clone(),
+            target: d.bundle.clone(),
+            source_commit: d.source_commit.clone(),
+            proxy: d.proxy.clone(),
+            variants,
             previous,
             phase: Phase::Pending,
             step: 0,
@@ -656,12 +770,21 @@ impl Step<'_, '_> {
         self.inputs.reports.get(node)
     }
 
+    /// The new bundle `node` takes: its proxy's.
+    fn digest_for(&self, node: &str) -> &str {
+        let d = self.desired;
+        if d.variants.is_empty() {
+            return &d.bundle.digest;
+        }
+        let proxy = self.inputs.targets.proxy(node);
+        &d.variants.get(&proxy).unwrap_or(&d.bundle).digest
+    }
+
     /// The node reports running the new bundle (healthy or not: health is
     /// for the gates).
     fn on_target(&self, node: &str) -> bool {
-        self.report(node).is_some_and(|r| {
-            r.active_digest(self.spec.name) == Some(self.desired.bundle.digest.as_str())
-        })
+        self.report(node)
+            .is_some_and(|r| r.active_digest(self.spec.name) == Some(self.digest_for(node)))
     }
 
     fn healthy(&self, node: &str) -> bool {
@@ -709,7 +832,7 @@ impl Step<'_, '_> {
                     &self.spec.file.gates,
                     self.report(n)?,
                     self.spec.name,
-                    &self.desired.bundle.digest,
+                    self.digest_for(n),
                 )?;
                 Some((n.clone(), why))
             })
@@ -786,8 +909,8 @@ impl Step<'_, '_> {
         let mut thin: Vec<(&str, u64, u64)> = Vec::new();
         let mut passed: Vec<&Observation> = Vec::new();
         let g = &self.spec.file.gates;
-        let digest = &self.desired.bundle.digest;
         for n in step_nodes {
+            let digest = self.digest_for(n);
             let Some(r) = self.report(n) else {
                 stale += 1;
                 continue;

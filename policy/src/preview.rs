@@ -207,7 +207,7 @@ fn changed_configs(base: &FleetModel, head: &FleetModel) -> BTreeMap<String, Str
                     .filter(|f| a.files.get(*f) != b.files.get(*f))
                     .map(String::as_str)
                     .collect();
-                let valid = if b.sentinel.is_some() {
+                let valid = if b.valid() {
                     ""
                 } else {
                     " (invalid: the last good bundle stays)"
@@ -270,22 +270,24 @@ fn rollout_lines(out: &mut String, head: Side<'_>, name: &str) {
 fn risks(base: &FleetModel, head: &FleetModel, changed: &BTreeMap<String, String>) -> Vec<String> {
     let mut out = Vec::new();
     for name in changed.keys() {
-        let a = base.configs.get(name).and_then(|c| c.sentinel.as_ref());
-        let b = head.configs.get(name).and_then(|c| c.sentinel.as_ref());
-        let (Some(a), Some(b)) = (a, b) else {
+        let outline = |m: &FleetModel| {
+            let (_, config) = m.configs.get(name)?.parsed()?;
+            Some(config.outline())
+        };
+        let (Some(a), Some(b)) = (outline(base), outline(head)) else {
             continue;
         };
-        for l in &a.listeners {
-            match b.listeners.iter().find(|x| x.id == l.id) {
-                None => out.push(format!("`{name}`: listener `{}` removed", l.id)),
-                Some(x) if l.tls.is_some() && x.tls.is_none() => {
-                    out.push(format!("`{name}`: listener `{}` drops TLS", l.id))
+        for (id, tls) in &a.listeners {
+            match b.listeners.iter().find(|(x, _)| x == id) {
+                None => out.push(format!("`{name}`: listener `{id}` removed")),
+                Some((_, x_tls)) if *tls && !x_tls => {
+                    out.push(format!("`{name}`: listener `{id}` drops TLS"))
                 }
                 _ => {}
             }
         }
-        for id in a.upstreams.keys() {
-            if !b.upstreams.contains_key(id) {
+        for id in &a.upstreams {
+            if !b.upstreams.contains(id) {
                 out.push(format!("`{name}`: upstream `{id}` removed"));
             }
         }
@@ -293,25 +295,22 @@ fn risks(base: &FleetModel, head: &FleetModel, changed: &BTreeMap<String, String
             let f = f.to_ascii_lowercase();
             f.contains("auth") || f.contains("jwt") || f.contains("oauth")
         };
-        for r in &a.routes {
-            match b.routes.iter().find(|x| x.id == r.id) {
-                None => out.push(format!("`{name}`: route `{}` removed", r.id)),
-                Some(x) => {
-                    for f in r.filters.iter().filter(|f| auth(f)) {
-                        if !x.filters.contains(f) {
-                            out.push(format!(
-                                "`{name}`: route `{}` loses auth filter `{f}`",
-                                r.id
-                            ));
+        for (id, filters) in &a.routes {
+            match b.routes.iter().find(|(x, _)| x == id) {
+                None => out.push(format!("`{name}`: route `{id}` removed")),
+                Some((_, x_filters)) => {
+                    for f in filters.iter().filter(|f| auth(f)) {
+                        if !x_filters.contains(f) {
+                            out.push(format!("`{name}`: route `{id}` loses auth filter `{f}`"));
                         }
                     }
                 }
             }
         }
-        let ids = |c: &sentinel_config::Config| -> BTreeSet<String> {
-            c.routes.iter().map(|r| r.id.clone()).collect()
+        let ids = |o: &crate::proxy::Outline| -> BTreeSet<String> {
+            o.routes.iter().map(|(id, _)| id.clone()).collect()
         };
-        let (ra, rb) = (ids(a), ids(b));
+        let (ra, rb) = (ids(&a), ids(&b));
         let moved = ra.symmetric_difference(&rb).count();
         if moved >= 5 {
             out.push(format!("`{name}`: {moved} routes added or removed"));

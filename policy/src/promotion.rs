@@ -187,6 +187,8 @@ mod tests {
             since: Utc.timestamp_opt(0, 0).single().unwrap_or_default(),
             reason: String::new(),
             failed_nodes: Vec::new(),
+            proxy: None,
+            variants: Default::default(),
         }
     }
 

@@ -6,36 +6,21 @@
 //! upstreams and agents are `services` with their endpoints; a route depends
 //! on its upstream. No timestamp, random serial number or gitfleet version:
 //! the SBOM is as reproducible as the bundle around it, and upgrading
-//! gitfleet does not change the digest of every bundle. Sentinel's enums
+//! gitfleet does not change the digest of every bundle. The proxies' enums
 //! are written through explicit names here, never their `Debug` form, so a
-//! Sentinel upgrade cannot change them silently either.
+//! proxy upgrade cannot change them silently either.
 
 use std::collections::BTreeMap;
-
-use sentinel_config::{AgentTransport, BuiltinHandler, Config, ListenerProtocol, MatchCondition};
 
 use gitfleet_schemas::bundle::FILES_DIR;
 use gitfleet_schemas::sbom::{Component, Dependency, Property, Sbom, Service};
 use gitfleet_schemas::verify::sha256_hex;
+use gitfleet_schemas::{Proxy, ProxyKind};
+
+use crate::proxy::ProxyConfig;
 
 fn property(name: &str, value: impl Into<String>) -> Property {
     Property::gitfleet(name, value)
-}
-
-fn match_property(m: &MatchCondition) -> Property {
-    match m {
-        MatchCondition::PathPrefix(p) => property("match.path-prefix", p.clone()),
-        MatchCondition::Path(p) => property("match.path", p.clone()),
-        MatchCondition::PathRegex(p) => property("match.path-regex", p.clone()),
-        MatchCondition::Host(h) => property("match.host", h.clone()),
-        MatchCondition::Header { name, value } => {
-            property("match.header", name_value(name, value.as_deref()))
-        }
-        MatchCondition::Method(methods) => property("match.method", methods.join(",")),
-        MatchCondition::QueryParam { name, value } => {
-            property("match.query-param", name_value(name, value.as_deref()))
-        }
-    }
 }
 
 /// `name` when only presence is matched, `name=value` otherwise.
@@ -46,33 +31,13 @@ fn name_value(name: &str, value: Option<&str>) -> String {
     }
 }
 
-fn protocol_name(p: ListenerProtocol) -> &'static str {
-    match p {
-        ListenerProtocol::Http => "http",
-        ListenerProtocol::Https => "https",
-        ListenerProtocol::Http2 => "http2",
-        ListenerProtocol::Http3 => "http3",
-    }
-}
-
-fn handler_name(h: BuiltinHandler) -> &'static str {
-    match h {
-        BuiltinHandler::Status => "status",
-        BuiltinHandler::Health => "health",
-        BuiltinHandler::Metrics => "metrics",
-        BuiltinHandler::NotFound => "not-found",
-        BuiltinHandler::Config => "config",
-        BuiltinHandler::Upstreams => "upstreams",
-        BuiltinHandler::CachePurge => "cache-purge",
-        BuiltinHandler::CacheStats => "cache-stats",
-    }
-}
-
-/// The SBOM of a Sentinel config directory, as pretty JSON.
-pub fn sentinel(
+/// The SBOM of a proxy config directory (the files of its bundle and what
+/// `config` declares), as pretty JSON.
+pub fn of_config(
     name: &str,
     source_commit: &str,
-    config: &Config,
+    proxy: &Proxy,
+    config: &ProxyConfig,
     files: &BTreeMap<String, Vec<u8>>,
 ) -> Vec<u8> {
     let components: Vec<Component> = files
@@ -85,108 +50,151 @@ pub fn sentinel(
             )
         })
         .collect();
-
-    let mut services = Vec::new();
-    let mut dependencies = Vec::new();
-    for l in &config.listeners {
-        let scheme = if l.tls.is_some() { "https" } else { "http" };
-        services.push(Service {
-            bom_ref: format!("listener:{}", l.id),
-            name: format!("listener {}", l.id),
-            endpoints: Some(vec![format!("{scheme}://{}", l.address)]),
-            trust_boundary: Some(true),
-            properties: vec![
-                property("kind", "listener"),
-                property("protocol", protocol_name(l.protocol)),
-                property("tls", l.tls.is_some().to_string()),
-            ],
-        });
-    }
-    let mut upstreams: Vec<_> = config.upstreams.values().collect();
-    upstreams.sort_by(|a, b| a.id.cmp(&b.id));
-    for u in &upstreams {
-        let scheme = if u.tls.is_some() { "https" } else { "http" };
-        let endpoints: Vec<String> = u
-            .targets
-            .iter()
-            .map(|t| format!("{scheme}://{}", t.address))
-            .collect();
-        services.push(Service {
-            bom_ref: format!("upstream:{}", u.id),
-            name: format!("upstream {}", u.id),
-            endpoints: Some(endpoints),
-            trust_boundary: None,
-            properties: vec![property("kind", "upstream")],
-        });
-    }
-    if let Some(d) = &config.default_upstream {
-        let scheme = if d.tls { "https" } else { "http" };
-        services.push(Service {
-            bom_ref: "default-upstream".to_owned(),
-            name: "default upstream".to_owned(),
-            endpoints: Some(vec![format!("{scheme}://{}", d.address)]),
-            trust_boundary: None,
-            properties: vec![
-                property("kind", "default-upstream"),
-                property("host", d.host.clone()),
-            ],
-        });
-    }
-    for r in &config.routes {
-        let mut properties = vec![property("kind", "route")];
-        properties.extend(r.matches.iter().map(match_property));
-        if let Some(h) = &r.builtin_handler {
-            properties.push(property("builtin-handler", handler_name(*h)));
+    let (services, dependencies) = crate::with_config!(config, |c, k| {
+        fn match_property(m: &k::MatchCondition) -> Property {
+            match m {
+                k::MatchCondition::PathPrefix(p) => property("match.path-prefix", p.clone()),
+                k::MatchCondition::Path(p) => property("match.path", p.clone()),
+                k::MatchCondition::PathRegex(p) => property("match.path-regex", p.clone()),
+                k::MatchCondition::Host(h) => property("match.host", h.clone()),
+                k::MatchCondition::Header { name, value } => {
+                    property("match.header", name_value(name, value.as_deref()))
+                }
+                k::MatchCondition::Method(methods) => property("match.method", methods.join(",")),
+                k::MatchCondition::QueryParam { name, value } => {
+                    property("match.query-param", name_value(name, value.as_deref()))
+                }
+            }
         }
-        let mut filters = r.filters.clone();
-        filters.sort();
-        properties.extend(filters.iter().map(|f| property("filter", f.clone())));
-        services.push(Service {
-            bom_ref: format!("route:{}", r.id),
-            name: format!("route {}", r.id),
-            endpoints: None,
-            trust_boundary: None,
-            properties,
-        });
-        // The route's upstream, and the model-routing default upstream
-        // of an inference route, in a stable order.
-        let model_default = r
-            .inference
-            .as_ref()
-            .and_then(|i| i.model_routing.as_ref())
-            .and_then(|m| m.default_upstream.as_ref());
-        let mut depends: Vec<String> = r
-            .upstream
-            .iter()
-            .chain(model_default)
-            .filter(|u| config.upstreams.contains_key(*u))
-            .map(|u| format!("upstream:{u}"))
-            .collect();
-        depends.dedup();
-        if !depends.is_empty() {
-            dependencies.push(Dependency {
-                reference: format!("route:{}", r.id),
-                depends_on: depends,
+
+        fn protocol_name(p: k::ListenerProtocol) -> &'static str {
+            match p {
+                k::ListenerProtocol::Http => "http",
+                k::ListenerProtocol::Https => "https",
+                k::ListenerProtocol::Http2 => "http2",
+                k::ListenerProtocol::Http3 => "http3",
+            }
+        }
+
+        fn handler_name(h: k::BuiltinHandler) -> &'static str {
+            match h {
+                k::BuiltinHandler::Status => "status",
+                k::BuiltinHandler::Health => "health",
+                k::BuiltinHandler::Metrics => "metrics",
+                k::BuiltinHandler::NotFound => "not-found",
+                k::BuiltinHandler::Config => "config",
+                k::BuiltinHandler::Upstreams => "upstreams",
+                k::BuiltinHandler::CachePurge => "cache-purge",
+                k::BuiltinHandler::CacheStats => "cache-stats",
+            }
+        }
+
+        let mut services = Vec::new();
+        let mut dependencies = Vec::new();
+        for l in &c.listeners {
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            services.push(Service {
+                bom_ref: format!("listener:{}", l.id),
+                name: format!("listener {}", l.id),
+                endpoints: Some(vec![format!("{scheme}://{}", l.address)]),
+                trust_boundary: Some(true),
+                properties: vec![
+                    property("kind", "listener"),
+                    property("protocol", protocol_name(l.protocol)),
+                    property("tls", l.tls.is_some().to_string()),
+                ],
             });
         }
-    }
-    for a in &config.agents {
-        let endpoint = match &a.transport {
-            AgentTransport::UnixSocket { path } => format!("unix:{}", path.display()),
-            AgentTransport::Grpc { address, .. } => format!("grpc://{address}"),
-            AgentTransport::Http { url, .. } => url.clone(),
-        };
-        services.push(Service {
-            bom_ref: format!("agent:{}", a.id),
-            name: format!("agent {}", a.id),
-            endpoints: Some(vec![endpoint]),
-            trust_boundary: None,
-            properties: vec![property("kind", "agent")],
-        });
-    }
-
+        let mut upstreams: Vec<_> = c.upstreams.values().collect();
+        upstreams.sort_by(|a, b| a.id.cmp(&b.id));
+        for u in &upstreams {
+            let scheme = if u.tls.is_some() { "https" } else { "http" };
+            let endpoints: Vec<String> = u
+                .targets
+                .iter()
+                .map(|t| format!("{scheme}://{}", t.address))
+                .collect();
+            services.push(Service {
+                bom_ref: format!("upstream:{}", u.id),
+                name: format!("upstream {}", u.id),
+                endpoints: Some(endpoints),
+                trust_boundary: None,
+                properties: vec![property("kind", "upstream")],
+            });
+        }
+        if let Some(d) = &c.default_upstream {
+            let scheme = if d.tls { "https" } else { "http" };
+            services.push(Service {
+                bom_ref: "default-upstream".to_owned(),
+                name: "default upstream".to_owned(),
+                endpoints: Some(vec![format!("{scheme}://{}", d.address)]),
+                trust_boundary: None,
+                properties: vec![
+                    property("kind", "default-upstream"),
+                    property("host", d.host.clone()),
+                ],
+            });
+        }
+        for r in &c.routes {
+            let mut properties = vec![property("kind", "route")];
+            properties.extend(r.matches.iter().map(match_property));
+            if let Some(h) = &r.builtin_handler {
+                properties.push(property("builtin-handler", handler_name(*h)));
+            }
+            let mut filters = r.filters.clone();
+            filters.sort();
+            properties.extend(filters.iter().map(|f| property("filter", f.clone())));
+            services.push(Service {
+                bom_ref: format!("route:{}", r.id),
+                name: format!("route {}", r.id),
+                endpoints: None,
+                trust_boundary: None,
+                properties,
+            });
+            // The route's upstream, and the model-routing default upstream
+            // of an inference route, in a stable order.
+            let model_default = r
+                .inference
+                .as_ref()
+                .and_then(|i| i.model_routing.as_ref())
+                .and_then(|m| m.default_upstream.as_ref());
+            let mut depends: Vec<String> = r
+                .upstream
+                .iter()
+                .chain(model_default)
+                .filter(|u| c.upstreams.contains_key(*u))
+                .map(|u| format!("upstream:{u}"))
+                .collect();
+            depends.dedup();
+            if !depends.is_empty() {
+                dependencies.push(Dependency {
+                    reference: format!("route:{}", r.id),
+                    depends_on: depends,
+                });
+            }
+        }
+        for a in &c.agents {
+            let endpoint = match &a.transport {
+                k::AgentTransport::UnixSocket { path } => format!("unix:{}", path.display()),
+                k::AgentTransport::Grpc { address, .. } => format!("grpc://{address}"),
+                k::AgentTransport::Http { url, .. } => url.clone(),
+            };
+            services.push(Service {
+                bom_ref: format!("agent:{}", a.id),
+                name: format!("agent {}", a.id),
+                endpoints: Some(vec![endpoint]),
+                trust_boundary: None,
+                properties: vec![property("kind", "agent")],
+            });
+        }
+        (services, dependencies)
+    });
+    let proxy_name = match proxy.kind {
+        ProxyKind::Sentinel => "Sentinel",
+        ProxyKind::Zentinel => "Zentinel",
+    };
     let mut bom = Sbom::new(Component {
-        description: Some("Sentinel proxy config from the fleet repo".to_owned()),
+        description: Some(format!("{proxy_name} proxy config from the fleet repo")),
         version: Some(source_commit.to_owned()),
         ..Component::new("application", Some(format!("config:{name}")), name)
     });
@@ -218,9 +226,17 @@ routes {
 }
 "#;
 
-    fn sbom(config: &Config) -> Value {
+    fn sbom(config: &sentinel_config::Config) -> Value {
         let files = BTreeMap::from([("sentinel.kdl".to_owned(), CONFIG.as_bytes().to_vec())]);
-        serde_json::from_slice(&sentinel("edge", "c0ffee", config, &files)).unwrap_or_default()
+        let config = ProxyConfig::Sentinel(Box::new(config.clone()));
+        serde_json::from_slice(&of_config(
+            "edge",
+            "c0ffee",
+            &Proxy::legacy(),
+            &config,
+            &files,
+        ))
+        .unwrap_or_default()
     }
 
     fn properties(sbom: &Value, bom_ref: &str) -> Vec<(String, String)> {
@@ -245,14 +261,17 @@ routes {
 
     #[test]
     fn the_sbom_names_sentinel_enums_explicitly_and_has_no_gitfleet_version() {
-        let mut config = crate::sentinel::validate(CONFIG).unwrap_or_else(|e| panic!("{e:?}"));
+        let parsed = crate::proxy::validate(ProxyKind::Sentinel, CONFIG);
+        let Ok(ProxyConfig::Sentinel(mut config)) = parsed else {
+            panic!("{parsed:?}")
+        };
         // Sentinel's KDL reader only yields path and host matches today.
         config.routes[0].matches.extend([
-            MatchCondition::Header {
+            sentinel_config::MatchCondition::Header {
                 name: "x-debug".into(),
                 value: None,
             },
-            MatchCondition::Method(vec!["GET".into(), "HEAD".into()]),
+            sentinel_config::MatchCondition::Method(vec!["GET".into(), "HEAD".into()]),
         ]);
         let doc = sbom(&config);
         assert_eq!(

@@ -18,7 +18,8 @@ fn digests() -> Vec<(String, String)> {
         .configs
         .values()
         .map(|dir| {
-            let built = gitfleet_policy::bundle::sentinel_config(dir, COMMIT).unwrap();
+            let proxy = dir.variants.keys().next().unwrap();
+            let built = gitfleet_policy::bundle::proxy_config(dir, proxy, COMMIT).unwrap();
             (dir.name.clone(), built.reference.digest)
         })
         .collect();

@@ -17,8 +17,8 @@ use gitfleet_policy::plan::{Observation, Targets};
 use gitfleet_policy::rules::{self, Rules, RulesPlan};
 use gitfleet_policy::{Checked, RepoFiles};
 use gitfleet_schemas::state::{Phase, RolloutState};
-use gitfleet_schemas::trust::ChannelManifest;
-use gitfleet_schemas::RolloutTarget;
+use gitfleet_schemas::trust::{ChannelManifest, ChannelRollout};
+use gitfleet_schemas::{Proxy, ProxyKind, RolloutTarget};
 use proptest::prelude::*;
 
 const HEAD: &str = "c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9";
@@ -148,7 +148,11 @@ impl World {
             else {
                 panic!("{} names {} before the state has it", m.environment, r.name);
             };
-            assert_eq!(st.target, r.bundle, "manifest ahead of the state");
+            assert_eq!(
+                *st.target_for(r.proxy.as_ref()),
+                r.bundle,
+                "manifest ahead of the state"
+            );
             assert_eq!(st.step, r.step, "manifest ahead of the state");
         }
         if let Some(Current::Ours(old)) = self.manifests.get(&m.environment) {
@@ -181,8 +185,15 @@ impl World {
                 http_checks: vec![("http://127.0.0.1:9090/-/health".into(), Some(200))],
                 ..Observation::default()
             });
+            let proxy = self.targets.proxy(id);
             if let Some(Current::Ours(m)) = self.manifests.get(&n.doc.environment.value) {
-                for r in m.rollouts.iter().filter(|r| r.selects(&labels)) {
+                let mine = |r: &&ChannelRollout| r.proxy.as_ref().is_none_or(|p| *p == proxy);
+                for r in m
+                    .rollouts
+                    .iter()
+                    .filter(|r| r.selects(&labels))
+                    .filter(mine)
+                {
                     let run = if r.includes(id) {
                         Some(r.bundle.digest.clone())
                     } else {
@@ -349,6 +360,111 @@ fn a_refused_bundle_is_never_named_and_a_foreign_manifest_never_replaced() {
     assert!(plan.uploads.iter().all(|u| u.name != "edge"));
     assert!(plan.manifests.iter().all(|p| p.environment != "staging"));
     assert_eq!(plan.foreign_manifests, ["staging"]);
+}
+
+/// The example fleet with two edge nodes on Zentinel (one in dev, one in
+/// prod) and the edge config's Zentinel form beside its Sentinel one:
+/// Zentinel's own metrics server would take the admin listener's port.
+fn mixed_fleet() -> RepoFiles {
+    let mut files = example_repo();
+    let sentinel =
+        String::from_utf8(files.get("configs/edge/sentinel.kdl").unwrap().to_vec()).unwrap();
+    files.insert(
+        "configs/edge/zentinel.kdl".to_owned(),
+        format!(
+            "{sentinel}\nobservability {{\n    metrics {{\n        enabled #false\n    }}\n}}\n"
+        )
+        .into_bytes(),
+    );
+    for node in ["nodes/edge-dev-fra-1.kdl", "nodes/edge-fra-2.kdl"] {
+        edit(&mut files, node, |t| {
+            format!("{t}proxy \"zentinel\" version=\"0.6.45\"\n")
+        });
+    }
+    files
+}
+
+#[test]
+fn a_config_for_nodes_of_two_proxies_rolls_out_one_bundle_per_proxy() {
+    let zentinel = Proxy::new(ProxyKind::Zentinel, "0.6.45");
+    let mut w = World::new(&mixed_fleet());
+    assert!(!w.checked.has_errors(), "{:?}", w.checked.diagnostics);
+    let first = w.decide().unwrap();
+    // One bundle per proxy, each validated for its own.
+    let edge: Vec<_> = first.uploads.iter().filter(|u| u.name == "edge").collect();
+    assert_eq!(edge.len(), 2, "{first}");
+    let mut validators: Vec<&str> = edge
+        .iter()
+        .map(|u| u.built.manifest.validator.as_str())
+        .collect();
+    validators.sort_unstable();
+    assert_eq!(
+        validators,
+        ["sentinel-config 0.4.14", "zentinel-config 0.6.45"]
+    );
+    let z = edge
+        .iter()
+        .find(|u| u.built.manifest.validator.starts_with("zentinel"))
+        .unwrap();
+    let paths: Vec<&str> = z
+        .built
+        .manifest
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(paths.contains(&"files/zentinel.kdl"), "{paths:?}");
+    assert!(!paths.contains(&"files/sentinel.kdl"), "{paths:?}");
+    let z = z.built.reference.clone();
+
+    w.approvals
+        .insert(("prod".to_owned(), "edge-commit".to_owned()));
+    for _ in 0..150 {
+        let plan = w.decide().unwrap();
+        w.execute(&plan, usize::MAX);
+        w.tick();
+    }
+    let state = committed(&w.state_files);
+    let prod = &state["edge"].environments["prod"];
+    let staging = &state["edge"].environments["staging"];
+    assert_eq!(
+        staging.phase,
+        Phase::Complete,
+        "staging: {}",
+        staging.reason
+    );
+    assert_eq!(prod.phase, Phase::Complete, "{}", prod.reason);
+    assert_eq!(prod.proxy, Some(Proxy::legacy()));
+    assert_eq!(prod.variants[&zentinel].target, z);
+    // Each node runs its own proxy's bundle.
+    for (node, proxy) in [
+        ("edge-fra-1", &Proxy::legacy()),
+        ("edge-fra-2", &zentinel),
+        ("edge-dev-fra-1", &zentinel),
+    ] {
+        let env = if node.contains("dev") { "dev" } else { "prod" };
+        let want = state["edge"].environments[env].target_for(Some(proxy));
+        assert_eq!(
+            w.reports[node].active_digest("edge"),
+            Some(want.digest.as_str()),
+            "{node}"
+        );
+    }
+    // The same bundles go through every environment.
+    let dev = &state["edge"].environments["dev"];
+    assert_eq!(*dev.target_for(Some(&zentinel)), z);
+    assert_eq!(dev.target, prod.target);
+    // Prod's manifest lists the rollout once per proxy.
+    let Some(Current::Ours(m)) = w.manifests.get("prod") else {
+        panic!("no prod manifest")
+    };
+    let entries: Vec<Option<&Proxy>> = m
+        .rollouts
+        .iter()
+        .filter(|r| r.name == "edge")
+        .map(|r| r.proxy.as_ref())
+        .collect();
+    assert_eq!(entries, [Some(&zentinel), Some(&Proxy::legacy())]);
 }
 
 proptest! {

@@ -132,13 +132,8 @@ impl Sim {
     }
 
     fn deploy(&mut self, b: BundleRef, commit: &str) {
-        self.desired.insert(
-            "web".into(),
-            Desired {
-                bundle: b,
-                source_commit: commit.into(),
-            },
-        );
+        self.desired
+            .insert("web".into(), Desired::single(b, commit.into(), None));
     }
 
     fn plan(&self) -> Plan {

@@ -305,10 +305,7 @@ impl World {
         let targets = Targets::from_model(&head.model);
         let desired = BTreeMap::from([(
             "web".to_owned(),
-            Desired {
-                bundle: digest(head.bundle),
-                source_commit: head.config_change.clone(),
-            },
+            Desired::single(digest(head.bundle), head.config_change.clone(), None),
         )]);
         let p = plan(&Inputs {
             model: &head.model,

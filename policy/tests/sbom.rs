@@ -57,8 +57,10 @@ fn sboms() -> Vec<(String, Vec<u8>)> {
         .configs
         .values()
         .map(|dir| {
-            let config = dir.sentinel.as_ref().unwrap();
-            let sbom = gitfleet_policy::sbom::sentinel(&dir.name, "0123abc", config, &dir.files);
+            let (proxy, variant) = dir.variants.iter().next().unwrap();
+            let config = variant.config.as_ref().unwrap();
+            let sbom =
+                gitfleet_policy::sbom::of_config(&dir.name, "0123abc", proxy, config, &dir.files);
             (dir.name.clone(), sbom)
         })
         .collect()

@@ -106,6 +106,8 @@ fn state() -> BTreeMap<String, RolloutState> {
             since: now() - Duration::seconds(30),
             reason: "step 2/2".into(),
             failed_nodes: Vec::new(),
+            proxy: None,
+            variants: Default::default(),
         },
     );
     let mut out = BTreeMap::new();

@@ -10,6 +10,7 @@
 //! poll "30s" jitter="5s"
 //! heartbeat "1m"
 //! drift "report"
+//! proxy "zentinel" version="0.6.45"
 //! sentinel {
 //!     pid-file "/run/sentinel.pid"
 //!     config-url "http://127.0.0.1:9901/_gitfleet/config"
@@ -51,6 +52,10 @@ pub struct AgentConfig {
     pub drift: DriftPolicy,
     /// A bundle larger than this is refused before download.
     pub max_bundle_bytes: u64,
+    /// The proxy this node runs (as its `nodes/<id>.kdl` says); absent:
+    /// Sentinel 0.4.14. The agent takes only bundles for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy::Proxy>,
     pub sentinel: Option<SentinelSettings>,
     pub wireguard: Option<WireguardSettings>,
 }
@@ -187,6 +192,7 @@ const TOP: &[&str] = &[
     "heartbeat",
     "drift",
     "max-bundle-bytes",
+    "proxy",
     "sentinel",
     "wireguard",
 ];
@@ -218,6 +224,7 @@ impl AgentConfig {
         let mut max_bundle_bytes = None;
         let mut sentinel = None;
         let mut wireguard = None;
+        let mut proxy = None;
         for n in d.versioned(&doc, "agent config") {
             match decode::name(n) {
                 "node" => {
@@ -255,6 +262,11 @@ impl AgentConfig {
                 "max-bundle-bytes" => {
                     let v = d.u64(n);
                     d.once(&mut max_bundle_bytes, n, v);
+                }
+                "proxy" => {
+                    d.no_children(n);
+                    let v = crate::proxy::decode_proxy(&mut d, n);
+                    d.once(&mut proxy, n, v);
                 }
                 "sentinel" => {
                     let v = decode_sentinel(&mut d, n);
@@ -309,6 +321,7 @@ impl AgentConfig {
                     drift: drift.unwrap_or(DriftPolicy::Report),
                     max_bundle_bytes: max_bundle_bytes
                         .map_or(DEFAULT_MAX_BUNDLE_BYTES, |v: Spanned<u64>| v.value),
+                    proxy: proxy.map(|p: Spanned<crate::proxy::Proxy>| p.value),
                     sentinel: sentinel.flatten(),
                     wireguard,
                 })

@@ -22,6 +22,9 @@
 //!     environments "prod"
 //! }
 //! approver "alice" key="base64 ed25519 public key"
+//! proxy "zentinel" version="0.6.45" {
+//!     selector role="edge"
+//! }
 //! ```
 
 use schemars::JsonSchema;
@@ -45,6 +48,11 @@ pub struct FleetFile {
     /// People who may approve with `gitfleet approve`, by the name
     /// environments.kdl's `approvals { users ... }` uses, and their key.
     pub approvers: Vec<Approver>,
+    /// Which proxy the nodes a selector picks run, in order: the first
+    /// rule that matches a node wins, and its node file's own `proxy` wins
+    /// over every rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<crate::proxy::ProxyRule>,
 }
 
 /// `approver "alice" key="..."`: an approval signed with this key counts
@@ -122,6 +130,7 @@ const TOP: &[&str] = &[
     "defaults",
     "lint",
     "approver",
+    "proxy",
 ];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
@@ -145,6 +154,7 @@ impl FleetFile {
             (None, None, None, None, None);
         let mut lints = Vec::new();
         let mut approvers = Vec::new();
+        let mut proxies = Vec::new();
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -169,6 +179,7 @@ impl FleetFile {
                 }
                 "lint" => lints.extend(decode_lint(&mut d, node)),
                 "approver" => approvers.extend(decode_approver(&mut d, node)),
+                "proxy" => proxies.extend(crate::proxy::decode_rule(&mut d, node)),
                 _ => d.unknown_node(node, "fleet.kdl", TOP),
             }
         }
@@ -187,6 +198,7 @@ impl FleetFile {
             defaults: defaults.unwrap_or_default(),
             lints,
             approvers,
+            proxies,
         });
         d.finish(value)
     }

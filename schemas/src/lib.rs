@@ -19,6 +19,7 @@ pub mod keys;
 pub mod mesh;
 pub mod node;
 pub mod promotion;
+pub mod proxy;
 pub mod rollout;
 pub mod sbom;
 mod span;
@@ -35,6 +36,7 @@ pub use environments::{Approvals, Environment, EnvironmentsFile};
 pub use fleet::{Approver, Defaults, DriftPolicy, FleetFile, LintRule, Trust};
 pub use mesh::MeshFile;
 pub use node::{NodeFile, NodeWireguard};
+pub use proxy::{Proxy, ProxyKind, ProxyRule};
 pub use rollout::{Gates, HttpCheck, RolloutFile, RolloutTarget, Step, StepSize};
 pub use span::{Span, Spanned};
 

@@ -7,6 +7,7 @@
 //! labels region="fra" role="edge"
 //! node-key "base64 ed25519 public key"
 //! wireguard public-key="base64 x25519 public key" endpoint="198.51.100.7:51820"
+//! proxy "zentinel" version="0.6.45"
 //! ```
 
 use std::collections::BTreeMap;
@@ -27,6 +28,9 @@ pub struct NodeFile {
     /// with the matching private key.
     pub node_key: Spanned<String>,
     pub wireguard: Option<NodeWireguard>,
+    /// The proxy the node runs, when its file says (see [`crate::proxy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Spanned<crate::proxy::Proxy>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -38,7 +42,14 @@ pub struct NodeWireguard {
     pub endpoint: Option<Spanned<String>>,
 }
 
-const TOP: &[&str] = &["id", "environment", "labels", "node-key", "wireguard"];
+const TOP: &[&str] = &[
+    "id",
+    "environment",
+    "labels",
+    "node-key",
+    "wireguard",
+    "proxy",
+];
 
 impl NodeFile {
     pub fn decode(text: &str) -> Decoded<NodeFile> {
@@ -48,6 +59,7 @@ impl NodeFile {
         };
         let (mut id, mut environment, mut labels, mut node_key, mut wireguard) =
             (None, None, None, None, None);
+        let mut proxy = None;
         for node in d.versioned(&doc, "node file") {
             match decode::name(node) {
                 "id" => {
@@ -69,6 +81,11 @@ impl NodeFile {
                 "wireguard" => {
                     let v = decode_wireguard(&mut d, node);
                     d.once(&mut wireguard, node, v);
+                }
+                "proxy" => {
+                    d.no_children(node);
+                    let v = crate::proxy::decode_proxy(&mut d, node);
+                    d.once(&mut proxy, node, v);
                 }
                 _ => d.unknown_node(node, "node file", TOP),
             }
@@ -96,6 +113,7 @@ impl NodeFile {
                 labels: labels.unwrap_or_default(),
                 node_key,
                 wireguard,
+                proxy,
             }),
             _ => None,
         };

@@ -64,6 +64,32 @@ pub struct EnvState {
     /// Nodes whose reports failed a gate, for the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_nodes: Vec<String>,
+    /// The proxy `target` and `previous` are for; absent for a mesh, and
+    /// in states written before proxies were recorded (Sentinel 0.4.14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy::Proxy>,
+    /// A config whose nodes run more than one proxy: the bundles of each
+    /// proxy but `proxy`, which its nodes take instead.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<crate::proxy::Proxy, Variant>,
+}
+
+/// One proxy's own bundles in a rollout of a config to a mixed fleet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub target: BundleRef,
+    pub previous: Option<BundleRef>,
+}
+
+impl EnvState {
+    /// The bundle nodes running `proxy` take (`None`: a mesh, or a node
+    /// outside any variant).
+    pub fn target_for(&self, proxy: Option<&crate::proxy::Proxy>) -> &BundleRef {
+        proxy
+            .and_then(|p| self.variants.get(p))
+            .map_or(&self.target, |v| &v.target)
+    }
 }
 
 /// The format version of [`MeshAllocation`].

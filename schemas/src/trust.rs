@@ -283,6 +283,11 @@ pub struct ChannelRollout {
     /// or, without one, each to the bundle it ran before `bundle`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rolled_back: bool,
+    /// Only nodes running this proxy take this entry: a rollout to nodes
+    /// of several proxies lists one entry, of the same name, per proxy.
+    /// Absent: every target takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 /// One HTTP check a node runs for a rollout's health gate.
@@ -392,6 +397,7 @@ mod tests {
             traffic_route: None,
             min_requests: None,
             rolled_back: false,
+            proxy: None,
         };
         assert!(rollout(&[]).selects(&labels));
         assert!(rollout(&[("role", "edge")]).selects(&labels));

@@ -78,6 +78,7 @@ pub fn manifest_bytes(
             traffic_route: None,
             min_requests: None,
             rolled_back: false,
+            proxy: None,
         }],
     };
     signed(&manifest, &[&key(10)])

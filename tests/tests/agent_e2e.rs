@@ -154,7 +154,7 @@ upstreams {{
             kind: BundleKind::Sentinel,
             name: "edge",
             source_commit: &format!("{:040}", self.serial + 1),
-            validator: "test",
+            validator: "sentinel-config 0.4.14",
             files: &files,
             sbom: b"{}".to_vec(),
         })

@@ -82,6 +82,7 @@ fn channel(serial: u64) -> ChannelManifest {
             traffic_route: None,
             min_requests: None,
             rolled_back: false,
+            proxy: None,
         }],
     }
 }
@@ -401,7 +402,7 @@ fn good_bundle() -> bundle::Built {
         kind: BundleKind::Sentinel,
         name: "edge",
         source_commit: "0123456789abcdef0123456789abcdef01234567",
-        validator: "test",
+        validator: "sentinel-config 0.4.14",
         files: &files,
         sbom: b"{}\n".to_vec(),
     })

@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gitfleet_agent::sentinel::{
-    confirm, confirm_health, reload, test_with_binary, validate, Fingerprint, Reload,
-    SentinelError, CONFIG_FILE,
+    confirm, confirm_health, reload, test_with_binary, validate, Fingerprint, Reload, SentinelError,
 };
+use gitfleet_schemas::ProxyKind;
 use gitfleet_tests::sentinel::{self as proxy, free_port, upstream, Sentinel};
+
+/// The file the proxy is started with.
+const CONFIG_FILE: &str = "sentinel.kdl";
 
 const CONFIRM: Duration = Duration::from_secs(15);
 
@@ -123,7 +126,7 @@ fn running(root: &Path, ups: &Upstreams) -> (Sentinel, PathBuf, Fingerprint) {
     let live_dir = stage(root, "live", &config(port, ups, "one", ""));
     let live = live_dir.join(CONFIG_FILE);
     let proxy = Sentinel::start(&live, port);
-    let fingerprint = validate(&live_dir).unwrap();
+    let fingerprint = validate(&live_dir, ProxyKind::Sentinel).unwrap();
     wait_for_app(&proxy, "one");
     (proxy, live, fingerprint)
 }
@@ -147,7 +150,7 @@ async fn validate_fingerprint_is_what_the_proxy_dumps_and_sighup_switches_the_ro
         "staging-2",
         &config(proxy.port(), &ups, "two", ""),
     );
-    let v2 = validate(&staged).unwrap();
+    let v2 = validate(&staged, ProxyKind::Sentinel).unwrap();
     assert_eq!(
         v1.diff(&v2).unwrap(),
         r#"routes["app"].upstream: expected "one", proxy has "two""#
@@ -179,7 +182,7 @@ async fn a_config_refused_on_reload_keeps_the_old_one_and_fails_confirm() {
     let proxy_cwd = root.path().join("proxy-cwd");
     std::fs::create_dir(&proxy_cwd).unwrap();
     let proxy = Sentinel::start_in(&live, port, &proxy_cwd);
-    let v1 = validate(&live_dir).unwrap();
+    let v1 = validate(&live_dir, ProxyKind::Sentinel).unwrap();
     let dump = proxy.url("/-/config");
     confirm(&dump, &v1, CONFIRM).await.unwrap();
 
@@ -196,7 +199,7 @@ async fn a_config_refused_on_reload_keeps_the_old_one_and_fails_confirm() {
     let previous = stage(root.path(), "previous", &config(port, &ups, "one", ""));
     let staged = stage(root.path(), "staging-2", &config(port, &ups, "two", files));
     // Both the in-process check and `sentinel test` (run from here) accept it.
-    let v2 = validate(&staged).unwrap();
+    let v2 = validate(&staged, ProxyKind::Sentinel).unwrap();
     test_with_binary(&proxy::binary(), &staged.join(CONFIG_FILE))
         .await
         .unwrap();
@@ -252,7 +255,7 @@ async fn reload_by_pid_file_and_by_command() {
         "staging-pidfile",
         &config(proxy.port(), &ups, "two", ""),
     );
-    let v2 = validate(&staged).unwrap();
+    let v2 = validate(&staged, ProxyKind::Sentinel).unwrap();
     activate(&staged, &live);
     reload(&Reload::PidFile(pid_file)).unwrap();
     confirm(&proxy.url("/-/config"), &v2, CONFIRM)
@@ -268,7 +271,7 @@ async fn reload_by_pid_file_and_by_command() {
         "staging-command",
         &config(proxy.port(), &ups, "two", ""),
     );
-    let v2 = validate(&staged).unwrap();
+    let v2 = validate(&staged, ProxyKind::Sentinel).unwrap();
     activate(&staged, &live);
     reload(&Reload::Command(vec![
         "sh".into(),
@@ -321,7 +324,7 @@ async fn only_the_first_reload_of_a_process_reroutes_traffic() {
         "staging-2",
         &config(proxy.port(), &ups, "two", ""),
     );
-    let v2 = validate(&second).unwrap();
+    let v2 = validate(&second, ProxyKind::Sentinel).unwrap();
     activate(&second, &live);
     reload(&Reload::Pid(proxy.pid())).unwrap();
     confirm(&dump, &v2, CONFIRM).await.unwrap();
@@ -332,7 +335,7 @@ async fn only_the_first_reload_of_a_process_reroutes_traffic() {
         "staging-3",
         &config(proxy.port(), &ups, "one", ""),
     );
-    let v3 = validate(&third).unwrap();
+    let v3 = validate(&third, ProxyKind::Sentinel).unwrap();
     assert_eq!(v3, v1);
     activate(&third, &live);
     reload(&Reload::Pid(proxy.pid())).unwrap();
@@ -367,7 +370,7 @@ async fn a_reload_builds_no_pool_for_a_new_upstream() {
         &format!("upstreams {{\n    upstream \"three\" {{\n        target \"127.0.0.1:{three}\"\n    }}\n"),
     );
     let staged = stage(root.path(), "staging-2", &text);
-    let v2 = validate(&staged).unwrap();
+    let v2 = validate(&staged, ProxyKind::Sentinel).unwrap();
     assert_eq!(
         v2.restart_needed(&v1).unwrap(),
         r#"upstreams change: upstreams: proxy has no "three""#
@@ -412,7 +415,7 @@ async fn sentinel_test_checks_without_dialing_and_reports_stderr() {
         &text.replace("        upstream \"one\"\n", "        upstream \"nope\"\n"),
     );
     // Both checks refuse it, for the same reason.
-    let in_process = validate(&bad).unwrap_err().to_string();
+    let in_process = validate(&bad, ProxyKind::Sentinel).unwrap_err().to_string();
     assert!(in_process.contains("nope"), "{in_process}");
     let err = test_with_binary(&binary, &bad.join(CONFIG_FILE))
         .await
@@ -459,7 +462,7 @@ async fn a_real_fleet_config_dumps_as_validate_predicts() {
         }
     }
     let dir = stage(root.path(), "live", &(lines.join("\n") + "\n"));
-    let expected = validate(&dir).unwrap();
+    let expected = validate(&dir, ProxyKind::Sentinel).unwrap();
     assert_eq!(expected.as_json()["upstreams"].as_array().unwrap().len(), 4);
     assert_eq!(expected.as_json()["filters"].as_array().unwrap().len(), 3);
     let proxy = Sentinel::start(&dir.join(CONFIG_FILE), port);
@@ -475,7 +478,7 @@ async fn a_reload_does_not_rebind_listeners() {
     let (mut proxy, live, v1) = running(root.path(), &ups);
     let new_port = free_port();
     let staged = stage(root.path(), "staging-2", &config(new_port, &ups, "one", ""));
-    let v2 = validate(&staged).unwrap();
+    let v2 = validate(&staged, ProxyKind::Sentinel).unwrap();
     assert_eq!(
         v2.restart_needed(&v1).unwrap(),
         format!(

@@ -451,12 +451,19 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
     assert_eq!(edge.previous.as_ref(), Some(&first));
     assert_eq!(edge.membership_threshold, 0);
     for node in DEV_EDGE {
-        let labels = [
-            ("region".to_owned(), "fra".to_owned()),
-            ("role".to_owned(), "edge".to_owned()),
-        ]
-        .into();
-        let w = wanted(&manifest, node, &labels, &Default::default());
+        let id = gitfleet_agent::core::Identity {
+            node: (*node).to_owned(),
+            environment: "dev".to_owned(),
+            labels: [
+                ("region".to_owned(), "fra".to_owned()),
+                ("role".to_owned(), "edge".to_owned()),
+            ]
+            .into(),
+            drift: gitfleet_schemas::DriftPolicy::Report,
+            max_bundle_bytes: 1 << 20,
+            proxy: gitfleet_schemas::Proxy::legacy(),
+        };
+        let w = wanted(&manifest, &id, &Default::default());
         let (_, bundle) = w.iter().find(|(r, _)| r.name == "edge").unwrap();
         assert_eq!(bundle, &first, "{node}");
     }

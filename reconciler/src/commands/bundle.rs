@@ -209,9 +209,12 @@ fn build(args: &BuildArgs, color: Color) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let width = configs.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    for dir in configs {
-        let built = gitfleet_policy::bundle::sentinel_config(dir, &commit)
-            .with_context(|| format!("building the bundle of config `{}`", dir.name))?;
+    let bundles = configs
+        .iter()
+        .flat_map(|dir| dir.variants.keys().map(move |proxy| (*dir, proxy)));
+    for (dir, proxy) in bundles {
+        let built = gitfleet_policy::bundle::proxy_config(dir, proxy, &commit)
+            .with_context(|| format!("building the bundle of config `{}` for {proxy}", dir.name))?;
         let hex = built.reference.digest.trim_start_matches("sha256:");
         let path = args.output.join(format!("{hex}.tar.zst"));
         let action = if args.dry_run {
@@ -220,7 +223,7 @@ fn build(args: &BuildArgs, color: Color) -> anyhow::Result<ExitCode> {
             store(&path, &built.bytes)?
         };
         println!(
-            "{:<width$}  {}  {} bytes  {} files  {action} {}",
+            "{:<width$}  {}  {} bytes  {} files  for {proxy}  {action} {}",
             dir.name,
             built.reference.digest,
             built.reference.length,

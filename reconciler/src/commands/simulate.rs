@@ -162,6 +162,7 @@ fn nodes(
                         .collect(),
                     drift,
                     max_bundle_bytes: DEFAULT_MAX_BUNDLE_BYTES,
+                    proxy: gitfleet_schemas::Proxy::legacy(),
                 },
             }
         })

@@ -308,7 +308,7 @@ fn build_bundle(files: &BTreeMap<String, Vec<u8>>, n: u64) -> Res<Built> {
         kind: BundleKind::Sentinel,
         name: "edge",
         source_commit: &format!("{n:040x}"),
-        validator: "bench",
+        validator: "sentinel-config 0.4.14",
         files,
         sbom: b"{}".to_vec(),
     })
@@ -1233,6 +1233,7 @@ async fn activation_of(shape: Shape, reload: ReloadBy, name: &str, runs: usize) 
         labels: BTreeMap::from([("role".into(), "edge".into())]),
         drift: DriftPolicy::Report,
         max_bundle_bytes: 64 << 20,
+        proxy: gitfleet_schemas::Proxy::legacy(),
     };
     let mut agent = Agent::new(id, store, root, key, node, state);
 
@@ -1340,7 +1341,11 @@ async fn activation_of(shape: Shape, reload: ReloadBy, name: &str, runs: usize) 
         let unpacked = scratch_state.unpack(&verified, &last.bytes).ctx("unpack")?;
         t_unpack.push(t.elapsed());
         let t = Instant::now();
-        sentinel::validate(&unpacked.join("files")).ctx("validate")?;
+        sentinel::validate(
+            &unpacked.join("files"),
+            gitfleet_schemas::ProxyKind::Sentinel,
+        )
+        .ctx("validate")?;
         t_validate.push(t.elapsed());
     }
     println!(

@@ -44,6 +44,7 @@ use gitfleet_policy::bundle::{self, Built, Input};
 use gitfleet_policy::{sbom, ConfigDir, RepoFiles};
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::verify::{verify_bundle, Limits};
+use gitfleet_schemas::Proxy;
 use gitfleet_tests::Rng;
 use sha2::{Digest as _, Sha256};
 
@@ -262,7 +263,8 @@ fn build_all(configs: &[&ConfigDir]) -> Res<Vec<Built>> {
     configs
         .iter()
         .map(|dir| {
-            bundle::sentinel_config(dir, COMMIT).map_err(|e| format!("bundling {}: {e}", dir.name))
+            bundle::proxy_config(dir, &Proxy::legacy(), COMMIT)
+                .map_err(|e| format!("bundling {}: {e}", dir.name))
         })
         .collect()
 }
@@ -433,9 +435,12 @@ fn build_breakdown(configs: &[&ConfigDir], built: &[Built], runs: usize) -> Res<
     let sboms = |configs: &[&ConfigDir]| -> Vec<Vec<u8>> {
         configs
             .iter()
-            .map(|c| match &c.sentinel {
-                Some(cfg) => sbom::sentinel(&c.name, COMMIT, cfg, &c.files),
-                None => Vec::new(),
+            .map(|c| {
+                let legacy = Proxy::legacy();
+                match c.variants.get(&legacy).and_then(|v| v.config.as_ref()) {
+                    Some(cfg) => sbom::of_config(&c.name, COMMIT, &legacy, cfg, &c.files),
+                    None => Vec::new(),
+                }
             })
             .collect()
     };
@@ -447,7 +452,7 @@ fn build_breakdown(configs: &[&ConfigDir], built: &[Built], runs: usize) -> Res<
                 kind: BundleKind::Sentinel,
                 name: &c.name,
                 source_commit: COMMIT,
-                validator: gitfleet_policy::sentinel::VALIDATOR,
+                validator: &Proxy::legacy().validator(),
                 files: &c.files,
                 sbom: s.clone(),
             })

@@ -120,17 +120,13 @@ fn main() {
                     since: now - chrono::Duration::minutes(5),
                     reason: String::new(),
                     failed_nodes: vec![],
+                    proxy: None,
+                    variants: Default::default(),
                 },
             )]),
         },
     )]);
-    let desired = BTreeMap::from([(
-        "web".to_owned(),
-        Desired {
-            bundle: new,
-            source_commit: "c2".into(),
-        },
-    )]);
+    let desired = BTreeMap::from([("web".to_owned(), Desired::single(new, "c2".into(), None))]);
     let approvals = BTreeSet::new();
     let rules = gitfleet_policy::rules::Rules::of_model(&model, "c0");
     let rss_inputs = rss_mib();

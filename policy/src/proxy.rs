@@ -1,21 +1,116 @@
-//! Validating Sentinel proxy configs with the proxy's own configuration crate.
+//! Validating proxy configs with each proxy's own configuration crate, and
+//! which proxy each node runs.
 //!
-//! `sentinel-config` is the code the proxy itself runs at start-up and on
-//! reload, so a config it rejects here would be rejected on the node too.
-//! Two of its checks look at the local filesystem (static-file roots and the
-//! directories of agents' unix sockets). Those describe the node, not the
-//! reconciler's host, so they are neutralised here to keep the result the same
-//! on every machine; the agent runs them when it stages a bundle.
+//! `sentinel-config` 0.4.14 and `zentinel-config` 0.6.45 are the code the
+//! proxies themselves run at start-up and on reload, so a config one
+//! rejects here would be rejected on a node running that proxy too. Their
+//! data models are the same shape (Zentinel is Sentinel renamed), so the
+//! code that reads a parsed config is written once, over [`with_config!`].
+//! Two of their checks look at the local filesystem (static-file roots and
+//! the directories of agents' unix sockets). Those describe the node, not
+//! the reconciler's host, so they are neutralised here to keep the result
+//! the same on every machine; the agent runs them when it stages a bundle.
 
 use std::path::PathBuf;
 
-use gitfleet_schemas::Span;
-use sentinel_config::Config;
+use gitfleet_schemas::{NodeFile, Proxy, ProxyKind, ProxyRule, Span};
 
-/// The version of the validator, recorded in every bundle manifest.
-pub const VALIDATOR: &str = "sentinel-config 0.4.14";
+/// The two config crates, for code outside this crate that reads a parsed
+/// config through [`with_config!`].
+pub use {sentinel_config, zentinel_config};
 
-/// One reason `sentinel-config` rejects a config.
+/// The proxy versions gitfleet validates configs for: one config crate,
+/// pinned exactly, per version.
+pub fn supported() -> [Proxy; 2] {
+    [Proxy::legacy(), Proxy::new(ProxyKind::Zentinel, "0.6.45")]
+}
+
+/// Whether gitfleet can validate configs for `proxy`.
+pub fn is_supported(proxy: &Proxy) -> bool {
+    supported().contains(proxy)
+}
+
+/// The supported version of a proxy, e.g. for a config file nothing
+/// targets yet.
+pub fn default_of(kind: ProxyKind) -> Proxy {
+    supported()
+        .into_iter()
+        .find(|p| p.kind == kind)
+        .unwrap_or_else(Proxy::legacy)
+}
+
+/// The proxy `node` runs: its own `proxy`, else the first of fleet.kdl's
+/// rules whose selector picks it, else Sentinel 0.4.14.
+pub fn of_node(rules: &[ProxyRule], node: &NodeFile) -> Proxy {
+    if let Some(p) = &node.proxy {
+        return p.value.clone();
+    }
+    rules
+        .iter()
+        .find(|r| r.selector.matches(&node.labels))
+        .map_or_else(Proxy::legacy, |r| r.proxy.value.clone())
+}
+
+/// A config parsed and validated by one proxy's crate.
+#[derive(Clone, Debug)]
+pub enum ProxyConfig {
+    Sentinel(Box<sentinel_config::Config>),
+    Zentinel(Box<zentinel_config::Config>),
+}
+
+/// Run `$body` on the parsed config of either proxy, with `$c` bound to it
+/// and `$krate` naming its config crate: the two crates' models are the
+/// same shape, so code that reads one reads the other.
+#[macro_export]
+macro_rules! with_config {
+    ($config:expr, |$c:ident, $krate:ident| $body:expr) => {
+        match $config {
+            $crate::proxy::ProxyConfig::Sentinel($c) => {
+                #[allow(unused_imports)]
+                use $crate::proxy::sentinel_config as $krate;
+                $body
+            }
+            $crate::proxy::ProxyConfig::Zentinel($c) => {
+                #[allow(unused_imports)]
+                use $crate::proxy::zentinel_config as $krate;
+                $body
+            }
+        }
+    };
+}
+
+/// What a plan preview compares between two versions of a config: its
+/// listeners (id, whether TLS), upstream ids, and routes (id, filters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outline {
+    pub listeners: Vec<(String, bool)>,
+    pub upstreams: Vec<String>,
+    pub routes: Vec<(String, Vec<String>)>,
+}
+
+impl ProxyConfig {
+    pub fn outline(&self) -> Outline {
+        with_config!(self, |c, k| {
+            let mut upstreams: Vec<String> = c.upstreams.keys().cloned().collect();
+            upstreams.sort();
+            Outline {
+                listeners: c
+                    .listeners
+                    .iter()
+                    .map(|l| (l.id.clone(), l.tls.is_some()))
+                    .collect(),
+                upstreams,
+                routes: c
+                    .routes
+                    .iter()
+                    .map(|r| (r.id.clone(), r.filters.clone()))
+                    .collect(),
+            }
+        })
+    }
+}
+
+/// One reason a proxy's config crate rejects a config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     pub span: Span,
@@ -24,25 +119,67 @@ pub struct Problem {
     pub help: Option<String>,
 }
 
-/// Parse and validate one Sentinel config file.
-pub fn validate(text: &str) -> Result<Config, Vec<Problem>> {
-    // The crate parses the text once; only when it refuses do we parse again
-    // ourselves, to point at each syntax error and at an `include`. Parsing
-    // is most of the cost of `check` on a large fleet.
-    let config = Config::from_kdl(text).map_err(|e| rejected(text, &format!("{e:#}")))?;
-    let mut probe = config.clone();
-    neutralise_host_paths(&mut probe);
-    match probe.validate() {
-        Ok(()) => Ok(config),
-        Err(e) => Err(split_issues(&e.to_string())
-            .into_iter()
-            .map(|m| problem(text, &m))
-            .collect()),
+/// The diagnostic codes of one proxy: syntax, include, config.
+fn codes(kind: ProxyKind) -> (&'static str, &'static str, &'static str) {
+    match kind {
+        ProxyKind::Sentinel => ("sentinel-syntax", "sentinel-include", "sentinel-config"),
+        ProxyKind::Zentinel => ("zentinel-syntax", "zentinel-include", "zentinel-config"),
+    }
+}
+
+/// Parse one config file for `kind` as its proxy would, without the
+/// semantic checks: for the agent, which runs them on its own host.
+pub fn parse(kind: ProxyKind, text: &str) -> Result<ProxyConfig, String> {
+    match kind {
+        ProxyKind::Sentinel => sentinel_config::Config::from_kdl(text)
+            .map(|c| ProxyConfig::Sentinel(Box::new(c)))
+            .map_err(|e| format!("{e:#}")),
+        ProxyKind::Zentinel => zentinel_config::Config::from_kdl(text)
+            .map(|c| ProxyConfig::Zentinel(Box::new(c)))
+            .map_err(|e| format!("{e:#}")),
+    }
+}
+
+/// Parse and validate one config file for `kind`, as its proxy would.
+pub fn validate(kind: ProxyKind, text: &str) -> Result<ProxyConfig, Vec<Problem>> {
+    /// The crate parses the text once; only when it refuses do we parse
+    /// again ourselves, to point at each syntax error and at an `include`.
+    /// Parsing is most of the cost of `check` on a large fleet.
+    macro_rules! run {
+        ($krate:ident, $variant:ident) => {{
+            let config = $krate::Config::from_kdl(text)
+                .map_err(|e| rejected(kind, text, &format!("{e:#}")))?;
+            // Node-local paths point at `/`, which exists and is a
+            // directory everywhere.
+            let mut probe = config.clone();
+            for route in &mut probe.routes {
+                if let Some(files) = route.static_files.as_mut() {
+                    files.root = PathBuf::from("/");
+                }
+            }
+            for agent in &mut probe.agents {
+                if let $krate::AgentTransport::UnixSocket { path } = &mut agent.transport {
+                    *path = PathBuf::from("/");
+                }
+            }
+            match probe.validate() {
+                Ok(()) => Ok(ProxyConfig::$variant(Box::new(config))),
+                Err(e) => Err(split_issues(&e.to_string())
+                    .into_iter()
+                    .map(|m| problem(kind, text, &m))
+                    .collect()),
+            }
+        }};
+    }
+    match kind {
+        ProxyKind::Sentinel => run!(sentinel_config, Sentinel),
+        ProxyKind::Zentinel => run!(zentinel_config, Zentinel),
     }
 }
 
 /// The problems of a config `Config::from_kdl` refused with `message`.
-fn rejected(text: &str, message: &str) -> Vec<Problem> {
+fn rejected(kind: ProxyKind, text: &str, message: &str) -> Vec<Problem> {
+    let (syntax, include_code, _) = codes(kind);
     let doc = match kdl::KdlDocument::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
@@ -51,7 +188,7 @@ fn rejected(text: &str, message: &str) -> Vec<Problem> {
                 .iter()
                 .map(|d| Problem {
                     span: d.span.into(),
-                    code: "sentinel-syntax",
+                    code: syntax,
                     message: lowercase_first(
                         d.message
                             .as_deref()
@@ -67,30 +204,18 @@ fn rejected(text: &str, message: &str) -> Vec<Problem> {
     if let Some(include) = doc.nodes().iter().find(|n| n.name().value() == "include") {
         return vec![Problem {
             span: include.span().into(),
-            code: "sentinel-include",
-            message: format!("includes are not supported by {VALIDATOR}"),
-            help: Some(
-                "keep the proxy config in one `sentinel.kdl`; other files in the config directory are bundled as they are"
-                    .to_owned(),
+            code: include_code,
+            message: format!(
+                "includes are not supported by {}",
+                default_of(kind).validator()
             ),
+            help: Some(format!(
+                "keep the proxy config in one `{}`; other files in the config directory are bundled as they are",
+                kind.entry()
+            )),
         }];
     }
-    vec![problem(text, message)]
-}
-
-/// Point node-local paths at `/`, which exists and is a directory everywhere,
-/// so that `validate()` does not depend on the host it runs on.
-fn neutralise_host_paths(config: &mut Config) {
-    for route in &mut config.routes {
-        if let Some(files) = route.static_files.as_mut() {
-            files.root = PathBuf::from("/");
-        }
-    }
-    for agent in &mut config.agents {
-        if let sentinel_config::AgentTransport::UnixSocket { path } = &mut agent.transport {
-            *path = PathBuf::from("/");
-        }
-    }
+    vec![problem(kind, text, message)]
 }
 
 /// `validate()` folds many issues into one message:
@@ -127,7 +252,7 @@ fn strip_prefixes(s: &str) -> &str {
 /// last name is usually the bad reference, whose only occurrence is where it
 /// is made; earlier names are the objects that make it. Point at the first
 /// place the last name that occurs in the text is written.
-fn problem(text: &str, raw: &str) -> Problem {
+fn problem(kind: ProxyKind, text: &str, raw: &str) -> Problem {
     let raw = strip_prefixes(raw);
     let mut lines = raw.lines().map(|l| sort_available(l.trim()));
     let first = lines.next().unwrap_or_else(|| "invalid config".to_owned());
@@ -139,21 +264,25 @@ fn problem(text: &str, raw: &str) -> Problem {
         .unwrap_or_default();
     Problem {
         span,
-        code: "sentinel-config",
+        code: codes(kind).2,
         message: lowercase_first(first.trim_end_matches('.')),
         help: (!rest.is_empty()).then(|| join_lines(&rest)),
     }
 }
 
-/// The crate's extra lines as one help text: `; ` between sentences, a space
-/// after a line that introduces what follows (`Each route must either:`) or
-/// opens a block of an example, which so stays valid KDL
+/// The crate's extra lines as one help text: `; ` between lines, a space
+/// after a line that ends a sentence, introduces what follows (`Each route
+/// must either:`) or opens a block of an example, which so stays valid KDL
 /// (`listeners { listener "http" { address "0.0.0.0:8080"; }; }`).
 fn join_lines(lines: &[String]) -> String {
     let mut out = String::new();
     for line in lines {
         if !out.is_empty() {
-            out.push_str(if out.ends_with([':', '{']) { " " } else { "; " });
+            out.push_str(if out.ends_with([':', '{', '.']) {
+                " "
+            } else {
+                "; "
+            });
         }
         out.push_str(line);
     }
@@ -213,6 +342,13 @@ fn lowercase_first(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn sentinel(text: &str) -> Result<Box<sentinel_config::Config>, Vec<Problem>> {
+        match validate(ProxyKind::Sentinel, text)? {
+            ProxyConfig::Sentinel(c) => Ok(c),
+            ProxyConfig::Zentinel(_) => panic!("validated by the wrong crate"),
+        }
+    }
+
     const MINIMAL: &str = r#"
 system { worker-threads 1; }
 listeners {
@@ -222,20 +358,20 @@ listeners {
 
     #[test]
     fn minimal_config_is_accepted() {
-        let config = validate(MINIMAL).unwrap();
+        let config = sentinel(MINIMAL).unwrap();
         assert_eq!(config.listeners.len(), 1);
     }
 
     #[test]
     fn kdl_syntax_error_has_a_span() {
-        let errs = validate("system {\n  worker-threads 1\n").unwrap_err();
+        let errs = sentinel("system {\n  worker-threads 1\n").unwrap_err();
         assert!(errs.iter().all(|e| e.code == "sentinel-syntax"));
         assert!(errs.iter().any(|e| e.span.start > 0));
     }
 
     #[test]
     fn missing_listeners_is_rejected() {
-        let errs = validate("system { worker-threads 1; }\n").unwrap_err();
+        let errs = sentinel("system { worker-threads 1; }\n").unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("listeners"), "{errs:?}");
     }
@@ -245,7 +381,7 @@ listeners {
         let text = format!(
             "{MINIMAL}routes {{\n    route \"api\" {{\n        matches {{ path-prefix \"/\"; }}\n        upstream \"nowhere\"\n    }}\n}}\n"
         );
-        let errs = validate(&text).unwrap_err();
+        let errs = sentinel(&text).unwrap_err();
         assert!(errs[0].message.contains("nowhere"), "{errs:?}");
         assert_eq!(&text[errs[0].span.start..errs[0].span.end], "\"nowhere\"");
         assert_eq!(
@@ -258,6 +394,7 @@ listeners {
     fn a_reference_missing_from_the_text_falls_back_to_the_referrer() {
         let text = "route \"app\" {}\n";
         let p = problem(
+            ProxyKind::Sentinel,
             text,
             "Route 'app' references upstream 'gone' which doesn't exist.",
         );
@@ -267,6 +404,7 @@ listeners {
     #[test]
     fn extra_lines_become_one_help() {
         let p = problem(
+            ProxyKind::Sentinel,
             "",
             "Route 'a' has no upstream.\nEach route must either:\n1. Reference an upstream\n2. Serve static files",
         );
@@ -276,6 +414,7 @@ listeners {
             Some("Each route must either: 1. Reference an upstream; 2. Serve static files")
         );
         let p = problem(
+            ProxyKind::Sentinel,
             "",
             "Missing required 'listeners' configuration block\nExample:\nlisteners {\nlistener \"http\" {\naddress \"0.0.0.0:8080\"\nprotocol \"http\"\n}\n}",
         );
@@ -307,7 +446,7 @@ listeners {
 
     #[test]
     fn syntax_messages_keep_their_case_after_the_first_letter() {
-        let errs = validate("system {\n  worker-threads 1\n").unwrap_err();
+        let errs = sentinel("system {\n  worker-threads 1\n").unwrap_err();
         for e in &errs {
             assert!(!e.message.starts_with(char::is_uppercase), "{e:?}");
         }
@@ -322,7 +461,7 @@ listeners {
         let text = format!(
             "{MINIMAL}routes {{\n    route \"files\" {{\n        matches {{ path-prefix \"/\"; }}\n        static-files {{ root \"/definitely/not/here\"; }}\n    }}\n}}\n"
         );
-        let config = validate(&text).unwrap();
+        let config = sentinel(&text).unwrap();
         // The model keeps the path the operator wrote.
         let root = &config.routes[0].static_files.as_ref().unwrap().root;
         assert_eq!(root, &PathBuf::from("/definitely/not/here"));
@@ -330,7 +469,7 @@ listeners {
 
     #[test]
     fn include_is_reported_as_unsupported() {
-        let errs = validate(&format!("include \"routes.kdl\"\n{MINIMAL}")).unwrap_err();
+        let errs = sentinel(&format!("include \"routes.kdl\"\n{MINIMAL}")).unwrap_err();
         assert_eq!(errs[0].code, "sentinel-include");
     }
 
