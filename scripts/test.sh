@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite with everything it needs: installs what is missing
-# (git, moto in a venv under ~/.cache/gitfleet, the Sentinel proxy,
-# boringtun, Chromium and playwright-core), then runs `cargo test` on the
-# workspace. On a fresh machine the installs and the build take about 40
+# (git, moto in a venv under ~/.cache/gitfleet, the Sentinel and Zentinel
+# proxies, boringtun, Chromium and playwright-core), then runs `cargo test` on the
+# workspace. On a fresh machine the installs and the build take about 45
 # minutes on 2 cores and 12 GB of disk; a second run reuses them.
 #
 #   bash scripts/test.sh                # everything
@@ -70,6 +70,20 @@ if [[ "$("$sentinel" --version 2>/dev/null)" != "sentinel $sentinel_version "* ]
 fi
 export GITFLEET_SENTINEL="$sentinel"
 
+# The real Zentinel proxy (Sentinel's successor, renamed in 2026), which
+# the mixed-fleet test (tests/tests/mixed_proxies_e2e.rs) runs beside
+# Sentinel. 0.6.45 is the newest release whose rust-version the toolchain
+# (1.95) meets. A debug build as Sentinel's (about 7 minutes on 2 cores);
+# reused while `zentinel --version` says "zentinel 0.6.45 (...)".
+zentinel_version=0.6.45
+zentinel="${CARGO_HOME:-$HOME/.cargo}/bin/zentinel"
+if [[ "$("$zentinel" --version 2>/dev/null)" != "zentinel $zentinel_version "* ]]; then
+    log "installing zentinel-proxy $zentinel_version"
+    CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false CARGO_PROFILE_DEV_DEBUG=0 \
+        cargo install zentinel-proxy --version "$zentinel_version" --locked --debug
+fi
+export GITFLEET_ZENTINEL="$zentinel"
+
 # Userspace WireGuard for the mesh end-to-end test (tests/tests/wireguard_e2e.rs):
 # boringtun-cli interfaces in network namespaces, set up with `ip` and checked
 # with `ping`. A release build (about 1.5 minutes on 2 cores), reused while
@@ -124,7 +138,7 @@ log "tests"
 # Servers the tests start (git daemon, moto, Sentinel, boringtun) must all
 # be gone when they end, pass or fail: any new one still running is a leak.
 server_pids() {
-    pgrep -f -- '(git-daemon|moto_server|/sentinel |boringtun-cli)' | sort || true
+    pgrep -f -- '(git-daemon|moto_server|/sentinel |/zentinel |boringtun-cli)' | sort || true
 }
 servers_before="$(server_pids)"
 # Every test, even after one fails, so one run shows every problem.

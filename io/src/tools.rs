@@ -13,6 +13,8 @@ pub enum Tool {
     Moto,
     /// The Sentinel 0.4.14 proxy (`cargo install sentinel-proxy`).
     Sentinel,
+    /// The Zentinel 0.6.45 proxy (`cargo install zentinel-proxy`).
+    Zentinel,
     /// `boringtun-cli`: userspace WireGuard.
     Boringtun,
     /// Chromium, with playwright-core under `tests/browser/node_modules`.
@@ -20,13 +22,20 @@ pub enum Tool {
 }
 
 impl Tool {
-    pub const ALL: [Tool; 4] = [Tool::Moto, Tool::Sentinel, Tool::Boringtun, Tool::Chromium];
+    pub const ALL: [Tool; 5] = [
+        Tool::Moto,
+        Tool::Sentinel,
+        Tool::Zentinel,
+        Tool::Boringtun,
+        Tool::Chromium,
+    ];
 
     /// The variable that names the binary.
     pub fn variable(self) -> &'static str {
         match self {
             Tool::Moto => "GITFLEET_MOTO_SERVER",
             Tool::Sentinel => "GITFLEET_SENTINEL",
+            Tool::Zentinel => "GITFLEET_ZENTINEL",
             Tool::Boringtun => "GITFLEET_BORINGTUN",
             Tool::Chromium => "GITFLEET_CHROMIUM",
         }
@@ -36,6 +45,7 @@ impl Tool {
         match self {
             Tool::Moto => "moto_server",
             Tool::Sentinel => "sentinel",
+            Tool::Zentinel => "zentinel",
             Tool::Boringtun => "boringtun-cli",
             Tool::Chromium => "chromium",
         }
@@ -46,6 +56,7 @@ impl Tool {
         match self {
             Tool::Moto => "python3 -m venv ~/.cache/gitfleet/venv && ~/.cache/gitfleet/venv/bin/pip install 'moto[server]==5.2.5'",
             Tool::Sentinel => "apt-get install protobuf-compiler cmake; cargo install sentinel-proxy --version 0.4.14 --locked --debug",
+            Tool::Zentinel => "apt-get install protobuf-compiler cmake; cargo install zentinel-proxy --version 0.6.45 --locked --debug",
             Tool::Boringtun => "cargo install boringtun-cli --locked",
             Tool::Chromium => "apt-get install chromium nodejs npm; (cd tests/browser && npm ci)",
         }

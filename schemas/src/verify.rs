@@ -95,7 +95,7 @@ pub enum VerifyError {
         step: u32,
         steps: u32,
     },
-    #[error("channel manifest names rollout `{name}` more than once")]
+    #[error("channel manifest names rollout `{name}` more than once for the same proxy")]
     DuplicateRollout { name: String },
 
     #[error("bundle is {found} bytes, the manifest says {expected}")]
@@ -427,12 +427,17 @@ pub fn verify_channel(
     Ok(Verified(m))
 }
 
-/// Rollouts are named once each, are at a step within their steps, and
-/// name bundles by well-formed digests (digests become object keys).
+/// Rollouts are named once each (once per proxy when each entry of a name
+/// is for its own proxy), are at a step within their steps, and name
+/// bundles by well-formed digests (digests become object keys).
 fn check_rollouts(m: &ChannelManifest) -> Result<(), VerifyError> {
     let mut names = BTreeSet::new();
     for r in &m.rollouts {
-        if !names.insert(r.name.as_str()) {
+        let all = r.proxy.is_none();
+        let clash = !names.insert((r.name.as_str(), r.proxy.as_ref()))
+            || (all && names.iter().any(|(n, p)| *n == r.name && p.is_some()))
+            || (!all && names.contains(&(r.name.as_str(), None)));
+        if clash {
             return Err(VerifyError::DuplicateRollout {
                 name: r.name.clone(),
             });
@@ -1135,5 +1140,49 @@ mod tests {
             assert!(queue.hash_until_closed().is_empty());
             assert!(unpacker.join().is_err());
         });
+    }
+
+    #[test]
+    fn a_rollout_is_listed_once_or_once_per_proxy() {
+        use crate::proxy::{Proxy, ProxyKind};
+        use crate::trust::{BundleRef, ChannelManifest, ChannelRollout};
+        let entry = |name: &str, proxy: Option<Proxy>| ChannelRollout {
+            name: name.to_owned(),
+            selector: Default::default(),
+            bundle: BundleRef {
+                digest: format!("sha256:{}", "a".repeat(64)),
+                length: 1,
+            },
+            previous: None,
+            step: 1,
+            steps: 1,
+            membership_threshold: u64::MAX,
+            http_checks: Vec::new(),
+            traffic_route: None,
+            min_requests: None,
+            rolled_back: false,
+            proxy,
+        };
+        let manifest = |rollouts| ChannelManifest {
+            fleet: "f".to_owned(),
+            environment: "prod".to_owned(),
+            serial: 1,
+            expires: chrono::DateTime::UNIX_EPOCH,
+            rollouts,
+            settings: None,
+        };
+        let z = Some(Proxy::new(ProxyKind::Zentinel, "0.6.45"));
+        let s = Some(Proxy::legacy());
+        let ok = |r| check_rollouts(&manifest(r)).is_ok();
+        assert!(ok(vec![entry("edge", None), entry("api", None)]));
+        assert!(ok(vec![entry("edge", s.clone()), entry("edge", z.clone())]));
+        assert!(!ok(vec![entry("edge", None), entry("edge", None)]));
+        assert!(!ok(vec![
+            entry("edge", z.clone()),
+            entry("edge", z.clone())
+        ]));
+        // An entry for every proxy beside one for a proxy is two for it.
+        assert!(!ok(vec![entry("edge", None), entry("edge", z.clone())]));
+        assert!(!ok(vec![entry("edge", z), entry("edge", None)]));
     }
 }

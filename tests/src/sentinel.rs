@@ -22,6 +22,12 @@ pub fn binary() -> PathBuf {
     gitfleet_io::tools::Tool::Sentinel.require()
 }
 
+/// The `zentinel` binary (Zentinel 0.6.45, Sentinel's successor), found as
+/// [`binary`] finds Sentinel's.
+pub fn zentinel_binary() -> PathBuf {
+    gitfleet_io::tools::Tool::Zentinel.require()
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read and released).
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -250,6 +256,12 @@ fn answer(mut stream: TcpStream, status: u16, delay: Duration, body: &str) {
 /// Sentinel 0.4.14 stops applying routes after a SIGHUP reload (see
 /// tests/tests/sentinel_proxy.rs), so a restart is the reload that works.
 pub fn restart_script(pid_file: &Path, cwd: &Path, config: &Path) -> String {
+    restart_script_of(&binary(), pid_file, cwd, config)
+}
+
+/// [`restart_script`] for the proxy `proxy` (the `sentinel` or `zentinel`
+/// binary): both start with `-c FILE` and stop on SIGTERM.
+pub fn restart_script_of(proxy: &Path, pid_file: &Path, cwd: &Path, config: &Path) -> String {
     format!(
         r#"set -e
 pid_file="{pid}"
@@ -268,7 +280,7 @@ echo $! > "$pid_file"
 "#,
         pid = pid_file.display(),
         cwd = cwd.display(),
-        sentinel = binary().display(),
+        sentinel = proxy.display(),
         config = config.display(),
     )
 }
