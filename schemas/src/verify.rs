@@ -1167,7 +1167,7 @@ mod tests {
             fleet: "f".to_owned(),
             environment: "prod".to_owned(),
             serial: 1,
-            expires: chrono::DateTime::UNIX_EPOCH,
+            expires: DateTime::UNIX_EPOCH,
             rollouts,
             settings: None,
         };
