@@ -6,11 +6,10 @@ use gitfleet_schemas::{
     Decoded, Environment, EnvironmentsFile, FleetFile, MeshFile, NodeFile, RolloutFile, Span,
 };
 
-use gitfleet_schemas::{Proxy, ProxyKind, RolloutTarget};
+use gitfleet_schemas::Proxy;
 
-use crate::checks::select;
 use crate::diagnostics::Diagnostics;
-use crate::proxy::{self, ProxyConfig};
+use crate::proxy::ProxyConfig;
 use crate::repo::RepoFiles;
 
 pub const FLEET_FILE: &str = "fleet.kdl";
@@ -94,8 +93,8 @@ impl FleetModel {
 }
 
 /// Read every document of the repo into the model, reporting what cannot
-/// be read; the cross-document checks and lint rules run on top
-/// (`check`).
+/// be read; config validation (`configs`), the cross-document checks and
+/// lint rules run on top (`check`).
 pub(crate) fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel {
     let mut model = FleetModel::default();
 
@@ -179,129 +178,7 @@ pub(crate) fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel
         }
     }
 
-    let targets = config_targets(&model);
-    for dir in model.configs.values_mut() {
-        let wanted = targets.get(&dir.name);
-        validate_config(dir, wanted, diags);
-    }
     model
-}
-
-/// For each config, the proxies (supported by gitfleet) that the nodes of
-/// its rollouts run, with those nodes' ids.
-fn config_targets(model: &FleetModel) -> BTreeMap<String, BTreeMap<Proxy, Vec<String>>> {
-    let rules = model
-        .fleet
-        .as_ref()
-        .map_or(&[][..], |f| f.doc.proxies.as_slice());
-    let mut out: BTreeMap<String, BTreeMap<Proxy, Vec<String>>> = BTreeMap::new();
-    for r in model.rollouts.values() {
-        let RolloutTarget::Config(config) = &r.doc.target.value else {
-            continue;
-        };
-        let by_proxy = out.entry(config.clone()).or_default();
-        for i in select(model, &r.doc.selector) {
-            let node = &model.nodes[i].doc;
-            let p = proxy::of_node(rules, node);
-            if proxy::is_supported(&p) {
-                by_proxy.entry(p).or_default().push(node.id.value.clone());
-            }
-        }
-    }
-    out
-}
-
-/// Validate `dir` for each proxy in `wanted` (or, when no node targets it,
-/// each entry file for its own proxy), recording what refuses it and why.
-fn validate_config(
-    dir: &mut ConfigDir,
-    wanted: Option<&BTreeMap<Proxy, Vec<String>>>,
-    diags: &mut Diagnostics<'_>,
-) {
-    let has = |kind: ProxyKind| dir.files.contains_key(kind.entry());
-    if !ProxyKind::ALL.into_iter().any(has) {
-        let path = format!("configs/{}/{}", dir.name, ProxyKind::Sentinel.entry());
-        diags.error(
-            &dir.files
-                .keys()
-                .next()
-                .map_or(path.clone(), |f| format!("configs/{}/{f}", dir.name)),
-            Span::default(),
-            "missing-file",
-            format!(
-                "config `{}` has no `sentinel.kdl` or `zentinel.kdl`",
-                dir.name
-            ),
-            Some(format!(
-                "add `{path}` (or `zentinel.kdl` for Zentinel nodes): the proxy config the agent activates"
-            )),
-        );
-        return;
-    }
-    let wanted: BTreeMap<Proxy, Vec<String>> = match wanted {
-        Some(w) if !w.is_empty() => w.clone(),
-        _ => ProxyKind::ALL
-            .into_iter()
-            .filter(|k| has(*k))
-            .map(|k| (proxy::default_of(k), Vec::new()))
-            .collect(),
-    };
-    let several = wanted.len() > 1;
-    for (target, nodes) in wanted {
-        let own = target.kind;
-        let other = ProxyKind::ALL
-            .into_iter()
-            .find(|k| *k != own)
-            .unwrap_or(own);
-        let Some(file) = [own, other]
-            .into_iter()
-            .find(|k| has(*k))
-            .map(ProxyKind::entry)
-        else {
-            continue;
-        };
-        let path = format!("configs/{}/{file}", dir.name);
-        let config = match dir.text(file) {
-            None => {
-                not_utf8(diags, &path);
-                None
-            }
-            Some(text) => match proxy::validate(own, text) {
-                Ok(config) => Some(config),
-                Err(problems) => {
-                    // Say which proxy refused, when the file alone does not.
-                    let prefix = if several || file != own.entry() {
-                        format!("{target} refuses it: ")
-                    } else {
-                        String::new()
-                    };
-                    let runs = match nodes.as_slice() {
-                        [] => String::new(),
-                        [one] => format!("node `{one}` runs {target}"),
-                        [first, rest @ ..] => {
-                            format!("nodes `{first}` and {} more run {target}", rest.len())
-                        }
-                    };
-                    for p in problems {
-                        let help = match (p.help, runs.is_empty() || prefix.is_empty()) {
-                            (help, true) => help,
-                            (None, false) => Some(runs.clone()),
-                            (Some(h), false) => Some(format!("{h} ({runs})")),
-                        };
-                        diags.error(
-                            &path,
-                            p.span,
-                            p.code,
-                            format!("{prefix}{}", p.message),
-                            help,
-                        );
-                    }
-                    None
-                }
-            },
-        };
-        dir.variants.insert(target, Variant { file, config });
-    }
 }
 
 /// Decode one document, recording its problems.
@@ -321,7 +198,7 @@ fn document<T>(
     decoded.value
 }
 
-fn not_utf8(diags: &mut Diagnostics<'_>, path: &str) {
+pub(crate) fn not_utf8(diags: &mut Diagnostics<'_>, path: &str) {
     diags.error(
         path,
         Span::default(),

@@ -147,22 +147,34 @@ pub fn validate(kind: ProxyKind, text: &str) -> Result<ProxyConfig, Vec<Problem>
     /// Parsing is most of the cost of `check` on a large fleet.
     macro_rules! run {
         ($krate:ident, $variant:ident) => {{
-            let config = $krate::Config::from_kdl(text)
+            let mut config = $krate::Config::from_kdl(text)
                 .map_err(|e| rejected(kind, text, &format!("{e:#}")))?;
             // Node-local paths point at `/`, which exists and is a
-            // directory everywhere.
-            let mut probe = config.clone();
-            for route in &mut probe.routes {
+            // directory everywhere, while the crate checks; then back.
+            let mut saved = Vec::new();
+            for route in &mut config.routes {
                 if let Some(files) = route.static_files.as_mut() {
-                    files.root = PathBuf::from("/");
+                    saved.push(std::mem::replace(&mut files.root, PathBuf::from("/")));
                 }
             }
-            for agent in &mut probe.agents {
+            for agent in &mut config.agents {
                 if let $krate::AgentTransport::UnixSocket { path } = &mut agent.transport {
-                    *path = PathBuf::from("/");
+                    saved.push(std::mem::replace(path, PathBuf::from("/")));
                 }
             }
-            match probe.validate() {
+            let verdict = config.validate();
+            let mut saved = saved.into_iter();
+            for route in &mut config.routes {
+                if let Some(files) = route.static_files.as_mut() {
+                    files.root = saved.next().unwrap_or_default();
+                }
+            }
+            for agent in &mut config.agents {
+                if let $krate::AgentTransport::UnixSocket { path } = &mut agent.transport {
+                    *path = saved.next().unwrap_or_default();
+                }
+            }
+            match verdict {
                 Ok(()) => Ok(ProxyConfig::$variant(Box::new(config))),
                 Err(e) => Err(split_issues(&e.to_string())
                     .into_iter()
@@ -216,6 +228,69 @@ fn rejected(kind: ProxyKind, text: &str, message: &str) -> Vec<Problem> {
         }];
     }
     vec![problem(kind, text, message)]
+}
+
+/// What `kind` still accepts in `text` but deprecates, or does in a way
+/// the operator may not expect: warnings, with the place they are written.
+/// Only called on a config the proxy accepted.
+pub fn deprecated(kind: ProxyKind, text: &str) -> Vec<Problem> {
+    let Ok(doc) = kdl::KdlDocument::parse(text) else {
+        return Vec::new();
+    };
+    let proxy = default_of(kind);
+    let mut out = Vec::new();
+    let warn = |node: &kdl::KdlNode, message: String, help: &str| Problem {
+        span: node.span().into(),
+        code: "deprecated",
+        message,
+        help: Some(help.to_owned()),
+    };
+    let top = |name: &'static str| doc.nodes().iter().filter(move |n| n.name().value() == name);
+    for node in top("server") {
+        out.push(warn(
+            node,
+            format!("{proxy} deprecates the `server` block"),
+            "rename it `system` (same settings); `gitfleet migrate-config` does",
+        ));
+    }
+    if kind == ProxyKind::Zentinel {
+        let children = |n: &kdl::KdlNode| -> Vec<kdl::KdlNode> {
+            n.children().map(|c| c.nodes().to_vec()).unwrap_or_default()
+        };
+        for agents in top("agents") {
+            for agent in children(agents) {
+                for c in children(&agent) {
+                    if c.name().value() == "protocol-version" {
+                        out.push(warn(
+                            &c,
+                            format!("{proxy} ignores `protocol-version`: every agent speaks protocol v2"),
+                            "delete it; `gitfleet migrate-config` does",
+                        ));
+                    }
+                }
+            }
+        }
+        let metrics_set =
+            top("observability").any(|o| children(o).iter().any(|c| c.name().value() == "metrics"));
+        if !metrics_set {
+            let at = doc
+                .nodes()
+                .first()
+                .map_or(Span::default(), |n| n.span().into());
+            out.push(Problem {
+                span: Span::new(at.start, at.start),
+                code: "zentinel-metrics-server",
+                message: format!(
+                    "{proxy} starts its own metrics server on 0.0.0.0:9090, reachable from every network the node is on"
+                ),
+                help: Some(
+                    "add `observability { metrics { address \"127.0.0.1:9090\"; }; }`, or `enabled #false` when a `builtin-handler \"metrics\"` route serves them"
+                        .to_owned(),
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// `validate()` folds many issues into one message:
@@ -465,6 +540,50 @@ listeners {
         // The model keeps the path the operator wrote.
         let root = &config.routes[0].static_files.as_ref().unwrap().root;
         assert_eq!(root, &PathBuf::from("/definitely/not/here"));
+    }
+
+    #[test]
+    fn node_paths_are_checked_as_slash_and_kept_as_written_by_both_crates() {
+        let text = format!(
+            r#"{MINIMAL}agents {{
+    agent "auth" {{
+        type "auth"
+        unix-socket "/no/such/dir/auth.sock"
+        events "request_headers"
+    }}
+}}
+routes {{
+    route "api" {{
+        matches {{ path-prefix "/api"; }}
+        upstream "app"
+    }}
+    route "files" {{
+        matches {{ path-prefix "/"; }}
+        static-files {{ root "/no/such/root"; }}
+    }}
+}}
+upstreams {{
+    upstream "app" {{ target "127.0.0.1:9000"; }}
+}}
+"#
+        );
+        for kind in ProxyKind::ALL {
+            let config = validate(kind, &text).unwrap_or_else(|e| panic!("{kind:?}: {e:?}"));
+            let (root, socket) = with_config!(&config, |c, k| {
+                let root = c.routes[1].static_files.as_ref().map(|f| f.root.clone());
+                let socket = match &c.agents[0].transport {
+                    k::AgentTransport::UnixSocket { path } => Some(path.clone()),
+                    _ => None,
+                };
+                (root, socket)
+            });
+            assert_eq!(root, Some(PathBuf::from("/no/such/root")), "{kind:?}");
+            assert_eq!(
+                socket,
+                Some(PathBuf::from("/no/such/dir/auth.sock")),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

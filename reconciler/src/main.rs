@@ -7,7 +7,8 @@ use codespan_reporting::term::termcolor::ColorChoice;
 use tracing_subscriber::EnvFilter;
 
 use gitfleet_reconciler::commands::{
-    approve, bundle, check, keygen, reconcile, rollout, root, serve, simulate, status, up, Color,
+    approve, bundle, check, keygen, migrate, reconcile, rollout, root, serve, simulate, status, up,
+    Color,
 };
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
@@ -80,6 +81,7 @@ enum Command {
     #[command(subcommand, verbatim_doc_comment)]
     Bundle(bundle::BundleCommand),
     Simulate(simulate::SimulateArgs),
+    MigrateConfig(migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -159,5 +161,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args),
         Command::Status(args) => status::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::MigrateConfig(args) => migrate::run(args),
     }
 }

@@ -182,3 +182,58 @@ fn a_directory_that_is_no_fleet_repo_is_named_in_one_line() {
         "{stderr}"
     );
 }
+
+/// A node moves to Zentinel: `check` names the Sentinel constructs
+/// Zentinel refuses, `migrate-config --write` writes the config's Zentinel
+/// form beside it, and the fleet checks clean again.
+#[test]
+fn a_node_moving_to_zentinel_is_checked_for_it_and_migrate_config_fixes_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&example(), dir.path());
+    let node = dir.path().join("nodes/edge-fra-2.kdl");
+    let file = std::fs::read_to_string(&node).unwrap();
+    std::fs::write(
+        &node,
+        format!("{file}proxy \"zentinel\" version=\"0.6.45\"\n"),
+    )
+    .unwrap();
+
+    let (code, stdout, stderr) = check(&["."], dir.path());
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("error[zentinel-config]: zentinel 0.6.45 refuses it: listener 'admin' binds '127.0.0.1:9090'"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("configs/edge/sentinel.kdl:36:"), "{stdout}");
+
+    let migrate = |args: &[&str]| {
+        let out = Command::new(bin("gitfleet"))
+            .arg("migrate-config")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.code().unwrap(), stdout, stderr)
+    };
+    let (code, stdout, stderr) = migrate(&["configs/edge", "--write"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("ok: zentinel 0.6.45 accepts the result"),
+        "{stderr}"
+    );
+    let written = std::fs::read_to_string(dir.path().join("configs/edge/zentinel.kdl")).unwrap();
+    assert!(written.contains("enabled #false"), "{written}");
+    // Comments stay as written.
+    assert!(written.starts_with("// Sentinel edge proxy"), "{written}");
+
+    let (code, stdout, stderr) = check(&["."], dir.path());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // A second --write does not overwrite the operator's file.
+    let (code, _, stderr) = migrate(&["configs/edge", "--write"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("zentinel.kdl exists; pass --force"),
+        "{stderr}"
+    );
+}
