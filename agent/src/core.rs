@@ -726,6 +726,7 @@ impl<N: Node> Agent<N> {
             wireguard: self.node.wireguard().await,
             drift,
             last_error: self.last_error.clone(),
+            proxy: (self.id.proxy != Proxy::legacy()).then(|| self.id.proxy.clone()),
         }
     }
 

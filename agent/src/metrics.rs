@@ -384,6 +384,7 @@ mod tests {
             wireguard: None,
             drift: vec![],
             last_error: None,
+            proxy: None,
         }
     }
 

@@ -11,6 +11,7 @@ use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::view::{
     Counts, EnvironmentView, FleetStatus, Health, NodeView, RolloutView, FLEET_STATUS_FORMAT,
 };
+use gitfleet_schemas::Proxy;
 
 use crate::model::FleetModel;
 use crate::plan::{environment_order, short_of_traffic, Observation, Targets};
@@ -89,6 +90,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
             let report = inputs.reports.get(id).map(|r| &**r);
             node_view(
                 id,
+                &inputs.targets.proxy(id),
                 inputs.written.get(id).copied(),
                 &n.doc.environment.value,
                 n.doc
@@ -158,6 +160,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
 
 fn node_view(
     id: &str,
+    proxy: &Proxy,
     written: Option<DateTime<Utc>>,
     environment: &str,
     labels: BTreeMap<String, String>,
@@ -197,6 +200,13 @@ fn node_view(
         drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
         metrics: report.map(|r| r.metrics.clone()),
         wireguard: report.and_then(|r| r.wireguard.clone()),
+        proxy: proxy.clone(),
+        proxy_mismatch: report.and_then(|r| {
+            let runs = r.proxy.clone().unwrap_or_else(Proxy::legacy);
+            (runs != *proxy).then(|| {
+                format!("the agent drives {runs}, and the fleet repo says {proxy}: it refuses the bundles built for {proxy}")
+            })
+        }),
     }
 }
 

@@ -89,6 +89,7 @@ fn report(node: &str, env: &str, age_s: i64, healthy: bool, active: Option<u8>) 
         wireguard: None,
         drift: Vec::new(),
         last_error: None,
+        proxy: None,
     }
 }
 
@@ -325,4 +326,30 @@ fn a_step_waiting_for_traffic_shows_the_live_count_of_its_thinnest_node() {
     let v = view(vec![with("n1", 37)], None);
     let dev = v.environments.iter().find(|e| e.name == "dev").unwrap();
     assert_eq!(dev.rollouts[0].reason, "step 2/2");
+}
+
+#[test]
+fn a_node_whose_agent_drives_another_proxy_than_the_repo_says_is_flagged() {
+    use gitfleet_schemas::{Proxy, ProxyKind, Span, Spanned};
+    let zentinel = Proxy::new(ProxyKind::Zentinel, "0.6.45");
+    let mut model = model();
+    model.nodes[1].doc.proxy = Some(Spanned::new(zentinel.clone(), Span::default()));
+    let mut on_zentinel = report("n2", "dev", 10, true, Some(1));
+    on_zentinel.proxy = Some(zentinel.clone());
+    let reports = vec![
+        report("n0", "dev", 10, true, Some(1)),
+        report("n1", "dev", 10, true, Some(1)),
+        on_zentinel,
+    ];
+    let v = view_of(&model, &state(), reports, None);
+    let node = |id: &str| v.nodes.iter().find(|n| n.id == id).unwrap();
+    assert_eq!(node("n0").proxy_mismatch, None);
+    assert_eq!(node("n1").proxy, zentinel);
+    assert_eq!(
+        node("n1").proxy_mismatch.as_deref(),
+        Some("the agent drives sentinel 0.4.14, and the fleet repo says zentinel 0.6.45: it refuses the bundles built for zentinel 0.6.45")
+    );
+    assert!(node("n2").proxy_mismatch.is_some());
+    // A node that has not reported is not judged.
+    assert_eq!(node("n3").proxy_mismatch, None);
 }

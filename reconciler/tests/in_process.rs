@@ -286,6 +286,7 @@ fn signed_report(node: &str, env: &str, note: &str) -> Vec<u8> {
         wireguard: None,
         drift: Vec::new(),
         last_error: Some(note.into()),
+        proxy: None,
     };
     let mut envelope = report.envelope();
     envelope.sign(&sim_key(node)).unwrap();

@@ -36,6 +36,11 @@ pub struct StatusReport {
     pub wireguard: Option<WireguardStatus>,
     pub drift: Vec<Drift>,
     pub last_error: Option<String>,
+    /// The proxy the agent drives, when it is not Sentinel 0.4.14 (absent
+    /// in reports of Sentinel nodes, which reconcilers from before proxies
+    /// were named read too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl Document for StatusReport {

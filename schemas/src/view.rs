@@ -154,4 +154,11 @@ pub struct NodeView {
     pub drift: Vec<Drift>,
     pub metrics: Option<Metrics>,
     pub wireguard: Option<WireguardStatus>,
+    /// The proxy the fleet repo says the node runs.
+    #[serde(default = "crate::proxy::Proxy::legacy")]
+    pub proxy: crate::proxy::Proxy,
+    /// The agent reports driving another proxy than the fleet repo says:
+    /// it refuses the bundles built for the repo's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_mismatch: Option<String>,
 }

@@ -1475,6 +1475,7 @@ fn report(node: &str) -> gitfleet_schemas::status::StatusReport {
         wireguard: None,
         drift: vec![],
         last_error: None,
+        proxy: None,
     }
 }
 

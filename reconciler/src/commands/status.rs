@@ -312,6 +312,9 @@ pub fn human(view: &FleetStatus, all_nodes: bool, approve: &str) -> String {
         if let Some(e) = &n.last_error {
             let _ = writeln!(out, "  {:<width$}  last error: {e}", "");
         }
+        if let Some(m) = &n.proxy_mismatch {
+            let _ = writeln!(out, "  {:<width$}  proxy: {m}", "");
+        }
     }
     let hidden = view.nodes.len() - listed.len();
     if hidden > 0 {

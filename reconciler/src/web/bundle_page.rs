@@ -580,6 +580,8 @@ mod tests {
                 drift: vec![],
                 metrics: None,
                 wireguard: None,
+                proxy: gitfleet_schemas::Proxy::legacy(),
+                proxy_mismatch: None,
             }],
             reports_ignored: BTreeMap::new(),
         }

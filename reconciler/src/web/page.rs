@@ -290,9 +290,10 @@ fn metric(name: &str, value: Option<String>) -> String {
 /// `/nodes/<id>`: one node's report: bundles, metrics, drift, peers.
 pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     let mut out = format!(
-        "<h2>{}</h2><p>Environment {}; <span class=\"{}\" data-health>{}</span>; last report {}; channel serial {}.</p>",
+        "<h2>{}</h2><p>Environment {}; {}; <span class=\"{}\" data-health>{}</span>; last report {}; channel serial {}.</p>",
         esc(&n.id),
         esc(&n.environment),
+        esc(&n.proxy.to_string()),
         n.health.as_str(),
         n.health.as_str(),
         n.report_age_seconds
@@ -360,6 +361,9 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     }
     if let Some(e) = &n.last_error {
         let _ = write!(out, "<p class=alert>Last error: {}</p>", esc(e));
+    }
+    if let Some(m) = &n.proxy_mismatch {
+        let _ = write!(out, "<p class=alert>Proxy: {}</p>", esc(m));
     }
     if let Some(m) = &n.metrics {
         out.push_str("<h3>System</h3><table>");
