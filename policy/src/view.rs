@@ -11,7 +11,7 @@ use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::view::{
     Counts, EnvironmentView, FleetStatus, Health, NodeView, RolloutView, FLEET_STATUS_FORMAT,
 };
-use gitfleet_schemas::Proxy;
+use gitfleet_schemas::{NodeFile, Proxy};
 
 use crate::model::FleetModel;
 use crate::plan::{environment_order, short_of_traffic, Observation, Targets};
@@ -85,24 +85,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
         .nodes
         .iter()
         .filter(|n| wanted(&n.doc.environment.value))
-        .map(|n| {
-            let id = &n.doc.id.value;
-            let report = inputs.reports.get(id).map(|r| &**r);
-            node_view(
-                id,
-                &inputs.targets.proxy(id),
-                inputs.written.get(id).copied(),
-                &n.doc.environment.value,
-                n.doc
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.value.clone()))
-                    .collect(),
-                report,
-                inputs.now,
-                inputs.stale_after,
-            )
-        })
+        .map(|n| node_view(inputs, &n.doc))
         .collect();
     let mut nodes = nodes;
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -158,16 +141,18 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
     }
 }
 
-fn node_view(
-    id: &str,
-    proxy: &Proxy,
-    written: Option<DateTime<Utc>>,
-    environment: &str,
-    labels: BTreeMap<String, String>,
-    report: Option<&StatusReport>,
-    now: DateTime<Utc>,
-    stale_after: Duration,
-) -> NodeView {
+fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile) -> NodeView {
+    let id = node.id.value.as_str();
+    let environment = node.environment.value.as_str();
+    let labels: BTreeMap<String, String> = node
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let report = inputs.reports.get(id).map(|r| &**r);
+    let written = inputs.written.get(id).copied();
+    let proxy = &inputs.targets.proxy(id);
+    let (now, stale_after) = (inputs.now, inputs.stale_after);
     let mut active = BTreeMap::new();
     let mut previous = BTreeMap::new();
     let mut errors = BTreeMap::new();
