@@ -97,6 +97,13 @@ fn main() -> Result<(), String> {
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
 
+        // Where the in-process time goes: parsing alone.
+        let started = Instant::now();
+        for t in &texts {
+            gitfleet_policy::proxy::parse(kind, t)?;
+        }
+        let parse = started.elapsed();
+
         let started = Instant::now();
         for t in &texts {
             gitfleet_policy::proxy::validate(kind, t)
@@ -112,9 +119,10 @@ fn main() -> Result<(), String> {
 
         let per = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
         println!(
-            "{:<9} in-process {:>8.3} ms/config   `{} test -c` {:>8.1} ms/config   ratio {:>6.0}x",
+            "{:<9} in-process {:>8.3} ms/config (parse {:.3})   `{} test -c` {:>8.1} ms/config   ratio {:>6.0}x",
             kind.name(),
             per(in_process),
+            per(parse),
             kind.name(),
             per(spawned),
             spawned.as_secs_f64() / in_process.as_secs_f64().max(1e-9)
