@@ -1279,18 +1279,18 @@ pub fn gate_failure(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> 
     }
 }
 
-/// The step node furthest from enough traffic, among `nodes` whose reports
-/// since `since` pass every gate but the evidence one: (node, requests
+/// The step node furthest from enough traffic, among `nodes` (each with
+/// its report and the digest of the new bundle it takes: its proxy's)
+/// whose reports pass every gate but the evidence one: (node, requests
 /// seen, requests needed). For "waiting for traffic: 37 of 100 requests".
 pub fn short_of_traffic<'n>(
     g: &Gates,
-    nodes: impl IntoIterator<Item = (&'n str, &'n Observation)>,
+    nodes: impl IntoIterator<Item = (&'n str, &'n Observation, &'n str)>,
     rollout: &str,
-    digest: &str,
 ) -> Option<(&'n str, u64, u64)> {
     nodes
         .into_iter()
-        .filter_map(|(n, r)| match judge(g, r, rollout, digest) {
+        .filter_map(|(n, r, digest)| match judge(g, r, rollout, digest) {
             Judged::Short { requests, needed } => Some((n, requests, needed)),
             _ => None,
         })

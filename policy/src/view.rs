@@ -207,15 +207,17 @@ fn live_reason(inputs: &ViewInputs<'_>, rollout: &str, s: &EnvState, members: &[
     let admitted = usize::try_from(s.admitted)
         .unwrap_or(usize::MAX)
         .min(members.len());
-    let observed: Vec<(&str, Observation)> = members[..admitted]
+    let observed: Vec<(&str, Observation, &str)> = members[..admitted]
         .iter()
-        .filter_map(|n| Some((n.as_str(), Observation::from_report(inputs.reports.get(n)?))))
+        .filter_map(|n| {
+            let report = Observation::from_report(inputs.reports.get(n)?);
+            Some((n.as_str(), report, target_of(inputs, s, n)))
+        })
         .collect();
     let thinnest = short_of_traffic(
         &file.gates,
-        observed.iter().map(|(n, o)| (*n, o)),
+        observed.iter().map(|(n, o, d)| (*n, o, *d)),
         rollout,
-        &s.target.digest,
     );
     match thinnest {
         Some((node, seen, needed)) => format!(
@@ -225,6 +227,14 @@ fn live_reason(inputs: &ViewInputs<'_>, rollout: &str, s: &EnvState, members: &[
         ),
         None => s.reason.clone(),
     }
+}
+
+/// The digest of the bundle `node` takes in `s`: its proxy's.
+fn target_of<'s>(inputs: &ViewInputs<'_>, s: &'s EnvState, node: &str) -> &'s str {
+    if s.variants.is_empty() {
+        return &s.target.digest;
+    }
+    &s.target_for(Some(&inputs.targets.proxy(node))).digest
 }
 
 /// Every rollout with state in `env`, by name.
@@ -241,8 +251,8 @@ fn rollouts_in(inputs: &ViewInputs<'_>, env: &str) -> Vec<RolloutView> {
                 inputs.reports.get(*n).is_some_and(|r| {
                     r.rollouts
                         .get(name)
-                        .and_then(|s| s.active.as_ref())
-                        .is_some_and(|a| a.digest == s.target.digest)
+                        .and_then(|a| a.active.as_ref())
+                        .is_some_and(|a| a.digest == target_of(inputs, s, n))
                 })
             })
             .count();

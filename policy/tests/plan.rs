@@ -364,11 +364,13 @@ fn a_step_without_enough_traffic_waits_and_fails_at_its_deadline_never_passes() 
     let rules = p.channel_rollouts(&sim.model, "dev");
     assert_eq!(rules.len(), 1);
     let gates = &sim.model.rollouts["web"].doc.gates;
+    let digest = bundle(1).digest;
     let short = gitfleet_policy::plan::short_of_traffic(
         gates,
-        sim.reports.iter().map(|(n, r)| (n.as_str(), r)),
+        sim.reports
+            .iter()
+            .map(|(n, r)| (n.as_str(), r, digest.as_str())),
         "web",
-        &bundle(1).digest,
     );
     assert_eq!(
         short.map(|(_, seen, needed)| (seen, needed)),

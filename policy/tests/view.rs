@@ -353,3 +353,38 @@ fn a_node_whose_agent_drives_another_proxy_than_the_repo_says_is_flagged() {
     // A node that has not reported is not judged.
     assert_eq!(node("n3").proxy_mismatch, None);
 }
+
+#[test]
+fn in_a_mixed_fleet_a_node_counts_on_target_on_its_own_proxys_bundle() {
+    use gitfleet_schemas::state::Variant;
+    use gitfleet_schemas::{Proxy, ProxyKind, Span, Spanned};
+    let zentinel = Proxy::new(ProxyKind::Zentinel, "0.6.45");
+    let mut model = model();
+    model.nodes[1].doc.proxy = Some(Spanned::new(zentinel.clone(), Span::default()));
+    let mut state = state();
+    let dev = state
+        .get_mut("web")
+        .unwrap()
+        .environments
+        .get_mut("dev")
+        .unwrap();
+    dev.proxy = Some(Proxy::legacy());
+    dev.variants.insert(
+        zentinel.clone(),
+        Variant {
+            target: bundle(7),
+            previous: None,
+        },
+    );
+    let mut n1 = report("n1", "dev", 10, true, Some(7));
+    n1.proxy = Some(zentinel);
+    let reports = vec![
+        report("n0", "dev", 10, true, Some(2)),
+        n1,
+        // A Sentinel node on the Zentinel bundle is not on its target.
+        report("n2", "dev", 10, true, Some(7)),
+    ];
+    let v = view_of(&model, &state, reports, None);
+    let web = &v.environments[0].rollouts[0];
+    assert_eq!(web.on_target, 2);
+}

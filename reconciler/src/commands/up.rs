@@ -1096,11 +1096,15 @@ fn render(pass: &Pass, views: &[View], elapsed: Duration, now: DateTime<Utc>) ->
         ));
         for r in &plan.rollouts {
             for (i, e) in r.environments.iter().enumerate() {
+                // Nodes on the new bundle: each proxy's own.
                 let on_target = running
                     .get(&(r.name.as_str(), e.environment.as_str()))
-                    .and_then(|d| d.get(e.after.target.digest.as_str()))
-                    .copied()
-                    .unwrap_or(0);
+                    .map_or(0, |d| {
+                        std::iter::once(&e.after.target)
+                            .chain(e.after.variants.values().map(|v| &v.target))
+                            .filter_map(|b| d.get(b.digest.as_str()))
+                            .sum()
+                    });
                 let row = |name: &str, reason: &str| {
                     format!(
                         "{name:<width$}  {:<env_width$}  {:<17}  {}  {:>5}  {:>4}  {reason}",
