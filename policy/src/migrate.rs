@@ -51,6 +51,7 @@ pub fn to_zentinel(text: &str) -> Result<Migrated, String> {
     let mut m = Rewrite {
         text,
         edits: Vec::new(),
+        deleted: Vec::new(),
         done: Vec::new(),
         left: Vec::new(),
     };
@@ -70,6 +71,8 @@ pub fn to_zentinel(text: &str) -> Result<Migrated, String> {
 struct Rewrite<'t> {
     text: &'t str,
     edits: Vec<Edit>,
+    /// Spans of the nodes deleted: notes inside them no longer apply.
+    deleted: Vec<Span>,
     done: Vec<Note>,
     left: Vec<Note>,
 }
@@ -104,18 +107,24 @@ impl Rewrite<'_> {
         });
     }
 
-    /// Remove `node` with the whole lines it takes.
+    /// Remove `node`: the whole lines it takes, or, sharing a line with
+    /// others, the node and the `;` that ends it.
     fn delete(&mut self, node: &KdlNode) {
         let s = span(node);
-        let start = self.text[..s.start].rfind('\n').map_or(0, |i| i + 1);
-        let only_blanks_before = self.text[start..s.start].trim().is_empty();
-        let end = self.text[s.end..]
-            .find('\n')
-            .map_or(self.text.len(), |i| s.end + i + 1);
-        let (start, end) = if only_blanks_before && self.text[s.end..end].trim().is_empty() {
-            (start, end)
-        } else {
-            (s.start, s.end)
+        self.deleted.push(s);
+        let line_start = self.text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+        let rest = &self.text[s.end..];
+        let after = rest.len() - rest.trim_start_matches([' ', '\t']).len();
+        let mut end = s.end + after;
+        if self.text[end..].starts_with(';') {
+            end += 1;
+            let rest = &self.text[end..];
+            end += rest.len() - rest.trim_start_matches([' ', '\t']).len();
+        }
+        let line_end = self.text[end..].starts_with('\n').then_some(end + 1);
+        let (start, end) = match line_end {
+            Some(e) if self.text[line_start..s.start].trim().is_empty() => (line_start, e),
+            _ => (s.start, end),
         };
         self.edits.push(Edit {
             start,
@@ -226,11 +235,18 @@ impl Rewrite<'_> {
                         .map(|s| format!("cipher-suite {}", kdl_string(s)))
                         .collect();
                     let s = span(c);
-                    let indent = self.indent(s.start);
+                    // One per line at the node's indent, or `; ` between
+                    // them on a line shared with others.
+                    let line_start = self.text[..s.start].rfind('\n').map_or(0, |i| i + 1);
+                    let sep = if self.text[line_start..s.start].trim().is_empty() {
+                        format!("\n{}", &self.text[line_start..s.start])
+                    } else {
+                        "; ".to_owned()
+                    };
                     self.edits.push(Edit {
                         start: s.start,
                         end: s.end,
-                        with: suites.join(&format!("\n{indent}")),
+                        with: suites.join(&sep),
                     });
                     self.done(
                         s,
@@ -285,13 +301,6 @@ impl Rewrite<'_> {
         }
     }
 
-    /// The whitespace that starts the line `at` is on.
-    fn indent(&self, at: usize) -> &str {
-        let start = self.text[..at].rfind('\n').map_or(0, |i| i + 1);
-        let line = &self.text[start..at];
-        &line[..line.len() - line.trim_start().len()]
-    }
-
     fn finish(mut self) -> Migrated {
         self.edits.sort_by_key(|e| (e.start, e.end));
         let mut out = String::with_capacity(self.text.len() + 128);
@@ -305,6 +314,14 @@ impl Rewrite<'_> {
             at = e.end;
         }
         out.push_str(&self.text[at..]);
+        // What was found inside a deleted block went with it.
+        let gone = |n: &Note| {
+            self.deleted
+                .iter()
+                .any(|d| *d != n.span && d.start <= n.span.start && n.span.end <= d.end)
+        };
+        self.done.retain(|n| !gone(n));
+        self.left.retain(|n| !gone(n));
         self.done.sort_by_key(|n| n.span.start);
         self.left.sort_by_key(|n| n.span.start);
         Migrated {
@@ -437,6 +454,43 @@ observability {
             m.text
         );
         assert!(m.text.contains("additional-certs"), "{}", m.text);
+    }
+
+    #[test]
+    fn a_node_deleted_from_a_shared_line_takes_its_semicolon() {
+        let text = "system { worker-threads 1; }\nlisteners { listener \"http\" { address \"127.0.0.1:8080\"; protocol \"http\"; }; }\nagents { agent \"auth\" { type \"auth\"; unix-socket \"/run/a.sock\"; protocol-version \"v2\"; events \"request_headers\"; }; }\n";
+        let m = to_zentinel(text).unwrap();
+        assert!(
+            m.text
+                .contains("unix-socket \"/run/a.sock\"; events \"request_headers\"; }"),
+            "{}",
+            m.text
+        );
+        assert!(KdlDocument::parse(&m.text).is_ok(), "{}", m.text);
+    }
+
+    #[test]
+    fn notes_inside_a_deleted_block_are_dropped_with_it() {
+        let text = "listeners {\n    listener \"old\" {\n        address \"0.0.0.0:443\"\n        protocol \"h3\"\n    }\n}\nlisteners {\n    listener \"http\" {\n        address \"127.0.0.1:8080\"\n        protocol \"http\"\n    }\n}\n";
+        let m = to_zentinel(text).unwrap();
+        assert!(m.left.is_empty(), "{:?}", m.left);
+        assert!(!m.text.contains("h3"), "{}", m.text);
+        assert!(m
+            .done
+            .iter()
+            .any(|n| n.message.contains("earlier `listeners`")));
+    }
+
+    #[test]
+    fn cipher_suites_on_a_shared_line_stay_on_it() {
+        let text = "listeners { listener \"s\" { address \"0.0.0.0:443\"; protocol \"https\"; tls { cert-file \"/c\"; key-file \"/k\"; cipher-suites \"A\" \"B\"; }; }; }\n";
+        let m = to_zentinel(text).unwrap();
+        assert!(
+            m.text.contains("cipher-suite \"A\"; cipher-suite \"B\";"),
+            "{}",
+            m.text
+        );
+        assert!(KdlDocument::parse(&m.text).is_ok(), "{}", m.text);
     }
 
     #[test]

@@ -72,20 +72,95 @@ impl Desired {
         }
     }
 
-    /// Whether `state` rolls out exactly these bundles.
-    pub fn is_target_of(&self, state: &EnvState) -> bool {
-        state.target == self.bundle
-            && state.variants.len() == self.variants.len()
-            && self
-                .variants
+    /// Its bundle for each proxy (`None`: a mesh's one bundle).
+    fn by_proxy(&self) -> BTreeMap<Option<&Proxy>, &BundleRef> {
+        std::iter::once((self.proxy.as_ref(), &self.bundle))
+            .chain(self.variants.iter().map(|(p, b)| (Some(p), b)))
+            .collect()
+    }
+
+    /// What an environment whose targets run `proxies` takes: only their
+    /// proxies' bundles, the first as its own (all of them when none of
+    /// the proxies has one, or for a mesh). An environment of Sentinel
+    /// nodes so keeps a one-bundle rollout while another environment
+    /// migrates.
+    pub fn narrowed(&self, proxies: &BTreeSet<Proxy>) -> Desired {
+        if self.proxy.is_none() {
+            return self.clone();
+        }
+        let mut kept: BTreeMap<Proxy, BundleRef> = self
+            .by_proxy()
+            .into_iter()
+            .filter_map(|(p, b)| Some((p?.clone(), b.clone())))
+            .filter(|(p, _)| proxies.contains(p))
+            .collect();
+        let Some((proxy, bundle)) = kept.pop_first() else {
+            return self.clone();
+        };
+        Desired {
+            bundle,
+            source_commit: self.source_commit.clone(),
+            proxy: Some(proxy),
+            variants: kept,
+        }
+    }
+
+    /// `state`'s bundle for each proxy, keyed as [`Desired::by_proxy`]: a
+    /// config state without a recorded proxy is Sentinel 0.4.14's.
+    fn of_state<'s>(
+        &self,
+        state: &'s EnvState,
+    ) -> BTreeMap<Option<Proxy>, (&'s BundleRef, Option<&'s BundleRef>)> {
+        let own = self
+            .proxy
+            .as_ref()
+            .map(|_| state.proxy.clone().unwrap_or_else(Proxy::legacy));
+        std::iter::once((own, (&state.target, state.previous.as_ref())))
+            .chain(
+                state
+                    .variants
+                    .iter()
+                    .map(|(p, v)| (Some(p.clone()), (&v.target, v.previous.as_ref()))),
+            )
+            .collect()
+    }
+
+    /// Whether `state` rolls out these bundles: every proxy it has a bundle
+    /// for gets this release's bundle for that proxy. (It may lack some of
+    /// them, or have others: see [`Desired::is_target_of`].)
+    pub fn agrees_with(&self, state: &EnvState) -> bool {
+        let mine = self.by_proxy();
+        let theirs = self.of_state(state);
+        !theirs.is_empty()
+            && theirs
                 .iter()
-                .all(|(p, b)| state.variants.get(p).is_some_and(|v| v.target == *b))
+                .all(|(p, (b, _))| mine.get(&p.as_ref()).is_some_and(|m| *m == *b))
+    }
+
+    /// Whether `state` rolls out exactly these bundles, for exactly these
+    /// proxies.
+    pub fn is_target_of(&self, state: &EnvState) -> bool {
+        let theirs = self.of_state(state);
+        let mine = self.by_proxy();
+        self.agrees_with(state)
+            && theirs.len() == mine.len()
+            && state.proxy.clone().unwrap_or_else(Proxy::legacy)
+                == self.proxy.clone().unwrap_or_else(Proxy::legacy)
     }
 
     /// Every bundle it names.
     pub fn bundles(&self) -> impl Iterator<Item = &BundleRef> {
         std::iter::once(&self.bundle).chain(self.variants.values())
     }
+}
+
+/// The proxy a state records for `d`: none for a mesh, nor for a config
+/// only Sentinel 0.4.14 runs, whose states so read as they did before
+/// proxies were recorded.
+fn recorded(d: &Desired) -> Option<Proxy> {
+    d.proxy
+        .clone()
+        .filter(|p| *p != Proxy::legacy() || !d.variants.is_empty())
 }
 
 /// What nodes running `proxy` (`None`: a mesh) settled on under `before`:
@@ -488,13 +563,19 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
                 (Some(desired), Some(rules)) => {
                     let gate =
                         predecessor_gate(inputs.rules, inputs.targets, name, env, &envs, desired);
+                    let proxies: BTreeSet<Proxy> = members
+                        .nodes()
+                        .iter()
+                        .map(|n| inputs.targets.proxy(n))
+                        .collect();
+                    let desired = desired.narrowed(&proxies);
                     Step {
                         inputs,
                         spec: &spec,
                         env,
                         rules,
                         members,
-                        desired,
+                        desired: &desired,
                         gate,
                     }
                     .next(before.as_ref())
@@ -552,7 +633,7 @@ fn predecessor_gate(
             let done = planned.iter().any(|p| {
                 p.environment == prev
                     && p.after.phase == Phase::Complete
-                    && desired.is_target_of(&p.after)
+                    && desired.agrees_with(&p.after)
             });
             return (!done).then_some(prev);
         }
@@ -598,6 +679,9 @@ impl Step<'_, '_> {
     fn next(&self, before: Option<&EnvState>) -> EnvState {
         let s = match before {
             Some(b) if self.desired.is_target_of(b) => b.clone(),
+            // Same bundles, another set of proxies (a node moved to
+            // another proxy): the rollout goes on where it is.
+            Some(b) if self.desired.agrees_with(b) => self.regroup(b),
             b => self.fresh(b),
         };
         if self.spec.file.rollback && !matches!(s.phase, Phase::Failed | Phase::RolledBack) {
@@ -639,6 +723,35 @@ impl Step<'_, '_> {
         }
     }
 
+    /// `before` with this release's proxies: a proxy it had keeps its
+    /// previous bundle, one it lacked starts from what its nodes settled
+    /// on; phase, step and admissions stay.
+    fn regroup(&self, before: &EnvState) -> EnvState {
+        let d = self.desired;
+        let theirs = d.of_state(before);
+        let previous = |p: Option<&Proxy>| match theirs.get(&p.cloned()) {
+            Some((_, previous)) => previous.cloned(),
+            None => settled(before, p),
+        };
+        EnvState {
+            target: d.bundle.clone(),
+            proxy: recorded(d),
+            previous: previous(d.proxy.as_ref()),
+            variants: d
+                .variants
+                .iter()
+                .map(|(p, target)| {
+                    let v = Variant {
+                        target: target.clone(),
+                        previous: previous(Some(p)),
+                    };
+                    (p.clone(), v)
+                })
+                .collect(),
+            ..before.clone()
+        }
+    }
+
     /// A new target, replacing `before`: each proxy's nodes keep what they
     /// settled on under it as their previous bundle.
     fn fresh(&self, before: Option<&EnvState>) -> EnvState {
@@ -661,7 +774,7 @@ impl Step<'_, '_> {
         EnvState {
             target: d.bundle.clone(),
             source_commit: d.source_commit.clone(),
-            proxy: d.proxy.clone(),
+            proxy: recorded(d),
             variants,
             previous,
             phase: Phase::Pending,
@@ -1039,18 +1152,27 @@ impl Step<'_, '_> {
     /// one it ran before (agents keep it). Only a node that never ran
     /// another bundle has nothing to go back to.
     fn fail(&self, s: EnvState, reason: String, failed_nodes: Vec<String>) -> EnvState {
+        // Each proxy's nodes go back to that proxy's previous bundle; those
+        // of a proxy without one, each to the bundle it ran before.
+        let previous_of = |node: &str| -> Option<&BundleRef> {
+            match s.variants.get(&self.inputs.targets.proxy(node)) {
+                Some(v) => v.previous.as_ref(),
+                None => s.previous.as_ref(),
+            }
+        };
+        let all = s.previous.is_some() && s.variants.values().all(|v| v.previous.is_some());
         let (phase, reason) = match &s.previous {
-            Some(p) => (
+            Some(p) if all => (
                 Phase::RolledBack,
                 format!("rolled back to {}: {reason}", short(&p.digest)),
             ),
-            None => {
+            _ => {
                 let admitted = usize::try_from(s.admitted)
                     .unwrap_or(usize::MAX)
                     .min(self.members.len());
                 let on_new: Vec<&String> = self.members.nodes()[..admitted]
                     .iter()
-                    .filter(|n| self.on_target(n))
+                    .filter(|n| self.on_target(n) && previous_of(n).is_none())
                     .collect();
                 let bare: Vec<&&String> = on_new
                     .iter()
@@ -1060,7 +1182,14 @@ impl Step<'_, '_> {
                         })
                     })
                     .collect();
-                if on_new.is_empty() || bare.len() == on_new.len() {
+                let some =
+                    s.previous.is_some() || s.variants.values().any(|v| v.previous.is_some());
+                let to = if some {
+                    "their proxy's previous bundle, or the bundle each node ran before"
+                } else {
+                    "the bundle each node ran before"
+                };
+                if !some && (on_new.is_empty() || bare.len() == on_new.len()) {
                     (
                         Phase::Failed,
                         format!("failed, nothing to roll back to: {reason}"),
@@ -1069,16 +1198,13 @@ impl Step<'_, '_> {
                     (
                         Phase::RolledBack,
                         format!(
-                            "rolled back to the bundle each node ran before, except {} node{} that never ran another ({first}): {reason}",
+                            "rolled back to {to}, except {} node{} that never ran another ({first}): {reason}",
                             bare.len(),
                             if bare.len() == 1 { "" } else { "s" }
                         ),
                     )
                 } else {
-                    (
-                        Phase::RolledBack,
-                        format!("rolled back to the bundle each node ran before: {reason}"),
-                    )
+                    (Phase::RolledBack, format!("rolled back to {to}: {reason}"))
                 }
             }
         };

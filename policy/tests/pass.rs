@@ -450,10 +450,15 @@ fn a_config_for_nodes_of_two_proxies_rolls_out_one_bundle_per_proxy() {
             "{node}"
         );
     }
-    // The same bundles go through every environment.
+    // Dev's only edge node runs Zentinel: its rollout has that one bundle;
+    // staging's run Sentinel: the first bundle alone, recorded as before.
     let dev = &state["edge"].environments["dev"];
-    assert_eq!(*dev.target_for(Some(&zentinel)), z);
-    assert_eq!(dev.target, prod.target);
+    assert_eq!(dev.proxy, Some(zentinel.clone()));
+    assert!(dev.variants.is_empty());
+    assert_eq!(dev.target, z);
+    let staging = &state["edge"].environments["staging"];
+    assert_eq!((staging.proxy.as_ref(), staging.variants.len()), (None, 0));
+    assert_eq!(staging.target, prod.target);
     // Prod's manifest lists the rollout once per proxy.
     let Some(Current::Ours(m)) = w.manifests.get("prod") else {
         panic!("no prod manifest")
@@ -465,6 +470,75 @@ fn a_config_for_nodes_of_two_proxies_rolls_out_one_bundle_per_proxy() {
         .map(|r| r.proxy.as_ref())
         .collect();
     assert_eq!(entries, [Some(&zentinel), Some(&Proxy::legacy())]);
+}
+
+#[test]
+fn a_node_moving_to_another_proxy_restarts_nothing_and_leaves_other_environments_alone() {
+    let zentinel = Proxy::new(ProxyKind::Zentinel, "0.6.45");
+    let mut w = World::new(&example_repo());
+    w.approvals
+        .insert(("prod".to_owned(), "edge-commit".to_owned()));
+    for _ in 0..150 {
+        let plan = w.decide().unwrap();
+        w.execute(&plan, usize::MAX);
+        w.tick();
+    }
+    let before = committed(&w.state_files)["edge"].clone();
+    assert_eq!(before.environments["prod"].phase, Phase::Complete);
+
+    // One prod node moves to Zentinel; the config gains its Zentinel form.
+    let mut files = example_repo();
+    let sentinel =
+        String::from_utf8(files.get("configs/edge/sentinel.kdl").unwrap().to_vec()).unwrap();
+    files.insert(
+        "configs/edge/zentinel.kdl".to_owned(),
+        format!(
+            "{sentinel}\nobservability {{\n    metrics {{\n        enabled #false\n    }}\n}}\n"
+        )
+        .into_bytes(),
+    );
+    edit(&mut files, "nodes/edge-fra-2.kdl", |t| {
+        format!("{t}proxy \"zentinel\" version=\"0.6.45\"\n")
+    });
+    let mut moved = World::new(&files);
+    moved.state_files = w.state_files.clone();
+    moved.stored = w.stored.clone();
+    moved.manifests = w.manifests.clone();
+    moved.reports = w.reports.clone();
+    moved.approvals = w.approvals.clone();
+    moved.now = w.now;
+    let plan = moved.decide().unwrap();
+    let after = &plan.rollouts.state()["edge"];
+    // Environments without a Zentinel node are untouched.
+    for env in ["dev", "staging"] {
+        assert_eq!(after.environments[env], before.environments[env], "{env}");
+    }
+    // Prod keeps its phase and bundle; the Zentinel node gets its own.
+    let prod = &after.environments["prod"];
+    let was = &before.environments["prod"];
+    assert_eq!(
+        (prod.phase, prod.step, prod.admitted),
+        (was.phase, was.step, was.admitted)
+    );
+    assert_eq!(prod.target, was.target);
+    assert_eq!(prod.previous, was.previous);
+    assert_eq!(prod.proxy, Some(Proxy::legacy()));
+    assert!(prod.variants[&zentinel].previous.is_none());
+    // Only prod's manifest changes, and only prod's names proxies.
+    let published: Vec<&str> = plan
+        .manifests
+        .iter()
+        .map(|p| p.environment.as_str())
+        .collect();
+    assert_eq!(published, ["prod"], "{plan}");
+    let entries: Vec<_> = plan.manifests[0]
+        .manifest
+        .rollouts
+        .iter()
+        .filter(|r| r.name == "edge")
+        .map(|r| r.proxy.clone())
+        .collect();
+    assert_eq!(entries, [Some(zentinel), Some(Proxy::legacy())]);
 }
 
 proptest! {

@@ -22,7 +22,8 @@ use gitfleet_schemas::{ProxyKind, Span};
 /// stay as written.
 ///
 /// Without --write the result goes to standard output and the notes to
-/// standard error. Exit status: 0 when Zentinel accepts the result, 1 when
+/// standard error; with it, a result Zentinel refuses is not written
+/// (unless --force). Exit status: 0 when Zentinel accepts the result, 1 when
 /// it still refuses it (the problems are listed), 2 when the config could
 /// not be read or the result not written.
 ///
@@ -40,7 +41,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     write: bool,
 
-    /// With --write, replace an existing `zentinel.kdl`.
+    /// With --write, replace an existing `zentinel.kdl`, and write the
+    /// result even when Zentinel refuses it.
     #[arg(long, requires = "write")]
     force: bool,
 }
@@ -92,6 +94,14 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     if args.write {
         let dest = source.with_file_name(ProxyKind::Zentinel.entry());
+        if refused.is_some() && !args.force {
+            eprintln!(
+                "error: {} not written: {target} refuses the result; fix what is listed above in {} and run again, or pass --force to write it anyway",
+                dest.display(),
+                source.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
         write_new(&dest, &migrated.text, args.force)?;
         eprintln!("wrote {}", dest.display());
     } else {
