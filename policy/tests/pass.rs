@@ -362,20 +362,24 @@ fn a_refused_bundle_is_never_named_and_a_foreign_manifest_never_replaced() {
     assert_eq!(plan.foreign_manifests, ["staging"]);
 }
 
-/// The example fleet with two edge nodes on Zentinel (one in dev, one in
-/// prod) and the edge config's Zentinel form beside its Sentinel one:
-/// Zentinel's own metrics server would take the admin listener's port.
-fn mixed_fleet() -> RepoFiles {
-    let mut files = example_repo();
-    let sentinel =
-        String::from_utf8(files.get("configs/edge/sentinel.kdl").unwrap().to_vec()).unwrap();
+/// `configs/edge/zentinel.kdl`: the edge config's Zentinel form (its
+/// Sentinel form, with Zentinel's own metrics server off: it would take
+/// the admin listener's port).
+fn add_zentinel_form(files: &mut RepoFiles) {
+    let sentinel = files.get("configs/edge/sentinel.kdl").unwrap().to_vec();
+    let mut zentinel = String::from_utf8(sentinel).unwrap();
+    zentinel.push_str("\nobservability {\n    metrics {\n        enabled #false\n    }\n}\n");
     files.insert(
         "configs/edge/zentinel.kdl".to_owned(),
-        format!(
-            "{sentinel}\nobservability {{\n    metrics {{\n        enabled #false\n    }}\n}}\n"
-        )
-        .into_bytes(),
+        zentinel.into_bytes(),
     );
+}
+
+/// The example fleet with two edge nodes on Zentinel (one in dev, one in
+/// prod) and the edge config's Zentinel form beside its Sentinel one.
+fn mixed_fleet() -> RepoFiles {
+    let mut files = example_repo();
+    add_zentinel_form(&mut files);
     for node in ["nodes/edge-dev-fra-1.kdl", "nodes/edge-fra-2.kdl"] {
         edit(&mut files, node, |t| {
             format!("{t}proxy \"zentinel\" version=\"0.6.45\"\n")
@@ -488,15 +492,7 @@ fn a_node_moving_to_another_proxy_restarts_nothing_and_leaves_other_environments
 
     // One prod node moves to Zentinel; the config gains its Zentinel form.
     let mut files = example_repo();
-    let sentinel =
-        String::from_utf8(files.get("configs/edge/sentinel.kdl").unwrap().to_vec()).unwrap();
-    files.insert(
-        "configs/edge/zentinel.kdl".to_owned(),
-        format!(
-            "{sentinel}\nobservability {{\n    metrics {{\n        enabled #false\n    }}\n}}\n"
-        )
-        .into_bytes(),
-    );
+    add_zentinel_form(&mut files);
     edit(&mut files, "nodes/edge-fra-2.kdl", |t| {
         format!("{t}proxy \"zentinel\" version=\"0.6.45\"\n")
     });

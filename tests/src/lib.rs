@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 pub mod fake_github;
 pub mod fleet;
 pub mod netns;
+pub mod real;
 pub mod sentinel;
 
 /// The workspace root.

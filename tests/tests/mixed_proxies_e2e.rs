@@ -18,10 +18,10 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gitfleet_io::git_daemon::GitDaemon;
 use gitfleet_io::moto::Moto;
@@ -29,6 +29,7 @@ use gitfleet_schemas::agent::LocalState;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::{Proxy, ProxyKind};
 use gitfleet_tests::netns::{self, Netns};
+use gitfleet_tests::real::{self, wait_for};
 use gitfleet_tests::sentinel::{
     binary, free_port, restart_script_of, serve_upstream, try_get, zentinel_binary,
 };
@@ -144,26 +145,6 @@ gates {
     route "app"
 }
 "#;
-
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    context: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not there after {limit:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 struct World {
     dir: tempfile::TempDir,
@@ -413,34 +394,9 @@ poll "200ms" jitter="0ms"
     gitfleet_tests::commit_fleet(dir.path(), &work, "fleet.git");
     let daemon = GitDaemon::start(dir.path());
 
-    let serve = Command::new(bin("gitfleet"))
-        .args(["serve", "--repo", &daemon.url("fleet.git")])
-        .args(["--store", store, "--interval", "1s"])
-        .args(["--listen", "127.0.0.1:0", "--holder", "test"])
-        .arg("--online-key")
-        .arg(dir.path().join("online.key"))
-        .arg("--cache")
-        .arg(dir.path().join("mirror"))
-        .envs(moto.env())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("serve.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("serve.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let serve = real::serve(dir.path(), &daemon.url("fleet.git"), store, moto.env());
     for n in &mut nodes {
-        let child =
-            n.ns.command(bin("gitfleet-agent"))
-                .arg("-c")
-                .arg(n.path("agent.kdl"))
-                .args(["--log-format", "human", "run"])
-                .envs(moto.env())
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(n.path("agent.out")).unwrap())
-                .stderr(std::fs::File::create(n.path("agent.err")).unwrap())
-                .spawn()
-                .unwrap();
-        n.agent = Some(child);
+        n.agent = Some(real::agent(&n.ns, &n.dir, moto.env()));
         // Two clients per host, each a request every 50 ms.
         for _ in 0..2 {
             let (alive, port) = (Arc::clone(&alive), ports.0);

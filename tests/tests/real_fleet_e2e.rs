@@ -26,7 +26,7 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ use gitfleet_io::moto::Moto;
 use gitfleet_schemas::agent::LocalState;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_tests::netns::{self, Netns};
+use gitfleet_tests::real::{self, wait_for};
 use gitfleet_tests::sentinel::{free_port, restart_script, serve_upstream, try_get};
 use gitfleet_tests::{bin, git, state_file, text};
 
@@ -179,27 +180,6 @@ gates {
     route "app"
 }
 "#;
-
-/// Wait up to `limit` for `f` to give a value; fail with `context()`.
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    context: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not there after {limit:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 struct World {
     dir: tempfile::TempDir,
@@ -443,34 +423,9 @@ sentinel {{
     gitfleet_tests::commit_fleet(dir.path(), &work, "fleet.git");
     let daemon = GitDaemon::start(dir.path());
 
-    let serve = Command::new(bin("gitfleet"))
-        .args(["serve", "--repo", &daemon.url("fleet.git")])
-        .args(["--store", store, "--interval", "1s"])
-        .args(["--listen", "127.0.0.1:0", "--holder", "test"])
-        .arg("--online-key")
-        .arg(dir.path().join("online.key"))
-        .arg("--cache")
-        .arg(dir.path().join("mirror"))
-        .envs(moto.env())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("serve.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("serve.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let serve = real::serve(dir.path(), &daemon.url("fleet.git"), store, moto.env());
     for n in &mut nodes {
-        let child =
-            n.ns.command(bin("gitfleet-agent"))
-                .arg("-c")
-                .arg(n.path("agent.kdl"))
-                .args(["--log-format", "human", "run"])
-                .envs(moto.env())
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(n.path("agent.out")).unwrap())
-                .stderr(std::fs::File::create(n.path("agent.err")).unwrap())
-                .spawn()
-                .unwrap();
-        n.agent = Some(child);
+        n.agent = Some(real::agent(&n.ns, &n.dir, moto.env()));
         // Four clients per host, each a request every 50 ms while on.
         for _ in 0..4 {
             let (on, alive) = (Arc::clone(&traffic_on), Arc::clone(&alive));
