@@ -51,6 +51,12 @@ impl Remote {
     }
 
     /// The URL without any password or token it carries, for messages.
+    /// Whether the repository is on this machine (`file://` or a path),
+    /// reached through libgit2's local transport.
+    pub fn is_local(&self) -> bool {
+        self.url.starts_with("file://") || (!self.url.contains("://") && !self.url.contains('@'))
+    }
+
     pub fn display_url(&self) -> String {
         redact_url(&self.url)
     }
@@ -423,6 +429,7 @@ impl Mirror {
         state_branch = %self.remote.state_branch,
     ))]
     pub fn fetch(&self) -> Result<Heads, GitError> {
+        self.fetch_state_tip()?;
         let tips = self.fetch_branches(&[&self.remote.branch, &self.remote.state_branch])?;
         let branch = tips[0].ok_or_else(|| GitError::MissingBranch {
             url: self.remote.display_url(),
@@ -434,6 +441,37 @@ impl Mirror {
         };
         tracing::debug!(branch = %heads.branch, state = ?heads.state, "fetched");
         Ok(heads)
+    }
+
+    /// On a cold start (no tracking ref of the state branch yet), fetch the
+    /// state branch's tip alone, without its history: a pass reads only
+    /// the tip, and the branch gains a commit per rollout step for as long
+    /// as the fleet lives. Later fetches bring only the commits made since,
+    /// so the mirror stays as shallow as the process is young; a mirror
+    /// from before (with the whole history) goes on as it is. Local
+    /// remotes (`file://`, paths) get the whole branch: libgit2's local
+    /// transport cannot fetch shallow.
+    fn fetch_state_tip(&self) -> Result<(), GitError> {
+        let branch = self.remote.state_branch.as_str();
+        if self.remote.is_local() || self.tracking(branch)?.is_some() {
+            return Ok(());
+        }
+        let refs = [(format!("refs/heads/{branch}"), tracking_ref(branch))];
+        let tips = self
+            .download_depth(&refs, Some(1))
+            .map_err(|source| GitError::Fetch {
+                url: self.remote.display_url(),
+                branches: branch.to_owned(),
+                source,
+            })?;
+        self.set_tracking(branch, tips[0])
+            .map_err(|source| GitError::Fetch {
+                url: self.remote.display_url(),
+                branches: branch.to_owned(),
+                source,
+            })?;
+        tracing::debug!(branch, tip = ?tips[0], "fetched the state branch's tip without its history");
+        Ok(())
     }
 
     /// Fetch `branches` and point their tracking refs at the advertised
@@ -481,6 +519,16 @@ impl Mirror {
     /// of each `(remote ref, local ref)` it has (no tags). The remote tip of
     /// each, `None` where it has no such ref; the caller points the refs.
     fn download(&self, refs: &[(String, String)]) -> Result<Vec<Option<Oid>>, git2::Error> {
+        self.download_depth(refs, None)
+    }
+
+    /// [`Mirror::download`], with at most `depth` commits of history of
+    /// each ref when given.
+    fn download_depth(
+        &self,
+        refs: &[(String, String)],
+        depth: Option<i32>,
+    ) -> Result<Vec<Option<Oid>>, git2::Error> {
         let _timer = self.latency.fetch.start();
         let mut remote = self.repo.remote_anonymous(&self.remote.url)?;
         let mut connection =
@@ -505,6 +553,9 @@ impl Mirror {
             options
                 .remote_callbacks(callbacks(&self.remote.auth))
                 .download_tags(AutotagOption::None);
+            if let Some(depth) = depth {
+                options.depth(depth);
+            }
             connection.remote().download(&wanted, Some(&mut options))?;
         }
         Ok(tips)
@@ -1593,6 +1644,87 @@ mod tests {
         assert_eq!(fx.show("gitfleet/state", "other.json"), "theirs");
         assert_eq!(fx.show("gitfleet/state", "shared.json"), "ours");
         assert_eq!(mirror.state_files().unwrap().0, Some(ours));
+    }
+
+    /// A fresh replica over `git daemon` fetches the state branch's tip
+    /// alone: the same rollout state as a full mirror, one commit of
+    /// history; it commits on that tip, loses a race, rebuilds on the
+    /// other writer's commit and pushes, and the remote keeps every commit.
+    #[test]
+    fn a_cold_start_fetches_the_state_tip_alone_and_commits_and_races_from_it() {
+        let fx = Fixture::new();
+        let daemon = GitDaemon::start(fx.dir.path());
+        let url = daemon.url("remote.git");
+        let full = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("full"))
+            .unwrap()
+            .with_retry(fast_retry());
+        for i in 0..30 {
+            let n = i.to_string();
+            committed(full.commit_state(
+                &changes(&[("rollouts/a.json", Some(n.as_str()))]),
+                "step",
+                &Author::default(),
+            ));
+        }
+        let fresh = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("fresh"))
+            .unwrap()
+            .with_retry(fast_retry());
+        let heads = fresh.fetch().unwrap();
+        assert_eq!(heads.state, Some(fx.tip("gitfleet/state")));
+        assert!(fresh.repo.is_shallow());
+        let mut walk = fresh.repo.revwalk().unwrap();
+        walk.push(heads.state.unwrap()).unwrap();
+        assert_eq!(walk.count(), 1);
+        assert_eq!(fresh.state_files().unwrap(), full.state_files().unwrap());
+
+        // The full mirror commits after the fresh one fetched: the fresh
+        // one loses the race and rebuilds on that commit.
+        let theirs = committed(full.commit_state(
+            &changes(&[("rollouts/b.json", Some("theirs"))]),
+            "theirs",
+            &Author::default(),
+        ));
+        let ours = committed(fresh.commit_state(
+            &changes(&[("rollouts/c.json", Some("ours"))]),
+            "ours",
+            &Author::default(),
+        ));
+        assert_eq!(fx.tip("gitfleet/state"), ours);
+        assert_eq!(fx.parents(&ours.to_string()), [theirs.to_string()]);
+        assert_eq!(
+            fx.ls_tree("gitfleet/state"),
+            ["rollouts/a.json", "rollouts/b.json", "rollouts/c.json"]
+        );
+        assert_eq!(
+            git(&fx.bare(), &["rev-list", "--count", "gitfleet/state"]),
+            "32"
+        );
+        // Still shallow after the fetches of the race: it holds only what
+        // came since it started.
+        fresh.fetch().unwrap();
+        let mut walk = fresh.repo.revwalk().unwrap();
+        walk.push(ours).unwrap();
+        assert_eq!(walk.count(), 3);
+    }
+
+    #[test]
+    fn a_local_remote_is_fetched_whole() {
+        let fx = Fixture::new();
+        let mirror = Mirror::open_or_clone(Remote::new(fx.file_url()), &fx.path("mirror"))
+            .unwrap()
+            .with_retry(fast_retry());
+        for i in 0..3 {
+            let n = i.to_string();
+            committed(mirror.commit_state(
+                &changes(&[("rollouts/a.json", Some(n.as_str()))]),
+                "step",
+                &Author::default(),
+            ));
+        }
+        let fresh = Mirror::open_or_clone(Remote::new(fx.file_url()), &fx.path("fresh")).unwrap();
+        fresh.fetch().unwrap();
+        assert!(!fresh.repo.is_shallow());
+        assert_eq!(fresh.state_files().unwrap(), mirror.state_files().unwrap());
     }
 
     #[test]

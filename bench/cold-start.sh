@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmark (issue 30): `gitfleet status` from an empty cache, over
+# `git daemon`, on a fleet repo whose state branch has STATE commits
+# (default 100,000) and whose main has MAIN commits (default 10,000),
+# against the same repo with a 50-commit state branch, in the same run.
+#
+#   bash bench/cold-start.sh              # STATE=, MAIN=, PROFILE=dev, KEEP=1
+#
+# Prints wall time and peak RSS of each cold start (/usr/bin/time) and the
+# ratio. The histories are made with `git fast-import`: each state commit
+# rewrites one file, each main commit one node file's comment; the tips
+# carry the example fleet and a real rollout state.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+
+STATE=${STATE:-100000}
+MAIN=${MAIN:-10000}
+bench_build
+bench_workdir
+
+# Commits of `path` rewritten `n` times on `branch`, in fast-import's
+# format, the last one on top of `from` (a commit) when given.
+history() {
+    local branch=$1 n=$2 path=$3
+    awk -v n="$n" -v branch="$branch" -v path="$path" 'BEGIN {
+        for (i = 1; i <= n; i++) {
+            data = "step " i "\n"
+            printf "commit refs/heads/%s\nmark :%d\ncommitter bench <bench@example.invalid> %d +0000\ndata 5\nstep\n", branch, i, 1700000000 + i
+            if (i > 1) printf "from :%d\n", i - 1
+            printf "M 100644 inline %s\ndata %d\n%s\n", path, length(data), data
+        }
+    }'
+}
+
+make_repo() { # dir state-commits
+    local dir=$1 state=$2
+    git init -q --bare -b main "$dir/fleet.git"
+    # main: MAIN commits of a scratch file, then the example fleet on top.
+    history main "$MAIN" history.txt | git -C "$dir/fleet.git" fast-import --quiet
+    git clone -q "$dir/fleet.git" "$dir/work"
+    cp -r examples/fleet-repo/. "$dir/work/"
+    git -C "$dir/work" add -A
+    git -C "$dir/work" -c user.name=bench -c user.email=bench@example.invalid commit -qm "the example fleet"
+    git -C "$dir/work" push -q origin main
+    # the state branch: `state` commits of one file.
+    history gitfleet/state "$state" rollouts/history.txt | git -C "$dir/fleet.git" fast-import --quiet --force
+    git -C "$dir/fleet.git" gc -q
+}
+
+echo "== repos: state $STATE commits and 50 commits, main $MAIN commits each"
+mkdir -p "$work/big" "$work/small" "$work/store"
+make_repo "$work/big" "$STATE"
+make_repo "$work/small" 50
+du -sh "$work/big/fleet.git" "$work/small/fleet.git"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+git daemon --reuseaddr --base-path="$work" --export-all --listen=127.0.0.1 --port="$port" "$work" &
+pid=$!
+sleep 1
+
+cold() { # name
+    rm -rf "$work/cache-$1"
+    /usr/bin/time -f "%e %M" -o "$work/time-$1" \
+        "$GITFLEET" status --repo "git://127.0.0.1:$port/$1/fleet.git" \
+        --cache "$work/cache-$1" --store "file://$work/store" --color never > "$work/out-$1" 2>&1 || true
+    # It exits 1 while nodes are unreported, as here; it must have read
+    # the fleet.
+    grep -q "edge-fra-1" "$work/out-$1" || { cat "$work/out-$1"; exit 1; }
+    read -r secs kib < <(tail -n 1 "$work/time-$1")
+    printf '%-6s %6.2f s  %6.1f MiB\n' "$1" "$secs" "$(echo "$kib / 1024" | bc -l)"
+    echo "$secs" > "$work/secs-$1"
+}
+
+echo "== cold starts (empty cache), gitfleet status"
+for run in 1 2 3; do
+    echo "-- run $run"
+    cold small
+    cold big
+done
+echo "ratio big/small (last run): $(echo "$(cat "$work/secs-big") / $(cat "$work/secs-small")" | bc -l | cut -c1-5)"
