@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark (issue 30): `gitfleet status` from an empty cache, over
-# `git daemon`, on a fleet repo whose state branch has STATE commits
+# Benchmark (issue 30): `gitfleet status` and one `gitfleet reconcile
+# --once --dry-run` pass (observe and decide, no writes) from an empty
+# cache, over `git daemon`, on a fleet repo whose state branch has STATE commits
 # (default 100,000) and whose main has MAIN commits (default 10,000),
 # against the same repo with a 50-commit state branch, in the same run.
 #
@@ -59,23 +60,36 @@ git daemon --reuseaddr --base-path="$work" --export-all --listen=127.0.0.1 --por
 pid=$!
 sleep 1
 
-cold() { # name
-    rm -rf "$work/cache-$1"
-    /usr/bin/time -f "%e %M" -o "$work/time-$1" \
-        "$GITFLEET" status --repo "git://127.0.0.1:$port/$1/fleet.git" \
-        --cache "$work/cache-$1" --store "file://$work/store" --color never > "$work/out-$1" 2>&1 || true
-    # It exits 1 while nodes are unreported, as here; it must have read
-    # the fleet.
-    grep -q "edge-fra-1" "$work/out-$1" || { cat "$work/out-$1"; exit 1; }
-    read -r secs kib < <(tail -n 1 "$work/time-$1")
-    printf '%-6s %6.2f s  %6.1f MiB\n' "$1" "$secs" "$(echo "$kib / 1024" | bc -l)"
-    echo "$secs" > "$work/secs-$1"
+"$GITFLEET" keygen --online -o "$work/online.key" > /dev/null 2>&1
+
+cold() { # command repo
+    local what=$1 repo=$2
+    rm -rf "$work/cache-$repo"
+    local args=(status --store "file://$work/store")
+    local expect="edge-fra-1"
+    if [ "$what" = reconcile ]; then
+        args=(reconcile --once --dry-run --store "file://$work/store" --online-key "$work/online.key")
+        expect="dry run: nothing uploaded"
+    fi
+    /usr/bin/time -f "%e %M" -o "$work/time" \
+        "$GITFLEET" "${args[@]}" --repo "git://127.0.0.1:$port/$repo/fleet.git" \
+        --cache "$work/cache-$repo" --color never > "$work/out" 2>&1 || true
+    # status exits 1 while nodes are unreported, as here; each must have
+    # read the fleet.
+    grep -q "$expect" "$work/out" || { cat "$work/out"; exit 1; }
+    read -r secs kib < <(tail -n 1 "$work/time")
+    printf '%-9s %-6s %6.2f s  %6.1f MiB\n' "$what" "$repo" "$secs" "$(echo "$kib / 1024" | bc -l)"
+    echo "$secs" > "$work/secs-$what-$repo"
 }
 
-echo "== cold starts (empty cache), gitfleet status"
+echo "== cold starts (empty cache)"
 for run in 1 2 3; do
     echo "-- run $run"
-    cold small
-    cold big
+    for what in status reconcile; do
+        cold "$what" small
+        cold "$what" big
+    done
 done
-echo "ratio big/small (last run): $(echo "$(cat "$work/secs-big") / $(cat "$work/secs-small")" | bc -l | cut -c1-5)"
+for what in status reconcile; do
+    echo "$what: ratio big/small (last run): $(echo "$(cat "$work/secs-$what-big") / $(cat "$work/secs-$what-small")" | bc -l | cut -c1-5)"
+done
