@@ -277,11 +277,6 @@ impl Targets {
         self.by_rollout.get(rollout)?.get(environment)
     }
 
-    /// Record that `node` runs `proxy`.
-    pub fn set_proxy(&mut self, node: &str, proxy: Proxy) {
-        self.proxies.insert(node.to_owned(), proxy);
-    }
-
     /// The proxy `node` runs.
     pub fn proxy(&self, node: &str) -> Proxy {
         self.proxies

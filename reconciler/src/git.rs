@@ -456,27 +456,24 @@ impl Mirror {
         if self.remote.is_local() || self.tracking(branch)?.is_some() {
             return Ok(());
         }
-        let refs = [(format!("refs/heads/{branch}"), tracking_ref(branch))];
-        let tips = self
-            .download_depth(&refs, Some(1))
-            .map_err(|source| GitError::Fetch {
-                url: self.remote.display_url(),
-                branches: branch.to_owned(),
-                source,
-            })?;
-        self.set_tracking(branch, tips[0])
-            .map_err(|source| GitError::Fetch {
-                url: self.remote.display_url(),
-                branches: branch.to_owned(),
-                source,
-            })?;
-        tracing::debug!(branch, tip = ?tips[0], "fetched the state branch's tip without its history");
+        let tip = self.fetch_branches_to(&[branch], Some(1))?[0];
+        tracing::debug!(branch, tip = ?tip, "fetched the state branch's tip without its history");
         Ok(())
     }
 
     /// Fetch `branches` and point their tracking refs at the advertised
     /// tips; the tip of each, `None` where the remote has no such branch.
     fn fetch_branches(&self, branches: &[&str]) -> Result<Vec<Option<Oid>>, GitError> {
+        self.fetch_branches_to(branches, None)
+    }
+
+    /// [`Mirror::fetch_branches`], with at most `depth` commits of each
+    /// branch's history when given.
+    fn fetch_branches_to(
+        &self,
+        branches: &[&str],
+        depth: Option<i32>,
+    ) -> Result<Vec<Option<Oid>>, GitError> {
         let fetch_error = |source| GitError::Fetch {
             url: self.remote.display_url(),
             branches: branches.join(" and "),
@@ -486,7 +483,7 @@ impl Mirror {
             .iter()
             .map(|b| (format!("refs/heads/{b}"), tracking_ref(b)))
             .collect();
-        let tips = self.download(&refs).map_err(fetch_error)?;
+        let tips = self.download_depth(&refs, depth).map_err(fetch_error)?;
         for (branch, tip) in branches.iter().zip(&tips) {
             self.set_tracking(branch, *tip).map_err(fetch_error)?;
         }
