@@ -2,7 +2,10 @@
 // `gitfleet up --listen`) with simulated agents; started by
 // tests/tests/browser_e2e.rs, which passes:
 //
-//   GITFLEET_URL        the server's base URL
+//   GITFLEET_URL        the server's base URL, or "-": launch the browser,
+//                       print "browser ready" and read the URL from stdin
+//                       (a cold first launch can take longer than a
+//                       rollout the pages must catch in progress)
 //   GITFLEET_CHROMIUM   the browser binary (Debian's /usr/bin/chromium)
 //   GITFLEET_ARTIFACTS  where screenshots go
 //   GITFLEET_NODES      how many nodes the fleet has
@@ -14,7 +17,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const base = need("GITFLEET_URL");
+const url = need("GITFLEET_URL");
 const artifacts = need("GITFLEET_ARTIFACTS");
 const nodes = Number(need("GITFLEET_NODES"));
 const peerNode = need("GITFLEET_PEER_NODE");
@@ -29,6 +32,19 @@ function need(name) {
 function check(ok, what) {
   if (!ok) throw new Error(`check failed: ${what}`);
   console.log(`ok: ${what}`);
+}
+
+// Say the browser is up, then take the base URL from the first line on stdin.
+async function readyThenUrl() {
+  console.log("browser ready");
+  let text = "";
+  for await (const chunk of process.stdin) {
+    text += chunk;
+    if (text.includes("\n")) break;
+  }
+  const line = text.split("\n")[0].trim();
+  if (!line) throw new Error("no base URL on stdin");
+  return line;
 }
 
 async function shot(page, name) {
@@ -73,6 +89,7 @@ const browser = await chromium.launch({
   ],
 });
 try {
+  const base = url === "-" ? await readyThenUrl() : url;
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = [];
   page.on("pageerror", (e) => errors.push(`${page.url()}: ${e}`));

@@ -25,6 +25,12 @@ use gitfleet_schemas::verify::verify_status;
 use gitfleet_tests::sentinel::{free_port, try_get, upstream};
 use gitfleet_tests::{bin, fleet};
 
+/// How long the agent waits for the proxy to show a new config. Generous:
+/// a first start on a fresh machine reads the proxy's 100 MB debug binary
+/// from a cold disk while other tests start theirs. A test that waits for a
+/// refusal shortens it once the binary is warm ([`Fleet::confirm_within`]).
+const CONFIRM_TIMEOUT: &str = "60s";
+
 /// A fleet of one node: a store, the node's state directory and config,
 /// two loopback upstreams answering `one` and `two`.
 struct Fleet {
@@ -64,7 +70,7 @@ poll "200ms" jitter="0ms"
 sentinel {{
     reload-command "sh" "{restart}"
     config-url "http://127.0.0.1:{port}/-/config"
-    confirm-timeout "5s"
+    confirm-timeout "{CONFIRM_TIMEOUT}"
 }}
 "#,
             store = f.path("store").display(),
@@ -80,6 +86,16 @@ sentinel {{
         );
         std::fs::write(f.path("restart.sh"), restart).unwrap();
         f
+    }
+
+    /// Let the agent wait at most `timeout` for the proxy to show a config.
+    fn confirm_within(&self, timeout: &str) {
+        let path = self.path("agent.kdl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let from = format!("confirm-timeout \"{CONFIRM_TIMEOUT}\"");
+        assert!(text.contains(&from), "{text}");
+        let to = format!("confirm-timeout \"{timeout}\"");
+        std::fs::write(&path, text.replace(&from, &to)).unwrap();
     }
 
     fn log(&self) -> String {
@@ -273,8 +289,15 @@ fn running() -> (Fleet, BundleRef) {
     assert!(fleet.path("store/enroll/edge-1.json").is_file());
 
     let v1 = fleet.publish(&fleet.config("one", ""));
-    ok(&fleet.agent(&["run", "--once"], None));
-    assert_eq!(fleet.active(), Some(v1.clone()));
+    let out = fleet.agent(&["run", "--once"], None);
+    ok(&out);
+    assert_eq!(
+        fleet.active(),
+        Some(v1.clone()),
+        "the first activation did not stay; the agent said:\n{}\nthe proxy logged:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fleet.log()
+    );
     app_is(&fleet, "one");
     (fleet, v1)
 }
@@ -302,6 +325,8 @@ fn a_new_bundle_changes_the_route_the_proxy_serves() {
 #[test]
 fn a_bundle_the_proxy_refuses_is_rolled_back_and_reported() {
     let (mut fleet, v1) = running();
+    // The proxy never shows the refused config: wait less for it.
+    fleet.confirm_within("5s");
     // Valid where the agent checks it (`www` exists in its directory), but
     // refused by the proxy, which resolves the path in its own directory:
     // the restarted proxy exits, the agent restores `one` and restarts it.

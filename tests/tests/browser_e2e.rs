@@ -9,8 +9,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use gitfleet_tests::{workspace, Spawned};
 
@@ -27,6 +28,42 @@ fn the_status_pages_update_live_in_a_browser() {
         .unwrap_or_else(|| workspace().join("target"))
         .join("browser-artifacts");
     let _ = std::fs::remove_dir_all(&artifacts);
+
+    // The browser first: its cold launch on a fresh machine can outlast
+    // the rollouts the pages must catch in progress.
+    let mut node = Reaped(
+        Command::new("node")
+            .arg(scripts.join("status.mjs"))
+            .current_dir(&scripts)
+            .env("GITFLEET_URL", "-")
+            .env("GITFLEET_CHROMIUM", &browser)
+            .env("GITFLEET_ARTIFACTS", &artifacts)
+            .env("GITFLEET_NODES", "11")
+            .env("GITFLEET_PEER_NODE", "edge-dev-fra-1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running node: {e}; {}",
+                    gitfleet_io::tools::missing_message()
+                )
+            }),
+    );
+    let mut stdout = BufReader::new(node.0.stdout.take().unwrap());
+    let mut printed = String::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let out = node.finish(stdout);
+            panic!("the browser did not start:\n{printed}{out}");
+        }
+        printed.push_str(&line);
+        if line.trim() == "browser ready" {
+            break;
+        }
+    }
 
     // Slow enough steps that the page is open before the rollouts finish.
     let cwd = tempfile::tempdir().unwrap();
@@ -50,27 +87,14 @@ fn the_status_pages_update_live_in_a_browser() {
         ],
     );
     let base = up.printed_url("Status pages: ");
-
-    let out = Command::new("node")
-        .arg(scripts.join("status.mjs"))
-        .current_dir(&scripts)
-        .env("GITFLEET_URL", &base)
-        .env("GITFLEET_CHROMIUM", &browser)
-        .env("GITFLEET_ARTIFACTS", &artifacts)
-        .env("GITFLEET_NODES", "11")
-        .env("GITFLEET_PEER_NODE", "edge-dev-fra-1")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "running node: {e}; {}",
-                gitfleet_io::tools::missing_message()
-            )
-        });
-    let (stdout, stderr) = gitfleet_tests::text(&out);
+    let mut stdin = node.0.stdin.take().unwrap();
+    writeln!(stdin, "{base}").unwrap();
+    drop(stdin);
+    let out = node.finish(stdout);
+    let status = node.0.wait().unwrap();
     assert!(
-        out.status.success(),
-        "the browser checks failed ({}):\n{stdout}\n{stderr}\ngitfleet up printed:\n{}",
-        out.status,
+        status.success(),
+        "the browser checks failed ({status}):\n{printed}{out}\ngitfleet up printed:\n{}",
         up.output()
     );
     for shot in [
@@ -88,4 +112,28 @@ fn the_status_pages_update_live_in_a_browser() {
         );
     }
     up.stop();
+}
+
+/// The node process driving the browser, killed if the test ends early.
+struct Reaped(Child);
+
+impl Reaped {
+    /// The rest of its stdout (to its exit), then its stderr.
+    fn finish(&mut self, mut stdout: BufReader<ChildStdout>) -> String {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        if let Some(mut err) = self.0.stderr.take() {
+            let _ = err.read_to_string(&mut out);
+        }
+        out
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

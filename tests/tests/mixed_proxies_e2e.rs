@@ -336,7 +336,7 @@ poll "200ms" jitter="0ms"
 {proxy_line}sentinel {{
     reload-command "sh" "{restart}"
     config-url "http://127.0.0.1:{port}/-/config"
-    confirm-timeout "15s"
+    confirm-timeout "60s"
 }}
 "#,
                 state = ndir.join("state").display(),

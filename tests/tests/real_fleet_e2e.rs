@@ -383,7 +383,7 @@ drift "report"
 sentinel {{
     reload-command "sh" "{restart}"
     config-url "http://127.0.0.1:{proxy}/-/config"
-    confirm-timeout "10s"
+    confirm-timeout "60s"
 }}
 "#,
                 state = ndir.join("state").display(),
