@@ -43,6 +43,11 @@ impl Histogram {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// How many durations it holds.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     /// A guard that records the time until it is dropped: one line at the
     /// top of a function times every way out of it.
     pub fn start(&self) -> Timer<'_> {

@@ -8,7 +8,7 @@
 
 // The reconcile loop that drives the mirror is not written yet.
 
-use std::cell::Cell;
+use std::cell::{Cell, Ref, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,9 @@ use gitfleet_io::metrics::GitLatency;
 use gitfleet_policy::RepoFiles;
 
 use crate::source;
+
+mod compact;
+pub use compact::{kept_at, Compaction};
 
 /// Where the fleet repository lives and how to reach it.
 #[derive(Clone)]
@@ -250,6 +253,27 @@ pub enum GitError {
     },
     #[error("branch {branch} does not exist at {url}")]
     MissingBranch { url: String, branch: String },
+    #[error("the history of branch {branch} at {url} ends at {at}, a commit whose parents the remote does not send")]
+    HistoryEnds {
+        url: String,
+        branch: String,
+        at: Oid,
+    },
+    #[error("tag {tag} already exists at {url}, at {at}; choose another name")]
+    TagTaken { url: String, tag: String, at: Oid },
+    #[error("branch {branch} of {url} has a merge commit, {merge}, which gitfleet never writes; compact it by hand")]
+    NotLinear {
+        url: String,
+        branch: String,
+        merge: Oid,
+    },
+    #[error("{name} at {url} is at {}, not {}: it moved meanwhile; nothing was replaced, run again", found.map_or("nothing".to_owned(), |o| o.to_string()), expected.map_or("nothing".to_owned(), |o| o.to_string()))]
+    Moved {
+        url: String,
+        name: String,
+        expected: Option<Oid>,
+        found: Option<Oid>,
+    },
     #[error("reading {what} of the mirror of {url}")]
     Read {
         url: String,
@@ -291,12 +315,44 @@ pub enum GitError {
 /// A local bare copy of the fleet repository, holding the spec branch and
 /// the state branch as remote-tracking refs (`refs/remotes/origin/<name>`).
 pub struct Mirror {
-    repo: Repository,
+    /// Reopened after history is deepened: libgit2 keeps the commits it
+    /// parsed, and a commit at the edge of shallow history stays parentless
+    /// in that cache.
+    repo: RefCell<Repository>,
     remote: Remote,
     path: PathBuf,
     retry: Retry,
     /// How long fetches and pushes take; shared with whoever shows it.
     latency: Arc<GitLatency>,
+    /// How many commits of the spec branch the last fetch of its history
+    /// asked for (see [`Mirror::deepen`]).
+    spec_depth: Cell<i32>,
+}
+
+/// How many commits of the spec branch a cold start fetches: enough for
+/// the last change of each config directory in most fleets; a walk that
+/// needs more fetches more (see [`Mirror::deepen`]).
+const SPEC_DEPTH: i32 = 64;
+
+/// The most history one deepening asks for: a depth past any real
+/// branch's length, which brings the whole history.
+const MAX_DEPTH: i32 = 1 << 30;
+
+/// The first parent of a commit, as far as this mirror knows it.
+enum Parent<'r> {
+    Of(git2::Commit<'r>),
+    /// A root commit.
+    Root,
+    /// A commit at the edge of a shallow mirror's history: it has parents
+    /// the mirror has not fetched.
+    Edge,
+}
+
+/// What a walk down the spec branch's history ended on.
+enum Walked<T> {
+    Found(T),
+    /// The edge of what this mirror holds, at this commit.
+    Edge(Oid),
 }
 
 impl fmt::Debug for Mirror {
@@ -346,6 +402,11 @@ impl Mirror {
         Ok(())
     }
 
+    /// The repository, as last opened.
+    fn repo(&self) -> Ref<'_, Repository> {
+        self.repo.borrow()
+    }
+
     /// How long this mirror's fetches and pushes have taken.
     pub fn latency(&self) -> Arc<GitLatency> {
         Arc::clone(&self.latency)
@@ -389,7 +450,7 @@ impl Mirror {
                 source,
             })?
         } else {
-            let repo = Repository::open_bare(dir).map_err(|source| GitError::Open {
+            let repo = open_mirror(dir).map_err(|source| GitError::Open {
                 path: dir.to_owned(),
                 source,
             })?;
@@ -401,11 +462,12 @@ impl Mirror {
             repo
         };
         let mirror = Self {
-            repo,
+            repo: RefCell::new(repo),
             remote,
             path: dir.to_owned(),
             retry: Retry::default(),
             latency: Arc::default(),
+            spec_depth: Cell::new(SPEC_DEPTH),
         };
         if fresh {
             mirror.fetch()?;
@@ -429,7 +491,7 @@ impl Mirror {
         state_branch = %self.remote.state_branch,
     ))]
     pub fn fetch(&self) -> Result<Heads, GitError> {
-        self.fetch_state_tip()?;
+        self.fetch_cold()?;
         let tips = self.fetch_branches(&[&self.remote.branch, &self.remote.state_branch])?;
         let branch = tips[0].ok_or_else(|| GitError::MissingBranch {
             url: self.remote.display_url(),
@@ -443,22 +505,172 @@ impl Mirror {
         Ok(heads)
     }
 
-    /// On a cold start (no tracking ref of the state branch yet), fetch the
-    /// state branch's tip alone, without its history: a pass reads only
-    /// the tip, and the branch gains a commit per rollout step for as long
-    /// as the fleet lives. Later fetches bring only the commits made since,
-    /// so the mirror stays as shallow as the process is young; a mirror
-    /// from before (with the whole history) goes on as it is. Local
-    /// remotes (`file://`, paths) get the whole branch: libgit2's local
-    /// transport cannot fetch shallow.
-    fn fetch_state_tip(&self) -> Result<(), GitError> {
-        let branch = self.remote.state_branch.as_str();
-        if self.remote.is_local() || self.tracking(branch)?.is_some() {
+    /// On a cold start (no tracking ref of a branch yet), fetch the state
+    /// branch's tip alone and the spec branch's last [`SPEC_DEPTH`]
+    /// commits, not their history: a pass reads the state branch's tip
+    /// only, and what it needs of the spec branch's history (the last
+    /// change of a config directory, an approved commit, the rules at a
+    /// commit) is fetched when a walk reaches the edge ([`Mirror::deepen`]).
+    /// Both branches gain commits for as long as the fleet lives. Later
+    /// fetches bring only the commits made since, so the mirror stays as
+    /// shallow as the process is young; a mirror from before (with the
+    /// whole history) goes on as it is. Local remotes (`file://`, paths)
+    /// get whole branches: libgit2's local transport cannot fetch shallow.
+    fn fetch_cold(&self) -> Result<(), GitError> {
+        if self.remote.is_local() {
             return Ok(());
         }
-        let tip = self.fetch_branches_to(&[branch], Some(1))?[0];
-        tracing::debug!(branch, tip = ?tip, "fetched the state branch's tip without its history");
+        for (branch, depth) in [
+            (self.remote.state_branch.as_str(), 1),
+            (self.remote.branch.as_str(), SPEC_DEPTH),
+        ] {
+            if self.tracking(branch)?.is_none() {
+                let tip = self.fetch_branches_to(&[branch], Some(depth))?[0];
+                tracing::debug!(branch, depth, tip = ?tip, "fetched a branch without its history");
+            }
+        }
         Ok(())
+    }
+
+    /// The commits at the edge of this mirror's history: fetched without
+    /// their parents (git's `shallow` file; empty for a whole mirror).
+    fn shallow_roots(&self) -> Result<Vec<Oid>, GitError> {
+        let path = self.path.join("shallow");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(GitError::Dir { path, source }),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|line| Oid::from_str(line.trim()).ok())
+            .collect())
+    }
+
+    /// The first parent of `commit`, or whether it is a root or the edge
+    /// of a shallow mirror's history.
+    fn first_parent<'r>(
+        &self,
+        commit: &git2::Commit<'r>,
+        edges: &[Oid],
+    ) -> Result<Parent<'r>, git2::Error> {
+        if commit.parent_count() > 0 {
+            Ok(Parent::Of(commit.parent(0)?))
+        } else if edges.contains(&commit.id()) {
+            Ok(Parent::Edge)
+        } else {
+            Ok(Parent::Root)
+        }
+    }
+
+    /// Run `walk` down the spec branch's history; each time it reaches the
+    /// edge of what this mirror holds, fetch more ([`Mirror::deepen`]) and
+    /// walk again.
+    fn walk_history<T>(
+        &self,
+        what: impl Fn() -> String,
+        mut walk: impl FnMut(&Repository, &[Oid]) -> Result<Walked<T>, git2::Error>,
+    ) -> Result<T, GitError> {
+        loop {
+            let edges = self.shallow_roots()?;
+            let walked = walk(&self.repo(), &edges).map_err(|source| GitError::Read {
+                url: self.remote.display_url(),
+                what: what(),
+                source,
+            })?;
+            match walked {
+                Walked::Found(found) => return Ok(found),
+                Walked::Edge(at) => self.deepen(at)?,
+            }
+        }
+    }
+
+    /// Fetch more of the spec branch's history, to get past `at`, a commit
+    /// at the edge of what this mirror holds: four times the commits of
+    /// the last fetch, counted from the remote's tip, so a walk that needs
+    /// n commits fetches fewer than 4n and asks O(log n) times. Errs when
+    /// the whole history does not get past `at`.
+    fn deepen(&self, at: Oid) -> Result<(), GitError> {
+        let branch = self.remote.branch.as_str();
+        let depth = self.spec_depth.get().saturating_mul(4).min(MAX_DEPTH);
+        self.spec_depth.set(depth);
+        tracing::info!(branch, depth, edge = %at, "fetching more of the spec branch's history");
+        let fetch_error = |source| GitError::Fetch {
+            url: self.remote.display_url(),
+            branches: branch.to_owned(),
+            source,
+        };
+        // Objects only: the tracking ref moves with the next fetch.
+        self.download_depth(
+            &[(format!("refs/heads/{branch}"), tracking_ref(branch))],
+            Some(depth),
+        )
+        .map_err(fetch_error)?;
+        self.reopen()?;
+        if depth == MAX_DEPTH && self.shallow_roots()?.contains(&at) {
+            return Err(GitError::HistoryEnds {
+                url: self.remote.display_url(),
+                branch: branch.to_owned(),
+                at,
+            });
+        }
+        Ok(())
+    }
+
+    /// Open the repository again, dropping the commits libgit2 parsed: one
+    /// that was at the edge of shallow history stays parentless in that
+    /// cache after more history is fetched.
+    fn reopen(&self) -> Result<(), GitError> {
+        let repo = open_mirror(&self.path).map_err(|source| GitError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        *self.repo.borrow_mut() = repo;
+        Ok(())
+    }
+
+    /// The first edge of shallow history a walk of every parent from
+    /// `head` reaches, if any.
+    fn edge_below(&self, head: Oid) -> Result<Option<Oid>, GitError> {
+        let edges = self.shallow_roots()?;
+        if edges.is_empty() {
+            return Ok(None);
+        }
+        let repo = self.repo();
+        let walk = || -> Result<Option<Oid>, git2::Error> {
+            let mut walk = repo.revwalk()?;
+            walk.push(head)?;
+            for oid in walk {
+                let oid = oid?;
+                if edges.contains(&oid) {
+                    return Ok(Some(oid));
+                }
+            }
+            Ok(None)
+        };
+        walk().map_err(|source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!("the history of {head}"),
+            source,
+        })
+    }
+
+    /// Make sure commit `oid` of the spec branch's history is here,
+    /// deepening a shallow mirror until it is or the history is whole.
+    fn ensure_commit(&self, oid: Oid) -> Result<(), GitError> {
+        loop {
+            if self.repo().find_commit(oid).is_ok() {
+                return Ok(());
+            }
+            let Some(tip) = self.tracking(&self.remote.branch)? else {
+                return Ok(());
+            };
+            match self.edge_below(tip)? {
+                Some(edge) => self.deepen(edge)?,
+                // Whole: reading it reports that it is missing.
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Fetch `branches` and point their tracking refs at the advertised
@@ -505,7 +717,7 @@ impl Mirror {
             .download(&[(source.clone(), local.clone())])
             .map_err(fetch_error)?[0];
         if let Some(oid) = tip {
-            self.repo
+            self.repo()
                 .reference(&local, oid, true, "gitfleet: fetch pull request")
                 .map_err(fetch_error)?;
         }
@@ -527,7 +739,8 @@ impl Mirror {
         depth: Option<i32>,
     ) -> Result<Vec<Option<Oid>>, git2::Error> {
         let _timer = self.latency.fetch.start();
-        let mut remote = self.repo.remote_anonymous(&self.remote.url)?;
+        let repo = self.repo();
+        let mut remote = repo.remote_anonymous(&self.remote.url)?;
         let mut connection =
             remote.connect_auth(Direction::Fetch, Some(callbacks(&self.remote.auth)), None)?;
         let advertised: BTreeMap<String, Oid> = connection
@@ -562,10 +775,10 @@ impl Mirror {
         let name = tracking_ref(branch);
         match tip {
             Some(oid) => self
-                .repo
+                .repo()
                 .reference(&name, oid, true, "gitfleet: fetch")
                 .map(drop),
-            None => match self.repo.find_reference(&name) {
+            None => match self.repo().find_reference(&name) {
                 Ok(mut stale) => stale.delete(),
                 Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
                 Err(e) => Err(e),
@@ -574,7 +787,8 @@ impl Mirror {
     }
 
     fn tracking(&self, branch: &str) -> Result<Option<Oid>, GitError> {
-        match self.repo.refname_to_id(&tracking_ref(branch)) {
+        let id = self.repo().refname_to_id(&tracking_ref(branch));
+        match id {
             Ok(oid) => Ok(Some(oid)),
             Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
             Err(source) => Err(GitError::Read {
@@ -588,11 +802,12 @@ impl Mirror {
     /// The files of commit `oid` (as fetched), for `policy::check`.
     /// Symlinks and submodules are left out.
     pub fn files_at(&self, oid: Oid) -> Result<RepoFiles, GitError> {
-        let (files, skipped) = self
-            .repo
+        self.ensure_commit(oid)?;
+        let repo = self.repo();
+        let (files, skipped) = repo
             .find_commit(oid)
             .and_then(|c| c.tree())
-            .and_then(|tree| source::read_tree(&self.repo, &tree))
+            .and_then(|tree| source::read_tree(&repo, &tree))
             .map_err(|source| GitError::Read {
                 url: self.remote.display_url(),
                 what: format!("commit {oid}"),
@@ -613,14 +828,22 @@ impl Mirror {
             what: format!("commit {spec}"),
             source,
         };
-        let Ok(object) = self.repo.revparse_single(spec) else {
-            return Ok(None);
+        let id = loop {
+            let found = self
+                .repo()
+                .revparse_single(spec)
+                .and_then(|o| o.peel_to_commit())
+                .map(|c| c.id());
+            match found {
+                Ok(id) => break id,
+                // Not fetched yet, perhaps: deepen while there is more.
+                Err(_) => match self.edge_below(head)? {
+                    Some(edge) => self.deepen(edge)?,
+                    None => return Ok(None),
+                },
+            }
         };
-        let Ok(commit) = object.peel_to_commit() else {
-            return Ok(None);
-        };
-        let id = commit.id();
-        if id == head || self.repo.graph_descendant_of(head, id).map_err(read)? {
+        if id == head || self.repo().graph_descendant_of(head, id).map_err(read)? {
             Ok(Some(id))
         } else {
             Ok(None)
@@ -630,8 +853,8 @@ impl Mirror {
     /// The tree id of `dir` at commit `head` (None when absent): the same
     /// id means the same files.
     pub fn dir_id(&self, head: Oid, dir: &str) -> Result<Option<Oid>, GitError> {
-        let tree = self
-            .repo
+        let repo = self.repo();
+        let tree = repo
             .find_commit(head)
             .and_then(|c| c.tree())
             .map_err(|source| GitError::Read {
@@ -654,11 +877,6 @@ impl Mirror {
     /// that changed any of them (the rule files, for a change to the
     /// rules).
     pub fn last_change_of(&self, head: Oid, paths: &[&str]) -> Result<Oid, GitError> {
-        let read = |what: String, source: git2::Error| GitError::Read {
-            url: self.remote.display_url(),
-            what,
-            source,
-        };
         let entries = |commit: &git2::Commit<'_>| -> Result<Vec<Option<Oid>>, git2::Error> {
             let tree = commit.tree()?;
             paths
@@ -670,22 +888,24 @@ impl Mirror {
                 })
                 .collect()
         };
-        let what = |at: Oid| format!("{} at {at}", paths.join(", "));
-        let mut commit = self
-            .repo
-            .find_commit(head)
-            .map_err(|e| read(format!("commit {head}"), e))?;
-        let target = entries(&commit).map_err(|e| read(what(head), e))?;
-        loop {
-            let Ok(parent) = commit.parent(0) else {
-                return Ok(commit.id());
-            };
-            let ids = entries(&parent).map_err(|e| read(what(parent.id()), e))?;
-            if ids != target {
-                return Ok(commit.id());
-            }
-            commit = parent;
-        }
+        self.walk_history(
+            || format!("the history of {} from {head}", paths.join(", ")),
+            |repo, edges| {
+                let mut commit = repo.find_commit(head)?;
+                let target = entries(&commit)?;
+                loop {
+                    let parent = match self.first_parent(&commit, edges)? {
+                        Parent::Of(parent) => parent,
+                        Parent::Root => return Ok(Walked::Found(commit.id())),
+                        Parent::Edge => return Ok(Walked::Edge(commit.id())),
+                    };
+                    if entries(&parent)? != target {
+                        return Ok(Walked::Found(commit.id()));
+                    }
+                    commit = parent;
+                }
+            },
+        )
     }
 
     /// Like [`Mirror::last_change`] for something made of one file and
@@ -702,7 +922,6 @@ impl Mirror {
         dir: &str,
         mut relevant: impl FnMut(&str, Option<&[u8]>, Option<&[u8]>) -> bool,
     ) -> Result<Oid, GitError> {
-        let repo = &self.repo;
         let entry = |commit: &git2::Commit<'_>, path: &str| -> Result<Option<Oid>, git2::Error> {
             match commit.tree()?.get_path(Path::new(path)) {
                 Ok(e) => Ok(Some(e.id())),
@@ -710,60 +929,62 @@ impl Mirror {
                 Err(e) => Err(e),
             }
         };
-        let blob = |id: Oid| -> Result<Option<git2::Blob<'_>>, git2::Error> {
-            if id.is_zero() {
-                return Ok(None);
-            }
-            repo.find_blob(id).map(Some)
-        };
         // Whether `dir` changed between `parent` and `commit` in a way
         // `relevant` cares about.
-        let mut dir_changed =
-            |parent: &git2::Commit<'_>, commit: &git2::Commit<'_>| -> Result<bool, git2::Error> {
-                let (old, new) = (entry(parent, dir)?, entry(commit, dir)?);
-                if old == new {
-                    return Ok(false);
-                }
-                let tree = |id: Option<Oid>| id.map(|id| repo.find_tree(id)).transpose();
-                let (old, new) = (tree(old)?, tree(new)?);
-                let diff = repo.diff_tree_to_tree(old.as_ref(), new.as_ref(), None)?;
-                for delta in diff.deltas() {
-                    let path = delta
-                        .new_file()
-                        .path()
-                        .or_else(|| delta.old_file().path())
-                        .and_then(Path::to_str)
-                        .unwrap_or_default();
-                    let old = blob(delta.old_file().id())?;
-                    let new = blob(delta.new_file().id())?;
-                    if relevant(
-                        path,
-                        old.as_ref().map(git2::Blob::content),
-                        new.as_ref().map(git2::Blob::content),
-                    ) {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            };
-        let mut walk = || -> Result<Oid, git2::Error> {
-            let mut commit = repo.find_commit(head)?;
-            let target = entry(&commit, file)?;
-            loop {
-                let Ok(parent) = commit.parent(0) else {
-                    return Ok(commit.id());
-                };
-                if entry(&parent, file)? != target || dir_changed(&parent, &commit)? {
-                    return Ok(commit.id());
-                }
-                commit = parent;
+        let mut dir_changed = |repo: &Repository,
+                               parent: &git2::Commit<'_>,
+                               commit: &git2::Commit<'_>|
+         -> Result<bool, git2::Error> {
+            let (old, new) = (entry(parent, dir)?, entry(commit, dir)?);
+            if old == new {
+                return Ok(false);
             }
+            let blob = |id: Oid| -> Result<Option<git2::Blob<'_>>, git2::Error> {
+                if id.is_zero() {
+                    return Ok(None);
+                }
+                repo.find_blob(id).map(Some)
+            };
+            let tree = |id: Option<Oid>| id.map(|id| repo.find_tree(id)).transpose();
+            let (old, new) = (tree(old)?, tree(new)?);
+            let diff = repo.diff_tree_to_tree(old.as_ref(), new.as_ref(), None)?;
+            for delta in diff.deltas() {
+                let path = delta
+                    .new_file()
+                    .path()
+                    .or_else(|| delta.old_file().path())
+                    .and_then(Path::to_str)
+                    .unwrap_or_default();
+                let old = blob(delta.old_file().id())?;
+                let new = blob(delta.new_file().id())?;
+                if relevant(
+                    path,
+                    old.as_ref().map(git2::Blob::content),
+                    new.as_ref().map(git2::Blob::content),
+                ) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         };
-        walk().map_err(|source| GitError::Read {
-            url: self.remote.display_url(),
-            what: format!("the history of {file} and {dir} from {head}"),
-            source,
-        })
+        self.walk_history(
+            || format!("the history of {file} and {dir} from {head}"),
+            |repo, edges| {
+                let mut commit = repo.find_commit(head)?;
+                let target = entry(&commit, file)?;
+                loop {
+                    let parent = match self.first_parent(&commit, edges)? {
+                        Parent::Of(parent) => parent,
+                        Parent::Root => return Ok(Walked::Found(commit.id())),
+                        Parent::Edge => return Ok(Walked::Edge(commit.id())),
+                    };
+                    if entry(&parent, file)? != target || dir_changed(repo, &parent, &commit)? {
+                        return Ok(Walked::Found(commit.id()));
+                    }
+                    commit = parent;
+                }
+            },
+        )
     }
 
     /// The files at the tip of the state branch as last fetched (or pushed),
@@ -861,71 +1082,37 @@ impl Mirror {
         message: &str,
         author: &Author,
     ) -> Result<Option<Oid>, GitError> {
-        let repo = &self.repo;
+        let repo = self.repo();
+        let repo = &*repo;
         let build = || -> Result<Option<Oid>, git2::Error> {
             let parent = parent.map(|oid| repo.find_commit(oid)).transpose()?;
             let base = match &parent {
                 Some(commit) => commit.tree()?,
                 None => repo.find_tree(repo.treebuilder(None)?.write()?)?,
             };
-            let tree = self.tree_with(&base, changes)?;
+            let tree = tree_with(repo, &base, changes)?;
             if tree.id() == base.id() {
                 return Ok(None);
             }
             let parents: Vec<_> = parent.iter().collect();
-            self.write_commit(&tree, &parents, message, author)
-                .map(Some)
+            write_commit(repo, &tree, &parents, message, author).map(Some)
         };
         build().map_err(|source| self.commit_error(source))
     }
 
-    /// `base` with `changes` applied (path → new bytes, or `None` to delete).
-    fn tree_with(
-        &self,
-        base: &git2::Tree<'_>,
-        changes: &BTreeMap<String, Option<Vec<u8>>>,
-    ) -> Result<git2::Tree<'_>, git2::Error> {
-        let repo = &self.repo;
-        let mut update = TreeUpdateBuilder::new();
-        for (path, bytes) in changes {
-            match bytes {
-                Some(bytes) => {
-                    update.upsert(path.as_str(), repo.blob(bytes)?, FileMode::Blob);
-                }
-                // Deleting what is not there is no change.
-                None if base.get_path(Path::new(path)).is_ok() => {
-                    update.remove(path.as_str());
-                }
-                None => {}
-            }
-        }
-        repo.find_tree(update.create_updated(repo, base)?)
-    }
-
-    fn write_commit(
-        &self,
-        tree: &git2::Tree<'_>,
-        parents: &[&git2::Commit<'_>],
-        message: &str,
-        author: &Author,
-    ) -> Result<Oid, git2::Error> {
-        let signature = Signature::now(&author.name, &author.email)?;
-        let message = format!("{}\n", message.trim_end());
-        self.repo
-            .commit(None, &signature, &signature, &message, tree, parents)
-    }
-
     /// The bytes of `path` at commit `oid`; `None` when it has no such file.
     pub fn blob_at(&self, oid: Oid, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        self.ensure_commit(oid)?;
+        let repo = self.repo();
         let read = || -> Result<Option<Vec<u8>>, git2::Error> {
-            let tree = self.repo.find_commit(oid)?.tree()?;
+            let tree = repo.find_commit(oid)?.tree()?;
             let entry = match tree.get_path(Path::new(path)) {
                 Ok(entry) => entry,
                 Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
             Ok(entry
-                .to_object(&self.repo)?
+                .to_object(&repo)?
                 .as_blob()
                 .map(|b| b.content().to_vec()))
         };
@@ -973,10 +1160,11 @@ impl Mirror {
             branch: branch.to_owned(),
             source,
         };
-        let repo = &self.repo;
+        let repo = self.repo();
+        let repo = &*repo;
         let build = || -> Result<Option<Oid>, git2::Error> {
             let base = repo.find_commit(base)?;
-            let tree = self.tree_with(&base.tree()?, changes)?;
+            let tree = tree_with(repo, &base.tree()?, changes)?;
             let old = tip.map(|t| repo.find_commit(t)).transpose()?;
             if old.as_ref().is_some_and(|o| o.tree_id() == tree.id()) {
                 return Ok(None);
@@ -989,8 +1177,7 @@ impl Mirror {
                     parents.insert(0, old);
                 }
             }
-            self.write_commit(&tree, &parents, message, author)
-                .map(Some)
+            write_commit(repo, &tree, &parents, message, author).map(Some)
         };
         let Some(oid) = build().map_err(commit_error)? else {
             return Ok(tip.unwrap_or(base));
@@ -1020,8 +1207,8 @@ impl Mirror {
             branch: branch.to_owned(),
             source,
         };
-        let mut remote = self
-            .repo
+        let repo = self.repo();
+        let mut remote = repo
             .remote_anonymous(&self.remote.url)
             .map_err(push_error)?;
         // No `+`: the remote moves only if `oid` descends from its tip.
@@ -1062,6 +1249,51 @@ impl Mirror {
             }),
         }
     }
+}
+
+/// Open the bare repository at `dir` with its shallow edges known:
+/// `Repository::open_bare` skips reading git's `shallow` file, and a
+/// commit at the edge would then show parents the mirror does not hold.
+fn open_mirror(dir: &Path) -> Result<Repository, git2::Error> {
+    Repository::open_ext(
+        dir,
+        git2::RepositoryOpenFlags::NO_SEARCH | git2::RepositoryOpenFlags::BARE,
+        std::iter::empty::<&std::ffi::OsStr>(),
+    )
+}
+
+/// `base` with `changes` applied (path → new bytes, or `None` to delete).
+fn tree_with<'r>(
+    repo: &'r Repository,
+    base: &git2::Tree<'_>,
+    changes: &BTreeMap<String, Option<Vec<u8>>>,
+) -> Result<git2::Tree<'r>, git2::Error> {
+    let mut update = TreeUpdateBuilder::new();
+    for (path, bytes) in changes {
+        match bytes {
+            Some(bytes) => {
+                update.upsert(path.as_str(), repo.blob(bytes)?, FileMode::Blob);
+            }
+            // Deleting what is not there is no change.
+            None if base.get_path(Path::new(path)).is_ok() => {
+                update.remove(path.as_str());
+            }
+            None => {}
+        }
+    }
+    repo.find_tree(update.create_updated(repo, base)?)
+}
+
+fn write_commit(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    parents: &[&git2::Commit<'_>],
+    message: &str,
+    author: &Author,
+) -> Result<Oid, git2::Error> {
+    let signature = Signature::now(&author.name, &author.email)?;
+    let message = format!("{}\n", message.trim_end());
+    repo.commit(None, &signature, &signature, &message, tree, parents)
 }
 
 fn tracking_ref(branch: &str) -> String {
@@ -1668,10 +1900,8 @@ mod tests {
             .with_retry(fast_retry());
         let heads = fresh.fetch().unwrap();
         assert_eq!(heads.state, Some(fx.tip("gitfleet/state")));
-        assert!(fresh.repo.is_shallow());
-        let mut walk = fresh.repo.revwalk().unwrap();
-        walk.push(heads.state.unwrap()).unwrap();
-        assert_eq!(walk.count(), 1);
+        assert!(fresh.repo().is_shallow());
+        assert_eq!(history_len(&fresh, heads.state.unwrap()), 1);
         assert_eq!(fresh.state_files().unwrap(), full.state_files().unwrap());
 
         // The full mirror commits after the fresh one fetched: the fresh
@@ -1699,9 +1929,343 @@ mod tests {
         // Still shallow after the fetches of the race: it holds only what
         // came since it started.
         fresh.fetch().unwrap();
-        let mut walk = fresh.repo.revwalk().unwrap();
-        walk.push(ours).unwrap();
-        assert_eq!(walk.count(), 3);
+        assert_eq!(history_len(&fresh, ours), 3);
+    }
+
+    /// How many commits of `tip`'s history `mirror` holds.
+    fn history_len(mirror: &Mirror, tip: Oid) -> usize {
+        let repo = mirror.repo();
+        let mut walk = repo.revwalk().unwrap();
+        walk.push(tip).unwrap();
+        walk.count()
+    }
+
+    /// `n` commits on `main` of `fx`'s remote, each rewriting
+    /// `history.txt`, made with `git fast-import` (fast enough for
+    /// thousands); `dated` is added to the committer time, so histories
+    /// made twice differ.
+    fn grow_main(fx: &Fixture, n: usize) {
+        use std::io::Write;
+        let tip = fx.tip("main");
+        let mut stream = String::new();
+        for i in 1..=n {
+            let data = format!("step {i}\n");
+            stream.push_str(&format!(
+                "commit refs/heads/main\nmark :{i}\ncommitter bench <b@example.invalid> {} +0000\ndata 4\nstep\n",
+                1_700_000_000 + i
+            ));
+            if i == 1 {
+                stream.push_str(&format!("from {tip}\n"));
+            } else {
+                stream.push_str(&format!("from :{}\n", i - 1));
+            }
+            stream.push_str(&format!(
+                "M 100644 inline history.txt\ndata {}\n{data}\n",
+                data.len()
+            ));
+        }
+        let mut child = Command::new("git")
+            .args(["fast-import", "--quiet"])
+            .current_dir(fx.bare())
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stream.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
+    /// A commit on `main` of the remote, changing `path`, made by the
+    /// human's clone; its id.
+    fn human_commit(fx: &Fixture, path: &str, text: &str) -> Oid {
+        let human = fx.path("human");
+        git(&human, &["pull", "-q", "--ff-only", "origin", "main"]);
+        write(&human, path, text);
+        git(&human, &["add", "-A"]);
+        git(&human, &["commit", "-qm", &format!("edit {path}")]);
+        git(&human, &["push", "-q", "origin", "main"]);
+        Oid::from_str(&git(&human, &["rev-parse", "HEAD"])).unwrap()
+    }
+
+    /// A cold start over `git daemon` fetches the spec branch's last
+    /// commits only; the last change of a directory further down, an old
+    /// commit to approve and the files of an old commit are found by
+    /// fetching more, the same as a whole mirror finds them, and the
+    /// mirror still does not hold the whole history.
+    #[test]
+    fn a_shallow_spec_branch_deepens_only_as_far_as_a_walk_needs() {
+        let fx = Fixture::new();
+        // Older than anything the walks below reach, to see that the
+        // mirror stays shallow.
+        grow_main(&fx, 2000);
+        let configs = human_commit(&fx, "configs/edge/sentinel.kdl", "server { }\n");
+        grow_main(&fx, 300);
+        let recent = human_commit(&fx, "configs/api/sentinel.kdl", "api\n");
+        grow_main(&fx, 2);
+        let head = human_commit(&fx, "fleet.kdl", "fleet \"acme\" // renamed\n");
+        let whole = git(&fx.bare(), &["rev-list", "--count", "main"]);
+        let daemon = GitDaemon::start(fx.dir.path());
+        let url = daemon.url("remote.git");
+
+        let full = Mirror::open_or_clone(Remote::new(fx.file_url()), &fx.path("full")).unwrap();
+        assert_eq!(full.fetch().unwrap().branch, head);
+        let fresh = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("fresh")).unwrap();
+        assert_eq!(fresh.fetch().unwrap().branch, head);
+        assert_eq!(history_len(&fresh, head), SPEC_DEPTH as usize);
+
+        // Within what a cold start fetched: nothing more is fetched.
+        assert_eq!(fresh.last_change(head, "configs/api").unwrap(), recent);
+        assert_eq!(history_len(&fresh, head), SPEC_DEPTH as usize);
+        // Further down: deepened, to the same answer as the whole mirror.
+        assert_eq!(full.last_change(head, "configs/edge").unwrap(), configs);
+        assert_eq!(fresh.last_change(head, "configs/edge").unwrap(), configs);
+        let held = history_len(&fresh, head);
+        assert!(held > 304 && held.to_string() != whole, "{held} of {whole}");
+        assert!(fresh.repo().is_shallow());
+        // Once there, found again without a fetch, also by the next
+        // process on the same cache.
+        let before = fresh.latency().fetch.count();
+        assert_eq!(fresh.last_change(head, "configs/edge").unwrap(), configs);
+        assert_eq!(fresh.latency().fetch.count(), before);
+        let next = Mirror::open_or_clone(Remote::new(url), &fx.path("fresh")).unwrap();
+        assert_eq!(next.last_change(head, "configs/edge").unwrap(), configs);
+        assert_eq!(next.latency().fetch.count(), 0);
+        assert_eq!(next.last_change(head, "history.txt").unwrap(), {
+            Oid::from_str(&git(&fx.bare(), &["rev-parse", "main~1"])).unwrap()
+        });
+
+        // The first commit: the whole history, and the root is a root.
+        let root = git(&fx.bare(), &["rev-list", "--max-parents=0", "main"]);
+        assert_eq!(
+            fresh.commit_on(head, &root).unwrap(),
+            full.commit_on(head, &root).unwrap()
+        );
+        assert_eq!(
+            fresh.commit_on(head, &root).unwrap().unwrap().to_string(),
+            root
+        );
+        assert_eq!(
+            fresh.last_change(head, "history.txt").unwrap().to_string(),
+            {
+                git(
+                    &fx.bare(),
+                    &["log", "-1", "--format=%H", "main", "--", "history.txt"],
+                )
+            }
+        );
+        assert_eq!(
+            fresh.files_at(Oid::from_str(&root).unwrap()).unwrap(),
+            full.files_at(Oid::from_str(&root).unwrap()).unwrap()
+        );
+        // No such commit: looked for in the whole history, not found.
+        assert_eq!(fresh.commit_on(head, &"0".repeat(40)).unwrap(), None);
+        // Later fetches bring what is new.
+        let newer = human_commit(&fx, "configs/api/sentinel.kdl", "api 2\n");
+        assert_eq!(fresh.fetch().unwrap().branch, newer);
+        assert_eq!(fresh.last_change(newer, "configs/api").unwrap(), newer);
+    }
+
+    /// The files of an old commit (the rules in force at it) on a shallow
+    /// mirror: fetched as far down as that commit, not the whole history.
+    #[test]
+    fn the_files_of_an_old_commit_are_fetched_on_demand() {
+        let fx = Fixture::new();
+        grow_main(&fx, 2000);
+        let rules = human_commit(&fx, "rules.kdl", "rule\n");
+        grow_main(&fx, 150);
+        let daemon = GitDaemon::start(fx.dir.path());
+        let fresh = Mirror::open_or_clone(Remote::new(daemon.url("remote.git")), &fx.path("fresh"))
+            .unwrap();
+        let head = fresh.fetch().unwrap().branch;
+        assert_eq!(
+            fresh.files_at(rules).unwrap().text("rules.kdl"),
+            Some("rule\n")
+        );
+        assert_eq!(
+            fresh.blob_at(rules, "rules.kdl").unwrap().as_deref(),
+            Some(&b"rule\n"[..])
+        );
+        let held = history_len(&fresh, head);
+        assert!((151..2000).contains(&held), "{held}");
+    }
+
+    /// A mirror made before cold starts were shallow (the whole history
+    /// under the same refs) goes on as it is: fetches add to it, walks
+    /// read it, nothing is fetched shallow.
+    #[test]
+    fn a_whole_mirror_from_before_keeps_working() {
+        let fx = Fixture::new();
+        let first = human_commit(&fx, "configs/edge/sentinel.kdl", "v1\n");
+        grow_main(&fx, 100);
+        let old = fx.path("old");
+        git(fx.dir.path(), &["init", "-q", "--bare", "old"]);
+        git(
+            &old,
+            &[
+                "fetch",
+                "-q",
+                &fx.file_url(),
+                "+refs/heads/main:refs/remotes/origin/main",
+            ],
+        );
+        let daemon = GitDaemon::start(fx.dir.path());
+        let mirror = Mirror::open_or_clone(Remote::new(daemon.url("remote.git")), &old).unwrap();
+        let head = human_commit(&fx, "fleet.kdl", "fleet \"b\"\n");
+        assert_eq!(mirror.fetch().unwrap().branch, head);
+        assert!(!mirror.repo().is_shallow());
+        assert_eq!(mirror.last_change(head, "configs/edge").unwrap(), first);
+    }
+
+    /// `n` commits on the remote's state branch dated `date` (e.g.
+    /// "2025-01-01T00:00:00Z"), each writing `rollouts/old.json`, pushed
+    /// by a clone of `url`; the last one.
+    fn old_state_commits(fx: &Fixture, url: &str, n: usize, date: &str) -> Oid {
+        let dir = fx.path("old-writer");
+        if !dir.exists() {
+            git(fx.dir.path(), &["clone", "-q", url, "old-writer"]);
+        }
+        git(&dir, &["checkout", "-q", "--orphan", "gitfleet/state"]);
+        git(&dir, &["rm", "-rqf", "."]);
+        for i in 0..n {
+            write(&dir, "rollouts/old.json", &i.to_string());
+            git(&dir, &["add", "-A"]);
+            let out = Command::new("git")
+                .args([
+                    "-c",
+                    "user.name=old",
+                    "-c",
+                    "user.email=old@example.invalid",
+                ])
+                .args(["commit", "-qm", &format!("old step {i}")])
+                .current_dir(&dir)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_AUTHOR_DATE", date)
+                .env("GIT_COMMITTER_DATE", date)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        git(
+            &dir,
+            &["push", "-q", "origin", "HEAD:refs/heads/gitfleet/state"],
+        );
+        Oid::from_str(&git(&dir, &["rev-parse", "HEAD"])).unwrap()
+    }
+
+    /// Old state history squashed, newer commits rebuilt on it with their
+    /// messages and files, the old tip kept under a tag, and a replica that
+    /// still has the old tip loses its next push and rebuilds on the new.
+    fn compaction_round_trip(url: &str, fx: &Fixture) {
+        let old_tip = old_state_commits(fx, url, 20, "2025-01-01T00:00:00Z");
+        let replica = Mirror::open_or_clone(Remote::new(url), &fx.path("replica"))
+            .unwrap()
+            .with_retry(fast_retry());
+        replica.fetch().unwrap();
+        let mut recent = Vec::new();
+        for i in 0..3 {
+            let n = i.to_string();
+            recent.push(committed(replica.commit_state(
+                &changes(&[("rollouts/new.json", Some(n.as_str()))]),
+                &format!("new step {i}"),
+                &Author::default(),
+            )));
+        }
+        let tip = fx.tip("gitfleet/state");
+        assert_eq!(tip, recent[2]);
+        let files_before = fx.ls_tree("gitfleet/state");
+
+        let admin = Mirror::open_or_clone(Remote::new(url), &fx.path("admin")).unwrap();
+        // 2026-01-01: the 20 old commits go, the 3 new stay.
+        let c = admin
+            .compact_state(1_767_225_600, &Author::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.squashed, c.kept, c.old_tip), (20, 3, tip));
+        assert_eq!(c.newest_squashed, old_tip);
+        admin.publish_compaction(&c, "archive/one").unwrap();
+
+        assert_eq!(fx.tip("gitfleet/state"), c.new_tip);
+        assert_eq!(
+            git(&fx.bare(), &["rev-parse", "refs/tags/archive/one"]),
+            tip.to_string()
+        );
+        assert_eq!(
+            git(&fx.bare(), &["rev-list", "--count", "gitfleet/state"]),
+            "4"
+        );
+        assert_eq!(fx.ls_tree("gitfleet/state"), files_before);
+        assert_eq!(
+            git(
+                &fx.bare(),
+                &["diff", &tip.to_string(), &c.new_tip.to_string()]
+            ),
+            ""
+        );
+        assert_eq!(
+            git(&fx.bare(), &["log", "--format=%s", "gitfleet/state"]),
+            "new step 2\nnew step 1\nnew step 0\ngitfleet: state history up to 1735689600 squashed"
+        );
+
+        // The replica still stands on the old tip: its push is refused
+        // and rebuilt on the compacted branch.
+        let after = committed(replica.commit_state(
+            &changes(&[("rollouts/new.json", Some("after"))]),
+            "after the compaction",
+            &Author::default(),
+        ));
+        assert_eq!(fx.parents(&after.to_string()), [c.new_tip.to_string()]);
+        assert_eq!(fx.show("gitfleet/state", "rollouts/old.json"), "19");
+
+        // Again, while another writer moves the branch: nothing replaced.
+        let c2 = admin
+            .compact_state(2_000_000_000, &Author::default())
+            .unwrap()
+            .unwrap();
+        let moved = committed(replica.commit_state(
+            &changes(&[("rollouts/new.json", Some("meanwhile"))]),
+            "meanwhile",
+            &Author::default(),
+        ));
+        let err = admin.publish_compaction(&c2, "archive/two").unwrap_err();
+        assert!(matches!(err, GitError::Moved { .. }), "{err}");
+        assert!(err.to_string().contains("moved meanwhile"), "{err}");
+        assert_eq!(fx.tip("gitfleet/state"), moved);
+        // The same tag name at another commit is refused too.
+        let c3 = admin
+            .compact_state(2_000_000_000, &Author::default())
+            .unwrap()
+            .unwrap();
+        let err = admin.publish_compaction(&c3, "archive/one").unwrap_err();
+        assert!(matches!(err, GitError::TagTaken { .. }), "{err}");
+        assert_eq!(fx.tip("gitfleet/state"), moved);
+        // Nothing old enough: nothing to do.
+        assert_eq!(
+            admin
+                .compact_state(1_000_000_000, &Author::default())
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn over_git_daemon_state_history_is_compacted_under_a_tag() {
+        let fx = Fixture::new();
+        let daemon = GitDaemon::start(fx.dir.path());
+        compaction_round_trip(&daemon.url("remote.git"), &fx);
+    }
+
+    #[test]
+    fn a_local_state_branch_is_compacted_under_a_tag() {
+        let fx = Fixture::new();
+        compaction_round_trip(&fx.file_url(), &fx);
     }
 
     #[test]
@@ -1720,7 +2284,7 @@ mod tests {
         }
         let fresh = Mirror::open_or_clone(Remote::new(fx.file_url()), &fx.path("fresh")).unwrap();
         fresh.fetch().unwrap();
-        assert!(!fresh.repo.is_shallow());
+        assert!(!fresh.repo().is_shallow());
         assert_eq!(fresh.state_files().unwrap(), mirror.state_files().unwrap());
     }
 

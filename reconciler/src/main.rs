@@ -7,8 +7,8 @@ use codespan_reporting::term::termcolor::ColorChoice;
 use tracing_subscriber::EnvFilter;
 
 use gitfleet_reconciler::commands::{
-    approve, bundle, check, keygen, migrate, reconcile, rollout, root, serve, simulate, status, up,
-    Color,
+    approve, bundle, check, keygen, migrate, reconcile, rollout, root, serve, simulate, state,
+    status, up, Color,
 };
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
@@ -81,6 +81,8 @@ enum Command {
     #[command(subcommand, verbatim_doc_comment)]
     Bundle(bundle::BundleCommand),
     Simulate(simulate::SimulateArgs),
+    #[command(subcommand)]
+    State(state::StateCommand),
     MigrateConfig(migrate::MigrateArgs),
 }
 
@@ -162,5 +164,6 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Serve(args) => serve::run(args),
         Command::MigrateConfig(args) => migrate::run(args),
+        Command::State(cmd) => state::run(cmd, now),
     }
 }

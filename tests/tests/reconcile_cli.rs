@@ -257,6 +257,141 @@ fn over_git_daemon_and_s3_a_push_becomes_bundles_manifests_and_a_state_commit() 
     assert_eq!(edge.bundle, second);
 }
 
+/// A fresh replica over `git daemon` starts from shallow branches (the
+/// state branch's tip, the spec branch's last commits), fetches more of
+/// the spec branch where the last change of a config lies deeper, and
+/// plans exactly what a replica with the whole history plans.
+#[test]
+fn over_git_daemon_a_fresh_shallow_replica_plans_what_a_whole_mirror_plans() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // The edge config changes, then 70 commits leave it alone: its last
+    // change lies below what a cold start fetches.
+    let work = fleet.path("work");
+    let config = work.join("configs/edge/sentinel.kdl");
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("// tuned\n");
+    std::fs::write(&config, t).unwrap();
+    git(&work, &["commit", "-qam", "tune edge"]);
+    for i in 0..70 {
+        std::fs::write(work.join("NOTES"), format!("{i}\n")).unwrap();
+        git(&work, &["add", "NOTES"]);
+        git(&work, &["commit", "-qm", "notes"]);
+    }
+    git(&work, &["push", "-q", "origin", "main"]);
+
+    let daemon = GitDaemon::start(fleet.dir.path());
+    let plan = |repo: &str, cache: &str| {
+        let out = Command::new(bin("gitfleet"))
+            .args(["reconcile", "--once", "--dry-run", "--repo", repo])
+            .args(["--store", &store])
+            .arg("--online-key")
+            .arg(fleet.path("online.key"))
+            .arg("--cache")
+            .arg(fleet.path(cache))
+            .args(["--holder", "test-replica"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        // The plan without what depends on the moment it was made.
+        stdout
+            .lines()
+            .filter(|l| !l.starts_with("plan at "))
+            .map(|l| l.split(", expires ").next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let whole = plan(fleet.path("origin.git").to_str().unwrap(), "mirror");
+    let fresh = plan(&daemon.url("origin.git"), "fresh");
+    assert_eq!(fresh, whole);
+    assert!(
+        whole
+            .iter()
+            .any(|l| l.contains("upload") && l.contains("(edge,")),
+        "{whole:#?}"
+    );
+    assert!(fleet.path("fresh/shallow").is_file());
+}
+
+/// `gitfleet state compact` over `git daemon`: a dry run changes nothing;
+/// then the state branch is one commit with the same files, the old tip
+/// is under a tag, and the reconciler, whose mirror still holds the old
+/// history, goes on from the new tip.
+#[test]
+fn state_compact_squashes_the_history_and_the_reconciler_goes_on() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let work = fleet.path("work");
+    let config = work.join("configs/edge/sentinel.kdl");
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("// tuned\n");
+    std::fs::write(&config, t).unwrap();
+    git(&work, &["commit", "-qam", "tune edge"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let commits = fleet.state_commits();
+    assert!(commits >= 2, "{commits}");
+    let before = git(&fleet.path("origin.git"), &["rev-parse", "gitfleet/state"])
+        .trim()
+        .to_owned();
+    let edge = fleet.state("edge");
+    // Every commit so far is older than "now" a second from now.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let daemon = GitDaemon::start(fleet.dir.path());
+    let compact = |extra: &[&str]| {
+        let out = Command::new(bin("gitfleet"))
+            .args(["state", "compact", "--repo", &daemon.url("origin.git")])
+            .args(["--older-than", "0s", "--tag", "audit/state-1"])
+            .arg("--cache")
+            .arg(fleet.path("admin"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        stdout
+    };
+    let dry = compact(&["--dry-run"]);
+    assert!(
+        dry.contains(&format!("squash the {commits} commits older than")),
+        "{dry}"
+    );
+    assert!(dry.contains("dry run"), "{dry}");
+    assert_eq!(fleet.state_commits(), commits);
+
+    let done = compact(&[]);
+    assert!(done.contains("pushed tag audit/state-1"), "{done}");
+    assert_eq!(fleet.state_commits(), 1);
+    let origin = fleet.path("origin.git");
+    assert_eq!(git(&origin, &["rev-parse", "audit/state-1"]).trim(), before);
+    assert_eq!(
+        git(&origin, &["diff", &before, "gitfleet/state"]).trim(),
+        ""
+    );
+    assert_eq!(fleet.state("edge"), edge);
+
+    // The reconciler's mirror still has the old history; it follows the
+    // new tip and finds nothing to do, then commits on it.
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("state unchanged"), "{stdout}");
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("// tuned again\n");
+    std::fs::write(&config, t).unwrap();
+    git(&work, &["commit", "-qam", "tune edge again"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(fleet.state_commits(), 2);
+    assert_ne!(fleet.state("edge"), edge);
+}
+
 #[test]
 fn a_second_pass_with_nothing_new_writes_nothing() {
     let fleet = Fleet::new();

@@ -15,6 +15,7 @@ pub mod rollout;
 pub mod root;
 pub mod serve;
 pub mod simulate;
+pub mod state;
 pub mod status;
 pub mod up;
 
