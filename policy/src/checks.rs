@@ -7,7 +7,7 @@ use std::str::FromStr;
 use base64::Engine as _;
 use gitfleet_schemas::trust::PublicKey;
 use gitfleet_schemas::{
-    HttpCheck, RolloutFile, RolloutTarget, Selector, Span, Spanned, StepSize, Window, WindowKind,
+    Gates, HttpCheck, RolloutTarget, Selector, Span, Spanned, Step, StepSize, Window, WindowKind,
 };
 use ipnet::IpNet;
 
@@ -20,8 +20,55 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     environments(model, d);
     nodes(model, files, d);
     meshes(model, d);
+    templates(model, d);
     rollouts(model, d);
     proxies(model, d);
+}
+
+/// Rollout templates of fleet.kdl: unique names, and their parts checked
+/// there, as a rollout's are in its file.
+fn templates(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let Some(fleet) = &model.fleet else {
+        return;
+    };
+    let mut seen = BTreeSet::new();
+    for t in &fleet.doc.templates {
+        let what = format!("template `{}`", t.name.value);
+        check_name(d, FLEET_FILE, &t.name, "template");
+        if !seen.insert(t.name.value.as_str()) {
+            d.error(
+                FLEET_FILE,
+                t.name.span,
+                "duplicate-template",
+                format!("{what} is defined twice"),
+                Some("rename one; rollouts name templates with `template \"NAME\"`".to_owned()),
+            );
+        }
+        steps(d, FLEET_FILE, &what, &t.steps);
+        for w in &t.windows {
+            window(d, FLEET_FILE, w);
+        }
+        max_unavailable(d, FLEET_FILE, t.max_unavailable.as_ref());
+        gates(d, FLEET_FILE, &t.gates);
+        let used = model.rollouts.values().any(|r| {
+            r.doc
+                .template
+                .as_ref()
+                .is_some_and(|n| n.value == t.name.value)
+        });
+        if !used {
+            d.warning(
+                FLEET_FILE,
+                t.name.span,
+                "unused-template",
+                format!("no rollout uses {what}"),
+                Some(format!(
+                    "a rollout takes it with `template \"{}\"`",
+                    t.name.value
+                )),
+            );
+        }
+    }
 }
 
 /// Every proxy a node or a fleet.kdl rule names is one gitfleet validates
@@ -873,28 +920,68 @@ fn rollouts(model: &FleetModel, d: &mut Diagnostics<'_>) {
                 }
             }
         }
-        steps(d, path, name, r);
-        for w in &r.windows {
-            window(d, path, w);
-        }
-        if let Some(m) = &r.max_unavailable {
-            if m.value == 0 {
+        // Its own parts where it writes them; a template's in fleet.kdl.
+        let own = model.written.get(name).unwrap_or(r);
+        if let Some(t) = &own.template {
+            let templates = model.fleet.as_ref().map(|f| &f.doc.templates);
+            if !model.written.contains_key(name) {
                 d.error(
                     path,
-                    m.span,
-                    "invalid-value",
-                    "max-unavailable 0 lets the rollout make no progress",
-                    Some("use 1 or more".to_owned()),
+                    t.span,
+                    "unknown-template",
+                    format!(
+                        "rollout `{name}` uses template `{}`, which fleet.kdl does not define",
+                        t.value
+                    ),
+                    Some(format!(
+                        "templates are `template \"NAME\" {{ ... }}` in fleet.kdl; {}",
+                        known_list(templates.into_iter().flatten().map(|t| &t.name.value))
+                    )),
+                );
+            } else if r.steps.is_empty() {
+                d.error(
+                    path,
+                    t.span,
+                    "missing-node",
+                    format!(
+                        "rollout `{name}` has no `step`, and template `{}` has none either",
+                        t.value
+                    ),
+                    Some(
+                        "add steps such as `step count=1` and `step percent=100` to either"
+                            .to_owned(),
+                    ),
                 );
             }
         }
-        gates(d, path, r);
+        steps(d, path, &format!("rollout `{name}`"), &own.steps);
+        for w in &own.windows {
+            window(d, path, w);
+        }
+        max_unavailable(d, path, own.max_unavailable.as_ref());
+        gates(d, path, &own.gates);
     }
 }
 
-fn steps(d: &mut Diagnostics<'_>, path: &str, name: &str, r: &RolloutFile) {
+fn max_unavailable(d: &mut Diagnostics<'_>, path: &str, m: Option<&Spanned<u64>>) {
+    if let Some(m) = m {
+        if m.value == 0 {
+            d.error(
+                path,
+                m.span,
+                "invalid-value",
+                "max-unavailable 0 lets the rollout make no progress",
+                Some("use 1 or more".to_owned()),
+            );
+        }
+    }
+}
+
+/// The steps of `what` (a rollout or a template): each grows, and the last
+/// reaches 100 %.
+fn steps(d: &mut Diagnostics<'_>, path: &str, what: &str, steps: &[Step]) {
     let (mut last_count, mut last_percent) = (0, 0);
-    for step in &r.steps {
+    for step in steps {
         match step.size.value {
             StepSize::Count(0) | StepSize::Percent(0) => {
                 d.error(
@@ -938,7 +1025,7 @@ fn steps(d: &mut Diagnostics<'_>, path: &str, name: &str, r: &RolloutFile) {
             StepSize::Percent(p) => last_percent = p,
         }
     }
-    if let Some(last) = r.steps.last() {
+    if let Some(last) = steps.last() {
         // A last step that is itself invalid (zero, or over 100 %) has been
         // reported above; saying it also falls short of 100 % would mislead.
         let invalid = matches!(last.size.value, StepSize::Count(0) | StepSize::Percent(0))
@@ -952,7 +1039,7 @@ fn steps(d: &mut Diagnostics<'_>, path: &str, name: &str, r: &RolloutFile) {
                 path,
                 last.size.span,
                 "steps-incomplete",
-                format!("rollout `{name}` ends at {reached}, not 100 %"),
+                format!("{what} ends at {reached}, not 100 %"),
                 Some(
                     "end with `step percent=100` so every selected node gets the change".to_owned(),
                 ),
@@ -961,8 +1048,7 @@ fn steps(d: &mut Diagnostics<'_>, path: &str, name: &str, r: &RolloutFile) {
     }
 }
 
-fn gates(d: &mut Diagnostics<'_>, path: &str, r: &RolloutFile) {
-    let g = &r.gates;
+fn gates(d: &mut Diagnostics<'_>, path: &str, g: &Gates) {
     if let Some(e) = &g.max_error_rate {
         if !(0.0..=1.0).contains(&e.value) {
             d.error(
@@ -1155,12 +1241,14 @@ mod tests {
 
     fn step_codes(step_lines: &str) -> Vec<String> {
         let text = format!("version 1\nconfig \"web\"\n{step_lines}");
-        let r = RolloutFile::decode(&text)
+        let r = gitfleet_schemas::RolloutFile::decode(&text)
             .value
             .expect("the rollout decodes");
         let mut files = RepoFiles::new();
         files.insert("rollouts/web.kdl", text);
-        codes(&files, |d| steps(d, "rollouts/web.kdl", "web", &r))
+        codes(&files, |d| {
+            steps(d, "rollouts/web.kdl", "rollout `web`", &r.steps)
+        })
     }
 
     #[test]

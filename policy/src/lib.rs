@@ -13,6 +13,7 @@ mod check;
 mod checks;
 mod configs;
 mod diagnostics;
+pub mod explain;
 pub mod lint;
 pub mod mesh;
 pub mod migrate;

@@ -83,7 +83,11 @@ pub struct FleetModel {
     pub nodes: Vec<Located<NodeFile>>,
     pub configs: BTreeMap<String, ConfigDir>,
     pub meshes: BTreeMap<String, Located<MeshFile>>,
+    /// Each rollout as in effect: with its template's parts under its own.
     pub rollouts: BTreeMap<String, Located<RolloutFile>>,
+    /// The rollouts that take a template, as their files say (their own
+    /// parts are checked where they are written).
+    pub written: BTreeMap<String, RolloutFile>,
 }
 
 impl FleetModel {
@@ -177,8 +181,33 @@ pub(crate) fn load(files: &RepoFiles, diags: &mut Diagnostics<'_>) -> FleetModel
             Kind::Other => {}
         }
     }
-
+    apply_templates(&mut model);
     model
+}
+
+/// Put each rollout's template (of fleet.kdl) under it; one naming no
+/// template there is left as written (a check reports it).
+fn apply_templates(model: &mut FleetModel) {
+    let Some(fleet) = &model.fleet else {
+        return;
+    };
+    for (name, located) in &mut model.rollouts {
+        let Some(wanted) = &located.doc.template else {
+            continue;
+        };
+        let Some(template) = fleet
+            .doc
+            .templates
+            .iter()
+            .find(|t| t.name.value == wanted.value)
+        else {
+            continue;
+        };
+        let effective = located.doc.with_template(template);
+        model
+            .written
+            .insert(name.clone(), std::mem::replace(&mut located.doc, effective));
+    }
 }
 
 /// Decode one document, recording its problems.

@@ -170,6 +170,7 @@ mod tests {
             configs: BTreeMap::new(),
             meshes: BTreeMap::new(),
             rollouts: BTreeMap::new(),
+            written: BTreeMap::new(),
         }
     }
 

@@ -694,3 +694,31 @@ fn a_lint_error_under_the_rules_in_force_keeps_the_change_out_of_that_environmen
     sim.deploy(bundle(1), "c1");
     sim.run_until(60, |s| s.phase("prod") == Some(Phase::Complete));
 }
+
+/// A rollout that takes a template plans step for step what the same
+/// rollout written out in full plans; its own bake wins over the
+/// template's, and its gates add to the template's.
+#[test]
+fn a_rollout_from_a_template_plans_as_the_rollout_written_out() {
+    let template = "template \"canary\" {\n step count=1\n step percent=50\n step percent=100\n max-unavailable 1\n bake \"30m\"\n gates { healthy; }\n}\n";
+    let templated = fleet_with(
+        template,
+        4,
+        false,
+        "template \"canary\"\nbake \"2m\"\ngates { max-error-rate 0.01; }\n",
+    );
+    let written = fleet(4, false, STEPS);
+    let effective = &templated.rollouts["web"].doc;
+    assert_eq!(effective.bake_seconds.as_ref().unwrap().value, 120);
+    assert!(effective.gates.healthy);
+    assert_eq!(effective.gates.max_error_rate.as_ref().unwrap().value, 0.01);
+    assert_eq!(effective.steps.len(), 3);
+
+    let (mut a, mut b) = (Sim::new(templated), Sim::new(written));
+    a.deploy(bundle(1), "c1");
+    b.deploy(bundle(1), "c1");
+    for tick in 0..60 {
+        assert_eq!(a.tick(), b.tick(), "tick {tick}");
+    }
+    assert_eq!(a.phase("prod"), Some(Phase::Complete));
+}

@@ -25,6 +25,12 @@
 //! proxy "zentinel" version="0.6.45" {
 //!     selector role="edge"
 //! }
+//! template "canary" {
+//!     step count=1
+//!     step percent=100
+//!     bake "10m"
+//!     gates { healthy; }
+//! }
 //! ```
 
 use schemars::JsonSchema;
@@ -53,6 +59,10 @@ pub struct FleetFile {
     /// over every rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<crate::proxy::ProxyRule>,
+    /// Rollout templates (`template "canary" { ... }`), by the name a
+    /// rollout's `template` uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<crate::rollout::Template>,
 }
 
 /// `approver "alice" key="..."`: an approval signed with this key counts
@@ -131,6 +141,7 @@ const TOP: &[&str] = &[
     "lint",
     "approver",
     "proxy",
+    "template",
 ];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
@@ -155,6 +166,7 @@ impl FleetFile {
         let mut lints = Vec::new();
         let mut approvers = Vec::new();
         let mut proxies = Vec::new();
+        let mut templates = Vec::new();
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -180,6 +192,7 @@ impl FleetFile {
                 "lint" => lints.extend(decode_lint(&mut d, node)),
                 "approver" => approvers.extend(decode_approver(&mut d, node)),
                 "proxy" => proxies.extend(crate::proxy::decode_rule(&mut d, node)),
+                "template" => templates.extend(crate::rollout::decode_template(&mut d, node)),
                 _ => d.unknown_node(node, "fleet.kdl", TOP),
             }
         }
@@ -199,6 +212,7 @@ impl FleetFile {
             lints,
             approvers,
             proxies,
+            templates,
         });
         d.finish(value)
     }

@@ -37,7 +37,7 @@ pub use fleet::{Approver, Defaults, DriftPolicy, FleetFile, LintRule, Trust};
 pub use mesh::MeshFile;
 pub use node::{NodeFile, NodeWireguard};
 pub use proxy::{Proxy, ProxyKind, ProxyRule};
-pub use rollout::{Gates, HttpCheck, RolloutFile, RolloutTarget, Step, StepSize};
+pub use rollout::{Gates, HttpCheck, RolloutFile, RolloutTarget, Step, StepSize, Template};
 pub use span::{Span, Spanned};
 
 /// `(file name, schema text)` for every format, as committed under

@@ -42,6 +42,146 @@ pub struct RolloutFile {
     /// Return every node of the rollout to the previous bundle and hold
     /// there until this is removed (`gitfleet rollout rollback`).
     pub rollback: bool,
+    /// The template of fleet.kdl this rollout starts from; what the file
+    /// itself says wins ([`RolloutFile::with_template`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Spanned<String>>,
+}
+
+/// `template "canary" { ... }` in fleet.kdl: steps, waits, gates and
+/// windows a rollout takes with `template "canary"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub name: Spanned<String>,
+    pub steps: Vec<Step>,
+    pub max_unavailable: Option<Spanned<u64>>,
+    pub bake_seconds: Option<Spanned<u64>>,
+    pub progress_deadline_seconds: Option<Spanned<u64>>,
+    pub gates: Gates,
+    pub windows: Vec<Window>,
+}
+
+impl RolloutFile {
+    /// This rollout with `template` under it: every part the rollout file
+    /// gives wins (its steps as a whole, each of max-unavailable, bake and
+    /// progress-deadline, its windows as a whole, and each gate; `healthy`
+    /// holds if either asks for it, and its HTTP checks replace the
+    /// template's when it has any).
+    pub fn with_template(&self, template: &Template) -> RolloutFile {
+        let mut r = self.clone();
+        if r.steps.is_empty() {
+            r.steps.clone_from(&template.steps);
+        }
+        r.max_unavailable = r
+            .max_unavailable
+            .or_else(|| template.max_unavailable.clone());
+        r.bake_seconds = r.bake_seconds.or_else(|| template.bake_seconds.clone());
+        r.progress_deadline_seconds = r
+            .progress_deadline_seconds
+            .or_else(|| template.progress_deadline_seconds.clone());
+        if r.windows.is_empty() {
+            r.windows.clone_from(&template.windows);
+        }
+        let (g, t) = (&mut r.gates, &template.gates);
+        g.healthy |= t.healthy;
+        g.max_error_rate = g.max_error_rate.take().or_else(|| t.max_error_rate.clone());
+        g.max_p99_latency_ms = g
+            .max_p99_latency_ms
+            .take()
+            .or_else(|| t.max_p99_latency_ms.clone());
+        g.max_cpu_percent = g
+            .max_cpu_percent
+            .take()
+            .or_else(|| t.max_cpu_percent.clone());
+        g.max_memory_percent = g
+            .max_memory_percent
+            .take()
+            .or_else(|| t.max_memory_percent.clone());
+        g.min_requests = g.min_requests.take().or_else(|| t.min_requests.clone());
+        g.route = g.route.take().or_else(|| t.route.clone());
+        if g.http_checks.is_empty() {
+            g.http_checks.clone_from(&t.http_checks);
+        }
+        r
+    }
+}
+
+/// The parts a rollout file and a template share, as they are decoded.
+#[derive(Default)]
+struct Parts {
+    steps: Vec<Step>,
+    max_unavailable: Option<Spanned<u64>>,
+    bake: Option<Spanned<u64>>,
+    deadline: Option<Spanned<u64>>,
+    gates: Option<Gates>,
+    windows: Vec<Window>,
+}
+
+impl Parts {
+    /// Decode `node` into these parts when it is one of them.
+    fn decode(&mut self, d: &mut Decoder, node: &kdl::KdlNode) -> bool {
+        match decode::name(node) {
+            "step" => self.steps.extend(decode_step(d, node)),
+            "max-unavailable" => {
+                let v = d.u64(node);
+                d.once(&mut self.max_unavailable, node, v);
+            }
+            "bake" => {
+                let v = d.duration(node);
+                d.once(&mut self.bake, node, v);
+            }
+            "progress-deadline" => {
+                let v = d.duration(node);
+                d.once(&mut self.deadline, node, v);
+            }
+            "gates" => {
+                let v = decode_gates(d, node);
+                d.once(&mut self.gates, node, Some(v));
+            }
+            "window" => self
+                .windows
+                .extend(Window::decode(d, node, WindowKind::Allow)),
+            "deny-window" => self
+                .windows
+                .extend(Window::decode(d, node, WindowKind::Deny)),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// What a `template` block may hold.
+pub(crate) const TEMPLATE: &[&str] = &[
+    "step",
+    "max-unavailable",
+    "bake",
+    "progress-deadline",
+    "gates",
+    "window",
+    "deny-window",
+];
+
+/// `template "NAME" { step ...; bake ...; gates { ... } }` in fleet.kdl.
+pub(crate) fn decode_template(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Template> {
+    d.allow_props(node, &[]);
+    d.max_args(node, 1);
+    let name = d.arg(node, 0, decode::as_string, "the template's name");
+    let mut parts = Parts::default();
+    for c in children(node) {
+        if !parts.decode(d, c) {
+            d.unknown_node(c, "`template`", TEMPLATE);
+        }
+    }
+    Some(Template {
+        name: name?,
+        steps: parts.steps,
+        max_unavailable: parts.max_unavailable,
+        bake_seconds: parts.bake,
+        progress_deadline_seconds: parts.deadline,
+        gates: parts.gates.unwrap_or_default(),
+        windows: parts.windows,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -126,6 +266,7 @@ const TOP: &[&str] = &[
     "deny-window",
     "paused",
     "rollback",
+    "template",
 ];
 const GATES: &[&str] = &[
     "healthy",
@@ -144,11 +285,13 @@ impl RolloutFile {
         let Some(doc) = d.parse(text) else {
             return d.finish(None);
         };
-        let (mut target, mut selector, mut max_unavailable, mut bake, mut deadline) =
-            (None, None, None, None, None);
-        let (mut gates, mut paused, mut rollback) = (None, None, None);
-        let (mut steps, mut windows) = (Vec::new(), Vec::new());
+        let (mut target, mut selector, mut template) = (None, None, None);
+        let (mut paused, mut rollback) = (None, None);
+        let mut parts = Parts::default();
         for node in d.versioned(&doc, "rollout file") {
+            if parts.decode(&mut d, node) {
+                continue;
+            }
             match decode::name(node) {
                 "config" | "mesh" => {
                     let v = d.string(node).map(|s| {
@@ -172,25 +315,10 @@ impl RolloutFile {
                     let v = Selector::decode(&mut d, node);
                     d.once(&mut selector, node, Some(v));
                 }
-                "step" => steps.extend(decode_step(&mut d, node)),
-                "max-unavailable" => {
-                    let v = d.u64(node);
-                    d.once(&mut max_unavailable, node, v);
+                "template" => {
+                    let v = d.string(node);
+                    d.once(&mut template, node, v);
                 }
-                "bake" => {
-                    let v = d.duration(node);
-                    d.once(&mut bake, node, v);
-                }
-                "progress-deadline" => {
-                    let v = d.duration(node);
-                    d.once(&mut deadline, node, v);
-                }
-                "gates" => {
-                    let v = decode_gates(&mut d, node);
-                    d.once(&mut gates, node, Some(v));
-                }
-                "window" => windows.extend(Window::decode(&mut d, node, WindowKind::Allow)),
-                "deny-window" => windows.extend(Window::decode(&mut d, node, WindowKind::Deny)),
                 "paused" => {
                     let v = d.bool(node);
                     d.once(&mut paused, node, v);
@@ -210,25 +338,31 @@ impl RolloutFile {
             "rollout file",
             "config \"edge\" (or mesh \"backbone\")",
         );
-        if steps.is_empty() {
+        // With a template, its steps may be the ones (checked once the
+        // template is known).
+        if parts.steps.is_empty() && template.is_none() {
             d.error(
                 at,
                 "missing-node",
                 "rollout file has no `step`",
-                Some("add steps such as `step count=1` and `step percent=100`".to_owned()),
+                Some(
+                    "add steps such as `step count=1` and `step percent=100`, or `template \"NAME\"` of fleet.kdl"
+                        .to_owned(),
+                ),
             );
         }
         let value = target.map(|target| RolloutFile {
             target,
             selector: selector.unwrap_or_default(),
-            steps,
-            max_unavailable,
-            bake_seconds: bake,
-            progress_deadline_seconds: deadline,
-            gates: gates.unwrap_or_default(),
-            windows,
+            steps: parts.steps,
+            max_unavailable: parts.max_unavailable,
+            bake_seconds: parts.bake,
+            progress_deadline_seconds: parts.deadline,
+            gates: parts.gates.unwrap_or_default(),
+            windows: parts.windows,
             paused: paused.is_some_and(|p| p.value),
             rollback: rollback.is_some_and(|r| r.value),
+            template,
         });
         d.finish(value)
     }

@@ -231,3 +231,35 @@ proptest! {
         let _ = NodeFile::decode(&text);
     }
 }
+
+/// A template's parts go under a rollout's own: steps and windows as a
+/// whole, each wait and each gate on its own, HTTP checks as a list.
+#[test]
+fn a_rollouts_own_parts_win_over_its_templates() {
+    let fleet = FleetFile::decode(
+        "version 1\nname \"f\"\ntemplate \"t\" {\n step count=1\n step percent=100\n bake \"30m\"\n max-unavailable 2\n deny-window \"night\" cron=\"0 22 * * *\" duration=\"8h\" time-zone=\"UTC\"\n gates {\n  healthy\n  max-error-rate 0.05\n  http-check \"http://127.0.0.1:1/a\"\n }\n}\n",
+    );
+    assert!(fleet.errors.is_empty(), "{:?}", fleet.errors);
+    let template = &fleet.value.unwrap().templates[0];
+    let rollout = RolloutFile::decode(
+        "version 1\nconfig \"c\"\ntemplate \"t\"\nbake \"1m\"\ngates {\n max-error-rate 0.01\n http-check \"http://127.0.0.1:1/b\"\n}\n",
+    );
+    assert!(rollout.errors.is_empty(), "{:?}", rollout.errors);
+    let r = rollout.value.unwrap().with_template(template);
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(r.bake_seconds.unwrap().value, 60);
+    assert_eq!(r.max_unavailable.unwrap().value, 2);
+    assert_eq!(r.windows.len(), 1);
+    assert!(r.gates.healthy);
+    assert_eq!(r.gates.max_error_rate.unwrap().value, 0.01);
+    assert_eq!(r.gates.http_checks.len(), 1);
+    assert_eq!(r.gates.http_checks[0].url.value, "http://127.0.0.1:1/b");
+}
+
+#[test]
+fn a_rollout_with_a_template_needs_no_steps_of_its_own() {
+    let with = RolloutFile::decode("version 1\nconfig \"c\"\ntemplate \"t\"\n");
+    assert!(with.errors.is_empty(), "{:?}", with.errors);
+    let without = RolloutFile::decode("version 1\nconfig \"c\"\n");
+    assert_eq!(codes(&without), ["missing-node"]);
+}

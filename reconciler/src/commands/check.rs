@@ -26,6 +26,7 @@ use crate::{render, source};
 ///   gitfleet check examples/fleet-repo
 ///   gitfleet check --rev origin/main
 ///   gitfleet check --format json > report.json
+///   gitfleet check --explain edge     # edge's steps, waits and gates, and where each comes from
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct CheckArgs {
@@ -40,6 +41,12 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
+
+    /// After the diagnostics, print the plan rollout ROLLOUT runs on: its
+    /// steps, waits, gates and windows, each with where it comes from (the
+    /// rollout's file, its template, fleet.kdl's defaults).
+    #[arg(long, value_name = "ROLLOUT", conflicts_with = "format")]
+    explain: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -156,6 +163,22 @@ pub fn run(args: &CheckArgs, color: Color) -> anyhow::Result<ExitCode> {
                     count(m.meshes.len(), "mesh", "meshes"),
                     count(m.rollouts.len(), "rollout", "rollouts")
                 );
+            }
+            if let Some(name) = &args.explain {
+                let model = &loaded.checked.model;
+                let explained =
+                    gitfleet_policy::explain::rollout(model, name).with_context(|| {
+                        format!(
+                        "no rollout `{name}` to explain (rollouts/{name}.kdl); the repo has: {}",
+                        if model.rollouts.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            model.rollouts.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    )
+                    })?;
+                println!();
+                print!("{explained}");
             }
         }
     }

@@ -391,6 +391,13 @@ fn demo_files(files: &RepoFiles, demo: &Demo<'_>) -> Result<RepoFiles, DemoError
                     .map(|s| s.span),
                 &mut edits,
             );
+            for t in &fleet.templates {
+                timing_edits(
+                    t.bake_seconds.as_ref().map(|s| s.span),
+                    t.progress_deadline_seconds.as_ref().map(|s| s.span),
+                    &mut edits,
+                );
+            }
             for (name, key) in demo.approvers {
                 match fleet.approvers.iter().find(|a| a.name.value == *name) {
                     Some(a) => edits.push(Edit {
