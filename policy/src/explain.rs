@@ -306,7 +306,7 @@ impl fmt::Display for Explained {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RepoFiles;
+    use crate::repo::RepoFiles;
 
     fn model(fleet_more: &str, rollout: &str) -> FleetModel {
         let mut f = RepoFiles::new();
@@ -320,7 +320,7 @@ mod tests {
             "rollouts/web.kdl",
             format!("version 1\nconfig \"web\"\nselector role=\"web\"\n{rollout}"),
         );
-        crate::check(&f).model
+        crate::check::check(&f).model
     }
 
     fn part<'a>(e: &'a Explained, what: &str) -> &'a Part {
