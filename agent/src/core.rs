@@ -132,9 +132,34 @@ pub fn wanted<'m>(
             } else {
                 r.previous.clone()
             };
+            let target = match target {
+                Some(t) if manifest.revokes(&t) => instead_of_revoked(manifest, state, r),
+                t => t,
+            };
             Some((r, target?))
         })
         .collect()
+}
+
+/// Where a node goes instead of a revoked bundle: the rollout's previous
+/// bundle, else what it runs now, else what it ran before that, the first
+/// that is not revoked itself; none when every one is.
+fn instead_of_revoked(
+    manifest: &ChannelManifest,
+    state: &LocalState,
+    rollout: &ChannelRollout,
+) -> Option<BundleRef> {
+    let slot = KINDS
+        .iter()
+        .filter_map(|k| slot(state, *k))
+        .find(|s| s.rollout == rollout.name);
+    rollout
+        .previous
+        .iter()
+        .chain(slot.map(|s| &s.active))
+        .chain(slot.and_then(|s| s.previous.as_ref()))
+        .find(|b| !manifest.revokes(b))
+        .cloned()
 }
 
 /// Where a node goes when `rollout` failed and the environment has no
@@ -906,6 +931,7 @@ mod tests {
     fn manifest(rollouts: Vec<ChannelRollout>) -> ChannelManifest {
         ChannelManifest {
             settings: None,
+            revoked: Vec::new(),
             fleet: "f".into(),
             environment: "prod".into(),
             serial: 1,
@@ -950,6 +976,37 @@ mod tests {
         // Never ran anything else: nothing to go back to, nothing changes.
         assert!(wanted(&m, &id(&BTreeMap::new()), &running(&failed, None)).is_empty());
         assert!(wanted(&m, &id(&BTreeMap::new()), &none()).is_empty());
+    }
+
+    /// A revoked bundle is never wanted: a node takes the rollout's
+    /// previous bundle instead, or stays on (or goes back to) one of its
+    /// own that is not revoked.
+    #[test]
+    fn a_revoked_bundle_is_never_wanted() {
+        let mut r = rollout("edge", &[], u64::MAX);
+        let (new, old) = (r.bundle.clone(), r.previous.clone().unwrap());
+        let mine = BundleRef {
+            digest: format!("sha256:{}", "c".repeat(64)),
+            length: 7,
+        };
+        let mut m = manifest(vec![r.clone()]);
+        let me = id(&BTreeMap::new());
+        assert_eq!(wanted(&m, &me, &running(&old, None))[0].1, new);
+        m.revoked = vec![new.digest.clone()];
+        // In the step, running the revoked bundle: off it to the previous.
+        assert_eq!(wanted(&m, &me, &running(&new, Some(&old)))[0].1, old);
+        // The previous revoked too: back to what it ran before, or stay.
+        m.revoked = vec![new.digest.clone(), old.digest.clone()];
+        assert_eq!(wanted(&m, &me, &running(&new, Some(&mine)))[0].1, mine);
+        assert_eq!(wanted(&m, &me, &running(&mine, Some(&new)))[0].1, mine);
+        // Nothing else to run: nothing wanted, nothing activated.
+        assert!(wanted(&m, &me, &running(&new, None)).is_empty());
+        assert!(wanted(&m, &me, &none()).is_empty());
+        // Outside the step, the previous bundle is revoked: stay.
+        r.membership_threshold = 0;
+        let mut m = manifest(vec![r]);
+        m.revoked = vec![old.digest.clone()];
+        assert_eq!(wanted(&m, &me, &running(&mine, Some(&old)))[0].1, mine);
     }
 
     fn id(labels: &BTreeMap<String, String>) -> Identity {

@@ -610,6 +610,7 @@ mod tests {
             self.serial += 1;
             let manifest = ChannelManifest {
                 settings: self.settings.clone(),
+                revoked: Vec::new(),
                 fleet: "acme".into(),
                 environment: "prod".into(),
                 serial: self.serial,

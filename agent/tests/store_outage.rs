@@ -80,6 +80,7 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
         .unwrap();
     let manifest = ChannelManifest {
         settings: None,
+        revoked: Vec::new(),
         fleet: "acme".into(),
         environment: "prod".into(),
         serial,

@@ -30,6 +30,30 @@ pub fn agent_settings(model: &FleetModel, moving: bool) -> Option<AgentSettings>
     (!s.is_empty()).then_some(s)
 }
 
+/// The digests fleet.kdl revokes, sorted and each once, as manifests carry
+/// them.
+pub fn revoked(model: &FleetModel) -> Vec<String> {
+    let Some(fleet) = &model.fleet else {
+        return Vec::new();
+    };
+    let set: std::collections::BTreeSet<&str> = fleet
+        .doc
+        .revoked
+        .iter()
+        .map(|r| r.digest.value.as_str())
+        .collect();
+    set.into_iter().map(str::to_owned).collect()
+}
+
+/// What a channel manifest says, apart from its serial and expiry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Says {
+    pub rollouts: Vec<ChannelRollout>,
+    pub settings: Option<AgentSettings>,
+    /// Sorted digests ([`revoked`]).
+    pub revoked: Vec<String>,
+}
+
 /// The manifest to publish for `environment`, or `None` when the current one
 /// says the same and has more than half its freshness left. A changed or
 /// nearly expired manifest gets the next serial, so serials only grow.
@@ -37,16 +61,21 @@ pub fn next_manifest(
     current: Option<&ChannelManifest>,
     fleet: &str,
     environment: &str,
-    rollouts: Vec<ChannelRollout>,
-    settings: Option<AgentSettings>,
+    says: Says,
     now: DateTime<Utc>,
     freshness: Duration,
 ) -> Option<ChannelManifest> {
+    let Says {
+        rollouts,
+        settings,
+        revoked,
+    } = says;
     if let Some(c) = current {
         let same = c.fleet == fleet
             && c.environment == environment
             && c.rollouts == rollouts
-            && c.settings == settings;
+            && c.settings == settings
+            && c.revoked == revoked;
         if same && c.expires - now > freshness / 2 {
             return None;
         }
@@ -58,6 +87,7 @@ pub fn next_manifest(
         expires: now + freshness,
         rollouts,
         settings,
+        revoked,
     })
 }
 
@@ -72,21 +102,48 @@ mod tests {
 
     #[test]
     fn the_first_manifest_has_serial_one() {
-        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
+        let m = next_manifest(
+            None,
+            "f",
+            "prod",
+            Says {
+                rollouts: vec![],
+                settings: None,
+                revoked: vec![],
+            },
+            now(),
+            Duration::hours(1),
+        )
+        .unwrap();
         assert_eq!((m.serial, m.expires), (1, now() + Duration::hours(1)));
     }
 
     #[test]
     fn an_unchanged_fresh_manifest_is_not_rewritten() {
-        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
+        let m = next_manifest(
+            None,
+            "f",
+            "prod",
+            Says {
+                rollouts: vec![],
+                settings: None,
+                revoked: vec![],
+            },
+            now(),
+            Duration::hours(1),
+        )
+        .unwrap();
         let later = now() + Duration::minutes(20);
         assert_eq!(
             next_manifest(
                 Some(&m),
                 "f",
                 "prod",
-                vec![],
-                None,
+                Says {
+                    rollouts: vec![],
+                    settings: None,
+                    revoked: vec![]
+                },
                 later,
                 Duration::hours(1)
             ),
@@ -96,20 +153,68 @@ mod tests {
 
     #[test]
     fn a_manifest_is_resigned_before_it_expires() {
-        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
+        let m = next_manifest(
+            None,
+            "f",
+            "prod",
+            Says {
+                rollouts: vec![],
+                settings: None,
+                revoked: vec![],
+            },
+            now(),
+            Duration::hours(1),
+        )
+        .unwrap();
         let later = now() + Duration::minutes(31);
         let n = next_manifest(
             Some(&m),
             "f",
             "prod",
-            vec![],
-            None,
+            Says {
+                rollouts: vec![],
+                settings: None,
+                revoked: vec![],
+            },
             later,
             Duration::hours(1),
         )
         .unwrap();
         assert_eq!(n.serial, 2);
         assert_eq!(n.expires, later + Duration::hours(1));
+    }
+
+    #[test]
+    fn a_new_revocation_republishes_with_the_next_serial() {
+        let m = next_manifest(
+            None,
+            "f",
+            "prod",
+            Says {
+                rollouts: vec![],
+                settings: None,
+                revoked: vec![],
+            },
+            now(),
+            Duration::hours(1),
+        )
+        .unwrap();
+        let later = now() + Duration::minutes(1);
+        let revoked = vec![format!("sha256:{}", "a".repeat(64))];
+        let n = next_manifest(
+            Some(&m),
+            "f",
+            "prod",
+            Says {
+                rollouts: vec![],
+                settings: None,
+                revoked: revoked.clone(),
+            },
+            later,
+            Duration::hours(1),
+        )
+        .unwrap();
+        assert_eq!((n.serial, n.revoked), (2, revoked));
     }
 
     #[test]
@@ -151,14 +256,29 @@ mod tests {
             model("defaults {\n    poll-interval \"5s\"\n    idle-poll-interval \"5m\"\n}\n");
         let poll = |moving| agent_settings(&both, moving).unwrap().poll_seconds;
         assert_eq!((poll(true), poll(false)), (Some(5), Some(300)));
-        let m = next_manifest(None, "f", "prod", vec![], None, now(), Duration::hours(1)).unwrap();
+        let m = next_manifest(
+            None,
+            "f",
+            "prod",
+            Says {
+                rollouts: vec![],
+                settings: None,
+                revoked: vec![],
+            },
+            now(),
+            Duration::hours(1),
+        )
+        .unwrap();
         let later = now() + Duration::minutes(1);
         let n = next_manifest(
             Some(&m),
             "f",
             "prod",
-            vec![],
-            Some(s.clone()),
+            Says {
+                rollouts: vec![],
+                settings: Some(s.clone()),
+                revoked: vec![],
+            },
             later,
             Duration::hours(1),
         )

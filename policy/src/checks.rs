@@ -21,8 +21,37 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     nodes(model, files, d);
     meshes(model, d);
     templates(model, d);
+    revocations(model, d);
     rollouts(model, d);
     proxies(model, d);
+}
+
+/// Revoked bundles of fleet.kdl: each a bundle digest, each once.
+fn revocations(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let Some(fleet) = &model.fleet else {
+        return;
+    };
+    let mut seen = BTreeSet::new();
+    for r in &fleet.doc.revoked {
+        let digest = &r.digest;
+        if !gitfleet_schemas::trust::valid_digest(&digest.value) {
+            d.error(
+                FLEET_FILE,
+                digest.span,
+                "invalid-digest",
+                format!("`{}` is not a bundle digest", digest.value),
+                Some("revoke takes `sha256:` and 64 lowercase hex digits, as `gitfleet status` and bundle names show them".to_owned()),
+            );
+        } else if !seen.insert(digest.value.as_str()) {
+            d.warning(
+                FLEET_FILE,
+                digest.span,
+                "duplicate-revocation",
+                format!("bundle {} is revoked twice", digest.value),
+                Some("remove one of the two lines".to_owned()),
+            );
+        }
+    }
 }
 
 /// Rollout templates of fleet.kdl: unique names, and their parts checked

@@ -396,8 +396,11 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
             current,
             o.fleet,
             env,
-            channel_rollouts,
-            settings.clone(),
+            channel::Says {
+                rollouts: channel_rollouts,
+                settings: settings.clone(),
+                revoked: channel::revoked(model),
+            },
             now,
             freshness,
         ) {

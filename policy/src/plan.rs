@@ -683,6 +683,11 @@ impl Step<'_, '_> {
             let reason = format!("rollback requested in rollouts/{}.kdl", self.spec.name);
             return self.fail(s, reason, Vec::new());
         }
+        if let Some(reason) = self.revoked(&s) {
+            if !matches!(s.phase, Phase::Failed | Phase::RolledBack) {
+                return self.fail(s, reason, Vec::new());
+            }
+        }
         match s.phase {
             Phase::Complete | Phase::Failed | Phase::RolledBack => s,
             Phase::Progressing | Phase::Verifying | Phase::WaitingWindow
@@ -716,6 +721,31 @@ impl Step<'_, '_> {
             Phase::Progressing => self.progress(s),
             Phase::Verifying => self.verify(s),
         }
+    }
+
+    /// Why `s`'s target (or one proxy's) may not run, when fleet.kdl
+    /// revokes it: the rollout rolls back, and a revoked bundle is never
+    /// rolled out.
+    fn revoked(&self, s: &EnvState) -> Option<String> {
+        let fleet = &self.inputs.model.fleet.as_ref()?.doc;
+        let targets = std::iter::once(&s.target).chain(s.variants.values().map(|v| &v.target));
+        for target in targets {
+            if let Some(r) = fleet
+                .revoked
+                .iter()
+                .find(|r| r.digest.value == target.digest)
+            {
+                let why = r
+                    .reason
+                    .as_ref()
+                    .map_or(String::new(), |w| format!(": {}", w.value));
+                return Some(format!(
+                    "bundle {} is revoked in fleet.kdl{why}",
+                    short(&target.digest)
+                ));
+            }
+        }
+        None
     }
 
     /// `before` with this release's proxies: a proxy it had keeps its

@@ -722,3 +722,70 @@ fn a_rollout_from_a_template_plans_as_the_rollout_written_out() {
     }
     assert_eq!(a.phase("prod"), Some(Phase::Complete));
 }
+
+/// fleet.kdl revoking `b` (on top of the plain fleet of [`fleet`]).
+fn revoking(b: &BundleRef) -> FleetModel {
+    let model = fleet_with(
+        &format!("revoke \"{}\" reason=\"CVE-2026-1234\"\n", b.digest),
+        2,
+        false,
+        STEPS,
+    );
+    assert!(model
+        .fleet
+        .as_ref()
+        .is_some_and(|f| f.doc.revoked.len() == 1));
+    model
+}
+
+/// A bundle revoked while it rolls out is rolled back where it is the
+/// target, every node returns to the bundle before, and the environments
+/// after never start it.
+#[test]
+fn a_revoked_target_is_rolled_back_and_goes_no_further() {
+    let mut sim = Sim::new(fleet(2, false, STEPS));
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(400, |s| s.phase("prod") == Some(Phase::Complete));
+    sim.deploy(bundle(2), "c2");
+    let two = bundle(2).digest;
+    sim.run_until(400, |s| {
+        s.phase("dev") == Some(Phase::Complete) && s.running("dev", &two) == 2
+    });
+
+    sim.model = revoking(&bundle(2));
+    sim.run_until(50, |s| s.running("dev", &bundle(1).digest) == 2);
+    assert_eq!(sim.phase("dev"), Some(Phase::RolledBack));
+    assert!(
+        sim.reason("dev")
+            .contains("is revoked in fleet.kdl: CVE-2026-1234"),
+        "{}",
+        sim.reason("dev")
+    );
+    for _ in 0..100 {
+        sim.tick();
+        for env in ["dev", "staging", "prod"] {
+            assert_eq!(sim.running(env, &bundle(2).digest), 0, "{env}");
+        }
+    }
+}
+
+/// A bundle revoked before it is built is never rolled out anywhere.
+#[test]
+fn a_revoked_bundle_is_never_rolled_out() {
+    let mut sim = Sim::new(revoking(&bundle(3)));
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(400, |s| s.phase("prod") == Some(Phase::Complete));
+    sim.deploy(bundle(3), "c3");
+    for _ in 0..100 {
+        sim.tick();
+        for env in ["dev", "staging", "prod"] {
+            assert_eq!(sim.running(env, &bundle(3).digest), 0, "{env}");
+            assert_eq!(sim.running(env, &bundle(1).digest), 2, "{env}");
+        }
+    }
+    assert!(
+        sim.reason("dev").contains("revoked"),
+        "{}",
+        sim.reason("dev")
+    );
+}

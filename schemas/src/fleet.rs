@@ -25,6 +25,7 @@
 //! proxy "zentinel" version="0.6.45" {
 //!     selector role="edge"
 //! }
+//! revoke "sha256:<64 hex digits>" reason="CVE-2026-1234"
 //! template "canary" {
 //!     step count=1
 //!     step percent=100
@@ -63,6 +64,20 @@ pub struct FleetFile {
     /// rollout's `template` uses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<crate::rollout::Template>,
+    /// Bundles no node may run (`revoke "sha256:..." reason="..."`): the
+    /// reconciler never rolls one out and rolls back where one is the
+    /// target; the list travels in every signed channel manifest and agents
+    /// never activate a listed bundle, moving off one that is active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<Revocation>,
+}
+
+/// `revoke "sha256:<hex>" reason="CVE-2026-1234"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub digest: Spanned<String>,
+    pub reason: Option<Spanned<String>>,
 }
 
 /// `approver "alice" key="..."`: an approval signed with this key counts
@@ -142,6 +157,7 @@ const TOP: &[&str] = &[
     "approver",
     "proxy",
     "template",
+    "revoke",
 ];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
@@ -167,6 +183,7 @@ impl FleetFile {
         let mut approvers = Vec::new();
         let mut proxies = Vec::new();
         let mut templates = Vec::new();
+        let mut revoked = Vec::new();
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -193,6 +210,7 @@ impl FleetFile {
                 "approver" => approvers.extend(decode_approver(&mut d, node)),
                 "proxy" => proxies.extend(crate::proxy::decode_rule(&mut d, node)),
                 "template" => templates.extend(crate::rollout::decode_template(&mut d, node)),
+                "revoke" => revoked.extend(decode_revocation(&mut d, node)),
                 _ => d.unknown_node(node, "fleet.kdl", TOP),
             }
         }
@@ -213,9 +231,27 @@ impl FleetFile {
             approvers,
             proxies,
             templates,
+            revoked,
         });
         d.finish(value)
     }
+}
+
+fn decode_revocation(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Revocation> {
+    d.allow_props(node, &["reason"]);
+    d.max_args(node, 1);
+    d.no_children(node);
+    let digest = d.arg(node, 0, decode::as_string, "a bundle digest, sha256:<hex>");
+    let reason = d.prop(
+        node,
+        "reason",
+        decode::as_string,
+        "why, for people and pages",
+    );
+    Some(Revocation {
+        digest: digest?,
+        reason,
+    })
 }
 
 fn decode_approver(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Approver> {

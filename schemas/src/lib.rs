@@ -33,7 +33,7 @@ pub use common::{labels_match, Selector, Window, WindowKind};
 pub use decode::{DecodeError, Decoded, FORMAT_VERSION};
 pub use diagnostic::{CheckReport, Diagnostic, Severity};
 pub use environments::{Approvals, Environment, EnvironmentsFile};
-pub use fleet::{Approver, Defaults, DriftPolicy, FleetFile, LintRule, Trust};
+pub use fleet::{Approver, Defaults, DriftPolicy, FleetFile, LintRule, Revocation, Trust};
 pub use mesh::MeshFile;
 pub use node::{NodeFile, NodeWireguard};
 pub use proxy::{Proxy, ProxyKind, ProxyRule};

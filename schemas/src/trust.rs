@@ -220,6 +220,17 @@ pub struct ChannelManifest {
     /// over the same settings in a node's agent.kdl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<AgentSettings>,
+    /// Digests of bundles no node may run (fleet.kdl's `revoke`), sorted:
+    /// an agent never activates one and moves off one it runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
+}
+
+impl ChannelManifest {
+    /// Whether `bundle` is revoked.
+    pub fn revokes(&self, bundle: &BundleRef) -> bool {
+        self.revoked.contains(&bundle.digest)
+    }
 }
 
 /// How agents behave, set for the whole fleet. Absent fields leave the

@@ -1170,6 +1170,7 @@ mod tests {
             expires: DateTime::UNIX_EPOCH,
             rollouts,
             settings: None,
+            revoked: Vec::new(),
         };
         let z = Some(Proxy::new(ProxyKind::Zentinel, "0.6.45"));
         let s = Some(Proxy::legacy());

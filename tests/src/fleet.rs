@@ -57,8 +57,21 @@ pub fn manifest_bytes(
     bundle: &BundleRef,
     previous: Option<&BundleRef>,
 ) -> Vec<u8> {
+    manifest_revoking(serial, rollout, selector, bundle, previous, &[])
+}
+
+/// [`manifest_bytes`] that also revokes the bundles `revoked`.
+pub fn manifest_revoking(
+    serial: u64,
+    rollout: &str,
+    selector: &[(&str, &str)],
+    bundle: &BundleRef,
+    previous: Option<&BundleRef>,
+    revoked: &[&BundleRef],
+) -> Vec<u8> {
     let manifest = ChannelManifest {
         settings: None,
+        revoked: revoked.iter().map(|b| b.digest.clone()).collect(),
         fleet: FLEET.into(),
         environment: "prod".into(),
         serial,

@@ -380,6 +380,37 @@ fn a_bundle_the_proxy_refuses_is_rolled_back_and_reported() {
     app_is(&fleet, "one");
 }
 
+/// The real agent with the real proxy: a manifest that still names the
+/// active bundle but revokes it moves the node back to the previous one
+/// on the next poll, and the proxy serves that config again.
+#[test]
+fn a_revoked_active_bundle_is_left_for_the_previous_one_on_the_next_poll() {
+    let (mut fleet, v1) = running();
+    let v2 = fleet.publish(&fleet.config("two", ""));
+    ok(&fleet.agent(&["run", "--once"], None));
+    app_is(&fleet, "two");
+    assert_eq!(fleet.active(), Some(v2.clone()));
+
+    fleet.serial += 1;
+    let manifest = fleet::manifest_revoking(
+        fleet.serial,
+        "edge",
+        &[("role", "edge")],
+        &v2,
+        Some(&v1),
+        &[&v2],
+    );
+    let tmp = fleet.path("store/channels/.prod.json.tmp");
+    std::fs::write(&tmp, manifest).unwrap();
+    std::fs::rename(&tmp, fleet.path("store/channels/prod.json")).unwrap();
+    ok(&fleet.agent(&["run", "--once"], None));
+    app_is(&fleet, "one");
+    let state = fleet.state();
+    let slot = state.sentinel.unwrap();
+    assert_eq!(slot.active, v1);
+    assert_eq!(fleet.report().rollouts["edge"].active, Some(v1));
+}
+
 #[test]
 fn a_kill_at_any_activation_point_restarts_into_a_whole_config() {
     let (mut fleet, _) = running();

@@ -63,6 +63,7 @@ fn trusted_root() -> Verified<Root> {
 fn channel(serial: u64) -> ChannelManifest {
     ChannelManifest {
         settings: None,
+        revoked: Vec::new(),
         fleet: "acme".into(),
         environment: "prod".into(),
         serial,

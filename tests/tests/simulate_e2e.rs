@@ -490,6 +490,73 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
     sim.stop();
 }
 
+/// Revoking the bundle dev completed: the next pass rolls dev back, the
+/// manifest lists the revoked digest, and every dev edge node is on the
+/// bundle before within a poll interval (200 ms here) of that pass.
+#[test]
+fn revoking_the_active_bundle_moves_every_node_back_after_one_pass() {
+    let fleet = Fleet::new();
+    let sim = fleet.simulate("0", "simulate-revoke.log");
+    let first = fleet
+        .reconcile_until("complete", &sim, |d| d.phase == Phase::Complete)
+        .target;
+    let work = fleet.path("work");
+    let config = work.join("configs/edge/sentinel.kdl");
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("// tuned\n");
+    std::fs::write(&config, t).unwrap();
+    git(&work, &["commit", "-qam", "tune edge"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let second = fleet
+        .reconcile_until("the second bundle complete", &sim, |d| {
+            d.phase == Phase::Complete && d.target != first
+        })
+        .target;
+    let on = |b: &BundleRef| DEV_EDGE.iter().all(|n| fleet.active(n).as_ref() == Some(b));
+    let started = Instant::now();
+    while !on(&second) {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let fleet_kdl = work.join("fleet.kdl");
+    let mut t = std::fs::read_to_string(&fleet_kdl).unwrap();
+    t.push_str(&format!(
+        "revoke \"{}\" reason=\"CVE-2026-0001\"\n",
+        second.digest
+    ));
+    std::fs::write(&fleet_kdl, t).unwrap();
+    git(&work, &["commit", "-qam", "revoke the tuned edge bundle"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    fleet.reconcile();
+    let passed = Instant::now();
+    let dev = fleet.dev("edge").unwrap();
+    assert_eq!(dev.phase, Phase::RolledBack, "{}", dev.reason);
+    assert!(
+        dev.reason.contains("revoked in fleet.kdl: CVE-2026-0001"),
+        "{}",
+        dev.reason
+    );
+    assert_eq!(fleet.manifest("dev").revoked, vec![second.digest.clone()]);
+    while !on(&first) {
+        assert!(
+            passed.elapsed() < Duration::from_secs(10),
+            "dev edge nodes did not leave the revoked bundle:\n{}",
+            sim.stop()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "every dev edge node left the revoked bundle {} ms after the pass",
+        passed.elapsed().as_millis()
+    );
+    // Later passes never plan it again.
+    fleet.reconcile();
+    assert_eq!(fleet.dev("edge").unwrap().phase, Phase::RolledBack);
+    assert!(on(&first));
+    sim.stop();
+}
+
 #[test]
 fn a_reconciler_killed_at_any_point_and_restarted_skips_and_repeats_no_step() {
     killed_at_each_point_and_restarted(Fleet::new());
