@@ -119,12 +119,25 @@ pub fn wanted<'m>(
     state: &LocalState,
 ) -> Vec<(&'m ChannelRollout, BundleRef)> {
     let (node, labels) = (id.node.as_str(), &id.labels);
+    let held = manifest.held.iter().any(|h| h == node);
     manifest
         .rollouts
         .iter()
         .filter(|r| r.selects(labels))
         .filter(|r| r.proxy.as_ref().is_none_or(|p| *p == id.proxy))
         .filter_map(|r| {
+            if held {
+                // Keeps what it runs; only a revoked bundle is left.
+                let active = KINDS
+                    .iter()
+                    .filter_map(|k| slot(state, *k))
+                    .find(|s| s.rollout == r.name)
+                    .map(|s| &s.active)?;
+                let instead = manifest
+                    .revokes(active)
+                    .then(|| instead_of_revoked(manifest, state, r))??;
+                return Some((r, instead));
+            }
             let target = if r.rolled_back && r.previous.is_none() {
                 ran_before(state, r)
             } else if r.includes(node) {
@@ -932,6 +945,7 @@ mod tests {
         ChannelManifest {
             settings: None,
             revoked: Vec::new(),
+            held: Vec::new(),
             fleet: "f".into(),
             environment: "prod".into(),
             serial: 1,
@@ -1007,6 +1021,29 @@ mod tests {
         let mut m = manifest(vec![r]);
         m.revoked = vec![old.digest.clone()];
         assert_eq!(wanted(&m, &me, &running(&mine, Some(&old)))[0].1, mine);
+    }
+
+    /// A held node wants nothing new: it keeps what it runs, and leaves it
+    /// only when that is revoked.
+    #[test]
+    fn a_held_node_keeps_what_it_runs_unless_it_is_revoked() {
+        let r = rollout("edge", &[], u64::MAX);
+        let (new, old) = (r.bundle.clone(), r.previous.clone().unwrap());
+        let mut m = manifest(vec![r]);
+        let me = id(&BTreeMap::new());
+        m.held = vec!["n1".into()];
+        assert!(wanted(&m, &me, &running(&old, None)).is_empty());
+        assert!(wanted(&m, &me, &none()).is_empty());
+        m.revoked = vec![old.digest.clone()];
+        let mine = BundleRef {
+            digest: format!("sha256:{}", "c".repeat(64)),
+            length: 7,
+        };
+        // Back to what it ran before, never on to the rollout's new bundle.
+        assert_eq!(wanted(&m, &me, &running(&old, Some(&mine)))[0].1, mine);
+        m.held = vec!["n2".into()];
+        m.revoked.clear();
+        assert_eq!(wanted(&m, &me, &running(&old, None))[0].1, new);
     }
 
     fn id(labels: &BTreeMap<String, String>) -> Identity {

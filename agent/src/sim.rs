@@ -611,6 +611,7 @@ mod tests {
             let manifest = ChannelManifest {
                 settings: self.settings.clone(),
                 revoked: Vec::new(),
+                held: Vec::new(),
                 fleet: "acme".into(),
                 environment: "prod".into(),
                 serial: self.serial,

@@ -81,6 +81,7 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
     let manifest = ChannelManifest {
         settings: None,
         revoked: Vec::new(),
+        held: Vec::new(),
         fleet: "acme".into(),
         environment: "prod".into(),
         serial,

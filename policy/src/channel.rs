@@ -52,6 +52,20 @@ pub struct Says {
     pub settings: Option<AgentSettings>,
     /// Sorted digests ([`revoked`]).
     pub revoked: Vec<String>,
+    /// Sorted ids of the environment's held nodes ([`held`]).
+    pub held: Vec<String>,
+}
+
+/// The nodes of `environment` whose node file holds them, sorted.
+pub fn held(model: &FleetModel, environment: &str) -> Vec<String> {
+    let mut held: Vec<String> = model
+        .nodes
+        .iter()
+        .filter(|n| n.doc.environment.value == environment && n.doc.hold.is_some())
+        .map(|n| n.doc.id.value.clone())
+        .collect();
+    held.sort();
+    held
 }
 
 /// The manifest to publish for `environment`, or `None` when the current one
@@ -69,13 +83,15 @@ pub fn next_manifest(
         rollouts,
         settings,
         revoked,
+        held,
     } = says;
     if let Some(c) = current {
         let same = c.fleet == fleet
             && c.environment == environment
             && c.rollouts == rollouts
             && c.settings == settings
-            && c.revoked == revoked;
+            && c.revoked == revoked
+            && c.held == held;
         if same && c.expires - now > freshness / 2 {
             return None;
         }
@@ -88,6 +104,7 @@ pub fn next_manifest(
         rollouts,
         settings,
         revoked,
+        held,
     })
 }
 
@@ -110,6 +127,7 @@ mod tests {
                 rollouts: vec![],
                 settings: None,
                 revoked: vec![],
+                held: vec![],
             },
             now(),
             Duration::hours(1),
@@ -128,6 +146,7 @@ mod tests {
                 rollouts: vec![],
                 settings: None,
                 revoked: vec![],
+                held: vec![],
             },
             now(),
             Duration::hours(1),
@@ -142,7 +161,8 @@ mod tests {
                 Says {
                     rollouts: vec![],
                     settings: None,
-                    revoked: vec![]
+                    revoked: vec![],
+                    held: vec![],
                 },
                 later,
                 Duration::hours(1)
@@ -161,6 +181,7 @@ mod tests {
                 rollouts: vec![],
                 settings: None,
                 revoked: vec![],
+                held: vec![],
             },
             now(),
             Duration::hours(1),
@@ -175,6 +196,7 @@ mod tests {
                 rollouts: vec![],
                 settings: None,
                 revoked: vec![],
+                held: vec![],
             },
             later,
             Duration::hours(1),
@@ -194,6 +216,7 @@ mod tests {
                 rollouts: vec![],
                 settings: None,
                 revoked: vec![],
+                held: vec![],
             },
             now(),
             Duration::hours(1),
@@ -209,6 +232,7 @@ mod tests {
                 rollouts: vec![],
                 settings: None,
                 revoked: revoked.clone(),
+                held: vec![],
             },
             later,
             Duration::hours(1),
@@ -264,6 +288,7 @@ mod tests {
                 rollouts: vec![],
                 settings: None,
                 revoked: vec![],
+                held: vec![],
             },
             now(),
             Duration::hours(1),
@@ -278,6 +303,7 @@ mod tests {
                 rollouts: vec![],
                 settings: Some(s.clone()),
                 revoked: vec![],
+                held: vec![],
             },
             later,
             Duration::hours(1),

@@ -657,6 +657,15 @@ fn nodes(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
     for Located { path, doc: node } in &model.nodes {
         let path = path.as_str();
         check_name(d, path, &node.id, "node id");
+        if let Some(h) = node.hold.as_ref().filter(|h| h.value.trim().is_empty()) {
+            d.error(
+                path,
+                h.span,
+                "invalid-value",
+                "a hold needs a reason",
+                Some("say why, for the pages and whoever lifts it: `hold \"disk replacement, INC-88\"`".to_owned()),
+            );
+        }
         if let Some((first_path, first_span)) = ids.insert(&node.id.value, (path, node.id.span)) {
             let at = d.location(first_path, first_span);
             d.error(

@@ -45,7 +45,7 @@ pub enum Current {
     /// None yet.
     Missing,
     /// One our online key signed: it seeds the next serial.
-    Ours(ChannelManifest),
+    Ours(Box<ChannelManifest>),
     /// One our key did not sign: never overwritten (its serial is unknown).
     Foreign,
 }
@@ -369,7 +369,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
     for (env, in_force) in o.rules.rules.iter() {
         let current = match o.manifests.get(env).unwrap_or(&Current::Missing) {
             Current::Missing => None,
-            Current::Ours(m) => Some(m),
+            Current::Ours(m) => Some(&**m),
             Current::Foreign => {
                 foreign_manifests.push(env.to_owned());
                 continue;
@@ -400,6 +400,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                 rollouts: channel_rollouts,
                 settings: settings.clone(),
                 revoked: channel::revoked(model),
+                held: channel::held(model, env),
             },
             now,
             freshness,

@@ -254,6 +254,11 @@ impl Targets {
             let mut by_env: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for i in select(model, &r.doc.selector) {
                 let n = &model.nodes[i].doc;
+                // A held node is no target: skipped by every step, and
+                // not counted against max-unavailable.
+                if n.hold.is_some() {
+                    continue;
+                }
                 by_env
                     .entry(n.environment.value.clone())
                     .or_default()

@@ -192,6 +192,7 @@ fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile) -> NodeView {
                 format!("the agent drives {runs}, and the fleet repo says {proxy}: it refuses the bundles built for {proxy}")
             })
         }),
+        hold: node.hold.as_ref().map(|h| h.value.clone()),
     }
 }
 

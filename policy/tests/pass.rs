@@ -121,8 +121,10 @@ impl World {
                 }
                 Write::Publish(p) => {
                     self.check_publish(&p.manifest);
-                    self.manifests
-                        .insert(p.environment.clone(), Current::Ours(p.manifest.clone()));
+                    self.manifests.insert(
+                        p.environment.clone(),
+                        Current::Ours(Box::new(p.manifest.clone())),
+                    );
                 }
                 Write::Status(_) | Write::Promote(..) => {}
             }

@@ -160,6 +160,10 @@ impl Sim {
                 continue;
             }
             let env = &n.doc.environment.value;
+            // As agents do: a held node keeps what it runs.
+            if gitfleet_policy::channel::held(&self.model, env).contains(id) {
+                continue;
+            }
             let report = self.reports.get_mut(id).unwrap();
             for cr in p.channel_rollouts(&self.model, env) {
                 let active = report.active_digest(&cr.name).map(str::to_owned);
@@ -788,4 +792,36 @@ fn a_revoked_bundle_is_never_rolled_out() {
         "{}",
         sim.reason("dev")
     );
+}
+
+/// A held node is never admitted, the rollout completes without it, and a
+/// held node that never reports does not hold the rollout up (it does not
+/// count against max-unavailable).
+#[test]
+fn a_held_node_is_skipped_and_does_not_block_the_rollout() {
+    let mut model = fleet(3, false, STEPS);
+    let held = model
+        .nodes
+        .iter_mut()
+        .find(|n| n.doc.environment.value == "dev")
+        .unwrap();
+    held.doc.hold = Some(gitfleet_schemas::Spanned::new(
+        "disk replacement".to_owned(),
+        gitfleet_schemas::Span::default(),
+    ));
+    let held = held.doc.id.value.clone();
+    let mut sim = Sim::new(model);
+    sim.silent.insert(held.clone());
+    sim.deploy(bundle(1), "c1");
+    sim.run_until(400, |s| s.phase("prod") == Some(Phase::Complete));
+    assert_eq!(sim.running("dev", &bundle(1).digest), 2);
+    assert_eq!(sim.reports[&held].active_digest("web"), None);
+    let plan = sim.plan();
+    let dev = plan.rollouts[0]
+        .environments
+        .iter()
+        .find(|e| e.environment == "dev")
+        .unwrap();
+    assert_eq!(dev.targets, 2);
+    assert_eq!(gitfleet_policy::channel::held(&sim.model, "dev"), [held]);
 }

@@ -8,6 +8,7 @@
 //! node-key "base64 ed25519 public key"
 //! wireguard public-key="base64 x25519 public key" endpoint="198.51.100.7:51820"
 //! proxy "zentinel" version="0.6.45"
+//! hold "disk replacement, INC-88"     // optional: rollouts skip it
 //! ```
 
 use std::collections::BTreeMap;
@@ -31,6 +32,10 @@ pub struct NodeFile {
     /// The proxy the node runs, when its file says (see [`crate::proxy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Spanned<crate::proxy::Proxy>>,
+    /// `hold "reason"`: rollouts skip the node, it keeps what it runs, and
+    /// it does not count against `max-unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -49,6 +54,7 @@ const TOP: &[&str] = &[
     "node-key",
     "wireguard",
     "proxy",
+    "hold",
 ];
 
 impl NodeFile {
@@ -59,7 +65,7 @@ impl NodeFile {
         };
         let (mut id, mut environment, mut labels, mut node_key, mut wireguard) =
             (None, None, None, None, None);
-        let mut proxy = None;
+        let (mut proxy, mut hold) = (None, None);
         for node in d.versioned(&doc, "node file") {
             match decode::name(node) {
                 "id" => {
@@ -86,6 +92,10 @@ impl NodeFile {
                     d.no_children(node);
                     let v = crate::proxy::decode_proxy(&mut d, node);
                     d.once(&mut proxy, node, v);
+                }
+                "hold" => {
+                    let v = d.string(node);
+                    d.once(&mut hold, node, v);
                 }
                 _ => d.unknown_node(node, "node file", TOP),
             }
@@ -114,6 +124,7 @@ impl NodeFile {
                 node_key,
                 wireguard,
                 proxy,
+                hold,
             }),
             _ => None,
         };

@@ -224,6 +224,11 @@ pub struct ChannelManifest {
     /// an agent never activates one and moves off one it runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked: Vec<String>,
+    /// Nodes of this environment on hold (their node file's `hold`),
+    /// sorted: each keeps what it runs whatever the rollouts say (a revoked
+    /// bundle it still leaves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
 }
 
 impl ChannelManifest {

@@ -1171,6 +1171,7 @@ mod tests {
             rollouts,
             settings: None,
             revoked: Vec::new(),
+            held: Vec::new(),
         };
         let z = Some(Proxy::new(ProxyKind::Zentinel, "0.6.45"));
         let s = Some(Proxy::legacy());

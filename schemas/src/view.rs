@@ -161,4 +161,7 @@ pub struct NodeView {
     /// it refuses the bundles built for the repo's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_mismatch: Option<String>,
+    /// Why the node is on hold (its node file's `hold`): rollouts skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }

@@ -72,6 +72,7 @@ pub fn manifest_revoking(
     let manifest = ChannelManifest {
         settings: None,
         revoked: revoked.iter().map(|b| b.digest.clone()).collect(),
+        held: Vec::new(),
         fleet: FLEET.into(),
         environment: "prod".into(),
         serial,

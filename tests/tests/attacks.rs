@@ -64,6 +64,7 @@ fn channel(serial: u64) -> ChannelManifest {
     ChannelManifest {
         settings: None,
         revoked: Vec::new(),
+        held: Vec::new(),
         fleet: "acme".into(),
         environment: "prod".into(),
         serial,

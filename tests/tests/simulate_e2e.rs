@@ -557,6 +557,58 @@ fn revoking_the_active_bundle_moves_every_node_back_after_one_pass() {
     sim.stop();
 }
 
+/// A node put on hold in its node file keeps the bundle it runs while the
+/// next rollout completes around it, and `gitfleet status` says why.
+#[test]
+fn a_held_node_keeps_its_bundle_while_the_rollout_completes_around_it() {
+    let fleet = Fleet::new();
+    let sim = fleet.simulate("0", "simulate-hold.log");
+    let first = fleet
+        .reconcile_until("complete", &sim, |d| d.phase == Phase::Complete)
+        .target;
+    let work = fleet.path("work");
+    let held = DEV_EDGE[0];
+    let node_file = work.join(format!("nodes/{held}.kdl"));
+    let mut t = std::fs::read_to_string(&node_file).unwrap();
+    t.push_str("hold \"disk replacement, INC-88\"\n");
+    std::fs::write(&node_file, t).unwrap();
+    let config = work.join("configs/edge/sentinel.kdl");
+    let mut t = std::fs::read_to_string(&config).unwrap();
+    t.push_str("// tuned\n");
+    std::fs::write(&config, t).unwrap();
+    git(&work, &["commit", "-qam", "hold one node, tune edge"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let dev = fleet.reconcile_until("the second bundle complete", &sim, |d| {
+        d.phase == Phase::Complete && d.target != first
+    });
+    let second = dev.target;
+    let started = Instant::now();
+    while !DEV_EDGE[1..]
+        .iter()
+        .all(|n| fleet.active(n).as_ref() == Some(&second))
+    {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fleet.active(held), Some(first));
+    assert_eq!(fleet.manifest("dev").held, [held.to_owned()]);
+    sim.stop();
+
+    let out = Command::new(bin("gitfleet"))
+        .args(["status", "--repo", &fleet.repo, "--store", &fleet.store])
+        .envs(fleet.store_env())
+        .arg("--cache")
+        .arg(fleet.path("status-mirror"))
+        .args(["--env", "dev"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stdout.contains("on hold: disk replacement, INC-88 (rollouts skip it)"),
+        "{stdout}{stderr}"
+    );
+}
+
 #[test]
 fn a_reconciler_killed_at_any_point_and_restarted_skips_and_repeats_no_step() {
     killed_at_each_point_and_restarted(Fleet::new());

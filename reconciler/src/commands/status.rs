@@ -182,7 +182,7 @@ fn counts_line(c: &gitfleet_schemas::view::Counts) -> String {
 }
 
 fn needs_attention(n: &NodeView) -> bool {
-    n.health != Health::Healthy || !n.drift.is_empty() || !n.errors.is_empty()
+    n.health != Health::Healthy || !n.drift.is_empty() || !n.errors.is_empty() || n.hold.is_some()
 }
 
 /// The human picture of `view`.
@@ -314,6 +314,9 @@ pub fn human(view: &FleetStatus, all_nodes: bool, approve: &str) -> String {
         }
         if let Some(m) = &n.proxy_mismatch {
             let _ = writeln!(out, "  {:<width$}  proxy: {m}", "");
+        }
+        if let Some(h) = &n.hold {
+            let _ = writeln!(out, "  {:<width$}  on hold: {h} (rollouts skip it)", "");
         }
     }
     let hidden = view.nodes.len() - listed.len();

@@ -471,7 +471,7 @@ impl Reconciler {
                 Fetch::Found(o) => match current_manifest(&o.bytes, &self.online_key) {
                     Some(m) => {
                         etags.insert(env.to_owned(), o.etag);
-                        Current::Ours(m)
+                        Current::Ours(Box::new(m))
                     }
                     None => Current::Foreign,
                 },

@@ -582,6 +582,7 @@ mod tests {
                 wireguard: None,
                 proxy: gitfleet_schemas::Proxy::legacy(),
                 proxy_mismatch: None,
+                hold: None,
             }],
             reports_ignored: BTreeMap::new(),
         }

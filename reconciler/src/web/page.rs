@@ -20,7 +20,7 @@ td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #e3e6ea}\
 .bar i{display:block;height:10px;background:#2f9e44;border-radius:5px}\
 .healthy{color:#2f9e44}.unhealthy,.failed,.rolled-back{color:#c92a2a}.stale,.unreported,.paused{color:#e67700}\
 code{font-size:12px}pre{background:#f6f8fa;padding:6px;overflow-x:auto}\
-.add{color:#2f9e44}.del{color:#c92a2a}.hunk{color:#1971c2}.alert{background:#fff4e6;border:1px solid #e67700;padding:6px 12px;border-radius:6px}";
+.add{color:#2f9e44}.del{color:#c92a2a}.hunk{color:#1971c2}.alert{background:#fff4e6;border:1px solid #e67700;padding:6px 12px;border-radius:6px}.hold{background:#e7f5ff;border:1px solid #1971c2;padding:6px 12px;border-radius:6px}";
 
 /// Re-fetch the page body after every reconcile pass (server-sent events).
 const SCRIPT: &str = "const es=new EventSource('/events');\
@@ -364,6 +364,13 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     }
     if let Some(m) = &n.proxy_mismatch {
         let _ = write!(out, "<p class=alert>Proxy: {}</p>", esc(m));
+    }
+    if let Some(h) = &n.hold {
+        let _ = write!(
+            out,
+            "<p class=hold>On hold: {} (its node file's <code>hold</code>; rollouts skip it and it keeps what it runs)</p>",
+            esc(h)
+        );
     }
     if let Some(m) = &n.metrics {
         out.push_str("<h3>System</h3><table>");
