@@ -88,18 +88,65 @@ fn first_of_each_name<'m>(rules: &'m [LintRule], d: &mut Diagnostics<'_>) -> Vec
     out
 }
 
+/// Whether `rule` is one of the fleet's own: patterns or a file size.
+fn custom(rule: &LintRule) -> bool {
+    !rule.patterns.is_empty() || rule.max_file_bytes.is_some()
+}
+
 /// Report unknown rule names and bad settings; true when the rule can run.
 fn known(d: &mut Diagnostics<'_>, model: &FleetModel, rule: &LintRule) -> bool {
     let name = rule.name.value.as_str();
-    if !RULES.iter().any(|(r, _)| *r == name) {
+    let builtin = RULES.iter().any(|(r, _)| *r == name);
+    if !builtin && !custom(rule) {
         let names: Vec<&str> = RULES.iter().map(|(r, _)| *r).collect();
         d.error(
             FLEET_FILE,
             rule.name.span,
             "unknown-lint",
             format!("unknown lint rule `{name}`"),
-            Some(format!("known rules: {}", names.join(", "))),
+            Some(format!(
+                "known rules: {}; a rule of the fleet's own has `forbid`, `require` or `max-file-bytes` in its block",
+                names.join(", ")
+            )),
         );
+        return false;
+    }
+    if builtin && custom(rule) {
+        d.error(
+            FLEET_FILE,
+            rule.name.span,
+            "invalid-lint",
+            format!(
+                "lint `{name}` is built in and takes no `forbid`, `require` or `max-file-bytes`"
+            ),
+            Some("give a rule of the fleet's own a name of its own".to_owned()),
+        );
+        return false;
+    }
+    let mut ok = true;
+    for p in &rule.patterns {
+        if let Err(e) = regex::Regex::new(&p.regex.value) {
+            d.error(
+                FLEET_FILE,
+                p.regex.span,
+                "invalid-regex",
+                format!(
+                    "lint `{name}`: `{}` is not a regular expression",
+                    p.regex.value
+                ),
+                Some(
+                    e.to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                ),
+            );
+            ok = false;
+        }
+    }
+    if !ok {
         return false;
     }
     for env in &rule.environments {
@@ -181,6 +228,12 @@ fn apply(rule: &LintRule, dir: &ConfigDir, files: &RepoFiles, d: &mut Diagnostic
         .values()
         .next()
         .map_or("sentinel.kdl", |v| v.file);
+    if custom(rule) {
+        for f in custom_findings(rule, dir) {
+            d.push(&f.path, f.span, sev, &code, f.message, f.help);
+        }
+        return;
+    }
     match rule.name.value.as_str() {
         "max-config-bytes" => {
             let limit = rule.limit.as_ref().map_or(u64::MAX, |l| l.value);
@@ -227,6 +280,15 @@ pub fn blocking(rules: &[LintRule], env: &str, dir: &ConfigDir) -> Vec<String> {
             continue;
         }
         let name = rule.name.value.as_str();
+        if custom(rule) {
+            for f in custom_findings(rule, dir) {
+                let line = format!("lint `{name}`: {}", f.message);
+                if !out.contains(&line) {
+                    out.push(line);
+                }
+            }
+            continue;
+        }
         if name == "max-config-bytes" {
             let limit = rule.limit.as_ref().map_or(u64::MAX, |l| l.value);
             let size = dir.total_bytes() as u64;
@@ -245,6 +307,88 @@ pub fn blocking(rules: &[LintRule], env: &str, dir: &ConfigDir) -> Vec<String> {
                 if !out.contains(&line) {
                     out.push(line);
                 }
+            }
+        }
+    }
+    out
+}
+
+/// What a rule of the fleet's own found in one file.
+#[derive(Debug, PartialEq, Eq)]
+struct Finding {
+    path: String,
+    span: Span,
+    message: String,
+    help: Option<String>,
+}
+
+/// The findings of a rule of the fleet's own on config `dir`: each match
+/// of a forbidden pattern in any of its text files (at the match), each
+/// entry file (sentinel.kdl, zentinel.kdl) without a match of a required
+/// one, each file over `max-file-bytes`. A pattern that does not compile
+/// finds nothing (`check` reports it).
+fn custom_findings(rule: &LintRule, dir: &ConfigDir) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let compiled: Vec<_> = rule
+        .patterns
+        .iter()
+        .filter_map(|p| regex::Regex::new(&p.regex.value).ok().map(|re| (p, re)))
+        .collect();
+    for (file, bytes) in &dir.files {
+        let path = format!("configs/{}/{file}", dir.name);
+        if let Some(max) = &rule.max_file_bytes {
+            if bytes.len() as u64 > max.value {
+                out.push(Finding {
+                    path: path.clone(),
+                    span: Span::default(),
+                    message: format!(
+                        "`{file}` of config `{}` is {} bytes, over {}",
+                        dir.name,
+                        bytes.len(),
+                        max.value
+                    ),
+                    help: Some("split it, or raise `max-file-bytes` in fleet.kdl".to_owned()),
+                });
+            }
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            continue;
+        };
+        for (p, re) in compiled.iter().filter(|(p, _)| p.forbid) {
+            for m in re.find_iter(text) {
+                out.push(Finding {
+                    path: path.clone(),
+                    span: Span::new(m.start(), m.end()),
+                    message: p.message.as_ref().map_or_else(
+                        || format!("matches the forbidden pattern `{}`", p.regex.value),
+                        |m| m.value.clone(),
+                    ),
+                    help: Some(format!(
+                        "forbidden by lint `{}` in fleet.kdl",
+                        rule.name.value
+                    )),
+                });
+            }
+        }
+    }
+    let mut entries: Vec<&str> = dir.variants.values().map(|v| v.file).collect();
+    entries.dedup();
+    for (p, re) in compiled.iter().filter(|(p, _)| !p.forbid) {
+        for file in &entries {
+            let Some(text) = dir.text(file) else { continue };
+            if !re.is_match(text) {
+                out.push(Finding {
+                    path: format!("configs/{}/{file}", dir.name),
+                    span: Span::default(),
+                    message: p.message.as_ref().map_or_else(
+                        || format!("has no match of the required pattern `{}`", p.regex.value),
+                        |m| m.value.clone(),
+                    ),
+                    help: Some(format!(
+                        "required by lint `{}` in fleet.kdl",
+                        rule.name.value
+                    )),
+                });
             }
         }
     }
@@ -360,6 +504,49 @@ mod tests {
         assert_eq!(
             found[0].help.as_deref(),
             Some("first switched on at fleet.kdl:3; keep one `lint` node per rule, with all its environments and configs")
+        );
+    }
+
+    /// A rule of the fleet's own at error severity keeps a config whose
+    /// files match its forbidden pattern out of the environments it names,
+    /// and only those.
+    #[test]
+    fn a_fleets_own_rule_blocks_a_forbidden_pattern_where_it_applies() {
+        let fleet = "version 1\nname \"f\"\nlint \"no-debug\" severity=\"error\" {\n forbid \"level \\\"debug\\\"\" message=\"debug logs leak bodies\"\n require \"listeners\"\n environments \"prod\"\n}\n";
+        let rules = gitfleet_schemas::FleetFile::decode(fleet)
+            .value
+            .expect("fleet.kdl decodes")
+            .lints;
+        let dir = |text: &str| ConfigDir {
+            name: "web".into(),
+            files: [("sentinel.kdl".to_owned(), text.as_bytes().to_vec())].into(),
+            variants: [(
+                gitfleet_schemas::Proxy::legacy(),
+                crate::model::Variant {
+                    file: "sentinel.kdl",
+                    config: None,
+                },
+            )]
+            .into(),
+        };
+        let bad = dir("listeners {}\nlogging { level \"debug\"; }\n");
+        assert_eq!(
+            blocking(&rules, "prod", &bad),
+            ["lint `no-debug`: debug logs leak bodies"]
+        );
+        assert!(blocking(&rules, "dev", &bad).is_empty());
+        let good = dir("listeners {}\nlogging { level \"info\"; }\n");
+        assert!(blocking(&rules, "prod", &good).is_empty());
+        let bare = dir("logging { level \"info\"; }\n");
+        assert_eq!(
+            blocking(&rules, "prod", &bare),
+            ["lint `no-debug`: has no match of the required pattern `listeners`"]
+        );
+        let found = custom_findings(&rules[0], &bad);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            &"listeners {}\nlogging { level \"debug\"; }\n"[found[0].span.start..found[0].span.end],
+            "level \"debug\""
         );
     }
 

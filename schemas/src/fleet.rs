@@ -21,6 +21,11 @@
 //! lint "listener-tls" severity="error" {
 //!     environments "prod"
 //! }
+//! lint "no-debug-logs" severity="error" {      // a rule of the fleet's own
+//!     forbid "level\\s+\"debug\"" message="debug logs leak request bodies"
+//!     require "request-timeout-secs"
+//!     max-file-bytes 65536
+//! }
 //! approver "alice" key="base64 ed25519 public key"
 //! proxy "zentinel" version="0.6.45" {
 //!     selector role="edge"
@@ -145,6 +150,26 @@ pub struct LintRule {
     pub environments: Vec<Spanned<String>>,
     /// Configs the rule applies to; empty means all.
     pub configs: Vec<Spanned<String>>,
+    /// A rule of the fleet's own (any name that is not a built-in rule):
+    /// patterns a config's files must not or must contain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<Pattern>,
+    /// A rule of the fleet's own: no file of a config over this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<Spanned<u64>>,
+}
+
+/// `forbid "REGEX" message="..."` or `require "REGEX" message="..."` in a
+/// lint rule of the fleet's own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pattern {
+    /// Whether a match is a finding (`forbid`) or its absence is (`require`).
+    pub forbid: bool,
+    /// A regular expression (Rust `regex` syntax), matched against each file.
+    pub regex: Spanned<String>,
+    /// What a finding says, instead of the pattern.
+    pub message: Option<Spanned<String>>,
 }
 
 const TOP: &[&str] = &[
@@ -376,12 +401,41 @@ fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
             }
         });
     let limit = d.prop(node, "limit", decode::as_u64, "a non-negative integer");
-    let (mut environments, mut configs) = (Vec::new(), Vec::new());
+    let (mut environments, mut configs, mut patterns) = (Vec::new(), Vec::new(), Vec::new());
+    let mut max_file_bytes = None;
     for c in children(node) {
         match decode::name(c) {
             "environments" => environments.extend(d.strings(c)),
             "configs" => configs.extend(d.strings(c)),
-            _ => d.unknown_node(c, "`lint`", &["environments", "configs"]),
+            "forbid" | "require" => {
+                d.allow_props(c, &["message"]);
+                d.max_args(c, 1);
+                d.no_children(c);
+                let regex = d.arg(c, 0, decode::as_string, "a regular expression");
+                let message = d.prop(c, "message", decode::as_string, "what a finding says");
+                if let Some(regex) = regex {
+                    patterns.push(Pattern {
+                        forbid: decode::name(c) == "forbid",
+                        regex,
+                        message,
+                    });
+                }
+            }
+            "max-file-bytes" => {
+                let v = d.u64(c);
+                d.once(&mut max_file_bytes, c, v);
+            }
+            _ => d.unknown_node(
+                c,
+                "`lint`",
+                &[
+                    "environments",
+                    "configs",
+                    "forbid",
+                    "require",
+                    "max-file-bytes",
+                ],
+            ),
         }
     }
     Some(LintRule {
@@ -390,5 +444,7 @@ fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
         limit,
         environments,
         configs,
+        patterns,
+        max_file_bytes,
     })
 }
