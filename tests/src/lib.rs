@@ -154,6 +154,20 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// In the working clone `work`: append each text to its file (relative
+/// path), commit everything with `message` and push `main` to `remote`.
+pub fn append_commit_push(work: &Path, edits: &[(&str, &str)], message: &str, remote: &str) {
+    for (file, text) in edits {
+        let path = work.join(file);
+        let mut t = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        t.push_str(text);
+        std::fs::write(&path, t).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+    git(work, &["commit", "-qam", message]);
+    git(work, &["push", "-q", remote, "main"]);
+}
+
 /// Interrupt `child` as Ctrl-C would (SIGINT to its pid) and wait for it
 /// to exit, failing the test when it takes longer than `within`.
 pub fn interrupt(

@@ -17,7 +17,10 @@ use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::state::{MeshAllocation, Phase, RolloutState};
 use gitfleet_schemas::trust::{BundleRef, Document, PublicKey, Root};
 use gitfleet_schemas::verify::{verify_bundle, verify_channel, verify_first_root, Limits};
-use gitfleet_tests::{bin, copy_dir, git, text, workspace};
+use gitfleet_tests::{append_commit_push, bin, copy_dir, git, text, workspace};
+
+/// The edge config of the example fleet.
+const EDGE: &str = "configs/edge/sentinel.kdl";
 
 struct Fleet {
     dir: tempfile::TempDir,
@@ -241,12 +244,7 @@ fn over_git_daemon_and_s3_a_push_becomes_bundles_manifests_and_a_state_commit() 
     // Someone pushes a change over git://: the next pass builds, uploads
     // and rolls out the new bundle.
     let work = fleet.path("work");
-    let config = work.join("configs/edge/sentinel.kdl");
-    let mut t = std::fs::read_to_string(&config).unwrap();
-    t.push_str("// tuned\n");
-    std::fs::write(&config, t).unwrap();
-    git(&work, &["commit", "-qam", "tune edge"]);
-    git(&work, &["push", "-q", &repo, "main"]);
+    append_commit_push(&work, &[(EDGE, "// tuned\n")], "tune edge", &repo);
     pass();
     let second = fleet.state("edge").environments["dev"].target.clone();
     assert_ne!(second, first);
@@ -270,7 +268,7 @@ fn over_git_daemon_a_fresh_shallow_replica_plans_what_a_whole_mirror_plans() {
     // The edge config changes, then 70 commits leave it alone: its last
     // change lies below what a cold start fetches.
     let work = fleet.path("work");
-    let config = work.join("configs/edge/sentinel.kdl");
+    let config = work.join(EDGE);
     let mut t = std::fs::read_to_string(&config).unwrap();
     t.push_str("// tuned\n");
     std::fs::write(&config, t).unwrap();
@@ -326,12 +324,7 @@ fn state_compact_squashes_the_history_and_the_reconciler_goes_on() {
     let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let work = fleet.path("work");
-    let config = work.join("configs/edge/sentinel.kdl");
-    let mut t = std::fs::read_to_string(&config).unwrap();
-    t.push_str("// tuned\n");
-    std::fs::write(&config, t).unwrap();
-    git(&work, &["commit", "-qam", "tune edge"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    append_commit_push(&work, &[(EDGE, "// tuned\n")], "tune edge", "origin");
     let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let commits = fleet.state_commits();
@@ -381,11 +374,12 @@ fn state_compact_squashes_the_history_and_the_reconciler_goes_on() {
     let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("state unchanged"), "{stdout}");
-    let mut t = std::fs::read_to_string(&config).unwrap();
-    t.push_str("// tuned again\n");
-    std::fs::write(&config, t).unwrap();
-    git(&work, &["commit", "-qam", "tune edge again"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    append_commit_push(
+        &work,
+        &[(EDGE, "// tuned again\n")],
+        "tune edge again",
+        "origin",
+    );
     let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(fleet.state_commits(), 2);

@@ -24,7 +24,10 @@ use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::{verify_channel, verify_status};
-use gitfleet_tests::{bin, copy_dir, git, interrupt, text, workspace};
+use gitfleet_tests::{append_commit_push, bin, copy_dir, interrupt, text, workspace};
+
+/// The edge config of the example fleet.
+const EDGE: &str = "configs/edge/sentinel.kdl";
 
 /// The dev nodes of the edge rollout: the example's one and two more.
 const DEV_EDGE: [&str; 3] = ["edge-dev-fra-1", "edge-dev-fra-2", "edge-dev-fra-3"];
@@ -423,12 +426,7 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
     // 2. A new edge bundle, and every activation fails from now on: the
     // canary goes unhealthy and dev rolls back to the first bundle.
     let work = fleet.path("work");
-    let config = work.join("configs/edge/sentinel.kdl");
-    let mut t = std::fs::read_to_string(&config).unwrap();
-    t.push_str("// tuned\n");
-    std::fs::write(&config, t).unwrap();
-    git(&work, &["commit", "-qam", "tune edge"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    append_commit_push(&work, &[(EDGE, "// tuned\n")], "tune edge", "origin");
 
     // The nodes resume from the state the first run kept: on the first
     // bundle, healthy.
@@ -501,12 +499,7 @@ fn revoking_the_active_bundle_moves_every_node_back_after_one_pass() {
         .reconcile_until("complete", &sim, |d| d.phase == Phase::Complete)
         .target;
     let work = fleet.path("work");
-    let config = work.join("configs/edge/sentinel.kdl");
-    let mut t = std::fs::read_to_string(&config).unwrap();
-    t.push_str("// tuned\n");
-    std::fs::write(&config, t).unwrap();
-    git(&work, &["commit", "-qam", "tune edge"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    append_commit_push(&work, &[(EDGE, "// tuned\n")], "tune edge", "origin");
     let second = fleet
         .reconcile_until("the second bundle complete", &sim, |d| {
             d.phase == Phase::Complete && d.target != first
@@ -519,15 +512,13 @@ fn revoking_the_active_bundle_moves_every_node_back_after_one_pass() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let fleet_kdl = work.join("fleet.kdl");
-    let mut t = std::fs::read_to_string(&fleet_kdl).unwrap();
-    t.push_str(&format!(
-        "revoke \"{}\" reason=\"CVE-2026-0001\"\n",
-        second.digest
-    ));
-    std::fs::write(&fleet_kdl, t).unwrap();
-    git(&work, &["commit", "-qam", "revoke the tuned edge bundle"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    let revoke = format!("revoke \"{}\" reason=\"CVE-2026-0001\"\n", second.digest);
+    append_commit_push(
+        &work,
+        &[("fleet.kdl", &revoke)],
+        "revoke the tuned edge bundle",
+        "origin",
+    );
     fleet.reconcile();
     let passed = Instant::now();
     let dev = fleet.dev("edge").unwrap();
@@ -568,16 +559,18 @@ fn a_held_node_keeps_its_bundle_while_the_rollout_completes_around_it() {
         .target;
     let work = fleet.path("work");
     let held = DEV_EDGE[0];
-    let node_file = work.join(format!("nodes/{held}.kdl"));
-    let mut t = std::fs::read_to_string(&node_file).unwrap();
-    t.push_str("hold \"disk replacement, INC-88\"\n");
-    std::fs::write(&node_file, t).unwrap();
-    let config = work.join("configs/edge/sentinel.kdl");
-    let mut t = std::fs::read_to_string(&config).unwrap();
-    t.push_str("// tuned\n");
-    std::fs::write(&config, t).unwrap();
-    git(&work, &["commit", "-qam", "hold one node, tune edge"]);
-    git(&work, &["push", "-q", "origin", "main"]);
+    append_commit_push(
+        &work,
+        &[
+            (
+                &format!("nodes/{held}.kdl"),
+                "hold \"disk replacement, INC-88\"\n",
+            ),
+            (EDGE, "// tuned\n"),
+        ],
+        "hold one node, tune edge",
+        "origin",
+    );
     let dev = fleet.reconcile_until("the second bundle complete", &sim, |d| {
         d.phase == Phase::Complete && d.target != first
     });
