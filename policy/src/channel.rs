@@ -123,12 +123,7 @@ mod tests {
             None,
             "f",
             "prod",
-            Says {
-                rollouts: vec![],
-                settings: None,
-                revoked: vec![],
-                held: vec![],
-            },
+            Says::default(),
             now(),
             Duration::hours(1),
         )
@@ -142,12 +137,7 @@ mod tests {
             None,
             "f",
             "prod",
-            Says {
-                rollouts: vec![],
-                settings: None,
-                revoked: vec![],
-                held: vec![],
-            },
+            Says::default(),
             now(),
             Duration::hours(1),
         )
@@ -158,12 +148,7 @@ mod tests {
                 Some(&m),
                 "f",
                 "prod",
-                Says {
-                    rollouts: vec![],
-                    settings: None,
-                    revoked: vec![],
-                    held: vec![],
-                },
+                Says::default(),
                 later,
                 Duration::hours(1)
             ),
@@ -177,12 +162,7 @@ mod tests {
             None,
             "f",
             "prod",
-            Says {
-                rollouts: vec![],
-                settings: None,
-                revoked: vec![],
-                held: vec![],
-            },
+            Says::default(),
             now(),
             Duration::hours(1),
         )
@@ -192,12 +172,7 @@ mod tests {
             Some(&m),
             "f",
             "prod",
-            Says {
-                rollouts: vec![],
-                settings: None,
-                revoked: vec![],
-                held: vec![],
-            },
+            Says::default(),
             later,
             Duration::hours(1),
         )
@@ -212,12 +187,7 @@ mod tests {
             None,
             "f",
             "prod",
-            Says {
-                rollouts: vec![],
-                settings: None,
-                revoked: vec![],
-                held: vec![],
-            },
+            Says::default(),
             now(),
             Duration::hours(1),
         )
@@ -229,10 +199,8 @@ mod tests {
             "f",
             "prod",
             Says {
-                rollouts: vec![],
-                settings: None,
                 revoked: revoked.clone(),
-                held: vec![],
+                ..Says::default()
             },
             later,
             Duration::hours(1),
@@ -284,12 +252,7 @@ mod tests {
             None,
             "f",
             "prod",
-            Says {
-                rollouts: vec![],
-                settings: None,
-                revoked: vec![],
-                held: vec![],
-            },
+            Says::default(),
             now(),
             Duration::hours(1),
         )
@@ -300,10 +263,8 @@ mod tests {
             "f",
             "prod",
             Says {
-                rollouts: vec![],
                 settings: Some(s.clone()),
-                revoked: vec![],
-                held: vec![],
+                ..Says::default()
             },
             later,
             Duration::hours(1),
