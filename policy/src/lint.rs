@@ -90,7 +90,7 @@ fn first_of_each_name<'m>(rules: &'m [LintRule], d: &mut Diagnostics<'_>) -> Vec
 
 /// Whether `rule` is one of the fleet's own: patterns or a file size.
 fn custom(rule: &LintRule) -> bool {
-    !rule.patterns.is_empty() || rule.max_file_bytes.is_some()
+    !rule.patterns.is_empty() || rule.max_file_bytes.is_some() || !rule.paths.is_empty()
 }
 
 /// Report unknown rule names and bad settings; true when the rule can run.
@@ -124,6 +124,18 @@ fn known(d: &mut Diagnostics<'_>, model: &FleetModel, rule: &LintRule) -> bool {
         return false;
     }
     let mut ok = true;
+    for p in &rule.paths {
+        if p.path.value.split('/').any(str::is_empty) {
+            d.error(
+                FLEET_FILE,
+                p.path.span,
+                "invalid-value",
+                format!("lint `{name}`: `{}` is not a node path", p.path.value),
+                Some("name nodes from the top, separated by `/`: \"listeners/listener/request-timeout-secs\"".to_owned()),
+            );
+            ok = false;
+        }
+    }
     for p in &rule.patterns {
         if let Err(e) = regex::Regex::new(&p.regex.value) {
             d.error(
@@ -373,6 +385,27 @@ fn custom_findings(rule: &LintRule, dir: &ConfigDir) -> Vec<Finding> {
     }
     let mut entries: Vec<&str> = dir.variants.values().map(|v| v.file).collect();
     entries.dedup();
+    for required in &rule.paths {
+        for file in &entries {
+            let Some(text) = dir.text(file) else { continue };
+            // A file that does not parse is reported by validation.
+            let Ok(doc) = kdl::KdlDocument::parse(text) else {
+                continue;
+            };
+            let path = format!("configs/{}/{file}", dir.name);
+            for (span, what) in missing_path(&doc, &required.path.value) {
+                out.push(Finding {
+                    path: path.clone(),
+                    span,
+                    message: required.message.as_ref().map_or(what, |m| m.value.clone()),
+                    help: Some(format!(
+                        "required by lint `{}` in fleet.kdl",
+                        rule.name.value
+                    )),
+                });
+            }
+        }
+    }
     for (p, re) in compiled.iter().filter(|(p, _)| !p.forbid) {
         for file in &entries {
             let Some(text) = dir.text(file) else { continue };
@@ -393,6 +426,74 @@ fn custom_findings(rule: &LintRule, dir: &ConfigDir) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Where `doc` lacks `path` ("a/b/c"): each `a/b` node without a `c`
+/// child node or property, at that node; or, when there is no `a/b` at
+/// all, one finding at the start of the file.
+fn missing_path(doc: &kdl::KdlDocument, path: &str) -> Vec<(Span, String)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let Some((last, prefix)) = segments.split_last() else {
+        return Vec::new();
+    };
+    if prefix.is_empty() {
+        return if doc.nodes().iter().any(|n| n.name().value() == *last) {
+            Vec::new()
+        } else {
+            vec![(Span::default(), format!("has no `{path}`"))]
+        };
+    }
+    let parents = nodes_at(doc, prefix);
+    if parents.is_empty() {
+        return vec![(
+            Span::default(),
+            format!("has no `{}` to hold `{last}`", prefix.join("/")),
+        )];
+    }
+    parents
+        .into_iter()
+        .filter(|n| {
+            let child = n
+                .children()
+                .is_some_and(|c| c.nodes().iter().any(|c| c.name().value() == *last));
+            let property = n
+                .entries()
+                .iter()
+                .any(|e| e.name().is_some_and(|k| k.value() == *last));
+            !child && !property
+        })
+        .map(|n| {
+            let name = n.name().value();
+            let what = match n.entries().first().filter(|e| e.name().is_none()) {
+                Some(id) => match id.value().as_string() {
+                    Some(id) => format!("{name} \"{id}\" has no `{last}`"),
+                    None => format!("{name} {} has no `{last}`", id.value()),
+                },
+                None => format!("`{}` has no `{last}`", prefix.join("/")),
+            };
+            (n.span().into(), what)
+        })
+        .collect()
+}
+
+/// The nodes at `path` from the top of `doc` (every match at each level).
+fn nodes_at<'d>(doc: &'d kdl::KdlDocument, path: &[&str]) -> Vec<&'d kdl::KdlNode> {
+    let mut level: Vec<&kdl::KdlNode> = doc.nodes().iter().collect();
+    let mut matched = Vec::new();
+    for (i, segment) in path.iter().enumerate() {
+        matched = level
+            .into_iter()
+            .filter(|n| n.name().value() == *segment)
+            .collect();
+        if i + 1 == path.len() {
+            break;
+        }
+        level = matched
+            .iter()
+            .flat_map(|n| n.children().into_iter().flat_map(|c| c.nodes().iter()))
+            .collect();
+    }
+    matched
 }
 
 /// The findings on one proxy's parsed config; `$k` names its config crate.
@@ -548,6 +649,25 @@ mod tests {
             &"listeners {}\nlogging { level \"debug\"; }\n"[found[0].span.start..found[0].span.end],
             "level \"debug\""
         );
+    }
+
+    #[test]
+    fn a_required_path_is_checked_on_every_node_it_reaches() {
+        let text = "system { worker-threads 2; }\nlisteners {\n    listener \"a\" { tls { cert-file \"x\"; }; }\n    listener \"b\" address=\"127.0.0.1:1\"\n}\n";
+        let doc = kdl::KdlDocument::parse(text).unwrap();
+        let found = missing_path(&doc, "listeners/listener/tls");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1, "listener \"b\" has no `tls`");
+        assert!(text[found[0].0.start..found[0].0.end].starts_with("listener \"b\""));
+        // A property counts as well as a child node.
+        assert!(missing_path(&doc, "listeners/listener/address").len() == 1);
+        assert!(missing_path(&doc, "system/worker-threads").is_empty());
+        assert_eq!(
+            missing_path(&doc, "upstreams/upstream/target")[0].1,
+            "has no `upstreams/upstream` to hold `target`"
+        );
+        assert!(missing_path(&doc, "system").is_empty());
+        assert_eq!(missing_path(&doc, "routes")[0].1, "has no `routes`");
     }
 
     #[test]

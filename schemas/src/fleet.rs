@@ -157,6 +157,20 @@ pub struct LintRule {
     /// A rule of the fleet's own: no file of a config over this size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_file_bytes: Option<Spanned<u64>>,
+    /// A rule of the fleet's own: node paths a config's entry file must
+    /// have (`require-path "listeners/listener/request-timeout-secs"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<RequiredPath>,
+}
+
+/// `require-path "a/b/c" message="..."`: every `b` node under a
+/// top-level `a` has a `c` child node or property (and there is some
+/// `a/b`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredPath {
+    pub path: Spanned<String>,
+    pub message: Option<Spanned<String>>,
 }
 
 /// `forbid "REGEX" message="..."` or `require "REGEX" message="..."` in a
@@ -403,6 +417,7 @@ fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
     let limit = d.prop(node, "limit", decode::as_u64, "a non-negative integer");
     let (mut environments, mut configs, mut patterns) = (Vec::new(), Vec::new(), Vec::new());
     let mut max_file_bytes = None;
+    let mut paths = Vec::new();
     for c in children(node) {
         match decode::name(c) {
             "environments" => environments.extend(d.strings(c)),
@@ -425,6 +440,21 @@ fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
                 let v = d.u64(c);
                 d.once(&mut max_file_bytes, c, v);
             }
+            "require-path" => {
+                d.allow_props(c, &["message"]);
+                d.max_args(c, 1);
+                d.no_children(c);
+                let path = d.arg(
+                    c,
+                    0,
+                    decode::as_string,
+                    "a node path such as \"system/worker-threads\"",
+                );
+                let message = d.prop(c, "message", decode::as_string, "what a finding says");
+                if let Some(path) = path {
+                    paths.push(RequiredPath { path, message });
+                }
+            }
             _ => d.unknown_node(
                 c,
                 "`lint`",
@@ -433,6 +463,7 @@ fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
                     "configs",
                     "forbid",
                     "require",
+                    "require-path",
                     "max-file-bytes",
                 ],
             ),
@@ -446,5 +477,6 @@ fn decode_lint(d: &mut Decoder, node: &kdl::KdlNode) -> Option<LintRule> {
         configs,
         patterns,
         max_file_bytes,
+        paths,
     })
 }
