@@ -133,10 +133,17 @@ pub fn wanted<'m>(
                     .filter_map(|k| slot(state, *k))
                     .find(|s| s.rollout == r.name)
                     .map(|s| &s.active)?;
-                let instead = manifest
-                    .revokes(active)
-                    .then(|| instead_of_revoked(manifest, state, r))??;
-                return Some((r, instead));
+                if !manifest.revokes(active) {
+                    return None;
+                }
+                // Back to what it ran before, never on to a bundle it did
+                // not run.
+                let slot = KINDS
+                    .iter()
+                    .filter_map(|k| slot(state, *k))
+                    .find(|s| s.rollout == r.name)?;
+                let back = slot.previous.clone().filter(|p| !manifest.revokes(p))?;
+                return Some((r, back));
             }
             let target = if r.rolled_back && r.previous.is_none() {
                 ran_before(state, r)
@@ -1041,6 +1048,10 @@ mod tests {
         };
         // Back to what it ran before, never on to the rollout's new bundle.
         assert_eq!(wanted(&m, &me, &running(&old, Some(&mine)))[0].1, mine);
+        // Nor to the rollout's previous bundle, which it never ran.
+        m.revoked = vec![mine.digest.clone()];
+        assert!(wanted(&m, &me, &running(&mine, None)).is_empty());
+        m.revoked = vec![old.digest.clone()];
         m.held = vec!["n2".into()];
         m.revoked.clear();
         assert_eq!(wanted(&m, &me, &running(&old, None))[0].1, new);

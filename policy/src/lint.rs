@@ -384,6 +384,7 @@ fn custom_findings(rule: &LintRule, dir: &ConfigDir) -> Vec<Finding> {
         }
     }
     let mut entries: Vec<&str> = dir.variants.values().map(|v| v.file).collect();
+    entries.sort_unstable();
     entries.dedup();
     for required in &rule.paths {
         for file in &entries {

@@ -346,6 +346,9 @@ enum Parent<'r> {
     /// A commit at the edge of a shallow mirror's history: it has parents
     /// the mirror has not fetched.
     Edge,
+    /// A commit whose parents this repository handle hides though the
+    /// mirror has them now (see [`Mirror::first_parent`]).
+    Stale,
 }
 
 /// What a walk down the spec branch's history ended on.
@@ -353,6 +356,8 @@ enum Walked<T> {
     Found(T),
     /// The edge of what this mirror holds, at this commit.
     Edge(Oid),
+    /// A commit shown parentless by a stale cache.
+    Stale(Oid),
 }
 
 impl fmt::Debug for Mirror {
@@ -548,29 +553,45 @@ impl Mirror {
     }
 
     /// The first parent of `commit`, or whether it is a root or the edge
-    /// of a shallow mirror's history.
+    /// of a shallow mirror's history. A commit that shows no parents is a
+    /// root only if its own bytes name none: one at an edge another
+    /// process (or an earlier deepen) has since fetched past stays
+    /// parentless in this handle's cache, and that is `Stale`.
     fn first_parent<'r>(
         &self,
+        repo: &Repository,
         commit: &git2::Commit<'r>,
         edges: &[Oid],
     ) -> Result<Parent<'r>, git2::Error> {
         if commit.parent_count() > 0 {
-            Ok(Parent::Of(commit.parent(0)?))
-        } else if edges.contains(&commit.id()) {
-            Ok(Parent::Edge)
-        } else {
-            Ok(Parent::Root)
+            return Ok(Parent::Of(commit.parent(0)?));
         }
+        let odb = repo.odb()?;
+        let raw = odb.read(commit.id())?;
+        let names_a_parent = raw
+            .data()
+            .split(|b| *b == b'\n')
+            .take_while(|line| !line.is_empty())
+            .any(|line| line.starts_with(b"parent "));
+        Ok(if !names_a_parent {
+            Parent::Root
+        } else if edges.contains(&commit.id()) {
+            Parent::Edge
+        } else {
+            Parent::Stale
+        })
     }
 
     /// Run `walk` down the spec branch's history; each time it reaches the
     /// edge of what this mirror holds, fetch more ([`Mirror::deepen`]) and
-    /// walk again.
+    /// walk again (after reopening the repository when its cache was
+    /// stale).
     fn walk_history<T>(
         &self,
         what: impl Fn() -> String,
         mut walk: impl FnMut(&Repository, &[Oid]) -> Result<Walked<T>, git2::Error>,
     ) -> Result<T, GitError> {
+        let mut reopened = false;
         loop {
             let edges = self.shallow_roots()?;
             let walked = walk(&self.repo(), &edges).map_err(|source| GitError::Read {
@@ -581,6 +602,19 @@ impl Mirror {
             match walked {
                 Walked::Found(found) => return Ok(found),
                 Walked::Edge(at) => self.deepen(at)?,
+                // Once: a fresh handle parses each commit with the edges
+                // as they are now.
+                Walked::Stale(_) if !reopened => {
+                    reopened = true;
+                    self.reopen()?;
+                }
+                Walked::Stale(at) => {
+                    return Err(GitError::HistoryEnds {
+                        url: self.remote.display_url(),
+                        branch: self.remote.branch.clone(),
+                        at,
+                    })
+                }
             }
         }
     }
@@ -592,7 +626,25 @@ impl Mirror {
     /// the whole history does not get past `at`.
     fn deepen(&self, at: Oid) -> Result<(), GitError> {
         let branch = self.remote.branch.as_str();
-        let depth = self.spec_depth.get().saturating_mul(4).min(MAX_DEPTH);
+        // Never less than the mirror holds already (a cache an earlier
+        // process deepened): a smaller depth would cut its history.
+        let held = match self.tracking(branch)? {
+            Some(tip) => {
+                let repo = self.repo();
+                let walked = repo.revwalk().and_then(|mut w| {
+                    w.push(tip)?;
+                    Ok(w.count())
+                });
+                i32::try_from(walked.unwrap_or(0)).unwrap_or(MAX_DEPTH)
+            }
+            None => 0,
+        };
+        let depth = self
+            .spec_depth
+            .get()
+            .max(held)
+            .saturating_mul(4)
+            .min(MAX_DEPTH);
         self.spec_depth.set(depth);
         tracing::info!(branch, depth, edge = %at, "fetching more of the spec branch's history");
         let fetch_error = |source| GitError::Fetch {
@@ -828,25 +880,28 @@ impl Mirror {
             what: format!("commit {spec}"),
             source,
         };
-        let id = loop {
+        // Only a commit id (or a prefix of one) can be further down.
+        let an_id = spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit());
+        loop {
             let found = self
                 .repo()
                 .revparse_single(spec)
                 .and_then(|o| o.peel_to_commit())
                 .map(|c| c.id());
             match found {
-                Ok(id) => break id,
-                // Not fetched yet, perhaps: deepen while there is more.
-                Err(_) => match self.edge_below(head)? {
-                    Some(edge) => self.deepen(edge)?,
-                    None => return Ok(None),
-                },
+                Ok(id) if id == head => return Ok(Some(id)),
+                Ok(id) if self.repo().graph_descendant_of(head, id).map_err(read)? => {
+                    return Ok(Some(id))
+                }
+                // Missing, or here (a pull request's history, say) but not
+                // reached from `head` through what the mirror holds.
+                _ => {}
             }
-        };
-        if id == head || self.repo().graph_descendant_of(head, id).map_err(read)? {
-            Ok(Some(id))
-        } else {
-            Ok(None)
+            // Not fetched that far yet, perhaps: deepen while there is more.
+            match (an_id, self.edge_below(head)?) {
+                (true, Some(edge)) => self.deepen(edge)?,
+                _ => return Ok(None),
+            }
         }
     }
 
@@ -894,10 +949,11 @@ impl Mirror {
                 let mut commit = repo.find_commit(head)?;
                 let target = entries(&commit)?;
                 loop {
-                    let parent = match self.first_parent(&commit, edges)? {
+                    let parent = match self.first_parent(repo, &commit, edges)? {
                         Parent::Of(parent) => parent,
                         Parent::Root => return Ok(Walked::Found(commit.id())),
                         Parent::Edge => return Ok(Walked::Edge(commit.id())),
+                        Parent::Stale => return Ok(Walked::Stale(commit.id())),
                     };
                     if entries(&parent)? != target {
                         return Ok(Walked::Found(commit.id()));
@@ -973,10 +1029,11 @@ impl Mirror {
                 let mut commit = repo.find_commit(head)?;
                 let target = entry(&commit, file)?;
                 loop {
-                    let parent = match self.first_parent(&commit, edges)? {
+                    let parent = match self.first_parent(repo, &commit, edges)? {
                         Parent::Of(parent) => parent,
                         Parent::Root => return Ok(Walked::Found(commit.id())),
                         Parent::Edge => return Ok(Walked::Edge(commit.id())),
+                        Parent::Stale => return Ok(Walked::Stale(commit.id())),
                     };
                     if entry(&parent, file)? != target || dir_changed(repo, &parent, &commit)? {
                         return Ok(Walked::Found(commit.id()));
@@ -2017,12 +2074,22 @@ mod tests {
         assert_eq!(fresh.fetch().unwrap().branch, head);
         assert_eq!(history_len(&fresh, head), SPEC_DEPTH as usize);
 
+        // Not a commit id (and the mirror still shallow): nothing to fetch for it.
+        let fetches = fresh.latency().fetch.count();
+        assert_eq!(fresh.commit_on(head, "main~3000").unwrap(), None);
+        assert_eq!(fresh.latency().fetch.count(), fetches);
         // Within what a cold start fetched: nothing more is fetched.
         assert_eq!(fresh.last_change(head, "configs/api").unwrap(), recent);
         assert_eq!(history_len(&fresh, head), SPEC_DEPTH as usize);
+        // Another process on the same cache has parsed the edge commit
+        // (parentless, in its cache) before this one deepens.
+        let other = Mirror::open_or_clone(Remote::new(url.clone()), &fx.path("fresh")).unwrap();
+        assert_eq!(history_len(&other, head), SPEC_DEPTH as usize);
         // Further down: deepened, to the same answer as the whole mirror.
         assert_eq!(full.last_change(head, "configs/edge").unwrap(), configs);
         assert_eq!(fresh.last_change(head, "configs/edge").unwrap(), configs);
+        // The other process's cache is stale: it reopens, not stops there.
+        assert_eq!(other.last_change(head, "configs/edge").unwrap(), configs);
         let held = history_len(&fresh, head);
         assert!(held > 304 && held.to_string() != whole, "{held} of {whole}");
         assert!(fresh.repo().is_shallow());
@@ -2238,6 +2305,8 @@ mod tests {
         assert!(matches!(err, GitError::Moved { .. }), "{err}");
         assert!(err.to_string().contains("moved meanwhile"), "{err}");
         assert_eq!(fx.tip("gitfleet/state"), moved);
+        // ... and no tag left behind: the same name works next time.
+        assert!(git(&fx.bare(), &["tag", "--list", "archive/two"]).is_empty());
         // The same tag name at another commit is refused too.
         let c3 = admin
             .compact_state(2_000_000_000, &Author::default())

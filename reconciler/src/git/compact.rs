@@ -136,6 +136,17 @@ impl Mirror {
                 branch: tag_ref,
             });
         }
+        // A branch that already moved leaves no tag behind.
+        let head_ref = format!("refs/heads/{branch}");
+        let now = self.remote_ref(&head_ref)?;
+        if now != Some(compaction.old_tip) {
+            return Err(GitError::Moved {
+                url: self.remote.display_url(),
+                name: head_ref,
+                expected: Some(compaction.old_tip),
+                found: now,
+            });
+        }
         match self.replace_ref(&tag_ref, None, compaction.old_tip)? {
             Swap::Done => {}
             Swap::Moved(Some(at)) if at == compaction.old_tip => {}
@@ -155,7 +166,6 @@ impl Mirror {
                 })
             }
         }
-        let head_ref = format!("refs/heads/{branch}");
         match self.replace_ref(&head_ref, Some(compaction.old_tip), compaction.new_tip)? {
             Swap::Done => {}
             Swap::Moved(at) => {
@@ -180,6 +190,28 @@ impl Mirror {
                 source,
             })?;
         Ok(())
+    }
+
+    /// Where the remote's ref `name` points now.
+    fn remote_ref(&self, name: &str) -> Result<Option<Oid>, GitError> {
+        let fetch_error = |source| GitError::Fetch {
+            url: self.remote.display_url(),
+            branches: name.to_owned(),
+            source,
+        };
+        let repo = self.repo();
+        let mut remote = repo
+            .remote_anonymous(&self.remote.url)
+            .map_err(fetch_error)?;
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(callbacks(&self.remote.auth)), None)
+            .map_err(fetch_error)?;
+        Ok(connection
+            .list()
+            .map_err(fetch_error)?
+            .iter()
+            .find(|head| head.name() == name)
+            .map(git2::RemoteHead::oid))
     }
 
     /// Point the remote's `name` at `new` if it is now at `expected`
