@@ -128,21 +128,16 @@ pub fn wanted<'m>(
         .filter_map(|r| {
             if held {
                 // Keeps what it runs; only a revoked bundle is left.
-                let active = KINDS
-                    .iter()
-                    .filter_map(|k| slot(state, *k))
-                    .find(|s| s.rollout == r.name)
-                    .map(|s| &s.active)?;
+                let active = &slot_of(state, &r.name)?.active;
                 if !manifest.revokes(active) {
                     return None;
                 }
                 // Back to what it ran before, never on to a bundle it did
                 // not run.
-                let slot = KINDS
-                    .iter()
-                    .filter_map(|k| slot(state, *k))
-                    .find(|s| s.rollout == r.name)?;
-                let back = slot.previous.clone().filter(|p| !manifest.revokes(p))?;
+                let back = slot_of(state, &r.name)?
+                    .previous
+                    .clone()
+                    .filter(|p| !manifest.revokes(p))?;
                 return Some((r, back));
             }
             let target = if r.rolled_back && r.previous.is_none() {
@@ -169,10 +164,7 @@ fn instead_of_revoked(
     state: &LocalState,
     rollout: &ChannelRollout,
 ) -> Option<BundleRef> {
-    let slot = KINDS
-        .iter()
-        .filter_map(|k| slot(state, *k))
-        .find(|s| s.rollout == rollout.name);
+    let slot = slot_of(state, &rollout.name);
     rollout
         .previous
         .iter()
@@ -182,14 +174,19 @@ fn instead_of_revoked(
         .cloned()
 }
 
+/// The slot (of either kind) that `rollout` fills on this node.
+fn slot_of<'s>(state: &'s LocalState, rollout: &str) -> Option<&'s Slot> {
+    KINDS
+        .iter()
+        .filter_map(|k| slot(state, *k))
+        .find(|s| s.rollout == rollout)
+}
+
 /// Where a node goes when `rollout` failed and the environment has no
 /// bundle to go back to: the one it ran before the failed bundle, or, if it
 /// already left it, what it runs now. None when it never ran another.
 fn ran_before(state: &LocalState, rollout: &ChannelRollout) -> Option<BundleRef> {
-    let slot = KINDS
-        .iter()
-        .filter_map(|k| slot(state, *k))
-        .find(|s| s.rollout == rollout.name)?;
+    let slot = slot_of(state, &rollout.name)?;
     if slot.active == rollout.bundle {
         slot.previous.clone()
     } else {
