@@ -123,7 +123,7 @@ pub fn wanted<'m>(
     manifest
         .rollouts
         .iter()
-        .filter(|r| r.selects(labels))
+        .filter(|r| r.selects(node, labels))
         .filter(|r| r.proxy.as_ref().is_none_or(|p| *p == id.proxy))
         .filter_map(|r| {
             if held {
@@ -926,6 +926,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
+            requirements: Vec::new(),
+            nodes: None,
             bundle: BundleRef {
                 digest: format!("sha256:{}", "a".repeat(64)),
                 length: 10,

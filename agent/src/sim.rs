@@ -619,6 +619,8 @@ mod tests {
                 rollouts: vec![ChannelRollout {
                     name: "edge".into(),
                     selector: std::collections::BTreeMap::new(),
+                    requirements: Vec::new(),
+                    nodes: None,
                     bundle: bundle.clone(),
                     previous: previous.cloned(),
                     step: 1,

@@ -89,6 +89,8 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
         rollouts: vec![ChannelRollout {
             name: "edge".into(),
             selector: BTreeMap::new(),
+            requirements: Vec::new(),
+            nodes: None,
             bundle: built.reference.clone(),
             previous: None,
             step: 1,

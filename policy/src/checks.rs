@@ -7,7 +7,7 @@ use std::str::FromStr;
 use base64::Engine as _;
 use gitfleet_schemas::trust::PublicKey;
 use gitfleet_schemas::{
-    Gates, HttpCheck, RolloutTarget, Selector, Span, Spanned, Step, StepSize, Window, WindowKind,
+    Gates, HttpCheck, RolloutTarget, Span, Spanned, Step, StepSize, Window, WindowKind,
 };
 use ipnet::IpNet;
 
@@ -22,8 +22,89 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     meshes(model, d);
     templates(model, d);
     revocations(model, d);
+    groups(model, d);
     rollouts(model, d);
     proxies(model, d);
+}
+
+/// fleet.kdl's groups: named once each, listing nodes that exist; every
+/// `group` a selector names is one of them, and only rollouts name groups
+/// (a mesh's members and a proxy rule are read from node files alone, so
+/// that a node file's change says whether it changes them).
+fn groups(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let Some(fleet) = &model.fleet else {
+        return;
+    };
+    let f = fleet.path.as_str();
+    let mut seen = BTreeSet::new();
+    for g in &fleet.doc.groups {
+        check_name(d, f, &g.name, "group");
+        if !seen.insert(g.name.value.as_str()) {
+            d.error(
+                f,
+                g.name.span,
+                "duplicate-group",
+                format!("group `{}` is defined more than once", g.name.value),
+                Some("keep one of them".to_owned()),
+            );
+        }
+        for n in &g.nodes {
+            if !model.nodes.iter().any(|m| m.doc.id.value == n.value) {
+                d.error(
+                    f,
+                    n.span,
+                    "unknown-node",
+                    format!(
+                        "group `{}` lists node `{}`, which has no node file",
+                        g.name.value, n.value
+                    ),
+                    Some(format!(
+                        "nodes are `nodes/<id>.kdl`; {}",
+                        known_list(model.nodes.iter().map(|m| &m.doc.id.value))
+                    )),
+                );
+            }
+        }
+    }
+    let known = || known_list(fleet.doc.groups.iter().map(|g| &g.name.value));
+    for (name, r) in &model.rollouts {
+        for g in &r.doc.selector.groups {
+            if crate::select::group(model, &g.value).is_none() {
+                d.error(
+                    &r.path,
+                    g.span,
+                    "unknown-group",
+                    format!(
+                        "rollout `{name}` selects group `{}`, which fleet.kdl does not define",
+                        g.value
+                    ),
+                    Some(format!(
+                        "groups are `group \"NAME\" {{ nodes ... }}` in fleet.kdl; {}",
+                        known()
+                    )),
+                );
+            }
+        }
+    }
+    let not_here = |d: &mut Diagnostics<'_>, path: &str, g: &Spanned<String>, what: &str| {
+        d.error(
+            path,
+            g.span,
+            "group-not-allowed",
+            format!("{what} cannot select by group (`{}`)", g.value),
+            Some("write the group's labels here, or add a label to its nodes".to_owned()),
+        );
+    };
+    for (name, m) in &model.meshes {
+        for g in &m.doc.members.groups {
+            not_here(d, &m.path, g, &format!("mesh `{name}`'s members"));
+        }
+    }
+    for rule in &fleet.doc.proxies {
+        for g in &rule.selector.groups {
+            not_here(d, f, g, "a proxy rule");
+        }
+    }
 }
 
 /// Revoked bundles of fleet.kdl: each a bundle digest, each once.
@@ -131,16 +212,7 @@ fn proxies(model: &FleetModel, d: &mut Diagnostics<'_>) {
     }
 }
 
-/// Indices of the nodes a selector picks.
-pub(crate) fn select(model: &FleetModel, selector: &Selector) -> Vec<usize> {
-    model
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| selector.matches(&n.doc.labels))
-        .map(|(i, _)| i)
-        .collect()
-}
+pub(crate) use crate::select::select;
 
 /// Names usable in object keys and file names: `edge-fra-1`, `prod`.
 pub fn valid_name(s: &str) -> bool {
@@ -900,6 +972,7 @@ fn meshes(model: &FleetModel, d: &mut Diagnostics<'_>) {
 fn rollouts(model: &FleetModel, d: &mut Diagnostics<'_>) {
     // node index -> first config rollout that targets it
     let mut config_owner: HashMap<usize, &str> = HashMap::new();
+    let mut config_flats: Vec<(&str, crate::select::Flat)> = Vec::new();
     for (name, Located { path, doc: r }) in &model.rollouts {
         let path = path.as_str();
         check_name(
@@ -945,18 +1018,37 @@ fn rollouts(model: &FleetModel, d: &mut Diagnostics<'_>) {
             );
         }
         if matches!(r.target.value, RolloutTarget::Config(_)) {
+            let mut conflicts = BTreeSet::new();
             for &i in &targets {
                 if let Some(other) = config_owner.insert(i, name) {
-                    d.error(
-                        path,
-                        r.selector.span,
-                        "conflicting-rollouts",
-                        format!("node `{}` is selected by rollouts `{other}` and `{name}`, which both deliver a proxy config", model.nodes[i].doc.id.value),
-                        Some("a node runs one Sentinel config: make the selectors disjoint".to_owned()),
-                    );
-                    break;
+                    if conflicts.insert(other) && conflicts.len() == 1 {
+                        d.error(
+                            path,
+                            r.selector.span,
+                            "conflicting-rollouts",
+                            format!("node `{}` is selected by rollouts `{other}` and `{name}`, which both deliver a proxy config", model.nodes[i].doc.id.value),
+                            Some("a node runs one Sentinel config: make the selectors disjoint".to_owned()),
+                        );
+                    }
                 }
             }
+            // Selectors no node meets both of today, but one could.
+            let flat = crate::select::Flat::of(model, &r.selector);
+            for (other, other_flat) in &config_flats {
+                if conflicts.contains(other) || flat.nodes.is_some() || other_flat.nodes.is_some() {
+                    continue;
+                }
+                if let Some(labels) = flat.common_labels(other_flat) {
+                    d.warning(
+                        path,
+                        r.selector.span,
+                        "rollouts-may-overlap",
+                        format!("rollouts `{other}` and `{name}` both deliver a proxy config, and a node labelled {labels} would be selected by both"),
+                        Some("make the selectors exclusive, e.g. `not-in` the other's label values, so a relabelled node cannot get two configs".to_owned()),
+                    );
+                }
+            }
+            config_flats.push((name.as_str(), flat));
         }
         // Its own parts where it writes them; a template's in fleet.kdl.
         let own = model.written.get(name).unwrap_or(r);

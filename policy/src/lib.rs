@@ -27,6 +27,7 @@ pub mod repo;
 pub mod reviews;
 pub mod rules;
 pub mod sbom;
+pub mod select;
 pub mod statuses;
 pub mod view;
 pub mod window;

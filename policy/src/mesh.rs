@@ -255,7 +255,7 @@ pub fn touches(mesh: &MeshFile, old: Option<&[u8]>, new: Option<&[u8]>) -> bool 
             .ok()
             .and_then(|t| NodeFile::decode(t).value)
         {
-            Some(node) => mesh.members.matches(&node.labels),
+            Some(node) => mesh.members.matches_labels(&node.labels),
             None => true,
         },
     };

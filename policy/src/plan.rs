@@ -370,14 +370,8 @@ impl Plan {
                 continue;
             };
             let doc = model.rollouts.get(&r.name).map(|f| &f.doc);
-            let selector = doc
-                .map(|d| {
-                    d.selector
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.value.clone()))
-                        .collect()
-                })
+            let (selector, requirements, nodes) = doc
+                .map(|d| crate::select::Flat::of(model, &d.selector).into_channel())
                 .unwrap_or_default();
             let http_checks = doc
                 .map(|d| {
@@ -395,6 +389,8 @@ impl Plan {
             let entry = ChannelRollout {
                 name: r.name.clone(),
                 selector,
+                requirements,
+                nodes,
                 bundle: e.after.target.clone(),
                 previous: e.after.previous.clone(),
                 step: e.after.step,

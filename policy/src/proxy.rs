@@ -47,7 +47,7 @@ pub fn of_node(rules: &[ProxyRule], node: &NodeFile) -> Proxy {
     }
     rules
         .iter()
-        .find(|r| r.selector.matches(&node.labels))
+        .find(|r| r.selector.matches_labels(&node.labels))
         .map_or_else(Proxy::legacy, |r| r.proxy.value.clone())
 }
 

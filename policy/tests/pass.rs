@@ -193,7 +193,7 @@ impl World {
                 for r in m
                     .rollouts
                     .iter()
-                    .filter(|r| r.selects(&labels))
+                    .filter(|r| r.selects(id, &labels))
                     .filter(mine)
                 {
                     let run = if r.includes(id) {
@@ -607,4 +607,71 @@ fn environments_where_a_rollout_moves_poll_fast_and_the_rest_slowly() {
     // The first pass starts dev's rollouts; prod waits for staging.
     assert_eq!(poll("dev"), Some(30), "{plan}");
     assert_eq!(poll("prod"), Some(300), "{plan}");
+}
+
+#[test]
+fn a_rollout_selecting_a_group_and_a_set_reaches_exactly_those_nodes() {
+    let mut files = example_repo();
+    edit(&mut files, "fleet.kdl", |t| {
+        format!("{t}\ngroup \"pilot\" {{\n    nodes \"edge-fra-1\" \"edge-iad-1\" \"edge-dev-fra-1\" \"edge-stg-fra-1\"\n}}\n")
+    });
+    edit(&mut files, "rollouts/edge.kdl", |t| {
+        t.replace(
+            "selector role=\"edge\"",
+            "selector role=\"edge\" {\n    group \"pilot\"\n    not-in \"region\" \"iad\"\n}",
+        )
+    });
+    let mut w = World::new(&files);
+    assert!(!w.checked.has_errors(), "{:?}", w.checked.diagnostics);
+    w.approvals
+        .insert(("prod".to_owned(), "edge-commit".to_owned()));
+    for _ in 0..150 {
+        let plan = w.decide().unwrap();
+        w.execute(&plan, usize::MAX);
+        w.tick();
+    }
+    let state = committed(&w.state_files);
+    let prod = &state["edge"].environments["prod"];
+    assert_eq!(prod.phase, Phase::Complete, "{}", prod.reason);
+    // In the group and outside iad: the rollout's; the rest: nothing of it.
+    for (node, runs) in [
+        ("edge-fra-1", true),
+        ("edge-dev-fra-1", true),
+        ("edge-stg-fra-1", true),
+        ("edge-iad-1", false),
+        ("edge-fra-2", false),
+        ("edge-stg-iad-1", false),
+    ] {
+        let env = &w
+            .checked
+            .model
+            .nodes
+            .iter()
+            .find(|n| n.doc.id.value == node)
+            .unwrap()
+            .doc
+            .environment
+            .value;
+        let want = state["edge"].environments[env].target.digest.as_str();
+        let got = w.reports[node].active_digest("edge");
+        assert_eq!(got == Some(want), runs, "{node} runs {got:?}");
+    }
+    // Agents judge the same selector from the manifest.
+    let Some(Current::Ours(m)) = w.manifests.get("prod") else {
+        panic!("no prod manifest")
+    };
+    let edge = m.rollouts.iter().find(|r| r.name == "edge").unwrap();
+    assert_eq!(
+        edge.nodes.as_deref(),
+        Some(
+            &[
+                "edge-dev-fra-1",
+                "edge-fra-1",
+                "edge-iad-1",
+                "edge-stg-fra-1"
+            ]
+            .map(String::from)[..]
+        )
+    );
+    assert_eq!(edge.requirements.len(), 1);
 }

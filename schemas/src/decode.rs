@@ -402,6 +402,12 @@ impl Decoder {
     pub(crate) fn string_map(&mut self, node: &KdlNode) -> BTreeMap<String, Spanned<String>> {
         self.no_children(node);
         self.max_args(node, 0);
+        self.string_props(node)
+    }
+
+    /// The string properties of `node`; its values and block are the
+    /// caller's to read.
+    pub(crate) fn string_props(&mut self, node: &KdlNode) -> BTreeMap<String, Spanned<String>> {
         let mut out = BTreeMap::new();
         for p in props(node) {
             let Some(key) = p.name() else { continue };

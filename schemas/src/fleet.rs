@@ -31,6 +31,12 @@
 //!     selector role="edge"
 //! }
 //! revoke "sha256:<64 hex digits>" reason="CVE-2026-1234"
+//! group "pilot" {                              // by node list
+//!     nodes "edge-fra-1" "edge-ams-1"
+//! }
+//! group "eu-edge" role="edge" {                // or by labels
+//!     in "region" "fra" "ams"
+//! }
 //! template "canary" {
 //!     step count=1
 //!     step percent=100
@@ -75,6 +81,37 @@ pub struct FleetFile {
     /// never activate a listed bundle, moving off one that is active.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked: Vec<Revocation>,
+    /// Named sets of nodes selectors take with `group "NAME"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
+}
+
+/// `group "pilot" { nodes "a" "b" }` or `group "eu" region="fra" { in ... }`:
+/// a set of nodes, by a node list or by labels (never both).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: Spanned<String>,
+    /// Labels and requirements (never other groups).
+    pub selector: crate::common::Selector,
+    /// Node ids; when given, exactly these nodes are the group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<Spanned<String>>,
+}
+
+impl Group {
+    /// Whether the node `id` with `labels` is a member.
+    pub fn contains(
+        &self,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, Spanned<String>>,
+    ) -> bool {
+        if self.nodes.is_empty() {
+            self.selector.matches_labels(labels)
+        } else {
+            self.nodes.iter().any(|n| n.value == id)
+        }
+    }
 }
 
 /// `revoke "sha256:<hex>" reason="CVE-2026-1234"`.
@@ -197,6 +234,7 @@ const TOP: &[&str] = &[
     "proxy",
     "template",
     "revoke",
+    "group",
 ];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
@@ -223,6 +261,7 @@ impl FleetFile {
         let mut proxies = Vec::new();
         let mut templates = Vec::new();
         let mut revoked = Vec::new();
+        let mut groups = Vec::new();
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -250,6 +289,7 @@ impl FleetFile {
                 "proxy" => proxies.extend(crate::proxy::decode_rule(&mut d, node)),
                 "template" => templates.extend(crate::rollout::decode_template(&mut d, node)),
                 "revoke" => revoked.extend(decode_revocation(&mut d, node)),
+                "group" => groups.extend(decode_group(&mut d, node)),
                 _ => d.unknown_node(node, "fleet.kdl", TOP),
             }
         }
@@ -271,9 +311,65 @@ impl FleetFile {
             proxies,
             templates,
             revoked,
+            groups,
         });
         d.finish(value)
     }
+}
+
+fn decode_group(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Group> {
+    // The name is the one value; the properties are labels.
+    let name = d.arg(node, 0, decode::as_string, "the group's name");
+    let mut nodes = Vec::new();
+    let selector = crate::common::Selector::decode_with(d, node, 1, &mut |d, c| {
+        if decode::name(c) == "nodes" {
+            nodes.extend(d.strings(c));
+        } else {
+            d.unknown_node(
+                c,
+                "a group",
+                &["nodes", "in", "not-in", "exists", "not-exists"],
+            );
+        }
+    });
+    for g in &selector.groups {
+        d.error(
+            g.span,
+            "nested-group",
+            format!(
+                "group `{}` cannot take another group",
+                name.as_ref().map_or("", |n| n.value.as_str())
+            ),
+            Some("list the other group's labels or nodes here".to_owned()),
+        );
+    }
+    let by_labels = !selector.labels.is_empty() || !selector.requirements.is_empty();
+    if by_labels && !nodes.is_empty() {
+        d.error(
+            decode::node_span(node),
+            "group-labels-and-nodes",
+            "a group lists nodes or selects by labels, not both".to_owned(),
+            Some("make two groups and name both in the selector".to_owned()),
+        );
+        return None;
+    }
+    if !by_labels && nodes.is_empty() {
+        d.error(
+            decode::node_span(node),
+            "empty-group",
+            "a group needs `nodes \"a\" \"b\"` or labels to select by".to_owned(),
+            Some(
+                "write `group \"pilot\" { nodes \"edge-1\" }` or `group \"eu\" region=\"fra\"`"
+                    .to_owned(),
+            ),
+        );
+        return None;
+    }
+    Some(Group {
+        name: name?,
+        selector,
+        nodes,
+    })
 }
 
 fn decode_revocation(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Revocation> {

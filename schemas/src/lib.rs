@@ -29,7 +29,7 @@ pub mod trust;
 pub mod verify;
 pub mod view;
 
-pub use common::{labels_match, Selector, Window, WindowKind};
+pub use common::{labels_match, Operator, Requirement, Selector, Window, WindowKind};
 pub use decode::{DecodeError, Decoded, FORMAT_VERSION};
 pub use diagnostic::{CheckReport, Diagnostic, Severity};
 pub use environments::{Approvals, Environment, EnvironmentsFile};

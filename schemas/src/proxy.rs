@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::Selector;
 use crate::decode::{self, children, Decoder};
-use crate::span::{Span, Spanned};
+use crate::span::Spanned;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProxyKind {
@@ -221,10 +221,7 @@ pub(crate) fn decode_rule(d: &mut Decoder, node: &kdl::KdlNode) -> Option<ProxyR
     let proxy = decode_proxy(d, node)?;
     Some(ProxyRule {
         proxy,
-        selector: selector.unwrap_or(Selector {
-            labels: Default::default(),
-            span: Span::default(),
-        }),
+        selector: selector.unwrap_or_default(),
     })
 }
 

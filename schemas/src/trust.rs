@@ -273,6 +273,13 @@ pub struct ChannelRollout {
     pub name: String,
     /// Labels a node must carry to be a target.
     pub selector: BTreeMap<String, String>,
+    /// Set-based requirements on labels a target must meet as well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<ChannelRequirement>,
+    /// When given, only these nodes are targets (a selector naming a group
+    /// of listed nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
     pub bundle: BundleRef,
     /// What targets outside the current step keep running.
     pub previous: Option<BundleRef>,
@@ -304,6 +311,16 @@ pub struct ChannelRollout {
     /// Absent: every target takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<crate::proxy::Proxy>,
+}
+
+/// `key <operator> values`, judged by [`crate::Operator::holds`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRequirement {
+    pub key: String,
+    pub operator: crate::common::Operator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
 }
 
 /// One HTTP check a node runs for a rollout's health gate.
@@ -353,16 +370,24 @@ pub fn member_hash(rollout: &str, node: &str) -> u64 {
 }
 
 impl ChannelRollout {
-    /// Whether `node` is in the current step and so runs `bundle`; nodes
-    /// outside it run `previous`.
-    /// Whether a node with `labels` is one of this rollout's targets.
-    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+    /// Whether the node `node` with `labels` is one of this rollout's
+    /// targets.
+    pub fn selects(&self, node: &str, labels: &BTreeMap<String, String>) -> bool {
+        let label = |k: &str| labels.get(k).map(String::as_str);
         crate::common::labels_match(
             self.selector.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            |k| labels.get(k).map(String::as_str),
-        )
+            label,
+        ) && self.requirements.iter().all(|r| {
+            r.operator
+                .holds(label(&r.key), r.values.iter().map(String::as_str))
+        }) && self
+            .nodes
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|n| n == node))
     }
 
+    /// Whether `node` is in the current step and so runs `bundle`; nodes
+    /// outside it run `previous`.
     pub fn includes(&self, node: &str) -> bool {
         self.membership_threshold == u64::MAX
             || member_hash(&self.name, node) < self.membership_threshold
@@ -401,6 +426,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            requirements: Vec::new(),
+            nodes: None,
             bundle: BundleRef {
                 digest: String::new(),
                 length: 0,
@@ -415,9 +442,33 @@ mod tests {
             rolled_back: false,
             proxy: None,
         };
-        assert!(rollout(&[]).selects(&labels));
-        assert!(rollout(&[("role", "edge")]).selects(&labels));
-        assert!(!rollout(&[("role", "edge"), ("region", "iad")]).selects(&labels));
-        assert!(!rollout(&[("tier", "edge")]).selects(&labels));
+        let n = "edge-fra-1";
+        assert!(rollout(&[]).selects(n, &labels));
+        assert!(rollout(&[("role", "edge")]).selects(n, &labels));
+        assert!(!rollout(&[("role", "edge"), ("region", "iad")]).selects(n, &labels));
+        assert!(!rollout(&[("tier", "edge")]).selects(n, &labels));
+
+        let req = |key: &str, operator: crate::Operator, values: &[&str]| ChannelRequirement {
+            key: key.to_owned(),
+            operator,
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+        };
+        let with = |requirements: Vec<ChannelRequirement>, nodes: Option<&[&str]>| {
+            let mut r = rollout(&[("role", "edge")]);
+            r.requirements = requirements;
+            r.nodes = nodes.map(|ns| ns.iter().map(|n| (*n).to_owned()).collect());
+            r
+        };
+        use crate::Operator::{Exists, In, NotExists, NotIn};
+        assert!(with(vec![req("region", In, &["fra", "ams"])], None).selects(n, &labels));
+        assert!(!with(vec![req("region", In, &["ams"])], None).selects(n, &labels));
+        assert!(!with(vec![req("region", NotIn, &["fra"])], None).selects(n, &labels));
+        // not-in holds where the label is absent, as in Kubernetes.
+        assert!(with(vec![req("tier", NotIn, &["canary"])], None).selects(n, &labels));
+        assert!(with(vec![req("region", Exists, &[])], None).selects(n, &labels));
+        assert!(!with(vec![req("region", NotExists, &[])], None).selects(n, &labels));
+        assert!(with(vec![req("gpu", NotExists, &[])], None).selects(n, &labels));
+        assert!(with(vec![], Some(&["edge-fra-1", "x"])).selects(n, &labels));
+        assert!(!with(vec![], Some(&["edge-ams-1"])).selects(n, &labels));
     }
 }

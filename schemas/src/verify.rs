@@ -1149,6 +1149,8 @@ mod tests {
         let entry = |name: &str, proxy: Option<Proxy>| ChannelRollout {
             name: name.to_owned(),
             selector: Default::default(),
+            requirements: Vec::new(),
+            nodes: None,
             bundle: BundleRef {
                 digest: format!("sha256:{}", "a".repeat(64)),
                 length: 1,

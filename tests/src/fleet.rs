@@ -83,6 +83,8 @@ pub fn manifest_revoking(
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<BTreeMap<_, _>>(),
+            requirements: Vec::new(),
+            nodes: None,
             bundle: bundle.clone(),
             previous: previous.cloned(),
             step: 1,

@@ -72,6 +72,8 @@ fn channel(serial: u64) -> ChannelManifest {
         rollouts: vec![ChannelRollout {
             name: "edge".into(),
             selector: BTreeMap::from([("role".into(), "edge".into())]),
+            requirements: Vec::new(),
+            nodes: None,
             bundle: BundleRef {
                 digest: format!("sha256:{}", "ab".repeat(32)),
                 length: 1234,
