@@ -89,8 +89,13 @@ pub trait Node {
         &mut self,
         active: Option<&BundleRef>,
     ) -> impl Future<Output = Option<Result<String, NodeError>>>;
-    /// The HTTP status `url` answers a GET with, or why there is none.
-    fn http_check(&mut self, url: &str) -> impl Future<Output = Result<u16, NodeError>>;
+    /// The results of `check` on this node: one, or one per target of its
+    /// upstream in the config of the Sentinel bundle `active`.
+    fn http_check(
+        &mut self,
+        check: &ChannelCheck,
+        active: Option<&BundleRef>,
+    ) -> impl Future<Output = Vec<HttpCheckResult>>;
     /// The live WireGuard interface and peers, when this node has one.
     fn wireguard(&mut self) -> impl Future<Output = Option<WireguardStatus>>;
 }
@@ -695,31 +700,16 @@ impl<N: Node> Agent<N> {
             }
         }
         // The checks of every rollout this node is a target of, each once.
-        let mut checks: BTreeMap<&str, u16> = BTreeMap::new();
+        let mut checks: BTreeMap<String, ChannelCheck> = BTreeMap::new();
         if let Some(m) = &self.manifest {
             for (r, _) in wanted(m, &self.id, &self.state) {
                 for c in r.http_checks.iter().take(MAX_HTTP_CHECKS) {
-                    checks.entry(c.url.as_str()).or_insert(c.expect_status);
+                    checks.entry(c.key()).or_insert_with(|| c.clone());
                 }
             }
         }
-        let mut http_checks = Vec::with_capacity(checks.len());
-        for (url, expect) in checks.into_iter().take(MAX_HTTP_CHECKS) {
-            let status = match self.node.http_check(url).await {
-                Ok(status) => Some(status),
-                Err(e) => {
-                    tracing::debug!(url, error = %e, "http check got no answer");
-                    None
-                }
-            };
-            http_checks.push(HttpCheckResult {
-                url: url.to_owned(),
-                status,
-                ok: status == Some(expect),
-            });
-        }
         // The fleet's health checks: a node is healthy only while each
-        // answers as expected.
+        // passes, on every URL it requests.
         let fleet_checks: Vec<ChannelCheck> = self
             .fleet_settings()
             .map(|s| {
@@ -730,26 +720,26 @@ impl<N: Node> Agent<N> {
                     .collect()
             })
             .unwrap_or_default();
-        let mut checks_pass = true;
         for c in &fleet_checks {
-            let result = http_checks.iter().find(|r| r.url == c.url).cloned();
-            let result = match result {
-                Some(r) => r,
-                None => {
-                    let status = self.node.http_check(&c.url).await.ok();
-                    let r = HttpCheckResult {
-                        url: c.url.clone(),
-                        status,
-                        ok: status == Some(c.expect_status),
-                    };
-                    http_checks.push(r.clone());
-                    r
+            checks.entry(c.key()).or_insert_with(|| c.clone());
+        }
+        let mut http_checks = Vec::with_capacity(checks.len());
+        let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
+        for check in checks.values().take(2 * MAX_HTTP_CHECKS) {
+            for r in self.node.http_check(check, active.as_ref()).await {
+                if !r.ok {
+                    tracing::debug!(url = %r.url, status = ?r.status, detail = ?r.detail, "http check failed");
                 }
-            };
-            if result.status != Some(c.expect_status) {
-                checks_pass = false;
+                http_checks.push(r);
             }
         }
+        let checks_pass = fleet_checks.iter().all(|c| {
+            let key = c.key();
+            http_checks
+                .iter()
+                .filter(|r| r.key() == key)
+                .all(|r| r.status.is_some_and(|s| c.accepts(s)) && r.ok)
+        });
         let serving = self.node.healthy().await && checks_pass;
         let mut metrics = self.node.metrics();
         let routes = self.traffic(now, &mut metrics).await;

@@ -11,6 +11,7 @@
 //! - [`wireguard`]: WireGuard meshes: the desired interface, the peer diff,
 //!   applying only that diff, drift and status.
 
+pub mod checks;
 pub mod core;
 pub mod faults;
 pub mod local;

@@ -26,10 +26,11 @@ use std::time::Duration;
 use gitfleet_schemas::agent::{LocalState, ReloadBy, SentinelSettings, WireguardSettings};
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::status::{Drift, Metrics, WireguardStatus};
-use gitfleet_schemas::trust::BundleRef;
+use gitfleet_schemas::status::{Drift, HttpCheckResult, Metrics, WireguardStatus};
+use gitfleet_schemas::trust::{BundleRef, ChannelCheck};
 use gitfleet_schemas::verify::{Bundle, Limits, Verified};
 
+use crate::checks;
 use crate::core::{Node, NodeError};
 use crate::local::{LocalError, StateDir, SENTINEL_LINK};
 use crate::sentinel::{self, Reload};
@@ -40,6 +41,8 @@ use crate::wireguard::{self, Desired, PrivateKey, WIREGUARD_KEY};
 
 /// How long one HTTP check of a rollout's gate may take.
 const HTTP_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The targets of one upstream a check requests, at most.
+const MAX_UPSTREAM_TARGETS: usize = 16;
 
 #[derive(Debug)]
 pub struct DiskNode {
@@ -123,6 +126,13 @@ impl DiskNode {
                 url
             }
         }
+    }
+
+    /// The targets (`host:port`) of upstream `name` in the config of the
+    /// Sentinel bundle `active`.
+    fn upstream_targets(&self, active: &BundleRef, name: &str) -> Option<Vec<String>> {
+        let dir = self.dir.bundle_files(active).ok()?;
+        sentinel::upstream_targets(&dir, self.proxy, name)
     }
 
     pub fn dir(&self) -> &StateDir {
@@ -494,8 +504,31 @@ impl Node for DiskNode {
         Ok(self.dir.add_root(version, bytes)?)
     }
 
-    async fn http_check(&mut self, url: &str) -> Result<u16, NodeError> {
-        Ok(sentinel::http_status(url, HTTP_CHECK_TIMEOUT).await?)
+    async fn http_check(
+        &mut self,
+        check: &ChannelCheck,
+        active: Option<&BundleRef>,
+    ) -> Vec<HttpCheckResult> {
+        let targets = match (&check.upstream, active) {
+            (Some(name), Some(active)) => self.upstream_targets(active, name),
+            _ => None,
+        };
+        let urls = match checks::urls(check, targets.as_deref()) {
+            Ok(urls) => urls,
+            Err(why) => {
+                let at = format!(
+                    "upstream:{}{}",
+                    check.upstream.as_deref().unwrap_or(""),
+                    check.url
+                );
+                return vec![checks::unanswered(check, &at, why)];
+            }
+        };
+        let mut out = Vec::with_capacity(urls.len());
+        for url in urls.iter().take(MAX_UPSTREAM_TARGETS) {
+            out.push(checks::run(check, url).await);
+        }
+        out
     }
 
     async fn healthy(&mut self) -> bool {

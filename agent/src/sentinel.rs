@@ -316,6 +316,18 @@ pub fn metrics_url(dir: &Path, kind: ProxyKind) -> Option<String> {
     Some(format!("http://{host}:{}{path}", address.port()))
 }
 
+/// The targets (`host:port`) of upstream `name` in the config in
+/// `dir/<entry>`, or `None` when it has no such upstream.
+pub fn upstream_targets(dir: &Path, kind: ProxyKind, name: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join(kind.entry())).ok()?;
+    let config = proxy::parse(kind, &text).ok()?;
+    with_config!(&config, |c, _k| {
+        c.upstreams
+            .get(name)
+            .map(|u| u.targets.iter().map(|t| t.address.clone()).collect())
+    })
+}
+
 /// The Prometheus text the proxy serves at `url` (plain http on loopback).
 pub async fn scrape(url: &str, timeout: Duration) -> Result<String, SentinelError> {
     let client = loopback_client(url)?;
@@ -975,6 +987,20 @@ upstreams {
 
     fn write(dir: &Path, text: &str) {
         std::fs::write(dir.join(ProxyKind::Sentinel.entry()), text).unwrap();
+    }
+
+    #[test]
+    fn an_upstreams_targets_are_read_from_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), CONFIG);
+        assert_eq!(
+            upstream_targets(dir.path(), ProxyKind::Sentinel, "two").unwrap(),
+            ["127.0.0.1:18082", "127.0.0.1:18083"]
+        );
+        assert_eq!(
+            upstream_targets(dir.path(), ProxyKind::Sentinel, "four"),
+            None
+        );
     }
 
     fn valid() -> Fingerprint {

@@ -32,8 +32,8 @@ use ed25519_dalek::SigningKey;
 use gitfleet_schemas::agent::{LocalState, LOCAL_STATE_FORMAT};
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::status::{Drift, Metrics, PeerStatus, WireguardStatus};
-use gitfleet_schemas::trust::BundleRef;
+use gitfleet_schemas::status::{Drift, HttpCheckResult, Metrics, PeerStatus, WireguardStatus};
+use gitfleet_schemas::trust::{BundleRef, ChannelCheck};
 use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
 
 use crate::core::{Node, NodeError};
@@ -390,9 +390,19 @@ impl Node for SimNode {
         })
     }
 
-    async fn http_check(&mut self, _url: &str) -> Result<u16, NodeError> {
-        // The simulated proxy answers as healthy as the node is.
-        Ok(if self.is_healthy() { 200 } else { 503 })
+    async fn http_check(
+        &mut self,
+        check: &ChannelCheck,
+        _active: Option<&BundleRef>,
+    ) -> Vec<HttpCheckResult> {
+        // The simulated proxy answers as healthy as the node is, with a
+        // body that says so.
+        let (status, body): (u16, &[u8]) = if self.is_healthy() {
+            (200, b"ok")
+        } else {
+            (503, b"unhealthy")
+        };
+        vec![crate::checks::result(check, &check.url, Ok((status, body)))]
     }
 
     async fn scrape(&mut self, _active: Option<&BundleRef>) -> Option<Result<String, NodeError>> {
@@ -626,9 +636,10 @@ mod tests {
                     step: 1,
                     steps: 1,
                     membership_threshold: threshold,
-                    http_checks: vec![gitfleet_schemas::trust::ChannelCheck {
+                    http_checks: vec![ChannelCheck {
                         url: Self::HEALTH.into(),
                         expect_status: 200,
+                        ..ChannelCheck::default()
                     }],
                     traffic_route: None,
                     // Gates that need 20 requests from each node.
@@ -676,10 +687,12 @@ mod tests {
         assert!(agent.evidence_ready().await);
         assert!(!agent.evidence_ready().await);
         let check = |status, ok| {
-            vec![gitfleet_schemas::status::HttpCheckResult {
+            vec![HttpCheckResult {
                 url: World::HEALTH.into(),
                 status: Some(status),
                 ok,
+                check: None,
+                detail: None,
             }]
         };
         assert_eq!(report.http_checks, check(200, true));
@@ -726,6 +739,7 @@ mod tests {
             health_checks: vec![ChannelCheck {
                 url: check.into(),
                 expect_status: 204,
+                ..ChannelCheck::default()
             }],
             ..AgentSettings::default()
         });

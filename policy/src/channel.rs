@@ -5,6 +5,27 @@ use gitfleet_schemas::trust::{AgentSettings, ChannelCheck, ChannelManifest, Chan
 
 use crate::model::FleetModel;
 
+/// An HTTP check of the fleet repo as manifests carry it.
+pub fn channel_check(c: &gitfleet_schemas::HttpCheck) -> ChannelCheck {
+    // check() refuses statuses outside 100..=599 and an empty list.
+    let status = |s: &u64| u16::try_from(*s).unwrap_or(u16::MAX);
+    let mut statuses = c.expect_status.value.iter().map(status);
+    ChannelCheck {
+        url: c.url.value.clone(),
+        expect_status: statuses.next().unwrap_or(200),
+        also_status: statuses.collect(),
+        method: c
+            .method
+            .as_ref()
+            .map(|m| m.value.clone())
+            .filter(|m| m != "GET"),
+        body_contains: c.body_contains.as_ref().map(|v| v.value.clone()),
+        body_matches: c.body_matches.as_ref().map(|v| v.value.clone()),
+        timeout_ms: c.timeout_ms.as_ref().map(|v| v.value),
+        upstream: c.upstream.as_ref().map(|v| v.value.clone()),
+    }
+}
+
 /// The agent settings fleet.kdl's `defaults` give the nodes of an
 /// environment, if any: polls at `poll-interval` while a rollout `moving`
 /// there, at `idle-poll-interval` otherwise (what an idle fleet costs).
@@ -17,15 +38,7 @@ pub fn agent_settings(model: &FleetModel, moving: bool) -> Option<AgentSettings>
         poll_seconds: if moving { busy } else { idle.or(busy) },
         poll_jitter_seconds: d.poll_jitter_seconds.as_ref().map(|v| v.value),
         heartbeat_seconds: d.heartbeat_seconds.as_ref().map(|v| v.value),
-        health_checks: d
-            .health_checks
-            .iter()
-            .map(|c| ChannelCheck {
-                url: c.url.value.clone(),
-                // check() refuses statuses outside 100..=599.
-                expect_status: u16::try_from(c.expect_status.value).unwrap_or(u16::MAX),
-            })
-            .collect(),
+        health_checks: d.health_checks.iter().map(channel_check).collect(),
     };
     (!s.is_empty()).then_some(s)
 }
@@ -235,6 +248,7 @@ mod tests {
                 health_checks: vec![ChannelCheck {
                     url: "http://127.0.0.1:9901/-/health".into(),
                     expect_status: 200,
+                    ..ChannelCheck::default()
                 }],
             }
         );

@@ -1050,6 +1050,9 @@ fn rollouts(model: &FleetModel, d: &mut Diagnostics<'_>) {
             }
             config_flats.push((name.as_str(), flat));
         }
+        if let RolloutTarget::Config(config) = &r.target.value {
+            upstream_checks(model, d, path, name, config, &r.gates.http_checks);
+        }
         // Its own parts where it writes them; a template's in fleet.kdl.
         let own = model.written.get(name).unwrap_or(r);
         if let Some(t) = &own.template {
@@ -1209,25 +1212,129 @@ fn gates(d: &mut Diagnostics<'_>, path: &str, g: &Gates) {
     http_checks(d, path, &g.http_checks);
 }
 
+/// Every upstream a rollout's checks name is one its config defines, for
+/// each proxy it is built for.
+fn upstream_checks(
+    model: &FleetModel,
+    d: &mut Diagnostics<'_>,
+    path: &str,
+    rollout: &str,
+    config: &str,
+    checks: &[HttpCheck],
+) {
+    let Some(dir) = model.configs.get(config) else {
+        return;
+    };
+    for check in checks {
+        let Some(upstream) = &check.upstream else {
+            continue;
+        };
+        for (proxy, variant) in &dir.variants {
+            let Some(parsed) = &variant.config else {
+                continue;
+            };
+            let known = parsed.outline().upstreams;
+            if !known.contains(&upstream.value) {
+                d.error(
+                    path,
+                    upstream.span,
+                    "unknown-upstream",
+                    format!(
+                        "rollout `{rollout}` checks upstream `{}`, which config `{config}` does not define for {proxy}",
+                        upstream.value
+                    ),
+                    Some(known_list(known.iter())),
+                );
+                break;
+            }
+        }
+    }
+}
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+
 fn http_checks(d: &mut Diagnostics<'_>, path: &str, checks: &[HttpCheck]) {
     for check in checks {
-        if !(check.url.value.starts_with("http://") || check.url.value.starts_with("https://")) {
+        let url = &check.url.value;
+        if check.upstream.is_some() {
+            if !url.starts_with('/') {
+                d.error(
+                    path,
+                    check.url.span,
+                    "invalid-value",
+                    format!("`{url}` is not a path: a check of an upstream requests a path on each of its targets"),
+                    Some("write `http-check \"/healthz\" upstream=\"NAME\"`".to_owned()),
+                );
+            }
+        } else if !url.starts_with("http://") {
             d.error(
                 path,
                 check.url.span,
                 "invalid-value",
-                format!("`{}` is not an http(s) URL", check.url.value),
-                None,
+                format!("`{url}` is not an http URL"),
+                Some("agents request plain http on their node's loopback; name an `upstream` to check other addresses".to_owned()),
             );
         }
-        if !(100..=599).contains(&check.expect_status.value) {
+        let statuses = &check.expect_status;
+        if statuses.value.is_empty() || statuses.value.iter().any(|s| !(100..=599).contains(s)) {
+            let list: Vec<String> = statuses.value.iter().map(u64::to_string).collect();
             d.error(
                 path,
-                check.expect_status.span,
+                statuses.span,
                 "invalid-value",
-                format!("{} is not an HTTP status", check.expect_status.value),
-                None,
+                if list.len() == 1 {
+                    format!("{} is not an HTTP status", list[0])
+                } else {
+                    format!("`{}` is not a list of HTTP statuses", list.join(","))
+                },
+                Some("write `expect-status=200` or `expect-status=\"200,204\"`".to_owned()),
             );
+        }
+        if let Some(m) = &check.method {
+            if !METHODS.contains(&m.value.as_str()) {
+                d.error(
+                    path,
+                    m.span,
+                    "invalid-value",
+                    format!("`{}` is not an HTTP method a check can use", m.value),
+                    Some(format!("use one of {}", METHODS.join(", "))),
+                );
+            } else if m.value == "HEAD" {
+                if let Some(b) = check.body_contains.as_ref().or(check.body_matches.as_ref()) {
+                    d.error(
+                        path,
+                        b.span,
+                        "invalid-value",
+                        "a HEAD request has no body to match",
+                        Some("use GET, or check the status only".to_owned()),
+                    );
+                }
+            }
+        }
+        if let Some(re) = &check.body_matches {
+            if let Err(e) = regex::Regex::new(&re.value) {
+                d.error(
+                    path,
+                    re.span,
+                    "invalid-regex",
+                    format!("`{}` is not a regular expression: {e}", re.value),
+                    None,
+                );
+            }
+        }
+        if let Some(t) = &check.timeout_ms {
+            if t.value == 0 || t.value > gitfleet_schemas::rollout::MAX_HTTP_CHECK_TIMEOUT_MS {
+                d.error(
+                    path,
+                    t.span,
+                    "invalid-value",
+                    format!(
+                        "a check's timeout must be above 0 and at most 30s, not {}ms",
+                        t.value
+                    ),
+                    None,
+                );
+            }
         }
     }
 }

@@ -255,7 +255,7 @@ fn gates(
     for check in &effective.http_checks {
         out.push((
             "gate http-check",
-            format!("{} expects {}", check.url.value, check.expect_status.value),
+            crate::channel::channel_check(check).describe(),
             !own.http_checks.is_empty(),
             !template.http_checks.is_empty(),
         ));

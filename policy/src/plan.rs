@@ -14,7 +14,7 @@ use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState, Variant, STATE_FORMAT};
-use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelCheck, ChannelRollout};
+use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelRollout};
 use gitfleet_schemas::{Gates, Proxy, RolloutFile, RolloutTarget, StepSize, Window};
 
 use crate::checks::select;
@@ -43,9 +43,22 @@ pub struct Observation {
     pub routes: Vec<gitfleet_schemas::status::RouteTraffic>,
     pub cpu_percent: Option<f64>,
     pub memory_percent: Option<f64>,
-    /// The HTTP checks the node ran: (url, status it answered, if any).
-    /// Empty for most nodes, so it costs a fleet of a million nodes little.
-    pub http_checks: Vec<(String, Option<u16>)>,
+    /// The HTTP checks the node ran. Empty for most nodes, so it costs a
+    /// fleet of a million nodes little.
+    pub http_checks: Vec<SeenCheck>,
+}
+
+/// One HTTP check result of a report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenCheck {
+    /// The check's `ChannelCheck::key`.
+    pub key: String,
+    /// The URL requested.
+    pub url: String,
+    pub status: Option<u16>,
+    /// The agent's verdict on what only it saw (the body).
+    pub ok: bool,
+    pub detail: Option<String>,
 }
 
 /// The bundle a rollout should deliver, built from the fleet repo.
@@ -378,11 +391,7 @@ impl Plan {
                     d.gates
                         .http_checks
                         .iter()
-                        .map(|c| ChannelCheck {
-                            url: c.url.value.clone(),
-                            // check() refuses statuses outside 100..=599.
-                            expect_status: u16::try_from(c.expect_status.value).unwrap_or(u16::MAX),
-                        })
+                        .map(crate::channel::channel_check)
                         .collect()
                 })
                 .unwrap_or_default();
@@ -1267,6 +1276,50 @@ fn traffic(g: &Gates, r: &Observation) -> (Option<u64>, Option<f64>, Option<u64>
     }
 }
 
+/// Why the results `seen` fail `check`, if they do. The status is judged
+/// here (two rollouts may expect different ones of a URL); the body, which
+/// only the agent saw, on its verdict. A check of an upstream has a result
+/// per target, and every one must pass.
+fn http_check_failure(
+    check: &gitfleet_schemas::trust::ChannelCheck,
+    seen: &[SeenCheck],
+) -> Option<String> {
+    let key = check.key();
+    let mut results = seen.iter().filter(|c| c.key == key).peekable();
+    if results.peek().is_none() {
+        return Some(format!("reports no http check {key}"));
+    }
+    for c in results {
+        let url = &c.url;
+        match c.status {
+            None => {
+                let why = c
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                return Some(format!("http check {url} got no answer{why}"));
+            }
+            Some(status) if !check.accepts(status) => {
+                let expected: Vec<String> = std::iter::once(check.expect_status)
+                    .chain(check.also_status.iter().copied())
+                    .map(|s| s.to_string())
+                    .collect();
+                return Some(format!(
+                    "http check {url} answered {status}, not {}",
+                    expected.join(" or ")
+                ));
+            }
+            Some(_) if !check.is_plain() && !c.ok => {
+                let why = c.detail.as_deref().unwrap_or("failed");
+                return Some(format!("http check {url}: {why}"));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
 /// Judge one node's report against a rollout's gates. A metric the gates
 /// ask for and the node does not report fails; too few requests to judge
 /// the traffic gates is neither pass nor fail.
@@ -1289,19 +1342,9 @@ pub fn judge(g: &Gates, r: &Observation, rollout: &str, digest: &str) -> Judged 
         }
     }
     for check in &g.http_checks {
-        let url = &check.url.value;
-        // Judged here, on the status: two rollouts may expect different
-        // ones of the same URL.
-        match r.http_checks.iter().find(|(u, _)| u == url) {
-            None => return Judged::Fail(format!("reports no http check {url}")),
-            Some((_, None)) => return Judged::Fail(format!("http check {url} got no answer")),
-            Some((_, Some(status))) if u64::from(*status) != check.expect_status.value => {
-                return Judged::Fail(format!(
-                    "http check {url} answered {status}, not {}",
-                    check.expect_status.value
-                ))
-            }
-            Some(_) => {}
+        let check = crate::channel::channel_check(check);
+        if let Some(why) = http_check_failure(&check, &r.http_checks) {
+            return Judged::Fail(why);
         }
     }
     if !g.judges_traffic() {
@@ -1490,7 +1533,13 @@ impl Observation {
             http_checks: r
                 .http_checks
                 .iter()
-                .map(|c| (c.url.clone(), c.status))
+                .map(|c| SeenCheck {
+                    key: c.key().to_owned(),
+                    url: c.url.clone(),
+                    status: c.status,
+                    ok: c.ok,
+                    detail: c.detail.clone(),
+                })
                 .collect(),
         }
     }
@@ -1507,7 +1556,12 @@ mod tests {
                 .iter()
                 .map(|u| HttpCheck {
                     url: Spanned::new((*u).to_owned(), Default::default()),
-                    expect_status: Spanned::new(200, Default::default()),
+                    expect_status: Spanned::new(vec![200], Default::default()),
+                    method: None,
+                    body_contains: None,
+                    body_matches: None,
+                    timeout_ms: None,
+                    upstream: None,
                 })
                 .collect(),
             ..Gates::default()
@@ -1518,7 +1572,16 @@ mod tests {
         Observation {
             active: vec![("edge".to_owned(), "d".to_owned())],
             healthy: true,
-            http_checks: checks.iter().map(|(u, s)| ((*u).to_owned(), *s)).collect(),
+            http_checks: checks
+                .iter()
+                .map(|(u, s)| SeenCheck {
+                    key: (*u).to_owned(),
+                    url: (*u).to_owned(),
+                    status: *s,
+                    ok: *s == Some(200),
+                    detail: None,
+                })
+                .collect(),
             ..Observation::default()
         }
     }
@@ -1548,6 +1611,51 @@ mod tests {
         assert_eq!(
             gate_failure(&gates(&[]), &on(&[(a, None)]), "edge", "d"),
             None
+        );
+    }
+
+    #[test]
+    fn a_rich_check_passes_on_an_accepted_status_and_the_agents_body_verdict_for_every_target() {
+        let mut g = gates(&["/healthz"]);
+        let c = &mut g.http_checks[0];
+        c.upstream = Some(Spanned::new("api".into(), Default::default()));
+        c.expect_status.value = vec![200, 204];
+        c.body_contains = Some(Spanned::new("ok".into(), Default::default()));
+        let key = crate::channel::channel_check(c).key();
+        assert_eq!(
+            key,
+            "GET upstream=api /healthz status=200,204 body-contains=\"ok\""
+        );
+        let seen = |results: &[(&str, Option<u16>, bool)]| Observation {
+            active: vec![("edge".to_owned(), "d".to_owned())],
+            healthy: true,
+            http_checks: results
+                .iter()
+                .map(|(url, status, ok)| SeenCheck {
+                    key: key.clone(),
+                    url: (*url).to_owned(),
+                    status: *status,
+                    ok: *ok,
+                    detail: (!ok).then(|| "body lacks \"ok\"".to_owned()),
+                })
+                .collect(),
+            ..Observation::default()
+        };
+        let (t1, t2) = ("http://10.0.0.1:80/healthz", "http://10.0.0.2:80/healthz");
+        let fails = |r: &[(&str, Option<u16>, bool)]| gate_failure(&g, &seen(r), "edge", "d");
+        assert_eq!(fails(&[(t1, Some(200), true), (t2, Some(204), true)]), None);
+        assert_eq!(
+            fails(&[(t1, Some(200), true), (t2, Some(200), false)]),
+            Some(format!("http check {t2}: body lacks \"ok\""))
+        );
+        assert_eq!(
+            fails(&[(t1, Some(503), true)]),
+            Some(format!("http check {t1} answered 503, not 200 or 204"))
+        );
+        // A plain check's result of the same path does not stand in.
+        assert_eq!(
+            gate_failure(&g, &on(&[("/healthz", Some(200))]), "edge", "d"),
+            Some(format!("reports no http check {key}"))
         );
     }
 }

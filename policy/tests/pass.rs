@@ -184,7 +184,13 @@ impl World {
                 p99_latency_ms: Some(20),
                 cpu_percent: Some(10.0),
                 memory_percent: Some(20.0),
-                http_checks: vec![("http://127.0.0.1:9090/-/health".into(), Some(200))],
+                http_checks: vec![gitfleet_policy::plan::SeenCheck {
+                    key: "http://127.0.0.1:9090/-/health".into(),
+                    url: "http://127.0.0.1:9090/-/health".into(),
+                    status: Some(200),
+                    ok: true,
+                    detail: None,
+                }],
                 ..Observation::default()
             });
             let proxy = self.targets.proxy(id);

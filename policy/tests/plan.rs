@@ -663,6 +663,7 @@ fn the_manifest_carries_the_http_checks_of_the_gates() {
         vec![gitfleet_schemas::trust::ChannelCheck {
             url: "http://127.0.0.1:9090/-/health".to_owned(),
             expect_status: 204,
+            ..Default::default()
         }]
     );
     // Simulated agents report no checks, so the gate holds the step.

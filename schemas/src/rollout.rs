@@ -244,14 +244,36 @@ impl Gates {
     }
 }
 
-/// An HTTP request the agent makes on its node; the gate passes on the
-/// expected status.
+/// An HTTP request the agent makes; the gate passes when the answer's
+/// status is one of `expect_status` and its body matches what is asked.
+///
+/// `http-check "http://127.0.0.1:9000/-/health"` (a URL on the node), or
+/// `http-check "/healthz" upstream="api"` (that path on every target of
+/// the config's upstream `api`), with `method="HEAD"`,
+/// `expect-status="200,204"`, `body-contains="ok"`, `body-matches="^ok$"`
+/// and `timeout="5s"` (at most 30 s; 2 s when unset).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
     pub url: Spanned<String>,
-    pub expect_status: Spanned<u64>,
+    /// The statuses that pass (200 when unset).
+    pub expect_status: Spanned<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<Spanned<String>>,
+    /// A regular expression (Rust `regex` syntax) the body must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_matches: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Check `url` (a path) on each target of this upstream of the config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Spanned<String>>,
 }
+
+/// The longest an HTTP check may wait for its answer.
+pub const MAX_HTTP_CHECK_TIMEOUT_MS: u64 = 30_000;
 
 const TOP: &[&str] = &[
     "config",
@@ -390,19 +412,57 @@ fn decode_step(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Step> {
     Some(Step { size })
 }
 
-/// `http-check "URL" expect-status=200` (the status defaults to 200).
+/// `http-check "URL" expect-status=200 ...` (see [`HttpCheck`]).
 pub(crate) fn decode_http_check(d: &mut Decoder, c: &kdl::KdlNode) -> Option<HttpCheck> {
-    d.allow_props(c, &["expect-status"]);
+    d.allow_props(
+        c,
+        &[
+            "expect-status",
+            "method",
+            "body-contains",
+            "body-matches",
+            "timeout",
+            "upstream",
+        ],
+    );
     d.max_args(c, 1);
     d.no_children(c);
-    let url = d.arg(c, 0, decode::as_string, "a URL");
+    let url = d.arg(c, 0, decode::as_string, "a URL, or a path with `upstream`");
     let expect_status = d
-        .prop(c, "expect-status", decode::as_u64, "an HTTP status code")
-        .unwrap_or(Spanned::new(200, decode::node_span(c)));
+        .prop(
+            c,
+            "expect-status",
+            statuses,
+            "an HTTP status, or several as \"200,204\"",
+        )
+        .unwrap_or(Spanned::new(vec![200], decode::node_span(c)));
+    let method = d.prop_string(c, "method");
+    let body_contains = d.prop_string(c, "body-contains");
+    let body_matches = d.prop_string(c, "body-matches");
+    let timeout_ms = d
+        .prop_string(c, "timeout")
+        .and_then(|t| d.parse_duration_ms(&t));
+    let upstream = d.prop_string(c, "upstream");
     Some(HttpCheck {
         url: url?,
         expect_status,
+        method,
+        body_contains,
+        body_matches,
+        timeout_ms,
+        upstream,
     })
+}
+
+/// `200` or `"200,204"`.
+fn statuses(v: &kdl::KdlValue) -> Option<Vec<u64>> {
+    if let Some(n) = decode::as_u64(v) {
+        return Some(vec![n]);
+    }
+    decode::as_string(v)?
+        .split(',')
+        .map(|s| s.trim().parse().ok())
+        .collect()
 }
 
 fn decode_gates(d: &mut Decoder, node: &kdl::KdlNode) -> Gates {

@@ -101,9 +101,24 @@ pub struct Metrics {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheckResult {
+    /// The URL requested (for an upstream check, one target's).
     pub url: String,
     pub status: Option<u16>,
     pub ok: bool,
+    /// The check's [`crate::trust::ChannelCheck::key`], for any check but
+    /// the plain kind, which its URL names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// Why it failed, when it did for another reason than its status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl HttpCheckResult {
+    /// The name of the check this is a result of.
+    pub fn key(&self) -> &str {
+        self.check.as_deref().unwrap_or(&self.url)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -323,14 +323,90 @@ pub struct ChannelRequirement {
     pub values: Vec<String>,
 }
 
-/// One HTTP check a node runs for a rollout's health gate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// One HTTP check a node runs for a rollout's health gate. A check with
+/// only `url` and `expect_status` is written as older agents read it; the
+/// rest appear only when used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelCheck {
-    /// Fetched with GET; agents only dial plain http on loopback.
+    /// The URL the agent requests: plain http on loopback. With `upstream`,
+    /// a path requested on each of that upstream's targets.
     pub url: String,
     /// The status that counts as passing.
     pub expect_status: u16,
+    /// Further statuses that pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_status: Vec<u16>,
+    /// GET when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// A regular expression (Rust `regex` syntax) the body must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_matches: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// An upstream of the active config: the check runs against each of
+    /// its targets (plain http), not only loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+}
+
+impl ChannelCheck {
+    /// Whether `status` passes.
+    pub fn accepts(&self, status: u16) -> bool {
+        status == self.expect_status || self.also_status.contains(&status)
+    }
+
+    /// Whether the check is the plain kind older agents run: GET one URL,
+    /// one status, the default timeout.
+    pub fn is_plain(&self) -> bool {
+        *self
+            == ChannelCheck {
+                url: self.url.clone(),
+                expect_status: self.expect_status,
+                ..ChannelCheck::default()
+            }
+    }
+
+    /// The check in words: `http://127.0.0.1:9000/-/health expects 200`.
+    pub fn describe(&self) -> String {
+        if self.is_plain() {
+            format!("{} expects {}", self.url, self.expect_status)
+        } else {
+            self.key()
+        }
+    }
+
+    /// How reports name this check's results: a plain check by its URL (as
+    /// older agents do), any other by all it asks, so two rollouts asking
+    /// different things of one URL get a result each.
+    pub fn key(&self) -> String {
+        if self.is_plain() {
+            return self.url.clone();
+        }
+        let mut key = format!("{} ", self.method.as_deref().unwrap_or("GET"));
+        if let Some(u) = &self.upstream {
+            key.push_str(&format!("upstream={u} "));
+        }
+        key.push_str(&self.url);
+        let statuses: Vec<String> = std::iter::once(self.expect_status)
+            .chain(self.also_status.iter().copied())
+            .map(|s| s.to_string())
+            .collect();
+        key.push_str(&format!(" status={}", statuses.join(",")));
+        if let Some(b) = &self.body_contains {
+            key.push_str(&format!(" body-contains={b:?}"));
+        }
+        if let Some(b) = &self.body_matches {
+            key.push_str(&format!(" body-matches={b:?}"));
+        }
+        if let Some(t) = self.timeout_ms {
+            key.push_str(&format!(" timeout={t}ms"));
+        }
+        key
+    }
 }
 
 /// Names a bundle by the digest and length of its bytes.

@@ -135,7 +135,7 @@ fn a_rollout_decodes_steps_gates_and_windows() {
     assert_eq!(r.bake_seconds.unwrap().value, 600);
     assert_eq!(r.gates.max_p99_latency_ms.unwrap().value, 250);
     assert!(r.gates.healthy);
-    assert_eq!(r.gates.http_checks[0].expect_status.value, 200);
+    assert_eq!(r.gates.http_checks[0].expect_status.value, [200]);
     assert_eq!(r.windows[0].duration_seconds.value, 8 * 3600);
 }
 
@@ -262,4 +262,24 @@ fn a_rollout_with_a_template_needs_no_steps_of_its_own() {
     assert!(with.errors.is_empty(), "{:?}", with.errors);
     let without = RolloutFile::decode("version 1\nconfig \"c\"\n");
     assert_eq!(codes(&without), ["missing-node"]);
+}
+
+#[test]
+fn an_http_check_takes_a_method_statuses_a_body_match_a_timeout_and_an_upstream() {
+    let r = RolloutFile::decode(
+        "version 1\nconfig \"c\"\nstep percent=100\ngates {\n http-check \"/healthz\" upstream=\"api\" method=\"POST\" expect-status=\"200,204\" body-contains=\"ok\" body-matches=\"^ok\" timeout=\"5s\"\n}\n",
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let c = &r.value.unwrap().gates.http_checks[0];
+    assert_eq!(c.url.value, "/healthz");
+    assert_eq!(c.expect_status.value, [200, 204]);
+    assert_eq!(c.method.as_ref().unwrap().value, "POST");
+    assert_eq!(c.body_contains.as_ref().unwrap().value, "ok");
+    assert_eq!(c.body_matches.as_ref().unwrap().value, "^ok");
+    assert_eq!(c.timeout_ms.as_ref().unwrap().value, 5000);
+    assert_eq!(c.upstream.as_ref().unwrap().value, "api");
+    let bad = RolloutFile::decode(
+        "version 1\nconfig \"c\"\nstep percent=100\ngates {\n http-check \"http://127.0.0.1/\" expect-status=\"200,x\"\n}\n",
+    );
+    assert_eq!(bad.errors.len(), 1, "{:?}", bad.errors);
 }

@@ -346,15 +346,28 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
         );
         for c in &n.http_checks {
             let (class, word) = if c.ok {
-                ("healthy", "ok")
+                ("healthy", "ok".to_owned())
             } else {
-                ("unhealthy", "failed")
+                let why = c
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                ("unhealthy", format!("failed{why}"))
             };
+            // The check's whole description on hover, where it is more
+            // than the URL.
+            let title = c
+                .check
+                .as_deref()
+                .map(|k| format!(" title=\"{}\"", esc(k)))
+                .unwrap_or_default();
             let _ = write!(
                 out,
-                "<tr><td><code>{}</code></td><td>{}</td><td class={class}>{word}</td></tr>",
+                "<tr><td><code{title}>{}</code></td><td>{}</td><td class={class}>{}</td></tr>",
                 esc(&c.url),
-                c.status.map_or("-".to_owned(), |s| s.to_string())
+                c.status.map_or("-".to_owned(), |s| s.to_string()),
+                esc(&word)
             );
         }
         out.push_str("</table>");
