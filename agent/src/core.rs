@@ -225,6 +225,9 @@ pub enum Polled {
     /// The store could not be read or the manifest was refused; the running
     /// config stays.
     Refused(String),
+    /// The verified manifest names this node as decommissioned (its node
+    /// file left the fleet repo): it sends a final report and stops.
+    Decommissioned { serial: u64 },
 }
 
 /// The kinds of bundle a node runs, one of each at a time.
@@ -411,7 +414,20 @@ impl<N: Node> Agent<N> {
             }
         }
         self.manifest = Some(manifest.clone());
+        if manifest.decommissioned.contains(&self.id.node) {
+            tracing::warn!(node = %self.id.node, serial = manifest.serial, "this node's file left the fleet repo: it takes no new bundle");
+            return Polled::Decommissioned {
+                serial: manifest.serial,
+            };
+        }
         self.apply(manifest, now).await
+    }
+
+    /// Record that this node left the fleet, so that a restarted agent
+    /// stops at once instead of polling again.
+    pub fn decommission(&mut self, now: DateTime<Utc>) -> Result<(), NodeError> {
+        self.state.decommissioned = Some(now);
+        self.node.save(&self.state)
     }
 
     fn refuse(&mut self, reason: String) -> Polled {
@@ -942,6 +958,7 @@ mod tests {
             settings: None,
             revoked: Vec::new(),
             held: Vec::new(),
+            decommissioned: Vec::new(),
             fleet: "f".into(),
             environment: "prod".into(),
             serial: 1,

@@ -186,6 +186,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit status of an agent whose node left the fleet: the systemd unit
+/// does not restart it (`RestartPreventExitStatus`).
+const DECOMMISSIONED: u8 = 3;
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = load_config(&cli.config)?;
     if let Some(store) = &cli.store {
@@ -260,6 +264,15 @@ fn limits(config: &AgentConfig) -> Limits {
 async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let dir = StateDir::open(Path::new(&config.state_dir))?;
     let state = dir.load_state()?;
+    if let Some(at) = state.decommissioned {
+        eprintln!(
+            "node `{}` was decommissioned at {} (its node file left the fleet repo); the agent stays stopped. To rejoin, remove {} and enroll again",
+            config.node,
+            at.to_rfc3339(),
+            config.state_dir
+        );
+        return Ok(ExitCode::from(DECOMMISSIONED));
+    }
     let root = dir.trusted_root()?;
     let key = dir.node_key()?;
     let mut node = DiskNode::new(
@@ -318,6 +331,15 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .reported(reported.as_ref());
+        }
+        if let Polled::Decommissioned { serial } = polled {
+            let reported = agent.report(now).await;
+            if let Err(e) = &reported {
+                tracing::warn!(error = %e, "cannot write the final status report");
+            }
+            agent.decommission(now)?;
+            tracing::warn!(node = %config.node, serial, "decommissioned: final report sent, stopping; the running config is left as it is");
+            return Ok(ExitCode::from(DECOMMISSIONED));
         }
         if args.once {
             return Ok(match polled {

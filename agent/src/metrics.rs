@@ -41,6 +41,8 @@ impl AgentMetrics {
                 self.activations += *activated as u64;
             }
             Polled::Refused(_) => self.polls_refused += 1,
+            // The agent stops right after.
+            Polled::Decommissioned { .. } => self.polls_unchanged += 1,
         }
     }
 

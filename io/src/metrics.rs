@@ -120,6 +120,7 @@ pub struct StoreCounts {
     get_not_modified: AtomicU64,
     put: AtomicU64,
     put_conditional: AtomicU64,
+    delete: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -135,6 +136,7 @@ pub struct StoreCount {
     pub put: u64,
     /// Create-only and compare-and-swap puts.
     pub put_conditional: u64,
+    pub delete: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -147,6 +149,7 @@ pub enum Request {
     GetNotModified,
     Put,
     PutConditional,
+    Delete,
 }
 
 impl StoreCounts {
@@ -157,6 +160,7 @@ impl StoreCounts {
             Request::GetNotModified => &self.get_not_modified,
             Request::Put => &self.put,
             Request::PutConditional => &self.put_conditional,
+            Request::Delete => &self.delete,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -177,6 +181,7 @@ impl StoreCounts {
             get_not_modified: l(&self.get_not_modified),
             put: l(&self.put),
             put_conditional: l(&self.put_conditional),
+            delete: l(&self.delete),
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
         }
@@ -194,6 +199,7 @@ impl StoreCount {
                 .saturating_sub(earlier.get_not_modified),
             put: self.put.saturating_sub(earlier.put),
             put_conditional: self.put_conditional.saturating_sub(earlier.put_conditional),
+            delete: self.delete.saturating_sub(earlier.delete),
             bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
         }
@@ -201,17 +207,18 @@ impl StoreCount {
 
     /// Every request, of whatever kind.
     pub fn requests(&self) -> u64 {
-        self.list + self.get + self.get_not_modified + self.put + self.put_conditional
+        self.list + self.get + self.get_not_modified + self.put + self.put_conditional + self.delete
     }
 
     /// The request counts as metric (kind label, value) pairs.
-    pub fn each(&self) -> [(&'static str, u64); 5] {
+    pub fn each(&self) -> [(&'static str, u64); 6] {
         [
             ("list", self.list),
             ("get", self.get),
             ("get-not-modified", self.get_not_modified),
             ("put", self.put),
             ("put-conditional", self.put_conditional),
+            ("delete", self.delete),
         ]
     }
 }

@@ -375,6 +375,17 @@ impl Store {
         Ok(())
     }
 
+    /// Removes `key`; an object already gone is no error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let _timer = self.latency.put.start();
+        let location = self.location(key)?;
+        self.counts.count(Request::Delete);
+        match self.inner.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(self.request("removing", key, source)),
+        }
+    }
+
     /// Compare-and-swap: writes `bytes` at `key` only if the object is at
     /// `expected` (`None`: only if there is no object yet).
     pub async fn put_if_match(

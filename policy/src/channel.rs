@@ -67,6 +67,8 @@ pub struct Says {
     pub revoked: Vec<String>,
     /// Sorted ids of the environment's held nodes ([`held`]).
     pub held: Vec<String>,
+    /// Sorted ids of the environment's departed nodes.
+    pub decommissioned: Vec<String>,
 }
 
 /// The nodes of `environment` whose node file holds them, sorted.
@@ -97,6 +99,7 @@ pub fn next_manifest(
         settings,
         revoked,
         held,
+        decommissioned,
     } = says;
     if let Some(c) = current {
         let same = c.fleet == fleet
@@ -104,7 +107,8 @@ pub fn next_manifest(
             && c.rollouts == rollouts
             && c.settings == settings
             && c.revoked == revoked
-            && c.held == held;
+            && c.held == held
+            && c.decommissioned == decommissioned;
         if same && c.expires - now > freshness / 2 {
             return None;
         }
@@ -118,6 +122,7 @@ pub fn next_manifest(
         settings,
         revoked,
         held,
+        decommissioned,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod channel;
 mod check;
 mod checks;
 mod configs;
+pub mod decommission;
 mod diagnostics;
 pub mod explain;
 pub mod lint;

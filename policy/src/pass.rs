@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
-use gitfleet_schemas::state::{self, MeshAllocation, Phase, RolloutState, RULES_PATH};
+use gitfleet_schemas::state::{
+    self, Departed, MeshAllocation, Phase, RolloutState, DEPARTED_PATH, RULES_PATH,
+};
 use gitfleet_schemas::trust::ChannelManifest;
 use gitfleet_schemas::{Diagnostic, Proxy, RolloutTarget, Severity};
 
@@ -92,6 +94,8 @@ pub struct Observed<'a> {
     pub manifests: &'a BTreeMap<String, Current>,
     /// The fleet's name.
     pub fleet: &'a str,
+    /// Node files removed between `departed.json`'s commit and `commit`.
+    pub removed_nodes: &'a [crate::decommission::Removed],
 }
 
 /// Why a pass plans nothing.
@@ -138,6 +142,7 @@ pub struct Publish {
 #[derive(Clone, Copy, Debug)]
 pub enum Write<'p> {
     Upload(&'p Upload),
+    Remove(&'p str),
     Commit(&'p StateCommit),
     Publish(&'p Publish),
     Status(&'p CommitStatus),
@@ -156,6 +161,11 @@ pub struct PassPlan {
     pub rules: RulesPlan,
     /// Tunnel addresses handed out or freed, one line each.
     pub allocations: Vec<String>,
+    /// What happened to departed nodes, one line each.
+    pub departures: Vec<String>,
+    /// Store objects of departed nodes to remove, before the state commit
+    /// forgets them.
+    pub removals: Vec<String>,
     pub state: Option<StateCommit>,
     pub manifests: Vec<Publish>,
     /// Environments whose manifest in the store is not ours: left alone.
@@ -176,6 +186,7 @@ impl PassPlan {
     /// commit before the manifests derived from it, GitHub last.
     pub fn writes(&self) -> Vec<Write<'_>> {
         let mut out: Vec<Write<'_>> = self.uploads.iter().map(Write::Upload).collect();
+        out.extend(self.removals.iter().map(|k| Write::Remove(k)));
         out.extend(self.state.iter().map(Write::Commit));
         out.extend(self.manifests.iter().map(Write::Publish));
         out.extend(self.statuses.iter().map(Write::Status));
@@ -188,7 +199,7 @@ impl fmt::Display for PassPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.rollouts)?;
         write!(f, "{}", self.rules)?;
-        for line in &self.allocations {
+        for line in self.allocations.iter().chain(&self.departures) {
             writeln!(f, "{line}")?;
         }
         writeln!(
@@ -209,6 +220,7 @@ impl fmt::Display for PassPlan {
                     "  upload {} ({}, {} bytes)",
                     u.key, u.name, u.built.reference.length
                 )?,
+                Write::Remove(key) => writeln!(f, "  remove {key} (a departed node's)")?,
                 Write::Commit(c) => {
                     let paths: Vec<&str> = c.files.keys().map(String::as_str).collect();
                     writeln!(
@@ -358,8 +370,35 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
     if o.state_files.get(RULES_PATH) != Some(&rules_bytes) {
         files.insert(RULES_PATH.to_owned(), Some(rules_bytes));
     }
+    // Departed nodes. The record is written when its nodes change, when
+    // there is none yet, and otherwise only with other state, so that an
+    // idle push costs no commit.
+    let departed_before = match o.state_files.get(DEPARTED_PATH) {
+        None => None,
+        Some(bytes) => {
+            Some(
+                serde_json::from_slice::<Departed>(bytes).map_err(|e| PassError::State {
+                    path: DEPARTED_PATH.to_owned(),
+                    reason: e.to_string(),
+                })?,
+            )
+        }
+    };
+    let departed = crate::decommission::decide(
+        departed_before.as_ref(),
+        o.removed_nodes,
+        model,
+        o.commit,
+        now,
+    );
+    let departed_bytes = json_file(&departed.record);
+    if (departed.changed || departed_before.is_none() || !files.is_empty())
+        && o.state_files.get(DEPARTED_PATH) != Some(&departed_bytes)
+    {
+        files.insert(DEPARTED_PATH.to_owned(), Some(departed_bytes));
+    }
     let state = (!files.is_empty()).then(|| StateCommit {
-        message: state_message(o, &rollouts, &allocation_lines),
+        message: state_message(o, &rollouts, &allocation_lines, &departed.lines),
         files,
     });
 
@@ -401,6 +440,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                 settings: settings.clone(),
                 revoked: channel::revoked(model),
                 held: channel::held(model, env),
+                decommissioned: departed.of_environment(env),
             },
             now,
             freshness,
@@ -424,6 +464,8 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
         rollouts,
         rules: o.rules.clone(),
         allocations: allocation_lines,
+        departures: departed.lines,
+        removals: departed.remove,
         state,
         manifests,
         foreign_manifests,
@@ -556,7 +598,12 @@ pub fn json_file(value: &impl serde::Serialize) -> Vec<u8> {
 }
 
 /// The state commit's message: a summary line, then what changed and why.
-fn state_message(o: &Observed<'_>, rollouts: &Plan, allocations: &[String]) -> String {
+fn state_message(
+    o: &Observed<'_>,
+    rollouts: &Plan,
+    allocations: &[String],
+    departures: &[String],
+) -> String {
     let rollout_lines = rollouts.changes();
     let mut rule_lines = o.rules.changes.clone();
     if o.rules_first_seen {
@@ -578,12 +625,20 @@ fn state_message(o: &Observed<'_>, rollouts: &Plan, allocations: &[String]) -> S
     if !allocations.is_empty() {
         summary.push(format!("{} mesh address change(s)", allocations.len()));
     }
+    if !departures.is_empty() {
+        summary.push(format!("{} departure update(s)", departures.len()));
+    }
     let mut message = format!(
         "gitfleet: {} at {}\n\n",
         summary.join(", "),
         short(o.commit)
     );
-    for line in rule_lines.iter().chain(&rollout_lines).chain(allocations) {
+    for line in rule_lines
+        .iter()
+        .chain(&rollout_lines)
+        .chain(allocations)
+        .chain(departures)
+    {
         message.push_str(line);
         message.push('\n');
     }

@@ -21,6 +21,11 @@ impl RepoFiles {
         self.files.insert(path.into(), bytes.into());
     }
 
+    /// Drop `path`; its bytes, if it was there.
+    pub fn remove(&mut self, path: &str) -> Option<Vec<u8>> {
+        self.files.remove(path)
+    }
+
     pub fn get(&self, path: &str) -> Option<&[u8]> {
         self.files.get(path).map(Vec::as_slice)
     }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::example_repo;
+use gitfleet_policy::decommission::Removed;
 use gitfleet_policy::pass::{decide, Builds, Current, Observed, PassError, PassPlan, Write};
 use gitfleet_policy::plan::{Observation, Targets};
 use gitfleet_policy::rules::{self, Rules, RulesPlan};
@@ -41,6 +42,10 @@ struct World {
     manifests: BTreeMap<String, Current>,
     approvals: BTreeSet<(String, String)>,
     now: DateTime<Utc>,
+    /// Node files removed since `departed.json`'s commit, as git says.
+    removed_nodes: Vec<Removed>,
+    /// Store objects the passes removed.
+    removed_objects: Vec<String>,
 }
 
 impl World {
@@ -68,6 +73,8 @@ impl World {
             manifests: BTreeMap::new(),
             approvals: BTreeSet::new(),
             now: t0(),
+            removed_nodes: Vec::new(),
+            removed_objects: Vec::new(),
         }
     }
 
@@ -97,6 +104,7 @@ impl World {
                 approvals: &self.approvals,
                 manifests: &self.manifests,
                 fleet: "acme-edge",
+                removed_nodes: &self.removed_nodes,
             },
             self.now,
         )
@@ -111,6 +119,7 @@ impl World {
                 Write::Upload(u) => {
                     self.stored.insert(u.built.reference.digest.clone());
                 }
+                Write::Remove(key) => self.removed_objects.push(key.to_owned()),
                 Write::Commit(c) => {
                     for (path, bytes) in &c.files {
                         match bytes {
@@ -319,7 +328,7 @@ fn writes_come_in_the_order_the_invariants_need() {
         .iter()
         .map(|w| match w {
             Write::Upload(_) => 0,
-            Write::Commit(_) => 1,
+            Write::Remove(_) | Write::Commit(_) => 1,
             Write::Publish(_) => 2,
             Write::Status(_) | Write::Promote(..) => 3,
         })
@@ -680,4 +689,64 @@ fn a_rollout_selecting_a_group_and_a_set_reaches_exactly_those_nodes() {
         )
     );
     assert_eq!(edge.requirements.len(), 1);
+}
+
+#[test]
+fn a_removed_node_file_decommissions_its_node_and_its_objects_go_after_the_grace() {
+    let mut files = example_repo();
+    let mut w = World::new(&files);
+    let first = w.decide().unwrap();
+    w.execute(&first, usize::MAX);
+    // The first pass records where removals are looked for from.
+    let departed: gitfleet_schemas::state::Departed =
+        serde_json::from_slice(&w.state_files["departed.json"]).unwrap();
+    assert_eq!((departed.checked.as_str(), departed.nodes.len()), (HEAD, 0));
+
+    files.remove("nodes/edge-fra-2.kdl");
+    w.checked = gitfleet_policy::check(&files);
+    w.targets = Targets::from_model(&w.checked.model);
+    w.removed_nodes = vec![Removed {
+        id: "edge-fra-2".to_owned(),
+        environment: "prod".to_owned(),
+    }];
+    let plan = w.decide().unwrap();
+    assert!(
+        plan.to_string()
+            .contains("node edge-fra-2 left the fleet repo"),
+        "{plan}"
+    );
+    w.execute(&plan, usize::MAX);
+    let named = |w: &World, env: &str| match w.manifests.get(env) {
+        Some(Current::Ours(m)) => m.decommissioned.clone(),
+        _ => panic!("no {env} manifest"),
+    };
+    assert_eq!(named(&w, "prod"), ["edge-fra-2"]);
+    assert!(named(&w, "staging").is_empty());
+    assert!(w.removed_objects.is_empty());
+
+    // Within the grace, passes leave it be; after it, its objects go first,
+    // then the record and the manifest forget it.
+    w.removed_nodes.clear();
+    w.now += Duration::days(6);
+    let plan = w.decide().unwrap();
+    assert!(plan.removals.is_empty(), "{plan}");
+    w.execute(&plan, usize::MAX);
+    w.now += Duration::days(2);
+    let plan = w.decide().unwrap();
+    let kinds: Vec<&str> = plan
+        .writes()
+        .iter()
+        .filter_map(|w| match w {
+            Write::Remove(_) => Some("remove"),
+            Write::Commit(_) => Some("commit"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["remove", "remove", "commit"], "{plan}");
+    w.execute(&plan, usize::MAX);
+    assert_eq!(
+        w.removed_objects,
+        ["status/edge-fra-2.json", "enroll/edge-fra-2.json"]
+    );
+    assert!(named(&w, "prod").is_empty());
 }

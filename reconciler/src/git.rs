@@ -200,6 +200,9 @@ impl Default for Retry {
 /// Files of the state branch by `/`-separated path.
 pub type StateFiles = BTreeMap<String, Vec<u8>>;
 
+/// Files by path, with their bytes.
+pub type PathsAndBytes = Vec<(String, Vec<u8>)>;
+
 /// The tips of the two branches at the last fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heads {
@@ -1155,6 +1158,50 @@ impl Mirror {
             write_commit(repo, &tree, &parents, message, author).map(Some)
         };
         build().map_err(|source| self.commit_error(source))
+    }
+
+    /// The files under `dir` (`"nodes/"`) that commit `from` has and `to`
+    /// lacks, with their bytes at `from`: a tree diff, whatever the number
+    /// of commits between. `None` when `from` is no commit the spec
+    /// branch's history holds (rewritten away, or not an id).
+    pub fn removed_files(
+        &self,
+        from: &str,
+        to: Oid,
+        dir: &str,
+    ) -> Result<Option<PathsAndBytes>, GitError> {
+        let Ok(from) = Oid::from_str(from) else {
+            return Ok(None);
+        };
+        self.ensure_commit(from)?;
+        let repo = self.repo();
+        let read = || -> Result<Option<PathsAndBytes>, git2::Error> {
+            let Ok(old) = repo.find_commit(from) else {
+                return Ok(None);
+            };
+            let (old, new) = (old.tree()?, repo.find_commit(to)?.tree()?);
+            let mut options = git2::DiffOptions::new();
+            options.pathspec(dir);
+            let diff = repo.diff_tree_to_tree(Some(&old), Some(&new), Some(&mut options))?;
+            let mut out = Vec::new();
+            for delta in diff.deltas() {
+                if delta.status() != git2::Delta::Deleted {
+                    continue;
+                }
+                let file = delta.old_file();
+                let Some(path) = file.path().and_then(|p| p.to_str()) else {
+                    continue;
+                };
+                let blob = repo.find_blob(file.id())?;
+                out.push((path.to_owned(), blob.content().to_vec()));
+            }
+            Ok(Some(out))
+        };
+        read().map_err(|source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!("the files removed under {dir} since {from}"),
+            source,
+        })
     }
 
     /// The bytes of `path` at commit `oid`; `None` when it has no such file.

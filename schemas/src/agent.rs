@@ -131,6 +131,10 @@ pub struct LocalState {
     /// Bundles whose activation failed here, with the reason, so a bad
     /// bundle is not retried on every poll.
     pub failed: BTreeMap<String, String>,
+    /// When a channel manifest said this node left the fleet: the agent
+    /// stops at start-up from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decommissioned: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub const LOCAL_STATE_FORMAT: u32 = 1;

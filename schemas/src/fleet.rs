@@ -15,6 +15,7 @@
 //!     idle-poll-interval "5m"
 //!     poll-jitter "5s"
 //!     heartbeat "1m"
+//!     decommission-grace "7d"
 //!     drift "repair"
 //!     health-check "http://127.0.0.1:9000/-/health" expect-status=200
 //! }
@@ -161,6 +162,10 @@ pub struct Defaults {
     pub poll_jitter_seconds: Option<Spanned<u64>>,
     /// Agents report at least this often.
     pub heartbeat_seconds: Option<Spanned<u64>>,
+    /// How long after a node file leaves the repo its status and
+    /// enrollment objects stay in the store (default 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decommission_grace_seconds: Option<Spanned<u64>>,
     /// URLs every agent GETs on its node: a node is healthy only while
     /// each answers its expected status.
     pub health_checks: Vec<crate::rollout::HttpCheck>,
@@ -244,6 +249,7 @@ const DEFAULTS: &[&str] = &[
     "idle-poll-interval",
     "poll-jitter",
     "heartbeat",
+    "decommission-grace",
     "health-check",
     "drift",
 ];
@@ -459,6 +465,10 @@ fn decode_defaults(d: &mut Decoder, node: &kdl::KdlNode) -> Defaults {
             "heartbeat" => {
                 let v = d.duration(c);
                 d.once(&mut out.heartbeat_seconds, c, v);
+            }
+            "decommission-grace" => {
+                let v = d.duration(c);
+                d.once(&mut out.decommission_grace_seconds, c, v);
             }
             "health-check" => {
                 if let Some(check) = crate::rollout::decode_http_check(d, c) {

@@ -65,6 +65,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<state::RolloutState>("rollout-state.schema.json"),
         one::<state::MeshAllocation>("mesh-allocation.schema.json"),
         one::<state::RulesState>("rules-state.schema.json"),
+        one::<state::Departed>("departed.schema.json"),
         one::<status::StatusReport>("status-report.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
         one::<approval::Approval>("approval.schema.json"),

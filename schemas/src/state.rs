@@ -199,3 +199,36 @@ pub struct PendingRules {
     /// What changes and what it waits for, in words.
     pub reason: String,
 }
+
+/// The format version of [`Departed`].
+pub const DEPARTED_FORMAT: u32 = 1;
+
+/// Where [`Departed`] lives on the state branch.
+pub const DEPARTED_PATH: &str = "departed.json";
+
+/// `departed.json` on the state branch: nodes whose node file left the
+/// fleet repo, from the pass that saw it go until their status and
+/// enrollment objects are removed from the store. Channel manifests name
+/// them, and their agents stop after a final report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Departed {
+    /// Format version of this file: [`DEPARTED_FORMAT`].
+    pub format: u32,
+    /// The spec commit up to which removed node files are recorded: the
+    /// next pass looks for removals between it and the tip.
+    pub checked: String,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, DepartedNode>,
+}
+
+/// One node that left the fleet repo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DepartedNode {
+    pub environment: String,
+    /// The spec commit the pass that saw it go planned from.
+    pub commit: String,
+    /// When that pass ran: the grace period counts from here.
+    pub since: DateTime<Utc>,
+}

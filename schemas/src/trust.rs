@@ -229,6 +229,10 @@ pub struct ChannelManifest {
     /// bundle it still leaves).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held: Vec<String>,
+    /// Nodes of this environment whose node file left the fleet repo,
+    /// sorted: each sends a final report and stops polling.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decommissioned: Vec<String>,
 }
 
 impl ChannelManifest {

@@ -69,10 +69,26 @@ pub fn manifest_revoking(
     previous: Option<&BundleRef>,
     revoked: &[&BundleRef],
 ) -> Vec<u8> {
-    let manifest = ChannelManifest {
+    manifest_with(serial, rollout, selector, bundle, previous, |m| {
+        m.revoked = revoked.iter().map(|b| b.digest.clone()).collect();
+    })
+}
+
+/// A signed manifest for `prod` with one rollout, changed by `edit`
+/// before it is signed.
+pub fn manifest_with(
+    serial: u64,
+    rollout: &str,
+    selector: &[(&str, &str)],
+    bundle: &BundleRef,
+    previous: Option<&BundleRef>,
+    edit: impl FnOnce(&mut ChannelManifest),
+) -> Vec<u8> {
+    let mut manifest = ChannelManifest {
         settings: None,
-        revoked: revoked.iter().map(|b| b.digest.clone()).collect(),
+        revoked: Vec::new(),
         held: Vec::new(),
+        decommissioned: Vec::new(),
         fleet: FLEET.into(),
         environment: "prod".into(),
         serial,
@@ -97,6 +113,7 @@ pub fn manifest_revoking(
             proxy: None,
         }],
     };
+    edit(&mut manifest);
     signed(&manifest, &[&key(10)])
 }
 

@@ -411,6 +411,50 @@ fn a_revoked_active_bundle_is_left_for_the_previous_one_on_the_next_poll() {
     assert_eq!(fleet.report().rollouts["edge"].active, Some(v1));
 }
 
+/// The real agent: a manifest naming the node as decommissioned gets a
+/// final report and a stop (exit status 3, which the systemd unit does not
+/// restart); the proxy keeps serving what it ran, and a restarted agent
+/// stops at once without reading the store.
+#[test]
+fn a_decommissioned_node_reports_once_more_and_stops_for_good() {
+    let (mut fleet, v1) = running();
+    fleet.serial += 1;
+    let manifest =
+        fleet::manifest_with(fleet.serial, "edge", &[("role", "edge")], &v1, None, |m| {
+            m.decommissioned = vec!["edge-1".to_owned()];
+        });
+    let tmp = fleet.path("store/channels/.prod.json.tmp");
+    std::fs::write(&tmp, manifest).unwrap();
+    std::fs::rename(&tmp, fleet.path("store/channels/prod.json")).unwrap();
+    let report_before = std::fs::read(fleet.path("store/status/edge-1.json")).unwrap();
+    let out = fleet.agent(&["run"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The final report was written, with the serial that said so.
+    let report = fleet.report();
+    assert_ne!(
+        std::fs::read(fleet.path("store/status/edge-1.json")).unwrap(),
+        report_before
+    );
+    assert_eq!(report.channel_serial, Some(fleet.serial));
+    assert!(fleet.state().decommissioned.is_some());
+    app_is(&fleet, "one");
+
+    // No store at all: a restart stops before it would need one.
+    std::fs::rename(fleet.path("store"), fleet.path("store-gone")).unwrap();
+    let out = fleet.agent(&["run"], None);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was decommissioned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_kill_at_any_activation_point_restarts_into_a_whole_config() {
     let (mut fleet, _) = running();

@@ -748,3 +748,53 @@ fn the_state_branch_fleet_kdl_names_is_followed_and_a_switch_to_an_empty_one_ref
     let branches = git(&fleet.path("origin.git"), &["branch", "--list"]);
     assert!(!branches.contains("fresh/state"), "{branches}");
 }
+
+/// A node file removed by a push: the node's manifest names it as
+/// decommissioned (its agent stops), and once the grace period is over the
+/// pass removes its status and enrollment objects and forgets it.
+#[test]
+fn a_removed_node_file_decommissions_the_node_and_its_objects_go_after_the_grace() {
+    let fleet = Fleet::new();
+    let store = format!("file://{}", fleet.path("store").display());
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let departed: gitfleet_schemas::state::Departed =
+        serde_json::from_slice(&fleet.state_file("departed.json")).unwrap();
+    assert!(departed.nodes.is_empty());
+    // What the departing node left in the store.
+    for key in ["status/edge-iad-2.json", "enroll/edge-iad-2.json"] {
+        let path = fleet.path("store").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"{}").unwrap();
+    }
+
+    let work = fleet.path("work");
+    git(&work, &["rm", "-q", "nodes/edge-iad-2.kdl"]);
+    let kdl = std::fs::read_to_string(work.join("fleet.kdl")).unwrap();
+    let kdl = kdl.replacen("defaults {", "defaults {\n    decommission-grace \"1s\"", 1);
+    std::fs::write(work.join("fleet.kdl"), kdl).unwrap();
+    git(&work, &["commit", "-qam", "edge-iad-2 is retired"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let root = fleet.trusted_root();
+    let prod = || {
+        let bytes = std::fs::read(fleet.path("store/channels/prod.json")).unwrap();
+        verify_channel(&root, &bytes, "prod", None, Utc::now()).unwrap()
+    };
+    assert_eq!(prod().decommissioned, ["edge-iad-2"]);
+    let departed: gitfleet_schemas::state::Departed =
+        serde_json::from_slice(&fleet.state_file("departed.json")).unwrap();
+    assert_eq!(departed.nodes["edge-iad-2"].environment, "prod");
+    assert!(fleet.path("store/status/edge-iad-2.json").exists());
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!fleet.path("store/status/edge-iad-2.json").exists());
+    assert!(!fleet.path("store/enroll/edge-iad-2.json").exists());
+    assert!(prod().decommissioned.is_empty());
+    let departed: gitfleet_schemas::state::Departed =
+        serde_json::from_slice(&fleet.state_file("departed.json")).unwrap();
+    assert!(departed.nodes.is_empty());
+}

@@ -57,7 +57,7 @@ impl Reconciler {
             // Close the phase each kind of write belongs to.
             let next = match w {
                 Write::Upload(_) => "bundles",
-                Write::Commit(_) => "commit",
+                Write::Remove(_) | Write::Commit(_) => "commit",
                 Write::Publish(_) => "publish",
                 Write::Status(_) | Write::Promote(..) => "github",
             };
@@ -86,6 +86,11 @@ impl Reconciler {
                         }
                     }
                     self.stored.insert(u.built.reference.digest.clone());
+                }
+                Write::Remove(key) => {
+                    still_leader(until)?;
+                    self.observer.store.delete(key).await?;
+                    tracing::info!(key = %key, "removed a departed node's object");
                 }
                 Write::Commit(c) => {
                     still_leader(until)?;

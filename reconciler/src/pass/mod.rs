@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
+use gitfleet_policy::decommission::Removed;
 use gitfleet_policy::mesh;
 use gitfleet_policy::pass::{self as policy_pass, Builds, Current, PassError, PassPlan};
 use gitfleet_policy::plan::{self, Observation};
@@ -183,6 +184,8 @@ pub struct Reconciler {
     promotions: Option<(git2::Oid, PromotionFiles)>,
     /// Rule files at the commits the rules in force come from.
     rules: RulesReader,
+    /// (recorded commit, tip) -> the node files removed between them.
+    removed_nodes: Option<((String, git2::Oid), Vec<Removed>)>,
 }
 
 /// What the promotion files at one spec branch commit say.
@@ -272,6 +275,7 @@ impl Reconciler {
             github_client: None,
             promotions: None,
             rules: RulesReader::default(),
+            removed_nodes: None,
         }
     }
 
@@ -297,6 +301,53 @@ impl Reconciler {
     }
 
     /// Observe the fleet and decide the pass. Reads only.
+    /// The node files removed between the commit `departed.json` records
+    /// and `head` (none before there is a record). Each range is diffed
+    /// once.
+    fn removed_nodes(
+        &mut self,
+        state_files: &StateFiles,
+        head: git2::Oid,
+    ) -> Result<Vec<Removed>, ReconcileError> {
+        let Some(from) = state_files
+            .get(state::DEPARTED_PATH)
+            .and_then(|b| serde_json::from_slice::<state::Departed>(b).ok())
+            .map(|d| d.checked)
+        else {
+            return Ok(Vec::new());
+        };
+        let range = (from, head);
+        if let Some((cached, removed)) = &self.removed_nodes {
+            if *cached == range {
+                return Ok(removed.clone());
+            }
+        }
+        let files = self
+            .observer
+            .mirror
+            .removed_files(&range.0, head, "nodes/")?
+            .unwrap_or_else(|| {
+                tracing::warn!(commit = %range.0, "departed.json names a commit the spec branch no longer has: node files removed before now are not looked for");
+                Vec::new()
+            });
+        let removed: Vec<Removed> = files
+            .iter()
+            .filter_map(|(path, bytes)| {
+                let text = std::str::from_utf8(bytes).ok()?;
+                let Some(node) = gitfleet_schemas::NodeFile::decode(text).value else {
+                    tracing::warn!(path = %path, "a removed node file does not read as one: its node is not decommissioned");
+                    return None;
+                };
+                Some(Removed {
+                    id: node.id.value,
+                    environment: node.environment.value,
+                })
+            })
+            .collect();
+        self.removed_nodes = Some((range, removed.clone()));
+        Ok(removed)
+    }
+
     pub async fn decide(&mut self, now: DateTime<Utc>) -> Result<Decided, ReconcileError> {
         let mut phases = Phases::start();
         let observed = self.observer.observe().await?;
@@ -316,6 +367,7 @@ impl Reconciler {
             return Err(PassError::NoFleet { commit }.into());
         };
         let state_files = &observed.state_files;
+        let removed_nodes = self.removed_nodes(state_files, head)?;
 
         // The rules in force (never the tip's own), and any change to them
         // the tip brings, which waits for what they ask.
@@ -405,6 +457,7 @@ impl Reconciler {
                 approvals: &approvals,
                 manifests: &manifests,
                 fleet: &fleet,
+                removed_nodes: &removed_nodes,
             },
             now,
         )?;
@@ -737,6 +790,7 @@ fn log_store_requests(c: &gitfleet_io::metrics::StoreCount) {
                 get_not_modified = c.get_not_modified,
                 put = c.put,
                 put_conditional = c.put_conditional,
+                delete = c.delete,
                 bytes_in = c.bytes_in,
                 bytes_out = c.bytes_out,
                 "store requests this pass"
