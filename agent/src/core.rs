@@ -132,6 +132,16 @@ pub fn wanted<'m>(
         .filter(|r| r.proxy.as_ref().is_none_or(|p| *p == id.proxy))
         .filter_map(|r| {
             if held {
+                // Pinned: the pinned bundle of this rollout, unless it is
+                // revoked.
+                let pin = manifest
+                    .pinned
+                    .iter()
+                    .find(|p| p.node == node && p.rollout == r.name)
+                    .filter(|p| !manifest.revokes(&p.bundle));
+                if let Some(pin) = pin {
+                    return Some((r, pin.bundle.clone()));
+                }
                 // Keeps what it runs; only a revoked bundle is left.
                 let active = &slot_of(state, &r.name)?.active;
                 if !manifest.revokes(active) {
@@ -958,6 +968,7 @@ mod tests {
             settings: None,
             revoked: Vec::new(),
             held: Vec::new(),
+            pinned: Vec::new(),
             decommissioned: Vec::new(),
             fleet: "f".into(),
             environment: "prod".into(),
@@ -1034,6 +1045,27 @@ mod tests {
         let mut m = manifest(vec![r]);
         m.revoked = vec![old.digest.clone()];
         assert_eq!(wanted(&m, &me, &running(&mine, Some(&old)))[0].1, mine);
+    }
+
+    #[test]
+    fn a_pinned_node_runs_its_pin_for_that_rollout_whatever_the_step() {
+        let mut m = manifest(vec![rollout("edge", &[], u64::MAX)]);
+        let pin = BundleRef {
+            digest: format!("sha256:{}", "7".repeat(64)),
+            length: 7,
+        };
+        m.held = vec!["n1".into()];
+        m.pinned = vec![gitfleet_schemas::trust::ChannelPin {
+            node: "n1".into(),
+            rollout: "edge".into(),
+            bundle: pin.clone(),
+        }];
+        let w = wanted(&m, &id(&BTreeMap::new()), &none());
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].1, pin);
+        // A revoked pin is not taken: held on what it runs, which is nothing.
+        m.revoked = vec![pin.digest.clone()];
+        assert!(wanted(&m, &id(&BTreeMap::new()), &none()).is_empty());
     }
 
     /// A held node wants nothing new: it keeps what it runs, and leaves it

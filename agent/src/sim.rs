@@ -622,6 +622,7 @@ mod tests {
                 settings: self.settings.clone(),
                 revoked: Vec::new(),
                 held: Vec::new(),
+                pinned: Vec::new(),
                 decommissioned: Vec::new(),
                 fleet: "acme".into(),
                 environment: "prod".into(),

@@ -82,6 +82,7 @@ async fn publish(store: &Store, built: &Built, serial: u64, at: DateTime<Utc>) {
         settings: None,
         revoked: Vec::new(),
         held: Vec::new(),
+        pinned: Vec::new(),
         decommissioned: Vec::new(),
         fleet: "acme".into(),
         environment: "prod".into(),

@@ -375,6 +375,19 @@ impl Store {
         Ok(())
     }
 
+    /// The size of the object at `key`, without its bytes (a HEAD request,
+    /// counted as a get); `None` when there is none.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let _timer = self.latency.get.start();
+        let location = self.location(key)?;
+        self.counts.count(Request::Get);
+        match self.inner.head(&location).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(self.request("looking up", key, source)),
+        }
+    }
+
     /// Removes `key`; an object already gone is no error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let _timer = self.latency.put.start();

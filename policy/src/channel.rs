@@ -67,6 +67,8 @@ pub struct Says {
     pub revoked: Vec<String>,
     /// Sorted ids of the environment's held nodes ([`held`]).
     pub held: Vec<String>,
+    /// The environment's pinned nodes, sorted.
+    pub pinned: Vec<gitfleet_schemas::trust::ChannelPin>,
     /// Sorted ids of the environment's departed nodes.
     pub decommissioned: Vec<String>,
 }
@@ -81,6 +83,60 @@ pub fn held(model: &FleetModel, environment: &str) -> Vec<String> {
         .collect();
     held.sort();
     held
+}
+
+/// The config rollout that delivers `node`'s proxy config, if one does.
+pub fn config_rollout_of<'m>(
+    model: &'m FleetModel,
+    node: &gitfleet_schemas::NodeFile,
+) -> Option<&'m str> {
+    model
+        .rollouts
+        .iter()
+        .filter(|(_, r)| {
+            matches!(
+                r.doc.target.value,
+                gitfleet_schemas::RolloutTarget::Config(_)
+            )
+        })
+        .find(|(_, r)| crate::select::selects(model, &r.doc.selector, node))
+        .map(|(name, _)| name.as_str())
+}
+
+/// The pins of `environment`'s held nodes, sorted: each node's bundle for
+/// its config rollout, where `known` (bundles by digest, as the store
+/// has them) has it. A pin whose bundle the store lacks leaves the node
+/// held on what it runs.
+pub fn pinned(
+    model: &FleetModel,
+    environment: &str,
+    known: &std::collections::BTreeMap<String, gitfleet_schemas::trust::BundleRef>,
+) -> Vec<gitfleet_schemas::trust::ChannelPin> {
+    let mut out: Vec<_> = model
+        .nodes
+        .iter()
+        .filter(|n| n.doc.environment.value == environment && n.doc.hold.is_some())
+        .filter_map(|n| {
+            let digest = &n.doc.hold_bundle.as_ref()?.value;
+            Some(gitfleet_schemas::trust::ChannelPin {
+                node: n.doc.id.value.clone(),
+                rollout: config_rollout_of(model, &n.doc)?.to_owned(),
+                bundle: known.get(digest)?.clone(),
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The digests node files pin, each once.
+pub fn pin_digests(model: &FleetModel) -> std::collections::BTreeSet<String> {
+    model
+        .nodes
+        .iter()
+        .filter_map(|n| n.doc.hold_bundle.as_ref().map(|b| b.value.clone()))
+        .filter(|d| gitfleet_schemas::trust::valid_digest(d))
+        .collect()
 }
 
 /// The manifest to publish for `environment`, or `None` when the current one
@@ -99,6 +155,7 @@ pub fn next_manifest(
         settings,
         revoked,
         held,
+        pinned,
         decommissioned,
     } = says;
     if let Some(c) = current {
@@ -108,6 +165,7 @@ pub fn next_manifest(
             && c.settings == settings
             && c.revoked == revoked
             && c.held == held
+            && c.pinned == pinned
             && c.decommissioned == decommissioned;
         if same && c.expires - now > freshness / 2 {
             return None;
@@ -122,6 +180,7 @@ pub fn next_manifest(
         settings,
         revoked,
         held,
+        pinned,
         decommissioned,
     })
 }

@@ -722,6 +722,58 @@ fn crate_days_of_week(field: &str) -> Result<String, String> {
 // ---------------------------------------------------------------------------
 // nodes
 
+/// A hold's `bundle=`: a bundle digest, not revoked, of the config
+/// rollout that selects the node.
+fn pinned_bundle(
+    model: &FleetModel,
+    d: &mut Diagnostics<'_>,
+    path: &str,
+    node: &gitfleet_schemas::NodeFile,
+    pin: &Spanned<String>,
+) {
+    if !gitfleet_schemas::trust::valid_digest(&pin.value) {
+        d.error(
+            path,
+            pin.span,
+            "invalid-digest",
+            format!("`{}` is not a bundle digest", pin.value),
+            Some("write it as `gitfleet status` and bundle pages show it: `sha256:` and 64 lowercase hex digits".to_owned()),
+        );
+        return;
+    }
+    let revoked = model
+        .fleet
+        .as_ref()
+        .is_some_and(|f| f.doc.revoked.iter().any(|r| r.digest.value == pin.value));
+    if revoked {
+        d.error(
+            path,
+            pin.span,
+            "pin-revoked",
+            format!(
+                "node `{}` is pinned to a bundle fleet.kdl revokes",
+                node.id.value
+            ),
+            Some("pin it to another bundle, or lift the hold".to_owned()),
+        );
+    }
+    if crate::channel::config_rollout_of(model, node).is_none() {
+        d.error(
+            path,
+            pin.span,
+            "pin-without-rollout",
+            format!(
+                "node `{}` is pinned to a bundle, but no config rollout selects it",
+                node.id.value
+            ),
+            Some(
+                "a pin holds the node on one bundle of the config rollout that selects it"
+                    .to_owned(),
+            ),
+        );
+    }
+}
+
 fn nodes(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
     let mut ids: HashMap<&str, (&str, Span)> = HashMap::new();
     let mut node_keys: HashMap<[u8; 32], (&str, Span)> = HashMap::new();
@@ -737,6 +789,9 @@ fn nodes(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
                 "a hold needs a reason",
                 Some("say why, for the pages and whoever lifts it: `hold \"disk replacement, INC-88\"`".to_owned()),
             );
+        }
+        if let Some(pin) = &node.hold_bundle {
+            pinned_bundle(model, d, path, node, pin);
         }
         if let Some((first_path, first_span)) = ids.insert(&node.id.value, (path, node.id.span)) {
             let at = d.location(first_path, first_span);

@@ -24,7 +24,7 @@ use chrono::{DateTime, Duration, Utc};
 use gitfleet_schemas::state::{
     self, Departed, MeshAllocation, Phase, RolloutState, DEPARTED_PATH, RULES_PATH,
 };
-use gitfleet_schemas::trust::ChannelManifest;
+use gitfleet_schemas::trust::{BundleRef, ChannelManifest};
 use gitfleet_schemas::{Diagnostic, Proxy, RolloutTarget, Severity};
 
 use crate::bundle::{self, Built};
@@ -96,6 +96,9 @@ pub struct Observed<'a> {
     pub fleet: &'a str,
     /// Node files removed between `departed.json`'s commit and `commit`.
     pub removed_nodes: &'a [crate::decommission::Removed],
+    /// The bundles node files pin (`hold ... bundle=`) that the store has,
+    /// by digest.
+    pub pins: &'a BTreeMap<String, BundleRef>,
 }
 
 /// Why a pass plans nothing.
@@ -440,6 +443,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                 settings: settings.clone(),
                 revoked: channel::revoked(model),
                 held: channel::held(model, env),
+                pinned: channel::pinned(model, env, o.pins),
                 decommissioned: departed.of_environment(env),
             },
             now,

@@ -193,6 +193,7 @@ fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile) -> NodeView {
             })
         }),
         hold: node.hold.as_ref().map(|h| h.value.clone()),
+        pinned: node.hold_bundle.as_ref().map(|b| b.value.clone()),
     }
 }
 

@@ -46,6 +46,8 @@ struct World {
     removed_nodes: Vec<Removed>,
     /// Store objects the passes removed.
     removed_objects: Vec<String>,
+    /// Pinned bundles the store has.
+    pins: BTreeMap<String, gitfleet_schemas::trust::BundleRef>,
 }
 
 impl World {
@@ -75,6 +77,7 @@ impl World {
             now: t0(),
             removed_nodes: Vec::new(),
             removed_objects: Vec::new(),
+            pins: BTreeMap::new(),
         }
     }
 
@@ -105,6 +108,7 @@ impl World {
                 manifests: &self.manifests,
                 fleet: "acme-edge",
                 removed_nodes: &self.removed_nodes,
+                pins: &self.pins,
             },
             self.now,
         )
@@ -749,4 +753,43 @@ fn a_removed_node_file_decommissions_its_node_and_its_objects_go_after_the_grace
         ["status/edge-fra-2.json", "enroll/edge-fra-2.json"]
     );
     assert!(named(&w, "prod").is_empty());
+}
+
+#[test]
+fn a_pinned_node_is_named_with_its_bundle_once_the_store_has_it() {
+    let mut files = example_repo();
+    let digest = format!("sha256:{}", "7".repeat(64));
+    edit(&mut files, "nodes/edge-fra-1.kdl", |t| {
+        format!("{t}hold \"kernel regression, INC-7\" bundle=\"{digest}\"\n")
+    });
+    let mut w = World::new(&files);
+    assert!(!w.checked.has_errors(), "{:?}", w.checked.diagnostics);
+    // Held: no target of the rollout.
+    let prod = w.targets.get("edge", "prod").unwrap();
+    assert!(!prod.nodes().iter().any(|n| n == "edge-fra-1"));
+    let pins = |w: &World| {
+        let plan = w.decide().unwrap();
+        plan.manifests
+            .iter()
+            .find(|p| p.environment == "prod")
+            .map(|p| p.manifest.pinned.clone())
+            .unwrap_or_default()
+    };
+    // Not in the store: held, on what it runs.
+    assert!(pins(&w).is_empty());
+    let bundle = gitfleet_schemas::trust::BundleRef {
+        digest: digest.clone(),
+        length: 4096,
+    };
+    w.pins.insert(digest, bundle.clone());
+    let pinned = pins(&w);
+    assert_eq!(pinned.len(), 1);
+    assert_eq!(
+        (
+            pinned[0].node.as_str(),
+            pinned[0].rollout.as_str(),
+            &pinned[0].bundle
+        ),
+        ("edge-fra-1", "edge", &bundle)
+    );
 }

@@ -9,6 +9,8 @@
 //! wireguard public-key="base64 x25519 public key" endpoint="198.51.100.7:51820"
 //! proxy "zentinel" version="0.6.45"
 //! hold "disk replacement, INC-88"     // optional: rollouts skip it
+//! // or held on one bundle of its config rollout:
+//! // hold "waits for the kernel fix" bundle="sha256:<64 hex digits>"
 //! ```
 
 use std::collections::BTreeMap;
@@ -36,6 +38,10 @@ pub struct NodeFile {
     /// it does not count against `max-unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Spanned<String>>,
+    /// `hold "reason" bundle="sha256:..."`: held, and running this bundle
+    /// of its config rollout (a pin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_bundle: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -65,7 +71,7 @@ impl NodeFile {
         };
         let (mut id, mut environment, mut labels, mut node_key, mut wireguard) =
             (None, None, None, None, None);
-        let (mut proxy, mut hold) = (None, None);
+        let (mut proxy, mut hold, mut hold_bundle) = (None, None, None);
         for node in d.versioned(&doc, "node file") {
             match decode::name(node) {
                 "id" => {
@@ -94,7 +100,13 @@ impl NodeFile {
                     d.once(&mut proxy, node, v);
                 }
                 "hold" => {
-                    let v = d.string(node);
+                    d.allow_props(node, &["bundle"]);
+                    d.max_args(node, 1);
+                    d.no_children(node);
+                    let v = d.arg(node, 0, decode::as_string, "why, for the pages");
+                    if hold.is_none() {
+                        hold_bundle = d.prop_string(node, "bundle");
+                    }
                     d.once(&mut hold, node, v);
                 }
                 _ => d.unknown_node(node, "node file", TOP),
@@ -125,6 +137,7 @@ impl NodeFile {
                 wireguard,
                 proxy,
                 hold,
+                hold_bundle,
             }),
             _ => None,
         };

@@ -229,6 +229,10 @@ pub struct ChannelManifest {
     /// bundle it still leaves).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held: Vec<String>,
+    /// Held nodes pinned to one bundle of a rollout (their node file's
+    /// `hold ... bundle=`): each runs that bundle for that rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<ChannelPin>,
     /// Nodes of this environment whose node file left the fleet repo,
     /// sorted: each sends a final report and stops polling.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -317,7 +321,16 @@ pub struct ChannelRollout {
     pub proxy: Option<crate::proxy::Proxy>,
 }
 
-/// `key <operator> values`, judged by [`crate::Operator::holds`].
+/// A held node and the bundle it runs for one rollout.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPin {
+    pub node: String,
+    pub rollout: String,
+    pub bundle: BundleRef,
+}
+
+/// `key <operator> values`, judged by [`crate::common::Operator::holds`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelRequirement {
@@ -528,7 +541,7 @@ mod tests {
         assert!(!rollout(&[("role", "edge"), ("region", "iad")]).selects(n, &labels));
         assert!(!rollout(&[("tier", "edge")]).selects(n, &labels));
 
-        let req = |key: &str, operator: crate::Operator, values: &[&str]| ChannelRequirement {
+        let req = |key: &str, operator: crate::common::Operator, values: &[&str]| ChannelRequirement {
             key: key.to_owned(),
             operator,
             values: values.iter().map(|v| (*v).to_owned()).collect(),
@@ -539,7 +552,7 @@ mod tests {
             r.nodes = nodes.map(|ns| ns.iter().map(|n| (*n).to_owned()).collect());
             r
         };
-        use crate::Operator::{Exists, In, NotExists, NotIn};
+        use crate::common::Operator::{Exists, In, NotExists, NotIn};
         assert!(with(vec![req("region", In, &["fra", "ams"])], None).selects(n, &labels));
         assert!(!with(vec![req("region", In, &["ams"])], None).selects(n, &labels));
         assert!(!with(vec![req("region", NotIn, &["fra"])], None).selects(n, &labels));

@@ -1174,6 +1174,7 @@ mod tests {
             settings: None,
             revoked: Vec::new(),
             held: Vec::new(),
+            pinned: Vec::new(),
             decommissioned: Vec::new(),
         };
         let z = Some(Proxy::new(ProxyKind::Zentinel, "0.6.45"));

@@ -164,4 +164,7 @@ pub struct NodeView {
     /// Why the node is on hold (its node file's `hold`): rollouts skip it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
+    /// The bundle a hold pins the node to, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
 }

@@ -88,6 +88,7 @@ pub fn manifest_with(
         settings: None,
         revoked: Vec::new(),
         held: Vec::new(),
+        pinned: Vec::new(),
         decommissioned: Vec::new(),
         fleet: FLEET.into(),
         environment: "prod".into(),

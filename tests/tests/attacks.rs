@@ -65,6 +65,7 @@ fn channel(serial: u64) -> ChannelManifest {
         settings: None,
         revoked: Vec::new(),
         held: Vec::new(),
+        pinned: Vec::new(),
         decommissioned: Vec::new(),
         fleet: "acme".into(),
         environment: "prod".into(),

@@ -316,7 +316,16 @@ pub fn human(view: &FleetStatus, all_nodes: bool, approve: &str) -> String {
             let _ = writeln!(out, "  {:<width$}  proxy: {m}", "");
         }
         if let Some(h) = &n.hold {
-            let _ = writeln!(out, "  {:<width$}  on hold: {h} (rollouts skip it)", "");
+            let pin = n
+                .pinned
+                .as_deref()
+                .map(|b| format!(", pinned to {b}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<width$}  on hold: {h} (rollouts skip it{pin})",
+                ""
+            );
         }
     }
     let hidden = view.nodes.len() - listed.len();

@@ -186,6 +186,9 @@ pub struct Reconciler {
     rules: RulesReader,
     /// (recorded commit, tip) -> the node files removed between them.
     removed_nodes: Option<((String, git2::Oid), Vec<Removed>)>,
+    /// Pinned bundles found in the store, by digest (their bytes never
+    /// change, so once found is found for good).
+    pins: BTreeMap<String, gitfleet_schemas::trust::BundleRef>,
 }
 
 /// What the promotion files at one spec branch commit say.
@@ -276,6 +279,7 @@ impl Reconciler {
             promotions: None,
             rules: RulesReader::default(),
             removed_nodes: None,
+            pins: BTreeMap::new(),
         }
     }
 
@@ -301,6 +305,32 @@ impl Reconciler {
     }
 
     /// Observe the fleet and decide the pass. Reads only.
+    /// Look up the bundles node files pin that are not found yet: one
+    /// HEAD request each (a pin of a bundle the store lacks costs one a
+    /// pass until it is there or the pin goes).
+    async fn find_pins(&mut self, model: &FleetModel) -> Result<(), ReconcileError> {
+        for digest in gitfleet_policy::channel::pin_digests(model) {
+            if self.pins.contains_key(&digest) {
+                continue;
+            }
+            let Some(key) = keys::bundle(&digest) else {
+                continue;
+            };
+            match self.observer.store.size(&key).await? {
+                Some(length) => {
+                    self.pins.insert(
+                        digest.clone(),
+                        gitfleet_schemas::trust::BundleRef { digest, length },
+                    );
+                }
+                None => {
+                    tracing::warn!(bundle = %digest, "a node file pins a bundle the store does not have: the node stays held on what it runs");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The node files removed between the commit `departed.json` records
     /// and `head` (none before there is a record). Each range is diffed
     /// once.
@@ -368,6 +398,7 @@ impl Reconciler {
         };
         let state_files = &observed.state_files;
         let removed_nodes = self.removed_nodes(state_files, head)?;
+        self.find_pins(model).await?;
 
         // The rules in force (never the tip's own), and any change to them
         // the tip brings, which waits for what they ask.
@@ -458,6 +489,7 @@ impl Reconciler {
                 manifests: &manifests,
                 fleet: &fleet,
                 removed_nodes: &removed_nodes,
+                pins: &self.pins,
             },
             now,
         )?;

@@ -583,6 +583,7 @@ mod tests {
                 proxy: gitfleet_schemas::Proxy::legacy(),
                 proxy_mismatch: None,
                 hold: None,
+                pinned: None,
             }],
             reports_ignored: BTreeMap::new(),
         }

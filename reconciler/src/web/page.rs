@@ -379,11 +379,23 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
         let _ = write!(out, "<p class=alert>Proxy: {}</p>", esc(m));
     }
     if let Some(h) = &n.hold {
-        let _ = write!(
-            out,
-            "<p class=hold>On hold: {} (its node file's <code>hold</code>; rollouts skip it and it keeps what it runs)</p>",
-            esc(h)
-        );
+        match &n.pinned {
+            Some(b) => {
+                let _ = write!(
+                    out,
+                    "<p class=hold>On hold: {} (its node file's <code>hold</code>; rollouts skip it and it runs <code>{}</code>)</p>",
+                    esc(h),
+                    esc(b)
+                );
+            }
+            None => {
+                let _ = write!(
+                    out,
+                    "<p class=hold>On hold: {} (its node file's <code>hold</code>; rollouts skip it and it keeps what it runs)</p>",
+                    esc(h)
+                );
+            }
+        }
     }
     if let Some(m) = &n.metrics {
         out.push_str("<h3>System</h3><table>");
