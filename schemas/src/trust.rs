@@ -541,11 +541,12 @@ mod tests {
         assert!(!rollout(&[("role", "edge"), ("region", "iad")]).selects(n, &labels));
         assert!(!rollout(&[("tier", "edge")]).selects(n, &labels));
 
-        let req = |key: &str, operator: crate::common::Operator, values: &[&str]| ChannelRequirement {
-            key: key.to_owned(),
-            operator,
-            values: values.iter().map(|v| (*v).to_owned()).collect(),
-        };
+        let req =
+            |key: &str, operator: crate::common::Operator, values: &[&str]| ChannelRequirement {
+                key: key.to_owned(),
+                operator,
+                values: values.iter().map(|v| (*v).to_owned()).collect(),
+            };
         let with = |requirements: Vec<ChannelRequirement>, nodes: Option<&[&str]>| {
             let mut r = rollout(&[("role", "edge")]);
             r.requirements = requirements;

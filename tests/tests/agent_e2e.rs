@@ -411,6 +411,35 @@ fn a_revoked_active_bundle_is_left_for_the_previous_one_on_the_next_poll() {
     assert_eq!(fleet.report().rollouts["edge"].active, Some(v1));
 }
 
+/// The real agent with the real proxy: a held node pinned to the bundle
+/// it ran before goes back to it while the rollout names another, and the
+/// proxy serves that config.
+#[test]
+fn a_pinned_node_runs_its_pinned_bundle_whatever_the_rollout_names() {
+    let (mut fleet, v1) = running();
+    let v2 = fleet.publish(&fleet.config("two", ""));
+    ok(&fleet.agent(&["run", "--once"], None));
+    app_is(&fleet, "two");
+
+    fleet.serial += 1;
+    let manifest =
+        fleet::manifest_with(fleet.serial, "edge", &[("role", "edge")], &v2, None, |m| {
+            m.held = vec!["edge-1".to_owned()];
+            m.pinned = vec![gitfleet_schemas::trust::ChannelPin {
+                node: "edge-1".to_owned(),
+                rollout: "edge".to_owned(),
+                bundle: v1.clone(),
+            }];
+        });
+    let tmp = fleet.path("store/channels/.prod.json.tmp");
+    std::fs::write(&tmp, manifest).unwrap();
+    std::fs::rename(&tmp, fleet.path("store/channels/prod.json")).unwrap();
+    ok(&fleet.agent(&["run", "--once"], None));
+    app_is(&fleet, "one");
+    assert_eq!(fleet.active(), Some(v1.clone()));
+    assert_eq!(fleet.report().rollouts["edge"].active, Some(v1));
+}
+
 /// The real agent: a manifest naming the node as decommissioned gets a
 /// final report and a stop (exit status 3, which the systemd unit does not
 /// restart); the proxy keeps serving what it ran, and a restarted agent
