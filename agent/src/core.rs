@@ -98,6 +98,10 @@ pub trait Node {
     ) -> impl Future<Output = Vec<HttpCheckResult>>;
     /// The live WireGuard interface and peers, when this node has one.
     fn wireguard(&mut self) -> impl Future<Output = Option<WireguardStatus>>;
+    /// The interfaces agent.kdl's `monitor` names, read at `now`, with
+    /// each peer's rates since the previous reading and whether it is
+    /// stale.
+    fn monitored(&mut self, now: DateTime<Utc>) -> impl Future<Output = Vec<WireguardStatus>>;
 }
 
 /// Who this agent is and what it accepts.
@@ -782,6 +786,7 @@ impl<N: Node> Agent<N> {
             http_checks,
             routes,
             wireguard: self.node.wireguard().await,
+            monitored: self.node.monitored(now).await,
             drift,
             last_error: self.last_error.clone(),
             proxy: (self.id.proxy != Proxy::legacy()).then(|| self.id.proxy.clone()),

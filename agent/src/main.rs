@@ -282,7 +282,8 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         config.wireguard.clone(),
         limits(config),
     )
-    .with_proxy(proxy_of(config).kind);
+    .with_proxy(proxy_of(config).kind)
+    .with_monitors(config.monitors.clone());
     node.recover(&state).await?;
     let store = Store::open(&config.store)?;
     let mut agent = Agent::new(identity(config), store, root, key, node, state);

@@ -384,6 +384,7 @@ mod tests {
             http_checks: vec![],
             routes: vec![],
             wireguard: None,
+            monitored: Vec::new(),
             drift: vec![],
             last_error: None,
             proxy: None,

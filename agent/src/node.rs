@@ -20,10 +20,13 @@
 //! interface from the verified bundle, writing only what differs (see
 //! [`crate::wireguard`]); on failure the previous mesh is applied again.
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gitfleet_schemas::agent::{LocalState, ReloadBy, SentinelSettings, WireguardSettings};
+use gitfleet_schemas::agent::{LocalState, Monitor, ReloadBy, SentinelSettings, WireguardSettings};
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::status::{Drift, HttpCheckResult, Metrics, WireguardStatus};
@@ -63,6 +66,9 @@ pub struct DiskNode {
     /// entry is (`sentinel.kdl`, `zentinel.kdl`) and the crate that
     /// validates it.
     proxy: ProxyKind,
+    /// agent.kdl's `monitor`s, and the previous reading of each interface.
+    monitors: Vec<Monitor>,
+    readings: HashMap<String, (DateTime<Utc>, WireguardStatus)>,
 }
 
 fn reload_of(by: &ReloadBy) -> Reload {
@@ -92,7 +98,14 @@ impl DiskNode {
             limits,
             metrics_route: None,
             proxy: ProxyKind::Sentinel,
+            monitors: Vec::new(),
+            readings: HashMap::new(),
         }
+    }
+
+    /// Report the WireGuard interfaces `monitors` name.
+    pub fn with_monitors(self, monitors: Vec<Monitor>) -> Self {
+        DiskNode { monitors, ..self }
     }
 
     /// The node runs `proxy` (Sentinel unless said).
@@ -576,5 +589,29 @@ impl Node for DiskNode {
 
     async fn wireguard(&mut self) -> Option<WireguardStatus> {
         self.mesh_status().await
+    }
+
+    async fn monitored(&mut self, now: DateTime<Utc>) -> Vec<WireguardStatus> {
+        let mut out = Vec::with_capacity(self.monitors.len());
+        for m in &self.monitors {
+            let backend = wireguard::monitor_backend(m.backend);
+            let status = match wireguard::status(&m.interface, backend) {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!(interface = %m.interface, error = %e, "cannot read a monitored interface");
+                    self.readings.remove(&m.interface);
+                    continue;
+                }
+            };
+            let stale_after = chrono::Duration::seconds(
+                i64::try_from(m.stale_after_seconds).unwrap_or(i64::MAX / 1000),
+            );
+            let status =
+                wireguard::monitored(status, now, self.readings.get(&m.interface), stale_after);
+            self.readings
+                .insert(m.interface.clone(), (now, status.clone()));
+            out.push(status);
+        }
+        out
     }
 }

@@ -378,6 +378,9 @@ impl Node for SimNode {
                         .then(|| now - chrono::Duration::seconds(ago)),
                     rx_bytes: rate * up,
                     tx_bytes: rate * up * 3 / 4,
+                    rx_bytes_per_second: None,
+                    tx_bytes_per_second: None,
+                    stale: false,
                     persistent_keepalive_seconds: mesh.persistent_keepalive_seconds,
                 }
             })
@@ -388,6 +391,11 @@ impl Node for SimNode {
             listen_port: mesh.listen_port,
             peers,
         })
+    }
+
+    async fn monitored(&mut self, _now: chrono::DateTime<chrono::Utc>) -> Vec<WireguardStatus> {
+        // A simulated node has no interfaces beside its mesh.
+        Vec::new()
     }
 
     async fn http_check(

@@ -905,6 +905,59 @@ pub fn status(
     Ok(report(interface, &read(interface, backend)?))
 }
 
+/// The backend to read a monitored interface with: the one agent.kdl
+/// names, else the kernel's where its module is loaded, else userspace.
+pub fn monitor_backend(named: Option<WireguardBackend>) -> WireguardBackend {
+    named.unwrap_or_else(|| {
+        if Path::new("/sys/module/wireguard").exists() {
+            WireguardBackend::Kernel
+        } else {
+            WireguardBackend::Userspace
+        }
+    })
+}
+
+/// `now`'s reading of a monitored interface with each peer's rates since
+/// `before` (the previous reading and when it was taken) and whether it is
+/// stale: no handshake, or the latest more than `stale_after` ago.
+pub fn monitored(
+    mut now_status: WireguardStatus,
+    now: DateTime<Utc>,
+    before: Option<&(DateTime<Utc>, WireguardStatus)>,
+    stale_after: chrono::Duration,
+) -> WireguardStatus {
+    for peer in &mut now_status.peers {
+        peer.stale = peer
+            .latest_handshake
+            .is_none_or(|at| now.signed_duration_since(at) > stale_after);
+        let Some((then, earlier)) = before else {
+            continue;
+        };
+        let Some(old) = earlier
+            .peers
+            .iter()
+            .find(|p| p.public_key == peer.public_key)
+        else {
+            continue;
+        };
+        let millis = now.signed_duration_since(*then).num_milliseconds();
+        let Ok(millis) = u64::try_from(millis) else {
+            continue;
+        };
+        if millis == 0 {
+            continue;
+        }
+        // Counters that went down belong to a new session: no rate.
+        let rate = |new: u64, old: u64| {
+            new.checked_sub(old)
+                .map(|d| d.saturating_mul(1000) / millis)
+        };
+        peer.rx_bytes_per_second = rate(peer.rx_bytes, old.rx_bytes);
+        peer.tx_bytes_per_second = rate(peer.tx_bytes, old.tx_bytes);
+    }
+    now_status
+}
+
 pub fn report(interface: &str, live: &Live) -> WireguardStatus {
     WireguardStatus {
         interface: interface.to_owned(),
@@ -921,6 +974,9 @@ pub fn report(interface: &str, live: &Live) -> WireguardStatus {
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
                 persistent_keepalive_seconds: p.config.keepalive,
+                rx_bytes_per_second: None,
+                tx_bytes_per_second: None,
+                stale: false,
             })
             .collect(),
     }
@@ -934,6 +990,62 @@ mod tests {
 
     fn private(n: u8) -> PrivateKey {
         PrivateKey::from_bytes([n; 32])
+    }
+
+    fn reading(peers: &[(&str, Option<i64>, u64, u64)], at: DateTime<Utc>) -> WireguardStatus {
+        WireguardStatus {
+            interface: "wg0".into(),
+            public_key: "k".into(),
+            listen_port: Some(51820),
+            peers: peers
+                .iter()
+                .map(|(key, ago, rx, tx)| PeerStatus {
+                    public_key: (*key).to_owned(),
+                    endpoint: None,
+                    allowed_ips: Vec::new(),
+                    latest_handshake: ago.map(|s| at - chrono::Duration::seconds(s)),
+                    rx_bytes: *rx,
+                    tx_bytes: *tx,
+                    persistent_keepalive_seconds: None,
+                    rx_bytes_per_second: None,
+                    tx_bytes_per_second: None,
+                    stale: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_monitored_peer_gets_rates_between_readings_and_is_stale_past_the_threshold() {
+        use chrono::TimeZone as _;
+        let t0 = Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap();
+        let t1 = t0 + chrono::Duration::seconds(10);
+        let limit = chrono::Duration::seconds(180);
+        let first = monitored(
+            reading(&[("a", Some(5), 1000, 500), ("b", None, 0, 0)], t0),
+            t0,
+            None,
+            limit,
+        );
+        assert_eq!(first.peers[0].rx_bytes_per_second, None);
+        assert!(!first.peers[0].stale);
+        assert!(first.peers[1].stale, "never handshaken");
+        let before = (t0, first);
+        let second = monitored(
+            reading(
+                &[("a", Some(181), 11_000, 400), ("b", Some(1), 100, 100)],
+                t1,
+            ),
+            t1,
+            Some(&before),
+            limit,
+        );
+        let a = &second.peers[0];
+        assert_eq!(a.rx_bytes_per_second, Some(1000));
+        assert_eq!(a.tx_bytes_per_second, None, "a counter that went down");
+        assert!(a.stale);
+        assert_eq!(second.peers[1].rx_bytes_per_second, Some(10));
+        assert!(!second.peers[1].stale);
     }
 
     fn member(n: u8, node: &str, endpoint: Option<&str>) -> MeshMember {

@@ -81,11 +81,20 @@ fn count(c: &mut Counts, node: &NodeView) {
 pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
     let model = inputs.model;
     let wanted = |env: &str| inputs.environment.is_none_or(|e| e == env);
+    // WireGuard keys to the nodes they belong to, for naming peers.
+    let keys: HashMap<&str, &str> = model
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let wg = n.doc.wireguard.as_ref()?;
+            Some((wg.public_key.value.as_str(), n.doc.id.value.as_str()))
+        })
+        .collect();
     let nodes: Vec<NodeView> = model
         .nodes
         .iter()
         .filter(|n| wanted(&n.doc.environment.value))
-        .map(|n| node_view(inputs, &n.doc))
+        .map(|n| node_view(inputs, &n.doc, &keys))
         .collect();
     let mut nodes = nodes;
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -141,7 +150,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
     }
 }
 
-fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile) -> NodeView {
+fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile, keys: &HashMap<&str, &str>) -> NodeView {
     let id = node.id.value.as_str();
     let environment = node.environment.value.as_str();
     let labels: BTreeMap<String, String> = node
@@ -185,6 +194,16 @@ fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile) -> NodeView {
         drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
         metrics: report.map(|r| r.metrics.clone()),
         wireguard: report.and_then(|r| r.wireguard.clone()),
+        monitored: report.map(|r| r.monitored.clone()).unwrap_or_default(),
+        peer_names: report
+            .into_iter()
+            .flat_map(|r| r.wireguard.iter().chain(&r.monitored))
+            .flat_map(|wg| &wg.peers)
+            .filter_map(|p| {
+                let id = keys.get(p.public_key.as_str())?;
+                Some((p.public_key.clone(), (*id).to_owned()))
+            })
+            .collect(),
         proxy: proxy.clone(),
         proxy_mismatch: report.and_then(|r| {
             let runs = r.proxy.clone().unwrap_or_else(Proxy::legacy);

@@ -87,6 +87,7 @@ fn report(node: &str, env: &str, age_s: i64, healthy: bool, active: Option<u8>) 
         http_checks: Vec::new(),
         routes: Vec::new(),
         wireguard: None,
+        monitored: Vec::new(),
         drift: Vec::new(),
         last_error: None,
         proxy: None,

@@ -284,6 +284,7 @@ fn signed_report(node: &str, env: &str, note: &str) -> Vec<u8> {
         http_checks: Vec::new(),
         routes: Vec::new(),
         wireguard: None,
+        monitored: Vec::new(),
         drift: Vec::new(),
         last_error: Some(note.into()),
         proxy: None,

@@ -11,6 +11,7 @@
 //! heartbeat "1m"
 //! drift "report"
 //! proxy "zentinel" version="0.6.45"
+//! monitor "wg0" stale-after="3m"   // report a WireGuard interface gitfleet does not manage
 //! sentinel {
 //!     pid-file "/run/sentinel.pid"
 //!     config-url "http://127.0.0.1:9901/_gitfleet/config"
@@ -58,7 +59,27 @@ pub struct AgentConfig {
     pub proxy: Option<crate::proxy::Proxy>,
     pub sentinel: Option<SentinelSettings>,
     pub wireguard: Option<WireguardSettings>,
+    /// WireGuard interfaces to report, managed by gitfleet or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitors: Vec<Monitor>,
 }
+
+/// `monitor "wg0" backend="userspace" stale-after="3m"`: report this
+/// interface and its peers in every status report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Monitor {
+    pub interface: String,
+    /// Unset: the kernel's where its module is loaded, else userspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<WireguardBackend>,
+    /// A peer whose latest handshake is older is stale (WireGuard
+    /// re-handshakes every 2 minutes while traffic flows).
+    pub stale_after_seconds: u64,
+}
+
+/// When a monitored peer is stale, unless agent.kdl says.
+pub const DEFAULT_STALE_AFTER_SECONDS: u64 = 180;
 
 /// How the agent applies WireGuard mesh bundles on this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -199,6 +220,7 @@ const TOP: &[&str] = &[
     "proxy",
     "sentinel",
     "wireguard",
+    "monitor",
 ];
 const SENTINEL: &[&str] = &[
     "pid",
@@ -229,6 +251,7 @@ impl AgentConfig {
         let mut sentinel = None;
         let mut wireguard = None;
         let mut proxy = None;
+        let mut monitors: Vec<Monitor> = Vec::new();
         for n in d.versioned(&doc, "agent config") {
             match decode::name(n) {
                 "node" => {
@@ -280,6 +303,20 @@ impl AgentConfig {
                     let v = decode_wireguard(&mut d, n);
                     d.once(&mut wireguard, n, v);
                 }
+                "monitor" => {
+                    if let Some(m) = decode_monitor(&mut d, n) {
+                        if monitors.iter().any(|o| o.interface == m.interface) {
+                            d.error(
+                                decode::node_span(n),
+                                "duplicate-node",
+                                format!("interface `{}` is monitored twice", m.interface),
+                                Some("keep one `monitor` per interface".to_owned()),
+                            );
+                        } else {
+                            monitors.push(m);
+                        }
+                    }
+                }
                 _ => d.unknown_node(n, "agent config", TOP),
             }
         }
@@ -328,6 +365,7 @@ impl AgentConfig {
                     proxy: proxy.map(|p: Spanned<crate::proxy::Proxy>| p.value),
                     sentinel: sentinel.flatten(),
                     wireguard,
+                    monitors,
                 })
             }
             _ => None,
@@ -374,6 +412,42 @@ fn decode_drift(d: &mut Decoder, node: &kdl::KdlNode) -> Option<DriftPolicy> {
 
 /// `wireguard { interface "wg0"; backend "userspace"; }`; both optional,
 /// the backend defaults to the kernel's.
+fn decode_backend(d: &mut Decoder, s: Spanned<String>) -> Option<WireguardBackend> {
+    match s.value.as_str() {
+        "kernel" => Some(WireguardBackend::Kernel),
+        "userspace" => Some(WireguardBackend::Userspace),
+        other => {
+            d.error(
+                s.span,
+                "invalid-value",
+                format!("wireguard backend `{other}` is not known"),
+                Some("write \"kernel\" or \"userspace\"".to_owned()),
+            );
+            None
+        }
+    }
+}
+
+fn decode_monitor(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Monitor> {
+    d.allow_props(node, &["backend", "stale-after"]);
+    d.max_args(node, 1);
+    d.no_children(node);
+    let interface = d.arg(node, 0, decode::as_string, "an interface name")?;
+    let backend = match d.prop_string(node, "backend") {
+        Some(s) => Some(decode_backend(d, s)?),
+        None => None,
+    };
+    let stale_after_seconds = match d.prop_string(node, "stale-after") {
+        Some(s) => d.parse_duration(&s)?.value,
+        None => DEFAULT_STALE_AFTER_SECONDS,
+    };
+    Some(Monitor {
+        interface: interface.value,
+        backend,
+        stale_after_seconds,
+    })
+}
+
 fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<WireguardSettings> {
     d.allow_props(node, &[]);
     d.max_args(node, 0);

@@ -34,6 +34,9 @@ pub struct StatusReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteTraffic>,
     pub wireguard: Option<WireguardStatus>,
+    /// The interfaces agent.kdl's `monitor` names, managed or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitored: Vec<WireguardStatus>,
     pub drift: Vec<Drift>,
     pub last_error: Option<String>,
     /// The proxy the agent drives, when it is not Sentinel 0.4.14 (absent
@@ -140,6 +143,15 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub persistent_keepalive_seconds: Option<u16>,
+    /// Bytes per second since the agent's previous reading of this peer
+    /// (monitored interfaces; absent on the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bytes_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_bytes_per_second: Option<u64>,
+    /// No handshake, or the latest older than the monitor's `stale-after`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 /// A file under the active config that no longer matches the bundle.

@@ -154,6 +154,12 @@ pub struct NodeView {
     pub drift: Vec<Drift>,
     pub metrics: Option<Metrics>,
     pub wireguard: Option<WireguardStatus>,
+    /// The interfaces its agent.kdl monitors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitored: Vec<WireguardStatus>,
+    /// The fleet's nodes among the peers shown, by WireGuard public key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peer_names: BTreeMap<String, String>,
     /// The proxy the fleet repo says the node runs.
     #[serde(default = "crate::proxy::Proxy::legacy")]
     pub proxy: crate::proxy::Proxy,

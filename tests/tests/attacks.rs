@@ -1479,6 +1479,7 @@ fn report(node: &str) -> gitfleet_schemas::status::StatusReport {
         http_checks: vec![],
         routes: vec![],
         wireguard: None,
+        monitored: Vec::new(),
         drift: vec![],
         last_error: None,
         proxy: None,

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Real userspace WireGuard: three network namespaces this test creates,
 //! joined by veth pairs on a bridge (192.168.77.0/24), each running a
-//! `boringtun-cli` interface (`wg-a`, `wg-b`, `wg-c`) that a real
+//! `boringtun-cli` interface (`wg<run>-a`, `-b`, `-c`) that a real
 //! `gitfleet-agent` configures from a signed mesh bundle in a shared
 //! `file://` store.
 //!
@@ -130,7 +130,8 @@ impl Lab {
             .map(|(name, n)| Member {
                 name,
                 netns: format!("gf-{tag}-{name}"),
-                interface: format!("wg-{name}"),
+                // Unique per run: the control sockets share one directory.
+                interface: format!("wg{tag}-{name}"),
                 underlay: format!("192.168.77.{n}"),
                 tunnel: format!("10.77.0.{n}"),
                 wireguard_key: None,
@@ -420,6 +421,21 @@ wireguard {{
         );
     }
 
+    /// Configure `name`'s interface by hand over boringtun's control
+    /// socket (the WireGuard cross-platform protocol: `set=1`, then
+    /// `key=value` lines, then an empty line).
+    fn uapi_set(&self, name: &str, lines: &str) {
+        use std::io::{BufRead as _, Write as _};
+        let socket = format!("/var/run/wireguard/{}.sock", self.member(name).interface);
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        write!(stream, "set=1\n{lines}\n").unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(&stream)
+            .read_line(&mut answer)
+            .unwrap();
+        assert_eq!(answer.trim(), "errno=0", "{socket} refused:\n{lines}");
+    }
+
     fn logs(&self) -> String {
         self.members
             .iter()
@@ -490,7 +506,7 @@ fn agents_build_a_mesh_and_a_new_member_leaves_existing_peers_alone() {
     assert_eq!(report.rollouts["lab"].error, None);
     assert!(report.drift.is_empty(), "{:?}", report.drift);
     let wg = report.wireguard.clone().unwrap();
-    assert_eq!(wg.interface, "wg-a");
+    assert_eq!(wg.interface, lab.member("a").interface);
     assert_eq!(wg.listen_port, Some(PORT));
     assert_eq!(
         wg.public_key,
@@ -557,4 +573,143 @@ fn agents_build_a_mesh_and_a_new_member_leaves_existing_peers_alone() {
         "the a–b session carries the ping: {after:?} then {later:?}"
     );
     assert_eq!(lab.report("c").rollouts["lab"].active, Some(v2));
+}
+
+/// Monitor mode: interfaces configured by hand (keys and peers never in
+/// git or a bundle) over boringtun's control socket. An agent that only
+/// monitors a's interface reports its peer with handshake, traffic and rates
+/// between reports; once b's underlay is down and the handshake is older
+/// than `stale-after` (20 s here; WireGuard itself re-handshakes only
+/// every 2 minutes), the peer is reported stale.
+#[test]
+fn a_monitored_hand_configured_interface_reports_its_peer_and_marks_it_stale() {
+    let mut lab = Lab::new();
+    lab.start_wireguard("a");
+    lab.start_wireguard("b");
+    let keys = |n: u8| {
+        let private = gitfleet_agent::wireguard::PrivateKey::from_bytes([n; 32]);
+        let mut clamped = [n; 32];
+        clamped[0] &= 248;
+        clamped[31] = (clamped[31] & 127) | 64;
+        (hex(&clamped), private.public())
+    };
+    let (a_private, a_public) = keys(0x11);
+    let (b_private, b_public) = keys(0x22);
+    // An agent that manages nothing here and monitors a's interface.
+    let config = format!(
+        r#"version 1
+node "node-a"
+environment "prod"
+labels role="monitor"
+store "file://{store}"
+state-dir "{state}"
+poll "200ms" jitter="0ms"
+heartbeat "1s"
+monitor "{interface}" backend="userspace" stale-after="20s"
+"#,
+        interface = lab.member("a").interface,
+        store = lab.path("store").display(),
+        state = lab.path("state-a").display(),
+    );
+    std::fs::write(lab.path("agent-a.kdl"), config).unwrap();
+    let root = lab.path("root-1.json");
+    run(lab.agent("a").args(["enroll", "--root"]).arg(&root));
+    // A manifest with nothing for this node: the agent polls and reports.
+    let nothing = BundleRef {
+        digest: format!("sha256:{}", "0".repeat(64)),
+        length: 1,
+    };
+    let manifest = fleet::manifest_with(1, "none", &[("role", "none")], &nothing, None, |_| {});
+    std::fs::write(lab.path("store/channels/prod.json"), manifest).unwrap();
+    let agent = lab
+        .agent("a")
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(lab.path("agent-a.log")).unwrap())
+        .spawn()
+        .unwrap();
+    lab.children.push(agent);
+
+    for (name, private, peer, peer_underlay, peer_tunnel) in [
+        ("a", &a_private, &b_public, "192.168.77.2", "10.77.0.2"),
+        ("b", &b_private, &a_public, "192.168.77.1", "10.77.0.1"),
+    ] {
+        lab.uapi_set(
+            name,
+            &format!(
+                "private_key={private}\nlisten_port={PORT}\nreplace_peers=true\npublic_key={}\nendpoint={peer_underlay}:{PORT}\nallowed_ip={peer_tunnel}/32\npersistent_keepalive_interval=1\n",
+                hex(&peer.0)
+            ),
+        );
+        let m = lab.member(name);
+        let address = format!("{}/24", m.tunnel);
+        ip(&[
+            "-n",
+            &m.netns,
+            "address",
+            "add",
+            &address,
+            "dev",
+            &m.interface,
+        ]);
+        ip(&["-n", &m.netns, "link", "set", &m.interface, "up"]);
+    }
+    lab.ping("a", "10.77.0.2");
+
+    let b_key = b_public.to_string();
+    let monitored_peer = |lab: &Lab| -> Option<PeerStatus> {
+        let bytes = std::fs::read(lab.path("store/status/node-a.json")).ok()?;
+        let text = std::fs::read_to_string(lab.path("state-a/node.key")).ok()?;
+        let file: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let key = PublicKey::parse(file["public_key"].as_str()?).ok()?;
+        let report = verify_status(&bytes, "acme", "node-a", &key).ok()?;
+        assert!(report.wireguard.is_none(), "nothing is managed here");
+        let wg = report
+            .monitored
+            .iter()
+            .find(|w| w.interface == lab.member("a").interface)?
+            .clone();
+        assert_eq!(wg.public_key, a_public.to_string());
+        wg.peers.into_iter().find(|p| p.public_key == b_key)
+    };
+    let wait_for = |what: &str, ok: &dyn Fn(&PeerStatus) -> bool| -> PeerStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(p) = monitored_peer(&lab).filter(|p| ok(p)) {
+                return p;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no report showed {what}; last: {:?}\nagent log:\n{}",
+                monitored_peer(&lab),
+                std::fs::read_to_string(lab.path("agent-a.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Live: a recent handshake, traffic, and a rate from the second
+    // reading on.
+    let live = wait_for("a live peer with rates", &|p| {
+        p.rx_bytes_per_second.is_some() && !p.stale
+    });
+    assert_eq!(live.endpoint.as_deref(), Some("192.168.77.2:51820"));
+    assert_eq!(live.allowed_ips, ["10.77.0.2/32"]);
+    assert!(live.rx_bytes > 0 && live.tx_bytes > 0, "{live:?}");
+    assert!(live.latest_handshake.is_some(), "{live:?}");
+
+    // b's endpoint goes away: no new handshake, and the peer goes stale.
+    let b = lab.member("b").netns.clone();
+    ip(&["-n", &b, "link", "set", "eth0", "down"]);
+    let stale = wait_for("a stale peer", &|p| p.stale);
+    // The same handshake, aged (boringtun says how long ago, so the time
+    // it stands for wobbles by a little).
+    let moved = (stale.latest_handshake.unwrap() - live.latest_handshake.unwrap())
+        .num_seconds()
+        .abs();
+    assert!(moved <= 1, "a new handshake: {live:?} then {stale:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -584,6 +584,8 @@ mod tests {
                 proxy_mismatch: None,
                 hold: None,
                 pinned: None,
+                monitored: Vec::new(),
+                peer_names: Default::default(),
             }],
             reports_ignored: BTreeMap::new(),
         }

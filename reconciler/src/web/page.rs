@@ -20,7 +20,7 @@ td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #e3e6ea}\
 .bar i{display:block;height:10px;background:#2f9e44;border-radius:5px}\
 .healthy{color:#2f9e44}.unhealthy,.failed,.rolled-back{color:#c92a2a}.stale,.unreported,.paused{color:#e67700}\
 code{font-size:12px}pre{background:#f6f8fa;padding:6px;overflow-x:auto}\
-.add{color:#2f9e44}.del{color:#c92a2a}.hunk{color:#1971c2}.alert{background:#fff4e6;border:1px solid #e67700;padding:6px 12px;border-radius:6px}.hold{background:#e7f5ff;border:1px solid #1971c2;padding:6px 12px;border-radius:6px}";
+.add{color:#2f9e44}.del{color:#c92a2a}.hunk{color:#1971c2}.alert{background:#fff4e6;border:1px solid #e67700;padding:6px 12px;border-radius:6px}.hold{background:#e7f5ff;border:1px solid #1971c2;padding:6px 12px;border-radius:6px}tr.stale td{background:#fff4e6;color:#c92a2a}";
 
 /// Re-fetch the page body after every reconcile pass (server-sent events).
 const SCRIPT: &str = "const es=new EventSource('/events');\
@@ -441,34 +441,66 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     out.push_str("<h3>WireGuard</h3>");
     match &n.wireguard {
         None => out.push_str("<p>No interface reported.</p>"),
-        Some(wg) => {
-            let _ = write!(
-                out,
-                "<p>Interface <code>{}</code>, key <code>{}</code>, port {}.</p>\
-<table id=peers><tr><th>Peer</th><th>Endpoint</th><th>Allowed IPs</th><th>Handshake</th><th>rx</th><th>tx</th></tr>",
-                esc(&wg.interface),
-                esc(&wg.public_key),
-                wg.listen_port.map_or("-".to_owned(), |p| p.to_string())
-            );
-            for p in &wg.peers {
-                let _ = write!(
-                    out,
-                    "<tr class=peer><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(&p.public_key),
-                    esc(p.endpoint.as_deref().unwrap_or("-")),
-                    esc(&p.allowed_ips.join(", ")),
-                    p.latest_handshake.map_or("never".to_owned(), |t| format!(
-                        "{} ago",
-                        age((v.at - t).num_seconds())
-                    )),
-                    bytes(p.rx_bytes),
-                    bytes(p.tx_bytes)
-                );
-            }
-            out.push_str("</table>");
-        }
+        Some(wg) => interface_table(&mut out, v.at, wg, &n.peer_names, "peers"),
+    }
+    for wg in &n.monitored {
+        let _ = write!(
+            out,
+            "<h3>Monitored: <code>{}</code></h3>",
+            esc(&wg.interface)
+        );
+        interface_table(&mut out, v.at, wg, &n.peer_names, "monitored");
     }
     out
+}
+
+/// One WireGuard interface and its peers: a peer of the fleet by its node
+/// id (its key on hover), a stale one highlighted.
+fn interface_table(
+    out: &mut String,
+    at: chrono::DateTime<chrono::Utc>,
+    wg: &gitfleet_schemas::status::WireguardStatus,
+    names: &std::collections::BTreeMap<String, String>,
+    id: &str,
+) {
+    let _ = write!(
+        out,
+        "<p>Interface <code>{}</code>, key <code>{}</code>, port {}.</p>\
+<table id={id}><tr><th>Peer</th><th>Endpoint</th><th>Allowed IPs</th><th>Handshake</th><th>rx</th><th>tx</th></tr>",
+        esc(&wg.interface),
+        esc(&wg.public_key),
+        wg.listen_port.map_or("-".to_owned(), |p| p.to_string())
+    );
+    for p in &wg.peers {
+        let who = names.get(&p.public_key).map_or_else(
+            || format!("<code>{}</code>", esc(&p.public_key)),
+            |node| {
+                format!(
+                    "<a href=\"/nodes/{0}\" title=\"{1}\">{0}</a>",
+                    esc(node),
+                    esc(&p.public_key)
+                )
+            },
+        );
+        let rate = |total: u64, per_second: Option<u64>| match per_second {
+            Some(r) => format!("{} ({}/s)", bytes(total), bytes(r)),
+            None => bytes(total),
+        };
+        let handshake = p.latest_handshake.map_or("never".to_owned(), |t| {
+            format!("{} ago", age((at - t).num_seconds()))
+        });
+        let class = if p.stale { "peer stale" } else { "peer" };
+        let _ = write!(
+            out,
+            "<tr class=\"{class}\"><td>{who}</td><td>{}</td><td>{}</td><td>{handshake}{}</td><td>{}</td><td>{}</td></tr>",
+            esc(p.endpoint.as_deref().unwrap_or("-")),
+            esc(&p.allowed_ips.join(", ")),
+            if p.stale { " (stale)" } else { "" },
+            rate(p.rx_bytes, p.rx_bytes_per_second),
+            rate(p.tx_bytes, p.tx_bytes_per_second)
+        );
+    }
+    out.push_str("</table>");
 }
 
 /// `/rollouts`: every rollout per environment, with how to steer it.
@@ -538,6 +570,43 @@ gitfleet rollout rollback {n} -m \"why\"   # every node back to the previous bun
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_of_the_fleet_is_named_by_its_node_and_a_stale_one_is_marked() {
+        use gitfleet_schemas::status::{PeerStatus, WireguardStatus};
+        let at = chrono::DateTime::UNIX_EPOCH + chrono::Duration::hours(1);
+        let peer = |key: &str, stale: bool| PeerStatus {
+            public_key: key.to_owned(),
+            endpoint: Some("192.0.2.1:51820".into()),
+            allowed_ips: vec!["10.0.0.2/32".into()],
+            latest_handshake: Some(at - chrono::Duration::seconds(400)),
+            rx_bytes: 2048,
+            tx_bytes: 1024,
+            persistent_keepalive_seconds: None,
+            rx_bytes_per_second: Some(512),
+            tx_bytes_per_second: None,
+            stale,
+        };
+        let wg = WireguardStatus {
+            interface: "wg0".into(),
+            public_key: "me".into(),
+            listen_port: Some(51820),
+            peers: vec![peer("KEY-A", false), peer("LAPTOP", true)],
+        };
+        let names = std::collections::BTreeMap::from([("KEY-A".to_owned(), "edge-1".to_owned())]);
+        let mut out = String::new();
+        interface_table(&mut out, at, &wg, &names, "monitored");
+        assert!(
+            out.contains("<a href=\"/nodes/edge-1\" title=\"KEY-A\">edge-1</a>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<tr class=\"peer stale\"><td><code>LAPTOP</code>"),
+            "{out}"
+        );
+        assert!(out.contains("(stale)"), "{out}");
+        assert!(out.contains("/s)"), "{out}");
+    }
 
     #[test]
     fn markup_in_values_is_escaped() {
