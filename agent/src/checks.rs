@@ -25,10 +25,28 @@ pub fn urls(check: &ChannelCheck, targets: Option<&[String]>) -> Result<Vec<Stri
     if targets.is_empty() {
         return Err(format!("upstream `{upstream}` has no targets"));
     }
-    Ok(targets
+    // A path, and it must leave the target's host and port alone.
+    if !check.url.starts_with('/') {
+        return Err(format!("`{}` is not a path", check.url));
+    }
+    targets
         .iter()
-        .map(|t| format!("http://{t}{}", check.url))
-        .collect())
+        .map(|t| {
+            let url = format!("http://{t}{}", check.url);
+            let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
+            let target = reqwest::Url::parse(&format!("http://{t}/"))
+                .map_err(|e| format!("upstream target `{t}`: {e}"))?;
+            let same = parsed.host() == target.host()
+                && parsed.port_or_known_default() == target.port_or_known_default()
+                && parsed.username().is_empty()
+                && parsed.password().is_none();
+            if same {
+                Ok(url)
+            } else {
+                Err(format!("{url} is not on upstream target `{t}`"))
+            }
+        })
+        .collect()
 }
 
 /// The result of `check` for one URL it requests. Only plain http is
@@ -47,14 +65,15 @@ pub async fn run(check: &ChannelCheck, url: &str) -> HttpCheckResult {
 }
 
 /// The result of `check` on `url` given its answer (status and body) or
-/// why there was none. `detail` says why it failed, except for a status
-/// the report shows anyway.
+/// why there was none. `detail` says why a check other than the plain kind
+/// failed, except for a status the report shows anyway; a plain check's
+/// result is written as older reconcilers read it.
 pub fn result(
     check: &ChannelCheck,
     url: &str,
     answer: Result<(u16, &[u8]), String>,
 ) -> HttpCheckResult {
-    let (status, detail) = match answer {
+    let (status, why) = match answer {
         Ok((status, body)) => (
             Some(status),
             judge(check, status, body)
@@ -63,24 +82,23 @@ pub fn result(
         ),
         Err(why) => (None, Some(why)),
     };
+    let ok = status.is_some_and(|s| check.accepts(s)) && why.is_none();
+    let plain = check.is_plain();
+    if let Some(why) = why.as_deref().filter(|_| plain) {
+        tracing::debug!(url, reason = why, "http check failed");
+    }
     HttpCheckResult {
         url: url.to_owned(),
         status,
-        ok: status.is_some_and(|s| check.accepts(s)) && detail.is_none(),
-        check: (!check.is_plain()).then(|| check.key()),
-        detail,
+        ok,
+        check: (!plain).then(|| check.key()),
+        detail: why.filter(|_| !plain),
     }
 }
 
 /// A result for a check that could not be made at all.
 pub fn unanswered(check: &ChannelCheck, url: &str, why: String) -> HttpCheckResult {
-    HttpCheckResult {
-        url: url.to_owned(),
-        status: None,
-        ok: false,
-        check: (!check.is_plain()).then(|| check.key()),
-        detail: Some(why),
-    }
+    result(check, url, Err(why))
 }
 
 /// Whether an answer passes `check`, or why not.
@@ -186,6 +204,30 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_path_cannot_leave_its_target() {
+        let targets = ["10.0.0.1:80".to_owned()];
+        let mut c = check();
+        c.url = "@169.254.169.254/latest".into();
+        assert!(urls(&c, Some(&targets)).unwrap_err().contains("not a path"));
+        c.url = "/ok?x=@169.254.169.254".into();
+        assert_eq!(
+            urls(&c, Some(&targets)).unwrap(),
+            ["http://10.0.0.1:80/ok?x=@169.254.169.254"]
+        );
+    }
+
+    #[test]
+    fn a_plain_checks_result_carries_no_field_older_reconcilers_refuse() {
+        let plain = ChannelCheck {
+            url: "http://127.0.0.1:9/health".into(),
+            expect_status: 200,
+            ..ChannelCheck::default()
+        };
+        let r = result(&plain, &plain.url, Err("connection refused".into()));
+        assert_eq!((r.check, r.detail, r.ok), (None, None, false));
+    }
+
+    #[test]
     fn an_answer_passes_on_an_accepted_status_and_a_matching_body() {
         let c = check();
         assert_eq!(judge(&c, 200, b"ok fine"), Ok(()));
@@ -271,14 +313,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_url_check_never_dials_beyond_loopback() {
-        let c = ChannelCheck {
+        let plain = ChannelCheck {
             url: "http://192.0.2.1/health".into(),
             expect_status: 200,
             ..ChannelCheck::default()
         };
+        let r = run(&plain, &plain.url).await;
+        assert_eq!((r.status, r.ok), (None, false));
+        // A check of more than the plain kind says why.
+        let c = ChannelCheck {
+            method: Some("HEAD".into()),
+            ..plain
+        };
         let r = run(&c, &c.url).await;
-        assert!(!r.ok);
-        assert_eq!(r.status, None);
+        assert_eq!((r.status, r.ok), (None, false));
         assert!(r.detail.unwrap().contains("only dials loopback"));
     }
 }

@@ -729,17 +729,8 @@ impl<N: Node> Agent<N> {
                 s.error = Some(error.clone());
             }
         }
-        // The checks of every rollout this node is a target of, each once.
-        let mut checks: BTreeMap<String, ChannelCheck> = BTreeMap::new();
-        if let Some(m) = &self.manifest {
-            for (r, _) in wanted(m, &self.id, &self.state) {
-                for c in r.http_checks.iter().take(MAX_HTTP_CHECKS) {
-                    checks.entry(c.key()).or_insert_with(|| c.clone());
-                }
-            }
-        }
-        // The fleet's health checks: a node is healthy only while each
-        // passes, on every URL it requests.
+        // The fleet's health checks first (always run), then those of every
+        // rollout this node is a target of; each once.
         let fleet_checks: Vec<ChannelCheck> = self
             .fleet_settings()
             .map(|s| {
@@ -750,12 +741,26 @@ impl<N: Node> Agent<N> {
                     .collect()
             })
             .unwrap_or_default();
+        let mut checks: Vec<ChannelCheck> = Vec::new();
         for c in &fleet_checks {
-            checks.entry(c.key()).or_insert_with(|| c.clone());
+            if !checks.iter().any(|k| k.key() == c.key()) {
+                checks.push(c.clone());
+            }
+        }
+        if let Some(m) = &self.manifest {
+            for (r, _) in wanted(m, &self.id, &self.state) {
+                for c in &r.http_checks {
+                    if checks.len() < 2 * MAX_HTTP_CHECKS
+                        && !checks.iter().any(|k| k.key() == c.key())
+                    {
+                        checks.push(c.clone());
+                    }
+                }
+            }
         }
         let mut http_checks = Vec::with_capacity(checks.len());
         let active = slot(&self.state, BundleKind::Sentinel).map(|s| s.active.clone());
-        for check in checks.values().take(2 * MAX_HTTP_CHECKS) {
+        for check in &checks {
             for r in self.node.http_check(check, active.as_ref()).await {
                 if !r.ok {
                     tracing::debug!(url = %r.url, status = ?r.status, detail = ?r.detail, "http check failed");
@@ -763,12 +768,14 @@ impl<N: Node> Agent<N> {
                 http_checks.push(r);
             }
         }
+        // Healthy only while each fleet check passes on every URL it
+        // requested; a plain one on its status alone (a rollout's check of
+        // the same URL may expect another status).
         let checks_pass = fleet_checks.iter().all(|c| {
             let key = c.key();
-            http_checks
-                .iter()
-                .filter(|r| r.key() == key)
-                .all(|r| r.status.is_some_and(|s| c.accepts(s)) && r.ok)
+            let mut results = http_checks.iter().filter(|r| r.key() == key).peekable();
+            results.peek().is_some()
+                && results.all(|r| r.status.is_some_and(|s| c.accepts(s)) && (c.is_plain() || r.ok))
         });
         let serving = self.node.healthy().await && checks_pass;
         let mut metrics = self.node.metrics();

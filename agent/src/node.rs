@@ -537,11 +537,15 @@ impl Node for DiskNode {
                 return vec![checks::unanswered(check, &at, why)];
             }
         };
-        let mut out = Vec::with_capacity(urls.len());
-        for url in urls.iter().take(MAX_UPSTREAM_TARGETS) {
-            out.push(checks::run(check, url).await);
+        // The targets at once: a dead one waits out its timeout alone.
+        let mut running = tokio::task::JoinSet::new();
+        for (i, url) in urls.into_iter().take(MAX_UPSTREAM_TARGETS).enumerate() {
+            let check = check.clone();
+            running.spawn(async move { (i, checks::run(&check, &url).await) });
         }
-        out
+        let mut out: Vec<(usize, HttpCheckResult)> = running.join_all().await;
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
     }
 
     async fn healthy(&mut self) -> bool {
@@ -603,9 +607,10 @@ impl Node for DiskNode {
                     continue;
                 }
             };
-            let stale_after = chrono::Duration::seconds(
-                i64::try_from(m.stale_after_seconds).unwrap_or(i64::MAX / 1000),
-            );
+            let stale_after = i64::try_from(m.stale_after_seconds)
+                .ok()
+                .and_then(chrono::Duration::try_seconds)
+                .unwrap_or(chrono::Duration::MAX);
             let status =
                 wireguard::monitored(status, now, self.readings.get(&m.interface), stale_after);
             self.readings

@@ -48,9 +48,11 @@ fn groups(model: &FleetModel, d: &mut Diagnostics<'_>) {
                 Some("keep one of them".to_owned()),
             );
         }
+        // A listed node without a file is left out (a decommissioned one,
+        // say): the rest of the group still holds.
         for n in &g.nodes {
             if !model.nodes.iter().any(|m| m.doc.id.value == n.value) {
-                d.error(
+                d.warning(
                     f,
                     n.span,
                     "unknown-node",
@@ -311,6 +313,12 @@ fn fleet(model: &FleetModel, d: &mut Diagnostics<'_>) {
     let f = FLEET_FILE;
     check_name(d, f, &fleet.name, "fleet");
     http_checks(d, f, &fleet.defaults.health_checks);
+    no_upstream_checks(
+        d,
+        f,
+        &fleet.defaults.health_checks,
+        "fleet.kdl's health checks",
+    );
     if let Some(store) = &fleet.store {
         let scheme = store.value.split_once("://").map(|(s, _)| s);
         if !matches!(scheme, Some("file" | "s3" | "memory")) {
@@ -1105,8 +1113,13 @@ fn rollouts(model: &FleetModel, d: &mut Diagnostics<'_>) {
             }
             config_flats.push((name.as_str(), flat));
         }
-        if let RolloutTarget::Config(config) = &r.target.value {
-            upstream_checks(model, d, path, name, config, &r.gates.http_checks);
+        match &r.target.value {
+            RolloutTarget::Config(config) => {
+                upstream_checks(model, d, path, name, config, &r.gates.http_checks);
+            }
+            RolloutTarget::Mesh(_) => {
+                no_upstream_checks(d, path, &r.gates.http_checks, "a mesh rollout's gates");
+            }
         }
         // Its own parts where it writes them; a template's in fleet.kdl.
         let own = model.written.get(name).unwrap_or(r);
@@ -1265,6 +1278,24 @@ fn gates(d: &mut Diagnostics<'_>, path: &str, g: &Gates) {
         }
     }
     http_checks(d, path, &g.http_checks);
+}
+
+/// Checks where no config says what an upstream is take none.
+fn no_upstream_checks(d: &mut Diagnostics<'_>, path: &str, checks: &[HttpCheck], what: &str) {
+    for check in checks {
+        if let Some(u) = &check.upstream {
+            d.error(
+                path,
+                u.span,
+                "upstream-not-allowed",
+                format!("{what} cannot check an upstream (`{}`)", u.value),
+                Some(
+                    "check upstreams in the gates of the config rollout whose config names them"
+                        .to_owned(),
+                ),
+            );
+        }
+    }
 }
 
 /// Every upstream a rollout's checks name is one its config defines, for

@@ -55,12 +55,16 @@ pub fn grace(model: &FleetModel) -> Duration {
         .as_ref()
         .and_then(|f| f.doc.defaults.decommission_grace_seconds.as_ref())
         .map_or(DEFAULT_GRACE_SECONDS, |g| g.value);
-    Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 1000))
+    i64::try_from(seconds)
+        .ok()
+        .and_then(Duration::try_seconds)
+        .unwrap_or(Duration::MAX)
 }
 
-/// The most nodes one push may remove: a tenth of the fleet, at least 5.
+/// The most nodes one push may remove from a fleet of `fleet` (counting
+/// them): a tenth of it, at least one, and never all.
 pub fn departure_limit(fleet: usize) -> usize {
-    (fleet / 10).max(5)
+    (fleet / 10).max(1).min(fleet.saturating_sub(1))
 }
 
 /// Decide departures at spec commit `tip`: `before` is the record on the
@@ -87,7 +91,7 @@ pub fn decide(
     let limit = departure_limit(model.nodes.len() + leaving.len());
     if leaving.len() > limit {
         lines.push(format!(
-            "{} node files removed at once, more than {limit} (a tenth of the fleet, at least 5): nobody departs; restore them, or remove them in smaller pushes",
+            "{} node files removed at once, more than {limit} (a tenth of the fleet, at least one, never all): nobody departs; restore them, or remove them in smaller pushes",
             leaving.len()
         ));
         return Decommission {
@@ -125,7 +129,12 @@ pub fn decide(
     let grace = grace(model);
     let mut remove = Vec::new();
     nodes.retain(|id, n| {
-        let over = now >= n.since + grace;
+        // Never in the pass that saw it go: its manifest names it first,
+        // so its agent stops before its objects go.
+        let over = n.since < now
+            && n.since
+                .checked_add_signed(grace)
+                .is_some_and(|end| now >= end);
         if over {
             remove.push(keys::status(id));
             remove.push(keys::enroll(id));
@@ -239,14 +248,36 @@ mod tests {
             "{:?}",
             again.lines
         );
-        // Five at once is within the limit.
-        let five = decide(Some(&before), &removed[..5], &m, "c2", t(1));
-        assert_eq!(five.record.nodes.len(), 5);
+        // In a fleet of 30, three at once is within the limit, four not.
+        let ids: Vec<String> = (0..27).map(|i| format!("k{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let big = model(&refs, None);
+        let three = decide(Some(&before), &removed[..3], &big, "c2", t(1));
+        assert_eq!(three.record.nodes.len(), 3);
+        let four = decide(Some(&before), &removed[..4], &big, "c2", t(1));
+        assert!(four.record.nodes.is_empty());
+        // The last node of a fleet never departs by a push.
+        let last = decide(Some(&before), &removed[..1], &model(&[], None), "c2", t(1));
+        assert!(last.record.nodes.is_empty());
+    }
+
+    #[test]
+    fn a_zero_grace_still_names_the_node_for_one_pass_and_a_huge_one_never_ends() {
+        let zero = model(&["a"], Some("0s"));
+        let first = decide(None, &[gone("b")], &zero, "c1", t(0));
+        assert_eq!(first.of_environment("prod"), ["b"]);
+        assert!(first.remove.is_empty());
+        let next = decide(Some(&first.record), &[], &zero, "c2", t(1));
+        assert_eq!(next.remove.len(), 2);
+        let forever = model(&["a"], Some("100000000000d"));
+        let d = decide(None, &[gone("b")], &forever, "c1", t(0));
+        let later = decide(Some(&d.record), &[], &forever, "c2", t(23));
+        assert!(later.remove.is_empty());
     }
 
     #[test]
     fn the_default_grace_is_a_week() {
-        let m = model(&[], None);
+        let m = model(&["a"], None);
         let d = decide(None, &[gone("b")], &m, "c1", t(0));
         let day6 = decide(Some(&d.record), &[], &m, "c2", t(0) + Duration::days(6));
         assert!(day6.remove.is_empty());

@@ -413,11 +413,14 @@ impl ChannelCheck {
             .map(|s| s.to_string())
             .collect();
         key.push_str(&format!(" status={}", statuses.join(",")));
+        // Quoted by hand: the key must not change with a compiler's
+        // `Debug` escaping.
+        let quoted = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
         if let Some(b) = &self.body_contains {
-            key.push_str(&format!(" body-contains={b:?}"));
+            key.push_str(&format!(" body-contains={}", quoted(b)));
         }
         if let Some(b) = &self.body_matches {
-            key.push_str(&format!(" body-matches={b:?}"));
+            key.push_str(&format!(" body-matches={}", quoted(b)));
         }
         if let Some(t) = self.timeout_ms {
             key.push_str(&format!(" timeout={t}ms"));

@@ -103,7 +103,10 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     assert!(peers.contains("<table id=peers>"), "{peers}");
     assert!(peers.contains(" ago</td>"), "handshake age: {peers}");
     // Peers that are fleet nodes are named by their node id.
-    assert!(peers.contains("<a href=\"/nodes/edge-"), "peer names: {peers}");
+    assert!(
+        peers.contains("<a href=\"/nodes/edge-"),
+        "peer names: {peers}"
+    );
     let (code, _) = get(&format!("{base}/nodes/no-such-node"));
     assert_eq!(code, 404);
     let (_, rollouts) = get(&format!("{base}/rollouts"));
