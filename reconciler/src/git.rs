@@ -1161,8 +1161,8 @@ impl Mirror {
     }
 
     /// The files under `dir` (`"nodes/"`) that commit `from` has and `to`
-    /// lacks, with their bytes at `from`: a tree diff, whatever the number
-    /// of commits between. `None` when `from` is no commit the spec
+    /// lacks or holds changed, with their bytes at `from`: a tree diff,
+    /// whatever the number of commits between. `None` when `from` is no commit the spec
     /// branch's history holds (rewritten away, or not an id).
     pub fn removed_files(
         &self,
@@ -1185,7 +1185,10 @@ impl Mirror {
             let diff = repo.diff_tree_to_tree(Some(&old), Some(&new), Some(&mut options))?;
             let mut out = Vec::new();
             for delta in diff.deltas() {
-                if delta.status() != git2::Delta::Deleted {
+                // A file rewritten in place may name another id now: its
+                // old bytes say which id it held (the caller skips ids
+                // still in the repo).
+                if !matches!(delta.status(), git2::Delta::Deleted | git2::Delta::Modified) {
                     continue;
                 }
                 let file = delta.old_file();

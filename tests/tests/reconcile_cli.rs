@@ -797,4 +797,20 @@ fn a_removed_node_file_decommissions_the_node_and_its_objects_go_after_the_grace
     let departed: gitfleet_schemas::state::Departed =
         serde_json::from_slice(&fleet.state_file("departed.json")).unwrap();
     assert!(departed.nodes.is_empty());
+
+    // A node file rewritten in place under another id: the old id departs.
+    let path = work.join("nodes/edge-iad-1.kdl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("id \"edge-iad-1\"", "id \"edge-iad-9\""),
+    )
+    .unwrap();
+    git(&work, &["commit", "-qam", "edge-iad-1 is edge-iad-9 now"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let departed: gitfleet_schemas::state::Departed =
+        serde_json::from_slice(&fleet.state_file("departed.json")).unwrap();
+    assert_eq!(departed.nodes.keys().collect::<Vec<_>>(), ["edge-iad-1"]);
 }

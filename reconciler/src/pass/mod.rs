@@ -365,7 +365,7 @@ impl Reconciler {
             .filter_map(|(path, bytes)| {
                 let text = std::str::from_utf8(bytes).ok()?;
                 let Some(node) = gitfleet_schemas::NodeFile::decode(text).value else {
-                    tracing::warn!(path = %path, "a removed node file does not read as one: its node is not decommissioned");
+                    tracing::warn!(path = %path, "a node file's old version does not read as one: its node is not decommissioned");
                     return None;
                 };
                 Some(Removed {

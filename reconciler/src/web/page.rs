@@ -383,7 +383,7 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
             Some(b) => {
                 let _ = write!(
                     out,
-                    "<p class=hold>On hold: {} (its node file's <code>hold</code>; rollouts skip it and it runs <code>{}</code>)</p>",
+                    "<p class=hold>On hold: {} (its node file's <code>hold</code>; rollouts skip it, and it is pinned to <code>{}</code> once the store has that bundle)</p>",
                     esc(h),
                     esc(b)
                 );
