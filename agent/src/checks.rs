@@ -128,19 +128,23 @@ fn timeout(check: &ChannelCheck) -> Duration {
     })
 }
 
+/// Whether `url` names this machine: `localhost` or a loopback address.
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn request(check: &ChannelCheck, url: &str) -> Result<(u16, Vec<u8>), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if parsed.scheme() != "http" {
         return Err("only plain http is checked".to_owned());
     }
-    let host = parsed.host_str().unwrap_or_default();
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if check.upstream.is_none() && !loopback {
+    if check.upstream.is_none() && !is_loopback(&parsed) {
         return Err("a check without `upstream` only dials loopback".to_owned());
     }
     let method = check.method.as_deref().unwrap_or("GET");

@@ -639,14 +639,7 @@ fn loopback_client(url: &str) -> Result<reqwest::Client, SentinelError> {
         url: url.to_owned(),
     };
     let parsed = reqwest::Url::parse(url).map_err(|_| not_loopback())?;
-    let host = parsed.host_str().ok_or_else(not_loopback)?;
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if parsed.scheme() != "http" || !loopback {
+    if parsed.scheme() != "http" || !crate::checks::is_loopback(&parsed) {
         return Err(not_loopback());
     }
     reqwest::Client::builder()

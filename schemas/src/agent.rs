@@ -410,8 +410,7 @@ fn decode_drift(d: &mut Decoder, node: &kdl::KdlNode) -> Option<DriftPolicy> {
     }
 }
 
-/// `wireguard { interface "wg0"; backend "userspace"; }`; both optional,
-/// the backend defaults to the kernel's.
+/// `"kernel"` or `"userspace"`.
 fn decode_backend(d: &mut Decoder, s: Spanned<String>) -> Option<WireguardBackend> {
     match s.value.as_str() {
         "kernel" => Some(WireguardBackend::Kernel),
@@ -448,6 +447,8 @@ fn decode_monitor(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Monitor> {
     })
 }
 
+/// `wireguard { interface "wg0"; backend "userspace"; }`; both optional,
+/// the backend defaults to the kernel's.
 fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<WireguardSettings> {
     d.allow_props(node, &[]);
     d.max_args(node, 0);
@@ -459,21 +460,7 @@ fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<WireguardSet
                 d.once(&mut interface, c, v);
             }
             "backend" => {
-                let v = d.string(c).and_then(|s| match s.value.as_str() {
-                    "kernel" => Some(WireguardBackend::Kernel),
-                    "userspace" => Some(WireguardBackend::Userspace),
-                    other => {
-                        d.error(
-                            s.span,
-                            "invalid-value",
-                            format!("wireguard backend `{other}` is not known"),
-                            Some(
-                                "write `backend \"kernel\"` or `backend \"userspace\"`".to_owned(),
-                            ),
-                        );
-                        None
-                    }
-                });
+                let v = d.string(c).and_then(|s| decode_backend(d, s));
                 d.once(&mut backend, c, v);
             }
             _ => d.unknown_node(c, "`wireguard`", &["interface", "backend"]),
