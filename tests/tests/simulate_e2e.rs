@@ -600,6 +600,33 @@ fn a_held_node_keeps_its_bundle_while_the_rollout_completes_around_it() {
         stdout.contains("on hold: disk replacement, INC-88 (rollouts skip it)"),
         "{stdout}{stderr}"
     );
+
+    // The backbone mesh's members in dev, and a mesh that does not exist.
+    let status_mesh = |mesh: &str| {
+        let out = Command::new(bin("gitfleet"))
+            .args(["status", "--repo", &fleet.repo, "--store", &fleet.store])
+            .envs(fleet.store_env())
+            .arg("--cache")
+            .arg(fleet.path("status-mirror"))
+            .args(["--env", "dev", "--mesh", mesh])
+            .output()
+            .unwrap();
+        text(&out)
+    };
+    let (stdout, stderr) = status_mesh("backbone");
+    assert!(stdout.starts_with("mesh backbone: "), "{stdout}{stderr}");
+    for node in DEV_EDGE {
+        assert!(
+            stdout.contains(&format!("\n{node} ")) || stdout.contains(&format!("\n{node}:")),
+            "{node}: {stdout}"
+        );
+    }
+    assert!(!stdout.contains("api-dev"), "only members: {stdout}");
+    let (_, stderr) = status_mesh("nope");
+    assert!(
+        stderr.contains("no mesh nope in the fleet repo (known: backbone)"),
+        "{stderr}"
+    );
 }
 
 #[test]

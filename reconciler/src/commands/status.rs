@@ -63,6 +63,11 @@ pub struct StatusArgs {
     /// of more than 50.
     #[arg(long)]
     all_nodes: bool,
+    /// Only the members of this WireGuard mesh, each with its peers:
+    /// handshake age, traffic rates, stale links (JSON: the same view with
+    /// only those nodes).
+    #[arg(long, value_name = "NAME")]
+    mesh: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -93,13 +98,18 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             let view = match observed.map_err(ReconcileError::from).and_then(|o| {
                 let state = o.state()?;
                 let rules = crate::pass::rules::recorded(&o.state_files)?;
-                Ok(o.view(
+                let view = o.view(
                     &state,
                     rules.as_ref(),
                     Utc::now(),
                     stale_after,
                     args.environment.as_deref(),
-                ))
+                );
+                let members = args
+                    .mesh
+                    .as_deref()
+                    .map(|name| mesh_members(&o.checked.checked.model, name));
+                Ok((view, members))
             }) {
                 Ok(view) => view,
                 // Watching rides out a moment without git or the store.
@@ -116,6 +126,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            let (mut view, members) = view;
+            let mesh = match (args.mesh.as_deref(), members) {
+                (Some(name), Some(members)) => {
+                    let members = members.map_err(|known| {
+                        anyhow::anyhow!("no mesh {name} in the fleet repo ({known})")
+                    })?;
+                    view.nodes.retain(|n| members.contains(&n.id));
+                    Some(name)
+                }
+                _ => None,
+            };
             if let Some(env) = &args.environment {
                 if view.environments.is_empty() {
                     anyhow::bail!("no environment {env} in the fleet repo");
@@ -126,6 +147,9 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                     let mut t = serde_json::to_string(&view)?;
                     t.push('\n');
                     t
+                }
+                Format::Human if mesh.is_some() => {
+                    printable(&mesh_human(&view, mesh.unwrap_or_default(), stale_after))
                 }
                 Format::Human => printable(&human(
                     &view,
@@ -161,6 +185,87 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// The ids of mesh `name`'s members at the fleet repo's tip, or the
+/// known meshes when there is no such mesh.
+fn mesh_members(model: &gitfleet_policy::FleetModel, name: &str) -> Result<Vec<String>, String> {
+    let Some(mesh) = model.meshes.get(name) else {
+        let known: Vec<&str> = model.meshes.keys().map(String::as_str).collect();
+        return Err(if known.is_empty() {
+            "it has none".to_owned()
+        } else {
+            format!("known: {}", known.join(", "))
+        });
+    };
+    Ok(gitfleet_policy::mesh::members(model, &mesh.doc)
+        .iter()
+        .map(|n| n.id.value.clone())
+        .collect())
+}
+
+/// Mesh `name` as text: each member's peers, by node id where the peer is
+/// a fleet node, with handshake age, rates and stale links marked.
+pub fn mesh_human(view: &FleetStatus, name: &str, stale_after: chrono::Duration) -> String {
+    let mut out = String::new();
+    let stale_links = view
+        .nodes
+        .iter()
+        .filter_map(|n| n.wireguard.as_ref())
+        .flat_map(|wg| &wg.peers)
+        .filter(|p| peer_is_stale(p, view.at, stale_after))
+        .count();
+    let _ = writeln!(
+        out,
+        "mesh {name}: {} members, {stale_links} stale link(s) (no handshake within {})",
+        view.nodes.len(),
+        age(stale_after.num_seconds())
+    );
+    for n in &view.nodes {
+        let Some(wg) = &n.wireguard else {
+            let _ = writeln!(out, "\n{}: reports no interface", n.id);
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "\n{} ({}, port {}):",
+            n.id,
+            wg.interface,
+            wg.listen_port.map_or("-".to_owned(), |p| p.to_string())
+        );
+        for p in &wg.peers {
+            let who = n.peer_names.get(&p.public_key).unwrap_or(&p.public_key);
+            let handshake = p.latest_handshake.map_or("never".to_owned(), |t| {
+                format!("{} ago", age((view.at - t).num_seconds()))
+            });
+            let rate = |total: u64, per_second: Option<u64>| match per_second {
+                Some(r) => format!("{}/s", bytes(r)),
+                None => bytes(total),
+            };
+            let _ = writeln!(
+                out,
+                "  {who:<24} handshake {handshake:<10} rx {:<10} tx {:<10}{}",
+                rate(p.rx_bytes, p.rx_bytes_per_second),
+                rate(p.tx_bytes, p.tx_bytes_per_second),
+                if peer_is_stale(p, view.at, stale_after) {
+                    "  STALE"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    out
+}
+
+/// A peer the agent marked stale, or without a handshake within
+/// `stale_after` of the view.
+fn peer_is_stale(
+    p: &gitfleet_schemas::status::PeerStatus,
+    at: DateTime<Utc>,
+    stale_after: chrono::Duration,
+) -> bool {
+    p.stale || p.latest_handshake.is_none_or(|t| at - t > stale_after)
 }
 
 /// A fleet of at most this many nodes is listed whole.
