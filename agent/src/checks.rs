@@ -96,11 +96,6 @@ pub fn result(
     }
 }
 
-/// A result for a check that could not be made at all.
-pub fn unanswered(check: &ChannelCheck, url: &str, why: String) -> HttpCheckResult {
-    result(check, url, Err(why))
-}
-
 /// Whether an answer passes `check`, or why not.
 pub fn judge(check: &ChannelCheck, status: u16, body: &[u8]) -> Result<(), String> {
     if !check.accepts(status) {

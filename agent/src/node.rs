@@ -62,6 +62,9 @@ pub struct DiskNode {
     /// The metrics route the active config declares, found once per
     /// active bundle.
     metrics_route: Option<(BundleRef, Option<String>)>,
+    /// The active config's upstreams and their targets, read once per
+    /// active bundle (HTTP checks of an upstream run every report).
+    upstreams: Option<(BundleRef, HashMap<String, Vec<String>>)>,
     /// The proxy this node runs, which decides the config file a bundle's
     /// entry is (`sentinel.kdl`, `zentinel.kdl`) and the crate that
     /// validates it.
@@ -97,6 +100,7 @@ impl DiskNode {
             sampler,
             limits,
             metrics_route: None,
+            upstreams: None,
             proxy: ProxyKind::Sentinel,
             monitors: Vec::new(),
             readings: HashMap::new(),
@@ -143,9 +147,17 @@ impl DiskNode {
 
     /// The targets (`host:port`) of upstream `name` in the config of the
     /// Sentinel bundle `active`.
-    fn upstream_targets(&self, active: &BundleRef, name: &str) -> Option<Vec<String>> {
-        let dir = self.dir.bundle_files(active).ok()?;
-        sentinel::upstream_targets(&dir, self.proxy, name)
+    fn upstream_targets(&mut self, active: &BundleRef, name: &str) -> Option<Vec<String>> {
+        if self.upstreams.as_ref().is_none_or(|(b, _)| b != active) {
+            let read = self
+                .dir
+                .bundle_files(active)
+                .ok()
+                .and_then(|dir| sentinel::upstreams(&dir, self.proxy))
+                .unwrap_or_default();
+            self.upstreams = Some((active.clone(), read));
+        }
+        self.upstreams.as_ref()?.1.get(name).cloned()
     }
 
     pub fn dir(&self) -> &StateDir {
@@ -534,7 +546,7 @@ impl Node for DiskNode {
                     check.upstream.as_deref().unwrap_or(""),
                     check.url
                 );
-                return vec![checks::unanswered(check, &at, why)];
+                return vec![checks::result(check, &at, Err(why))];
             }
         };
         // The targets at once: a dead one waits out its timeout alone.

@@ -33,6 +33,7 @@
 //! swapped back and the proxy restarted). [`Fingerprint::restart_needed`]
 //! names the changes no reload applies.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -319,13 +320,23 @@ pub fn metrics_url(dir: &Path, kind: ProxyKind) -> Option<String> {
 /// The targets (`host:port`) of upstream `name` in the config in
 /// `dir/<entry>`, or `None` when it has no such upstream.
 pub fn upstream_targets(dir: &Path, kind: ProxyKind, name: &str) -> Option<Vec<String>> {
+    upstreams(dir, kind)?.remove(name)
+}
+
+/// Every upstream of the config in `dir/<entry>` with its targets
+/// (`host:port`); `None` when the config cannot be read.
+pub fn upstreams(dir: &Path, kind: ProxyKind) -> Option<HashMap<String, Vec<String>>> {
     let text = std::fs::read_to_string(dir.join(kind.entry())).ok()?;
     let config = proxy::parse(kind, &text).ok()?;
-    with_config!(&config, |c, _k| {
+    Some(with_config!(&config, |c, _k| {
         c.upstreams
-            .get(name)
-            .map(|u| u.targets.iter().map(|t| t.address.clone()).collect())
-    })
+            .iter()
+            .map(|(name, u)| {
+                let targets = u.targets.iter().map(|t| t.address.clone()).collect();
+                (name.clone(), targets)
+            })
+            .collect()
+    }))
 }
 
 /// The Prometheus text the proxy serves at `url` (plain http on loopback).

@@ -214,7 +214,7 @@ fn proxies(model: &FleetModel, d: &mut Diagnostics<'_>) {
     }
 }
 
-pub(crate) use crate::select::select;
+use crate::select::select;
 
 /// Names usable in object keys and file names: `edge-fra-1`, `prod`.
 pub fn valid_name(s: &str) -> bool {

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use gitfleet_schemas::{Proxy, ProxyKind, RolloutTarget, Span};
 
-use crate::checks::select;
 use crate::diagnostics::Diagnostics;
 use crate::model::{not_utf8, ConfigDir, FleetModel, Variant};
 use crate::proxy;
+use crate::select::select;
 
 /// Validate every config of `model`, recording each variant on its
 /// directory and every refusal in `diags`.

@@ -161,7 +161,7 @@ pub fn rollout(model: &FleetModel, name: &str) -> Option<Explained> {
         path: here.to_owned(),
         target,
         selector: effective.selector.to_string(),
-        nodes: crate::checks::select(model, &effective.selector).len(),
+        nodes: crate::select::select(model, &effective.selector).len(),
         template: own.template.as_ref().map(|t| t.value.clone()),
         parts,
     })

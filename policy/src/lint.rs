@@ -5,11 +5,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use gitfleet_schemas::{LintRule, RolloutTarget, Severity, Span};
 
-use crate::checks::{known_list, select};
+use crate::checks::known_list;
 use crate::diagnostics::Diagnostics;
 use crate::model::{ConfigDir, FleetModel, ENVIRONMENTS_FILE, FLEET_FILE};
 use crate::proxy::{find_quoted, ProxyConfig};
 use crate::repo::RepoFiles;
+use crate::select::select;
 
 /// Every rule gitfleet knows, with what it checks.
 pub const RULES: &[(&str, &str)] = &[

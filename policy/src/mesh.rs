@@ -26,8 +26,8 @@ use gitfleet_schemas::verify::sha256_hex;
 use gitfleet_schemas::{Diagnostic, MeshFile, NodeFile, Severity};
 
 use crate::bundle::{self, BuildError, Built, Input};
-use crate::checks::select;
 use crate::model::FleetModel;
+use crate::select::select;
 
 /// What a mesh bundle's manifest names as its validator: the format of the
 /// mesh file that gitfleet wrote and checked (never gitfleet's version, which

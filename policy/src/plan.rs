@@ -17,9 +17,9 @@ use gitfleet_schemas::state::{EnvState, Phase, RolloutState, Variant, STATE_FORM
 use gitfleet_schemas::trust::{member_hash, BundleRef, ChannelRollout};
 use gitfleet_schemas::{Gates, Proxy, RolloutFile, RolloutTarget, StepSize, Window};
 
-use crate::checks::select;
 use crate::model::FleetModel;
 use crate::rules::{EnvRules, Rules};
+use crate::select::select;
 use crate::{lint, window};
 
 /// What one node last reported, as far as the planner cares. Built by the
