@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use base64::Engine as _;
 use chrono::Utc;
 use clap::{Parser, Subcommand, ValueEnum};
 use gitfleet_agent::core::{wanted, Agent, Identity, Polled};
@@ -481,30 +480,9 @@ async fn enroll(config: &AgentConfig, args: &EnrollArgs) -> anyhow::Result<ExitC
 /// The node's WireGuard public key, generating the private key (clamped,
 /// mode 0600, in the state directory) on first use.
 fn wireguard_key(dir: &Path) -> anyhow::Result<String> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let path = dir.join("wireguard.key");
-    let private = match std::fs::read_to_string(&path) {
-        Ok(text) => <[u8; 32]>::try_from(
-            b64.decode(text.trim())
-                .with_context(|| format!("{} is not base64", path.display()))?
-                .as_slice(),
-        )
-        .map_err(|_| anyhow::anyhow!("{} does not hold 32 bytes", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut k = [0u8; 32];
-            getrandom::getrandom(&mut k).map_err(|e| {
-                anyhow::anyhow!("reading randomness from the operating system: {e}")
-            })?;
-            k[0] &= 248;
-            k[31] = (k[31] & 127) | 64;
-            let text = format!("{}\n", b64.encode(k));
-            gitfleet_io::write::new_file(&path, text.as_bytes(), 0o600)?;
-            k
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(private);
-    Ok(b64.encode(public.to_bytes()))
+    let path = dir.join(gitfleet_agent::wireguard::WIREGUARD_KEY);
+    let (key, _) = gitfleet_agent::wireguard::PrivateKey::read_or_create(&path)?;
+    Ok(key.public().to_string())
 }
 
 fn status(config: &AgentConfig, args: &StatusArgs) -> anyhow::Result<ExitCode> {

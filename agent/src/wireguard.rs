@@ -12,9 +12,9 @@
 //! Peers that already match are never written, so their sessions, counters
 //! and handshakes survive a new mesh. boringtun 0.7 needs this twice over: a
 //! `set` that names an existing peer without `remove` aborts it, so on the
-//! userspace backend a changed peer is removed and added again in the same
-//! request (its counters restart; it changed anyway). The kernel changes a
-//! peer in place.
+//! userspace backend a changed peer is removed and added again (its
+//! counters restart; it changed anyway), in two requests, as [`apply`]
+//! says why. The kernel changes a peer in place.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use gitfleet_policy::mesh::{peers_of, PeerOf};
 use gitfleet_schemas::agent::WireguardBackend;
 use gitfleet_schemas::bundle::{MeshBundle, MESH_FORMAT};
 use gitfleet_schemas::status::{Drift, PeerStatus, WireguardStatus};
@@ -94,6 +95,12 @@ pub enum WireguardError {
     },
     #[error("running `{command}`: {reason}")]
     Command { command: String, reason: String },
+    #[error("turning on forwarding in {path}: {source}")]
+    Forwarding {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A WireGuard (x25519) public key.
@@ -155,8 +162,38 @@ impl PrivateKey {
         Ok(PrivateKey::from_bytes(bytes))
     }
 
+    /// The key in `path` ([`PrivateKey::read`]), made first (random,
+    /// clamped, base64, mode 0600, never replacing a file) when there is
+    /// no file. Whether it was made.
+    pub fn read_or_create(path: &Path) -> Result<(PrivateKey, bool), WireguardError> {
+        let error = |reason: String| WireguardError::PrivateKey {
+            path: path.to_owned(),
+            reason,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => return Ok((PrivateKey::read(path)?, false)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(error(e.to_string())),
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| error(format!("reading randomness from the operating system: {e}")))?;
+        let key = PrivateKey::from_bytes(bytes);
+        bytes.fill(0);
+        let text = format!("{}\n", key.expose_base64());
+        gitfleet_io::write::new_file(path, text.as_bytes(), 0o600)
+            .map_err(|e| error(e.to_string()))?;
+        Ok((key, true))
+    }
+
     pub fn public(&self) -> WgKey {
         WgKey(curve25519_dalek::MontgomeryPoint::mul_base_clamped(self.0).to_bytes())
+    }
+
+    /// The key itself, base64: only for the key file and a peer's own
+    /// wg-quick configuration, never for a log or a report.
+    pub fn expose_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.0)
     }
 }
 
@@ -229,13 +266,18 @@ pub struct Desired {
     pub listen_port: Option<u16>,
     /// This node's tunnel address with the mesh's prefix length.
     pub address: IpNet,
-    /// Every other member, sorted by node id.
+    /// The members it peers with ([`peers_of`]), sorted by node id.
     pub peers: Vec<MeshPeer>,
+    /// Ranges the peers serve beyond the mesh's own range: each routed to
+    /// the interface (the mesh's range is routed by its address).
+    pub routes: BTreeSet<IpNet>,
+    /// A hub of a hub-and-spoke mesh: it forwards between its peers.
+    pub forward: bool,
 }
 
 /// What this node's interface should be: it finds itself in `mesh` by
-/// `node`, and peers with every other member. `interface` (the agent
-/// config's) replaces the mesh's interface name.
+/// `node`, and peers as the mesh's topology says ([`peers_of`]).
+/// `interface` (the agent config's) replaces the mesh's interface name.
 pub fn desired(
     mesh: &MeshBundle,
     node: &str,
@@ -291,7 +333,13 @@ pub fn desired(
     let keepalive = mesh.persistent_keepalive_seconds.filter(|&s| s != 0);
     let mut seen = BTreeMap::from([(public_key, node)]);
     let mut peers = Vec::new();
-    for m in mesh.members.iter().filter(|m| m.node != node) {
+    let mut routes = BTreeSet::new();
+    let connected = address.trunc();
+    for PeerOf {
+        member: m,
+        allowed_ips: ips,
+    } in peers_of(mesh, node)
+    {
         let key = WgKey::parse(&m.public_key).ok_or_else(|| {
             bad(
                 &m.node,
@@ -309,11 +357,15 @@ pub fn desired(
             ));
         }
         let mut allowed_ips = BTreeSet::new();
-        for ip in &m.allowed_ips {
+        for ip in &ips {
             let net: IpNet = ip
                 .parse()
                 .map_err(|_| bad(&m.node, "allowed ip", ip, "is not a CIDR range"))?;
-            allowed_ips.insert(net.trunc());
+            let net = net.trunc();
+            if !connected.contains(&net) {
+                routes.insert(net);
+            }
+            allowed_ips.insert(net);
         }
         if let Some(e) = &m.endpoint {
             if !endpoint_ok(e) {
@@ -338,6 +390,8 @@ pub fn desired(
         listen_port: mesh.listen_port,
         address,
         peers,
+        routes,
+        forward: me.hub && !mesh.topology.is_full_mesh(),
     })
 }
 
@@ -701,6 +755,91 @@ fn link(interface: &str) -> Result<(bool, Vec<IpNet>), WireguardError> {
     Ok((up, addresses))
 }
 
+/// The routing protocol number of the routes this agent installs
+/// (`ip route ... proto 173`): it lists and removes those, never a route
+/// someone else made.
+const ROUTE_PROTO: &str = "173";
+
+/// The routes to `interface` this agent installed.
+fn installed_routes(interface: &str) -> Result<BTreeSet<IpNet>, WireguardError> {
+    let mut out = BTreeSet::new();
+    for family in ["-4", "-6"] {
+        let args = [
+            "-j",
+            family,
+            "route",
+            "show",
+            "dev",
+            interface,
+            "proto",
+            ROUTE_PROTO,
+        ];
+        let text = ip(&args)?;
+        let routes: serde_json::Value = if text.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Array(Vec::new())
+        } else {
+            serde_json::from_slice(&text).map_err(|e| WireguardError::Command {
+                command: format!("ip {}", args.join(" ")),
+                reason: format!("unreadable output: {e}"),
+            })?
+        };
+        for r in routes.as_array().into_iter().flatten() {
+            let Some(dst) = r["dst"].as_str() else {
+                continue;
+            };
+            // A host route is printed without its prefix length.
+            let net = dst
+                .parse::<IpNet>()
+                .ok()
+                .or_else(|| dst.parse::<std::net::IpAddr>().ok().map(IpNet::from));
+            out.extend(net);
+        }
+    }
+    Ok(out)
+}
+
+/// Route `wanted` to `interface` and remove the other routes this agent
+/// installed there. Whether anything changed.
+fn sync_routes(interface: &str, wanted: &BTreeSet<IpNet>) -> Result<bool, WireguardError> {
+    let live = installed_routes(interface)?;
+    for net in wanted.difference(&live) {
+        let net = net.to_string();
+        ip(&[
+            "route",
+            "replace",
+            &net,
+            "dev",
+            interface,
+            "proto",
+            ROUTE_PROTO,
+        ])?;
+    }
+    for net in live.difference(wanted) {
+        let net = net.to_string();
+        ip(&["route", "del", &net, "dev", interface, "proto", ROUTE_PROTO])?;
+    }
+    Ok(live != *wanted)
+}
+
+/// Turn on forwarding for packets arriving on `interface` (a hub routes
+/// between spokes); whether it was off. IPv4 forwards by the incoming
+/// interface's setting, so nothing else of the node starts routing.
+fn enable_forwarding(interface: &str, v6: bool) -> Result<bool, WireguardError> {
+    let family = if v6 { "ipv6" } else { "ipv4" };
+    let path = PathBuf::from(format!(
+        "/proc/sys/net/{family}/conf/{interface}/forwarding"
+    ));
+    let err = |source| WireguardError::Forwarding {
+        path: path.clone(),
+        source,
+    };
+    if std::fs::read_to_string(&path).map_err(err)?.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(&path, "1\n").map_err(err)?;
+    Ok(true)
+}
+
 /// What [`apply`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -709,6 +848,8 @@ pub struct Applied {
     pub listen_port: bool,
     pub address: bool,
     pub link_up: bool,
+    pub routes: bool,
+    pub forwarding: bool,
 }
 
 impl Applied {
@@ -718,6 +859,8 @@ impl Applied {
             && !self.listen_port
             && !self.address
             && !self.link_up
+            && !self.routes
+            && !self.forwarding
     }
 }
 
@@ -761,16 +904,8 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
     for key in &diff.remove {
         update = update.remove_peer_by_key(&Key(key.0));
     }
-    for peer in &diff.update {
-        if backend == WireguardBackend::Userspace {
-            update = update.remove_peer_by_key(&Key(peer.public_key.0));
-        }
-        update = update.add_peer(builder(peer));
-    }
-    for peer in &diff.add {
-        update = update.add_peer(builder(peer));
-    }
-    if !live.exists || applied.private_key || applied.listen_port || !diff.is_empty() {
+    let mut adds: Vec<&Peer> = diff.update.iter().chain(&diff.add).collect();
+    let send = |update: DeviceUpdate| {
         update
             .apply(&name, backend_of(backend))
             .map_err(|source| WireguardError::Device {
@@ -778,7 +913,41 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
                 backend: backend_name(backend),
                 action: "configuring",
                 source,
-            })?;
+            })
+    };
+    if backend == WireguardBackend::Userspace {
+        // boringtun 0.7 reads one request's peer sections into the same
+        // variables without resetting them: `remove` and `endpoint` carry
+        // over to every section after the one that set them. So a changed
+        // peer is removed in a first request (key, port and removals, where
+        // carrying `remove` over is harmless) and added back in a second,
+        // peers without an endpoint first (nothing to inherit yet), each
+        // later one setting its own.
+        for peer in &diff.update {
+            update = update.remove_peer_by_key(&Key(peer.public_key.0));
+        }
+        if !live.exists
+            || applied.private_key
+            || applied.listen_port
+            || !diff.remove.is_empty()
+            || !diff.update.is_empty()
+        {
+            send(update)?;
+        }
+        adds.sort_by_key(|p| p.endpoint.is_some());
+        if !adds.is_empty() {
+            send(
+                adds.iter()
+                    .fold(DeviceUpdate::new(), |u, p| u.add_peer(builder(p))),
+            )?;
+        }
+    } else {
+        for peer in adds {
+            update = update.add_peer(builder(peer));
+        }
+        if !live.exists || applied.private_key || applied.listen_port || !diff.is_empty() {
+            send(update)?;
+        }
     }
     let (up, addresses) = if live.exists {
         (live.up, live.addresses.clone())
@@ -798,6 +967,11 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
         ip(&["link", "set", "dev", interface, "up"])?;
         applied.link_up = true;
     }
+    // Routes need the link up; an unchanged interface lists them once.
+    applied.routes = sync_routes(interface, &desired.routes)?;
+    if desired.forward {
+        applied.forwarding = enable_forwarding(interface, desired.address.addr().is_ipv6())?;
+    }
     tracing::info!(
         interface,
         mesh = %desired.mesh,
@@ -810,6 +984,8 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
         listen_port = applied.listen_port,
         address = applied.address,
         link_up = applied.link_up,
+        routes = applied.routes,
+        forwarding = applied.forwarding,
         "wireguard interface configured"
     );
     applied.diff = diff;
@@ -986,6 +1162,7 @@ pub fn report(interface: &str, live: &Live) -> WireguardStatus {
 mod tests {
     use super::*;
     use gitfleet_schemas::bundle::MeshMember;
+    use gitfleet_schemas::mesh::Topology;
     use proptest::prelude::*;
 
     fn private(n: u8) -> PrivateKey {
@@ -1055,6 +1232,9 @@ mod tests {
             endpoint: endpoint.map(str::to_owned),
             address: format!("10.40.0.{n}/24"),
             allowed_ips: vec![format!("10.40.0.{n}/32")],
+            routes: Vec::new(),
+            hub: false,
+            external: false,
         }
     }
 
@@ -1065,6 +1245,7 @@ mod tests {
             interface: "wg-core".to_owned(),
             listen_port: Some(51820),
             persistent_keepalive_seconds: Some(25),
+            topology: Topology::FullMesh,
             members,
         }
     }
@@ -1094,6 +1275,30 @@ mod tests {
             BTreeSet::from(["10.40.0.3/32".parse().unwrap()])
         );
         assert!(d.peers.iter().all(|p| p.keepalive == Some(25)));
+    }
+
+    #[test]
+    fn a_spoke_peers_with_its_hub_routes_served_subnets_and_only_hubs_forward() {
+        let mut m = three();
+        m.topology = Topology::HubAndSpoke;
+        m.members[0].hub = true;
+        m.members[1].routes = vec!["10.20.0.0/16".to_owned()];
+        let spoke = desired(&m, "c", &private(3), None).unwrap();
+        let nodes: Vec<&str> = spoke.peers.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(nodes, ["a"]);
+        // The mesh's range rides on the interface's own address; the
+        // subnet behind b is routed to the interface, through the hub.
+        assert_eq!(
+            spoke.routes,
+            BTreeSet::from(["10.20.0.0/16".parse().unwrap()])
+        );
+        assert!(!spoke.forward);
+        let hub = desired(&m, "a", &private(1), None).unwrap();
+        assert_eq!(hub.peers.len(), 2);
+        assert!(hub.forward);
+        // In a full mesh nobody forwards.
+        m.topology = Topology::FullMesh;
+        assert!(!desired(&m, "a", &private(1), None).unwrap().forward);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     environments(model, d);
     nodes(model, files, d);
     meshes(model, d);
+    crate::mesh_checks::run(model, d);
     templates(model, d);
     revocations(model, d);
     groups(model, d);
@@ -100,6 +101,9 @@ fn groups(model: &FleetModel, d: &mut Diagnostics<'_>) {
     for (name, m) in &model.meshes {
         for g in &m.doc.members.groups {
             not_here(d, &m.path, g, &format!("mesh `{name}`'s members"));
+        }
+        for g in m.doc.hubs.iter().flat_map(|h| &h.groups) {
+            not_here(d, &m.path, g, &format!("mesh `{name}`'s hubs"));
         }
     }
     for rule in &fleet.doc.proxies {
@@ -269,6 +273,14 @@ fn unknown_environment(
 
 // ---------------------------------------------------------------------------
 // keys
+
+/// `host:port` with a port number.
+pub(crate) fn endpoint_ok(endpoint: &str) -> bool {
+    endpoint
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_some()
+}
 
 pub(crate) fn decode_key(s: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
@@ -858,13 +870,19 @@ fn nodes(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
                     }
                 }
             }
+            for route in &wg.routes {
+                if route.value.parse::<IpNet>().is_err() {
+                    d.error(
+                        path,
+                        route.span,
+                        "invalid-cidr",
+                        format!("route `{}` is not a CIDR range", route.value),
+                        Some("e.g. \"10.20.0.0/16\"".to_owned()),
+                    );
+                }
+            }
             if let Some(ep) = &wg.endpoint {
-                if ep
-                    .value
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .is_none()
-                {
+                if !endpoint_ok(&ep.value) {
                     d.error(
                         path,
                         ep.span,
@@ -968,12 +986,13 @@ fn meshes(model: &FleetModel, d: &mut Diagnostics<'_>) {
                 }
                 let net = net.trunc();
                 let usable = usable_addresses(&net);
-                if (members.len() as u128) > usable {
+                let needed = members.len() + mesh.peers.len();
+                if (needed as u128) > usable {
                     d.error(
                         path,
                         mesh.cidr.span,
                         "mesh-too-small",
-                        format!("mesh `{name}` has {} members but `{net}` holds only {usable} addresses", members.len()),
+                        format!("mesh `{name}` has {needed} members and peers but `{net}` holds only {usable} addresses"),
                         Some("use a larger range (a shorter prefix)".to_owned()),
                     );
                 }

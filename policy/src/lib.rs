@@ -17,6 +17,7 @@ mod diagnostics;
 pub mod explain;
 pub mod lint;
 pub mod mesh;
+mod mesh_checks;
 pub mod migrate;
 pub mod model;
 pub mod pass;

@@ -64,6 +64,18 @@ pub enum MeshError {
         value: u64,
         max: u16,
     },
+    #[error("mesh `{mesh}`: peer `{peer}` has address `{address}`, not an IP address")]
+    Address {
+        mesh: String,
+        peer: String,
+        address: String,
+    },
+    #[error("mesh `{mesh}`: route `{route}` of `{node}` is not a CIDR range")]
+    Route {
+        mesh: String,
+        node: String,
+        route: String,
+    },
     #[error("mesh `{mesh}`: node `{node}` is listed twice")]
     DuplicateMember { mesh: String, node: String },
     #[error("mesh `{mesh}`: member `{node}` has no tunnel address in the allocation")]
@@ -127,6 +139,13 @@ fn host_offset(net: &IpNet, ip: IpAddr) -> Option<u128> {
     (first..=last).contains(&offset).then_some(offset)
 }
 
+/// Whether `ip` is a host address of `net` (as tunnel addresses are
+/// given: not the network or broadcast address of an IPv4 range, not the
+/// subnet-router anycast address of an IPv6 one).
+pub fn is_host_address(net: &IpNet, ip: IpAddr) -> bool {
+    host_offset(&net.trunc(), ip).is_some()
+}
+
 /// The address at host offset `offset` of `net` (an offset from
 /// [`host_range`], so it fits).
 fn at_offset(net: &IpNet, offset: u128) -> IpAddr {
@@ -152,10 +171,26 @@ pub fn allocate(
     members: &[String],
     previous: &Allocation,
 ) -> Result<Allocation, MeshError> {
+    allocate_reserving(mesh, cidr, members, previous, &BTreeSet::new())
+}
+
+/// [`allocate`], never giving a member an address of `reserved` (external
+/// peers' addresses): a member holding one moves to a free address.
+pub fn allocate_reserving(
+    mesh: &str,
+    cidr: IpNet,
+    members: &[String],
+    previous: &Allocation,
+    reserved: &BTreeSet<IpAddr>,
+) -> Result<Allocation, MeshError> {
     let net = cidr.trunc();
     let (first, last) = host_range(&net);
     let members: BTreeSet<&str> = members.iter().map(String::as_str).collect();
-    let usable = last - first + 1;
+    let mut used: BTreeSet<u128> = reserved
+        .iter()
+        .filter_map(|&ip| host_offset(&net, ip))
+        .collect();
+    let usable = last - first + 1 - used.len() as u128;
     if (members.len() as u128) > usable {
         return Err(MeshError::Full {
             mesh: mesh.to_owned(),
@@ -164,7 +199,6 @@ pub fn allocate(
             members: members.len(),
         });
     }
-    let mut used: BTreeSet<u128> = BTreeSet::new();
     let mut out = Allocation::new();
     let mut new = Vec::new();
     for &node in &members {
@@ -187,6 +221,15 @@ pub fn allocate(
         out.insert(node.to_owned(), at_offset(&net, candidate));
     }
     Ok(out)
+}
+
+/// The tunnel addresses the mesh file gives its external peers (those that
+/// parse), which no member may take.
+pub fn external_addresses(mesh: &MeshFile) -> BTreeSet<IpAddr> {
+    mesh.peers
+        .iter()
+        .filter_map(|p| p.address.value.parse().ok())
+        .collect()
 }
 
 /// The allocation recorded on the state branch.
@@ -325,12 +368,13 @@ fn small(mesh: &str, what: &'static str, value: Option<u64>) -> Result<Option<u1
 }
 
 /// `files/mesh.json` of mesh `name`: every member of `members` with a
-/// WireGuard key, sorted by node id, at its address in `allocation`.
+/// WireGuard key at its address in `allocation`, and every external peer
+/// of the mesh file at its own, sorted by name. A member's `routes` are its
+/// node file's, a hub is a member the mesh's `hubs` pick.
 ///
 /// The mesh file's `allowed-ips` (ranges routed into the mesh beyond the
 /// members' own addresses) are not in it: a range has to be routed to one
-/// peer, and nothing in the fleet repo says which node serves it yet. Each
-/// member's `allowed_ips` is its own tunnel address only.
+/// peer, which `routes` in that peer's node file says.
 pub fn mesh_file(
     name: &str,
     mesh: &MeshFile,
@@ -338,7 +382,8 @@ pub fn mesh_file(
     allocation: &Allocation,
 ) -> Result<MeshBundle, MeshError> {
     let net = parse_cidr(name, &mesh.cidr.value)?;
-    let host_prefix = net.max_prefix_len();
+    let topology = mesh.topology();
+    let hubs = mesh.hubs.as_ref().filter(|_| !topology.is_full_mesh());
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for node in members {
@@ -356,21 +401,47 @@ pub fn mesh_file(
             mesh: name.to_owned(),
             node: id.clone(),
         })?;
-        if host_offset(&net, address).is_none() {
-            return Err(MeshError::Outside {
+        out.push(member(
+            name,
+            &net,
+            id,
+            address,
+            &wg.public_key.value,
+            wg.endpoint.as_ref(),
+            &wg.routes,
+        )?);
+        if let Some(last) = out.last_mut() {
+            last.hub = hubs.is_some_and(|h| h.matches_labels(&node.labels));
+        }
+    }
+    for peer in &mesh.peers {
+        let who = &peer.name.value;
+        if !seen.insert(who.as_str()) {
+            return Err(MeshError::DuplicateMember {
                 mesh: name.to_owned(),
-                node: id.clone(),
-                address,
-                cidr: net,
+                node: who.clone(),
             });
         }
-        out.push(MeshMember {
-            node: id.clone(),
-            public_key: wg.public_key.value.clone(),
-            endpoint: wg.endpoint.as_ref().map(|e| e.value.clone()),
-            address: format!("{address}/{}", net.prefix_len()),
-            allowed_ips: vec![format!("{address}/{host_prefix}")],
-        });
+        let address = peer
+            .address
+            .value
+            .parse::<IpAddr>()
+            .map_err(|_| MeshError::Address {
+                mesh: name.to_owned(),
+                peer: who.clone(),
+                address: peer.address.value.clone(),
+            })?;
+        let mut m = member(
+            name,
+            &net,
+            who,
+            address,
+            &peer.public_key.value,
+            peer.endpoint.as_ref(),
+            &peer.routes,
+        )?;
+        m.external = true;
+        out.push(m);
     }
     out.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(MeshBundle {
@@ -387,8 +458,182 @@ pub fn mesh_file(
             "persistent-keepalive",
             mesh.persistent_keepalive_seconds.as_ref().map(|k| k.value),
         )?,
+        topology,
         members: out,
     })
+}
+
+/// One entry of the mesh file: `id` at `address` of `net`, its routes
+/// normalised (host bits cleared).
+fn member(
+    mesh: &str,
+    net: &IpNet,
+    id: &str,
+    address: IpAddr,
+    public_key: &str,
+    endpoint: Option<&gitfleet_schemas::Spanned<String>>,
+    routes: &[gitfleet_schemas::Spanned<String>],
+) -> Result<MeshMember, MeshError> {
+    if host_offset(net, address).is_none() {
+        return Err(MeshError::Outside {
+            mesh: mesh.to_owned(),
+            node: id.to_owned(),
+            address,
+            cidr: *net,
+        });
+    }
+    let routes = routes
+        .iter()
+        .map(|r| {
+            r.value
+                .parse::<IpNet>()
+                .map(|n| n.trunc().to_string())
+                .map_err(|_| MeshError::Route {
+                    mesh: mesh.to_owned(),
+                    node: id.to_owned(),
+                    route: r.value.clone(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MeshMember {
+        node: id.to_owned(),
+        public_key: public_key.to_owned(),
+        endpoint: endpoint.map(|e| e.value.clone()),
+        address: format!("{address}/{}", net.prefix_len()),
+        allowed_ips: vec![format!("{address}/{}", net.max_prefix_len())],
+        routes,
+        hub: false,
+        external: false,
+    })
+}
+
+/// One peer of a member's interface: the mesh member it is, and what the
+/// member routes to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerOf<'a> {
+    pub member: &'a MeshMember,
+    pub allowed_ips: Vec<String>,
+}
+
+/// The peers `node` of `mesh` configures, in the mesh's order (empty when
+/// it is not in the mesh).
+///
+/// In a full mesh, every other member, routed its own address and routes.
+/// In a hub-and-spoke mesh a hub peers with everyone the same way; a spoke
+/// (any other member, or an external peer) peers with the hubs only, and
+/// routes the rest of the mesh through the first hub: the mesh's range and
+/// the other spokes' routes.
+pub fn peers_of<'a>(mesh: &'a MeshBundle, node: &str) -> Vec<PeerOf<'a>> {
+    let Some(me) = mesh.members.iter().find(|m| m.node == node) else {
+        return Vec::new();
+    };
+    let own = |m: &MeshMember| -> Vec<String> {
+        m.allowed_ips.iter().chain(&m.routes).cloned().collect()
+    };
+    let others = mesh.members.iter().filter(|m| m.node != node);
+    if mesh.topology.is_full_mesh() || me.hub {
+        return others
+            .map(|m| PeerOf {
+                member: m,
+                allowed_ips: own(m),
+            })
+            .collect();
+    }
+    let first_hub = mesh.members.iter().find(|m| m.hub).map(|m| m.node.as_str());
+    let range = me
+        .address
+        .parse::<IpNet>()
+        .map(|n| n.trunc().to_string())
+        .ok();
+    others
+        .filter(|m| m.hub)
+        .map(|m| {
+            let mut allowed_ips = own(m);
+            if Some(m.node.as_str()) == first_hub {
+                allowed_ips.extend(range.clone());
+                for spoke in mesh.members.iter().filter(|s| !s.hub && s.node != node) {
+                    allowed_ips.extend(spoke.routes.iter().cloned());
+                }
+            }
+            PeerOf {
+                member: m,
+                allowed_ips,
+            }
+        })
+        .collect()
+}
+
+/// The highest host address of `cidr` that neither `allocation` nor
+/// `reserved` holds: what `gitfleet mesh client` suggests for a new
+/// external peer (members are given the lowest free ones).
+pub fn free_address_from_top(
+    cidr: IpNet,
+    allocation: &Allocation,
+    reserved: &BTreeSet<IpAddr>,
+) -> Option<IpAddr> {
+    let net = cidr.trunc();
+    let (first, last) = host_range(&net);
+    let used: BTreeSet<u128> = allocation
+        .values()
+        .chain(reserved)
+        .filter_map(|&ip| host_offset(&net, ip))
+        .collect();
+    let mut offset = last;
+    loop {
+        if !used.contains(&offset) {
+            return Some(at_offset(&net, offset));
+        }
+        if offset == first {
+            return None;
+        }
+        offset -= 1;
+    }
+}
+
+/// A wg-quick configuration for `peer` (an external peer of `mesh`) with
+/// the private key `private_key` (base64): its address, and every member
+/// it peers with ([`peers_of`]) with endpoint, routes and keepalive.
+/// `None` when `peer` is not in the mesh.
+pub fn wg_quick(mesh: &MeshBundle, peer: &str, private_key: &str) -> Option<String> {
+    use std::fmt::Write as _;
+    let me = mesh.members.iter().find(|m| m.node == peer)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# {peer} in WireGuard mesh `{}` ({}), written by `gitfleet mesh client`",
+        mesh.mesh,
+        mesh.topology.as_str()
+    );
+    let _ = writeln!(out, "[Interface]");
+    let _ = writeln!(out, "PrivateKey = {private_key}");
+    let _ = writeln!(out, "Address = {}", me.address);
+    if let Some(port) = me
+        .endpoint
+        .as_deref()
+        .and_then(|e| e.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+    {
+        let _ = writeln!(out, "ListenPort = {port}");
+    }
+    for p in peers_of(mesh, peer) {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "[Peer]");
+        let _ = writeln!(out, "# {}", p.member.node);
+        let _ = writeln!(out, "PublicKey = {}", p.member.public_key);
+        match &p.member.endpoint {
+            Some(e) => {
+                let _ = writeln!(out, "Endpoint = {e}");
+            }
+            None => {
+                let _ = writeln!(out, "# no endpoint: it reaches this peer first");
+            }
+        }
+        let _ = writeln!(out, "AllowedIPs = {}", p.allowed_ips.join(", "));
+        if let Some(k) = mesh.persistent_keepalive_seconds.filter(|&k| k != 0) {
+            let _ = writeln!(out, "PersistentKeepalive = {k}");
+        }
+    }
+    Some(out)
 }
 
 /// The bundle of mesh `name` at `source_commit`: [`MESH_FILE`] as pretty
@@ -441,7 +686,13 @@ pub fn build(
 ) -> Result<MeshBuild, MeshError> {
     let net = parse_cidr(name, &mesh.cidr.value)?;
     let members = members(model, mesh);
-    let allocation = allocate(name, net, &eligible(&members), previous)?;
+    let allocation = allocate_reserving(
+        name,
+        net,
+        &eligible(&members),
+        previous,
+        &external_addresses(mesh),
+    )?;
     let built = mesh_bundle(name, mesh, &members, &allocation, source_commit)?;
     Ok(MeshBuild {
         changes: changes(name, previous, &allocation),
@@ -501,6 +752,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use gitfleet_schemas::mesh::Topology;
     use proptest::prelude::*;
 
     fn net(s: &str) -> IpNet {
@@ -790,6 +1042,308 @@ allowed-ips "10.0.0.0/24"
         assert!(!touches(mesh, Some(api.as_bytes()), None));
         assert!(!touches(mesh, None, Some(api.as_bytes())));
         assert!(touches(mesh, None, Some(b"labels {")));
+    }
+
+    #[test]
+    fn reserved_addresses_go_to_no_member_and_a_member_on_one_moves() {
+        let cidr = net("10.40.0.0/29");
+        let reserved = BTreeSet::from([ip("10.40.0.1"), ip("10.40.0.3")]);
+        let previous = Allocation::from([("a".to_owned(), ip("10.40.0.3"))]);
+        let a = allocate_reserving("m", cidr, &ids(&["a", "b"]), &previous, &reserved).unwrap();
+        assert_eq!(a["a"], ip("10.40.0.2"));
+        assert_eq!(a["b"], ip("10.40.0.4"));
+        // Six hosts, two reserved: five members do not fit.
+        let err = allocate_reserving("m", cidr, &ids(&["a", "b", "c", "d", "e"]), &a, &reserved)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("holds 4 tunnel addresses"),
+            "{err}"
+        );
+    }
+
+    fn entry(node: &str, n: u8, hub: bool, routes: &[&str]) -> MeshMember {
+        MeshMember {
+            node: node.to_owned(),
+            public_key: format!("key-{node}"),
+            endpoint: None,
+            address: format!("10.40.0.{n}/24"),
+            allowed_ips: vec![format!("10.40.0.{n}/32")],
+            routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+            hub,
+            external: false,
+        }
+    }
+
+    fn bundle(topology: Topology, members: Vec<MeshMember>) -> MeshBundle {
+        MeshBundle {
+            format: gitfleet_schemas::bundle::MESH_FORMAT,
+            mesh: "m".to_owned(),
+            interface: "wg-m".to_owned(),
+            listen_port: None,
+            persistent_keepalive_seconds: None,
+            topology,
+            members,
+        }
+    }
+
+    fn peer_table(mesh: &MeshBundle, node: &str) -> Vec<(String, Vec<String>)> {
+        peers_of(mesh, node)
+            .into_iter()
+            .map(|p| (p.member.node.clone(), p.allowed_ips))
+            .collect()
+    }
+
+    fn row(node: &str, ips: &[&str]) -> (String, Vec<String>) {
+        (
+            node.to_owned(),
+            ips.iter().map(|s| (*s).to_owned()).collect(),
+        )
+    }
+
+    #[test]
+    fn in_a_full_mesh_everyone_peers_with_everyone_and_routes_go_to_their_owner() {
+        let mesh = bundle(
+            Topology::FullMesh,
+            vec![
+                entry("a", 1, false, &[]),
+                entry("b", 2, false, &["10.20.0.0/16"]),
+                entry("c", 3, false, &[]),
+            ],
+        );
+        assert_eq!(
+            peer_table(&mesh, "a"),
+            vec![
+                row("b", &["10.40.0.2/32", "10.20.0.0/16"]),
+                row("c", &["10.40.0.3/32"]),
+            ]
+        );
+        assert!(peers_of(&mesh, "stranger").is_empty());
+    }
+
+    #[test]
+    fn spokes_peer_with_hubs_only_and_reach_the_rest_through_the_first_hub() {
+        let mesh = bundle(
+            Topology::HubAndSpoke,
+            vec![
+                entry("hub-1", 1, true, &[]),
+                entry("hub-2", 2, true, &["10.30.0.0/16"]),
+                entry("spoke-a", 3, false, &["10.20.0.0/16"]),
+                entry("spoke-b", 4, false, &[]),
+            ],
+        );
+        assert_eq!(
+            peer_table(&mesh, "spoke-b"),
+            vec![
+                row("hub-1", &["10.40.0.1/32", "10.40.0.0/24", "10.20.0.0/16"]),
+                row("hub-2", &["10.40.0.2/32", "10.30.0.0/16"]),
+            ]
+        );
+        // A spoke does not route its own subnets away.
+        assert_eq!(
+            peer_table(&mesh, "spoke-a")[0],
+            row("hub-1", &["10.40.0.1/32", "10.40.0.0/24"])
+        );
+        // A hub peers with everyone, each at its own addresses.
+        assert_eq!(
+            peer_table(&mesh, "hub-1"),
+            vec![
+                row("hub-2", &["10.40.0.2/32", "10.30.0.0/16"]),
+                row("spoke-a", &["10.40.0.3/32", "10.20.0.0/16"]),
+                row("spoke-b", &["10.40.0.4/32"]),
+            ]
+        );
+    }
+
+    const HUB_MESH: &str = r#"version 1
+cidr "10.40.0.0/24"
+members role="edge"
+topology "hub-and-spoke"
+hubs hub="yes"
+peer "anna-laptop" public-key="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" address="10.40.0.1"
+peer "partner-gw" public-key="ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=" address="10.40.0.250" endpoint="203.0.113.9:51820" {
+    routes "172.16.0.0/16"
+}
+"#;
+
+    #[test]
+    fn the_mesh_file_marks_hubs_keeps_routes_and_lists_external_peers() {
+        let mut files = crate::repo::RepoFiles::new();
+        files.insert("meshes/backbone.kdl", HUB_MESH);
+        let mut a = node(
+            "edge-a",
+            "edge",
+            Some((
+                "SLTdULopfRem/Ku4+l4Ze30s66nEV3dPpaZfunVmux4=",
+                Some("198.51.100.30:51820"),
+            )),
+        );
+        a = a.replace("role=\"edge\"", "role=\"edge\" hub=\"yes\"");
+        files.insert("nodes/edge-a.kdl", a);
+        let b = node(
+            "edge-b",
+            "edge",
+            Some(("SNkgnF0XGvM7PGUHMPsVTCQozshsOwBbqBsjJYQ9Z04=", None)),
+        );
+        files.insert(
+            "nodes/edge-b.kdl",
+            b.trim_end().to_owned() + " {\n    routes \"10.20.1.7/24\"\n}\n",
+        );
+        let checked = crate::check::check(&files);
+        let errors: Vec<_> = checked
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error && d.file != "environments.kdl")
+            .filter(|d| d.file != "fleet.kdl" && d.code != "unknown-environment")
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        let model = checked.model;
+        let mesh = &model.meshes["backbone"].doc;
+        let b = build(&model, "backbone", mesh, &Allocation::new(), COMMIT).unwrap();
+        // 10.40.0.1 is anna's: the members start after it.
+        assert_eq!(b.allocation["edge-a"], ip("10.40.0.2"));
+        assert_eq!(b.allocation["edge-b"], ip("10.40.0.3"));
+        let doc = mesh_file("backbone", mesh, &members(&model, mesh), &b.allocation).unwrap();
+        assert_eq!(doc.topology, Topology::HubAndSpoke);
+        let names: Vec<(&str, bool, bool)> = doc
+            .members
+            .iter()
+            .map(|m| (m.node.as_str(), m.hub, m.external))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("anna-laptop", false, true),
+                ("edge-a", true, false),
+                ("edge-b", false, false),
+                ("partner-gw", false, true),
+            ]
+        );
+        assert_eq!(doc.members[2].routes, vec!["10.20.1.0/24".to_owned()]);
+        assert_eq!(doc.members[3].address, "10.40.0.250/24");
+        assert_eq!(doc.members[3].routes, vec!["172.16.0.0/16".to_owned()]);
+        // The laptop, a spoke, peers with the hub alone.
+        let table = peer_table(&doc, "anna-laptop");
+        assert_eq!(
+            table,
+            vec![row(
+                "edge-a",
+                &[
+                    "10.40.0.2/32",
+                    "10.40.0.0/24",
+                    "10.20.1.0/24",
+                    "172.16.0.0/16"
+                ]
+            )]
+        );
+    }
+
+    #[test]
+    fn a_new_external_peer_is_offered_the_highest_free_address() {
+        let cidr = net("10.40.0.0/29");
+        let allocation = Allocation::from([("a".to_owned(), ip("10.40.0.6"))]);
+        let reserved = BTreeSet::from([ip("10.40.0.5")]);
+        assert_eq!(
+            free_address_from_top(cidr, &allocation, &reserved),
+            Some(ip("10.40.0.4"))
+        );
+        let full: Allocation = (1..=6)
+            .map(|n| (format!("m{n}"), ip(&format!("10.40.0.{n}"))))
+            .collect();
+        assert_eq!(free_address_from_top(cidr, &full, &BTreeSet::new()), None);
+    }
+
+    #[test]
+    fn an_external_peer_gets_a_wg_quick_config_of_the_peers_it_has() {
+        let mut mesh = bundle(
+            Topology::HubAndSpoke,
+            vec![
+                entry("hub", 1, true, &[]),
+                entry("laptop", 200, false, &[]),
+                entry("spoke", 2, false, &["10.20.0.0/16"]),
+            ],
+        );
+        mesh.members[0].endpoint = Some("203.0.113.1:51820".to_owned());
+        mesh.members[1].external = true;
+        mesh.persistent_keepalive_seconds = Some(25);
+        let text = wg_quick(&mesh, "laptop", "PRIVATE").unwrap();
+        assert_eq!(
+            text,
+            "# laptop in WireGuard mesh `m` (hub-and-spoke), written by `gitfleet mesh client`
+[Interface]
+PrivateKey = PRIVATE
+Address = 10.40.0.200/24
+
+[Peer]
+# hub
+PublicKey = key-hub
+Endpoint = 203.0.113.1:51820
+AllowedIPs = 10.40.0.1/32, 10.40.0.0/24, 10.20.0.0/16
+PersistentKeepalive = 25
+"
+        );
+        assert_eq!(wg_quick(&mesh, "nobody", "PRIVATE"), None);
+    }
+
+    fn arb_mesh() -> impl Strategy<Value = MeshBundle> {
+        (
+            prop::bool::ANY,
+            prop::collection::vec((prop::bool::ANY, prop::bool::ANY), 1..8),
+        )
+            .prop_map(|(hub_and_spoke, flags)| {
+                let members = flags
+                    .iter()
+                    .zip(1u8..)
+                    .map(|(&(hub, routes), n)| {
+                        let r = [format!("10.{}.0.0/16", 100 + n)];
+                        let r: Vec<&str> = r
+                            .iter()
+                            .map(String::as_str)
+                            .take(usize::from(routes))
+                            .collect();
+                        entry(&format!("m{n}"), n, hub, &r)
+                    })
+                    .collect();
+                let topology = if hub_and_spoke {
+                    Topology::HubAndSpoke
+                } else {
+                    Topology::FullMesh
+                };
+                bundle(topology, members)
+            })
+    }
+
+    proptest! {
+        /// Whoever a member is, no range goes to two of its peers (WireGuard
+        /// would move it to the last), and when the mesh can carry it, every
+        /// other member's address and routes are reached through some peer.
+        #[test]
+        fn every_member_reaches_every_other_through_exactly_one_peer(mesh in arb_mesh()) {
+            let has_hub = mesh.members.iter().any(|m| m.hub);
+            for me in &mesh.members {
+                let peers = peers_of(&mesh, &me.node);
+                let mut seen = BTreeSet::new();
+                for p in &peers {
+                    prop_assert!(p.member.node != me.node);
+                    for ip in &p.allowed_ips {
+                        prop_assert!(seen.insert(ip.clone()), "{} twice on {}", ip, me.node);
+                    }
+                }
+                let nets: Vec<IpNet> = seen.iter().map(|s| s.parse().unwrap()).collect();
+                if mesh.topology == Topology::HubAndSpoke && !has_hub {
+                    prop_assert!(peers.is_empty());
+                    continue;
+                }
+                for other in mesh.members.iter().filter(|m| m.node != me.node) {
+                    for want in other.allowed_ips.iter().chain(&other.routes) {
+                        let want: IpNet = want.parse().unwrap();
+                        prop_assert!(
+                            nets.iter().any(|n| n.contains(&want)),
+                            "{} cannot reach {} of {}", me.node, want, other.node
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn cidrs() -> impl Strategy<Value = IpNet> {

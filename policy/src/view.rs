@@ -89,6 +89,13 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
             let wg = n.doc.wireguard.as_ref()?;
             Some((wg.public_key.value.as_str(), n.doc.id.value.as_str()))
         })
+        // External peers of the meshes, by their names.
+        .chain(model.meshes.values().flat_map(|m| {
+            m.doc
+                .peers
+                .iter()
+                .map(|p| (p.public_key.value.as_str(), p.name.value.as_str()))
+        }))
         .collect();
     let nodes: Vec<NodeView> = model
         .nodes

@@ -7,8 +7,8 @@ use codespan_reporting::term::termcolor::ColorChoice;
 use tracing_subscriber::EnvFilter;
 
 use gitfleet_reconciler::commands::{
-    approve, bundle, check, keygen, migrate, reconcile, rollout, root, serve, simulate, state,
-    status, up, Color,
+    approve, bundle, check, keygen, mesh, migrate, reconcile, rollout, root, serve, simulate,
+    state, status, up, Color,
 };
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
@@ -53,6 +53,12 @@ enum Command {
     Approve(approve::ApproveArgs),
     Status(status::StatusArgs),
     Serve(serve::ServeArgs),
+    /// Work with the fleet's WireGuard meshes.
+    ///
+    /// Example: the configuration of a laptop that joins mesh backbone:
+    ///   gitfleet mesh client backbone anna-laptop --key anna.key
+    #[command(subcommand, verbatim_doc_comment)]
+    Mesh(mesh::MeshCommand),
     /// Create, sign, rotate and verify the fleet's root of trust.
     ///
     /// The root (root/<version>.json) names the offline root keys and the
@@ -163,6 +169,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args),
         Command::Status(args) => status::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Mesh(cmd) => mesh::run(cmd),
         Command::MigrateConfig(args) => migrate::run(args),
         Command::State(cmd) => state::run(cmd, now),
     }

@@ -4,6 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::mesh::Topology;
+
 /// The name of the manifest inside every bundle.
 pub const MANIFEST_PATH: &str = "manifest.json";
 /// The name of the SBOM inside every bundle.
@@ -123,7 +125,9 @@ pub const MESH_FILE: &str = "files/mesh.json";
 /// `files/mesh.json`: a whole WireGuard mesh, the same bytes for every
 /// member (so a mesh step is one object, whatever the mesh size). Each node
 /// finds itself by id, configures its interface from its own entry and
-/// peers with every other member. Private keys are never in it.
+/// peers as the topology says (`gitfleet_policy::mesh::peers_of`). Private
+/// keys are never in it. Fields a mesh does not use are left out, so a
+/// full mesh of fleet nodes reads as it did before they existed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MeshBundle {
@@ -136,7 +140,10 @@ pub struct MeshBundle {
     pub interface: String,
     pub listen_port: Option<u16>,
     pub persistent_keepalive_seconds: Option<u16>,
-    /// Sorted by node id.
+    /// `full-mesh` when absent.
+    #[serde(default, skip_serializing_if = "Topology::is_full_mesh")]
+    pub topology: Topology,
+    /// Sorted by node id; external peers among them, by name.
     pub members: Vec<MeshMember>,
 }
 
@@ -155,6 +162,16 @@ pub struct MeshMember {
     pub address: String,
     /// What the other members route to this one, e.g. `10.40.0.3/32`.
     pub allowed_ips: Vec<String>,
+    /// Subnets it serves: routed to it by the others, beside `allowed_ips`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// A hub of a hub-and-spoke mesh.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hub: bool,
+    /// A peer outside the fleet (`peer` in the mesh file): `node` is its
+    /// name; no agent runs there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 #[cfg(test)]

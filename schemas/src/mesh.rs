@@ -1,4 +1,5 @@
-//! `meshes/<name>.kdl`: a WireGuard mesh among the nodes a selector picks.
+//! `meshes/<name>.kdl`: a WireGuard mesh among the nodes a selector picks,
+//! and the peers outside the fleet it takes in.
 //!
 //! ```kdl
 //! version 1
@@ -7,6 +8,14 @@
 //! listen-port 51820
 //! persistent-keepalive "25s"
 //! allowed-ips "10.50.0.0/16"
+//! // optional: spokes peer with the hubs only, and the hubs route between them
+//! topology "hub-and-spoke"
+//! hubs role="gateway"
+//! // a peer that is not a fleet node: a laptop, a phone, a partner's gateway
+//! peer "anna-laptop" public-key="base64 x25519 public key" address="10.40.0.200"
+//! peer "partner-gw" public-key="..." address="10.40.0.201" endpoint="203.0.113.9:51820" {
+//!     routes "172.16.0.0/16"
+//! }
 //! ```
 
 use schemars::JsonSchema;
@@ -15,6 +24,45 @@ use serde::{Deserialize, Serialize};
 use crate::common::Selector;
 use crate::decode::{self, Decoded, Decoder};
 use crate::span::Spanned;
+
+/// Who peers with whom.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// Every member peers with every other member (and every external peer).
+    #[default]
+    FullMesh,
+    /// The hubs peer with everyone; every other member and external peer
+    /// (a spoke) peers with the hubs only and reaches the other spokes
+    /// through the first hub.
+    HubAndSpoke,
+}
+
+impl Topology {
+    pub fn is_full_mesh(&self) -> bool {
+        *self == Topology::FullMesh
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::FullMesh => "full-mesh",
+            Topology::HubAndSpoke => "hub-and-spoke",
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +74,38 @@ pub struct MeshFile {
     pub persistent_keepalive_seconds: Option<Spanned<u64>>,
     /// Extra ranges routed into the mesh, beyond the members' own addresses.
     pub allowed_ips: Vec<Spanned<String>>,
+    /// `full-mesh` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Spanned<Topology>>,
+    /// The members that are hubs of a hub-and-spoke mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hubs: Option<Selector>,
+    /// Peers that are not fleet nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<ExternalPeer>,
+}
+
+impl MeshFile {
+    pub fn topology(&self) -> Topology {
+        self.topology.as_ref().map(|t| t.value).unwrap_or_default()
+    }
+}
+
+/// `peer "NAME" public-key="…" address="…" [endpoint="host:port"]`: a
+/// WireGuard peer that is not a fleet node. Its private key never enters
+/// git; `gitfleet mesh client` prints its configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalPeer {
+    pub name: Spanned<String>,
+    pub public_key: Spanned<String>,
+    /// Its tunnel address, a host address of the mesh's CIDR (without a
+    /// prefix length); never given to a member.
+    pub address: Spanned<String>,
+    pub endpoint: Option<Spanned<String>>,
+    /// Subnets it serves, routed to it like a member's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Spanned<String>>,
 }
 
 const TOP: &[&str] = &[
@@ -34,6 +114,9 @@ const TOP: &[&str] = &[
     "listen-port",
     "persistent-keepalive",
     "allowed-ips",
+    "topology",
+    "hubs",
+    "peer",
 ];
 
 impl MeshFile {
@@ -43,7 +126,9 @@ impl MeshFile {
             return d.finish(None);
         };
         let (mut cidr, mut members, mut listen_port, mut keepalive) = (None, None, None, None);
+        let (mut topology, mut hubs) = (None, None);
         let mut allowed_ips = Vec::new();
+        let mut peers = Vec::new();
         for node in d.versioned(&doc, "mesh file") {
             match decode::name(node) {
                 "cidr" => {
@@ -63,6 +148,15 @@ impl MeshFile {
                     d.once(&mut keepalive, node, v);
                 }
                 "allowed-ips" => allowed_ips.extend(d.strings(node)),
+                "topology" => {
+                    let v = decode_topology(&mut d, node);
+                    d.once(&mut topology, node, v);
+                }
+                "hubs" => {
+                    let v = Selector::decode(&mut d, node);
+                    d.once(&mut hubs, node, Some(v));
+                }
+                "peer" => peers.extend(decode_peer(&mut d, node)),
                 _ => d.unknown_node(node, "mesh file", TOP),
             }
         }
@@ -76,9 +170,63 @@ impl MeshFile {
                 listen_port,
                 persistent_keepalive_seconds: keepalive,
                 allowed_ips,
+                topology,
+                hubs,
+                peers,
             }),
             _ => None,
         };
         d.finish(value)
     }
+}
+
+fn decode_topology(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Spanned<Topology>> {
+    let s = d.string(node)?;
+    let topology = match s.value.as_str() {
+        "full-mesh" => Topology::FullMesh,
+        "hub-and-spoke" => Topology::HubAndSpoke,
+        other => {
+            d.error(
+                s.span,
+                "invalid-value",
+                format!("unknown mesh topology `{other}`"),
+                Some("write `topology \"full-mesh\"` or `topology \"hub-and-spoke\"`".to_owned()),
+            );
+            return None;
+        }
+    };
+    Some(Spanned::new(topology, s.span))
+}
+
+fn decode_peer(d: &mut Decoder, node: &kdl::KdlNode) -> Option<ExternalPeer> {
+    d.allow_props(node, &["public-key", "address", "endpoint"]);
+    d.max_args(node, 1);
+    let name = d.arg(node, 0, decode::as_string, "the peer's name");
+    let public_key = d.required_prop(
+        node,
+        "public-key",
+        decode::as_string,
+        "a base64 WireGuard public key",
+    );
+    let address = d.required_prop(
+        node,
+        "address",
+        decode::as_string,
+        "a tunnel address of the mesh's CIDR",
+    );
+    let endpoint = d.prop_string(node, "endpoint");
+    let mut routes = Vec::new();
+    for c in decode::children(node) {
+        match decode::name(c) {
+            "routes" => routes.extend(d.strings(c)),
+            _ => d.unknown_node(c, "peer", &["routes"]),
+        }
+    }
+    Some(ExternalPeer {
+        name: name?,
+        public_key: public_key?,
+        address: address?,
+        endpoint,
+        routes,
+    })
 }

@@ -6,7 +6,9 @@
 //! environment "prod"
 //! labels region="fra" role="edge"
 //! node-key "base64 ed25519 public key"
-//! wireguard public-key="base64 x25519 public key" endpoint="198.51.100.7:51820"
+//! wireguard public-key="base64 x25519 public key" endpoint="198.51.100.7:51820" {
+//!     routes "10.20.0.0/16"   // optional: subnets this node serves to its meshes
+//! }
 //! proxy "zentinel" version="0.6.45"
 //! hold "disk replacement, INC-88"     // optional: rollouts skip it
 //! // or held on one bundle of its config rollout:
@@ -51,6 +53,10 @@ pub struct NodeWireguard {
     pub public_key: Spanned<String>,
     /// `host:port` other peers reach this node at, if it is reachable.
     pub endpoint: Option<Spanned<String>>,
+    /// Subnets this node serves (`routes "10.20.0.0/16"`): every mesh it
+    /// is a member of routes them to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Spanned<String>>,
 }
 
 const TOP: &[&str] = &[
@@ -148,7 +154,13 @@ impl NodeFile {
 fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<NodeWireguard> {
     d.allow_props(node, &["public-key", "endpoint"]);
     d.max_args(node, 0);
-    d.no_children(node);
+    let mut routes = Vec::new();
+    for c in decode::children(node) {
+        match decode::name(c) {
+            "routes" => routes.extend(d.strings(c)),
+            _ => d.unknown_node(c, "wireguard", &["routes"]),
+        }
+    }
     let public_key = d.required_prop(
         node,
         "public-key",
@@ -159,5 +171,6 @@ fn decode_wireguard(d: &mut Decoder, node: &kdl::KdlNode) -> Option<NodeWireguar
     Some(NodeWireguard {
         public_key: public_key?,
         endpoint,
+        routes,
     })
 }

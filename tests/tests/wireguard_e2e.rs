@@ -22,12 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use gitfleet_policy::bundle::{self, Input};
-use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MeshMember, MESH_FORMAT};
+use gitfleet_schemas::state::MeshAllocation;
 use gitfleet_schemas::status::{PeerStatus, StatusReport};
 use gitfleet_schemas::trust::{BundleRef, PublicKey};
 use gitfleet_schemas::verify::verify_status;
-use gitfleet_tests::{bin, fleet};
+use gitfleet_tests::{bin, fleet, git, text};
 
 const PORT: u16 = 51820;
 
@@ -96,27 +95,34 @@ struct Member {
     netns: String,
     interface: String,
     underlay: String,
-    tunnel: String,
     wireguard_key: Option<String>,
 }
 
 /// The namespaces, boringtun processes and agents of one test, removed on
-/// drop.
+/// drop; and the fleet repo (`work/`, pushed to `fleet.git`) that
+/// `gitfleet reconcile` turns into the mesh the agents apply.
 struct Lab {
     dir: tempfile::TempDir,
     boringtun: PathBuf,
     members: Vec<Member>,
     namespaces: Vec<String>,
-    /// boringtun processes, by the child handle of their pid (`ip netns
-    /// exec` execs the program, so the pid is boringtun's).
+    /// boringtun processes and agents, by the child handle of their pid
+    /// (`ip netns exec` execs the program, so the pid is the program's).
     children: Vec<Child>,
     sockets: Vec<PathBuf>,
-    serial: u64,
-    previous: Option<BundleRef>,
 }
 
+/// The mesh every lab's fleet repo starts from.
+const MESH: &str = r#"version 1
+cidr "10.77.0.0/24"
+members role="mesh"
+listen-port 51820
+persistent-keepalive "25s"
+"#;
+
 impl Lab {
-    fn new() -> Lab {
+    /// Hosts `names`, the first holding the bridge the others hang off.
+    fn new(names: &[&'static str]) -> Lab {
         let boringtun = preflight();
         let dir = tempfile::tempdir().unwrap();
         let nanos = std::time::SystemTime::now()
@@ -124,7 +130,7 @@ impl Lab {
             .unwrap()
             .subsec_nanos();
         let tag = format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff);
-        let members = ["a", "b", "c"]
+        let members = names
             .iter()
             .zip(1u8..)
             .map(|(name, n)| Member {
@@ -133,7 +139,6 @@ impl Lab {
                 // Unique per run: the control sockets share one directory.
                 interface: format!("wg{tag}-{name}"),
                 underlay: format!("192.168.77.{n}"),
-                tunnel: format!("10.77.0.{n}"),
                 wireguard_key: None,
             })
             .collect();
@@ -144,11 +149,9 @@ impl Lab {
             namespaces: Vec::new(),
             children: Vec::new(),
             sockets: Vec::new(),
-            serial: 0,
-            previous: None,
         };
         lab.network();
-        lab.trust();
+        std::fs::create_dir_all(lab.path("store/channels")).unwrap();
         lab
     }
 
@@ -160,17 +163,20 @@ impl Lab {
         self.members.iter().find(|m| m.name == name).unwrap()
     }
 
-    /// a holds a bridge; b and c hang off it by veth pairs created inside
-    /// the namespaces (nothing is ever created in the host's namespace).
+    /// The first host holds a bridge; the others hang off it by veth
+    /// pairs created inside the namespaces (nothing is ever created in the
+    /// host's namespace).
     fn network(&mut self) {
         for m in &self.members {
             ip(&["netns", "add", &m.netns]);
             self.namespaces.push(m.netns.clone());
             ip(&["-n", &m.netns, "link", "set", "lo", "up"]);
         }
-        let a = self.members[0].netns.clone();
+        let first = &self.members[0];
+        let a = first.netns.clone();
         ip(&["-n", &a, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &a, "address", "add", "192.168.77.1/24", "dev", "br0"]);
+        let address = format!("{}/24", first.underlay);
+        ip(&["-n", &a, "address", "add", &address, "dev", "br0"]);
         ip(&["-n", &a, "link", "set", "br0", "up"]);
         for m in &self.members[1..] {
             let port = format!("to-{}", m.name);
@@ -183,15 +189,10 @@ impl Lab {
             ip(&["-n", &m.netns, "address", "add", &address, "dev", "eth0"]);
             ip(&["-n", &m.netns, "link", "set", "eth0", "up"]);
         }
+        let first = self.members[0].name;
         for m in &self.members[1..] {
-            self.ping("a", &m.underlay);
+            self.ping(first, &m.underlay);
         }
-    }
-
-    /// The fleet's root, pinned by every agent, and the store.
-    fn trust(&self) {
-        std::fs::create_dir_all(self.path("store/channels")).unwrap();
-        std::fs::write(self.path("root-1.json"), fleet::root_bytes()).unwrap();
     }
 
     /// Start boringtun for `name`'s interface in its namespace and wait for
@@ -241,13 +242,13 @@ impl Lab {
         }
     }
 
-    fn write_config(&self, name: &str) {
+    fn write_config(&self, name: &str, labels: &str) {
         let m = self.member(name);
         let config = format!(
             r#"version 1
 node "node-{name}"
 environment "prod"
-labels role="mesh"
+labels {labels}
 store "file://{store}"
 state-dir "{state}"
 poll "200ms" jitter="0ms"
@@ -274,10 +275,13 @@ wireguard {{
         cmd
     }
 
-    /// Enroll `name`: its WireGuard public key, from the nodes file it
-    /// prints.
-    fn enroll(&mut self, name: &str) {
-        self.write_config(name);
+    /// Start `name`'s WireGuard and enroll its agent as a real node is:
+    /// the agent makes its keys and prints the node file, which goes into
+    /// the fleet repo's `nodes/` (committed by [`Lab::fleet`] or
+    /// [`Lab::push`]).
+    fn join(&mut self, name: &'static str, labels: &str) {
+        self.start_wireguard(name);
+        self.write_config(name, labels);
         let endpoint = format!("{}:{PORT}", self.member(name).underlay);
         let root = self.path("root-1.json");
         let out = run(self
@@ -297,6 +301,9 @@ wireguard {{
             .unwrap()
             .to_owned();
         assert!(line.contains(&format!("endpoint=\"{endpoint}\"")), "{line}");
+        let nodes = self.path("work/nodes");
+        std::fs::create_dir_all(&nodes).unwrap();
+        std::fs::write(nodes.join(format!("node-{name}.kdl")), stdout).unwrap();
         self.members
             .iter_mut()
             .find(|m| m.name == name)
@@ -304,54 +311,98 @@ wireguard {{
             .wireguard_key = Some(key);
     }
 
-    /// Build a mesh bundle of `names`, upload it and publish a manifest
-    /// (next serial) that puts every node on it.
-    fn publish(&mut self, names: &[&str]) -> BundleRef {
-        let members = names
-            .iter()
-            .map(|n| {
-                let m = self.member(n);
-                MeshMember {
-                    node: format!("node-{n}"),
-                    public_key: m.wireguard_key.clone().unwrap(),
-                    endpoint: Some(format!("{}:{PORT}", m.underlay)),
-                    address: format!("{}/24", m.tunnel),
-                    allowed_ips: vec![format!("{}/32", m.tunnel)],
-                }
-            })
-            .collect();
-        let mesh = MeshBundle {
-            format: MESH_FORMAT,
-            mesh: "lab".into(),
-            interface: "wg-lab".into(),
-            listen_port: Some(PORT),
-            persistent_keepalive_seconds: Some(25),
-            members,
-        };
-        let files = BTreeMap::from([(
-            "mesh.json".to_owned(),
-            serde_json::to_vec_pretty(&mesh).unwrap(),
-        )]);
-        let built = bundle::build(Input {
-            kind: BundleKind::WireguardMesh,
-            name: "lab",
-            source_commit: &format!("{:040}", self.serial + 1),
-            validator: "gitfleet mesh format 1",
-            files: &files,
-            sbom: b"{}".to_vec(),
-        })
+    /// The fleet's keys (`fleet_keys`: the root every agent pins), made
+    /// before any agent enrolls.
+    fn keys(&self) -> String {
+        gitfleet_tests::fleet_keys(self.dir.path(), "acme")
+    }
+
+    /// The fleet repo: fleet.kdl, one environment, `mesh` as meshes/lab.kdl
+    /// rolled out to all members at once, and the enrolled nodes; checked,
+    /// committed and pushed to `fleet.git`.
+    fn fleet(&self, root_key: &str, mesh: &str) {
+        let work = self.path("work");
+        std::fs::create_dir_all(work.join("meshes")).unwrap();
+        std::fs::create_dir_all(work.join("rollouts")).unwrap();
+        std::fs::write(
+            work.join("fleet.kdl"),
+            format!(
+                "version 1\nname \"acme\"\nstore \"file://{}\"\ntrust threshold=1 {{\n    root-key \"{root_key}\"\n}}\n",
+                self.path("store").display()
+            ),
+        )
         .unwrap();
-        self.serial += 1;
-        let previous = self.previous.replace(built.reference.clone());
-        let manifest = fleet::manifest_bytes(
-            self.serial,
-            "lab",
-            &[("role", "mesh")],
-            &built.reference,
-            previous.as_ref(),
+        std::fs::write(
+            work.join("environments.kdl"),
+            "version 1\nenvironment \"prod\"\n",
+        )
+        .unwrap();
+        std::fs::write(work.join("meshes/lab.kdl"), mesh).unwrap();
+        std::fs::write(
+            work.join("rollouts/lab.kdl"),
+            "version 1\nmesh \"lab\"\nselector role=\"mesh\"\nmax-unavailable 10\nstep percent=100\n",
+        )
+        .unwrap();
+        gitfleet_tests::commit_fleet(self.dir.path(), &work, "fleet.git");
+    }
+
+    /// Write `files` (relative to the fleet repo) and push them as one
+    /// commit.
+    fn push(&self, files: &[(&str, &str)], message: &str) {
+        let work = self.path("work");
+        for (file, text) in files {
+            std::fs::write(work.join(file), text).unwrap();
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", message]);
+        git(&work, &["push", "-q", "origin", "main"]);
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path("work").join(file)).unwrap()
+    }
+
+    /// One `gitfleet reconcile --once` pass over `fleet.git`; its output.
+    fn reconcile(&self) -> String {
+        let out = Command::new(bin("gitfleet"))
+            .args(["reconcile", "--once", "--repo"])
+            .arg(self.path("fleet.git"))
+            .arg("--store")
+            .arg(format!("file://{}", self.path("store").display()))
+            .arg("--online-key")
+            .arg(self.path("online.key"))
+            .arg("--cache")
+            .arg(self.path("mirror"))
+            .args(["--holder", "lab"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        stdout
+    }
+
+    /// A pass that uploads a new mesh bundle, then one poll of each of
+    /// `names`: what each wrote to its interface.
+    fn roll_out(&self, names: &[&str]) -> BTreeMap<String, Option<serde_json::Value>> {
+        let out = self.reconcile();
+        assert!(
+            out.contains("uploaded bundle"),
+            "no new mesh bundle:\n{out}"
         );
-        fleet::publish(&self.path("store"), &built, &manifest).unwrap();
-        built.reference
+        names
+            .iter()
+            .map(|n| ((*n).to_owned(), self.poll(n)))
+            .collect()
+    }
+
+    /// `name`'s tunnel address, as the reconciler allocated it.
+    fn tunnel(&self, name: &str) -> String {
+        let text = git(
+            &self.path("fleet.git"),
+            &["show", "gitfleet/state:meshes/lab.json"],
+        );
+        let allocation: MeshAllocation = serde_json::from_str(&text).unwrap();
+        allocation.addresses[&format!("node-{name}")].to_string()
     }
 
     /// One poll of `name`'s agent in its namespace: what it wrote to the
@@ -398,8 +449,8 @@ wireguard {{
     }
 
     /// `ping -c1 -W2` from `from`'s namespace, a few tries (the first
-    /// packet may wait for a handshake).
-    fn ping(&self, from: &str, to: &str) {
+    /// packet may wait for a handshake); what ping printed.
+    fn ping(&self, from: &str, to: &str) -> String {
         let mut last = None;
         for _ in 0..5 {
             let out = Command::new("ip")
@@ -408,7 +459,7 @@ wireguard {{
                 .output()
                 .unwrap();
             if out.status.success() {
-                return;
+                return String::from_utf8_lossy(&out.stdout).into_owned();
             }
             last = Some(out);
         }
@@ -419,6 +470,21 @@ wireguard {{
             String::from_utf8_lossy(&out.stderr),
             self.logs()
         );
+    }
+
+    /// Where `from`'s kernel sends a packet for `to` (`ip route get`), or
+    /// the error when it has no route.
+    fn route(&self, from: &str, to: &str) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.member(from).netns, "route", "get", to])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(stderr)
+        }
     }
 
     /// Configure `name`'s interface by hand over boringtun's control
@@ -476,33 +542,48 @@ impl Drop for Lab {
     }
 }
 
+/// The fields of an agent's "wireguard interface configured" event.
+fn wrote<'a>(
+    all: &'a BTreeMap<String, Option<serde_json::Value>>,
+    name: &str,
+) -> &'a serde_json::Value {
+    all[name]
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name} did not configure its interface: {all:?}"))
+}
+
+const MEMBER: &str = r#"role="mesh""#;
+
+/// Test 1: a full mesh of three from a push; every pair pings; a fourth
+/// member pushed later becomes reachable while the others only add it:
+/// their sessions (handshake, counters) carry on.
 #[test]
-fn agents_build_a_mesh_and_a_new_member_leaves_existing_peers_alone() {
-    let mut lab = Lab::new();
+fn a_pushed_full_mesh_connects_every_pair_and_a_fourth_member_leaves_sessions_alone() {
+    let mut lab = Lab::new(&["a", "b", "c", "d"]);
+    let root_key = lab.keys();
     for name in ["a", "b", "c"] {
-        lab.start_wireguard(name);
+        lab.join(name, MEMBER);
     }
-    lab.enroll("a");
-    lab.enroll("b");
-
-    // A mesh of a and b: each agent configures its own interface.
-    let v1 = lab.publish(&["a", "b"]);
-    for name in ["a", "b"] {
-        let wrote = lab
-            .poll(name)
-            .expect("the first mesh configures the interface");
-        assert_eq!(wrote["added"], 1, "{name}: {wrote}");
-        assert_eq!(wrote["private_key"], true, "{name}: {wrote}");
-        assert_eq!(wrote["address"], true, "{name}: {wrote}");
-        assert_eq!(wrote["link_up"], true, "{name}: {wrote}");
+    lab.fleet(&root_key, MESH);
+    let first = lab.roll_out(&["a", "b", "c"]);
+    for name in ["a", "b", "c"] {
+        let w = wrote(&first, name);
+        assert_eq!(w["added"], 2, "{name}: {w}");
+        for field in ["private_key", "address", "link_up"] {
+            assert_eq!(w[field], true, "{name}: {w}");
+        }
+        assert_eq!(w["routes"], false, "{name}: {w}");
     }
-    lab.ping("a", "10.77.0.2");
-    lab.ping("b", "10.77.0.1");
+    for from in ["a", "b", "c"] {
+        for to in ["a", "b", "c"].into_iter().filter(|t| *t != from) {
+            lab.ping(from, &lab.tunnel(to));
+        }
+    }
 
-    // The next poll reports the live session (and changes nothing).
+    // The next poll reports the live session and changes nothing.
     assert_eq!(lab.poll("a"), None, "an unchanged mesh writes nothing");
     let report = lab.report("a");
-    assert_eq!(report.rollouts["lab"].active, Some(v1.clone()));
+    let v1 = report.rollouts["lab"].active.clone().unwrap();
     assert_eq!(report.rollouts["lab"].error, None);
     assert!(report.drift.is_empty(), "{:?}", report.drift);
     let wg = report.wireguard.clone().unwrap();
@@ -512,33 +593,33 @@ fn agents_build_a_mesh_and_a_new_member_leaves_existing_peers_alone() {
         wg.public_key,
         lab.member("a").wireguard_key.clone().unwrap()
     );
-    assert_eq!(wg.peers.len(), 1);
+    assert_eq!(wg.peers.len(), 2);
     let before = lab.peer("a", "b");
     assert_eq!(before.endpoint.as_deref(), Some("192.168.77.2:51820"));
-    assert_eq!(before.allowed_ips, ["10.77.0.2/32"]);
+    assert_eq!(before.allowed_ips, [format!("{}/32", lab.tunnel("b"))]);
     assert_eq!(before.persistent_keepalive_seconds, Some(25));
     assert!(before.rx_bytes > 0 && before.tx_bytes > 0, "{before:?}");
     let handshake = before.latest_handshake.expect("a handshake with b");
 
-    // c joins: a and b each add one peer and leave the other alone.
-    lab.enroll("c");
-    let v2 = lab.publish(&["a", "b", "c"]);
-    for name in ["a", "b"] {
-        let wrote = lab.poll(name).expect("a new member is a new peer");
+    // d joins by a push of its node file: the others add one peer each.
+    lab.join("d", MEMBER);
+    lab.push(&[], "node-d joins the mesh");
+    let second = lab.roll_out(&["a", "b", "c", "d"]);
+    for name in ["a", "b", "c"] {
+        let w = wrote(&second, name);
         for (field, value) in [
             ("added", 1),
             ("changed", 0),
             ("removed", 0),
-            ("unchanged", 1),
+            ("unchanged", 2),
         ] {
-            assert_eq!(wrote[field], value, "{name}: {wrote}");
+            assert_eq!(w[field], value, "{name}: {w}");
         }
         for field in ["private_key", "listen_port", "address", "link_up"] {
-            assert_eq!(wrote[field], false, "{name}: {wrote}");
+            assert_eq!(w[field], false, "{name}: {w}");
         }
     }
-    let wrote = lab.poll("c").expect("c configures its interface");
-    assert_eq!(wrote["added"], 2, "{wrote}");
+    assert_eq!(wrote(&second, "d")["added"], 3);
 
     // The a–b session survived: same handshake, counters not reset.
     let after = lab.peer("a", "b");
@@ -555,24 +636,290 @@ fn agents_build_a_mesh_and_a_new_member_leaves_existing_peers_alone() {
         "a's counters for b went back: {before:?} then {after:?}"
     );
     let report = lab.report("a");
-    assert_eq!(report.rollouts["lab"].active, Some(v2.clone()));
+    assert_ne!(report.rollouts["lab"].active, Some(v1.clone()));
     assert_eq!(report.rollouts["lab"].previous, Some(v1));
-    assert_eq!(report.wireguard.unwrap().peers.len(), 2);
-    assert!(report.drift.is_empty(), "{:?}", report.drift);
+    assert_eq!(report.wireguard.unwrap().peers.len(), 3);
 
-    // c is reachable from both, and reaches both.
-    lab.ping("a", "10.77.0.3");
-    lab.ping("b", "10.77.0.3");
-    lab.ping("c", "10.77.0.1");
-    lab.ping("c", "10.77.0.2");
-    lab.ping("a", "10.77.0.2");
+    // d is reachable from everyone, and reaches everyone.
+    for other in ["a", "b", "c"] {
+        lab.ping(other, &lab.tunnel("d"));
+        lab.ping("d", &lab.tunnel(other));
+    }
+    lab.ping("a", &lab.tunnel("b"));
     assert_eq!(lab.poll("a"), None);
     let later = lab.peer("a", "b");
     assert!(
         later.rx_bytes > after.rx_bytes && later.tx_bytes > after.tx_bytes,
         "the a–b session carries the ping: {after:?} then {later:?}"
     );
-    assert_eq!(lab.report("c").rollouts["lab"].active, Some(v2));
+}
+
+/// Test 2: hub-and-spoke from a push. Each spoke's interface has one peer,
+/// the hub, which turns on forwarding; a ping between the spokes comes
+/// back with one hop spent (TTL 63) and shows on the hub's counters of
+/// both spokes.
+#[test]
+fn spokes_of_a_pushed_hub_and_spoke_mesh_reach_each_other_through_the_hub() {
+    let mut lab = Lab::new(&["hub", "sa", "sb"]);
+    let root_key = lab.keys();
+    lab.join("hub", r#"role="mesh" hub="yes""#);
+    lab.join("sa", MEMBER);
+    lab.join("sb", MEMBER);
+    lab.fleet(
+        &root_key,
+        &format!("{MESH}topology \"hub-and-spoke\"\nhubs hub=\"yes\"\n"),
+    );
+    let first = lab.roll_out(&["hub", "sa", "sb"]);
+    assert_eq!(wrote(&first, "hub")["added"], 2);
+    assert_eq!(wrote(&first, "hub")["forwarding"], true);
+    for spoke in ["sa", "sb"] {
+        let w = wrote(&first, spoke);
+        assert_eq!(w["added"], 1, "{spoke}: {w}");
+        assert_eq!(w["forwarding"], false, "{spoke}: {w}");
+    }
+
+    // A spoke knows only the hub, and routes the whole mesh to it.
+    lab.ping("sa", &lab.tunnel("hub"));
+    lab.ping("sb", &lab.tunnel("hub"));
+    assert_eq!(lab.poll("sa"), None);
+    let peers = lab.report("sa").wireguard.unwrap().peers;
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(
+        Some(&peers[0].public_key),
+        lab.member("hub").wireguard_key.as_ref()
+    );
+    assert!(
+        peers[0].allowed_ips.contains(&"10.77.0.0/24".to_owned()),
+        "{peers:?}"
+    );
+
+    assert_eq!(lab.poll("hub"), None);
+    let (sa_before, sb_before) = (lab.peer("hub", "sa"), lab.peer("hub", "sb"));
+    let out = lab.ping("sa", &lab.tunnel("sb"));
+    assert!(
+        out.contains("ttl=63"),
+        "the reply should have crossed one router, the hub:\n{out}"
+    );
+    assert_eq!(lab.poll("hub"), None);
+    let (sa_after, sb_after) = (lab.peer("hub", "sa"), lab.peer("hub", "sb"));
+    // An echo and its reply are 84 bytes of IP each, more in the tunnel.
+    assert!(
+        sa_after.rx_bytes >= sa_before.rx_bytes + 84
+            && sb_after.tx_bytes >= sb_before.tx_bytes + 84,
+        "the hub did not carry the ping: sa {sa_before:?} -> {sa_after:?}, sb {sb_before:?} -> {sb_after:?}"
+    );
+}
+
+impl Lab {
+    /// `gitfleet mesh client lab PEER --key PEER.key` in the fleet repo,
+    /// after fetching the state branch; its stdout.
+    fn mesh_client(&self, peer: &str) -> String {
+        let work = self.path("work");
+        git(&work, &["fetch", "-q", "origin"]);
+        let out = Command::new(bin("gitfleet"))
+            .args(["mesh", "client", "lab", peer, "--key"])
+            .arg(self.path(&format!("{peer}.key")))
+            .arg("--repo")
+            .arg(&work)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        stdout
+    }
+
+    /// Configure `name`'s interface from a wg-quick configuration, as
+    /// wg-quick does: keys and peers over the control socket, the address
+    /// on the link, a route for every allowed range outside it.
+    fn wg_quick_up(&self, name: &str, config: &str) {
+        let b64hex = |b64: &str| {
+            use base64::Engine as _;
+            hex(&base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .unwrap())
+        };
+        let mut uapi = String::new();
+        let mut address: Option<ipnet::IpNet> = None;
+        let mut ranges = Vec::new();
+        for line in config.lines() {
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            match key {
+                "PrivateKey" => uapi.push_str(&format!("private_key={}\n", b64hex(value))),
+                "Address" => address = Some(value.parse().unwrap()),
+                "PublicKey" => uapi.push_str(&format!("public_key={}\n", b64hex(value))),
+                "Endpoint" => uapi.push_str(&format!("endpoint={value}\n")),
+                "PersistentKeepalive" => {
+                    uapi.push_str(&format!("persistent_keepalive_interval={value}\n"));
+                }
+                "AllowedIPs" => {
+                    for range in value.split(", ") {
+                        uapi.push_str(&format!("allowed_ip={range}\n"));
+                        ranges.push(range.parse::<ipnet::IpNet>().unwrap());
+                    }
+                }
+                other => panic!("unexpected `{other}` in:\n{config}"),
+            }
+        }
+        self.uapi_set(name, &format!("replace_peers=true\n{uapi}"));
+        let m = self.member(name);
+        let address = address.unwrap_or_else(|| panic!("no Address in:\n{config}"));
+        ip(&[
+            "-n",
+            &m.netns,
+            "address",
+            "add",
+            &address.to_string(),
+            "dev",
+            &m.interface,
+        ]);
+        ip(&["-n", &m.netns, "link", "set", &m.interface, "up"]);
+        for range in ranges.iter().filter(|r| !address.contains(*r)) {
+            ip(&[
+                "-n",
+                &m.netns,
+                "route",
+                "replace",
+                &range.to_string(),
+                "dev",
+                &m.interface,
+            ]);
+        }
+    }
+}
+
+/// Test 3: an external peer (no agent, no node file) joins by the line
+/// `gitfleet mesh client` prints; once pushed and rolled out, the members
+/// add it, and the configuration the same command prints is all it takes
+/// to reach them.
+#[test]
+fn an_external_peer_configured_from_mesh_client_output_reaches_the_members() {
+    let mut lab = Lab::new(&["a", "b", "x"]);
+    let root_key = lab.keys();
+    lab.join("a", MEMBER);
+    lab.join("b", MEMBER);
+    lab.start_wireguard("x");
+    lab.fleet(&root_key, MESH);
+    lab.roll_out(&["a", "b"]);
+    lab.ping("a", &lab.tunnel("b"));
+
+    let line = lab.mesh_client("laptop");
+    assert!(line.starts_with("peer \"laptop\" public-key=\""), "{line}");
+    assert!(line.contains("address=\"10.77.0.254\""), "{line}");
+    let mode = std::fs::metadata(lab.path("laptop.key"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let mesh = lab.read("meshes/lab.kdl") + &line;
+    lab.push(&[("meshes/lab.kdl", &mesh)], "laptop joins mesh lab");
+    let second = lab.roll_out(&["a", "b"]);
+    for name in ["a", "b"] {
+        let w = wrote(&second, name);
+        assert_eq!(w["added"], 1, "{name}: {w}");
+        assert_eq!(w["unchanged"], 1, "{name}: {w}");
+    }
+
+    let config = lab.mesh_client("laptop");
+    assert!(config.contains("Address = 10.77.0.254/24"), "{config}");
+    assert!(
+        config.contains(&format!("Endpoint = {}:{PORT}", lab.member("a").underlay)),
+        "{config}"
+    );
+    lab.wg_quick_up("x", &config);
+    lab.ping("x", &lab.tunnel("a"));
+    lab.ping("x", &lab.tunnel("b"));
+    lab.ping("a", "10.77.0.254");
+    // The members show the laptop's session.
+    assert_eq!(lab.poll("a"), None);
+    let peers = lab.report("a").wireguard.unwrap().peers;
+    let laptop = peers
+        .iter()
+        .find(|p| p.allowed_ips == ["10.77.0.254/32"])
+        .unwrap_or_else(|| panic!("a reports no laptop peer: {peers:?}"));
+    assert!(laptop.latest_handshake.is_some(), "{laptop:?}");
+    // `gitfleet status --mesh` names it, as the pages do.
+    let out = Command::new(bin("gitfleet"))
+        .args(["status", "--repo"])
+        .arg(lab.path("fleet.git"))
+        .arg("--store")
+        .arg(format!("file://{}", lab.path("store").display()))
+        .arg("--cache")
+        .arg(lab.path("status-mirror"))
+        .args(["--mesh", "lab"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("laptop"))
+        .unwrap_or_else(|| panic!("no laptop in:\n{stdout}{stderr}"));
+    assert!(
+        !line.contains(&laptop.public_key),
+        "named, not keyed: {line}"
+    );
+}
+
+/// Test 4: a member announces a subnet it serves (`routes` in its node
+/// file); the others route it to their interface and reach it through
+/// that member. The route goes when the announcement does.
+#[test]
+fn a_prefix_routed_behind_a_member_becomes_reachable_from_another() {
+    let mut lab = Lab::new(&["a", "b"]);
+    let root_key = lab.keys();
+    lab.join("a", MEMBER);
+    lab.join("b", MEMBER);
+    lab.fleet(&root_key, MESH);
+    lab.roll_out(&["a", "b"]);
+    lab.ping("a", &lab.tunnel("b"));
+    // The subnet behind b: an address of its own, off the tunnel.
+    ip(&[
+        "-n",
+        &lab.member("b").netns,
+        "address",
+        "add",
+        "10.20.0.1/32",
+        "dev",
+        "lo",
+    ]);
+    assert!(lab.route("a", "10.20.0.1").is_err(), "a has no route yet");
+
+    let plain = lab.read("nodes/node-b.kdl");
+    let endpoint = format!("endpoint=\"{}:{PORT}\"", lab.member("b").underlay);
+    let announced = plain.replace(
+        &endpoint,
+        &format!("{endpoint} {{\n    routes \"10.20.0.0/16\"\n}}"),
+    );
+    assert_ne!(announced, plain);
+    lab.push(&[("nodes/node-b.kdl", &announced)], "b serves 10.20.0.0/16");
+    let second = lab.roll_out(&["a", "b"]);
+    let w = wrote(&second, "a");
+    assert_eq!(w["changed"], 1, "{w}");
+    assert_eq!(w["routes"], true, "{w}");
+    let route = lab.route("a", "10.20.0.1").unwrap();
+    assert!(
+        route.contains(&format!("dev {}", lab.member("a").interface)),
+        "{route}"
+    );
+    lab.ping("a", "10.20.0.1");
+    assert_eq!(lab.poll("a"), None);
+    let peer = lab.peer("a", "b");
+    assert!(
+        peer.allowed_ips.contains(&"10.20.0.0/16".to_owned()),
+        "{peer:?}"
+    );
+
+    // Withdrawn: the route and the allowed range go.
+    lab.push(
+        &[("nodes/node-b.kdl", &plain)],
+        "b no longer serves 10.20.0.0/16",
+    );
+    let third = lab.roll_out(&["a", "b"]);
+    assert_eq!(wrote(&third, "a")["routes"], true);
+    assert!(lab.route("a", "10.20.0.1").is_err(), "the route stayed");
 }
 
 /// Monitor mode: interfaces configured by hand (keys and peers never in
@@ -583,7 +930,9 @@ fn agents_build_a_mesh_and_a_new_member_leaves_existing_peers_alone() {
 /// every 2 minutes), the peer is reported stale.
 #[test]
 fn a_monitored_hand_configured_interface_reports_its_peer_and_marks_it_stale() {
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(&["a", "b"]);
+    // The tests' fleet root: the manifest below is signed by its keys.
+    std::fs::write(lab.path("root-1.json"), fleet::root_bytes()).unwrap();
     lab.start_wireguard("a");
     lab.start_wireguard("b");
     let keys = |n: u8| {
@@ -643,7 +992,14 @@ monitor "{interface}" backend="userspace" stale-after="20s"
             ),
         );
         let m = lab.member(name);
-        let address = format!("{}/24", m.tunnel);
+        let address = format!(
+            "{}/24",
+            if name == "a" {
+                "10.77.0.1"
+            } else {
+                "10.77.0.2"
+            }
+        );
         ip(&[
             "-n",
             &m.netns,

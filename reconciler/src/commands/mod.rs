@@ -9,6 +9,7 @@ pub mod approve;
 pub mod bundle;
 pub mod check;
 pub mod keygen;
+pub mod mesh;
 pub mod migrate;
 pub mod reconcile;
 pub mod rollout;
