@@ -30,6 +30,7 @@ pub fn check(files: &RepoFiles) -> Checked {
     let mut model = load(files, &mut diags);
     configs::validate(&mut model, &mut diags);
     checks::run(&model, files, &mut diags);
+    crate::mesh_checks::run(&model, &mut diags);
     lint::run(&model, files, &mut diags);
     Checked {
         model,

@@ -20,7 +20,6 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     environments(model, d);
     nodes(model, files, d);
     meshes(model, d);
-    crate::mesh_checks::run(model, d);
     templates(model, d);
     revocations(model, d);
     groups(model, d);
