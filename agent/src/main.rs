@@ -82,6 +82,22 @@ enum Command {
     ///   gitfleet-agent -c /etc/gitfleet/agent.kdl verify
     #[command(verbatim_doc_comment)]
     Verify,
+    /// Make a new WireGuard key for this node and ask the fleet to move to it.
+    ///
+    /// The new key waits in the state directory (wireguard.key.next) and
+    /// its public key goes into every status report, signed with the node
+    /// key; `gitfleet status --mesh` and the node's page show the request.
+    /// Put the printed public key in the node's file
+    /// (`wireguard public-key="…"`) by pull request: when the mesh bundle
+    /// lists it, this agent switches its interface to the new key and the
+    /// other members change that one peer, leaving their other sessions
+    /// alone. The old key is kept (wireguard.key.previous) in case the mesh
+    /// rolls back. Running it again prints the same pending key.
+    ///
+    /// Example:
+    ///   gitfleet-agent -c /etc/gitfleet/agent.kdl rotate-key
+    #[command(verbatim_doc_comment)]
+    RotateKey,
 }
 
 /// Poll the channel manifest, activate what this node should run, report.
@@ -202,7 +218,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enroll(args) => enroll(&config, args).await,
         Command::Status(args) => status(&config, args),
         Command::Verify => verify_now(&config).await,
+        Command::RotateKey => rotate_key(&config),
     }
+}
+
+/// `rotate-key`: the pending key, made when there is none; its public key
+/// on stdout.
+fn rotate_key(config: &AgentConfig) -> anyhow::Result<ExitCode> {
+    use gitfleet_agent::wireguard::{self, PrivateKey};
+    let dir = Path::new(&config.state_dir);
+    let current = PrivateKey::read(&dir.join(wireguard::WIREGUARD_KEY))?;
+    let (next, made) = PrivateKey::read_or_create(&dir.join(wireguard::WIREGUARD_KEY_NEXT))?;
+    println!("{}", next.public());
+    eprintln!(
+        "{} key {} waits in {}; list it as `wireguard public-key=\"{}\"` in nodes/{}.kdl (today {}): \
+         the agent switches when the mesh names it",
+        if made { "new" } else { "the pending" },
+        next.public(),
+        dir.join(wireguard::WIREGUARD_KEY_NEXT).display(),
+        next.public(),
+        config.node,
+        current.public()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Read and decode the config, every problem with its line and column.

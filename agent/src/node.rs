@@ -321,7 +321,17 @@ impl DiskNode {
             what: "reading the mesh bundle",
             reason: format!("{MESH_FILE} of bundle {digest}: {e}"),
         })?;
-        let key = PrivateKey::read(&self.dir.path().join(WIREGUARD_KEY))?;
+        // The key the mesh lists for this node: a rotated one is made
+        // current here, once the fleet repo names it.
+        let listed = mesh.members.iter().find(|m| m.node == self.node);
+        let key = match listed {
+            Some(m) => wireguard::key_for(self.dir.path(), &m.public_key)?.map(|(k, _)| k),
+            None => None,
+        };
+        let key = match key {
+            Some(k) => k,
+            None => PrivateKey::read(&self.dir.path().join(WIREGUARD_KEY))?,
+        };
         Ok(wireguard::desired(
             &mesh,
             &self.node,
@@ -604,7 +614,9 @@ impl Node for DiskNode {
     }
 
     async fn wireguard(&mut self) -> Option<WireguardStatus> {
-        self.mesh_status().await
+        let mut status = self.mesh_status().await?;
+        status.next_public_key = wireguard::next_public_key(self.dir.path());
+        Some(status)
     }
 
     async fn monitored(&mut self, now: DateTime<Utc>) -> Vec<WireguardStatus> {

@@ -355,41 +355,45 @@ impl Node for SimNode {
     }
 
     async fn wireguard(&mut self) -> Option<WireguardStatus> {
-        // The interface the last mesh bundle describes, with every other
-        // member as a peer: handshakes a little while ago when healthy,
-        // traffic growing with uptime at a rate of the node's own.
+        // The interface the last mesh bundle describes, with the peers its
+        // topology gives this node: handshakes a little while ago when
+        // healthy, traffic growing with uptime at a rate of the node's own.
         let mesh = self.mesh.as_ref()?;
         let me = mesh.members.iter().find(|m| m.node == self.node)?;
         let up = self.started.elapsed().as_secs();
         let now = chrono::Utc::now();
-        let peers = mesh
-            .members
-            .iter()
-            .filter(|m| m.node != self.node)
-            .map(|m| {
-                let rate = self.spread(&format!("wg-rate-{}", m.node), 200.0, 4000.0) as u64;
-                let ago = self.spread(&format!("wg-handshake-{}", m.node), 1.0, 110.0) as i64;
-                PeerStatus {
-                    public_key: m.public_key.clone(),
-                    endpoint: m.endpoint.clone(),
-                    allowed_ips: m.allowed_ips.clone(),
-                    latest_handshake: self
-                        .is_healthy()
-                        .then(|| now - chrono::Duration::seconds(ago)),
-                    rx_bytes: rate * up,
-                    tx_bytes: rate * up * 3 / 4,
-                    rx_bytes_per_second: None,
-                    tx_bytes_per_second: None,
-                    stale: false,
-                    persistent_keepalive_seconds: mesh.persistent_keepalive_seconds,
-                }
-            })
+        let peers = gitfleet_policy::mesh::peers_of(mesh, &self.node)
+            .into_iter()
+            .map(
+                |gitfleet_policy::mesh::PeerOf {
+                     member: m,
+                     allowed_ips,
+                 }| {
+                    let rate = self.spread(&format!("wg-rate-{}", m.node), 200.0, 4000.0) as u64;
+                    let ago = self.spread(&format!("wg-handshake-{}", m.node), 1.0, 110.0) as i64;
+                    PeerStatus {
+                        public_key: m.public_key.clone(),
+                        endpoint: m.endpoint.clone(),
+                        allowed_ips,
+                        latest_handshake: self
+                            .is_healthy()
+                            .then(|| now - chrono::Duration::seconds(ago)),
+                        rx_bytes: rate * up,
+                        tx_bytes: rate * up * 3 / 4,
+                        rx_bytes_per_second: None,
+                        tx_bytes_per_second: None,
+                        stale: false,
+                        persistent_keepalive_seconds: mesh.persistent_keepalive_seconds,
+                    }
+                },
+            )
             .collect();
         Some(WireguardStatus {
             interface: mesh.interface.clone(),
             public_key: me.public_key.clone(),
             listen_port: mesh.listen_port,
             peers,
+            next_public_key: None,
         })
     }
 

@@ -40,6 +40,75 @@ use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerC
 /// `gitfleet-agent enroll`.
 pub const WIREGUARD_KEY: &str = "wireguard.key";
 
+/// The key `gitfleet-agent rotate-key` made, waiting for a mesh bundle
+/// that lists its public key.
+pub const WIREGUARD_KEY_NEXT: &str = "wireguard.key.next";
+
+/// The key before the last rotation, kept so that a mesh rolled back to a
+/// bundle listing it still finds it.
+pub const WIREGUARD_KEY_PREVIOUS: &str = "wireguard.key.previous";
+
+/// Which of the node's keys a mesh bundle lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySlot {
+    Current,
+    Next,
+    Previous,
+}
+
+/// The key of `dir` whose public key is `listed`, made current first when
+/// it is the next key (the rotation took effect: current becomes
+/// previous) or the previous one (a rollback: current becomes next
+/// again). Each step is a rename, so a crash leaves every key in some
+/// slot. `None` when no key of the node is listed.
+pub fn key_for(dir: &Path, listed: &str) -> Result<Option<(PrivateKey, KeySlot)>, WireguardError> {
+    let path = |name: &str| dir.join(name);
+    let listed = WgKey::parse(listed);
+    let current = PrivateKey::read(&path(WIREGUARD_KEY))?;
+    if Some(current.public()) == listed {
+        return Ok(Some((current, KeySlot::Current)));
+    }
+    let rename = |from: &str, to: &str| {
+        std::fs::rename(path(from), path(to)).map_err(|e| WireguardError::PrivateKey {
+            path: path(from),
+            reason: format!("renaming to {to}: {e}"),
+        })
+    };
+    for (slot, name, current_to) in [
+        (KeySlot::Next, WIREGUARD_KEY_NEXT, WIREGUARD_KEY_PREVIOUS),
+        (
+            KeySlot::Previous,
+            WIREGUARD_KEY_PREVIOUS,
+            WIREGUARD_KEY_NEXT,
+        ),
+    ] {
+        if !path(name).exists() {
+            continue;
+        }
+        let key = PrivateKey::read(&path(name))?;
+        if Some(key.public()) != listed {
+            continue;
+        }
+        rename(WIREGUARD_KEY, current_to)?;
+        rename(name, WIREGUARD_KEY)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        tracing::info!(public_key = %key.public(), from = ?slot, "wireguard key rotated");
+        return Ok(Some((key, slot)));
+    }
+    Ok(None)
+}
+
+/// The public key of a rotation waiting for the fleet repo, if any.
+pub fn next_public_key(dir: &Path) -> Option<String> {
+    let path = dir.join(WIREGUARD_KEY_NEXT);
+    path.exists()
+        .then(|| PrivateKey::read(&path).ok())
+        .flatten()
+        .map(|k| k.public().to_string())
+}
+
 /// Where userspace implementations put their control sockets, in the order
 /// `wireguard-control` looks.
 const SOCKET_DIRS: [&str; 2] = ["/var/run/wireguard", "/run/wireguard"];
@@ -1155,6 +1224,7 @@ pub fn report(interface: &str, live: &Live) -> WireguardStatus {
                 stale: false,
             })
             .collect(),
+        next_public_key: None,
     }
 }
 
@@ -1189,6 +1259,7 @@ mod tests {
                     stale: false,
                 })
                 .collect(),
+            next_public_key: None,
         }
     }
 
@@ -1299,6 +1370,45 @@ mod tests {
         // In a full mesh nobody forwards.
         m.topology = Topology::FullMesh;
         assert!(!desired(&m, "a", &private(1), None).unwrap().forward);
+    }
+
+    #[test]
+    fn a_rotated_key_becomes_current_when_listed_and_a_rollback_brings_the_old_one_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        let (old, _) = PrivateKey::read_or_create(&path(WIREGUARD_KEY)).unwrap();
+        assert_eq!(next_public_key(dir.path()), None);
+        let (new, made) = PrivateKey::read_or_create(&path(WIREGUARD_KEY_NEXT)).unwrap();
+        assert!(made);
+        assert_eq!(next_public_key(dir.path()), Some(new.public().to_string()));
+        // The mesh still lists the old key: nothing moves.
+        let (k, slot) = key_for(dir.path(), &old.public().to_string())
+            .unwrap()
+            .unwrap();
+        assert_eq!((k.public(), slot), (old.public(), KeySlot::Current));
+        assert!(path(WIREGUARD_KEY_NEXT).exists());
+        // It lists the new one: rotated, the old one kept.
+        let (k, slot) = key_for(dir.path(), &new.public().to_string())
+            .unwrap()
+            .unwrap();
+        assert_eq!((k.public(), slot), (new.public(), KeySlot::Next));
+        assert_eq!(PrivateKey::read(&path(WIREGUARD_KEY)).unwrap(), new);
+        assert_eq!(
+            PrivateKey::read(&path(WIREGUARD_KEY_PREVIOUS)).unwrap(),
+            old
+        );
+        assert_eq!(next_public_key(dir.path()), None);
+        // A bundle from before the rotation: back, and pending again.
+        let (_, slot) = key_for(dir.path(), &old.public().to_string())
+            .unwrap()
+            .unwrap();
+        assert_eq!(slot, KeySlot::Previous);
+        assert_eq!(PrivateKey::read(&path(WIREGUARD_KEY)).unwrap(), old);
+        assert_eq!(next_public_key(dir.path()), Some(new.public().to_string()));
+        // A key the node never had.
+        assert!(key_for(dir.path(), &private(9).public().to_string())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! Addresses are stable across membership changes: a member keeps the
 //! address it was given while it stays a member, a new member takes the
-//! lowest free host address of the mesh's CIDR, and a member that leaves
-//! frees its address. The allocation is committed to the state branch by
+//! lowest free host address of the mesh's CIDR (never an external peer's),
+//! and a member that leaves holds its address until no member runs a
+//! bundle naming it and the mesh's `address-hold` has passed
+//! ([`held_after`]); then it is free. The allocation is committed to the state branch by
 //! the reconciler (`meshes/<name>.json`, a
 //! [`gitfleet_schemas::state::MeshAllocation`]) and read back from its tip,
 //! so it is an input here like everything else: no IO, no clock, and the
@@ -19,9 +21,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use chrono::{DateTime, Utc};
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MeshMember, FILES_DIR, MESH_FILE};
 use gitfleet_schemas::sbom::{Component, Property, Sbom, Service};
-use gitfleet_schemas::state::{MeshAllocation, MESH_ALLOCATION_FORMAT};
+use gitfleet_schemas::state::{HeldAddress, MeshAllocation, MESH_ALLOCATION_FORMAT};
 use gitfleet_schemas::verify::sha256_hex;
 use gitfleet_schemas::{Diagnostic, MeshFile, NodeFile, Severity};
 
@@ -244,6 +247,7 @@ pub fn to_state(mesh: &str, cidr: IpNet, allocation: &Allocation) -> MeshAllocat
         mesh: mesh.to_owned(),
         cidr: cidr.trunc().to_string(),
         addresses: allocation.clone(),
+        held: Held::new(),
     }
 }
 
@@ -260,7 +264,7 @@ pub fn changes(mesh: &str, previous: &Allocation, next: &Allocation) -> Vec<Stri
     }
     for (node, ip) in previous {
         if !next.contains_key(node) {
-            out.push(format!("mesh {mesh}: {node} left, {ip} freed"));
+            out.push(format!("mesh {mesh}: {node} left, {ip} held"));
         }
     }
     out
@@ -668,6 +672,9 @@ pub fn mesh_bundle(
 /// A mesh's new allocation and bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeshBuild {
+    /// What it was allocated on: the recorded allocation, with members
+    /// that came back given their held addresses.
+    pub previous: Allocation,
     pub allocation: Allocation,
     pub state: MeshAllocation,
     pub built: Built,
@@ -675,31 +682,97 @@ pub struct MeshBuild {
     pub changes: Vec<String>,
 }
 
+/// Departed members' held addresses by node id (the state's record).
+pub type Held = BTreeMap<String, HeldAddress>;
+
 /// Allocate addresses for mesh `name` of `model` on top of `previous` and
-/// build its bundle at `source_commit`.
+/// build its bundle at `source_commit`. Held addresses go to nobody but
+/// their member, who gets its own back when it returns.
 pub fn build(
     model: &FleetModel,
     name: &str,
     mesh: &MeshFile,
     previous: &Allocation,
+    held: &Held,
     source_commit: &str,
 ) -> Result<MeshBuild, MeshError> {
     let net = parse_cidr(name, &mesh.cidr.value)?;
     let members = members(model, mesh);
-    let allocation = allocate_reserving(
-        name,
-        net,
-        &eligible(&members),
-        previous,
-        &external_addresses(mesh),
-    )?;
+    let eligible = eligible(&members);
+    let mut reserved = external_addresses(mesh);
+    // Members leaving now hold their addresses from this build on.
+    reserved.extend(
+        previous
+            .iter()
+            .filter(|(node, _)| !eligible.contains(*node))
+            .map(|(_, &ip)| ip),
+    );
+    let mut previous = previous.clone();
+    for (node, h) in held {
+        if eligible.contains(node) && !previous.contains_key(node) {
+            previous.insert(node.clone(), h.address);
+        } else {
+            reserved.insert(h.address);
+        }
+    }
+    let allocation = allocate_reserving(name, net, &eligible, &previous, &reserved)?;
     let built = mesh_bundle(name, mesh, &members, &allocation, source_commit)?;
     Ok(MeshBuild {
-        changes: changes(name, previous, &allocation),
+        changes: changes(name, &previous, &allocation),
         state: to_state(name, net, &allocation),
+        previous,
         allocation,
         built,
     })
+}
+
+/// The held addresses once `build` is the mesh's bundle: members that
+/// left in it are held from `now`, members back in it are not, and the
+/// new bundle names none of them. An address is free again, with a line
+/// for the commit message saying so, once `hold_for` has passed and no
+/// member runs a bundle that names it (`running`: member -> the digest of
+/// the mesh bundle its last report says it runs; the departed node's own
+/// report does not count).
+pub fn held_after(
+    name: &str,
+    held: &Held,
+    build: &MeshBuild,
+    running: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+    hold_for: chrono::Duration,
+) -> (Held, Vec<String>) {
+    let mut out: Held = held
+        .iter()
+        .filter(|(node, _)| !build.allocation.contains_key(*node))
+        .map(|(n, h)| (n.clone(), h.clone()))
+        .collect();
+    for (node, &address) in &build.previous {
+        if !build.allocation.contains_key(node) {
+            out.entry(node.clone()).or_insert(HeldAddress {
+                address,
+                since: now,
+                clean: BTreeSet::new(),
+            });
+        }
+    }
+    let digest = &build.built.reference.digest;
+    let mut lines = Vec::new();
+    out.retain(|node, h| {
+        h.clean.insert(digest.clone());
+        let waited = now.signed_duration_since(h.since) >= hold_for;
+        let named = running
+            .iter()
+            .any(|(n, d)| n != node && !h.clean.contains(d));
+        let keep = !waited || named;
+        if !keep {
+            lines.push(format!(
+                "mesh {name}: {node}'s address {} is free again",
+                h.address
+            ));
+        }
+        keep
+    });
+    (out, lines)
 }
 
 /// The CycloneDX 1.5 SBOM of a mesh bundle: the mesh file as a `file`
@@ -799,7 +872,7 @@ mod tests {
         );
         assert_eq!(
             changes("m", &first, &second),
-            vec!["mesh m: b left, 10.40.0.2 freed".to_owned()]
+            vec!["mesh m: b left, 10.40.0.2 held".to_owned()]
         );
     }
 
@@ -927,7 +1000,15 @@ allowed-ips "10.0.0.0/24"
     fn the_mesh_file_lists_members_with_keys_sorted_at_their_addresses() {
         let (model, _) = model();
         let mesh = &model.meshes["backbone"].doc;
-        let b = build(&model, "backbone", mesh, &Allocation::new(), COMMIT).unwrap();
+        let b = build(
+            &model,
+            "backbone",
+            mesh,
+            &Allocation::new(),
+            &Held::new(),
+            COMMIT,
+        )
+        .unwrap();
         assert_eq!(
             b.changes,
             vec![
@@ -967,13 +1048,29 @@ allowed-ips "10.0.0.0/24"
     fn same_inputs_give_the_same_bundle_and_a_new_allocation_a_new_one() {
         let (model, _) = model();
         let mesh = &model.meshes["backbone"].doc;
-        let first = build(&model, "backbone", mesh, &Allocation::new(), COMMIT).unwrap();
-        let again = build(&model, "backbone", mesh, &first.allocation, COMMIT).unwrap();
+        let first = build(
+            &model,
+            "backbone",
+            mesh,
+            &Allocation::new(),
+            &Held::new(),
+            COMMIT,
+        )
+        .unwrap();
+        let again = build(
+            &model,
+            "backbone",
+            mesh,
+            &first.allocation,
+            &Held::new(),
+            COMMIT,
+        )
+        .unwrap();
         assert_eq!(again.built, first.built);
         assert!(again.changes.is_empty());
         let mut moved = first.allocation.clone();
         moved.insert("edge-a".into(), ip("10.40.0.200"));
-        let other = build(&model, "backbone", mesh, &moved, COMMIT).unwrap();
+        let other = build(&model, "backbone", mesh, &moved, &Held::new(), COMMIT).unwrap();
         assert_ne!(other.built.reference, first.built.reference);
         assert_eq!(other.allocation["edge-a"], ip("10.40.0.200"));
     }
@@ -1198,7 +1295,15 @@ peer "partner-gw" public-key="ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=" addr
         assert!(errors.is_empty(), "{errors:#?}");
         let model = checked.model;
         let mesh = &model.meshes["backbone"].doc;
-        let b = build(&model, "backbone", mesh, &Allocation::new(), COMMIT).unwrap();
+        let b = build(
+            &model,
+            "backbone",
+            mesh,
+            &Allocation::new(),
+            &Held::new(),
+            COMMIT,
+        )
+        .unwrap();
         // 10.40.0.1 is anna's: the members start after it.
         assert_eq!(b.allocation["edge-a"], ip("10.40.0.2"));
         assert_eq!(b.allocation["edge-b"], ip("10.40.0.3"));
@@ -1282,6 +1387,122 @@ PersistentKeepalive = 25
 "
         );
         assert_eq!(wg_quick(&mesh, "nobody", "PRIVATE"), None);
+    }
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + minutes * 60, 0).unwrap()
+    }
+
+    #[test]
+    fn a_departed_members_address_is_held_until_no_member_runs_a_bundle_naming_it() {
+        let (model, _) = model();
+        let mesh = &model.meshes["backbone"].doc;
+        let recorded = Allocation::from([
+            ("edge-a".to_owned(), ip("10.40.0.1")),
+            ("edge-b".to_owned(), ip("10.40.0.2")),
+            ("edge-gone".to_owned(), ip("10.40.0.3")),
+        ]);
+        let b = build(&model, "backbone", mesh, &recorded, &Held::new(), COMMIT).unwrap();
+        assert_eq!(
+            b.changes,
+            vec!["mesh backbone: edge-gone left, 10.40.0.3 held".to_owned()]
+        );
+        let digest = b.built.reference.digest.clone();
+        let old = "sha256:old".to_owned();
+        let hour = chrono::Duration::hours(1);
+        let running = |a: &str, b: &str, gone: &str| {
+            BTreeMap::from([
+                ("edge-a".to_owned(), a.to_owned()),
+                ("edge-b".to_owned(), b.to_owned()),
+                // The departed node's own report never counts.
+                ("edge-gone".to_owned(), gone.to_owned()),
+            ])
+        };
+        let (held, freed) = held_after(
+            "backbone",
+            &Held::new(),
+            &b,
+            &running(&old, &old, &old),
+            at(0),
+            hour,
+        );
+        assert!(freed.is_empty());
+        assert_eq!(held["edge-gone"].address, ip("10.40.0.3"));
+        assert_eq!(held["edge-gone"].since, at(0));
+        assert_eq!(held["edge-gone"].clean, BTreeSet::from([digest.clone()]));
+
+        // Everyone moved on, but the hold time has not passed.
+        let (kept, freed) = held_after(
+            "backbone",
+            &held,
+            &b,
+            &running(&digest, &digest, &old),
+            at(30),
+            hour,
+        );
+        assert!(freed.is_empty());
+        assert_eq!(kept, held);
+        // The hold time passed, but edge-b still runs the old bundle.
+        let (kept, freed) = held_after(
+            "backbone",
+            &held,
+            &b,
+            &running(&digest, &old, &old),
+            at(90),
+            hour,
+        );
+        assert!(freed.is_empty());
+        assert_eq!(kept, held);
+        // Both: free again.
+        let (none, freed) = held_after(
+            "backbone",
+            &held,
+            &b,
+            &running(&digest, &digest, &old),
+            at(90),
+            hour,
+        );
+        assert!(none.is_empty());
+        assert_eq!(
+            freed,
+            vec!["mesh backbone: edge-gone's address 10.40.0.3 is free again".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_held_address_goes_to_no_newcomer_and_back_to_its_member_when_it_returns() {
+        let (model, _) = model();
+        let mesh = &model.meshes["backbone"].doc;
+        let held = Held::from([
+            (
+                "edge-gone".to_owned(),
+                HeldAddress {
+                    address: ip("10.40.0.1"),
+                    since: at(0),
+                    clean: BTreeSet::new(),
+                },
+            ),
+            (
+                "edge-b".to_owned(),
+                HeldAddress {
+                    address: ip("10.40.0.9"),
+                    since: at(0),
+                    clean: BTreeSet::new(),
+                },
+            ),
+        ]);
+        let b = build(&model, "backbone", mesh, &Allocation::new(), &held, COMMIT).unwrap();
+        assert_eq!(b.allocation["edge-a"], ip("10.40.0.2"), "10.40.0.1 is held");
+        assert_eq!(b.allocation["edge-b"], ip("10.40.0.9"), "its own, back");
+        let (after, _) = held_after(
+            "backbone",
+            &held,
+            &b,
+            &BTreeMap::new(),
+            at(1),
+            chrono::Duration::hours(1),
+        );
+        assert_eq!(after.keys().collect::<Vec<_>>(), ["edge-gone"]);
     }
 
     fn arb_mesh() -> impl Strategy<Value = MeshBundle> {

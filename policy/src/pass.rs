@@ -59,9 +59,9 @@ pub enum Current {
 pub struct Builds {
     /// (config, proxy, source commit) -> its bundle.
     pub configs: BTreeMap<(String, Proxy, String), Built>,
-    /// Mesh -> the source commit and previous allocation it was built from,
-    /// and the build.
-    pub meshes: BTreeMap<String, (String, Allocation, MeshBuild)>,
+    /// Mesh -> the source commit, previous allocation and held addresses
+    /// it was built from, and the build.
+    pub meshes: BTreeMap<String, (String, Allocation, Allocation, MeshBuild)>,
 }
 
 /// Everything a pass decides from.
@@ -305,7 +305,14 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
             RolloutTarget::Mesh(mesh_name) => match meshes.get(mesh_name) {
                 Some(d) => d.clone(),
                 None => {
-                    let d = mesh_desired(o, diagnostics, mesh_name, &mut builds, &mut allocations)?;
+                    let d = mesh_desired(
+                        o,
+                        diagnostics,
+                        mesh_name,
+                        &mut builds,
+                        &mut allocations,
+                        now,
+                    )?;
                     meshes.insert(mesh_name.clone(), d.clone());
                     d
                 }
@@ -324,7 +331,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
         .configs
         .iter()
         .map(|((n, _, _), b)| (n, b))
-        .chain(builds.meshes.iter().map(|(n, (_, _, m))| (n, &m.built)));
+        .chain(builds.meshes.iter().map(|(n, (_, _, _, m))| (n, &m.built)));
     for (name, built) in all_builds {
         let digest = &built.reference.digest;
         let named = desired
@@ -519,29 +526,32 @@ fn config_desired(o: &Observed<'_>, config: &str, builds: &mut Builds) -> Option
 }
 
 /// The bundle of mesh `name` on the allocation the state branch records,
-/// and the allocation record to commit when it changed; `None` while the
-/// mesh or one of its members has errors (the last good bundle stays).
+/// and the allocation record to commit when it changed (with departed
+/// members' addresses held, and freed once no member runs a bundle naming
+/// them); `None` while the mesh or one of its members has errors (the last
+/// good bundle stays).
 fn mesh_desired(
     o: &Observed<'_>,
     diagnostics: &[Diagnostic],
     name: &str,
     builds: &mut Builds,
     allocations: &mut BTreeMap<String, (Vec<u8>, Vec<String>)>,
+    now: DateTime<Utc>,
 ) -> Result<Option<Desired>, PassError> {
     let model = &o.checked.model;
     let Some(located) = model.meshes.get(name) else {
         return Ok(None);
     };
     let path = state::allocation_path(name);
-    let previous = match o.state_files.get(&path) {
-        None => Allocation::new(),
+    let (previous, held) = match o.state_files.get(&path) {
+        None => (Allocation::new(), mesh::Held::new()),
         Some(bytes) => {
             let recorded: MeshAllocation =
                 serde_json::from_slice(bytes).map_err(|e| PassError::State {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-            mesh::from_state(&recorded)
+            (mesh::from_state(&recorded), recorded.held)
         }
     };
     if mesh::blocking(model, diagnostics, name, &previous).is_some() {
@@ -553,27 +563,61 @@ fn mesh_desired(
         .cloned()
         .unwrap_or_else(|| o.commit.to_owned());
     let build = match o.builds.meshes.get(name) {
-        Some((commit, prev, build)) if *commit == source_commit && *prev == previous => {
+        Some((commit, prev, res, build))
+            if *commit == source_commit && *prev == previous && *res == held_addresses(&held) =>
+        {
             build.clone()
         }
-        _ => match mesh::build(model, name, &located.doc, &previous, &source_commit) {
+        _ => match mesh::build(model, name, &located.doc, &previous, &held, &source_commit) {
             Ok(b) => b,
             Err(_) => return Ok(None),
         },
     };
-    let bytes = json_file(&build.state);
+    // Which bundle of this mesh each member runs, by its last report.
+    let rollouts: BTreeSet<&str> = model
+        .rollouts
+        .iter()
+        .filter(|(_, r)| matches!(&r.doc.target.value, RolloutTarget::Mesh(m) if m == name))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let running: BTreeMap<String, String> = build
+        .allocation
+        .keys()
+        .filter_map(|node| {
+            let report = o.reports.get(node)?;
+            let (_, digest) = report
+                .active
+                .iter()
+                .find(|(r, _)| rollouts.contains(r.as_str()))?;
+            Some((node.clone(), digest.clone()))
+        })
+        .collect();
+    let hold_for = Duration::seconds(
+        i64::try_from(located.doc.address_hold_seconds()).unwrap_or(i64::MAX / 1000),
+    );
+    let (held_next, freed) = mesh::held_after(name, &held, &build, &running, now, hold_for);
+    let mut record = build.state.clone();
+    record.held = held_next;
+    let bytes = json_file(&record);
     if o.state_files.get(&path) != Some(&bytes) {
         let mut lines = build.changes.clone();
+        lines.extend(freed);
         if lines.is_empty() {
             lines.push(format!("mesh {name}: allocation record rewritten"));
         }
         allocations.insert(path, (bytes, lines));
     }
     let desired = Desired::single(build.built.reference.clone(), source_commit.clone(), None);
-    builds
-        .meshes
-        .insert(name.to_owned(), (source_commit, previous, build));
+    builds.meshes.insert(
+        name.to_owned(),
+        (source_commit, previous, held_addresses(&held), build),
+    );
     Ok(Some(desired))
+}
+
+/// The held addresses of a mesh by node id: what a build reserved.
+fn held_addresses(held: &mesh::Held) -> Allocation {
+    held.iter().map(|(n, h)| (n.clone(), h.address)).collect()
 }
 
 /// `rollouts/<name>.json` of the state branch, parsed.

@@ -24,7 +24,15 @@ fn digests() -> Vec<(String, String)> {
         })
         .collect();
     for (name, m) in &model.meshes {
-        let build = mesh::build(model, name, &m.doc, &Allocation::new(), COMMIT).unwrap();
+        let build = mesh::build(
+            model,
+            name,
+            &m.doc,
+            &Allocation::new(),
+            &Default::default(),
+            COMMIT,
+        )
+        .unwrap();
         out.push((name.clone(), build.built.reference.digest));
     }
     out

@@ -130,6 +130,7 @@ fn mesh_sbom() -> Value {
         "backbone",
         mesh,
         &Default::default(),
+        &Default::default(),
         "0123abc",
     )
     .unwrap();

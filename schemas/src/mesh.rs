@@ -8,6 +8,7 @@
 //! listen-port 51820
 //! persistent-keepalive "25s"
 //! allowed-ips "10.50.0.0/16"
+//! address-hold "1h"   // a departed member's address waits at least this long
 //! // optional: spokes peer with the hubs only, and the hubs route between them
 //! topology "hub-and-spoke"
 //! hubs role="gateway"
@@ -83,11 +84,24 @@ pub struct MeshFile {
     /// Peers that are not fleet nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<ExternalPeer>,
+    /// How long a departed member's address is held at least, beyond the
+    /// time every member has moved to a bundle without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_hold_seconds: Option<Spanned<u64>>,
 }
+
+/// [`MeshFile::address_hold_seconds`] when the file says nothing.
+pub const DEFAULT_ADDRESS_HOLD_SECONDS: u64 = 3600;
 
 impl MeshFile {
     pub fn topology(&self) -> Topology {
         self.topology.as_ref().map(|t| t.value).unwrap_or_default()
+    }
+
+    pub fn address_hold_seconds(&self) -> u64 {
+        self.address_hold_seconds
+            .as_ref()
+            .map_or(DEFAULT_ADDRESS_HOLD_SECONDS, |h| h.value)
     }
 }
 
@@ -117,6 +131,7 @@ const TOP: &[&str] = &[
     "topology",
     "hubs",
     "peer",
+    "address-hold",
 ];
 
 impl MeshFile {
@@ -126,7 +141,7 @@ impl MeshFile {
             return d.finish(None);
         };
         let (mut cidr, mut members, mut listen_port, mut keepalive) = (None, None, None, None);
-        let (mut topology, mut hubs) = (None, None);
+        let (mut topology, mut hubs, mut address_hold) = (None, None, None);
         let mut allowed_ips = Vec::new();
         let mut peers = Vec::new();
         for node in d.versioned(&doc, "mesh file") {
@@ -157,6 +172,10 @@ impl MeshFile {
                     d.once(&mut hubs, node, Some(v));
                 }
                 "peer" => peers.extend(decode_peer(&mut d, node)),
+                "address-hold" => {
+                    let v = d.duration(node);
+                    d.once(&mut address_hold, node, v);
+                }
                 _ => d.unknown_node(node, "mesh file", TOP),
             }
         }
@@ -173,6 +192,7 @@ impl MeshFile {
                 topology,
                 hubs,
                 peers,
+                address_hold_seconds: address_hold,
             }),
             _ => None,
         };

@@ -3,7 +3,7 @@
 //! it, one file per WireGuard mesh (`meshes/<name>.json`) records the
 //! tunnel addresses handed out, so they stay put across membership changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -109,6 +109,22 @@ pub struct MeshAllocation {
     pub cidr: String,
     /// Tunnel address (without prefix length) by node id.
     pub addresses: BTreeMap<String, IpAddr>,
+    /// Addresses of members that left, by node id: given to nobody else
+    /// while a member may still run a bundle that names them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, HeldAddress>,
+}
+
+/// A departed member's address, held (see [`MeshAllocation::held`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeldAddress {
+    pub address: IpAddr,
+    /// When the pass that saw it leave ran.
+    pub since: DateTime<Utc>,
+    /// The mesh's bundles built since it left (digests): a member running
+    /// one of them no longer names it.
+    pub clean: BTreeSet<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

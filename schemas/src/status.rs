@@ -131,6 +131,11 @@ pub struct WireguardStatus {
     pub public_key: String,
     pub listen_port: Option<u16>,
     pub peers: Vec<PeerStatus>,
+    /// The public key this node asks to move to (`gitfleet-agent
+    /// rotate-key`): the fleet repo's node file should list it. Signed
+    /// with the report, so the request is the node's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

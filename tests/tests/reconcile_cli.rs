@@ -690,6 +690,43 @@ fn the_backbone_mesh_is_bundled_and_keeps_its_addresses_when_it_grows() {
         "{message}"
     );
     assert!(!message.contains("edge-fra-1 gets"), "{message}");
+
+    // edge-fra-3 leaves the mesh (a new role): its address is held, since
+    // every member still runs a bundle that names it, and a newcomer in
+    // the same push takes another.
+    let fra3 = work.join("nodes/edge-fra-3.kdl");
+    let text = std::fs::read_to_string(&fra3).unwrap();
+    std::fs::write(&fra3, text.replace("role=\"edge\"", "role=\"lab\"")).unwrap();
+    let node_key = SigningKey::from_bytes(&[78; 32]).verifying_key().to_bytes();
+    std::fs::write(
+        work.join("nodes/edge-fra-4.kdl"),
+        format!(
+            "version 1\nid \"edge-fra-4\"\nenvironment \"prod\"\nlabels region=\"fra\" role=\"edge\"\nnode-key \"{}\"\nwireguard public-key=\"{}\" endpoint=\"198.51.100.34:51820\"\n",
+            b64(&node_key),
+            b64(&[0x5b; 32]),
+        ),
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(
+        &work,
+        &["commit", "-qm", "edge-fra-3 leaves, edge-fra-4 joins"],
+    );
+    git(&work, &["push", "-q", "origin", "main"]);
+    let (code, stdout, stderr) = fleet.reconcile(&store, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let after = fleet.allocation("backbone");
+    assert!(!after.addresses.contains_key("edge-fra-3"));
+    assert_eq!(after.held["edge-fra-3"].address.to_string(), "10.40.0.8");
+    assert_eq!(after.addresses["edge-fra-4"].to_string(), "10.40.0.9");
+    let message = git(
+        &fleet.path("origin.git"),
+        &["log", "-1", "--format=%B", "gitfleet/state"],
+    );
+    assert!(
+        message.contains("mesh backbone: edge-fra-3 left, 10.40.0.8 held"),
+        "{message}"
+    );
 }
 
 /// `state-branch` in fleet.kdl is where every command finds the state:

@@ -922,6 +922,85 @@ fn a_prefix_routed_behind_a_member_becomes_reachable_from_another() {
     assert!(lab.route("a", "10.20.0.1").is_err(), "the route stayed");
 }
 
+/// Test 5: key rotation. c makes a new key (`gitfleet-agent rotate-key`),
+/// its signed report carries the request, the operator's push lists the
+/// new key, and c switches when the mesh names it: a and b replace that
+/// one peer, and the a–b session carries on untouched.
+#[test]
+fn a_member_rotating_its_key_keeps_the_other_pairs_sessions() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    let root_key = lab.keys();
+    for name in ["a", "b", "c"] {
+        lab.join(name, MEMBER);
+    }
+    lab.fleet(&root_key, MESH);
+    lab.roll_out(&["a", "b", "c"]);
+    for (from, to) in [("a", "b"), ("a", "c"), ("b", "c")] {
+        lab.ping(from, &lab.tunnel(to));
+    }
+    assert_eq!(lab.poll("a"), None);
+    let before = lab.peer("a", "b");
+    let handshake = before.latest_handshake.expect("a handshake with b");
+
+    // c asks for a new key; its next report carries the request.
+    let old = lab.member("c").wireguard_key.clone().unwrap();
+    let out = run(lab.agent("c").arg("rotate-key"));
+    let new = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        lab.poll("c"),
+        None,
+        "nothing changes until the repo says so"
+    );
+    let wg = lab.report("c").wireguard.unwrap();
+    assert_eq!(wg.public_key, old);
+    assert_eq!(wg.next_public_key.as_deref(), Some(new.as_str()));
+
+    // The operator's change: c's node file lists the new key.
+    let file = lab.read("nodes/node-c.kdl");
+    assert!(file.contains(&old), "{file}");
+    lab.push(
+        &[("nodes/node-c.kdl", &file.replace(&old, &new))],
+        "rotate node-c's wireguard key",
+    );
+    let rotated = lab.roll_out(&["a", "b", "c"]);
+    for name in ["a", "b"] {
+        let w = wrote(&rotated, name);
+        for (field, value) in [("added", 1), ("removed", 1), ("unchanged", 1)] {
+            assert_eq!(w[field], value, "{name}: {w}");
+        }
+    }
+    let w = wrote(&rotated, "c");
+    assert_eq!(w["private_key"], true, "{w}");
+    assert_eq!(w["unchanged"], 2, "{w}");
+    lab.members
+        .iter_mut()
+        .find(|m| m.name == "c")
+        .unwrap()
+        .wireguard_key = Some(new.clone());
+
+    for (from, to) in [("a", "c"), ("b", "c"), ("c", "a")] {
+        lab.ping(from, &lab.tunnel(to));
+    }
+    assert_eq!(lab.poll("c"), None);
+    let wg = lab.report("c").wireguard.unwrap();
+    assert_eq!(wg.public_key, new);
+    assert_eq!(wg.next_public_key, None, "the rotation is done");
+    assert_eq!(lab.poll("a"), None);
+    let after = lab.peer("a", "b");
+    let moved = (after.latest_handshake.unwrap() - handshake)
+        .num_seconds()
+        .abs();
+    assert!(
+        moved <= 2,
+        "the a–b session was touched: {before:?} then {after:?}"
+    );
+    assert!(
+        after.rx_bytes >= before.rx_bytes && after.tx_bytes >= before.tx_bytes,
+        "a's counters for b went back: {before:?} then {after:?}"
+    );
+}
+
 /// Monitor mode: interfaces configured by hand (keys and peers never in
 /// git or a bundle) over boringtun's control socket. An agent that only
 /// monitors a's interface reports its peer with handshake, traffic and rates

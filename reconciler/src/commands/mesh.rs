@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use gitfleet_agent::wireguard::PrivateKey;
-use gitfleet_policy::mesh::{self, Allocation};
+use gitfleet_policy::mesh;
 use gitfleet_schemas::state::MeshAllocation;
 use gitfleet_schemas::Severity;
 
@@ -135,8 +135,18 @@ fn client(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let state = read_allocation(&args.repo, args.state_ref.as_deref(), branch, &args.mesh)?;
 
     let Some(peer) = doc.peers.iter().find(|p| p.name.value == args.peer) else {
-        let allocation = state.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
-        let address = mesh::free_address_from_top(net, &allocation, &mesh::external_addresses(doc))
+        let allocation = state
+            .as_ref()
+            .map(|(_, a)| mesh::from_state(a))
+            .unwrap_or_default();
+        // Departed members' held addresses are taken too.
+        let mut taken = mesh::external_addresses(doc);
+        taken.extend(
+            state
+                .iter()
+                .flat_map(|(_, a)| a.held.values().map(|h| h.address)),
+        );
+        let address = mesh::free_address_from_top(net, &allocation, &taken)
             .with_context(|| format!("mesh `{}` has no free address in {net}", args.mesh))?;
         println!(
             "peer \"{}\" public-key=\"{}\" address=\"{address}\"",
@@ -159,7 +169,7 @@ fn client(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             peer.public_key.value
         );
     }
-    let Some((at, allocation)) = state else {
+    let Some((at, recorded)) = state else {
         anyhow::bail!(
             "no tunnel addresses for mesh `{}` yet (no meshes/{}.json on the state branch `{branch}` of {}): \
              the reconciler writes them on its first pass; `git fetch` for the latest",
@@ -168,6 +178,7 @@ fn client(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             args.repo.display()
         );
     };
+    let allocation = mesh::from_state(&recorded);
     let members = mesh::members(model, doc);
     let (placed, waiting): (Vec<_>, Vec<_>) = members
         .into_iter()
@@ -198,7 +209,7 @@ fn client(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The tunnel addresses of mesh `mesh` on the state branch of the git
+/// The address record of mesh `mesh` on the state branch of the git
 /// repository around `repo`, and the ref they were read at: `state_ref`
 /// when given, else `origin/<branch>`, else `<branch>`. `None` when no such
 /// ref or no allocation exists.
@@ -207,7 +218,7 @@ fn read_allocation(
     state_ref: Option<&str>,
     branch: &str,
     mesh: &str,
-) -> anyhow::Result<Option<(String, Allocation)>> {
+) -> anyhow::Result<Option<(String, MeshAllocation)>> {
     let Ok(git) = git2::Repository::discover(repo) else {
         if let Some(r) = state_ref {
             anyhow::bail!(
@@ -238,7 +249,7 @@ fn read_allocation(
             .with_context(|| format!("{r}:{path} is not a file"))?;
         let state: MeshAllocation = serde_json::from_slice(blob.content())
             .with_context(|| format!("reading {r}:{path}"))?;
-        return Ok(Some((r.clone(), mesh::from_state(&state))));
+        return Ok(Some((r.clone(), state)));
     }
     Ok(None)
 }

@@ -233,6 +233,13 @@ pub fn mesh_human(view: &FleetStatus, name: &str, stale_after: chrono::Duration)
             wg.interface,
             wg.listen_port.map_or("-".to_owned(), |p| p.to_string())
         );
+        if let Some(next) = &wg.next_public_key {
+            let _ = writeln!(
+                out,
+                "  key rotation requested: list public-key=\"{next}\" in nodes/{}.kdl",
+                n.id
+            );
+        }
         for p in &wg.peers {
             let who = n.peer_names.get(&p.public_key).unwrap_or(&p.public_key);
             let handshake = p.latest_handshake.map_or("never".to_owned(), |t| {

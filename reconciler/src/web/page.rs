@@ -441,7 +441,17 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
     out.push_str("<h3>WireGuard</h3>");
     match &n.wireguard {
         None => out.push_str("<p>No interface reported.</p>"),
-        Some(wg) => interface_table(&mut out, v.at, wg, &n.peer_names, "peers"),
+        Some(wg) => {
+            if let Some(next) = &wg.next_public_key {
+                let _ = write!(
+                    out,
+                    "<p class=alert>Key rotation requested: list <code>{}</code> as the wireguard public-key of <code>nodes/{}.kdl</code>.</p>",
+                    esc(next),
+                    esc(&n.id)
+                );
+            }
+            interface_table(&mut out, v.at, wg, &n.peer_names, "peers");
+        }
     }
     for wg in &n.monitored {
         let _ = write!(
@@ -592,6 +602,7 @@ mod tests {
             public_key: "me".into(),
             listen_port: Some(51820),
             peers: vec![peer("KEY-A", false), peer("LAPTOP", true)],
+            next_public_key: None,
         };
         let names = std::collections::BTreeMap::from([("KEY-A".to_owned(), "edge-1".to_owned())]);
         let mut out = String::new();
