@@ -6,10 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use gitfleet_schemas::mesh::Topology;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState, RulesState};
+use gitfleet_schemas::status::PeerStatus;
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::view::{
-    Counts, EnvironmentView, FleetStatus, Health, NodeView, RolloutView, FLEET_STATUS_FORMAT,
+    Counts, EnvironmentView, ExternalPeerView, FleetStatus, Health, MeshView, NodeView,
+    RolloutView, FLEET_STATUS_FORMAT,
 };
 use gitfleet_schemas::{NodeFile, Proxy};
 
@@ -37,6 +40,16 @@ pub struct ViewInputs<'a> {
     pub stale_after: Duration,
     /// Only this environment's rollouts and nodes.
     pub environment: Option<&'a str>,
+}
+
+/// How long a WireGuard link may go without a handshake before it is
+/// stale: WireGuard re-handshakes every 2 minutes while a link is used.
+pub const LINK_STALE_AFTER_SECONDS: i64 = 180;
+
+/// A peer its agent marked stale, or without a handshake within
+/// `stale_after` of `at`.
+pub fn link_is_stale(p: &PeerStatus, at: DateTime<Utc>, stale_after: Duration) -> bool {
+    p.stale || p.latest_handshake.is_none_or(|t| at - t > stale_after)
 }
 
 /// A node's health as of `now`. Liveness goes by when the store wrote the
@@ -135,6 +148,43 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
             rollouts: rollouts_in(inputs, env),
         })
         .collect();
+    let meshes = model
+        .meshes
+        .iter()
+        .map(|(name, m)| {
+            let members: Vec<&NodeFile> = crate::mesh::members(model, &m.doc)
+                .into_iter()
+                .filter(|n| n.wireguard.is_some() && wanted(&n.environment.value))
+                .collect();
+            let hubs = match (&m.doc.hubs, m.doc.topology()) {
+                (Some(h), Topology::HubAndSpoke) => members
+                    .iter()
+                    .filter(|n| h.matches_labels(&n.labels))
+                    .map(|n| n.id.value.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut members: Vec<String> = members.iter().map(|n| n.id.value.clone()).collect();
+            members.sort();
+            MeshView {
+                name: name.clone(),
+                cidr: m.doc.cidr.value.clone(),
+                topology: m.doc.topology(),
+                members,
+                hubs,
+                external: m
+                    .doc
+                    .peers
+                    .iter()
+                    .map(|p| ExternalPeerView {
+                        name: p.name.value.clone(),
+                        public_key: p.public_key.value.clone(),
+                        address: p.address.value.clone(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
     FleetStatus {
         format: FLEET_STATUS_FORMAT,
         fleet: model
@@ -154,6 +204,7 @@ pub fn fleet_status(inputs: &ViewInputs<'_>) -> FleetStatus {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), *v as u64))
             .collect(),
+        meshes,
     }
 }
 

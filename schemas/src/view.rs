@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::mesh::Topology;
 use crate::state::{EnvRulesState, Phase};
 use crate::status::{Drift, HttpCheckResult, Metrics, WireguardStatus};
 
@@ -35,6 +36,36 @@ pub struct FleetStatus {
     pub nodes: Vec<NodeView>,
     /// Status reports that failed verification, by reason.
     pub reports_ignored: BTreeMap<String, u64>,
+    /// The fleet repo's WireGuard meshes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meshes: Vec<MeshView>,
+}
+
+/// A WireGuard mesh of the fleet repo (`meshes/<name>.kdl`): who is in it;
+/// each member's [`NodeView::wireguard`] says how its links are.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeshView {
+    pub name: String,
+    pub cidr: String,
+    pub topology: Topology,
+    /// Member node ids (those with a WireGuard key), sorted; within the
+    /// view's environment when it has one.
+    pub members: Vec<String>,
+    /// The members that are hubs (hub-and-spoke).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hubs: Vec<String>,
+    /// Peers outside the fleet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalPeerView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalPeerView {
+    pub name: String,
+    pub public_key: String,
+    pub address: String,
 }
 
 /// Nodes by health.

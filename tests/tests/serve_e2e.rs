@@ -109,6 +109,23 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
     );
     let (code, _) = get(&format!("{base}/nodes/no-such-node"));
     assert_eq!(code, 404);
+    // The mesh page: every member's links, by node id.
+    let (code, meshes) = get(&format!("{base}/meshes"));
+    assert_eq!(code, 200);
+    assert!(
+        meshes.contains("<a href=\"/meshes/backbone\">backbone</a>"),
+        "{meshes}"
+    );
+    let (code, mesh) = get(&format!("{base}/meshes/backbone"));
+    assert_eq!(code, 200);
+    assert!(mesh.contains("<h2>Mesh backbone</h2>"), "{mesh}");
+    assert!(
+        mesh.contains("<h3><a href=\"/nodes/edge-dev-fra-1\">edge-dev-fra-1</a></h3>"),
+        "{mesh}"
+    );
+    assert!(mesh.contains("<table id=peers-edge-dev-fra-1>"), "{mesh}");
+    let (code, _) = get(&format!("{base}/meshes/no-such-mesh"));
+    assert_eq!(code, 404);
     let (_, rollouts) = get(&format!("{base}/rollouts"));
     assert!(
         rollouts.contains("gitfleet rollout pause edge"),

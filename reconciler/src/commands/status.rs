@@ -213,7 +213,7 @@ pub fn mesh_human(view: &FleetStatus, name: &str, stale_after: chrono::Duration)
         .iter()
         .filter_map(|n| n.wireguard.as_ref())
         .flat_map(|wg| &wg.peers)
-        .filter(|p| peer_is_stale(p, view.at, stale_after))
+        .filter(|p| gitfleet_policy::view::link_is_stale(p, view.at, stale_after))
         .count();
     let _ = writeln!(
         out,
@@ -254,7 +254,7 @@ pub fn mesh_human(view: &FleetStatus, name: &str, stale_after: chrono::Duration)
                 "  {who:<24} handshake {handshake:<10} rx {:<10} tx {:<10}{}",
                 rate(p.rx_bytes, p.rx_bytes_per_second),
                 rate(p.tx_bytes, p.tx_bytes_per_second),
-                if peer_is_stale(p, view.at, stale_after) {
+                if gitfleet_policy::view::link_is_stale(p, view.at, stale_after) {
                     "  STALE"
                 } else {
                     ""
@@ -263,16 +263,6 @@ pub fn mesh_human(view: &FleetStatus, name: &str, stale_after: chrono::Duration)
         }
     }
     out
-}
-
-/// A peer the agent marked stale, or without a handshake within
-/// `stale_after` of the view.
-fn peer_is_stale(
-    p: &gitfleet_schemas::status::PeerStatus,
-    at: DateTime<Utc>,
-    stale_after: chrono::Duration,
-) -> bool {
-    p.stale || p.latest_handshake.is_none_or(|t| at - t > stale_after)
 }
 
 /// A fleet of at most this many nodes is listed whole.

@@ -440,7 +440,7 @@ pub fn error_status(e: &BundleError) -> axum::http::StatusCode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gitfleet_schemas::bundle::{BundleFile, BundleKind, BundleManifest};
 
@@ -531,7 +531,7 @@ mod tests {
         assert!(row.contains("<td>1 nodes</td>"), "{row}");
     }
 
-    fn sample_view() -> FleetStatus {
+    pub(crate) fn sample_view() -> FleetStatus {
         use gitfleet_schemas::state::Phase;
         use gitfleet_schemas::view::{Counts, EnvironmentView, Health, NodeView, RolloutView};
         let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
@@ -588,6 +588,7 @@ mod tests {
                 peer_names: Default::default(),
             }],
             reports_ignored: BTreeMap::new(),
+            meshes: Vec::new(),
         }
     }
 }

@@ -207,6 +207,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node))
         .route("/rollouts", get(rollouts))
+        .route("/meshes", get(meshes))
+        .route("/meshes/{name}", get(mesh))
         .route("/bundles", get(bundles))
         .route("/bundles/{digest}", get(bundle))
         .route("/bundles/{a}/diff/{b}", get(bundle_diff))
@@ -302,6 +304,35 @@ async fn rollouts(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) ->
         &v.fleet,
         page::rollouts(&v),
     )
+}
+
+async fn meshes(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    respond(q.fragment.is_some(), "Meshes", &v.fleet, page::meshes(&v))
+}
+
+async fn mesh(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    let Some(m) = v.meshes.iter().find(|m| m.name == name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(page::layout(
+                "Not found",
+                &v.fleet,
+                &format!("<p>No mesh {} in the fleet repo.</p>", html::esc(&name)),
+            )),
+        )
+            .into_response();
+    };
+    respond(q.fragment.is_some(), &m.name, &v.fleet, page::mesh(&v, m))
 }
 
 async fn bundles(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {

@@ -4,7 +4,11 @@
 
 use std::fmt::Write as _;
 
-use gitfleet_schemas::view::{Counts, FleetStatus, Health, NodeView, RolloutView};
+use std::collections::{BTreeMap, HashSet};
+
+use gitfleet_policy::view::{link_is_stale, LINK_STALE_AFTER_SECONDS};
+use gitfleet_schemas::status::{PeerStatus, WireguardStatus};
+use gitfleet_schemas::view::{Counts, FleetStatus, Health, MeshView, NodeView, RolloutView};
 
 use super::bundle_page;
 use super::html::esc;
@@ -32,7 +36,7 @@ pub fn layout(title: &str, fleet: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>{} · gitfleet</title>\
 <style>{STYLE}</style></head><body><header><strong>gitfleet · {}</strong>\
-<a href=\"/\">Overview</a><a href=\"/nodes\">Nodes</a><a href=\"/rollouts\">Rollouts</a><a href=\"/bundles\">Bundles</a>\
+<a href=\"/\">Overview</a><a href=\"/nodes\">Nodes</a><a href=\"/rollouts\">Rollouts</a><a href=\"/meshes\">Meshes</a><a href=\"/bundles\">Bundles</a>\
 <a href=\"/api/status\">JSON</a><a href=\"/metrics\">Metrics</a></header>\
 <main>{body}</main><script>{SCRIPT}</script></body></html>",
         esc(title),
@@ -450,7 +454,7 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
                     esc(&n.id)
                 );
             }
-            interface_table(&mut out, v.at, wg, &n.peer_names, "peers");
+            interface_table(&mut out, v.at, wg, &n.peer_names, &node_ids(v), "peers");
         }
     }
     for wg in &n.monitored {
@@ -459,7 +463,7 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
             "<h3>Monitored: <code>{}</code></h3>",
             esc(&wg.interface)
         );
-        interface_table(&mut out, v.at, wg, &n.peer_names, "monitored");
+        interface_table(&mut out, v.at, wg, &n.peer_names, &node_ids(v), "monitored");
     }
     out
 }
@@ -469,8 +473,9 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
 fn interface_table(
     out: &mut String,
     at: chrono::DateTime<chrono::Utc>,
-    wg: &gitfleet_schemas::status::WireguardStatus,
-    names: &std::collections::BTreeMap<String, String>,
+    wg: &WireguardStatus,
+    names: &BTreeMap<String, String>,
+    nodes: &HashSet<&str>,
     id: &str,
 ) {
     let _ = write!(
@@ -482,16 +487,20 @@ fn interface_table(
         wg.listen_port.map_or("-".to_owned(), |p| p.to_string())
     );
     for p in &wg.peers {
-        let who = names.get(&p.public_key).map_or_else(
-            || format!("<code>{}</code>", esc(&p.public_key)),
-            |node| {
-                format!(
-                    "<a href=\"/nodes/{0}\" title=\"{1}\">{0}</a>",
-                    esc(node),
-                    esc(&p.public_key)
-                )
-            },
-        );
+        let who = match names.get(&p.public_key) {
+            None => format!("<code>{}</code>", esc(&p.public_key)),
+            Some(node) if nodes.contains(node.as_str()) => format!(
+                "<a href=\"/nodes/{0}\" title=\"{1}\">{0}</a>",
+                esc(node),
+                esc(&p.public_key)
+            ),
+            // An external peer of a mesh: no page of its own.
+            Some(name) => format!(
+                "<span title=\"{}\">{} (external)</span>",
+                esc(&p.public_key),
+                esc(name)
+            ),
+        };
         let rate = |total: u64, per_second: Option<u64>| match per_second {
             Some(r) => format!("{} ({}/s)", bytes(total), bytes(r)),
             None => bytes(total),
@@ -511,6 +520,154 @@ fn interface_table(
         );
     }
     out.push_str("</table>");
+}
+
+fn node_ids(v: &FleetStatus) -> HashSet<&str> {
+    v.nodes.iter().map(|n| n.id.as_str()).collect()
+}
+
+/// A WireGuard link is stale after this long without a handshake.
+fn link_stale_after() -> chrono::Duration {
+    chrono::Duration::seconds(LINK_STALE_AFTER_SECONDS)
+}
+
+/// `/meshes`: every mesh with its members and how its links are.
+pub fn meshes(v: &FleetStatus) -> String {
+    let mut out = String::from("<h2>Meshes</h2>");
+    if v.meshes.is_empty() {
+        out.push_str("<p>The fleet repo has no meshes (<code>meshes/&lt;name&gt;.kdl</code>).</p>");
+        return out;
+    }
+    out.push_str("<table><tr><th>Mesh</th><th>Range</th><th>Topology</th><th>Members</th><th>External peers</th><th>Links</th></tr>");
+    for m in &v.meshes {
+        let (links, stale) = link_counts(v, m);
+        let _ = write!(
+            out,
+            "<tr data-mesh=\"{0}\"><td><a href=\"/meshes/{1}\">{0}</a></td><td>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td{6}>{7} of {8} stale</td></tr>",
+            esc(&m.name),
+            url_part(&m.name),
+            esc(&m.cidr),
+            m.topology.as_str(),
+            m.members.len(),
+            m.external.len(),
+            if stale > 0 { " class=stale" } else { "" },
+            stale,
+            links
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
+/// The links the members of `m` report, and how many are stale.
+fn link_counts(v: &FleetStatus, m: &MeshView) -> (usize, usize) {
+    let mut links = 0;
+    let mut stale = 0;
+    for p in member_views(v, m)
+        .filter_map(|n| n.wireguard.as_ref())
+        .flat_map(|wg| &wg.peers)
+    {
+        links += 1;
+        if link_is_stale(p, v.at, link_stale_after()) {
+            stale += 1;
+        }
+    }
+    (links, stale)
+}
+
+fn member_views<'a>(v: &'a FleetStatus, m: &'a MeshView) -> impl Iterator<Item = &'a NodeView> {
+    v.nodes
+        .iter()
+        .filter(|n| m.members.binary_search(&n.id).is_ok())
+}
+
+/// `/meshes/<name>`: each member's peers (by node id, external peers by
+/// name) with handshake age and traffic, stale links highlighted, and the
+/// external peers as the members see them.
+pub fn mesh(v: &FleetStatus, m: &MeshView) -> String {
+    let (links, stale) = link_counts(v, m);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<h2>Mesh {}</h2><p><code>{}</code>, {}, {} member(s){}, {} external peer(s); \
+<span data-stale-links=\"{stale}\">{stale} of {links} link(s) stale</span> (no handshake within {}).</p>",
+        esc(&m.name),
+        esc(&m.cidr),
+        m.topology.as_str(),
+        m.members.len(),
+        if m.hubs.is_empty() {
+            String::new()
+        } else {
+            format!(", hubs {}", esc(&m.hubs.join(", ")))
+        },
+        m.external.len(),
+        age(LINK_STALE_AFTER_SECONDS),
+    );
+    let mut seen: BTreeMap<&str, Vec<(&str, &PeerStatus)>> = BTreeMap::new();
+    for n in member_views(v, m) {
+        for p in n.wireguard.iter().flat_map(|wg| &wg.peers) {
+            seen.entry(p.public_key.as_str())
+                .or_default()
+                .push((n.id.as_str(), p));
+        }
+    }
+    if !m.external.is_empty() {
+        out.push_str("<h3>External peers</h3><table id=external><tr><th>Peer</th><th>Address</th><th>Seen by</th><th>Latest handshake</th><th>rx</th><th>tx</th></tr>");
+        for e in &m.external {
+            let links = seen
+                .get(e.public_key.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let live: Vec<&str> = links
+                .iter()
+                .filter(|(_, p)| !link_is_stale(p, v.at, link_stale_after()))
+                .map(|(n, _)| *n)
+                .collect();
+            let latest = links.iter().filter_map(|(_, p)| p.latest_handshake).max();
+            let class = if live.is_empty() {
+                " class=\"peer stale\""
+            } else {
+                " class=peer"
+            };
+            let _ = write!(
+                out,
+                "<tr{class}><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&e.public_key),
+                esc(&e.name),
+                esc(&e.address),
+                if live.is_empty() {
+                    "nobody".to_owned()
+                } else {
+                    esc(&live.join(", "))
+                },
+                latest.map_or("never".to_owned(), |t| format!("{} ago", age((v.at - t).num_seconds()))),
+                bytes(links.iter().map(|(_, p)| p.rx_bytes).sum()),
+                bytes(links.iter().map(|(_, p)| p.tx_bytes).sum()),
+            );
+        }
+        out.push_str("</table>");
+    }
+    let nodes = node_ids(v);
+    for n in member_views(v, m) {
+        let hub = if m.hubs.contains(&n.id) { " (hub)" } else { "" };
+        let _ = write!(
+            out,
+            "<h3><a href=\"/nodes/{}\">{}</a>{hub}</h3>",
+            url_part(&n.id),
+            esc(&n.id)
+        );
+        match &n.wireguard {
+            None => out.push_str("<p>No interface reported.</p>"),
+            Some(wg) => {
+                let mut wg = wg.clone();
+                for p in &mut wg.peers {
+                    p.stale = link_is_stale(p, v.at, link_stale_after());
+                }
+                let id = format!("peers-{}", n.id);
+                interface_table(&mut out, v.at, &wg, &n.peer_names, &nodes, &id);
+            }
+        }
+    }
+    out
 }
 
 /// `/rollouts`: every rollout per environment, with how to steer it.
@@ -604,9 +761,10 @@ mod tests {
             peers: vec![peer("KEY-A", false), peer("LAPTOP", true)],
             next_public_key: None,
         };
-        let names = std::collections::BTreeMap::from([("KEY-A".to_owned(), "edge-1".to_owned())]);
+        let names = BTreeMap::from([("KEY-A".to_owned(), "edge-1".to_owned())]);
         let mut out = String::new();
-        interface_table(&mut out, at, &wg, &names, "monitored");
+        let nodes = HashSet::from(["edge-1"]);
+        interface_table(&mut out, at, &wg, &names, &nodes, "monitored");
         assert!(
             out.contains("<a href=\"/nodes/edge-1\" title=\"KEY-A\">edge-1</a>"),
             "{out}"
@@ -617,6 +775,88 @@ mod tests {
         );
         assert!(out.contains("(stale)"), "{out}");
         assert!(out.contains("/s)"), "{out}");
+    }
+
+    #[test]
+    fn a_mesh_page_shows_each_members_links_its_hubs_and_external_peers_as_seen() {
+        use gitfleet_schemas::mesh::Topology;
+        use gitfleet_schemas::view::ExternalPeerView;
+        let mut v = bundle_page::tests::sample_view();
+        let at = v.at;
+        let peer = |key: &str, handshake: Option<i64>| PeerStatus {
+            public_key: key.to_owned(),
+            endpoint: None,
+            allowed_ips: vec![],
+            latest_handshake: handshake.map(|s| at - chrono::Duration::seconds(s)),
+            rx_bytes: 100,
+            tx_bytes: 50,
+            persistent_keepalive_seconds: Some(25),
+            rx_bytes_per_second: None,
+            tx_bytes_per_second: None,
+            stale: false,
+        };
+        let mut n2 = v.nodes[0].clone();
+        n2.id = "n2".into();
+        v.nodes[0].wireguard = Some(WireguardStatus {
+            interface: "wg-lab".into(),
+            public_key: "KEY-1".into(),
+            listen_port: Some(51820),
+            peers: vec![peer("KEY-2", Some(30)), peer("KEY-LAPTOP", None)],
+            next_public_key: None,
+        });
+        v.nodes[0].peer_names = BTreeMap::from([
+            ("KEY-2".to_owned(), "n2".to_owned()),
+            ("KEY-LAPTOP".to_owned(), "laptop".to_owned()),
+        ]);
+        v.nodes.push(n2);
+        v.meshes = vec![MeshView {
+            name: "lab".into(),
+            cidr: "10.77.0.0/24".into(),
+            topology: Topology::HubAndSpoke,
+            members: vec!["n1".into(), "n2".into()],
+            hubs: vec!["n1".into()],
+            external: vec![ExternalPeerView {
+                name: "laptop".into(),
+                public_key: "KEY-LAPTOP".into(),
+                address: "10.77.0.254".into(),
+            }],
+        }];
+        let page = mesh(&v, &v.meshes[0]);
+        assert!(
+            page.contains("hub-and-spoke, 2 member(s), hubs n1, 1 external peer(s)"),
+            "{page}"
+        );
+        assert!(
+            page.contains("data-stale-links=\"1\">1 of 2 link(s) stale"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<h3><a href=\"/nodes/n1\">n1</a> (hub)</h3>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<h3><a href=\"/nodes/n2\">n2</a></h3><p>No interface reported.</p>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<a href=\"/nodes/n2\" title=\"KEY-2\">n2</a>"),
+            "{page}"
+        );
+        // The laptop: named, no page to link, never seen.
+        assert!(
+            page.contains("<span title=\"KEY-LAPTOP\">laptop (external)</span>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<tr class=\"peer stale\"><td title=\"KEY-LAPTOP\">laptop</td><td>10.77.0.254</td><td>nobody</td><td>never</td>"),
+            "{page}"
+        );
+        let index = meshes(&v);
+        assert!(index.contains("<a href=\"/meshes/lab\">lab</a>"), "{index}");
+        assert!(
+            index.contains("<td class=stale>1 of 2 stale</td>"),
+            "{index}"
+        );
     }
 
     #[test]
