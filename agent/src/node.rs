@@ -57,6 +57,11 @@ pub struct DiskNode {
     /// The active mesh bundle and what it asks of this node, read from the
     /// verified archive once per process.
     mesh: Option<(BundleRef, Desired)>,
+    /// What this process last wrote to the mesh's interface, successfully:
+    /// the next mesh is written as the difference from it, without reading
+    /// the interface. `None` at start, after a failed write and before a
+    /// drift repair (which reads the interface whole).
+    written: Option<Desired>,
     sampler: Sampler,
     limits: Limits,
     /// The metrics route the active config declares, found once per
@@ -97,6 +102,7 @@ impl DiskNode {
             sentinel,
             wireguard,
             mesh: None,
+            written: None,
             sampler,
             limits,
             metrics_route: None,
@@ -354,17 +360,24 @@ impl DiskNode {
         Ok(desired)
     }
 
-    /// Apply `desired` to the live interface (blocking IO, off the runtime).
-    async fn configure(&self, desired: Desired) -> Result<wireguard::Applied, NodeError> {
+    /// Apply `desired` to the live interface (blocking IO, off the
+    /// runtime): as the difference from what this process last wrote when
+    /// it knows, else against the interface read whole.
+    async fn configure(&mut self, desired: Desired) -> Result<wireguard::Applied, NodeError> {
         let backend = self.wireguard_settings()?.backend;
-        Ok(
-            tokio::task::spawn_blocking(move || wireguard::apply(&desired, backend))
-                .await
-                .map_err(|e| NodeError::Other {
-                    what: "configuring wireguard",
-                    reason: e.to_string(),
-                })??,
-        )
+        let previous = self.written.take();
+        let wanted = desired.clone();
+        let applied = tokio::task::spawn_blocking(move || match &previous {
+            Some(p) => wireguard::apply_since(p, &wanted, backend),
+            None => wireguard::apply(&wanted, backend),
+        })
+        .await
+        .map_err(|e| NodeError::Other {
+            what: "configuring wireguard",
+            reason: e.to_string(),
+        })??;
+        self.written = Some(desired);
+        Ok(applied)
     }
 
     /// Configure this node's WireGuard interface from a mesh bundle; on
@@ -462,6 +475,7 @@ impl DiskNode {
                 bundle = %active.digest,
                 "repairing wireguard drift"
             );
+            self.written = None;
             self.configure(desired).await?;
         }
         drift.extend(live);

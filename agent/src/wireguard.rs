@@ -963,6 +963,95 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
             .is_some_and(|p| live.listen_port != Some(p)),
         ..Applied::default()
     };
+    write_device(&name, desired, backend, !live.exists, &applied, &diff)?;
+    let (up, addresses) = if live.exists {
+        (live.up, live.addresses.clone())
+    } else {
+        link(interface)?
+    };
+    applied.address = set_address(interface, desired.address, &addresses)?;
+    if !up {
+        ip(&["link", "set", "dev", interface, "up"])?;
+        applied.link_up = true;
+    }
+    // Routes need the link up; an unchanged interface lists them once.
+    applied.routes = sync_routes(interface, &desired.routes)?;
+    if desired.forward {
+        applied.forwarding = enable_forwarding(interface, desired.address.addr().is_ipv6())?;
+    }
+    applied.diff = diff;
+    log_applied(desired, backend, &applied, true);
+    Ok(applied)
+}
+
+/// [`apply`] for an interface this agent configured as `previous` (its
+/// last successful write): the peers to write come from comparing the two
+/// meshes, so nothing is read from the interface and an added peer costs
+/// the same in a mesh of five or five thousand. Only the peers that change
+/// are resolved. What someone else changed since is drift, which the drift
+/// check reads the interface for. A different interface, key or port is a
+/// whole [`apply`].
+pub fn apply_since(
+    previous: &Desired,
+    desired: &Desired,
+    backend: WireguardBackend,
+) -> Result<Applied, WireguardError> {
+    if previous.interface != desired.interface
+        || previous.public_key != desired.public_key
+        || previous.listen_port != desired.listen_port
+    {
+        return apply(desired, backend);
+    }
+    let interface = desired.interface.as_str();
+    let name = interface_name(interface)?;
+    let diff = mesh_diff(&previous.peers, &desired.peers)?;
+    let mut applied = Applied::default();
+    write_device(&name, desired, backend, false, &applied, &diff)?;
+    if previous.address != desired.address {
+        applied.address = set_address(interface, desired.address, &[previous.address])?;
+    }
+    if previous.routes != desired.routes {
+        applied.routes = sync_routes(interface, &desired.routes)?;
+    }
+    if desired.forward && !previous.forward {
+        applied.forwarding = enable_forwarding(interface, desired.address.addr().is_ipv6())?;
+    }
+    applied.diff = diff;
+    log_applied(desired, backend, &applied, false);
+    Ok(applied)
+}
+
+/// The peers that differ between two meshes' peer lists, the changed ones
+/// resolved (each list of the result sorted by public key).
+pub fn mesh_diff(previous: &[MeshPeer], desired: &[MeshPeer]) -> Result<PeerDiff, WireguardError> {
+    let before: BTreeMap<WgKey, &MeshPeer> = previous.iter().map(|p| (p.public_key, p)).collect();
+    let after: BTreeMap<WgKey, &MeshPeer> = desired.iter().map(|p| (p.public_key, p)).collect();
+    let mut diff = PeerDiff::default();
+    for (key, p) in &after {
+        match before.get(key) {
+            None => diff.add.extend(resolve(std::slice::from_ref(*p))?),
+            Some(old) if old != p => diff.update.extend(resolve(std::slice::from_ref(*p))?),
+            Some(_) => {}
+        }
+    }
+    diff.remove = before
+        .keys()
+        .filter(|k| !after.contains_key(*k))
+        .copied()
+        .collect();
+    Ok(diff)
+}
+
+/// Write the key and port `applied` says changed and the peers of `diff`,
+/// in as few requests as the backend allows.
+fn write_device(
+    name: &InterfaceName,
+    desired: &Desired,
+    backend: WireguardBackend,
+    create: bool,
+    applied: &Applied,
+    diff: &PeerDiff,
+) -> Result<(), WireguardError> {
     let mut update = DeviceUpdate::new();
     if applied.private_key {
         update = update.set_private_key(Key(desired.private_key.0));
@@ -976,14 +1065,15 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
     let mut adds: Vec<&Peer> = diff.update.iter().chain(&diff.add).collect();
     let send = |update: DeviceUpdate| {
         update
-            .apply(&name, backend_of(backend))
+            .apply(name, backend_of(backend))
             .map_err(|source| WireguardError::Device {
-                interface: interface.to_owned(),
+                interface: desired.interface.clone(),
                 backend: backend_name(backend),
                 action: "configuring",
                 source,
             })
     };
+    let settings = applied.private_key || applied.listen_port;
     if backend == WireguardBackend::Userspace {
         // boringtun 0.7 reads one request's peer sections into the same
         // variables without resetting them: `remove` and `endpoint` carry
@@ -995,12 +1085,7 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
         for peer in &diff.update {
             update = update.remove_peer_by_key(&Key(peer.public_key.0));
         }
-        if !live.exists
-            || applied.private_key
-            || applied.listen_port
-            || !diff.remove.is_empty()
-            || !diff.update.is_empty()
-        {
+        if create || settings || !diff.remove.is_empty() || !diff.update.is_empty() {
             send(update)?;
         }
         adds.sort_by_key(|p| p.endpoint.is_some());
@@ -1014,41 +1099,39 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
         for peer in adds {
             update = update.add_peer(builder(peer));
         }
-        if !live.exists || applied.private_key || applied.listen_port || !diff.is_empty() {
+        if create || settings || !diff.is_empty() {
             send(update)?;
         }
     }
-    let (up, addresses) = if live.exists {
-        (live.up, live.addresses.clone())
-    } else {
-        link(interface)?
-    };
-    let address = desired.address.to_string();
-    if !addresses.contains(&desired.address) {
-        ip(&["address", "replace", &address, "dev", interface])?;
-        applied.address = true;
+    Ok(())
+}
+
+/// Give `interface` the address `wanted` and take `current`'s others off;
+/// whether anything changed.
+fn set_address(interface: &str, wanted: IpNet, current: &[IpNet]) -> Result<bool, WireguardError> {
+    let mut changed = false;
+    if !current.contains(&wanted) {
+        ip(&["address", "replace", &wanted.to_string(), "dev", interface])?;
+        changed = true;
     }
-    for other in addresses.iter().filter(|a| **a != desired.address) {
+    for other in current.iter().filter(|a| **a != wanted) {
         ip(&["address", "del", &other.to_string(), "dev", interface])?;
-        applied.address = true;
+        changed = true;
     }
-    if !up {
-        ip(&["link", "set", "dev", interface, "up"])?;
-        applied.link_up = true;
-    }
-    // Routes need the link up; an unchanged interface lists them once.
-    applied.routes = sync_routes(interface, &desired.routes)?;
-    if desired.forward {
-        applied.forwarding = enable_forwarding(interface, desired.address.addr().is_ipv6())?;
-    }
+    Ok(changed)
+}
+
+fn log_applied(desired: &Desired, backend: WireguardBackend, applied: &Applied, read_live: bool) {
+    let diff = &applied.diff;
     tracing::info!(
-        interface,
+        interface = %desired.interface,
         mesh = %desired.mesh,
         backend = backend_name(backend),
+        read_live,
         added = diff.add.len(),
         removed = diff.remove.len(),
         changed = diff.update.len(),
-        unchanged = peers.len() - diff.add.len() - diff.update.len(),
+        unchanged = desired.peers.len() - diff.add.len() - diff.update.len(),
         private_key = applied.private_key,
         listen_port = applied.listen_port,
         address = applied.address,
@@ -1057,8 +1140,6 @@ pub fn apply(desired: &Desired, backend: WireguardBackend) -> Result<Applied, Wi
         forwarding = applied.forwarding,
         "wireguard interface configured"
     );
-    applied.diff = diff;
-    Ok(applied)
 }
 
 fn digest(text: &str) -> String {

@@ -1001,6 +1001,110 @@ fn a_member_rotating_its_key_keeps_the_other_pairs_sessions() {
     );
 }
 
+/// The "wireguard interface configured" events in an agent's JSON log.
+fn configured_events(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["fields"]["message"] == "wireguard interface configured")
+        .map(|e| e["fields"].clone())
+        .collect()
+}
+
+/// A long-running agent writes its first mesh against the interface read
+/// whole, and the next one as the difference from what it wrote (Tailscale
+/// style: one added peer is one write, whatever the mesh's size); the
+/// drift check, which reads the interface, finds it as the mesh says.
+#[test]
+fn a_running_agent_writes_the_next_mesh_as_a_difference_and_it_matches_the_interface() {
+    let mut lab = Lab::new(&["a", "b", "c"]);
+    let root_key = lab.keys();
+    lab.join("a", MEMBER);
+    lab.join("b", MEMBER);
+    lab.fleet(&root_key, MESH);
+    let log = lab.path("agent-a.log");
+    let agent = lab
+        .agent("a")
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    lab.children.push(agent);
+    let wait_for = |n: usize| {
+        let start = Instant::now();
+        loop {
+            let events = configured_events(&log);
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent a configured {} time(s), not {n}; log:\n{}",
+                events.len(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    lab.reconcile();
+    lab.poll("b");
+    let first = wait_for(1);
+    assert_eq!(first[0]["read_live"], true, "{first:?}");
+    lab.ping("a", &lab.tunnel("b"));
+
+    lab.join("c", MEMBER);
+    lab.push(&[], "node-c joins");
+    lab.reconcile();
+    lab.poll("b");
+    lab.poll("c");
+    let second = wait_for(2);
+    let w = &second[1];
+    assert_eq!(w["read_live"], false, "{w}");
+    assert_eq!(w["added"], 1, "{w}");
+    assert_eq!(w["unchanged"], 1, "{w}");
+    lab.ping("a", &lab.tunnel("c"));
+    lab.ping("a", &lab.tunnel("b"));
+    // The agent's own drift check reads the interface: nothing differs.
+    let start = Instant::now();
+    loop {
+        let report = lab.report("a");
+        let peers = report.wireguard.as_ref().map_or(0, |w| w.peers.len());
+        if peers == 2 && report.rollouts["lab"].active.is_some() {
+            assert!(report.drift.is_empty(), "{:?}", report.drift);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a never reported both peers: {report:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And it does read it: a peer removed behind the agent's back is drift.
+    let b_key = {
+        use base64::Engine as _;
+        let key = lab.member("b").wireguard_key.clone().unwrap();
+        hex(&base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap())
+    };
+    lab.uapi_set("a", &format!("public_key={b_key}\nremove=true\n"));
+    let start = Instant::now();
+    loop {
+        let drift = lab.report("a").drift;
+        if drift.iter().any(|d| d.path.contains("/peers/")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the removed peer never showed as drift: {drift:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Monitor mode: interfaces configured by hand (keys and peers never in
 /// git or a bundle) over boringtun's control socket. An agent that only
 /// monitors a's interface reports its peer with handshake, traffic and rates

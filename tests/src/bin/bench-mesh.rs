@@ -15,8 +15,10 @@
 //! up): the agent's `wireguard::apply` configuring the whole mesh on the
 //! empty interface (the baseline), then the same mesh plus one member (one
 //! peer added, every other left alone), then the same mesh again (nothing
-//! to change). The agent reads the live interface each time, so the cost
-//! of one added peer is that read plus one peer written.
+//! to change), each reading the live interface whole; then one added peer
+//! as a running agent writes it (`wireguard::apply_since`: the difference
+//! from its last write, nothing read), checked against the interface
+//! afterwards (no drift).
 //!
 //! Every timing: the median of R runs (default 5). Figures are printed,
 //! never asserted.
@@ -154,6 +156,7 @@ fn run(members: usize, runs: usize, apply_to: Option<&str>) -> Result<(), String
     let mut full = Vec::new();
     let mut one = Vec::new();
     let mut none = Vec::new();
+    let mut since = Vec::new();
     for _ in 0..runs {
         // Empty the interface's peers: a whole-mesh apply from scratch.
         let empty = MeshBundle {
@@ -189,8 +192,30 @@ fn run(members: usize, runs: usize, apply_to: Option<&str>) -> Result<(), String
         if !applied.diff.is_empty() {
             return Err(format!("an unchanged mesh changed {:?}", applied.diff));
         }
+        // A running agent: back to the small mesh, then the added peer as
+        // the difference from what it wrote, without reading the interface.
+        wireguard::apply_since(&large, &small, WireguardBackend::Userspace)
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let applied = wireguard::apply_since(&small, &large, WireguardBackend::Userspace)
+            .map_err(|e| e.to_string())?;
+        since.push(t.elapsed());
+        if applied.diff.add.len() != 1 || !applied.diff.remove.is_empty() {
+            return Err(format!(
+                "one more member, as a difference, changed {:?}",
+                applied.diff
+            ));
+        }
+        // ...and the interface is what the mesh says.
+        let live =
+            wireguard::read(interface, WireguardBackend::Userspace).map_err(|e| e.to_string())?;
+        let peers = wireguard::resolve(&large.peers).map_err(|e| e.to_string())?;
+        let drift = wireguard::drift(&large, &peers, &live);
+        if !drift.is_empty() {
+            return Err(format!("the difference left drift: {drift:?}"));
+        }
     }
-    let (f, o, n) = (median(full), median(one), median(none));
+    let (f, o, n, d) = (median(full), median(one), median(none), median(since));
     println!(
         "apply on {interface} (boringtun): whole mesh, {} peers: {}   one added peer: {}   nothing to change: {}   one peer / whole mesh: {:.3}",
         members - 1,
@@ -198,6 +223,11 @@ fn run(members: usize, runs: usize, apply_to: Option<&str>) -> Result<(), String
         ms(o),
         ms(n),
         o.as_secs_f64() / f.as_secs_f64()
+    );
+    println!(
+        "apply one added peer as the difference from the last write (a running agent): {}   / whole mesh: {:.4}",
+        ms(d),
+        d.as_secs_f64() / f.as_secs_f64()
     );
     Ok(())
 }
