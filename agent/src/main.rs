@@ -91,7 +91,7 @@ enum Command {
     /// (`wireguard public-key="…"`) by pull request: when the mesh bundle
     /// lists it, this agent switches its interface to the new key and the
     /// other members change that one peer, leaving their other sessions
-    /// alone. The old key is kept (wireguard.key.previous) in case the mesh
+    /// alone. Every old key is kept (wireguard-keys/, mode 0600) in case the mesh
     /// rolls back. Running it again prints the same pending key.
     ///
     /// Example:

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use gitfleet_policy::mesh::{peers_of, PeerOf};
+use gitfleet_policy::mesh::{endpoint_ok, peers_of, PeerOf};
 use gitfleet_schemas::agent::WireguardBackend;
 use gitfleet_schemas::bundle::{MeshBundle, MESH_FORMAT};
 use gitfleet_schemas::status::{Drift, PeerStatus, WireguardStatus};
@@ -44,60 +44,89 @@ pub const WIREGUARD_KEY: &str = "wireguard.key";
 /// that lists its public key.
 pub const WIREGUARD_KEY_NEXT: &str = "wireguard.key.next";
 
-/// The key before the last rotation, kept so that a mesh rolled back to a
-/// bundle listing it still finds it.
-pub const WIREGUARD_KEY_PREVIOUS: &str = "wireguard.key.previous";
+/// Every key this node has used, by public key (`<hex>.key`), so that a
+/// mesh rolled back to a bundle listing an older key still finds it.
+pub const WIREGUARD_KEYS_DIR: &str = "wireguard-keys";
 
 /// Which of the node's keys a mesh bundle lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySlot {
     Current,
+    /// The pending key of `rotate-key`: the rotation took effect.
     Next,
-    Previous,
+    /// A key used before: the mesh went back to a bundle listing it.
+    Earlier,
 }
 
 /// The key of `dir` whose public key is `listed`, made current first when
-/// it is the next key (the rotation took effect: current becomes
-/// previous) or the previous one (a rollback: current becomes next
-/// again). Each step is a rename, so a crash leaves every key in some
-/// slot. `None` when no key of the node is listed.
+/// it is the pending key or one used before. The current key is copied
+/// into [`WIREGUARD_KEYS_DIR`] before anything replaces it, and
+/// `wireguard.key` is only ever replaced whole (a rename), so a crash at
+/// any point leaves it holding a key and loses none. `None` when no key
+/// of the node is listed.
 pub fn key_for(dir: &Path, listed: &str) -> Result<Option<(PrivateKey, KeySlot)>, WireguardError> {
-    let path = |name: &str| dir.join(name);
-    let listed = WgKey::parse(listed);
-    let current = PrivateKey::read(&path(WIREGUARD_KEY))?;
-    if Some(current.public()) == listed {
+    let current_path = dir.join(WIREGUARD_KEY);
+    let current = PrivateKey::read(&current_path)?;
+    let Some(listed) = WgKey::parse(listed) else {
+        return Ok(None);
+    };
+    if current.public() == listed {
         return Ok(Some((current, KeySlot::Current)));
     }
-    let rename = |from: &str, to: &str| {
-        std::fs::rename(path(from), path(to)).map_err(|e| WireguardError::PrivateKey {
-            path: path(from),
-            reason: format!("renaming to {to}: {e}"),
-        })
+    let error = |path: &Path, reason: String| WireguardError::PrivateKey {
+        path: path.to_owned(),
+        reason,
     };
-    for (slot, name, current_to) in [
-        (KeySlot::Next, WIREGUARD_KEY_NEXT, WIREGUARD_KEY_PREVIOUS),
-        (
-            KeySlot::Previous,
-            WIREGUARD_KEY_PREVIOUS,
-            WIREGUARD_KEY_NEXT,
-        ),
-    ] {
-        if !path(name).exists() {
-            continue;
-        }
-        let key = PrivateKey::read(&path(name))?;
-        if Some(key.public()) != listed {
-            continue;
-        }
-        rename(WIREGUARD_KEY, current_to)?;
-        rename(name, WIREGUARD_KEY)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        tracing::info!(public_key = %key.public(), from = ?slot, "wireguard key rotated");
-        return Ok(Some((key, slot)));
+    let next_path = dir.join(WIREGUARD_KEY_NEXT);
+    let earlier_path = archived(dir, listed);
+    let (key, slot) = if next_path.exists() && PrivateKey::read(&next_path)?.public() == listed {
+        (PrivateKey::read(&next_path)?, KeySlot::Next)
+    } else if earlier_path.exists() {
+        (PrivateKey::read(&earlier_path)?, KeySlot::Earlier)
+    } else {
+        return Ok(None);
+    };
+    archive(dir, &current)?;
+    match slot {
+        KeySlot::Next => std::fs::rename(&next_path, &current_path)
+            .map_err(|e| error(&next_path, format!("renaming to {WIREGUARD_KEY}: {e}")))?,
+        _ => gitfleet_io::write::replace_private(
+            &current_path,
+            format!("{}\n", key.expose_base64()).as_bytes(),
+        )
+        .map_err(|e| error(&current_path, e.to_string()))?,
     }
-    Ok(None)
+    let _ = gitfleet_io::write::sync_dir(dir);
+    tracing::info!(public_key = %key.public(), from = ?slot, "wireguard key rotated");
+    Ok(Some((key, slot)))
+}
+
+/// Where key `public` is kept once it was used.
+fn archived(dir: &Path, public: WgKey) -> PathBuf {
+    let hex: String = public.0.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(WIREGUARD_KEYS_DIR).join(format!("{hex}.key"))
+}
+
+/// Keep a copy of `key` in [`WIREGUARD_KEYS_DIR`] (mode 0600, once).
+fn archive(dir: &Path, key: &PrivateKey) -> Result<(), WireguardError> {
+    let path = archived(dir, key.public());
+    if path.exists() {
+        return Ok(());
+    }
+    let keys = dir.join(WIREGUARD_KEYS_DIR);
+    if !keys.exists() {
+        std::fs::create_dir_all(&keys).map_err(|e| WireguardError::PrivateKey {
+            path: keys.clone(),
+            reason: e.to_string(),
+        })?;
+        let _ =
+            std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    }
+    gitfleet_io::write::replace_private(&path, format!("{}\n", key.expose_base64()).as_bytes())
+        .map_err(|e| WireguardError::PrivateKey {
+            path: path.clone(),
+            reason: e.to_string(),
+        })
 }
 
 /// The public key of a rotation waiting for the fleet repo, if any.
@@ -460,23 +489,10 @@ pub fn desired(
         address,
         peers,
         routes,
-        forward: me.hub && !mesh.topology.is_full_mesh(),
+        // A hub routes between spokes; a member serving subnets routes
+        // between the mesh and them.
+        forward: (me.hub && !mesh.topology.is_full_mesh()) || !me.routes.is_empty(),
     })
-}
-
-/// `ip:port`, `[ipv6]:port` or `host:port`.
-fn endpoint_ok(endpoint: &str) -> bool {
-    if SocketAddr::from_str(endpoint).is_ok() {
-        return true;
-    }
-    match endpoint.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && !host.contains([':', '[', ']', '/', ' '])
-                && port.parse::<u16>().is_ok_and(|p| p != 0)
-        }
-        None => false,
-    }
 }
 
 /// The mesh's peers with their endpoints resolved (an address is used as
@@ -873,15 +889,9 @@ fn sync_routes(interface: &str, wanted: &BTreeSet<IpNet>) -> Result<bool, Wiregu
     let live = installed_routes(interface)?;
     for net in wanted.difference(&live) {
         let net = net.to_string();
-        ip(&[
-            "route",
-            "replace",
-            &net,
-            "dev",
-            interface,
-            "proto",
-            ROUTE_PROTO,
-        ])?;
+        // `add`, never `replace`: a route to that subnet someone else made
+        // stays, and the error says so.
+        ip(&["route", "add", &net, "dev", interface, "proto", ROUTE_PROTO])?;
     }
     for net in live.difference(wanted) {
         let net = net.to_string();
@@ -891,9 +901,23 @@ fn sync_routes(interface: &str, wanted: &BTreeSet<IpNet>) -> Result<bool, Wiregu
 }
 
 /// Turn on forwarding for packets arriving on `interface` (a hub routes
-/// between spokes); whether it was off. IPv4 forwards by the incoming
-/// interface's setting, so nothing else of the node starts routing.
+/// between spokes, a member serving subnets into them); whether it was
+/// off. IPv4 forwards by the incoming interface's setting, so nothing else
+/// of the node starts routing (replies from a served subnet need its own
+/// interface's forwarding, which is the node's to set). IPv6 forwards only
+/// by the node-wide setting, which the agent leaves alone: it says so when
+/// it is off.
 fn enable_forwarding(interface: &str, v6: bool) -> Result<bool, WireguardError> {
+    if v6 {
+        let all = "/proc/sys/net/ipv6/conf/all/forwarding";
+        if std::fs::read_to_string(all).is_ok_and(|v| v.trim() == "0") {
+            tracing::warn!(
+                interface,
+                setting = all,
+                "this node forwards for its IPv6 mesh, but IPv6 forwarding is off node-wide: set net.ipv6.conf.all.forwarding=1"
+            );
+        }
+    }
     let family = if v6 { "ipv6" } else { "ipv4" };
     let path = PathBuf::from(format!(
         "/proc/sys/net/{family}/conf/{interface}/forwarding"
@@ -1010,7 +1034,9 @@ pub fn apply_since(
     if previous.address != desired.address {
         applied.address = set_address(interface, desired.address, &[previous.address])?;
     }
-    if previous.routes != desired.routes {
+    // Routes go with the link (a link bounced loses them): looked at
+    // whenever the mesh has any.
+    if previous.routes != desired.routes || !desired.routes.is_empty() {
         applied.routes = sync_routes(interface, &desired.routes)?;
     }
     if desired.forward && !previous.forward {
@@ -1455,6 +1481,7 @@ mod tests {
 
     #[test]
     fn a_rotated_key_becomes_current_when_listed_and_a_rollback_brings_the_old_one_back() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = |n: &str| dir.path().join(n);
         let (old, _) = PrivateKey::read_or_create(&path(WIREGUARD_KEY)).unwrap();
@@ -1468,28 +1495,39 @@ mod tests {
             .unwrap();
         assert_eq!((k.public(), slot), (old.public(), KeySlot::Current));
         assert!(path(WIREGUARD_KEY_NEXT).exists());
-        // It lists the new one: rotated, the old one kept.
+        // It lists the new one: rotated, the old one kept (0600).
         let (k, slot) = key_for(dir.path(), &new.public().to_string())
             .unwrap()
             .unwrap();
         assert_eq!((k.public(), slot), (new.public(), KeySlot::Next));
         assert_eq!(PrivateKey::read(&path(WIREGUARD_KEY)).unwrap(), new);
-        assert_eq!(
-            PrivateKey::read(&path(WIREGUARD_KEY_PREVIOUS)).unwrap(),
-            old
-        );
+        let kept = archived(dir.path(), old.public());
+        assert_eq!(PrivateKey::read(&kept).unwrap(), old);
+        let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(next_public_key(dir.path()), None);
-        // A bundle from before the rotation: back, and pending again.
+        // A pending rotation made after that one...
+        let (newer, _) = PrivateKey::read_or_create(&path(WIREGUARD_KEY_NEXT)).unwrap();
+        // ...survives a bundle from before the first rotation: the old key
+        // is back, nothing lost.
         let (_, slot) = key_for(dir.path(), &old.public().to_string())
             .unwrap()
             .unwrap();
-        assert_eq!(slot, KeySlot::Previous);
+        assert_eq!(slot, KeySlot::Earlier);
         assert_eq!(PrivateKey::read(&path(WIREGUARD_KEY)).unwrap(), old);
-        assert_eq!(next_public_key(dir.path()), Some(new.public().to_string()));
-        // A key the node never had.
+        assert_eq!(
+            next_public_key(dir.path()),
+            Some(newer.public().to_string())
+        );
+        let (_, slot) = key_for(dir.path(), &new.public().to_string())
+            .unwrap()
+            .unwrap();
+        assert_eq!(slot, KeySlot::Earlier);
+        // A key the node never had, or no key at all.
         assert!(key_for(dir.path(), &private(9).public().to_string())
             .unwrap()
             .is_none());
+        assert!(key_for(dir.path(), "not a key").unwrap().is_none());
     }
 
     #[test]

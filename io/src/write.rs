@@ -115,6 +115,17 @@ pub fn replace(path: &Path, bytes: &[u8], keep: Option<Permissions>) -> Result<(
     Ok(())
 }
 
+/// [`replace`] for a secret: the new file is created with mode 0600, so
+/// its bytes are never readable by others, not even while staged.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let tmp = staged(path, bytes, 0o600)?;
+    tmp.persist(path).map_err(|e| WriteError::Io {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
 /// [`replace`] without the sync: readers and a crash of this process
 /// still see the old or the new bytes, whole, but a power loss may keep
 /// neither. For files that are cheap to lose, such as a simulated node's

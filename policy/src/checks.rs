@@ -273,14 +273,6 @@ fn unknown_environment(
 // ---------------------------------------------------------------------------
 // keys
 
-/// `host:port` with a port number.
-pub(crate) fn endpoint_ok(endpoint: &str) -> bool {
-    endpoint
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_some()
-}
-
 pub(crate) fn decode_key(s: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s.trim())
@@ -881,7 +873,7 @@ fn nodes(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>) {
                 }
             }
             if let Some(ep) = &wg.endpoint {
-                if !endpoint_ok(&ep.value) {
+                if !crate::mesh::endpoint_ok(&ep.value) {
                     d.error(
                         path,
                         ep.span,

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr as _;
 
 use ipnet::IpNet;
 
@@ -345,6 +346,23 @@ pub fn blocking<'a>(
 
 // ---------------------------------------------------------------------------
 // the bundle
+
+/// Whether `endpoint` is one agents can use: `ip:port`, `[ipv6]:port` or
+/// `host:port`, with a port from 1 to 65535. One rule for `gitfleet check`
+/// and the agents, so nothing check lets through is refused on a node.
+pub fn endpoint_ok(endpoint: &str) -> bool {
+    if std::net::SocketAddr::from_str(endpoint).is_ok() {
+        return true;
+    }
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains([':', '[', ']', '/', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    }
+}
 
 /// The interface name of mesh `mesh`: `wg-<mesh>`, cut to
 /// [`MAX_INTERFACE_LEN`] bytes.
@@ -726,13 +744,19 @@ pub fn build(
     })
 }
 
+/// How many times the hold time an address is held at most, even while a
+/// member still reports a bundle naming it (one that never moves on, or
+/// says it does not): the range must not fill up with held addresses.
+pub const HOLD_CAP_FACTOR: i32 = 10;
+
 /// The held addresses once `build` is the mesh's bundle: members that
 /// left in it are held from `now`, members back in it are not, and the
 /// new bundle names none of them. An address is free again, with a line
 /// for the commit message saying so, once `hold_for` has passed and no
 /// member runs a bundle that names it (`running`: member -> the digest of
-/// the mesh bundle its last report says it runs; the departed node's own
-/// report does not count).
+/// the mesh bundle its recent report says it runs; the caller leaves out
+/// reports older than the hold time; the departed node's own report does
+/// not count), and in any case after [`HOLD_CAP_FACTOR`] times `hold_for`.
 pub fn held_after(
     name: &str,
     held: &Held,
@@ -757,13 +781,19 @@ pub fn held_after(
     }
     let digest = &build.built.reference.digest;
     let mut lines = Vec::new();
+    let cap = hold_for
+        .checked_mul(HOLD_CAP_FACTOR)
+        .unwrap_or(chrono::Duration::MAX);
     out.retain(|node, h| {
         h.clean.insert(digest.clone());
-        let waited = now.signed_duration_since(h.since) >= hold_for;
+        // Only what a member could still run matters: the record stays small.
+        h.clean
+            .retain(|d| d == digest || running.values().any(|r| r == d));
+        let held_for = now.signed_duration_since(h.since);
         let named = running
             .iter()
             .any(|(n, d)| n != node && !h.clean.contains(d));
-        let keep = !waited || named;
+        let keep = held_for < hold_for || (named && held_for < cap);
         if !keep {
             lines.push(format!(
                 "mesh {name}: {node}'s address {} is free again",
@@ -1453,6 +1483,31 @@ PersistentKeepalive = 25
         );
         assert!(freed.is_empty());
         assert_eq!(kept, held);
+        // ...though not for ever: at ten times the hold time it goes.
+        let (none, freed) = held_after(
+            "backbone",
+            &held,
+            &b,
+            &running(&digest, &old, &old),
+            at(600),
+            hour,
+        );
+        assert!(none.is_empty(), "{none:?}");
+        assert_eq!(freed.len(), 1);
+        // Digests nobody runs are not kept.
+        let mut stale = held.clone();
+        if let Some(h) = stale.get_mut("edge-gone") {
+            h.clean.insert("sha256:long-gone".to_owned());
+        }
+        let (kept, _) = held_after(
+            "backbone",
+            &stale,
+            &b,
+            &running(&digest, &old, &old),
+            at(30),
+            hour,
+        );
+        assert_eq!(kept["edge-gone"].clean, BTreeSet::from([digest.clone()]));
         // Both: free again.
         let (none, freed) = held_after(
             "backbone",

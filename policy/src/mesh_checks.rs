@@ -9,9 +9,9 @@ use gitfleet_schemas::mesh::Topology;
 use gitfleet_schemas::{MeshFile, Span, Spanned};
 use ipnet::IpNet;
 
-use crate::checks::{decode_key, endpoint_ok, valid_name};
+use crate::checks::{decode_key, valid_name};
 use crate::diagnostics::Diagnostics;
-use crate::mesh::is_host_address;
+use crate::mesh::{endpoint_ok, is_host_address};
 use crate::model::{FleetModel, Located};
 use crate::select::select;
 

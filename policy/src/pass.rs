@@ -580,11 +580,17 @@ fn mesh_desired(
         .filter(|(_, r)| matches!(&r.doc.target.value, RolloutTarget::Mesh(m) if m == name))
         .map(|(n, _)| n.as_str())
         .collect();
+    let hold_for = Duration::try_seconds(
+        i64::try_from(located.doc.address_hold_seconds()).unwrap_or(i64::MAX),
+    )
+    .unwrap_or(Duration::MAX);
+    // A member silent for longer than the hold time runs nothing anyone
+    // saw lately: it holds no address.
     let running: BTreeMap<String, String> = build
         .allocation
         .keys()
         .filter_map(|node| {
-            let report = o.reports.get(node)?;
+            let report = o.reports.get(node).filter(|r| now - r.at <= hold_for)?;
             let (_, digest) = report
                 .active
                 .iter()
@@ -592,9 +598,6 @@ fn mesh_desired(
             Some((node.clone(), digest.clone()))
         })
         .collect();
-    let hold_for = Duration::seconds(
-        i64::try_from(located.doc.address_hold_seconds()).unwrap_or(i64::MAX / 1000),
-    );
     let (held_next, freed) = mesh::held_after(name, &held, &build, &running, now, hold_for);
     let mut record = build.state.clone();
     record.held = held_next;

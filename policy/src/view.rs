@@ -251,7 +251,14 @@ fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile, keys: &HashMap<&str, &str
         http_checks: report.map(|r| r.http_checks.clone()).unwrap_or_default(),
         drift: report.map(|r| r.drift.clone()).unwrap_or_default(),
         metrics: report.map(|r| r.metrics.clone()),
-        wireguard: report.and_then(|r| r.wireguard.clone()),
+        wireguard: report.and_then(|r| r.wireguard.clone()).map(|mut wg| {
+            // A rotation request is shown (and would go into git) only as
+            // what it must be: a WireGuard key.
+            wg.next_public_key = wg
+                .next_public_key
+                .filter(|k| crate::checks::decode_key(k).is_ok() && !k.contains(char::is_whitespace));
+            wg
+        }),
         monitored: report.map(|r| r.monitored.clone()).unwrap_or_default(),
         peer_names: report
             .into_iter()

@@ -713,7 +713,7 @@ fn spokes_of_a_pushed_hub_and_spoke_mesh_reach_each_other_through_the_hub() {
 impl Lab {
     /// `gitfleet mesh client lab PEER --key PEER.key` in the fleet repo,
     /// after fetching the state branch; its stdout.
-    fn mesh_client(&self, peer: &str) -> String {
+    fn mesh_client(&self, peer: &str, extra: &[&str]) -> String {
         let work = self.path("work");
         git(&work, &["fetch", "-q", "origin"]);
         let out = Command::new(bin("gitfleet"))
@@ -721,6 +721,7 @@ impl Lab {
             .arg(self.path(&format!("{peer}.key")))
             .arg("--repo")
             .arg(&work)
+            .args(extra)
             .output()
             .unwrap();
         let (stdout, stderr) = text(&out);
@@ -804,7 +805,7 @@ fn an_external_peer_configured_from_mesh_client_output_reaches_the_members() {
     lab.roll_out(&["a", "b"]);
     lab.ping("a", &lab.tunnel("b"));
 
-    let line = lab.mesh_client("laptop");
+    let line = lab.mesh_client("laptop", &[]);
     assert!(line.starts_with("peer \"laptop\" public-key=\""), "{line}");
     assert!(line.contains("address=\"10.77.0.254\""), "{line}");
     let mode = std::fs::metadata(lab.path("laptop.key"))
@@ -823,7 +824,15 @@ fn an_external_peer_configured_from_mesh_client_output_reaches_the_members() {
         assert_eq!(w["unchanged"], 1, "{name}: {w}");
     }
 
-    let config = lab.mesh_client("laptop");
+    let conf = lab.path("laptop.conf");
+    lab.mesh_client("laptop", &["-o", conf.to_str().unwrap()]);
+    let mode = std::fs::metadata(&conf).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "the configuration holds the private key"
+    );
+    let config = std::fs::read_to_string(&conf).unwrap();
     assert!(config.contains("Address = 10.77.0.254/24"), "{config}");
     assert!(
         config.contains(&format!("Endpoint = {}:{PORT}", lab.member("a").underlay)),
@@ -864,27 +873,39 @@ fn an_external_peer_configured_from_mesh_client_output_reaches_the_members() {
 }
 
 /// Test 4: a member announces a subnet it serves (`routes` in its node
-/// file); the others route it to their interface and reach it through
-/// that member. The route goes when the announcement does.
+/// file); the others route it to their interface and reach a host there
+/// (its own namespace behind b, on a link only b has) through that
+/// member, which forwards. The route goes when the announcement does.
 #[test]
 fn a_prefix_routed_behind_a_member_becomes_reachable_from_another() {
-    let mut lab = Lab::new(&["a", "b"]);
+    let mut lab = Lab::new(&["a", "b", "h"]);
     let root_key = lab.keys();
     lab.join("a", MEMBER);
     lab.join("b", MEMBER);
     lab.fleet(&root_key, MESH);
     lab.roll_out(&["a", "b"]);
     lab.ping("a", &lab.tunnel("b"));
-    // The subnet behind b: an address of its own, off the tunnel.
+    // The subnet behind b: host h on a link of b's, 10.20.0.0/24, its
+    // route back through b. b forwards what comes back from its subnet,
+    // as a node serving one is set up to; the agent turns on forwarding
+    // from the mesh.
+    let (b, h) = (lab.member("b").netns.clone(), lab.member("h").netns.clone());
     ip(&[
-        "-n",
-        &lab.member("b").netns,
-        "address",
-        "add",
-        "10.20.0.1/32",
-        "dev",
-        "lo",
+        "-n", &b, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0", "netns", &h,
     ]);
+    ip(&["-n", &b, "address", "add", "10.20.0.2/24", "dev", "lan0"]);
+    ip(&["-n", &b, "link", "set", "lan0", "up"]);
+    ip(&["-n", &h, "address", "add", "10.20.0.1/24", "dev", "lan0"]);
+    ip(&["-n", &h, "link", "set", "lan0", "up"]);
+    ip(&["-n", &h, "route", "add", "10.77.0.0/24", "via", "10.20.0.2"]);
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &b,
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.lan0.forwarding=1",
+    ]));
     assert!(lab.route("a", "10.20.0.1").is_err(), "a has no route yet");
 
     let plain = lab.read("nodes/node-b.kdl");
@@ -899,6 +920,7 @@ fn a_prefix_routed_behind_a_member_becomes_reachable_from_another() {
     let w = wrote(&second, "a");
     assert_eq!(w["changed"], 1, "{w}");
     assert_eq!(w["routes"], true, "{w}");
+    assert_eq!(wrote(&second, "b")["forwarding"], true);
     let route = lab.route("a", "10.20.0.1").unwrap();
     assert!(
         route.contains(&format!("dev {}", lab.member("a").interface)),

@@ -39,8 +39,9 @@ pub enum MeshCommand {
 /// Examples:
 ///   gitfleet mesh client backbone anna-laptop --key anna.key
 ///       # prints: peer "anna-laptop" public-key="…" address="10.40.0.254"
-///   gitfleet mesh client backbone anna-laptop --key anna.key > wg-backbone.conf
+///   gitfleet mesh client backbone anna-laptop --key anna.key -o wg-backbone.conf
 ///   wg-quick up ./wg-backbone.conf
+///       # -o writes the file with mode 0600: it holds the private key
 ///   gitfleet mesh client backbone anna-laptop --key anna.key --qr   # for the mobile app
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -71,8 +72,13 @@ pub struct ClientArgs {
 
     /// Print the configuration as a QR code (the WireGuard mobile apps scan
     /// it) instead of as text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "output")]
     qr: bool,
+
+    /// Write the configuration to FILE (mode 0600, replacing it) instead of
+    /// printing it: it holds the peer's private key.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 pub fn run(cmd: &MeshCommand) -> anyhow::Result<ExitCode> {
@@ -203,6 +209,14 @@ fn client(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             .quiet_zone(true)
             .build();
         println!("{image}");
+    } else if let Some(out) = &args.output {
+        gitfleet_io::write::replace_private(out, text.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "wrote {} (mode 0600): `wg-quick up` it on {}",
+            out.display(),
+            args.peer
+        );
     } else {
         print!("{text}");
     }
