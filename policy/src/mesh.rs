@@ -1440,6 +1440,9 @@ PersistentKeepalive = 25
         let digest = b.built.reference.digest.clone();
         let old = "sha256:old".to_owned();
         let hour = chrono::Duration::hours(1);
+        let after = |held: &Held, running: BTreeMap<String, String>, minutes: i64| {
+            held_after("backbone", held, &b, &running, at(minutes), hour)
+        };
         let running = |a: &str, b: &str, gone: &str| {
             BTreeMap::from([
                 ("edge-a".to_owned(), a.to_owned()),
@@ -1448,50 +1451,22 @@ PersistentKeepalive = 25
                 ("edge-gone".to_owned(), gone.to_owned()),
             ])
         };
-        let (held, freed) = held_after(
-            "backbone",
-            &Held::new(),
-            &b,
-            &running(&old, &old, &old),
-            at(0),
-            hour,
-        );
+        let (held, freed) = after(&Held::new(), running(&old, &old, &old), 0);
         assert!(freed.is_empty());
         assert_eq!(held["edge-gone"].address, ip("10.40.0.3"));
         assert_eq!(held["edge-gone"].since, at(0));
         assert_eq!(held["edge-gone"].clean, BTreeSet::from([digest.clone()]));
 
         // Everyone moved on, but the hold time has not passed.
-        let (kept, freed) = held_after(
-            "backbone",
-            &held,
-            &b,
-            &running(&digest, &digest, &old),
-            at(30),
-            hour,
-        );
+        let (kept, freed) = after(&held, running(&digest, &digest, &old), 30);
         assert!(freed.is_empty());
         assert_eq!(kept, held);
         // The hold time passed, but edge-b still runs the old bundle.
-        let (kept, freed) = held_after(
-            "backbone",
-            &held,
-            &b,
-            &running(&digest, &old, &old),
-            at(90),
-            hour,
-        );
+        let (kept, freed) = after(&held, running(&digest, &old, &old), 90);
         assert!(freed.is_empty());
         assert_eq!(kept, held);
         // ...though not for ever: at ten times the hold time it goes.
-        let (none, freed) = held_after(
-            "backbone",
-            &held,
-            &b,
-            &running(&digest, &old, &old),
-            at(600),
-            hour,
-        );
+        let (none, freed) = after(&held, running(&digest, &old, &old), 600);
         assert!(none.is_empty(), "{none:?}");
         assert_eq!(freed.len(), 1);
         // Digests nobody runs are not kept.
@@ -1499,24 +1474,10 @@ PersistentKeepalive = 25
         if let Some(h) = stale.get_mut("edge-gone") {
             h.clean.insert("sha256:long-gone".to_owned());
         }
-        let (kept, _) = held_after(
-            "backbone",
-            &stale,
-            &b,
-            &running(&digest, &old, &old),
-            at(30),
-            hour,
-        );
+        let (kept, _) = after(&stale, running(&digest, &old, &old), 30);
         assert_eq!(kept["edge-gone"].clean, BTreeSet::from([digest.clone()]));
         // Both: free again.
-        let (none, freed) = held_after(
-            "backbone",
-            &held,
-            &b,
-            &running(&digest, &digest, &old),
-            at(90),
-            hour,
-        );
+        let (none, freed) = after(&held, running(&digest, &digest, &old), 90);
         assert!(none.is_empty());
         assert_eq!(
             freed,

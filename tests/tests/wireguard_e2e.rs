@@ -554,17 +554,24 @@ fn wrote<'a>(
 
 const MEMBER: &str = r#"role="mesh""#;
 
+/// A lab of hosts `names` whose `members` joined (as plain members) a
+/// fleet repo holding `mesh`, pushed, before any pass.
+fn mesh_lab(names: &[&'static str], members: &[&'static str], mesh: &str) -> Lab {
+    let mut lab = Lab::new(names);
+    let root_key = lab.keys();
+    for name in members {
+        lab.join(name, MEMBER);
+    }
+    lab.fleet(&root_key, mesh);
+    lab
+}
+
 /// Test 1: a full mesh of three from a push; every pair pings; a fourth
 /// member pushed later becomes reachable while the others only add it:
 /// their sessions (handshake, counters) carry on.
 #[test]
 fn a_pushed_full_mesh_connects_every_pair_and_a_fourth_member_leaves_sessions_alone() {
-    let mut lab = Lab::new(&["a", "b", "c", "d"]);
-    let root_key = lab.keys();
-    for name in ["a", "b", "c"] {
-        lab.join(name, MEMBER);
-    }
-    lab.fleet(&root_key, MESH);
+    let mut lab = mesh_lab(&["a", "b", "c", "d"], &["a", "b", "c"], MESH);
     let first = lab.roll_out(&["a", "b", "c"]);
     for name in ["a", "b", "c"] {
         let w = wrote(&first, name);
@@ -878,11 +885,7 @@ fn an_external_peer_configured_from_mesh_client_output_reaches_the_members() {
 /// member, which forwards. The route goes when the announcement does.
 #[test]
 fn a_prefix_routed_behind_a_member_becomes_reachable_from_another() {
-    let mut lab = Lab::new(&["a", "b", "h"]);
-    let root_key = lab.keys();
-    lab.join("a", MEMBER);
-    lab.join("b", MEMBER);
-    lab.fleet(&root_key, MESH);
+    let lab = mesh_lab(&["a", "b", "h"], &["a", "b"], MESH);
     lab.roll_out(&["a", "b"]);
     lab.ping("a", &lab.tunnel("b"));
     // The subnet behind b: host h on a link of b's, 10.20.0.0/24, its
@@ -950,12 +953,7 @@ fn a_prefix_routed_behind_a_member_becomes_reachable_from_another() {
 /// one peer, and the a–b session carries on untouched.
 #[test]
 fn a_member_rotating_its_key_keeps_the_other_pairs_sessions() {
-    let mut lab = Lab::new(&["a", "b", "c"]);
-    let root_key = lab.keys();
-    for name in ["a", "b", "c"] {
-        lab.join(name, MEMBER);
-    }
-    lab.fleet(&root_key, MESH);
+    let mut lab = mesh_lab(&["a", "b", "c"], &["a", "b", "c"], MESH);
     lab.roll_out(&["a", "b", "c"]);
     for (from, to) in [("a", "b"), ("a", "c"), ("b", "c")] {
         lab.ping(from, &lab.tunnel(to));
@@ -1040,11 +1038,7 @@ fn configured_events(log: &Path) -> Vec<serde_json::Value> {
 /// drift check, which reads the interface, finds it as the mesh says.
 #[test]
 fn a_running_agent_writes_the_next_mesh_as_a_difference_and_it_matches_the_interface() {
-    let mut lab = Lab::new(&["a", "b", "c"]);
-    let root_key = lab.keys();
-    lab.join("a", MEMBER);
-    lab.join("b", MEMBER);
-    lab.fleet(&root_key, MESH);
+    let mut lab = mesh_lab(&["a", "b", "c"], &["a", "b"], MESH);
     let log = lab.path("agent-a.log");
     let agent = lab
         .agent("a")
