@@ -27,6 +27,7 @@ pub mod promotion;
 pub mod proxy;
 pub mod repo;
 pub mod reviews;
+pub mod rotation;
 pub mod rules;
 pub mod sbom;
 pub mod select;

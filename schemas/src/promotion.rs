@@ -67,6 +67,11 @@ pub fn promotion_branch(environment: &str) -> String {
     format!("{PROMOTION_BRANCH_PREFIX}{environment}")
 }
 
+/// The branch of a node's key rotation pull request.
+pub fn rotation_branch(node: &str) -> String {
+    format!("gitfleet/rotate-key/{node}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

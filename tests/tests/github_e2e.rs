@@ -756,3 +756,117 @@ fn under_serve_a_review_delivered_by_webhook_releases_the_change_before_the_next
     assert!(passes() > before);
     serve.stop();
 }
+
+/// A node's key rotation request (`gitfleet-agent rotate-key`), carried by
+/// its signed status report, becomes a pull request from the bot that
+/// changes the node file's WireGuard key and nothing else; a pass with
+/// nothing new leaves it as it is, and a forged report asks for nothing.
+#[test]
+fn a_nodes_signed_rotation_request_becomes_a_pull_request_changing_its_node_file() {
+    use base64::Engine as _;
+    use gitfleet_agent::sim::sim_key;
+    use gitfleet_schemas::status::{StatusReport, WireguardStatus};
+    use gitfleet_schemas::trust::Document as _;
+
+    let github = FakeGitHub::start(TOKEN);
+    let fleet = Fleet::new();
+    let origin = fleet.path("origin.git");
+    github.with(|s| s.repo = Some(origin.clone()));
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    // The node signs with a key the test holds.
+    let node = "edge-dev-fra-1";
+    let path = format!("nodes/{node}.kdl");
+    let file = fleet.work().join(&path);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let node_key = b64(&sim_key(node).verifying_key().to_bytes());
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("node-key ") {
+                format!("node-key \"{node_key}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&file, &text).unwrap();
+    git(
+        &fleet.work(),
+        &["commit", "-qam", "edge-dev-fra-1's node key"],
+    );
+    fleet.push();
+    let old = text
+        .split("public-key=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let new = b64(&[0x42; 32]);
+    let report = |signer: &ed25519_dalek::SigningKey| {
+        let report = StatusReport {
+            fleet: "acme-edge".into(),
+            node: node.into(),
+            environment: "dev".into(),
+            at: chrono::Utc::now(),
+            channel_serial: None,
+            channel_expires: None,
+            rollouts: Default::default(),
+            healthy: true,
+            metrics: Default::default(),
+            http_checks: Vec::new(),
+            routes: Vec::new(),
+            wireguard: Some(WireguardStatus {
+                interface: "wg-backbone".into(),
+                public_key: old.clone(),
+                listen_port: Some(51820),
+                peers: Vec::new(),
+                next_public_key: Some(new.clone()),
+            }),
+            monitored: Vec::new(),
+            drift: Vec::new(),
+            last_error: None,
+            proxy: None,
+        };
+        let mut envelope = report.envelope();
+        envelope.sign(signer).unwrap();
+        envelope.to_json()
+    };
+    let status = fleet.path("store/status");
+    std::fs::create_dir_all(&status).unwrap();
+    let branch = gitfleet_schemas::promotion::rotation_branch(node);
+
+    // Signed by another key: not the node's request.
+    std::fs::write(
+        status.join(format!("{node}.json")),
+        report(&sim_key("someone-else")),
+    )
+    .unwrap();
+    fleet.reconcile(&github);
+    assert!(github.pulls_from(&branch).is_empty());
+
+    std::fs::write(status.join(format!("{node}.json")), report(&sim_key(node))).unwrap();
+    fleet.reconcile(&github);
+    let pulls = github.pulls_from(&branch);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    let pr = &pulls[0];
+    assert_eq!((pr.author.as_str(), pr.base.as_str()), (BOT, "main"));
+    assert!(pr.title.contains(node), "{}", pr.title);
+    assert!(
+        pr.body.contains(&new) && pr.body.contains(&old),
+        "{}",
+        pr.body
+    );
+    let changed = git(
+        &origin,
+        &["diff", "--name-only", &format!("main...{branch}")],
+    );
+    assert_eq!(changed.trim(), path);
+    let proposed = git(&origin, &["show", &format!("{branch}:{path}")]);
+    assert_eq!(proposed, text.replace(&old, &new));
+
+    // Nothing new: the same branch tip and pull request.
+    let tip = git(&origin, &["rev-parse", &branch]);
+    fleet.reconcile(&github);
+    assert_eq!(git(&origin, &["rev-parse", &branch]), tip);
+    assert_eq!(github.pulls_from(&branch).len(), 1);
+}

@@ -20,7 +20,7 @@ use gitfleet_policy::promotion;
 use gitfleet_policy::reviews::{self, Members, PullRequest, Review, ReviewState};
 use gitfleet_policy::rules::Rules;
 use gitfleet_policy::statuses::{CommitStatus, Status};
-use gitfleet_schemas::promotion::{promotion_branch, promotions_path};
+use gitfleet_schemas::promotion::{promotion_branch, promotions_path, rotation_branch};
 use gitfleet_schemas::state::{Phase, RolloutState};
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +112,9 @@ pub struct GitHub {
     promoted: BTreeMap<String, Vec<u8>>,
     /// Environments known to have no open promotion pull request.
     unpromoted: BTreeSet<String>,
+    /// Node -> the node file its key rotation pull request holds, as this
+    /// process last pushed it.
+    rotated: BTreeMap<String, Vec<u8>>,
 }
 
 /// How long a head whose preview failed waits before the next try.
@@ -254,6 +257,7 @@ impl GitHubConfig {
             last_approved: BTreeSet::new(),
             promoted: BTreeMap::new(),
             unpromoted: BTreeSet::new(),
+            rotated: BTreeMap::new(),
             previews: matches!(self.auth, Auth::App { .. }),
         })
     }
@@ -812,6 +816,46 @@ impl GitHub {
                 }
                 Err(e) => {
                     tracing::warn!(environment = %env, error = %e, "cannot close the promotion pull request");
+                }
+            }
+        }
+    }
+
+    /// Open or update the key rotation pull request of each node in
+    /// `asks` (see [`gitfleet_policy::rotation`]): its node file on the
+    /// branch `gitfleet/rotate-key/<node>` over `head` of the spec branch,
+    /// and one open pull request from it. Failures are logged; the next
+    /// pass tries again.
+    pub async fn rotate_keys(
+        &mut self,
+        mirror: &Mirror,
+        head: git2::Oid,
+        asks: &BTreeMap<String, gitfleet_policy::rotation::RotationAsk>,
+    ) {
+        let base = mirror.branch();
+        for (node, ask) in asks {
+            if self.rotated.get(node) == Some(&ask.bytes) {
+                continue;
+            }
+            let branch = rotation_branch(node);
+            let changes = BTreeMap::from([(ask.path.clone(), Some(ask.bytes.clone()))]);
+            let message = format!("{}\n\n{}", ask.title, ask.body);
+            if let Err(e) =
+                mirror.update_branch(&branch, head, &changes, &message, &Author::default())
+            {
+                tracing::warn!(node = %node, branch = %branch, error = %e, "cannot push the key rotation branch");
+                continue;
+            }
+            match self
+                .open_or_update_pull(&branch, base, &ask.title, &ask.body)
+                .await
+            {
+                Ok(number) => {
+                    tracing::info!(node = %node, pull = number, "key rotation pull request up to date");
+                    self.rotated.insert(node.clone(), ask.bytes.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "cannot open the key rotation pull request");
                 }
             }
         }

@@ -175,6 +175,18 @@ impl Reconciler {
                     }
                 }
             }
+            if still_leader(until).is_ok() {
+                let asks = self.rotation_asks(&observed);
+                if let Some(gh) = self.github_client.as_mut() {
+                    let rotate = gh.rotate_keys(&self.observer.mirror, observed.commit, &asks);
+                    if tokio::time::timeout(GITHUB_BUDGET, rotate).await.is_err() {
+                        tracing::warn!(
+                            seconds = GITHUB_BUDGET.as_secs(),
+                            "key rotation pull requests took too long; the next pass goes on"
+                        );
+                    }
+                }
+            }
             if still_leader(until).is_ok()
                 && tokio::time::timeout(
                     GITHUB_BUDGET,
@@ -195,6 +207,31 @@ impl Reconciler {
             observed,
             done: Done::Wrote(written),
             phases: phases.done,
+        })
+    }
+}
+
+impl Reconciler {
+    /// The key rotation pull requests the verified reports ask for: each
+    /// node's request, over its node file at the observed commit.
+    fn rotation_asks(
+        &self,
+        observed: &super::observe::Observed,
+    ) -> std::collections::BTreeMap<String, gitfleet_policy::rotation::RotationAsk> {
+        let requests: std::collections::BTreeMap<String, String> = observed
+            .reports
+            .iter()
+            .filter_map(|(node, r)| {
+                let next = r.wireguard.as_ref()?.next_public_key.clone()?;
+                Some((node.clone(), next))
+            })
+            .collect();
+        if requests.is_empty() {
+            return Default::default();
+        }
+        let mirror = &self.observer.mirror;
+        gitfleet_policy::rotation::wanted(&observed.checked.checked.model, &requests, |path| {
+            mirror.blob_at(observed.commit, path).ok().flatten()
         })
     }
 }
