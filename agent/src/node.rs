@@ -461,7 +461,13 @@ impl DiskNode {
         let live = tokio::task::spawn_blocking(move || {
             let peers = wireguard::resolve(&wanted.peers)?;
             let live = wireguard::read(&wanted.interface, backend)?;
-            Ok::<_, wireguard::WireguardError>(wireguard::drift(&wanted, &peers, &live))
+            let mut drift = wireguard::drift(&wanted, &peers, &live);
+            if live.up {
+                let installed = wireguard::installed_routes(&wanted.interface)?;
+                drift.extend(wireguard::route_drift(&wanted, &installed));
+                drift.sort_by(|a, b| a.path.cmp(&b.path));
+            }
+            Ok::<_, wireguard::WireguardError>(drift)
         })
         .await
         .map_err(|e| NodeError::Other {

@@ -846,7 +846,7 @@ fn link(interface: &str) -> Result<(bool, Vec<IpNet>), WireguardError> {
 const ROUTE_PROTO: &str = "173";
 
 /// The routes to `interface` this agent installed.
-fn installed_routes(interface: &str) -> Result<BTreeSet<IpNet>, WireguardError> {
+pub fn installed_routes(interface: &str) -> Result<BTreeSet<IpNet>, WireguardError> {
     let mut out = BTreeSet::new();
     for family in ["-4", "-6"] {
         let args = [
@@ -1249,6 +1249,23 @@ pub fn drift(desired: &Desired, peers: &[Peer], live: &Live) -> Vec<Drift> {
     out
 }
 
+/// How the routes this agent installed to the interface differ from
+/// `desired`'s: one entry, `wireguard/<interface>/routes`, with digests of
+/// the sorted lists (absent on the side that has none).
+pub fn route_drift(desired: &Desired, installed: &BTreeSet<IpNet>) -> Option<Drift> {
+    let text = |r: &BTreeSet<IpNet>| {
+        r.iter()
+            .map(IpNet::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    (*installed != desired.routes).then(|| Drift {
+        path: format!("wireguard/{}/routes", desired.interface),
+        expected_sha256: (!desired.routes.is_empty()).then(|| digest(&text(&desired.routes))),
+        found_sha256: (!installed.is_empty()).then(|| digest(&text(installed))),
+    })
+}
+
 /// The live interface as a status report shows it.
 pub fn status(
     interface: &str,
@@ -1528,6 +1545,27 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(key_for(dir.path(), "not a key").unwrap().is_none());
+    }
+
+    #[test]
+    fn routes_missing_or_extra_on_the_interface_are_drift() {
+        let mut m = three();
+        m.members[1].routes = vec!["10.20.0.0/16".to_owned()];
+        let d = desired(&m, "a", &private(1), None).unwrap();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(
+            route_drift(&d, &BTreeSet::from([net("10.20.0.0/16")])),
+            None
+        );
+        let missing = route_drift(&d, &BTreeSet::new()).unwrap();
+        assert_eq!(missing.path, "wireguard/wg-core/routes");
+        assert!(missing.expected_sha256.is_some() && missing.found_sha256.is_none());
+        let extra = route_drift(
+            &d,
+            &BTreeSet::from([net("10.20.0.0/16"), net("10.99.0.0/16")]),
+        )
+        .unwrap();
+        assert!(extra.found_sha256.is_some());
     }
 
     #[test]

@@ -82,8 +82,9 @@ pub fn wanted(
                      (made by `gitfleet-agent rotate-key` on the node; the private key never \
                      leaves it).\n\n- before: `{old}`\n- after: `{next}`\n\nOnce this is merged \
                      and rolled out, `{id}` switches its interface to the new key and the other \
-                     members replace that one peer; their other sessions carry on. Close it to \
-                     keep the current key.\n"
+                     members replace that one peer; their other sessions carry on. To keep the \
+                     current key, close this and remove `wireguard.key.next` from the node's \
+                     state directory, or the node goes on asking.\n"
                 ),
             },
         );

@@ -936,6 +936,37 @@ fn a_prefix_routed_behind_a_member_becomes_reachable_from_another() {
         peer.allowed_ips.contains(&"10.20.0.0/16".to_owned()),
         "{peer:?}"
     );
+    // A route taken away behind the agent's back is drift.
+    assert!(lab.report("a").drift.is_empty());
+    let interface = lab.member("a").interface.clone();
+    ip(&[
+        "-n",
+        &lab.member("a").netns,
+        "route",
+        "del",
+        "10.20.0.0/16",
+        "dev",
+        &interface,
+    ]);
+    assert_eq!(lab.poll("a"), None);
+    let drift = lab.report("a").drift;
+    assert!(
+        drift
+            .iter()
+            .any(|d| d.path == format!("wireguard/{interface}/routes")),
+        "{drift:?}"
+    );
+    ip(&[
+        "-n",
+        &lab.member("a").netns,
+        "route",
+        "add",
+        "10.20.0.0/16",
+        "dev",
+        &interface,
+        "proto",
+        "173",
+    ]);
 
     // Withdrawn: the route and the allowed range go.
     lab.push(
