@@ -1026,19 +1026,16 @@ allowed-ips "10.0.0.0/24"
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
+    /// The backbone mesh of `model` built on `previous`, nothing held.
+    fn backbone(model: &FleetModel, previous: &Allocation) -> MeshBuild {
+        let mesh = &model.meshes["backbone"].doc;
+        build(model, "backbone", mesh, previous, &Held::new(), COMMIT).unwrap()
+    }
+
     #[test]
     fn the_mesh_file_lists_members_with_keys_sorted_at_their_addresses() {
         let (model, _) = model();
-        let mesh = &model.meshes["backbone"].doc;
-        let b = build(
-            &model,
-            "backbone",
-            mesh,
-            &Allocation::new(),
-            &Held::new(),
-            COMMIT,
-        )
-        .unwrap();
+        let b = backbone(&model, &Allocation::new());
         assert_eq!(
             b.changes,
             vec![
@@ -1077,30 +1074,13 @@ allowed-ips "10.0.0.0/24"
     #[test]
     fn same_inputs_give_the_same_bundle_and_a_new_allocation_a_new_one() {
         let (model, _) = model();
-        let mesh = &model.meshes["backbone"].doc;
-        let first = build(
-            &model,
-            "backbone",
-            mesh,
-            &Allocation::new(),
-            &Held::new(),
-            COMMIT,
-        )
-        .unwrap();
-        let again = build(
-            &model,
-            "backbone",
-            mesh,
-            &first.allocation,
-            &Held::new(),
-            COMMIT,
-        )
-        .unwrap();
+        let first = backbone(&model, &Allocation::new());
+        let again = backbone(&model, &first.allocation);
         assert_eq!(again.built, first.built);
         assert!(again.changes.is_empty());
         let mut moved = first.allocation.clone();
         moved.insert("edge-a".into(), ip("10.40.0.200"));
-        let other = build(&model, "backbone", mesh, &moved, &Held::new(), COMMIT).unwrap();
+        let other = backbone(&model, &moved);
         assert_ne!(other.built.reference, first.built.reference);
         assert_eq!(other.allocation["edge-a"], ip("10.40.0.200"));
     }
@@ -1325,15 +1305,7 @@ peer "partner-gw" public-key="ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=" addr
         assert!(errors.is_empty(), "{errors:#?}");
         let model = checked.model;
         let mesh = &model.meshes["backbone"].doc;
-        let b = build(
-            &model,
-            "backbone",
-            mesh,
-            &Allocation::new(),
-            &Held::new(),
-            COMMIT,
-        )
-        .unwrap();
+        let b = backbone(&model, &Allocation::new());
         // 10.40.0.1 is anna's: the members start after it.
         assert_eq!(b.allocation["edge-a"], ip("10.40.0.2"));
         assert_eq!(b.allocation["edge-b"], ip("10.40.0.3"));
@@ -1426,13 +1398,12 @@ PersistentKeepalive = 25
     #[test]
     fn a_departed_members_address_is_held_until_no_member_runs_a_bundle_naming_it() {
         let (model, _) = model();
-        let mesh = &model.meshes["backbone"].doc;
         let recorded = Allocation::from([
             ("edge-a".to_owned(), ip("10.40.0.1")),
             ("edge-b".to_owned(), ip("10.40.0.2")),
             ("edge-gone".to_owned(), ip("10.40.0.3")),
         ]);
-        let b = build(&model, "backbone", mesh, &recorded, &Held::new(), COMMIT).unwrap();
+        let b = backbone(&model, &recorded);
         assert_eq!(
             b.changes,
             vec!["mesh backbone: edge-gone left, 10.40.0.3 held".to_owned()]
