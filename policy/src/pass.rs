@@ -180,6 +180,9 @@ pub struct PassPlan {
     pub promotions: BTreeMap<String, Ask>,
     /// Approvals on the state branch that did not count, with why.
     pub approvals_ignored: Vec<(String, String)>,
+    /// Meshes that could not be built (a range full of members and held
+    /// addresses, say), with why: each keeps its last good bundle.
+    pub mesh_errors: Vec<(String, String)>,
     /// This pass's bundles, for the next pass to reuse.
     pub builds: Builds,
 }
@@ -300,6 +303,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
     let mut builds = Builds::default();
     let mut allocations: BTreeMap<String, (Vec<u8>, Vec<String>)> = BTreeMap::new();
     let mut meshes: BTreeMap<String, Option<Desired>> = BTreeMap::new();
+    let mut mesh_errors = Vec::new();
     for (name, r) in &model.rollouts {
         let d = match &r.doc.target.value {
             RolloutTarget::Mesh(mesh_name) => match meshes.get(mesh_name) {
@@ -311,6 +315,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                         mesh_name,
                         &mut builds,
                         &mut allocations,
+                        &mut mesh_errors,
                         now,
                     )?;
                     meshes.insert(mesh_name.clone(), d.clone());
@@ -483,6 +488,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
         statuses,
         promotions,
         approvals_ignored,
+        mesh_errors,
         builds,
     })
 }
@@ -536,6 +542,7 @@ fn mesh_desired(
     name: &str,
     builds: &mut Builds,
     allocations: &mut BTreeMap<String, (Vec<u8>, Vec<String>)>,
+    mesh_errors: &mut Vec<(String, String)>,
     now: DateTime<Utc>,
 ) -> Result<Option<Desired>, PassError> {
     let model = &o.checked.model;
@@ -570,7 +577,10 @@ fn mesh_desired(
         }
         _ => match mesh::build(model, name, &located.doc, &previous, &held, &source_commit) {
             Ok(b) => b,
-            Err(_) => return Ok(None),
+            Err(e) => {
+                mesh_errors.push((name.to_owned(), e.to_string()));
+                return Ok(None);
+            }
         },
     };
     // Which bundle of this mesh each member runs, by its last report.

@@ -793,3 +793,46 @@ fn a_pinned_node_is_named_with_its_bundle_once_the_store_has_it() {
         ("edge-fra-1", "edge", &bundle)
     );
 }
+
+#[test]
+fn a_mesh_whose_range_is_full_of_held_addresses_keeps_its_bundle_and_says_why() {
+    let mut files = example_repo();
+    // 14 host addresses for 7 members: enough, says `check`...
+    edit(&mut files, "meshes/backbone.kdl", |t| {
+        t.replace("10.40.0.0/24", "10.40.0.0/28")
+    });
+    let mut world = World::new(&files);
+    // ...but eight departed members still hold theirs.
+    let held: BTreeMap<String, serde_json::Value> = (7..15)
+        .map(|n| {
+            (
+                format!("gone-{n}"),
+                serde_json::json!({
+                    "address": format!("10.40.0.{n}"),
+                    "since": t0(),
+                    "clean": [],
+                }),
+            )
+        })
+        .collect();
+    let record = serde_json::json!({
+        "format": 1,
+        "mesh": "backbone",
+        "cidr": "10.40.0.0/28",
+        "addresses": {},
+        "held": held,
+    });
+    world.state_files.insert(
+        "meshes/backbone.json".to_owned(),
+        serde_json::to_vec(&record).unwrap(),
+    );
+    let plan = world.decide().unwrap();
+    assert!(
+        plan.uploads.iter().all(|u| u.name != "backbone"),
+        "no bundle to roll out"
+    );
+    assert_eq!(plan.mesh_errors.len(), 1, "{:?}", plan.mesh_errors);
+    let (mesh, why) = &plan.mesh_errors[0];
+    assert_eq!(mesh, "backbone");
+    assert!(why.contains("is full"), "{why}");
+}

@@ -115,6 +115,9 @@ fn report(o: &Outcome) {
     for (reason, n) in &o.observed.reports_ignored {
         println!("ignored {n} status report(s): {reason}");
     }
+    for (mesh, reason) in &p.mesh_errors {
+        println!("mesh {mesh} not built, its last good bundle stays: {reason}");
+    }
     if !p.approvals_ignored.is_empty() {
         println!(
             "ignored {} approval(s) on the state branch (run with -v for why)",

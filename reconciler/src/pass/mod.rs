@@ -496,6 +496,9 @@ impl Reconciler {
         for (path, reason) in &plan.approvals_ignored {
             tracing::warn!(path = %path, reason = %reason, "ignoring approval");
         }
+        for (mesh, reason) in &plan.mesh_errors {
+            tracing::error!(mesh = %mesh, reason = %reason, "cannot build the mesh; its last good bundle stays");
+        }
         for env in &plan.foreign_manifests {
             tracing::error!(key = %keys::channel(env), "refusing to overwrite a channel manifest not signed by our online key");
         }
