@@ -79,8 +79,12 @@ pub fn key_for(dir: &Path, listed: &str) -> Result<Option<(PrivateKey, KeySlot)>
     };
     let next_path = dir.join(WIREGUARD_KEY_NEXT);
     let earlier_path = archived(dir, listed);
-    let (key, slot) = if next_path.exists() && PrivateKey::read(&next_path)?.public() == listed {
-        (PrivateKey::read(&next_path)?, KeySlot::Next)
+    let next = match next_path.exists() {
+        true => Some(PrivateKey::read(&next_path)?).filter(|k| k.public() == listed),
+        false => None,
+    };
+    let (key, slot) = if let Some(next) = next {
+        (next, KeySlot::Next)
     } else if earlier_path.exists() {
         (PrivateKey::read(&earlier_path)?, KeySlot::Earlier)
     } else {

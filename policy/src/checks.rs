@@ -227,7 +227,7 @@ pub fn valid_name(s: &str) -> bool {
         && s.len() <= 63
 }
 
-fn check_name(d: &mut Diagnostics<'_>, file: &str, name: &Spanned<String>, what: &str) {
+pub(crate) fn check_name(d: &mut Diagnostics<'_>, file: &str, name: &Spanned<String>, what: &str) {
     if !valid_name(&name.value) {
         d.error(
             file,
@@ -272,6 +272,12 @@ fn unknown_environment(
 
 // ---------------------------------------------------------------------------
 // keys
+
+/// Whether `s` is a WireGuard or node key as written, nothing around it:
+/// 32 bytes of base64, no whitespace (which [`decode_key`] trims).
+pub(crate) fn is_key_text(s: &str) -> bool {
+    !s.contains(char::is_whitespace) && decode_key(s).is_ok()
+}
 
 pub(crate) fn decode_key(s: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD

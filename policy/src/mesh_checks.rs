@@ -9,7 +9,7 @@ use gitfleet_schemas::mesh::Topology;
 use gitfleet_schemas::{MeshFile, Span, Spanned};
 use ipnet::IpNet;
 
-use crate::checks::{decode_key, valid_name};
+use crate::checks::{check_name, decode_key};
 use crate::diagnostics::Diagnostics;
 use crate::mesh::{endpoint_ok, is_host_address};
 use crate::model::{FleetModel, Located};
@@ -137,15 +137,7 @@ fn peers(
     let mut addresses: BTreeMap<IpAddr, &str> = BTreeMap::new();
     for peer in &mesh.peers {
         let who = peer.name.value.as_str();
-        if !valid_name(who) {
-            d.error(
-                path,
-                peer.name.span,
-                "invalid-name",
-                format!("peer `{who}` of mesh `{name}` is not a valid name"),
-                Some("use 1 to 63 ASCII letters, digits, `-`, `_` or `.`, starting with a letter or digit".to_owned()),
-            );
-        }
+        check_name(d, path, &peer.name, "external peer");
         if names.insert(who, peer.name.span).is_some() {
             d.error(
                 path,

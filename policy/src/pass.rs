@@ -569,9 +569,10 @@ fn mesh_desired(
         .get(name)
         .cloned()
         .unwrap_or_else(|| o.commit.to_owned());
+    let reserved = held_addresses(&held);
     let build = match o.builds.meshes.get(name) {
         Some((commit, prev, res, build))
-            if *commit == source_commit && *prev == previous && *res == held_addresses(&held) =>
+            if *commit == source_commit && *prev == previous && *res == reserved =>
         {
             build.clone()
         }
@@ -621,10 +622,9 @@ fn mesh_desired(
         allocations.insert(path, (bytes, lines));
     }
     let desired = Desired::single(build.built.reference.clone(), source_commit.clone(), None);
-    builds.meshes.insert(
-        name.to_owned(),
-        (source_commit, previous, held_addresses(&held), build),
-    );
+    builds
+        .meshes
+        .insert(name.to_owned(), (source_commit, previous, reserved, build));
     Ok(Some(desired))
 }
 

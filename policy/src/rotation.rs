@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::checks::decode_key;
+use crate::checks::is_key_text;
 use crate::model::FleetModel;
 
 /// One node's key rotation pull request.
@@ -57,9 +57,7 @@ pub fn wanted(
             continue;
         };
         let old = wg.public_key.value.as_str();
-        let is_key =
-            decode_key(next).is_ok() && !next.contains(|c: char| c.is_whitespace() || c == '"');
-        if !is_key || next == old || taken.contains(&next) {
+        if !is_key_text(next) || next == old || taken.contains(&next) {
             continue;
         }
         let Some(text) = file_of(&node.path).and_then(|b| String::from_utf8(b).ok()) else {

@@ -256,7 +256,7 @@ fn node_view(inputs: &ViewInputs<'_>, node: &NodeFile, keys: &HashMap<&str, &str
             // what it must be: a WireGuard key.
             wg.next_public_key = wg
                 .next_public_key
-                .filter(|k| crate::checks::decode_key(k).is_ok() && !k.contains(char::is_whitespace));
+                .filter(|k| crate::checks::is_key_text(k));
             wg
         }),
         monitored: report.map(|r| r.monitored.clone()).unwrap_or_default(),

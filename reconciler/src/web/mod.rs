@@ -235,6 +235,19 @@ fn not_ready() -> Response {
         .into_response()
 }
 
+/// 404: no `what` named `name` in the fleet repo.
+fn not_found(fleet: &str, what: &str, name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(page::layout(
+            "Not found",
+            fleet,
+            &format!("<p>No {what} {} in the fleet repo.</p>", html::esc(name)),
+        )),
+    )
+        .into_response()
+}
+
 /// A page, or only its body when the live-update script asks.
 fn respond(fragment: bool, title: &str, fleet: &str, body: String) -> Response {
     if fragment {
@@ -281,15 +294,7 @@ async fn node(
         return not_ready();
     };
     let Some(n) = v.nodes.iter().find(|n| n.id == id) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Html(page::layout(
-                "Not found",
-                &v.fleet,
-                &format!("<p>No node {} in the fleet repo.</p>", html::esc(&id)),
-            )),
-        )
-            .into_response();
+        return not_found(&v.fleet, "node", &id);
     };
     respond(q.fragment.is_some(), &n.id, &v.fleet, page::node(&v, n))
 }
@@ -322,15 +327,7 @@ async fn mesh(
         return not_ready();
     };
     let Some(m) = v.meshes.iter().find(|m| m.name == name) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Html(page::layout(
-                "Not found",
-                &v.fleet,
-                &format!("<p>No mesh {} in the fleet repo.</p>", html::esc(&name)),
-            )),
-        )
-            .into_response();
+        return not_found(&v.fleet, "mesh", &name);
     };
     respond(q.fragment.is_some(), &m.name, &v.fleet, page::mesh(&v, m))
 }

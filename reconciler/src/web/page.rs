@@ -443,6 +443,7 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
         out.push_str("</ul>");
     }
     out.push_str("<h3>WireGuard</h3>");
+    let nodes = node_ids(v);
     match &n.wireguard {
         None => out.push_str("<p>No interface reported.</p>"),
         Some(wg) => {
@@ -454,7 +455,7 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
                     esc(&n.id)
                 );
             }
-            interface_table(&mut out, v.at, wg, &n.peer_names, &node_ids(v), "peers");
+            interface_table(&mut out, v.at, wg, &n.peer_names, &nodes, "peers");
         }
     }
     for wg in &n.monitored {
@@ -463,7 +464,7 @@ pub fn node(v: &FleetStatus, n: &NodeView) -> String {
             "<h3>Monitored: <code>{}</code></h3>",
             esc(&wg.interface)
         );
-        interface_table(&mut out, v.at, wg, &n.peer_names, &node_ids(v), "monitored");
+        interface_table(&mut out, v.at, wg, &n.peer_names, &nodes, "monitored");
     }
     out
 }
