@@ -314,7 +314,27 @@ pub struct Agent<N> {
     /// A Sentinel bundle went live and its gates have not yet heard of as
     /// much traffic as they need: report as soon as it has served that.
     judging: bool,
+    /// The state ([`StatusReport::state`]) of the last report written to
+    /// the store: a report with the same state only says "alive".
+    stored: Option<StatusReport>,
+    /// Sends "alive" reports to the reconcilers the manifest names.
+    http: reqwest::Client,
+    /// The `report_to` URL that took the last report: tried first.
+    report_via: usize,
 }
+
+/// Where a status report went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportedTo {
+    /// `status/<node>.json` in the store: every change goes there.
+    Store,
+    /// A reconciler's `POST /v1/reports/<node>`: a report that says only
+    /// "alive, nothing changed", which costs no store request.
+    Reconciler,
+}
+
+/// How long a reconciler may take to take a report.
+const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl<N: Node> Agent<N> {
     pub fn new(
@@ -341,6 +361,13 @@ impl<N: Node> Agent<N> {
             retry: false,
             traffic_base: None,
             judging: false,
+            stored: None,
+            http: reqwest::Client::builder()
+                .timeout(REPORT_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            report_via: 0,
         }
     }
 
@@ -925,19 +952,74 @@ impl<N: Node> Agent<N> {
         }
     }
 
-    /// Sign and write this node's status report.
-    pub async fn report(&mut self, now: DateTime<Utc>) -> Result<StatusReport, String> {
+    /// Sign and send this node's status report: to the store when its
+    /// state changed since the last one written there (or a rollout is
+    /// moving in the environment, where the leader judges gates from the
+    /// store), else to the first reconciler of the manifest's `report_to`
+    /// that takes it, and to the store when none does.
+    pub async fn report(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> Result<(StatusReport, ReportedTo), String> {
         let report = self.status(now).await;
         let mut envelope = report.envelope();
         envelope.sign(&self.key)?;
-        let key = keys::status(&self.id.node);
-        self.store
-            .put(&key, Bytes::from(envelope.to_json()))
-            .await
-            .map_err(|e| format!("writing {key}: {e}"))?;
+        let body = envelope.to_json();
+        let state = report.state();
+        let alive_only = !self.dirty && self.stored.as_ref() == Some(&state);
+        let to = match self.fleet_settings() {
+            Some(s) if alive_only && s.idle && !s.report_to.is_empty() => {
+                let urls = s.report_to.clone();
+                self.send_to_reconciler(&urls, &body).await
+            }
+            _ => None,
+        };
+        let to = match to {
+            Some(to) => to,
+            None => {
+                let key = keys::status(&self.id.node);
+                self.store
+                    .put(&key, Bytes::from(body))
+                    .await
+                    .map_err(|e| format!("writing {key}: {e}"))?;
+                self.stored = Some(state);
+                ReportedTo::Store
+            }
+        };
         self.last_report = Some(now);
         self.dirty = false;
-        Ok(report)
+        Ok((report, to))
+    }
+
+    /// POST the signed report to the first of `urls` that takes it,
+    /// starting with the one that took the last; `None` when none does.
+    async fn send_to_reconciler(&mut self, urls: &[String], body: &[u8]) -> Option<ReportedTo> {
+        for i in 0..urls.len() {
+            let at = (self.report_via + i) % urls.len();
+            let url = format!(
+                "{}/v1/reports/{}",
+                urls[at].trim_end_matches('/'),
+                self.id.node
+            );
+            let sent = self
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.to_vec())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    self.report_via = at;
+                    return Some(ReportedTo::Reconciler);
+                }
+                Ok(r) => {
+                    tracing::warn!(url = %url, status = r.status().as_u16(), "reconciler refused the report");
+                }
+                Err(e) => tracing::warn!(url = %url, error = %e, "cannot reach the reconciler"),
+            }
+        }
+        None
     }
 }
 

@@ -638,9 +638,21 @@ struct Cadence {
 impl Cadence {
     fn of(config: &AgentConfig, fleet: Option<&AgentSettings>) -> Cadence {
         let ms = |s: Option<u64>| s.map(|s| s.saturating_mul(1000));
+        let idle = fleet.is_some_and(|f| f.idle);
+        // Idle, a node waits its idle interval, with jitter in proportion.
+        let (own_poll, own_jitter) = if idle {
+            let scaled = config
+                .jitter_ms
+                .saturating_mul(config.idle_poll_ms)
+                .checked_div(config.poll_ms)
+                .unwrap_or(config.jitter_ms);
+            (config.idle_poll_ms, scaled)
+        } else {
+            (config.poll_ms, config.jitter_ms)
+        };
         Cadence {
-            poll_ms: ms(fleet.and_then(|f| f.poll_seconds)).unwrap_or(config.poll_ms),
-            jitter_ms: ms(fleet.and_then(|f| f.poll_jitter_seconds)).unwrap_or(config.jitter_ms),
+            poll_ms: ms(fleet.and_then(|f| f.poll_seconds)).unwrap_or(own_poll),
+            jitter_ms: ms(fleet.and_then(|f| f.poll_jitter_seconds)).unwrap_or(own_jitter),
             heartbeat_ms: ms(fleet.and_then(|f| f.heartbeat_seconds))
                 .unwrap_or(config.heartbeat_ms),
             drift: fleet.and_then(|f| f.drift).unwrap_or(config.drift),
@@ -650,7 +662,14 @@ impl Cadence {
     /// Say once, when the fleet's settings change, where they differ from
     /// agent.kdl.
     fn log_overrides(&self, config: &AgentConfig, fleet: Option<&AgentSettings>) {
-        let local = Cadence::of(config, None);
+        // agent.kdl's own values, idle or not as the manifest says.
+        let idle = fleet.is_some_and(|f| f.idle);
+        let mode = AgentSettings {
+            idle,
+            ..AgentSettings::default()
+        };
+        let local = Cadence::of(config, Some(&mode));
+        tracing::info!(idle, poll_ms = self.poll_ms, "poll cadence");
         if self.poll_ms != local.poll_ms {
             tracing::info!(
                 agent_kdl_ms = local.poll_ms,

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use gitfleet_io::metrics::{family, label};
 use gitfleet_schemas::status::StatusReport;
 
-use crate::core::Polled;
+use crate::core::{Polled, ReportedTo};
 
 /// What the metrics are made of, updated after every poll and report.
 #[derive(Debug, Default)]
@@ -24,10 +24,13 @@ pub struct AgentMetrics {
     pub polls_applied: u64,
     pub polls_refused: u64,
     pub activations: u64,
+    /// Reports written to the store.
     pub reports_written: u64,
+    /// Reports a reconciler took over HTTP (no store request).
+    pub reports_sent: u64,
     pub reports_failed: u64,
     pub last_poll: Option<DateTime<Utc>>,
-    /// The last report written to the store.
+    /// The last report sent.
     pub last_report: Option<StatusReport>,
 }
 
@@ -46,10 +49,13 @@ impl AgentMetrics {
         }
     }
 
-    pub fn reported(&mut self, result: Result<&StatusReport, &String>) {
+    pub fn reported(&mut self, result: Result<&(StatusReport, ReportedTo), &String>) {
         match result {
-            Ok(report) => {
-                self.reports_written += 1;
+            Ok((report, to)) => {
+                match to {
+                    ReportedTo::Store => self.reports_written += 1,
+                    ReportedTo::Reconciler => self.reports_sent += 1,
+                }
                 self.last_report = Some(report.clone());
             }
             Err(_) => self.reports_failed += 1,
@@ -91,9 +97,13 @@ pub fn render(m: &AgentMetrics, now: DateTime<Utc>) -> String {
         &mut out,
         "gitfleet_agent_reports_total",
         "counter",
-        "Signed status reports by result.",
+        "Signed status reports by result: written to the store, sent to a reconciler, failed.",
     );
-    for (result, n) in [("written", m.reports_written), ("failed", m.reports_failed)] {
+    for (result, n) in [
+        ("written", m.reports_written),
+        ("sent", m.reports_sent),
+        ("failed", m.reports_failed),
+    ] {
         let _ = writeln!(
             out,
             "gitfleet_agent_reports_total{{result=\"{result}\"}} {n}"
@@ -418,8 +428,11 @@ mod tests {
     #[test]
     fn the_last_report_is_exposed_with_escaped_labels() {
         let mut m = AgentMetrics::default();
-        m.reported(Ok(&report()));
+        m.reported(Ok(&(report(), ReportedTo::Store)));
+        m.reported(Ok(&(report(), ReportedTo::Reconciler)));
         let text = render(&m, DateTime::UNIX_EPOCH);
+        assert!(text.contains("gitfleet_agent_reports_total{result=\"written\"} 1\n"));
+        assert!(text.contains("gitfleet_agent_reports_total{result=\"sent\"} 1\n"));
         assert!(text.contains("gitfleet_agent_healthy 0\n"), "{text}");
         assert!(text.contains("gitfleet_agent_channel_serial 7\n"), "{text}");
         assert!(

@@ -691,7 +691,7 @@ mod tests {
                 activated: 1
             }
         );
-        let report = agent.report(now).await.unwrap();
+        let report = agent.report(now).await.unwrap().0;
         assert!(report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
         // That report set the new bundle's baseline; once it has served the
@@ -715,12 +715,12 @@ mod tests {
         agent.node_mut().settings.failure_rate = 1.0;
         world.publish(&b, Some(&a), u64::MAX);
         agent.poll(now).await;
-        let report = agent.report(now).await.unwrap();
+        let report = agent.report(now).await.unwrap().0;
         assert!(!report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&b));
         // Traffic on the new bundle counts from its activation on.
         assert_eq!(report.metrics.requests, Some(0));
-        let report = agent.report(now).await.unwrap();
+        let report = agent.report(now).await.unwrap().0;
         assert!(report.metrics.requests.unwrap() >= 20);
         assert!(report.metrics.error_rate.unwrap() > 0.1);
         assert_eq!(report.http_checks, check(503, false));
@@ -733,10 +733,113 @@ mod tests {
         agent.node_mut().settings.failure_rate = 0.0;
         world.publish(&b, Some(&a), 0);
         agent.poll(now).await;
-        let report = agent.report(now).await.unwrap();
+        let report = agent.report(now).await.unwrap().0;
         assert!(report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
         assert_eq!(agent.node().activations(), 3);
+    }
+
+    /// A reconciler stand-in on loopback that answers every request 204
+    /// and counts them.
+    async fn taking_reports(
+        listener: tokio::net::TcpListener,
+        taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then as many bytes as it says the body has.
+            let want = loop {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break Some(end + 4 + length);
+                }
+            };
+            let Some(want) = want else { continue };
+            while buf.len() < want {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = conn
+                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_node_sends_unchanged_reports_to_a_reconciler_and_changes_to_the_store() {
+        use crate::core::ReportedTo;
+        use gitfleet_schemas::trust::AgentSettings;
+        use std::sync::atomic::Ordering;
+        let (mut world, root) = World::new();
+        let a = world.bundle("// a\n");
+        let mut agent = world.agent(root, SimSettings::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = tokio::spawn(taking_reports(listener, std::sync::Arc::clone(&taken)));
+        // The first reconciler listed refuses connections (nothing listens
+        // on a fresh port of this test's own): the next one is tried.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        world.settings = Some(AgentSettings {
+            idle: true,
+            report_to: vec![closed, url],
+            ..AgentSettings::default()
+        });
+        world.publish(&a, None, u64::MAX);
+        let mut now = chrono::Utc::now();
+        agent.poll(now).await;
+        macro_rules! report {
+            ($at:expr) => {
+                agent.report($at).await.unwrap().1
+            };
+        }
+        // A change (the activation) goes to the store; the next report,
+        // the same state with new readings, to the reconciler.
+        assert_eq!(report!(now), ReportedTo::Store);
+        now += chrono::Duration::minutes(1);
+        assert_eq!(report!(now), ReportedTo::Reconciler);
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
+        // While a rollout moves, the leader reads reports from the store.
+        world.settings.as_mut().unwrap().idle = false;
+        world.publish(&a, None, u64::MAX);
+        agent.poll(now).await;
+        now += chrono::Duration::minutes(1);
+        assert_eq!(report!(now), ReportedTo::Store);
+        now += chrono::Duration::minutes(1);
+        assert_eq!(report!(now), ReportedTo::Store);
+        // Idle again, with no reconciler answering: the store.
+        world.settings.as_mut().unwrap().idle = true;
+        world.publish(&a, None, u64::MAX);
+        agent.poll(now).await;
+        server.abort();
+        let _ = server.await;
+        now += chrono::Duration::minutes(1);
+        assert_eq!(report!(now), ReportedTo::Store);
+        now += chrono::Duration::minutes(1);
+        assert_eq!(report!(now), ReportedTo::Store);
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -760,7 +863,7 @@ mod tests {
         world.publish(&a, None, u64::MAX);
         agent.poll(now).await;
         assert_eq!(agent.drift(), DriftPolicy::Repair);
-        let report = agent.report(now).await.unwrap();
+        let report = agent.report(now).await.unwrap().0;
         assert!(!report.healthy);
         let result = report.http_checks.iter().find(|c| c.url == check).unwrap();
         assert_eq!((result.status, result.ok), (Some(200), false));
@@ -768,7 +871,7 @@ mod tests {
         world.settings.as_mut().unwrap().health_checks[0].expect_status = 200;
         world.publish(&a, None, u64::MAX);
         agent.poll(now).await;
-        assert!(agent.report(now).await.unwrap().healthy);
+        assert!(agent.report(now).await.unwrap().0.healthy);
         // Without fleet settings, agent.kdl's drift policy stands.
         world.settings = None;
         world.publish(&a, None, u64::MAX);

@@ -193,7 +193,7 @@ async fn a_store_outage_keeps_the_config_and_staleness_is_reported_when_it_retur
         panic!("an expired manifest was not refused");
     };
     assert!(reason.contains("expired at"), "{reason}");
-    let report = agent.report(later).await.unwrap();
+    let (report, _) = agent.report(later).await.unwrap();
     assert_eq!(report.channel_expires, Some(t0 + Duration::hours(1)));
     assert!(report.channel_expires.unwrap() < report.at);
     assert!(report.last_error.unwrap().contains("expired"));
@@ -208,7 +208,7 @@ async fn a_store_outage_keeps_the_config_and_staleness_is_reported_when_it_retur
             activated: 0
         }
     );
-    let report = agent.report(later).await.unwrap();
+    let (report, _) = agent.report(later).await.unwrap();
     assert_eq!(report.last_error, None);
     assert_eq!(report.channel_serial, Some(2));
     assert!(report.channel_expires.unwrap() > later);

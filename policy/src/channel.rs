@@ -27,8 +27,10 @@ pub fn channel_check(c: &gitfleet_schemas::HttpCheck) -> ChannelCheck {
 }
 
 /// The agent settings fleet.kdl's `defaults` give the nodes of an
-/// environment, if any: polls at `poll-interval` while a rollout `moving`
-/// there, at `idle-poll-interval` otherwise (what an idle fleet costs).
+/// environment: polls at `poll-interval` while a rollout is `moving`
+/// there, at `idle-poll-interval` otherwise (what an idle fleet costs);
+/// where fleet.kdl sets neither, `idle` tells agents to use their own idle
+/// interval.
 pub fn agent_settings(model: &FleetModel, moving: bool) -> Option<AgentSettings> {
     let d = &model.fleet.as_ref()?.doc.defaults;
     let busy = d.poll_interval_seconds.as_ref().map(|v| v.value);
@@ -39,6 +41,8 @@ pub fn agent_settings(model: &FleetModel, moving: bool) -> Option<AgentSettings>
         poll_jitter_seconds: d.poll_jitter_seconds.as_ref().map(|v| v.value),
         heartbeat_seconds: d.heartbeat_seconds.as_ref().map(|v| v.value),
         health_checks: d.health_checks.iter().map(channel_check).collect(),
+        idle: !moving,
+        report_to: d.report_to.iter().map(|u| u.value.clone()).collect(),
     };
     (!s.is_empty()).then_some(s)
 }
@@ -314,12 +318,29 @@ mod tests {
                     expect_status: 200,
                     ..ChannelCheck::default()
                 }],
+                idle: false,
+                report_to: Vec::new(),
             }
         );
-        // Rollout-only defaults say nothing to agents.
+        // Rollout-only defaults say nothing to agents but whether the
+        // environment is idle.
+        assert_eq!(
+            agent_settings(&model("defaults {\n    bake \"5m\"\n}\n"), true),
+            None
+        );
         assert_eq!(
             agent_settings(&model("defaults {\n    bake \"5m\"\n}\n"), false),
-            None
+            Some(AgentSettings {
+                idle: true,
+                ..AgentSettings::default()
+            })
+        );
+        let reporting = model(
+            "defaults {\n    report-to \"https://a.example:8080\" \"http://127.0.0.1:8080\"\n}\n",
+        );
+        assert_eq!(
+            agent_settings(&reporting, true).unwrap().report_to,
+            ["https://a.example:8080", "http://127.0.0.1:8080"]
         );
         // Idle environments poll slowly, where the fleet says so.
         let both =

@@ -22,7 +22,7 @@ use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 use gitfleet_schemas::state::{
-    self, Departed, MeshAllocation, Phase, RolloutState, DEPARTED_PATH, RULES_PATH,
+    self, Departed, MeshAllocation, RolloutState, DEPARTED_PATH, RULES_PATH,
 };
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest};
 use gitfleet_schemas::{Diagnostic, Proxy, RolloutTarget, Severity};
@@ -439,12 +439,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                 }),
         );
         let channel_rollouts = rollouts.channel_rollouts(model, env);
-        let moving = rollouts.rollouts.iter().any(|r| {
-            r.environments.iter().any(|e| {
-                e.environment == *env
-                    && matches!(e.after.phase, Phase::Progressing | Phase::Verifying)
-            })
-        });
+        let moving = rollouts.moving(Some(env));
         let settings = channel::agent_settings(model, moving);
         if let Some(next) = channel::next_manifest(
             current,

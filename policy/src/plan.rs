@@ -354,6 +354,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether a rollout is moving (progressing or verifying) in
+    /// `environment`, or in any environment when `None`.
+    pub fn moving(&self, environment: Option<&str>) -> bool {
+        self.rollouts.iter().any(|r| {
+            r.environments.iter().any(|e| {
+                environment.is_none_or(|env| e.environment == env)
+                    && matches!(e.after.phase, Phase::Progressing | Phase::Verifying)
+            })
+        })
+    }
+
     /// The state to commit.
     pub fn state(&self) -> BTreeMap<String, RolloutState> {
         self.rollouts

@@ -343,3 +343,173 @@ fn an_idle_pass_reads_only_the_listing_not_the_reports_that_did_not_change() {
     assert_eq!(seen, nodes.len());
     assert_eq!(one.get, baseline.get + 1, "{one:?}");
 }
+
+/// [`reconciler_with`] for a fleet whose agents report over HTTP, every
+/// node keyed for the test; with its nodes.
+fn reporting_over_http(dir: &Path, rollouts: bool) -> (Reconciler, Vec<(String, String)>) {
+    let mut nodes = Vec::new();
+    let r = reconciler_with(dir, |work| {
+        nodes = sim_keyed(work);
+        if !rollouts {
+            std::fs::remove_dir_all(work.join("rollouts")).unwrap();
+        }
+        let fleet = std::fs::read_to_string(work.join("fleet.kdl")).unwrap();
+        let fleet = fleet.replacen(
+            "defaults {",
+            "defaults {\n    report-to \"http://127.0.0.1:8080\"",
+            1,
+        );
+        std::fs::write(work.join("fleet.kdl"), fleet).unwrap();
+    });
+    (r, nodes)
+}
+
+fn post_report(
+    served: &Served,
+    rt: &tokio::runtime::Runtime,
+    node: &str,
+    body: Vec<u8>,
+) -> StatusCode {
+    served
+        .send(
+            rt,
+            Request::post(format!("/v1/reports/{node}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .0
+}
+
+#[test]
+fn a_report_over_http_is_verified_taken_once_and_merged_without_a_store_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, nodes) = reporting_over_http(dir.path(), true);
+    let rt = runtime();
+    let (node, env) = nodes[0].clone();
+    // The node's first report (a change) is in the store.
+    rt.block_on(r.observer.store.put(
+        &keys::status(&node),
+        signed_report(&node, &env, "first").into(),
+    ))
+    .unwrap();
+    let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
+    let stored_at = o.observed.written[&node];
+    let served = Served::after(Some(&o), &r);
+
+    // Nobody's signature but the node's own is taken, for a node of the
+    // fleet only; the same report twice is a replay.
+    let (other, _) = &nodes[1];
+    let forged = signed_report(other, &env, "forged");
+    assert_eq!(
+        post_report(&served, &rt, &node, forged),
+        StatusCode::FORBIDDEN
+    );
+    let alive = signed_report(&node, &env, "alive");
+    assert_eq!(
+        post_report(&served, &rt, "no-such-node", alive.clone()),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        post_report(&served, &rt, &node, alive.clone()),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        post_report(&served, &rt, &node, alive),
+        StatusCode::CONFLICT
+    );
+    let (_, metrics) = served.get(&rt, "/metrics");
+    for line in [
+        "gitfleet_reports_received_total{outcome=\"taken\"} 1",
+        "gitfleet_reports_received_total{outcome=\"not-newer\"} 1",
+        "gitfleet_reports_received_total{outcome=\"refused\"} 1",
+        "gitfleet_reports_received_total{outcome=\"unknown-node\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+
+    // The next pass shows the report taken over HTTP, heard just now, and
+    // reads no status report from the store for it.
+    let before = r.observer.store.counts();
+    let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
+    let cost = r.observer.store.counts().since(&before);
+    let report = &o.observed.reports[&node];
+    assert_eq!(report.last_error.as_deref(), Some("alive"));
+    assert!(o.observed.written[&node] > stored_at);
+    // Reads: the three manifests and the lease, no report; lists:
+    // `status/` (rollouts are moving) and `liveness/`; puts: the lease and
+    // the one liveness shard.
+    assert_eq!((cost.get, cost.list), (4, 2), "{cost:?}");
+    assert_eq!(cost.put + cost.put_conditional, 2, "{cost:?}");
+
+    // Another replica over the same store hears of the node through the
+    // shard: alive, though its store copy is older.
+    let mirror = Mirror::open_or_clone(
+        Remote::new(format!(
+            "file://{}",
+            dir.path().join("origin.git").display()
+        )),
+        &dir.path().join("mirror-2"),
+    )
+    .unwrap();
+    let mut r2 = Reconciler::new(
+        mirror,
+        r.observer.store.clone(),
+        SigningKey::from_bytes(&[7; 32]),
+        "replica-2".to_owned(),
+    );
+    let o2 = rt.block_on(r2.pass(Utc::now(), Mode::DryRun)).unwrap();
+    assert_eq!(
+        o2.observed.reports[&node].last_error.as_deref(),
+        Some("first"),
+        "the other replica has only the store's copy of the report"
+    );
+    let heard = o2.observed.written[&node];
+    assert!(
+        heard > stored_at,
+        "liveness through the shard: {heard} vs the store's write {stored_at}"
+    );
+}
+
+#[test]
+fn an_idle_fleet_reporting_over_http_lists_status_reports_once_a_minute_not_every_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, nodes) = reporting_over_http(dir.path(), false);
+    let rt = runtime();
+    let (node, env) = nodes[0].clone();
+    let put = |r: &Reconciler, note: &str| {
+        rt.block_on(r.observer.store.put(
+            &keys::status(&node),
+            signed_report(&node, &env, note).into(),
+        ))
+        .unwrap();
+    };
+    put(&r, "first");
+    let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
+    assert_eq!(
+        o.observed.reports[&node].last_error.as_deref(),
+        Some("first")
+    );
+    // A change written to the store while nothing moves is read at the
+    // next listing, up to a minute later: this pass lists only
+    // `liveness/`.
+    put(&r, "second");
+    let before = r.observer.store.counts();
+    let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
+    let cost = r.observer.store.counts().since(&before);
+    assert_eq!(cost.list, 1, "{cost:?}");
+    assert_eq!(
+        o.observed.reports[&node].last_error.as_deref(),
+        Some("first")
+    );
+    // A fleet without `report-to` lists every pass, as before.
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = reconciler_with(dir.path(), |work| {
+        sim_keyed(work);
+        std::fs::remove_dir_all(work.join("rollouts")).unwrap();
+    });
+    rt.block_on(plain.pass(Utc::now(), Mode::Execute)).unwrap();
+    let before = plain.observer.store.counts();
+    rt.block_on(plain.pass(Utc::now(), Mode::Execute)).unwrap();
+    assert_eq!(plain.observer.store.counts().since(&before).list, 1);
+}

@@ -7,7 +7,7 @@
 //! labels region="fra" role="edge"
 //! store "s3://acme-fleet/prod"
 //! state-dir "/var/lib/gitfleet-agent"
-//! poll "30s" jitter="5s"
+//! poll "30s" jitter="5s" idle="5m"   // idle: while no rollout moves here
 //! heartbeat "1m"
 //! drift "report"
 //! proxy "zentinel" version="0.6.45"
@@ -48,6 +48,11 @@ pub struct AgentConfig {
     /// Each wait is `poll_ms` plus a random part of up to `jitter_ms`, so a
     /// fleet does not poll in lockstep.
     pub jitter_ms: u64,
+    /// How often to poll while the manifest says no rollout is moving in
+    /// the node's environment (and the fleet sets no interval): what an
+    /// idle fleet costs. `poll`'s own interval when `poll` is written
+    /// without `idle=`; 5 minutes when `poll` is not written at all.
+    pub idle_poll_ms: u64,
     /// A status report is written at least this often.
     pub heartbeat_ms: u64,
     pub drift: DriftPolicy,
@@ -203,6 +208,7 @@ impl crate::trust::Document for EnrollRequest {
 }
 
 pub const DEFAULT_POLL_MS: u64 = 30_000;
+pub const DEFAULT_IDLE_POLL_MS: u64 = 300_000;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 60_000;
 pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 64 << 20;
@@ -345,7 +351,8 @@ impl AgentConfig {
         );
         let value = match (node, environment, store, state_dir) {
             (Some(node), Some(environment), Some(store), Some(state_dir)) => {
-                let (poll_ms, jitter_ms) = poll.unwrap_or((DEFAULT_POLL_MS, DEFAULT_POLL_MS / 10));
+                let (poll_ms, jitter_ms, idle_poll_ms) =
+                    poll.unwrap_or((DEFAULT_POLL_MS, DEFAULT_POLL_MS / 10, DEFAULT_IDLE_POLL_MS));
                 Some(AgentConfig {
                     node: node.value,
                     environment: environment.value,
@@ -358,6 +365,7 @@ impl AgentConfig {
                     state_dir: state_dir.value,
                     poll_ms,
                     jitter_ms,
+                    idle_poll_ms,
                     heartbeat_ms: heartbeat.unwrap_or(DEFAULT_HEARTBEAT_MS),
                     drift: drift.unwrap_or(DriftPolicy::Report),
                     max_bundle_bytes: max_bundle_bytes
@@ -380,8 +388,10 @@ fn duration_ms(d: &mut Decoder, node: &kdl::KdlNode) -> Option<u64> {
 }
 
 /// `poll "30s" jitter="5s"`.
-fn decode_poll(d: &mut Decoder, node: &kdl::KdlNode) -> Option<(u64, u64)> {
-    d.allow_props(node, &["jitter"]);
+/// `poll "30s" jitter="3s" idle="5m"`: the interval, its jitter and the
+/// idle interval (the interval itself unless given).
+fn decode_poll(d: &mut Decoder, node: &kdl::KdlNode) -> Option<(u64, u64, u64)> {
+    d.allow_props(node, &["jitter", "idle"]);
     d.no_children(node);
     d.max_args(node, 1);
     let every = d.arg(node, 0, decode::as_string, "a duration such as \"30s\"")?;
@@ -390,7 +400,22 @@ fn decode_poll(d: &mut Decoder, node: &kdl::KdlNode) -> Option<(u64, u64)> {
         Some(j) => d.parse_duration_ms(&j)?.value,
         None => every / 10,
     };
-    Some((every, jitter))
+    let idle = match d.prop_string(node, "idle") {
+        Some(i) => d.parse_duration_ms(&i)?.value,
+        None => every,
+    };
+    if idle < every {
+        d.error(
+            decode::node_span(node),
+            "invalid-value",
+            format!(
+                "the idle poll interval ({idle} ms) is shorter than the poll interval ({every} ms)"
+            ),
+            Some("an idle fleet polls less often, not more: raise `idle=` or drop it".to_owned()),
+        );
+        return None;
+    }
+    Some((every, jitter, idle))
 }
 
 fn decode_drift(d: &mut Decoder, node: &kdl::KdlNode) -> Option<DriftPolicy> {
@@ -586,6 +611,8 @@ sentinel {
             (c.poll_ms, c.jitter_ms, c.heartbeat_ms),
             (2000, 500, 60_000)
         );
+        // `poll` written without `idle=`: the node polls as often when idle.
+        assert_eq!(c.idle_poll_ms, 2000);
         assert_eq!(c.drift, DriftPolicy::Repair);
         assert_eq!(c.max_bundle_bytes, 1 << 20);
         let s = c.sentinel.unwrap();
@@ -595,14 +622,32 @@ sentinel {
     }
 
     #[test]
+    fn an_idle_poll_interval_is_read_and_may_not_be_shorter_than_the_poll() {
+        let base =
+            "version 1\nnode \"n\"\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\n";
+        let c = AgentConfig::decode(&format!("{base}poll \"10s\" idle=\"10m\"\n"))
+            .value
+            .unwrap();
+        assert_eq!((c.poll_ms, c.idle_poll_ms), (10_000, 600_000));
+        let d = AgentConfig::decode(&format!("{base}poll \"10s\" idle=\"1s\"\n"));
+        assert!(
+            d.errors
+                .iter()
+                .any(|e| e.message.contains("shorter than the poll")),
+            "{:?}",
+            d.errors
+        );
+    }
+
+    #[test]
     fn defaults_fill_what_is_not_said() {
         let d = AgentConfig::decode(
             "version 1\nnode \"n\"\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\n",
         );
         let c = d.value.unwrap();
         assert_eq!(
-            (c.poll_ms, c.jitter_ms),
-            (DEFAULT_POLL_MS, DEFAULT_POLL_MS / 10)
+            (c.poll_ms, c.jitter_ms, c.idle_poll_ms),
+            (DEFAULT_POLL_MS, DEFAULT_POLL_MS / 10, DEFAULT_IDLE_POLL_MS)
         );
         assert_eq!(c.drift, DriftPolicy::Report);
         assert!(c.labels.is_empty() && c.sentinel.is_none());

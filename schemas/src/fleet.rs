@@ -15,6 +15,7 @@
 //!     idle-poll-interval "5m"
 //!     poll-jitter "5s"
 //!     heartbeat "1m"
+//!     report-to "https://gitfleet.internal:8080"   // reports over HTTP(S)
 //!     decommission-grace "7d"
 //!     drift "repair"
 //!     health-check "http://127.0.0.1:9000/-/health" expect-status=200
@@ -169,6 +170,11 @@ pub struct Defaults {
     /// URLs every agent GETs on its node: a node is healthy only while
     /// each answers its expected status.
     pub health_checks: Vec<crate::rollout::HttpCheck>,
+    /// Base URLs of reconcilers (`gitfleet serve`) that take status
+    /// reports: a report that says only "alive" goes there instead of the
+    /// store, so liveness costs no store write per heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report_to: Vec<Spanned<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -249,6 +255,7 @@ const DEFAULTS: &[&str] = &[
     "idle-poll-interval",
     "poll-jitter",
     "heartbeat",
+    "report-to",
     "decommission-grace",
     "health-check",
     "drift",
@@ -469,6 +476,34 @@ fn decode_defaults(d: &mut Decoder, node: &kdl::KdlNode) -> Defaults {
             "decommission-grace" => {
                 let v = d.duration(c);
                 d.once(&mut out.decommission_grace_seconds, c, v);
+            }
+            "report-to" => {
+                d.no_children(c);
+                if !out.report_to.is_empty() {
+                    d.error(
+                        decode::node_span(c),
+                        "duplicate-node",
+                        "`report-to` is given twice".to_owned(),
+                        Some("list every URL on one `report-to`".to_owned()),
+                    );
+                }
+                for url in d.strings(c) {
+                    let ok = ["http://", "https://"].iter().any(|p| {
+                        url.value
+                            .strip_prefix(p)
+                            .is_some_and(|rest| !rest.is_empty())
+                    });
+                    if ok {
+                        out.report_to.push(url);
+                    } else {
+                        d.error(
+                            url.span,
+                            "invalid-value",
+                            format!("`{}` is not an http:// or https:// URL", url.value),
+                            Some("write the reconciler's base URL, such as \"https://gitfleet.internal:8080\"".to_owned()),
+                        );
+                    }
+                }
             }
             "health-check" => {
                 if let Some(check) = crate::rollout::decode_http_check(d, c) {

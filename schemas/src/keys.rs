@@ -7,6 +7,8 @@
 //! root/<version>.json            signed root of trust
 //! channels/<environment>.json    signed channel manifest agents poll
 //! status/<node>.json             a node's signed status report
+//! liveness/<replica>/<n>.json    when a reconciler replica last heard
+//!                                from each node of shard n over HTTP
 //! enroll/<node>.json             a node asking to join
 //! leases/reconciler.json         the reconcilers' leader lease
 //! ```
@@ -19,6 +21,24 @@ use crate::digest::valid_digest;
 
 /// Where status reports live: list this prefix to find them all.
 pub const STATUS_PREFIX: &str = "status/";
+
+/// Where reconciler replicas share the liveness they heard over HTTP.
+pub const LIVENESS_PREFIX: &str = "liveness/";
+
+/// Nodes per liveness shard object, at most (as many as one listing page).
+pub const LIVENESS_SHARD_NODES: usize = 1000;
+
+/// `liveness/<replica>/<shard>.json`; `replica` is a hex name.
+pub fn liveness(replica: &str, shard: usize) -> String {
+    format!("{LIVENESS_PREFIX}{replica}/{shard}.json")
+}
+
+/// The replica and shard a liveness key names, if it is one.
+pub fn liveness_shard(key: &str) -> Option<(&str, usize)> {
+    let (replica, shard) = key.strip_prefix(LIVENESS_PREFIX)?.split_once('/')?;
+    let shard = shard.strip_suffix(".json")?.parse().ok()?;
+    Some((replica, shard))
+}
 
 /// The leader lease of the reconcilers sharing a store.
 pub const LEASE: &str = "leases/reconciler.json";
@@ -76,6 +96,10 @@ mod tests {
         assert_eq!(status_node("status/edge-1.txt"), None);
         assert_eq!(status_node("channels/prod.json"), None);
         assert_eq!(enroll("edge-1"), "enroll/edge-1.json");
+        assert_eq!(liveness("ab12", 3), "liveness/ab12/3.json");
+        assert_eq!(liveness_shard("liveness/ab12/3.json"), Some(("ab12", 3)));
+        assert_eq!(liveness_shard("liveness/ab12/x.json"), None);
+        assert_eq!(liveness_shard("status/ab12/3.json"), None);
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<state::RulesState>("rules-state.schema.json"),
         one::<state::Departed>("departed.schema.json"),
         one::<status::StatusReport>("status-report.schema.json"),
+        one::<status::Liveness>("liveness.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
         one::<approval::Approval>("approval.schema.json"),
         one::<promotion::Promotions>("promotions.schema.json"),

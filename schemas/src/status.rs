@@ -46,6 +46,72 @@ pub struct StatusReport {
     pub proxy: Option<crate::proxy::Proxy>,
 }
 
+impl StatusReport {
+    /// What the report says about the node's state, without the readings
+    /// that move from one report to the next (its time, the metrics and
+    /// traffic of its window, interface counters and handshakes). Two
+    /// reports with equal states differ only in readings: the later one
+    /// says "still alive, nothing changed".
+    pub fn state(&self) -> StatusReport {
+        let interface = |w: &WireguardStatus| WireguardStatus {
+            peers: w
+                .peers
+                .iter()
+                .map(|p| PeerStatus {
+                    latest_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    rx_bytes_per_second: None,
+                    tx_bytes_per_second: None,
+                    ..p.clone()
+                })
+                .collect(),
+            ..w.clone()
+        };
+        StatusReport {
+            at: DateTime::<Utc>::MIN_UTC,
+            metrics: Metrics::default(),
+            routes: Vec::new(),
+            wireguard: self.wireguard.as_ref().map(interface),
+            monitored: self.monitored.iter().map(interface).collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// `liveness/<replica>/<shard>.json`: when one reconciler replica last
+/// heard, over HTTP, from each node of one shard. Written at most once a
+/// minute by each replica that takes reports, read by the others, so a
+/// node that reports to any replica is alive to all. Not signed: it says
+/// only when, and the store's own write time anchors it (whoever can
+/// write the store could already replay a report to look alive).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Liveness {
+    pub version: u32,
+    /// The replica's lease holder name.
+    pub replica: String,
+    /// By node id.
+    pub nodes: BTreeMap<String, Heard>,
+}
+
+impl Liveness {
+    pub const VERSION: u32 = 1;
+}
+
+/// One node in a [`Liveness`] shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heard {
+    /// The `at` of the node's last report the replica took (the node's
+    /// clock: which report it was).
+    pub at: DateTime<Utc>,
+    /// How long before this object was written the replica took it: the
+    /// store's write time minus this is when the node was last heard from,
+    /// on no node's clock.
+    pub age_ms: u64,
+}
+
 impl Document for StatusReport {
     const PAYLOAD_TYPE: &'static str = "application/vnd.gitfleet.status.v1+json";
     const NAME: &'static str = "status report";
@@ -168,4 +234,73 @@ pub struct Drift {
     pub expected_sha256: Option<String>,
     /// None when the file is missing.
     pub found_sha256: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            fleet: "f".into(),
+            node: "n".into(),
+            environment: "prod".into(),
+            at: DateTime::from_timestamp(100, 0).unwrap(),
+            channel_serial: Some(3),
+            channel_expires: None,
+            rollouts: BTreeMap::new(),
+            healthy: true,
+            metrics: Metrics {
+                requests: Some(40),
+                cpu_percent: Some(3.5),
+                ..Metrics::default()
+            },
+            http_checks: Vec::new(),
+            routes: Vec::new(),
+            wireguard: Some(WireguardStatus {
+                interface: "wg0".into(),
+                public_key: "k".into(),
+                listen_port: Some(51820),
+                peers: vec![PeerStatus {
+                    public_key: "p".into(),
+                    endpoint: None,
+                    allowed_ips: vec!["10.0.0.2/32".into()],
+                    latest_handshake: DateTime::from_timestamp(90, 0),
+                    rx_bytes: 10,
+                    tx_bytes: 20,
+                    persistent_keepalive_seconds: None,
+                    rx_bytes_per_second: Some(1),
+                    tx_bytes_per_second: Some(2),
+                    stale: false,
+                }],
+                next_public_key: None,
+            }),
+            monitored: Vec::new(),
+            drift: Vec::new(),
+            last_error: None,
+            proxy: None,
+        }
+    }
+
+    #[test]
+    fn readings_leave_the_state_alone_and_changes_do_not() {
+        let a = report();
+        let mut later = report();
+        later.at = DateTime::from_timestamp(160, 0).unwrap();
+        later.metrics.requests = Some(99);
+        let peer = &mut later.wireguard.as_mut().unwrap().peers[0];
+        peer.rx_bytes = 1000;
+        peer.latest_handshake = DateTime::from_timestamp(150, 0);
+        assert_eq!(a.state(), later.state());
+        for change in [
+            |r: &mut StatusReport| r.healthy = false,
+            |r: &mut StatusReport| r.channel_serial = Some(4),
+            |r: &mut StatusReport| r.last_error = Some("x".into()),
+            |r: &mut StatusReport| r.wireguard.as_mut().unwrap().peers[0].stale = true,
+        ] {
+            let mut changed = report();
+            change(&mut changed);
+            assert_ne!(a.state(), changed.state());
+        }
+    }
 }

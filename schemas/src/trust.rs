@@ -262,6 +262,16 @@ pub struct AgentSettings {
     /// Checks every node runs; it is healthy only while each passes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<ChannelCheck>,
+    /// No rollout is moving in this environment: without `poll_seconds`
+    /// an agent polls at its idle interval (agent.kdl's `poll idle=`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
+    /// Reconciler base URLs that take status reports over HTTP(S): an
+    /// agent sends a report that only says it is alive (nothing changed)
+    /// to the first that answers, and writes it to the store only when
+    /// none does. Reports of changes always go to the store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report_to: Vec<String>,
 }
 
 impl AgentSettings {

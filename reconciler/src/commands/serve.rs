@@ -23,7 +23,9 @@ use crate::web::{listen, router, AppState, Io};
 /// Endpoints: / (overview), /nodes (?env=, ?label=key=value, ?health=),
 /// /nodes/<id>, /rollouts, /api/status (?env=; the fleet-status JSON),
 /// /events (server-sent events, one per pass), /metrics (Prometheus),
-/// /healthz, /readyz (after the first good pass), POST /webhooks/github.
+/// /healthz, /readyz (after the first good pass), POST /webhooks/github,
+/// POST /v1/reports/<node> (agents' signed heartbeats, where fleet.kdl's
+/// `report-to` names this server: liveness with no store write each).
 ///
 /// Example:
 ///   gitfleet serve --repo https://github.com/acme/fleet.git \

@@ -7,6 +7,7 @@
 
 pub mod execute;
 pub mod lease;
+pub mod live;
 pub mod observe;
 pub mod rules;
 pub mod trigger;
@@ -264,8 +265,10 @@ impl std::fmt::Debug for Reconciler {
 
 impl Reconciler {
     pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
+        let mut observer = Observer::new(mirror, store);
+        observer.set_holder(&holder);
         Reconciler {
-            observer: Observer::new(mirror, store),
+            observer,
             online_key,
             holder,
             lease_ttl: Duration::seconds(30),
@@ -291,6 +294,7 @@ impl Reconciler {
     ) -> Result<Outcome, ReconcileError> {
         let before = self.observer.store.counts();
         let decided = self.decide(now).await?;
+        self.observer.busy = decided.plan.rollouts.moving(None);
         let outcome = match mode {
             Mode::DryRun => Ok(Outcome {
                 plan: decided.plan,
@@ -298,7 +302,15 @@ impl Reconciler {
                 done: Done::DryRun,
                 phases: decided.phases.done,
             }),
-            Mode::Execute => self.execute(decided).await,
+            Mode::Execute => {
+                let outcome = self.execute(decided).await;
+                // Liveness is this replica's own to share, leader or not;
+                // failing to is no reason to fail the pass.
+                if let Err(e) = self.observer.share_liveness(Utc::now()).await {
+                    tracing::warn!(error = %gitfleet_io::error_chain(&e), "cannot share the liveness heard over HTTP");
+                }
+                outcome
+            }
         };
         log_store_requests(&self.observer.store.counts().since(&before));
         outcome

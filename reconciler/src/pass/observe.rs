@@ -8,6 +8,13 @@
 //! write time) is not requested at all; one that changed is fetched with a
 //! conditional GET and verified again only when its bytes changed. An idle
 //! pass costs its listing: one request per 1,000 nodes.
+//!
+//! Where the fleet has agents report over HTTP (`report-to`), an idle
+//! node's heartbeat reaches a replica instead of the store: the reports
+//! this replica took ([`LiveReports`]) and when the other replicas heard
+//! from each node (their liveness shards) are merged in, and `status/` is
+//! listed every pass only while a rollout moves; otherwise once per
+//! [`LIST_IDLE_EVERY`], since only state changes are written there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use gitfleet_schemas::verify::{verify_status, VerifyError};
 use gitfleet_schemas::view::FleetStatus;
 
 use crate::git::{Mirror, StateFiles};
+use crate::pass::live::{self, LiveReports};
 
 /// Why the fleet could not be observed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +52,13 @@ pub enum ObserveError {
 
 /// Status reports fetched at once.
 const FETCH_CONCURRENCY: usize = 16;
+
+/// Where agents report over HTTP and no rollout moves, `status/` is listed
+/// this often at most.
+pub const LIST_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A liveness shard larger than this is not read.
+const MAX_SHARD_BYTES: usize = 16 << 20;
 
 /// A commit's check, and the node keys its reports are verified with
 /// (parsing a key checks it is a prime-order point, which is not free at
@@ -161,6 +176,15 @@ struct Reports {
     ignored: BTreeMap<&'static str, usize>,
 }
 
+/// Another replica's liveness shard as last read.
+#[derive(Debug)]
+struct Shard {
+    listed: String,
+    etag: ETag,
+    /// When each node was heard from, by the store's clock.
+    heard: Vec<(String, DateTime<Utc>)>,
+}
+
 /// Reads the fleet, remembering what it can between observations.
 #[derive(Debug)]
 pub struct Observer {
@@ -168,6 +192,19 @@ pub struct Observer {
     pub store: Store,
     checked: Option<(git2::Oid, Arc<CheckedCommit>)>,
     reports: HashMap<String, Cached>,
+    /// Reports this replica took over HTTP.
+    pub live: Arc<LiveReports>,
+    /// This replica's lease holder name, and its id in liveness keys.
+    holder: String,
+    replica: String,
+    /// Other replicas' liveness shards, by key.
+    shards: HashMap<String, Shard>,
+    /// The live version last shared, when, and how many shards that wrote.
+    shared: Option<(u64, DateTime<Utc>, usize)>,
+    /// When `status/` was last listed.
+    listed_at: Option<std::time::Instant>,
+    /// A rollout is moving: list `status/` every observation.
+    pub busy: bool,
 }
 
 impl Observer {
@@ -177,7 +214,20 @@ impl Observer {
             store,
             checked: None,
             reports: HashMap::new(),
+            live: Arc::default(),
+            holder: String::new(),
+            replica: live::replica_id(""),
+            shards: HashMap::new(),
+            shared: None,
+            listed_at: None,
+            busy: false,
         }
+    }
+
+    /// Name this replica (its lease holder name), for its liveness shards.
+    pub fn set_holder(&mut self, holder: &str) {
+        self.holder = holder.to_owned();
+        self.replica = live::replica_id(holder);
     }
 
     /// Fetch git, check the branch tip, read the state branch and every
@@ -194,8 +244,23 @@ impl Observer {
             }
         };
         let (state_commit, state_files) = self.mirror.state_files()?;
+        let over_http = reports_over_http(&checked);
         let reports = match checked.fleet() {
-            Some(fleet) => self.reports(&checked.node_keys, fleet).await?,
+            Some(fleet) => {
+                let mut reports = if self.list_due(over_http) {
+                    let r = self.reports(&checked.node_keys, fleet).await?;
+                    self.listed_at = Some(std::time::Instant::now());
+                    r
+                } else {
+                    self.cached_reports()
+                };
+                if over_http {
+                    let heard = self.read_liveness().await?;
+                    self.live.retain(|n| checked.node_keys.contains_key(n));
+                    merge_live(&mut reports, &self.live.snapshot().1, &heard);
+                }
+                reports
+            }
             None => Reports::default(),
         };
         Ok(Observed {
@@ -207,6 +272,129 @@ impl Observer {
             written: Arc::new(reports.written),
             reports_ignored: reports.ignored,
         })
+    }
+
+    /// Whether this observation lists `status/`: always, unless agents
+    /// report over HTTP and no rollout moves; then once a minute.
+    fn list_due(&self, over_http: bool) -> bool {
+        !over_http
+            || self.busy
+            || self
+                .listed_at
+                .is_none_or(|t| t.elapsed() >= LIST_IDLE_EVERY)
+    }
+
+    /// The reports as last read, without a request.
+    fn cached_reports(&self) -> Reports {
+        let mut reports = Reports::default();
+        for (node, c) in &self.reports {
+            match &c.outcome {
+                Ok(report) => {
+                    reports.verified.insert(node.clone(), Arc::clone(report));
+                    reports.written.insert(node.clone(), c.written);
+                }
+                Err(reason) => *reports.ignored.entry(reason).or_default() += 1,
+            }
+        }
+        reports
+    }
+
+    /// When the other replicas last heard from each node over HTTP, by the
+    /// store's clock: their liveness shards, each read again only when the
+    /// listing shows it changed.
+    async fn read_liveness(&mut self) -> Result<HashMap<String, DateTime<Utc>>, ObserveError> {
+        let mut seen = HashMap::new();
+        let mut kept = HashMap::new();
+        for listed in self
+            .store
+            .list_versions(object_keys::LIVENESS_PREFIX)
+            .await?
+        {
+            let Some((replica, _)) = object_keys::liveness_shard(&listed.key) else {
+                continue;
+            };
+            if replica == self.replica {
+                continue;
+            }
+            let old = self.shards.remove(&listed.key);
+            let shard = match old {
+                Some(s) if s.listed == listed.version => s,
+                old => {
+                    let etag = old.as_ref().map(|s| &s.etag);
+                    match self.store.get_if_changed(&listed.key, etag).await? {
+                        Fetch::Missing => continue,
+                        Fetch::NotModified => match old {
+                            Some(s) => Shard {
+                                listed: listed.version.clone(),
+                                ..s
+                            },
+                            None => continue,
+                        },
+                        Fetch::Found(object) => {
+                            let doc = (object.bytes.len() <= MAX_SHARD_BYTES)
+                                .then(|| {
+                                    serde_json::from_slice::<gitfleet_schemas::status::Liveness>(
+                                        &object.bytes,
+                                    )
+                                    .ok()
+                                })
+                                .flatten()
+                                .filter(|d| {
+                                    d.version == gitfleet_schemas::status::Liveness::VERSION
+                                });
+                            let Some(doc) = doc else {
+                                tracing::warn!(key = %listed.key, "ignoring a liveness shard that does not read as one");
+                                continue;
+                            };
+                            Shard {
+                                listed: listed.version.clone(),
+                                etag: object.etag,
+                                heard: live::heard_at(&doc, listed.last_modified)
+                                    .map(|(n, t)| (n.to_owned(), t))
+                                    .collect(),
+                            }
+                        }
+                    }
+                }
+            };
+            for (node, at) in &shard.heard {
+                let e = seen.entry(node.clone()).or_insert(*at);
+                *e = (*e).max(*at);
+            }
+            kept.insert(listed.key, shard);
+        }
+        self.shards = kept;
+        Ok(seen)
+    }
+
+    /// Write when this replica last heard from each node over HTTP, as
+    /// `liveness/<replica>/<n>.json`: when something new was heard and the
+    /// last write is [`live::SHARE_EVERY`] old. One PUT per 1,000 nodes.
+    pub async fn share_liveness(&mut self, now: DateTime<Utc>) -> Result<usize, ObserveError> {
+        let (version, heard) = self.live.snapshot();
+        let due = match self.shared {
+            None => version > 0,
+            Some((v, at, _)) => v != version && now - at >= live::SHARE_EVERY,
+        };
+        if !due {
+            return Ok(0);
+        }
+        let docs = live::shard_documents(&self.holder, &heard, now);
+        for (i, doc) in docs.iter().enumerate() {
+            let bytes = serde_json::to_vec(doc).unwrap_or_default();
+            self.store
+                .put(&object_keys::liveness(&self.replica, i), bytes.into())
+                .await?;
+        }
+        // Shards of a larger count before: gone, so none is read stale.
+        let before = self.shared.map_or(0, |(_, _, n)| n);
+        for i in docs.len()..before {
+            self.store
+                .delete(&object_keys::liveness(&self.replica, i))
+                .await?;
+        }
+        self.shared = Some((version, now, docs.len()));
+        Ok(docs.len())
     }
 
     /// Verified reports of the fleet's nodes; the rest are counted by reason.
@@ -299,6 +487,51 @@ impl Observer {
         // Only nodes still reporting stay cached.
         self.reports = seen;
         Ok(reports)
+    }
+}
+
+/// Whether the fleet's agents report over HTTP when idle.
+fn reports_over_http(checked: &CheckedCommit) -> bool {
+    checked
+        .checked
+        .model
+        .fleet
+        .as_ref()
+        .is_some_and(|f| !f.doc.defaults.report_to.is_empty())
+}
+
+/// Fold reports taken over HTTP and other replicas' liveness into what the
+/// store gave: a node's report is the newest by its own `at`, and it was
+/// last heard from at the latest of the store's write, this replica's
+/// receipt and the other replicas' shards.
+fn merge_live(
+    reports: &mut Reports,
+    taken: &HashMap<String, live::Live>,
+    heard: &HashMap<String, DateTime<Utc>>,
+) {
+    for (node, l) in taken {
+        let newer = reports
+            .verified
+            .get(node)
+            .is_none_or(|r| l.report.at > r.at);
+        if newer {
+            reports.verified.insert(node.clone(), Arc::clone(&l.report));
+        }
+        bump(&mut reports.written, node, l.received);
+    }
+    for (node, at) in heard {
+        if reports.verified.contains_key(node) {
+            bump(&mut reports.written, node, *at);
+        }
+    }
+}
+
+fn bump(written: &mut HashMap<String, DateTime<Utc>>, node: &str, at: DateTime<Utc>) {
+    match written.get_mut(node) {
+        Some(w) => *w = (*w).max(at),
+        None => {
+            written.insert(node.to_owned(), at);
+        }
     }
 }
 

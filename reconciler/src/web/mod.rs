@@ -31,6 +31,7 @@ pub mod html;
 pub mod page;
 
 use crate::github::webhook::{Outcome, Webhooks};
+use crate::pass::live::{LiveReports, Refused};
 use crate::pass::observe::Observed;
 use crate::pass::{self as reconcile};
 use bundle_page::Bundles;
@@ -101,6 +102,8 @@ pub struct Counters {
     passes_ok: AtomicU64,
     passes_failed: AtomicU64,
     webhooks: [AtomicU64; Outcome::ALL.len()],
+    /// Per REPORT_OUTCOMES.
+    reports: [AtomicU64; REPORT_OUTCOMES.len()],
     /// Per reconcile::PHASES.
     phases: [Histogram; reconcile::PHASES.len()],
 }
@@ -111,6 +114,8 @@ pub struct Counters {
 pub struct Io {
     pub store: gitfleet_io::store::Store,
     pub git: Arc<GitLatency>,
+    /// Where reports taken over HTTP go; the passes read them from there.
+    pub live: Arc<LiveReports>,
 }
 
 impl Io {
@@ -118,9 +123,17 @@ impl Io {
         Io {
             store: r.observer.store.clone(),
             git: r.observer.mirror.latency(),
+            live: Arc::clone(&r.observer.live),
         }
     }
 }
+
+/// What became of a report posted to `/v1/reports/<node>`: a bounded
+/// metric label each.
+const REPORT_OUTCOMES: [&str; 5] = ["taken", "not-newer", "refused", "unknown-node", "not-ready"];
+
+/// The largest status report taken over HTTP.
+const MAX_REPORT_BYTES: usize = 1 << 20;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -218,6 +231,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/webhooks/github", post(github))
+        .route(
+            "/v1/reports/{node}",
+            post(take_report).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .with_state(state)
 }
 
@@ -473,6 +490,91 @@ async fn github(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes)
     (reply.status, format!("{}\n", reply.message)).into_response()
 }
 
+/// `POST /v1/reports/<node>`: a node's signed status report, sent instead
+/// of a store write when it only says the node is alive. Verified with the
+/// node's key from the fleet repo, taken only when newer (by the node's
+/// own `at`) than any held, so a replayed report is refused. The passes
+/// merge it in; nothing is written here.
+async fn take_report(
+    State(s): State<Arc<AppState>>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (outcome, status, message) = judge_report(&s, &node, &body);
+    if let Some(i) = REPORT_OUTCOMES.iter().position(|o| *o == outcome) {
+        s.counters.reports[i].fetch_add(1, Ordering::Relaxed);
+    }
+    if status.is_success() {
+        tracing::debug!(node = %node, "report taken over HTTP");
+        return status.into_response();
+    }
+    tracing::info!(node = %node, outcome, reason = %message, "report over HTTP not taken");
+    (status, format!("{message}\n")).into_response()
+}
+
+fn judge_report(s: &AppState, node: &str, body: &[u8]) -> (&'static str, StatusCode, String) {
+    let Some(live) = s.io.as_ref().map(|io| Arc::clone(&io.live)) else {
+        return not_taking();
+    };
+    // What judging needs, copied out: a report a second per 1,000 nodes
+    // must not clone the observation.
+    let looked_up = {
+        let snap = s.snapshot.borrow();
+        snap.observed.as_ref().map(|o| {
+            let checked = &o.checked;
+            (
+                checked.node_keys.get(node).copied(),
+                checked.fleet().map(str::to_owned),
+                o.reports.get(node).map(|r| r.at),
+                o.commit,
+            )
+        })
+    };
+    let Some((key, fleet, known, commit)) = looked_up else {
+        return not_taking();
+    };
+    let Some(key) = key else {
+        return (
+            "unknown-node",
+            StatusCode::NOT_FOUND,
+            format!("node `{node}` is not in the fleet repo at {commit}"),
+        );
+    };
+    let Some(fleet) = fleet else {
+        return not_taking();
+    };
+    let report = match gitfleet_schemas::verify::verify_status(body, &fleet, node, &key) {
+        Ok(r) => Arc::new((*r).clone()),
+        Err(e) => {
+            return (
+                "refused",
+                StatusCode::FORBIDDEN,
+                format!("status report of `{node}` refused: {e}"),
+            )
+        }
+    };
+    match live.take(report, Utc::now(), known) {
+        Ok(()) => ("taken", StatusCode::NO_CONTENT, String::new()),
+        Err(Refused::NotNewer { held }) => (
+            "not-newer",
+            StatusCode::CONFLICT,
+            format!(
+                "status report of `{node}` is not newer than the one held, of {}",
+                held.to_rfc3339()
+            ),
+        ),
+    }
+}
+
+/// 503: no pass has read a fleet to judge reports by.
+fn not_taking() -> (&'static str, StatusCode, String) {
+    (
+        "not-ready",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no reconcile pass has read the fleet yet; write the report to the store".to_owned(),
+    )
+}
+
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let text = render_metrics(&s);
     (
@@ -502,6 +604,19 @@ fn render_metrics(s: &AppState) -> String {
         c.passes_ok.load(Ordering::Relaxed),
         c.passes_failed.load(Ordering::Relaxed)
     );
+    family(
+        &mut out,
+        "gitfleet_reports_received_total",
+        "counter",
+        "Status reports posted over HTTP, by outcome.",
+    );
+    for (i, o) in REPORT_OUTCOMES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "gitfleet_reports_received_total{{outcome=\"{o}\"}} {}",
+            c.reports[i].load(Ordering::Relaxed)
+        );
+    }
     family(
         &mut out,
         "gitfleet_webhook_deliveries_total",
