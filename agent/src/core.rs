@@ -321,6 +321,8 @@ pub struct Agent<N> {
     http: reqwest::Client,
     /// The `report_to` URL that took the last report: tried first.
     report_via: usize,
+    /// The next report goes to the store whatever it says.
+    must_store: bool,
 }
 
 /// Where a status report went.
@@ -368,6 +370,7 @@ impl<N: Node> Agent<N> {
                 .build()
                 .unwrap_or_default(),
             report_via: 0,
+            must_store: false,
         }
     }
 
@@ -712,6 +715,17 @@ impl<N: Node> Agent<N> {
         self.dirty = true;
     }
 
+    /// The next report goes to the store, even if it says only "alive"
+    /// (the last one before the agent stops for good).
+    pub fn touch_store(&mut self) {
+        self.must_store = true;
+    }
+
+    /// When the last report was sent.
+    pub fn last_report(&self) -> Option<DateTime<Utc>> {
+        self.last_report
+    }
+
     /// Whether a report is due: something changed, or a heartbeat passed.
     pub fn report_due(&self, now: DateTime<Utc>, heartbeat: chrono::Duration) -> bool {
         self.dirty || self.last_report.is_none_or(|t| now - t >= heartbeat)
@@ -966,7 +980,10 @@ impl<N: Node> Agent<N> {
         envelope.sign(&self.key)?;
         let body = envelope.to_json();
         let state = report.state();
-        let alive_only = !self.dirty && self.stored.as_ref() == Some(&state);
+        // A changed state (or a last word) goes to the store; a report that
+        // only says "alive" need not.
+        let alive_only =
+            !std::mem::take(&mut self.must_store) && self.stored.as_ref() == Some(&state);
         let to = match self.fleet_settings() {
             Some(s) if alive_only && s.idle && !s.report_to.is_empty() => {
                 let urls = s.report_to.clone();
@@ -1009,7 +1026,9 @@ impl<N: Node> Agent<N> {
                 .send()
                 .await;
             match sent {
-                Ok(r) if r.status().is_success() => {
+                // 204 exactly: a proxy or portal answering 200 to
+                // anything has not taken the report.
+                Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {
                     self.report_via = at;
                     return Some(ReportedTo::Reconciler);
                 }

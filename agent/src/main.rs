@@ -345,21 +345,31 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let (_watcher, mut changed) = watch(&Path::new(&config.state_dir).join("bundles"));
     let mut stop = std::pin::pin!(gitfleet_io::signals::shutdown());
+    // Polls and heartbeats keep their own times: an idle node polls
+    // every few minutes but still reports every heartbeat.
+    let mut next_poll = tokio::time::Instant::now();
     loop {
-        let polled = agent.poll(Utc::now()).await;
+        let polled = if tokio::time::Instant::now() >= next_poll {
+            let polled = agent.poll(Utc::now()).await;
+            let fleet = Cadence::of(config, agent.fleet_settings());
+            if fleet != cadence {
+                fleet.log_overrides(config, agent.fleet_settings());
+                cadence = fleet;
+            }
+            next_poll = tokio::time::Instant::now()
+                + Duration::from_millis(cadence.poll_ms + jitter(cadence.jitter_ms));
+            metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .polled(&polled, Utc::now());
+            Some(polled)
+        } else {
+            None
+        };
         let now = Utc::now();
-        let fleet = Cadence::of(config, agent.fleet_settings());
-        if fleet != cadence {
-            fleet.log_overrides(config, agent.fleet_settings());
-            cadence = fleet;
-        }
         let heartbeat = chrono::Duration::milliseconds(
             i64::try_from(cadence.heartbeat_ms).unwrap_or(i64::MAX / 2),
         );
-        metrics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .polled(&polled, now);
         if agent.report_due(now, heartbeat) || agent.evidence_ready().await {
             let reported = agent.report(now).await;
             if let Err(e) = &reported {
@@ -370,7 +380,9 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|p| p.into_inner())
                 .reported(reported.as_ref());
         }
-        if let Polled::Decommissioned { serial } = polled {
+        if let Some(Polled::Decommissioned { serial }) = polled {
+            // The last word goes where every replica reads it.
+            agent.touch_store();
             let reported = agent.report(now).await;
             if let Err(e) = &reported {
                 tracing::warn!(error = %e, "cannot write the final status report");
@@ -381,16 +393,23 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         if args.once {
             return Ok(match polled {
-                Polled::Refused(reason) => {
+                Some(Polled::Refused(reason)) => {
                     eprintln!("refused: {reason}");
                     ExitCode::from(1)
                 }
                 _ => ExitCode::SUCCESS,
             });
         }
-        let wait = Duration::from_millis(cadence.poll_ms + jitter(cadence.jitter_ms));
+        // Wake for whichever is first: the next poll or the next heartbeat.
+        let until_heartbeat = agent
+            .last_report()
+            .map(|t| (t + heartbeat - Utc::now()).to_std().unwrap_or_default());
+        let wake = match until_heartbeat {
+            Some(d) => next_poll.min(tokio::time::Instant::now() + d),
+            None => next_poll,
+        };
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(wake) => {}
             Some(()) = changed.recv() => {
                 // Let a burst of writes settle, then report (drift is
                 // checked as part of every report).
@@ -639,20 +658,22 @@ impl Cadence {
     fn of(config: &AgentConfig, fleet: Option<&AgentSettings>) -> Cadence {
         let ms = |s: Option<u64>| s.map(|s| s.saturating_mul(1000));
         let idle = fleet.is_some_and(|f| f.idle);
-        // Idle, a node waits its idle interval, with jitter in proportion.
-        let (own_poll, own_jitter) = if idle {
-            let scaled = config
-                .jitter_ms
-                .saturating_mul(config.idle_poll_ms)
-                .checked_div(config.poll_ms)
-                .unwrap_or(config.jitter_ms);
-            (config.idle_poll_ms, scaled)
+        let own_poll = if idle {
+            config.idle_poll_ms
         } else {
-            (config.poll_ms, config.jitter_ms)
+            config.poll_ms
         };
+        let poll_ms = ms(fleet.and_then(|f| f.poll_seconds)).unwrap_or(own_poll);
+        // Without a fleet jitter, agent.kdl's, in proportion to the interval
+        // in force (3 s of 30 s is 30 s of 5 minutes).
+        let scaled = config
+            .jitter_ms
+            .saturating_mul(poll_ms)
+            .checked_div(config.poll_ms)
+            .unwrap_or(config.jitter_ms);
         Cadence {
-            poll_ms: ms(fleet.and_then(|f| f.poll_seconds)).unwrap_or(own_poll),
-            jitter_ms: ms(fleet.and_then(|f| f.poll_jitter_seconds)).unwrap_or(own_jitter),
+            poll_ms,
+            jitter_ms: ms(fleet.and_then(|f| f.poll_jitter_seconds)).unwrap_or(scaled),
             heartbeat_ms: ms(fleet.and_then(|f| f.heartbeat_seconds))
                 .unwrap_or(config.heartbeat_ms),
             drift: fleet.and_then(|f| f.drift).unwrap_or(config.drift),

@@ -6,6 +6,7 @@
 //! With feature `test-servers` (and in this crate's own tests), [`moto`]
 //! and [`git_daemon`] start a real S3 API and a real git server for tests.
 
+pub mod delay;
 pub mod faults;
 #[cfg(any(test, feature = "test-servers"))]
 pub mod git_daemon;

@@ -28,18 +28,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt as _, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, PutMode, PutPayload, UpdateVersion};
+use object_store::{GetOptions, ObjectMeta, ObjectStore, PutMode, PutPayload, UpdateVersion};
 
 use crate::metrics::{Request, StoreCount, StoreCounts, StoreLatency};
 
 /// How many times `put_create` re-reads an object that is reported to exist
 /// yet cannot be read, before giving up.
 const CREATE_ATTEMPTS: usize = 3;
+
+/// Ranges of a split listing requested at once.
+const LIST_CONCURRENCY: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -473,19 +476,69 @@ impl Store {
     /// the listing gives them (no request per object). A listing is one
     /// request per 1,000 keys on S3; they are counted as such.
     pub async fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.list_versions_split(prefix, &[]).await
+    }
+
+    /// As [`Store::list_versions`], listed in parallel: one listing per
+    /// range between the keys of `splits` (sorted keys, such as every
+    /// 1,000th key of the last listing), each from the key after its
+    /// start (S3's `start-after`) and stopped at its end, so the ranges
+    /// cost what one listing costs, at the time of the longest range.
+    pub async fn list_versions_split(
+        &self,
+        prefix: &str,
+        splits: &[String],
+    ) -> Result<Vec<Listed>, StoreError> {
         let _timer = self.latency.list.start();
         let location = self.location(prefix.trim_end_matches('/'))?;
-        let metas: Vec<_> = self
-            .inner
-            .list(Some(&location))
+        let mut bounds = Vec::with_capacity(splits.len());
+        for key in splits {
+            bounds.push(self.location(key)?);
+        }
+        let ranges = (0..=bounds.len()).map(|i| {
+            let start = i.checked_sub(1).map(|j| bounds[j].clone());
+            let end = bounds.get(i).cloned();
+            let location = location.clone();
+            async move {
+                let mut stream = match &start {
+                    Some(after) => self.inner.list_with_offset(Some(&location), after),
+                    None => self.inner.list(Some(&location)),
+                };
+                let mut metas = Vec::new();
+                while let Some(meta) = stream.next().await {
+                    let meta = meta?;
+                    if end
+                        .as_ref()
+                        .is_some_and(|e| meta.location.as_ref() > e.as_ref())
+                    {
+                        break;
+                    }
+                    let last = end
+                        .as_ref()
+                        .is_some_and(|e| meta.location.as_ref() == e.as_ref());
+                    metas.push(meta);
+                    // Stop at the range's end without asking for the
+                    // next page.
+                    if last {
+                        break;
+                    }
+                }
+                Ok::<_, object_store::Error>(metas)
+            }
+        });
+        let ranges: Vec<Vec<ObjectMeta>> = futures::stream::iter(ranges)
+            .buffered(LIST_CONCURRENCY)
             .try_collect()
             .await
             .map_err(|source| self.request("listing", prefix, source))?;
-        for _ in 0..metas.len().div_ceil(1000).max(1) {
-            self.counts.count(Request::List);
+        for metas in &ranges {
+            for _ in 0..metas.len().div_ceil(1000).max(1) {
+                self.counts.count(Request::List);
+            }
         }
-        let mut out: Vec<Listed> = metas
+        let mut out: Vec<Listed> = ranges
             .iter()
+            .flatten()
             .filter_map(|meta| {
                 let parts = meta.location.prefix_match(&self.prefix)?;
                 let key = parts
@@ -505,7 +558,21 @@ impl Store {
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|a, b| a.key == b.key);
         Ok(out)
+    }
+
+    /// This store with every request taking at least `by` longer (a
+    /// listing: per 1,000 keys), as S3's do: for benchmarks and the
+    /// simulator. Clones share the counts.
+    pub fn with_latency(&self, by: std::time::Duration) -> Store {
+        Store {
+            inner: Arc::new(crate::delay::Delayed {
+                inner: Arc::clone(&self.inner),
+                by,
+            }),
+            ..self.clone()
+        }
     }
 
     /// Read-compare-write under an exclusive lock on `<key>#0`, for
@@ -833,6 +900,63 @@ mod tests {
                 "statusx/c.json"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_split_listing_gives_what_one_listing_gives_for_as_many_requests() {
+        let store = memory();
+        for i in 0..2500 {
+            store
+                .put(&format!("status/n{i:05}.json"), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+        }
+        store.put("other/x.json", Bytes::new()).await.unwrap();
+        let before = store.counts();
+        let whole = store.list_versions("status/").await.unwrap();
+        assert_eq!(store.counts().since(&before).list, 3);
+        assert_eq!(whole.len(), 2500);
+        let splits: Vec<String> = whole
+            .iter()
+            .skip(999)
+            .step_by(1000)
+            .map(|l| l.key.clone())
+            .collect();
+        assert_eq!(splits.len(), 2);
+        let before = store.counts();
+        let split = store.list_versions_split("status/", &splits).await.unwrap();
+        assert_eq!(split, whole);
+        assert_eq!(store.counts().since(&before).list, 3);
+        // A split key that is gone, and keys added: nothing lost or twice.
+        store.delete(&splits[0]).await.unwrap();
+        store
+            .put("status/n00999x.json", Bytes::new())
+            .await
+            .unwrap();
+        store.put("status/z.json", Bytes::new()).await.unwrap();
+        let whole = store.list_versions("status/").await.unwrap();
+        let split = store.list_versions_split("status/", &splits).await.unwrap();
+        assert_eq!(split, whole);
+    }
+
+    #[tokio::test]
+    async fn a_store_with_latency_pays_it_per_request_and_per_page() {
+        let store = memory();
+        for i in 0..1500 {
+            store
+                .put(&format!("status/n{i:05}.json"), Bytes::new())
+                .await
+                .unwrap();
+        }
+        let slow = store.with_latency(std::time::Duration::from_millis(30));
+        let started = std::time::Instant::now();
+        assert!(slow.get("status/n00001.json").await.unwrap().is_some());
+        let listed = slow.list_versions("status/").await.unwrap();
+        // One GET and two pages: at least three waits.
+        assert!(started.elapsed() >= std::time::Duration::from_millis(90));
+        assert_eq!(listed.len(), 1500);
+        // The clone shares the counts and the data.
+        assert_eq!(store.counts().list, slow.counts().list);
     }
 
     #[tokio::test]

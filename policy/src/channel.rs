@@ -29,8 +29,8 @@ pub fn channel_check(c: &gitfleet_schemas::HttpCheck) -> ChannelCheck {
 /// The agent settings fleet.kdl's `defaults` give the nodes of an
 /// environment: polls at `poll-interval` while a rollout is `moving`
 /// there, at `idle-poll-interval` otherwise (what an idle fleet costs);
-/// where fleet.kdl sets neither, `idle` tells agents to use their own idle
-/// interval.
+/// with `report-to`, `idle` tells agents to use their own idle interval
+/// where fleet.kdl sets none.
 pub fn agent_settings(model: &FleetModel, moving: bool) -> Option<AgentSettings> {
     let d = &model.fleet.as_ref()?.doc.defaults;
     let busy = d.poll_interval_seconds.as_ref().map(|v| v.value);
@@ -41,7 +41,10 @@ pub fn agent_settings(model: &FleetModel, moving: bool) -> Option<AgentSettings>
         poll_jitter_seconds: d.poll_jitter_seconds.as_ref().map(|v| v.value),
         heartbeat_seconds: d.heartbeat_seconds.as_ref().map(|v| v.value),
         health_checks: d.health_checks.iter().map(channel_check).collect(),
-        idle: !moving,
+        // Both are read only by agents of this version (older ones refuse
+        // a manifest with fields they do not know): a fleet turns them on
+        // together, by naming `report-to`, once its agents are upgraded.
+        idle: !moving && !d.report_to.is_empty(),
         report_to: d.report_to.iter().map(|u| u.value.clone()).collect(),
     };
     (!s.is_empty()).then_some(s)
@@ -322,26 +325,25 @@ mod tests {
                 report_to: Vec::new(),
             }
         );
-        // Rollout-only defaults say nothing to agents but whether the
-        // environment is idle.
-        assert_eq!(
-            agent_settings(&model("defaults {\n    bake \"5m\"\n}\n"), true),
-            None
-        );
-        assert_eq!(
-            agent_settings(&model("defaults {\n    bake \"5m\"\n}\n"), false),
-            Some(AgentSettings {
-                idle: true,
-                ..AgentSettings::default()
-            })
-        );
+        // Rollout-only defaults say nothing to agents (so agents from
+        // before `idle` existed read the manifest).
+        for moving in [true, false] {
+            assert_eq!(
+                agent_settings(&model("defaults {\n    bake \"5m\"\n}\n"), moving),
+                None
+            );
+        }
+        // With `report-to`, whether the environment is idle too.
         let reporting = model(
             "defaults {\n    report-to \"https://a.example:8080\" \"http://127.0.0.1:8080\"\n}\n",
         );
+        let busy = agent_settings(&reporting, true).unwrap();
         assert_eq!(
-            agent_settings(&reporting, true).unwrap().report_to,
+            busy.report_to,
             ["https://a.example:8080", "http://127.0.0.1:8080"]
         );
+        assert!(!busy.idle);
+        assert!(agent_settings(&reporting, false).unwrap().idle);
         // Idle environments poll slowly, where the fleet says so.
         let both =
             model("defaults {\n    poll-interval \"5s\"\n    idle-poll-interval \"5m\"\n}\n");

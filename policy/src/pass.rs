@@ -84,6 +84,10 @@ pub struct Observed<'a> {
     /// The state branch tip's files.
     pub state_files: &'a BTreeMap<String, Vec<u8>>,
     pub reports: &'a HashMap<String, Observation>,
+    /// When each node was last heard from, on server clocks (the store's
+    /// write, a replica taking it over HTTP, a liveness shard); a node
+    /// missing here goes by its report's own time.
+    pub heard: &'a HashMap<String, DateTime<Utc>>,
     /// The rules in force, already decided for this pass.
     pub rules: &'a RulesPlan,
     /// Whether the rules were first recorded by this pass.
@@ -596,7 +600,11 @@ fn mesh_desired(
         .allocation
         .keys()
         .filter_map(|node| {
-            let report = o.reports.get(node).filter(|r| now - r.at <= hold_for)?;
+            let heard = o.heard.get(node).copied();
+            let report = o
+                .reports
+                .get(node)
+                .filter(|r| now - heard.unwrap_or(r.at).max(r.at) <= hold_for)?;
             let (_, digest) = report
                 .active
                 .iter()

@@ -102,6 +102,7 @@ impl World {
                 refused: &self.refused,
                 state_files: &self.state_files,
                 reports: &self.reports,
+                heard: &HashMap::new(),
                 rules: &rules,
                 rules_first_seen: false,
                 approvals: &self.approvals,

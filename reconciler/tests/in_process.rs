@@ -502,6 +502,15 @@ fn an_idle_fleet_reporting_over_http_lists_status_reports_once_a_minute_not_ever
         o.observed.reports[&node].last_error.as_deref(),
         Some("first")
     );
+    // A push (new nodes, keys or a fleet name, maybe) lists at once.
+    let work = dir.path().join("work");
+    git(&work, &["commit", "-q", "--allow-empty", "-m", "moved"]);
+    git(&work, &["push", "-q", "../origin.git", "main"]);
+    let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
+    assert_eq!(
+        o.observed.reports[&node].last_error.as_deref(),
+        Some("second")
+    );
     // A fleet without `report-to` lists every pass, as before.
     let dir = tempfile::tempdir().unwrap();
     let mut plain = reconciler_with(dir.path(), |work| {

@@ -48,8 +48,9 @@ pub struct StatusReport {
 
 impl StatusReport {
     /// What the report says about the node's state, without the readings
-    /// that move from one report to the next (its time, the metrics and
-    /// traffic of its window, interface counters and handshakes). Two
+    /// that move from one report to the next (its time, the manifest
+    /// serial and expiry it last saw, the metrics and traffic of its
+    /// window, interface counters and handshakes). Two
     /// reports with equal states differ only in readings: the later one
     /// says "still alive, nothing changed".
     pub fn state(&self) -> StatusReport {
@@ -70,6 +71,10 @@ impl StatusReport {
         };
         StatusReport {
             at: DateTime::<Utc>::MIN_UTC,
+            // A manifest re-signed with nothing new for the node (every
+            // half freshness) changes no state.
+            channel_serial: None,
+            channel_expires: None,
             metrics: Metrics::default(),
             routes: Vec::new(),
             wireguard: self.wireguard.as_ref().map(interface),
@@ -291,10 +296,12 @@ mod tests {
         let peer = &mut later.wireguard.as_mut().unwrap().peers[0];
         peer.rx_bytes = 1000;
         peer.latest_handshake = DateTime::from_timestamp(150, 0);
+        // A re-signed manifest: a new serial and expiry, nothing else.
+        later.channel_serial = Some(4);
+        later.channel_expires = DateTime::from_timestamp(7200, 0);
         assert_eq!(a.state(), later.state());
         for change in [
             |r: &mut StatusReport| r.healthy = false,
-            |r: &mut StatusReport| r.channel_serial = Some(4),
             |r: &mut StatusReport| r.last_error = Some("x".into()),
             |r: &mut StatusReport| r.wireguard.as_mut().unwrap().peers[0].stale = true,
         ] {

@@ -29,12 +29,20 @@ pub struct Live {
     pub received: DateTime<Utc>,
 }
 
+/// How far a report's own time may be from the reconciler's when it is
+/// taken: a report captured and replayed later than this is refused, and
+/// so is one from a node whose clock is that far off (it writes to the
+/// store instead, which needs no clock).
+pub const MAX_SKEW: Duration = Duration::minutes(10);
+
 /// Why a report was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     /// Not newer (by the node's own `at`) than a report already held: a
     /// replay, or two replicas' copies crossing.
     NotNewer { held: DateTime<Utc> },
+    /// Its time is more than [`MAX_SKEW`] from the reconciler's.
+    Skewed { at: DateTime<Utc> },
 }
 
 /// The reports this replica took over HTTP, by node.
@@ -55,6 +63,9 @@ impl LiveReports {
         received: DateTime<Utc>,
         known: Option<DateTime<Utc>>,
     ) -> Result<(), Refused> {
+        if (report.at - received).abs() > MAX_SKEW {
+            return Err(Refused::Skewed { at: report.at });
+        }
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         let held = heard.get(&report.node).map(|l| l.report.at).max(known);
         if let Some(held) = held.filter(|h| report.at <= *h) {
@@ -100,20 +111,21 @@ pub fn shard_of(node: &str, shards: usize) -> usize {
 
 /// The shard documents of what `heard` holds, written at `now`: one per
 /// shard, in shard order (empty shards included, so a reader never keeps
-/// an older copy of a shard that emptied).
+/// an older copy of a shard that emptied). `heard` maps each node to its
+/// report's `at` and when it was heard.
 pub fn shard_documents(
     holder: &str,
-    heard: &HashMap<String, Live>,
+    heard: &HashMap<String, (DateTime<Utc>, DateTime<Utc>)>,
     now: DateTime<Utc>,
 ) -> Vec<Liveness> {
     let count = shards_for(heard.len());
     let mut shards: Vec<BTreeMap<String, Heard>> = vec![BTreeMap::new(); count];
-    for (node, live) in heard {
-        let age = (now - live.received).num_milliseconds().max(0);
+    for (node, (at, received)) in heard {
+        let age = (now - *received).num_milliseconds().max(0);
         shards[shard_of(node, count)].insert(
             node.clone(),
             Heard {
-                at: live.report.at,
+                at: *at,
                 age_ms: u64::try_from(age).unwrap_or(0),
             },
         );
@@ -128,15 +140,17 @@ pub fn shard_documents(
         .collect()
 }
 
-/// When each node of `doc` was last heard from, by the store's clock:
-/// the object's write time less each entry's age.
+/// When each node of `doc` was last heard from, by the store's clock
+/// (the object's write time less each entry's age), with the `at` of the
+/// report heard. An age beyond what a date can hold (the object is
+/// untrusted) leaves the entry out.
 pub fn heard_at(
     doc: &Liveness,
     written: DateTime<Utc>,
-) -> impl Iterator<Item = (&str, DateTime<Utc>)> {
-    doc.nodes.iter().map(move |(node, h)| {
-        let age = Duration::milliseconds(i64::try_from(h.age_ms).unwrap_or(i64::MAX / 2));
-        (node.as_str(), written - age)
+) -> impl Iterator<Item = (&str, DateTime<Utc>, DateTime<Utc>)> {
+    doc.nodes.iter().filter_map(move |(node, h)| {
+        let age = Duration::try_milliseconds(i64::try_from(h.age_ms).ok()?)?;
+        Some((node.as_str(), written.checked_sub_signed(age)?, h.at))
     })
 }
 
@@ -173,19 +187,26 @@ mod tests {
     #[test]
     fn a_report_is_taken_only_when_newer_than_what_is_held_or_stored() {
         let live = LiveReports::default();
-        assert_eq!(live.take(report("a", 100), t(1000), None), Ok(()));
+        assert_eq!(live.take(report("a", 1000), t(1000), None), Ok(()));
         // The same report again (a replay) and an older one are refused.
         assert_eq!(
-            live.take(report("a", 100), t(1001), None),
-            Err(Refused::NotNewer { held: t(100) })
+            live.take(report("a", 1000), t(1001), None),
+            Err(Refused::NotNewer { held: t(1000) })
         );
-        assert!(live.take(report("a", 90), t(1002), None).is_err());
+        assert!(live.take(report("a", 990), t(1002), None).is_err());
         // Not newer than the copy in the store either.
         assert_eq!(
-            live.take(report("b", 50), t(1003), Some(t(60))),
-            Err(Refused::NotNewer { held: t(60) })
+            live.take(report("b", 950), t(1003), Some(t(960))),
+            Err(Refused::NotNewer { held: t(960) })
         );
-        assert_eq!(live.take(report("a", 110), t(1004), None), Ok(()));
+        // A report from more than ten minutes ago, or ahead, is refused
+        // whatever is held: a replay from long ago, or a clock far off.
+        assert_eq!(
+            live.take(report("c", 300), t(1003), None),
+            Err(Refused::Skewed { at: t(300) })
+        );
+        assert!(live.take(report("c", 1700), t(1003), None).is_err());
+        assert_eq!(live.take(report("a", 1010), t(1004), None), Ok(()));
         let (version, heard) = live.snapshot();
         assert_eq!(version, 2);
         assert_eq!(heard["a"].received, t(1004));
@@ -195,15 +216,8 @@ mod tests {
 
     #[test]
     fn shards_hold_each_node_once_and_give_back_when_it_was_heard_by_the_store_clock() {
-        let heard: HashMap<String, Live> = (0..2500)
-            .map(|i| {
-                let node = format!("edge-{i}");
-                let live = Live {
-                    report: report(&node, 100),
-                    received: t(1000 - i64::from(i % 7)),
-                };
-                (node, live)
-            })
+        let heard: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = (0..2500)
+            .map(|i| (format!("edge-{i}"), (t(100), t(1000 - i64::from(i % 7)))))
             .collect();
         let docs = shard_documents("r1", &heard, t(1000));
         assert_eq!(docs.len(), 3);
@@ -218,10 +232,21 @@ mod tests {
         // clock): every node is heard 2 s later than the replica saw it,
         // consistently on the store's clock.
         let written = t(1002);
-        let back: HashMap<&str, DateTime<Utc>> =
-            docs.iter().flat_map(|d| heard_at(d, written)).collect();
+        let back: HashMap<&str, DateTime<Utc>> = docs
+            .iter()
+            .flat_map(|d| heard_at(d, written))
+            .map(|(n, t, _)| (n, t))
+            .collect();
         assert_eq!(back["edge-0"], t(1002));
         assert_eq!(back["edge-3"], t(999));
+        // An age no date can hold (the store is untrusted) is left out, not
+        // a panic.
+        let mut forged = docs[0].clone();
+        let node = forged.nodes.keys().next().unwrap().clone();
+        for age in [u64::MAX, 9_000_000_000_000_000] {
+            forged.nodes.get_mut(&node).unwrap().age_ms = age;
+            assert!(heard_at(&forged, written).all(|(n, _, _)| n != node));
+        }
     }
 
     #[test]

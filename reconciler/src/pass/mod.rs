@@ -293,6 +293,13 @@ impl Reconciler {
         mode: Mode,
     ) -> Result<Outcome, ReconcileError> {
         let before = self.observer.store.counts();
+        if mode == Mode::Execute {
+            // Liveness is this replica's own to share, leader or not, and
+            // whether or not the rest of the pass goes well.
+            if let Err(e) = self.observer.share_liveness(Utc::now()).await {
+                tracing::warn!(error = %gitfleet_io::error_chain(&e), "cannot share the liveness heard over HTTP");
+            }
+        }
         let decided = self.decide(now).await?;
         self.observer.busy = decided.plan.rollouts.moving(None);
         let outcome = match mode {
@@ -302,15 +309,7 @@ impl Reconciler {
                 done: Done::DryRun,
                 phases: decided.phases.done,
             }),
-            Mode::Execute => {
-                let outcome = self.execute(decided).await;
-                // Liveness is this replica's own to share, leader or not;
-                // failing to is no reason to fail the pass.
-                if let Err(e) = self.observer.share_liveness(Utc::now()).await {
-                    tracing::warn!(error = %gitfleet_io::error_chain(&e), "cannot share the liveness heard over HTTP");
-                }
-                outcome
-            }
+            Mode::Execute => self.execute(decided).await,
         };
         log_store_requests(&self.observer.store.counts().since(&before));
         outcome
@@ -495,6 +494,7 @@ impl Reconciler {
                 refused: &self.refused,
                 state_files,
                 reports: &reports,
+                heard: &observed.written,
                 rules: &rules,
                 rules_first_seen: in_force.first,
                 approvals: &approvals,

@@ -181,8 +181,11 @@ struct Reports {
 struct Shard {
     listed: String,
     etag: ETag,
-    /// When each node was heard from, by the store's clock.
-    heard: Vec<(String, DateTime<Utc>)>,
+    /// Whose shard it is.
+    replica: String,
+    /// When each node was heard from, by the store's clock, and the `at`
+    /// of its report.
+    heard: Vec<(String, DateTime<Utc>, DateTime<Utc>)>,
 }
 
 /// Reads the fleet, remembering what it can between observations.
@@ -201,9 +204,16 @@ pub struct Observer {
     shards: HashMap<String, Shard>,
     /// The live version last shared, when, and how many shards that wrote.
     shared: Option<(u64, DateTime<Utc>, usize)>,
-    /// When `status/` was last listed.
-    listed_at: Option<std::time::Instant>,
-    /// A rollout is moving: list `status/` every observation.
+    /// How often liveness is shared, at most.
+    pub share_every: Duration,
+    /// How many shards of this replica the store listed (from before a
+    /// restart too): the ones a smaller count leaves are removed.
+    own_shards: usize,
+    /// When `status/` was last listed, at which commit, and what it
+    /// ignored.
+    listed: Option<(std::time::Instant, git2::Oid, BTreeMap<&'static str, usize>)>,
+    /// A rollout is moving: list `status/` every observation. True until
+    /// a pass says otherwise, so `gitfleet status` always lists.
     pub busy: bool,
 }
 
@@ -219,8 +229,10 @@ impl Observer {
             replica: live::replica_id(""),
             shards: HashMap::new(),
             shared: None,
-            listed_at: None,
-            busy: false,
+            share_every: live::SHARE_EVERY,
+            own_shards: 0,
+            listed: None,
+            busy: true,
         }
     }
 
@@ -247,9 +259,10 @@ impl Observer {
         let over_http = reports_over_http(&checked);
         let reports = match checked.fleet() {
             Some(fleet) => {
-                let mut reports = if self.list_due(over_http) {
+                let mut reports = if self.list_due(over_http, heads.branch) {
                     let r = self.reports(&checked.node_keys, fleet).await?;
-                    self.listed_at = Some(std::time::Instant::now());
+                    self.listed =
+                        Some((std::time::Instant::now(), heads.branch, r.ignored.clone()));
                     r
                 } else {
                     self.cached_reports()
@@ -275,27 +288,31 @@ impl Observer {
     }
 
     /// Whether this observation lists `status/`: always, unless agents
-    /// report over HTTP and no rollout moves; then once a minute.
-    fn list_due(&self, over_http: bool) -> bool {
+    /// report over HTTP and no rollout moves; then once a minute, and at
+    /// once when the branch moved (new nodes, keys or fleet name).
+    fn list_due(&self, over_http: bool, commit: git2::Oid) -> bool {
         !over_http
             || self.busy
             || self
-                .listed_at
-                .is_none_or(|t| t.elapsed() >= LIST_IDLE_EVERY)
+                .listed
+                .as_ref()
+                .is_none_or(|(t, at, _)| *at != commit || t.elapsed() >= LIST_IDLE_EVERY)
     }
 
     /// The reports as last read, without a request.
     fn cached_reports(&self) -> Reports {
         let mut reports = Reports::default();
         for (node, c) in &self.reports {
-            match &c.outcome {
-                Ok(report) => {
-                    reports.verified.insert(node.clone(), Arc::clone(report));
-                    reports.written.insert(node.clone(), c.written);
-                }
-                Err(reason) => *reports.ignored.entry(reason).or_default() += 1,
+            if let Ok(report) = &c.outcome {
+                reports.verified.insert(node.clone(), Arc::clone(report));
+                reports.written.insert(node.clone(), c.written);
             }
         }
+        reports.ignored = self
+            .listed
+            .as_ref()
+            .map(|(_, _, ignored)| ignored.clone())
+            .unwrap_or_default();
         reports
     }
 
@@ -310,11 +327,16 @@ impl Observer {
             .list_versions(object_keys::LIVENESS_PREFIX)
             .await?
         {
-            let Some((replica, _)) = object_keys::liveness_shard(&listed.key) else {
+            let Some((replica, shard)) = object_keys::liveness_shard(&listed.key) else {
                 continue;
             };
             if replica == self.replica {
-                continue;
+                self.own_shards = self.own_shards.max(shard + 1);
+                // Ours: what this process heard is in memory; what the
+                // process before a restart heard is read until we share.
+                if self.shared.is_some() {
+                    continue;
+                }
             }
             let old = self.shards.remove(&listed.key);
             let shard = match old {
@@ -349,17 +371,18 @@ impl Observer {
                             Shard {
                                 listed: listed.version.clone(),
                                 etag: object.etag,
+                                replica: replica.to_owned(),
                                 heard: live::heard_at(&doc, listed.last_modified)
-                                    .map(|(n, t)| (n.to_owned(), t))
+                                    .map(|(n, t, at)| (n.to_owned(), t, at))
                                     .collect(),
                             }
                         }
                     }
                 }
             };
-            for (node, at) in &shard.heard {
-                let e = seen.entry(node.clone()).or_insert(*at);
-                *e = (*e).max(*at);
+            for (node, heard, _) in &shard.heard {
+                let e = seen.entry(node.clone()).or_insert(*heard);
+                *e = (*e).max(*heard);
             }
             kept.insert(listed.key, shard);
         }
@@ -374,12 +397,26 @@ impl Observer {
         let (version, heard) = self.live.snapshot();
         let due = match self.shared {
             None => version > 0,
-            Some((v, at, _)) => v != version && now - at >= live::SHARE_EVERY,
+            Some((v, at, _)) => v != version && now - at >= self.share_every,
         };
         if !due {
             return Ok(0);
         }
-        let docs = live::shard_documents(&self.holder, &heard, now);
+        let mut entries: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = heard
+            .into_iter()
+            .map(|(node, l)| (node, (l.report.at, l.received)))
+            .collect();
+        if self.shared.is_none() {
+            // The first write after a start carries on what this replica
+            // heard before it (its shards as read), so nodes do not drop
+            // out of the other replicas' view until they report again.
+            for shard in self.shards.values().filter(|s| s.replica == self.replica) {
+                for (node, heard, at) in &shard.heard {
+                    entries.entry(node.clone()).or_insert((*at, *heard));
+                }
+            }
+        }
+        let docs = live::shard_documents(&self.holder, &entries, now);
         for (i, doc) in docs.iter().enumerate() {
             let bytes = serde_json::to_vec(doc).unwrap_or_default();
             self.store
@@ -387,13 +424,14 @@ impl Observer {
                 .await?;
         }
         // Shards of a larger count before: gone, so none is read stale.
-        let before = self.shared.map_or(0, |(_, _, n)| n);
+        let before = self.shared.map_or(0, |(_, _, n)| n).max(self.own_shards);
         for i in docs.len()..before {
             self.store
                 .delete(&object_keys::liveness(&self.replica, i))
                 .await?;
         }
         self.shared = Some((version, now, docs.len()));
+        self.own_shards = docs.len();
         Ok(docs.len())
     }
 
@@ -501,19 +539,20 @@ fn reports_over_http(checked: &CheckedCommit) -> bool {
 }
 
 /// Fold reports taken over HTTP and other replicas' liveness into what the
-/// store gave: a node's report is the newest by its own `at`, and it was
-/// last heard from at the latest of the store's write, this replica's
-/// receipt and the other replicas' shards.
+/// store gave: a node's report is the one heard last (the store's write
+/// time against this replica's receipt, server clocks both, never the
+/// node's), and it was last heard from at the latest of those and the
+/// other replicas' shards.
 fn merge_live(
     reports: &mut Reports,
     taken: &HashMap<String, live::Live>,
     heard: &HashMap<String, DateTime<Utc>>,
 ) {
     for (node, l) in taken {
-        let newer = reports
-            .verified
-            .get(node)
-            .is_none_or(|r| l.report.at > r.at);
+        let newer = match reports.written.get(node) {
+            Some(written) => l.received > *written,
+            None => !reports.verified.contains_key(node),
+        };
         if newer {
             reports.verified.insert(node.clone(), Arc::clone(&l.report));
         }

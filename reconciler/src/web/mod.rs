@@ -130,7 +130,14 @@ impl Io {
 
 /// What became of a report posted to `/v1/reports/<node>`: a bounded
 /// metric label each.
-const REPORT_OUTCOMES: [&str; 5] = ["taken", "not-newer", "refused", "unknown-node", "not-ready"];
+const REPORT_OUTCOMES: [&str; 6] = [
+    "taken",
+    "not-newer",
+    "skewed",
+    "refused",
+    "unknown-node",
+    "not-ready",
+];
 
 /// The largest status report taken over HTTP.
 const MAX_REPORT_BYTES: usize = 1 << 20;
@@ -520,11 +527,20 @@ fn judge_report(s: &AppState, node: &str, body: &[u8]) -> (&'static str, StatusC
     // must not clone the observation.
     let looked_up = {
         let snap = s.snapshot.borrow();
-        snap.observed.as_ref().map(|o| {
+        // A replica whose last pass failed shares no liveness: the node
+        // must write to the store, where every replica reads.
+        let passing = snap.error.is_none();
+        snap.observed.as_ref().filter(|_| passing).map(|o| {
             let checked = &o.checked;
+            let wanted = checked
+                .checked
+                .model
+                .fleet
+                .as_ref()
+                .is_some_and(|f| !f.doc.defaults.report_to.is_empty());
             (
                 checked.node_keys.get(node).copied(),
-                checked.fleet().map(str::to_owned),
+                checked.fleet().map(str::to_owned).filter(|_| wanted),
                 o.reports.get(node).map(|r| r.at),
                 o.commit,
             )
@@ -555,6 +571,15 @@ fn judge_report(s: &AppState, node: &str, body: &[u8]) -> (&'static str, StatusC
     };
     match live.take(report, Utc::now(), known) {
         Ok(()) => ("taken", StatusCode::NO_CONTENT, String::new()),
+        Err(Refused::Skewed { at }) => (
+            "skewed",
+            StatusCode::CONFLICT,
+            format!(
+                "status report of `{node}` is dated {}, more than {} minutes from this reconciler's clock; write it to the store",
+                at.to_rfc3339(),
+                crate::pass::live::MAX_SKEW.num_minutes()
+            ),
+        ),
         Err(Refused::NotNewer { held }) => (
             "not-newer",
             StatusCode::CONFLICT,
@@ -566,12 +591,13 @@ fn judge_report(s: &AppState, node: &str, body: &[u8]) -> (&'static str, StatusC
     }
 }
 
-/// 503: no pass has read a fleet to judge reports by.
+/// 503: no good pass has read a fleet that takes reports over HTTP (none
+/// yet, the last one failed, or fleet.kdl has no `report-to`).
 fn not_taking() -> (&'static str, StatusCode, String) {
     (
         "not-ready",
         StatusCode::SERVICE_UNAVAILABLE,
-        "no reconcile pass has read the fleet yet; write the report to the store".to_owned(),
+        "this reconciler is not taking reports (no good pass yet, its last pass failed, or fleet.kdl has no report-to); write the report to the store".to_owned(),
     )
 }
 
