@@ -57,6 +57,9 @@ const FETCH_CONCURRENCY: usize = 16;
 /// this often at most.
 pub const LIST_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Keys per range of a split `status/` listing: one S3 page.
+const LIST_SPLIT: usize = 1000;
+
 /// A liveness shard larger than this is not read.
 const MAX_SHARD_BYTES: usize = 16 << 20;
 
@@ -167,13 +170,26 @@ struct Cached {
 
 /// The status reports one observation found.
 #[derive(Debug, Default)]
-struct Reports {
+pub struct Reports {
     /// Verified reports by node id.
-    verified: HashMap<String, Arc<StatusReport>>,
+    pub verified: HashMap<String, Arc<StatusReport>>,
     /// When the store wrote each verified one.
-    written: HashMap<String, DateTime<Utc>>,
+    pub written: HashMap<String, DateTime<Utc>>,
     /// The rest, counted by reason.
-    ignored: BTreeMap<&'static str, usize>,
+    pub ignored: BTreeMap<&'static str, usize>,
+}
+
+/// The `status/` reports, read for what the listing says changed: a report
+/// whose listed version is the same is not requested, one that changed is
+/// fetched with a conditional GET and verified again only when its bytes,
+/// key or fleet name changed. The listing itself runs in parallel ranges
+/// split at every 1,000th key of the last one.
+#[derive(Debug)]
+pub struct StatusReader {
+    pub store: Store,
+    cache: HashMap<String, Cached>,
+    /// Every 1,000th key of the last listing.
+    splits: Vec<String>,
 }
 
 /// Another replica's liveness shard as last read.
@@ -194,7 +210,7 @@ pub struct Observer {
     pub mirror: Mirror,
     pub store: Store,
     checked: Option<(git2::Oid, Arc<CheckedCommit>)>,
-    reports: HashMap<String, Cached>,
+    status: StatusReader,
     /// Reports this replica took over HTTP.
     pub live: Arc<LiveReports>,
     /// This replica's lease holder name, and its id in liveness keys.
@@ -221,9 +237,9 @@ impl Observer {
     pub fn new(mirror: Mirror, store: Store) -> Self {
         Observer {
             mirror,
-            store,
+            store: store.clone(),
             checked: None,
-            reports: HashMap::new(),
+            status: StatusReader::new(store),
             live: Arc::default(),
             holder: String::new(),
             replica: live::replica_id(""),
@@ -260,7 +276,7 @@ impl Observer {
         let reports = match checked.fleet() {
             Some(fleet) => {
                 let mut reports = if self.list_due(over_http, heads.branch) {
-                    let r = self.reports(&checked.node_keys, fleet).await?;
+                    let r = self.status.read(&checked.node_keys, fleet).await?;
                     self.listed =
                         Some((std::time::Instant::now(), heads.branch, r.ignored.clone()));
                     r
@@ -302,7 +318,7 @@ impl Observer {
     /// The reports as last read, without a request.
     fn cached_reports(&self) -> Reports {
         let mut reports = Reports::default();
-        for (node, c) in &self.reports {
+        for (node, c) in &self.status.cache {
             if let Ok(report) = &c.outcome {
                 reports.verified.insert(node.clone(), Arc::clone(report));
                 reports.written.insert(node.clone(), c.written);
@@ -434,9 +450,19 @@ impl Observer {
         self.own_shards = docs.len();
         Ok(docs.len())
     }
+}
+
+impl StatusReader {
+    pub fn new(store: Store) -> Self {
+        StatusReader {
+            store,
+            cache: HashMap::new(),
+            splits: Vec::new(),
+        }
+    }
 
     /// Verified reports of the fleet's nodes; the rest are counted by reason.
-    async fn reports(
+    pub async fn read(
         &mut self,
         keys: &HashMap<String, PublicKey>,
         fleet: &str,
@@ -444,7 +470,17 @@ impl Observer {
         let mut ignored: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut wanted = Vec::new();
         let mut seen = HashMap::new();
-        for listed in self.store.list_versions(object_keys::STATUS_PREFIX).await? {
+        let listing = self
+            .store
+            .list_versions_split(object_keys::STATUS_PREFIX, &self.splits)
+            .await?;
+        self.splits = listing
+            .iter()
+            .skip(LIST_SPLIT - 1)
+            .step_by(LIST_SPLIT)
+            .map(|l| l.key.clone())
+            .collect();
+        for listed in listing {
             let Some(node) = object_keys::status_node(&listed.key).map(str::to_owned) else {
                 continue;
             };
@@ -454,11 +490,11 @@ impl Observer {
             };
             // A cached verdict holds only for the same key and fleet; with
             // the same listed version it holds without a request.
-            let unchanged = self.reports.get(&node).is_some_and(|c| {
+            let unchanged = self.cache.get(&node).is_some_and(|c| {
                 c.key == node_key && c.fleet == fleet && c.listed == listed.version
             });
             if unchanged {
-                if let Some(c) = self.reports.remove(&node) {
+                if let Some(c) = self.cache.remove(&node) {
                     seen.insert(node, c);
                 }
                 continue;
@@ -466,7 +502,7 @@ impl Observer {
             wanted.push((node, listed, node_key));
         }
         let store = &self.store;
-        let cache = &self.reports;
+        let cache = &self.cache;
         let fetched: Vec<_> = futures::stream::iter(wanted)
             .map(|(node, listed, node_key)| async move {
                 let etag = cache
@@ -483,7 +519,7 @@ impl Observer {
         for (node, node_key, listed, fetch) in fetched {
             let cached = match fetch? {
                 Fetch::Missing => continue,
-                Fetch::NotModified => match self.reports.remove(&node) {
+                Fetch::NotModified => match self.cache.remove(&node) {
                     Some(c) => Cached {
                         listed: listed.version,
                         written: listed.last_modified,
@@ -523,7 +559,7 @@ impl Observer {
         }
         reports.ignored = ignored;
         // Only nodes still reporting stay cached.
-        self.reports = seen;
+        self.cache = seen;
         Ok(reports)
     }
 }
