@@ -721,6 +721,11 @@ impl<N: Node> Agent<N> {
         self.must_store = true;
     }
 
+    /// The store this agent polls and writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// When the last report was sent.
     pub fn last_report(&self) -> Option<DateTime<Utc>> {
         self.last_report

@@ -89,6 +89,10 @@ pub struct SimulateArgs {
     /// its nodes/<id>.kdl must name) and exit.
     #[arg(long)]
     print_keys: bool,
+    /// Delay every store request by this much (a listing: per 1,000 keys),
+    /// to stand in for S3 (about 20ms) with a local store.
+    #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
+    store_latency: Option<Duration>,
 }
 
 pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
@@ -218,6 +222,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             failure_rate: args.failure_rate,
         },
         state_dir: args.state_dir.as_deref(),
+        store_latency: args.store_latency,
     })?;
     let timing = Timing {
         poll: args.poll,
@@ -236,7 +241,24 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         humantime::format_duration(args.apply_latency),
         args.failure_rate
     );
+    let store = agents.first().map(|(_, a)| a.store().clone());
+    let nodes = agents.len();
+    let started = Instant::now();
     runtime.block_on(simulate(agents, timing, args))?;
+    if let Some(store) = store {
+        let c = store.counts();
+        let minutes = started.elapsed().as_secs_f64() / 60.0;
+        let per = |n: u64| n as f64 / nodes as f64 / minutes.max(1.0 / 60.0);
+        eprintln!(
+            "store requests by the agents: {} GET ({} not modified), {} PUT, {} LIST; per node and minute: {:.2} GET, {:.2} PUT",
+            c.get + c.get_not_modified,
+            c.get_not_modified,
+            c.put + c.put_conditional,
+            c.list,
+            per(c.get + c.get_not_modified),
+            per(c.put + c.put_conditional),
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -256,6 +278,8 @@ pub(crate) struct Setup<'a> {
     pub settings: SimSettings,
     /// Where each node's state is kept between runs.
     pub state_dir: Option<&'a Path>,
+    /// Added to every store request (`--store-latency`).
+    pub store_latency: Option<Duration>,
 }
 
 /// One agent (and its environment) per node of the fleet repo, each over
@@ -283,6 +307,12 @@ pub(crate) fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<Sim
     if let Some(dir) = setup.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // One store for all: one connection pool, and one count of requests.
+    let store = Store::open(setup.store_url)?;
+    let store = match setup.store_latency {
+        Some(by) => store.with_latency(by),
+        None => store,
+    };
     let mut agents = Vec::with_capacity(specs.len());
     for spec in specs {
         let node_id = spec.identity.node.clone();
@@ -295,7 +325,7 @@ pub(crate) fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<Sim
                 ..LocalState::default()
             },
         };
-        let store = Store::open(setup.store_url)?;
+        let store = store.clone();
         agents.push((
             environment,
             Agent::new(

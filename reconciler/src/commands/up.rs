@@ -741,6 +741,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             failure_rate: args.failure_rate,
         },
         state_dir: Some(&agents_dir),
+        store_latency: None,
     })?;
     let node_count = agents.len();
     // In the order changes pass through them; any environment the repo
