@@ -317,8 +317,6 @@ pub struct Agent<N> {
     /// The state ([`StatusReport::state`]) of the last report written to
     /// the store: a report with the same state only says "alive".
     stored: Option<StatusReport>,
-    /// Sends "alive" reports to the reconcilers the manifest names.
-    http: reqwest::Client,
     /// The `report_to` URL that took the last report: tried first.
     report_via: usize,
     /// The next report goes to the store whatever it says.
@@ -337,6 +335,19 @@ pub enum ReportedTo {
 
 /// How long a reconciler may take to take a report.
 const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The HTTP client "alive" reports go through: one per process, built on
+/// first use (a simulator runs 100,000 agents in one).
+fn report_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(REPORT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default()
+    })
+}
 
 impl<N: Node> Agent<N> {
     pub fn new(
@@ -364,11 +375,6 @@ impl<N: Node> Agent<N> {
             traffic_base: None,
             judging: false,
             stored: None,
-            http: reqwest::Client::builder()
-                .timeout(REPORT_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
             report_via: 0,
             must_store: false,
         }
@@ -1023,8 +1029,7 @@ impl<N: Node> Agent<N> {
                 urls[at].trim_end_matches('/'),
                 self.id.node
             );
-            let sent = self
-                .http
+            let sent = report_client()
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(body.to_vec())

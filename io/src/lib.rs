@@ -10,6 +10,7 @@ pub mod delay;
 pub mod faults;
 #[cfg(any(test, feature = "test-servers"))]
 pub mod git_daemon;
+pub mod memory;
 pub mod metrics;
 #[cfg(any(test, feature = "test-servers"))]
 pub mod moto;

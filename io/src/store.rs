@@ -31,7 +31,6 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectMeta, ObjectStore, PutMode, PutPayload, UpdateVersion};
 
@@ -185,7 +184,7 @@ impl Store {
         } else if let Some(rest) = url.strip_prefix("memory://") {
             let prefix = parse_prefix(url, rest)?;
             Ok(Store {
-                inner: Arc::new(InMemory::new()),
+                inner: Arc::new(crate::memory::IndexedMemory::new()),
                 prefix,
                 url: url.to_owned(),
                 local: None,

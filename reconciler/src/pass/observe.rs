@@ -474,8 +474,12 @@ impl StatusReader {
             .store
             .list_versions_split(object_keys::STATUS_PREFIX, &self.splits)
             .await?;
+        // Not at the last key: the range after it would be empty, and an
+        // empty listing is a request too.
+        let last = listing.len().saturating_sub(1);
         self.splits = listing
             .iter()
+            .take(last)
             .skip(LIST_SPLIT - 1)
             .step_by(LIST_SPLIT)
             .map(|l| l.key.clone())
