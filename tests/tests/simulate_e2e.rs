@@ -101,6 +101,7 @@ impl Simulation {
         let log = std::fs::read_to_string(&self.log).unwrap();
         assert!(status.success(), "simulate exited with {status}:\n{log}");
         assert!(log.contains("stopped: interrupted"), "{log}");
+        assert!(log.contains("store requests by the agents: "), "{log}");
         log
     }
 }
@@ -309,6 +310,8 @@ impl Fleet {
                 "500ms",
             ])
             .args(["--apply-latency", "50ms", "--progress", "1s"])
+            // Every store request a little slower, as S3's are.
+            .args(["--store-latency", "5ms"])
             // A bound in case the test dies without stopping it.
             .args(["--duration", "90s"])
             .stdout(Stdio::null())
