@@ -42,20 +42,25 @@ impl Delayed {
         tokio::time::sleep(self.by).await;
     }
 
-    /// `stream`, waiting `by` before each page of it.
+    /// `stream`, waiting `by` before each page of it (an empty listing
+    /// is one page too).
     fn paged(
         by: Duration,
         stream: BoxStream<'static, Result<ObjectMeta>>,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        stream
-            .enumerate()
-            .then(move |(i, item)| async move {
-                if i % PAGE == 0 {
-                    tokio::time::sleep(by).await;
-                }
-                item
-            })
-            .boxed()
+        futures::stream::once(async move {
+            tokio::time::sleep(by).await;
+            stream
+        })
+        .flatten()
+        .enumerate()
+        .then(move |(i, item)| async move {
+            if i > 0 && i % PAGE == 0 {
+                tokio::time::sleep(by).await;
+            }
+            item
+        })
+        .boxed()
     }
 }
 

@@ -25,6 +25,9 @@ use object_store::{
 pub struct IndexedMemory {
     inner: InMemory,
     index: Arc<RwLock<BTreeMap<Path, ObjectMeta>>>,
+    /// Held across a write and its reindex, so the index takes writes in
+    /// the order the store did.
+    writes: tokio::sync::Mutex<()>,
 }
 
 /// Keys a listing takes from the index at a time: a listing read only in
@@ -105,6 +108,7 @@ impl ObjectStore for IndexedMemory {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        let _write = self.writes.lock().await;
         let result = self.inner.put_opts(location, payload, opts).await;
         self.reindex(location).await;
         result
@@ -115,8 +119,8 @@ impl ObjectStore for IndexedMemory {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        // Not indexed until listed through another write; gitfleet writes
-        // whole objects only.
+        // Not indexed: listings miss an object written in parts (gitfleet
+        // writes whole objects only).
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -125,6 +129,7 @@ impl ObjectStore for IndexedMemory {
     }
 
     async fn delete(&self, location: &Path) -> Result<()> {
+        let _write = self.writes.lock().await;
         let result = self.inner.delete(location).await;
         self.reindex(location).await;
         result
@@ -147,12 +152,14 @@ impl ObjectStore for IndexedMemory {
     }
 
     async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+        let _write = self.writes.lock().await;
         let result = self.inner.copy(from, to).await;
         self.reindex(to).await;
         result
     }
 
     async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
+        let _write = self.writes.lock().await;
         let result = self.inner.copy_if_not_exists(from, to).await;
         self.reindex(to).await;
         result
