@@ -95,6 +95,16 @@ impl CheckedCommit {
         }
     }
 
+    /// Whether the fleet's agents report over HTTP when idle (fleet.kdl
+    /// names `report-to`).
+    pub fn reports_over_http(&self) -> bool {
+        self.checked
+            .model
+            .fleet
+            .as_ref()
+            .is_some_and(|f| !f.doc.defaults.report_to.is_empty())
+    }
+
     pub fn fleet(&self) -> Option<&str> {
         self.checked
             .model
@@ -272,7 +282,7 @@ impl Observer {
             }
         };
         let (state_commit, state_files) = self.mirror.state_files()?;
-        let over_http = reports_over_http(&checked);
+        let over_http = checked.reports_over_http();
         let reports = match checked.fleet() {
             Some(fleet) => {
                 let mut reports = if self.list_due(over_http, heads.branch) {
@@ -317,13 +327,7 @@ impl Observer {
 
     /// The reports as last read, without a request.
     fn cached_reports(&self) -> Reports {
-        let mut reports = Reports::default();
-        for (node, c) in &self.status.cache {
-            if let Ok(report) = &c.outcome {
-                reports.verified.insert(node.clone(), Arc::clone(report));
-                reports.written.insert(node.clone(), c.written);
-            }
-        }
+        let mut reports = self.status.cached();
         reports.ignored = self
             .listed
             .as_ref()
@@ -551,31 +555,30 @@ impl StatusReader {
             };
             seen.insert(node, cached);
         }
+        // Only nodes still reporting stay cached.
+        self.cache = seen;
+        let mut reports = self.cached();
+        for (reason, n) in ignored {
+            *reports.ignored.entry(reason).or_default() += n;
+        }
+        Ok(reports)
+    }
+
+    /// The reports as last read: the verified ones, the rest counted by
+    /// reason.
+    fn cached(&self) -> Reports {
         let mut reports = Reports::default();
-        for (node, c) in &seen {
+        for (node, c) in &self.cache {
             match &c.outcome {
                 Ok(report) => {
                     reports.verified.insert(node.clone(), Arc::clone(report));
                     reports.written.insert(node.clone(), c.written);
                 }
-                Err(reason) => *ignored.entry(reason).or_default() += 1,
+                Err(reason) => *reports.ignored.entry(reason).or_default() += 1,
             }
         }
-        reports.ignored = ignored;
-        // Only nodes still reporting stay cached.
-        self.cache = seen;
-        Ok(reports)
+        reports
     }
-}
-
-/// Whether the fleet's agents report over HTTP when idle.
-fn reports_over_http(checked: &CheckedCommit) -> bool {
-    checked
-        .checked
-        .model
-        .fleet
-        .as_ref()
-        .is_some_and(|f| !f.doc.defaults.report_to.is_empty())
 }
 
 /// Fold reports taken over HTTP and other replicas' liveness into what the

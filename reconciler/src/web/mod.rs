@@ -532,12 +532,7 @@ fn judge_report(s: &AppState, node: &str, body: &[u8]) -> (&'static str, StatusC
         let passing = snap.error.is_none();
         snap.observed.as_ref().filter(|_| passing).map(|o| {
             let checked = &o.checked;
-            let wanted = checked
-                .checked
-                .model
-                .fleet
-                .as_ref()
-                .is_some_and(|f| !f.doc.defaults.report_to.is_empty());
+            let wanted = checked.reports_over_http();
             (
                 checked.node_keys.get(node).copied(),
                 checked.fleet().map(str::to_owned).filter(|_| wanted),
