@@ -1,6 +1,7 @@
 //! The gitfleet node agent as a library: the binary `gitfleet-agent` and the
 //! fleet simulator run the same verification and decision code.
 //!
+//! - [`cadence`]: how often to poll and report, fast or idle;
 //! - [`core`]: poll, verify, decide, report; generic over a [`core::Node`];
 //! - [`node`]: the real node (state directory, Sentinel proxy, procfs);
 //! - [`local`]: the state directory's layout and atomic steps;
@@ -11,6 +12,7 @@
 //! - [`wireguard`]: WireGuard meshes: the desired interface, the peer diff,
 //!   applying only that diff, drift and status.
 
+pub mod cadence;
 pub mod checks;
 pub mod core;
 pub mod faults;

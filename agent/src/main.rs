@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use chrono::Utc;
 use clap::{Parser, Subcommand, ValueEnum};
+use gitfleet_agent::cadence::{Cadence, Local};
 use gitfleet_agent::core::{wanted, Agent, Identity, Polled};
 use gitfleet_agent::local::StateDir;
 use gitfleet_agent::metrics::AgentMetrics;
 use gitfleet_agent::node::DiskNode;
 use gitfleet_io::store::Store;
 use gitfleet_schemas::agent::{AgentConfig, EnrollRequest};
-use gitfleet_schemas::fleet::DriftPolicy;
-use gitfleet_schemas::trust::{AgentSettings, Document as _, PublicKey};
+use gitfleet_schemas::trust::{Document as _, PublicKey};
 use gitfleet_schemas::verify::{self, Limits};
 use gitfleet_schemas::Proxy;
 use tracing_subscriber::EnvFilter;
@@ -323,8 +323,15 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     .with_monitors(config.monitors.clone());
     node.recover(&state).await?;
     let store = Store::open(&config.store)?;
-    let mut agent = Agent::new(identity(config), store, root, key, node, state);
-    let mut cadence = Cadence::of(config, None);
+    let mirrors = config
+        .mirrors
+        .iter()
+        .map(|url| Store::open_mirror(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut agent =
+        Agent::new(identity(config), store, root, key, node, state).with_mirrors(mirrors);
+    let local = Local::of(config);
+    let mut cadence = Cadence::of(&local, None);
     tracing::info!(
         node = %config.node,
         environment = %config.environment,
@@ -351,9 +358,9 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     loop {
         let polled = if tokio::time::Instant::now() >= next_poll {
             let polled = agent.poll(Utc::now()).await;
-            let fleet = Cadence::of(config, agent.fleet_settings());
+            let fleet = Cadence::of(&local, agent.fleet_settings());
             if fleet != cadence {
-                fleet.log_overrides(config, agent.fleet_settings());
+                fleet.log_overrides(&local, agent.fleet_settings());
                 cadence = fleet;
             }
             next_poll = tokio::time::Instant::now()
@@ -367,9 +374,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
             None
         };
         let now = Utc::now();
-        let heartbeat = chrono::Duration::milliseconds(
-            i64::try_from(cadence.heartbeat_ms).unwrap_or(i64::MAX / 2),
-        );
+        let heartbeat = cadence.heartbeat();
         if agent.report_due(now, heartbeat) || agent.evidence_ready().await {
             let reported = agent.report(now).await;
             if let Err(e) = &reported {
@@ -640,86 +645,6 @@ async fn verify_now(config: &AgentConfig) -> anyhow::Result<ExitCode> {
         Err(e) => {
             println!("{key}: refused: {e}");
             Ok(ExitCode::from(1))
-        }
-    }
-}
-
-/// How often the agent polls and reports, and its drift policy: agent.kdl's
-/// values, overridden by the fleet's (the signed channel manifest).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Cadence {
-    poll_ms: u64,
-    jitter_ms: u64,
-    heartbeat_ms: u64,
-    drift: DriftPolicy,
-}
-
-impl Cadence {
-    fn of(config: &AgentConfig, fleet: Option<&AgentSettings>) -> Cadence {
-        let ms = |s: Option<u64>| s.map(|s| s.saturating_mul(1000));
-        let idle = fleet.is_some_and(|f| f.idle);
-        let own_poll = if idle {
-            config.idle_poll_ms
-        } else {
-            config.poll_ms
-        };
-        let poll_ms = ms(fleet.and_then(|f| f.poll_seconds)).unwrap_or(own_poll);
-        // Without a fleet jitter, agent.kdl's, in proportion to the interval
-        // in force (3 s of 30 s is 30 s of 5 minutes).
-        let scaled = config
-            .jitter_ms
-            .saturating_mul(poll_ms)
-            .checked_div(config.poll_ms)
-            .unwrap_or(config.jitter_ms);
-        Cadence {
-            poll_ms,
-            jitter_ms: ms(fleet.and_then(|f| f.poll_jitter_seconds)).unwrap_or(scaled),
-            heartbeat_ms: ms(fleet.and_then(|f| f.heartbeat_seconds))
-                .unwrap_or(config.heartbeat_ms),
-            drift: fleet.and_then(|f| f.drift).unwrap_or(config.drift),
-        }
-    }
-
-    /// Say once, when the fleet's settings change, where they differ from
-    /// agent.kdl.
-    fn log_overrides(&self, config: &AgentConfig, fleet: Option<&AgentSettings>) {
-        // agent.kdl's own values, idle or not as the manifest says.
-        let idle = fleet.is_some_and(|f| f.idle);
-        let mode = AgentSettings {
-            idle,
-            ..AgentSettings::default()
-        };
-        let local = Cadence::of(config, Some(&mode));
-        tracing::info!(idle, poll_ms = self.poll_ms, "poll cadence");
-        if self.poll_ms != local.poll_ms {
-            tracing::info!(
-                agent_kdl_ms = local.poll_ms,
-                fleet_ms = self.poll_ms,
-                "poll interval set by the fleet overrides agent.kdl"
-            );
-        }
-        if self.jitter_ms != local.jitter_ms {
-            tracing::info!(
-                agent_kdl_ms = local.jitter_ms,
-                fleet_ms = self.jitter_ms,
-                "poll jitter set by the fleet overrides agent.kdl"
-            );
-        }
-        if self.heartbeat_ms != local.heartbeat_ms {
-            tracing::info!(
-                agent_kdl_ms = local.heartbeat_ms,
-                fleet_ms = self.heartbeat_ms,
-                "heartbeat set by the fleet overrides agent.kdl"
-            );
-        }
-        if self.drift != local.drift {
-            tracing::info!(agent_kdl = ?local.drift, fleet = ?self.drift, "drift policy set by the fleet overrides agent.kdl");
-        }
-        if let Some(f) = fleet.filter(|f| !f.health_checks.is_empty()) {
-            tracing::info!(
-                checks = f.health_checks.len(),
-                "health checks set by the fleet"
-            );
         }
     }
 }

@@ -147,6 +147,14 @@ impl Fleet {
             )
             .unwrap();
         }
+        // The fleet's poll interval would win over the agents' --poll.
+        let fleet = std::fs::read_to_string(work.join("fleet.kdl")).unwrap();
+        let fleet: String = fleet
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("poll-interval "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(work.join("fleet.kdl"), fleet).unwrap();
         std::fs::write(work.join("rollouts/edge.kdl"), EDGE_ROLLOUT).unwrap();
         let gw = work.join("rollouts/api-gateway.kdl");
         let t = std::fs::read_to_string(&gw).unwrap();

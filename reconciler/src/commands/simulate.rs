@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use chrono::Utc;
+use gitfleet_agent::cadence::{Cadence, Local};
 use gitfleet_agent::core::{Agent, Identity, Polled};
 use gitfleet_agent::sim::{sim_key, SimNode, SimSettings};
 use gitfleet_io::store::Store;
@@ -65,9 +66,16 @@ pub struct SimulateArgs {
     /// How long an activation takes.
     #[arg(long, value_name = "D", default_value = "200ms", value_parser = humantime::parse_duration)]
     apply_latency: Duration,
-    /// Time between polls of the channel manifest.
+    /// Time between polls of the channel manifest while a rollout moves
+    /// in the node's environment (or the fleet does not say).
     #[arg(long, value_name = "D", default_value = "5s", value_parser = humantime::parse_duration)]
     poll: Duration,
+    /// Time between polls while the signed manifest says no rollout moves
+    /// in the node's environment (fleets with `report-to`), as agent.kdl's
+    /// `poll idle=` (default: --poll). The fleet's own poll settings win
+    /// over both, as on a real agent.
+    #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
+    idle_poll: Option<Duration>,
     /// Up to this much is added to each poll interval at random
     /// (default: a tenth of --poll).
     #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
@@ -210,11 +218,17 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let root_bytes =
         std::fs::read(root_path).with_context(|| format!("reading {}", root_path.display()))?;
+    // One store for all: one connection pool, and one count of requests.
+    let store = Store::open(store_url)?;
+    let store = match args.store_latency {
+        Some(by) => store.with_latency(by),
+        None => store,
+    };
     let agents = agents(&Setup {
         repo: &args.repo,
         rev: None,
         nodes: args.nodes,
-        store_url,
+        store: &store,
         root: &root_bytes,
         root_name: &root_path.display().to_string(),
         settings: SimSettings {
@@ -222,12 +236,13 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
             failure_rate: args.failure_rate,
         },
         state_dir: args.state_dir.as_deref(),
-        store_latency: args.store_latency,
     })?;
-    let timing = Timing {
-        poll: args.poll,
-        jitter: args.jitter.unwrap_or(args.poll / 10),
-        heartbeat: chrono::Duration::from_std(args.heartbeat).context("--heartbeat is too long")?,
+    let timing = Local {
+        poll_ms: millis(args.poll),
+        jitter_ms: millis(args.jitter.unwrap_or(args.poll / 10)),
+        idle_poll_ms: millis(args.idle_poll.unwrap_or(args.poll)),
+        heartbeat_ms: millis(args.heartbeat),
+        drift: DriftPolicy::Report,
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -241,11 +256,10 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         humantime::format_duration(args.apply_latency),
         args.failure_rate
     );
-    let store = agents.first().map(|(_, a)| a.store().clone());
     let nodes = agents.len();
     let started = Instant::now();
     runtime.block_on(simulate(agents, timing, args))?;
-    if let Some(store) = store {
+    {
         let c = store.counts();
         let minutes = started.elapsed().as_secs_f64() / 60.0;
         let per = |n: u64| n as f64 / nodes as f64 / minutes.max(1.0 / 60.0);
@@ -264,27 +278,26 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
 
 /// What simulated agents are made from.
 #[derive(Debug)]
-pub(crate) struct Setup<'a> {
+pub struct Setup<'a> {
     /// The fleet repo (a directory); its nodes are the nodes simulated.
     pub repo: &'a Path,
     /// Read this revision of it instead of its files.
     pub rev: Option<&'a str>,
     /// Only the first N nodes, by id.
     pub nodes: Option<usize>,
-    pub store_url: &'a str,
+    /// The store every agent polls and reports to (one pool, one count).
+    pub store: &'a Store,
     /// The first root the agents pin, and where it came from.
     pub root: &'a [u8],
     pub root_name: &'a str,
     pub settings: SimSettings,
     /// Where each node's state is kept between runs.
     pub state_dir: Option<&'a Path>,
-    /// Added to every store request (`--store-latency`).
-    pub store_latency: Option<Duration>,
 }
 
 /// One agent (and its environment) per node of the fleet repo, each over
 /// a simulated node, resumed from `state_dir` when given.
-pub(crate) fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<SimNode>)>> {
+pub fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<SimNode>)>> {
     let (fleet, specs) = nodes(setup.repo, setup.rev, setup.nodes)?;
     let root = gitfleet_agent::local::pin_first_root(setup.root)
         .with_context(|| format!("{} is not a root agents can pin", setup.root_name))?;
@@ -307,12 +320,6 @@ pub(crate) fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<Sim
     if let Some(dir) = setup.state_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // One store for all: one connection pool, and one count of requests.
-    let store = Store::open(setup.store_url)?;
-    let store = match setup.store_latency {
-        Some(by) => store.with_latency(by),
-        None => store,
-    };
     let mut agents = Vec::with_capacity(specs.len());
     for spec in specs {
         let node_id = spec.identity.node.clone();
@@ -325,7 +332,7 @@ pub(crate) fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<Sim
                 ..LocalState::default()
             },
         };
-        let store = store.clone();
+        let store = setup.store.clone();
         agents.push((
             environment,
             Agent::new(
@@ -343,7 +350,7 @@ pub(crate) fn agents(setup: &Setup<'_>) -> anyhow::Result<Vec<(String, Agent<Sim
 
 /// What the progress line knows of one node.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct View {
+pub struct View {
     pub environment: String,
     /// (rollout, bundle digest) per kind of bundle the node runs.
     pub running: Vec<(String, String)>,
@@ -351,6 +358,8 @@ pub(crate) struct View {
     /// Why the last poll was refused or the last report not written.
     pub error: Option<String>,
     pub polled: bool,
+    /// When `running` last changed (first seen, for a node's first view).
+    pub since: Option<Instant>,
 }
 
 impl View {
@@ -374,22 +383,13 @@ impl View {
                 _ => report_error,
             },
             polled: true,
+            since: None,
         }
     }
 }
 
-/// How often simulated agents poll and report.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Timing {
-    pub poll: Duration,
-    /// Up to this much is added to each poll interval.
-    pub jitter: Duration,
-    /// A status report is written at least this often.
-    pub heartbeat: chrono::Duration,
-}
-
 /// Simulated agents running on the current runtime, each in its own task.
-pub(crate) struct Swarm {
+pub struct Swarm {
     views: Arc<Mutex<Vec<View>>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -405,7 +405,7 @@ impl std::fmt::Debug for Swarm {
 
 impl Swarm {
     /// Start every agent; their first polls are spread over one interval.
-    pub fn start(agents: Vec<(String, Agent<SimNode>)>, timing: Timing) -> anyhow::Result<Swarm> {
+    pub fn start(agents: Vec<(String, Agent<SimNode>)>, timing: Local) -> anyhow::Result<Swarm> {
         let views = Arc::new(Mutex::new(vec![View::default(); agents.len()]));
         let (stop, stop_rx) = watch::channel(false);
         let mut seed = [0u8; 8];
@@ -430,7 +430,16 @@ impl Swarm {
 
     /// What every agent last did, in the order they were given.
     pub fn views(&self) -> Vec<View> {
-        self.views.lock().map(|v| v.clone()).unwrap_or_default()
+        self.with_views(<[View]>::to_vec)
+    }
+
+    /// Look at what every agent last did without copying it (100,000
+    /// views are worth not cloning twice a second).
+    pub fn with_views<R>(&self, f: impl FnOnce(&[View]) -> R) -> R {
+        match self.views.lock() {
+            Ok(v) => f(&v),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
     }
 
     /// The progress lines: per rollout, how many nodes run which bundle.
@@ -459,7 +468,7 @@ impl Swarm {
 
 async fn simulate(
     agents: Vec<(String, Agent<SimNode>)>,
-    timing: Timing,
+    timing: Local,
     args: &SimulateArgs,
 ) -> anyhow::Result<()> {
     let swarm = Swarm::start(agents, timing)?;
@@ -499,56 +508,80 @@ pub(crate) async fn after(duration: Option<Duration>) {
     }
 }
 
-/// Poll, report and wait, until told to stop.
+/// Poll, report and wait, until told to stop: the real agent's loop
+/// (`gitfleet-agent run`), with its cadence rule ([`Cadence`]): polls at
+/// the interval the manifest asks for, heartbeats on their own timer.
 async fn run_agent(
     mut agent: Agent<SimNode>,
     environment: String,
     index: usize,
-    timing: Timing,
+    local: Local,
     mut rng: Rng,
     views: Arc<Mutex<Vec<View>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Spread the first polls over one interval, as agents started at
     // different times would be.
-    let first = rng.duration_below(timing.poll);
-    if stopped_during(first, &mut stop).await {
-        return;
-    }
+    let mut next_poll =
+        tokio::time::Instant::now() + rng.duration_below(Duration::from_millis(local.poll_ms));
+    let mut cadence = Cadence::of(&local, None);
+    let mut polled = Polled::Unchanged;
     loop {
-        let polled = agent.poll(Utc::now()).await;
+        let heartbeat = cadence.heartbeat();
+        let wake = match agent.last_report() {
+            Some(t) => {
+                let until = (t + heartbeat - Utc::now()).to_std().unwrap_or_default();
+                next_poll.min(tokio::time::Instant::now() + until)
+            }
+            None => next_poll,
+        };
+        if stopped_until(wake, &mut stop).await {
+            return;
+        }
+        if tokio::time::Instant::now() >= next_poll {
+            polled = agent.poll(Utc::now()).await;
+            cadence = Cadence::of(&local, agent.fleet_settings());
+            next_poll = tokio::time::Instant::now()
+                + Duration::from_millis(cadence.poll_ms)
+                + rng.duration_below(Duration::from_millis(cadence.jitter_ms));
+        }
         let now = Utc::now();
         let mut report_error = None;
-        if agent.report_due(now, timing.heartbeat) {
+        if agent.report_due(now, cadence.heartbeat()) {
             if let Err(e) = agent.report(now).await {
                 // Summarised in the progress lines, not logged per node.
                 tracing::debug!(node = %agent.node().id(), error = %e, "cannot write the status report");
                 report_error = Some(format!("cannot write the status report: {e}"));
             }
         }
-        let view = View::of(&agent, &environment, &polled, report_error);
+        let mut view = View::of(&agent, &environment, &polled, report_error);
         if let Ok(mut views) = views.lock() {
             if let Some(slot) = views.get_mut(index) {
+                view.since = match slot.since {
+                    Some(t) if slot.running == view.running => Some(t),
+                    _ => Some(Instant::now()),
+                };
                 *slot = view;
             }
-        }
-        let wait = timing.poll + rng.duration_below(timing.jitter);
-        if stopped_during(wait, &mut stop).await {
-            return;
         }
     }
 }
 
-/// Wait `d`; true when told to stop first.
-async fn stopped_during(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+/// Wait until `t`; true when told to stop first.
+async fn stopped_until(t: tokio::time::Instant, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
-        () = tokio::time::sleep(d) => false,
+        () = tokio::time::sleep_until(t) => false,
         r = stop.wait_for(|s| *s) => {
             // A dropped sender also means stop.
             let _ = r;
             true
         }
     }
+}
+
+/// A duration in whole milliseconds (saturating).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The progress lines: per rollout, how many nodes run which bundle.
@@ -658,6 +691,7 @@ mod tests {
             healthy,
             error: None,
             polled: true,
+            since: None,
         };
         let views = [
             view(Some(&a), true),

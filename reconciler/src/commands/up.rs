@@ -28,7 +28,7 @@ use gitfleet_schemas::state::Phase;
 use gitfleet_schemas::trust::{Document as _, PublicKey, Root};
 use gitfleet_schemas::{FleetFile, NodeFile, RolloutFile, Severity, Span};
 
-use super::simulate::{self, Swarm, Timing, View};
+use super::simulate::{self, millis, Swarm, View};
 use crate::fmt::{bar, BAR};
 use crate::git::{Mirror, Remote};
 use crate::pass::{self as reconcile, Reconciler};
@@ -46,8 +46,9 @@ use gitfleet_io::store::Store;
 ///   keys/        fresh root keys and the online key (mode 0600)
 ///   agents/      each simulated node's state
 /// The copy is made runnable here: fleet.kdl trusts the new root keys and
-/// names the store, each node's node-key is its simulator key, and bake
-/// and progress-deadline are shortened (--bake; --keep-timings keeps them).
+/// names the store and no poll intervals (so agents poll at --poll), each
+/// node's node-key is its simulator key, and bake and progress-deadline
+/// are shortened (--bake; --keep-timings keeps them).
 /// Change windows and approvals stay as written, so an environment that
 /// needs approvals waits for them.
 ///
@@ -187,12 +188,12 @@ const EXAMPLE: &[(&str, &str)] = &[
 
 /// Where everything of one demo fleet lives.
 #[derive(Clone, Debug)]
-struct Layout {
+pub struct Layout {
     dir: PathBuf,
 }
 
 impl Layout {
-    fn new(dir: &Path) -> anyhow::Result<Layout> {
+    pub fn new(dir: &Path) -> anyhow::Result<Layout> {
         let dir = if dir.is_absolute() {
             dir.to_owned()
         } else {
@@ -208,39 +209,39 @@ impl Layout {
         Layout { dir }
     }
 
-    fn bare(&self) -> PathBuf {
+    pub fn bare(&self) -> PathBuf {
         self.dir.join("fleet.git")
     }
 
-    fn work(&self) -> PathBuf {
+    pub fn work(&self) -> PathBuf {
         self.dir.join("fleet")
     }
 
-    fn store(&self) -> PathBuf {
+    pub fn store(&self) -> PathBuf {
         self.dir.join("store")
     }
 
-    fn store_url(&self) -> String {
+    pub fn store_url(&self) -> String {
         format!("file://{}", self.store().display())
     }
 
-    fn keys(&self) -> PathBuf {
+    pub fn keys(&self) -> PathBuf {
         self.dir.join("keys")
     }
 
-    fn online_key(&self) -> PathBuf {
+    pub fn online_key(&self) -> PathBuf {
         self.keys().join("online.key")
     }
 
-    fn root(&self) -> PathBuf {
+    pub fn root(&self) -> PathBuf {
         self.dir.join("root-1.json")
     }
 
-    fn mirror(&self) -> PathBuf {
+    pub fn mirror(&self) -> PathBuf {
         self.dir.join("mirror")
     }
 
-    fn agents(&self) -> PathBuf {
+    pub fn agents(&self) -> PathBuf {
         self.dir.join("agents")
     }
 
@@ -425,6 +426,9 @@ fn demo_files(files: &RepoFiles, demo: &Demo<'_>) -> Result<RepoFiles, DemoError
             }
         }
         let mut text = apply(path, text, edits)?;
+        if path == gitfleet_policy::model::FLEET_FILE {
+            text = without_poll_intervals(&text);
+        }
         if !append.is_empty() {
             if !text.ends_with('\n') {
                 text.push('\n');
@@ -435,6 +439,24 @@ fn demo_files(files: &RepoFiles, demo: &Demo<'_>) -> Result<RepoFiles, DemoError
         out.insert(path, text.into_bytes());
     }
     Ok(out)
+}
+
+/// fleet.kdl without its `poll-interval` and `idle-poll-interval`: the
+/// fleet's settings win over an agent's own, and the simulated agents are
+/// to poll at `--poll`.
+fn without_poll_intervals(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let setting = line.trim_start();
+        if setting.starts_with("poll-interval ") || setting.starts_with("idle-poll-interval ") {
+            let indent = &line[..line.len() - setting.len()];
+            out.push_str(indent);
+            out.push_str("// gitfleet up: agents poll at --poll\n");
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// Replace the quoted value in each edit's span, last first so earlier
@@ -499,8 +521,9 @@ fn new_key(dir: &Path, name: &str, role: KeyRole) -> anyhow::Result<SigningKey> 
 }
 
 /// Set up `layout` from `files`: in a sibling directory first, renamed
-/// into place when everything is there.
-fn set_up(
+/// into place when everything is there. `timings`: the bake and progress
+/// deadline every rollout gets (`None` keeps the repo's).
+pub fn set_up(
     layout: &Layout,
     files: &RepoFiles,
     timings: Option<(Duration, Duration)>,
@@ -725,6 +748,8 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let store_url = layout.store_url();
     let store = Store::open(&store_url)?;
     let reconciler = Reconciler::new(mirror, store, online.key, HOLDER.to_owned());
+    // The agents' own: /metrics counts the reconciler's requests alone.
+    let agents_store = Store::open(&store_url)?;
 
     let root = std::fs::read(layout.root())
         .with_context(|| format!("reading {}", layout.root().display()))?;
@@ -733,7 +758,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         repo: &bare,
         rev: Some("main"),
         nodes: None,
-        store_url: &store_url,
+        store: &agents_store,
         root: &root,
         root_name: &layout.root().display().to_string(),
         settings: SimSettings {
@@ -741,7 +766,6 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             failure_rate: args.failure_rate,
         },
         state_dir: Some(&agents_dir),
-        store_latency: None,
     })?;
     let node_count = agents.len();
     // In the order changes pass through them; any environment the repo
@@ -816,10 +840,12 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let timing = Timing {
-        poll: args.poll,
-        jitter: args.poll / 5,
-        heartbeat: chrono::Duration::seconds(5),
+    let timing = gitfleet_agent::cadence::Local {
+        poll_ms: millis(args.poll),
+        jitter_ms: millis(args.poll / 5),
+        idle_poll_ms: millis(args.poll),
+        heartbeat_ms: 5_000,
+        drift: gitfleet_schemas::fleet::DriftPolicy::Report,
     };
     let tty = std::io::stdout().is_terminal();
     let reason = runtime.block_on(async {
@@ -1229,6 +1255,8 @@ mod tests {
             Some("file:///tmp/demo/store")
         );
         assert_eq!(fleet.defaults.bake_seconds.map(|b| b.value), Some(5));
+        // The example's poll-interval would win over --poll.
+        assert_eq!(fleet.defaults.poll_interval_seconds, None);
         let edge = RolloutFile::decode(copy.text("rollouts/edge.kdl").expect("edge rollout"))
             .value
             .expect("edge rollout decodes");
