@@ -317,6 +317,11 @@ pub struct Agent<N> {
     /// The state ([`StatusReport::state`]) of the last report written to
     /// the store: a report with the same state only says "alive".
     stored: Option<StatusReport>,
+    /// Mirrors of the store, read before it ([`Agent::with_mirrors`]).
+    mirrors: Vec<Store>,
+    /// The source (an index into mirrors, then the store) whose etag
+    /// `etag` is.
+    etag_from: usize,
     /// The `report_to` URL that took the last report: tried first.
     report_via: usize,
     /// The next report goes to the store whatever it says.
@@ -377,6 +382,8 @@ impl<N: Node> Agent<N> {
             stored: None,
             report_via: 0,
             must_store: false,
+            mirrors: Vec::new(),
+            etag_from: 0,
         }
     }
 
@@ -413,48 +420,107 @@ impl<N: Node> Agent<N> {
         keys::channel(&self.id.environment)
     }
 
-    /// One poll: a conditional GET of the channel manifest; if it changed,
-    /// verify and apply it.
+    /// Read manifests and bundles from these HTTP(S) mirrors of the store
+    /// first, in order ([`Store::open_mirror`]); the store is asked when
+    /// none of them answers with something that verifies.
+    pub fn with_mirrors(mut self, mirrors: Vec<Store>) -> Self {
+        self.mirrors = mirrors;
+        self
+    }
+
+    /// Where objects are read from, in order: the mirrors, then the store.
+    fn sources(&self) -> impl Iterator<Item = &Store> {
+        self.mirrors.iter().chain(std::iter::once(&self.store))
+    }
+
+    /// How a source is named in a refusal: the store as before, a mirror
+    /// by its url.
+    fn source_name(&self, at: usize) -> String {
+        match self.mirrors.get(at) {
+            Some(m) => format!("mirror {}", m.url()),
+            None => "the store".to_owned(),
+        }
+    }
+
+    /// One poll: a conditional GET of the channel manifest (from the first
+    /// mirror that answers, else the store); if it changed, verify and
+    /// apply it. A mirror whose answer fails, is missing or does not verify
+    /// (a stale cache serving an older serial) is passed over for the next.
     pub async fn poll(&mut self, now: DateTime<Utc>) -> Polled {
         let key = self.manifest_key();
-        let fetched = match self.store.get_if_changed(&key, self.etag.as_ref()).await {
-            Ok(f) => f,
-            Err(e) => return self.refuse(format!("reading {key}: {e}")),
-        };
-        let (bytes, etag) = match fetched {
-            Fetch::NotModified if self.retry => match &self.manifest {
-                Some(m) => return self.apply(m.clone(), now).await,
-                None => return Polled::Unchanged,
-            },
-            Fetch::NotModified => {
-                // A manifest nobody re-signs goes stale: a stopped
-                // reconciler, or a store frozen by an attacker.
-                if let Some(m) = self.manifest.as_ref().filter(|m| m.expires <= now) {
-                    let reason = format!(
-                        "{key} (serial {}) expired at {} and was not re-signed",
-                        m.serial,
-                        m.expires.to_rfc3339()
-                    );
-                    return self.refuse(reason);
+        let sources: Vec<Store> = self.sources().cloned().collect();
+        let mut refused: Vec<String> = Vec::new();
+        for (at, source) in sources.iter().enumerate() {
+            let last = at + 1 == sources.len();
+            let mirror = if last {
+                String::new()
+            } else {
+                format!("{}: ", self.source_name(at))
+            };
+            // An etag means something only to the source that gave it.
+            let etag = self.etag.as_ref().filter(|_| self.etag_from == at);
+            let fetched = match source.get_if_changed(&key, etag).await {
+                Ok(f) => f,
+                Err(e) => {
+                    refused.push(format!("{mirror}reading {key}: {e}"));
+                    continue;
                 }
-                // The store answered: a store error that was reported is over.
-                if self.last_error.take().is_some() {
-                    self.dirty = true;
+            };
+            let (bytes, etag) = match fetched {
+                Fetch::NotModified if self.retry => match &self.manifest {
+                    Some(m) => return self.apply(m.clone(), now).await,
+                    None => return Polled::Unchanged,
+                },
+                Fetch::NotModified => {
+                    // A manifest nobody re-signs goes stale: a stopped
+                    // reconciler, a stuck cache, or a store frozen by an
+                    // attacker.
+                    if let Some(m) = self.manifest.as_ref().filter(|m| m.expires <= now) {
+                        refused.push(format!(
+                            "{mirror}{key} (serial {}) expired at {} and was not re-signed",
+                            m.serial,
+                            m.expires.to_rfc3339()
+                        ));
+                        continue;
+                    }
+                    // The source answered: a store error that was reported
+                    // is over.
+                    if self.last_error.take().is_some() {
+                        self.dirty = true;
+                    }
+                    return Polled::Unchanged;
                 }
-                return Polled::Unchanged;
+                Fetch::Missing => {
+                    refused.push(format!("{key} does not exist in {}", self.source_name(at)));
+                    continue;
+                }
+                Fetch::Found(o) => (o.bytes, o.etag),
+            };
+            match self.verify_manifest(&bytes, now).await {
+                Ok(manifest) => {
+                    self.etag = Some(etag);
+                    self.etag_from = at;
+                    return self.accept(manifest, now).await;
+                }
+                Err(e) => {
+                    if last {
+                        // Remember the etag: the same bytes would be
+                        // refused again. (Not a mirror's: its next answer
+                        // must not hide the store's.)
+                        self.etag = Some(etag);
+                        self.etag_from = at;
+                    } else {
+                        tracing::warn!(node = %self.id.node, mirror = %source.url(), error = %e, "refusing a mirror's manifest; trying the next source");
+                    }
+                    refused.push(format!("{mirror}refusing {key}: {e}"));
+                }
             }
-            Fetch::Missing => return self.refuse(format!("{key} does not exist in the store")),
-            Fetch::Found(o) => (o.bytes, o.etag),
-        };
-        let manifest = match self.verify_manifest(&bytes, now).await {
-            Ok(m) => m,
-            Err(e) => {
-                // Remember the etag: the same bytes would be refused again.
-                self.etag = Some(etag);
-                return self.refuse(format!("refusing {key}: {e}"));
-            }
-        };
-        self.etag = Some(etag);
+        }
+        self.refuse(refused.join("; "))
+    }
+
+    /// Take a verified manifest and apply it.
+    async fn accept(&mut self, manifest: Verified<ChannelManifest>, now: DateTime<Utc>) -> Polled {
         self.last_error = None;
         self.dirty = true;
         if self.state.serial != Some(manifest.serial) {
@@ -634,25 +700,7 @@ impl<N: Node> Agent<N> {
         let key = target
             .object_key()
             .ok_or_else(|| format!("bundle digest `{}` is malformed", target.digest))?;
-        let bytes = match self.store.get(&key).await {
-            Ok(Some(o)) => o.bytes,
-            Ok(None) => {
-                self.retry = true;
-                return Err(format!("{key} is not in the store yet"));
-            }
-            Err(e) => {
-                self.retry = true;
-                return Err(format!("downloading {key}: {e}"));
-            }
-        };
-        let limits = Limits {
-            max_unpacked_bytes: self.id.max_bundle_bytes.saturating_mul(4),
-            ..Limits::default()
-        };
-        let bundle = match verify::verify_bundle(target, &bytes, limits) {
-            Ok(b) => b,
-            Err(e) => return Err(self.fail(target, format!("refusing {key}: {e}"))),
-        };
+        let (bundle, bytes) = self.download(target, &key).await?;
         let kind = bundle.manifest.kind;
         claim(kind)?;
         if let Some(why) = wrong_proxy(kind, &bundle.manifest.validator, &self.id.proxy) {
@@ -702,6 +750,49 @@ impl<N: Node> Agent<N> {
                 Err(reason)
             }
         }
+    }
+
+    /// Download and verify the bundle `target` names (at `key`): from the
+    /// first mirror whose copy verifies, else the store. Only the store's
+    /// copy failing to verify marks the bundle failed here; a missing or
+    /// unreachable one is retried at the next poll.
+    async fn download(
+        &mut self,
+        target: &BundleRef,
+        key: &str,
+    ) -> Result<(Verified<Bundle>, Bytes), String> {
+        let limits = Limits {
+            max_unpacked_bytes: self.id.max_bundle_bytes.saturating_mul(4),
+            ..Limits::default()
+        };
+        let sources: Vec<Store> = self.sources().cloned().collect();
+        for (at, source) in sources.iter().enumerate() {
+            let last = at + 1 == sources.len();
+            let bytes = match source.get(key).await {
+                Ok(Some(o)) => o.bytes,
+                Ok(None) if last => {
+                    self.retry = true;
+                    return Err(format!("{key} is not in the store yet"));
+                }
+                Err(e) if last => {
+                    self.retry = true;
+                    return Err(format!("downloading {key}: {e}"));
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(node = %self.id.node, mirror = %source.url(), error = %e, "cannot download a bundle from a mirror; trying the next source");
+                    continue;
+                }
+            };
+            match verify::verify_bundle(target, &bytes, limits) {
+                Ok(b) => return Ok((b, bytes)),
+                Err(e) if last => return Err(self.fail(target, format!("refusing {key}: {e}"))),
+                Err(e) => {
+                    tracing::warn!(node = %self.id.node, mirror = %source.url(), error = %e, "refusing a mirror's bundle; trying the next source");
+                }
+            }
+        }
+        Err(format!("{key}: no source to read it from"))
     }
 
     /// Remember that `target` failed here, so it is not retried every poll.

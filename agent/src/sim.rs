@@ -907,4 +907,237 @@ mod tests {
         assert!(w.p99_ms.unwrap() > 250, "{w:?}");
         assert!(node.scrape(None).await.is_some());
     }
+
+    /// An HTTP mirror of a store on loopback: serves the files under its
+    /// directory by key, with an etag from their bytes and 304 to a
+    /// matching `If-None-Match` (with `etags`), as a web server or cache in
+    /// front of a store would; records what it answered.
+    struct Mirror {
+        dir: tempfile::TempDir,
+        url: String,
+        answered: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Mirror {
+        async fn start(etags: bool) -> Mirror {
+            use http_body_util::Full;
+            use hyper::body::Bytes;
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_owned();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/fleet", listener.local_addr().unwrap());
+            let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = std::sync::Arc::clone(&answered);
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let root = root.clone();
+                    let log = std::sync::Arc::clone(&log);
+                    tokio::spawn(async move {
+                        let service =
+                            hyper::service::service_fn(move |req: hyper::Request<_>| {
+                                let path =
+                                    req.uri().path().trim_start_matches("/fleet/").to_owned();
+                                let file = (!path.contains("..")).then(|| root.join(&path));
+                                let bytes = file.and_then(|f| std::fs::read(f).ok());
+                                let response =
+                                    match bytes {
+                                        None => hyper::Response::builder()
+                                            .status(404)
+                                            .body(Full::new(Bytes::new())),
+                                        Some(b) => {
+                                            let etag = format!("\"{}\"", &sha256_hex(&b)[..16]);
+                                            let same = etags
+                                                && req.headers().get("if-none-match").is_some_and(
+                                                    |v| v.as_bytes() == etag.as_bytes(),
+                                                );
+                                            let mut r = hyper::Response::builder()
+                                                .status(if same { 304 } else { 200 });
+                                            if etags {
+                                                r = r.header("etag", &etag);
+                                            }
+                                            r.body(Full::new(if same {
+                                                Bytes::new()
+                                            } else {
+                                                Bytes::from(b)
+                                            }))
+                                        }
+                                    };
+                                if let Ok(r) = &response {
+                                    log.lock().unwrap().push((path, r.status().as_u16()));
+                                }
+                                std::future::ready(response)
+                            });
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    });
+                }
+            });
+            Mirror {
+                dir,
+                url,
+                answered,
+                task,
+            }
+        }
+
+        /// Copy `key` from the world's store into the mirror, as a cache
+        /// that fetched it would hold it.
+        fn cache(&self, world: &World, key: &str) {
+            let to = self.dir.path().join(key);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(world.dir.path().join(key), to).unwrap();
+        }
+
+        fn answered(&self) -> Vec<(String, u16)> {
+            std::mem::take(&mut *self.answered.lock().unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_reads_through_a_mirror_and_passes_over_one_that_is_stale_wrong_or_down() {
+        use crate::core::Polled;
+        let (mut world, root) = World::new();
+        let a = world.bundle("// a\n");
+        let b = world.bundle("// b\n");
+        let mirror = Mirror::start(true).await;
+        let mut agent = world.agent(root, SimSettings::default()).with_mirrors(vec![
+            gitfleet_io::store::Store::open_mirror(&mirror.url).unwrap(),
+        ]);
+        let bundle_key = |r: &BundleRef| r.object_key().unwrap();
+        let now = chrono::Utc::now();
+
+        // The mirror holds the manifest and the bundle: the store is not
+        // read for either (the agent's store handle counts its requests).
+        world.publish(&a, None, u64::MAX);
+        mirror.cache(&world, "channels/prod.json");
+        mirror.cache(&world, &bundle_key(&a));
+        let store_reads = |agent: &crate::core::Agent<SimNode>| {
+            let c = agent.store().counts();
+            c.get + c.get_not_modified
+        };
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 1,
+                activated: 1
+            }
+        );
+        assert_eq!(store_reads(&agent), 0);
+        assert_eq!(
+            mirror.answered(),
+            vec![
+                ("channels/prod.json".to_owned(), 200),
+                (bundle_key(&a), 200)
+            ]
+        );
+        // A poll with nothing new is one conditional GET, answered 304.
+        assert_eq!(agent.poll(now).await, Polled::Unchanged);
+        assert_eq!(
+            mirror.answered(),
+            vec![("channels/prod.json".to_owned(), 304)]
+        );
+
+        // A cache that has not refreshed yet answers 304 to the store's
+        // serial 2: the agent keeps what it runs until it does, as behind
+        // any cache.
+        world.publish(&b, Some(&a), u64::MAX);
+        assert_eq!(agent.poll(now).await, Polled::Unchanged);
+        assert_eq!(
+            mirror.answered(),
+            vec![("channels/prod.json".to_owned(), 304)]
+        );
+        let serial_1 = std::fs::read(mirror.dir.path().join("channels/prod.json")).unwrap();
+
+        // It refreshes, with a bundle whose bytes are wrong: the agent
+        // takes the manifest from the mirror, refuses the mirror's bundle
+        // and runs the store's; b is not marked failed.
+        mirror.cache(&world, "channels/prod.json");
+        std::fs::write(mirror.dir.path().join(bundle_key(&b)), b"not the bundle").unwrap();
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 2,
+                activated: 1
+            }
+        );
+        assert_eq!(agent.state().sentinel.as_ref().unwrap().active, b);
+        assert!(
+            agent.state().failed.is_empty(),
+            "{:?}",
+            agent.state().failed
+        );
+        mirror.answered();
+
+        // An old copy put back on the mirror (serial 1, validly signed but
+        // older than the agent has seen) is refused and the store asked:
+        // its serial 3 runs, with the bundle from the mirror.
+        std::fs::write(mirror.dir.path().join("channels/prod.json"), &serial_1).unwrap();
+        world.publish(&a, None, u64::MAX);
+        let store_gets = store_reads(&agent);
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 3,
+                activated: 1
+            }
+        );
+        assert_eq!(store_reads(&agent), store_gets + 1);
+        assert_eq!(
+            mirror.answered(),
+            vec![
+                ("channels/prod.json".to_owned(), 200),
+                (bundle_key(&a), 200)
+            ]
+        );
+
+        // The mirror down: the store alone.
+        mirror.task.abort();
+        let _ = mirror.task.await;
+        world.publish(&b, Some(&a), u64::MAX);
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 4,
+                activated: 1
+            }
+        );
+        assert_eq!(agent.state().sentinel.as_ref().unwrap().active, b);
+    }
+
+    #[tokio::test]
+    async fn a_mirror_without_etags_is_read_whole_and_compared() {
+        use crate::core::Polled;
+        let (mut world, root) = World::new();
+        let a = world.bundle("// a\n");
+        let mirror = Mirror::start(false).await;
+        let mut agent = world.agent(root, SimSettings::default()).with_mirrors(vec![
+            gitfleet_io::store::Store::open_mirror(&mirror.url).unwrap(),
+        ]);
+        world.publish(&a, None, u64::MAX);
+        mirror.cache(&world, "channels/prod.json");
+        mirror.cache(&world, &a.object_key().unwrap());
+        let now = chrono::Utc::now();
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 1,
+                activated: 1
+            }
+        );
+        mirror.answered();
+        // The same bytes again: no change, and nothing asked of the store.
+        assert_eq!(agent.poll(now).await, Polled::Unchanged);
+        assert_eq!(
+            mirror.answered(),
+            vec![("channels/prod.json".to_owned(), 200)]
+        );
+        let c = agent.store().counts();
+        assert_eq!(c.get + c.get_not_modified, 0);
+    }
 }

@@ -155,6 +155,9 @@ pub struct Store {
     latency: Arc<StoreLatency>,
     /// How many requests of each kind, and bytes; shared by clones.
     counts: Arc<StoreCounts>,
+    /// A read-only HTTP mirror ([`Store::open_mirror`]): an object without
+    /// an etag is versioned by its bytes.
+    mirror: bool,
 }
 
 /// One key of a listing, with what the listing says of its version.
@@ -190,6 +193,7 @@ impl Store {
                 local: None,
                 latency: Arc::default(),
                 counts: Arc::default(),
+                mirror: false,
             })
         } else {
             Err(StoreError::Url {
@@ -223,6 +227,7 @@ impl Store {
             local: Some(fs),
             latency: Arc::default(),
             counts: Arc::default(),
+            mirror: false,
         })
     }
 
@@ -271,6 +276,54 @@ impl Store {
             local: None,
             latency: Arc::default(),
             counts: Arc::default(),
+            mirror: false,
+        })
+    }
+
+    /// A read-only mirror of a store over HTTP(S): any web server or cache
+    /// serving the store's objects under their keys below `url` (plain
+    /// `http://` only on a loopback address). Everything read through it is
+    /// verified as from the store itself: manifests by their signatures,
+    /// bundles by their digests. Conditional GETs send the mirror's
+    /// `ETag`; from a server without etags every poll reads the whole
+    /// object and compares its bytes.
+    pub fn open_mirror(url: &str) -> Result<Store, StoreError> {
+        let bad = |reason| StoreError::Url {
+            url: url.to_owned(),
+            reason,
+        };
+        let allow_http = if url.starts_with("https://") {
+            false
+        } else if url.starts_with("http://") {
+            if !is_loopback_http(url) {
+                return Err(bad(
+                    "is a plain http mirror that is not a loopback address: use https",
+                ));
+            }
+            true
+        } else {
+            return Err(bad("is not an http(s):// mirror url"));
+        };
+        let http = object_store::http::HttpBuilder::new()
+            .with_url(url.trim_end_matches('/'))
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(allow_http)
+                    .with_timeout(std::time::Duration::from_secs(30)),
+            )
+            .build()
+            .map_err(|source| StoreError::Open {
+                url: url.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(Store {
+            inner: Arc::new(http),
+            prefix: Path::default(),
+            url: url.to_owned(),
+            local: None,
+            latency: Arc::default(),
+            counts: Arc::default(),
+            mirror: true,
         })
     }
 
@@ -319,10 +372,15 @@ impl Store {
             });
         }
         let options = GetOptions {
-            if_none_match: etag.map(|e| e.0.clone()),
+            // A version made from the bytes means nothing to the server.
+            if_none_match: etag.filter(|e| !is_content_etag(e)).map(|e| e.0.clone()),
             ..GetOptions::default()
         };
-        self.get_opts(key, &location, options).await
+        Ok(match self.get_opts(key, &location, options).await? {
+            // A mirror without etags: the same bytes are no change.
+            Fetch::Found(object) if Some(&object.etag) == etag => Fetch::NotModified,
+            other => other,
+        })
     }
 
     /// Writes `bytes` at `key` unless something is there already. An object
@@ -564,6 +622,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The same objects, with a count of requests of its own: one party's
+    /// cost where several share a store (a simulator's agents and the
+    /// reconciler in one process).
+    pub fn with_own_counts(&self) -> Store {
+        Store {
+            counts: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// This store with every request taking at least `by` longer (a
     /// listing: per 1,000 keys), as S3's do: for benchmarks and the
     /// simulator. Clones share the counts.
@@ -638,10 +706,11 @@ impl Store {
             .await
             .map_err(|source| self.request("reading", key, source))?;
         self.counts.bytes_in(bytes.len());
-        let etag = if self.local.is_some() {
-            content_etag(&bytes)
-        } else {
-            ETag(etag.ok_or_else(|| self.no_etag(key))?)
+        let etag = match etag {
+            _ if self.local.is_some() => content_etag(&bytes),
+            Some(etag) => ETag(etag),
+            None if self.mirror => content_etag(&bytes),
+            None => return Err(self.no_etag(key)),
         };
         Ok(Fetch::Found(Object { bytes, etag }))
     }
@@ -697,6 +766,12 @@ fn parse_prefix(url: &str, prefix: &str) -> Result<Path, StoreError> {
         url: url.to_owned(),
         reason: "has an invalid key prefix (empty, `.` or `..` segments)",
     })
+}
+
+/// Whether `etag` is one [`content_etag`] made (a server's etag that looks
+/// the same only costs a whole read, compared by its bytes).
+fn is_content_etag(etag: &ETag) -> bool {
+    etag.0.starts_with("sha256:")
 }
 
 fn content_etag(bytes: &[u8]) -> ETag {
@@ -1054,6 +1129,29 @@ mod tests {
         // A second prefix in the same bucket is a separate store.
         let other = moto.store("s3://gitfleet/fleet/two");
         assert_eq!(other.list("").await.unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn mirror_urls_are_https_or_loopback_http() {
+        let bad = |url: &str| match Store::open_mirror(url) {
+            Err(e) => e.to_string(),
+            Ok(store) => panic!("{url} opened as {store:?}"),
+        };
+        assert_eq!(
+            bad("http://cache.example.net/fleet"),
+            "object store url `http://cache.example.net/fleet` is a plain http mirror that is not a loopback address: use https"
+        );
+        assert_eq!(
+            bad("s3://bucket/fleet"),
+            "object store url `s3://bucket/fleet` is not an http(s):// mirror url"
+        );
+        for good in [
+            "https://cache.example.net/fleet/",
+            "http://127.0.0.1:8080/fleet",
+            "http://[::1]:8080",
+        ] {
+            assert_eq!(Store::open_mirror(good).unwrap().url(), good);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! environment "prod"
 //! labels region="fra" role="edge"
 //! store "s3://acme-fleet/prod"
+//! mirror "https://cache.example.net/fleet"   // tried first; any number
 //! state-dir "/var/lib/gitfleet-agent"
 //! poll "30s" jitter="5s" idle="5m"   // idle: while no rollout moves here
 //! heartbeat "1m"
@@ -42,6 +43,11 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Store URL: `file:///path`, `s3://bucket/prefix` or `memory://`.
     pub store: String,
+    /// HTTP(S) mirrors of the store (web servers or caches serving its
+    /// objects under their keys), tried in order before the store for
+    /// manifests and bundles; what they serve is verified as always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
     /// Node key, pinned root, highest serial and bundle directories.
     pub state_dir: String,
     pub poll_ms: u64,
@@ -218,6 +224,7 @@ const TOP: &[&str] = &[
     "environment",
     "labels",
     "store",
+    "mirror",
     "state-dir",
     "poll",
     "heartbeat",
@@ -258,6 +265,7 @@ impl AgentConfig {
         let mut wireguard = None;
         let mut proxy = None;
         let mut monitors: Vec<Monitor> = Vec::new();
+        let mut mirrors: Vec<String> = Vec::new();
         for n in d.versioned(&doc, "agent config") {
             match decode::name(n) {
                 "node" => {
@@ -275,6 +283,29 @@ impl AgentConfig {
                 "store" => {
                     let v = d.string(n);
                     d.once(&mut store, n, v);
+                }
+                "mirror" => {
+                    d.no_children(n);
+                    if let Some(url) = d.string(n).map(|u| u.value) {
+                        let web = url.starts_with("https://") || url.starts_with("http://");
+                        if !web {
+                            d.error(
+                                decode::node_span(n),
+                                "invalid-value",
+                                format!("mirror `{url}` is not an http(s):// url"),
+                                Some("mirror \"https://cache.example.net/fleet\"".to_owned()),
+                            );
+                        } else if mirrors.contains(&url) {
+                            d.error(
+                                decode::node_span(n),
+                                "duplicate-node",
+                                format!("mirror `{url}` is named twice"),
+                                Some("keep one `mirror` per url".to_owned()),
+                            );
+                        } else {
+                            mirrors.push(url);
+                        }
+                    }
                 }
                 "state-dir" => {
                     let v = d.string(n);
@@ -362,6 +393,7 @@ impl AgentConfig {
                         .map(|(k, v)| (k, v.value))
                         .collect(),
                     store: store.value,
+                    mirrors,
                     state_dir: state_dir.value,
                     poll_ms,
                     jitter_ms,
@@ -636,6 +668,36 @@ sentinel {
                 .any(|e| e.message.contains("shorter than the poll")),
             "{:?}",
             d.errors
+        );
+    }
+
+    #[test]
+    fn mirrors_are_read_in_order_and_must_be_web_urls_named_once() {
+        let base =
+            "version 1\nnode \"n\"\nenvironment \"dev\"\nstore \"memory://\"\nstate-dir \"/s\"\n";
+        let c = AgentConfig::decode(&format!(
+            "{base}mirror \"https://b.example/fleet\"\nmirror \"http://127.0.0.1:8080/fleet\"\n"
+        ))
+        .value
+        .unwrap();
+        assert_eq!(
+            c.mirrors,
+            ["https://b.example/fleet", "http://127.0.0.1:8080/fleet"]
+        );
+        let messages = |text: &str| -> Vec<String> {
+            AgentConfig::decode(&format!("{base}{text}"))
+                .errors
+                .into_iter()
+                .map(|e| e.message)
+                .collect()
+        };
+        assert_eq!(
+            messages("mirror \"s3://bucket/fleet\"\n"),
+            ["mirror `s3://bucket/fleet` is not an http(s):// url"]
+        );
+        assert_eq!(
+            messages("mirror \"https://a/\"\nmirror \"https://a/\"\n"),
+            ["mirror `https://a/` is named twice"]
         );
     }
 
