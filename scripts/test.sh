@@ -104,6 +104,14 @@ if ! "$boringtun" --version >/dev/null 2>&1; then
 fi
 export GITFLEET_BORINGTUN="$boringtun"
 
+# promtool checks and unit-tests the shipped alerting rules
+# (tests/tests/alert_rules.rs); Debian ships it with prometheus.
+if ! command -v promtool >/dev/null; then
+    log "installing prometheus (for promtool)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+
 # Headless Chromium driven by Playwright for the status-page browser test
 # (tests/tests/browser_e2e.rs): Debian's chromium, and playwright-core from
 # tests/browser/package-lock.json (it never downloads a browser).

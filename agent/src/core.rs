@@ -322,6 +322,10 @@ pub struct Agent<N> {
     /// The source (an index into mirrors, then the store) whose etag
     /// `etag` is.
     etag_from: usize,
+    /// Why the bytes `etag` names were refused, when they were.
+    etag_refused: Option<String>,
+    /// A report could not be sent: the next attempt waits until then.
+    report_retry_at: Option<DateTime<Utc>>,
     /// The `report_to` URL that took the last report: tried first.
     report_via: usize,
     /// The next report goes to the store whatever it says.
@@ -337,6 +341,13 @@ pub enum ReportedTo {
     /// "alive, nothing changed", which costs no store request.
     Reconciler,
 }
+
+/// How long after a report that could not be sent the next is tried.
+pub const REPORT_RETRY: chrono::Duration = chrono::Duration::seconds(10);
+
+/// A channel manifest larger than this is not read: a hostile mirror or
+/// store could otherwise make the agent hold gigabytes.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 /// How long a reconciler may take to take a report.
 const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -384,6 +395,8 @@ impl<N: Node> Agent<N> {
             must_store: false,
             mirrors: Vec::new(),
             etag_from: 0,
+            etag_refused: None,
+            report_retry_at: None,
         }
     }
 
@@ -458,8 +471,11 @@ impl<N: Node> Agent<N> {
                 format!("{}: ", self.source_name(at))
             };
             // An etag means something only to the source that gave it.
-            let etag = self.etag.as_ref().filter(|_| self.etag_from == at);
-            let fetched = match source.get_if_changed(&key, etag).await {
+            let etag = self.etag.clone().filter(|_| self.etag_from == at);
+            let fetched = match source
+                .get_if_changed_at_most(&key, etag.as_ref(), MAX_MANIFEST_BYTES)
+                .await
+            {
                 Ok(f) => f,
                 Err(e) => {
                     refused.push(format!("{mirror}reading {key}: {e}"));
@@ -467,10 +483,19 @@ impl<N: Node> Agent<N> {
                 }
             };
             let (bytes, etag) = match fetched {
-                Fetch::NotModified if self.retry => match &self.manifest {
-                    Some(m) => return self.apply(m.clone(), now).await,
-                    None => return Polled::Unchanged,
-                },
+                // "Not modified" to a question that named no version: a
+                // cache answering nonsense, which must not hide the store.
+                Fetch::NotModified if etag.is_none() => {
+                    refused.push(format!(
+                        "{mirror}{key}: answered \"not modified\" to an unconditional read"
+                    ));
+                    continue;
+                }
+                // The bytes this source gave were refused: still refused.
+                Fetch::NotModified if self.etag_refused.is_some() => {
+                    refused.extend(self.etag_refused.clone());
+                    continue;
+                }
                 Fetch::NotModified => {
                     // A manifest nobody re-signs goes stale: a stopped
                     // reconciler, a stuck cache, or a store frozen by an
@@ -482,6 +507,11 @@ impl<N: Node> Agent<N> {
                             m.expires.to_rfc3339()
                         ));
                         continue;
+                    }
+                    if self.retry {
+                        if let Some(m) = &self.manifest {
+                            return self.apply(m.clone(), now).await;
+                        }
                     }
                     // The source answered: a store error that was reported
                     // is over.
@@ -500,19 +530,22 @@ impl<N: Node> Agent<N> {
                 Ok(manifest) => {
                     self.etag = Some(etag);
                     self.etag_from = at;
+                    self.etag_refused = None;
                     return self.accept(manifest, now).await;
                 }
                 Err(e) => {
+                    let reason = format!("{mirror}refusing {key}: {e}");
                     if last {
-                        // Remember the etag: the same bytes would be
-                        // refused again. (Not a mirror's: its next answer
-                        // must not hide the store's.)
+                        // Remember the etag, and why: the same bytes would
+                        // be refused again. (Not a mirror's: its next
+                        // answer must not hide the store's.)
                         self.etag = Some(etag);
                         self.etag_from = at;
+                        self.etag_refused = Some(reason.clone());
                     } else {
                         tracing::warn!(node = %self.id.node, mirror = %source.url(), error = %e, "refusing a mirror's manifest; trying the next source");
                     }
-                    refused.push(format!("{mirror}refusing {key}: {e}"));
+                    refused.push(reason);
                 }
             }
         }
@@ -768,7 +801,7 @@ impl<N: Node> Agent<N> {
         let sources: Vec<Store> = self.sources().cloned().collect();
         for (at, source) in sources.iter().enumerate() {
             let last = at + 1 == sources.len();
-            let bytes = match source.get(key).await {
+            let bytes = match source.get_at_most(key, target.length).await {
                 Ok(Some(o)) => o.bytes,
                 Ok(None) if last => {
                     self.retry = true;
@@ -828,9 +861,23 @@ impl<N: Node> Agent<N> {
         self.last_report
     }
 
-    /// Whether a report is due: something changed, or a heartbeat passed.
+    /// Whether a report is due: something changed, or a heartbeat passed;
+    /// not until [`REPORT_RETRY`] after one that could not be sent.
     pub fn report_due(&self, now: DateTime<Utc>, heartbeat: chrono::Duration) -> bool {
+        if self.report_retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
         self.dirty || self.last_report.is_none_or(|t| now - t >= heartbeat)
+    }
+
+    /// When the next report is due at the latest (a heartbeat after the
+    /// last, or a retry after a failed one); `None` before the first.
+    pub fn next_report(&self, heartbeat: chrono::Duration) -> Option<DateTime<Utc>> {
+        let beat = self.last_report.map(|t| t + heartbeat);
+        match (beat, self.report_retry_at) {
+            (Some(b), Some(r)) => Some(b.max(r)),
+            (b, r) => b.or(r),
+        }
     }
 
     /// The status report as of `now`.
@@ -1074,6 +1121,16 @@ impl<N: Node> Agent<N> {
     /// store), else to the first reconciler of the manifest's `report_to`
     /// that takes it, and to the store when none does.
     pub async fn report(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> Result<(StatusReport, ReportedTo), String> {
+        let sent = self.send_report(now).await;
+        // A store that is down is not asked again at once.
+        self.report_retry_at = sent.is_err().then(|| now + REPORT_RETRY);
+        sent
+    }
+
+    async fn send_report(
         &mut self,
         now: DateTime<Utc>,
     ) -> Result<(StatusReport, ReportedTo), String> {

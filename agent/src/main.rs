@@ -405,10 +405,10 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::SUCCESS,
             });
         }
-        // Wake for whichever is first: the next poll or the next heartbeat.
+        // Wake for whichever is first: the next poll or the next report.
         let until_heartbeat = agent
-            .last_report()
-            .map(|t| (t + heartbeat - Utc::now()).to_std().unwrap_or_default());
+            .next_report(heartbeat)
+            .map(|t| (t - Utc::now()).to_std().unwrap_or_default());
         let wake = match until_heartbeat {
             Some(d) => next_poll.min(tokio::time::Instant::now() + d),
             None => next_poll,

@@ -917,6 +917,8 @@ mod tests {
         url: String,
         answered: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>,
         task: tokio::task::JoinHandle<()>,
+        /// Its open connections, to close them when it goes down.
+        connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     }
 
     impl Mirror {
@@ -929,6 +931,8 @@ mod tests {
             let url = format!("http://{}/fleet", listener.local_addr().unwrap());
             let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let log = std::sync::Arc::clone(&answered);
+            let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let open = std::sync::Arc::clone(&connections);
             let task = tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
@@ -936,7 +940,7 @@ mod tests {
                     };
                     let root = root.clone();
                     let log = std::sync::Arc::clone(&log);
-                    tokio::spawn(async move {
+                    let connection = tokio::spawn(async move {
                         let service =
                             hyper::service::service_fn(move |req: hyper::Request<_>| {
                                 let path =
@@ -976,6 +980,7 @@ mod tests {
                             .serve_connection(io, service)
                             .await;
                     });
+                    open.lock().unwrap().push(connection.abort_handle());
                 }
             });
             Mirror {
@@ -983,7 +988,17 @@ mod tests {
                 url,
                 answered,
                 task,
+                connections,
             }
+        }
+
+        /// Down: no longer listening, its connections closed.
+        async fn stop(&self) {
+            self.task.abort();
+            for c in self.connections.lock().unwrap().drain(..) {
+                c.abort();
+            }
+            tokio::task::yield_now().await;
         }
 
         /// Copy `key` from the world's store into the mirror, as a cache
@@ -1096,10 +1111,10 @@ mod tests {
             ]
         );
 
-        // The mirror down: the store alone.
-        mirror.task.abort();
-        let _ = mirror.task.await;
+        // The mirror down: the store alone, for the manifest and the bundle.
+        mirror.stop().await;
         world.publish(&b, Some(&a), u64::MAX);
+        let store_gets = store_reads(&agent);
         assert_eq!(
             agent.poll(now).await,
             Polled::Applied {
@@ -1108,6 +1123,8 @@ mod tests {
             }
         );
         assert_eq!(agent.state().sentinel.as_ref().unwrap().active, b);
+        assert_eq!(store_reads(&agent), store_gets + 2);
+        assert_eq!(mirror.answered(), Vec::new());
     }
 
     #[tokio::test]
@@ -1139,5 +1156,30 @@ mod tests {
         );
         let c = agent.store().counts();
         assert_eq!(c.get + c.get_not_modified, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_manifest_stays_refused_while_the_store_answers_not_modified() {
+        use crate::core::Polled;
+        let (world, root) = World::new();
+        let mut agent = world.agent(root, SimSettings::default());
+        let path = world.dir.path().join("channels/prod.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"not a manifest").unwrap();
+        let now = chrono::Utc::now();
+        let first = agent.poll(now).await;
+        assert!(
+            matches!(&first, Polled::Refused(r) if r.starts_with("refusing channels/prod.json")),
+            "{first:?}"
+        );
+        // The same bytes: not verified again, and not taken for "all well".
+        assert_eq!(agent.poll(now).await, first);
+        assert_eq!(
+            agent.last_error(),
+            Some(match &first {
+                Polled::Refused(r) => r.as_str(),
+                _ => unreachable!(),
+            })
+        );
     }
 }

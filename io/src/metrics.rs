@@ -123,6 +123,7 @@ pub struct StoreCounts {
     delete: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    errors: AtomicU64,
 }
 
 /// Requests of each kind, and bytes, at one moment (or between two).
@@ -139,6 +140,9 @@ pub struct StoreCount {
     pub delete: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Requests that failed (unreachable, refused, timed out; not a
+    /// missing object or a lost conditional write, which are answers).
+    pub errors: u64,
 }
 
 /// A kind of store request, as counted.
@@ -173,6 +177,10 @@ impl StoreCounts {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StoreCount {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StoreCount {
@@ -184,6 +192,7 @@ impl StoreCounts {
             delete: l(&self.delete),
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
+            errors: l(&self.errors),
         }
     }
 }
@@ -202,6 +211,7 @@ impl StoreCount {
             delete: self.delete.saturating_sub(earlier.delete),
             bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            errors: self.errors.saturating_sub(earlier.errors),
         }
     }
 

@@ -76,6 +76,13 @@ pub enum StoreError {
     },
     #[error("`{key}` in `{url}` answered 304 not modified to an unconditional get")]
     NotModified { url: String, key: String },
+    #[error("`{key}` in `{url}` is {size} bytes, over the {max} expected at most")]
+    TooLarge {
+        url: String,
+        key: String,
+        size: u64,
+        max: u64,
+    },
     #[error("`{key}` in `{url}` has no etag")]
     NoETag { url: String, key: String },
     #[error("`{key}` in `{url}` exists but cannot be read, {attempts} times in a row")]
@@ -249,7 +256,7 @@ impl Store {
         let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
         let allow_http = match endpoint.as_deref() {
             Some(e) if e.starts_with("http://") => {
-                if !is_loopback_http(e) {
+                if !gitfleet_schemas::net::is_loopback_http(e) {
                     return Err(StoreError::Url {
                         url: url.to_owned(),
                         reason: "has a plain http endpoint (AWS_ENDPOINT_URL) that is not \
@@ -295,7 +302,7 @@ impl Store {
         let allow_http = if url.starts_with("https://") {
             false
         } else if url.starts_with("http://") {
-            if !is_loopback_http(url) {
+            if !gitfleet_schemas::net::is_loopback_http(url) {
                 return Err(bad(
                     "is a plain http mirror that is not a loopback address: use https",
                 ));
@@ -309,8 +316,16 @@ impl Store {
             .with_client_options(
                 object_store::ClientOptions::new()
                     .with_allow_http(allow_http)
+                    .with_connect_timeout(std::time::Duration::from_secs(5))
                     .with_timeout(std::time::Duration::from_secs(30)),
             )
+            // A mirror that fails is passed over for the next source at
+            // once, not retried for minutes.
+            .with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                retry_timeout: std::time::Duration::from_secs(5),
+                ..object_store::RetryConfig::default()
+            })
             .build()
             .map_err(|source| StoreError::Open {
                 url: url.to_owned(),
@@ -343,8 +358,17 @@ impl Store {
 
     /// The object at `key`, if there is one.
     pub async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        self.get_at_most(key, u64::MAX).await
+    }
+
+    /// The object at `key`, if there is one, unless it is larger than
+    /// `max` bytes: then an error, before its body is read.
+    pub async fn get_at_most(&self, key: &str, max: u64) -> Result<Option<Object>, StoreError> {
         let location = self.location(key)?;
-        match self.get_opts(key, &location, GetOptions::default()).await? {
+        match self
+            .get_opts(key, &location, GetOptions::default(), max)
+            .await?
+        {
             Fetch::Found(object) => Ok(Some(object)),
             Fetch::Missing => Ok(None),
             Fetch::NotModified => Err(StoreError::NotModified {
@@ -362,10 +386,23 @@ impl Store {
         key: &str,
         etag: Option<&ETag>,
     ) -> Result<Fetch, StoreError> {
+        self.get_if_changed_at_most(key, etag, u64::MAX).await
+    }
+
+    /// [`Store::get_if_changed`], refusing an object larger than `max`
+    /// bytes before its body is read.
+    pub async fn get_if_changed_at_most(
+        &self,
+        key: &str,
+        etag: Option<&ETag>,
+        max: u64,
+    ) -> Result<Fetch, StoreError> {
         let location = self.location(key)?;
         if self.local.is_some() {
             // Local etags are content digests: read and compare.
-            let fetched = self.get_opts(key, &location, GetOptions::default()).await?;
+            let fetched = self
+                .get_opts(key, &location, GetOptions::default(), max)
+                .await?;
             return Ok(match fetched {
                 Fetch::Found(object) if Some(&object.etag) == etag => Fetch::NotModified,
                 other => other,
@@ -376,7 +413,7 @@ impl Store {
             if_none_match: etag.filter(|e| !is_content_etag(e)).map(|e| e.0.clone()),
             ..GetOptions::default()
         };
-        Ok(match self.get_opts(key, &location, options).await? {
+        Ok(match self.get_opts(key, &location, options, max).await? {
             // A mirror without etags: the same bytes are no change.
             Fetch::Found(object) if Some(&object.etag) == etag => Fetch::NotModified,
             other => other,
@@ -682,6 +719,7 @@ impl Store {
         key: &str,
         location: &Path,
         options: GetOptions,
+        max: u64,
     ) -> Result<Fetch, StoreError> {
         let _timer = self.latency.get.start();
         let result = match self.inner.get_opts(location, options).await {
@@ -700,6 +738,15 @@ impl Store {
             }
         };
         self.counts.count(Request::Get);
+        if result.meta.size > max {
+            self.counts.error();
+            return Err(StoreError::TooLarge {
+                url: self.url.clone(),
+                key: key.to_owned(),
+                size: result.meta.size,
+                max,
+            });
+        }
         let etag = result.meta.e_tag.clone();
         let bytes = result
             .bytes()
@@ -745,6 +792,7 @@ impl Store {
     }
 
     fn request(&self, op: &'static str, key: &str, source: object_store::Error) -> StoreError {
+        self.counts.error();
         StoreError::Request {
             op,
             url: self.url.clone(),
@@ -779,30 +827,6 @@ fn content_etag(bytes: &[u8]) -> ETag {
         "sha256:{}",
         gitfleet_schemas::verify::sha256_hex(bytes)
     ))
-}
-
-/// Whether an `http://` endpoint points at this machine: `localhost`,
-/// `127.0.0.0/8` or `[::1]`, with or without a port.
-fn is_loopback_http(endpoint: &str) -> bool {
-    let Some(rest) = endpoint.strip_prefix("http://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.contains('@') {
-        return false;
-    }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        match v6.split_once(']') {
-            Some((host, _port)) => host,
-            None => return false,
-        }
-    } else {
-        authority.split(':').next().unwrap_or("")
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Takes an exclusive lock on `<path>#0`, held until the file is dropped.
@@ -1131,12 +1155,17 @@ mod tests {
         assert_eq!(other.list("").await.unwrap(), Vec::<String>::new());
     }
 
+    /// Why opening a store failed; a panic when it did not.
+    fn refusal(opened: Result<Store, StoreError>) -> String {
+        match opened {
+            Err(e) => e.to_string(),
+            Ok(store) => panic!("{} opened", store.url()),
+        }
+    }
+
     #[test]
     fn mirror_urls_are_https_or_loopback_http() {
-        let bad = |url: &str| match Store::open_mirror(url) {
-            Err(e) => e.to_string(),
-            Ok(store) => panic!("{url} opened as {store:?}"),
-        };
+        let bad = |url: &str| refusal(Store::open_mirror(url));
         assert_eq!(
             bad("http://cache.example.net/fleet"),
             "object store url `http://cache.example.net/fleet` is a plain http mirror that is not a loopback address: use https"
@@ -1156,10 +1185,7 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        let bad = |url: &str| match Store::open(url) {
-            Err(e) => e.to_string(),
-            Ok(store) => panic!("{url} opened as {store:?}"),
-        };
+        let bad = |url: &str| refusal(Store::open(url));
         assert_eq!(
             bad("gs://bucket"),
             "object store url `gs://bucket` is not file:///abs/path, s3://bucket/prefix or memory://"

@@ -19,15 +19,18 @@ pub enum Tool {
     Boringtun,
     /// Chromium, with playwright-core under `tests/browser/node_modules`.
     Chromium,
+    /// Prometheus's `promtool`: checks and unit-tests alerting rules.
+    Promtool,
 }
 
 impl Tool {
-    pub const ALL: [Tool; 5] = [
+    pub const ALL: [Tool; 6] = [
         Tool::Moto,
         Tool::Sentinel,
         Tool::Zentinel,
         Tool::Boringtun,
         Tool::Chromium,
+        Tool::Promtool,
     ];
 
     /// The variable that names the binary.
@@ -38,6 +41,7 @@ impl Tool {
             Tool::Zentinel => "GITFLEET_ZENTINEL",
             Tool::Boringtun => "GITFLEET_BORINGTUN",
             Tool::Chromium => "GITFLEET_CHROMIUM",
+            Tool::Promtool => "GITFLEET_PROMTOOL",
         }
     }
 
@@ -48,6 +52,7 @@ impl Tool {
             Tool::Zentinel => "zentinel",
             Tool::Boringtun => "boringtun-cli",
             Tool::Chromium => "chromium",
+            Tool::Promtool => "promtool",
         }
     }
 
@@ -59,6 +64,7 @@ impl Tool {
             Tool::Zentinel => "apt-get install protobuf-compiler cmake; cargo install zentinel-proxy --version 0.6.45 --locked --debug",
             Tool::Boringtun => "cargo install boringtun-cli --locked",
             Tool::Chromium => "apt-get install chromium nodejs npm; (cd tests/browser && npm ci)",
+            Tool::Promtool => "apt-get install --no-install-recommends prometheus",
         }
     }
 

@@ -287,12 +287,12 @@ impl AgentConfig {
                 "mirror" => {
                     d.no_children(n);
                     if let Some(url) = d.string(n).map(|u| u.value) {
-                        let web = url.starts_with("https://") || url.starts_with("http://");
+                        let web = url.starts_with("https://") || crate::net::is_loopback_http(&url);
                         if !web {
                             d.error(
                                 decode::node_span(n),
                                 "invalid-value",
-                                format!("mirror `{url}` is not an http(s):// url"),
+                                format!("mirror `{url}` is not an https:// url (plain http only to a loopback address)"),
                                 Some("mirror \"https://cache.example.net/fleet\"".to_owned()),
                             );
                         } else if mirrors.contains(&url) {
@@ -693,7 +693,11 @@ sentinel {
         };
         assert_eq!(
             messages("mirror \"s3://bucket/fleet\"\n"),
-            ["mirror `s3://bucket/fleet` is not an http(s):// url"]
+            ["mirror `s3://bucket/fleet` is not an https:// url (plain http only to a loopback address)"]
+        );
+        assert_eq!(
+            messages("mirror \"http://cache.example.net/fleet\"\n").len(),
+            1
         );
         assert_eq!(
             messages("mirror \"https://a/\"\nmirror \"https://a/\"\n"),

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod keyfile;
 pub mod keys;
 pub mod mesh;
+pub mod net;
 pub mod node;
 pub mod promotion;
 pub mod proxy;

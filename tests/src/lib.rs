@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod alerts;
 pub mod fake_github;
 pub mod fleet;
 pub mod netns;

@@ -538,7 +538,7 @@ fn metrics_are_served_on_loopback_only() {
 }
 
 #[test]
-fn a_changed_active_file_is_reported_as_drift_at_once_and_in_metrics() {
+fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_alert_rules() {
     let (fleet, v1) = running();
     let before = fleet.report().at;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
@@ -563,6 +563,11 @@ fn a_changed_active_file_is_reported_as_drift_at_once_and_in_metrics() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let settled = fleet.report().at;
+    let scrape = || {
+        let r = reqwest::blocking::get(format!("http://{metrics_addr}/metrics")).unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let before = gitfleet_tests::alerts::Scrape::now(scrape().1);
     std::thread::sleep(Duration::from_millis(500));
     let hex = v1.digest.trim_start_matches("sha256:");
     std::fs::write(
@@ -613,6 +618,14 @@ fn a_changed_active_file_is_reported_as_drift_at_once_and_in_metrics() {
     assert_eq!(get("/other").0, 404);
     let _ = Command::new("kill").arg(agent.id().to_string()).status();
     let _ = agent.wait();
+    // The shipped alerting rules, over the agent's own /metrics before and
+    // after: the drift alert and no other.
+    gitfleet_tests::alerts::check(
+        &before,
+        &gitfleet_tests::alerts::Scrape::now(metrics.clone()),
+        &["GitfleetAgentDrift"],
+    )
+    .unwrap();
     assert_eq!(report.drift.len(), 1, "{:?}", report.drift);
     assert_eq!(report.drift[0].path, "files/sentinel.kdl");
     assert_eq!(

@@ -527,10 +527,9 @@ async fn run_agent(
     let mut cadence = Cadence::of(&local, None);
     let mut polled = Polled::Unchanged;
     loop {
-        let heartbeat = cadence.heartbeat();
-        let wake = match agent.last_report() {
+        let wake = match agent.next_report(cadence.heartbeat()) {
             Some(t) => {
-                let until = (t + heartbeat - Utc::now()).to_std().unwrap_or_default();
+                let until = (t - Utc::now()).to_std().unwrap_or_default();
                 next_poll.min(tokio::time::Instant::now() + until)
             }
             None => next_poll,

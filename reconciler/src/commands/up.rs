@@ -441,19 +441,50 @@ fn demo_files(files: &RepoFiles, demo: &Demo<'_>) -> Result<RepoFiles, DemoError
     Ok(out)
 }
 
-/// fleet.kdl without its `poll-interval` and `idle-poll-interval`: the
-/// fleet's settings win over an agent's own, and the simulated agents are
-/// to poll at `--poll`.
+/// fleet.kdl without `poll-interval`, `idle-poll-interval` and
+/// `poll-jitter`: the fleet's settings win over an agent's own, and the
+/// simulated agents are to poll at `--poll`. Each setting is cut from its
+/// name to the end of its value (and a `;` after it), wherever it is
+/// written; a line left empty says why.
 fn without_poll_intervals(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let setting = line.trim_start();
-        if setting.starts_with("poll-interval ") || setting.starts_with("idle-poll-interval ") {
-            let indent = &line[..line.len() - setting.len()];
-            out.push_str(indent);
-            out.push_str("// gitfleet up: agents poll at --poll\n");
+    let Some(fleet) = FleetFile::decode(text).value else {
+        return text.to_owned();
+    };
+    let d = &fleet.defaults;
+    let mut cuts: Vec<(usize, usize)> = [
+        (
+            "poll-interval",
+            d.poll_interval_seconds.as_ref().map(|v| v.span),
+        ),
+        (
+            "idle-poll-interval",
+            d.idle_poll_interval_seconds.as_ref().map(|v| v.span),
+        ),
+        (
+            "poll-jitter",
+            d.poll_jitter_seconds.as_ref().map(|v| v.span),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, span)| {
+        let span = span?;
+        let start = text.get(..span.start)?.rfind(name)?;
+        let end = if text.get(span.end..span.end + 1) == Some(";") {
+            span.end + 1
         } else {
-            out.push_str(line);
+            span.end
+        };
+        Some((start, end))
+    })
+    .collect();
+    cuts.sort_by_key(|c| std::cmp::Reverse(c.0));
+    let mut out = text.to_owned();
+    for (start, end) in cuts {
+        out.replace_range(start..end, "");
+        let line_start = out[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = out[start..].find('\n').map_or(out.len(), |i| start + i);
+        if out[line_start..line_end].trim().is_empty() {
+            out.replace_range(start..line_end, "// gitfleet up: agents poll at --poll");
         }
     }
     out
@@ -1446,6 +1477,15 @@ mod tests {
                 &[("a", "edge dev complete"), ("b", "edge prod pending")]
             )),
             ["[   3s] edge dev complete"]
+        );
+    }
+
+    #[test]
+    fn poll_settings_are_cut_wherever_they_are_written() {
+        let text = "version 1\nname \"f\"\ndefaults {\n    poll-interval \"30s\"\n    drift \"report\"; poll-jitter \"3s\"; bake \"5m\"\n}\n";
+        assert_eq!(
+            without_poll_intervals(text),
+            "version 1\nname \"f\"\ndefaults {\n    // gitfleet up: agents poll at --poll\n    drift \"report\";  bake \"5m\"\n}\n"
         );
     }
 }

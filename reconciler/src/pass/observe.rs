@@ -50,8 +50,10 @@ pub enum ObserveError {
     },
 }
 
-/// Status reports fetched at once.
-const FETCH_CONCURRENCY: usize = 16;
+/// Status reports fetched at once. After a rollout every report changed:
+/// at 20 ms a request, 100,000 of them take 125 s 16 at a time and 31 s
+/// 64 at a time, still far below S3's 5,500 GETs a second per prefix.
+const FETCH_CONCURRENCY: usize = 64;
 
 /// Where agents report over HTTP and no rollout moves, `status/` is listed
 /// this often at most.

@@ -712,6 +712,13 @@ fn render_metrics(s: &AppState) -> String {
         }
         family(
             &mut out,
+            "gitfleet_store_errors_total",
+            "counter",
+            "Object store requests that failed (unreachable, refused, timed out).",
+        );
+        let _ = writeln!(out, "gitfleet_store_errors_total {}", counts.errors);
+        family(
+            &mut out,
             "gitfleet_store_bytes_total",
             "counter",
             "Bytes read from and written to the object store.",

@@ -1,0 +1,147 @@
+//! The shipped Prometheus alerting rules (deploy/prometheus/gitfleet-alerts.yml)
+//! against real processes: promtool checks the file, then evaluates the
+//! rules over `/metrics` scraped from a running `gitfleet up --listen`
+//! (the real reconciler and status server, simulated nodes) in the states
+//! the rules are about, and exactly the expected alerts fire. The agent's
+//! rules are evaluated over a real agent's `/metrics` in agent_e2e.rs.
+
+#![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gitfleet_tests::alerts::{self, Scrape};
+use gitfleet_tests::Spawned;
+
+/// Unhealthy nodes in all environments.
+fn unhealthy(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("gitfleet_nodes{") && l.contains("health=\"unhealthy\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn get(url: &str) -> String {
+    reqwest::blocking::get(url).unwrap().text().unwrap()
+}
+
+/// Scrape `/metrics` until `done` says it shows what the test waits for.
+fn scrape_until(base: &str, what: &str, done: impl Fn(&str) -> bool) -> Scrape {
+    let start = Instant::now();
+    loop {
+        let text = get(&format!("{base}/metrics"));
+        if done(&text) {
+            return Scrape::now(text);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no {what} in /metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn promtool_accepts_the_rules_file() {
+    let promtool = gitfleet_io::tools::Tool::Promtool.require();
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(alerts::rules_file())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = gitfleet_tests::text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+}
+
+#[test]
+fn a_failing_rollout_an_ignored_report_and_a_broken_store_raise_their_alerts_and_no_others() {
+    let cwd = tempfile::tempdir().unwrap();
+    // Every bundle makes its node unhealthy: dev's rollouts trip their
+    // gates and fail (nothing to roll back to).
+    let up = Spawned::up(
+        cwd.path(),
+        "up",
+        &["--failure-rate", "1", "--listen", "127.0.0.1:0"],
+    );
+    let base = up.printed_url("Status pages: ");
+    let first = scrape_until(&base, "unhealthy nodes", |t| unhealthy(t) > 0);
+
+    // A report from a node the fleet does not know (nothing overwrites it).
+    let store = cwd.path().join("demo/store/status");
+    std::fs::write(store.join("stranger.json"), b"{\"not\": \"a report\"}").unwrap();
+    let failed = scrape_until(&base, "a failed rollout and an ignored report", |t| {
+        (t.contains("phase=\"rolled-back\"} 1") || t.contains("phase=\"failed\"} 1"))
+            && t.contains("gitfleet_status_reports_ignored{")
+    });
+    // Before: the nodes were already unhealthy, so "for: 15m" holds too.
+    alerts::check(
+        &first,
+        &failed,
+        &[
+            "GitfleetNodesUnhealthy",
+            "GitfleetReportsIgnored",
+            "GitfleetRolloutFailed",
+        ],
+    )
+    .unwrap();
+
+    // The store's directory replaced by a file: every request fails.
+    let demo = cwd.path().join("demo");
+    std::fs::rename(demo.join("store"), demo.join("store.away")).unwrap();
+    std::fs::write(demo.join("store"), b"not a directory").unwrap();
+    let broken = scrape_until(&base, "failed passes and store errors", |t| {
+        t.lines().any(|l| {
+            l.starts_with("gitfleet_reconcile_passes_total{result=\"failed\"} ")
+                && !l.ends_with(" 0")
+        }) && !t.contains("gitfleet_store_errors_total 0\n")
+    });
+    let later = scrape_until(&base, "more failed passes", |t| {
+        let failed = |t: &str| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("gitfleet_reconcile_passes_total{result=\"failed\"} "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        failed(t) > failed(&broken.text)
+    });
+    // The last good pass's view stays on the pages and in /metrics.
+    alerts::check(
+        &broken,
+        &later,
+        &[
+            "GitfleetNodesUnhealthy",
+            "GitfleetPassesFailing",
+            "GitfleetReportsIgnored",
+            "GitfleetRolloutFailed",
+            "GitfleetStoreErrors",
+        ],
+    )
+    .unwrap();
+    std::fs::remove_file(demo.join("store")).unwrap();
+    std::fs::rename(demo.join("store.away"), demo.join("store")).unwrap();
+    up.stop();
+}
+
+#[test]
+fn a_healthy_fleet_waiting_for_approval_raises_only_that_alert() {
+    let cwd = tempfile::tempdir().unwrap();
+    let up = Spawned::up(cwd.path(), "up", &["--listen", "127.0.0.1:0"]);
+    let base = up.printed_url("Status pages: ");
+    // dev and staging rolled out, every node healthy; prod waits for the
+    // two approving reviews environments.kdl asks for.
+    let done = |t: &str| {
+        unhealthy(t) == 0
+            && t.contains(
+                "gitfleet_rollout_phase{rollout=\"api-gateway\",environment=\"staging\",phase=\"complete\"} 1",
+            )
+            && t.contains(
+                "gitfleet_rollout_phase{rollout=\"api-gateway\",environment=\"prod\",phase=\"awaiting-approval\"} 1",
+            )
+    };
+    let first = scrape_until(&base, "staging complete and prod awaiting approval", done);
+    std::thread::sleep(Duration::from_secs(2));
+    let second = scrape_until(&base, "the same a little later", done);
+    alerts::check(&first, &second, &["GitfleetRolloutAwaitingApproval"]).unwrap();
+    up.stop();
+}
