@@ -70,6 +70,19 @@ impl Cadence {
         }
     }
 
+    /// How long to wait for the next poll, coming from `before`:
+    /// the interval plus up to the jitter; but after a slow-down (a rollout
+    /// ended, or the first manifest said idle) anywhere within one slow
+    /// interval, so that nodes which polled together a moment ago do not
+    /// keep polling together. `below(n)` is a random number in `0..=n`.
+    pub fn wait_ms(&self, before: &Cadence, below: impl FnOnce(u64) -> u64) -> u64 {
+        if self.poll_ms > before.poll_ms {
+            below(self.poll_ms.saturating_add(self.jitter_ms))
+        } else {
+            self.poll_ms.saturating_add(below(self.jitter_ms))
+        }
+    }
+
     /// The heartbeat as a chrono duration.
     pub fn heartbeat(&self) -> chrono::Duration {
         chrono::Duration::milliseconds(i64::try_from(self.heartbeat_ms).unwrap_or(i64::MAX / 2))
@@ -138,6 +151,28 @@ mod tests {
             (c.poll_ms, c.jitter_ms, c.heartbeat_ms),
             (30_000, 3_000, 60_000)
         );
+    }
+
+    #[test]
+    fn a_slow_down_spreads_the_next_poll_over_one_slow_interval() {
+        let fast = Cadence::of(&LOCAL, None);
+        let idle = Cadence::of(
+            &LOCAL,
+            Some(&AgentSettings {
+                idle: true,
+                ..AgentSettings::default()
+            }),
+        );
+        // Same pace: the interval plus jitter, never sooner.
+        assert_eq!(fast.wait_ms(&fast, |_| 0), 30_000);
+        assert_eq!(fast.wait_ms(&fast, |n| n), 33_000);
+        assert_eq!(idle.wait_ms(&idle, |_| 0), 300_000);
+        // Slowing down: anywhere from now to one slow interval and its
+        // jitter.
+        assert_eq!(idle.wait_ms(&fast, |_| 0), 0);
+        assert_eq!(idle.wait_ms(&fast, |n| n), 330_000);
+        // Speeding up (a rollout started): the fast interval at once.
+        assert_eq!(fast.wait_ms(&idle, |_| 0), 30_000);
     }
 
     #[test]

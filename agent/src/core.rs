@@ -10,7 +10,7 @@ use std::future::Future;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
-use gitfleet_io::store::{ETag, Fetch, Store};
+use gitfleet_io::store::{ETag, Fetch, Store, StoreError};
 use gitfleet_schemas::agent::{LocalState, Slot};
 use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::fleet::DriftPolicy;
@@ -21,7 +21,7 @@ use gitfleet_schemas::status::{
 use gitfleet_schemas::trust::{
     AgentSettings, BundleRef, ChannelCheck, ChannelManifest, ChannelRollout, Document as _, Root,
 };
-use gitfleet_schemas::verify::{self, Bundle, Limits, Verified, VerifyError};
+use gitfleet_schemas::verify::{self, BundleHead, Limits, Verified, VerifyError};
 use gitfleet_schemas::Proxy;
 
 use crate::traffic::{self, Sample};
@@ -53,16 +53,41 @@ pub enum NodeError {
     Other { what: &'static str, reason: String },
 }
 
+/// Why a bundle could not be taken from a source.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("it does not exist there")]
+    Missing,
+    /// The source failed: unreachable, refused, or longer than signed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bytes are not the bundle the manifest names.
+    #[error(transparent)]
+    Refused(#[from] VerifyError),
+    /// This node could not keep it (a full disk, say): not the bundle's
+    /// fault.
+    #[error("keeping it on this node: {0}")]
+    Local(NodeError),
+}
+
 pub trait Node {
-    /// Make `bundle` the running config in place of `from`. On `Err` the
-    /// config of `from` must be running again, and the message says why the
-    /// new one was refused.
+    /// Take the bundle `target` from `source` (at `key`) and verify it,
+    /// keeping it where [`Node::activate`] finds it.
+    fn fetch(
+        &mut self,
+        source: &Store,
+        key: &str,
+        target: &BundleRef,
+        limits: Limits,
+    ) -> impl Future<Output = Result<Verified<BundleHead>, FetchError>>;
+    /// Make `bundle` (the last one fetched) the running config in place of
+    /// `from`. On `Err` the config of `from` must be running again, and the
+    /// message says why the new one was refused.
     fn activate(
         &mut self,
         rollout: &str,
         from: Option<&BundleRef>,
-        bundle: &Verified<Bundle>,
-        archive: &[u8],
+        bundle: &Verified<BundleHead>,
     ) -> impl Future<Output = Result<(), NodeError>>;
     /// Persist `state` (after an activation, before [`Node::settle`]).
     fn save(&mut self, state: &LocalState) -> Result<(), NodeError>;
@@ -288,6 +313,12 @@ const SCRAPE_FAILED: &str = "reading the proxy's metrics";
 /// At most this many HTTP checks run for one report, whatever a manifest
 /// asks: a report must not take minutes.
 const MAX_HTTP_CHECKS: usize = 16;
+
+/// Why a manifest was refused, and whether the same bytes always will be.
+struct Refusal {
+    reason: String,
+    lasting: bool,
+}
 
 #[derive(Debug)]
 pub struct Agent<N> {
@@ -533,12 +564,14 @@ impl<N: Node> Agent<N> {
                     self.etag_refused = None;
                     return self.accept(manifest, now).await;
                 }
-                Err(e) => {
+                Err(Refusal { reason: e, lasting }) => {
                     let reason = format!("{mirror}refusing {key}: {e}");
-                    if last {
+                    if last && lasting {
                         // Remember the etag, and why: the same bytes would
                         // be refused again. (Not a mirror's: its next
-                        // answer must not hide the store's.)
+                        // answer must not hide the store's. Not one signed
+                        // by keys a root not yet published may trust: the
+                        // next poll looks for that root again.)
                         self.etag = Some(etag);
                         self.etag_from = at;
                         self.etag_refused = Some(reason.clone());
@@ -559,6 +592,9 @@ impl<N: Node> Agent<N> {
         if self.state.serial != Some(manifest.serial) {
             self.state.serial = Some(manifest.serial);
             if let Err(e) = self.node.save(&self.state) {
+                // Read the manifest again next poll: its etag must not
+                // hide it behind a "not modified".
+                self.etag = None;
                 return self.refuse(format!("saving the manifest serial: {e}"));
             }
         }
@@ -594,18 +630,27 @@ impl<N: Node> Agent<N> {
         &mut self,
         bytes: &[u8],
         now: DateTime<Utc>,
-    ) -> Result<Verified<ChannelManifest>, String> {
+    ) -> Result<Verified<ChannelManifest>, Refusal> {
         let env = self.id.environment.clone();
+        let refusal = |e: VerifyError| Refusal {
+            // Keys the trusted root does not know may be those of a root
+            // published later; anything else holds for these bytes.
+            lasting: !matches!(
+                e,
+                VerifyError::UnknownKey { .. } | VerifyError::Threshold { .. }
+            ),
+            reason: e.to_string(),
+        };
         match verify::verify_channel(&self.root, bytes, &env, self.state.serial, now) {
             Ok(m) => Ok(m),
             Err(e @ (VerifyError::UnknownKey { .. } | VerifyError::Threshold { .. })) => {
                 if !self.rotate_root().await {
-                    return Err(e.to_string());
+                    return Err(refusal(e));
                 }
                 verify::verify_channel(&self.root, bytes, &env, self.state.serial, now)
-                    .map_err(|e| e.to_string())
+                    .map_err(refusal)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(refusal(e)),
         }
     }
 
@@ -733,7 +778,7 @@ impl<N: Node> Agent<N> {
         let key = target
             .object_key()
             .ok_or_else(|| format!("bundle digest `{}` is malformed", target.digest))?;
-        let (bundle, bytes) = self.download(target, &key).await?;
+        let bundle = self.download(target, &key).await?;
         let kind = bundle.manifest.kind;
         claim(kind)?;
         if let Some(why) = wrong_proxy(kind, &bundle.manifest.validator, &self.id.proxy) {
@@ -742,7 +787,7 @@ impl<N: Node> Agent<N> {
         let from = slot(&self.state, kind).map(|s| s.active.clone());
         let outcome = self
             .node
-            .activate(&rollout.name, from.as_ref(), &bundle, &bytes)
+            .activate(&rollout.name, from.as_ref(), &bundle)
             .await;
         self.dirty = true;
         match outcome {
@@ -793,7 +838,7 @@ impl<N: Node> Agent<N> {
         &mut self,
         target: &BundleRef,
         key: &str,
-    ) -> Result<(Verified<Bundle>, Bytes), String> {
+    ) -> Result<Verified<BundleHead>, String> {
         let limits = Limits {
             max_unpacked_bytes: self.id.max_bundle_bytes.saturating_mul(4),
             ..Limits::default()
@@ -801,27 +846,33 @@ impl<N: Node> Agent<N> {
         let sources: Vec<Store> = self.sources().cloned().collect();
         for (at, source) in sources.iter().enumerate() {
             let last = at + 1 == sources.len();
-            let bytes = match source.get_at_most(key, target.length).await {
-                Ok(Some(o)) => o.bytes,
-                Ok(None) if last => {
-                    self.retry = true;
-                    return Err(format!("{key} is not in the store yet"));
-                }
-                Err(e) if last => {
+            let e = match self.node.fetch(source, key, target, limits).await {
+                Ok(bundle) => return Ok(bundle),
+                Err(e) => e,
+            };
+            match e {
+                FetchError::Local(e) => {
                     self.retry = true;
                     return Err(format!("downloading {key}: {e}"));
                 }
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(node = %self.id.node, mirror = %source.url(), error = %e, "cannot download a bundle from a mirror; trying the next source");
-                    continue;
+                FetchError::Missing if last => {
+                    self.retry = true;
+                    return Err(format!("{key} is not in the store yet"));
                 }
-            };
-            match verify::verify_bundle(target, &bytes, limits) {
-                Ok(b) => return Ok((b, bytes)),
-                Err(e) if last => return Err(self.fail(target, format!("refusing {key}: {e}"))),
-                Err(e) => {
-                    tracing::warn!(node = %self.id.node, mirror = %source.url(), error = %e, "refusing a mirror's bundle; trying the next source");
+                // Longer than signed, or not the signed bytes: these never
+                // verify.
+                e @ (FetchError::Refused(_) | FetchError::Store(StoreError::TooLarge { .. }))
+                    if last =>
+                {
+                    return Err(self.fail(target, format!("refusing {key}: {e}")));
+                }
+                FetchError::Store(e) if last => {
+                    self.retry = true;
+                    return Err(format!("downloading {key}: {e}"));
+                }
+                FetchError::Missing => {}
+                e => {
+                    tracing::warn!(node = %self.id.node, mirror = %source.url(), error = %e, "cannot take a bundle from a mirror; trying the next source");
                 }
             }
         }
@@ -874,6 +925,10 @@ impl<N: Node> Agent<N> {
     /// last, or a retry after a failed one); `None` before the first.
     pub fn next_report(&self, heartbeat: chrono::Duration) -> Option<DateTime<Utc>> {
         let beat = self.last_report.map(|t| t + heartbeat);
+        if self.dirty {
+            // Something changed: as soon as a failed report may be retried.
+            return self.report_retry_at.or(beat);
+        }
         match (beat, self.report_retry_at) {
             (Some(b), Some(r)) => Some(b.max(r)),
             (b, r) => b.or(r),

@@ -30,7 +30,7 @@ use gitfleet_schemas::bundle::{BundleManifest, MANIFEST_PATH};
 use gitfleet_schemas::keyfile::{KeyFile, KeyRole};
 use gitfleet_schemas::status::Drift;
 use gitfleet_schemas::trust::{BundleRef, Envelope, Root};
-use gitfleet_schemas::verify::{self, Bundle, Verified, VerifyError};
+use gitfleet_schemas::verify::{self, Bundle, BundleHead, Verified, VerifyError};
 
 /// The name of the link the proxy's config path goes through.
 pub const SENTINEL_LINK: &str = "sentinel";
@@ -65,6 +65,17 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LocalError + '_ {
     }
 }
 
+/// Remember the first failed write of a staging copy, and pass the error on.
+fn keep(first: &mut Option<LocalError>, path: &Path, e: io::Error) -> io::Error {
+    let kind = e.kind();
+    let shown = e.to_string();
+    first.get_or_insert(LocalError::Io {
+        path: path.to_owned(),
+        source: e,
+    });
+    io::Error::new(kind, shown)
+}
+
 /// The hex part of a well-formed `sha256:<hex>` digest.
 fn hex(reference: &BundleRef) -> Result<&str, LocalError> {
     reference
@@ -78,7 +89,7 @@ fn hex(reference: &BundleRef) -> Result<&str, LocalError> {
 }
 
 /// An opened state directory.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
 }
@@ -271,6 +282,21 @@ impl StateDir {
         Ok(self.root.join("bundles").join(hex(reference)?))
     }
 
+    /// The file at `path` (as the bundle names it) of the installed copy
+    /// of `reference`, if there is one.
+    pub fn bundle_file(
+        &self,
+        reference: &BundleRef,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, LocalError> {
+        let path = self.bundle_dir(reference)?.join(path);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(LocalError::Io { path, source }),
+        }
+    }
+
     /// The config files of `reference` (what the `sentinel` link points at).
     pub fn bundle_files(&self, reference: &BundleRef) -> Result<PathBuf, LocalError> {
         Ok(self.bundle_dir(reference)?.join("files"))
@@ -283,31 +309,91 @@ impl StateDir {
             .unwrap_or(false)
     }
 
-    /// Write a verified bundle under `bundles/<hex>/`: its archive (for
-    /// repair and instant revert), its manifest and its files, in a staging
-    /// directory that is renamed into place once synced.
-    pub fn unpack(&self, bundle: &Verified<Bundle>, archive: &[u8]) -> Result<PathBuf, LocalError> {
-        let dir = self.bundle_dir(&bundle.reference)?;
-        if dir.join(ARCHIVE).is_file() && self.drift_in(&dir, &bundle.manifest)?.is_empty() {
-            return Ok(dir);
-        }
-        let staging = self.root.join("staging").join(hex(&bundle.reference)?);
+    /// Where the archive of `reference` is written as it downloads, before
+    /// [`StateDir::stage`] verifies it.
+    pub fn download_path(&self, reference: &BundleRef) -> Result<PathBuf, LocalError> {
+        Ok(self
+            .root
+            .join("staging")
+            .join(format!("{}.download", hex(reference)?)))
+    }
+
+    /// Empty `staging/` of earlier downloads and copies (one bundle is
+    /// taken at a time).
+    pub fn clear_staging(&self) -> Result<(), LocalError> {
+        let staging = self.root.join("staging");
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(io_at(&staging))?;
         }
-        let manifest = serde_json::to_vec_pretty(&bundle.manifest).unwrap_or_default();
-        let files = bundle
-            .files
-            .iter()
-            .map(|(p, b)| (p.as_str(), b.as_slice()))
-            .chain([(ARCHIVE, archive), (MANIFEST_PATH, manifest.as_slice())]);
-        for (path, bytes) in files {
+        fs::create_dir_all(&staging).map_err(io_at(&staging))
+    }
+
+    /// Verify the downloaded archive of `reference` into a staging copy
+    /// (`staging/<hex>/`: its files, `manifest.json` and the archive),
+    /// a block at a time: neither the archive nor any file is held whole.
+    /// A bundle that does not verify is [`LocalError::Trust`]; the copy is
+    /// then removed.
+    pub fn stage(
+        &self,
+        reference: &BundleRef,
+        limits: verify::Limits,
+    ) -> Result<Verified<BundleHead>, LocalError> {
+        let download = self.download_path(reference)?;
+        let staging = self.root.join("staging").join(hex(reference)?);
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(io_at(&staging))?;
+        }
+        fs::create_dir_all(&staging).map_err(io_at(&staging))?;
+        let input = fs::File::open(&download).map_err(io_at(&download))?;
+        // A failed write is this node's problem, not the bundle's.
+        let mut failed_write: Option<LocalError> = None;
+        let mut buf = vec![0u8; 64 << 10];
+        let verified = verify::verify_bundle_into(reference, input, limits, |path, data| {
             // Paths were checked by the verifier: relative, no `..`.
             let target = staging.join(path);
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(io_at(parent))?;
+            let mut file = match target
+                .parent()
+                .map_or(Ok(()), fs::create_dir_all)
+                .and_then(|()| fs::File::create(&target))
+            {
+                Ok(f) => f,
+                Err(e) => return Err(keep(&mut failed_write, &target, e)),
+            };
+            loop {
+                let n = data.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                if let Err(e) = io::Write::write_all(&mut file, &buf[..n]) {
+                    return Err(keep(&mut failed_write, &target, e));
+                }
             }
-            fs::write(&target, bytes).map_err(io_at(&target))?;
+        });
+        let head = match (verified, failed_write) {
+            (Ok(head), _) => head,
+            (Err(_), Some(e)) => return Err(e),
+            (Err(source), None) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(LocalError::Trust {
+                    path: download,
+                    source,
+                });
+            }
+        };
+        let archive = staging.join(ARCHIVE);
+        fs::rename(&download, &archive).map_err(io_at(&archive))?;
+        Ok(head)
+    }
+
+    /// Put the staged copy of `bundle` in place as `bundles/<hex>/`, unless
+    /// an intact copy is there already. The copy is synced first, so the
+    /// directory is complete or absent.
+    pub fn install(&self, bundle: &Verified<BundleHead>) -> Result<PathBuf, LocalError> {
+        let dir = self.bundle_dir(&bundle.reference)?;
+        let staging = self.root.join("staging").join(hex(&bundle.reference)?);
+        if dir.join(ARCHIVE).is_file() && self.drift_in(&dir, &bundle.manifest)?.is_empty() {
+            let _ = fs::remove_dir_all(&staging);
+            return Ok(dir);
         }
         // One flush of the filesystem instead of an fsync per file (19 for a
         // typical bundle) and none for the directories: every file and
@@ -325,6 +411,19 @@ impl StateDir {
         fs::rename(&staging, &dir).map_err(io_at(&dir))?;
         self.sync_dir(&self.root.join("bundles"))?;
         Ok(dir)
+    }
+
+    /// Write, verify and install a bundle held in memory (as a download
+    /// would): [`StateDir::stage`] then [`StateDir::install`].
+    pub fn unpack(&self, bundle: &Verified<Bundle>, archive: &[u8]) -> Result<PathBuf, LocalError> {
+        let download = self.download_path(&bundle.reference)?;
+        fs::write(&download, archive).map_err(io_at(&download))?;
+        let limits = verify::Limits {
+            max_unpacked_bytes: u64::MAX,
+            ..verify::Limits::default()
+        };
+        let head = self.stage(&bundle.reference, limits)?;
+        self.install(&head)
     }
 
     /// The archive bytes of a bundle on disk, verified again.
@@ -548,6 +647,56 @@ mod tests {
             verify::verify_bundle(&built.reference, &built.bytes, verify::Limits::default())
                 .unwrap();
         (verified, built.bytes)
+    }
+
+    #[test]
+    fn a_download_that_does_not_verify_is_refused_and_leaves_nothing_staged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let (a, mut bytes) = bundle("a");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(dir.download_path(&a.reference).unwrap(), &bytes).unwrap();
+        let err = dir
+            .stage(&a.reference, verify::Limits::default())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LocalError::Trust {
+                    source: VerifyError::BundleDigest { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let staged: Vec<_> = fs::read_dir(tmp.path().join("staging"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(staged.len(), 1, "only the download: {staged:?}");
+    }
+
+    #[test]
+    fn a_staged_bundle_is_installed_whole_with_its_archive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let (a, bytes) = bundle("a");
+        fs::write(dir.download_path(&a.reference).unwrap(), &bytes).unwrap();
+        let head = dir.stage(&a.reference, verify::Limits::default()).unwrap();
+        assert_eq!(head.manifest, a.manifest);
+        let installed = dir.install(&head).unwrap();
+        assert_eq!(fs::read(installed.join(ARCHIVE)).unwrap(), bytes);
+        assert_eq!(
+            fs::read(installed.join("files/sentinel.kdl")).unwrap(),
+            b"a"
+        );
+        assert!(dir.drift(&a.reference).unwrap().is_empty());
+        // The stored copy verifies as the download did.
+        let (stored, _) = dir
+            .stored_bundle(&a.reference, verify::Limits::default())
+            .unwrap();
+        assert_eq!(stored, a);
     }
 
     #[test]

@@ -359,12 +359,12 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         let polled = if tokio::time::Instant::now() >= next_poll {
             let polled = agent.poll(Utc::now()).await;
             let fleet = Cadence::of(&local, agent.fleet_settings());
+            let wait = fleet.wait_ms(&cadence, jitter);
             if fleet != cadence {
                 fleet.log_overrides(&local, agent.fleet_settings());
                 cadence = fleet;
             }
-            next_poll = tokio::time::Instant::now()
-                + Duration::from_millis(cadence.poll_ms + jitter(cadence.jitter_ms));
+            next_poll = tokio::time::Instant::now() + Duration::from_millis(wait);
             metrics
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

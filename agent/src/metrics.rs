@@ -32,6 +32,9 @@ pub struct AgentMetrics {
     pub last_poll: Option<DateTime<Utc>>,
     /// The last report sent.
     pub last_report: Option<StatusReport>,
+    /// When the last report's channel serial was first reported: about
+    /// when that manifest arrived.
+    pub serial_since: Option<DateTime<Utc>>,
 }
 
 impl AgentMetrics {
@@ -55,6 +58,10 @@ impl AgentMetrics {
                 match to {
                     ReportedTo::Store => self.reports_written += 1,
                     ReportedTo::Reconciler => self.reports_sent += 1,
+                }
+                let serial = self.last_report.as_ref().map(|r| r.channel_serial);
+                if serial != Some(report.channel_serial) {
+                    self.serial_since = Some(report.at);
                 }
                 self.last_report = Some(report.clone());
             }
@@ -161,6 +168,19 @@ pub fn render(m: &AgentMetrics, now: DateTime<Utc>) -> String {
             "gitfleet_agent_channel_expires_timestamp_seconds {}",
             seconds(expires)
         );
+        if let Some(since) = m.serial_since {
+            family(
+                &mut out,
+                "gitfleet_agent_channel_received_timestamp_seconds",
+                "gauge",
+                "When the verified channel manifest (its serial) was first reported (Unix time).",
+            );
+            let _ = writeln!(
+                out,
+                "gitfleet_agent_channel_received_timestamp_seconds {}",
+                seconds(since)
+            );
+        }
     }
     family(
         &mut out,

@@ -26,15 +26,16 @@ use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gitfleet_io::store::{Store, StoreError};
 use gitfleet_schemas::agent::{LocalState, Monitor, ReloadBy, SentinelSettings, WireguardSettings};
 use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::status::{Drift, HttpCheckResult, Metrics, WireguardStatus};
 use gitfleet_schemas::trust::{BundleRef, ChannelCheck};
-use gitfleet_schemas::verify::{Bundle, Limits, Verified};
+use gitfleet_schemas::verify::{BundleHead, Limits, Verified};
 
 use crate::checks;
-use crate::core::{Node, NodeError};
+use crate::core::{FetchError, Node, NodeError};
 use crate::local::{LocalError, StateDir, SENTINEL_LINK};
 use crate::sentinel::{self, Reload};
 use gitfleet_schemas::ProxyKind;
@@ -262,7 +263,7 @@ impl DiskNode {
         &mut self,
         rollout: &str,
         from: Option<&BundleRef>,
-        bundle: &Verified<Bundle>,
+        bundle: &Verified<BundleHead>,
     ) -> Result<(), NodeError> {
         let settings = self.settings()?.clone();
         let dir = self.dir.bundle_files(&bundle.reference)?;
@@ -312,17 +313,14 @@ impl DiskNode {
             .ok_or(NodeError::NotConfigured { block: "wireguard" })
     }
 
-    /// What a mesh bundle asks of this node.
-    fn mesh_of(&self, bundle: &Bundle) -> Result<Desired, NodeError> {
+    /// What a mesh bundle asks of this node, from its `MESH_FILE`.
+    fn mesh_of(&self, reference: &BundleRef, bytes: Option<&[u8]>) -> Result<Desired, NodeError> {
         let settings = self.wireguard_settings()?;
-        let digest = &bundle.reference.digest;
-        let bytes = bundle
-            .files
-            .get(MESH_FILE)
-            .ok_or_else(|| NodeError::Other {
-                what: "reading the mesh bundle",
-                reason: format!("bundle {digest} has no {MESH_FILE}"),
-            })?;
+        let digest = &reference.digest;
+        let bytes = bytes.ok_or_else(|| NodeError::Other {
+            what: "reading the mesh bundle",
+            reason: format!("bundle {digest} has no {MESH_FILE}"),
+        })?;
         let mesh: MeshBundle = serde_json::from_slice(bytes).map_err(|e| NodeError::Other {
             what: "reading the mesh bundle",
             reason: format!("{MESH_FILE} of bundle {digest}: {e}"),
@@ -355,7 +353,7 @@ impl DiskNode {
             }
         }
         let (bundle, _) = self.dir.stored_bundle(reference, self.limits)?;
-        let desired = self.mesh_of(&bundle)?;
+        let desired = self.mesh_of(reference, bundle.files.get(MESH_FILE).map(Vec::as_slice))?;
         self.mesh = Some((reference.clone(), desired.clone()));
         Ok(desired)
     }
@@ -385,9 +383,11 @@ impl DiskNode {
     async fn apply_mesh(
         &mut self,
         from: Option<&BundleRef>,
-        bundle: &Verified<Bundle>,
+        bundle: &Verified<BundleHead>,
     ) -> Result<(), NodeError> {
-        let desired = self.mesh_of(bundle)?;
+        // Just installed from the verified copy.
+        let bytes = self.dir.bundle_file(&bundle.reference, MESH_FILE)?;
+        let desired = self.mesh_of(&bundle.reference, bytes.as_deref())?;
         let reason = match self.configure(desired.clone()).await {
             Ok(_) => {
                 self.mesh = Some((bundle.reference.clone(), desired));
@@ -522,15 +522,60 @@ fn proxy_absent(e: &sentinel::SentinelError) -> bool {
 }
 
 impl Node for DiskNode {
+    /// Streamed to `staging/` as it arrives, then verified from there into
+    /// a staging copy, a block at a time: the agent never holds a bundle's
+    /// archive or files whole.
+    async fn fetch(
+        &mut self,
+        source: &Store,
+        key: &str,
+        target: &BundleRef,
+        limits: Limits,
+    ) -> Result<Verified<BundleHead>, FetchError> {
+        let local = |e: LocalError| FetchError::Local(e.into());
+        self.dir.clear_staging().map_err(local)?;
+        let path = self.dir.download_path(target).map_err(local)?;
+        let mut file = std::fs::File::create(&path).map_err(|source| {
+            local(LocalError::Io {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        match source.get_into(key, target.length, &mut file).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(FetchError::Missing),
+            Err(StoreError::WriteOut { source, .. }) => {
+                return Err(local(LocalError::Io { path, source }))
+            }
+            Err(e) => return Err(FetchError::Store(e)),
+        }
+        drop(file);
+        crate::faults::point("after-download");
+        // Blocking file IO and hashing: off the runtime's threads.
+        let dir = self.dir.clone();
+        let target = target.clone();
+        let staged = tokio::task::spawn_blocking(move || dir.stage(&target, limits))
+            .await
+            .map_err(|e| {
+                FetchError::Local(NodeError::Other {
+                    what: "verifying a bundle",
+                    reason: e.to_string(),
+                })
+            })?;
+        match staged {
+            Ok(head) => Ok(head),
+            Err(LocalError::Trust { source, .. }) => Err(FetchError::Refused(source)),
+            Err(e) => Err(local(e)),
+        }
+    }
+
     async fn activate(
         &mut self,
         rollout: &str,
         from: Option<&BundleRef>,
-        bundle: &Verified<Bundle>,
-        archive: &[u8],
+        bundle: &Verified<BundleHead>,
     ) -> Result<(), NodeError> {
-        crate::faults::point("after-download");
-        self.dir.unpack(bundle, archive)?;
+        self.dir.install(bundle)?;
         crate::faults::point("after-unpack");
         match bundle.manifest.kind {
             BundleKind::Sentinel => self.try_activate(rollout, from, bundle).await,

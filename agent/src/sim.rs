@@ -34,9 +34,9 @@ use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::status::{Drift, HttpCheckResult, Metrics, PeerStatus, WireguardStatus};
 use gitfleet_schemas::trust::{BundleRef, ChannelCheck};
-use gitfleet_schemas::verify::{sha256_hex, Bundle, Verified};
+use gitfleet_schemas::verify::{sha256_hex, BundleHead, Limits, Verified};
 
-use crate::core::{Node, NodeError};
+use crate::core::{FetchError, Node, NodeError};
 use crate::traffic::Sample;
 
 /// The deterministic node key of a simulated node: the first 32 bytes of
@@ -128,6 +128,9 @@ pub struct SimNode {
     /// The mesh bundle activated last in this run, for the simulated
     /// interface's peers.
     mesh: Option<MeshBundle>,
+    /// The mesh of the mesh bundle fetched last, parsed from its verified
+    /// bytes (the simulator keeps no files).
+    fetched_mesh: Option<(BundleRef, Option<MeshBundle>)>,
     /// The simulated proxy's counters, and when they last grew.
     traffic: Sample,
     served_until: Option<Instant>,
@@ -144,6 +147,7 @@ impl SimNode {
             dir: None,
             started: Instant::now(),
             mesh: None,
+            fetched_mesh: None,
             traffic: Sample::default(),
             served_until: None,
         }
@@ -277,12 +281,34 @@ fn saving(e: &dyn std::fmt::Display) -> NodeError {
 }
 
 impl Node for SimNode {
+    /// Read whole and verified in memory, as the simulator keeps no files:
+    /// the same verification a real agent does.
+    async fn fetch(
+        &mut self,
+        source: &gitfleet_io::store::Store,
+        key: &str,
+        target: &BundleRef,
+        limits: Limits,
+    ) -> Result<Verified<BundleHead>, FetchError> {
+        let Some(object) = source.get_at_most(key, target.length).await? else {
+            return Err(FetchError::Missing);
+        };
+        let bundle = gitfleet_schemas::verify::verify_bundle(target, &object.bytes, limits)?;
+        if bundle.manifest.kind == BundleKind::WireguardMesh {
+            let mesh = bundle
+                .files
+                .get(MESH_FILE)
+                .and_then(|bytes| serde_json::from_slice(bytes).ok());
+            self.fetched_mesh = Some((target.clone(), mesh));
+        }
+        Ok(bundle.into())
+    }
+
     async fn activate(
         &mut self,
         rollout: &str,
         _from: Option<&BundleRef>,
-        bundle: &Verified<Bundle>,
-        _archive: &[u8],
+        bundle: &Verified<BundleHead>,
     ) -> Result<(), NodeError> {
         tokio::time::sleep(self.settings.apply_latency).await;
         let digest = &bundle.reference.digest;
@@ -293,10 +319,11 @@ impl Node for SimNode {
             self.failing.push(kind);
         }
         if kind == BundleKind::WireguardMesh {
-            self.mesh = bundle
-                .files
-                .get(MESH_FILE)
-                .and_then(|bytes| serde_json::from_slice(bytes).ok());
+            self.mesh = self
+                .fetched_mesh
+                .take()
+                .filter(|(r, _)| *r == bundle.reference)
+                .and_then(|(_, mesh)| mesh);
         }
         self.activations += 1;
         Ok(())
@@ -1181,5 +1208,62 @@ mod tests {
                 _ => unreachable!(),
             })
         );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_signed_under_a_root_published_later_is_taken_once_it_is() {
+        use crate::core::Polled;
+        use gitfleet_schemas::trust::PublicKey;
+        let (mut world, root) = World::new();
+        let a = world.bundle("// a\n");
+        let mut agent = world.agent(root.clone(), SimSettings::default());
+        // The next root's online key signs before that root is published.
+        let next_online = SigningKey::from_bytes(&[3; 32]);
+        let mut next = (*root).clone();
+        next.version = 2;
+        next.online_keys = vec![PublicKey(next_online.verifying_key().to_bytes())];
+        world.online = next_online;
+        world.publish(&a, None, u64::MAX);
+        let now = chrono::Utc::now();
+        let refused = agent.poll(now).await;
+        assert!(matches!(refused, Polled::Refused(_)), "{refused:?}");
+        // The root appears; the manifest's bytes (and etag) are the same.
+        let path = world.dir.path().join(gitfleet_schemas::keys::root(2));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, signed(&next, &SigningKey::from_bytes(&[1; 32]))).unwrap();
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 1,
+                activated: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stored_bundle_longer_than_signed_is_failed_not_fetched_every_poll() {
+        use crate::core::Polled;
+        let (mut world, root) = World::new();
+        let a = world.bundle("// a\n");
+        let path = world.dir.path().join(a.object_key().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"and more");
+        std::fs::write(&path, bytes).unwrap();
+        let mut agent = world.agent(root, SimSettings::default());
+        world.publish(&a, None, u64::MAX);
+        let now = chrono::Utc::now();
+        assert_eq!(
+            agent.poll(now).await,
+            Polled::Applied {
+                serial: 1,
+                activated: 0
+            }
+        );
+        assert!(agent.state().failed.contains_key(&a.digest));
+        let gets = agent.store().counts().get;
+        // Nothing new: the manifest is read (a file store reads it whole
+        // to compare), the bundle is not.
+        assert_eq!(agent.poll(now).await, Polled::Unchanged);
+        assert_eq!(agent.store().counts().get, gets + 1);
     }
 }

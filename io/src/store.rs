@@ -91,6 +91,13 @@ pub enum StoreError {
         key: String,
         attempts: usize,
     },
+    #[error("writing `{key}` of `{url}` out")]
+    WriteOut {
+        url: String,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("locking {}", path.display())]
     Lock {
         path: PathBuf,
@@ -376,6 +383,56 @@ impl Store {
                 key: key.to_owned(),
             }),
         }
+    }
+
+    /// Stream the object at `key` into `out` as it arrives, never holding
+    /// it whole: `Some(length)` once written, `None` if there is no such
+    /// object, an error if it is larger than `max` bytes (before its body
+    /// is read when the store says so, else as soon as it goes over).
+    pub async fn get_into(
+        &self,
+        key: &str,
+        max: u64,
+        out: &mut impl std::io::Write,
+    ) -> Result<Option<u64>, StoreError> {
+        use futures::StreamExt as _;
+        let location = self.location(key)?;
+        let _timer = self.latency.get.start();
+        self.counts.count(Request::Get);
+        let result = match self.inner.get_opts(&location, GetOptions::default()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => return Err(self.request("getting", key, source)),
+        };
+        let too_large = |size: u64| {
+            self.counts.error();
+            StoreError::TooLarge {
+                url: self.url.clone(),
+                key: key.to_owned(),
+                size,
+                max,
+            }
+        };
+        if result.meta.size > max {
+            return Err(too_large(result.meta.size));
+        }
+        let mut written: u64 = 0;
+        let mut body = result.into_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| self.request("reading", key, source))?;
+            self.counts.bytes_in(chunk.len());
+            written = written.saturating_add(chunk.len() as u64);
+            if written > max {
+                return Err(too_large(written));
+            }
+            out.write_all(&chunk)
+                .map_err(|source| StoreError::WriteOut {
+                    url: self.url.clone(),
+                    key: key.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(Some(written))
     }
 
     /// The object at `key` unless it still has `etag`: one conditional GET
@@ -906,6 +963,32 @@ mod tests {
             Create::Exists { identical: false }
         );
         assert_eq!(store.get(bundle).await.unwrap().unwrap().bytes, b1);
+        // Streamed out, within its length, over it, or missing.
+        let mut out = Vec::new();
+        assert_eq!(
+            store.get_into(bundle, 10, &mut out).await.unwrap(),
+            Some(10)
+        );
+        assert_eq!(out, b1);
+        let over = store.get_into(bundle, 9, &mut Vec::new()).await;
+        assert!(
+            matches!(
+                over,
+                Err(StoreError::TooLarge {
+                    size: 10,
+                    max: 9,
+                    ..
+                })
+            ),
+            "{over:?}"
+        );
+        assert_eq!(
+            store
+                .get_into("bundles/sha256/cd.tar.zst", 10, &mut Vec::new())
+                .await
+                .unwrap(),
+            None
+        );
 
         // Compare-and-swap.
         let v1 = Bytes::from_static(b"{\"serial\":1}");

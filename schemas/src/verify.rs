@@ -120,6 +120,8 @@ pub enum VerifyError {
     TooManyEntries { limit: usize },
     #[error("bundle has no {MANIFEST_PATH}")]
     MissingManifest,
+    #[error("bundle entry `{path}`: {reason}")]
+    Unpacking { path: String, reason: String },
     #[error("bundle manifest is invalid: {reason}")]
     BadManifest { reason: String },
     #[error("bundle file `{path}` has sha256 {found}, the manifest says {expected}")]
@@ -569,8 +571,138 @@ fn verify_bundle_on(
         .remove(MANIFEST_PATH)
         .ok_or(VerifyError::MissingManifest)?
         .data;
+    let listing = entries
+        .iter()
+        .map(|(p, e)| (p.clone(), (e.data.len() as u64, e.sha256)))
+        .collect();
+    let manifest = check_listing(&manifest_bytes, &listing)?;
+    Ok(Verified(Bundle {
+        reference: reference.clone(),
+        manifest,
+        files: entries.into_iter().map(|(p, e)| (p, e.data)).collect(),
+    }))
+}
+
+/// What a bundle verified into a sink leaves in memory: its reference and
+/// manifest; its files are wherever the sink put them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleHead {
+    pub reference: BundleRef,
+    pub manifest: BundleManifest,
+}
+
+impl From<Verified<Bundle>> for Verified<BundleHead> {
+    fn from(b: Verified<Bundle>) -> Self {
+        let Bundle {
+            reference,
+            manifest,
+            ..
+        } = b.0;
+        Verified(BundleHead {
+            reference,
+            manifest,
+        })
+    }
+}
+
+/// Verify a bundle read from `input` (its archive bytes) with the checks of
+/// [`verify_bundle`], handing each entry to `sink` as it is unpacked instead
+/// of holding any whole: `sink(path, data)` reads `data` (into a file, say);
+/// what it leaves unread is read and hashed here all the same.
+/// `manifest.json` is handed over too, as the archive holds it. Only `Ok`
+/// makes what the sink received a bundle: on an error, throw it away.
+/// Memory stays at a few buffers and the manifest, whatever the bundle's
+/// size.
+pub fn verify_bundle_into<R: Read>(
+    reference: &BundleRef,
+    input: R,
+    limits: Limits,
+    mut sink: impl FnMut(&str, &mut dyn Read) -> std::io::Result<()>,
+) -> Result<Verified<BundleHead>, VerifyError> {
+    let mut input = Digesting {
+        inner: input.take(reference.length.saturating_add(1)),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let mut manifest_bytes = None;
+    let mut listing: BTreeMap<String, (u64, sha2::digest::Output<Sha256>)> = BTreeMap::new();
+    let unpacked = unpack(
+        std::io::BufReader::with_capacity(64 << 10, &mut input),
+        limits,
+        |path, data| {
+            let mut data = Digesting {
+                inner: data,
+                hasher: Sha256::new(),
+                count: 0,
+            };
+            let failed = |e: std::io::Error| VerifyError::Unpacking {
+                path: path.clone(),
+                reason: e.to_string(),
+            };
+            if path == MANIFEST_PATH {
+                let mut bytes = Vec::new();
+                data.read_to_end(&mut bytes).map_err(failed)?;
+                sink(&path, &mut bytes.as_slice()).map_err(failed)?;
+                manifest_bytes = Some(bytes);
+            } else {
+                sink(&path, &mut data).map_err(failed)?;
+                std::io::copy(&mut data, &mut std::io::sink()).map_err(failed)?;
+            }
+            listing.insert(path, (data.count, data.hasher.finalize()));
+            Ok(())
+        },
+    );
+    // Whatever went wrong inside, bytes that are not the bundle's say so
+    // first.
+    let rest = std::io::copy(&mut input, &mut std::io::sink());
+    if input.count != reference.length {
+        return Err(VerifyError::BundleLength {
+            expected: reference.length,
+            found: input.count,
+        });
+    }
+    let digest = format!("sha256:{:x}", input.hasher.finalize());
+    if digest != reference.digest {
+        return Err(VerifyError::BundleDigest {
+            expected: reference.digest.clone(),
+            found: digest,
+        });
+    }
+    unpacked?;
+    rest.map_err(corrupt)?;
+    let manifest_bytes = manifest_bytes.ok_or(VerifyError::MissingManifest)?;
+    listing.remove(MANIFEST_PATH);
+    let manifest = check_listing(&manifest_bytes, &listing)?;
+    Ok(Verified(BundleHead {
+        reference: reference.clone(),
+        manifest,
+    }))
+}
+
+/// Hashes and counts what is read through it.
+struct Digesting<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Parse `manifest.json` and check that it lists exactly the other entries
+/// (`path -> (size, sha256)`), once each, with their sizes and digests.
+fn check_listing(
+    manifest_bytes: &[u8],
+    entries: &BTreeMap<String, (u64, sha2::digest::Output<Sha256>)>,
+) -> Result<BundleManifest, VerifyError> {
     let manifest: BundleManifest =
-        serde_json::from_slice(&manifest_bytes).map_err(|e| VerifyError::BadManifest {
+        serde_json::from_slice(manifest_bytes).map_err(|e| VerifyError::BadManifest {
             reason: e.to_string(),
         })?;
     if manifest.format != MANIFEST_FORMAT {
@@ -585,19 +717,19 @@ fn verify_bundle_on(
                 reason: format!("`{}` is listed twice", f.path),
             });
         }
-        let entry = entries
+        let (size, sha256) = entries
             .get(&f.path)
             .ok_or_else(|| VerifyError::MissingFile {
                 path: f.path.clone(),
             })?;
-        if entry.data.len() as u64 != f.size {
+        if *size != f.size {
             return Err(VerifyError::FileSize {
                 path: f.path.clone(),
                 expected: f.size,
-                found: entry.data.len() as u64,
+                found: *size,
             });
         }
-        let found = format!("{:x}", entry.sha256);
+        let found = format!("{sha256:x}");
         if found != f.sha256 {
             return Err(VerifyError::FileDigest {
                 path: f.path.clone(),
@@ -611,11 +743,7 @@ fn verify_bundle_on(
             path: extra.clone(),
         });
     }
-    Ok(Verified(Bundle {
-        reference: reference.clone(),
-        manifest,
-        files: entries.into_iter().map(|(p, e)| (p, e.data)).collect(),
-    }))
+    Ok(manifest)
 }
 
 /// An unpacked archive entry and the SHA-256 of its data.
@@ -727,9 +855,12 @@ fn unpack_and_hash(
 ) -> Result<Vec<(String, Entry)>, VerifyError> {
     let close = CloseOnDrop(queue);
     let mut out = Vec::new();
-    unpack(bytes, limits, |path, data| {
+    unpack(bytes, limits, |path, entry| {
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).map_err(corrupt)?;
         queue.push(path, data);
         queue.help(&mut out);
+        Ok(())
     })?;
     drop(close);
     out.append(&mut queue.hash_until_closed());
@@ -765,21 +896,20 @@ impl<R: Read> Read for Counting<R> {
 /// end-of-archive marker and only zeros. Extension entries (GNU long names,
 /// PAX headers) are refused rather than interpreted, so that no two tar
 /// readers can see different files in the same bytes. Each entry is handed
-/// to `on_entry` as it is read; the archive is good only if this returns
-/// `Ok`.
-fn unpack(
-    bytes: &[u8],
+/// to `on_entry` as it is read, to be read by it; the archive is good only
+/// if this returns `Ok`. Bytes in memory are read in place (`&[u8]` is a
+/// `BufRead`), not through a copy.
+fn unpack<B: std::io::BufRead>(
+    mut input: B,
     limits: Limits,
-    mut on_entry: impl FnMut(String, Vec<u8>),
+    mut on_entry: impl FnMut(String, &mut dyn Read) -> Result<(), VerifyError>,
 ) -> Result<(), VerifyError> {
-    if !bytes.starts_with(&ZSTD_MAGIC) {
+    if !input.fill_buf().map_err(corrupt)?.starts_with(&ZSTD_MAGIC) {
         return Err(corrupt(
             "it does not start with a zstd frame (skippable frames are not accepted)",
         ));
     }
-    // The bytes are already in memory: read them in place, not through a
-    // `BufReader` copy.
-    let decoder = zstd::stream::read::Decoder::with_buffer(bytes)
+    let decoder = zstd::stream::read::Decoder::with_buffer(input)
         .map_err(corrupt)?
         .single_frame();
     // Never decompress more than the cap (+1 to notice going over).
@@ -835,20 +965,33 @@ fn unpack(
                     limit: limits.max_unpacked_bytes,
                 });
             }
-            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
-            entry
-                .read_to_end(&mut data)
-                .map_err(|e| cap_or_corrupt(e, total, limits))?;
-            if data.len() as u64 != size {
-                return Err(corrupt(format!("entry `{path}` is truncated")));
-            }
             entries_end = entry
                 .raw_file_position()
                 .saturating_add(size.div_ceil(BLOCK).saturating_mul(BLOCK));
             if !paths.insert(path.clone()) {
                 return Err(VerifyError::DuplicateEntry { path });
             }
-            on_entry(path, data);
+            let mut data = Counting {
+                inner: &mut entry,
+                count: 0,
+            };
+            // A read cut by the cap is "too large", not "corrupt".
+            on_entry(path.clone(), &mut data).map_err(|e| match e {
+                VerifyError::Corrupt { .. } | VerifyError::Unpacking { .. }
+                    if total >= limits.max_unpacked_bytes =>
+                {
+                    VerifyError::TooLarge {
+                        limit: limits.max_unpacked_bytes,
+                    }
+                }
+                e => e,
+            })?;
+            // Whatever `on_entry` left unread, to see where the entry ends.
+            std::io::copy(&mut data, &mut std::io::sink())
+                .map_err(|e| cap_or_corrupt(e, total, limits))?;
+            if data.count != size {
+                return Err(corrupt(format!("entry `{path}` is truncated")));
+            }
         }
     }
     // tar stops at the first zero block; all that follows must be zeros.
@@ -879,7 +1022,14 @@ fn unpack(
         return Err(corrupt("the archive does not end on a 512-byte block"));
     }
     // The one frame must be all of the input.
-    if !stream.inner.into_inner().finish().is_empty() {
+    if !stream
+        .inner
+        .into_inner()
+        .finish()
+        .fill_buf()
+        .map_err(corrupt)?
+        .is_empty()
+    {
         return Err(corrupt("there is data after the zstd frame"));
     }
     match find_clash(paths.iter().map(String::as_str)) {
@@ -1074,6 +1224,15 @@ mod tests {
                 let one = verify_bundle_on(reference, bytes, limits, false);
                 let two = verify_bundle_on(reference, bytes, limits, true);
                 assert_eq!(one, two);
+                // Streamed into a sink, none of it held: the same outcome.
+                let streamed =
+                    verify_bundle_into(reference, bytes.as_slice(), limits, |_, data| {
+                        std::io::copy(data, &mut std::io::sink()).map(|_| ())
+                    });
+                assert_eq!(
+                    one.clone().map(|b| Verified::<BundleHead>::from(b)),
+                    streamed
+                );
                 outcomes.push(one.map(|_| ()));
             }
         }

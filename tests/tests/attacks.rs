@@ -13,10 +13,50 @@ use gitfleet_schemas::trust::{
     BundleRef, ChannelManifest, ChannelRollout, Document, Envelope, PublicKey, Root,
 };
 use gitfleet_schemas::verify::{
-    bundle_digest, sha256_hex, verify_bundle, verify_channel, verify_first_root,
+    bundle_digest, sha256_hex, verify_bundle_into, verify_channel, verify_first_root,
     verify_root_rotation, Bundle, Limits, Verified, VerifyError,
 };
 use proptest::prelude::*;
+
+/// Both verifiers, in memory and streaming into a sink (as an agent writes
+/// a bundle to disk), on the same bytes: they accept the same bundles with
+/// the same files and refuse the rest with the same error (a longer input's
+/// length is where the streaming one stopped reading).
+fn verify_bundle(
+    reference: &BundleRef,
+    bytes: &[u8],
+    limits: Limits,
+) -> Result<Verified<Bundle>, VerifyError> {
+    let whole = gitfleet_schemas::verify::verify_bundle(reference, bytes, limits);
+    let mut sunk: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let streamed = verify_bundle_into(reference, bytes, limits, |path, data| {
+        let mut file = Vec::new();
+        data.read_to_end(&mut file)?;
+        sunk.insert(path.to_owned(), file);
+        Ok(())
+    });
+    match (&whole, &streamed) {
+        (Ok(b), Ok(h)) => {
+            assert_eq!(b.manifest, h.manifest);
+            assert_eq!(b.reference, h.reference);
+            sunk.remove(gitfleet_schemas::bundle::MANIFEST_PATH);
+            assert_eq!(b.files, sunk);
+        }
+        (
+            Err(VerifyError::BundleLength { expected, .. }),
+            Err(VerifyError::BundleLength { expected: e, .. }),
+        ) => {
+            assert_eq!(expected, e)
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "in memory and streamed"),
+        (a, b) => panic!(
+            "in memory: {:?}; streamed: {:?}",
+            a.as_ref().map(|_| ()),
+            b.as_ref().map(|_| ())
+        ),
+    }
+    whole
+}
 
 fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n; 32])

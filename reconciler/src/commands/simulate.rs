@@ -539,10 +539,13 @@ async fn run_agent(
         }
         if tokio::time::Instant::now() >= next_poll {
             polled = agent.poll(Utc::now()).await;
-            cadence = Cadence::of(&local, agent.fleet_settings());
-            next_poll = tokio::time::Instant::now()
-                + Duration::from_millis(cadence.poll_ms)
-                + rng.duration_below(Duration::from_millis(cadence.jitter_ms));
+            let fleet = Cadence::of(&local, agent.fleet_settings());
+            let wait = fleet.wait_ms(&cadence, |n| {
+                let n = Duration::from_millis(n.saturating_add(1));
+                u64::try_from(rng.duration_below(n).as_millis()).unwrap_or(u64::MAX)
+            });
+            cadence = fleet;
+            next_poll = tokio::time::Instant::now() + Duration::from_millis(wait);
         }
         let now = Utc::now();
         let mut report_error = None;

@@ -155,6 +155,9 @@ pub struct AppState {
     pub io: Option<Io>,
     /// Turns true once: the server is stopping.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// When this process started serving (a stall before the first pass
+    /// ends is counted from here).
+    pub started: DateTime<Utc>,
 }
 
 impl AppState {
@@ -173,6 +176,7 @@ impl AppState {
             bundles: Bundles::new(io.as_ref().map(|io| io.store.clone())),
             io,
             shutdown: tokio::sync::watch::Sender::new(false),
+            started: Utc::now(),
         }
     }
 
@@ -660,6 +664,17 @@ fn render_metrics(s: &AppState) -> String {
         "How long the last reconcile pass took.",
     );
     let _ = writeln!(out, "gitfleet_reconcile_pass_seconds {}", snap.pass_seconds);
+    family(
+        &mut out,
+        "gitfleet_reconciler_start_timestamp_seconds",
+        "gauge",
+        "When this reconciler process started.",
+    );
+    let _ = writeln!(
+        out,
+        "gitfleet_reconciler_start_timestamp_seconds {}",
+        s.started.timestamp()
+    );
     if let Some(at) = snap.at {
         family(
             &mut out,
