@@ -20,13 +20,17 @@
 # (.ci/run keeps one in $HOME/.cache/gitfleet/venv, used when found).
 #
 # Environment: RUNS (activations per bundle, 15), POLLS (idle polls, 10;
-# the S3 part counts twice as many), ONLY=rss|poll|activate.
+# the S3 part counts twice as many), ONLY=rss|poll|activate,
+# AGENT_PROFILE (the cargo profile of the gitfleet-agent measured: `dist`,
+# the one to ship to nodes, by default; `release` builds minutes faster).
+# bench-agent itself is always built `release`.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-15}
 POLLS=${POLLS:-10}
 ONLY=${ONLY:-}
+AGENT_PROFILE=${AGENT_PROFILE:-dist}
 TARGET=${CARGO_TARGET_DIR:-target}
 case $ONLY in
     "" | rss | poll | activate) ;;
@@ -38,9 +42,10 @@ if [[ -z ${GITFLEET_MOTO_SERVER:-} ]] && ! command -v moto_server > /dev/null \
     export GITFLEET_MOTO_SERVER=$HOME/.cache/gitfleet/venv/bin/moto_server
 fi
 
-echo "== build (release)"
-cargo build --release -p gitfleet-agent -p gitfleet-tests --bin gitfleet-agent --bin bench-agent
-AGENT=$(realpath "$TARGET/release/gitfleet-agent")
+echo "== build (gitfleet-agent: $AGENT_PROFILE, bench-agent: release)"
+cargo build --locked --profile "$AGENT_PROFILE" -p gitfleet-agent --bin gitfleet-agent
+cargo build --locked --release -p gitfleet-tests --bin bench-agent
+AGENT=$(realpath "$TARGET/$AGENT_PROFILE/gitfleet-agent")
 BENCH=$(realpath "$TARGET/release/bench-agent")
 
 echo "== machine"

@@ -13,6 +13,7 @@ use ed25519_dalek::SigningKey;
 use gitfleet_io::store::{ETag, Fetch, Store, StoreError};
 use gitfleet_schemas::agent::{LocalState, Slot};
 use gitfleet_schemas::bundle::BundleKind;
+use gitfleet_schemas::events::EventKind;
 use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::keys;
 use gitfleet_schemas::status::{
@@ -24,6 +25,7 @@ use gitfleet_schemas::trust::{
 use gitfleet_schemas::verify::{self, BundleHead, Limits, Verified, VerifyError};
 use gitfleet_schemas::Proxy;
 
+use crate::events::{self as node_events, EventLog};
 use crate::traffic::{self, Sample};
 
 /// The local side of an agent: where bundles become live and state is kept.
@@ -357,6 +359,8 @@ pub struct Agent<N> {
     etag_refused: Option<String>,
     /// A report could not be sent: the next attempt waits until then.
     report_retry_at: Option<DateTime<Utc>>,
+    /// What happened here, written with the next report.
+    events: EventLog,
     /// The `report_to` URL that took the last report: tried first.
     report_via: usize,
     /// The next report goes to the store whatever it says.
@@ -405,6 +409,8 @@ impl<N: Node> Agent<N> {
         node: N,
         state: LocalState,
     ) -> Self {
+        let root_fleet = root.fleet.clone();
+        let node_id = id.node.clone();
         Agent {
             id,
             store,
@@ -428,6 +434,7 @@ impl<N: Node> Agent<N> {
             etag_from: 0,
             etag_refused: None,
             report_retry_at: None,
+            events: EventLog::new(&root_fleet, &node_id),
         }
     }
 
@@ -507,9 +514,17 @@ impl<N: Node> Agent<N> {
                 .get_if_changed_at_most(&key, etag.as_ref(), MAX_MANIFEST_BYTES)
                 .await
             {
-                Ok(f) => f,
+                Ok(f) => {
+                    self.events.store_reachable(now, true, None);
+                    f
+                }
                 Err(e) => {
                     refused.push(format!("{mirror}reading {key}: {e}"));
+                    if last {
+                        // Neither a mirror nor the store answered.
+                        self.events
+                            .store_reachable(now, false, Some(refused.join("; ")));
+                    }
                     continue;
                 }
             };
@@ -672,6 +687,13 @@ impl<N: Node> Agent<N> {
                     tracing::info!(version = next, "trusting the next root");
                     self.root = root;
                     rotated = true;
+                    self.events.record(
+                        Utc::now(),
+                        EventKind::RootRotated,
+                        None,
+                        None,
+                        Some(format!("root version {next}")),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(key = %key, error = %e, "refusing a root rotation");
@@ -778,18 +800,33 @@ impl<N: Node> Agent<N> {
         let key = target
             .object_key()
             .ok_or_else(|| format!("bundle digest `{}` is malformed", target.digest))?;
-        let bundle = self.download(target, &key).await?;
+        let bundle = self.download(&rollout.name, target, &key).await?;
         let kind = bundle.manifest.kind;
         claim(kind)?;
         if let Some(why) = wrong_proxy(kind, &bundle.manifest.validator, &self.id.proxy) {
-            return Err(self.fail(target, format!("refusing {key}: {why}")));
+            let reason = format!("refusing {key}: {why}");
+            self.refused_bundle(&rollout.name, target, &reason);
+            return Err(self.fail(target, reason));
         }
         let from = slot(&self.state, kind).map(|s| s.active.clone());
+        let back = slot(&self.state, kind).and_then(|s| s.previous.as_ref()) == Some(target);
         let outcome = self
             .node
             .activate(&rollout.name, from.as_ref(), &bundle)
             .await;
         self.dirty = true;
+        let event = match &outcome {
+            Ok(()) if back => EventKind::RolledBack,
+            Ok(()) => EventKind::Activated,
+            Err(e) => node_events::activation_failed(e),
+        };
+        self.events.record(
+            Utc::now(),
+            event,
+            Some(&rollout.name),
+            Some(&target.digest),
+            outcome.as_ref().err().map(ToString::to_string),
+        );
         match outcome {
             Ok(()) => {
                 tracing::info!(
@@ -836,6 +873,7 @@ impl<N: Node> Agent<N> {
     /// unreachable one is retried at the next poll.
     async fn download(
         &mut self,
+        rollout: &str,
         target: &BundleRef,
         key: &str,
     ) -> Result<Verified<BundleHead>, String> {
@@ -864,7 +902,9 @@ impl<N: Node> Agent<N> {
                 e @ (FetchError::Refused(_) | FetchError::Store(StoreError::TooLarge { .. }))
                     if last =>
                 {
-                    return Err(self.fail(target, format!("refusing {key}: {e}")));
+                    let reason = format!("refusing {key}: {e}");
+                    self.refused_bundle(rollout, target, &reason);
+                    return Err(self.fail(target, reason));
                 }
                 FetchError::Store(e) if last => {
                     self.retry = true;
@@ -877,6 +917,16 @@ impl<N: Node> Agent<N> {
             }
         }
         Err(format!("{key}: no source to read it from"))
+    }
+
+    fn refused_bundle(&mut self, rollout: &str, target: &BundleRef, reason: &str) {
+        self.events.record(
+            Utc::now(),
+            EventKind::BundleRefused,
+            Some(rollout),
+            Some(&target.digest),
+            Some(reason.to_owned()),
+        );
     }
 
     /// Remember that `target` failed here, so it is not retried every poll.
@@ -969,6 +1019,7 @@ impl<N: Node> Agent<N> {
                 Err(e) => self.last_error = Some(format!("checking drift: {e}")),
             }
         }
+        self.events.drift(now, self.drift(), &drift);
         for (name, error) in &self.errors {
             if let Some(s) = rollouts.get_mut(name) {
                 s.error = Some(error.clone());
@@ -1219,6 +1270,12 @@ impl<N: Node> Agent<N> {
         };
         self.last_report = Some(now);
         self.dirty = false;
+        // What happened goes with the report; if it cannot, with the next.
+        if !self.events.waiting().is_empty() {
+            if let Err(e) = self.events.flush(&self.store, &self.key).await {
+                tracing::warn!(node = %self.id.node, error = %e, "cannot write events; they wait for the next report");
+            }
+        }
         Ok((report, to))
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`cadence`]: how often to poll and report, fast or idle;
 //! - [`core`]: poll, verify, decide, report; generic over a [`core::Node`];
+//! - [`events`]: what happened on the node, written with its reports;
 //! - [`node`]: the real node (state directory, Sentinel proxy, procfs);
 //! - [`local`]: the state directory's layout and atomic steps;
 //! - [`metrics`]: the agent's own `/metrics` on a loopback port;
@@ -15,6 +16,7 @@
 pub mod cadence;
 pub mod checks;
 pub mod core;
+pub mod events;
 pub mod faults;
 pub mod local;
 pub mod metrics;

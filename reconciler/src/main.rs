@@ -7,8 +7,8 @@ use codespan_reporting::term::termcolor::ColorChoice;
 use tracing_subscriber::EnvFilter;
 
 use gitfleet_reconciler::commands::{
-    approve, bundle, check, keygen, mesh, migrate, reconcile, rollout, root, serve, simulate,
-    state, status, up, Color,
+    approve, bundle, check, events, keygen, mesh, migrate, reconcile, rollout, root, serve,
+    simulate, state, status, up, Color,
 };
 
 /// Pull-based GitOps for Sentinel proxy fleets and WireGuard meshes.
@@ -52,6 +52,7 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     Approve(approve::ApproveArgs),
     Status(status::StatusArgs),
+    Events(events::EventsArgs),
     Serve(serve::ServeArgs),
     /// Work with the fleet's WireGuard meshes.
     ///
@@ -168,6 +169,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(args),
         Command::Up(args) => up::run(args),
         Command::Status(args) => status::run(args),
+        Command::Events(args) => events::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Mesh(cmd) => mesh::run(cmd),
         Command::MigrateConfig(args) => migrate::run(args),

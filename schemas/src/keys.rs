@@ -7,6 +7,8 @@
 //! root/<version>.json            signed root of trust
 //! channels/<environment>.json    signed channel manifest agents poll
 //! status/<node>.json             a node's signed status report
+//! events/<day>/<node>.json       a node's signed events of one UTC day
+//!                                (<day> is YYYY-MM-DD); removable by age
 //! liveness/<replica>/<n>.json    when a reconciler replica last heard
 //!                                from each node of shard n over HTTP
 //! enroll/<node>.json             a node asking to join
@@ -71,6 +73,25 @@ pub fn status(node: &str) -> String {
 /// The node a status report key names, if it is one.
 pub fn status_node(key: &str) -> Option<&str> {
     key.strip_prefix(STATUS_PREFIX)?.strip_suffix(".json")
+}
+
+/// Where node events live: one prefix per day below it.
+pub const EVENTS_PREFIX: &str = "events/";
+
+/// `events/<day>/`: list it for every node's events of `day`.
+pub fn events_day(day: chrono::NaiveDate) -> String {
+    format!("{EVENTS_PREFIX}{}/", day.format("%Y-%m-%d"))
+}
+
+/// `events/<day>/<node>.json`.
+pub fn events(day: chrono::NaiveDate, node: &str) -> String {
+    format!("{}{node}.json", events_day(day))
+}
+
+/// The node an events key names, if it is one.
+pub fn events_node(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(EVENTS_PREFIX)?;
+    rest.split_once('/')?.1.strip_suffix(".json")
 }
 
 /// `enroll/<node>.json`.

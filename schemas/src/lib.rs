@@ -13,6 +13,7 @@ mod decode;
 pub mod diagnostic;
 mod digest;
 pub mod environments;
+pub mod events;
 pub mod fleet;
 pub mod keyfile;
 pub mod keys;
@@ -69,6 +70,7 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<state::Departed>("departed.schema.json"),
         one::<status::StatusReport>("status-report.schema.json"),
         one::<status::Liveness>("liveness.schema.json"),
+        one::<events::NodeEvents>("node-events.schema.json"),
         one::<keyfile::KeyFile>("key-file.schema.json"),
         one::<approval::Approval>("approval.schema.json"),
         one::<promotion::Promotions>("promotions.schema.json"),

@@ -27,6 +27,13 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified<T>(T);
 
+impl<T> Verified<T> {
+    /// The verified value, to keep (it can no longer vouch for itself).
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
 impl<T> std::ops::Deref for Verified<T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -69,6 +76,8 @@ pub enum VerifyError {
     },
     #[error("status report at status/{expected}.json is about node `{found}`")]
     WrongNode { expected: String, found: String },
+    #[error("node events filed under node `{expected}` are about node `{found}`")]
+    EventsOfOtherNode { expected: String, found: String },
     #[error("channel manifest is for environment `{found}`, expected `{expected}`")]
     WrongEnvironment { expected: String, found: String },
     #[error("channel manifest serial {found} < trusted {trusted}: refusing a rollback")]
@@ -1053,6 +1062,33 @@ fn cap_or_corrupt(e: std::io::Error, total: u64, limits: Limits) -> VerifyError 
     }
 }
 
+/// Verify a node's events of one day: signed by that node's key (from its
+/// `nodes/<id>.kdl`), about that node, in this fleet.
+pub fn verify_node_events(
+    bytes: &[u8],
+    fleet: &str,
+    node: &str,
+    node_key: &PublicKey,
+) -> Result<Verified<crate::events::NodeEvents>, VerifyError> {
+    let keys = [*node_key];
+    let events: crate::events::NodeEvents = open(
+        bytes,
+        &[KeySet {
+            role: "node",
+            keys: &keys,
+            threshold: 1,
+        }],
+    )?;
+    fleet_matches(crate::events::NodeEvents::NAME, fleet, &events.fleet)?;
+    if events.node != node {
+        return Err(VerifyError::EventsOfOtherNode {
+            expected: node.to_owned(),
+            found: events.node,
+        });
+    }
+    Ok(Verified(events))
+}
+
 /// Verify a node's status report: signed by that node's key (from its
 /// `nodes/<id>.kdl`), about that node, in this fleet.
 pub fn verify_status(
@@ -1230,7 +1266,7 @@ mod tests {
                         std::io::copy(data, &mut std::io::sink()).map(|_| ())
                     });
                 assert_eq!(
-                    one.clone().map(|b| Verified::<BundleHead>::from(b)),
+                    one.clone().map(Verified::<BundleHead>::from),
                     streamed
                 );
                 outcomes.push(one.map(|_| ()));

@@ -181,6 +181,9 @@ gates {
 }
 "#;
 
+/// The fleet's store, in moto.
+const STORE: &str = "s3://gitfleet/fleet";
+
 struct World {
     dir: tempfile::TempDir,
     ports: Ports,
@@ -190,7 +193,7 @@ struct World {
     /// Traffic clients stop when this goes false.
     alive: Arc<AtomicBool>,
     _daemon: GitDaemon,
-    _moto: Moto,
+    moto: Moto,
 }
 
 impl Drop for World {
@@ -303,7 +306,7 @@ fn start() -> World {
     gitfleet_tests::sentinel::binary();
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start();
-    let store = "s3://gitfleet/fleet";
+    let store = STORE;
     moto.store(store);
     let ports = Ports {
         proxy: free_port(),
@@ -455,7 +458,7 @@ sentinel {{
         traffic_on,
         alive,
         _daemon: daemon,
-        _moto: moto,
+        moto,
     }
 }
 
@@ -624,5 +627,43 @@ fn rollouts_on_real_proxies_are_judged_on_their_own_traffic() {
         minute,
         || world.context(),
         || world.all_serve("good").then_some(()),
+    );
+
+    // The repair, and the activations before it, are in the node's signed
+    // events in the store, as `gitfleet events --node` reads them.
+    let events = wait_for(
+        "the repair in `gitfleet events --node`",
+        minute,
+        || world.context(),
+        || {
+            let out = Command::new(bin("gitfleet"))
+                .args(["events", "--repo"])
+                .arg(world.bare())
+                .args(["--store", STORE, "--node", &node.id, "--format", "json"])
+                .arg("--cache")
+                .arg(world.path("events-mirror"))
+                .envs(world.moto.env())
+                .output()
+                .unwrap();
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{stdout}{stderr}");
+            stdout
+                .lines()
+                .any(|l| {
+                    l.contains("\"kind\":\"drift-repaired\"") && l.contains("files/sentinel.kdl")
+                })
+                .then_some(stdout)
+        },
+    );
+    let kinds: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].clone())
+        .collect();
+    assert!(kinds.contains(&"activated".into()), "{events}");
+    assert!(
+        events
+            .lines()
+            .all(|l| l.contains(&format!("\"node\":\"{}\"", node.id))),
+        "{events}"
     );
 }

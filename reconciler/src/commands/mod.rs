@@ -8,6 +8,7 @@ use codespan_reporting::term::termcolor::ColorChoice;
 pub mod approve;
 pub mod bundle;
 pub mod check;
+pub mod events;
 pub mod keygen;
 pub mod mesh;
 pub mod migrate;
