@@ -8,7 +8,7 @@
 #   requests and bytes per no-change poll:           1 request, a few hundred bytes;
 #   activating a 1 MiB bundle, excluding the reload: <= 50 ms.
 #
-# Builds the release agent and bench-agent (tests/src/bin/bench-agent.rs),
+# Builds the agent (AGENT_PROFILE) and bench-agent (tests/src/bin/bench-agent.rs),
 # which measures everything and its baselines in the same run and prints
 # figures, goals, PASS/FAIL and ratios. Results are printed, never asserted:
 # the script exits 0 whatever the figures, and non-zero only when something

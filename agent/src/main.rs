@@ -182,8 +182,13 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
+    // One task does everything in turn, so one thread for blocking work
+    // (file-store requests, verifying a bundle into the staging copy,
+    // WireGuard) is enough; each extra one keeps its own stack and malloc
+    // arena resident while it lives.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
         .build()
     {
         Ok(r) => r,

@@ -1265,10 +1265,7 @@ mod tests {
                     verify_bundle_into(reference, bytes.as_slice(), limits, |_, data| {
                         std::io::copy(data, &mut std::io::sink()).map(|_| ())
                     });
-                assert_eq!(
-                    one.clone().map(Verified::<BundleHead>::from),
-                    streamed
-                );
+                assert_eq!(one.clone().map(Verified::<BundleHead>::from), streamed);
                 outcomes.push(one.map(|_| ()));
             }
         }
