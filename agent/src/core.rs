@@ -501,6 +501,9 @@ impl<N: Node> Agent<N> {
         let key = self.manifest_key();
         let sources: Vec<Store> = self.sources().cloned().collect();
         let mut refused: Vec<String> = Vec::new();
+        // Whether any source answered: the store is unreachable only when
+        // none did.
+        let mut answered = false;
         for (at, source) in sources.iter().enumerate() {
             let last = at + 1 == sources.len();
             let mirror = if last {
@@ -515,12 +518,13 @@ impl<N: Node> Agent<N> {
                 .await
             {
                 Ok(f) => {
+                    answered = true;
                     self.events.store_reachable(now, true, None);
                     f
                 }
                 Err(e) => {
                     refused.push(format!("{mirror}reading {key}: {e}"));
-                    if last {
+                    if last && !answered {
                         // Neither a mirror nor the store answered.
                         self.events
                             .store_reachable(now, false, Some(refused.join("; ")));
@@ -809,7 +813,9 @@ impl<N: Node> Agent<N> {
             return Err(self.fail(target, reason));
         }
         let from = slot(&self.state, kind).map(|s| s.active.clone());
-        let back = slot(&self.state, kind).and_then(|s| s.previous.as_ref()) == Some(target);
+        // Going back: the rollout's previous bundle in place of its own
+        // (rolled back, or its bundle revoked).
+        let back = *target != rollout.bundle && rollout.previous.as_ref() == Some(target);
         let outcome = self
             .node
             .activate(&rollout.name, from.as_ref(), &bundle)

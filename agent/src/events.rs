@@ -90,10 +90,6 @@ impl EventLog {
         };
         let paths: Vec<&str> = drift.iter().map(|d| d.path.as_str()).collect();
         self.record(at, kind, None, None, Some(paths.join(", ")));
-        if kind == EventKind::DriftRepaired {
-            // Put back: the next report finds none, which is no news.
-            self.drift.clear();
-        }
     }
 
     /// Whether a poll could read the store (or a mirror): an event when
@@ -183,7 +179,9 @@ impl EventLog {
 /// Which event a failed activation is.
 pub fn activation_failed(e: &NodeError) -> EventKind {
     match e {
-        NodeError::NotRestored { failed, .. } => activation_failed(failed),
+        // The previous config is not back either: not what the kinds
+        // below promise.
+        NodeError::NotRestored { .. } => EventKind::ActivationFailed,
         NodeError::Sentinel(
             SentinelError::Read { .. }
             | SentinelError::Invalid { .. }
@@ -221,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn drift_is_an_event_when_it_changes_and_a_repair_each_time() {
+    fn drift_is_an_event_when_what_is_found_changes() {
         let mut log = EventLog::new("acme", "edge-1");
         let t = at("2026-12-04T10:00:00Z");
         log.drift(t, DriftPolicy::Report, &[]);
@@ -233,6 +231,8 @@ mod tests {
             &[drift("files/a"), drift("files/b")],
         );
         log.drift(t, DriftPolicy::Report, &[]);
+        log.drift(t, DriftPolicy::Repair, &[drift("files/a")]);
+        // A repair that does not hold finds the same again: no news.
         log.drift(t, DriftPolicy::Repair, &[drift("files/a")]);
         log.drift(t, DriftPolicy::Repair, &[]);
         log.drift(t, DriftPolicy::Repair, &[drift("files/a")]);

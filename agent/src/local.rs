@@ -76,6 +76,22 @@ fn keep(first: &mut Option<LocalError>, path: &Path, e: io::Error) -> io::Error 
     io::Error::new(kind, shown)
 }
 
+/// A reader that remembers its first error: a read of a local file that
+/// failed is the node's problem, whatever the verifier makes of it.
+struct Noting<'a, R> {
+    inner: R,
+    path: &'a Path,
+    failed: &'a mut Option<LocalError>,
+}
+
+impl<R: io::Read> io::Read for Noting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| keep(self.failed, self.path, e))
+    }
+}
+
 /// The hex part of a well-formed `sha256:<hex>` digest.
 fn hex(reference: &BundleRef) -> Result<&str, LocalError> {
     reference
@@ -344,8 +360,14 @@ impl StateDir {
             fs::remove_dir_all(&staging).map_err(io_at(&staging))?;
         }
         fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-        let input = fs::File::open(&download).map_err(io_at(&download))?;
-        // A failed write is this node's problem, not the bundle's.
+        let mut failed_read: Option<LocalError> = None;
+        let input = Noting {
+            inner: fs::File::open(&download).map_err(io_at(&download))?,
+            path: &download,
+            failed: &mut failed_read,
+        };
+        // A failed write (or read of the download) is this node's problem,
+        // not the bundle's.
         let mut failed_write: Option<LocalError> = None;
         let mut buf = vec![0u8; 64 << 10];
         let verified = verify::verify_bundle_into(reference, input, limits, |path, data| {
@@ -369,10 +391,12 @@ impl StateDir {
                 }
             }
         });
-        let head = match (verified, failed_write) {
-            (Ok(head), _) => head,
-            (Err(_), Some(e)) => return Err(e),
-            (Err(source), None) => {
+        let head = match (verified, failed_write, failed_read) {
+            (Ok(head), _, _) => head,
+            (Err(VerifyError::Unpacking { .. }), Some(e), _) | (Err(_), _, Some(e)) => {
+                return Err(e)
+            }
+            (Err(source), _, None) => {
                 let _ = fs::remove_dir_all(&staging);
                 return Err(LocalError::Trust {
                     path: download,

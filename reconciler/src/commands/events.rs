@@ -15,7 +15,7 @@ use gitfleet_schemas::trust::PublicKey;
 use serde::Serialize;
 
 use crate::fmt::printable;
-use crate::pass::observe::Observer;
+use crate::pass::observe::CheckedCommit;
 use crate::setup::{open_store, GitArgs};
 
 /// Show what happened on the nodes: activations, rollbacks, refused
@@ -204,7 +204,19 @@ impl Reader {
                 Fetch::NotModified | Fetch::Missing => continue,
             };
             match gitfleet_schemas::verify::verify_node_events(&bytes, &self.fleet, &node, key) {
+                Ok(events) if events.day != day => {
+                    eprintln!(
+                        "warning: {object}: holds the events of {}; skipped",
+                        events.day
+                    );
+                }
                 Ok(events) => {
+                    if events.dropped > 0 {
+                        eprintln!(
+                            "note: {node} had more events on {day} than are kept: the first {} are gone",
+                            events.dropped
+                        );
+                    }
                     for e in events.into_inner().events {
                         let line = Line::new(&node, e);
                         if self.seen.insert(line.clone()) {
@@ -226,12 +238,13 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let mirror = crate::setup::open_mirror(&args.git, &args.cache)?;
     let store = open_store(&mirror, args.store.as_deref())?;
+    // Only the node keys are needed: the branch tip, checked; no reports.
+    let heads = mirror.fetch()?;
+    let files = mirror.files_at(heads.branch)?;
+    let checked = CheckedCommit::new(gitfleet_policy::check(&files));
     let since = chrono::Duration::from_std(args.since).context("--since is too long")?;
     let kinds: Vec<EventKind> = args.kind.iter().map(|k| k.of()).collect();
     runtime.block_on(async {
-        let mut observer = Observer::new(mirror, store.clone());
-        let observed = observer.observe().await?;
-        let checked = &observed.checked;
         let fleet = checked
             .fleet()
             .context("fleet.kdl names no fleet")?
@@ -256,7 +269,17 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
             let mut lines = Vec::new();
             let mut day = first;
             while day <= today {
-                lines.extend(reader.day(day, args.node.as_deref()).await?);
+                match reader.day(day, args.node.as_deref()).await {
+                    Ok(more) => lines.extend(more),
+                    // Following rides out a moment without the store.
+                    Err(e) if args.follow => {
+                        eprintln!(
+                            "warning: {e:#}; trying again in {}",
+                            humantime::format_duration(args.interval)
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
                 day = day.succ_opt().context("the calendar ended")?;
             }
             lines.retain(|l| {

@@ -77,7 +77,8 @@ pub struct CheckedCommit {
 }
 
 impl CheckedCommit {
-    fn new(checked: Checked) -> Self {
+    /// A checked commit with the node keys and targets it implies.
+    pub fn new(checked: Checked) -> Self {
         let node_keys = checked
             .model
             .nodes
