@@ -25,7 +25,7 @@ use gitfleet_schemas::trust::{
 use gitfleet_schemas::verify::{self, BundleHead, Limits, Verified, VerifyError};
 use gitfleet_schemas::Proxy;
 
-use crate::events::{self as node_events, EventLog};
+use crate::events::EventLog;
 use crate::traffic::{self, Sample};
 
 /// The local side of an agent: where bundles become live and state is kept.
@@ -824,7 +824,7 @@ impl<N: Node> Agent<N> {
         let event = match &outcome {
             Ok(()) if back => EventKind::RolledBack,
             Ok(()) => EventKind::Activated,
-            Err(e) => node_events::activation_failed(e),
+            Err(e) => activation_failed(e),
         };
         self.events.record(
             Utc::now(),
@@ -1315,6 +1315,28 @@ impl<N: Node> Agent<N> {
             }
         }
         None
+    }
+}
+
+/// Which event a failed activation is.
+fn activation_failed(e: &NodeError) -> EventKind {
+    match e {
+        // The previous config is not back either: not what the kinds
+        // below promise.
+        NodeError::NotRestored { .. } => EventKind::ActivationFailed,
+        NodeError::Sentinel(
+            crate::sentinel::SentinelError::Read { .. }
+            | crate::sentinel::SentinelError::Invalid { .. }
+            | crate::sentinel::SentinelError::Render { .. },
+        ) => EventKind::ValidationRefused,
+        NodeError::Sentinel(
+            crate::sentinel::SentinelError::Mismatch { .. }
+            | crate::sentinel::SentinelError::NoDump { .. }
+            | crate::sentinel::SentinelError::BadDump { .. }
+            | crate::sentinel::SentinelError::Unhealthy { .. }
+            | crate::sentinel::SentinelError::NoAnswer { .. },
+        ) => EventKind::ReloadRefused,
+        _ => EventKind::ActivationFailed,
     }
 }
 

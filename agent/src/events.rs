@@ -17,9 +17,6 @@ use gitfleet_schemas::keys;
 use gitfleet_schemas::status::Drift;
 use gitfleet_schemas::trust::{Document as _, PublicKey};
 
-use crate::core::NodeError;
-use crate::sentinel::SentinelError;
-
 /// At most this many events wait for a write; the oldest go first.
 const MAX_WAITING: usize = 1000;
 
@@ -173,28 +170,6 @@ impl EventLog {
             }
             Err(e) => Err(format!("reading {object}: {e}")),
         }
-    }
-}
-
-/// Which event a failed activation is.
-pub fn activation_failed(e: &NodeError) -> EventKind {
-    match e {
-        // The previous config is not back either: not what the kinds
-        // below promise.
-        NodeError::NotRestored { .. } => EventKind::ActivationFailed,
-        NodeError::Sentinel(
-            SentinelError::Read { .. }
-            | SentinelError::Invalid { .. }
-            | SentinelError::Render { .. },
-        ) => EventKind::ValidationRefused,
-        NodeError::Sentinel(
-            SentinelError::Mismatch { .. }
-            | SentinelError::NoDump { .. }
-            | SentinelError::BadDump { .. }
-            | SentinelError::Unhealthy { .. }
-            | SentinelError::NoAnswer { .. },
-        ) => EventKind::ReloadRefused,
-        _ => EventKind::ActivationFailed,
     }
 }
 
