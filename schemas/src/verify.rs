@@ -1062,6 +1062,19 @@ fn cap_or_corrupt(e: std::io::Error, total: u64, limits: Limits) -> VerifyError 
     }
 }
 
+/// A document signed by one node's key.
+fn open_signed_by_node<T: Document>(bytes: &[u8], node_key: &PublicKey) -> Result<T, VerifyError> {
+    let keys = [*node_key];
+    open(
+        bytes,
+        &[KeySet {
+            role: "node",
+            keys: &keys,
+            threshold: 1,
+        }],
+    )
+}
+
 /// Verify a node's events of one day: signed by that node's key (from its
 /// `nodes/<id>.kdl`), about that node, in this fleet.
 pub fn verify_node_events(
@@ -1070,15 +1083,7 @@ pub fn verify_node_events(
     node: &str,
     node_key: &PublicKey,
 ) -> Result<Verified<crate::events::NodeEvents>, VerifyError> {
-    let keys = [*node_key];
-    let events: crate::events::NodeEvents = open(
-        bytes,
-        &[KeySet {
-            role: "node",
-            keys: &keys,
-            threshold: 1,
-        }],
-    )?;
+    let events: crate::events::NodeEvents = open_signed_by_node(bytes, node_key)?;
     fleet_matches(crate::events::NodeEvents::NAME, fleet, &events.fleet)?;
     if events.node != node {
         return Err(VerifyError::EventsOfOtherNode {
@@ -1097,15 +1102,7 @@ pub fn verify_status(
     node: &str,
     node_key: &PublicKey,
 ) -> Result<Verified<crate::status::StatusReport>, VerifyError> {
-    let keys = [*node_key];
-    let report: crate::status::StatusReport = open(
-        bytes,
-        &[KeySet {
-            role: "node",
-            keys: &keys,
-            threshold: 1,
-        }],
-    )?;
+    let report: crate::status::StatusReport = open_signed_by_node(bytes, node_key)?;
     fleet_matches(crate::status::StatusReport::NAME, fleet, &report.fleet)?;
     if report.node != node {
         return Err(VerifyError::WrongNode {

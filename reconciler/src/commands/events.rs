@@ -59,8 +59,8 @@ pub struct EventsArgs {
     #[arg(long, value_name = "NAME")]
     rollout: Option<String>,
     /// Only events of these kinds (repeat for several).
-    #[arg(long, value_enum)]
-    kind: Vec<Kind>,
+    #[arg(long, value_parser = kind_parser())]
+    kind: Vec<EventKind>,
     /// How far back.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     since: std::time::Duration,
@@ -80,38 +80,15 @@ enum Format {
     Json,
 }
 
-/// The event kinds, as `--kind` takes them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Kind {
-    Activated,
-    RolledBack,
-    ValidationRefused,
-    ReloadRefused,
-    ActivationFailed,
-    BundleRefused,
-    DriftFound,
-    DriftRepaired,
-    StoreUnreachable,
-    StoreRecovered,
-    RootRotated,
-}
-
-impl Kind {
-    fn of(self) -> EventKind {
-        match self {
-            Kind::Activated => EventKind::Activated,
-            Kind::RolledBack => EventKind::RolledBack,
-            Kind::ValidationRefused => EventKind::ValidationRefused,
-            Kind::ReloadRefused => EventKind::ReloadRefused,
-            Kind::ActivationFailed => EventKind::ActivationFailed,
-            Kind::BundleRefused => EventKind::BundleRefused,
-            Kind::DriftFound => EventKind::DriftFound,
-            Kind::DriftRepaired => EventKind::DriftRepaired,
-            Kind::StoreUnreachable => EventKind::StoreUnreachable,
-            Kind::StoreRecovered => EventKind::StoreRecovered,
-            Kind::RootRotated => EventKind::RootRotated,
-        }
-    }
+/// `--kind`: the event kinds by their JSON names.
+fn kind_parser() -> impl clap::builder::TypedValueParser<Value = EventKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(EventKind::ALL.map(EventKind::name)).map(|name| {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(EventKind::Activated)
+    })
 }
 
 /// One line of output.
@@ -243,7 +220,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let files = mirror.files_at(heads.branch)?;
     let checked = CheckedCommit::new(gitfleet_policy::check(&files));
     let since = chrono::Duration::from_std(args.since).context("--since is too long")?;
-    let kinds: Vec<EventKind> = args.kind.iter().map(|k| k.of()).collect();
+    let kinds = &args.kind;
     runtime.block_on(async {
         let fleet = checked
             .fleet()
