@@ -115,6 +115,27 @@ fn is_fresh(binary: &Path) -> bool {
 }
 
 /// Recursively copy a directory tree.
+/// The example fleet (examples/fleet-repo) copied to `dir` without its
+/// change windows, so that what a test sees does not depend on the day and
+/// hour it runs (its edge rollout never starts on a Friday afternoon, prod
+/// only on weekday mornings and never over the year end): only approvals
+/// hold prod.
+pub fn example_fleet_without_windows(dir: &Path) {
+    copy_dir(&workspace().join("examples/fleet-repo"), dir);
+    for file in ["environments.kdl", "rollouts/edge.kdl"] {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                !l.starts_with("window ") && !l.starts_with("deny-window ")
+            })
+            .collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    }
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

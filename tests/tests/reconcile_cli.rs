@@ -17,7 +17,7 @@ use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::state::{MeshAllocation, Phase, RolloutState};
 use gitfleet_schemas::trust::{BundleRef, Document, PublicKey, Root};
 use gitfleet_schemas::verify::{verify_bundle, verify_channel, verify_first_root, Limits};
-use gitfleet_tests::{append_commit_push, bin, copy_dir, git, text, workspace};
+use gitfleet_tests::{append_commit_push, bin, git, text, workspace};
 
 /// The edge config of the example fleet.
 const EDGE: &str = "configs/edge/sentinel.kdl";
@@ -32,7 +32,8 @@ impl Fleet {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
-        copy_dir(&workspace().join("examples/fleet-repo"), &work);
+        // Windows would make what a pass does depend on when it runs.
+        gitfleet_tests::example_fleet_without_windows(&work);
         git(&work, &["init", "-q", "-b", "main"]);
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-qm", "fleet"]);

@@ -17,26 +17,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gitfleet_schemas::state::{Phase, RolloutState, RulesState};
-use gitfleet_tests::{bin, copy_dir, git, state_file, text, workspace, Spawned};
+use gitfleet_tests::{bin, git, state_file, text, Spawned};
 
 const ROLLOUTS: [&str; 3] = ["api-gateway", "backbone", "edge"];
-
-/// The example fleet without change windows: only approvals hold prod.
-fn fleet_without_windows(dir: &Path) {
-    copy_dir(&workspace().join("examples/fleet-repo"), dir);
-    for file in ["environments.kdl", "rollouts/edge.kdl"] {
-        let path = dir.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                let l = l.trim_start();
-                !l.starts_with("window ") && !l.starts_with("deny-window ")
-            })
-            .collect();
-        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
-    }
-}
 
 fn prod(bare: &Path, rollout: &str) -> Option<gitfleet_schemas::state::EnvState> {
     state_file::<RolloutState>(bare, &format!("rollouts/{rollout}.json"))?
@@ -101,7 +84,7 @@ fn commit_and_push(work: &Path, message: &str) -> String {
 fn deleting_prods_approvals_waits_for_the_approvals_it_deletes() {
     let cwd = tempfile::tempdir().unwrap();
     let cwd = cwd.path();
-    fleet_without_windows(&cwd.join("start"));
+    gitfleet_tests::example_fleet_without_windows(&cwd.join("start"));
     let up = Spawned::up(cwd, "up", &["start"]);
     let bare = cwd.join("demo/fleet.git");
     let work = cwd.join("demo/fleet");
