@@ -764,6 +764,37 @@ mod tests {
         assert!(report.healthy);
         assert_eq!(report.rollouts["edge"].active.as_ref(), Some(&a));
         assert_eq!(agent.node().activations(), 3);
+
+        // Each step is an event, written with the reports, signed by the
+        // node: a, b, and back to a.
+        // (Today's object, and tomorrow's should the test cross midnight.)
+        let mut events = Vec::new();
+        for day in [now.date_naive(), now.date_naive() + chrono::Days::new(1)] {
+            let path = world
+                .dir
+                .path()
+                .join(gitfleet_schemas::keys::events(day, "edge-1"));
+            if let Ok(bytes) = std::fs::read(path) {
+                let day =
+                    gitfleet_schemas::verify::verify_node_events(&bytes, "acme", "edge-1", &key)
+                        .unwrap()
+                        .into_inner();
+                events.extend(day.events);
+            }
+        }
+        let seen: Vec<(gitfleet_schemas::events::EventKind, Option<&str>)> = events
+            .iter()
+            .map(|e| (e.kind, e.bundle.as_deref()))
+            .collect();
+        use gitfleet_schemas::events::EventKind::{Activated, RolledBack};
+        assert_eq!(
+            seen,
+            [
+                (Activated, Some(a.digest.as_str())),
+                (Activated, Some(b.digest.as_str())),
+                (RolledBack, Some(a.digest.as_str())),
+            ]
+        );
     }
 
     /// A reconciler stand-in on loopback that answers every request 204
