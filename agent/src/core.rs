@@ -1021,11 +1021,14 @@ impl<N: Node> Agent<N> {
             s.active = Some(slot.active.clone());
             s.previous = slot.previous.clone();
             match self.node.drift(kind, &slot.active, self.drift()).await {
-                Ok(d) => drift.extend(d),
+                Ok(d) => {
+                    self.events
+                        .drift(now, self.drift(), &slot.rollout, &slot.active.digest, &d);
+                    drift.extend(d);
+                }
                 Err(e) => self.last_error = Some(format!("checking drift: {e}")),
             }
         }
-        self.events.drift(now, self.drift(), &drift);
         for (name, error) in &self.errors {
             if let Some(s) = rollouts.get_mut(name) {
                 s.error = Some(error.clone());

@@ -8,6 +8,8 @@
 //! nothing happened. A write that fails keeps them for the next report;
 //! they are lost only if the agent stops before one succeeds.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use ed25519_dalek::SigningKey;
 use gitfleet_io::store::Store;
@@ -28,8 +30,9 @@ pub struct EventLog {
     waiting: Vec<NodeEvent>,
     /// The day last written (or read back), as the store has it.
     day: Option<NodeEvents>,
-    /// The drift the last report found, to record only changes.
-    drift: Vec<Drift>,
+    /// The drift the last report found under each rollout's active
+    /// bundle, to record only changes.
+    drift: BTreeMap<String, Vec<Drift>>,
     /// The store could not be read at the last poll.
     store_down: bool,
 }
@@ -41,7 +44,7 @@ impl EventLog {
             node: node.to_owned(),
             waiting: Vec::new(),
             day: None,
-            drift: Vec::new(),
+            drift: BTreeMap::new(),
             store_down: false,
         }
     }
@@ -71,13 +74,22 @@ impl EventLog {
         self.waiting.drain(..over);
     }
 
-    /// What a report found against the active bundles: an event when it
-    /// differs from what the last one found (and is not nothing).
-    pub fn drift(&mut self, at: DateTime<Utc>, policy: DriftPolicy, drift: &[Drift]) {
-        if drift == self.drift.as_slice() {
+    /// What a report found against `rollout`'s active `bundle`: an event
+    /// when it differs from what the last one found there (and is not
+    /// nothing).
+    pub fn drift(
+        &mut self,
+        at: DateTime<Utc>,
+        policy: DriftPolicy,
+        rollout: &str,
+        bundle: &str,
+        drift: &[Drift],
+    ) {
+        let last = self.drift.entry(rollout.to_owned()).or_default();
+        if drift == last.as_slice() {
             return;
         }
-        self.drift = drift.to_vec();
+        *last = drift.to_vec();
         if drift.is_empty() {
             return;
         }
@@ -86,7 +98,13 @@ impl EventLog {
             _ => EventKind::DriftFound,
         };
         let paths: Vec<&str> = drift.iter().map(|d| d.path.as_str()).collect();
-        self.record(at, kind, None, None, Some(paths.join(", ")));
+        self.record(
+            at,
+            kind,
+            Some(rollout),
+            Some(bundle),
+            Some(paths.join(", ")),
+        );
     }
 
     /// Whether a poll could read the store (or a mirror): an event when
@@ -197,20 +215,52 @@ mod tests {
     fn drift_is_an_event_when_what_is_found_changes() {
         let mut log = EventLog::new("acme", "edge-1");
         let t = at("2026-12-04T10:00:00Z");
-        log.drift(t, DriftPolicy::Report, &[]);
-        log.drift(t, DriftPolicy::Report, &[drift("files/a")]);
-        log.drift(t, DriftPolicy::Report, &[drift("files/a")]);
+        log.drift(t, DriftPolicy::Report, "edge", "sha256:aa", &[]);
         log.drift(
             t,
             DriftPolicy::Report,
+            "edge",
+            "sha256:aa",
+            &[drift("files/a")],
+        );
+        log.drift(
+            t,
+            DriftPolicy::Report,
+            "edge",
+            "sha256:aa",
+            &[drift("files/a")],
+        );
+        log.drift(
+            t,
+            DriftPolicy::Report,
+            "edge",
+            "sha256:aa",
             &[drift("files/a"), drift("files/b")],
         );
-        log.drift(t, DriftPolicy::Report, &[]);
-        log.drift(t, DriftPolicy::Repair, &[drift("files/a")]);
+        log.drift(t, DriftPolicy::Report, "edge", "sha256:aa", &[]);
+        log.drift(
+            t,
+            DriftPolicy::Repair,
+            "edge",
+            "sha256:aa",
+            &[drift("files/a")],
+        );
         // A repair that does not hold finds the same again: no news.
-        log.drift(t, DriftPolicy::Repair, &[drift("files/a")]);
-        log.drift(t, DriftPolicy::Repair, &[]);
-        log.drift(t, DriftPolicy::Repair, &[drift("files/a")]);
+        log.drift(
+            t,
+            DriftPolicy::Repair,
+            "edge",
+            "sha256:aa",
+            &[drift("files/a")],
+        );
+        log.drift(t, DriftPolicy::Repair, "edge", "sha256:aa", &[]);
+        log.drift(
+            t,
+            DriftPolicy::Repair,
+            "edge",
+            "sha256:aa",
+            &[drift("files/a")],
+        );
         assert_eq!(
             kinds(&log),
             [
@@ -221,6 +271,16 @@ mod tests {
             ]
         );
         assert_eq!(log.waiting()[1].detail.as_deref(), Some("files/a, files/b"));
+        assert_eq!(log.waiting()[1].rollout.as_deref(), Some("edge"));
+        // Another rollout's bundle is judged on its own.
+        log.drift(
+            t,
+            DriftPolicy::Report,
+            "mesh",
+            "sha256:bb",
+            &[drift("files/a")],
+        );
+        assert_eq!(log.waiting().len(), 5);
     }
 
     #[test]
