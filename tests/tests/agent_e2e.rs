@@ -633,3 +633,106 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
         Some(gitfleet_schemas::verify::sha256_hex(b"edited by hand").as_str())
     );
 }
+
+/// The agent process, stopped by its pid when the test ends, however.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A store that stops answering: every poll is refused, which the agent's
+/// metrics show and the shipped "cannot poll" alert (and no other) fires
+/// on; when it answers again the outage is in the node's signed events.
+#[test]
+fn a_store_that_stops_answering_raises_the_cannot_poll_alert_and_leaves_events() {
+    let (fleet, _v1) = running();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let _agent = Running(
+        Command::new(bin("gitfleet-agent"))
+            .arg("-c")
+            .arg(fleet.path("agent.kdl"))
+            .args(["run", "--metrics-listen", &metrics_addr])
+            .current_dir(fleet.path(""))
+            .env_remove(CRASH_AT)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let polls = |text: &str, outcome: &str| -> u64 {
+        let prefix = format!("gitfleet_agent_polls_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let scrape_until = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::blocking::get(format!("http://{metrics_addr}/metrics")) {
+                let text = r.text().unwrap();
+                if done(&text) {
+                    return gitfleet_tests::alerts::Scrape::now(text);
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "no {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    scrape_until("unchanged polls", &|t| polls(t, "unchanged") > 0);
+
+    // The store's directory replaced by a file: every request fails.
+    std::fs::rename(fleet.path("store"), fleet.path("store.away")).unwrap();
+    std::fs::write(fleet.path("store"), b"not a directory").unwrap();
+    let before = scrape_until("a refused poll", &|t| polls(t, "refused") > 0);
+    let refused = polls(&before.text, "refused");
+    let unchanged = polls(&before.text, "unchanged");
+    let after = scrape_until("more refused polls", &|t| {
+        polls(t, "refused") >= refused + 3
+    });
+    assert_eq!(polls(&after.text, "unchanged"), unchanged);
+    gitfleet_tests::alerts::check(&before, &after, &["GitfleetAgentCannotPoll"]).unwrap();
+
+    // Back: the outage and the recovery are events, signed by the node.
+    std::fs::remove_file(fleet.path("store")).unwrap();
+    std::fs::rename(fleet.path("store.away"), fleet.path("store")).unwrap();
+    let key_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fleet.path("state/node.key")).unwrap())
+            .unwrap();
+    let key = PublicKey::parse(key_file["public_key"].as_str().unwrap()).unwrap();
+    let start = Instant::now();
+    let kinds = loop {
+        let mut kinds = Vec::new();
+        let today = chrono::Utc::now().date_naive();
+        for day in [today - chrono::Days::new(1), today] {
+            let path = fleet.path(&format!(
+                "store/{}",
+                gitfleet_schemas::keys::events(day, "edge-1")
+            ));
+            if let Ok(bytes) = std::fs::read(path) {
+                let events =
+                    gitfleet_schemas::verify::verify_node_events(&bytes, "acme", "edge-1", &key)
+                        .unwrap()
+                        .into_inner();
+                kinds.extend(events.events.into_iter().map(|e| e.kind));
+            }
+        }
+        if kinds.contains(&StoreRecovered) {
+            break kinds;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no store-recovered event: {kinds:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    use gitfleet_schemas::events::EventKind::{StoreRecovered, StoreUnreachable};
+    let outage: Vec<_> = kinds
+        .into_iter()
+        .filter(|k| matches!(k, StoreUnreachable | StoreRecovered))
+        .collect();
+    assert_eq!(outage, [StoreUnreachable, StoreRecovered]);
+}
