@@ -26,6 +26,7 @@ use gitfleet_schemas::verify::{self, BundleHead, Limits, Verified, VerifyError};
 use gitfleet_schemas::Proxy;
 
 use crate::events::EventLog;
+use crate::sentinel::SentinelError;
 use crate::traffic::{self, Sample};
 
 /// The local side of an agent: where bundles become live and state is kept.
@@ -36,7 +37,7 @@ pub enum NodeError {
     #[error(transparent)]
     Local(#[from] crate::local::LocalError),
     #[error(transparent)]
-    Sentinel(#[from] crate::sentinel::SentinelError),
+    Sentinel(#[from] SentinelError),
     #[error(transparent)]
     Wireguard(#[from] crate::wireguard::WireguardError),
     #[error(
@@ -409,8 +410,7 @@ impl<N: Node> Agent<N> {
         node: N,
         state: LocalState,
     ) -> Self {
-        let root_fleet = root.fleet.clone();
-        let node_id = id.node.clone();
+        let events = EventLog::new(&root.fleet, &id.node);
         Agent {
             id,
             store,
@@ -434,7 +434,7 @@ impl<N: Node> Agent<N> {
             etag_from: 0,
             etag_refused: None,
             report_retry_at: None,
-            events: EventLog::new(&root_fleet, &node_id),
+            events,
         }
     }
 
@@ -808,9 +808,11 @@ impl<N: Node> Agent<N> {
         let kind = bundle.manifest.kind;
         claim(kind)?;
         if let Some(why) = wrong_proxy(kind, &bundle.manifest.validator, &self.id.proxy) {
-            let reason = format!("refusing {key}: {why}");
-            self.refused_bundle(&rollout.name, target, &reason);
-            return Err(self.fail(target, reason));
+            return Err(self.refuse_bundle(
+                &rollout.name,
+                target,
+                format!("refusing {key}: {why}"),
+            ));
         }
         let from = slot(&self.state, kind).map(|s| s.active.clone());
         // Going back: the rollout's previous bundle in place of its own
@@ -908,9 +910,11 @@ impl<N: Node> Agent<N> {
                 e @ (FetchError::Refused(_) | FetchError::Store(StoreError::TooLarge { .. }))
                     if last =>
                 {
-                    let reason = format!("refusing {key}: {e}");
-                    self.refused_bundle(rollout, target, &reason);
-                    return Err(self.fail(target, reason));
+                    return Err(self.refuse_bundle(
+                        rollout,
+                        target,
+                        format!("refusing {key}: {e}"),
+                    ));
                 }
                 FetchError::Store(e) if last => {
                     self.retry = true;
@@ -925,14 +929,17 @@ impl<N: Node> Agent<N> {
         Err(format!("{key}: no source to read it from"))
     }
 
-    fn refused_bundle(&mut self, rollout: &str, target: &BundleRef, reason: &str) {
+    /// A bundle whose bytes or proxy this node refuses: an event, and
+    /// failed here ([`Agent::fail`]).
+    fn refuse_bundle(&mut self, rollout: &str, target: &BundleRef, reason: String) -> String {
         self.events.record(
             Utc::now(),
             EventKind::BundleRefused,
             Some(rollout),
             Some(&target.digest),
-            Some(reason.to_owned()),
+            Some(reason.clone()),
         );
+        self.fail(target, reason)
     }
 
     /// Remember that `target` failed here, so it is not retried every poll.
@@ -1279,11 +1286,10 @@ impl<N: Node> Agent<N> {
         };
         self.last_report = Some(now);
         self.dirty = false;
-        // What happened goes with the report; if it cannot, with the next.
-        if !self.events.waiting().is_empty() {
-            if let Err(e) = self.events.flush(&self.store, &self.key).await {
-                tracing::warn!(node = %self.id.node, error = %e, "cannot write events; they wait for the next report");
-            }
+        // What happened goes with the report (nothing waiting costs no
+        // request); if it cannot, with the next.
+        if let Err(e) = self.events.flush(&self.store, &self.key).await {
+            tracing::warn!(node = %self.id.node, error = %e, "cannot write events; they wait for the next report");
         }
         Ok((report, to))
     }
@@ -1328,16 +1334,16 @@ fn activation_failed(e: &NodeError) -> EventKind {
         // below promise.
         NodeError::NotRestored { .. } => EventKind::ActivationFailed,
         NodeError::Sentinel(
-            crate::sentinel::SentinelError::Read { .. }
-            | crate::sentinel::SentinelError::Invalid { .. }
-            | crate::sentinel::SentinelError::Render { .. },
+            SentinelError::Read { .. }
+            | SentinelError::Invalid { .. }
+            | SentinelError::Render { .. },
         ) => EventKind::ValidationRefused,
         NodeError::Sentinel(
-            crate::sentinel::SentinelError::Mismatch { .. }
-            | crate::sentinel::SentinelError::NoDump { .. }
-            | crate::sentinel::SentinelError::BadDump { .. }
-            | crate::sentinel::SentinelError::Unhealthy { .. }
-            | crate::sentinel::SentinelError::NoAnswer { .. },
+            SentinelError::Mismatch { .. }
+            | SentinelError::NoDump { .. }
+            | SentinelError::BadDump { .. }
+            | SentinelError::Unhealthy { .. }
+            | SentinelError::NoAnswer { .. },
         ) => EventKind::ReloadRefused,
         _ => EventKind::ActivationFailed,
     }

@@ -32,8 +32,7 @@ use gitfleet_schemas::bundle::{BundleKind, MeshBundle, MESH_FILE};
 use gitfleet_schemas::fleet::DriftPolicy;
 use gitfleet_schemas::status::{Drift, HttpCheckResult, Metrics, WireguardStatus};
 use gitfleet_schemas::trust::{BundleRef, ChannelCheck};
-use gitfleet_schemas::verify::{BundleHead, Limits, Verified, VerifyError};
-use sha2::{Digest as _, Sha256};
+use gitfleet_schemas::verify::{BundleHead, Digesting, Limits, Verified};
 
 use crate::checks;
 use crate::core::{FetchError, Node, NodeError};
@@ -522,26 +521,6 @@ fn proxy_absent(e: &sentinel::SentinelError) -> bool {
     }
 }
 
-/// Hashes and counts what is written through it.
-struct Digesting<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for Digesting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 impl Node for DiskNode {
     /// Streamed to `staging/` as it arrives, then verified from there into
     /// a staging copy, a block at a time: the agent never holds a bundle's
@@ -564,11 +543,7 @@ impl Node for DiskNode {
         })?;
         // Hashed as it is written: bytes that are not the signed ones are
         // refused before anything decompresses or unpacks them.
-        let mut download = Digesting {
-            inner: file,
-            hasher: Sha256::new(),
-            count: 0,
-        };
+        let mut download = Digesting::new(file);
         match source.get_into(key, target.length, &mut download).await {
             Ok(Some(_)) => {}
             Ok(None) => return Err(FetchError::Missing),
@@ -577,21 +552,7 @@ impl Node for DiskNode {
             }
             Err(e) => return Err(FetchError::Store(e)),
         }
-        let digest = format!("sha256:{:x}", download.hasher.finalize());
-        let refused = if download.count != target.length {
-            Some(VerifyError::BundleLength {
-                expected: target.length,
-                found: download.count,
-            })
-        } else if digest != target.digest {
-            Some(VerifyError::BundleDigest {
-                expected: target.digest.clone(),
-                found: digest,
-            })
-        } else {
-            None
-        };
-        if let Some(e) = refused {
+        if let Err(e) = download.check_bundle(target) {
             let _ = std::fs::remove_file(&path);
             return Err(FetchError::Refused(e));
         }

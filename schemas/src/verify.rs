@@ -628,22 +628,14 @@ pub fn verify_bundle_into<R: Read>(
     limits: Limits,
     mut sink: impl FnMut(&str, &mut dyn Read) -> std::io::Result<()>,
 ) -> Result<Verified<BundleHead>, VerifyError> {
-    let mut input = Digesting {
-        inner: input.take(reference.length.saturating_add(1)),
-        hasher: Sha256::new(),
-        count: 0,
-    };
+    let mut input = Digesting::new(input.take(reference.length.saturating_add(1)));
     let mut manifest_bytes = None;
     let mut listing: BTreeMap<String, (u64, sha2::digest::Output<Sha256>)> = BTreeMap::new();
     let unpacked = unpack(
         std::io::BufReader::with_capacity(64 << 10, &mut input),
         limits,
         |path, data| {
-            let mut data = Digesting {
-                inner: data,
-                hasher: Sha256::new(),
-                count: 0,
-            };
+            let mut data = Digesting::new(data);
             let failed = |e: std::io::Error| VerifyError::Unpacking {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -664,19 +656,7 @@ pub fn verify_bundle_into<R: Read>(
     // Whatever went wrong inside, bytes that are not the bundle's say so
     // first.
     let rest = std::io::copy(&mut input, &mut std::io::sink());
-    if input.count != reference.length {
-        return Err(VerifyError::BundleLength {
-            expected: reference.length,
-            found: input.count,
-        });
-    }
-    let digest = format!("sha256:{:x}", input.hasher.finalize());
-    if digest != reference.digest {
-        return Err(VerifyError::BundleDigest {
-            expected: reference.digest.clone(),
-            found: digest,
-        });
-    }
+    input.check_bundle(reference)?;
     unpacked?;
     rest.map_err(corrupt)?;
     let manifest_bytes = manifest_bytes.ok_or(VerifyError::MissingManifest)?;
@@ -688,11 +668,43 @@ pub fn verify_bundle_into<R: Read>(
     }))
 }
 
-/// Hashes and counts what is read through it.
-struct Digesting<R> {
-    inner: R,
+/// Hashes and counts the bytes read or written through it: a bundle's, to
+/// hold against its reference as they pass ([`Digesting::check_bundle`]),
+/// or one file's.
+#[derive(Debug)]
+pub struct Digesting<T> {
+    inner: T,
     hasher: Sha256,
     count: u64,
+}
+
+impl<T> Digesting<T> {
+    pub fn new(inner: T) -> Self {
+        Digesting {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Whether the bytes that passed are the bundle `reference` names
+    /// (its length, then its digest); the inner reader or writer back.
+    pub fn check_bundle(self, reference: &BundleRef) -> Result<T, VerifyError> {
+        if self.count != reference.length {
+            return Err(VerifyError::BundleLength {
+                expected: reference.length,
+                found: self.count,
+            });
+        }
+        let digest = format!("sha256:{:x}", self.hasher.finalize());
+        if digest != reference.digest {
+            return Err(VerifyError::BundleDigest {
+                expected: reference.digest.clone(),
+                found: digest,
+            });
+        }
+        Ok(self.inner)
+    }
 }
 
 impl<R: Read> Read for Digesting<R> {
@@ -701,6 +713,19 @@ impl<R: Read> Read for Digesting<R> {
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
         Ok(n)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

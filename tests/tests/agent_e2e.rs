@@ -544,15 +544,7 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     // Polls find nothing new and the heartbeat is a minute away: only the
     // file watcher can make the agent report within the deadline below.
-    let mut agent = Command::new(bin("gitfleet-agent"))
-        .arg("-c")
-        .arg(fleet.path("agent.kdl"))
-        .args(["run", "--metrics-listen", &metrics_addr])
-        .current_dir(fleet.path(""))
-        .env_remove(CRASH_AT)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent = Running::with_metrics(&fleet, &metrics_addr);
     // Its start-up report first.
     let start = Instant::now();
     while fleet.report().at == before {
@@ -616,8 +608,7 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
     );
     assert!(metrics.contains("gitfleet_agent_healthy "), "{metrics}");
     assert_eq!(get("/other").0, 404);
-    let _ = Command::new("kill").arg(agent.id().to_string()).status();
-    let _ = agent.wait();
+    drop(agent);
     // The shipped alerting rules, over the agent's own /metrics before and
     // after: the drift alert and no other.
     gitfleet_tests::alerts::check(
@@ -637,6 +628,23 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
 /// The agent process, stopped by its pid when the test ends, however.
 struct Running(std::process::Child);
 
+impl Running {
+    /// `gitfleet-agent run` of `fleet`, serving its metrics on `addr`.
+    fn with_metrics(fleet: &Fleet, addr: &str) -> Running {
+        Running(
+            Command::new(bin("gitfleet-agent"))
+                .arg("-c")
+                .arg(fleet.path("agent.kdl"))
+                .args(["run", "--metrics-listen", addr])
+                .current_dir(fleet.path(""))
+                .env_remove(CRASH_AT)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
@@ -651,17 +659,7 @@ impl Drop for Running {
 fn a_store_that_stops_answering_raises_the_cannot_poll_alert_and_leaves_events() {
     let (fleet, _v1) = running();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let _agent = Running(
-        Command::new(bin("gitfleet-agent"))
-            .arg("-c")
-            .arg(fleet.path("agent.kdl"))
-            .args(["run", "--metrics-listen", &metrics_addr])
-            .current_dir(fleet.path(""))
-            .env_remove(CRASH_AT)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = Running::with_metrics(&fleet, &metrics_addr);
     let polls = |text: &str, outcome: &str| -> u64 {
         let prefix = format!("gitfleet_agent_polls_total{{outcome=\"{outcome}\"}} ");
         text.lines()
