@@ -25,6 +25,21 @@ pub(crate) fn run(model: &FleetModel, files: &RepoFiles, d: &mut Diagnostics<'_>
     groups(model, d);
     rollouts(model, d);
     proxies(model, d);
+    notify(model, d);
+}
+
+/// fleet.kdl's `notify` blocks: valid names, environments that exist.
+fn notify(model: &FleetModel, d: &mut Diagnostics<'_>) {
+    let Some(fleet) = &model.fleet else {
+        return;
+    };
+    let f = fleet.path.as_str();
+    for n in &fleet.doc.notify {
+        check_name(d, f, &n.name, "notify receiver");
+        for env in &n.environments {
+            unknown_environment(model, d, f, env);
+        }
+    }
 }
 
 /// fleet.kdl's groups: named once each, listing nodes that exist; every

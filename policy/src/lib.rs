@@ -20,6 +20,7 @@ pub mod mesh;
 mod mesh_checks;
 pub mod migrate;
 pub mod model;
+pub mod notify;
 pub mod pass;
 pub mod plan;
 pub mod preview;

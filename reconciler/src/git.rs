@@ -26,7 +26,10 @@ use gitfleet_policy::RepoFiles;
 use crate::source;
 
 mod compact;
+mod history;
+
 pub use compact::{kept_at, Compaction};
+pub use history::{StateChange, StateHistory, WalkEnd};
 
 /// Where the fleet repository lives and how to reach it.
 #[derive(Clone)]

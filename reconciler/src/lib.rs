@@ -5,7 +5,7 @@
 //! state branch, the store), decide (`gitfleet_policy`, pure) and execute
 //! (uploads, the state commit, signed manifests, GitHub). `web` serves
 //! what the last pass saw; `github` talks to GitHub's API and takes its
-//! webhooks. Below them: `git` (the mirror), `setup` (repo, store, keys and
+//! webhooks; `notify` tells fleet.kdl's receivers what happened. Below them: `git` (the mirror), `setup` (repo, store, keys and
 //! holder from the command line and the fleet's settings), `keys`,
 //! `source`, `render`, `bundles` and `fmt`.
 
@@ -15,6 +15,7 @@ pub mod fmt;
 pub mod git;
 pub mod github;
 pub mod keys;
+pub mod notify;
 pub mod pass;
 pub mod render;
 pub mod setup;

@@ -39,6 +39,10 @@
 //! group "eu-edge" role="edge" {                // or by labels
 //!     in "region" "fra" "ams"
 //! }
+//! notify "ops" {                             // see `notify` for the rest
+//!     webhook "https://hooks.internal/gitfleet" secret-env="OPS_HOOK_SECRET"
+//!     events "rollout-failed" "rollout-rolled-back"
+//! }
 //! template "canary" {
 //!     step count=1
 //!     step percent=100
@@ -86,6 +90,9 @@ pub struct FleetFile {
     /// Named sets of nodes selectors take with `group "NAME"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<Group>,
+    /// Who is told what (`notify "ops" { webhook ... }`), by receiver name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::notify::Notify>,
 }
 
 /// `group "pilot" { nodes "a" "b" }` or `group "eu" region="fra" { in ... }`:
@@ -246,6 +253,7 @@ const TOP: &[&str] = &[
     "template",
     "revoke",
     "group",
+    "notify",
 ];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
@@ -275,6 +283,7 @@ impl FleetFile {
         let mut templates = Vec::new();
         let mut revoked = Vec::new();
         let mut groups = Vec::new();
+        let mut notify: Vec<crate::notify::Notify> = Vec::new();
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -303,6 +312,20 @@ impl FleetFile {
                 "template" => templates.extend(crate::rollout::decode_template(&mut d, node)),
                 "revoke" => revoked.extend(decode_revocation(&mut d, node)),
                 "group" => groups.extend(decode_group(&mut d, node)),
+                "notify" => {
+                    if let Some(n) = crate::notify::decode_notify(&mut d, node) {
+                        if notify.iter().any(|o| o.name.value == n.name.value) {
+                            d.error(
+                                n.name.span,
+                                "duplicate-notify",
+                                format!("notify `{}` is given more than once", n.name.value),
+                                Some("give each receiver its own name".to_owned()),
+                            );
+                        } else {
+                            notify.push(n);
+                        }
+                    }
+                }
                 _ => d.unknown_node(node, "fleet.kdl", TOP),
             }
         }
@@ -325,6 +348,7 @@ impl FleetFile {
             templates,
             revoked,
             groups,
+            notify,
         });
         d.finish(value)
     }

@@ -94,6 +94,9 @@ pub fn events_node(key: &str) -> Option<&str> {
     rest.split_once('/')?.1.strip_suffix(".json")
 }
 
+/// The leader's notification outbox (`notify::NotifyLedger`).
+pub const NOTIFY_LEDGER: &str = "notify/ledger.json";
+
 /// `enroll/<node>.json`.
 pub fn enroll(node: &str) -> String {
     format!("enroll/{node}.json")

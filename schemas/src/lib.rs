@@ -20,6 +20,7 @@ pub mod keys;
 pub mod mesh;
 pub mod net;
 pub mod node;
+pub mod notify;
 pub mod promotion;
 pub mod proxy;
 pub mod rollout;
@@ -68,6 +69,8 @@ pub fn json_schemas() -> Vec<(&'static str, String)> {
         one::<state::MeshAllocation>("mesh-allocation.schema.json"),
         one::<state::RulesState>("rules-state.schema.json"),
         one::<state::Departed>("departed.schema.json"),
+        one::<notify::Notification>("notification.schema.json"),
+        one::<notify::NotifyLedger>("notify-ledger.schema.json"),
         one::<status::StatusReport>("status-report.schema.json"),
         one::<status::Liveness>("liveness.schema.json"),
         one::<events::NodeEvents>("node-events.schema.json"),

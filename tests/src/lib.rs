@@ -14,6 +14,7 @@ pub mod fake_github;
 pub mod fleet;
 pub mod netns;
 pub mod real;
+pub mod receiver;
 pub mod sentinel;
 
 /// The workspace root.

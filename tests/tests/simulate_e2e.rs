@@ -5,6 +5,10 @@
 //! health gate and is rolled back to the previous one. A reconciler killed
 //! at each point of a pass and restarted skips and repeats no step, both
 //! there and with the repo behind `git daemon` and the store in moto's S3.
+//! Through all of it a webhook receiver (fleet.kdl's `notify`) that fails
+//! its first two requests is told each rollout event exactly once by id,
+//! signed, including when the reconciler dies between an event and its
+//! notification.
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
@@ -24,6 +28,7 @@ use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::{verify_channel, verify_status};
+use gitfleet_tests::receiver::Receiver;
 use gitfleet_tests::{append_commit_push, bin, copy_dir, interrupt, text, workspace};
 
 /// The edge config of the example fleet.
@@ -52,17 +57,36 @@ gates {
 "#;
 
 /// Where `gitfleet reconcile` can be made to die, in the order a pass
-/// reaches them (`gitfleet_io::faults::point` in reconciler/src/reconcile.rs
-/// and git.rs): bundles uploaded; state commit made but not pushed; pushed
-/// but not yet known to the mirror; committed, no manifest published; one
-/// manifest published of several.
-const CRASH_POINTS: [&str; 5] = [
+/// reaches them (`gitfleet_io::faults::point` in reconciler/src/pass/,
+/// git.rs and notify.rs): bundles uploaded; state commit made but not
+/// pushed; pushed but not yet known to the mirror; committed, no manifest
+/// published; one manifest published of several; notifications in the
+/// outbox, none sent; sent, the outbox not yet cleared.
+const CRASH_POINTS: [&str; 7] = [
     "after-bundles",
     "before-push",
     "after-push",
     "after-commit",
     "after-manifest",
+    "after-outbox",
+    "after-send",
 ];
+
+/// The HMAC secret of the test's webhook receiver, given to the
+/// reconciler in its environment as fleet.kdl's `secret-env` names it.
+const HOOK_SECRET: &str = "test-hook-secret";
+
+/// A receiver of the edge rollout's dev events, by webhook.
+fn notify_block(url: &str) -> String {
+    format!(
+        r#"notify "ops" {{
+    webhook "{url}/hooks/gitfleet" secret-env="GITFLEET_TEST_HOOK_SECRET"
+    events "rollout-started" "step-completed" "rollout-completed" "rollout-failed" "rollout-rolled-back"
+    environments "dev"
+}}
+"#
+    )
+}
 
 fn sim_public(node: &str) -> PublicKey {
     PublicKey(sim_key(node).verifying_key().to_bytes())
@@ -262,6 +286,7 @@ impl Fleet {
             .arg("--cache")
             .arg(self.path("mirror"))
             .args(["--holder", "test-replica"])
+            .env("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET)
             .env_remove(CRASH_AT);
         if let Some(point) = point {
             cmd.env(CRASH_AT, point);
@@ -401,7 +426,14 @@ impl Fleet {
 
 #[test]
 fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
-    let fleet = Fleet::new();
+    let fleet = Fleet::over_servers();
+    let receiver = Receiver::start(2);
+    append_commit_push(
+        &fleet.path("work"),
+        &[("fleet.kdl", &notify_block(&receiver.url))],
+        "tell ops",
+        "origin",
+    );
 
     // 1. Healthy nodes: the first edge bundle completes in dev.
     let sim = fleet.simulate("0", "simulate-1.log");
@@ -497,6 +529,22 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
         staging.reason
     );
     sim.stop();
+
+    // The receiver, down for its first two requests, was told each step
+    // of both, once by id, signed.
+    let (a, b) = (first.digest.as_str(), dev.target.digest.as_str());
+    told_each_event_once(
+        &fleet,
+        &receiver,
+        &[
+            ("rollout-started", None, a),
+            ("step-completed", Some(1), a),
+            ("step-completed", Some(2), a),
+            ("rollout-completed", None, a),
+            ("rollout-started", None, b),
+            ("rollout-rolled-back", None, b),
+        ],
+    );
 }
 
 /// Revoking the bundle dev completed: the next pass rolls dev back, the
@@ -652,8 +700,17 @@ fn over_git_daemon_and_s3_a_reconciler_killed_at_any_point_skips_and_repeats_no_
 
 /// Kill a pass at each crash point in turn, restarting after each, with
 /// simulated agents running throughout: what nodes are told only moves
-/// forward, and the state history enters each step once, in order.
+/// forward, the state history enters each step once, in order, and a
+/// webhook receiver that fails its first two requests is told each of the
+/// rollout's events, each under one id, signed.
 fn killed_at_each_point_and_restarted(fleet: Fleet) {
+    let receiver = Receiver::start(2);
+    append_commit_push(
+        &fleet.path("work"),
+        &[("fleet.kdl", &notify_block(&receiver.url))],
+        "tell ops",
+        "origin",
+    );
     let sim = fleet.simulate("0", "simulate.log");
     let started = Instant::now();
     // Each point in turn until it has killed a pass, then plain passes.
@@ -728,6 +785,104 @@ fn killed_at_each_point_and_restarted(fleet: Fleet) {
     for node in DEV_EDGE {
         let active = fleet.active(node);
         assert_eq!(active.as_ref(), Some(&history[0].target), "{node}");
+    }
+    let a = history[0].target.digest.as_str();
+    told_each_event_once(
+        &fleet,
+        &receiver,
+        &[
+            ("rollout-started", None, a),
+            ("step-completed", Some(1), a),
+            ("step-completed", Some(2), a),
+            ("rollout-completed", None, a),
+        ],
+    );
+}
+
+/// Reconcile until the receiver took as many of the edge rollout's dev
+/// events as `want` lists, then check what it got: every request signed,
+/// exactly `want` (kind, step, target) in the order they happened, one id
+/// per event whatever the crashes and retries, the same body each time an
+/// id came again. (The example's other rollouts start in dev too.)
+fn told_each_event_once(fleet: &Fleet, receiver: &Receiver, want: &[(&str, Option<u64>, &str)]) {
+    let started = Instant::now();
+    let distinct = |r: &Receiver| {
+        let mut ids: Vec<String> = r
+            .delivered()
+            .iter()
+            .filter(|d| d.json()["rollout"] == "edge")
+            .map(|d| d.headers["x-gitfleet-delivery"].clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    while distinct(receiver) < want.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the receiver got {:#?}",
+            receiver.received()
+        );
+        fleet.reconcile();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let received = receiver.received();
+    assert!(
+        received.iter().filter(|r| r.status == 503).count() == 2,
+        "{received:#?}"
+    );
+    let mut by_id: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for r in &received {
+        assert_eq!(r.path, "/hooks/gitfleet");
+        assert!(
+            r.signed_with(HOOK_SECRET.as_bytes()),
+            "bad signature: {r:#?}"
+        );
+        let id = r.headers["x-gitfleet-delivery"].clone();
+        assert_eq!(r.json()["id"], id.as_str());
+        assert_eq!(
+            r.headers["x-gitfleet-event"],
+            r.json()["kind"].as_str().unwrap()
+        );
+        let body = by_id.entry(id).or_insert_with(|| r.body.clone());
+        assert_eq!(body, &r.body, "one id, two bodies");
+    }
+    let mut events: Vec<serde_json::Value> = by_id
+        .values()
+        .map(|b| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+        .filter(|e| e["rollout"] == "edge")
+        .collect();
+    // In the order they happened: by when their phase began, then as a
+    // commit tells them (a start before its steps, steps before the end).
+    let order = [
+        "rollout-started",
+        "step-completed",
+        "rollout-completed",
+        "rollout-failed",
+        "rollout-rolled-back",
+    ];
+    events.sort_by_key(|e| {
+        let kind = e["kind"].as_str().unwrap();
+        (
+            e["at"].as_str().unwrap().to_owned(),
+            order.iter().position(|k| *k == kind),
+            e["step"].as_u64(),
+        )
+    });
+    let told: Vec<(&str, Option<u64>, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["step"].as_u64(),
+                e["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(told, want, "{events:#?}");
+    for e in &events {
+        assert_eq!(e["fleet"], "acme-edge");
+        assert_eq!(e["environment"], "dev");
     }
 }
 

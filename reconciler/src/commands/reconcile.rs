@@ -50,6 +50,7 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         if args.once {
             let outcome = reconciler.pass(Utc::now(), mode).await?;
             report(&outcome);
+            reconciler.notifier.finish(NOTIFY_BUDGET).await;
             return Ok(std::process::ExitCode::SUCCESS);
         }
         let (trigger_tx, trigger) = tokio::sync::mpsc::channel(1);
@@ -76,6 +77,10 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<std::process::ExitCode> {
         Ok(std::process::ExitCode::SUCCESS)
     })
 }
+/// How long `--once` waits for its notifications before it exits; what is
+/// not sent by then stays in the outbox for the next run.
+const NOTIFY_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a pass did, as `gitfleet reconcile` prints it: the whole plan,
 /// writes and all, for a dry run; what was written otherwise.
 fn report(o: &Outcome) {

@@ -67,7 +67,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let stale_after =
         chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
-    let reconciler = args.reconciler.open()?;
+    let mut reconciler = args.reconciler.open()?;
+    reconciler.notifier.stale_after = stale_after;
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let _watcher = args.reconciler.watch(trigger_tx.clone());
     let io = Io::of(&reconciler);

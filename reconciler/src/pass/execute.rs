@@ -44,7 +44,10 @@ impl Reconciler {
                 });
             }
         };
-        let mut written = Written::default();
+        let mut written = Written {
+            lease_until: Some(until),
+            ..Written::default()
+        };
         let mut statuses = Vec::new();
         let mut promotions_asked = std::collections::BTreeMap::new();
         let mut phase = "bundles";

@@ -114,6 +114,8 @@ pub struct Written {
     pub state_commit: Option<String>,
     /// `(environment, serial)` of each manifest published.
     pub manifests: Vec<(String, u64)>,
+    /// When the lease this pass wrote under ends.
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl Outcome {
@@ -190,6 +192,8 @@ pub struct Reconciler {
     /// Pinned bundles found in the store, by digest (their bytes never
     /// change, so once found is found for good).
     pins: BTreeMap<String, gitfleet_schemas::trust::BundleRef>,
+    /// Tells receivers of fleet.kdl's `notify` blocks what happened.
+    pub notifier: crate::notify::Notifier,
 }
 
 /// What the promotion files at one spec branch commit say.
@@ -265,9 +269,11 @@ impl std::fmt::Debug for Reconciler {
 
 impl Reconciler {
     pub fn new(mirror: Mirror, store: Store, online_key: SigningKey, holder: String) -> Self {
+        let notifier = crate::notify::Notifier::new(store.clone());
         let mut observer = Observer::new(mirror, store);
         observer.set_holder(&holder);
         Reconciler {
+            notifier,
             observer,
             online_key,
             holder,
@@ -309,10 +315,66 @@ impl Reconciler {
                 done: Done::DryRun,
                 phases: decided.phases.done,
             }),
-            Mode::Execute => self.execute(decided).await,
+            Mode::Execute => {
+                let outcome = self.execute(decided).await;
+                if let Ok(o) = &outcome {
+                    self.notify(o, now).await;
+                }
+                outcome
+            }
         };
         log_store_requests(&self.observer.store.counts().since(&before));
         outcome
+    }
+
+    /// The notifier's round after a pass that wrote (a follower's
+    /// forgets the ledger it held). Its failures are logged: telling
+    /// people never stops the fleet.
+    async fn notify(&mut self, o: &Outcome, now: DateTime<Utc>) {
+        let written = match &o.done {
+            Done::Wrote(w) => w,
+            Done::Follower { .. } => return self.notifier.follow(),
+            Done::DryRun => return,
+        };
+        let Some(until) = written.lease_until else {
+            return;
+        };
+        let Some(fleet) = o.observed.checked.checked.model.fleet.as_ref() else {
+            return;
+        };
+        let receivers = &fleet.doc.notify;
+        let conditions = if crate::notify::Notifier::wants_conditions(receivers) {
+            let view = o.observed.view(
+                &o.plan.rollouts.state(),
+                Some(&o.plan.rules.state),
+                now,
+                self.notifier.stale_after,
+                None,
+            );
+            gitfleet_policy::notify::condition_notifications(&view)
+        } else {
+            Vec::new()
+        };
+        let input = crate::notify::RoundInput {
+            fleet: &fleet.doc.name.value,
+            receivers,
+            conditions,
+            until,
+            now,
+        };
+        match self.notifier.round(&self.observer.mirror, input).await {
+            Ok(round) if round != Default::default() => {
+                tracing::info!(
+                    queued = round.queued,
+                    sending = round.sending,
+                    "notifications"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %gitfleet_io::error_chain(&e), "notifications wait for the next pass")
+            }
+        }
     }
 
     /// Observe the fleet and decide the pass. Reads only.

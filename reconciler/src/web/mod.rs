@@ -116,6 +116,8 @@ pub struct Io {
     pub git: Arc<GitLatency>,
     /// Where reports taken over HTTP go; the passes read them from there.
     pub live: Arc<LiveReports>,
+    /// What the notifier sent.
+    pub notified: Arc<crate::notify::NotifyTotals>,
 }
 
 impl Io {
@@ -124,6 +126,7 @@ impl Io {
             store: r.observer.store.clone(),
             git: r.observer.mirror.latency(),
             live: Arc::clone(&r.observer.live),
+            notified: Arc::clone(&r.notifier.totals),
         }
     }
 }
@@ -715,6 +718,35 @@ fn render_metrics(s: &AppState) -> String {
                 &format!("op=\"{op}\""),
             );
         }
+        family(
+            &mut out,
+            "gitfleet_notifications_total",
+            "counter",
+            "Notification deliveries by outcome (failed: an attempt that will be retried).",
+        );
+        let n = &io.notified;
+        for (outcome, v) in [
+            ("delivered", &n.delivered),
+            ("failed", &n.failed),
+            ("given-up", &n.given_up),
+        ] {
+            let v = v.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "gitfleet_notifications_total{{outcome=\"{outcome}\"}} {v}"
+            );
+        }
+        family(
+            &mut out,
+            "gitfleet_notifications_waiting",
+            "gauge",
+            "Deliveries in the outbox after the notifier's last round.",
+        );
+        let _ = writeln!(
+            out,
+            "gitfleet_notifications_waiting {}",
+            n.waiting.load(Ordering::Relaxed)
+        );
         let counts = io.store.counts();
         family(
             &mut out,
