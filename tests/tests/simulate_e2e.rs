@@ -533,6 +533,59 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
     // The receiver, down for its first two requests, was told each step
     // of both, once by id, signed.
     let (a, b) = (first.digest.as_str(), dev.target.digest.as_str());
+    // `gitfleet events` tells the same story in one timeline with what the
+    // nodes did: rollout changes from the state branch, the nodes'
+    // activations and the canary's rollback from their signed events.
+    let out = Command::new(bin("gitfleet"))
+        .args(["events", "--repo", &fleet.repo, "--store", &fleet.store])
+        .args(["--rollout", "edge", "--format", "json", "--since", "1h"])
+        .arg("--cache")
+        .arg(fleet.path("events-mirror"))
+        .envs(fleet.store_env())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dev_rollout: Vec<(&str, Option<u64>, &str)> = lines
+        .iter()
+        .filter(|l| l["environment"] == "dev" && l["node"].is_null())
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap(),
+                l["step"].as_u64(),
+                l["bundle"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dev_rollout,
+        [
+            ("rollout-started", None, a),
+            ("step-completed", Some(1), a),
+            ("step-completed", Some(2), a),
+            ("rollout-completed", None, a),
+            ("rollout-started", None, b),
+            ("rollout-rolled-back", None, b),
+        ],
+        "{stdout}"
+    );
+    let canary = &dev.failed_nodes[0];
+    let node_kinds: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["node"] == canary.as_str())
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        node_kinds.ends_with(&["rolled-back"]) && node_kinds.contains(&"activated"),
+        "{stdout}"
+    );
+    // Sorted by time throughout.
+    let times: Vec<&str> = lines.iter().map(|l| l["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{stdout}");
     told_each_event_once(
         &fleet,
         &receiver,

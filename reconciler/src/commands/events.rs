@@ -1,6 +1,8 @@
-//! `gitfleet events`: what happened on the nodes, from the signed event
-//! objects agents write to the store (`events/<day>/<node>.json`), each
-//! verified against its node's key from the fleet repo.
+//! `gitfleet events`: what happened, in one timeline: on the nodes, from
+//! the signed event objects agents write to the store
+//! (`events/<day>/<node>.json`), each verified against its node's key from
+//! the fleet repo; and to the rollouts, from the state branch's commits
+//! (each change of a rollout's state, as `policy::notify` reads it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
@@ -11,6 +13,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use gitfleet_io::store::{ETag, Fetch, Store};
 use gitfleet_schemas::events::{EventKind, NodeEvent};
 use gitfleet_schemas::keys;
+use gitfleet_schemas::notify::{Notification, NotifyKind};
+use gitfleet_schemas::state::RolloutState;
 use gitfleet_schemas::trust::PublicKey;
 use serde::Serialize;
 
@@ -18,25 +22,28 @@ use crate::fmt::printable;
 use crate::pass::observe::CheckedCommit;
 use crate::setup::{open_store, GitArgs};
 
-/// Show what happened on the nodes: activations, rollbacks, refused
-/// configs, drift found or repaired, the store going away and back, root
-/// rotations; oldest first.
+/// Show what happened, oldest first: on the nodes (activations,
+/// rollbacks, refused configs, drift found or repaired, the store going
+/// away and back, root rotations) and to the rollouts (started, a step
+/// completed, completed, failed, rolled back, waiting for approval).
 ///
 /// Agents write their events to the object store with their status
 /// reports, one signed object per node and UTC day
 /// (events/<YYYY-MM-DD>/<node>.json); only events signed by the node's key
 /// in the fleet repo are shown. Reading one node's events costs one GET per
 /// day; all nodes' events, a listing and a GET per node with events that
-/// day.
+/// day. Rollout events are read from the state branch's history (git
+/// only); --node leaves them out.
 ///
 /// Output: one line per event (human), or one JSON object per line
-/// (--format json: at, node, kind, rollout, bundle, detail; absent fields
-/// are left out).
+/// (--format json: at, node, environment, kind, rollout, step, bundle,
+/// detail; absent fields are left out).
 ///
 /// Examples:
 ///   gitfleet events --repo .gitfleet/up/fleet.git --node edge-1
 ///   gitfleet events --since 7d --kind drift-repaired --kind rolled-back
 ///   gitfleet events --rollout api-gateway --follow
+///   gitfleet events --kind rollout-rolled-back --kind rollout-failed --since 30d
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct EventsArgs {
@@ -59,8 +66,8 @@ pub struct EventsArgs {
     #[arg(long, value_name = "NAME")]
     rollout: Option<String>,
     /// Only events of these kinds (repeat for several).
-    #[arg(long, value_parser = kind_parser())]
-    kind: Vec<EventKind>,
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kind_names()))]
+    kind: Vec<String>,
     /// How far back.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     since: std::time::Duration,
@@ -80,25 +87,40 @@ enum Format {
     Json,
 }
 
-/// `--kind`: the event kinds by their JSON names.
-fn kind_parser() -> impl clap::builder::TypedValueParser<Value = EventKind> {
-    use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(EventKind::ALL.map(EventKind::name)).map(|name| {
-        EventKind::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .unwrap_or(EventKind::Activated)
-    })
+/// The rollout event kinds the state branch's history gives.
+const ROLLOUT_KINDS: [NotifyKind; 6] = [
+    NotifyKind::RolloutStarted,
+    NotifyKind::StepCompleted,
+    NotifyKind::RolloutCompleted,
+    NotifyKind::RolloutFailed,
+    NotifyKind::RolloutRolledBack,
+    NotifyKind::WaitingForApproval,
+];
+
+/// `--kind`: the node event kinds and the rollout event kinds, by their
+/// JSON names.
+fn kind_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = EventKind::ALL.map(EventKind::name).to_vec();
+    names.extend(ROLLOUT_KINDS.map(NotifyKind::as_str));
+    names
 }
+
+/// How many state branch commits a look walks at most.
+const STATE_WALK_LIMIT: usize = 5000;
 
 /// One line of output.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 struct Line {
     at: DateTime<Utc>,
-    node: String,
-    kind: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<String>,
+    kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     rollout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bundle: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,11 +131,27 @@ impl Line {
     fn new(node: &str, e: NodeEvent) -> Line {
         Line {
             at: e.at,
-            node: node.to_owned(),
-            kind: e.kind,
+            node: Some(node.to_owned()),
+            environment: None,
+            kind: e.kind.name(),
             rollout: e.rollout,
+            step: None,
             bundle: e.bundle,
             detail: e.detail,
+        }
+    }
+
+    /// A rollout's change, as the state branch recorded it.
+    fn rollout(n: Notification) -> Line {
+        Line {
+            at: n.at,
+            node: None,
+            environment: n.environment,
+            kind: n.kind.as_str(),
+            rollout: n.rollout,
+            step: n.step,
+            bundle: n.target,
+            detail: Some(n.summary),
         }
     }
 
@@ -121,11 +159,18 @@ impl Line {
         let mut out = format!(
             "{}  {}  {}",
             self.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            self.node,
-            self.kind.name()
+            match (&self.node, &self.environment) {
+                (Some(node), _) => node.clone(),
+                (None, Some(env)) => format!("[{env}]"),
+                (None, None) => "-".to_owned(),
+            },
+            self.kind
         );
         if let Some(r) = &self.rollout {
             out.push_str(&format!("  rollout {r}"));
+        }
+        if let Some(s) = self.step {
+            out.push_str(&format!("  step {s}"));
         }
         if let Some(b) = &self.bundle {
             out.push_str(&format!("  bundle {}", crate::fmt::short_digest(b)));
@@ -208,6 +253,39 @@ impl Reader {
     }
 }
 
+/// The rollout events of the state branch's commits after `from` (or, when
+/// following, after `last`, the tip looked at before), newest commit last.
+fn rollout_lines(
+    mirror: &crate::git::Mirror,
+    fleet: &str,
+    from: DateTime<Utc>,
+    last: Option<git2::Oid>,
+) -> anyhow::Result<(Vec<Line>, Option<git2::Oid>)> {
+    let history = mirror
+        .state_history(STATE_WALK_LIMIT, |commit, _, time| {
+            Some(commit) == last || time < from
+        })
+        .context("reading the state branch's history")?;
+    let mut lines = Vec::new();
+    for change in history.changes.iter().rev() {
+        let commit = change.commit.to_string();
+        for (rollout, before, after) in &change.rollouts {
+            let parse = |b: &Option<Vec<u8>>| -> Option<RolloutState> {
+                serde_json::from_slice(b.as_ref()?).ok()
+            };
+            let notes = gitfleet_policy::notify::rollout_notifications(
+                fleet,
+                &commit,
+                rollout,
+                parse(before).as_ref(),
+                parse(after).as_ref(),
+            );
+            lines.extend(notes.into_iter().map(Line::rollout));
+        }
+    }
+    Ok((lines, history.tip.map(|(tip, _, _)| tip).or(last)))
+}
+
 pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -241,9 +319,22 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         let from = Utc::now() - since;
         let mut stop = std::pin::pin!(gitfleet_io::signals::shutdown());
         let mut first = from.date_naive();
+        let mut state_tip = None;
+        let mut fetched = true;
         loop {
             let today = Utc::now().date_naive();
             let mut lines = Vec::new();
+            if args.node.is_none() {
+                if !fetched {
+                    if let Err(e) = mirror.fetch() {
+                        eprintln!("warning: {}; trying again", gitfleet_io::error_chain(&e));
+                    }
+                }
+                fetched = false;
+                let (more, tip) = rollout_lines(&mirror, &reader.fleet, from, state_tip)?;
+                lines.extend(more);
+                state_tip = tip;
+            }
             let mut day = first;
             while day <= today {
                 match reader.day(day, args.node.as_deref()).await {
@@ -265,9 +356,11 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
                         .rollout
                         .as_ref()
                         .is_none_or(|r| l.rollout.as_ref() == Some(r))
-                    && (kinds.is_empty() || kinds.contains(&l.kind))
+                    && (kinds.is_empty() || kinds.iter().any(|k| k == l.kind))
             });
-            lines.sort();
+            // By time; events of one moment in the order they were told (a
+            // commit's start before its steps, its steps before its end).
+            lines.sort_by_key(|l| l.at);
             let mut out = std::io::stdout().lock();
             for line in &lines {
                 match args.format {
