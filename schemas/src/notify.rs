@@ -374,7 +374,7 @@ mod tests {
     use super::*;
     use crate::fleet::FleetFile;
 
-    fn decode(notify: &str) -> crate::decode::Decoded<FleetFile> {
+    fn decode(notify: &str) -> decode::Decoded<FleetFile> {
         FleetFile::decode(&format!("version 1\nname \"acme\"\n{notify}"))
     }
 
