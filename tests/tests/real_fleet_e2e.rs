@@ -18,7 +18,10 @@
 //!    its deadline with "not enough traffic", never passing;
 //! 5. `drift "repair"` in fleet.kdl (agent.kdl says "report") makes a real
 //!    agent restore an edited config file; `heartbeat` in fleet.kdl beats
-//!    agent.kdl's too.
+//!    agent.kdl's too;
+//! 6. fleet.kdl's webhook receiver, down for its first two requests, is
+//!    told by `serve` that dev completed the first config and rolled back
+//!    each of the three after it, each once by id, signed.
 //!
 //! Needs root (network namespaces), sentinel, moto_server and git.
 
@@ -37,6 +40,7 @@ use gitfleet_schemas::agent::LocalState;
 use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_tests::netns::{self, Netns};
 use gitfleet_tests::real::{self, wait_for};
+use gitfleet_tests::receiver::Receiver;
 use gitfleet_tests::sentinel::{free_port, restart_script, serve_upstream, try_get};
 use gitfleet_tests::{bin, git, state_file, text};
 
@@ -194,7 +198,12 @@ struct World {
     alive: Arc<AtomicBool>,
     _daemon: GitDaemon,
     moto: Moto,
+    /// fleet.kdl's `notify "ops"` webhook: down for its first two requests.
+    receiver: Receiver,
 }
+
+/// The receiver's HMAC secret, in serve's environment.
+const HOOK_SECRET: &str = "real-fleet-hook-secret";
 
 impl Drop for World {
     fn drop(&mut self) {
@@ -315,6 +324,7 @@ fn start() -> World {
         slow: free_port(),
     };
     let root_key = gitfleet_tests::fleet_keys(dir.path(), "acme");
+    let receiver = Receiver::start(2);
 
     let work = dir.path().join("work");
     std::fs::create_dir_all(work.join("configs/edge")).unwrap();
@@ -333,7 +343,13 @@ defaults {{
     heartbeat "2s"
     drift "repair"
 }}
-"#
+notify "ops" {{
+    webhook "{hook}/gitfleet" secret-env="GITFLEET_TEST_HOOK_SECRET"
+    events "rollout-completed" "rollout-rolled-back"
+    environments "dev"
+}}
+"#,
+            hook = receiver.url,
         ),
     )
     .unwrap();
@@ -426,7 +442,11 @@ sentinel {{
     gitfleet_tests::commit_fleet(dir.path(), &work, "fleet.git");
     let daemon = GitDaemon::start(dir.path());
 
-    let serve = real::serve(dir.path(), &daemon.url("fleet.git"), store, moto.env());
+    let serve_env = moto
+        .env()
+        .into_iter()
+        .chain([("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET.to_owned())]);
+    let serve = real::serve(dir.path(), &daemon.url("fleet.git"), store, serve_env);
     for n in &mut nodes {
         n.agent = Some(real::agent(&n.ns, &n.dir, moto.env()));
         // Four clients per host, each a request every 50 ms while on.
@@ -459,6 +479,7 @@ sentinel {{
         alive,
         _daemon: daemon,
         moto,
+        receiver,
     }
 }
 
@@ -469,6 +490,7 @@ fn rollouts_on_real_proxies_are_judged_on_their_own_traffic() {
     let first = git(&world.path("work"), &["rev-parse", "HEAD"])
         .trim()
         .to_owned();
+    let first_commit = first.clone();
 
     // 1. The first config goes through dev, then staging, step by step.
     let staging = world.wait_phase("staging", &first, Phase::Complete, 3 * minute);
@@ -666,4 +688,55 @@ fn rollouts_on_real_proxies_are_judged_on_their_own_traffic() {
             .all(|l| l.contains(&format!("\"node\":\"{}\"", node.id))),
         "{events}"
     );
+
+    // 6. Told by `gitfleet serve` through fleet.kdl's webhook, which
+    //    refused its first two requests: dev completed the first config and
+    //    rolled back each of the three after it, each once by id, signed.
+    let told = |r: &Receiver| {
+        let mut by_id = std::collections::BTreeMap::new();
+        for d in r.delivered() {
+            by_id.insert(d.headers["x-gitfleet-delivery"].clone(), d.json());
+        }
+        let mut events: Vec<serde_json::Value> = by_id.into_values().collect();
+        events.sort_by_key(|e| e["at"].as_str().unwrap_or_default().to_owned());
+        events
+    };
+    let events = wait_for(
+        "four notifications delivered",
+        minute,
+        || format!("{:#?}\n{}", world.receiver.received(), world.context()),
+        || {
+            let events = told(&world.receiver);
+            (events.len() >= 4).then_some(events)
+        },
+    );
+    let got: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["source_commit"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("rollout-completed", first_commit.as_str()),
+            ("rollout-rolled-back", failing.as_str()),
+            ("rollout-rolled-back", slow.as_str()),
+            ("rollout-rolled-back", quiet.as_str()),
+        ],
+        "{events:#?}"
+    );
+    let received = world.receiver.received();
+    assert_eq!(
+        received.iter().filter(|r| r.status == 503).count(),
+        2,
+        "{received:#?}"
+    );
+    for r in &received {
+        assert!(r.signed_with(HOOK_SECRET.as_bytes()), "{r:#?}");
+        assert_eq!(r.json()["environment"], "dev");
+    }
 }
