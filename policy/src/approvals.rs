@@ -368,6 +368,7 @@ mod tests {
             phase,
             step: 0,
             admitted: 0,
+            on_target: None,
             since: chrono::Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap(),
             reason: String::new(),
             failed_nodes: Vec::new(),

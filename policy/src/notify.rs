@@ -346,6 +346,7 @@ mod tests {
             phase,
             step,
             admitted: 0,
+            on_target: None,
             since: DateTime::<Utc>::UNIX_EPOCH,
             reason: "because".into(),
             failed_nodes: vec![],

@@ -692,7 +692,33 @@ impl Step<'_, '_> {
         self.spec.steps.len() as u32
     }
 
+    /// The state after this pass, with the nodes on target counted while
+    /// the rollout moves and once as it ends (an ended rollout's state
+    /// stays put, whatever nodes come and go).
     fn next(&self, before: Option<&EnvState>) -> EnvState {
+        let s = self.next_phase(before);
+        let ends_now = before.is_none_or(|b| b.phase != s.phase || b.target != s.target);
+        match s.phase {
+            Phase::Progressing | Phase::Verifying | Phase::Paused => self.counted(s),
+            Phase::Complete | Phase::Failed | Phase::RolledBack if ends_now => self.counted(s),
+            _ => s,
+        }
+    }
+
+    fn counted(&self, s: EnvState) -> EnvState {
+        let on = self
+            .members
+            .nodes()
+            .iter()
+            .filter(|n| self.on_target(n))
+            .count() as u64;
+        EnvState {
+            on_target: Some(on),
+            ..s
+        }
+    }
+
+    fn next_phase(&self, before: Option<&EnvState>) -> EnvState {
         let s = match before {
             Some(b) if self.desired.is_target_of(b) => b.clone(),
             // Same bundles, another set of proxies (a node moved to
@@ -826,6 +852,7 @@ impl Step<'_, '_> {
             phase: Phase::Pending,
             step: 0,
             admitted: 0,
+            on_target: None,
             since: self.now(),
             reason: format!("new bundle {}", short(&self.desired.bundle.digest)),
             failed_nodes: Vec::new(),

@@ -185,6 +185,7 @@ mod tests {
             phase,
             step: 0,
             admitted: 0,
+            on_target: None,
             since: Utc.timestamp_opt(0, 0).single().unwrap_or_default(),
             reason: String::new(),
             failed_nodes: Vec::new(),

@@ -105,6 +105,7 @@ fn state() -> BTreeMap<String, RolloutState> {
             phase: Phase::Progressing,
             step: 2,
             admitted: 4,
+            on_target: None,
             since: now() - Duration::seconds(30),
             reason: "step 2/2".into(),
             failed_nodes: Vec::new(),

@@ -341,7 +341,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut remote = Remote::new(format!("file://{}", layout.bare().display()));
     remote.state_branch = "gitfleet/state".to_owned();
     let mirror = Mirror::open_or_clone(remote, &layout.mirror())?;
-    let reconciler = Reconciler::new(mirror, reconciler_store.clone(), online.key, "bench".into());
+    let mut reconciler = Reconciler::new(mirror, reconciler_store.clone(), online.key, "bench".into());
 
     let t = Instant::now();
     let agents = simulate::agents(&simulate::Setup {
@@ -369,7 +369,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         None,
         trigger_tx.clone(),
         chrono::Duration::minutes(15),
-        Some(gitfleet_reconciler::web::Io::of(&reconciler)),
+        Some(gitfleet_reconciler::web::Io::of(&mut reconciler)),
     ));
     let on_pass = Arc::clone(&pages);
     let passes = Arc::new(std::sync::Mutex::new(Vec::<(Duration, bool)>::new()));

@@ -151,7 +151,7 @@ struct Served {
 }
 
 impl Served {
-    fn after(outcome: Option<&Outcome>, r: &Reconciler) -> Served {
+    fn after(outcome: Option<&Outcome>, r: &mut Reconciler) -> Served {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let state = Arc::new(AppState::new(
             Some(b"hush".to_vec()),
@@ -188,7 +188,7 @@ fn the_handlers_answer_before_and_after_a_pass() {
     let mut r = reconciler(dir.path());
     let rt = runtime();
 
-    let before = Served::after(None, &r);
+    let before = Served::after(None, &mut r);
     assert_eq!(before.get(&rt, "/healthz").0, StatusCode::OK);
     assert_eq!(
         before.get(&rt, "/readyz").0,
@@ -200,7 +200,7 @@ fn the_handlers_answer_before_and_after_a_pass() {
     );
 
     let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
-    let served = Served::after(Some(&o), &r);
+    let served = Served::after(Some(&o), &mut r);
     assert_eq!(served.get(&rt, "/readyz").0, StatusCode::OK);
     let (status, page) = served.get(&rt, "/");
     assert_eq!(status, StatusCode::OK);
@@ -395,7 +395,7 @@ fn a_report_over_http_is_verified_taken_once_and_merged_without_a_store_request(
     .unwrap();
     let o = rt.block_on(r.pass(Utc::now(), Mode::Execute)).unwrap();
     let stored_at = o.observed.written[&node];
-    let served = Served::after(Some(&o), &r);
+    let served = Served::after(Some(&o), &mut r);
 
     // Nobody's signature but the node's own is taken, for a node of the
     // fleet only; the same report twice is a replay.

@@ -57,6 +57,12 @@ pub struct EnvState {
     /// Nodes admitted to the new bundle so far (grows within a step as
     /// `max-unavailable` allows).
     pub admitted: u64,
+    /// Of the rollout's nodes here, those reporting the target active, as
+    /// the pass that wrote this state counted them (absent before a first
+    /// admission, and in states written before it was recorded): with
+    /// `admitted`, what the rollout page charts over the branch's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_target: Option<u64>,
     /// When the current phase (or step) began.
     pub since: DateTime<Utc>,
     /// Why the rollout is where it is, in words.

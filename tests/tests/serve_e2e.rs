@@ -131,6 +131,34 @@ fn the_status_pages_follow_a_rollout_and_serve_takes_signed_webhooks() {
         rollouts.contains("gitfleet rollout pause edge"),
         "{rollouts}"
     );
+    // A rollout's page: where it stands, a chart per environment from the
+    // state branch's history (server-rendered SVG), and its events.
+    assert!(
+        rollouts.contains("<a href=\"/rollouts/api-gateway\">api-gateway</a>"),
+        "{rollouts}"
+    );
+    let (code, gateway) = get(&format!("{base}/rollouts/api-gateway"));
+    assert_eq!(code, 200);
+    assert!(gateway.contains("<h2>api-gateway</h2>"), "{gateway}");
+    assert!(
+        gateway.contains("<svg class=chart") && gateway.contains("data-env=\"dev\""),
+        "{gateway}"
+    );
+    assert!(gateway.contains("<path class=admitted d=\"M"), "{gateway}");
+    assert!(gateway.contains("<line class=\"complete\""), "{gateway}");
+    for kind in ["rollout-started", "rollout-completed"] {
+        assert!(
+            gateway.contains(&format!("<tr data-kind=\"{kind}\">")),
+            "{kind}: {gateway}"
+        );
+    }
+    assert!(!gateway.contains("<script>alert"), "{gateway}");
+    let (code, _) = get(&format!("{base}/rollouts/no-such-rollout"));
+    assert_eq!(code, 404);
+    // A node's page: its signed events from the store.
+    let (_, node) = get(&format!("{base}/nodes/edge-dev-fra-1"));
+    assert!(node.contains("<h3>Events</h3>"), "{node}");
+    assert!(node.contains("<tr data-kind=\"activated\">"), "{node}");
 
     // Bundle pages: read from the store and verified before shown.
     let target = |name: &str| {

@@ -71,7 +71,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     reconciler.notifier.stale_after = stale_after;
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let _watcher = args.reconciler.watch(trigger_tx.clone());
-    let io = Io::of(&reconciler);
+    let io = Io::of(&mut reconciler);
     let state = Arc::new(AppState::new(secret, trigger_tx, stale_after, Some(io)));
     let stop_rx = state.shutdown.subscribe();
 

@@ -778,7 +778,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let mirror = Mirror::open_or_clone(remote, &layout.mirror())?;
     let store_url = layout.store_url();
     let store = Store::open(&store_url)?;
-    let reconciler = Reconciler::new(mirror, store, online.key, HOLDER.to_owned());
+    let mut reconciler = Reconciler::new(mirror, store, online.key, HOLDER.to_owned());
     // The agents' own: /metrics counts the reconciler's requests alone.
     let agents_store = Store::open(&store_url)?;
 
@@ -826,7 +826,7 @@ fn serve(args: &UpArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         None,
         trigger_tx_pages,
         chrono::Duration::seconds(60),
-        Some(crate::web::Io::of(&reconciler)),
+        Some(crate::web::Io::of(&mut reconciler)),
     ));
     let pages_of_passes = Arc::clone(&pages);
     let reconciler_thread = reconcile::spawn_passes(

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod live;
 pub mod observe;
 pub mod rules;
+pub mod timeline;
 pub mod trigger;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -194,6 +195,12 @@ pub struct Reconciler {
     pins: BTreeMap<String, gitfleet_schemas::trust::BundleRef>,
     /// Tells receivers of fleet.kdl's `notify` blocks what happened.
     pub notifier: crate::notify::Notifier,
+    /// The rollouts' history for serve's pages, when kept
+    /// ([`Reconciler::keep_timeline`]).
+    timeline: Option<(
+        timeline::Timeline,
+        tokio::sync::watch::Sender<Arc<timeline::Timeline>>,
+    )>,
 }
 
 /// What the promotion files at one spec branch commit say.
@@ -274,6 +281,7 @@ impl Reconciler {
         observer.set_holder(&holder);
         Reconciler {
             notifier,
+            timeline: None,
             observer,
             online_key,
             holder,
@@ -289,6 +297,33 @@ impl Reconciler {
             rules: RulesReader::default(),
             removed_nodes: None,
             pins: BTreeMap::new(),
+        }
+    }
+
+    /// Keep the rollouts' history from now on, advanced after each pass:
+    /// what the receiver shows.
+    pub fn keep_timeline(&mut self) -> tokio::sync::watch::Receiver<Arc<timeline::Timeline>> {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::default());
+        self.timeline = Some((timeline::Timeline::default(), tx));
+        rx
+    }
+
+    /// Read the state commits the pass made or saw into the timeline.
+    fn advance_timeline(&mut self, o: &Outcome, now: DateTime<Utc>) {
+        let Some((timeline, tx)) = self.timeline.as_mut() else {
+            return;
+        };
+        let Some(fleet) = o.observed.checked.fleet() else {
+            return;
+        };
+        match timeline.advance(&self.observer.mirror, fleet, now) {
+            Ok(true) => {
+                tx.send_replace(Arc::new(timeline.clone()));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %gitfleet_io::error_chain(&e), "cannot read the state branch's history for the pages")
+            }
         }
     }
 
@@ -323,6 +358,9 @@ impl Reconciler {
                 outcome
             }
         };
+        if let Ok(o) = &outcome {
+            self.advance_timeline(o, now);
+        }
         log_store_requests(&self.observer.store.counts().since(&before));
         outcome
     }

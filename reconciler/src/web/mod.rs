@@ -6,7 +6,7 @@
 //! repo, the state branch and the verified status reports. The server
 //! writes nothing; the pages are read-only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -23,10 +23,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use gitfleet_io::metrics::{family, label, GitLatency, Histogram};
+use gitfleet_schemas::events::NodeEvent;
 use gitfleet_schemas::state::{RolloutState, RulesState};
 use gitfleet_schemas::view::{FleetStatus, Health, RolloutView};
 
 pub mod bundle_page;
+mod chart;
 pub mod html;
 pub mod page;
 
@@ -118,15 +120,20 @@ pub struct Io {
     pub live: Arc<LiveReports>,
     /// What the notifier sent.
     pub notified: Arc<crate::notify::NotifyTotals>,
+    /// The rollouts' history, when the reconciler keeps it.
+    pub timeline: Option<tokio::sync::watch::Receiver<Arc<crate::pass::timeline::Timeline>>>,
 }
 
 impl Io {
-    pub fn of(r: &reconcile::Reconciler) -> Io {
+    /// The reconciler's IO, and from now on its rollout history.
+    pub fn of(r: &mut reconcile::Reconciler) -> Io {
+        let timeline = r.keep_timeline();
         Io {
             store: r.observer.store.clone(),
             git: r.observer.mirror.latency(),
             live: Arc::clone(&r.observer.live),
             notified: Arc::clone(&r.notifier.totals),
+            timeline: Some(timeline),
         }
     }
 }
@@ -161,7 +168,13 @@ pub struct AppState {
     /// When this process started serving (a stall before the first pass
     /// ends is counted from here).
     pub started: DateTime<Utc>,
+    /// Node event objects read for the node pages, by key: their etag and
+    /// events, so a page shown again costs a conditional GET.
+    node_events: std::sync::Mutex<HashMap<String, (gitfleet_io::store::ETag, Vec<NodeEvent>)>>,
 }
+
+/// The most node event objects the node pages keep.
+const NODE_EVENTS_KEPT: usize = 4096;
 
 impl AppState {
     pub fn new(
@@ -180,7 +193,68 @@ impl AppState {
             io,
             shutdown: tokio::sync::watch::Sender::new(false),
             started: Utc::now(),
+            node_events: Default::default(),
         }
+    }
+
+    /// `node`'s events of yesterday and today (UTC), verified with its key
+    /// in the repo; `None` without a store to read.
+    pub async fn node_events(
+        &self,
+        fleet: &str,
+        node: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Result<Vec<NodeEvent>, String>> {
+        let io = self.io.as_ref()?;
+        let key = {
+            let snap = self.snapshot.borrow();
+            let observed = snap.observed.as_ref()?;
+            observed.checked.node_keys.get(node).cloned()
+        };
+        let Some(key) = key else {
+            return Some(Err("no node key in the repo".to_owned()));
+        };
+        let today = now.date_naive();
+        let days = [today.pred_opt().unwrap_or(today), today];
+        let mut out = Vec::new();
+        for day in days {
+            let object = gitfleet_schemas::keys::events(day, node);
+            let held = self.held_events(&object);
+            let fetched = io
+                .store
+                .get_if_changed(&object, held.as_ref().map(|(etag, _)| etag))
+                .await;
+            match fetched {
+                Ok(gitfleet_io::store::Fetch::Found(o)) => {
+                    match gitfleet_schemas::verify::verify_node_events(&o.bytes, fleet, node, &key)
+                    {
+                        Ok(events) if events.day == day => {
+                            let events = events.into_inner().events;
+                            out.extend(events.iter().cloned());
+                            let mut cache =
+                                self.node_events.lock().unwrap_or_else(|p| p.into_inner());
+                            if cache.len() >= NODE_EVENTS_KEPT {
+                                cache.clear();
+                            }
+                            cache.insert(object, (o.etag, events));
+                        }
+                        Ok(_) => return Some(Err(format!("{object} holds another day"))),
+                        Err(e) => return Some(Err(format!("{object}: {e}"))),
+                    }
+                }
+                Ok(gitfleet_io::store::Fetch::NotModified) => {
+                    out.extend(held.map(|(_, events)| events).unwrap_or_default());
+                }
+                Ok(gitfleet_io::store::Fetch::Missing) => {}
+                Err(e) => return Some(Err(gitfleet_io::error_chain(&e))),
+            }
+        }
+        Some(Ok(out))
+    }
+
+    fn held_events(&self, object: &str) -> Option<(gitfleet_io::store::ETag, Vec<NodeEvent>)> {
+        let cache = self.node_events.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(object).cloned()
     }
 
     /// Fold one reconcile pass in: the pages and metrics show it next.
@@ -234,6 +308,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes", get(nodes))
         .route("/nodes/{id}", get(node))
         .route("/rollouts", get(rollouts))
+        .route("/rollouts/{name}", get(rollout))
         .route("/meshes", get(meshes))
         .route("/meshes/{name}", get(mesh))
         .route("/bundles", get(bundles))
@@ -327,7 +402,11 @@ async fn node(
     let Some(n) = v.nodes.iter().find(|n| n.id == id) else {
         return not_found(&v.fleet, "node", &id);
     };
-    respond(q.fragment.is_some(), &n.id, &v.fleet, page::node(&v, n))
+    let mut body = page::node(&v, n);
+    if let Some(events) = s.node_events(&v.fleet, &n.id, v.at).await {
+        body.push_str(&page::node_events(&events));
+    }
+    respond(q.fragment.is_some(), &n.id, &v.fleet, body)
 }
 
 async fn rollouts(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {
@@ -339,6 +418,34 @@ async fn rollouts(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) ->
         "Rollouts",
         &v.fleet,
         page::rollouts(&v),
+    )
+}
+
+async fn rollout(
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let Some((v, _)) = s.view(None) else {
+        return not_ready();
+    };
+    let known = v
+        .environments
+        .iter()
+        .any(|e| e.rollouts.iter().any(|r| r.name == name));
+    if !known {
+        return not_found(&v.fleet, "rollout with state", &name);
+    }
+    let timeline =
+        s.io.as_ref()
+            .and_then(|io| io.timeline.as_ref())
+            .map(|t| Arc::clone(&t.borrow()))
+            .unwrap_or_default();
+    respond(
+        q.fragment.is_some(),
+        &name,
+        &v.fleet,
+        page::rollout(&v, &name, &timeline),
     )
 }
 

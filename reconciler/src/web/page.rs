@@ -10,10 +10,13 @@ use gitfleet_policy::view::{link_is_stale, LINK_STALE_AFTER_SECONDS};
 use gitfleet_schemas::status::{PeerStatus, WireguardStatus};
 use gitfleet_schemas::view::{Counts, FleetStatus, Health, MeshView, NodeView, RolloutView};
 
+use gitfleet_schemas::events::NodeEvent;
+
 use super::bundle_page;
 use super::html::esc;
 use crate::fmt::url_part;
 use crate::fmt::{age, bytes, short_commit, short_digest};
+use crate::pass::timeline::Timeline;
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d232a}\
 header{background:#1d232a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:baseline}\
@@ -685,7 +688,13 @@ pub fn rollouts(v: &FleetStatus) -> String {
         out.push_str("<p>No rollout has state yet.</p>");
     }
     for name in names {
-        let _ = write!(out, "<h2 id=\"{}\">{}</h2>", url_part(name), esc(name));
+        let _ = write!(
+            out,
+            "<h2 id=\"{}\"><a href=\"/rollouts/{}\">{}</a></h2>",
+            url_part(name),
+            url_part(name),
+            esc(name)
+        );
         out.push_str(ROLLOUT_HEAD);
         for env in &v.environments {
             for r in env.rollouts.iter().filter(|r| r.name == name) {
@@ -731,6 +740,101 @@ gitfleet rollout resume {n}\n\
 gitfleet rollout rollback {n} -m \"why\"   # every node back to the previous bundle</pre></details>",
             n = esc(name)
         );
+    }
+    out
+}
+
+/// `/rollouts/<name>`: where the rollout stands in each environment, a
+/// chart per environment of its nodes admitted and on target over the
+/// state branch's history, and its events, newest first.
+pub fn rollout(v: &FleetStatus, name: &str, timeline: &Timeline) -> String {
+    let mut out = format!("<h2>{}</h2>", esc(name));
+    out.push_str(ROLLOUT_HEAD);
+    for env in &v.environments {
+        for r in env.rollouts.iter().filter(|r| r.name == name) {
+            out.push_str(&rollout_row(&env.name, r));
+        }
+    }
+    out.push_str("</table>");
+    out.push_str("<h3>Over time</h3>");
+    let mut charted = false;
+    for env in &v.environments {
+        let Some(r) = env.rollouts.iter().find(|r| r.name == name) else {
+            continue;
+        };
+        let Some(points) = timeline.points.get(&(name.to_owned(), env.name.clone())) else {
+            continue;
+        };
+        let points: Vec<_> = points.iter().cloned().collect();
+        let _ = write!(
+            out,
+            "<h4>{}</h4><p class=legend><span style=\"color:#1971c2\">━ admitted</span> \
+<span style=\"color:#2f9e44\">╍ on target</span> of {} nodes; dashed lines: completed (green), failed or rolled back (red)</p>{}",
+            esc(&env.name),
+            r.nodes,
+            super::chart::rollout_chart(&env.name, &points, r.nodes, v.at)
+        );
+        charted = true;
+    }
+    if !charted {
+        out.push_str("<p>The state branch has no history of it in the last 14 days.</p>");
+    }
+    out.push_str("<h3>Events</h3>");
+    match timeline.events.get(name).filter(|e| !e.is_empty()) {
+        None => out.push_str("<p>None in the last 14 days.</p>"),
+        Some(events) => {
+            out.push_str(
+                "<table class=events><tr><th>When</th><th>Environment</th><th>Event</th><th>Bundle</th><th>What</th></tr>",
+            );
+            for e in events.iter().rev().take(100) {
+                let _ = write!(
+                    out,
+                    "<tr data-kind=\"{kind}\"><td>{}</td><td>{}</td><td class=\"{kind}\">{kind}</td><td>{}</td><td>{}</td></tr>",
+                    e.at.format("%Y-%m-%d %H:%M:%S"),
+                    esc(e.environment.as_deref().unwrap_or("-")),
+                    e.target.as_deref().map_or("-".to_owned(), bundle_page::link),
+                    esc(&e.summary),
+                    kind = e.kind,
+                );
+            }
+            out.push_str("</table>");
+        }
+    }
+    out
+}
+
+/// The node's events of the last days, newest first (`events`: as read
+/// from the store and verified with its key, or why they could not be).
+pub fn node_events(events: &Result<Vec<NodeEvent>, String>) -> String {
+    let mut out = String::from("<h3>Events</h3>");
+    match events {
+        Err(why) => {
+            let _ = write!(
+                out,
+                "<p class=alert>Cannot read its events: {}</p>",
+                esc(why)
+            );
+        }
+        Ok(events) if events.is_empty() => {
+            out.push_str("<p>None today or yesterday (UTC).</p>");
+        }
+        Ok(events) => {
+            out.push_str(
+                "<table class=events><tr><th>When (node's clock)</th><th>Event</th><th>Rollout</th><th>Bundle</th><th>Detail</th></tr>",
+            );
+            for e in events.iter().rev() {
+                let _ = write!(
+                    out,
+                    "<tr data-kind=\"{kind}\"><td>{}</td><td>{kind}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    e.at.format("%Y-%m-%d %H:%M:%S"),
+                    esc(e.rollout.as_deref().unwrap_or("-")),
+                    e.bundle.as_deref().map_or("-".to_owned(), bundle_page::link),
+                    esc(e.detail.as_deref().unwrap_or("")),
+                    kind = e.kind.name(),
+                );
+            }
+            out.push_str("</table>");
+        }
     }
     out
 }

@@ -117,6 +117,7 @@ fn main() {
                     phase: Phase::Verifying,
                     step: 1,
                     admitted: step1,
+                    on_target: None,
                     since: now - chrono::Duration::minutes(5),
                     reason: String::new(),
                     failed_nodes: vec![],
