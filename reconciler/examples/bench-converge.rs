@@ -341,7 +341,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut remote = Remote::new(format!("file://{}", layout.bare().display()));
     remote.state_branch = "gitfleet/state".to_owned();
     let mirror = Mirror::open_or_clone(remote, &layout.mirror())?;
-    let mut reconciler = Reconciler::new(mirror, reconciler_store.clone(), online.key, "bench".into());
+    let mut reconciler =
+        Reconciler::new(mirror, reconciler_store.clone(), online.key, "bench".into());
 
     let t = Instant::now();
     let agents = simulate::agents(&simulate::Setup {
