@@ -6,9 +6,13 @@
 //! series over 150 minutes: the first scrape's values for the first 30,
 //! the second's for the rest (a series gone by then is absent). Counters
 //! go on growing at the rate between the two scrapes, so "keeps failing"
-//! stays true; a `*_timestamp_seconds` gauge keeps its distance from the
-//! scrape's own clock, mapped onto promtool's. The alerts firing at the
-//! end are compared with the expected ones, by name.
+//! stays true. A `*_timestamp_seconds` gauge is mapped onto promtool's
+//! clock at its distance from the scrape's own; one that moved between the
+//! scrapes keeps moving with the clock (a pass ends every few seconds), one
+//! that did not over [`STUCK_AFTER`] stays where it is while the clock runs
+//! on (no pass ends, no manifest is re-signed, the process started when it
+//! started). The alerts
+//! firing at the end are compared with the expected ones, by name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -41,6 +45,10 @@ impl Scrape {
 pub fn rules_file() -> PathBuf {
     workspace().join("deploy/prometheus/gitfleet-alerts.yml")
 }
+
+/// Seconds between the scrapes after which a timestamp that did not move
+/// counts as stuck: tests that mean it wait this long between scrapes.
+pub const STUCK_AFTER: f64 = 10.0;
 
 /// Minutes the first scrape holds, and in all.
 const FIRST: u64 = 30;
@@ -98,6 +106,10 @@ pub fn input_series(before: &Scrape, after: &Scrape) -> String {
             .unwrap_or(name);
         let counter = counters.contains(name) || counters.contains(base);
         let timestamp = name.ends_with("_timestamp_seconds");
+        // A timestamp both scrapes have and that did not move in
+        // STUCK_AFTER is stuck (a pass ends every few seconds in tests).
+        let stuck = after.at - before.at >= STUCK_AFTER
+            && matches!((first.get(series), second.get(series)), (Some(a), Some(b)) if a == b);
         let mut values = Vec::with_capacity(TOTAL as usize);
         for minute in 0..TOTAL {
             // A series the first scrape lacks begins with the second.
@@ -121,6 +133,8 @@ pub fn input_series(before: &Scrape, after: &Scrape) -> String {
                     .copied()
                     .unwrap_or(v);
                 (last + rate * (minute as f64 - FIRST as f64)).max(0.0)
+            } else if timestamp && stuck && minute >= FIRST {
+                v - after.at + (FIRST * 60) as f64
             } else if timestamp {
                 v - scrape.at + (minute * 60) as f64
             } else {
@@ -220,6 +234,43 @@ mod tests {
         assert_eq!((t[0].as_str(), t[30].as_str()), ("0", "1980"));
         let g = values("g");
         assert_eq!((g[29].as_str(), g[30].as_str()), ("1", "_"));
+        // A timestamp that did not move between the scrapes stays put
+        // from the second on, while the clock runs.
+        let stuck = input_series(
+            &Scrape {
+                text: "s_timestamp_seconds 900\n".into(),
+                at: 1000.0,
+            },
+            &Scrape {
+                text: "s_timestamp_seconds 900\n".into(),
+                at: 1060.0,
+            },
+        );
+        // Equal over a moment only: still moving, as far as we know.
+        let moving = input_series(
+            &Scrape {
+                text: "s_timestamp_seconds 900\n".into(),
+                at: 1000.0,
+            },
+            &Scrape {
+                text: "s_timestamp_seconds 900\n".into(),
+                at: 1001.0,
+            },
+        );
+        assert!(moving.contains(" 8839'"), "{moving}");
+        let line = stuck.lines().nth(1).unwrap();
+        let v: Vec<&str> = line
+            .trim()
+            .trim_start_matches("values: '")
+            .trim_end_matches('\'')
+            .split(' ')
+            .collect();
+        // 100 s behind at the first scrape, 160 s at the second (minute
+        // 30 = 1800 s), and there it stays.
+        assert_eq!(
+            (v[0], v[29], v[30], v[149]),
+            ("-100", "1640", "1640", "1640")
+        );
         // A series only the second scrape has starts with it.
         let late = input_series(
             &Scrape {

@@ -264,9 +264,20 @@ pub struct Spawned {
 
 impl Spawned {
     pub fn gitfleet(cwd: &Path, name: &str, args: &[&str]) -> Spawned {
+        Spawned::gitfleet_with(cwd, name, args, [])
+    }
+
+    /// [`Spawned::gitfleet`] with `env` added to its environment.
+    pub fn gitfleet_with(
+        cwd: &Path,
+        name: &str,
+        args: &[&str],
+        env: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> Spawned {
         let out = cwd.join(format!("{name}.out"));
         let child = Command::new(bin("gitfleet"))
             .args(args)
+            .envs(env)
             .current_dir(cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())

@@ -22,6 +22,7 @@ use gitfleet_schemas::bundle::BundleKind;
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, PublicKey};
 use gitfleet_schemas::verify::verify_status;
+use gitfleet_tests::alerts::Scrape;
 use gitfleet_tests::sentinel::{free_port, try_get, upstream};
 use gitfleet_tests::{bin, fleet};
 
@@ -559,7 +560,7 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
         let r = reqwest::blocking::get(format!("http://{metrics_addr}/metrics")).unwrap();
         (r.status().as_u16(), r.text().unwrap())
     };
-    let before = gitfleet_tests::alerts::Scrape::now(scrape().1);
+    let before = Scrape::now(scrape().1);
     std::thread::sleep(Duration::from_millis(500));
     let hex = v1.digest.trim_start_matches("sha256:");
     std::fs::write(
@@ -613,7 +614,7 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
     // after: the drift alert and no other.
     gitfleet_tests::alerts::check(
         &before,
-        &gitfleet_tests::alerts::Scrape::now(metrics.clone()),
+        &Scrape::now(metrics.clone()),
         &["GitfleetAgentDrift"],
     )
     .unwrap();
@@ -623,6 +624,104 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
         report.drift[0].found_sha256.as_deref(),
         Some(gitfleet_schemas::verify::sha256_hex(b"edited by hand").as_str())
     );
+}
+
+/// Scrape `addr`'s /metrics until `done` holds (10 s at most).
+fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> Scrape {
+    let start = Instant::now();
+    loop {
+        let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if done(&text) {
+            return Scrape::now(text);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {what} in the metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A manifest with 90 minutes to live that nothing re-signs: the expiry
+/// alert fires (under a third of its life left), and no other.
+#[test]
+fn a_manifest_nobody_re_signs_raises_the_expiring_alert_and_no_other() {
+    let (mut fleet, v1) = running();
+    fleet.serial += 1;
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(90);
+    let manifest =
+        fleet::manifest_with(fleet.serial, "edge", &[("role", "edge")], &v1, None, |m| {
+            m.expires = expires;
+        });
+    std::fs::write(fleet.path("store/channels/prod.json"), manifest).unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let _agent = Running::with_metrics(&fleet, &metrics_addr);
+    let line = format!(
+        "gitfleet_agent_channel_expires_timestamp_seconds {}.",
+        expires.timestamp()
+    );
+    let taken = |t: &str| {
+        t.contains("gitfleet_agent_channel_serial 2\n")
+            && t.contains(&line)
+            && t.contains("gitfleet_agent_healthy 1\n")
+    };
+    let first = scrape_until(&metrics_addr, "the short-lived manifest", taken);
+    // Long enough apart for an expiry that did not move to count as stuck.
+    std::thread::sleep(Duration::from_secs_f64(gitfleet_tests::alerts::STUCK_AFTER));
+    let second = scrape_until(&metrics_addr, "it a little later", taken);
+    gitfleet_tests::alerts::check(&first, &second, &["GitfleetAgentManifestExpiring"]).unwrap();
+}
+
+/// A bundle the proxy refuses, with the agent serving its metrics: the
+/// rollout-failed and unhealthy alerts fire, and no other.
+#[test]
+fn a_bundle_the_proxy_refuses_raises_the_rollout_failed_and_unhealthy_alerts() {
+    let (mut fleet, _v1) = running();
+    fleet.confirm_within("5s");
+    let files = r#"    route "files" {
+        priority "high"
+        matches {
+            path-prefix "/files/"
+        }
+        service-type "static"
+        static-files {
+            root "www"
+        }
+    }"#;
+    fleet.publish(&fleet.config("two", files));
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let _agent = Running::with_metrics(&fleet, &metrics_addr);
+    let failed = |t: &str| {
+        t.contains("gitfleet_agent_rollout_failed{rollout=\"edge\"} 1\n")
+            && t.contains("gitfleet_agent_healthy 0\n")
+    };
+    let start = Instant::now();
+    let first = loop {
+        // Activation, the proxy's refusal and the restore take a while.
+        let text = reqwest::blocking::get(format!("http://{metrics_addr}/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if failed(&text) {
+            break Scrape::now(text);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no failed rollout in the metrics:\n{text}\nproxy:\n{}",
+            fleet.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let second = scrape_until(&metrics_addr, "the failure a little later", failed);
+    gitfleet_tests::alerts::check(
+        &first,
+        &second,
+        &["GitfleetAgentRolloutFailed", "GitfleetAgentUnhealthy"],
+    )
+    .unwrap();
+    app_is(&fleet, "one");
 }
 
 /// The agent process, stopped by its pid when the test ends, however.
@@ -673,7 +772,7 @@ fn a_store_that_stops_answering_raises_the_cannot_poll_alert_and_leaves_events()
             if let Ok(r) = reqwest::blocking::get(format!("http://{metrics_addr}/metrics")) {
                 let text = r.text().unwrap();
                 if done(&text) {
-                    return gitfleet_tests::alerts::Scrape::now(text);
+                    return Scrape::now(text);
                 }
             }
             assert!(start.elapsed() < Duration::from_secs(20), "no {what}");

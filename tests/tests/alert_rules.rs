@@ -7,7 +7,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail the test by panicking
 
+use std::net::TcpListener;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gitfleet_tests::alerts::{self, Scrape};
@@ -124,6 +127,103 @@ fn a_failing_rollout_an_ignored_report_and_a_broken_store_raise_their_alerts_and
     std::fs::remove_file(demo.join("store")).unwrap();
     std::fs::rename(demo.join("store.away"), demo.join("store")).unwrap();
     up.stop();
+}
+
+/// A TCP server on 127.0.0.1 that takes connections and never answers,
+/// as a store stuck behind a broken proxy would; stopped when dropped.
+struct Silent {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = conn {
+                    held.push(c);
+                }
+            }
+        });
+        Silent {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The first pass waits on a store that never answers: no pass ends, and
+/// the stalled alert (counted from the process start) fires, and no other.
+#[test]
+fn a_reconciler_whose_first_pass_never_ends_raises_the_stalled_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    gitfleet_tests::copy_dir(
+        &gitfleet_tests::workspace().join("examples/fleet-repo"),
+        &work,
+    );
+    gitfleet_tests::commit_fleet(dir.path(), &work, "origin.git");
+    gitfleet_tests::fleet_keys(dir.path(), "acme-edge");
+    let silent = Silent::start();
+    let origin = dir.path().join("origin.git").display().to_string();
+    let env = [
+        (
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", silent.port),
+        ),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ];
+    let serve = Spawned::gitfleet_with(
+        dir.path(),
+        "serve",
+        &[
+            "serve",
+            "--repo",
+            &origin,
+            "--store",
+            "s3://gitfleet/fleet",
+            "--online-key",
+            "online.key",
+            "--cache",
+            "mirror",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        env,
+    );
+    let base = serve.printed_url("serving ");
+    let stuck = |t: &str| {
+        t.contains("gitfleet_reconciler_start_timestamp_seconds ")
+            && !t.contains("gitfleet_reconcile_last_pass_timestamp_seconds ")
+    };
+    let first = scrape_until(&base, "a start and no pass ended", stuck);
+    std::thread::sleep(Duration::from_secs_f64(alerts::STUCK_AFTER));
+    let second = scrape_until(&base, "still no pass ended", stuck);
+    alerts::check(&first, &second, &["GitfleetReconcilerStalled"]).unwrap();
+    drop(serve);
 }
 
 #[test]

@@ -28,7 +28,9 @@ use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::{verify_channel, verify_status};
+use gitfleet_tests::alerts::{self, Scrape};
 use gitfleet_tests::receiver::Receiver;
+use gitfleet_tests::Spawned;
 use gitfleet_tests::{append_commit_push, bin, copy_dir, interrupt, text, workspace};
 
 /// The edge config of the example fleet.
@@ -937,6 +939,74 @@ fn told_each_event_once(fleet: &Fleet, receiver: &Receiver, want: &[(&str, Optio
         assert_eq!(e["fleet"], "acme-edge");
         assert_eq!(e["environment"], "dev");
     }
+}
+
+/// Simulated nodes that stop reporting go stale in `gitfleet serve`'s
+/// view, and the shipped stale-nodes alert fires over its /metrics (with
+/// the approval wait, when prod got that far, and nothing else).
+#[test]
+fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
+    let fleet = Fleet::new();
+    let sim = fleet.simulate("0", "simulate.log");
+    let serve = Spawned::gitfleet(
+        fleet.dir.path(),
+        "serve",
+        &[
+            "serve",
+            "--repo",
+            &fleet.repo,
+            "--store",
+            &fleet.store,
+            "--online-key",
+            "online.key",
+            "--cache",
+            "serve-mirror",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1s",
+            "--stale-after",
+            "3s",
+            "--holder",
+            "test-replica",
+        ],
+    );
+    let base = serve.printed_url("serving ");
+    let nodes = |text: &str, health: &str| -> u64 {
+        let label = format!("health=\"{health}\"");
+        text.lines()
+            .filter(|l| l.starts_with("gitfleet_nodes{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let scrape_until = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        loop {
+            let text = reqwest::blocking::get(format!("{base}/metrics"))
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            if done(&text) {
+                return Scrape::now(text);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no {what} in /metrics:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    scrape_until("13 healthy nodes", &|t| nodes(t, "healthy") == 13);
+    sim.stop();
+    let stale = |t: &str| nodes(t, "stale") == 13;
+    let first = scrape_until("13 stale nodes", &stale);
+    std::thread::sleep(Duration::from_secs(2));
+    let second = scrape_until("them still stale", &stale);
+    let mut expected = vec!["GitfleetNodesStale"];
+    if second.text.contains("phase=\"awaiting-approval\"} 1") {
+        expected.push("GitfleetRolloutAwaitingApproval");
+    }
+    alerts::check(&first, &second, &expected).unwrap();
+    drop(serve);
 }
 
 #[test]
