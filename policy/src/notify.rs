@@ -218,6 +218,68 @@ pub fn condition_notifications(status: &FleetStatus) -> Vec<Notification> {
     out
 }
 
+/// Channel manifests with under a third of their life left (`watch`:
+/// environment → when its manifest expires and how long the environment's
+/// manifests live). The reconciler re-signs at half, so one this close
+/// means passes have not re-signed it for a while.
+pub fn manifest_notifications(
+    fleet: &str,
+    watch: &std::collections::BTreeMap<String, (DateTime<Utc>, Duration)>,
+    now: DateTime<Utc>,
+) -> Vec<Notification> {
+    watch
+        .iter()
+        .filter(|(_, (expires, freshness))| *expires - now < *freshness / 3)
+        .map(|(env, (expires, _))| Notification {
+            format: NOTIFICATION_FORMAT,
+            id: notification_id(&[
+                fleet,
+                NotifyKind::ManifestExpiring.as_str(),
+                env,
+                &expires.to_rfc3339(),
+            ]),
+            fleet: fleet.to_owned(),
+            kind: NotifyKind::ManifestExpiring,
+            environment: Some(env.clone()),
+            rollout: None,
+            node: None,
+            step: None,
+            target: None,
+            source_commit: None,
+            state_commit: None,
+            at: now,
+            summary: format!(
+                "the channel manifest of {env} expires at {} and has not been re-signed",
+                expires.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        })
+        .collect()
+}
+
+/// The reconciler cannot reach the store, since `since` (the first failed
+/// pass of this outage: one id per outage).
+pub fn store_unreachable(fleet: &str, since: DateTime<Utc>, error: &str) -> Notification {
+    Notification {
+        format: NOTIFICATION_FORMAT,
+        id: notification_id(&[
+            fleet,
+            NotifyKind::StoreUnreachable.as_str(),
+            &since.to_rfc3339(),
+        ]),
+        fleet: fleet.to_owned(),
+        kind: NotifyKind::StoreUnreachable,
+        environment: None,
+        rollout: None,
+        node: None,
+        step: None,
+        target: None,
+        source_commit: None,
+        state_commit: None,
+        at: since,
+        summary: format!("the reconciler cannot reach the object store: {error}"),
+    }
+}
+
 /// The conditions among `current` not yet told: the ones whose id the
 /// ledger does not hold. The ledger then holds exactly `current`'s, so a
 /// condition that clears and comes back is told again (under a new id,
@@ -549,6 +611,35 @@ mod tests {
     fn backoff_doubles_from_five_seconds_to_ten_minutes() {
         let secs: Vec<i64> = (1..=9).map(|a| backoff(a).num_seconds()).collect();
         assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 600, 600]);
+    }
+
+    #[test]
+    fn a_manifest_is_told_expiring_with_a_third_of_its_life_left() {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let hour = Duration::hours(1);
+        let watch: std::collections::BTreeMap<String, (DateTime<Utc>, Duration)> = [
+            ("dev".to_owned(), (t0 + Duration::minutes(21), hour)),
+            ("prod".to_owned(), (t0 + Duration::minutes(19), hour)),
+        ]
+        .into();
+        let told = manifest_notifications("acme", &watch, t0);
+        assert_eq!(told.len(), 1);
+        assert_eq!(told[0].environment.as_deref(), Some("prod"));
+        assert_eq!(told[0].kind, ManifestExpiring);
+        // The same manifest, a pass later: the same id.
+        let again = manifest_notifications("acme", &watch, t0 + Duration::seconds(30));
+        assert_eq!(again[0].id, told[0].id);
+    }
+
+    #[test]
+    fn one_store_outage_is_one_id() {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let a = store_unreachable("acme", t0, "connection refused");
+        let b = store_unreachable("acme", t0, "timed out");
+        let c = store_unreachable("acme", t0 + Duration::minutes(5), "connection refused");
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        assert_eq!(a.environment, None);
     }
 
     #[test]

@@ -41,6 +41,18 @@ use gitfleet_schemas::keys;
 /// `freshness`.
 pub const DEFAULT_FRESHNESS_SECONDS: i64 = 3600;
 
+/// How long an environment's channel manifests live (`freshness` in
+/// environments.kdl); they are re-signed when half of it is left.
+pub fn freshness(env: &gitfleet_schemas::Environment) -> Duration {
+    Duration::seconds(
+        env.freshness_seconds
+            .as_ref()
+            .map_or(DEFAULT_FRESHNESS_SECONDS, |f| {
+                i64::try_from(f.value).unwrap_or(DEFAULT_FRESHNESS_SECONDS)
+            }),
+    )
+}
+
 /// The current channel manifest of an environment, as the store holds it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Current {
@@ -433,15 +445,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
                 continue;
             }
         };
-        let freshness = Duration::seconds(
-            in_force
-                .environment
-                .freshness_seconds
-                .as_ref()
-                .map_or(DEFAULT_FRESHNESS_SECONDS, |f| {
-                    i64::try_from(f.value).unwrap_or(DEFAULT_FRESHNESS_SECONDS)
-                }),
-        );
+        let freshness = freshness(&in_force.environment);
         let channel_rollouts = rollouts.channel_rollouts(model, env);
         let moving = rollouts.moving(Some(env));
         let settings = channel::agent_settings(model, moving);

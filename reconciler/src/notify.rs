@@ -10,8 +10,9 @@
 //! to the next one, which makes them again under the same ids. Conditional
 //! writes keep two replicas from undoing each other's ledger.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -99,6 +100,18 @@ pub struct Notifier {
     client: reqwest::Client,
     held: Option<Held>,
     sending: Option<tokio::task::JoinHandle<Sent>>,
+    /// Environment → when its channel manifest expires and how long the
+    /// environment's manifests live, as last read or published.
+    manifests: BTreeMap<String, (DateTime<Utc>, chrono::Duration)>,
+    /// The fleet and receivers of the last round this replica led: whom
+    /// to tell while passes fail.
+    last: Option<(String, Vec<Notify>)>,
+    /// When the passes began failing (this outage).
+    failing_since: Option<DateTime<Utc>>,
+    /// `receiver id` of failure notifications delivered while passes fail
+    /// (no outbox then: the store may be what fails).
+    told_directly: Arc<Mutex<BTreeSet<String>>>,
+    direct: Option<tokio::task::JoinHandle<()>>,
     /// A node unheard from for longer is stale (serve's `--stale-after`).
     pub stale_after: chrono::Duration,
     pub totals: Arc<NotifyTotals>,
@@ -138,6 +151,11 @@ impl Notifier {
             client,
             held: None,
             sending: None,
+            manifests: BTreeMap::new(),
+            last: None,
+            failing_since: None,
+            told_directly: Arc::default(),
+            direct: None,
             stale_after: chrono::Duration::minutes(3),
             totals: Arc::default(),
         }
@@ -147,6 +165,77 @@ impl Notifier {
     /// overtaken by the time it leads again.
     pub fn follow(&mut self) {
         self.held = None;
+        self.last = None;
+    }
+
+    /// `environment`'s channel manifest expires at `expires` (read, or
+    /// just published); its manifests live `freshness`.
+    pub fn manifest(
+        &mut self,
+        environment: &str,
+        expires: DateTime<Utc>,
+        freshness: chrono::Duration,
+    ) {
+        self.manifests
+            .insert(environment.to_owned(), (expires, freshness));
+    }
+
+    /// A pass failed (`store_error`: how, when the store is what failed).
+    /// While passes fail there is no outbox to trust: the replica that led
+    /// last tells its receivers directly, from a task of its own, that the
+    /// store is unreachable and which manifests are close to expiry, each
+    /// id once while the process lives.
+    pub fn failed(&mut self, store_error: Option<String>, now: DateTime<Utc>) {
+        let Some((fleet, receivers)) = &self.last else {
+            return;
+        };
+        let since = *self.failing_since.get_or_insert(now);
+        if self.direct.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let mut notes = plan::manifest_notifications(fleet, &self.manifests, now);
+        if let Some(error) = store_error {
+            notes.push(plan::store_unreachable(fleet, since, &error));
+        }
+        let told = self
+            .told_directly
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sends: Vec<(Notify, Notification)> = notes
+            .iter()
+            .flat_map(|n| {
+                receivers
+                    .iter()
+                    .filter(|r| r.wants(n) && !told.contains(&direct_key(r, n)))
+                    .map(|r| (r.clone(), n.clone()))
+            })
+            .collect();
+        if sends.is_empty() {
+            return;
+        }
+        let (client, told, totals) = (
+            self.client.clone(),
+            Arc::clone(&self.told_directly),
+            Arc::clone(&self.totals),
+        );
+        self.direct = Some(tokio::spawn(async move {
+            for (r, n) in sends {
+                match deliver(&client, &r, &n).await {
+                    Ok(()) => {
+                        tracing::info!(receiver = %r.name.value, id = %n.id, kind = %n.kind, "notification delivered while passes fail");
+                        totals.delivered.fetch_add(1, Ordering::Relaxed);
+                        told.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(direct_key(&r, &n));
+                    }
+                    Err(why) => {
+                        totals.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(receiver = %r.name.value, id = %n.id, error = %why, "notification not delivered; trying again after the next failed pass");
+                    }
+                }
+            }
+        }));
     }
 
     /// Which condition kinds any receiver hears (computing them needs the
@@ -182,16 +271,30 @@ impl Notifier {
                 }
             }
         }
+        // Passes work again: failures are told afresh next time.
+        self.failing_since = None;
+        self.told_directly
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         if input.receivers.is_empty() {
+            self.last = None;
             return Ok(Round::default());
         }
+        self.last = Some((input.fleet.to_owned(), input.receivers.to_vec()));
         let mut held = match self.held.take() {
             Some(held) => held,
             None => self.read().await?,
         };
         let before = held.ledger.clone();
         let mut notes = rollout_events(mirror, input.fleet, &mut held.ledger, input.now)?;
-        notes.extend(plan::new_conditions(&mut held.ledger, input.conditions));
+        let mut conditions = input.conditions;
+        conditions.extend(plan::manifest_notifications(
+            input.fleet,
+            &self.manifests,
+            input.now,
+        ));
+        notes.extend(plan::new_conditions(&mut held.ledger, conditions));
         let queued = plan::enqueue(&mut held.ledger, input.receivers, &notes);
         if held.ledger != before {
             // The outbox is written before anything in it is sent.
@@ -425,6 +528,11 @@ async fn send_due(
             Sent { held: None }
         }
     }
+}
+
+/// What a direct delivery is remembered by: the receiver and the id.
+fn direct_key(r: &Notify, n: &Notification) -> String {
+    format!("{} {}", r.name.value, n.id)
 }
 
 /// The `X-Gitfleet-Signature-256` header of `body` under `secret`.

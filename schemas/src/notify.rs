@@ -49,8 +49,8 @@ pub enum NotifyKind {
     NodeStale,
     /// An environment's signed channel manifest is close to its expiry.
     ManifestExpiring,
-    /// A node cannot reach the store (heard over HTTP) or the reconciler
-    /// cannot.
+    /// The reconciler cannot reach the store (told directly by the
+    /// replica that led last: the outbox lives in the store).
     StoreUnreachable,
 }
 

@@ -1009,6 +1009,118 @@ fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
     drop(serve);
 }
 
+/// A store that goes away under `gitfleet serve`: its passes fail, and the
+/// replica that led tells fleet.kdl's receiver, without the store, that the
+/// store is unreachable and, once dev's 30-second manifest has under a
+/// third of its life left, that it expires soon; each once by id, signed.
+#[test]
+fn a_store_that_goes_away_is_told_with_the_manifests_about_to_expire() {
+    let fleet = Fleet::new();
+    let receiver = Receiver::start(0);
+    let work = fleet.path("work");
+    let envs = std::fs::read_to_string(work.join("environments.kdl")).unwrap();
+    let envs = envs.replacen("freshness \"1h\"", "freshness \"30s\"", 1);
+    std::fs::write(work.join("environments.kdl"), envs).unwrap();
+    let block = format!(
+        "notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_TEST_HOOK_SECRET\"\n    events \"store-unreachable\" \"manifest-expiring\"\n}}\n",
+        receiver.url
+    );
+    append_commit_push(
+        &work,
+        &[("fleet.kdl", &block)],
+        "tell ops of outages",
+        "origin",
+    );
+    let serve = Spawned::gitfleet_with(
+        fleet.dir.path(),
+        "serve",
+        &[
+            "serve",
+            "--repo",
+            &fleet.repo,
+            "--store",
+            &fleet.store,
+            "--online-key",
+            "online.key",
+            "--cache",
+            "serve-mirror",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1s",
+            "--holder",
+            "test-replica",
+        ],
+        [("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET.to_owned())],
+    );
+    let base = serve.printed_url("serving ");
+    let passes = |result: &str| -> u64 {
+        let prefix = format!("gitfleet_reconcile_passes_total{{result=\"{result}\"}} ");
+        reqwest::blocking::get(format!("{base}/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while passes("ok") < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            serve.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(fleet.object("channels/dev.json").is_some());
+    // The store's directory replaced by a file: every request fails.
+    let store = fleet.path("store");
+    std::fs::rename(&store, fleet.path("store.away")).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let kinds = |r: &Receiver| -> Vec<(String, Option<String>)> {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut out: Vec<(String, Option<String>)> = r
+            .delivered()
+            .iter()
+            .filter(|d| ids.insert(d.headers["x-gitfleet-delivery"].clone()))
+            .map(|d| {
+                let j = d.json();
+                (
+                    j["kind"].as_str().unwrap_or_default().to_owned(),
+                    j["environment"].as_str().map(str::to_owned),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let want = vec![
+        ("manifest-expiring".to_owned(), Some("dev".to_owned())),
+        ("store-unreachable".to_owned(), None),
+    ];
+    let started = Instant::now();
+    while kinds(&receiver) != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "told {:?}; received {:#?}",
+            kinds(&receiver),
+            receiver.received()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(passes("failed") > 0);
+    // Each once: the passes that keep failing tell nothing again.
+    std::thread::sleep(Duration::from_secs(3));
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "{received:#?}");
+    for r in &received {
+        assert!(r.signed_with(HOOK_SECRET.as_bytes()), "{r:#?}");
+    }
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(fleet.path("store.away"), &store).unwrap();
+    drop(serve);
+}
+
 #[test]
 fn simulate_refuses_bad_arguments_clearly() {
     let repo = workspace().join("examples/fleet-repo");

@@ -127,6 +127,21 @@ impl Reconciler {
                             written
                                 .manifests
                                 .push((p.environment.clone(), p.manifest.serial));
+                            if let Some((_, freshness)) = plan
+                                .rules
+                                .rules
+                                .iter()
+                                .find(|(env, _)| *env == p.environment)
+                                .map(|(env, f)| {
+                                    (env, gitfleet_policy::pass::freshness(&f.environment))
+                                })
+                            {
+                                self.notifier.manifest(
+                                    &p.environment,
+                                    p.manifest.expires,
+                                    freshness,
+                                );
+                            }
                             gitfleet_io::faults::point("after-manifest");
                         }
                         Update::Conflict => {

@@ -328,7 +328,29 @@ impl Reconciler {
     }
 
     /// One pass: observe, decide, and (unless `mode` is a dry run) execute.
+    /// A failed pass is told to the notify receivers by the replica that
+    /// led last.
     pub async fn pass(
+        &mut self,
+        now: DateTime<Utc>,
+        mode: Mode,
+    ) -> Result<Outcome, ReconcileError> {
+        let result = self.pass_once(now, mode).await;
+        if let (Mode::Execute, Err(e)) = (mode, &result) {
+            let store = match e {
+                ReconcileError::Store(_)
+                | ReconcileError::Observe(observe::ObserveError::Store(_))
+                | ReconcileError::Lease(lease::LeaseError::Store(_)) => {
+                    Some(gitfleet_io::error_chain(e))
+                }
+                _ => None,
+            };
+            self.notifier.failed(store, now);
+        }
+        result
+    }
+
+    async fn pass_once(
         &mut self,
         now: DateTime<Utc>,
         mode: Mode,
@@ -576,6 +598,12 @@ impl Reconciler {
         };
 
         let (manifests, manifest_etags) = self.manifests(&rules.rules).await?;
+        for (env, in_force) in rules.rules.iter() {
+            if let Some(Current::Ours(m)) = manifests.get(env) {
+                let freshness = policy_pass::freshness(&in_force.environment);
+                self.notifier.manifest(env, m.expires, freshness);
+            }
+        }
         phases.end("observe");
         let reports: HashMap<String, Observation> = observed
             .reports
