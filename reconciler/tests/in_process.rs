@@ -522,3 +522,46 @@ fn an_idle_fleet_reporting_over_http_lists_status_reports_once_a_minute_not_ever
     rt.block_on(plain.pass(Utc::now(), Mode::Execute)).unwrap();
     assert_eq!(plain.observer.store.counts().since(&before).list, 1);
 }
+
+/// What notifications cost in store requests, against the same fleet
+/// without a receiver: a pass with news reads the outbox once and writes
+/// it twice (before sending and after); an idle pass costs nothing more.
+#[test]
+fn notifications_cost_two_writes_when_something_happens_and_nothing_when_idle() {
+    let rt = runtime();
+    let cost = |r: &mut Reconciler| {
+        let before = r.observer.store.counts();
+        rt.block_on(async {
+            r.pass(Utc::now(), Mode::Execute).await.unwrap();
+            r.notifier.finish(std::time::Duration::from_secs(5)).await;
+        });
+        r.observer.store.counts().since(&before)
+    };
+    let plain_dir = tempfile::tempdir().unwrap();
+    let mut plain = reconciler(plain_dir.path());
+    let told_dir = tempfile::tempdir().unwrap();
+    let mut told = reconciler_with(told_dir.path(), |work| {
+        let fleet = work.join("fleet.kdl");
+        let mut text = std::fs::read_to_string(&fleet).unwrap();
+        // The secret is not set: every delivery fails before the network,
+        // and stays in the outbox for later.
+        text.push_str(
+            "notify \"ops\" {\n    webhook \"http://127.0.0.1:9/hook\" secret-env=\"GITFLEET_IN_PROCESS_UNSET\"\n}\n",
+        );
+        std::fs::write(&fleet, text).unwrap();
+    });
+    let (first_plain, first_told) = (cost(&mut plain), cost(&mut told));
+    assert_eq!(first_told.get, first_plain.get + 1, "{first_told:?}");
+    assert_eq!(
+        first_told.put_conditional,
+        first_plain.put_conditional + 2,
+        "{first_told:?}"
+    );
+    assert_eq!(first_told.list, first_plain.list);
+    let waiting = told.notifier.totals.waiting.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(waiting > 0, "the rollouts' starts wait in the outbox");
+    // Idle: the failed deliveries wait for their retry; nothing is read
+    // or written for them.
+    let (idle_plain, idle_told) = (cost(&mut plain), cost(&mut told));
+    assert_eq!(idle_told.each(), idle_plain.each(), "{idle_told:?} vs {idle_plain:?}");
+}
