@@ -558,10 +558,18 @@ fn notifications_cost_two_writes_when_something_happens_and_nothing_when_idle() 
         "{first_told:?}"
     );
     assert_eq!(first_told.list, first_plain.list);
-    let waiting = told.notifier.totals.waiting.load(std::sync::atomic::Ordering::Relaxed);
+    let waiting = told
+        .notifier
+        .totals
+        .waiting
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(waiting > 0, "the rollouts' starts wait in the outbox");
     // Idle: the failed deliveries wait for their retry; nothing is read
     // or written for them.
     let (idle_plain, idle_told) = (cost(&mut plain), cost(&mut told));
-    assert_eq!(idle_told.each(), idle_plain.each(), "{idle_told:?} vs {idle_plain:?}");
+    assert_eq!(
+        idle_told.each(),
+        idle_plain.each(),
+        "{idle_told:?} vs {idle_plain:?}"
+    );
 }

@@ -430,9 +430,18 @@ impl Fleet {
 fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
     let fleet = Fleet::over_servers();
     let receiver = Receiver::start(2);
+    // A Slack-compatible incoming webhook hears of rollbacks only.
+    let chat = Receiver::start(0);
+    let slack = format!(
+        "notify \"chat\" {{\n    slack \"{}/services/T0/B0/x\"\n    events \"rollout-rolled-back\"\n}}\n",
+        chat.url
+    );
     append_commit_push(
         &fleet.path("work"),
-        &[("fleet.kdl", &notify_block(&receiver.url))],
+        &[(
+            "fleet.kdl",
+            &format!("{}{slack}", notify_block(&receiver.url)),
+        )],
         "tell ops",
         "origin",
     );
@@ -600,6 +609,22 @@ fn simulated_agents_complete_a_rollout_and_a_failing_bundle_is_rolled_back() {
             ("rollout-rolled-back", None, b),
         ],
     );
+    // Slack got the rollback as `{"text": ...}`, and nothing else of edge.
+    let texts: Vec<String> = chat
+        .delivered()
+        .iter()
+        .map(|d| d.json()["text"].as_str().unwrap_or_default().to_owned())
+        .filter(|t| t.contains("edge in dev"))
+        .collect();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].starts_with("[acme-edge] edge in dev: ") && texts[0].contains("rolled back"),
+        "{texts:?}"
+    );
+    assert!(chat
+        .received()
+        .iter()
+        .all(|r| r.path == "/services/T0/B0/x"));
 }
 
 /// Revoking the bundle dev completed: the next pass rolls dev back, the
@@ -947,8 +972,19 @@ fn told_each_event_once(fleet: &Fleet, receiver: &Receiver, want: &[(&str, Optio
 #[test]
 fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
     let fleet = Fleet::new();
+    let receiver = Receiver::start(0);
+    let block = format!(
+        "notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_TEST_HOOK_SECRET\"\n    events \"node-stale\"\n}}\n",
+        receiver.url
+    );
+    append_commit_push(
+        &fleet.path("work"),
+        &[("fleet.kdl", &block)],
+        "tell ops of silent nodes",
+        "origin",
+    );
     let sim = fleet.simulate("0", "simulate.log");
-    let serve = Spawned::gitfleet(
+    let serve = Spawned::gitfleet_with(
         fleet.dir.path(),
         "serve",
         &[
@@ -970,6 +1006,7 @@ fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
             "--holder",
             "test-replica",
         ],
+        [("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET.to_owned())],
     );
     let base = serve.printed_url("serving ");
     let nodes = |text: &str, health: &str| -> u64 {
@@ -1006,6 +1043,34 @@ fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
         expected.push("GitfleetRolloutAwaitingApproval");
     }
     alerts::check(&first, &second, &expected).unwrap();
+    // The receiver is told of each silent node once, by node.
+    let started = Instant::now();
+    let stale_nodes = |r: &Receiver| -> Vec<String> {
+        let mut nodes: Vec<String> = r
+            .delivered()
+            .iter()
+            .map(|d| d.json()["node"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    while stale_nodes(&receiver).len() < 13 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            stale_nodes(&receiver)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut told = stale_nodes(&receiver);
+    let all = told.len();
+    told.dedup();
+    assert_eq!((all, told.len()), (13, 13), "{told:?}");
+    assert!(receiver
+        .delivered()
+        .iter()
+        .all(|d| d.json()["kind"] == "node-stale" && d.signed_with(HOOK_SECRET.as_bytes())));
     drop(serve);
 }
 
