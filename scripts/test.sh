@@ -104,6 +104,17 @@ if ! "$boringtun" --version >/dev/null 2>&1; then
 fi
 export GITFLEET_BORINGTUN="$boringtun"
 
+# openssl makes the HTTPS test's certificates and reads the one served;
+# curl is its HTTPS client (tests/tests/serve_tls_e2e.rs).
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
 # promtool checks and unit-tests the shipped alerting rules
 # (tests/tests/alert_rules.rs); Debian ships it with prometheus.
 if ! command -v promtool >/dev/null; then

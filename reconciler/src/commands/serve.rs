@@ -10,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::pass;
 use crate::setup::ReconcilerArgs;
+use crate::web::tls::{self, CertFiles, TlsListener};
 use crate::web::{listen, router, AppState, Io};
 
 /// Run the reconciler and serve the fleet's status pages, /metrics and
@@ -27,18 +28,43 @@ use crate::web::{listen, router, AppState, Io};
 /// POST /v1/reports/<node> (agents' signed heartbeats, where fleet.kdl's
 /// `report-to` names this server: liveness with no store write each).
 ///
-/// Example:
+/// Examples:
 ///   gitfleet serve --repo https://github.com/acme/fleet.git \
 ///       --online-key /etc/gitfleet/online.key --listen 127.0.0.1:8080 \
 ///       --webhook-secret-file /etc/gitfleet/webhook.secret
+///   # HTTPS on every interface, pages read-only to anyone who reaches it:
+///   gitfleet serve ... --listen 0.0.0.0:8443 --public-read-only \
+///       --tls-cert /etc/gitfleet/tls/fullchain.pem --tls-key /etc/gitfleet/tls/key.pem
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ServeArgs {
     #[command(flatten)]
     reconciler: ReconcilerArgs,
-    /// Address to serve on. Put a TLS-terminating proxy in front to expose it.
+    /// Address to serve on. Any address but a loopback one needs
+    /// --public-read-only (the pages have no sign-in yet).
     #[arg(long, env = "GITFLEET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve the read-only pages to anyone who can reach --listen (agents'
+    /// reports and GitHub's webhooks are signed and checked either way).
+    #[arg(long)]
+    public_read_only: bool,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); read
+    /// again when the file changes, so a renewal needs no restart.
+    #[arg(
+        long,
+        env = "GITFLEET_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "GITFLEET_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     /// File holding the GitHub webhook secret; without it webhooks are refused.
     #[arg(long, env = "GITFLEET_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<std::path::PathBuf>,
@@ -51,6 +77,18 @@ pub struct ServeArgs {
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    if !args.listen.ip().is_loopback() && !args.public_read_only {
+        anyhow::bail!(
+            "refusing to serve the status pages on {}: it is not a loopback address and the pages have no sign-in; pass --public-read-only to show them read-only to anyone who can reach it, or listen on 127.0.0.1 behind a proxy that signs people in",
+            args.listen
+        );
+    }
+    let certs = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            CertFiles::open(cert, key).context("loading the TLS certificate")?,
+        )),
+        _ => None,
+    };
     let secret = match &args.webhook_secret_file {
         None => None,
         Some(path) => {
@@ -94,7 +132,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let served = runtime.block_on(async {
         let listener = listen(args.listen).await?;
-        println!("serving http://{}/ (Ctrl-C stops)", listener.local_addr()?);
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        println!("serving {scheme}://{}/ (Ctrl-C stops)", listener.local_addr()?);
         // One signal stops the passes, ends the event streams and drains
         // the other requests, for at most DRAIN.
         let shutdown = Arc::clone(&state);
@@ -105,11 +144,23 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         });
         let mut stopped = state.shutdown.subscribe();
         let mut drained = state.shutdown.subscribe();
-        let server = axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        );
+        let stopping = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let app = router(Arc::clone(&state));
+        let server = async move {
+            match certs {
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopping)
+                        .await
+                }
+                Some(certs) => {
+                    let tls = TlsListener::new(listener, tls::acceptor(certs))?;
+                    axum::serve(tls, app).with_graceful_shutdown(stopping).await
+                }
+            }
+        };
         tokio::select! {
             r = server => r.context("serving HTTP"),
             () = async move {

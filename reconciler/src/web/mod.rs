@@ -31,6 +31,7 @@ pub mod bundle_page;
 mod chart;
 pub mod html;
 pub mod page;
+pub mod tls;
 
 use crate::github::webhook::{Outcome, Webhooks};
 use crate::pass::live::{LiveReports, Refused};
