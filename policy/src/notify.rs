@@ -41,9 +41,11 @@ pub fn rollout_notifications(
     };
     let mut out = Vec::new();
     for (env, now) in &after.environments {
+        // The same change: a rollout whose nodes moved to another proxy
+        // goes on where it was (its main bundle may change with it).
         let was = before
             .and_then(|b| b.environments.get(env))
-            .filter(|w| w.target == now.target && w.source_commit == now.source_commit);
+            .filter(|w| w.source_commit == now.source_commit);
         for (kind, step) in changes(was, now) {
             let step_part = step.map(|s| s.to_string()).unwrap_or_default();
             // What the change is, not which commit holds it: compaction
@@ -280,17 +282,32 @@ pub fn store_unreachable(fleet: &str, since: DateTime<Utc>, error: &str) -> Noti
     }
 }
 
-/// The conditions among `current` not yet told: the ones whose id the
-/// ledger does not hold. The ledger then holds exactly `current`'s, so a
-/// condition that clears and comes back is told again (under a new id,
-/// its key having changed).
-pub fn new_conditions(ledger: &mut NotifyLedger, current: Vec<Notification>) -> Vec<Notification> {
-    let fresh: Vec<Notification> = current
-        .iter()
-        .filter(|n| !ledger.holding.contains(&n.id))
-        .cloned()
-        .collect();
-    ledger.holding = current.into_iter().map(|n| n.id).collect();
+/// The conditions among `current` not yet told, each under an id of its
+/// own: what identifies the condition (`current`'s ids) and when it was
+/// first seen to hold (`now`), recorded in the ledger's `holding` with the
+/// outbox. One that clears and comes back is a new occurrence, told under
+/// a new id.
+pub fn new_conditions(
+    ledger: &mut NotifyLedger,
+    current: Vec<Notification>,
+    now: DateTime<Utc>,
+) -> Vec<Notification> {
+    let mut holding = std::collections::BTreeMap::new();
+    let mut fresh = Vec::new();
+    for mut n in current {
+        let key = n.id.clone();
+        let id = match ledger.holding.get(&key) {
+            Some(id) => id.clone(),
+            None => {
+                n.id = notification_id(&[&key, &now.to_rfc3339()]);
+                let id = n.id.clone();
+                fresh.push(n);
+                id
+            }
+        };
+        holding.insert(key, id);
+    }
+    ledger.holding = holding;
     fresh
 }
 
@@ -398,12 +415,17 @@ mod tests {
     use gitfleet_schemas::trust::BundleRef;
 
     fn env(phase: Phase, step: u32, target: &str) -> EnvState {
+        env_from(phase, step, target, "c")
+    }
+
+    /// A state of the change `source` (a letter).
+    fn env_from(phase: Phase, step: u32, target: &str, source: &str) -> EnvState {
         EnvState {
             target: BundleRef {
                 digest: format!("sha256:{}", target.repeat(64)),
                 length: 1,
             },
-            source_commit: "c".repeat(40),
+            source_commit: source.repeat(40),
             previous: None,
             phase,
             step,
@@ -489,21 +511,40 @@ mod tests {
                 env(Phase::RolledBack, 2, "a"),
                 vec![],
             ),
-            // A new target starts over, whatever the old one did.
+            // A change's bundle regrouped for another proxy (same source
+            // commit): the rollout goes on, nothing to tell.
             (
-                Some(env(Phase::Complete, 2, "a")),
-                env(Phase::Progressing, 1, "b"),
-                vec![(RolloutStarted, None)],
-            ),
-            (
-                Some(env(Phase::Complete, 1, "a")),
-                env(Phase::RolledBack, 1, "b"),
-                vec![(RolloutStarted, None), (RolloutRolledBack, None)],
+                Some(env(Phase::Verifying, 2, "a")),
+                env(Phase::Verifying, 2, "b"),
+                vec![],
             ),
         ];
         for (before, after, want) in cases {
             let got = kinds(before.clone(), after.clone());
             assert_eq!(got, want, "{before:?} → {after:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_change_starts_over_whatever_the_last_one_did() {
+        let cases = [
+            (
+                env_from(Phase::Complete, 2, "a", "c"),
+                env_from(Phase::Progressing, 1, "b", "d"),
+                vec![(RolloutStarted, None)],
+            ),
+            (
+                env_from(Phase::Complete, 1, "a", "c"),
+                env_from(Phase::RolledBack, 1, "b", "d"),
+                vec![(RolloutStarted, None), (RolloutRolledBack, None)],
+            ),
+        ];
+        for (before, after, want) in cases {
+            assert_eq!(
+                kinds(Some(before.clone()), after.clone()),
+                want,
+                "{before:?} → {after:?}"
+            );
         }
     }
 
@@ -660,9 +701,14 @@ mod tests {
             at: DateTime::<Utc>::UNIX_EPOCH,
             summary: String::new(),
         };
-        assert_eq!(new_conditions(&mut ledger, vec![n("a")]).len(), 1);
-        assert!(new_conditions(&mut ledger, vec![n("a")]).is_empty());
-        assert!(new_conditions(&mut ledger, vec![]).is_empty());
-        assert_eq!(new_conditions(&mut ledger, vec![n("a")]).len(), 1);
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        let first = new_conditions(&mut ledger, vec![n("a")], t0);
+        assert_eq!(first.len(), 1);
+        assert!(new_conditions(&mut ledger, vec![n("a")], t0 + Duration::minutes(1)).is_empty());
+        assert!(new_conditions(&mut ledger, vec![], t0 + Duration::minutes(2)).is_empty());
+        // Back again: another occurrence, another id.
+        let again = new_conditions(&mut ledger, vec![n("a")], t0 + Duration::minutes(3));
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].id, first[0].id);
     }
 }

@@ -36,6 +36,13 @@ const HISTORY_LIMIT: usize = 500;
 /// How far back the first round (no ledger yet) tells rollout events.
 const FIRST_LOOK_BACK: chrono::Duration = chrono::Duration::minutes(10);
 
+/// How far back any round tells them (a fleet that had no receivers for a
+/// while is not told all that happened meanwhile).
+const CURSOR_LOOK_BACK: chrono::Duration = chrono::Duration::hours(24);
+
+/// After a failed direct delivery (while passes fail), the next try.
+const DIRECT_RETRY: chrono::Duration = chrono::Duration::seconds(30);
+
 /// The most deliveries one sending task makes.
 const BATCH: usize = 64;
 
@@ -103,15 +110,18 @@ pub struct Notifier {
     /// Environment → when its channel manifest expires and how long the
     /// environment's manifests live, as last read or published.
     manifests: BTreeMap<String, (DateTime<Utc>, chrono::Duration)>,
-    /// The fleet and receivers of the last round this replica led: whom
-    /// to tell while passes fail.
-    last: Option<(String, Vec<Notify>)>,
+    /// The fleet and receivers of the last round this replica led, and
+    /// the end of the lease it led under: whom to tell while passes fail.
+    last: Option<(String, Vec<Notify>, DateTime<Utc>)>,
+    /// No direct delivery before this (after one failed).
+    direct_after: Option<DateTime<Utc>>,
     /// When the passes began failing (this outage).
     failing_since: Option<DateTime<Utc>>,
     /// `receiver id` of failure notifications delivered while passes fail
     /// (no outbox then: the store may be what fails).
     told_directly: Arc<Mutex<BTreeSet<String>>>,
-    direct: Option<tokio::task::JoinHandle<()>>,
+    /// The direct deliveries in flight; `true` when one failed.
+    direct: Option<tokio::task::JoinHandle<bool>>,
     /// A node unheard from for longer is stale (serve's `--stale-after`).
     pub stale_after: chrono::Duration,
     pub totals: Arc<NotifyTotals>,
@@ -153,6 +163,7 @@ impl Notifier {
             sending: None,
             manifests: BTreeMap::new(),
             last: None,
+            direct_after: None,
             failing_since: None,
             told_directly: Arc::default(),
             direct: None,
@@ -164,6 +175,14 @@ impl Notifier {
     /// Another replica leads: what this one held of the ledger may be
     /// overtaken by the time it leads again.
     pub fn follow(&mut self) {
+        if let Some(task) = self.sending.take() {
+            // What it would record is the old leader's view: dropped (a
+            // delivery it made is made again, under the same id).
+            task.abort();
+        }
+        if let Some(task) = self.direct.take() {
+            task.abort();
+        }
         self.held = None;
         self.last = None;
     }
@@ -186,14 +205,32 @@ impl Notifier {
     /// store is unreachable and which manifests are close to expiry, each
     /// id once while the process lives.
     pub fn failed(&mut self, store_error: Option<String>, now: DateTime<Utc>) {
-        let Some((fleet, receivers)) = &self.last else {
+        let Some((fleet, receivers, until)) = &self.last else {
             return;
         };
         let since = *self.failing_since.get_or_insert(now);
-        if self.direct.as_ref().is_some_and(|t| !t.is_finished()) {
+        if let Some(task) = &mut self.direct {
+            if !task.is_finished() {
+                return;
+            }
+            // A failed delivery is tried again after a while, not at every
+            // failed pass.
+            let failed = futures::FutureExt::now_or_never(task).is_none_or(|r| r.unwrap_or(true));
+            self.direct = None;
+            if failed {
+                self.direct_after = Some(now + DIRECT_RETRY);
+            }
+        }
+        if self.direct_after.is_some_and(|t| now < t) {
             return;
         }
-        let mut notes = plan::manifest_notifications(fleet, &self.manifests, now);
+        // What this replica knows of the manifests holds while it leads;
+        // after its lease another replica may have re-signed them.
+        let mut notes = if now < *until {
+            plan::manifest_notifications(fleet, &self.manifests, now)
+        } else {
+            Vec::new()
+        };
         if let Some(error) = store_error {
             notes.push(plan::store_unreachable(fleet, since, &error));
         }
@@ -219,7 +256,9 @@ impl Notifier {
             Arc::clone(&self.told_directly),
             Arc::clone(&self.totals),
         );
+        self.direct_after = None;
         self.direct = Some(tokio::spawn(async move {
+            let mut any_failed = false;
             for (r, n) in sends {
                 match deliver(&client, &r, &n).await {
                     Ok(()) => {
@@ -230,11 +269,13 @@ impl Notifier {
                             .insert(direct_key(&r, &n));
                     }
                     Err(why) => {
+                        any_failed = true;
                         totals.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(receiver = %r.name.value, id = %n.id, error = %why, "notification not delivered; trying again after the next failed pass");
+                        tracing::warn!(receiver = %r.name.value, id = %n.id, error = %why, "notification not delivered; trying again after a failed pass a while later");
                     }
                 }
             }
+            any_failed
         }));
     }
 
@@ -272,7 +313,11 @@ impl Notifier {
             }
         }
         // Passes work again: failures are told afresh next time.
+        if let Some(task) = self.direct.take() {
+            task.abort();
+        }
         self.failing_since = None;
+        self.direct_after = None;
         self.told_directly
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -281,7 +326,11 @@ impl Notifier {
             self.last = None;
             return Ok(Round::default());
         }
-        self.last = Some((input.fleet.to_owned(), input.receivers.to_vec()));
+        self.last = Some((
+            input.fleet.to_owned(),
+            input.receivers.to_vec(),
+            input.until,
+        ));
         let mut held = match self.held.take() {
             Some(held) => held,
             None => self.read().await?,
@@ -294,9 +343,24 @@ impl Notifier {
             &self.manifests,
             input.now,
         ));
-        notes.extend(plan::new_conditions(&mut held.ledger, conditions));
+        notes.extend(plan::new_conditions(
+            &mut held.ledger,
+            conditions,
+            input.now,
+        ));
         let queued = plan::enqueue(&mut held.ledger, input.receivers, &notes);
-        if held.ledger != before {
+        // Deliveries of receivers that left fleet.kdl go now.
+        let dropped = plan::record(&mut held.ledger, input.receivers, &[], input.now);
+        for o in &dropped.given_up {
+            tracing::warn!(receiver = %o.receiver, id = %o.notification.id, "no such receiver any more; its delivery is dropped");
+        }
+        // A cursor that moved over commits with nothing to tell need not
+        // be written: walking them again tells nothing either.
+        let cursor_only = NotifyLedger {
+            cursor: before.cursor.clone(),
+            ..held.ledger.clone()
+        } == before;
+        if held.ledger != before && !cursor_only {
             // The outbox is written before anything in it is sent.
             match self.write(&held).await? {
                 Some(etag) => {
@@ -367,10 +431,24 @@ impl Notifier {
                 },
                 etag: None,
             },
-            Some(o) => Held {
-                ledger: serde_json::from_slice(&o.bytes)
-                    .map_err(|source| NotifyError::Ledger { key, source })?,
-                etag: Some(o.etag),
+            Some(o) => match serde_json::from_slice(&o.bytes) {
+                Ok(ledger) => Held {
+                    ledger,
+                    etag: Some(o.etag),
+                },
+                // Not ours to keep: start over on top of it (the first
+                // round tells what happened lately).
+                Err(source) => {
+                    let e = NotifyError::Ledger { key, source };
+                    tracing::error!(error = %gitfleet_io::error_chain(&e), "starting a new notification ledger over it");
+                    Held {
+                        ledger: NotifyLedger {
+                            format: LEDGER_FORMAT,
+                            ..NotifyLedger::default()
+                        },
+                        etag: Some(o.etag),
+                    }
+                }
             },
         })
     }
@@ -396,10 +474,14 @@ async fn write_ledger(store: &Store, held: &Held) -> Result<Option<ETag>, Notify
 }
 
 /// The rollout events of the state commits after the ledger's cursor,
-/// oldest first; the cursor moves to the tip. Without a cursor (the first
-/// round), the commits of the last [`FIRST_LOOK_BACK`]: a new fleet's
-/// first rollout is told, even by a leader that died before its first
-/// round, and a fleet that takes up notifications is not told its past.
+/// oldest first; the cursor moves to the tip. The cursor is recognised by
+/// its id, or by its tree after `gitfleet state compact` rebuilt it; a
+/// cursor compacted away ends the walk at the new root, whose squashed
+/// history is not told again. Without a cursor (the first round), the
+/// commits of the last [`FIRST_LOOK_BACK`]: a new fleet's first rollout is
+/// told, even by a leader that died before its first round, and a fleet
+/// that takes up notifications is not told its past. Never more than
+/// [`CURSOR_LOOK_BACK`] back.
 fn rollout_events(
     mirror: &Mirror,
     fleet: &str,
@@ -407,13 +489,18 @@ fn rollout_events(
     now: DateTime<Utc>,
 ) -> Result<Vec<Notification>, NotifyError> {
     let cursor = ledger.cursor.clone();
-    let since = now - FIRST_LOOK_BACK;
+    let since = now
+        - if cursor.is_some() {
+            CURSOR_LOOK_BACK
+        } else {
+            FIRST_LOOK_BACK
+        };
     let history = mirror
-        .state_history(HISTORY_LIMIT, |commit, tree, time| match &cursor {
-            Some(c) => {
-                commit.to_string() == c.commit || (tree.to_string() == c.tree && time == c.time)
-            }
-            None => time < since,
+        .state_history(HISTORY_LIMIT, |commit, tree, time| {
+            time < since
+                || cursor
+                    .as_ref()
+                    .is_some_and(|c| commit.to_string() == c.commit || tree.to_string() == c.tree)
         })
         .map_err(|e| NotifyError::History(Box::new(e)))?;
     let Some((tip, tree, time)) = history.tip else {
@@ -424,15 +511,23 @@ fn rollout_events(
         tree: tree.to_string(),
         time,
     });
-    if history.end == WalkEnd::Limit {
-        tracing::warn!(
-            tip = %tip,
-            "the state branch no longer holds the last commit notified; rollout events before its tip are not told"
-        );
-        return Ok(Vec::new());
+    let mut changes = history.changes;
+    match history.end {
+        WalkEnd::Limit => {
+            tracing::warn!(
+                tip = %tip,
+                "the state branch no longer holds the last commit notified; rollout events before its tip are not told"
+            );
+            return Ok(Vec::new());
+        }
+        // A root reached with a cursor: the cursor was squashed into it.
+        WalkEnd::Root if cursor.is_some() => {
+            changes.retain(|c| Some(c.commit) != history.last);
+        }
+        _ => {}
     }
     let mut out = Vec::new();
-    for change in history.changes.iter().rev() {
+    for change in changes.iter().rev() {
         let commit = change.commit.to_string();
         for (rollout, before, after) in &change.rollouts {
             let parse = |bytes: &Option<Vec<u8>>| -> Option<RolloutState> {
@@ -470,8 +565,11 @@ async fn send_due(
 ) -> Sent {
     let mut outcomes = Vec::with_capacity(due.len());
     for i in due {
-        // Never send on a lease that may have passed to another replica.
-        if Utc::now() + chrono::Duration::seconds(5) >= until {
+        // Never send on a lease that may pass to another replica before
+        // the send is done.
+        let margin = chrono::Duration::seconds(5)
+            + chrono::Duration::from_std(SEND_TIMEOUT).unwrap_or_default();
+        if Utc::now() + margin >= until {
             tracing::info!("lease ends; the next leader sends the rest");
             break;
         }
@@ -560,7 +658,14 @@ async fn deliver(client: &reqwest::Client, r: &Notify, n: &Notification) -> Resu
         NotifyTarget::Webhook { url, secret_env } => {
             let url = given(url)?;
             let secret = std::env::var(&secret_env.value)
-                .map_err(|_| format!("environment variable {} is not set", secret_env.value))?;
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "environment variable {} is not set or empty",
+                        secret_env.value
+                    )
+                })?;
             let body = serde_json::to_vec(n).map_err(|e| e.to_string())?;
             client
                 .post(url)
@@ -584,10 +689,11 @@ async fn deliver(client: &reqwest::Client, r: &Notify, n: &Notification) -> Resu
                 .body(body)
         }
     };
-    let response = request
-        .send()
+    // Errors leave the URL out: a Slack URL is itself the secret.
+    let response = tokio::time::timeout(SEND_TIMEOUT, request.send())
         .await
-        .map_err(|e| gitfleet_io::error_chain(&e))?;
+        .map_err(|_| format!("no answer in {} s", SEND_TIMEOUT.as_secs()))?
+        .map_err(|e| gitfleet_io::error_chain(&e.without_url()))?;
     let status = response.status();
     if status.is_success() {
         Ok(())

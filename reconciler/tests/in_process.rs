@@ -523,12 +523,101 @@ fn an_idle_fleet_reporting_over_http_lists_status_reports_once_a_minute_not_ever
     assert_eq!(plain.observer.store.counts().since(&before).list, 1);
 }
 
+/// A receiver on 127.0.0.1 answering 204 to every POST, served on the
+/// test's runtime (it answers while a pass or `finish` runs there): its
+/// URL, and the bodies it got.
+fn receiver(rt: &tokio::runtime::Runtime) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = Arc::clone(&got);
+    let app = axum::Router::new().fallback(axum::routing::post(move |body: String| {
+        let keep = Arc::clone(&keep);
+        async move {
+            keep.lock().unwrap().push(body);
+            StatusCode::NO_CONTENT
+        }
+    }));
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got)
+}
+
+/// The example fleet telling a Slack-compatible receiver at `url` of
+/// everything.
+fn told_at(dir: &Path, url: &str) -> Reconciler {
+    reconciler_with(dir, |work| {
+        let fleet = work.join("fleet.kdl");
+        let mut text = std::fs::read_to_string(&fleet).unwrap();
+        text.push_str(&format!(
+            "notify \"chat\" {{\n    slack \"{url}/services/x\"\n}}\n"
+        ));
+        std::fs::write(&fleet, text).unwrap();
+    })
+}
+
+/// `gitfleet state compact` squashing every commit the notifier had read
+/// into a new root: nothing is told again.
+#[test]
+fn a_compacted_state_branch_is_not_told_again() {
+    let rt = runtime();
+    let (url, got) = receiver(&rt);
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = told_at(dir.path(), &url);
+    let pass = |r: &mut Reconciler| {
+        rt.block_on(async {
+            r.pass(Utc::now(), Mode::Execute).await.unwrap();
+            r.notifier.finish(std::time::Duration::from_secs(5)).await;
+        })
+    };
+    pass(&mut r);
+    let told = got.lock().unwrap().len();
+    assert!(told > 0, "the first pass's rollouts start");
+    // A second commit, so that there is history to squash.
+    let note =
+        std::collections::BTreeMap::from([("notes.txt".to_owned(), Some(b"kept\n".to_vec()))]);
+    r.observer
+        .mirror
+        .commit_state(
+            &note,
+            "a note",
+            &gitfleet_reconciler::git::Author::default(),
+        )
+        .unwrap();
+    pass(&mut r);
+    let told = got.lock().unwrap().len();
+    // Compacted by another process, the way `gitfleet state compact` does.
+    let mut remote = Remote::new(format!(
+        "file://{}",
+        dir.path().join("origin.git").display()
+    ));
+    remote.state_branch = r.observer.mirror.state_branch().to_owned();
+    let other = Mirror::open_or_clone(remote, &dir.path().join("compactor")).unwrap();
+    other.fetch().unwrap();
+    let cutoff = Utc::now().timestamp() + 60;
+    let compaction = other
+        .compact_state(cutoff, &gitfleet_reconciler::git::Author::default())
+        .unwrap()
+        .expect("two commits to squash");
+    other
+        .publish_compaction(&compaction, "audit/before")
+        .unwrap();
+    pass(&mut r);
+    pass(&mut r);
+    let after = got.lock().unwrap().clone();
+    assert_eq!(after.len(), told, "{after:#?}");
+}
+
 /// What notifications cost in store requests, against the same fleet
 /// without a receiver: a pass with news reads the outbox once and writes
 /// it twice (before sending and after); an idle pass costs nothing more.
 #[test]
 fn notifications_cost_two_writes_when_something_happens_and_nothing_when_idle() {
     let rt = runtime();
+    let (url, _) = receiver(&rt);
     let cost = |r: &mut Reconciler| {
         let before = r.observer.store.counts();
         rt.block_on(async {
@@ -540,16 +629,7 @@ fn notifications_cost_two_writes_when_something_happens_and_nothing_when_idle() 
     let plain_dir = tempfile::tempdir().unwrap();
     let mut plain = reconciler(plain_dir.path());
     let told_dir = tempfile::tempdir().unwrap();
-    let mut told = reconciler_with(told_dir.path(), |work| {
-        let fleet = work.join("fleet.kdl");
-        let mut text = std::fs::read_to_string(&fleet).unwrap();
-        // The secret is not set: every delivery fails before the network,
-        // and stays in the outbox for later.
-        text.push_str(
-            "notify \"ops\" {\n    webhook \"http://127.0.0.1:9/hook\" secret-env=\"GITFLEET_IN_PROCESS_UNSET\"\n}\n",
-        );
-        std::fs::write(&fleet, text).unwrap();
-    });
+    let mut told = told_at(told_dir.path(), &url);
     let (first_plain, first_told) = (cost(&mut plain), cost(&mut told));
     assert_eq!(first_told.get, first_plain.get + 1, "{first_told:?}");
     assert_eq!(
@@ -558,14 +638,10 @@ fn notifications_cost_two_writes_when_something_happens_and_nothing_when_idle() 
         "{first_told:?}"
     );
     assert_eq!(first_told.list, first_plain.list);
-    let waiting = told
-        .notifier
-        .totals
-        .waiting
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(waiting > 0, "the rollouts' starts wait in the outbox");
-    // Idle: the failed deliveries wait for their retry; nothing is read
-    // or written for them.
+    let totals = &told.notifier.totals;
+    assert!(totals.delivered.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(totals.waiting.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Idle: nothing new, nothing waiting: no request at all.
     let (idle_plain, idle_told) = (cost(&mut plain), cost(&mut told));
     assert_eq!(
         idle_told.each(),

@@ -40,7 +40,7 @@
 //!     in "region" "fra" "ams"
 //! }
 //! notify "ops" {                             // see `notify` for the rest
-//!     webhook "https://hooks.internal/gitfleet" secret-env="OPS_HOOK_SECRET"
+//!     webhook "https://hooks.internal/gitfleet" secret-env="GITFLEET_NOTIFY_OPS_SECRET"
 //!     events "rollout-failed" "rollout-rolled-back"
 //! }
 //! template "canary" {

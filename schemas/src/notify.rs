@@ -4,19 +4,19 @@
 //!
 //! ```kdl
 //! notify "ops" {
-//!     webhook "https://hooks.internal/gitfleet" secret-env="OPS_HOOK_SECRET"
+//!     webhook "https://hooks.internal/gitfleet" secret-env="GITFLEET_NOTIFY_OPS_SECRET"
 //!     events "rollout-failed" "rollout-rolled-back" "waiting-for-approval"
 //!     environments "prod" "staging"
 //! }
 //! notify "chat" {
-//!     slack url-env="SLACK_WEBHOOK_URL"    // the URL is the secret
+//!     slack url-env="GITFLEET_NOTIFY_SLACK_URL"    // the URL is the secret
 //! }
 //! ```
 //!
 //! Secrets never live in the repo: a webhook's HMAC key, and a URL that is
 //! itself a secret (Slack's), are read from the reconciler's environment.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -170,6 +170,7 @@ pub(crate) fn decode_notify(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Noti
                     decode::as_string,
                     "the environment variable holding the HMAC secret",
                 );
+                let secret_env = secret_env.filter(|e| check_env(d, e));
                 let v = match (url, secret_env) {
                     (Some(url), Some(secret_env)) => {
                         Some(NotifyTarget::Webhook { url, secret_env })
@@ -211,7 +212,10 @@ pub(crate) fn decode_notify(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Noti
             decode::node_span(node),
             "notify-without-target",
             "a notify block needs `webhook` or `slack`".to_owned(),
-            Some("add `webhook \"https://...\" secret-env=\"HOOK_SECRET\"`".to_owned()),
+            Some(
+                "add `webhook \"https://...\" secret-env=\"GITFLEET_NOTIFY_HOOK_SECRET\"`"
+                    .to_owned(),
+            ),
         );
     }
     Some(Notify {
@@ -220,6 +224,27 @@ pub(crate) fn decode_notify(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Noti
         events,
         environments,
     })
+}
+
+/// Environment variables a `notify` block may read: only these, so a
+/// commit to the fleet repo cannot make the reconciler sign with, or send
+/// to, any other secret of its environment.
+pub const ENV_PREFIX: &str = "GITFLEET_NOTIFY_";
+
+/// `name` as an environment variable a notify block may read.
+fn check_env(d: &mut Decoder, name: &Spanned<String>) -> bool {
+    if name.value.starts_with(ENV_PREFIX) && name.value.len() > ENV_PREFIX.len() {
+        return true;
+    }
+    d.error(
+        name.span,
+        "notify-env",
+        format!("`{}` is not a variable notify blocks may read", name.value),
+        Some(format!(
+            "name it {ENV_PREFIX}<SOMETHING> in the reconciler's environment"
+        )),
+    );
+    false
 }
 
 /// A URL given as the node's value, or named by `url-env=` (not both).
@@ -242,7 +267,7 @@ fn given_url(d: &mut Decoder, node: &kdl::KdlNode) -> Option<Given> {
             }
             Some(Given::Value(url))
         }
-        (false, Some(env)) => Some(Given::Env(env)),
+        (false, Some(env)) => check_env(d, &env).then_some(Given::Env(env)),
         (true, Some(env)) => {
             d.error(
                 env.span,
@@ -333,10 +358,12 @@ pub struct NotifyLedger {
     /// outbox (or sent); absent before the first round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
-    /// Ids of conditions (a stale node, drift, an expiring manifest) that
-    /// were notified and still hold: told once, again only after clearing.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub holding: BTreeSet<String>,
+    /// Conditions (a stale node, drift, an expiring manifest) that were
+    /// told and still hold, by what identifies the condition, with the id
+    /// they were told under: told once while they hold; one that clears
+    /// and comes back is told again under a new id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub holding: BTreeMap<String, String>,
     /// Deliveries not yet acknowledged, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Outgoing>,
@@ -382,7 +409,7 @@ mod tests {
     fn a_webhook_with_kinds_and_environments_decodes() {
         let d = decode(
             r#"notify "ops" {
-    webhook "https://hooks.example/x" secret-env="OPS"
+    webhook "https://hooks.example/x" secret-env="GITFLEET_NOTIFY_OPS"
     events "rollout-failed" "node-stale"
     environments "prod"
 }"#,
@@ -393,7 +420,7 @@ mod tests {
         assert_eq!(n.name.value, "ops");
         assert!(matches!(
             &n.target,
-            NotifyTarget::Webhook { url: Given::Value(u), secret_env } if u.value == "https://hooks.example/x" && secret_env.value == "OPS"
+            NotifyTarget::Webhook { url: Given::Value(u), secret_env } if u.value == "https://hooks.example/x" && secret_env.value == "GITFLEET_NOTIFY_OPS"
         ));
         let kinds: Vec<_> = n.events.iter().map(|k| k.value).collect();
         assert_eq!(kinds, [NotifyKind::RolloutFailed, NotifyKind::NodeStale]);
@@ -401,11 +428,11 @@ mod tests {
 
     #[test]
     fn a_slack_url_may_come_from_the_environment() {
-        let d = decode("notify \"chat\" {\n    slack url-env=\"SLACK\"\n}");
+        let d = decode("notify \"chat\" {\n    slack url-env=\"GITFLEET_NOTIFY_SLACK\"\n}");
         let fleet = d.value.expect("decodes");
         assert!(matches!(
             &fleet.notify[0].target,
-            NotifyTarget::Slack { url: Given::Env(e) } if e.value == "SLACK"
+            NotifyTarget::Slack { url: Given::Env(e) } if e.value == "GITFLEET_NOTIFY_SLACK"
         ));
     }
 
@@ -426,9 +453,14 @@ mod tests {
             ),
             ("notify \"x\" {\n    slack \"ftp://h/\"\n}", "notify-url"),
             (
-                "notify \"x\" {\n    slack \"https://h/\" url-env=\"A\"\n}",
+                "notify \"x\" {\n    slack \"https://h/\" url-env=\"GITFLEET_NOTIFY_A\"\n}",
                 "notify-url-twice",
             ),
+            (
+                "notify \"x\" {\n    webhook \"https://h/\" secret-env=\"AWS_SECRET_ACCESS_KEY\"\n}",
+                "notify-env",
+            ),
+            ("notify \"x\" {\n    slack url-env=\"HOME\"\n}", "notify-env"),
             (
                 "notify \"x\" {\n    slack \"https://h/\"\n    slack \"https://i/\"\n}",
                 "duplicate-node",

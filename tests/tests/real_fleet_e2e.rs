@@ -344,7 +344,7 @@ defaults {{
     drift "repair"
 }}
 notify "ops" {{
-    webhook "{hook}/gitfleet" secret-env="GITFLEET_TEST_HOOK_SECRET"
+    webhook "{hook}/gitfleet" secret-env="GITFLEET_NOTIFY_TEST_SECRET"
     events "rollout-completed" "rollout-rolled-back"
     environments "dev"
 }}
@@ -445,7 +445,7 @@ sentinel {{
     let serve_env = moto
         .env()
         .into_iter()
-        .chain([("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET.to_owned())]);
+        .chain([("GITFLEET_NOTIFY_TEST_SECRET", HOOK_SECRET.to_owned())]);
     let serve = real::serve(dir.path(), &daemon.url("fleet.git"), store, serve_env);
     for n in &mut nodes {
         n.agent = Some(real::agent(&n.ns, &n.dir, moto.env()));

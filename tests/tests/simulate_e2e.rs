@@ -82,7 +82,7 @@ const HOOK_SECRET: &str = "test-hook-secret";
 fn notify_block(url: &str) -> String {
     format!(
         r#"notify "ops" {{
-    webhook "{url}/hooks/gitfleet" secret-env="GITFLEET_TEST_HOOK_SECRET"
+    webhook "{url}/hooks/gitfleet" secret-env="GITFLEET_NOTIFY_TEST_SECRET"
     events "rollout-started" "step-completed" "rollout-completed" "rollout-failed" "rollout-rolled-back"
     environments "dev"
 }}
@@ -288,7 +288,7 @@ impl Fleet {
             .arg("--cache")
             .arg(self.path("mirror"))
             .args(["--holder", "test-replica"])
-            .env("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET)
+            .env("GITFLEET_NOTIFY_TEST_SECRET", HOOK_SECRET)
             .env_remove(CRASH_AT);
         if let Some(point) = point {
             cmd.env(CRASH_AT, point);
@@ -974,7 +974,7 @@ fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
     let fleet = Fleet::new();
     let receiver = Receiver::start(0);
     let block = format!(
-        "notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_TEST_HOOK_SECRET\"\n    events \"node-stale\"\n}}\n",
+        "notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_NOTIFY_TEST_SECRET\"\n    events \"node-stale\"\n}}\n",
         receiver.url
     );
     append_commit_push(
@@ -1006,7 +1006,7 @@ fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
             "--holder",
             "test-replica",
         ],
-        [("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET.to_owned())],
+        [("GITFLEET_NOTIFY_TEST_SECRET", HOOK_SECRET.to_owned())],
     );
     let base = serve.printed_url("serving ");
     let nodes = |text: &str, health: &str| -> u64 {
@@ -1087,7 +1087,7 @@ fn a_store_that_goes_away_is_told_with_the_manifests_about_to_expire() {
     let envs = envs.replacen("freshness \"1h\"", "freshness \"30s\"", 1);
     std::fs::write(work.join("environments.kdl"), envs).unwrap();
     let block = format!(
-        "notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_TEST_HOOK_SECRET\"\n    events \"store-unreachable\" \"manifest-expiring\"\n}}\n",
+        "notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_NOTIFY_TEST_SECRET\"\n    events \"store-unreachable\" \"manifest-expiring\"\n}}\n",
         receiver.url
     );
     append_commit_push(
@@ -1116,7 +1116,7 @@ fn a_store_that_goes_away_is_told_with_the_manifests_about_to_expire() {
             "--holder",
             "test-replica",
         ],
-        [("GITFLEET_TEST_HOOK_SECRET", HOOK_SECRET.to_owned())],
+        [("GITFLEET_NOTIFY_TEST_SECRET", HOOK_SECRET.to_owned())],
     );
     let base = serve.printed_url("serving ");
     let passes = |result: &str| -> u64 {

@@ -320,6 +320,7 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
         let mut stop = std::pin::pin!(gitfleet_io::signals::shutdown());
         let mut first = from.date_naive();
         let mut state_tip = None;
+        let mut told = BTreeSet::new();
         let mut fetched = true;
         loop {
             let today = Utc::now().date_naive();
@@ -332,7 +333,9 @@ pub fn run(args: &EventsArgs) -> anyhow::Result<ExitCode> {
                 }
                 fetched = false;
                 let (more, tip) = rollout_lines(&mirror, &reader.fleet, from, state_tip)?;
-                lines.extend(more);
+                // A compacted branch is walked again from --since: only
+                // what was not printed yet.
+                lines.extend(more.into_iter().filter(|l| told.insert(l.clone())));
                 state_tip = tip;
             }
             let mut day = first;

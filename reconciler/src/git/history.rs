@@ -39,6 +39,8 @@ pub struct StateHistory {
     pub end: WalkEnd,
     /// The commit walked first (the tip), with its tree and time.
     pub tip: Option<(Oid, Oid, DateTime<Utc>)>,
+    /// The commit the walk ended on: the one `stop` chose, or the root.
+    pub last: Option<Oid>,
 }
 
 fn time_of(commit: &git2::Commit<'_>) -> DateTime<Utc> {
@@ -63,6 +65,7 @@ impl Mirror {
                 changes: Vec::new(),
                 end: WalkEnd::Root,
                 tip: None,
+                last: None,
             });
         };
         let read = |source| GitError::Read {
@@ -103,10 +106,12 @@ impl Mirror {
             changes: Vec::new(),
             end: WalkEnd::Limit,
             tip: Some((tip, commit.tree_id(), time_of(&commit))),
+            last: None,
         };
         for _ in 0..limit {
             if stop(commit.id(), commit.tree_id(), time_of(&commit)) {
                 out.end = WalkEnd::Stop;
+                out.last = Some(commit.id());
                 return Ok((out, false));
             }
             let parent = match self.first_parent(&repo, &commit, &edges)? {
@@ -127,6 +132,7 @@ impl Mirror {
                 Some(p) => commit = p,
                 None => {
                     out.end = WalkEnd::Root;
+                    out.last = Some(commit.id());
                     return Ok((out, false));
                 }
             }

@@ -64,7 +64,8 @@ impl Timeline {
         if tip == last {
             return Ok(false);
         }
-        if last.is_some() && history.end != crate::git::WalkEnd::Stop {
+        let found_last = history.end == crate::git::WalkEnd::Stop && history.last == last;
+        if last.is_some() && !found_last {
             // The branch was rewritten (compacted) under us: start over.
             self.events.clear();
             self.points.clear();

@@ -37,7 +37,12 @@ pub fn rollout_chart(env: &str, points: &[Point], nodes: u64, now: DateTime<Utc>
     };
     let y = |n: u64| TOP + (1.0 - n as f64 / top) * (HEIGHT - TOP - BOTTOM);
     // A step line: each value holds until the next point, the last until now.
-    let steps = |value: &dyn Fn(&Point) -> Option<u64>| {
+    // A rollout that failed or rolled back stops counting where it ended:
+    // the nodes went back, the line does not go on.
+    let ended = points
+        .last()
+        .is_some_and(|p| matches!(p.phase, Phase::Failed | Phase::RolledBack));
+    let steps = |value: &dyn Fn(&Point) -> Option<u64>, hold: bool| {
         let mut d = String::new();
         let mut last: Option<f64> = None;
         for (i, p) in points.iter().enumerate() {
@@ -52,14 +57,14 @@ pub fn rollout_chart(env: &str, points: &[Point], nodes: u64, now: DateTime<Utc>
                 }
             }
             last = Some(py);
-            if i + 1 == points.len() {
+            if i + 1 == points.len() && hold {
                 let _ = write!(d, " L{:.1},{py:.1}", x(end));
             }
         }
         d
     };
-    let admitted = steps(&|p| Some(p.admitted));
-    let on_target = steps(&|p| p.on_target);
+    let admitted = steps(&|p| Some(p.admitted), true);
+    let on_target = steps(&|p| p.on_target, !ended);
     let mut out = format!(
         "<svg class=chart width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" \
 aria-label=\"nodes admitted and on target in {env} over time\" data-env=\"{env}\" data-points=\"{n}\">",
@@ -160,13 +165,26 @@ mod tests {
     #[test]
     fn a_rollback_is_marked_in_red_and_names_are_escaped() {
         let points = [
-            point(0, Phase::Progressing, 1, None),
+            point(0, Phase::Progressing, 1, Some(1)),
             point(10, Phase::RolledBack, 1, Some(0)),
         ];
-        let svg = rollout_chart("<dev>", &points, 3, points[1].at);
+        let now = DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(100);
+        let svg = rollout_chart("<dev>", &points, 3, now);
         assert!(svg.contains("<line class=\"rolled-back\""), "{svg}");
         assert!(svg.contains("#c92a2a"));
         assert!(svg.contains("&lt;dev&gt;") && !svg.contains("<dev>"));
+        // Its on-target line ends where it rolled back (x = 99 of 630);
+        // the admitted line holds until now.
+        let line = |class: &str| {
+            let d = svg.split(&format!("class={class} d=\"")).nth(1).unwrap();
+            d[..d.find('"').unwrap()].to_owned()
+        };
+        assert_eq!(line("on-target"), "M40.0,87.3 L99.0,87.3 L99.0,126.0");
+        assert!(
+            line("admitted").ends_with("L630.0,87.3"),
+            "{}",
+            line("admitted")
+        );
     }
 
     #[test]
