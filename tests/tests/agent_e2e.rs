@@ -724,6 +724,139 @@ fn a_bundle_the_proxy_refuses_raises_the_rollout_failed_and_unhealthy_alerts() {
     app_is(&fleet, "one");
 }
 
+/// A real agent's report of drift, read by a real `gitfleet serve` (over a
+/// store of its own, so its manifests leave the agent alone): serve's
+/// /metrics raise the fleet-wide drift alert and no other, and fleet.kdl's
+/// webhook is told of the drift once, signed.
+#[test]
+fn a_drifted_node_raises_the_fleet_drift_alert_and_is_told_once_by_serve() {
+    let (fleet, v1) = running();
+    let before = fleet.report().at;
+    let hex = v1.digest.trim_start_matches("sha256:");
+    std::fs::write(
+        fleet.path(&format!("state/bundles/{hex}/files/sentinel.kdl")),
+        "edited by hand",
+    )
+    .unwrap();
+    ok(&fleet.agent(&["run", "--once"], None));
+    let report = fleet.report();
+    assert!(report.at > before && !report.drift.is_empty(), "{report:?}");
+
+    // The fleet repo that names this node, as `enroll` printed it.
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("nodes")).unwrap();
+    let root_key = gitfleet_tests::fleet_keys(dir.path(), fleet::FLEET);
+    let receiver = gitfleet_tests::receiver::Receiver::start(0);
+    let secret = "drift-hook-secret";
+    std::fs::write(
+        work.join("fleet.kdl"),
+        format!(
+            "version 1\nname \"{}\"\nstore \"file://{}\"\ntrust threshold=1 {{\n    root-key \"{root_key}\"\n}}\n\
+notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_NOTIFY_DRIFT\"\n    events \"drift-found\"\n}}\n",
+            fleet::FLEET,
+            dir.path().join("store").display(),
+            receiver.url
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("environments.kdl"),
+        "version 1\nenvironment \"prod\"\n",
+    )
+    .unwrap();
+    let enrolled = fleet.agent(
+        &[
+            "enroll",
+            "--root",
+            fleet.path("root-1.json").to_str().unwrap(),
+        ],
+        None,
+    );
+    ok(&enrolled);
+    std::fs::write(work.join("nodes/edge-1.kdl"), &enrolled.stdout).unwrap();
+    gitfleet_tests::commit_fleet(dir.path(), &work, "origin.git");
+    // The agent's signed report, as the store would hand it to serve.
+    std::fs::create_dir_all(dir.path().join("store/status")).unwrap();
+    std::fs::copy(
+        fleet.path("store/status/edge-1.json"),
+        dir.path().join("store/status/edge-1.json"),
+    )
+    .unwrap();
+    let origin = dir.path().join("origin.git").display().to_string();
+    let serve = gitfleet_tests::Spawned::gitfleet_with(
+        dir.path(),
+        "serve",
+        &[
+            "serve",
+            "--repo",
+            &origin,
+            "--online-key",
+            "online.key",
+            "--cache",
+            "mirror",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1s",
+            "--stale-after",
+            "1h",
+        ],
+        [("GITFLEET_NOTIFY_DRIFT", secret.to_owned())],
+    );
+    let base = serve.printed_url("serving ");
+    let drifted = |t: &str| t.contains("gitfleet_nodes_drifted{environment=\"prod\"} 1\n");
+    let scrape = || {
+        reqwest::blocking::get(format!("{base}/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    };
+    let start = Instant::now();
+    let first = loop {
+        let text = scrape();
+        if drifted(&text) {
+            break Scrape::now(text);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no drift in serve's /metrics:\n{text}\n{}",
+            std::fs::read_to_string(dir.path().join("serve.err")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let second = Scrape::now(scrape());
+    assert!(drifted(&second.text), "{}", second.text);
+    gitfleet_tests::alerts::check(&first, &second, &["GitfleetDrift"]).unwrap();
+    let start = Instant::now();
+    while receiver.delivered().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:#?}",
+            receiver.received()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // More passes, the drift still there: told once.
+    std::thread::sleep(Duration::from_secs(3));
+    let told = receiver.received();
+    assert_eq!(told.len(), 1, "{told:#?}");
+    let body = told[0].json();
+    assert_eq!(
+        (body["kind"].as_str(), body["node"].as_str()),
+        (Some("drift-found"), Some("edge-1"))
+    );
+    assert!(
+        body["summary"]
+            .as_str()
+            .unwrap()
+            .contains("files/sentinel.kdl"),
+        "{body}"
+    );
+    assert!(told[0].signed_with(secret.as_bytes()));
+    drop(serve);
+}
+
 /// The agent process, stopped by its pid when the test ends, however.
 struct Running(std::process::Child);
 
