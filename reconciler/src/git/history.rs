@@ -53,7 +53,7 @@ impl Mirror {
     /// Walk the state branch from its tip (as last fetched) down its first
     /// parents until `stop` says a commit is where to stop (by its id, tree
     /// and time), at most `limit` commits. A mirror that holds less history
-    /// than that fetches up to `limit` commits of it once.
+    /// fetches more of it as the walk needs, up to `limit` commits.
     pub fn state_history(
         &self,
         limit: usize,
@@ -73,24 +73,34 @@ impl Mirror {
             what: format!("the history of {branch}"),
             source,
         };
-        let (walked, at_edge) = self.walk_state(tip, limit, &stop).map_err(read)?;
-        if !at_edge || self.remote.is_local() {
-            return Ok(walked);
+        let mut depth: usize = 0;
+        loop {
+            let (walked, at_edge, count) = self.walk_state(tip, limit, &stop).map_err(read)?;
+            if !at_edge || self.remote.is_local() || depth > limit {
+                return Ok(walked);
+            }
+            // The mirror's history ends before the walk did: fetch more of
+            // it, four times what it holds (a young process's mirror holds
+            // the tip alone), so a walk of n commits asks O(log n) times.
+            depth = count.saturating_mul(4).clamp(64, limit.saturating_add(1));
+            let git_depth = i32::try_from(depth).unwrap_or(i32::MAX);
+            tracing::info!(branch = %branch, depth, "fetching more of the state branch's history");
+            self.download_depth(
+                &[(format!("refs/heads/{branch}"), tracking_ref(&branch))],
+                Some(git_depth),
+            )
+            .map_err(|source| GitError::Fetch {
+                url: self.remote.display_url(),
+                branches: branch.clone(),
+                source,
+            })?;
+            self.reopen()?;
+            if depth > limit {
+                // The next walk is the last, whatever it finds.
+                let (walked, _, _) = self.walk_state(tip, limit, &stop).map_err(read)?;
+                return Ok(walked);
+            }
         }
-        // The mirror's history ends before the walk did: fetch more of it.
-        let depth = i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX);
-        tracing::info!(branch = %branch, depth, "fetching more of the state branch's history");
-        self.download_depth(
-            &[(format!("refs/heads/{branch}"), tracking_ref(&branch))],
-            Some(depth),
-        )
-        .map_err(|source| GitError::Fetch {
-            url: self.remote.display_url(),
-            branches: branch.clone(),
-            source,
-        })?;
-        self.reopen()?;
-        Ok(self.walk_state(tip, limit, &stop).map_err(read)?.0)
     }
 
     fn walk_state(
@@ -98,7 +108,7 @@ impl Mirror {
         tip: Oid,
         limit: usize,
         stop: &impl Fn(Oid, Oid, DateTime<Utc>) -> bool,
-    ) -> Result<(StateHistory, bool), git2::Error> {
+    ) -> Result<(StateHistory, bool, usize), git2::Error> {
         let edges = self.shallow_roots().unwrap_or_default();
         let repo = self.repo();
         let mut commit = repo.find_commit(tip)?;
@@ -108,16 +118,16 @@ impl Mirror {
             tip: Some((tip, commit.tree_id(), time_of(&commit))),
             last: None,
         };
-        for _ in 0..limit {
+        for walked in 0..limit {
             if stop(commit.id(), commit.tree_id(), time_of(&commit)) {
                 out.end = WalkEnd::Stop;
                 out.last = Some(commit.id());
-                return Ok((out, false));
+                return Ok((out, false, walked));
             }
             let parent = match self.first_parent(&repo, &commit, &edges)? {
                 Parent::Of(p) => Some(p),
                 Parent::Root => None,
-                Parent::Edge | Parent::Stale => return Ok((out, true)),
+                Parent::Edge | Parent::Stale => return Ok((out, true, walked + 1)),
             };
             let rollouts = rollout_changes(&repo, parent.as_ref(), &commit)?;
             if !rollouts.is_empty() {
@@ -133,11 +143,11 @@ impl Mirror {
                 None => {
                     out.end = WalkEnd::Root;
                     out.last = Some(commit.id());
-                    return Ok((out, false));
+                    return Ok((out, false, walked + 1));
                 }
             }
         }
-        Ok((out, false))
+        Ok((out, false, limit))
     }
 }
 
