@@ -80,6 +80,32 @@ pub fn rollout_notifications(
     out
 }
 
+/// What a pass's state change would tell each receiver, receiver by
+/// receiver: for `--dry-run`, which writes nothing and so tells nobody.
+pub fn planned(
+    fleet: &str,
+    receivers: &[Notify],
+    before: &std::collections::BTreeMap<String, RolloutState>,
+    after: &std::collections::BTreeMap<String, RolloutState>,
+) -> Vec<(String, Notification)> {
+    let mut out = Vec::new();
+    for (rollout, state) in after {
+        let notes = rollout_notifications(
+            fleet,
+            "(not committed)",
+            rollout,
+            before.get(rollout),
+            Some(state),
+        );
+        for n in notes {
+            for r in receivers.iter().filter(|r| r.wants(&n)) {
+                out.push((r.name.value.clone(), n.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// The steps completed by a state: all of them once complete, else the
 /// ones before the current.
 fn steps_done(s: &EnvState) -> u32 {

@@ -408,14 +408,32 @@ fn a_second_pass_with_nothing_new_writes_nothing() {
 }
 
 #[test]
-fn dry_run_writes_nothing() {
+fn dry_run_writes_nothing_and_tells_nobody_but_says_whom_it_would() {
     let fleet = Fleet::new();
+    // A receiver nobody listens at: a dry run never sends.
+    gitfleet_tests::append_commit_push(
+        &fleet.path("work"),
+        &[(
+            "fleet.kdl",
+            "notify \"ops\" {\n    slack \"http://127.0.0.1:9/hooks\"\n    events \"rollout-started\"\n    environments \"dev\"\n}\n",
+        )],
+        "tell ops",
+        "origin",
+    );
     let store = format!("file://{}", fleet.path("store").display());
     let (code, stdout, stderr) = fleet.reconcile(&store, &["--dry-run"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("rollout edge"), "{stdout}");
     assert!(
-        stdout.contains("dry run: nothing uploaded, committed or published"),
+        stdout.contains("would tell ops: edge in dev: started rolling out "),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("would tell ops: edge in staging"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dry run: nothing uploaded, committed, published or told"),
         "{stdout}"
     );
     assert!(files_under(&fleet.path("store")).is_empty());

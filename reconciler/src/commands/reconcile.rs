@@ -88,7 +88,21 @@ fn report(o: &Outcome) {
     let written = match &o.done {
         Done::DryRun => {
             print!("{p}");
-            println!("dry run: nothing uploaded, committed or published");
+            // Who would be told of the state change this pass plans.
+            let model = &o.observed.checked.checked.model;
+            if let (Some(fleet), Ok(before)) = (model.fleet.as_ref(), o.observed.state()) {
+                let after = p.rollouts.state();
+                let told = gitfleet_policy::notify::planned(
+                    &fleet.doc.name.value,
+                    &fleet.doc.notify,
+                    &before,
+                    &after,
+                );
+                for (receiver, n) in told {
+                    println!("would tell {receiver}: {} ({})", n.summary, n.kind);
+                }
+            }
+            println!("dry run: nothing uploaded, committed, published or told");
             return;
         }
         Done::Follower { leader } => {
