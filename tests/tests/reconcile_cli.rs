@@ -411,7 +411,7 @@ fn a_second_pass_with_nothing_new_writes_nothing() {
 fn dry_run_writes_nothing_and_tells_nobody_but_says_whom_it_would() {
     let fleet = Fleet::new();
     // A receiver nobody listens at: a dry run never sends.
-    gitfleet_tests::append_commit_push(
+    append_commit_push(
         &fleet.path("work"),
         &[(
             "fleet.kdl",
