@@ -41,6 +41,27 @@ impl Scrape {
     }
 }
 
+/// Scrape `metrics` (a `/metrics` URL) until `done` says it shows what
+/// the test waits for; fail the test after `limit`, with the last scrape.
+pub fn scrape_until(
+    metrics: &str,
+    what: &str,
+    limit: std::time::Duration,
+    done: impl Fn(&str) -> bool,
+) -> Scrape {
+    let start = std::time::Instant::now();
+    loop {
+        let text = reqwest::blocking::get(metrics)
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if done(&text) {
+            return Scrape::now(text);
+        }
+        assert!(start.elapsed() < limit, "no {what} in {metrics}:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The rules file.
 pub fn rules_file() -> PathBuf {
     workspace().join("deploy/prometheus/gitfleet-alerts.yml")

@@ -426,6 +426,17 @@ pub fn fleet_keys(dir: &Path, fleet: &str) -> String {
     root_key
 }
 
+/// The example fleet committed as `<dir>/origin.git` (its working copy in
+/// `<dir>/work`), with its keys in `dir` (`online.key`, ...): the bare
+/// repository's path, for `--repo`.
+pub fn example_origin(dir: &Path) -> String {
+    let work = dir.join("work");
+    copy_dir(&workspace().join("examples/fleet-repo"), &work);
+    commit_fleet(dir, &work, "origin.git");
+    fleet_keys(dir, "acme-edge");
+    dir.join("origin.git").display().to_string()
+}
+
 /// Check the fleet repo in `work` (it must pass), commit it on `main`,
 /// clone it bare into `<dir>/<bare>` and make that `work`'s origin.
 pub fn commit_fleet(dir: &Path, work: &Path, bare: &str) {

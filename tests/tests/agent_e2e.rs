@@ -628,20 +628,12 @@ fn a_changed_active_file_is_reported_as_drift_at_once_in_metrics_and_by_the_aler
 
 /// Scrape `addr`'s /metrics until `done` holds (10 s at most).
 fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> Scrape {
-    let start = Instant::now();
-    loop {
-        let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        if done(&text) {
-            return Scrape::now(text);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no {what} in the metrics:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    gitfleet_tests::alerts::scrape_until(
+        &format!("http://{addr}/metrics"),
+        what,
+        Duration::from_secs(10),
+        done,
+    )
 }
 
 /// A manifest with 90 minutes to live that nothing re-signs: the expiry
@@ -697,22 +689,13 @@ fn a_bundle_the_proxy_refuses_raises_the_rollout_failed_and_unhealthy_alerts() {
         t.contains("gitfleet_agent_rollout_failed{rollout=\"edge\"} 1\n")
             && t.contains("gitfleet_agent_healthy 0\n")
     };
-    let start = Instant::now();
-    let first = loop {
-        // Activation, the proxy's refusal and the restore take a while.
-        let text = reqwest::blocking::get(format!("http://{metrics_addr}/metrics"))
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        if failed(&text) {
-            break Scrape::now(text);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no failed rollout in the metrics:\n{text}\nproxy:\n{}",
-            fleet.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // Activation, the proxy's refusal and the restore take a while.
+    let first = gitfleet_tests::alerts::scrape_until(
+        &format!("http://{metrics_addr}/metrics"),
+        "a failed rollout",
+        Duration::from_secs(60),
+        failed,
+    );
     std::thread::sleep(Duration::from_secs(2));
     let second = scrape_until(&metrics_addr, "the failure a little later", failed);
     gitfleet_tests::alerts::check(
@@ -811,19 +794,12 @@ notify \"ops\" {{\n    webhook \"{}/hook\" secret-env=\"GITFLEET_NOTIFY_DRIFT\"\
             .and_then(|r| r.text())
             .unwrap_or_default()
     };
-    let start = Instant::now();
-    let first = loop {
-        let text = scrape();
-        if drifted(&text) {
-            break Scrape::now(text);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no drift in serve's /metrics:\n{text}\n{}",
-            std::fs::read_to_string(dir.path().join("serve.err")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let first = gitfleet_tests::alerts::scrape_until(
+        &format!("{base}/metrics"),
+        "drift",
+        Duration::from_secs(30),
+        drifted,
+    );
     std::thread::sleep(Duration::from_secs(2));
     let second = Scrape::now(scrape());
     assert!(drifted(&second.text), "{}", second.text);

@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gitfleet_tests::alerts::{self, Scrape};
 use gitfleet_tests::Spawned;
@@ -25,24 +25,15 @@ fn unhealthy(metrics: &str) -> u64 {
         .sum()
 }
 
-fn get(url: &str) -> String {
-    reqwest::blocking::get(url).unwrap().text().unwrap()
-}
-
-/// Scrape `/metrics` until `done` says it shows what the test waits for.
+/// Scrape `base`'s `/metrics` until `done` says it shows what the test
+/// waits for (two minutes at most).
 fn scrape_until(base: &str, what: &str, done: impl Fn(&str) -> bool) -> Scrape {
-    let start = Instant::now();
-    loop {
-        let text = get(&format!("{base}/metrics"));
-        if done(&text) {
-            return Scrape::now(text);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no {what} in /metrics:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    alerts::scrape_until(
+        &format!("{base}/metrics"),
+        what,
+        Duration::from_secs(120),
+        done,
+    )
 }
 
 #[test]
@@ -178,15 +169,8 @@ impl Drop for Silent {
 #[test]
 fn a_reconciler_whose_first_pass_never_ends_raises_the_stalled_alert() {
     let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("work");
-    gitfleet_tests::copy_dir(
-        &gitfleet_tests::workspace().join("examples/fleet-repo"),
-        &work,
-    );
-    gitfleet_tests::commit_fleet(dir.path(), &work, "origin.git");
-    gitfleet_tests::fleet_keys(dir.path(), "acme-edge");
+    let origin = gitfleet_tests::example_origin(dir.path());
     let silent = Silent::start();
-    let origin = dir.path().join("origin.git").display().to_string();
     let env = [
         (
             "AWS_ENDPOINT_URL",

@@ -56,18 +56,11 @@ fn curl(url: &str, ca: &Path) -> (bool, String) {
 #[test]
 fn serve_speaks_https_and_picks_up_a_swapped_certificate_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("work");
-    gitfleet_tests::copy_dir(
-        &gitfleet_tests::workspace().join("examples/fleet-repo"),
-        &work,
-    );
-    gitfleet_tests::commit_fleet(dir.path(), &work, "origin.git");
-    gitfleet_tests::fleet_keys(dir.path(), "acme-edge");
+    let origin = gitfleet_tests::example_origin(dir.path());
     certificate(dir.path(), "a", "gitfleet-a");
     certificate(dir.path(), "b", "gitfleet-b");
     std::fs::copy(dir.path().join("a.cert.pem"), dir.path().join("cert.pem")).unwrap();
     std::fs::copy(dir.path().join("a.key.pem"), dir.path().join("key.pem")).unwrap();
-    let origin = dir.path().join("origin.git").display().to_string();
     let store = format!("file://{}", dir.path().join("store").display());
     let serve = Spawned::gitfleet(
         dir.path(),

@@ -28,7 +28,7 @@ use gitfleet_schemas::state::{EnvState, Phase, RolloutState};
 use gitfleet_schemas::status::StatusReport;
 use gitfleet_schemas::trust::{BundleRef, ChannelManifest, PublicKey};
 use gitfleet_schemas::verify::{verify_channel, verify_status};
-use gitfleet_tests::alerts::{self, Scrape};
+use gitfleet_tests::alerts;
 use gitfleet_tests::receiver::Receiver;
 use gitfleet_tests::Spawned;
 use gitfleet_tests::{append_commit_push, bin, copy_dir, interrupt, text, workspace};
@@ -1016,21 +1016,9 @@ fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
+    let metrics = format!("{base}/metrics");
     let scrape_until = |what: &str, done: &dyn Fn(&str) -> bool| {
-        let start = Instant::now();
-        loop {
-            let text = reqwest::blocking::get(format!("{base}/metrics"))
-                .and_then(|r| r.text())
-                .unwrap_or_default();
-            if done(&text) {
-                return Scrape::now(text);
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no {what} in /metrics:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        alerts::scrape_until(&metrics, what, Duration::from_secs(60), done)
     };
     scrape_until("13 healthy nodes", &|t| nodes(t, "healthy") == 13);
     sim.stop();
