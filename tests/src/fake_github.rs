@@ -129,8 +129,7 @@ struct Shared {
 pub struct FakeGitHub {
     pub url: String,
     shared: Arc<Shared>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::AppThread,
 }
 
 impl FakeGitHub {
@@ -151,34 +150,12 @@ impl FakeGitHub {
             app,
             state: Mutex::new(GitHubState::default()),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
         let app = router(Arc::clone(&shared));
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the fake GitHub");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("binding the fake GitHub");
-                ready_tx
-                    .send(listener.local_addr().expect("its address"))
-                    .expect("the test is waiting");
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-        });
-        let addr = ready.recv().expect("the fake GitHub started");
+        let server = crate::AppThread::start(app);
         FakeGitHub {
-            url: format!("http://{addr}"),
+            url: server.url(),
             shared,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -257,17 +234,6 @@ impl FakeGitHub {
                 .find(|st| st.commit == commit && st.context == context)
                 .cloned()
         })
-    }
-}
-
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -62,8 +62,7 @@ pub struct Receiver {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     shared: Arc<Shared>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::AppThread,
 }
 
 async fn take(
@@ -105,33 +104,11 @@ impl Receiver {
         let app = axum::Router::new()
             .fallback(axum::routing::post(take))
             .with_state(Arc::clone(&shared));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the receiver");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("binding the receiver");
-                ready_tx
-                    .send(listener.local_addr().expect("its address"))
-                    .expect("the test is waiting");
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-        });
-        let addr = ready.recv().expect("the receiver started");
+        let server = crate::AppThread::start(app);
         Receiver {
-            url: format!("http://{addr}"),
+            url: server.url(),
             shared,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -150,16 +127,5 @@ impl Receiver {
             .into_iter()
             .filter(|r| (200..300).contains(&r.status))
             .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }

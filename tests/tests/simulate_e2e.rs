@@ -255,6 +255,37 @@ impl Fleet {
             .map_or_else(Vec::new, |s| s.moto.env().to_vec())
     }
 
+    /// `gitfleet serve` of this fleet (a pass a second, the test's hook
+    /// secret in its environment) with `extra` arguments, and its URL.
+    fn serve(&self, extra: &[&str]) -> (Spawned, String) {
+        let mut args = vec![
+            "serve",
+            "--repo",
+            &self.repo,
+            "--store",
+            &self.store,
+            "--online-key",
+            "online.key",
+            "--cache",
+            "serve-mirror",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1s",
+            "--holder",
+            "test-replica",
+        ];
+        args.extend_from_slice(extra);
+        let serve = Spawned::gitfleet_with(
+            self.dir.path(),
+            "serve",
+            &args,
+            [("GITFLEET_NOTIFY_TEST_SECRET", HOOK_SECRET.to_owned())],
+        );
+        let base = serve.printed_url("serving ");
+        (serve, base)
+    }
+
     /// The object at `key` in the store, if there is one.
     fn object(&self, key: &str) -> Option<Vec<u8>> {
         match &self.servers {
@@ -984,31 +1015,7 @@ fn nodes_that_stop_reporting_raise_the_stale_nodes_alert() {
         "origin",
     );
     let sim = fleet.simulate("0", "simulate.log");
-    let serve = Spawned::gitfleet_with(
-        fleet.dir.path(),
-        "serve",
-        &[
-            "serve",
-            "--repo",
-            &fleet.repo,
-            "--store",
-            &fleet.store,
-            "--online-key",
-            "online.key",
-            "--cache",
-            "serve-mirror",
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "1s",
-            "--stale-after",
-            "3s",
-            "--holder",
-            "test-replica",
-        ],
-        [("GITFLEET_NOTIFY_TEST_SECRET", HOOK_SECRET.to_owned())],
-    );
-    let base = serve.printed_url("serving ");
+    let (serve, base) = fleet.serve(&["--stale-after", "3s"]);
     let nodes = |text: &str, health: &str| -> u64 {
         let label = format!("health=\"{health}\"");
         text.lines()
@@ -1084,29 +1091,7 @@ fn a_store_that_goes_away_is_told_with_the_manifests_about_to_expire() {
         "tell ops of outages",
         "origin",
     );
-    let serve = Spawned::gitfleet_with(
-        fleet.dir.path(),
-        "serve",
-        &[
-            "serve",
-            "--repo",
-            &fleet.repo,
-            "--store",
-            &fleet.store,
-            "--online-key",
-            "online.key",
-            "--cache",
-            "serve-mirror",
-            "--listen",
-            "127.0.0.1:0",
-            "--interval",
-            "1s",
-            "--holder",
-            "test-replica",
-        ],
-        [("GITFLEET_NOTIFY_TEST_SECRET", HOOK_SECRET.to_owned())],
-    );
-    let base = serve.printed_url("serving ");
+    let (serve, base) = fleet.serve(&[]);
     let passes = |result: &str| -> u64 {
         let prefix = format!("gitfleet_reconcile_passes_total{{result=\"{result}\"}} ");
         reqwest::blocking::get(format!("{base}/metrics"))
