@@ -185,20 +185,13 @@ fn rollout_summary(
 pub fn condition_notifications(status: &FleetStatus) -> Vec<Notification> {
     let mut out = Vec::new();
     for node in &status.nodes {
-        let base = |kind: NotifyKind, key: &str, summary: String, at: DateTime<Utc>| Notification {
-            format: NOTIFICATION_FORMAT,
-            id: notification_id(&[&status.fleet, kind.as_str(), &node.id, key]),
-            fleet: status.fleet.clone(),
-            kind,
-            environment: Some(node.environment.clone()),
-            rollout: None,
-            node: Some(node.id.clone()),
-            step: None,
-            target: None,
-            source_commit: None,
-            state_commit: None,
-            at,
-            summary,
+        let base = |kind: NotifyKind, key: &str, summary: String, at: DateTime<Utc>| {
+            let id = notification_id(&[&status.fleet, kind.as_str(), &node.id, key]);
+            Notification {
+                environment: Some(node.environment.clone()),
+                node: Some(node.id.clone()),
+                ..Notification::new(id, &status.fleet, kind, at, summary)
+            }
         };
         if node.health == Health::Stale {
             if let Some(last) = node.last_report {
@@ -258,28 +251,17 @@ pub fn manifest_notifications(
     watch
         .iter()
         .filter(|(_, (expires, freshness))| *expires - now < *freshness / 3)
-        .map(|(env, (expires, _))| Notification {
-            format: NOTIFICATION_FORMAT,
-            id: notification_id(&[
-                fleet,
-                NotifyKind::ManifestExpiring.as_str(),
-                env,
-                &expires.to_rfc3339(),
-            ]),
-            fleet: fleet.to_owned(),
-            kind: NotifyKind::ManifestExpiring,
-            environment: Some(env.clone()),
-            rollout: None,
-            node: None,
-            step: None,
-            target: None,
-            source_commit: None,
-            state_commit: None,
-            at: now,
-            summary: format!(
+        .map(|(env, (expires, _))| {
+            let kind = NotifyKind::ManifestExpiring;
+            let id = notification_id(&[fleet, kind.as_str(), env, &expires.to_rfc3339()]);
+            let summary = format!(
                 "the channel manifest of {env} expires at {} and has not been re-signed",
                 expires.format("%Y-%m-%d %H:%M:%S UTC")
-            ),
+            );
+            Notification {
+                environment: Some(env.clone()),
+                ..Notification::new(id, fleet, kind, now, summary)
+            }
         })
         .collect()
 }
@@ -287,25 +269,14 @@ pub fn manifest_notifications(
 /// The reconciler cannot reach the store, since `since` (the first failed
 /// pass of this outage: one id per outage).
 pub fn store_unreachable(fleet: &str, since: DateTime<Utc>, error: &str) -> Notification {
-    Notification {
-        format: NOTIFICATION_FORMAT,
-        id: notification_id(&[
-            fleet,
-            NotifyKind::StoreUnreachable.as_str(),
-            &since.to_rfc3339(),
-        ]),
-        fleet: fleet.to_owned(),
-        kind: NotifyKind::StoreUnreachable,
-        environment: None,
-        rollout: None,
-        node: None,
-        step: None,
-        target: None,
-        source_commit: None,
-        state_commit: None,
-        at: since,
-        summary: format!("the reconciler cannot reach the object store: {error}"),
-    }
+    let kind = NotifyKind::StoreUnreachable;
+    Notification::new(
+        notification_id(&[fleet, kind.as_str(), &since.to_rfc3339()]),
+        fleet,
+        kind,
+        since,
+        format!("the reconciler cannot reach the object store: {error}"),
+    )
 }
 
 /// The conditions among `current` not yet told, each under an id of its
@@ -713,19 +684,14 @@ mod tests {
     fn a_condition_is_told_once_while_it_holds_and_again_after_it_clears() {
         let mut ledger = NotifyLedger::default();
         let n = |id: &str| Notification {
-            format: NOTIFICATION_FORMAT,
-            id: id.into(),
-            fleet: "acme".into(),
-            kind: NodeStale,
-            environment: None,
-            rollout: None,
             node: Some("n1".into()),
-            step: None,
-            target: None,
-            source_commit: None,
-            state_commit: None,
-            at: DateTime::<Utc>::UNIX_EPOCH,
-            summary: String::new(),
+            ..Notification::new(
+                id.into(),
+                "acme",
+                NodeStale,
+                DateTime::<Utc>::UNIX_EPOCH,
+                String::new(),
+            )
         };
         let t0 = DateTime::<Utc>::UNIX_EPOCH;
         let first = new_conditions(&mut ledger, vec![n("a")], t0);

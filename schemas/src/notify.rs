@@ -330,6 +330,34 @@ pub struct Notification {
     pub summary: String,
 }
 
+impl Notification {
+    /// A notification of `kind` about nothing in particular yet: set the
+    /// environment, rollout, node and the rest that apply.
+    pub fn new(
+        id: String,
+        fleet: &str,
+        kind: NotifyKind,
+        at: DateTime<Utc>,
+        summary: String,
+    ) -> Notification {
+        Notification {
+            format: NOTIFICATION_FORMAT,
+            id,
+            fleet: fleet.to_owned(),
+            kind,
+            environment: None,
+            rollout: None,
+            node: None,
+            step: None,
+            target: None,
+            source_commit: None,
+            state_commit: None,
+            at,
+            summary,
+        }
+    }
+}
+
 /// A stable notification id from what identifies the event: 32 hex digits
 /// of SHA-256 over the parts.
 pub fn notification_id(parts: &[&str]) -> String {
@@ -483,19 +511,14 @@ mod tests {
         );
         let rule = d.value.expect("decodes").notify.remove(0);
         let n = |kind, env: Option<&str>| Notification {
-            format: NOTIFICATION_FORMAT,
-            id: "x".into(),
-            fleet: "acme".into(),
-            kind,
             environment: env.map(str::to_owned),
-            rollout: None,
-            node: None,
-            step: None,
-            target: None,
-            source_commit: None,
-            state_commit: None,
-            at: DateTime::<Utc>::UNIX_EPOCH,
-            summary: String::new(),
+            ..Notification::new(
+                "x".into(),
+                "acme",
+                kind,
+                DateTime::<Utc>::UNIX_EPOCH,
+                String::new(),
+            )
         };
         assert!(rule.wants(&n(NotifyKind::RolloutFailed, Some("prod"))));
         assert!(!rule.wants(&n(NotifyKind::RolloutFailed, Some("dev"))));

@@ -274,6 +274,20 @@ fn app(fleet: &Fleet) -> String {
 
 /// An enrolled node running `one` behind the proxy its first activation
 /// started.
+/// A route the agent's check accepts (`www` exists in its directory) but
+/// the proxy refuses, resolving the path in its own directory: the
+/// restarted proxy exits and the agent restores the previous config.
+const REFUSED_ROUTE: &str = r#"    route "files" {
+        priority "high"
+        matches {
+            path-prefix "/files/"
+        }
+        service-type "static"
+        static-files {
+            root "www"
+        }
+    }"#;
+
 fn running() -> (Fleet, BundleRef) {
     let mut fleet = Fleet::new();
     let out = fleet.agent(
@@ -328,20 +342,8 @@ fn a_bundle_the_proxy_refuses_is_rolled_back_and_reported() {
     let (mut fleet, v1) = running();
     // The proxy never shows the refused config: wait less for it.
     fleet.confirm_within("5s");
-    // Valid where the agent checks it (`www` exists in its directory), but
-    // refused by the proxy, which resolves the path in its own directory:
-    // the restarted proxy exits, the agent restores `one` and restarts it.
-    let files = r#"    route "files" {
-        priority "high"
-        matches {
-            path-prefix "/files/"
-        }
-        service-type "static"
-        static-files {
-            root "www"
-        }
-    }"#;
-    let bad = fleet.publish(&fleet.config("two", files));
+    // The agent restores `one` and restarts the proxy.
+    let bad = fleet.publish(&fleet.config("two", REFUSED_ROUTE));
     ok(&fleet.agent(&["run", "--once"], None));
     app_is(&fleet, "one");
     assert_eq!(fleet.active(), Some(v1.clone()));
@@ -672,17 +674,7 @@ fn a_manifest_nobody_re_signs_raises_the_expiring_alert_and_no_other() {
 fn a_bundle_the_proxy_refuses_raises_the_rollout_failed_and_unhealthy_alerts() {
     let (mut fleet, _v1) = running();
     fleet.confirm_within("5s");
-    let files = r#"    route "files" {
-        priority "high"
-        matches {
-            path-prefix "/files/"
-        }
-        service-type "static"
-        static-files {
-            root "www"
-        }
-    }"#;
-    fleet.publish(&fleet.config("two", files));
+    fleet.publish(&fleet.config("two", REFUSED_ROUTE));
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let _agent = Running::with_metrics(&fleet, &metrics_addr);
     let failed = |t: &str| {
