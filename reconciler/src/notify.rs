@@ -20,7 +20,8 @@ use gitfleet_io::store::{ETag, Store, StoreError, Update};
 use gitfleet_policy::notify::{self as plan, Attempt};
 use gitfleet_schemas::keys;
 use gitfleet_schemas::notify::{
-    Cursor, Given, Notification, Notify, NotifyKind, NotifyLedger, NotifyTarget, LEDGER_FORMAT,
+    notification_id, Cursor, Given, Notification, Notify, NotifyKind, NotifyLedger, NotifyTarget,
+    LEDGER_FORMAT,
 };
 use gitfleet_schemas::state::RolloutState;
 use hmac::{Hmac, Mac as _};
@@ -110,9 +111,9 @@ pub struct Notifier {
     /// Environment → when its channel manifest expires and how long the
     /// environment's manifests live, as last read or published.
     manifests: BTreeMap<String, (DateTime<Utc>, chrono::Duration)>,
-    /// The fleet and receivers of the last round this replica led, and
-    /// the end of the lease it led under: whom to tell while passes fail.
-    last: Option<(String, Vec<Notify>, DateTime<Utc>)>,
+    /// The fleet and receivers of the last round this replica led: whom
+    /// to tell while passes fail.
+    last: Option<(String, Vec<Notify>)>,
     /// No direct delivery before this (after one failed).
     direct_after: Option<DateTime<Utc>>,
     /// When the passes began failing (this outage).
@@ -120,8 +121,9 @@ pub struct Notifier {
     /// `receiver id` of failure notifications delivered while passes fail
     /// (no outbox then: the store may be what fails).
     told_directly: Arc<Mutex<BTreeSet<String>>>,
-    /// The direct deliveries in flight; `true` when one failed.
-    direct: Option<tokio::task::JoinHandle<bool>>,
+    /// The direct deliveries in flight, and whether one of them failed.
+    direct: Option<tokio::task::JoinHandle<()>>,
+    direct_failed: Arc<std::sync::atomic::AtomicBool>,
     /// A node unheard from for longer is stale (serve's `--stale-after`).
     pub stale_after: chrono::Duration,
     pub totals: Arc<NotifyTotals>,
@@ -167,6 +169,7 @@ impl Notifier {
             failing_since: None,
             told_directly: Arc::default(),
             direct: None,
+            direct_failed: Arc::default(),
             stale_after: chrono::Duration::minutes(3),
             totals: Arc::default(),
         }
@@ -205,35 +208,47 @@ impl Notifier {
     /// store is unreachable and which manifests are close to expiry, each
     /// id once while the process lives.
     pub fn failed(&mut self, store_error: Option<String>, now: DateTime<Utc>) {
-        let Some((fleet, receivers, until)) = &self.last else {
+        let Some((fleet, receivers)) = &self.last else {
             return;
         };
         let since = *self.failing_since.get_or_insert(now);
-        if let Some(task) = &mut self.direct {
+        if let Some(task) = &self.direct {
             if !task.is_finished() {
                 return;
             }
+            self.direct = None;
             // A failed delivery is tried again after a while, not at every
             // failed pass.
-            let failed = futures::FutureExt::now_or_never(task).is_none_or(|r| r.unwrap_or(true));
-            self.direct = None;
-            if failed {
+            if self.direct_failed.swap(false, Ordering::Relaxed) {
                 self.direct_after = Some(now + DIRECT_RETRY);
             }
         }
         if self.direct_after.is_some_and(|t| now < t) {
             return;
         }
-        // What this replica knows of the manifests holds while it leads;
-        // after its lease another replica may have re-signed them.
-        let mut notes = if now < *until {
-            plan::manifest_notifications(fleet, &self.manifests, now)
-        } else {
-            Vec::new()
+        let Some(error) = store_error else {
+            // The store answers: another replica may lead and re-sign, and
+            // its outbox tells what there is to tell.
+            return;
         };
-        if let Some(error) = store_error {
-            notes.push(plan::store_unreachable(fleet, since, &error));
+        // Nobody can re-sign without the store: this replica's manifests
+        // are the fleet's. Each expiry under the id it has, or will have
+        // in the outbox, for this occurrence.
+        let mut notes = Vec::new();
+        for mut n in plan::manifest_notifications(fleet, &self.manifests, now) {
+            let key = n.id.clone();
+            let holding = self.held.as_mut().map(|h| &mut h.ledger.holding);
+            match holding {
+                Some(h) if h.contains_key(&key) => continue,
+                Some(h) => {
+                    n.id = notification_id(&[&key, &since.to_rfc3339()]);
+                    h.insert(key, n.id.clone());
+                }
+                None => n.id = notification_id(&[&key, &since.to_rfc3339()]),
+            }
+            notes.push(n);
         }
+        notes.push(plan::store_unreachable(fleet, since, &error));
         let told = self
             .told_directly
             .lock()
@@ -251,14 +266,14 @@ impl Notifier {
         if sends.is_empty() {
             return;
         }
-        let (client, told, totals) = (
+        let (client, told, totals, failed) = (
             self.client.clone(),
             Arc::clone(&self.told_directly),
             Arc::clone(&self.totals),
+            Arc::clone(&self.direct_failed),
         );
         self.direct_after = None;
         self.direct = Some(tokio::spawn(async move {
-            let mut any_failed = false;
             for (r, n) in sends {
                 match deliver(&client, &r, &n).await {
                     Ok(()) => {
@@ -269,13 +284,12 @@ impl Notifier {
                             .insert(direct_key(&r, &n));
                     }
                     Err(why) => {
-                        any_failed = true;
+                        failed.store(true, Ordering::Relaxed);
                         totals.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(receiver = %r.name.value, id = %n.id, error = %why, "notification not delivered; trying again after a failed pass a while later");
+                        tracing::warn!(receiver = %r.name.value, id = %n.id, error = %why, "notification not delivered; trying again in 30 s if passes still fail");
                     }
                 }
             }
-            any_failed
         }));
     }
 
@@ -326,11 +340,7 @@ impl Notifier {
             self.last = None;
             return Ok(Round::default());
         }
-        self.last = Some((
-            input.fleet.to_owned(),
-            input.receivers.to_vec(),
-            input.until,
-        ));
+        self.last = Some((input.fleet.to_owned(), input.receivers.to_vec()));
         let mut held = match self.held.take() {
             Some(held) => held,
             None => self.read().await?,
@@ -475,7 +485,8 @@ async fn write_ledger(store: &Store, held: &Held) -> Result<Option<ETag>, Notify
 
 /// The rollout events of the state commits after the ledger's cursor,
 /// oldest first; the cursor moves to the tip. The cursor is recognised by
-/// its id, or by its tree after `gitfleet state compact` rebuilt it; a
+/// its id, or by its tree and time after `gitfleet state compact` rebuilt
+/// it; a
 /// cursor compacted away ends the walk at the new root, whose squashed
 /// history is not told again. Without a cursor (the first round), the
 /// commits of the last [`FIRST_LOOK_BACK`]: a new fleet's first rollout is
@@ -498,9 +509,9 @@ fn rollout_events(
     let history = mirror
         .state_history(HISTORY_LIMIT, |commit, tree, time| {
             time < since
-                || cursor
-                    .as_ref()
-                    .is_some_and(|c| commit.to_string() == c.commit || tree.to_string() == c.tree)
+                || cursor.as_ref().is_some_and(|c| {
+                    commit.to_string() == c.commit || (tree.to_string() == c.tree && time == c.time)
+                })
         })
         .map_err(|e| NotifyError::History(Box::new(e)))?;
     let Some((tip, tree, time)) = history.tip else {
@@ -516,9 +527,9 @@ fn rollout_events(
         WalkEnd::Limit => {
             tracing::warn!(
                 tip = %tip,
-                "the state branch no longer holds the last commit notified; rollout events before its tip are not told"
+                commits = HISTORY_LIMIT,
+                "the last commit notified is further back than a walk reads; telling the newest commits' events only"
             );
-            return Ok(Vec::new());
         }
         // A root reached with a cursor: the cursor was squashed into it.
         WalkEnd::Root if cursor.is_some() => {

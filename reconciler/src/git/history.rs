@@ -73,16 +73,26 @@ impl Mirror {
             what: format!("the history of {branch}"),
             source,
         };
+        let ceiling = limit.saturating_add(1);
         let mut depth: usize = 0;
+        let mut held = 0;
         loop {
             let (walked, at_edge, count) = self.walk_state(tip, limit, &stop).map_err(read)?;
-            if !at_edge || self.remote.is_local() || depth > limit {
+            // Done: the walk ended on its own; or fetching more brought
+            // nothing (the branch was rewritten under us: the next pass
+            // walks its new tip); or the whole limit is held.
+            if !at_edge
+                || self.remote.is_local()
+                || depth >= ceiling
+                || (depth > 0 && count <= held)
+            {
                 return Ok(walked);
             }
+            held = count;
             // The mirror's history ends before the walk did: fetch more of
             // it, four times what it holds (a young process's mirror holds
             // the tip alone), so a walk of n commits asks O(log n) times.
-            depth = count.saturating_mul(4).clamp(64, limit.saturating_add(1));
+            depth = depth.max(count).saturating_mul(4).max(64).min(ceiling);
             let git_depth = i32::try_from(depth).unwrap_or(i32::MAX);
             tracing::info!(branch = %branch, depth, "fetching more of the state branch's history");
             self.download_depth(
@@ -95,11 +105,6 @@ impl Mirror {
                 source,
             })?;
             self.reopen()?;
-            if depth > limit {
-                // The next walk is the last, whatever it finds.
-                let (walked, _, _) = self.walk_state(tip, limit, &stop).map_err(read)?;
-                return Ok(walked);
-            }
         }
     }
 

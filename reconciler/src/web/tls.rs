@@ -1,6 +1,6 @@
 //! HTTPS for `gitfleet serve`: rustls over the TCP listener, with the
 //! certificate chain and key read from PEM files and read again when either
-//! file changes (a renewed certificate is served without a restart; one
+//! file's contents change (a renewed certificate is served without a restart; one
 //! that does not load is logged and the last good one stays).
 //!
 //! Handshakes run in tasks of their own, so a client that stalls its
@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject as _;
@@ -28,6 +28,9 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const QUEUE: usize = 64;
 
+/// Handshakes at once: more connections wait to be accepted.
+const HANDSHAKES: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}")]
@@ -40,7 +43,7 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{path}: not a PEM certificate chain: {reason}")]
     Certificate { path: PathBuf, reason: String },
-    #[error("{path}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {reason}")]
+    #[error("{path}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519): {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("{key} is not the key of the certificate in {cert}: {reason}")]
     Mismatch {
@@ -50,13 +53,17 @@ pub enum TlsError {
     },
 }
 
-/// When a file was last changed, and its length: a new certificate moved
-/// or written into place changes one of them.
-type Stamp = Option<(SystemTime, u64)>;
+/// What a file holds, as a hash: a new certificate moved or written into
+/// place changes it, whatever the file system's timestamps can tell (the
+/// files are a few KiB, read once a second at most).
+type Stamp = Option<u64>;
 
 fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    use std::hash::{Hash as _, Hasher as _};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// Read the chain and key and check that they belong together.
@@ -85,11 +92,20 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         reason: e.to_string(),
     })?;
     let provider = ring::default_provider();
-    CertifiedKey::from_der(chain, private, &provider).map_err(|e| TlsError::Mismatch {
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| TlsError::Key {
+            path: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let pair = CertifiedKey::new(chain, signing);
+    pair.keys_match().map_err(|e| TlsError::Mismatch {
         cert: cert.to_owned(),
         key: key.to_owned(),
         reason: e.to_string(),
-    })
+    })?;
+    Ok(pair)
 }
 
 /// The certificate to present: the files' as last loaded, read again when
@@ -125,28 +141,37 @@ impl CertFiles {
         })
     }
 
-    /// The certificate to present now.
+    /// The certificate to present now. The files are looked at outside
+    /// the lock, by one handshake a second at most.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.checked.elapsed() >= RECHECK {
+        let (current, stamps) = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.checked.elapsed() < RECHECK {
+                return Arc::clone(&s.current);
+            }
             s.checked = Instant::now();
-            let stamps = (stamp(&self.cert), stamp(&self.key));
-            if stamps != s.stamps {
-                match load(&self.cert, &self.key) {
-                    Ok(k) => {
-                        tracing::info!(cert = %self.cert.display(), "serving the certificate as changed on disk");
-                        s.current = Arc::new(k);
-                        s.stamps = stamps;
-                    }
-                    // Half-written, or a key not yet swapped with its
-                    // certificate: try again at the next check.
-                    Err(e) => {
-                        tracing::warn!(error = %gitfleet_io::error_chain(&e), "the changed certificate does not load; serving the last good one")
-                    }
-                }
+            (Arc::clone(&s.current), s.stamps)
+        };
+        let now = (stamp(&self.cert), stamp(&self.key));
+        if now == stamps {
+            return current;
+        }
+        match load(&self.cert, &self.key) {
+            Ok(k) => {
+                tracing::info!(cert = %self.cert.display(), "serving the certificate as changed on disk");
+                let k = Arc::new(k);
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                s.current = Arc::clone(&k);
+                s.stamps = now;
+                k
+            }
+            // Half-written, or a key not yet swapped with its certificate:
+            // try again at the next check.
+            Err(e) => {
+                tracing::warn!(error = %gitfleet_io::error_chain(&e), "the changed certificate does not load; serving the last good one");
+                current
             }
         }
-        Arc::clone(&s.current)
     }
 }
 
@@ -183,18 +208,25 @@ impl TlsListener {
     pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = tokio::sync::mpsc::channel(QUEUE);
+        let handshaking = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         let accepting = tokio::spawn(async move {
             loop {
+                // A flood of connections waits here, not in open sockets.
+                let Ok(permit) = Arc::clone(&handshaking).acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
+                        // Out of file descriptors, most likely: let some go.
                         tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
