@@ -610,6 +610,7 @@ impl<N: Node> Agent<N> {
         self.dirty = true;
         if self.state.serial != Some(manifest.serial) {
             self.state.serial = Some(manifest.serial);
+            self.state.serial_received = Some(now);
             if let Err(e) = self.node.save(&self.state) {
                 // Read the manifest again next poll: its etag must not
                 // hide it behind a "not modified".

@@ -343,7 +343,7 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         store = %config.store,
         "agent started"
     );
-    let metrics = Arc::new(Mutex::new(AgentMetrics::default()));
+    let metrics = Arc::new(Mutex::new(AgentMetrics::starting(agent.state())));
     let _metrics_server = match args.metrics_listen {
         Some(addr) => {
             let listener = gitfleet_agent::metrics::listen(addr).await?;
@@ -370,10 +370,11 @@ async fn run(config: &AgentConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 cadence = fleet;
             }
             next_poll = tokio::time::Instant::now() + Duration::from_millis(wait);
-            metrics
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .polled(&polled, Utc::now());
+            {
+                let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                m.polled(&polled, Utc::now());
+                m.holding(agent.state());
+            }
             Some(polled)
         } else {
             None

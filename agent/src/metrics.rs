@@ -32,12 +32,31 @@ pub struct AgentMetrics {
     pub last_poll: Option<DateTime<Utc>>,
     /// The last report sent.
     pub last_report: Option<StatusReport>,
-    /// When the last report's channel serial was first reported: about
-    /// when that manifest arrived.
+    /// When the channel serial `serial_of_since` arrived: from the local
+    /// state at start (kept across restarts), else when it was first
+    /// reported.
     pub serial_since: Option<DateTime<Utc>>,
+    pub serial_of_since: Option<u64>,
 }
 
 impl AgentMetrics {
+    /// Metrics of an agent starting from `state`: the manifest it holds
+    /// arrived when the state says, not at this start.
+    pub fn starting(state: &gitfleet_schemas::agent::LocalState) -> AgentMetrics {
+        let mut m = AgentMetrics::default();
+        m.holding(state);
+        m
+    }
+
+    /// The agent's state after a poll: when its manifest arrived, as the
+    /// state records it (kept across restarts).
+    pub fn holding(&mut self, state: &gitfleet_schemas::agent::LocalState) {
+        if let (Some(serial), Some(at)) = (state.serial, state.serial_received) {
+            self.serial_of_since = Some(serial);
+            self.serial_since = Some(at);
+        }
+    }
+
     pub fn polled(&mut self, polled: &Polled, at: DateTime<Utc>) {
         self.last_poll = Some(at);
         match polled {
@@ -59,9 +78,9 @@ impl AgentMetrics {
                     ReportedTo::Store => self.reports_written += 1,
                     ReportedTo::Reconciler => self.reports_sent += 1,
                 }
-                let serial = self.last_report.as_ref().map(|r| r.channel_serial);
-                if serial != Some(report.channel_serial) {
+                if self.serial_of_since != report.channel_serial || self.serial_since.is_none() {
                     self.serial_since = Some(report.at);
+                    self.serial_of_since = report.channel_serial;
                 }
                 self.last_report = Some(report.clone());
             }
@@ -443,6 +462,42 @@ mod tests {
         assert!(text.contains("gitfleet_agent_reports_total{result=\"failed\"} 1\n"));
         assert!(text.contains("gitfleet_agent_last_poll_age_seconds 3\n"));
         assert!(!text.contains("gitfleet_agent_healthy"), "no report yet");
+    }
+
+    #[test]
+    fn a_restarted_agent_dates_its_manifest_from_the_state_not_the_restart() {
+        let arrived = DateTime::UNIX_EPOCH + chrono::Duration::seconds(40);
+        let state = gitfleet_schemas::agent::LocalState {
+            serial: Some(7),
+            serial_received: Some(arrived),
+            ..Default::default()
+        };
+        let mut report = report();
+        report.channel_expires = Some(DateTime::UNIX_EPOCH + chrono::Duration::hours(1));
+        let now = DateTime::UNIX_EPOCH + chrono::Duration::seconds(200);
+        let received = |m: &AgentMetrics| {
+            let text = render(m, now);
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("gitfleet_agent_channel_received_timestamp_seconds ")
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default()
+        };
+        // Serial 7 arrived at 40 s; the first report after the restart (at
+        // 100 s) does not move it.
+        let mut m = AgentMetrics::starting(&state);
+        m.reported(Ok(&(report.clone(), ReportedTo::Store)));
+        assert_eq!(received(&m), "40");
+        // A new serial arrives with the report that first carries it.
+        report.channel_serial = Some(8);
+        report.at += chrono::Duration::seconds(50);
+        m.reported(Ok(&(report.clone(), ReportedTo::Store)));
+        assert_eq!(received(&m), "150");
+        // Without a recorded arrival, the first report dates it.
+        let mut fresh = AgentMetrics::starting(&gitfleet_schemas::agent::LocalState::default());
+        fresh.reported(Ok(&(report.clone(), ReportedTo::Store)));
+        assert_eq!(received(&fresh), "150");
     }
 
     #[test]

@@ -155,6 +155,11 @@ pub struct LocalState {
     /// The highest channel manifest serial verified: a lower one is a
     /// rollback attack.
     pub serial: Option<u64>,
+    /// When the manifest of `serial` was first verified here (this node's
+    /// clock): what the expiry alert measures its life from, across
+    /// restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_received: Option<chrono::DateTime<chrono::Utc>>,
     /// The Sentinel config this node runs.
     pub sentinel: Option<Slot>,
     /// The WireGuard mesh this node is configured for.

@@ -651,7 +651,7 @@ fn a_manifest_nobody_re_signs_raises_the_expiring_alert_and_no_other() {
         });
     std::fs::write(fleet.path("store/channels/prod.json"), manifest).unwrap();
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let _agent = Running::with_metrics(&fleet, &metrics_addr);
+    let agent = Running::with_metrics(&fleet, &metrics_addr);
     let line = format!(
         "gitfleet_agent_channel_expires_timestamp_seconds {}.",
         expires.timestamp()
@@ -666,6 +666,20 @@ fn a_manifest_nobody_re_signs_raises_the_expiring_alert_and_no_other() {
     std::thread::sleep(Duration::from_secs_f64(gitfleet_tests::alerts::STUCK_AFTER));
     let second = scrape_until(&metrics_addr, "it a little later", taken);
     gitfleet_tests::alerts::check(&first, &second, &["GitfleetAgentManifestExpiring"]).unwrap();
+
+    // Restarted, the agent still dates the manifest from when it came
+    // (its state keeps that), so the alert does not start over.
+    let received = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("gitfleet_agent_channel_received_timestamp_seconds "))
+            .map(str::to_owned)
+    };
+    let before = received(&first.text);
+    assert!(before.is_some(), "{}", first.text);
+    drop(agent);
+    let _agent = Running::with_metrics(&fleet, &metrics_addr);
+    let again = scrape_until(&metrics_addr, "the restarted agent's report", taken);
+    assert_eq!(received(&again.text), before, "{}", again.text);
 }
 
 /// A bundle the proxy refuses, with the agent serving its metrics: the
