@@ -192,7 +192,7 @@ pub fn render(m: &AgentMetrics, now: DateTime<Utc>) -> String {
                 &mut out,
                 "gitfleet_agent_channel_received_timestamp_seconds",
                 "gauge",
-                "When the verified channel manifest (its serial) was first reported (Unix time).",
+                "When the verified channel manifest (its serial) arrived here, kept across restarts (Unix time).",
             );
             let _ = writeln!(
                 out,
