@@ -68,6 +68,17 @@ impl NotifyKind {
         NotifyKind::StoreUnreachable,
     ];
 
+    /// The kinds a rollout's state change makes (read from the state
+    /// branch); the others are conditions of the fleet.
+    pub const ROLLOUT: [NotifyKind; 6] = [
+        NotifyKind::RolloutStarted,
+        NotifyKind::StepCompleted,
+        NotifyKind::RolloutCompleted,
+        NotifyKind::RolloutFailed,
+        NotifyKind::RolloutRolledBack,
+        NotifyKind::WaitingForApproval,
+    ];
+
     /// The name fleet.kdl and the JSON body use.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -129,7 +129,7 @@ struct Shared {
 pub struct FakeGitHub {
     pub url: String,
     shared: Arc<Shared>,
-    _server: crate::AppThread,
+    _server: crate::app_thread::AppThread,
 }
 
 impl FakeGitHub {
@@ -151,7 +151,7 @@ impl FakeGitHub {
             state: Mutex::new(GitHubState::default()),
         });
         let app = router(Arc::clone(&shared));
-        let server = crate::AppThread::start(app);
+        let server = crate::app_thread::AppThread::start(app);
         FakeGitHub {
             url: server.url(),
             shared,

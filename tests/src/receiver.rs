@@ -62,7 +62,7 @@ pub struct Receiver {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     shared: Arc<Shared>,
-    _server: crate::AppThread,
+    _server: crate::app_thread::AppThread,
 }
 
 async fn take(
@@ -104,7 +104,7 @@ impl Receiver {
         let app = axum::Router::new()
             .fallback(axum::routing::post(take))
             .with_state(Arc::clone(&shared));
-        let server = crate::AppThread::start(app);
+        let server = crate::app_thread::AppThread::start(app);
         Receiver {
             url: server.url(),
             shared,

@@ -87,21 +87,11 @@ enum Format {
     Json,
 }
 
-/// The rollout event kinds the state branch's history gives.
-const ROLLOUT_KINDS: [NotifyKind; 6] = [
-    NotifyKind::RolloutStarted,
-    NotifyKind::StepCompleted,
-    NotifyKind::RolloutCompleted,
-    NotifyKind::RolloutFailed,
-    NotifyKind::RolloutRolledBack,
-    NotifyKind::WaitingForApproval,
-];
-
 /// `--kind`: the node event kinds and the rollout event kinds, by their
 /// JSON names.
 fn kind_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = EventKind::ALL.map(EventKind::name).to_vec();
-    names.extend(ROLLOUT_KINDS.map(NotifyKind::as_str));
+    names.extend(NotifyKind::ROLLOUT.map(NotifyKind::as_str));
     names
 }
 
