@@ -26,6 +26,10 @@ use crate::rules::{Rules, RulesPlan};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counted {
     pub approved: BTreeSet<(String, String)>,
+    /// `(environment, commit)` -> every approver whose signed approval
+    /// verified there, the environment's approvers and owners alike: what
+    /// `crate::owners::Hold::judge` takes.
+    pub signed: BTreeMap<(String, String), BTreeSet<String>>,
     pub ignored: Vec<(String, String)>,
 }
 
@@ -46,10 +50,18 @@ pub fn count(model: &FleetModel, rules: &Rules, files: &BTreeMap<String, Vec<u8>
         }
         match one(rules, &fleet.name.value, path, bytes) {
             Ok(a) => {
-                by_change
-                    .entry((a.environment, a.commit))
+                let change = (a.environment, a.commit);
+                out.signed
+                    .entry(change.clone())
                     .or_default()
-                    .insert(a.approver);
+                    .insert(a.approver.clone());
+                let users = rules
+                    .env(&change.0)
+                    .and_then(|r| r.approval_rule())
+                    .map(|r| &r.users);
+                if users.is_some_and(|u| u.iter().any(|u| u.value == a.approver)) {
+                    by_change.entry(change).or_default().insert(a.approver);
+                }
             }
             Err(reason) => out.ignored.push((path.clone(), reason)),
         }
@@ -144,17 +156,17 @@ fn one(rules: &Rules, fleet: &str, path: &str, bytes: &[u8]) -> Result<Approval,
     let approver = file.strip_suffix(".json").ok_or("not an approval file")?;
     let in_force = rules
         .env(env)
-        .filter(|r| r.approval_rule().is_some())
+        .filter(|r| r.approval_rule().is_some() || !r.owners.is_empty())
         .ok_or_else(|| format!("environment `{env}` takes no approvals"))?;
-    if !in_force
-        .environment
-        .approvals
+    let approves = in_force
+        .approval_rule()
         .iter()
         .flat_map(|a| &a.users)
-        .any(|u| u.value == approver)
-    {
+        .chain(in_force.owners.iter().flat_map(|o| &o.users))
+        .any(|u| u.value == approver);
+    if !approves {
         return Err(format!(
-            "`{approver}` is not among the users who may approve {env} under the rules from {}",
+            "`{approver}` is neither among the users who may approve {env} nor an owner under the rules from {}",
             short(&in_force.commit)
         ));
     }
@@ -273,11 +285,14 @@ mod tests {
             // Signed by alice's key but claiming to be bob.
             (approval("prod", COMMIT, "bob", 1), "unknown key"),
             // A declared approver, but not one of prod's users.
-            (approval("prod", COMMIT, "eve", 3), "not among the users"),
+            (
+                approval("prod", COMMIT, "eve", 3),
+                "neither among the users",
+            ),
             // Nobody declared.
             (
                 approval("prod", COMMIT, "mallory", 4),
-                "not among the users",
+                "neither among the users",
             ),
             // One of prod's users, without a key in fleet.kdl.
             (approval("prod", COMMIT, "carol", 4), "not an approver"),
@@ -346,9 +361,9 @@ mod tests {
         assert!(got.approved.is_empty());
         assert_eq!(got.ignored.len(), 1);
         assert!(
-            got.ignored[0]
-                .1
-                .contains("not among the users who may approve prod under the rules from c0"),
+            got.ignored[0].1.contains(
+                "neither among the users who may approve prod nor an owner under the rules from c0"
+            ),
             "{:?}",
             got.ignored
         );
@@ -364,6 +379,7 @@ mod tests {
                 length: 1,
             },
             source_commit: commit.into(),
+            changed_from: None,
             previous: None,
             phase,
             step: 0,

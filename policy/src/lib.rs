@@ -21,6 +21,7 @@ mod mesh_checks;
 pub mod migrate;
 pub mod model;
 pub mod notify;
+pub mod owners;
 pub mod pass;
 pub mod plan;
 pub mod preview;

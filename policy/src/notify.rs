@@ -423,6 +423,7 @@ mod tests {
                 length: 1,
             },
             source_commit: source.repeat(40),
+            changed_from: None,
             previous: None,
             phase,
             step,

@@ -106,6 +106,9 @@ pub struct Observed<'a> {
     pub rules_first_seen: bool,
     /// `(environment, commit)` pairs approved under `rules.rules`.
     pub approvals: &'a BTreeSet<(String, String)>,
+    /// What each `(rollout, environment, source commit)` still waits for
+    /// of the owners its change touches (`crate::owners`).
+    pub owners: &'a BTreeMap<(String, String, String), crate::owners::Hold>,
     /// Environment -> its channel manifest in the store.
     pub manifests: &'a BTreeMap<String, Current>,
     /// The fleet's name.
@@ -379,6 +382,7 @@ pub fn decide(o: &Observed<'_>, now: DateTime<Utc>) -> Result<PassPlan, PassErro
         state: &rollout_state,
         reports: o.reports,
         approvals: o.approvals,
+        owners: o.owners,
         rules: &o.rules.rules,
         now,
     });

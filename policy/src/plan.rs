@@ -316,6 +316,10 @@ pub struct Inputs<'a> {
     /// `(environment, source commit)` pairs that have their approvals,
     /// counted under `rules`.
     pub approvals: &'a BTreeSet<(String, String)>,
+    /// What each `(rollout, environment, source commit)` still waits for
+    /// of the owners its change touches; a change in an environment whose rules
+    /// name owners and that is missing here was not judged, and waits.
+    pub owners: &'a BTreeMap<(String, String, String), crate::owners::Hold>,
     /// The rules in force in each environment (order, approvals, windows,
     /// lint): those of the last commit deployed there, never the tip's.
     pub rules: &'a Rules,
@@ -846,6 +850,7 @@ impl Step<'_, '_> {
         EnvState {
             target: d.bundle.clone(),
             source_commit: d.source_commit.clone(),
+            changed_from: crate::owners::change_base(before),
             proxy: recorded(d),
             variants,
             previous,
@@ -881,18 +886,41 @@ impl Step<'_, '_> {
             }
             return self.to(s, Phase::Pending, reason);
         }
+        let change = (
+            self.spec.name.to_owned(),
+            self.env.to_owned(),
+            s.source_commit.clone(),
+        );
+        let owners = match self.inputs.owners.get(&change) {
+            Some(hold) if hold.holds() => Some(format!(
+                "{hold} of {}",
+                &s.source_commit[..s.source_commit.len().min(12)]
+            )),
+            Some(_) => None,
+            None if !self.rules.owners.is_empty() => Some(format!(
+                "awaiting owners: the paths {} touches are not known yet",
+                &s.source_commit[..s.source_commit.len().min(12)]
+            )),
+            None => None,
+        };
+        if let Some(reason) = owners {
+            if s.phase == Phase::AwaitingApproval && s.reason == reason {
+                return s;
+            }
+            return self.to(s, Phase::AwaitingApproval, reason);
+        }
         if let Some(a) = self.rules.approval_rule() {
             let key = (self.env.to_owned(), s.source_commit.clone());
             if !self.inputs.approvals.contains(&key) {
-                if s.phase == Phase::AwaitingApproval {
-                    return s;
-                }
                 let reason = format!(
                     "awaiting {} approval{} of {}",
                     a.required.value,
                     if a.required.value == 1 { "" } else { "s" },
                     &s.source_commit[..s.source_commit.len().min(12)]
                 );
+                if s.phase == Phase::AwaitingApproval && s.reason == reason {
+                    return s;
+                }
                 return self.to(s, Phase::AwaitingApproval, reason);
             }
         }

@@ -50,10 +50,20 @@ pub const MAX_ANNOTATIONS: usize = 50;
 /// GitHub keeps 65,535 characters of a check run's summary or text.
 const MAX_TEXT: usize = 60_000;
 
+/// Who owns what a pull request touches: the paths it changes (from where
+/// it branched to its head) and the owners rules an approving review of
+/// its head already satisfies, `(pattern, owner)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PullOwners<'a> {
+    pub paths: &'a [String],
+    pub approved: &'a [(String, String)],
+}
+
 /// The preview of `head` against `base` (the branch it merges into), with
 /// `rules` the rules in force in each environment: a change to them is
-/// named, with the approvals it will wait for.
-pub fn preview(base: Side<'_>, head: Side<'_>, rules: &Rules) -> Preview {
+/// named, with the approvals it will wait for, and the owners the paths
+/// it touches ask are listed with those who already approved.
+pub fn preview(base: Side<'_>, head: Side<'_>, rules: &Rules, owners: PullOwners<'_>) -> Preview {
     let errors = head
         .diagnostics
         .iter()
@@ -110,6 +120,7 @@ pub fn preview(base: Side<'_>, head: Side<'_>, rules: &Rules) -> Preview {
         }
         summary.push('\n');
     }
+    owners_lines(&mut summary, rules, owners);
     if changed.is_empty() && rollouts.is_empty() {
         summary.push_str("No config or rollout changes: no bundle would change.\n");
     } else {
@@ -150,6 +161,52 @@ pub fn preview(base: Side<'_>, head: Side<'_>, rules: &Rules) -> Preview {
         text,
         annotations,
     }
+}
+
+/// The owners the pull request's paths ask, under the rules in force.
+fn owners_lines(summary: &mut String, rules: &Rules, pull: PullOwners<'_>) {
+    let in_force = rules.owners();
+    let needs = crate::owners::needed(&in_force, pull.paths.iter().map(String::as_str));
+    if needs.is_empty() {
+        return;
+    }
+    summary.push_str("### Owners who must approve\n\n");
+    for rule in needs {
+        let by = pull
+            .approved
+            .iter()
+            .find(|(p, _)| *p == rule.pattern.value)
+            .map(|(_, who)| who);
+        let touched: Vec<&str> = pull
+            .paths
+            .iter()
+            .filter(|p| crate::owners::owner_of(&in_force, p).is_some_and(|o| o == rule))
+            .map(String::as_str)
+            .collect();
+        let _ = writeln!(
+            summary,
+            "- `{}` ({}): {}; touches {}",
+            rule.pattern.value,
+            rule.describe_owners(),
+            match by {
+                Some(who) => format!("approved by {who}"),
+                None => "**waiting**".to_owned(),
+            },
+            touched
+                .iter()
+                .take(5)
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+                + &match touched.len() {
+                    n if n > 5 => format!(" and {} more", n - 5),
+                    _ => String::new(),
+                }
+        );
+    }
+    summary.push_str(
+        "\nOwners are read from the rules in force, never from this pull request: an approving review of its head by an owner (not its author), or `gitfleet approve` with an owner's key, releases their paths.\n\n",
+    );
 }
 
 /// What a change to an environment's rules waits for once merged.

@@ -181,6 +181,7 @@ mod tests {
                 length: 1,
             },
             source_commit: commit.to_string().repeat(40),
+            changed_from: None,
             previous: None,
             phase,
             step: 0,

@@ -8,7 +8,9 @@
 //!   `deny-window`) and its manifest `freshness`;
 //! - from `fleet.kdl`: the `lint` rules that apply in the environment (with
 //!   their severities, limits and scopes), the keys of the approvers its
-//!   `approvals` name (`approver`), and the fleet's trust roots (`trust`).
+//!   `approvals` and the `owners` name (`approver`), the fleet's trust
+//!   roots (`trust`) and who owns which paths (`owners`, see
+//!   `crate::owners`).
 //!
 //! Each environment's rules are read from the commit recorded for it on the
 //! state branch (`rules.json`, [`RulesState`]), never from the commit being
@@ -25,14 +27,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use gitfleet_schemas::owners::Owners;
 use gitfleet_schemas::state::{EnvRulesState, PendingRules, RulesState, RULES_FORMAT};
 use gitfleet_schemas::{Approvals, Environment, LintRule, Span, Trust};
 
-use crate::model::FleetModel;
+use crate::model::{FleetModel, ENVIRONMENTS_FILE, FLEET_FILE};
 
 /// The files rules are read from: a commit that leaves both alone leaves
 /// every environment's rules alone.
-pub const RULE_FILES: [&str; 2] = [crate::model::FLEET_FILE, crate::model::ENVIRONMENTS_FILE];
+pub const RULE_FILES: [&str; 2] = [FLEET_FILE, ENVIRONMENTS_FILE];
 
 /// One environment's rules, as read from one commit. Spans are dropped:
 /// the same rules written elsewhere in a file are the same rules.
@@ -43,9 +46,12 @@ pub struct EnvRules {
     pub environment: Environment,
     /// The lint rules that apply in this environment, first of each name.
     pub lints: Vec<LintRule>,
-    /// Approver name -> base64 key, for the users `approvals` names.
+    /// Approver name -> base64 key, for the users `approvals` and the
+    /// `owners` rules name.
     pub approvers: BTreeMap<String, String>,
     pub trust: Option<Trust>,
+    /// fleet.kdl's `owners` rules, in order.
+    pub owners: Vec<Owners>,
 }
 
 impl EnvRules {
@@ -63,16 +69,20 @@ impl EnvRules {
                 lints.push(rule.clone());
             }
         }
+        let owners: Vec<Owners> = fleet.into_iter().flat_map(|f| f.owners.clone()).collect();
         let mut approvers = BTreeMap::new();
-        if let Some(a) = environment.approval_rule() {
-            for user in &a.users {
-                let key = fleet
-                    .into_iter()
-                    .flat_map(|f| &f.approvers)
-                    .find(|p| p.name.value == user.value);
-                if let Some(key) = key {
-                    approvers.insert(user.value.clone(), key.key.value.clone());
-                }
+        let users = environment
+            .approval_rule()
+            .into_iter()
+            .flat_map(|a| &a.users)
+            .chain(owners.iter().flat_map(|o| &o.users));
+        for user in users {
+            let key = fleet
+                .into_iter()
+                .flat_map(|f| &f.approvers)
+                .find(|p| p.name.value == user.value);
+            if let Some(key) = key {
+                approvers.insert(user.value.clone(), key.key.value.clone());
             }
         }
         let trust = fleet.and_then(|f| f.trust.clone()).map(|mut t| {
@@ -85,6 +95,7 @@ impl EnvRules {
             lints,
             approvers,
             trust,
+            owners,
         })
     }
 
@@ -149,9 +160,27 @@ impl EnvRules {
                 _ => {}
             }
         }
-        // Keys matter only while both sides take approvals; otherwise the
-        // approvals line says it all.
-        let both = a.approval_rule().is_some() && b.approval_rule().is_some();
+        for (pattern, was, now) in by_name(&self.owners, &new.owners, |o| &o.pattern.value) {
+            match (was, now) {
+                (Some(_), None) => out.push(format!("owners `{pattern}` removed")),
+                (None, Some(_)) => out.push(format!("owners `{pattern}` added")),
+                (Some(x), Some(y)) if x != y => out.push(format!(
+                    "owners `{pattern}`: {} → {}",
+                    x.describe(),
+                    y.describe()
+                )),
+                _ => {}
+            }
+        }
+        if out.iter().all(|d| !d.starts_with("owners"))
+            && !crate::owners::same_owners(&self.owners, &new.owners)
+        {
+            out.push("owners reordered".to_owned());
+        }
+        // Keys matter only while both sides take approvals (or owners);
+        // otherwise the approvals line says it all.
+        let takes = |r: &EnvRules| r.approval_rule().is_some() || !r.owners.is_empty();
+        let both = takes(self) && takes(new);
         let names: BTreeSet<&String> = self
             .approvers
             .keys()
@@ -286,6 +315,21 @@ impl Rules {
         self.envs.iter().map(|(n, r)| (n.as_str(), r))
     }
 
+    /// The `owners` rules in force, each pattern once: those of the first
+    /// environment that has it (environments' rules differ only while a
+    /// change to them waits).
+    pub fn owners(&self) -> Vec<Owners> {
+        let mut out: Vec<Owners> = Vec::new();
+        for r in self.envs.values() {
+            for o in &r.owners {
+                if !out.iter().any(|x| x.pattern.value == o.pattern.value) {
+                    out.push(o.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Environments in the order the rules in force give them.
     pub fn order(&self) -> Vec<&str> {
         order(self.envs.values().map(|r| &r.environment))
@@ -328,6 +372,9 @@ pub struct RulesChange {
     pub differences: Vec<String>,
     /// The approvals the rules in force ask for it, if any.
     pub needs: Option<Approvals>,
+    /// The owners whose approval it waits for besides
+    /// (`crate::owners::rules_change_needs`).
+    pub owners: Vec<Owners>,
 }
 
 /// Every environment whose rules at the branch tip (`head`) differ from
@@ -347,11 +394,20 @@ pub fn changes(in_force: &Rules, head: &FleetModel) -> Vec<RulesChange> {
                 environment: name.to_owned(),
                 differences: vec!["new environment".to_owned()],
                 needs: None,
+                // Judged by the owners of another environment's rules, if
+                // any: a new environment edits environments.kdl.
+                owners: in_force
+                    .envs
+                    .values()
+                    .next()
+                    .map(|any| rules_change_needs(any, None))
+                    .unwrap_or_default(),
             }),
             (Some(cur), None) => out.push(RulesChange {
                 environment: name.to_owned(),
                 differences: vec!["environment removed".to_owned()],
                 needs: cur.approval_rule().cloned(),
+                owners: rules_change_needs(cur, None),
             }),
             (Some(cur), Some(new)) => {
                 let differences = cur.differences(&new);
@@ -360,6 +416,7 @@ pub fn changes(in_force: &Rules, head: &FleetModel) -> Vec<RulesChange> {
                         environment: name.to_owned(),
                         differences,
                         needs: cur.approval_rule().cloned(),
+                        owners: rules_change_needs(cur, Some(&new)),
                     });
                 }
             }
@@ -369,12 +426,53 @@ pub fn changes(in_force: &Rules, head: &FleetModel) -> Vec<RulesChange> {
     out
 }
 
+/// The owners a change to an environment's rules asks, from `in_force` to
+/// `new`: the owners of each rule file the change edits, and those of
+/// every `owners` rule it changes or removes. Adding a rule asks only the
+/// owners of fleet.kdl.
+pub fn rules_change_needs(in_force: &EnvRules, new: Option<&EnvRules>) -> Vec<Owners> {
+    let owners = &in_force.owners;
+    let Some(new) = new else {
+        // An environment removed edits environments.kdl.
+        return crate::owners::needed(owners, [ENVIRONMENTS_FILE])
+            .into_iter()
+            .cloned()
+            .collect();
+    };
+    let mut files = Vec::new();
+    if in_force.environment != new.environment {
+        files.push(ENVIRONMENTS_FILE);
+    }
+    let fleet_changed = in_force.lints != new.lints
+        || in_force.approvers != new.approvers
+        || in_force.trust != new.trust
+        || !crate::owners::same_owners(&in_force.owners, &new.owners);
+    if fleet_changed {
+        files.push(FLEET_FILE);
+    }
+    let mut out: Vec<Owners> = crate::owners::needed(owners, files)
+        .into_iter()
+        .cloned()
+        .collect();
+    for rule in owners {
+        let kept = new
+            .owners
+            .iter()
+            .any(|n| n.pattern.value == rule.pattern.value && crate::owners::same_rule(n, rule));
+        if !kept && !out.iter().any(|o| o.pattern.value == rule.pattern.value) {
+            out.push(rule.clone());
+        }
+    }
+    out
+}
+
 /// The `(environment, commit)` approvals the rules changes at the tip wait
-/// for; `change_commit` is the commit that last changed a rule file.
+/// for (of the environment's approvers or of owners); `change_commit` is
+/// the commit that last changed a rule file.
 pub fn asks(changes: &[RulesChange], change_commit: &str) -> BTreeSet<(String, String)> {
     changes
         .iter()
-        .filter(|c| c.needs.is_some())
+        .filter(|c| c.needs.is_some() || !c.owners.is_empty())
         .map(|c| (c.environment.clone(), change_commit.to_owned()))
         .collect()
 }
@@ -433,17 +531,21 @@ impl fmt::Display for RulesPlan {
 /// `head` is the spec branch tip, and `change_commit` the commit that last
 /// changed a rule file there (the commit approvals must name).
 /// `approvals` are the `(environment, commit)` pairs that have theirs,
-/// counted under `in_force`.
+/// counted under `in_force`; `owners` what each `(environment, commit)`
+/// still waits for of the owners it asks (a change that asks owners and
+/// is missing here waits for all of them).
 ///
 /// An environment whose rules differ at the tip adopts them when the rules
 /// in force ask no approvals, or when `(environment, change_commit)` is
-/// approved; until then it keeps its rules and the change is pending.
+/// approved, and no owner it asks is still waited for; until then it
+/// keeps its rules and the change is pending.
 pub fn decide(
     record: &RulesState,
     in_force: &Rules,
     head: &FleetModel,
     change_commit: &str,
     approvals: &BTreeSet<(String, String)>,
+    owners: &BTreeMap<(String, String), crate::owners::Hold>,
     now: DateTime<Utc>,
 ) -> RulesPlan {
     let mut state = RulesState {
@@ -467,11 +569,21 @@ pub fn decide(
     for change in changes(in_force, head) {
         let env = &change.environment;
         let what = change.differences.join("; ");
+        let key = (env.clone(), change_commit.to_owned());
         let approved = match &change.needs {
             None => true,
-            Some(_) => approvals.contains(&(env.clone(), change_commit.to_owned())),
+            Some(_) => approvals.contains(&key),
         };
-        if approved {
+        let owners_hold = match owners.get(&key) {
+            _ if change.owners.is_empty() => None,
+            Some(h) => h.holds().then(|| h.clone()),
+            None => Some(crate::owners::Hold::judge(
+                &change.owners,
+                &BTreeSet::new(),
+                &[],
+            )),
+        };
+        if approved && owners_hold.is_none() {
             match EnvRules::of(head, env, change_commit) {
                 Some(new) => {
                     rules.envs.insert(env.clone(), new);
@@ -496,8 +608,17 @@ pub fn decide(
             adopted.insert(env.clone());
             continue;
         }
+        if let (true, Some(hold)) = (approved, &owners_hold) {
+            let reason = format!(
+                "{hold} of {} under the rules from {}: {what}",
+                short(change_commit),
+                in_force.env(env).map_or("", |r| short(&r.commit)),
+            );
+            pend(&mut state, &mut lines, record, env, change_commit, reason);
+            continue;
+        }
         let needs = change.needs.as_ref();
-        let reason = format!(
+        let mut reason = format!(
             "awaiting {} approval{} of {} ({}) under the rules from {}: {what}",
             needs.map_or(0, |a| a.required.value),
             if needs.is_some_and(|a| a.required.value == 1) {
@@ -509,26 +630,41 @@ pub fn decide(
             describe_approvals(needs),
             in_force.env(env).map_or("", |r| short(&r.commit)),
         );
-        if let Some(r) = state.environments.get_mut(env) {
-            let pending = PendingRules {
-                commit: change_commit.to_owned(),
-                reason,
-            };
-            let was = record
-                .environments
-                .get(env)
-                .and_then(|r| r.pending.as_ref());
-            if was != Some(&pending) {
-                lines.push(format!("rules {env}: change {}", pending.reason));
-            }
-            r.pending = Some(pending);
+        if let Some(hold) = &owners_hold {
+            reason.push_str(&format!("; and {hold}"));
         }
+        pend(&mut state, &mut lines, record, env, change_commit, reason);
     }
     RulesPlan {
         rules,
         state,
         changes: lines,
         adopted,
+    }
+}
+
+/// Record the change of `env`'s rules as pending, for `reason`.
+fn pend(
+    state: &mut RulesState,
+    lines: &mut Vec<String>,
+    record: &RulesState,
+    env: &str,
+    change_commit: &str,
+    reason: String,
+) {
+    if let Some(r) = state.environments.get_mut(env) {
+        let pending = PendingRules {
+            commit: change_commit.to_owned(),
+            reason,
+        };
+        let was = record
+            .environments
+            .get(env)
+            .and_then(|r| r.pending.as_ref());
+        if was != Some(&pending) {
+            lines.push(format!("rules {env}: change {}", pending.reason));
+        }
+        r.pending = Some(pending);
     }
 }
 
@@ -568,7 +704,15 @@ mod tests {
             record.environments.keys().collect::<Vec<_>>(),
             ["dev", "prod"]
         );
-        let plan = decide(&record, &rules, &m, "c0", &BTreeSet::new(), now());
+        let plan = decide(
+            &record,
+            &rules,
+            &m,
+            "c0",
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+            now(),
+        );
         assert_eq!(plan.state, record);
         assert!(plan.changes.is_empty());
         assert_eq!(rules.order(), ["dev", "prod"]);
@@ -601,7 +745,15 @@ mod tests {
             asks(&found, "c1"),
             BTreeSet::from([("prod".to_owned(), "c1".to_owned())])
         );
-        let plan = decide(&record, &rules, &loose, "c1", &BTreeSet::new(), now());
+        let plan = decide(
+            &record,
+            &rules,
+            &loose,
+            "c1",
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+            now(),
+        );
         assert!(plan.rules.env("prod").unwrap().approval_rule().is_some());
         assert_eq!(plan.state.environments["prod"].commit, "c0");
         let pending = plan.state.environments["prod"].pending.as_ref().unwrap();
@@ -612,11 +764,27 @@ mod tests {
         );
         // Approvals of another commit do not release it.
         let other = BTreeSet::from([("prod".to_owned(), "c2".to_owned())]);
-        let plan = decide(&record, &rules, &loose, "c1", &other, now());
+        let plan = decide(
+            &record,
+            &rules,
+            &loose,
+            "c1",
+            &other,
+            &BTreeMap::new(),
+            now(),
+        );
         assert!(plan.state.environments["prod"].pending.is_some());
         // Approved: in force from now on.
         let approved = BTreeSet::from([("prod".to_owned(), "c1".to_owned())]);
-        let plan = decide(&record, &rules, &loose, "c1", &approved, now());
+        let plan = decide(
+            &record,
+            &rules,
+            &loose,
+            "c1",
+            &approved,
+            &BTreeMap::new(),
+            now(),
+        );
         assert!(plan.rules.env("prod").unwrap().approval_rule().is_none());
         assert_eq!(plan.state.environments["prod"].commit, "c1");
         assert_eq!(plan.state.environments["prod"].pending, None);
@@ -640,6 +808,7 @@ mod tests {
             &model(FLEET, &envs),
             "c1",
             &BTreeSet::new(),
+            &BTreeMap::new(),
             now(),
         );
         assert_eq!(plan.state.environments["dev"].commit, "c1");
@@ -722,11 +891,27 @@ mod tests {
         let m = model(FLEET, ENVS);
         let (record, rules) = start(&m);
         let gone = model(FLEET, "version 1\nenvironment \"dev\"\n");
-        let plan = decide(&record, &rules, &gone, "c1", &BTreeSet::new(), now());
+        let plan = decide(
+            &record,
+            &rules,
+            &gone,
+            "c1",
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+            now(),
+        );
         assert!(plan.rules.env("prod").is_some());
         assert!(plan.state.environments["prod"].pending.is_some());
         let approved = BTreeSet::from([("prod".to_owned(), "c1".to_owned())]);
-        let plan = decide(&record, &rules, &gone, "c1", &approved, now());
+        let plan = decide(
+            &record,
+            &rules,
+            &gone,
+            "c1",
+            &approved,
+            &BTreeMap::new(),
+            now(),
+        );
         assert!(plan.rules.env("prod").is_none());
         assert!(!plan.state.environments.contains_key("prod"));
     }
@@ -742,6 +927,7 @@ mod tests {
             &model(FLEET, &envs),
             "c1",
             &BTreeSet::new(),
+            &BTreeMap::new(),
             now(),
         );
         assert_eq!(plan.state.environments["qa"].commit, "c1");
@@ -757,5 +943,132 @@ mod tests {
             err.to_string(),
             "rules.json says the rules of dev are at commit c0, which cannot be read"
         );
+    }
+
+    const OWNED: &str =
+        "owners \"configs/edge/**\" users=\"alice\"\nowners \"fleet.kdl\" users=\"bob\"\n";
+
+    #[test]
+    fn a_change_to_an_owners_rule_waits_for_the_owners_in_force() {
+        let m = model(&format!("{FLEET}{OWNED}"), ENVS);
+        let (record, rules) = start(&m);
+        let taken = model(
+            &format!(
+                "{FLEET}{}",
+                OWNED.replace("users=\"alice\"", "users=\"mallory\"")
+            ),
+            ENVS,
+        );
+        let changes = changes(&rules, &taken);
+        let dev = changes.iter().find(|c| c.environment == "dev").unwrap();
+        assert_eq!(dev.needs, None, "dev takes no approvals");
+        let asked: Vec<&str> = dev
+            .owners
+            .iter()
+            .map(|o| o.pattern.value.as_str())
+            .collect();
+        assert_eq!(asked, ["fleet.kdl", "configs/edge/**"], "{dev:?}");
+        assert!(
+            dev.differences.iter().any(|d| d
+                == "owners `configs/edge/**`: configs/edge/** (alice) → configs/edge/** (mallory)"),
+            "{:?}",
+            dev.differences
+        );
+        assert!(!asks(&changes, "c1").is_empty());
+
+        // Not judged, or judged by a stranger: the old rules stay.
+        let plan = decide(
+            &record,
+            &rules,
+            &taken,
+            "c1",
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+            now(),
+        );
+        assert_eq!(plan.state.environments["dev"].commit, "c0");
+        let pending = plan.state.environments["dev"].pending.as_ref().unwrap();
+        assert!(
+            pending
+                .reason
+                .starts_with("awaiting owners: fleet.kdl (bob); configs/edge/** (alice) of c1"),
+            "{}",
+            pending.reason
+        );
+        let owners_of = |signed: &[&str]| {
+            let signed: BTreeSet<String> = signed.iter().map(|s| (*s).to_owned()).collect();
+            BTreeMap::from([(
+                ("dev".to_owned(), "c1".to_owned()),
+                crate::owners::Hold::judge(&dev.owners, &signed, &[]),
+            )])
+        };
+        let plan = decide(
+            &record,
+            &rules,
+            &taken,
+            "c1",
+            &BTreeSet::new(),
+            &owners_of(&["mallory", "bob"]),
+            now(),
+        );
+        assert_eq!(plan.state.environments["dev"].commit, "c0");
+        let pending = plan.state.environments["dev"].pending.as_ref().unwrap();
+        assert!(
+            pending.reason.contains("(approved: fleet.kdl: bob)"),
+            "{}",
+            pending.reason
+        );
+
+        // Both owners in force approve: adopted.
+        let plan = decide(
+            &record,
+            &rules,
+            &taken,
+            "c1",
+            &BTreeSet::new(),
+            &owners_of(&["alice", "bob"]),
+            now(),
+        );
+        assert_eq!(plan.state.environments["dev"].commit, "c1");
+        assert_eq!(
+            plan.rules.env("dev").unwrap().owners[0].users[0].value,
+            "mallory"
+        );
+    }
+
+    #[test]
+    fn adding_an_owners_rule_asks_only_the_owners_of_fleet_kdl() {
+        let m = model(FLEET, ENVS);
+        let (_, rules) = start(&m);
+        let owned = model(&format!("{FLEET}{OWNED}"), ENVS);
+        let dev = changes(&rules, &owned)
+            .into_iter()
+            .find(|c| c.environment == "dev")
+            .unwrap();
+        assert!(
+            dev.owners.is_empty(),
+            "nobody owned fleet.kdl before: {dev:?}"
+        );
+        assert!(dev
+            .differences
+            .iter()
+            .any(|d| d == "owners `configs/edge/**` added"));
+        // Once fleet.kdl is owned, its owner must approve adding another rule.
+        let m = model(&format!("{FLEET}{OWNED}"), ENVS);
+        let (_, rules) = start(&m);
+        let more = model(
+            &format!("{FLEET}{OWNED}owners \"nodes/**\" users=\"carol\"\n"),
+            ENVS,
+        );
+        let dev = changes(&rules, &more)
+            .into_iter()
+            .find(|c| c.environment == "dev")
+            .unwrap();
+        let asked: Vec<&str> = dev
+            .owners
+            .iter()
+            .map(|o| o.pattern.value.as_str())
+            .collect();
+        assert_eq!(asked, ["fleet.kdl"]);
     }
 }

@@ -85,7 +85,15 @@ impl World {
         let model = &self.checked.model;
         let record = rules::first_seen(model, HEAD, t0());
         let in_force = Rules::from_state(&record, |_| Some(model)).unwrap();
-        rules::decide(&record, &in_force, model, HEAD, &BTreeSet::new(), self.now)
+        rules::decide(
+            &record,
+            &in_force,
+            model,
+            HEAD,
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+            self.now,
+        )
     }
 
     fn decide(&self) -> Result<PassPlan, PassError> {
@@ -106,6 +114,7 @@ impl World {
                 rules: &rules,
                 rules_first_seen: false,
                 approvals: &self.approvals,
+                owners: &BTreeMap::new(),
                 manifests: &self.manifests,
                 fleet: "acme-edge",
                 removed_nodes: &self.removed_nodes,

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use gitfleet_policy::owners::Hold;
 use gitfleet_policy::plan::{plan, planned, Desired, Inputs, Observation, Plan, Targets};
 use gitfleet_policy::rules::Rules;
 use gitfleet_policy::{FleetModel, RepoFiles};
@@ -86,6 +87,7 @@ struct Sim {
     state: BTreeMap<String, RolloutState>,
     reports: HashMap<String, Observation>,
     approvals: BTreeSet<(String, String)>,
+    owners: BTreeMap<(String, String, String), Hold>,
     desired: BTreeMap<String, Desired>,
     bad: BTreeSet<String>,
     /// Metrics nodes report; None leaves the metric out.
@@ -120,6 +122,7 @@ impl Sim {
             state: BTreeMap::new(),
             reports,
             approvals: BTreeSet::new(),
+            owners: BTreeMap::new(),
             desired: BTreeMap::new(),
             bad: BTreeSet::new(),
             error_rate: Some(0.0),
@@ -144,6 +147,7 @@ impl Sim {
             state: &self.state,
             reports: &self.reports,
             approvals: &self.approvals,
+            owners: &self.owners,
             rules: &self.rules,
             now: self.now,
         })
@@ -297,6 +301,72 @@ fn a_later_environment_waits_for_the_earlier_one() {
         staging.after.reason
     );
     assert_eq!(sim.running("staging", &bundle(1).digest), 0);
+}
+
+/// What `web`'s change `commit` waits for of its owners in `env`.
+fn owners_hold(sim: &mut Sim, env: &str, commit: &str, hold: Hold) {
+    sim.owners
+        .insert(("web".into(), env.into(), commit.into()), hold);
+}
+
+#[test]
+fn a_change_waits_for_its_owners_and_the_next_starts_from_what_completed() {
+    let model = fleet_with(
+        "owners \"configs/web/**\" users=\"alice\"\n",
+        2,
+        false,
+        STEPS,
+    );
+    let owners = model.fleet.as_ref().unwrap().doc.owners.clone();
+    let mut sim = Sim::new(model);
+    sim.deploy(bundle(1), "c1");
+    // Not judged yet (its paths unread): it waits, as it does for owners.
+    sim.tick();
+    assert_eq!(sim.phase("dev"), Some(Phase::AwaitingApproval));
+    assert!(
+        sim.reason("dev").contains("not known yet"),
+        "{}",
+        sim.reason("dev")
+    );
+    for env in ["dev", "staging", "prod"] {
+        owners_hold(
+            &mut sim,
+            env,
+            "c1",
+            Hold::judge(&owners, &BTreeSet::new(), &[]),
+        );
+    }
+    sim.tick();
+    assert_eq!(
+        sim.reason("dev"),
+        "awaiting owners: configs/web/** (alice) of c1"
+    );
+    assert_eq!(sim.running("dev", &bundle(1).digest), 0);
+    // An approval of another rule's paths, or of another commit, is no
+    // approval of this one; alice's is.
+    let alice = BTreeSet::from(["alice".to_owned()]);
+    owners_hold(&mut sim, "dev", "c0", Hold::judge(&owners, &alice, &[]));
+    sim.tick();
+    assert_eq!(sim.phase("dev"), Some(Phase::AwaitingApproval));
+    for env in ["dev", "staging", "prod"] {
+        owners_hold(&mut sim, env, "c1", Hold::judge(&owners, &alice, &[]));
+    }
+    sim.run_until(300, |s| s.phase("prod") == Some(Phase::Complete));
+    // The next change runs from what completed: the reconciler diffs c1..c2.
+    sim.deploy(bundle(2), "c2");
+    sim.tick();
+    let dev = &sim.state["web"].environments["dev"];
+    assert_eq!(dev.changed_from.as_deref(), Some("c1"));
+    assert_eq!(dev.phase, Phase::AwaitingApproval);
+    // A change touching no owned path has an empty hold: it goes on.
+    owners_hold(
+        &mut sim,
+        "dev",
+        "c2",
+        Hold::judge(&[], &BTreeSet::new(), &[]),
+    );
+    sim.tick();
+    assert_ne!(sim.phase("dev"), Some(Phase::AwaitingApproval));
 }
 
 #[test]

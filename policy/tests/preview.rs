@@ -7,7 +7,7 @@ mod common;
 
 use common::example_repo;
 use gitfleet_policy::plan::Targets;
-use gitfleet_policy::preview::{preview, Preview, Side};
+use gitfleet_policy::preview::{preview, Preview, PullOwners, Side};
 use gitfleet_policy::rules::Rules;
 
 /// The preview of the example repo with `edit` applied to `path`.
@@ -33,6 +33,7 @@ fn preview_of(path: &str, edit: impl Fn(&str) -> String) -> Preview {
             targets: &ht,
         },
         &Rules::of_model(&base.model, "0123456789abcdef"),
+        PullOwners::default(),
     )
 }
 
@@ -103,4 +104,104 @@ fn lowering_prods_approvals_is_named_with_the_approvals_it_waits_for() {
     );
     // Other environments' rules are not touched.
     assert!(!p.summary.contains("**dev**"), "{}", p.summary);
+}
+
+/// The preview of a pull request that touches `paths`, in a fleet whose
+/// fleet.kdl in force has `owners`, and whose head rewrites them to
+/// `head_owners`.
+fn preview_with_owners(
+    owners: &str,
+    head_owners: &str,
+    paths: &[&str],
+    approved: &[(&str, &str)],
+) -> Preview {
+    let mut base_files = example_repo();
+    let fleet = base_files.text("fleet.kdl").unwrap().to_owned();
+    base_files.insert("fleet.kdl", format!("{fleet}{owners}"));
+    let mut head_files = base_files.clone();
+    head_files.insert("fleet.kdl", format!("{fleet}{head_owners}"));
+    let base = gitfleet_policy::check(&base_files);
+    let head = gitfleet_policy::check(&head_files);
+    assert!(base.diagnostics.iter().all(|d| d.code != "owners-pattern"));
+    let (bt, ht) = (
+        Targets::from_model(&base.model),
+        Targets::from_model(&head.model),
+    );
+    let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    let approved: Vec<(String, String)> = approved
+        .iter()
+        .map(|(p, w)| ((*p).to_owned(), (*w).to_owned()))
+        .collect();
+    preview(
+        Side {
+            model: &base.model,
+            diagnostics: &base.diagnostics,
+            targets: &bt,
+        },
+        Side {
+            model: &head.model,
+            diagnostics: &head.diagnostics,
+            targets: &ht,
+        },
+        &Rules::of_model(&base.model, "0123456789abcdef"),
+        PullOwners {
+            paths: &paths,
+            approved: &approved,
+        },
+    )
+}
+
+#[test]
+fn the_preview_lists_the_owners_in_force_and_who_approved() {
+    let owners =
+        "owners \"configs/edge/**\" teams=\"acme/edge\"\nowners \"fleet.kdl\" users=\"alice\"\n";
+    let p = preview_with_owners(
+        owners,
+        "owners \"configs/edge/**\" users=\"mallory\"\n",
+        &[
+            "configs/edge/sentinel.kdl",
+            "fleet.kdl",
+            "nodes/edge-fra-1.kdl",
+        ],
+        &[("fleet.kdl", "alice")],
+    );
+    assert!(
+        p.summary.contains(
+            "- `configs/edge/**` (team acme/edge): **waiting**; touches `configs/edge/sentinel.kdl`"
+        ),
+        "{}",
+        p.summary
+    );
+    assert!(
+        p.summary
+            .contains("- `fleet.kdl` (alice): approved by alice; touches `fleet.kdl`"),
+        "{}",
+        p.summary
+    );
+    assert!(
+        !p.summary.contains("mallory ("),
+        "the head's owners judge nothing: {}",
+        p.summary
+    );
+    // The change to owners is a change to the rules, named as such.
+    assert!(
+        p.summary.contains("owners `configs/edge/**`"),
+        "{}",
+        p.summary
+    );
+}
+
+#[test]
+fn a_pull_request_touching_no_owned_path_lists_no_owners() {
+    let p = preview_with_owners(
+        "owners \"configs/edge/**\" users=\"alice\"\n",
+        "owners \"configs/edge/**\" users=\"alice\"\n",
+        &["configs/api-gateway/sentinel.kdl"],
+        &[],
+    );
+    assert!(
+        !p.summary.contains("Owners who must approve"),
+        "{}",
+        p.summary
+    );
 }

@@ -278,6 +278,7 @@ impl World {
             &head.model,
             &head.rules_change,
             &counted.approved,
+            &BTreeMap::new(),
             now,
         );
         let again =
@@ -314,6 +315,7 @@ impl World {
             state: &self.state,
             reports: &self.reports,
             approvals: &approvals,
+            owners: &BTreeMap::new(),
             rules: &decided.rules,
             now,
         });

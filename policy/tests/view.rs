@@ -101,6 +101,7 @@ fn state() -> BTreeMap<String, RolloutState> {
         EnvState {
             target: bundle(2),
             source_commit: "c2".into(),
+            changed_from: None,
             previous: Some(bundle(1)),
             phase: Phase::Progressing,
             step: 2,

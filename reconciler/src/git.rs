@@ -1210,6 +1210,70 @@ impl Mirror {
         })
     }
 
+    /// Where `a` and `b` branched: their best common ancestor, if any.
+    pub fn merge_base(&self, a: Oid, b: Oid) -> Result<Option<Oid>, GitError> {
+        match self.repo().merge_base(a, b) {
+            Ok(base) => Ok(Some(base)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(source) => Err(GitError::Read {
+                url: self.remote.display_url(),
+                what: format!("where {a} and {b} branched"),
+                source,
+            }),
+        }
+    }
+
+    /// The paths under `pathspecs` that differ between commit `from` and
+    /// `to` (added, changed or removed): a tree diff, whatever lies
+    /// between. Without `from`, or when `from` is no commit the spec
+    /// branch's history holds, every file under them at `to`.
+    pub fn changed_paths(
+        &self,
+        from: Option<&str>,
+        to: &str,
+        pathspecs: &[String],
+    ) -> Result<Vec<String>, GitError> {
+        let to = Oid::from_str(to).map_err(|source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!("`{to}`, which is not a commit id"),
+            source,
+        })?;
+        let from = from.and_then(|f| Oid::from_str(f).ok());
+        if let Some(from) = from {
+            self.ensure_commit(from)?;
+        }
+        self.ensure_commit(to)?;
+        let repo = self.repo();
+        let read = || -> Result<Vec<String>, git2::Error> {
+            let old = match from.map(|f| repo.find_commit(f)) {
+                Some(Ok(c)) => Some(c.tree()?),
+                _ => None,
+            };
+            let new = repo.find_commit(to)?.tree()?;
+            let mut options = git2::DiffOptions::new();
+            for p in pathspecs {
+                options.pathspec(p);
+            }
+            let diff = repo.diff_tree_to_tree(old.as_ref(), Some(&new), Some(&mut options))?;
+            let mut out = Vec::new();
+            for delta in diff.deltas() {
+                for file in [delta.old_file(), delta.new_file()] {
+                    if let Some(path) = file.path().and_then(|p| p.to_str()) {
+                        if !out.iter().any(|o| o == path) {
+                            out.push(path.to_owned());
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        };
+        read().map_err(|source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!("the paths changed up to {to}"),
+            source,
+        })
+    }
+
     /// The bytes of `path` at commit `oid`; `None` when it has no such file.
     pub fn blob_at(&self, oid: Oid, path: &str) -> Result<Option<Vec<u8>>, GitError> {
         self.ensure_commit(oid)?;

@@ -39,6 +39,7 @@
 //! group "eu-edge" role="edge" {                // or by labels
 //!     in "region" "fra" "ams"
 //! }
+//! owners "configs/edge/**" teams="acme/edge"   // see `owners`
 //! notify "ops" {                             // see `notify` for the rest
 //!     webhook "https://hooks.internal/gitfleet" secret-env="GITFLEET_NOTIFY_OPS_SECRET"
 //!     events "rollout-failed" "rollout-rolled-back"
@@ -93,6 +94,11 @@ pub struct FleetFile {
     /// Who is told what (`notify "ops" { webhook ... }`), by receiver name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<crate::notify::Notify>,
+    /// Who owns which paths (`owners "configs/edge/**" teams="acme/edge"`):
+    /// a change to owned paths waits for an owner's approval. A rule, read
+    /// from the commit the rules in force come from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<crate::owners::Owners>,
 }
 
 /// `group "pilot" { nodes "a" "b" }` or `group "eu" region="fra" { in ... }`:
@@ -254,6 +260,7 @@ const TOP: &[&str] = &[
     "revoke",
     "group",
     "notify",
+    "owners",
 ];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
@@ -284,6 +291,7 @@ impl FleetFile {
         let mut revoked = Vec::new();
         let mut groups = Vec::new();
         let mut notify: Vec<crate::notify::Notify> = Vec::new();
+        let mut owners = Vec::new();
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -312,6 +320,7 @@ impl FleetFile {
                 "template" => templates.extend(crate::rollout::decode_template(&mut d, node)),
                 "revoke" => revoked.extend(decode_revocation(&mut d, node)),
                 "group" => groups.extend(decode_group(&mut d, node)),
+                "owners" => owners.extend(crate::owners::decode_owners(&mut d, node)),
                 "notify" => {
                     if let Some(n) = crate::notify::decode_notify(&mut d, node) {
                         if notify.iter().any(|o| o.name.value == n.name.value) {
@@ -349,6 +358,7 @@ impl FleetFile {
             revoked,
             groups,
             notify,
+            owners,
         });
         d.finish(value)
     }

@@ -21,6 +21,7 @@ pub mod mesh;
 pub mod net;
 pub mod node;
 pub mod notify;
+pub mod owners;
 pub mod promotion;
 pub mod proxy;
 pub mod rollout;

@@ -48,6 +48,12 @@ pub struct EnvState {
     pub target: BundleRef,
     /// The fleet repo commit the target was built from.
     pub source_commit: String,
+    /// The source commit of the last target that completed here, which
+    /// this one replaces: the change owners are asked about runs from it
+    /// to `source_commit`. Absent for a first target (every file is new),
+    /// and in states written before owners were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_from: Option<String>,
     /// The last bundle that completed here: what nodes outside the current
     /// step run, and what a rollback returns to.
     pub previous: Option<BundleRef>,

@@ -870,3 +870,220 @@ fn a_nodes_signed_rotation_request_becomes_a_pull_request_changing_its_node_file
     assert_eq!(git(&origin, &["rev-parse", &branch]), tip);
     assert_eq!(github.pulls_from(&branch).len(), 1);
 }
+
+/// api-gateway's state in `env`, once there is any.
+fn state_in(fleet: &Fleet, rollout: &str, env: &str) -> Option<gitfleet_schemas::state::EnvState> {
+    let out = Command::new("git")
+        .args(["show", &format!("gitfleet/state:rollouts/{rollout}.json")])
+        .current_dir(fleet.path("origin.git"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let state: RolloutState = serde_json::from_slice(&out.stdout).unwrap();
+    state.environments.get(env).cloned()
+}
+
+const OWNED: &str = "owners \"configs/api-gateway/**\" users=\"alice\" teams=\"acme/gw\"\n";
+
+/// Owners per path, over GitHub reviews and signed approvals: a change to
+/// api-gateway's config waits for one of its owners (alice, or a member of
+/// acme/gw) whatever the environment asks, while edge, which nobody owns,
+/// goes on. An approval of an old head, the author's own, or a stranger's
+/// does not count; a change that rewrites the owners rule is judged by the
+/// rule in force, and the new rule judges only once it is adopted.
+#[test]
+fn an_owners_rule_holds_a_change_until_an_owner_approves_its_head() {
+    let github = FakeGitHub::start(TOKEN);
+    github.with(|s| {
+        s.teams.insert(
+            "acme/gw".into(),
+            ["dave".to_owned(), "carol".to_owned()]
+                .into_iter()
+                .collect(),
+        );
+    });
+    let fleet = Fleet::with_environments(
+        "version 1\nenvironment \"dev\"\nenvironment \"staging\" { after \"dev\"; }\nenvironment \"prod\" { after \"staging\"; }\n",
+    );
+    let alice_key = fleet.path("alice.key");
+    let out = Command::new(bin("gitfleet"))
+        .args(["keygen", "--approver", "-o"])
+        .arg(&alice_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let alice_public = text(&out).0.trim().to_owned();
+    let fleet_kdl = fleet.work().join("fleet.kdl");
+    let mut fleet_text = std::fs::read_to_string(&fleet_kdl).unwrap();
+    fleet_text.push_str(&format!(
+        "approver \"alice\" key=\"{alice_public}\"\n{OWNED}"
+    ));
+    std::fs::write(&fleet_kdl, &fleet_text).unwrap();
+    git(&fleet.work(), &["commit", "-qam", "api-gateway is owned"]);
+    fleet.push();
+
+    // Every file is new at first: api-gateway waits for its owners in dev;
+    // edge, owned by nobody, goes ahead.
+    fleet.reconcile(&github);
+    let dev = state_in(&fleet, "api-gateway", "dev").expect("api-gateway in dev");
+    assert_eq!(dev.phase, Phase::AwaitingApproval, "{dev:?}");
+    assert!(
+        dev.reason
+            .contains("awaiting owners: configs/api-gateway/** (alice, team acme/gw)"),
+        "{}",
+        dev.reason
+    );
+    let edge = state_in(&fleet, "edge", "dev").expect("edge in dev");
+    assert_ne!(edge.phase, Phase::AwaitingApproval, "{edge:?}");
+
+    // No pull request brought it (the config's last change, before the
+    // owners rule); alice signs an approval of it with her key.
+    let waiting = dev.source_commit.clone();
+    assert!(dev.reason.contains(short(&waiting)), "{}", dev.reason);
+    let out = Command::new(bin("gitfleet"))
+        .args(["approve", "--env", "dev", "--repo"])
+        .arg(fleet.path("origin.git"))
+        .arg("--key")
+        .arg(&alice_key)
+        .arg(&waiting)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    fleet.reconcile(&github);
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.phase, Phase::Progressing, "{dev:?}");
+
+    // carol's pull request changes the config: it waits again.
+    let change = fleet.change_config("owned change");
+    fleet.push();
+    github.add_pull(Pull {
+        number: 7,
+        author: "carol".into(),
+        head: change.clone(),
+        commits: vec![change.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    // alice approved an older head; carol is in acme/gw but wrote it;
+    // mallory owns nothing.
+    github.review(7, "alice", "APPROVED", &waiting);
+    github.review(7, "carol", "APPROVED", &change);
+    github.review(7, "mallory", "APPROVED", &change);
+    fleet.reconcile(&github);
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.source_commit, change);
+    assert_eq!(dev.phase, Phase::AwaitingApproval, "{dev:?}");
+    assert!(dev.reason.contains("awaiting owners"), "{}", dev.reason);
+
+    // dave, of acme/gw, approves the head: released.
+    github.review(7, "dave", "APPROVED", &change);
+    fleet.reconcile(&github);
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.phase, Phase::Progressing, "{dev:?}");
+
+    // carol's next pull request makes mallory the owner and changes the
+    // config in the same commit; mallory approves it at once.
+    fleet_text = fleet_text.replace(
+        OWNED,
+        "owners \"configs/api-gateway/**\" users=\"mallory\"\n",
+    );
+    std::fs::write(&fleet_kdl, &fleet_text).unwrap();
+    let takeover = fleet.change_config("mallory owns the gateway now");
+    fleet.push();
+    github.add_pull(Pull {
+        number: 8,
+        author: "carol".into(),
+        head: takeover.clone(),
+        commits: vec![takeover.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    github.review(8, "mallory", "APPROVED", &takeover);
+    fleet.reconcile(&github);
+    let rules = fleet.rules();
+    let pending = rules.environments["dev"]
+        .pending
+        .clone()
+        .expect("the owners change waits");
+    assert_eq!(pending.commit, takeover);
+    assert!(
+        pending
+            .reason
+            .contains("awaiting owners: configs/api-gateway/** (alice, team acme/gw)"),
+        "{}",
+        pending.reason
+    );
+    assert_ne!(rules.environments["dev"].commit, takeover, "still in force");
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.source_commit, takeover);
+    assert_eq!(dev.phase, Phase::AwaitingApproval, "{dev:?}");
+    assert!(
+        dev.reason.contains("(alice, team acme/gw)") && !dev.reason.contains("mallory"),
+        "judged by the owners in force: {}",
+        dev.reason
+    );
+
+    // dave approves as an owner in force: the new rule is adopted, and
+    // under it mallory's approval releases the change.
+    github.review(8, "dave", "APPROVED", &takeover);
+    fleet.reconcile(&github);
+    let rules = fleet.rules();
+    assert_eq!(rules.environments["dev"].commit, takeover);
+    assert_eq!(rules.environments["dev"].pending, None);
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.phase, Phase::Progressing, "{dev:?}");
+}
+
+#[test]
+fn a_plan_preview_lists_the_owners_a_pull_request_needs_and_who_approved() {
+    let github = FakeGitHub::start_app(4242, 77);
+    github.with(|s| {
+        s.teams
+            .insert("acme/gw".into(), ["dave".to_owned()].into_iter().collect());
+    });
+    let fleet = Fleet::new();
+    let work = fleet.work();
+    let fleet_kdl = work.join("fleet.kdl");
+    let mut fleet_text = std::fs::read_to_string(&fleet_kdl).unwrap();
+    fleet_text.push_str(OWNED);
+    fleet_text.push_str("owners \"fleet.kdl\" users=\"erin\"\n");
+    std::fs::write(&fleet_kdl, &fleet_text).unwrap();
+    git(&work, &["commit", "-qam", "owners"]);
+    fleet.push();
+    fleet.reconcile_as_app(&github);
+
+    git(&work, &["checkout", "-q", "-b", "change"]);
+    let head = fleet.change_config("a reviewed change");
+    git(&work, &["push", "-q", "origin", "HEAD:refs/pull/9/head"]);
+    github.add_pull(Pull {
+        number: 9,
+        author: "carol".into(),
+        head: head.clone(),
+        commits: vec![head.clone()],
+        merged: false,
+        ..Pull::default()
+    });
+    github.review(9, "dave", "APPROVED", &head);
+    fleet.reconcile_as_app(&github);
+    let summary = github.with(|s| {
+        let run = s
+            .check_runs
+            .iter()
+            .find(|c| c.head_sha == head)
+            .cloned()
+            .expect("a check run for the head");
+        run.output["summary"].as_str().unwrap().to_owned()
+    });
+    assert!(
+        summary.contains(
+            "- `configs/api-gateway/**` (alice, team acme/gw): approved by dave; touches `configs/api-gateway/sentinel.kdl`"
+        ),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("`fleet.kdl` (erin)"),
+        "fleet.kdl is not touched: {summary}"
+    );
+}

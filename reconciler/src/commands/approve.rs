@@ -108,12 +108,14 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
         "{from}, from {}",
         &rules_commit[..12.min(rules_commit.len())]
     );
-    let Some(rule) = in_force.approval_rule().cloned() else {
+    // Owners approve in any environment whose rules name owners.
+    let rule = in_force.approval_rule().cloned();
+    if rule.is_none() && in_force.owners.is_empty() {
         bail!(
-            "environment `{}` takes no approvals under {at}: its changes need none",
+            "environment `{}` takes no approvals and names no owners under {at}: its changes need none",
             args.env
         );
-    };
+    }
     let approver = in_force
         .approvers
         .iter()
@@ -212,9 +214,10 @@ pub fn run(args: &ApproveArgs, now: DateTime<Utc>) -> anyhow::Result<ExitCode> {
     let message = format!(
         "approve {short} for {}, by {approver}\n\n{}\n",
         args.env,
-        match rule.required.value {
-            1 => "1 approval is required.".to_owned(),
-            n => format!("{n} approvals are required."),
+        match rule.map(|r| r.required.value) {
+            None => "An approval by an owner of the paths it touches.".to_owned(),
+            Some(1) => "1 approval is required.".to_owned(),
+            Some(n) => format!("{n} approvals are required."),
         }
     );
     let author = Author {

@@ -21,7 +21,7 @@ use gitfleet_policy::reviews::{self, Members, PullRequest, Review, ReviewState};
 use gitfleet_policy::rules::Rules;
 use gitfleet_policy::statuses::{CommitStatus, Status};
 use gitfleet_schemas::promotion::{promotion_branch, promotions_path, rotation_branch};
-use gitfleet_schemas::state::{Phase, RolloutState};
+use gitfleet_schemas::state::RolloutState;
 use serde::{Deserialize, Serialize};
 
 use crate::git::{Author, Mirror};
@@ -375,7 +375,19 @@ impl GitHub {
         let Some(pull) = pulls.into_iter().find(|p| p.merged_at.is_some()) else {
             return Ok(None);
         };
-        let n = pull.number;
+        self.with_reviews(pull.number, pull.user.login, pull.head.sha)
+            .await
+            .map(Some)
+    }
+
+    /// Pull request `n` (by `author`, at `head`) with its reviews.
+    async fn with_reviews(
+        &self,
+        n: u64,
+        author: String,
+        head: String,
+    ) -> Result<PullRequest, GitHubError> {
+        let (o, r) = (&self.owner, &self.repo);
         let mut reviews = Vec::new();
         for page in 1u32.. {
             let batch: Vec<ReviewJson> = self
@@ -398,12 +410,42 @@ impl GitHub {
                 break;
             }
         }
-        Ok(Some(PullRequest {
+        Ok(PullRequest {
             number: n,
-            author: pull.user.login,
-            head: pull.head.sha,
+            author,
+            head,
             reviews,
-        }))
+        })
+    }
+
+    /// The owners rules among `needs` an approving review of open pull
+    /// request `pr` (its head, not by its author) satisfies, with the
+    /// owner who approved: what a plan preview lists.
+    pub async fn owners_of_pull(
+        &self,
+        pr: &PullRequest,
+        needs: &[gitfleet_schemas::owners::Owners],
+    ) -> Result<Vec<(String, String)>, GitHubError> {
+        let pr = self
+            .with_reviews(pr.number, pr.author.clone(), pr.head.clone())
+            .await?;
+        let (mut members, mut not_members) = (Members::new(), BTreeSet::new());
+        let mut out = Vec::new();
+        for owners in needs {
+            let (verdict, _) = self
+                .judge(
+                    "preview",
+                    &owners.as_approvals(),
+                    &pr,
+                    &mut members,
+                    &mut not_members,
+                )
+                .await;
+            if let Some(who) = verdict.counted.first() {
+                out.push((owners.pattern.value.clone(), who.clone()));
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `user` is an active member of `team` (`org/slug`).
@@ -430,8 +472,8 @@ impl GitHub {
         }
     }
 
-    /// Whether `pr`'s reviews meet `rule`, and whether a team membership
-    /// that could have changed the answer could not be read.
+    /// Whether `pr`'s reviews meet `rule` (the verdict), and whether a team
+    /// membership that could have changed the answer could not be read.
     async fn judge(
         &self,
         env: &str,
@@ -439,7 +481,7 @@ impl GitHub {
         pr: &PullRequest,
         members: &mut Members,
         not_members: &mut BTreeSet<(String, String)>,
-    ) -> (bool, bool) {
+    ) -> (reviews::Verdict, bool) {
         let mut unreadable = false;
         for user in reviews::candidates(rule, pr) {
             for team in &rule.teams {
@@ -473,7 +515,49 @@ impl GitHub {
         if verdict.approved {
             tracing::info!(environment = %env, pull = pr.number, head = %pr.head, approvers = ?verdict.counted, "approved by review");
         }
-        (verdict.approved, unreadable && !verdict.approved)
+        let unsure = unreadable && !verdict.approved;
+        (verdict, unsure)
+    }
+
+    /// For each `(environment, commit)` of `asks`, the owners rules among
+    /// those it asks that the reviews of the pull request that brought the
+    /// commit satisfy, with the owner whose approval counted: one approving
+    /// review of the head commit, not by the author, from one of the
+    /// rule's users or a member of its teams. An unreadable pull request or
+    /// membership counts as no approval (the change waits).
+    pub async fn owner_reviews(
+        &self,
+        asks: &BTreeMap<(String, String), Vec<gitfleet_schemas::owners::Owners>>,
+    ) -> BTreeMap<(String, String), Vec<(String, String)>> {
+        let mut pulls: HashMap<String, Option<PullRequest>> = HashMap::new();
+        let mut members: Members = BTreeMap::new();
+        let mut not_members: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut out: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
+        for ((env, commit), needs) in asks {
+            if !pulls.contains_key(commit) {
+                let pull = self.pull_of(commit).await.unwrap_or_else(|e| {
+                    tracing::warn!(commit = %commit, error = %e, "cannot read reviews for owners");
+                    None
+                });
+                pulls.insert(commit.clone(), pull);
+            }
+            let Some(Some(pr)) = pulls.get(commit) else {
+                continue;
+            };
+            for owners in needs {
+                let rule = owners.as_approvals();
+                let (verdict, _) = self
+                    .judge(env, &rule, pr, &mut members, &mut not_members)
+                    .await;
+                if let Some(who) = verdict.counted.first() {
+                    tracing::info!(environment = %env, pull = pr.number, pattern = %owners.pattern.value, owner = %who, "owner approved by review");
+                    out.entry((env.clone(), commit.clone()))
+                        .or_default()
+                        .push((owners.pattern.value.clone(), who.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// The `(environment, commit)` pairs whose pull request reviews meet the
@@ -507,17 +591,10 @@ impl GitHub {
                 {
                     continue;
                 }
-                let admitted = state
+                let at = state
                     .get(rollout)
-                    .and_then(|s| s.environments.get(&env.name.value))
-                    .is_some_and(|e| {
-                        e.source_commit == *commit
-                            && !matches!(
-                                e.phase,
-                                Phase::Pending | Phase::AwaitingApproval | Phase::WaitingWindow
-                            )
-                    });
-                if !admitted {
+                    .and_then(|s| s.environments.get(&env.name.value));
+                if gitfleet_policy::owners::before_gate(at, commit) {
                     asks.insert((env.name.value.clone(), commit.clone()));
                 }
             }
@@ -559,10 +636,10 @@ impl GitHub {
                         continue;
                     }
                 };
-                let (yes, unsure) = self
+                let (verdict, unsure) = self
                     .judge(env, rule, pr, &mut members, &mut not_members)
                     .await;
-                if yes {
+                if verdict.approved {
                     approved = true;
                     break;
                 }
@@ -638,9 +715,9 @@ impl GitHub {
         }
     }
 
-    /// Open pull requests, `(number, head commit)`, whose head has no
-    /// published preview yet.
-    pub async fn pulls_to_preview(&mut self) -> Result<Vec<(u64, String)>, GitHubError> {
+    /// Open pull requests whose head has no plan preview yet (without
+    /// their reviews), at most PREVIEWS_PER_PASS.
+    pub async fn pulls_to_preview(&mut self) -> Result<Vec<PullRequest>, GitHubError> {
         if !self.previews {
             return Ok(Vec::new());
         }
@@ -669,7 +746,12 @@ impl GitHub {
                         !self.previewed.contains(&p.head.sha)
                             && !self.preview_failed.contains_key(&p.head.sha)
                     })
-                    .map(|p| (p.number, p.head.sha)),
+                    .map(|p| PullRequest {
+                        number: p.number,
+                        author: p.user.login,
+                        head: p.head.sha,
+                        reviews: Vec::new(),
+                    }),
             );
             if last || out.len() >= PREVIEWS_PER_PASS {
                 break;

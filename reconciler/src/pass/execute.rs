@@ -208,7 +208,7 @@ impl Reconciler {
             if still_leader(until).is_ok()
                 && tokio::time::timeout(
                     GITHUB_BUDGET,
-                    self.previews(&observed.checked, &plan.rules.rules),
+                    self.previews(observed.commit, &observed.checked, &plan.rules.rules),
                 )
                 .await
                 .is_err()

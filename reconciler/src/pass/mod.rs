@@ -9,6 +9,7 @@ pub mod execute;
 pub mod lease;
 pub mod live;
 pub mod observe;
+pub mod owners;
 pub mod rules;
 pub mod timeline;
 pub mod trigger;
@@ -188,6 +189,8 @@ pub struct Reconciler {
     promotions: Option<(git2::Oid, PromotionFiles)>,
     /// Rule files at the commits the rules in force come from.
     rules: RulesReader,
+    /// The paths changes touch, for owners.
+    touched: owners::Touched,
     /// (recorded commit, tip) -> the node files removed between them.
     removed_nodes: Option<((String, git2::Oid), Vec<Removed>)>,
     /// Pinned bundles found in the store, by digest (their bytes never
@@ -295,6 +298,7 @@ impl Reconciler {
             github_client: None,
             promotions: None,
             rules: RulesReader::default(),
+            touched: owners::Touched::default(),
             removed_nodes: None,
             pins: BTreeMap::new(),
         }
@@ -580,12 +584,23 @@ impl Reconciler {
         let approvals = self
             .approvals(model, &in_force.rules, state_files, &asks, &rule_asks)
             .await;
+        // Owners a change to the rules asks are those in force.
+        let rule_owners = owners::judge(
+            &owners::rules_asks(&rule_changes, &change_commit),
+            Clone::clone,
+            model,
+            &in_force.rules,
+            state_files,
+            self.github_client().map(|g| &*g),
+        )
+        .await;
         let rules = gitfleet_policy::rules::decide(
             &in_force.record,
             &in_force.rules,
             model,
             &change_commit,
             &approvals,
+            &rule_owners,
             now,
         );
         let approvals = if rules.adopted.is_empty() {
@@ -596,6 +611,27 @@ impl Reconciler {
                 .await;
             gitfleet_policy::approvals::under(&rules, approvals, again)
         };
+
+        // Owners of what each rollout's change touches, under the rules
+        // this pass decided (a change to owners was judged by the old ones
+        // before it was adopted).
+        let owner_asks = owners::rollout_asks(
+            &mut self.touched,
+            &self.observer.mirror,
+            model,
+            &rules.rules,
+            &rollout_state,
+            &wanted,
+        );
+        let rollout_owners = owners::judge(
+            &owner_asks,
+            |(_, env, commit)| (env.clone(), commit.clone()),
+            model,
+            &rules.rules,
+            state_files,
+            self.github_client().map(|g| &*g),
+        )
+        .await;
 
         let (manifests, manifest_etags) = self.manifests(&rules.rules).await?;
         for (env, in_force) in rules.rules.iter() {
@@ -626,6 +662,7 @@ impl Reconciler {
                 rules: &rules,
                 rules_first_seen: in_force.first,
                 approvals: &approvals,
+                owners: &rollout_owners,
                 manifests: &manifests,
                 fleet: &fleet,
                 removed_nodes: &removed_nodes,
@@ -729,7 +766,7 @@ impl Reconciler {
     /// Publish a plan preview for every open pull request head that has
     /// none yet. A pull request that cannot be previewed is logged and
     /// tried again next pass; it never fails the pass.
-    async fn previews(&mut self, base: &CheckedCommit, rules: &Rules) {
+    async fn previews(&mut self, tip: git2::Oid, base: &CheckedCommit, rules: &Rules) {
         let Some(gh) = self.github_client.as_mut() else {
             return;
         };
@@ -741,9 +778,15 @@ impl Reconciler {
             }
         };
         let mirror = &self.observer.mirror;
-        for (number, head) in pulls {
+        let in_force = rules.owners();
+        for pull in pulls {
+            let (number, head) = (pull.number, pull.head.clone());
+            let mut head_oid = None;
             let files = match mirror.fetch_pull(number) {
-                Ok(Some(oid)) if oid.to_string() == head => mirror.files_at(oid),
+                Ok(Some(oid)) if oid.to_string() == head => {
+                    head_oid = Some(oid);
+                    mirror.files_at(oid)
+                }
                 Ok(_) => {
                     tracing::info!(pull = number, head = %head, "the pull request's head is not fetchable yet; trying again later");
                     gh.preview_failed(&head);
@@ -761,6 +804,37 @@ impl Reconciler {
             };
             let checked = gitfleet_policy::check(&files);
             let targets = plan::Targets::from_model(&checked.model);
+            // What it touches, from where it branched, and which owners
+            // already approved its head.
+            let (mut paths, mut approved) = (Vec::new(), Vec::new());
+            if let (false, Some(oid)) = (in_force.is_empty(), head_oid) {
+                let touched = mirror.merge_base(tip, oid).and_then(|b| {
+                    mirror.changed_paths(b.map(|b| b.to_string()).as_deref(), &head, &[])
+                });
+                match touched {
+                    Ok(p) => paths = p,
+                    Err(e) => {
+                        tracing::warn!(pull = number, error = %e, "cannot read the paths the pull request touches");
+                        gh.preview_failed(&head);
+                        continue;
+                    }
+                }
+                let needs: Vec<_> =
+                    gitfleet_policy::owners::needed(&in_force, paths.iter().map(String::as_str))
+                        .into_iter()
+                        .cloned()
+                        .collect();
+                if !needs.is_empty() {
+                    match gh.owners_of_pull(&pull, &needs).await {
+                        Ok(a) => approved = a,
+                        Err(e) => {
+                            tracing::warn!(pull = number, error = %e, "cannot read the pull request's reviews");
+                            gh.preview_failed(&head);
+                            continue;
+                        }
+                    }
+                }
+            }
             let preview = gitfleet_policy::preview::preview(
                 Side {
                     model: &base.checked.model,
@@ -773,6 +847,10 @@ impl Reconciler {
                     targets: &targets,
                 },
                 rules,
+                gitfleet_policy::preview::PullOwners {
+                    paths: &paths,
+                    approved: &approved,
+                },
             );
             match gh.publish_preview(&head, &preview).await {
                 Ok(()) => {
@@ -980,7 +1058,7 @@ fn log_store_requests(c: &gitfleet_io::metrics::StoreCount) {
 }
 
 /// How long a pass waits for GitHub in each of its GitHub steps.
-const GITHUB_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const GITHUB_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The least time from the start of one pass to the start of a triggered
 /// next one.

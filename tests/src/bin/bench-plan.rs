@@ -113,6 +113,7 @@ fn main() {
                 EnvState {
                     target: new.clone(),
                     source_commit: "c2".into(),
+                    changed_from: None,
                     previous: Some(old),
                     phase: Phase::Verifying,
                     step: 1,
@@ -138,6 +139,7 @@ fn main() {
         state: &state,
         reports: &reports,
         approvals: &approvals,
+        owners: &BTreeMap::new(),
         rules: &rules,
         now,
     };
