@@ -1371,6 +1371,63 @@ impl Mirror {
         }
     }
 
+    /// Commit `changes` on the spec branch, on `tip` (what the caller read
+    /// the files from), and push it without force: a person's edit made
+    /// for them (`gitfleet serve`'s buttons), authored by them. `None` when
+    /// `tip` already holds the changes; [`GitError::Rejected`] when the
+    /// branch moved since (read it again and retry).
+    pub fn commit_to_spec(
+        &self,
+        tip: Oid,
+        changes: &BTreeMap<String, Option<Vec<u8>>>,
+        message: &str,
+        author: &Author,
+    ) -> Result<Option<Oid>, GitError> {
+        let branch = self.remote.branch.clone();
+        for path in changes.keys() {
+            check_path(path).map_err(|reason| GitError::InvalidPath {
+                path: path.clone(),
+                branch: branch.clone(),
+                reason,
+            })?;
+        }
+        let commit_error = |source| GitError::Commit {
+            url: self.remote.display_url(),
+            branch: branch.clone(),
+            source,
+        };
+        let oid = {
+            let repo = self.repo();
+            let repo = &*repo;
+            let build = || -> Result<Option<Oid>, git2::Error> {
+                let base = repo.find_commit(tip)?;
+                let tree = tree_with(repo, &base.tree()?, changes)?;
+                if tree.id() == base.tree_id() {
+                    return Ok(None);
+                }
+                write_commit(repo, &tree, &[&base], message, author).map(Some)
+            };
+            match build().map_err(commit_error)? {
+                Some(oid) => oid,
+                None => return Ok(None),
+            }
+        };
+        match self.push(&branch, oid, Some(tip))? {
+            Pushed::Accepted => {
+                self.set_tracking(&branch, Some(oid))
+                    .map_err(commit_error)?;
+                tracing::info!(commit = %oid, author = %author.name, "spec branch pushed");
+                Ok(Some(oid))
+            }
+            Pushed::Rejected(status) => Err(GitError::Rejected {
+                url: self.remote.display_url(),
+                branch,
+                attempts: 1,
+                status,
+            }),
+        }
+    }
+
     /// Push `oid` to `branch`, expected to be at `tip` on the remote. A
     /// rejection is a value; only transport failures are errors.
     fn push(&self, branch: &str, oid: Oid, tip: Option<Oid>) -> Result<Pushed, GitError> {

@@ -7,7 +7,8 @@
 //! what the last pass saw; `github` talks to GitHub's API and takes its
 //! webhooks; `notify` tells fleet.kdl's receivers what happened. Below them: `git` (the mirror), `setup` (repo, store, keys and
 //! holder from the command line and the fleet's settings), `keys`,
-//! `source`, `render`, `bundles` and `fmt`.
+//! `source`, `steer` (the rollout file edits people ask for), `render`,
+//! `bundles` and `fmt`.
 
 pub mod bundles;
 pub mod commands;
@@ -20,4 +21,5 @@ pub mod pass;
 pub mod render;
 pub mod setup;
 pub mod source;
+pub mod steer;
 pub mod web;

@@ -53,7 +53,7 @@ enum Command {
     Approve(approve::ApproveArgs),
     Status(status::StatusArgs),
     Events(events::EventsArgs),
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Work with the fleet's WireGuard meshes.
     ///
     /// Example: the configuration of a laptop that joins mesh backbone:

@@ -40,6 +40,8 @@
 //!     in "region" "fra" "ams"
 //! }
 //! owners "configs/edge/**" teams="acme/edge"   // see `owners`
+//! viewers { teams "acme/eng"; }              // `gitfleet serve` sign-in
+//! operators { users "alice"; teams "acme/sre"; }
 //! notify "ops" {                             // see `notify` for the rest
 //!     webhook "https://hooks.internal/gitfleet" secret-env="GITFLEET_NOTIFY_OPS_SECRET"
 //!     events "rollout-failed" "rollout-rolled-back"
@@ -99,6 +101,70 @@ pub struct FleetFile {
     /// from the commit the rules in force come from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<crate::owners::Owners>,
+    /// Who may see the status pages of `gitfleet serve` once sign-in is
+    /// on (`viewers { users "a"; teams "acme/ops" }`); operators may too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<Access>,
+    /// Who may also pause, resume, roll back and approve from the pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operators: Option<Access>,
+}
+
+/// `viewers { ... }` or `operators { ... }`: people by git host login, and
+/// teams (`org/slug`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    pub users: Vec<Spanned<String>>,
+    pub teams: Vec<Spanned<String>>,
+}
+
+impl Access {
+    /// Whether `login`, a member of `teams`, is among these people.
+    pub fn admits(&self, login: &str, teams: &[String]) -> bool {
+        self.users
+            .iter()
+            .any(|u| u.value.eq_ignore_ascii_case(login))
+            || self
+                .teams
+                .iter()
+                .any(|t| teams.iter().any(|m| m.eq_ignore_ascii_case(&t.value)))
+    }
+
+    /// Every team named.
+    pub fn team_names(&self) -> impl Iterator<Item = &str> {
+        self.teams.iter().map(|t| t.value.as_str())
+    }
+}
+
+fn decode_access(d: &mut Decoder, node: &kdl::KdlNode) -> Access {
+    d.allow_props(node, &[]);
+    d.max_args(node, 0);
+    let mut out = Access::default();
+    for c in children(node) {
+        match decode::name(c) {
+            "users" => out.users.extend(d.strings(c)),
+            "teams" => {
+                for t in d.strings(c) {
+                    if t.value
+                        .split_once('/')
+                        .is_none_or(|(o, s)| o.is_empty() || s.is_empty())
+                    {
+                        d.error(
+                            t.span,
+                            "access-team",
+                            format!("team `{}` is not `org/slug`", t.value),
+                            Some("name a team as GitHub does, like `acme/sre`".to_owned()),
+                        );
+                    } else {
+                        out.teams.push(t);
+                    }
+                }
+            }
+            _ => d.unknown_node(c, &format!("`{}`", decode::name(node)), &["users", "teams"]),
+        }
+    }
+    out
 }
 
 /// `group "pilot" { nodes "a" "b" }` or `group "eu" region="fra" { in ... }`:
@@ -261,6 +327,8 @@ const TOP: &[&str] = &[
     "group",
     "notify",
     "owners",
+    "viewers",
+    "operators",
 ];
 const DEFAULTS: &[&str] = &[
     "max-unavailable",
@@ -292,6 +360,7 @@ impl FleetFile {
         let mut groups = Vec::new();
         let mut notify: Vec<crate::notify::Notify> = Vec::new();
         let mut owners = Vec::new();
+        let (mut viewers, mut operators) = (None, None);
         for node in d.versioned(&doc, "fleet.kdl") {
             match decode::name(node) {
                 "name" => {
@@ -321,6 +390,14 @@ impl FleetFile {
                 "revoke" => revoked.extend(decode_revocation(&mut d, node)),
                 "group" => groups.extend(decode_group(&mut d, node)),
                 "owners" => owners.extend(crate::owners::decode_owners(&mut d, node)),
+                "viewers" => {
+                    let v = decode_access(&mut d, node);
+                    d.once(&mut viewers, node, Some(v));
+                }
+                "operators" => {
+                    let v = decode_access(&mut d, node);
+                    d.once(&mut operators, node, Some(v));
+                }
                 "notify" => {
                     if let Some(n) = crate::notify::decode_notify(&mut d, node) {
                         if notify.iter().any(|o| o.name.value == n.name.value) {
@@ -359,6 +436,8 @@ impl FleetFile {
             groups,
             notify,
             owners,
+            viewers,
+            operators,
         });
         d.finish(value)
     }

@@ -1,7 +1,9 @@
 //! A stateful fake of the GitHub REST endpoints gitfleet calls, on
 //! 127.0.0.1: pull requests (listed, opened from a branch of a real bare
 //! repository, updated, closed) and the commits they contain, reviews, team
-//! memberships, commit statuses and check runs. The reconciler reaches it through
+//! memberships, commit statuses and check runs, and the OAuth web flow
+//! people sign in to `gitfleet serve` with (authorize, token exchange,
+//! `/user`), whose user tokens then act as their person. The reconciler reaches it through
 //! octocrab's `base_uri`; tests arrange and inspect its state directly.
 //!
 //! Answers carry the fields GitHub's do that gitfleet reads (and a few
@@ -83,6 +85,15 @@ pub struct GitHubState {
     /// The repository as GitHub holds it (bare): pull requests opened from
     /// a branch get their head from it.
     pub repo: Option<std::path::PathBuf>,
+    /// The OAuth app people sign in through: `(client id, secret)`.
+    pub oauth: Option<(String, String)>,
+    /// Who is signed in to GitHub in the browser, when the sign-in names
+    /// nobody (`login=`).
+    pub signed_in: String,
+    /// Authorization code -> (login, redirect URI), each good once.
+    codes: BTreeMap<String, (String, String)>,
+    /// User token -> login.
+    user_tokens: BTreeMap<String, String>,
 }
 
 impl GitHubState {
@@ -157,6 +168,11 @@ impl FakeGitHub {
             shared,
             _server: server,
         }
+    }
+
+    /// Take sign-ins for the OAuth app `client_id` with `secret`.
+    pub fn with_oauth(&self, client_id: &str, secret: &str) {
+        self.with(|s| s.oauth = Some((client_id.to_owned(), secret.to_owned())));
     }
 
     /// Look at or change the state.
@@ -243,7 +259,13 @@ fn router(shared: Arc<Shared>) -> Router {
             "/repos/{owner}/{repo}/commits/{sha}/pulls",
             get(commit_pulls),
         )
-        .route("/repos/{owner}/{repo}/pulls/{number}/reviews", get(reviews))
+        .route(
+            "/repos/{owner}/{repo}/pulls/{number}/reviews",
+            get(reviews).post(create_review),
+        )
+        .route("/login/oauth/authorize", get(authorize))
+        .route("/login/oauth/access_token", post(access_token))
+        .route("/user", get(user))
         .route(
             "/orgs/{org}/teams/{slug}/memberships/{user}",
             get(membership),
@@ -298,7 +320,145 @@ fn authorized(shared: &Shared, headers: &HeaderMap, what: String) -> bool {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("token "))
         });
-    given == Some(shared.token.as_str())
+    let Some(given) = given else {
+        return false;
+    };
+    given == shared.token.as_str() || user_of(shared, headers).is_some()
+}
+
+/// The person a user token (from the OAuth flow) belongs to.
+fn user_of(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        })?;
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.user_tokens.get(given).cloned()
+}
+
+/// `GET /login/oauth/authorize`: GitHub's consent, given at once for the
+/// person signed in (or named by `login`): back to `redirect_uri` with a
+/// code and the caller's `state`.
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    state.requests.push("GET login/oauth/authorize".to_owned());
+    let known = state
+        .oauth
+        .as_ref()
+        .is_some_and(|(id, _)| q.get("client_id") == Some(id));
+    let (true, Some(redirect), Some(caller_state)) = (known, q.get("redirect_uri"), q.get("state"))
+    else {
+        return error(StatusCode::NOT_FOUND, "no such OAuth application");
+    };
+    let login = q
+        .get("login")
+        .cloned()
+        .unwrap_or_else(|| state.signed_in.clone());
+    let code = format!(
+        "code-{}-{}",
+        login,
+        state.codes.len() + state.user_tokens.len()
+    );
+    state.codes.insert(code.clone(), (login, redirect.clone()));
+    let sep = if redirect.contains('?') { '&' } else { '?' };
+    let to = format!("{redirect}{sep}code={code}&state={}", encode(caller_state));
+    (StatusCode::FOUND, [("location", to)]).into_response()
+}
+
+/// A query value, percent-encoded.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `POST /login/oauth/access_token`: a code, once, for a user token.
+async fn access_token(
+    State(shared): State<Arc<Shared>>,
+    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+) -> Response {
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    state
+        .requests
+        .push("POST login/oauth/access_token".to_owned());
+    let client_ok = state.oauth.as_ref().is_some_and(|(id, secret)| {
+        form.get("client_id") == Some(id) && form.get("client_secret") == Some(secret)
+    });
+    if !client_ok {
+        return Json(json!({ "error": "incorrect_client_credentials" })).into_response();
+    }
+    let code = form.get("code").cloned().unwrap_or_default();
+    match state.codes.remove(&code) {
+        Some((login, redirect)) if form.get("redirect_uri") == Some(&redirect) => {
+            let token = format!("gho_{login}_{}", state.user_tokens.len());
+            state.user_tokens.insert(token.clone(), login);
+            Json(json!({ "access_token": token, "token_type": "bearer", "scope": "read:org" }))
+                .into_response()
+        }
+        _ => Json(json!({
+            "error": "bad_verification_code",
+            "error_description": "The code passed is incorrect or expired."
+        }))
+        .into_response(),
+    }
+}
+
+/// `GET /user`: who the user token belongs to.
+async fn user(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match user_of(&shared, &headers) {
+        Some(login) => Json(json!({ "login": login, "id": 1 })).into_response(),
+        None => unauthorized(),
+    }
+}
+
+/// `POST .../pulls/<n>/reviews`: a review by the user token's person.
+async fn create_review(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((_, _, number)): Path<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    let Some(login) = user_of(&shared, &headers) else {
+        return unauthorized();
+    };
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    state
+        .requests
+        .push(format!("POST pulls/{number}/reviews by {login}"));
+    let Some(pull) = state.pulls.iter().find(|p| p.number == number) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    if pull.author == login && body["event"] == "APPROVE" {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Can not approve your own pull request",
+        );
+    }
+    let commit = body["commit_id"].as_str().unwrap_or(&pull.head).to_owned();
+    let review_state = match body["event"].as_str() {
+        Some("APPROVE") => "APPROVED",
+        Some("REQUEST_CHANGES") => "CHANGES_REQUESTED",
+        _ => "COMMENTED",
+    };
+    state.reviews.entry(number).or_default().push(Review {
+        user: login.clone(),
+        state: review_state.to_owned(),
+        commit: commit.clone(),
+    });
+    Json(json!({ "id": 1, "user": { "login": login }, "state": review_state, "commit_id": commit }))
+        .into_response()
 }
 
 /// An error as GitHub answers one.

@@ -8,6 +8,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context as _};
 use gitfleet_schemas::RolloutFile;
 
+use crate::steer::Steer;
+
 /// Pause, resume or roll back a rollout by committing an edit of its file.
 ///
 /// The command edits rollouts/<NAME>.kdl in the fleet repo's working tree,
@@ -61,11 +63,12 @@ pub fn run(cmd: &RolloutCommand) -> anyhow::Result<ExitCode> {
             target.name
         )
     })?;
-    let edited = match verb {
-        "pause" => set_flag(&text, "paused", true),
-        "resume" => set_flag(&text, "paused", false),
-        _ => set_flag(&text, "rollback", true),
+    let steer = match cmd {
+        RolloutCommand::Pause(_) => Steer::Pause,
+        RolloutCommand::Resume(_) => Steer::Resume,
+        RolloutCommand::Rollback(_) => Steer::Rollback,
     };
+    let edited = steer.edit(&text);
     if edited == text {
         println!("{rel} already says so; nothing to commit");
         return Ok(ExitCode::SUCCESS);
@@ -111,15 +114,11 @@ pub fn run(cmd: &RolloutCommand) -> anyhow::Result<ExitCode> {
         .signature()
         .context("git has no user.name/user.email configured for the commit")?;
     let parent = repo.head()?.peel_to_commit()?;
-    let mut message = format!("rollout {}: {verb}\n\n", target.name);
-    if let Some(why) = &target.message {
-        message.push_str(why);
-        message.push_str("\n\n");
-    }
-    message.push_str(&format!(
-        "Requested with `gitfleet rollout {verb} {}`.\n",
-        target.name
-    ));
+    let message = steer.message(
+        &target.name,
+        target.message.as_deref(),
+        &format!("Requested with `gitfleet rollout {verb} {}`.", target.name),
+    );
     let oid = repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &[&parent])?;
     let short = &oid.to_string()[..12];
     println!("committed {short}: rollout {}: {verb}", target.name);
@@ -150,63 +149,4 @@ fn relative_to(workdir: &Path, path: &Path) -> anyhow::Result<PathBuf> {
         .strip_prefix(&root)
         .context("the rollout file is outside the repository")?
         .to_owned())
-}
-
-/// Set a top-level boolean node: replace its line, or append one. `false`
-/// removes the line (the default), so `resume` leaves no trace but history.
-fn set_flag(text: &str, name: &str, on: bool) -> String {
-    let is_flag = |line: &str| {
-        line.strip_prefix(name)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', ';']))
-    };
-    let mut out: Vec<String> = Vec::new();
-    let mut found = false;
-    for line in text.lines() {
-        if is_flag(line) {
-            found = true;
-            if on {
-                out.push(format!("{name} #true"));
-            }
-        } else {
-            out.push(line.to_owned());
-        }
-    }
-    if on && !found {
-        out.push(format!("{name} #true"));
-    }
-    let mut s = out.join("\n");
-    s.push('\n');
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pausing_appends_or_replaces_the_flag() {
-        assert_eq!(
-            set_flag("version 1\nconfig \"e\"\n", "paused", true),
-            "version 1\nconfig \"e\"\npaused #true\n"
-        );
-        assert_eq!(
-            set_flag("version 1\npaused #false\n", "paused", true),
-            "version 1\npaused #true\n"
-        );
-    }
-
-    #[test]
-    fn resuming_removes_the_flag_and_keeps_everything_else() {
-        let text = "version 1\n// paused because of INC-1\npaused #true\nstep percent=100\n";
-        assert_eq!(
-            set_flag(text, "paused", false),
-            "version 1\n// paused because of INC-1\nstep percent=100\n"
-        );
-    }
-
-    #[test]
-    fn only_top_level_flag_lines_are_touched() {
-        let text = "version 1\ngates {\n    paused_note\n}\npaused_until \"x\"\n";
-        assert_eq!(set_flag(text, "paused", false), text);
-    }
 }

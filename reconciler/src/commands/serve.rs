@@ -35,13 +35,20 @@ use crate::web::{listen, router, AppState, Io};
 ///   # HTTPS on every interface, pages read-only to anyone who reaches it:
 ///   gitfleet serve ... --listen 0.0.0.0:8443 --public-read-only \
 ///       --tls-cert /etc/gitfleet/tls/fullchain.pem --tls-key /etc/gitfleet/tls/key.pem
+///   # Sign-in with GitHub (an OAuth app whose callback URL is
+///   # https://fleet.example.com/auth/callback); fleet.kdl's `viewers` see,
+///   # its `operators` also get pause/resume/rollback/approve buttons:
+///   gitfleet serve ... --listen 0.0.0.0:8443 --tls-cert ... --tls-key ... \
+///       --public-url https://fleet.example.com --github-repo acme/fleet \
+///       --github-client-id Iv1.0123 --github-client-secret-file /etc/gitfleet/oauth.secret \
+///       --session-key-file /etc/gitfleet/session.key
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ServeArgs {
     #[command(flatten)]
     reconciler: ReconcilerArgs,
-    /// Address to serve on. Any address but a loopback one needs
-    /// --public-read-only (the pages have no sign-in yet).
+    /// Address to serve on. Any address but a loopback one needs sign-in
+    /// (--github-client-id) or --public-read-only.
     #[arg(long, env = "GITFLEET_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Serve the read-only pages to anyone who can reach --listen (agents'
@@ -68,21 +75,86 @@ pub struct ServeArgs {
     /// File holding the GitHub webhook secret; without it webhooks are refused.
     #[arg(long, env = "GITFLEET_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<std::path::PathBuf>,
+    /// Sign people in with GitHub: the OAuth app's client id (with
+    /// --github-client-secret-file). Roles come from fleet.kdl's
+    /// `viewers` and `operators`.
+    #[arg(
+        long,
+        env = "GITFLEET_GITHUB_CLIENT_ID",
+        requires = "github_client_secret_file"
+    )]
+    github_client_id: Option<String>,
+    /// File holding the OAuth app's client secret.
+    #[arg(long, env = "GITFLEET_GITHUB_CLIENT_SECRET_FILE", value_name = "FILE")]
+    github_client_secret_file: Option<std::path::PathBuf>,
+    /// Where people sign in to GitHub (GitHub Enterprise: https://HOST).
+    #[arg(
+        long,
+        env = "GITFLEET_GITHUB_WEB",
+        default_value = "https://github.com"
+    )]
+    github_web: String,
+    /// This server's URL as people's browsers reach it (default: the
+    /// --listen address): sign-in returns there, and writes must come from
+    /// there.
+    #[arg(long, env = "GITFLEET_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// File of 32 or more random bytes that seals session cookies; give
+    /// every replica the same one. Without it sessions last as long as
+    /// this process.
+    #[arg(long, env = "GITFLEET_SESSION_KEY_FILE", value_name = "FILE")]
+    session_key_file: Option<std::path::PathBuf>,
     /// A node whose last report is older than this is stale.
     #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
     stale_after: std::time::Duration,
+}
+
+/// Sign-in as the arguments set it up, if they do.
+fn sign_in(args: &ServeArgs) -> anyhow::Result<Option<crate::web::auth::SignIn>> {
+    let (Some(id), Some(secret_file)) = (&args.github_client_id, &args.github_client_secret_file)
+    else {
+        return Ok(None);
+    };
+    let secret = std::fs::read_to_string(secret_file)
+        .with_context(|| format!("reading the OAuth client secret {}", secret_file.display()))?;
+    let secret = secret.trim().to_owned();
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the OAuth client secret file {} is empty",
+        secret_file.display()
+    );
+    let sealer = match &args.session_key_file {
+        Some(path) => crate::web::session::Sealer::from_file(path)?,
+        None => crate::web::session::Sealer::random()?,
+    };
+    if let Some(url) = &args.public_url {
+        anyhow::ensure!(
+            url.starts_with("https://") || url.starts_with("http://"),
+            "--public-url {url} is not an http(s) URL"
+        );
+    }
+    Ok(Some(crate::web::auth::SignIn::new(
+        id.clone(),
+        secret,
+        &args.github_web,
+        &args.reconciler.github.github_api,
+        args.public_url.clone(),
+        sealer,
+    )))
 }
 
 /// How long requests may take to finish once stopping.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    if !args.listen.ip().is_loopback() && !args.public_read_only {
+    let signs_in = args.github_client_id.is_some();
+    if !args.listen.ip().is_loopback() && !args.public_read_only && !signs_in {
         anyhow::bail!(
-            "refusing to serve the status pages on {}: it is not a loopback address and the pages have no sign-in; pass --public-read-only to show them read-only to anyone who can reach it, or listen on 127.0.0.1 behind a proxy that signs people in",
+            "refusing to serve the status pages on {}: it is not a loopback address and sign-in is not set up; set up sign-in with --github-client-id and --github-client-secret-file, pass --public-read-only to show the pages read-only to anyone who can reach them, or listen on 127.0.0.1 behind a proxy that signs people in",
             args.listen
         );
     }
+    let sign_in = sign_in(args)?;
     let certs = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(
             CertFiles::open(cert, key).context("loading the TLS certificate")?,
@@ -110,7 +182,19 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let _watcher = args.reconciler.watch(trigger_tx.clone());
     let io = Io::of(&mut reconciler);
-    let state = Arc::new(AppState::new(secret, trigger_tx, stale_after, Some(io)));
+    let mut state = AppState::new(secret, trigger_tx, stale_after, Some(io));
+    if let Some(sign_in) = sign_in {
+        // The buttons commit through a mirror of their own.
+        let cache = args.reconciler.cache.with_extension("actions");
+        let mirror = crate::setup::open_mirror(&args.reconciler.git, &cache)
+            .context("opening the mirror the pages' actions commit through")?;
+        state.actions = Some(crate::web::actions::Actions::new(
+            mirror,
+            args.reconciler.github.github_repo.clone(),
+        ));
+        state.sign_in = Some(sign_in);
+    }
+    let state = Arc::new(state);
     let stop_rx = state.shutdown.subscribe();
 
     let interval = args.reconciler.interval;
@@ -133,7 +217,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let served = runtime.block_on(async {
         let listener = listen(args.listen).await?;
         let scheme = if certs.is_some() { "https" } else { "http" };
-        println!("serving {scheme}://{}/ (Ctrl-C stops)", listener.local_addr()?);
+        let here = format!("{scheme}://{}", listener.local_addr()?);
+        if let Some(sign_in) = &state.sign_in {
+            sign_in.default_public_url(here.clone());
+        }
+        println!("serving {here}/ (Ctrl-C stops)");
         // One signal stops the passes, ends the event streams and drains
         // the other requests, for at most DRAIN.
         let shutdown = Arc::clone(&state);

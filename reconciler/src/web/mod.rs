@@ -27,10 +27,13 @@ use gitfleet_schemas::events::NodeEvent;
 use gitfleet_schemas::state::{RolloutState, RulesState};
 use gitfleet_schemas::view::{FleetStatus, Health, RolloutView};
 
+pub mod actions;
+pub mod auth;
 pub mod bundle_page;
 mod chart;
 pub mod html;
 pub mod page;
+pub mod session;
 pub mod tls;
 
 use crate::github::webhook::{Outcome, Webhooks};
@@ -172,6 +175,10 @@ pub struct AppState {
     /// Node event objects read for the node pages, by key: their etag and
     /// events, so a page shown again costs a conditional GET.
     node_events: std::sync::Mutex<HashMap<String, (gitfleet_io::store::ETag, Vec<NodeEvent>)>>,
+    /// Sign-in on the pages, when set up; without it they are read-only.
+    pub sign_in: Option<auth::SignIn>,
+    /// What the buttons commit through (with sign-in).
+    pub actions: Option<actions::Actions>,
 }
 
 /// The most node event objects the node pages keep.
@@ -195,7 +202,22 @@ impl AppState {
             shutdown: tokio::sync::watch::Sender::new(false),
             started: Utc::now(),
             node_events: Default::default(),
+            sign_in: None,
+            actions: None,
         }
+    }
+
+    /// fleet.kdl as the last pass read it: whom the roles name.
+    pub fn fleet_file(&self) -> Option<gitfleet_schemas::FleetFile> {
+        let snap = self.snapshot.borrow();
+        let observed = snap.observed.as_ref()?;
+        observed
+            .checked
+            .checked
+            .model
+            .fleet
+            .as_ref()
+            .map(|f| f.doc.clone())
     }
 
     /// `node`'s events of yesterday and today (UTC), verified with its key
@@ -310,6 +332,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes/{id}", get(node))
         .route("/rollouts", get(rollouts))
         .route("/rollouts/{name}", get(rollout))
+        .route("/rollouts/{name}/{action}", post(actions::act))
+        .route("/auth/login", get(auth::login))
+        .route("/auth/callback", get(auth::callback))
+        .route("/auth/logout", post(auth::logout))
         .route("/meshes", get(meshes))
         .route("/meshes/{name}", get(mesh))
         .route("/bundles", get(bundles))
@@ -325,6 +351,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/reports/{node}",
             post(take_report).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES)),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::gate,
+        ))
         .with_state(state)
 }
 
@@ -426,6 +456,8 @@ async fn rollout(
     State(s): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(q): Query<PageQuery>,
+    viewer: Option<axum::Extension<auth::Viewer>>,
+    headers: HeaderMap,
 ) -> Response {
     let Some((v, _)) = s.view(None) else {
         return not_ready();
@@ -442,12 +474,24 @@ async fn rollout(
             .and_then(|io| io.timeline.as_ref())
             .map(|t| Arc::clone(&t.borrow()))
             .unwrap_or_default();
-    respond(
+    // What an action just did, said once.
+    let flash = s.sign_in.as_ref().and_then(|si| si.take_flash(&headers));
+    let mut resp = respond(
         q.fragment.is_some(),
         &name,
         &v.fleet,
-        page::rollout(&v, &name, &timeline),
-    )
+        page::rollout(
+            &v,
+            &name,
+            &timeline,
+            viewer.as_ref().map(|v| &v.0),
+            flash.as_ref().map(|(text, _)| text.as_str()),
+        ),
+    );
+    if let Some((_, clear)) = flash {
+        resp.headers_mut().append(header::SET_COOKIE, clear);
+    }
+    resp
 }
 
 async fn meshes(State(s): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {

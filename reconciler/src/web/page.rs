@@ -21,6 +21,8 @@ use crate::pass::timeline::Timeline;
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d232a}\
 header{background:#1d232a;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:baseline}\
 header a{color:#cde}main{padding:8px 16px}table{border-collapse:collapse}\
+form.inline{display:inline-block;margin:0 8px 4px 0}.controls{margin:12px 0;padding:4px 12px;border:1px solid #e3e6ea}\
+.notice{background:#e7f5ff;border-left:4px solid #1971c2;padding:6px 10px}\
 td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #e3e6ea}\
 .cards{display:flex;gap:12px}.card{border:1px solid #d0d5da;border-radius:6px;padding:6px 12px}\
 .card b{display:block;font-size:22px}.bar{display:inline-block;width:160px;height:10px;background:#e3e6ea;border-radius:5px;vertical-align:middle}\
@@ -31,7 +33,8 @@ code{font-size:12px}pre{background:#f6f8fa;padding:6px;overflow-x:auto}\
 
 /// Re-fetch the page body after every reconcile pass (server-sent events).
 const SCRIPT: &str = "const es=new EventSource('/events');\
-es.addEventListener('pass',async()=>{const u=new URL(location.href);u.searchParams.set('fragment','1');\
+es.addEventListener('pass',async()=>{const f=document.activeElement;if(f&&f.closest&&f.closest('form'))return;\
+const u=new URL(location.href);u.searchParams.set('fragment','1');\
 const r=await fetch(u);if(r.ok){document.querySelector('main').innerHTML=await r.text();}});";
 
 /// A whole page around `body`.
@@ -744,18 +747,85 @@ gitfleet rollout rollback {n} -m \"why\"   # every node back to the previous bun
     out
 }
 
+/// Who is signed in, and for an operator the buttons.
+fn controls(name: &str, viewer: &super::auth::Viewer, awaiting: &[String]) -> String {
+    use super::auth::Role;
+    let role = match viewer.role {
+        Role::Operator => "operator",
+        Role::Viewer => "viewer",
+    };
+    let mut out = format!(
+        "<div class=controls data-role=\"{role}\"><p>Signed in as <b data-login>{}</b> ({role}). {}</p>",
+        esc(&viewer.login),
+        super::auth::sign_out_form(&viewer.csrf)
+    );
+    if viewer.role == Role::Operator {
+        let form = |action: &str, label: &str, extra: &str| {
+            format!(
+                "<form method=post action=\"/rollouts/{}/{action}\" class=inline>\
+<input type=hidden name=csrf value=\"{}\">{extra}<button type=submit data-action=\"{action}\">{label}</button></form>",
+                url_part(name),
+                esc(&viewer.csrf),
+            )
+        };
+        out.push_str("<p>Each button commits to the fleet repo as you (or approves on GitHub as you); the reconciler acts on its next pass.</p><p>");
+        out.push_str(&form("pause", "Pause", ""));
+        out.push_str(&form("resume", "Resume", ""));
+        out.push_str(&form(
+            "rollback",
+            "Roll back",
+            "<input name=why placeholder=\"why (for the commit)\">",
+        ));
+        for env in awaiting {
+            out.push_str(&form(
+                "approve",
+                &format!("Approve for {}", esc(env)),
+                &format!("<input type=hidden name=env value=\"{}\">", esc(env)),
+            ));
+        }
+        out.push_str("</p>");
+    }
+    out.push_str("</div>");
+    out
+}
+
 /// `/rollouts/<name>`: where the rollout stands in each environment, a
 /// chart per environment of its nodes admitted and on target over the
 /// state branch's history, and its events, newest first.
-pub fn rollout(v: &FleetStatus, name: &str, timeline: &Timeline) -> String {
+///
+/// Signed in (`viewer`), it says who; an operator also gets the buttons
+/// (pause, resume, roll back, and approve where the rollout awaits
+/// approval), each a form carrying the session's CSRF token. `done` is
+/// what an action just did.
+pub fn rollout(
+    v: &FleetStatus,
+    name: &str,
+    timeline: &Timeline,
+    viewer: Option<&super::auth::Viewer>,
+    done: Option<&str>,
+) -> String {
     let mut out = format!("<h2>{}</h2>", esc(name));
+    if let Some(done) = done {
+        let _ = write!(
+            out,
+            "<p class=notice data-done>{}. The reconciler acts on its next pass.</p>",
+            esc(done)
+        );
+    }
     out.push_str(ROLLOUT_HEAD);
+    let mut awaiting = Vec::new();
     for env in &v.environments {
         for r in env.rollouts.iter().filter(|r| r.name == name) {
             out.push_str(&rollout_row(&env.name, r));
+            if r.phase == gitfleet_schemas::state::Phase::AwaitingApproval {
+                awaiting.push(env.name.clone());
+            }
         }
     }
     out.push_str("</table>");
+    if let Some(viewer) = viewer {
+        out.push_str(&controls(name, viewer, &awaiting));
+    }
     out.push_str("<h3>Over time</h3>");
     let mut charted = false;
     for env in &v.environments {

@@ -1,0 +1,266 @@
+//! The buttons of the status pages, as git changes: pause, resume and
+//! roll back commit the same edit of `rollouts/<name>.kdl` the CLI makes
+//! (`crate::steer`), authored by the signed-in operator and pushed to the
+//! spec branch; approve posts an approving review, with the operator's own
+//! GitHub token, on the pull request that brought the waiting change. The
+//! audit log stays `git log` (and the pull request's reviews).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Extension;
+use gitfleet_schemas::state::Phase;
+
+use super::auth::{Role, Viewer};
+use super::html::esc;
+use super::session;
+use super::AppState;
+use crate::git::{Author, GitError, Mirror};
+use crate::steer::Steer;
+
+/// How many times a commit is tried again on a branch that moved.
+const TRIES: u32 = 3;
+
+/// The mirror the buttons commit through: its own, so a pass never waits
+/// for a person and a person never waits for a pass.
+pub struct Actions {
+    mirror: Arc<Mutex<Mirror>>,
+    /// `owner/name` on GitHub, for approvals.
+    pub github_repo: Option<String>,
+}
+
+impl std::fmt::Debug for Actions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actions")
+            .field("github_repo", &self.github_repo)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("rollouts/{0}.kdl is not in the fleet repo")]
+    NoRollout(String),
+    #[error("the edit would leave the fleet repo with errors: {0}")]
+    Check(String),
+    #[error("the spec branch kept moving; try again")]
+    Busy,
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+impl Actions {
+    pub fn new(mirror: Mirror, github_repo: Option<String>) -> Actions {
+        Actions {
+            mirror: Arc::new(Mutex::new(mirror)),
+            github_repo,
+        }
+    }
+
+    /// Commit `steer` of rollout `name` for `login`: the commit, or `None`
+    /// when the file already says so. Blocking (git).
+    pub fn steer(
+        &self,
+        name: &str,
+        steer: Steer,
+        login: &str,
+        why: Option<&str>,
+    ) -> Result<Option<git2::Oid>, ActionError> {
+        let mirror = self.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        let path = format!("rollouts/{name}.kdl");
+        let author = Author {
+            name: login.to_owned(),
+            email: format!("{login}@users.noreply.github.com"),
+        };
+        let message = steer.message(
+            name,
+            why,
+            &format!(
+                "Requested by {login} on the status pages of gitfleet serve.\n\nRequested-by: {login}"
+            ),
+        );
+        for _ in 0..TRIES {
+            let heads = mirror.fetch()?;
+            let mut files = mirror.files_at(heads.branch)?;
+            let text = files
+                .text(&path)
+                .ok_or_else(|| ActionError::NoRollout(name.to_owned()))?
+                .to_owned();
+            let edited = steer.edit(&text);
+            if edited == text {
+                return Ok(None);
+            }
+            files.insert(path.clone(), edited.clone().into_bytes());
+            let checked = gitfleet_policy::check(&files);
+            if checked.has_errors() {
+                let first = checked
+                    .diagnostics
+                    .iter()
+                    .find(|d| d.severity == gitfleet_schemas::Severity::Error)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                return Err(ActionError::Check(first));
+            }
+            let changes = BTreeMap::from([(path.clone(), Some(edited.into_bytes()))]);
+            match mirror.commit_to_spec(heads.branch, &changes, &message, &author) {
+                Ok(made) => return Ok(made),
+                Err(GitError::Rejected { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ActionError::Busy)
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    /// Why, for the commit message.
+    #[serde(default)]
+    why: String,
+    /// The environment an approval is for.
+    #[serde(default)]
+    env: String,
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (
+        status,
+        Html(super::page::layout(
+            "Refused",
+            "",
+            &format!("<p class=alert>Refused: {}.</p>", esc(why)),
+        )),
+    )
+        .into_response()
+}
+
+/// `POST /rollouts/<name>/<action>`: an operator's button.
+pub async fn act(
+    State(s): State<Arc<AppState>>,
+    Path((name, action)): Path<(String, String)>,
+    viewer: Option<Extension<Viewer>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<ActionForm>,
+) -> Response {
+    let (Some(sign_in), Some(actions)) = (s.sign_in.as_ref(), s.actions.as_ref()) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "the pages take actions only with sign-in set up",
+        );
+    };
+    let Some(Extension(viewer)) = viewer else {
+        return refuse(StatusCode::UNAUTHORIZED, "sign in first");
+    };
+    // The form must carry this session's token and come from these pages.
+    if !session::same(&viewer.csrf, &form.csrf) || !sign_in.same_origin(&headers) {
+        tracing::warn!(user = %viewer.login, rollout = %name, action = %action, "refused a write without this session's CSRF token or from another origin");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the form did not come from this page (CSRF check)",
+        );
+    }
+    if viewer.role != Role::Operator {
+        tracing::warn!(user = %viewer.login, rollout = %name, action = %action, "refused a write by a viewer");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} may look, not act: fleet.kdl's `operators` do not name them",
+                viewer.login
+            ),
+        );
+    }
+    let done = |what: String| {
+        let _ = s.trigger.try_send(());
+        let mut resp =
+            Redirect::to(&format!("/rollouts/{}", crate::fmt::url_part(&name))).into_response();
+        resp.headers_mut()
+            .append(axum::http::header::SET_COOKIE, sign_in.flash_cookie(&what));
+        resp
+    };
+    if action == "approve" {
+        return match approve(&s, actions, sign_in, &viewer, &name, &form.env).await {
+            Ok(what) => done(what),
+            Err(why) => refuse(StatusCode::CONFLICT, &why),
+        };
+    }
+    let Some(steer) = Steer::parse(&action) else {
+        return refuse(StatusCode::NOT_FOUND, &format!("no action `{action}`"));
+    };
+    let why = Some(form.why.as_str()).filter(|w| !w.trim().is_empty());
+    let (login, rollout) = (viewer.login.clone(), name.clone());
+    let why = why.map(str::to_owned);
+    let actions = Arc::clone(&s);
+    let made = tokio::task::spawn_blocking(move || {
+        let Some(actions) = actions.actions.as_ref() else {
+            return Err(ActionError::Busy);
+        };
+        actions.steer(&rollout, steer, &login, why.as_deref())
+    })
+    .await;
+    match made {
+        Ok(Ok(Some(oid))) => {
+            tracing::info!(user = %viewer.login, rollout = %name, action = steer.verb(), commit = %oid, "committed for an operator");
+            done(format!(
+                "{} committed as {} by {}",
+                steer.verb(),
+                &oid.to_string()[..12],
+                viewer.login
+            ))
+        }
+        Ok(Ok(None)) => done(format!(
+            "rollouts/{name}.kdl already says {}; nothing committed",
+            steer.verb()
+        )),
+        Ok(Err(e)) => {
+            tracing::warn!(user = %viewer.login, rollout = %name, action = steer.verb(), error = %gitfleet_io::error_chain(&e), "an operator's action failed");
+            refuse(StatusCode::CONFLICT, &gitfleet_io::error_chain(&e))
+        }
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the action panicked"),
+    }
+}
+
+/// Approve, as the operator on GitHub, the change `name` waits with in
+/// `env`: an approving review of the head of the pull request that
+/// brought it.
+async fn approve(
+    s: &AppState,
+    actions: &Actions,
+    sign_in: &super::auth::SignIn,
+    viewer: &Viewer,
+    name: &str,
+    env: &str,
+) -> Result<String, String> {
+    let repo = actions
+        .github_repo
+        .as_deref()
+        .ok_or("approving from the pages needs --github-repo")?;
+    let commit = {
+        let snap = s.snapshot.borrow();
+        snap.state
+            .get(name)
+            .and_then(|r| r.environments.get(env))
+            .filter(|e| e.phase == Phase::AwaitingApproval)
+            .map(|e| e.source_commit.clone())
+    }
+    .ok_or_else(|| format!("{name} is not awaiting approval in {env}"))?;
+    let short = &commit[..commit.len().min(12)];
+    let (number, head) = sign_in
+        .pull_of(&viewer.token, repo, &commit)
+        .await?
+        .ok_or_else(|| {
+            format!("no merged pull request brought {short}; approve it with `gitfleet approve --env {env} {short}`")
+        })?;
+    sign_in
+        .approve_pull(&viewer.token, repo, number, &head)
+        .await?;
+    tracing::info!(user = %viewer.login, rollout = %name, environment = %env, pull = number, "approved for an operator");
+    Ok(format!(
+        "{} approved pull request #{number} (which brought {short}) for {env}",
+        viewer.login
+    ))
+}
