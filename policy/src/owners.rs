@@ -52,6 +52,25 @@ pub fn change_base(before: Option<&EnvState>) -> Option<String> {
     }
 }
 
+/// Whether owners can hold a change to `path` in `model`: a path of a
+/// rollout's inputs ([`input_paths`]), or a rule file (a change to the
+/// rules). Other paths (rollout files, nodes outside a mesh rollout) are
+/// not held by owners.
+pub fn held(model: &crate::model::FleetModel, path: &str) -> bool {
+    if path == crate::model::FLEET_FILE || path == crate::model::ENVIRONMENTS_FILE {
+        return true;
+    }
+    model.rollouts.values().any(|r| {
+        input_paths(&r.doc.target.value).iter().any(|p| {
+            if p.ends_with('/') {
+                path.starts_with(p.as_str())
+            } else {
+                path == p
+            }
+        })
+    })
+}
+
 /// Whether a rollout wanting `commit` in an environment where its state is
 /// `state` has yet to pass the approval gate there: a new commit, or one
 /// still pending, awaiting approvals or a window.
@@ -90,6 +109,17 @@ pub fn same_rule(a: &Owners, b: &Owners) -> bool {
     a.pattern.value == b.pattern.value
         && names(&a.users) == names(&b.users)
         && names(&a.teams) == names(&b.teams)
+}
+
+/// One owners rule a change asks, and what a review must cover.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Need {
+    pub rule: Owners,
+    /// The commits since the change began that changed the rule's paths:
+    /// reviews release the rule only when an owner approved the pull
+    /// request of every one of them. `None`: reviews cannot tell (too
+    /// many), and only a signed approval releases it.
+    pub commits: Option<Vec<String>>,
 }
 
 /// What one change still waits for: the owners rules it touches that no

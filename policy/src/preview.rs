@@ -120,7 +120,7 @@ pub fn preview(base: Side<'_>, head: Side<'_>, rules: &Rules, owners: PullOwners
         }
         summary.push('\n');
     }
-    owners_lines(&mut summary, rules, owners);
+    owners_lines(&mut summary, rules, head.model, owners);
     if changed.is_empty() && rollouts.is_empty() {
         summary.push_str("No config or rollout changes: no bundle would change.\n");
     } else {
@@ -164,8 +164,19 @@ pub fn preview(base: Side<'_>, head: Side<'_>, rules: &Rules, owners: PullOwners
 }
 
 /// The owners the pull request's paths ask, under the rules in force.
-fn owners_lines(summary: &mut String, rules: &Rules, pull: PullOwners<'_>) {
+fn owners_lines(summary: &mut String, rules: &Rules, head: &FleetModel, pull: PullOwners<'_>) {
     let in_force = rules.owners();
+    // Only what owners hold: a rollout's inputs, and the rule files.
+    let held: Vec<String> = pull
+        .paths
+        .iter()
+        .filter(|p| crate::owners::held(head, p))
+        .cloned()
+        .collect();
+    let pull = PullOwners {
+        paths: &held,
+        approved: pull.approved,
+    };
     let needs = crate::owners::needed(&in_force, pull.paths.iter().map(String::as_str));
     if needs.is_empty() {
         return;

@@ -427,9 +427,11 @@ pub fn changes(in_force: &Rules, head: &FleetModel) -> Vec<RulesChange> {
 }
 
 /// The owners a change to an environment's rules asks, from `in_force` to
-/// `new`: the owners of each rule file the change edits, and those of
-/// every `owners` rule it changes or removes. Adding a rule asks only the
-/// owners of fleet.kdl.
+/// `new`: the owners of each rule file the change edits, those of every
+/// `owners` rule it changes, removes or moves, and for a rule it adds,
+/// changes or moves, the owners in force of every rule whose paths that
+/// one may share. A rule over paths nobody owned asks only the owners of
+/// fleet.kdl.
 pub fn rules_change_needs(in_force: &EnvRules, new: Option<&EnvRules>) -> Vec<Owners> {
     let owners = &in_force.owners;
     let Some(new) = new else {
@@ -454,13 +456,35 @@ pub fn rules_change_needs(in_force: &EnvRules, new: Option<&EnvRules>) -> Vec<Ow
         .into_iter()
         .cloned()
         .collect();
-    for rule in owners {
+    let mut ask = |rule: &Owners| {
+        if !out.iter().any(|o| o.pattern.value == rule.pattern.value) {
+            out.push(rule.clone());
+        }
+    };
+    // The last matching rule owns a path, so a rule's place matters: one
+    // removed, changed or moved asks its own owners in force.
+    for (i, rule) in owners.iter().enumerate() {
         let kept = new
             .owners
-            .iter()
-            .any(|n| n.pattern.value == rule.pattern.value && crate::owners::same_rule(n, rule));
-        if !kept && !out.iter().any(|o| o.pattern.value == rule.pattern.value) {
-            out.push(rule.clone());
+            .get(i)
+            .is_some_and(|n| crate::owners::same_rule(n, rule));
+        if !kept {
+            ask(rule);
+        }
+    }
+    // One added, changed or moved could take over paths: it asks the
+    // owners in force of every rule whose paths it may share.
+    for (i, rule) in new.owners.iter().enumerate() {
+        let kept = owners
+            .get(i)
+            .is_some_and(|o| crate::owners::same_rule(o, rule));
+        if kept {
+            continue;
+        }
+        for old in owners {
+            if gitfleet_schemas::owners::may_overlap(&old.pattern.value, &rule.pattern.value) {
+                ask(old);
+            }
         }
     }
     out
@@ -1070,5 +1094,46 @@ mod tests {
             .map(|o| o.pattern.value.as_str())
             .collect();
         assert_eq!(asked, ["fleet.kdl"]);
+    }
+
+    #[test]
+    fn a_rule_taking_over_owned_paths_asks_their_owners_in_force() {
+        // fleet.kdl is owned by nobody: only the owners of the paths
+        // taken can let mallory have them.
+        let alice = "owners \"configs/edge/**\" users=\"alice\"\n";
+        let m = model(&format!("{FLEET}{alice}"), ENVS);
+        let (_, rules) = start(&m);
+        for added in [
+            "owners \"configs/edge/tls/**\" users=\"mallory\"\n",
+            "owners \"configs/**\" users=\"mallory\"\n",
+        ] {
+            let taken = model(&format!("{FLEET}{alice}{added}"), ENVS);
+            let dev = changes(&rules, &taken)
+                .into_iter()
+                .find(|c| c.environment == "dev")
+                .unwrap();
+            let asked: Vec<&str> = dev
+                .owners
+                .iter()
+                .map(|o| o.pattern.value.as_str())
+                .collect();
+            assert_eq!(asked, ["configs/edge/**"], "{added}");
+        }
+        // Moving the rule (a new one first, so the old one now comes
+        // second) asks the owners of the rule moved.
+        let first = model(
+            &format!("{FLEET}owners \"nodes/**\" users=\"mallory\"\n{alice}"),
+            ENVS,
+        );
+        let dev = changes(&rules, &first)
+            .into_iter()
+            .find(|c| c.environment == "dev")
+            .unwrap();
+        let asked: Vec<&str> = dev
+            .owners
+            .iter()
+            .map(|o| o.pattern.value.as_str())
+            .collect();
+        assert_eq!(asked, ["configs/edge/**"]);
     }
 }

@@ -1210,6 +1210,65 @@ impl Mirror {
         })
     }
 
+    /// The commits after `from` up to `to` that change any of `paths`
+    /// (against their first parent; merges bring nothing of their own),
+    /// newest first; `None` when there are more than `limit`.
+    pub fn commits_touching(
+        &self,
+        from: &str,
+        to: &str,
+        paths: &[String],
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, GitError> {
+        let read_error = |source| GitError::Read {
+            url: self.remote.display_url(),
+            what: format!(
+                "the commits from {from} to {to} changing {}",
+                paths.join(", ")
+            ),
+            source,
+        };
+        let (Ok(from), Ok(to)) = (Oid::from_str(from), Oid::from_str(to)) else {
+            return Ok(None);
+        };
+        self.ensure_commit(from)?;
+        self.ensure_commit(to)?;
+        let repo = self.repo();
+        let walk = || -> Result<Option<Vec<String>>, git2::Error> {
+            let mut revwalk = repo.revwalk()?;
+            revwalk.push(to)?;
+            revwalk.hide(from)?;
+            let mut out = Vec::new();
+            for oid in revwalk {
+                let commit = repo.find_commit(oid?)?;
+                if commit.parent_count() > 1 {
+                    continue;
+                }
+                let old = match commit.parent(0) {
+                    Ok(p) => Some(p.tree()?),
+                    Err(_) => None,
+                };
+                let mut options = git2::DiffOptions::new();
+                for p in paths {
+                    options.pathspec(p);
+                }
+                let diff = repo.diff_tree_to_tree(
+                    old.as_ref(),
+                    Some(&commit.tree()?),
+                    Some(&mut options),
+                )?;
+                if diff.deltas().len() > 0 {
+                    if out.len() == limit {
+                        return Ok(None);
+                    }
+                    out.push(commit.id().to_string());
+                }
+            }
+            Ok(Some(out))
+        };
+        walk().map_err(read_error)
+    }
+
     /// Where `a` and `b` branched: their best common ancestor, if any.
     pub fn merge_base(&self, a: Oid, b: Oid) -> Result<Option<Oid>, GitError> {
         match self.repo().merge_base(a, b) {

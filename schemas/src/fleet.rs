@@ -389,7 +389,21 @@ impl FleetFile {
                 "template" => templates.extend(crate::rollout::decode_template(&mut d, node)),
                 "revoke" => revoked.extend(decode_revocation(&mut d, node)),
                 "group" => groups.extend(decode_group(&mut d, node)),
-                "owners" => owners.extend(crate::owners::decode_owners(&mut d, node)),
+                "owners" => {
+                    if let Some(o) = crate::owners::decode_owners(&mut d, node) {
+                        let same = |x: &crate::owners::Owners| x.pattern.value == o.pattern.value;
+                        if owners.iter().any(same) {
+                            d.error(
+                                o.pattern.span,
+                                "duplicate-owners",
+                                format!("owners `{}` is given more than once", o.pattern.value),
+                                Some("list every owner of those paths in one rule".to_owned()),
+                            );
+                        } else {
+                            owners.push(o);
+                        }
+                    }
+                }
                 "viewers" => {
                     let v = decode_access(&mut d, node);
                     d.once(&mut viewers, node, Some(v));

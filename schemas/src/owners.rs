@@ -79,6 +79,33 @@ pub fn glob_matches(pattern: &str, path: &str) -> bool {
     segments_match(&p, &s)
 }
 
+/// Whether two patterns may match a path in common. Conservative: true as
+/// soon as either reaches a wildcard with their literal segments alike so
+/// far; false only when a literal segment differs, or one is a file the
+/// other cannot reach.
+pub fn may_overlap(a: &str, b: &str) -> bool {
+    let norm = |p: &str| {
+        let p = p.trim_start_matches('/');
+        if p.ends_with('/') {
+            format!("{p}**")
+        } else {
+            p.to_owned()
+        }
+    };
+    let (a, b) = (norm(a), norm(b));
+    let wild = |seg: &str| seg.contains(['*', '?']);
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(s), None) | (None, Some(s)) => return s == "**",
+            (Some(s), Some(t)) if wild(s) || wild(t) => return true,
+            (Some(s), Some(t)) if s != t => return false,
+            _ => {}
+        }
+    }
+}
+
 fn segments_match(p: &[&str], s: &[&str]) -> bool {
     match p.split_first() {
         None => s.is_empty(),
@@ -207,6 +234,25 @@ mod tests {
         ];
         for (pattern, path, expected) in cases {
             assert_eq!(glob_matches(pattern, path), expected, "{pattern} ~ {path}");
+        }
+    }
+
+    #[test]
+    fn patterns_that_may_share_a_path_are_found() {
+        let cases = [
+            ("configs/edge/**", "configs/edge/tls/*.kdl", true),
+            ("configs/edge/**", "configs/edge/", true),
+            ("configs/**", "nodes/*.kdl", false),
+            ("**", "fleet.kdl", true),
+            ("fleet.kdl", "fleet.kdl", true),
+            ("fleet.kdl", "environments.kdl", false),
+            ("configs/edge", "configs/edge/a.kdl", false),
+            ("configs/*/tls.kdl", "configs/api/routes.kdl", true),
+            ("configs/edge/**", "configs/edge", true),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(may_overlap(a, b), expected, "{a} ~ {b}");
+            assert_eq!(may_overlap(b, a), expected, "{b} ~ {a}");
         }
     }
 

@@ -1087,3 +1087,103 @@ fn a_plan_preview_lists_the_owners_a_pull_request_needs_and_who_approved() {
         "fleet.kdl is not touched: {summary}"
     );
 }
+
+/// A review releases an owned change only when every commit that changed
+/// the owned paths since the last completed target came through a pull
+/// request an owner approved: an unreviewed commit before a reviewed pull
+/// request keeps the change waiting until its own pull request is
+/// approved by an owner too.
+#[test]
+fn an_owners_review_of_the_last_pull_request_does_not_cover_an_unreviewed_push_before_it() {
+    let github = FakeGitHub::start(TOKEN);
+    github.with(|s| {
+        s.teams
+            .insert("acme/gw".into(), ["dave".to_owned()].into_iter().collect());
+    });
+    let fleet = Fleet::with_environments(
+        "version 1\nenvironment \"dev\"\nenvironment \"staging\" { after \"dev\"; }\nenvironment \"prod\" { after \"staging\"; }\n",
+    );
+    let alice_key = fleet.path("alice.key");
+    let out = Command::new(bin("gitfleet"))
+        .args(["keygen", "--approver", "-o"])
+        .arg(&alice_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let alice_public = text(&out).0.trim().to_owned();
+    let fleet_kdl = fleet.work().join("fleet.kdl");
+    let mut fleet_text = std::fs::read_to_string(&fleet_kdl).unwrap();
+    fleet_text.push_str(&format!(
+        "approver \"alice\" key=\"{alice_public}\"\n{OWNED}"
+    ));
+    std::fs::write(&fleet_kdl, &fleet_text).unwrap();
+    git(&fleet.work(), &["commit", "-qam", "api-gateway is owned"]);
+    fleet.push();
+    fleet.reconcile(&github);
+    let first = state_in(&fleet, "api-gateway", "dev")
+        .unwrap()
+        .source_commit;
+
+    // What dev runs completed (no agent runs here: the state says so, as
+    // a reconciler would have written it).
+    let st = fleet.path("state-work");
+    git(
+        fleet.dir.path(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            "gitfleet/state",
+            "origin.git",
+            "state-work",
+        ],
+    );
+    let file = st.join("rollouts/api-gateway.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    state["environments"]["dev"]["phase"] = "complete".into();
+    std::fs::write(&file, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    git(&st, &["commit", "-qam", "dev completed"]);
+    git(&st, &["push", "-q", "origin", "gitfleet/state"]);
+
+    // An unreviewed push changes the owned config, then carol's pull
+    // request changes it again and dave, an owner, approves that one.
+    let unreviewed = fleet.change_config("pushed without review");
+    let reviewed = fleet.change_config("reviewed change");
+    fleet.push();
+    github.add_pull(Pull {
+        number: 9,
+        author: "carol".into(),
+        head: reviewed.clone(),
+        commits: vec![reviewed.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    github.review(9, "dave", "APPROVED", &reviewed);
+    fleet.reconcile(&github);
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.source_commit, reviewed);
+    assert_eq!(dev.changed_from.as_deref(), Some(first.as_str()));
+    assert_eq!(dev.phase, Phase::AwaitingApproval, "{dev:?}");
+    assert!(dev.reason.contains("awaiting owners"), "{}", dev.reason);
+    assert_ne!(unreviewed, reviewed);
+
+    // The push turns out to have come through pull request #8; once an
+    // owner approves that one too, reviews cover the whole change.
+    github.add_pull(Pull {
+        number: 8,
+        author: "carol".into(),
+        head: unreviewed.clone(),
+        commits: vec![unreviewed.clone()],
+        merged: true,
+        ..Pull::default()
+    });
+    github.review(8, "mallory", "APPROVED", &unreviewed);
+    fleet.reconcile(&github);
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.phase, Phase::AwaitingApproval, "mallory owns nothing");
+    github.review(8, "dave", "APPROVED", &unreviewed);
+    fleet.reconcile(&github);
+    let dev = state_in(&fleet, "api-gateway", "dev").unwrap();
+    assert_eq!(dev.phase, Phase::Progressing, "{dev:?}");
+}

@@ -127,11 +127,17 @@ fn sign_in(args: &ServeArgs) -> anyhow::Result<Option<crate::web::auth::SignIn>>
         Some(path) => crate::web::session::Sealer::from_file(path)?,
         None => crate::web::session::Sealer::random()?,
     };
-    if let Some(url) = &args.public_url {
-        anyhow::ensure!(
+    match &args.public_url {
+        Some(url) => anyhow::ensure!(
             url.starts_with("https://") || url.starts_with("http://"),
             "--public-url {url} is not an http(s) URL"
-        );
+        ),
+        // The listen address is what browsers reach only on loopback.
+        None => anyhow::ensure!(
+            args.listen.ip().is_loopback(),
+            "sign-in on {} needs --public-url: the URL people's browsers reach this server at (sign-in returns there, and writes must come from there)",
+            args.listen
+        ),
     }
     Ok(Some(crate::web::auth::SignIn::new(
         id.clone(),

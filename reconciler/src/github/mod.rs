@@ -520,40 +520,56 @@ impl GitHub {
     }
 
     /// For each `(environment, commit)` of `asks`, the owners rules among
-    /// those it asks that the reviews of the pull request that brought the
-    /// commit satisfy, with the owner whose approval counted: one approving
-    /// review of the head commit, not by the author, from one of the
-    /// rule's users or a member of its teams. An unreadable pull request or
-    /// membership counts as no approval (the change waits).
+    /// those it asks that reviews satisfy, with an owner whose approval
+    /// counted: for every commit the need lists, the merged pull request
+    /// that brought it has an approving review of its head, not by its
+    /// author, from one of the rule's users or a member of its teams. An
+    /// unreadable pull request or membership counts as no approval (the
+    /// change waits).
     pub async fn owner_reviews(
         &self,
-        asks: &BTreeMap<(String, String), Vec<gitfleet_schemas::owners::Owners>>,
+        asks: &BTreeMap<(String, String), Vec<gitfleet_policy::owners::Need>>,
     ) -> BTreeMap<(String, String), Vec<(String, String)>> {
         let mut pulls: HashMap<String, Option<PullRequest>> = HashMap::new();
         let mut members: Members = BTreeMap::new();
         let mut not_members: BTreeSet<(String, String)> = BTreeSet::new();
         let mut out: BTreeMap<(String, String), Vec<(String, String)>> = BTreeMap::new();
         for ((env, commit), needs) in asks {
-            if !pulls.contains_key(commit) {
-                let pull = self.pull_of(commit).await.unwrap_or_else(|e| {
-                    tracing::warn!(commit = %commit, error = %e, "cannot read reviews for owners");
-                    None
-                });
-                pulls.insert(commit.clone(), pull);
-            }
-            let Some(Some(pr)) = pulls.get(commit) else {
-                continue;
-            };
-            for owners in needs {
-                let rule = owners.as_approvals();
-                let (verdict, _) = self
-                    .judge(env, &rule, pr, &mut members, &mut not_members)
-                    .await;
-                if let Some(who) = verdict.counted.first() {
-                    tracing::info!(environment = %env, pull = pr.number, pattern = %owners.pattern.value, owner = %who, "owner approved by review");
+            for need in needs {
+                let Some(commits) = &need.commits else {
+                    continue;
+                };
+                let rule = need.rule.as_approvals();
+                let mut by = None;
+                for c in commits {
+                    if !pulls.contains_key(c) {
+                        let pull = self.pull_of(c).await.unwrap_or_else(|e| {
+                            tracing::warn!(commit = %c, error = %e, "cannot read reviews for owners");
+                            None
+                        });
+                        pulls.insert(c.clone(), pull);
+                    }
+                    let Some(Some(pr)) = pulls.get(c) else {
+                        tracing::debug!(commit = %c, pattern = %need.rule.pattern.value, "no merged pull request brought a commit owners must review");
+                        by = None;
+                        break;
+                    };
+                    let (verdict, _) = self
+                        .judge(env, &rule, pr, &mut members, &mut not_members)
+                        .await;
+                    match verdict.counted.first() {
+                        Some(who) => by = Some((pr.number, who.clone())),
+                        None => {
+                            by = None;
+                            break;
+                        }
+                    }
+                }
+                if let Some((pull, who)) = by {
+                    tracing::info!(environment = %env, commit = %commit, pull, pattern = %need.rule.pattern.value, owner = %who, "owner approved by review");
                     out.entry((env.clone(), commit.clone()))
                         .or_default()
-                        .push((owners.pattern.value.clone(), who.clone()));
+                        .push((need.rule.pattern.value.clone(), who));
                 }
             }
         }

@@ -5,11 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use gitfleet_policy::owners::{self, Hold};
+use gitfleet_policy::owners::{self, Hold, Need};
 use gitfleet_policy::rules::{Rules, RulesChange};
 use gitfleet_policy::FleetModel;
 use gitfleet_schemas::owners::Owners;
 use gitfleet_schemas::state::RolloutState;
+use gitfleet_schemas::RolloutTarget;
 
 use crate::git::{Mirror, StateFiles};
 use crate::github::GitHub;
@@ -18,14 +19,41 @@ use crate::github::GitHub;
 /// environment.
 pub type RolloutChange = (String, String, String);
 
+/// The most commits of one change whose pull requests are judged; past
+/// that, only a signed approval releases it.
+const MAX_REVIEWED_COMMITS: usize = 50;
+
 /// The paths changes touch, kept across passes: a change is diffed once.
 #[derive(Debug, Default)]
 pub struct Touched {
     /// (base, commit, input paths) -> the paths changed.
     paths: HashMap<(Option<String>, String, Vec<String>), Vec<String>>,
+    /// (commit, rollout) -> what the rollout file targeted there.
+    targets: HashMap<(String, String), Option<RolloutTarget>>,
 }
 
 impl Touched {
+    /// What `rollouts/<rollout>.kdl` targeted at `commit` (`None`: no such
+    /// file there, or not readable).
+    fn target_at(&mut self, mirror: &Mirror, commit: &str, rollout: &str) -> Option<RolloutTarget> {
+        let key = (commit.to_owned(), rollout.to_owned());
+        if let Some(t) = self.targets.get(&key) {
+            return t.clone();
+        }
+        let target = git2::Oid::from_str(commit)
+            .ok()
+            .and_then(|oid| mirror.blob_at(oid, &format!("rollouts/{rollout}.kdl")).ok())
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| gitfleet_schemas::RolloutFile::decode(&text).value)
+            .map(|f| f.target.value);
+        if self.targets.len() > 256 {
+            self.targets.clear();
+        }
+        self.targets.insert(key, target.clone());
+        target
+    }
+
     fn paths(
         &mut self,
         mirror: &Mirror,
@@ -57,7 +85,7 @@ pub fn rollout_asks(
     rules: &Rules,
     state: &BTreeMap<String, RolloutState>,
     wanted: &BTreeMap<String, String>,
-) -> BTreeMap<RolloutChange, Vec<Owners>> {
+) -> BTreeMap<RolloutChange, Vec<Need>> {
     let mut out = BTreeMap::new();
     for (rollout, commit) in wanted {
         let Some(spec) = model.rollouts.get(rollout) else {
@@ -77,18 +105,56 @@ pub fn rollout_asks(
                 Some(s) if s.source_commit == *commit => s.changed_from.clone(),
                 at => owners::change_base(at),
             };
-            let inputs = owners::input_paths(&spec.doc.target.value);
-            match touched.paths(mirror, base, commit, inputs) {
-                Ok(paths) => {
-                    let needs = owners::needed(&in_force.owners, paths.iter().map(String::as_str));
-                    out.insert(
-                        (rollout.clone(), env.to_owned(), commit.clone()),
-                        needs.into_iter().cloned().collect(),
-                    );
-                }
+            // A base where the rollout targeted something else (another
+            // config) says nothing of this one's files: all of them count.
+            let target = &spec.doc.target.value;
+            let base =
+                base.filter(|b| touched.target_at(mirror, b, rollout).as_ref() == Some(target));
+            let inputs = owners::input_paths(target);
+            let paths = match touched.paths(mirror, base.clone(), commit, inputs) {
+                Ok(paths) => paths.to_vec(),
                 Err(e) => {
-                    tracing::warn!(rollout = %rollout, environment = %env, commit = %commit, error = %e, "cannot read the paths a change touches; it waits for its owners")
+                    tracing::warn!(rollout = %rollout, environment = %env, commit = %commit, error = %e, "cannot read the paths a change touches; it waits for its owners");
+                    continue;
                 }
+            };
+            let mut needs = Vec::new();
+            let mut unread = false;
+            for rule in owners::needed(&in_force.owners, paths.iter().map(String::as_str)) {
+                // Every commit since the change began that changed the
+                // rule's paths needs an owner's review, not only the last.
+                let commits = match &base {
+                    None => Ok(Some(vec![commit.clone()])),
+                    Some(base) => {
+                        let owned: Vec<String> = paths
+                            .iter()
+                            .filter(|p| owners::owner_of(&in_force.owners, p) == Some(rule))
+                            .cloned()
+                            .collect();
+                        mirror.commits_touching(base, commit, &owned, MAX_REVIEWED_COMMITS)
+                    }
+                };
+                match commits {
+                    Ok(commits) => needs.push(Need {
+                        rule: rule.clone(),
+                        commits: commits.map(|c| {
+                            if c.is_empty() {
+                                vec![commit.clone()]
+                            } else {
+                                c
+                            }
+                        }),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(rollout = %rollout, environment = %env, commit = %commit, error = %e, "cannot read the commits a change brings; it waits for its owners");
+                        unread = true;
+                        break;
+                    }
+                }
+            }
+            // Left out when unread: the planner holds it.
+            if !unread {
+                out.insert((rollout.clone(), env.to_owned(), commit.clone()), needs);
             }
         }
     }
@@ -99,25 +165,30 @@ pub fn rollout_asks(
 pub fn rules_asks(
     changes: &[RulesChange],
     change_commit: &str,
-) -> BTreeMap<(String, String), Vec<Owners>> {
+) -> BTreeMap<(String, String), Vec<Need>> {
     changes
         .iter()
         .filter(|c| !c.owners.is_empty())
         .map(|c| {
-            (
-                (c.environment.clone(), change_commit.to_owned()),
-                c.owners.clone(),
-            )
+            let needs = c
+                .owners
+                .iter()
+                .map(|rule| Need {
+                    rule: rule.clone(),
+                    commits: Some(vec![change_commit.to_owned()]),
+                })
+                .collect();
+            ((c.environment.clone(), change_commit.to_owned()), needs)
         })
         .collect()
 }
 
 /// Judge `asks` (keyed by `(environment, commit)` and whatever else `K`
-/// carries) by the signed approvals of each commit among `state_files`
-/// (in any environment), verified under `rules`, and (with GitHub) the
+/// carries) by the signed approvals of each commit in its environment
+/// among `state_files`, verified under `rules`, and (with GitHub) the
 /// reviews of the pull request that brought each commit.
 pub async fn judge<K: Ord + Clone>(
-    asks: &BTreeMap<K, Vec<Owners>>,
+    asks: &BTreeMap<K, Vec<Need>>,
     env_commit: impl Fn(&K) -> (String, String),
     model: &FleetModel,
     rules: &Rules,
@@ -127,24 +198,40 @@ pub async fn judge<K: Ord + Clone>(
     if asks.is_empty() {
         return BTreeMap::new();
     }
-    // An owner approves a change, not an environment: a signed approval
-    // of the commit in any environment counts (each verified under the
-    // rules in force where it is stored).
-    let mut signed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for ((_, commit), names) in gitfleet_policy::approvals::count(model, rules, state_files).signed
-    {
-        signed.entry(commit).or_default().extend(names);
-    }
-    let mut by_pull: BTreeMap<(String, String), Vec<Owners>> = BTreeMap::new();
+    // A signed approval counts in the environment it is stored under,
+    // verified with the keys of the rules in force there: another
+    // environment's keys (a new one's, say, taken from the tip) never
+    // release this one's owners.
+    let signed = gitfleet_policy::approvals::count(model, rules, state_files).signed;
+    // One judgement per (environment, commit) and rule; rollouts asking
+    // the same rule there must all be covered.
+    let mut by_pull: BTreeMap<(String, String), Vec<Need>> = BTreeMap::new();
     for (k, needs) in asks {
         let slot = by_pull.entry(env_commit(k)).or_default();
         for n in needs {
-            if !slot.iter().any(|o| o.pattern.value == n.pattern.value) {
-                slot.push(n.clone());
+            match slot
+                .iter_mut()
+                .find(|o| o.rule.pattern.value == n.rule.pattern.value)
+            {
+                None => slot.push(n.clone()),
+                Some(o) => {
+                    o.commits = match (o.commits.take(), &n.commits) {
+                        (Some(mut a), Some(b)) => {
+                            a.extend(
+                                b.iter()
+                                    .filter(|c| !a.contains(c))
+                                    .cloned()
+                                    .collect::<Vec<_>>(),
+                            );
+                            Some(a)
+                        }
+                        _ => None,
+                    }
+                }
             }
         }
     }
-    by_pull.retain(|_, needs| !needs.is_empty());
+    by_pull.retain(|_, needs| needs.iter().any(|n| n.commits.is_some()));
     let reviewed = match github {
         Some(gh) if !by_pull.is_empty() => {
             let asked = gh.owner_reviews(&by_pull);
@@ -165,9 +252,10 @@ pub async fn judge<K: Ord + Clone>(
     asks.iter()
         .map(|(k, needs)| {
             let key = env_commit(k);
-            let signed = signed.get(&key.1).unwrap_or(&none);
+            let signed = signed.get(&key).unwrap_or(&none);
             let reviewed = reviewed.get(&key).map_or(&[][..], Vec::as_slice);
-            (k.clone(), Hold::judge(needs, signed, reviewed))
+            let rules: Vec<Owners> = needs.iter().map(|n| n.rule.clone()).collect();
+            (k.clone(), Hold::judge(&rules, signed, reviewed))
         })
         .collect()
 }

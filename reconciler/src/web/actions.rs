@@ -46,7 +46,7 @@ pub enum ActionError {
     NoRollout(String),
     #[error("the edit would leave the fleet repo with errors: {0}")]
     Check(String),
-    #[error("the spec branch kept moving; try again")]
+    #[error("the spec branch kept moving while committing {TRIES} times; try again")]
     Busy,
     #[error(transparent)]
     Git(#[from] GitError),
@@ -107,7 +107,13 @@ impl Actions {
             let changes = BTreeMap::from([(path.clone(), Some(edited.into_bytes()))]);
             match mirror.commit_to_spec(heads.branch, &changes, &message, &author) {
                 Ok(made) => return Ok(made),
-                Err(GitError::Rejected { .. }) => continue,
+                // The branch moved under us: read it again. Any other
+                // refusal (protection, a hook) is the answer.
+                Err(GitError::Rejected { status, .. })
+                    if status.starts_with("non-fast-forward") =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -39,7 +39,7 @@ pub struct SignIn {
 }
 
 /// What a page knows of who asks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Viewer {
     pub login: String,
     pub role: Role,
@@ -47,6 +47,15 @@ pub struct Viewer {
     pub csrf: String,
     /// Their OAuth token (approving reviews in their name).
     pub token: String,
+}
+
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("login", &self.login)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -137,12 +146,12 @@ impl SignIn {
         self.cookie(session::FLASH_COOKIE, &sealed, "/", 60)
     }
 
-    /// What the flash cookie says, and the header that clears it.
-    pub fn take_flash(&self, headers: &HeaderMap) -> Option<(String, HeaderValue)> {
+    /// What the flash cookie says. It is not cleared: it lives a minute,
+    /// so the page's live updates keep saying it.
+    pub fn flash(&self, headers: &HeaderMap) -> Option<String> {
         let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
         let sealed = session::cookie(cookies, session::FLASH_COOKIE)?;
-        let text: String = self.sealer.open(session::FLASH_COOKIE, sealed)?;
-        Some((text, self.cookie(session::FLASH_COOKIE, "", "/", 0)))
+        self.sealer.open(session::FLASH_COOKIE, sealed)
     }
 
     /// Whether a write comes from these pages: an `Origin` (or, without
@@ -303,13 +312,14 @@ impl SignIn {
 
 async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, String> {
     let status = resp.status();
+    let url = resp.url().path().to_owned();
     let bytes = resp
         .bytes()
         .await
         .map_err(|e| format!("reading GitHub's answer: {e}"))?;
     if !status.is_success() {
         return Err(format!(
-            "GitHub answered {status}: {}",
+            "GitHub answered {status} to {url}: {}",
             String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
         ));
     }
@@ -337,7 +347,10 @@ fn open_path(path: &str) -> bool {
 
 /// Only paths of this server: `/x`, never `//host` or a full URL.
 fn local_path(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    // Browsers drop tabs and newlines from a Location before following it
+    // (`/\t/evil` is `//evil`): no control character, no backslash.
+    let plain = !next.contains('\\') && !next.chars().any(char::is_control);
+    if plain && next.starts_with('/') && !next.starts_with("//") {
         next
     } else {
         "/"
@@ -425,7 +438,9 @@ pub async fn login(State(s): State<Arc<AppState>>, Query(q): Query<LoginQuery>) 
         ("client_id", sign_in.client_id.as_str()),
         ("redirect_uri", redirect.as_str()),
         ("state", state.as_str()),
-        ("scope", "read:org"),
+        // Team memberships, and reviews in the person's name (`repo`
+        // covers private fleet repos; approve needs it).
+        ("scope", "read:org repo"),
     ];
     if let Some(l) = q.login.as_deref() {
         params.push(("login", l));
@@ -613,7 +628,14 @@ mod tests {
     #[test]
     fn only_local_paths_are_followed_after_sign_in() {
         assert_eq!(local_path("/rollouts/edge?x=1"), "/rollouts/edge?x=1");
-        for bad in ["//evil.example", "https://evil.example/", "evil", "/\\evil"] {
+        for bad in [
+            "//evil.example",
+            "https://evil.example/",
+            "evil",
+            "/\\evil",
+            "/\t/evil.example",
+            "/\n/evil.example",
+        ] {
             assert_eq!(local_path(bad), "/", "{bad}");
         }
     }

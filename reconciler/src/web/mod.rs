@@ -474,8 +474,8 @@ async fn rollout(
             .and_then(|io| io.timeline.as_ref())
             .map(|t| Arc::clone(&t.borrow()))
             .unwrap_or_default();
-    // What an action just did, said once.
-    let flash = s.sign_in.as_ref().and_then(|si| si.take_flash(&headers));
+    // What an action just did, for a minute.
+    let flash = s.sign_in.as_ref().and_then(|si| si.flash(&headers));
     let mut resp = respond(
         q.fragment.is_some(),
         &name,
@@ -485,11 +485,15 @@ async fn rollout(
             &name,
             &timeline,
             viewer.as_ref().map(|v| &v.0),
-            flash.as_ref().map(|(text, _)| text.as_str()),
+            flash.as_deref(),
         ),
     );
-    if let Some((_, clear)) = flash {
-        resp.headers_mut().append(header::SET_COOKIE, clear);
+    if viewer.is_some() {
+        // The page carries the session's CSRF token: never from a cache.
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
     }
     resp
 }

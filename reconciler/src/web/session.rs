@@ -12,7 +12,7 @@ use sha2::Digest as _;
 pub const COOKIE: &str = "gitfleet_session";
 /// The cookie that carries a sign-in under way (its OAuth `state`).
 pub const STATE_COOKIE: &str = "gitfleet_oauth";
-/// The cookie that carries what an action just did to the page after it.
+/// The cookie that carries what an action just did to the pages after it.
 pub const FLASH_COOKIE: &str = "gitfleet_flash";
 /// How long a session lasts.
 pub const SESSION_SECONDS: i64 = 12 * 3600;
@@ -20,7 +20,7 @@ pub const SESSION_SECONDS: i64 = 12 * 3600;
 pub const STATE_SECONDS: i64 = 600;
 
 /// Who is signed in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Session {
     pub login: String,
@@ -33,6 +33,17 @@ pub struct Session {
     pub csrf: String,
     /// Unix seconds after which the session is void.
     pub expires: i64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token or the CSRF secret.
+        f.debug_struct("Session")
+            .field("login", &self.login)
+            .field("teams", &self.teams)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A sign-in under way: the OAuth `state` GitHub hands back, and where to
