@@ -9,7 +9,7 @@ use crate::git::Mirror;
 use crate::pass::Reconciler;
 
 /// What a reconciler needs: the repo, the store, its key and its name.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ReconcilerArgs {
     #[command(flatten)]
     pub git: GitArgs,
@@ -17,8 +17,9 @@ pub struct ReconcilerArgs {
     #[arg(long, env = "GITFLEET_STORE")]
     pub store: Option<String>,
     /// The online key file that signs channel manifests (gitfleet keygen --online).
+    /// (Required, but for `serve --fleets`, whose file names each fleet's.)
     #[arg(long, env = "GITFLEET_ONLINE_KEY")]
-    pub online_key: std::path::PathBuf,
+    pub online_key: Option<std::path::PathBuf>,
     /// Where the local mirror of the repo is kept.
     #[arg(long, env = "GITFLEET_CACHE", default_value = ".gitfleet/mirror")]
     pub cache: std::path::PathBuf,
@@ -36,8 +37,12 @@ pub struct ReconcilerArgs {
 impl ReconcilerArgs {
     /// The reconciler these arguments describe (the mirror cloned if new).
     pub fn open(&self) -> anyhow::Result<Reconciler> {
+        let path = self
+            .online_key
+            .as_ref()
+            .context("--online-key is required: the key file that signs channel manifests (gitfleet keygen --online)")?;
         let online = crate::keys::load(
-            &self.online_key,
+            path,
             gitfleet_schemas::keyfile::KeyRole::Online,
             "signing channel manifests",
         )?;
@@ -63,7 +68,7 @@ impl ReconcilerArgs {
 }
 
 /// Where the fleet repo is and how to reach it.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct GitArgs {
     /// The fleet repo: a path, file://, http(s)://, ssh:// or git:// URL.
     #[arg(long, env = "GITFLEET_REPO", default_value = ".")]

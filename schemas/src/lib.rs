@@ -15,6 +15,7 @@ mod digest;
 pub mod environments;
 pub mod events;
 pub mod fleet;
+pub mod fleets;
 pub mod keyfile;
 pub mod keys;
 pub mod mesh;

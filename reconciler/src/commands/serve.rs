@@ -104,6 +104,14 @@ pub struct ServeArgs {
     /// this process.
     #[arg(long, env = "GITFLEET_SESSION_KEY_FILE", value_name = "FILE")]
     session_key_file: Option<std::path::PathBuf>,
+    /// Serve several fleets, as this file lists them (see the
+    /// gitfleet_schemas::fleets format in the README): each with its own
+    /// repo, store, keys, lease, state branch and passes, at
+    /// /fleets/<name>/; the pages switch between them and /metrics labels
+    /// each series with its fleet. The command line's repo, store, key
+    /// and webhook secret are then not used.
+    #[arg(long, env = "GITFLEET_FLEETS", value_name = "FILE")]
+    fleets: Option<std::path::PathBuf>,
     /// A node whose last report is older than this is stale.
     #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
     stale_after: std::time::Duration,
@@ -149,6 +157,182 @@ fn sign_in(args: &ServeArgs) -> anyhow::Result<Option<crate::web::auth::SignIn>>
     )))
 }
 
+/// One fleet to serve: its reconciler's settings and webhook secret.
+struct FleetSetup {
+    /// `None` for the one fleet of the command line.
+    name: Option<String>,
+    reconciler: ReconcilerArgs,
+    webhook_secret_file: Option<std::path::PathBuf>,
+}
+
+/// A fleet being served: its pages' state and its passes' thread.
+struct Started {
+    name: String,
+    state: Arc<AppState>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// The fleets `path` lists, each with what the command line gives all
+/// (git credentials, GitHub's API, the holder, the interval); paths in
+/// the file are relative to it, and a fleet's cache defaults to
+/// `<--cache>/<name>`.
+fn read_fleets(path: &std::path::Path, base: &ReconcilerArgs) -> anyhow::Result<Vec<FleetSetup>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the fleets file {}", path.display()))?;
+    let decoded = gitfleet_schemas::fleets::FleetsFile::decode(&text);
+    if let Some(e) = decoded.errors.first() {
+        let line = text[..e.span.start.min(text.len())].lines().count().max(1);
+        anyhow::bail!(
+            "{}:{line}: {}{}",
+            path.display(),
+            e.message,
+            e.help
+                .as_ref()
+                .map_or(String::new(), |h| format!(" (help: {h})"))
+        );
+    }
+    let file = decoded.value.context("the fleets file names no fleet")?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let at = |p: &str| dir.join(p);
+    Ok(file
+        .fleets
+        .into_iter()
+        .map(|e| {
+            let name = e.name.value.clone();
+            let mut r = base.clone();
+            r.git.repo = e.repo.value.clone();
+            r.git.branch = e.branch.map_or_else(|| "main".to_owned(), |b| b.value);
+            r.git.state_branch = e.state_branch.map(|b| b.value);
+            r.store = e.store.map(|s| s.value);
+            r.online_key = Some(at(&e.online_key.value));
+            r.cache = e
+                .cache
+                .map_or_else(|| base.cache.join(&name), |c| at(&c.value));
+            r.github.github_repo = e.github_repo.map(|g| g.value);
+            if let Some(t) = e.github_token_file {
+                r.github.github_token_file = Some(at(&t.value));
+            }
+            FleetSetup {
+                name: Some(name),
+                reconciler: r,
+                webhook_secret_file: e.webhook_secret_file.map(|w| at(&w.value)),
+            }
+        })
+        .collect())
+}
+
+fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the webhook secret {}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "webhook secret file {} is empty",
+        path.display()
+    );
+    Ok(secret.as_bytes().to_vec())
+}
+
+/// Start one fleet: its pages' state, and a thread for its passes. The
+/// one fleet of the command line must open (or serve fails); one of
+/// several that cannot (its repo unreachable, say) is tried again every
+/// interval by its own thread, its pages saying why, and never holds the
+/// others up.
+fn start_fleet(
+    setup: FleetSetup,
+    sign_in: Option<Arc<crate::web::auth::SignIn>>,
+    stale_after: chrono::Duration,
+    several: bool,
+) -> anyhow::Result<Started> {
+    let name = setup.name.clone().unwrap_or_else(|| "fleet".to_owned());
+    let secret = setup
+        .webhook_secret_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
+    let watcher = setup.reconciler.watch(trigger_tx.clone());
+    let mut state = AppState::new(secret, trigger_tx, stale_after, None);
+    if let Some(sign_in) = sign_in {
+        // The buttons commit through a mirror of their own.
+        let cache = setup.reconciler.cache.with_extension("actions");
+        match crate::setup::open_mirror(&setup.reconciler.git, &cache) {
+            Ok(mirror) => {
+                state.actions = Some(crate::web::actions::Actions::new(
+                    mirror,
+                    setup.reconciler.github.github_repo.clone(),
+                ))
+            }
+            Err(e) if several => {
+                tracing::error!(fleet = %name, error = %format!("{e:#}"), "cannot open the mirror the pages' actions commit through; the buttons of this fleet are off")
+            }
+            Err(e) => return Err(e.context("opening the mirror the pages' actions commit through")),
+        }
+        state.sign_in = Some(sign_in);
+    }
+    let state = Arc::new(state);
+    let first = if several {
+        None
+    } else {
+        Some(setup.reconciler.open()?)
+    };
+    let stop_rx = state.shutdown.subscribe();
+    let passes_state = Arc::clone(&state);
+    let args = setup.reconciler;
+    let fleet = name.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("fleet-{name}"))
+        .spawn(move || -> anyhow::Result<()> {
+            let mut reconciler = match first {
+                Some(r) => r,
+                None => loop {
+                    match args.open() {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            let why = format!("{e:#}");
+                            tracing::error!(fleet = %fleet, error = %why, "cannot open the fleet; trying again");
+                            passes_state.open_failed(format!("cannot open the fleet: {why}"));
+                            let mut stop = stop_rx.clone();
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()?;
+                            let stopped = rt.block_on(async {
+                                tokio::time::timeout(args.interval, stop.wait_for(|s| *s))
+                                    .await
+                                    .is_ok()
+                            });
+                            if stopped {
+                                return Ok(());
+                            }
+                        }
+                    }
+                },
+            };
+            reconciler.notifier.stale_after = stale_after;
+            passes_state.set_io(Io::of(&mut reconciler));
+            let recorder = Arc::clone(&passes_state);
+            let passes = pass::spawn_passes(
+                reconciler,
+                args.interval,
+                trigger_rx,
+                stop_rx,
+                move |result, took| recorder.record(result, took),
+            )?;
+            match passes.join() {
+                Ok(result) => result,
+                Err(_) => anyhow::bail!("the passes of {fleet} panicked"),
+            }
+        })
+        .context("starting a fleet's thread")?;
+    Ok(Started {
+        name,
+        state,
+        thread,
+        _watcher: watcher,
+    })
+}
+
 /// How long requests may take to finish once stopping.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -160,88 +344,76 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
-    let sign_in = sign_in(args)?;
+    let sign_in = sign_in(args)?.map(Arc::new);
     let certs = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(
             CertFiles::open(cert, key).context("loading the TLS certificate")?,
         )),
         _ => None,
     };
-    let secret = match &args.webhook_secret_file {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the webhook secret {}", path.display()))?;
-            let secret = text.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(
-                !secret.is_empty(),
-                "webhook secret file {} is empty",
-                path.display()
-            );
-            Some(secret.as_bytes().to_vec())
-        }
-    };
     let stale_after =
         chrono::Duration::from_std(args.stale_after).context("--stale-after is too long")?;
-    let mut reconciler = args.reconciler.open()?;
-    reconciler.notifier.stale_after = stale_after;
-    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
-    let _watcher = args.reconciler.watch(trigger_tx.clone());
-    let io = Io::of(&mut reconciler);
-    let mut state = AppState::new(secret, trigger_tx, stale_after, Some(io));
-    if let Some(sign_in) = sign_in {
-        // The buttons commit through a mirror of their own.
-        let cache = args.reconciler.cache.with_extension("actions");
-        let mirror = crate::setup::open_mirror(&args.reconciler.git, &cache)
-            .context("opening the mirror the pages' actions commit through")?;
-        state.actions = Some(crate::web::actions::Actions::new(
-            mirror,
-            args.reconciler.github.github_repo.clone(),
-        ));
-        state.sign_in = Some(sign_in);
+    let fleets = match &args.fleets {
+        None => vec![FleetSetup {
+            name: None,
+            reconciler: args.reconciler.clone(),
+            webhook_secret_file: args.webhook_secret_file.clone(),
+        }],
+        Some(path) => read_fleets(path, &args.reconciler)?,
+    };
+    let several = args.fleets.is_some();
+    let mut started = Vec::new();
+    for setup in fleets {
+        started.push(start_fleet(setup, sign_in.clone(), stale_after, several)?);
     }
-    let state = Arc::new(state);
-    let stop_rx = state.shutdown.subscribe();
-
-    let interval = args.reconciler.interval;
-    let passes_state = Arc::clone(&state);
-    let reconciler_thread = pass::spawn_passes(
-        reconciler,
-        interval,
-        trigger_rx,
-        stop_rx,
-        move |result, took| {
-            passes_state.record(result, took);
-        },
-    )?;
+    if several {
+        crate::web::page::set_fleets(started.iter().map(|f| f.name.clone()).collect());
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let stop = tokio::sync::watch::Sender::new(false);
     let served = runtime.block_on(async {
         let listener = listen(args.listen).await?;
         let scheme = if certs.is_some() { "https" } else { "http" };
         let here = format!("{scheme}://{}", listener.local_addr()?);
-        if let Some(sign_in) = &state.sign_in {
+        if let Some(sign_in) = &sign_in {
             sign_in.default_public_url(here.clone());
         }
         println!("serving {here}/ (Ctrl-C stops)");
-        // One signal stops the passes, ends the event streams and drains
-        // the other requests, for at most DRAIN.
-        let shutdown = Arc::clone(&state);
+        for f in started.iter().filter(|_| several) {
+            println!("fleet {} at {here}/fleets/{}/", f.name, f.name);
+        }
+        // One signal stops every fleet's passes, ends the event streams
+        // and drains the other requests, for at most DRAIN.
+        let states: Vec<Arc<AppState>> = started.iter().map(|f| Arc::clone(&f.state)).collect();
+        let stopper = stop.clone();
         tokio::spawn(async move {
             gitfleet_io::signals::shutdown().await;
             tracing::info!("stopping");
-            shutdown.shutdown.send_replace(true);
+            stopper.send_replace(true);
+            for s in states {
+                s.shutdown.send_replace(true);
+            }
         });
-        let mut stopped = state.shutdown.subscribe();
-        let mut drained = state.shutdown.subscribe();
+        let mut stopped = stop.subscribe();
+        let mut drained = stop.subscribe();
         let stopping = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let app = router(Arc::clone(&state));
+        let app = if several {
+            crate::web::fleets::router(
+                started
+                    .iter()
+                    .map(|f| (f.name.clone(), Arc::clone(&f.state)))
+                    .collect(),
+            )
+        } else {
+            router(Arc::clone(&started[0].state))
+        };
         let server = async move {
             match certs {
                 None => {
@@ -266,10 +438,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    state.shutdown.send_replace(true);
-    match reconciler_thread.join() {
-        Ok(result) => result?,
-        Err(_) => anyhow::bail!("the reconciler thread panicked"),
+    for f in &started {
+        f.state.shutdown.send_replace(true);
+    }
+    for f in started {
+        match f.thread.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("the reconciler thread of {} panicked", f.name),
+        }
     }
     served?;
     println!("stopped");

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::git::{Author, Mirror};
 
 /// How to reach GitHub. Without `--github-repo`, nothing here runs.
-#[derive(Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct GitHubArgs {
     /// The fleet repo on GitHub, `owner/name`: approvals come from its
     /// pull request reviews, and commit statuses go to it.

@@ -57,16 +57,26 @@ pub fn digest_of(part: &str) -> Result<String, BundleError> {
 /// Bundles read from the store, verified, the last few kept.
 #[derive(Debug)]
 pub struct Bundles {
-    store: Option<Store>,
+    /// Set once the fleet is open.
+    store: std::sync::OnceLock<Store>,
     kept: Mutex<VecDeque<Arc<Verified<Bundle>>>>,
 }
 
 impl Bundles {
     pub fn new(store: Option<Store>) -> Self {
+        let cell = std::sync::OnceLock::new();
+        if let Some(store) = store {
+            let _ = cell.set(store);
+        }
         Bundles {
-            store,
+            store: cell,
             kept: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// The store, once the fleet it belongs to is open.
+    pub fn set_store(&self, store: Store) {
+        let _ = self.store.set(store);
     }
 
     /// The verified bundle `digest` names.
@@ -80,7 +90,7 @@ impl Bundles {
         };
         let store = self
             .store
-            .as_ref()
+            .get()
             .ok_or_else(|| store_error("no object store".to_owned()))?;
         let mut reference = BundleRef {
             digest: digest.to_owned(),

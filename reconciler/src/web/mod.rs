@@ -31,6 +31,7 @@ pub mod actions;
 pub mod auth;
 pub mod bundle_page;
 mod chart;
+pub mod fleets;
 pub mod html;
 pub mod page;
 pub mod session;
@@ -166,7 +167,8 @@ pub struct AppState {
     pub stale_after: chrono::Duration,
     /// Bundles for the bundle pages, read from the store and verified.
     pub bundles: Bundles,
-    pub io: Option<Io>,
+    /// The fleet's IO, once it is open.
+    pub io: std::sync::OnceLock<Io>,
     /// Turns true once: the server is stopping.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// When this process started serving (a stall before the first pass
@@ -176,7 +178,7 @@ pub struct AppState {
     /// events, so a page shown again costs a conditional GET.
     node_events: std::sync::Mutex<HashMap<String, (gitfleet_io::store::ETag, Vec<NodeEvent>)>>,
     /// Sign-in on the pages, when set up; without it they are read-only.
-    pub sign_in: Option<auth::SignIn>,
+    pub sign_in: Option<Arc<auth::SignIn>>,
     /// What the buttons commit through (with sign-in).
     pub actions: Option<actions::Actions>,
 }
@@ -198,13 +200,36 @@ impl AppState {
             counters: Counters::default(),
             stale_after,
             bundles: Bundles::new(io.as_ref().map(|io| io.store.clone())),
-            io,
+            io: {
+                let cell = std::sync::OnceLock::new();
+                if let Some(io) = io {
+                    let _ = cell.set(io);
+                }
+                cell
+            },
             shutdown: tokio::sync::watch::Sender::new(false),
             started: Utc::now(),
             node_events: Default::default(),
             sign_in: None,
             actions: None,
         }
+    }
+
+    /// The fleet's IO, once it is open (a fleet that could not be opened
+    /// at start is opened by its own thread later).
+    pub fn set_io(&self, io: Io) {
+        self.bundles.set_store(io.store.clone());
+        let _ = self.io.set(io);
+    }
+
+    /// A pass that could not run because the fleet could not be opened.
+    pub fn open_failed(&self, error: String) {
+        self.counters.passes_failed.fetch_add(1, Ordering::Relaxed);
+        self.snapshot.send_modify(|s| {
+            s.passes += 1;
+            s.at = Some(Utc::now());
+            s.error = Some(error);
+        });
     }
 
     /// fleet.kdl as the last pass read it: whom the roles name.
@@ -228,7 +253,7 @@ impl AppState {
         node: &str,
         now: DateTime<Utc>,
     ) -> Option<Result<Vec<NodeEvent>, String>> {
-        let io = self.io.as_ref()?;
+        let io = self.io.get()?;
         let key = {
             let snap = self.snapshot.borrow();
             let observed = snap.observed.as_ref()?;
@@ -470,7 +495,7 @@ async fn rollout(
         return not_found(&v.fleet, "rollout with state", &name);
     }
     let timeline =
-        s.io.as_ref()
+        s.io.get()
             .and_then(|io| io.timeline.as_ref())
             .map(|t| Arc::clone(&t.borrow()))
             .unwrap_or_default();
@@ -683,7 +708,7 @@ async fn take_report(
 }
 
 fn judge_report(s: &AppState, node: &str, body: &[u8]) -> (&'static str, StatusCode, String) {
-    let Some(live) = s.io.as_ref().map(|io| Arc::clone(&io.live)) else {
+    let Some(live) = s.io.get().map(|io| Arc::clone(&io.live)) else {
         return not_taking();
     };
     // What judging needs, copied out: a report a second per 1,000 nodes
@@ -773,7 +798,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 
 /// The exposition. Labels are bounded: environments and rollouts come from
 /// the repo, phases and health states from fixed sets; no node ids.
-fn render_metrics(s: &AppState) -> String {
+pub(crate) fn render_metrics(s: &AppState) -> String {
     let mut out = String::new();
     let c = &s.counters;
     family(
@@ -860,7 +885,7 @@ fn render_metrics(s: &AppState) -> String {
             &format!("phase=\"{phase}\""),
         );
     }
-    if let Some(io) = &s.io {
+    if let Some(io) = s.io.get() {
         family(
             &mut out,
             "gitfleet_store_request_seconds",

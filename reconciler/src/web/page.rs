@@ -37,16 +37,43 @@ es.addEventListener('pass',async()=>{const f=document.activeElement;if(f&&f.clos
 const u=new URL(location.href);u.searchParams.set('fragment','1');\
 const r=await fetch(u);if(r.ok){document.querySelector('main').innerHTML=await r.text();}});";
 
+/// The fleets this server serves, when it serves several: the header
+/// links to each.
+static FLEETS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Name the fleets served (`serve --fleets`), for the switcher.
+pub fn set_fleets(names: Vec<String>) {
+    let _ = FLEETS.set(names);
+}
+
+fn switcher() -> String {
+    let Some(names) = FLEETS.get().filter(|n| n.len() > 1) else {
+        return String::new();
+    };
+    let mut out = String::from("<span class=fleets>Fleet:");
+    for n in names {
+        let _ = write!(
+            out,
+            " <a href=\"/select-fleet/{}\">{}</a>",
+            url_part(n),
+            esc(n)
+        );
+    }
+    out.push_str(" · <a href=\"/fleets\">all</a></span>");
+    out
+}
+
 /// A whole page around `body`.
 pub fn layout(title: &str, fleet: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>{} · gitfleet</title>\
 <style>{STYLE}</style></head><body><header><strong>gitfleet · {}</strong>\
 <a href=\"/\">Overview</a><a href=\"/nodes\">Nodes</a><a href=\"/rollouts\">Rollouts</a><a href=\"/meshes\">Meshes</a><a href=\"/bundles\">Bundles</a>\
-<a href=\"/api/status\">JSON</a><a href=\"/metrics\">Metrics</a></header>\
+<a href=\"/api/status\">JSON</a><a href=\"/metrics\">Metrics</a>{}</header>\
 <main>{body}</main><script>{SCRIPT}</script></body></html>",
         esc(title),
-        esc(fleet)
+        esc(fleet),
+        switcher()
     )
 }
 
