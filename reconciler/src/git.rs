@@ -1211,8 +1211,8 @@ impl Mirror {
     }
 
     /// The commits after `from` up to `to` that change any of `paths`
-    /// (against their first parent; merges bring nothing of their own),
-    /// newest first; `None` when there are more than `limit`.
+    /// (against their first parent, merges too), newest first; `None` when
+    /// there are more than `limit`.
     pub fn commits_touching(
         &self,
         from: &str,
@@ -1241,9 +1241,9 @@ impl Mirror {
             let mut out = Vec::new();
             for oid in revwalk {
                 let commit = repo.find_commit(oid?)?;
-                if commit.parent_count() > 1 {
-                    continue;
-                }
+                // A merge counts when it changes the paths against its
+                // first parent: whatever it brings (its pull request's
+                // commits, or edits of its own) needs its review too.
                 let old = match commit.parent(0) {
                     Ok(p) => Some(p.tree()?),
                     Err(_) => None,

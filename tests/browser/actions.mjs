@@ -15,45 +15,13 @@
 // Prints "commit <sha>" for the commit the pause button made. Exits
 // non-zero with a message on the first check that fails.
 
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { check, need, readyThenUrl, shot } from "./common.mjs";
 
-const artifacts = need("GITFLEET_ARTIFACTS");
 const rollout = need("GITFLEET_ROLLOUT");
 const viewer = need("GITFLEET_VIEWER");
 const operator = need("GITFLEET_OPERATOR");
 const [approveRollout, approveEnv] = need("GITFLEET_APPROVE").split(":");
-mkdirSync(artifacts, { recursive: true });
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
-
-function check(ok, what) {
-  if (!ok) throw new Error(`check failed: ${what}`);
-  console.log(`ok: ${what}`);
-}
-
-async function readyThenUrl() {
-  console.log("browser ready");
-  let text = "";
-  for await (const chunk of process.stdin) {
-    text += chunk;
-    if (text.includes("\n")) break;
-  }
-  const line = text.split("\n")[0].trim();
-  if (!line) throw new Error("no base URL on stdin");
-  return line;
-}
-
-async function shot(page, name) {
-  const path = join(artifacts, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
-  console.log(`screenshot: ${path}`);
-}
 
 const browser = await chromium.launch({
   executablePath: need("GITFLEET_CHROMIUM"),

@@ -13,45 +13,12 @@
 //
 // Exits non-zero with a message on the first check that fails.
 
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { check, need, readyThenUrl, shot } from "./common.mjs";
 
 const url = need("GITFLEET_URL");
-const artifacts = need("GITFLEET_ARTIFACTS");
 const nodes = Number(need("GITFLEET_NODES"));
 const peerNode = need("GITFLEET_PEER_NODE");
-mkdirSync(artifacts, { recursive: true });
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
-
-function check(ok, what) {
-  if (!ok) throw new Error(`check failed: ${what}`);
-  console.log(`ok: ${what}`);
-}
-
-// Say the browser is up, then take the base URL from the first line on stdin.
-async function readyThenUrl() {
-  console.log("browser ready");
-  let text = "";
-  for await (const chunk of process.stdin) {
-    text += chunk;
-    if (text.includes("\n")) break;
-  }
-  const line = text.split("\n")[0].trim();
-  if (!line) throw new Error("no base URL on stdin");
-  return line;
-}
-
-async function shot(page, name) {
-  const path = join(artifacts, `${name}.png`);
-  await page.screenshot({ path, fullPage: true });
-  console.log(`screenshot: ${path}`);
-}
 
 // The counts on the overview's cards.
 async function cards(page) {

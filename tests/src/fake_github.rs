@@ -305,7 +305,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Whether the request carries the token (`Bearer` or `token`); records it.
+/// Whether the request carries the token, or a person's token from the
+/// OAuth flow; records it.
 fn authorized(shared: &Shared, headers: &HeaderMap, what: String) -> bool {
     shared
         .state
@@ -313,28 +314,23 @@ fn authorized(shared: &Shared, headers: &HeaderMap, what: String) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .requests
         .push(what);
-    let given = headers
+    bearer(headers) == Some(shared.token.as_str()) || user_of(shared, headers).is_some()
+}
+
+/// The token an `Authorization` header carries (`Bearer` or `token`).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("token "))
-        });
-    let Some(given) = given else {
-        return false;
-    };
-    given == shared.token.as_str() || user_of(shared, headers).is_some()
+        })
 }
 
 /// The person a user token (from the OAuth flow) belongs to.
 fn user_of(shared: &Shared, headers: &HeaderMap) -> Option<String> {
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("token "))
-        })?;
+    let given = bearer(headers)?;
     let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
     state.user_tokens.get(given).cloned()
 }

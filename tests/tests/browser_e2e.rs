@@ -21,49 +21,17 @@ fn chromium() -> PathBuf {
 
 #[test]
 fn the_status_pages_update_live_in_a_browser() {
-    let browser = chromium();
-    let scripts = workspace().join("tests/browser");
-    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-        .join("browser-artifacts");
-    let _ = std::fs::remove_dir_all(&artifacts);
-
+    let artifacts = artifacts("status");
     // The browser first: its cold launch on a fresh machine can outlast
     // the rollouts the pages must catch in progress.
-    let mut node = Reaped(
-        Command::new("node")
-            .arg(scripts.join("status.mjs"))
-            .current_dir(&scripts)
-            .env("GITFLEET_URL", "-")
-            .env("GITFLEET_CHROMIUM", &browser)
-            .env("GITFLEET_ARTIFACTS", &artifacts)
-            .env("GITFLEET_NODES", "11")
-            .env("GITFLEET_PEER_NODE", "edge-dev-fra-1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running node: {e}; {}",
-                    gitfleet_io::tools::missing_message()
-                )
-            }),
+    let (mut node, stdout, printed) = start_browser(
+        "status.mjs",
+        &artifacts,
+        &[
+            ("GITFLEET_NODES", "11"),
+            ("GITFLEET_PEER_NODE", "edge-dev-fra-1"),
+        ],
     );
-    let mut stdout = BufReader::new(node.0.stdout.take().unwrap());
-    let mut printed = String::new();
-    loop {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            let out = node.finish(stdout);
-            panic!("the browser did not start:\n{printed}{out}");
-        }
-        printed.push_str(&line);
-        if line.trim() == "browser ready" {
-            break;
-        }
-    }
 
     // Slow enough steps that the page is open before the rollouts finish.
     let cwd = tempfile::tempdir().unwrap();
@@ -124,13 +92,7 @@ fn the_status_pages_update_live_in_a_browser() {
 #[test]
 fn an_operator_pauses_a_rollout_from_the_page_and_a_viewer_cannot() {
     use gitfleet_tests::fake_github::FakeGitHub;
-    let browser = chromium();
-    let scripts = workspace().join("tests/browser");
-    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-        .join("browser-artifacts/actions");
-    let _ = std::fs::remove_dir_all(&artifacts);
+    let artifacts = artifacts("actions");
 
     let github = FakeGitHub::start("ghp_reconciler");
     github.with_oauth("Iv1.gitfleet-test", "oauth-secret");
@@ -166,41 +128,16 @@ fn an_operator_pauses_a_rollout_from_the_page_and_a_viewer_cannot() {
         ..Default::default()
     });
 
-    let mut node = Reaped(
-        Command::new("node")
-            .arg(scripts.join("actions.mjs"))
-            .current_dir(&scripts)
-            .env("GITFLEET_URL", "-")
-            .env("GITFLEET_CHROMIUM", &browser)
-            .env("GITFLEET_ARTIFACTS", &artifacts)
-            .env("GITFLEET_ROLLOUT", "edge")
-            .env("GITFLEET_VIEWER", "victor")
-            .env("GITFLEET_OPERATOR", "olivia")
-            .env("GITFLEET_APPROVE", "api-gateway:prod")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running node: {e}; {}",
-                    gitfleet_io::tools::missing_message()
-                )
-            }),
+    let (mut node, stdout, printed) = start_browser(
+        "actions.mjs",
+        &artifacts,
+        &[
+            ("GITFLEET_ROLLOUT", "edge"),
+            ("GITFLEET_VIEWER", "victor"),
+            ("GITFLEET_OPERATOR", "olivia"),
+            ("GITFLEET_APPROVE", "api-gateway:prod"),
+        ],
     );
-    let mut stdout = BufReader::new(node.0.stdout.take().unwrap());
-    let mut printed = String::new();
-    loop {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            let out = node.finish(stdout);
-            panic!("the browser did not start:\n{printed}{out}");
-        }
-        printed.push_str(&line);
-        if line.trim() == "browser ready" {
-            break;
-        }
-    }
 
     let store = format!("file://{}", dir.path().join("store").display());
     let serve = Spawned::gitfleet(
@@ -296,6 +233,59 @@ fn an_operator_pauses_a_rollout_from_the_page_and_a_viewer_cannot() {
         assert_eq!(reviews[0].commit, first);
     });
     serve.stop();
+}
+
+/// Where screenshots of `what` go, emptied first.
+fn artifacts(what: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+        .join("browser-artifacts")
+        .join(what);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Run `script` of tests/browser with `env`, and wait for it to say the
+/// browser is up: its stdout from there, and what it printed so far.
+fn start_browser(
+    script: &str,
+    artifacts: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Reaped, BufReader<ChildStdout>, String) {
+    let scripts = workspace().join("tests/browser");
+    let mut node = Reaped(
+        Command::new("node")
+            .arg(scripts.join(script))
+            .current_dir(&scripts)
+            .env("GITFLEET_URL", "-")
+            .env("GITFLEET_CHROMIUM", chromium())
+            .env("GITFLEET_ARTIFACTS", artifacts)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running node: {e}; {}",
+                    gitfleet_io::tools::missing_message()
+                )
+            }),
+    );
+    let mut stdout = BufReader::new(node.0.stdout.take().unwrap());
+    let mut printed = String::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let out = node.finish(stdout);
+            panic!("the browser did not start:\n{printed}{out}");
+        }
+        printed.push_str(&line);
+        if line.trim() == "browser ready" {
+            return (node, stdout, printed);
+        }
+    }
 }
 
 /// The node process driving the browser, killed if the test ends early.

@@ -148,6 +148,8 @@ fleet \"b\" {{\n    repo \"b.git\"\n    store \"s3://fleet-b/edge\"\n    online-
     assert_eq!(code, 200, "{page}");
     assert!(page.contains("data-rollout=\"edge\""), "{page}");
     assert!(page.contains("/select-fleet/b"), "the switcher: {page}");
+    let (code, _) = get(&format!("{base}/fleets/b/"), None);
+    assert_eq!(code, 303, "a fleet's own root picks it");
     let (code, list) = get(&format!("{base}/fleets"), None);
     assert_eq!(code, 200);
     assert!(

@@ -885,25 +885,10 @@ fn state_in(fleet: &Fleet, rollout: &str, env: &str) -> Option<gitfleet_schemas:
     state.environments.get(env).cloned()
 }
 
-const OWNED: &str = "owners \"configs/api-gateway/**\" users=\"alice\" teams=\"acme/gw\"\n";
-
-/// Owners per path, over GitHub reviews and signed approvals: a change to
-/// api-gateway's config waits for one of its owners (alice, or a member of
-/// acme/gw) whatever the environment asks, while edge, which nobody owns,
-/// goes on. An approval of an old head, the author's own, or a stranger's
-/// does not count; a change that rewrites the owners rule is judged by the
-/// rule in force, and the new rule judges only once it is adopted.
-#[test]
-fn an_owners_rule_holds_a_change_until_an_owner_approves_its_head() {
-    let github = FakeGitHub::start(TOKEN);
-    github.with(|s| {
-        s.teams.insert(
-            "acme/gw".into(),
-            ["dave".to_owned(), "carol".to_owned()]
-                .into_iter()
-                .collect(),
-        );
-    });
+/// A fleet of dev → staging → prod without approvals whose api-gateway
+/// config is owned (`OWNED`), with alice an approver: the fleet, alice's
+/// key file and fleet.kdl's text, committed and pushed.
+fn owned_fleet() -> (Fleet, PathBuf, String) {
     let fleet = Fleet::with_environments(
         "version 1\nenvironment \"dev\"\nenvironment \"staging\" { after \"dev\"; }\nenvironment \"prod\" { after \"staging\"; }\n",
     );
@@ -923,6 +908,29 @@ fn an_owners_rule_holds_a_change_until_an_owner_approves_its_head() {
     std::fs::write(&fleet_kdl, &fleet_text).unwrap();
     git(&fleet.work(), &["commit", "-qam", "api-gateway is owned"]);
     fleet.push();
+    (fleet, alice_key, fleet_text)
+}
+
+const OWNED: &str = "owners \"configs/api-gateway/**\" users=\"alice\" teams=\"acme/gw\"\n";
+
+/// Owners per path, over GitHub reviews and signed approvals: a change to
+/// api-gateway's config waits for one of its owners (alice, or a member of
+/// acme/gw) whatever the environment asks, while edge, which nobody owns,
+/// goes on. An approval of an old head, the author's own, or a stranger's
+/// does not count; a change that rewrites the owners rule is judged by the
+/// rule in force, and the new rule judges only once it is adopted.
+#[test]
+fn an_owners_rule_holds_a_change_until_an_owner_approves_its_head() {
+    let github = FakeGitHub::start(TOKEN);
+    github.with(|s| {
+        s.teams.insert(
+            "acme/gw".into(),
+            ["dave".to_owned(), "carol".to_owned()]
+                .into_iter()
+                .collect(),
+        );
+    });
+    let (fleet, alice_key, mut fleet_text) = owned_fleet();
 
     // Every file is new at first: api-gateway waits for its owners in dev;
     // edge, owned by nobody, goes ahead.
@@ -989,7 +997,7 @@ fn an_owners_rule_holds_a_change_until_an_owner_approves_its_head() {
         OWNED,
         "owners \"configs/api-gateway/**\" users=\"mallory\"\n",
     );
-    std::fs::write(&fleet_kdl, &fleet_text).unwrap();
+    std::fs::write(fleet.work().join("fleet.kdl"), &fleet_text).unwrap();
     let takeover = fleet.change_config("mallory owns the gateway now");
     fleet.push();
     github.add_pull(Pull {
@@ -1100,25 +1108,7 @@ fn an_owners_review_of_the_last_pull_request_does_not_cover_an_unreviewed_push_b
         s.teams
             .insert("acme/gw".into(), ["dave".to_owned()].into_iter().collect());
     });
-    let fleet = Fleet::with_environments(
-        "version 1\nenvironment \"dev\"\nenvironment \"staging\" { after \"dev\"; }\nenvironment \"prod\" { after \"staging\"; }\n",
-    );
-    let alice_key = fleet.path("alice.key");
-    let out = Command::new(bin("gitfleet"))
-        .args(["keygen", "--approver", "-o"])
-        .arg(&alice_key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out).1);
-    let alice_public = text(&out).0.trim().to_owned();
-    let fleet_kdl = fleet.work().join("fleet.kdl");
-    let mut fleet_text = std::fs::read_to_string(&fleet_kdl).unwrap();
-    fleet_text.push_str(&format!(
-        "approver \"alice\" key=\"{alice_public}\"\n{OWNED}"
-    ));
-    std::fs::write(&fleet_kdl, &fleet_text).unwrap();
-    git(&fleet.work(), &["commit", "-qam", "api-gateway is owned"]);
-    fleet.push();
+    let (fleet, _, _) = owned_fleet();
     fleet.reconcile(&github);
     let first = state_in(&fleet, "api-gateway", "dev")
         .unwrap()

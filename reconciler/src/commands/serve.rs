@@ -182,7 +182,7 @@ fn read_fleets(path: &std::path::Path, base: &ReconcilerArgs) -> anyhow::Result<
         .with_context(|| format!("reading the fleets file {}", path.display()))?;
     let decoded = gitfleet_schemas::fleets::FleetsFile::decode(&text);
     if let Some(e) = decoded.errors.first() {
-        let line = text[..e.span.start.min(text.len())].lines().count().max(1);
+        let line = text[..e.span.start.min(text.len())].matches('\n').count() + 1;
         anyhow::bail!(
             "{}:{line}: {}{}",
             path.display(),
@@ -201,7 +201,13 @@ fn read_fleets(path: &std::path::Path, base: &ReconcilerArgs) -> anyhow::Result<
         .map(|e| {
             let name = e.name.value.clone();
             let mut r = base.clone();
-            r.git.repo = e.repo.value.clone();
+            // A path is relative to the file; a URL (or host:path) is not.
+            let repo = &e.repo.value;
+            r.git.repo = if repo.contains(':') || std::path::Path::new(repo).is_absolute() {
+                repo.clone()
+            } else {
+                at(repo).display().to_string()
+            };
             r.git.branch = e.branch.map_or_else(|| "main".to_owned(), |b| b.value);
             r.git.state_branch = e.state_branch.map(|b| b.value);
             r.store = e.store.map(|s| s.value);
@@ -254,21 +260,15 @@ fn start_fleet(
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::channel(1);
     let watcher = setup.reconciler.watch(trigger_tx.clone());
     let mut state = AppState::new(secret, trigger_tx, stale_after, None);
+    state.name = setup.name.clone();
     if let Some(sign_in) = sign_in {
-        // The buttons commit through a mirror of their own.
-        let cache = setup.reconciler.cache.with_extension("actions");
-        match crate::setup::open_mirror(&setup.reconciler.git, &cache) {
-            Ok(mirror) => {
-                state.actions = Some(crate::web::actions::Actions::new(
-                    mirror,
-                    setup.reconciler.github.github_repo.clone(),
-                ))
-            }
-            Err(e) if several => {
-                tracing::error!(fleet = %name, error = %format!("{e:#}"), "cannot open the mirror the pages' actions commit through; the buttons of this fleet are off")
-            }
-            Err(e) => return Err(e.context("opening the mirror the pages' actions commit through")),
-        }
+        // The buttons commit through a mirror of their own, opened when
+        // first pressed.
+        state.actions = Some(crate::web::actions::Actions::new(
+            setup.reconciler.git.clone(),
+            setup.reconciler.cache.with_extension("actions"),
+            setup.reconciler.github.github_repo.clone(),
+        ));
         state.sign_in = Some(sign_in);
     }
     let state = Arc::new(state);
@@ -324,7 +324,7 @@ fn start_fleet(
                 Err(_) => anyhow::bail!("the passes of {fleet} panicked"),
             }
         })
-        .context("starting a fleet's thread")?;
+        .with_context(|| format!("starting the thread of fleet {name}"))?;
     Ok(Started {
         name,
         state,
@@ -385,7 +385,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         }
         println!("serving {here}/ (Ctrl-C stops)");
         for f in started.iter().filter(|_| several) {
-            println!("fleet {} at {here}/fleets/{}/", f.name, f.name);
+            println!(
+                "fleet {n}: pages {here}/select-fleet/{n}, webhooks {here}/fleets/{n}/webhooks/github, agents' report-to {here}/fleets/{n}",
+                n = f.name
+            );
         }
         // One signal stops every fleet's passes, ends the event streams
         // and drains the other requests, for at most DRAIN.
@@ -441,7 +444,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     for f in &started {
         f.state.shutdown.send_replace(true);
     }
+    // A pass stuck in a git or store call that never ends must not keep
+    // the process from stopping.
+    let deadline = std::time::Instant::now() + DRAIN * 3;
     for f in started {
+        while !f.thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if !f.thread.is_finished() {
+            tracing::warn!(fleet = %f.name, "the fleet's pass has not ended; stopping without it");
+            continue;
+        }
         match f.thread.join() {
             Ok(result) => result?,
             Err(_) => anyhow::bail!("the reconciler thread of {} panicked", f.name),

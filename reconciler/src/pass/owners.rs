@@ -33,17 +33,24 @@ pub struct Touched {
 }
 
 impl Touched {
-    /// What `rollouts/<rollout>.kdl` targeted at `commit` (`None`: no such
-    /// file there, or not readable).
-    fn target_at(&mut self, mirror: &Mirror, commit: &str, rollout: &str) -> Option<RolloutTarget> {
+    /// What `rollouts/<rollout>.kdl` targeted at `commit`: `None` when it
+    /// had no such file (or not a valid one); an error when git could not
+    /// say (not kept: asked again next pass).
+    fn target_at(
+        &mut self,
+        mirror: &Mirror,
+        commit: &str,
+        rollout: &str,
+    ) -> Result<Option<RolloutTarget>, crate::git::GitError> {
         let key = (commit.to_owned(), rollout.to_owned());
         if let Some(t) = self.targets.get(&key) {
-            return t.clone();
+            return Ok(t.clone());
         }
-        let target = git2::Oid::from_str(commit)
-            .ok()
-            .and_then(|oid| mirror.blob_at(oid, &format!("rollouts/{rollout}.kdl")).ok())
-            .flatten()
+        let Ok(oid) = git2::Oid::from_str(commit) else {
+            return Ok(None);
+        };
+        let target = mirror
+            .blob_at(oid, &format!("rollouts/{rollout}.kdl"))?
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .and_then(|text| gitfleet_schemas::RolloutFile::decode(&text).value)
             .map(|f| f.target.value);
@@ -51,7 +58,7 @@ impl Touched {
             self.targets.clear();
         }
         self.targets.insert(key, target.clone());
-        target
+        Ok(target)
     }
 
     fn paths(
@@ -108,8 +115,16 @@ pub fn rollout_asks(
             // A base where the rollout targeted something else (another
             // config) says nothing of this one's files: all of them count.
             let target = &spec.doc.target.value;
-            let base =
-                base.filter(|b| touched.target_at(mirror, b, rollout).as_ref() == Some(target));
+            let base = match base {
+                None => None,
+                Some(b) => match touched.target_at(mirror, &b, rollout) {
+                    Ok(then) => (then.as_ref() == Some(target)).then_some(b),
+                    Err(e) => {
+                        tracing::warn!(rollout = %rollout, environment = %env, commit = %commit, error = %e, "cannot read what the rollout targeted when its change began; it waits for its owners");
+                        continue;
+                    }
+                },
+            };
             let inputs = owners::input_paths(target);
             let paths = match touched.paths(mirror, base.clone(), commit, inputs) {
                 Ok(paths) => paths.to_vec(),
@@ -137,13 +152,9 @@ pub fn rollout_asks(
                 match commits {
                     Ok(commits) => needs.push(Need {
                         rule: rule.clone(),
-                        commits: commits.map(|c| {
-                            if c.is_empty() {
-                                vec![commit.clone()]
-                            } else {
-                                c
-                            }
-                        }),
+                        // No commit changed them since (a branch rewound to
+                        // older files, say): nothing reviews can vouch for.
+                        commits: commits.filter(|c| !c.is_empty()),
                     }),
                     Err(e) => {
                         tracing::warn!(rollout = %rollout, environment = %env, commit = %commit, error = %e, "cannot read the commits a change brings; it waits for its owners");

@@ -27,7 +27,11 @@ const TRIES: u32 = 3;
 /// The mirror the buttons commit through: its own, so a pass never waits
 /// for a person and a person never waits for a pass.
 pub struct Actions {
-    mirror: Arc<Mutex<Mirror>>,
+    /// Opened at the first button pressed (so a fleet whose repo is away
+    /// at start never holds the server up), and kept.
+    mirror: Mutex<Option<Mirror>>,
+    git: crate::setup::GitArgs,
+    cache: std::path::PathBuf,
     /// `owner/name` on GitHub, for approvals.
     pub github_repo: Option<String>,
 }
@@ -46,6 +50,8 @@ pub enum ActionError {
     NoRollout(String),
     #[error("the edit would leave the fleet repo with errors: {0}")]
     Check(String),
+    #[error("opening the mirror the pages' actions commit through: {0}")]
+    Open(String),
     #[error("the spec branch kept moving while committing {TRIES} times; try again")]
     Busy,
     #[error(transparent)]
@@ -53,9 +59,16 @@ pub enum ActionError {
 }
 
 impl Actions {
-    pub fn new(mirror: Mirror, github_repo: Option<String>) -> Actions {
+    /// Actions on the repo `git` names, through a mirror kept in `cache`.
+    pub fn new(
+        git: crate::setup::GitArgs,
+        cache: std::path::PathBuf,
+        github_repo: Option<String>,
+    ) -> Actions {
         Actions {
-            mirror: Arc::new(Mutex::new(mirror)),
+            mirror: Mutex::new(None),
+            git,
+            cache,
             github_repo,
         }
     }
@@ -69,7 +82,15 @@ impl Actions {
         login: &str,
         why: Option<&str>,
     ) -> Result<Option<git2::Oid>, ActionError> {
-        let mirror = self.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            let opened = crate::setup::open_mirror(&self.git, &self.cache)
+                .map_err(|e| ActionError::Open(format!("{e:#}")))?;
+            *held = Some(opened);
+        }
+        let Some(mirror) = held.as_ref() else {
+            return Err(ActionError::Busy);
+        };
         let path = format!("rollouts/{name}.kdl");
         let author = Author {
             name: login.to_owned(),
@@ -131,6 +152,9 @@ pub struct ActionForm {
     /// The environment an approval is for.
     #[serde(default)]
     env: String,
+    /// The fleet whose page the form is on (empty with one fleet).
+    #[serde(default)]
+    fleet: String,
 }
 
 fn refuse(status: StatusCode, why: &str) -> Response {
@@ -168,6 +192,17 @@ pub async fn act(
         return refuse(
             StatusCode::FORBIDDEN,
             "the form did not come from this page (CSRF check)",
+        );
+    }
+    // Several fleets share the pages' paths: the form says whose it was.
+    let here = s.name.as_deref().unwrap_or("");
+    if form.fleet != here {
+        return refuse(
+            StatusCode::CONFLICT,
+            &format!(
+                "this page was fleet `{}`'s, but the browser now looks at fleet `{here}`; reload the page and press again",
+                form.fleet
+            ),
         );
     }
     if viewer.role != Role::Operator {

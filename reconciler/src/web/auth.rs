@@ -36,6 +36,10 @@ pub struct SignIn {
     public_url: OnceLock<String>,
     sealer: Sealer,
     http: reqwest::Client,
+    /// Every team the roles of the fleets served name, as their passes
+    /// read them: a sign-in looks up membership of each, whichever
+    /// fleet's page it started from.
+    named_teams: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What a page knows of who asks.
@@ -107,6 +111,19 @@ impl SignIn {
             public_url: public,
             sealer,
             http,
+            named_teams: Default::default(),
+        }
+    }
+
+    /// Note the teams `fleet`'s roles name.
+    pub fn note_teams(&self, fleet: &FleetFile) {
+        let mut named = self.named_teams.lock().unwrap_or_else(|p| p.into_inner());
+        for access in [&fleet.viewers, &fleet.operators].into_iter().flatten() {
+            for t in access.team_names() {
+                if !named.contains(t) {
+                    named.insert(t.to_owned());
+                }
+            }
         }
     }
 
@@ -517,19 +534,16 @@ pub async fn callback(
         Ok(l) => l,
         Err(e) => return refused(&e),
     };
-    let named: Vec<String> = s
-        .fleet_file()
-        .map(|f| {
-            let mut t: Vec<String> = [&f.viewers, &f.operators]
-                .into_iter()
-                .flatten()
-                .flat_map(|a| a.team_names().map(str::to_owned))
-                .collect();
-            t.sort();
-            t.dedup();
-            t
-        })
-        .unwrap_or_default();
+    if let Some(f) = s.fleet_file() {
+        sign_in.note_teams(&f);
+    }
+    let named: Vec<String> = sign_in
+        .named_teams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
     let teams = sign_in.teams_of(&token, &login, &named).await;
     let Some(csrf) = session::token() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no randomness\n").into_response();

@@ -69,6 +69,16 @@ pub fn router(fleets: Vec<(String, Arc<AppState>)>) -> Router {
 
 /// A request outside `/fleets/`: to the fleet the browser picked.
 async fn dispatch(State(f): State<Arc<Fleets>>, req: Request) -> Response {
+    // `/fleets/<name>/` itself: that fleet's pages.
+    if let Some(name) = req
+        .uri()
+        .path()
+        .strip_prefix("/fleets/")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .filter(|name| f.get(name).is_some())
+    {
+        return Redirect::to(&format!("/select-fleet/{name}")).into_response();
+    }
     let picked = req
         .headers()
         .get(header::COOKIE)
@@ -107,9 +117,27 @@ async fn select(State(f): State<Arc<Fleets>>, Path(name): Path<String>) -> Respo
 /// `/fleets`: every fleet and how its last pass went.
 async fn list_page(State(f): State<Arc<Fleets>>, headers: axum::http::HeaderMap) -> Response {
     // With sign-in, only someone signed in sees which fleets fail and why.
-    let sign_in = f.list.iter().find_map(|fleet| fleet.state.sign_in.as_ref());
-    if sign_in.is_some_and(|si| si.session(&headers).is_none()) {
-        return Redirect::to("/auth/login?next=%2Ffleets").into_response();
+    // With sign-in, only someone with a role in some fleet sees which
+    // fleets fail and why.
+    if let Some(sign_in) = f.list.iter().find_map(|fleet| fleet.state.sign_in.as_ref()) {
+        let Some(session) = sign_in.session(&headers) else {
+            return Redirect::to("/auth/login?next=%2Ffleets").into_response();
+        };
+        let allowed = f.list.iter().any(|fleet| {
+            super::auth::role(
+                fleet.state.fleet_file().as_ref(),
+                &session.login,
+                &session.teams,
+            )
+            .is_some()
+        });
+        if !allowed {
+            return (
+                StatusCode::FORBIDDEN,
+                "no fleet here names you among its viewers or operators\n",
+            )
+                .into_response();
+        }
     }
     let mut body = String::from(
         "<h2>Fleets</h2><table><tr><th>Fleet</th><th>Passes</th><th>Last pass</th></tr>",

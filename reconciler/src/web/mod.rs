@@ -181,6 +181,9 @@ pub struct AppState {
     pub sign_in: Option<Arc<auth::SignIn>>,
     /// What the buttons commit through (with sign-in).
     pub actions: Option<actions::Actions>,
+    /// This fleet's name among several (`serve --fleets`): forms carry it,
+    /// so a page of one fleet never acts on another.
+    pub name: Option<String>,
 }
 
 /// The most node event objects the node pages keep.
@@ -212,6 +215,7 @@ impl AppState {
             node_events: Default::default(),
             sign_in: None,
             actions: None,
+            name: None,
         }
     }
 
@@ -325,6 +329,10 @@ impl AppState {
         }
         self.snapshot
             .send_modify(|s| s.record(result, Utc::now(), took.as_secs_f64()));
+        // The teams this fleet's roles name, for every sign-in.
+        if let (Some(sign_in), Some(f)) = (&self.sign_in, self.fleet_file()) {
+            sign_in.note_teams(&f);
+        }
     }
 
     fn view(&self, environment: Option<&str>) -> Option<(FleetStatus, PassLine)> {
@@ -511,6 +519,7 @@ async fn rollout(
             &timeline,
             viewer.as_ref().map(|v| &v.0),
             flash.as_deref(),
+            s.name.as_deref(),
         ),
     );
     if viewer.is_some() {

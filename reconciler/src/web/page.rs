@@ -775,7 +775,7 @@ gitfleet rollout rollback {n} -m \"why\"   # every node back to the previous bun
 }
 
 /// Who is signed in, and for an operator the buttons.
-fn controls(name: &str, viewer: &super::auth::Viewer, awaiting: &[String]) -> String {
+fn controls(name: &str, viewer: &super::auth::Viewer, awaiting: &[String], fleet: &str) -> String {
     use super::auth::Role;
     let role = match viewer.role {
         Role::Operator => "operator",
@@ -790,9 +790,10 @@ fn controls(name: &str, viewer: &super::auth::Viewer, awaiting: &[String]) -> St
         let form = |action: &str, label: &str, extra: &str| {
             format!(
                 "<form method=post action=\"/rollouts/{}/{action}\" class=inline>\
-<input type=hidden name=csrf value=\"{}\">{extra}<button type=submit data-action=\"{action}\">{label}</button></form>",
+<input type=hidden name=csrf value=\"{}\"><input type=hidden name=fleet value=\"{}\">{extra}<button type=submit data-action=\"{action}\">{label}</button></form>",
                 url_part(name),
                 esc(&viewer.csrf),
+                esc(fleet),
             )
         };
         out.push_str("<p>Each button commits to the fleet repo as you (or approves on GitHub as you); the reconciler acts on its next pass.</p><p>");
@@ -830,6 +831,7 @@ pub fn rollout(
     timeline: &Timeline,
     viewer: Option<&super::auth::Viewer>,
     done: Option<&str>,
+    fleet: Option<&str>,
 ) -> String {
     let mut out = format!("<h2>{}</h2>", esc(name));
     if let Some(done) = done {
@@ -851,7 +853,7 @@ pub fn rollout(
     }
     out.push_str("</table>");
     if let Some(viewer) = viewer {
-        out.push_str(&controls(name, viewer, &awaiting));
+        out.push_str(&controls(name, viewer, &awaiting, fleet.unwrap_or("")));
     }
     out.push_str("<h3>Over time</h3>");
     let mut charted = false;
