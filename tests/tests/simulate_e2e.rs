@@ -1190,3 +1190,109 @@ fn simulate_refuses_bad_arguments_clearly() {
         "{stderr}"
     );
 }
+
+/// Two fleets in one `gitfleet serve --fleets`: fleet `a` with simulated
+/// agents, fleet `b` with a broken fleet.kdl and an S3 store that accepts
+/// connections and never answers. `a` carries its edge rollout through
+/// dev to the end as if alone; `b` never has a good pass; /metrics keeps
+/// them apart by its `fleet` label.
+#[test]
+fn a_fleet_completes_its_rollout_beside_a_broken_unreachable_one_in_the_same_server() {
+    let fleet = Fleet::new();
+    // Fleet b: the example with an unknown node in fleet.kdl.
+    let b = fleet.path("b-work");
+    copy_dir(&workspace().join("examples/fleet-repo"), &b);
+    let mut broken = std::fs::read_to_string(b.join("fleet.kdl")).unwrap();
+    broken.push_str("colour \"red\"\n");
+    std::fs::write(b.join("fleet.kdl"), broken).unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &["commit", "-qm", "broken fleet"],
+    ] {
+        gitfleet_tests::git(&b, args);
+    }
+    gitfleet_tests::git(
+        fleet.dir.path(),
+        &["clone", "-q", "--bare", "b-work", "b.git"],
+    );
+    let out = Command::new(bin("gitfleet"))
+        .args(["keygen", "--online", "-o"])
+        .arg(fleet.path("b-online.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    std::fs::write(
+        fleet.path("fleets.kdl"),
+        format!(
+            "version 1\n\
+fleet \"a\" {{\n    repo \"origin.git\"\n    store \"{}\"\n    online-key \"online.key\"\n}}\n\
+fleet \"b\" {{\n    repo \"b.git\"\n    store \"s3://fleet-b/edge\"\n    online-key \"b-online.key\"\n}}\n",
+            fleet.store
+        ),
+    )
+    .unwrap();
+    let serve = Spawned::gitfleet_with(
+        fleet.dir.path(),
+        "serve",
+        &[
+            "serve",
+            "--fleets",
+            "fleets.kdl",
+            "--cache",
+            "mirrors",
+            "--interval",
+            "1s",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        [
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ],
+    );
+    let base = serve.printed_url("serving ");
+    let sim = fleet.simulate("0", "simulate-fleets.log");
+    let started = Instant::now();
+    loop {
+        if fleet
+            .dev("edge")
+            .is_some_and(|d| d.phase == Phase::Complete)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "fleet a's edge never completed in dev: {:?}\nserve:\n{}\nsimulate:\n{}",
+            fleet.dev("edge"),
+            serve.output(),
+            std::fs::read_to_string(&sim.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = reqwest::blocking::get(format!("{base}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+    };
+    assert!(
+        value("gitfleet_reconcile_passes_total{fleet=\"a\",result=\"ok\"}").unwrap_or(0.0) > 0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("gitfleet_reconcile_passes_total{fleet=\"b\",result=\"ok\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    sim.stop();
+    drop(blackhole);
+    serve.stop();
+}
