@@ -455,3 +455,41 @@ pub fn commit_fleet(dir: &Path, work: &Path, bare: &str) {
     git(dir, &["clone", "-q", "--bare", &name, bare]);
     git(work, &["remote", "add", "origin", &format!("../{bare}")]);
 }
+
+/// The example fleet with a fleet.kdl that does not check (an unknown
+/// node), committed as it is into the bare `<dir>/<bare>` (from
+/// `<dir>/<bare>-work`), with an online key of its own at `<dir>/<key>`.
+pub fn broken_fleet(dir: &Path, bare: &str, key: &str) {
+    let work_name = format!("{bare}-work");
+    let work = dir.join(&work_name);
+    example_fleet_without_windows(&work);
+    let fleet_kdl = work.join("fleet.kdl");
+    let mut broken = std::fs::read_to_string(&fleet_kdl).unwrap();
+    broken.push_str("colour \"red\"\n");
+    std::fs::write(&fleet_kdl, broken).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "broken fleet"]);
+    git(dir, &["clone", "-q", "--bare", &work_name, bare]);
+    let out = Command::new(bin("gitfleet"))
+        .args(["keygen", "--online", "-o"])
+        .arg(dir.join(key))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+/// An S3 endpoint that takes connections and never answers (held open
+/// while the listener lives), and the environment that points a
+/// `gitfleet` process's `s3://` stores at it.
+pub fn silent_s3() -> (std::net::TcpListener, Vec<(&'static str, String)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let env = vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ];
+    (listener, env)
+}

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use gitfleet_schemas::state::{Phase, RolloutState};
-use gitfleet_tests::{bin, commit_fleet, example_fleet_without_windows, state_file, text, Spawned};
+use gitfleet_tests::{commit_fleet, example_fleet_without_windows, state_file, Spawned};
 
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -43,26 +43,9 @@ fn a_broken_unreachable_fleet_never_holds_up_another_in_the_same_server() {
     example_fleet_without_windows(&root.join("a-work"));
     commit_fleet(root, &root.join("a-work"), "a.git");
     gitfleet_tests::fleet_keys(root, "acme-edge");
-    // Fleet b: a fleet.kdl with an unknown node, committed as it is.
-    let b = root.join("b-work");
-    example_fleet_without_windows(&b);
-    let fleet_kdl = b.join("fleet.kdl");
-    let mut broken = std::fs::read_to_string(&fleet_kdl).unwrap();
-    broken.push_str("colour \"red\"\n");
-    std::fs::write(&fleet_kdl, broken).unwrap();
-    gitfleet_tests::git(&b, &["init", "-q", "-b", "main"]);
-    gitfleet_tests::git(&b, &["add", "-A"]);
-    gitfleet_tests::git(&b, &["commit", "-qm", "broken fleet"]);
-    gitfleet_tests::git(root, &["clone", "-q", "--bare", "b-work", "b.git"]);
-    let out = std::process::Command::new(bin("gitfleet"))
-        .args(["keygen", "--online", "-o"])
-        .arg(root.join("b-online.key"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out).1);
-    // b's store: a port that takes connections and never answers.
-    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = blackhole.local_addr().unwrap().port();
+    // Fleet b: a broken fleet.kdl, and a store that never answers.
+    gitfleet_tests::broken_fleet(root, "b.git", "b-online.key");
+    let (blackhole, s3_env) = gitfleet_tests::silent_s3();
     std::fs::write(
         root.join("fleets.kdl"),
         format!(
@@ -87,12 +70,7 @@ fleet \"b\" {{\n    repo \"b.git\"\n    store \"s3://fleet-b/edge\"\n    online-
             "--listen",
             "127.0.0.1:0",
         ],
-        [
-            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-        ],
+        s3_env,
     );
     let base = serve.printed_url("serving ");
 

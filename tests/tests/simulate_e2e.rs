@@ -1199,31 +1199,9 @@ fn simulate_refuses_bad_arguments_clearly() {
 #[test]
 fn a_fleet_completes_its_rollout_beside_a_broken_unreachable_one_in_the_same_server() {
     let fleet = Fleet::new();
-    // Fleet b: the example with an unknown node in fleet.kdl.
-    let b = fleet.path("b-work");
-    copy_dir(&workspace().join("examples/fleet-repo"), &b);
-    let mut broken = std::fs::read_to_string(b.join("fleet.kdl")).unwrap();
-    broken.push_str("colour \"red\"\n");
-    std::fs::write(b.join("fleet.kdl"), broken).unwrap();
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &["commit", "-qm", "broken fleet"],
-    ] {
-        gitfleet_tests::git(&b, args);
-    }
-    gitfleet_tests::git(
-        fleet.dir.path(),
-        &["clone", "-q", "--bare", "b-work", "b.git"],
-    );
-    let out = Command::new(bin("gitfleet"))
-        .args(["keygen", "--online", "-o"])
-        .arg(fleet.path("b-online.key"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out).1);
-    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = blackhole.local_addr().unwrap().port();
+    // Fleet b: a broken fleet.kdl, and a store that never answers.
+    gitfleet_tests::broken_fleet(fleet.dir.path(), "b.git", "b-online.key");
+    let (blackhole, s3_env) = gitfleet_tests::silent_s3();
     std::fs::write(
         fleet.path("fleets.kdl"),
         format!(
@@ -1248,12 +1226,7 @@ fleet \"b\" {{\n    repo \"b.git\"\n    store \"s3://fleet-b/edge\"\n    online-
             "--listen",
             "127.0.0.1:0",
         ],
-        [
-            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-        ],
+        s3_env,
     );
     let base = serve.printed_url("serving ");
     let sim = fleet.simulate("0", "simulate-fleets.log");

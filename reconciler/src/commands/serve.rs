@@ -267,7 +267,7 @@ fn start_fleet(
         state.actions = Some(crate::web::actions::Actions::new(
             setup.reconciler.git.clone(),
             setup.reconciler.cache.with_extension("actions"),
-            setup.reconciler.github.github_repo.clone(),
+            setup.reconciler.github.config()?,
         ));
         state.sign_in = Some(sign_in);
     }

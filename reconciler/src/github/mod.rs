@@ -219,6 +219,15 @@ impl GitHubArgs {
 }
 
 impl GitHubConfig {
+    /// The same repo, reached as the person `token` belongs to (a
+    /// signed-in operator): what they do there is theirs.
+    pub fn as_user(&self, token: &str) -> GitHubConfig {
+        GitHubConfig {
+            auth: Auth::Token(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
     /// The client; inside a Tokio runtime (octocrab's service spawns).
     pub fn connect(&self) -> Result<GitHub, GitHubError> {
         let client = |source| GitHubError::Client {
@@ -446,6 +455,28 @@ impl GitHub {
             }
         }
         Ok(out)
+    }
+
+    /// Approve pull request `number` at its head `head`, as whoever this
+    /// client authenticates as.
+    pub async fn approve(&self, number: u64, head: &str) -> Result<(), GitHubError> {
+        let (o, r) = (&self.owner, &self.repo);
+        let body = serde_json::json!({
+            "commit_id": head,
+            "event": "APPROVE",
+            "body": "Approved from gitfleet serve.",
+        });
+        let _: serde_json::Value = self
+            .crab
+            .post(
+                format!("/repos/{o}/{r}/pulls/{number}/reviews"),
+                Some(&body),
+            )
+            .await
+            .map_err(Self::call(format!(
+                "approving review of pull request #{number}"
+            )))?;
+        Ok(())
     }
 
     /// Whether `user` is an active member of `team` (`org/slug`).

@@ -32,14 +32,14 @@ pub struct Actions {
     mirror: Mutex<Option<Mirror>>,
     git: crate::setup::GitArgs,
     cache: std::path::PathBuf,
-    /// `owner/name` on GitHub, for approvals.
-    pub github_repo: Option<String>,
+    /// The fleet repo on GitHub, for approvals (made as the operator).
+    pub github: Option<crate::github::GitHubConfig>,
 }
 
 impl std::fmt::Debug for Actions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Actions")
-            .field("github_repo", &self.github_repo)
+            .field("github", &self.github)
             .finish_non_exhaustive()
     }
 }
@@ -63,13 +63,13 @@ impl Actions {
     pub fn new(
         git: crate::setup::GitArgs,
         cache: std::path::PathBuf,
-        github_repo: Option<String>,
+        github: Option<crate::github::GitHubConfig>,
     ) -> Actions {
         Actions {
             mirror: Mutex::new(None),
             git,
             cache,
-            github_repo,
+            github,
         }
     }
 
@@ -224,7 +224,7 @@ pub async fn act(
         resp
     };
     if action == "approve" {
-        return match approve(&s, actions, sign_in, &viewer, &name, &form.env).await {
+        return match approve(&s, actions, &viewer, &name, &form.env).await {
             Ok(what) => done(what),
             Err(why) => refuse(StatusCode::CONFLICT, &why),
         };
@@ -271,15 +271,17 @@ pub async fn act(
 async fn approve(
     s: &AppState,
     actions: &Actions,
-    sign_in: &super::auth::SignIn,
     viewer: &Viewer,
     name: &str,
     env: &str,
 ) -> Result<String, String> {
-    let repo = actions
-        .github_repo
-        .as_deref()
-        .ok_or("approving from the pages needs --github-repo")?;
+    let github = actions
+        .github
+        .as_ref()
+        .ok_or("approving from the pages needs --github-repo")?
+        .as_user(&viewer.token)
+        .connect()
+        .map_err(|e| gitfleet_io::error_chain(&e))?;
     let commit = {
         let snap = s.snapshot.borrow();
         snap.state
@@ -290,15 +292,18 @@ async fn approve(
     }
     .ok_or_else(|| format!("{name} is not awaiting approval in {env}"))?;
     let short = &commit[..commit.len().min(12)];
-    let (number, head) = sign_in
-        .pull_of(&viewer.token, repo, &commit)
-        .await?
+    let pull = github
+        .pull_of(&commit)
+        .await
+        .map_err(|e| gitfleet_io::error_chain(&e))?
         .ok_or_else(|| {
             format!("no merged pull request brought {short}; approve it with `gitfleet approve --env {env} {short}`")
         })?;
-    sign_in
-        .approve_pull(&viewer.token, repo, number, &head)
-        .await?;
+    let number = pull.number;
+    github
+        .approve(number, &pull.head)
+        .await
+        .map_err(|e| gitfleet_io::error_chain(&e))?;
     tracing::info!(user = %viewer.login, rollout = %name, environment = %env, pull = number, "approved for an operator");
     Ok(format!(
         "{} approved pull request #{number} (which brought {short}) for {env}",

@@ -275,56 +275,6 @@ impl SignIn {
         }
         out
     }
-
-    /// Approve pull request `number` at `head` as the token's owner.
-    pub async fn approve_pull(
-        &self,
-        token: &str,
-        repo: &str,
-        number: u64,
-        head: &str,
-    ) -> Result<(), String> {
-        let path = format!("/repos/{repo}/pulls/{number}/reviews");
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .bearer_auth(token)
-            .header(header::ACCEPT, "application/vnd.github+json")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(
-                serde_json::json!({
-                    "commit_id": head,
-                    "event": "APPROVE",
-                    "body": "Approved from gitfleet serve.",
-                })
-                .to_string(),
-            )
-            .send()
-            .await
-            .map_err(|e| format!("GitHub did not answer POST {path}: {e}"))?;
-        json::<serde_json::Value>(resp).await.map(|_| ())
-    }
-
-    /// The merged pull request that brought `commit`: its number and head.
-    pub async fn pull_of(
-        &self,
-        token: &str,
-        repo: &str,
-        commit: &str,
-    ) -> Result<Option<(u64, String)>, String> {
-        let path = format!(
-            "/repos/{repo}/commits/{}/pulls",
-            crate::fmt::url_part(commit)
-        );
-        let pulls: serde_json::Value = json(self.get(token, &path).await?).await?;
-        Ok(pulls.as_array().into_iter().flatten().find_map(|p| {
-            p.get("merged_at").filter(|m| !m.is_null())?;
-            Some((
-                p.get("number")?.as_u64()?,
-                p.get("head")?.get("sha")?.as_str()?.to_owned(),
-            ))
-        }))
-    }
 }
 
 async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, String> {
